@@ -1,0 +1,69 @@
+# kiln: two commands on a fresh machine (Rust, Python 3 with pip, a C compiler):
+#   make demo   - fetch ONNX Runtime and the real model, classify some files with kiln
+#   make test   - everything CI runs: lint, docs, unit and integration tests
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ROOT := $(CURDIR)
+VENV := $(ROOT)/.cache/venv
+PY := $(VENV)/bin/python
+ORT_CPU_DIR := $(ROOT)/.cache/ort/cpu
+ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
+# Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
+export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
+
+.PHONY: help demo test check ort ort-gpu model testdata test-cuda bench bench-hash clean
+
+help:
+	@echo "make demo        classify files with the real model (sets everything up)"
+	@echo "make test        lint + docs + all tests (what .ci/run does)"
+	@echo "make ort         fetch the CPU ONNX Runtime library (pinned wheel, sha256 checked)"
+	@echo "make ort-gpu     fetch the CUDA 13 ONNX Runtime library (GPU machines)"
+	@echo "make testdata    generate test models and golden outputs"
+	@echo "make test-cuda   the GPU test set (needs an NVIDIA GPU)"
+	@echo "make bench       all benchmarks; results in benches/RESULTS.md"
+
+ort:
+	@scripts/fetch-ort.sh cpu
+
+ort-gpu:
+	@scripts/fetch-ort.sh gpu
+
+model:
+	@scripts/fetch-model.sh
+
+$(VENV)/.stamp: scripts/requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+	touch $@
+
+testdata/.stamp: scripts/gen_testdata.py scripts/fetch-model.sh $(VENV)/.stamp
+	@scripts/fetch-model.sh
+	$(PY) scripts/gen_testdata.py testdata testdata/real/magika.onnx
+	touch $@
+
+testdata: model testdata/.stamp
+
+demo: ort model
+	cargo build --release -p kiln-example-classify
+	scripts/demo.sh
+
+check:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+test: ort testdata check
+	cargo test --workspace
+
+test-cuda: ort-gpu testdata
+	KILN_ORT_DIR=$(ORT_GPU_DIR) KILN_TEST_CUDA=1 cargo test -p kiln-runtime --test cuda -- --include-ignored --nocapture
+
+bench: bench-hash
+
+bench-hash:
+	cargo bench -p kiln-benches --bench hash
+
+clean:
+	cargo clean
+	rm -rf .cache testdata/*.onnx testdata/golden testdata/real testdata/.stamp

@@ -1,0 +1,307 @@
+//! The one error type of `kiln-runtime`.
+//!
+//! Every variant carries the context a caller needs to act (model, input name, expected and
+//! actual values, path, digest) and its message says what to change. Load-time errors never
+//! wrap an `ort::Error` created before ONNX Runtime is loaded: `ort` panics in that case, so
+//! the library search reports through [`LibraryAttempt`]s of our own.
+
+use std::path::PathBuf;
+
+use crate::checksum::Digest;
+use crate::tensor::ElementType;
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One place the runtime looked for the ONNX Runtime shared library, and why it was not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibraryAttempt {
+    /// Where the candidate came from (`config`, `ORT_DYLIB_PATH`, `KILN_ORT_DIR`, ...).
+    pub source: &'static str,
+    /// The file (or bare library name, for the system loader) that was tried.
+    pub path: PathBuf,
+    /// Why it could not be used.
+    pub reason: String,
+}
+
+impl std::fmt::Display for LibraryAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.path.display(),
+            self.source,
+            self.reason
+        )
+    }
+}
+
+fn list_attempts(attempts: &[LibraryAttempt]) -> String {
+    attempts.iter().map(|a| format!("\n  - {a}")).collect()
+}
+
+/// Everything that can go wrong in `kiln-runtime`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No candidate location held a usable ONNX Runtime library.
+    #[error(
+        "ONNX Runtime shared library not found; tried:{}\nfix: run `make ort` (or scripts/fetch-ort.sh cpu) and set KILN_ORT_DIR=.cache/ort/cpu, \
+         or point ORT_DYLIB_PATH at libonnxruntime.so (version 1.23 or newer)",
+        list_attempts(.attempts)
+    )]
+    LibraryNotFound {
+        /// Each location tried, in order, with the reason it failed.
+        attempts: Vec<LibraryAttempt>,
+    },
+
+    /// ONNX Runtime is already loaded in this process from another file.
+    #[error(
+        "ONNX Runtime is already loaded from {loaded}; cannot load {requested} as well (one library per process)"
+    )]
+    LibraryAlreadyLoaded {
+        /// The library in use.
+        loaded: PathBuf,
+        /// The library this call asked for.
+        requested: PathBuf,
+    },
+
+    /// ONNX Runtime loaded but could not set up its environment.
+    #[error("ONNX Runtime environment could not be created: {source}")]
+    Environment {
+        /// The ONNX Runtime error.
+        #[source]
+        source: ort::Error,
+    },
+
+    /// A configuration value is out of range or inconsistent.
+    #[error("invalid configuration `{field}`: {reason}")]
+    InvalidConfig {
+        /// The offending field, as spelled in the config.
+        field: &'static str,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating-system error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The model's bytes do not hash to the expected digest; nothing was loaded.
+    #[error(
+        "checksum mismatch for {path}: expected sha256 {expected}, got {actual}; the file is corrupt, \
+         truncated or a different version: fetch it again or fix the expected digest"
+    )]
+    ChecksumMismatch {
+        /// The model file.
+        path: PathBuf,
+        /// The digest the caller or manifest expected.
+        expected: Digest,
+        /// The digest of the bytes read.
+        actual: Digest,
+    },
+
+    /// The file's size differs from the size its manifest records; nothing was loaded.
+    #[error("size mismatch for {path}: manifest says {expected} bytes, file has {actual}")]
+    SizeMismatch {
+        /// The model file.
+        path: PathBuf,
+        /// Size recorded in the manifest.
+        expected: u64,
+        /// Size on disk.
+        actual: u64,
+    },
+
+    /// No expected digest was given and no manifest lists the file.
+    #[error(
+        "no expected checksum for {path}: {reason}; pass Checksum::Sha256(..), place a kiln-manifest.json \
+         listing the file next to it, or waive verification explicitly with Checksum::Skip"
+    )]
+    ChecksumRequired {
+        /// The model file.
+        path: PathBuf,
+        /// Why the manifest could not supply one.
+        reason: String,
+    },
+
+    /// A manifest file exists but cannot be used.
+    #[error("invalid manifest {path}: {reason}")]
+    InvalidManifest {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A sha256 digest string is not 64 hex characters.
+    #[error("invalid sha256 digest {input:?}: expected 64 hexadecimal characters")]
+    InvalidDigest {
+        /// The rejected text.
+        input: String,
+    },
+
+    /// ONNX Runtime rejected the model bytes (malformed, truncated, unsupported operator).
+    #[error("ONNX Runtime cannot load model {path}: {source}")]
+    InvalidModel {
+        /// The model file.
+        path: PathBuf,
+        /// The ONNX Runtime error.
+        #[source]
+        source: ort::Error,
+    },
+
+    /// The model uses an input or output kind kiln does not serve (maps, sequences, string or
+    /// unsupported element types).
+    #[error("model {model}: {what} `{name}` has type {ty}, which kiln does not support")]
+    UnsupportedModel {
+        /// Model name.
+        model: String,
+        /// `input` or `output`.
+        what: &'static str,
+        /// Input or output name.
+        name: String,
+        /// The type ONNX Runtime reports.
+        ty: String,
+    },
+
+    /// The requested execution provider could not be used and the fallback policy forbids CPU.
+    #[error(
+        "model {model}: execution provider {provider} unavailable: {reason}; install the GPU build \
+         (`make ort-gpu`) and CUDA, or allow CPU fallback"
+    )]
+    ProviderUnavailable {
+        /// Model name.
+        model: String,
+        /// The provider requested (e.g. `CUDA:0`).
+        provider: String,
+        /// What ONNX Runtime said.
+        reason: String,
+    },
+
+    /// The request names an input the model does not have.
+    #[error("model {model}: unknown input `{name}`; the model's inputs are {expected:?}")]
+    UnknownInput {
+        /// Model name.
+        model: String,
+        /// The unknown name.
+        name: String,
+        /// The model's input names.
+        expected: Vec<String>,
+    },
+
+    /// The request lacks one of the model's inputs.
+    #[error("model {model}: missing input `{name}`")]
+    MissingInput {
+        /// Model name.
+        model: String,
+        /// The missing input.
+        name: String,
+    },
+
+    /// The request gives the same input twice.
+    #[error("model {model}: input `{name}` given more than once")]
+    DuplicateInput {
+        /// Model name.
+        model: String,
+        /// The repeated input.
+        name: String,
+    },
+
+    /// An input has the wrong element type.
+    #[error("model {model}: input `{name}` must be {expected}, got {actual}")]
+    DtypeMismatch {
+        /// Model name.
+        model: String,
+        /// Input name.
+        name: String,
+        /// Element type the model declares.
+        expected: ElementType,
+        /// Element type of the request's tensor.
+        actual: ElementType,
+    },
+
+    /// An input has the wrong number of dimensions, or a fixed dimension differs.
+    #[error("model {model}: input `{name}` must have shape {}, got {actual:?}", show_dims(.expected))]
+    ShapeMismatch {
+        /// Model name.
+        model: String,
+        /// Input name.
+        name: String,
+        /// Declared dims; `None` is a dynamic dim.
+        expected: Vec<Option<i64>>,
+        /// The request's dims.
+        actual: Vec<usize>,
+    },
+
+    /// Batched inputs disagree on their batch size (dim 0).
+    #[error("model {model}: inputs disagree on batch size (dim 0): `{first}` has {first_rows}, `{name}` has {rows}")]
+    BatchMismatch {
+        /// Model name.
+        model: String,
+        /// The first input.
+        first: String,
+        /// Its rows.
+        first_rows: usize,
+        /// The input that disagrees.
+        name: String,
+        /// Its rows.
+        rows: usize,
+    },
+
+    /// An input holds more elements than the configured cap.
+    #[error("model {model}: input `{name}` has {elements} elements, over the limit of {limit} (max_input_elements)")]
+    InputTooLarge {
+        /// Model name.
+        model: String,
+        /// Input name.
+        name: String,
+        /// Elements in the request's tensor.
+        elements: usize,
+        /// The configured cap.
+        limit: usize,
+    },
+
+    /// A tensor's data length does not match its shape.
+    #[error("tensor data has {len} elements but shape {shape:?} needs {expected}")]
+    TensorShape {
+        /// The shape given.
+        shape: Vec<usize>,
+        /// Elements the shape needs.
+        expected: usize,
+        /// Elements given.
+        len: usize,
+    },
+
+    /// A tensor was read as the wrong element type.
+    #[error("tensor holds {actual}, not {expected}")]
+    TensorType {
+        /// The type asked for.
+        expected: ElementType,
+        /// The type held.
+        actual: ElementType,
+    },
+
+    /// ONNX Runtime failed while running the model.
+    #[error("model {model}: inference failed: {source}")]
+    Inference {
+        /// Model name.
+        model: String,
+        /// The ONNX Runtime error.
+        #[source]
+        source: ort::Error,
+    },
+}
+
+fn show_dims(dims: &[Option<i64>]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or_else(|| "?".to_owned(), |v| v.to_string()))
+        .collect();
+    format!("[{}]", parts.join(", "))
+}

@@ -1,0 +1,52 @@
+//! `kiln` (package `kiln-runtime`): verified ONNX model loading and inference on ONNX Runtime.
+//!
+//! A model loads only after the SHA-256 of the exact bytes handed to ONNX Runtime matches the
+//! digest the caller gives, or the one in the `kiln-manifest.json` beside it; verification is
+//! on unless the caller waives it. ONNX Runtime itself is a shared library found at run time,
+//! so nothing downloads at build time.
+//!
+//! ```no_run
+//! use kiln::{Checksum, Model, ModelOptions, Runtime, RuntimeConfig, Tensor};
+//!
+//! # fn main() -> Result<(), kiln::Error> {
+//! let runtime = Runtime::new(&RuntimeConfig::default())?;
+//! let digest = "4f0d...".parse()?;
+//! let mut model = Model::load(&runtime, "model.onnx", &ModelOptions::new().with_checksum(Checksum::Sha256(digest)))?;
+//! let x = Tensor::new([1, 16], vec![0.5f32; 16])?;
+//! let outputs = model.run(&[("x".to_owned(), x)])?;
+//! println!("{:?}", outputs[0].1.shape());
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//! - [`runtime`]: finds and loads the ONNX Runtime library once per process ([`Runtime`]).
+//! - [`checksum`]: SHA-256 digests and the read-once, hash-while-reading loader.
+//! - [`manifest`]: the `kiln-manifest.json` format the agent writes.
+//! - [`layout`]: the model repository's directory layout, shared with the agent.
+//! - [`config`]: load options and ONNX Runtime session settings, validated.
+//! - [`device`]: execution providers, fallback policy, and where the graph really runs.
+//! - [`tensor`]: owned typed tensors.
+//! - [`metadata`]: a model's signature and request validation.
+//! - [`model`]: a loaded model and single-request inference.
+//! - [`error`]: the crate's error type.
+
+pub mod checksum;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod layout;
+pub mod manifest;
+pub mod metadata;
+pub mod model;
+pub mod runtime;
+pub mod tensor;
+
+pub use checksum::{Checksum, Digest};
+pub use config::{ModelOptions, OptimizationLevel, SessionConfig};
+pub use device::{Device, Fallback, Provider, ProviderReport, ReportSource};
+pub use error::{Error, LibraryAttempt, Result};
+pub use manifest::{Manifest, ManifestFile};
+pub use metadata::{ModelMetadata, TensorInfo};
+pub use model::{Model, NamedTensors};
+pub use runtime::{LibraryInfo, Runtime, RuntimeConfig};
+pub use tensor::{Element, ElementType, Tensor, TensorData};

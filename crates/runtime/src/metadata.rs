@@ -1,0 +1,286 @@
+//! What a model takes and returns, read from the session once at load, and the request
+//! validation built on it.
+//!
+//! Validation runs before anything reaches ONNX Runtime, so a bad request gets an error that
+//! names the input and the expected and actual values instead of an opaque runtime failure.
+
+use crate::error::{Error, Result};
+use crate::tensor::{ElementType, Tensor};
+
+/// One input or output of a model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TensorInfo {
+    /// Its name in the graph.
+    pub name: String,
+    /// Element type.
+    pub element_type: ElementType,
+    /// Dims; `None` is dynamic (symbolic or unknown).
+    pub dims: Vec<Option<i64>>,
+}
+
+/// A model's signature.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelMetadata {
+    /// Model name (used in errors and metrics).
+    pub name: String,
+    /// Inputs, in graph order.
+    pub inputs: Vec<TensorInfo>,
+    /// Outputs, in graph order.
+    pub outputs: Vec<TensorInfo>,
+    /// Whether dim 0 of every input and output is dynamic, so requests can be stacked along
+    /// it. A model with a fixed dim 0 runs one request at a time.
+    pub batch_dim: bool,
+}
+
+impl ModelMetadata {
+    pub(crate) fn from_session(name: &str, session: &ort::session::Session) -> Result<Self> {
+        let read =
+            |what: &'static str, outlets: &[ort::value::Outlet]| -> Result<Vec<TensorInfo>> {
+                outlets
+                    .iter()
+                    .map(|o| {
+                        let unsupported = || Error::UnsupportedModel {
+                            model: name.to_owned(),
+                            what,
+                            name: o.name().to_owned(),
+                            ty: o.dtype().to_string(),
+                        };
+                        let (ty, shape) = match o.dtype() {
+                            ort::value::ValueType::Tensor { ty, shape, .. } => (*ty, shape),
+                            _ => return Err(unsupported()),
+                        };
+                        let element_type = ElementType::from_ort(ty).ok_or_else(unsupported)?;
+                        let dims = shape.iter().map(|&d| (d >= 0).then_some(d)).collect();
+                        Ok(TensorInfo {
+                            name: o.name().to_owned(),
+                            element_type,
+                            dims,
+                        })
+                    })
+                    .collect()
+            };
+        let inputs = read("input", session.inputs())?;
+        let outputs = read("output", session.outputs())?;
+        let batch_dim = inputs
+            .iter()
+            .chain(&outputs)
+            .all(|t| t.dims.first().is_some_and(Option::is_none));
+        Ok(Self {
+            name: name.to_owned(),
+            inputs,
+            outputs,
+            batch_dim,
+        })
+    }
+
+    /// Checks a request against the signature: every input present once and known, element
+    /// types, ranks, fixed dims, batch sizes agreeing (models with a batch dim), and no input
+    /// over `max_elements`.
+    ///
+    /// Returns the request's rows (dim 0) for a batched model, 1 otherwise.
+    ///
+    /// # Errors
+    /// The first problem found, as [`Error::UnknownInput`], [`Error::DuplicateInput`],
+    /// [`Error::MissingInput`], [`Error::DtypeMismatch`], [`Error::ShapeMismatch`],
+    /// [`Error::BatchMismatch`] or [`Error::InputTooLarge`].
+    pub fn validate(&self, inputs: &[(String, Tensor)], max_elements: usize) -> Result<usize> {
+        let model = || self.name.clone();
+        for (i, (name, _)) in inputs.iter().enumerate() {
+            if !self.inputs.iter().any(|t| &t.name == name) {
+                return Err(Error::UnknownInput {
+                    model: model(),
+                    name: name.clone(),
+                    expected: self.inputs.iter().map(|t| t.name.clone()).collect(),
+                });
+            }
+            if inputs[..i].iter().any(|(n, _)| n == name) {
+                return Err(Error::DuplicateInput {
+                    model: model(),
+                    name: name.clone(),
+                });
+            }
+        }
+        let mut rows: Option<(&str, usize)> = None;
+        for info in &self.inputs {
+            let Some((_, tensor)) = inputs.iter().find(|(n, _)| n == &info.name) else {
+                return Err(Error::MissingInput {
+                    model: model(),
+                    name: info.name.clone(),
+                });
+            };
+            if tensor.element_type() != info.element_type {
+                return Err(Error::DtypeMismatch {
+                    model: model(),
+                    name: info.name.clone(),
+                    expected: info.element_type,
+                    actual: tensor.element_type(),
+                });
+            }
+            let shape = tensor.shape();
+            let dims_ok = shape.len() == info.dims.len()
+                && shape
+                    .iter()
+                    .zip(&info.dims)
+                    .all(|(&a, d)| d.is_none_or(|d| i64::try_from(a) == Ok(d)));
+            if !dims_ok {
+                return Err(Error::ShapeMismatch {
+                    model: model(),
+                    name: info.name.clone(),
+                    expected: info.dims.clone(),
+                    actual: shape.to_vec(),
+                });
+            }
+            if tensor.len() > max_elements {
+                return Err(Error::InputTooLarge {
+                    model: model(),
+                    name: info.name.clone(),
+                    elements: tensor.len(),
+                    limit: max_elements,
+                });
+            }
+            if self.batch_dim {
+                let r = shape[0];
+                match rows {
+                    None => rows = Some((&info.name, r)),
+                    Some((first, first_rows)) if first_rows != r => {
+                        return Err(Error::BatchMismatch {
+                            model: model(),
+                            first: first.to_owned(),
+                            first_rows,
+                            name: info.name.clone(),
+                            rows: r,
+                        })
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(rows.map_or(1, |(_, r)| r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> ModelMetadata {
+        ModelMetadata {
+            name: "m".into(),
+            inputs: vec![
+                TensorInfo {
+                    name: "a".into(),
+                    element_type: ElementType::F32,
+                    dims: vec![None, Some(4)],
+                },
+                TensorInfo {
+                    name: "b".into(),
+                    element_type: ElementType::I64,
+                    dims: vec![None, Some(2)],
+                },
+            ],
+            outputs: vec![TensorInfo {
+                name: "y".into(),
+                element_type: ElementType::F32,
+                dims: vec![None],
+            }],
+            batch_dim: true,
+        }
+    }
+
+    fn a(rows: usize) -> (String, Tensor) {
+        (
+            "a".into(),
+            Tensor::new([rows, 4], vec![0f32; rows * 4]).expect("a"),
+        )
+    }
+
+    fn b(rows: usize) -> (String, Tensor) {
+        (
+            "b".into(),
+            Tensor::new([rows, 2], vec![0i64; rows * 2]).expect("b"),
+        )
+    }
+
+    #[test]
+    fn accepts_a_good_request_and_counts_rows() {
+        assert_eq!(meta().validate(&[a(3), b(3)], 100).expect("valid"), 3);
+    }
+
+    type Check = fn(&Error) -> bool;
+
+    #[test]
+    fn each_bad_request_gets_its_own_error() {
+        let m = meta();
+        let cases: Vec<(Vec<(String, Tensor)>, Check)> = vec![
+            (
+                vec![
+                    a(1),
+                    b(1),
+                    ("c".into(), Tensor::new([1], vec![0f32]).expect("c")),
+                ],
+                |e| matches!(e, Error::UnknownInput { name, .. } if name == "c"),
+            ),
+            (vec![a(1), a(1), b(1)], |e| {
+                matches!(e, Error::DuplicateInput { .. })
+            }),
+            (
+                vec![a(1)],
+                |e| matches!(e, Error::MissingInput { name, .. } if name == "b"),
+            ),
+            (
+                vec![
+                    a(1),
+                    ("b".into(), Tensor::new([1, 2], vec![0f32; 2]).expect("b")),
+                ],
+                |e| {
+                    matches!(
+                        e,
+                        Error::DtypeMismatch {
+                            expected: ElementType::I64,
+                            actual: ElementType::F32,
+                            ..
+                        }
+                    )
+                },
+            ),
+            (
+                vec![
+                    ("a".into(), Tensor::new([4], vec![0f32; 4]).expect("a")),
+                    b(1),
+                ],
+                |e| matches!(e, Error::ShapeMismatch { actual, .. } if actual == &[4]),
+            ),
+            (
+                vec![
+                    ("a".into(), Tensor::new([1, 5], vec![0f32; 5]).expect("a")),
+                    b(1),
+                ],
+                |e| matches!(e, Error::ShapeMismatch { .. }),
+            ),
+            (vec![a(2), b(3)], |e| {
+                matches!(
+                    e,
+                    Error::BatchMismatch {
+                        first_rows: 2,
+                        rows: 3,
+                        ..
+                    }
+                )
+            }),
+            (vec![a(30), b(30)], |e| {
+                matches!(
+                    e,
+                    Error::InputTooLarge {
+                        elements: 120,
+                        limit: 100,
+                        ..
+                    }
+                )
+            }),
+        ];
+        for (i, (req, check)) in cases.into_iter().enumerate() {
+            let err = m.validate(&req, 100).expect_err("must fail");
+            assert!(check(&err), "case {i}: {err}");
+        }
+    }
+}

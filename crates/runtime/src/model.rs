@@ -1,0 +1,368 @@
+//! A verified, loaded model and the single-request inference call.
+//!
+//! Loading reads the file once, hashes exactly the bytes it hands to ONNX Runtime
+//! (`commit_from_memory`), and refuses on a mismatch; then it registers the requested
+//! execution provider under the fallback policy, reads the signature, and reports where the
+//! graph really runs. [`Model::run`] takes `&mut self` because an `ort` session does: a model
+//! belongs to one worker thread (the batcher runs one per instance).
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ort::ep::{self, ExecutionProvider as _};
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
+
+use crate::checksum::{read_and_hash, Checksum, Digest};
+use crate::config::{ModelOptions, OptimizationLevel, SessionConfig};
+use crate::device::{self, Device, Fallback, Provider, ProviderReport, ReportSource};
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::metadata::ModelMetadata;
+use crate::runtime::Runtime;
+use crate::tensor::{with_data, with_element_type, Tensor};
+
+/// A request's or response's named tensors.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+/// A loaded model with one ONNX Runtime session.
+pub struct Model {
+    session: Session,
+    metadata: ModelMetadata,
+    provider: ProviderReport,
+    path: PathBuf,
+    digest: Digest,
+    verified: bool,
+    max_input_elements: usize,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.metadata.name)
+            .field("path", &self.path)
+            .field("digest", &self.digest)
+            .field("provider", &self.provider.provider)
+            .finish()
+    }
+}
+
+impl Model {
+    /// Loads and verifies the model at `path`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for bad options; [`Error::ChecksumRequired`],
+    /// [`Error::InvalidManifest`], [`Error::SizeMismatch`] or [`Error::ChecksumMismatch`] when
+    /// verification fails; [`Error::Io`] if the file cannot be read; [`Error::InvalidModel`]
+    /// when ONNX Runtime rejects the bytes; [`Error::ProviderUnavailable`] when CUDA cannot be
+    /// used and the policy forbids the CPU; [`Error::UnsupportedModel`] for inputs or outputs
+    /// kiln cannot serve.
+    pub fn load(runtime: &Runtime, path: impl AsRef<Path>, options: &ModelOptions) -> Result<Self> {
+        let path = path.as_ref();
+        options.validate()?;
+        let started = Instant::now();
+        let name = match &options.name {
+            Some(n) => n.clone(),
+            None => path
+                .file_stem()
+                .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned()),
+        };
+        let expected = expected_digest(path, &options.checksum)?;
+        if let Some((_, Some(size))) = expected {
+            let actual = std::fs::metadata(path)
+                .map_err(|source| Error::Io {
+                    path: path.to_owned(),
+                    source,
+                })?
+                .len();
+            if actual != size {
+                return Err(Error::SizeMismatch {
+                    path: path.to_owned(),
+                    expected: size,
+                    actual,
+                });
+            }
+        }
+        let (bytes, digest) = read_and_hash(path)?;
+        match expected {
+            Some((want, _)) if want != digest => {
+                return Err(Error::ChecksumMismatch {
+                    path: path.to_owned(),
+                    expected: want,
+                    actual: digest,
+                })
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(model = %name, path = %path.display(), sha256 = %digest, "checksum verification skipped (Checksum::Skip)")
+            }
+        }
+
+        let (session, requested_cuda, fallback_reason) =
+            open_session(runtime, &name, path, &bytes, options)?;
+        drop(bytes);
+        let metadata = ModelMetadata::from_session(&name, &session)?;
+        let provider = report(
+            runtime,
+            &session,
+            options.device,
+            requested_cuda,
+            fallback_reason,
+        );
+        tracing::info!(
+            model = %name,
+            path = %path.display(),
+            sha256 = %digest,
+            provider = %provider.provider,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "model loaded"
+        );
+        Ok(Self {
+            session,
+            metadata,
+            provider,
+            path: path.to_owned(),
+            digest,
+            verified: expected.is_some(),
+            max_input_elements: options.max_input_elements,
+        })
+    }
+
+    /// The model's signature.
+    pub fn metadata(&self) -> &ModelMetadata {
+        &self.metadata
+    }
+
+    /// Where the model runs.
+    pub fn provider(&self) -> &ProviderReport {
+        &self.provider
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// SHA-256 of the bytes loaded.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Whether the digest was checked against an expected one (false only with
+    /// [`Checksum::Skip`]).
+    pub fn verified(&self) -> bool {
+        self.verified
+    }
+
+    /// Validates a request without running it; returns its rows (see
+    /// [`ModelMetadata::validate`]).
+    ///
+    /// # Errors
+    /// As [`ModelMetadata::validate`].
+    pub fn validate(&self, inputs: &[(String, Tensor)]) -> Result<usize> {
+        self.metadata.validate(inputs, self.max_input_elements)
+    }
+
+    /// Validates and runs one request; returns every output, in graph order.
+    ///
+    /// # Errors
+    /// A validation error (see [`ModelMetadata::validate`]) before anything runs, or
+    /// [`Error::Inference`] if ONNX Runtime fails.
+    pub fn run(&mut self, inputs: &[(String, Tensor)]) -> Result<NamedTensors> {
+        self.validate(inputs)?;
+        let model = &self.metadata.name;
+        let inference = |source| Error::Inference {
+            model: model.clone(),
+            source,
+        };
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
+        for (name, tensor) in inputs {
+            let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
+            let value: SessionInputValue<'_> = with_data!(tensor.data(), v => TensorRef::from_array_view((shape, v.as_slice())).map_err(inference)?.into());
+            values.push((Cow::Borrowed(name.as_str()), value));
+        }
+        let outputs = self.session.run(values).map_err(inference)?;
+        let mut out = Vec::with_capacity(self.metadata.outputs.len());
+        for info in &self.metadata.outputs {
+            let value = &outputs[info.name.as_str()];
+            let tensor = with_element_type!(info.element_type, T => {
+                let (shape, data) = value.try_extract_tensor::<T>().map_err(inference)?;
+                let dims: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+                Tensor::new(dims, data.to_vec())?
+            });
+            out.push((info.name.clone(), tensor));
+        }
+        Ok(out)
+    }
+}
+
+/// The digest to check and, from a manifest, the size; `None` when waived.
+fn expected_digest(path: &Path, checksum: &Checksum) -> Result<Option<(Digest, Option<u64>)>> {
+    match checksum {
+        Checksum::Sha256(d) => Ok(Some((*d, None))),
+        Checksum::Skip => Ok(None),
+        Checksum::Manifest => {
+            let required = |reason: String| Error::ChecksumRequired {
+                path: path.to_owned(),
+                reason,
+            };
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let file = path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (manifest_path, manifest) = Manifest::read_in(dir)?.ok_or_else(|| {
+                required(format!(
+                    "no {} in {}",
+                    crate::layout::MANIFEST_FILE,
+                    dir.display()
+                ))
+            })?;
+            let entry = manifest.file(&file).ok_or_else(|| {
+                required(format!(
+                    "{} does not list {file:?}",
+                    manifest_path.display()
+                ))
+            })?;
+            Ok(Some((entry.sha256, Some(entry.size))))
+        }
+    }
+}
+
+/// Builds the session, registering CUDA when asked. Returns the session, the CUDA device that
+/// registered (if any), and why CUDA is not in use when it was asked for.
+fn open_session(
+    runtime: &Runtime,
+    name: &str,
+    path: &Path,
+    bytes: &[u8],
+    options: &ModelOptions,
+) -> Result<(Session, Option<i32>, Option<String>)> {
+    let cuda_id = match options.device {
+        Device::Cpu => None,
+        Device::Cuda { device_id } => Some(device_id),
+        Device::Auto => Some(0),
+    };
+    let may_fall_back = matches!(options.device, Device::Auto) || options.fallback == Fallback::Cpu;
+    let invalid = |source| Error::InvalidModel {
+        path: path.to_owned(),
+        source,
+    };
+
+    let mut fallback_reason = None;
+    if let Some(device_id) = cuda_id {
+        let builder = base_builder(runtime, &options.session).map_err(invalid)?;
+        match register_cuda(builder, device_id) {
+            Ok(builder) => {
+                let session = commit(builder, bytes).map_err(invalid)?;
+                return Ok((session, Some(device_id), None));
+            }
+            Err(reason) if may_fall_back => {
+                tracing::warn!(model = name, device = %options.device, %reason, "CUDA unavailable; falling back to the CPU");
+                fallback_reason = Some(reason);
+            }
+            Err(reason) => {
+                return Err(Error::ProviderUnavailable {
+                    model: name.to_owned(),
+                    provider: format!("CUDA:{device_id}"),
+                    reason,
+                })
+            }
+        }
+    }
+    let builder = base_builder(runtime, &options.session).map_err(invalid)?;
+    let session = commit(builder, bytes).map_err(invalid)?;
+    Ok((session, None, fallback_reason))
+}
+
+fn register_cuda(
+    builder: ort::session::builder::SessionBuilder,
+    device_id: i32,
+) -> std::result::Result<ort::session::builder::SessionBuilder, String> {
+    if !ep::CUDA::is_available().unwrap_or(false) {
+        return Err("this ONNX Runtime build has no CUDA execution provider (use the onnxruntime-gpu library)".to_owned());
+    }
+    builder
+        .with_execution_providers([ep::CUDA::default()
+            .with_device_id(device_id)
+            .build()
+            .error_on_failure()])
+        .map_err(|e| e.to_string())
+}
+
+fn commit(
+    mut builder: ort::session::builder::SessionBuilder,
+    bytes: &[u8],
+) -> ort::Result<Session> {
+    builder.commit_from_memory(bytes)
+}
+
+fn base_builder(
+    runtime: &Runtime,
+    cfg: &SessionConfig,
+) -> ort::Result<ort::session::builder::SessionBuilder> {
+    use ort::session::builder::GraphOptimizationLevel as L;
+    let level = match cfg.optimization_level {
+        OptimizationLevel::Disable => L::Disable,
+        OptimizationLevel::Basic => L::Level1,
+        OptimizationLevel::Extended => L::Level2,
+        OptimizationLevel::All => L::All,
+    };
+    let mut b = Session::builder(runtime.environment())?.with_optimization_level(level)?;
+    if cfg.intra_op_threads > 0 {
+        b = b.with_intra_threads(cfg.intra_op_threads)?;
+    }
+    if cfg.inter_op_threads > 0 {
+        b = b.with_inter_threads(cfg.inter_op_threads)?;
+    }
+    if cfg.parallel_execution {
+        b = b.with_parallel_execution(true)?;
+    }
+    if let Some(spin) = cfg.intra_op_spinning {
+        b = b.with_intra_op_spinning(spin)?;
+    }
+    if let Some(spin) = cfg.inter_op_spinning {
+        b = b.with_inter_op_spinning(spin)?;
+    }
+    if cfg.disable_cpu_fallback {
+        b = b.with_disable_cpu_fallback()?;
+    }
+    if runtime.library().minor >= device::ASSIGNMENT_MIN_MINOR {
+        b = b.with_config_entry(device::RECORD_ASSIGNMENT_KEY, "1")?;
+    }
+    Ok(b)
+}
+
+fn report(
+    runtime: &Runtime,
+    session: &Session,
+    requested: Device,
+    cuda: Option<i32>,
+    mut fallback_reason: Option<String>,
+) -> ProviderReport {
+    let registered = cuda.map_or(Provider::Cpu, |device_id| Provider::Cuda { device_id });
+    let (provider, nodes, source) = match device::graph_assignment(runtime, session) {
+        Some(nodes) => (
+            device::dominant(&nodes, cuda.unwrap_or(0)),
+            nodes,
+            ReportSource::GraphAssignment,
+        ),
+        None => (registered.clone(), Vec::new(), ReportSource::Registration),
+    };
+    if registered != Provider::Cpu && provider == Provider::Cpu && fallback_reason.is_none() {
+        fallback_reason =
+            Some("CUDA registered, but ONNX Runtime assigned no node to it".to_owned());
+    }
+    ProviderReport {
+        requested,
+        provider,
+        nodes,
+        source,
+        fallback_reason,
+    }
+}

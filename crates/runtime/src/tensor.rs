@@ -1,0 +1,332 @@
+//! Owned, typed tensors: what callers hand in and get back.
+//!
+//! A [`Tensor`] is a shape plus one flat row-major `Vec` of a supported element type. Row-major
+//! flat storage is what ONNX Runtime reads without copying, and what the batcher concatenates
+//! and splits along dim 0. [`Element`] ties each Rust type to its [`ElementType`] so the typed
+//! constructors and accessors are written once, generically.
+
+use std::fmt;
+
+use ort::value::TensorElementType;
+
+use crate::error::{Error, Result};
+
+/// Element types kiln serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ElementType {
+    /// 32-bit float.
+    F32,
+    /// 64-bit float.
+    F64,
+    /// Signed 64-bit integer.
+    I64,
+    /// Signed 32-bit integer.
+    I32,
+    /// Signed 8-bit integer.
+    I8,
+    /// Unsigned 8-bit integer.
+    U8,
+    /// Boolean.
+    Bool,
+}
+
+impl ElementType {
+    /// The ONNX type name (`float32` style, as in the Open Inference Protocol's lower case).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F64 => "float64",
+            Self::I64 => "int64",
+            Self::I32 => "int32",
+            Self::I8 => "int8",
+            Self::U8 => "uint8",
+            Self::Bool => "bool",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Self::F64 | Self::I64 => 8,
+            Self::F32 | Self::I32 => 4,
+            Self::I8 | Self::U8 | Self::Bool => 1,
+        }
+    }
+
+    pub(crate) fn from_ort(ty: TensorElementType) -> Option<Self> {
+        Some(match ty {
+            TensorElementType::Float32 => Self::F32,
+            TensorElementType::Float64 => Self::F64,
+            TensorElementType::Int64 => Self::I64,
+            TensorElementType::Int32 => Self::I32,
+            TensorElementType::Int8 => Self::I8,
+            TensorElementType::Uint8 => Self::U8,
+            TensorElementType::Bool => Self::Bool,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ElementType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The flat data of a tensor, one variant per [`ElementType`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    I64(Vec<i64>),
+    I32(Vec<i32>),
+    I8(Vec<i8>),
+    U8(Vec<u8>),
+    Bool(Vec<bool>),
+}
+
+/// Runs `$body` with `$v` bound to the inner `Vec` of any [`TensorData`] variant.
+macro_rules! with_data {
+    ($data:expr, $v:ident => $body:expr) => {
+        match $data {
+            $crate::tensor::TensorData::F32($v) => $body,
+            $crate::tensor::TensorData::F64($v) => $body,
+            $crate::tensor::TensorData::I64($v) => $body,
+            $crate::tensor::TensorData::I32($v) => $body,
+            $crate::tensor::TensorData::I8($v) => $body,
+            $crate::tensor::TensorData::U8($v) => $body,
+            $crate::tensor::TensorData::Bool($v) => $body,
+        }
+    };
+}
+pub(crate) use with_data;
+
+/// Runs `$body` with the type alias `$T` bound to the Rust type of an [`ElementType`].
+macro_rules! with_element_type {
+    ($ty:expr, $T:ident => $body:expr) => {
+        match $ty {
+            $crate::tensor::ElementType::F32 => {
+                type $T = f32;
+                $body
+            }
+            $crate::tensor::ElementType::F64 => {
+                type $T = f64;
+                $body
+            }
+            $crate::tensor::ElementType::I64 => {
+                type $T = i64;
+                $body
+            }
+            $crate::tensor::ElementType::I32 => {
+                type $T = i32;
+                $body
+            }
+            $crate::tensor::ElementType::I8 => {
+                type $T = i8;
+                $body
+            }
+            $crate::tensor::ElementType::U8 => {
+                type $T = u8;
+                $body
+            }
+            $crate::tensor::ElementType::Bool => {
+                type $T = bool;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_element_type;
+
+/// A Rust type that can be a tensor element.
+pub trait Element:
+    ort::value::PrimitiveTensorElementType + Copy + fmt::Debug + Send + Sync + 'static
+{
+    /// Its element type.
+    const TYPE: ElementType;
+    /// Wraps a vector of this type.
+    fn wrap(data: Vec<Self>) -> TensorData;
+    /// Borrows the vector if `data` holds this type.
+    fn view(data: &TensorData) -> Option<&[Self]>;
+}
+
+macro_rules! element {
+    ($($t:ty => $variant:ident),* $(,)?) => {$(
+        impl Element for $t {
+            const TYPE: ElementType = ElementType::$variant;
+            fn wrap(data: Vec<Self>) -> TensorData {
+                TensorData::$variant(data)
+            }
+            fn view(data: &TensorData) -> Option<&[Self]> {
+                match data {
+                    TensorData::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+element!(f32 => F32, f64 => F64, i64 => I64, i32 => I32, i8 => I8, u8 => U8, bool => Bool);
+
+/// A dense row-major tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    data: TensorData,
+}
+
+impl Tensor {
+    /// A tensor of `shape` holding `data` (row-major).
+    ///
+    /// # Errors
+    /// [`Error::TensorShape`] if `data.len()` is not the product of `shape`.
+    pub fn new<T: Element>(shape: impl Into<Vec<usize>>, data: Vec<T>) -> Result<Self> {
+        Self::from_data(shape.into(), T::wrap(data))
+    }
+
+    /// A tensor from already wrapped data.
+    ///
+    /// # Errors
+    /// [`Error::TensorShape`] if the data length is not the product of `shape`.
+    pub fn from_data(shape: Vec<usize>, data: TensorData) -> Result<Self> {
+        let expected = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        let len = with_data!(&data, v => v.len());
+        if expected != len {
+            return Err(Error::TensorShape {
+                shape,
+                expected,
+                len,
+            });
+        }
+        Ok(Self { shape, data })
+    }
+
+    /// A tensor from an `ndarray` array (any layout; copied to row-major).
+    pub fn from_array<T: Element>(array: ndarray::ArrayD<T>) -> Self {
+        let shape = array.shape().to_vec();
+        let data = if array.is_standard_layout() {
+            array.into_raw_vec_and_offset().0
+        } else {
+            array.iter().copied().collect()
+        };
+        Self {
+            shape,
+            data: T::wrap(data),
+        }
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The element type.
+    pub fn element_type(&self) -> ElementType {
+        match &self.data {
+            TensorData::F32(_) => ElementType::F32,
+            TensorData::F64(_) => ElementType::F64,
+            TensorData::I64(_) => ElementType::I64,
+            TensorData::I32(_) => ElementType::I32,
+            TensorData::I8(_) => ElementType::I8,
+            TensorData::U8(_) => ElementType::U8,
+            TensorData::Bool(_) => ElementType::Bool,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        with_data!(&self.data, v => v.len())
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Size of the data in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.element_type().size()
+    }
+
+    /// The data, wrapped.
+    pub fn data(&self) -> &TensorData {
+        &self.data
+    }
+
+    /// The flat data as `T`.
+    ///
+    /// # Errors
+    /// [`Error::TensorType`] if the tensor holds another type.
+    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+        T::view(&self.data).ok_or(Error::TensorType {
+            expected: T::TYPE,
+            actual: self.element_type(),
+        })
+    }
+
+    /// A view as an `ndarray` array.
+    ///
+    /// # Errors
+    /// [`Error::TensorType`] if the tensor holds another type.
+    pub fn to_array<T: Element>(&self) -> Result<ndarray::ArrayViewD<'_, T>> {
+        let data = self.as_slice::<T>()?;
+        // The constructor checked that the data length matches the shape.
+        ndarray::ArrayViewD::from_shape(self.shape.as_slice(), data).map_err(|_| {
+            Error::TensorShape {
+                shape: self.shape.clone(),
+                expected: self.shape.iter().product(),
+                len: data.len(),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constructor_checks_the_shape() {
+        let t = Tensor::new([2, 3], vec![0f32; 6]).expect("valid");
+        assert_eq!(
+            (t.shape(), t.len(), t.byte_len(), t.element_type()),
+            (&[2usize, 3][..], 6, 24, ElementType::F32)
+        );
+        let err = Tensor::new([2, 3], vec![0i64; 5]).expect_err("5 != 6");
+        assert!(
+            matches!(
+                err,
+                Error::TensorShape {
+                    expected: 6,
+                    len: 5,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let huge = Tensor::new([usize::MAX, 2], vec![0u8; 1]);
+        assert!(huge.is_err(), "overflowing shape is rejected, not wrapped");
+    }
+
+    #[test]
+    fn typed_access_and_ndarray_round_trip() {
+        let a = ndarray::Array2::from_shape_fn((2, 2), |(i, j)| (i * 2 + j) as i32).into_dyn();
+        let t = Tensor::from_array(a.t().to_owned().into_dyn());
+        assert_eq!(t.as_slice::<i32>().expect("i32"), &[0, 2, 1, 3]);
+        assert!(matches!(
+            t.as_slice::<f32>(),
+            Err(Error::TensorType {
+                expected: ElementType::F32,
+                actual: ElementType::I32
+            })
+        ));
+        assert_eq!(t.to_array::<i32>().expect("view"), a.t());
+    }
+}

@@ -1,0 +1,118 @@
+//! Helpers shared by the integration tests: where the test data and ONNX Runtime are, and
+//! golden-file loading and comparison.
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::path::PathBuf;
+
+use kiln::{
+    Checksum, Digest, Model, ModelOptions, NamedTensors, Runtime, RuntimeConfig, Tensor, TensorData,
+};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// `testdata/<name>`.
+pub fn testdata(name: &str) -> PathBuf {
+    repo_root().join("testdata").join(name)
+}
+
+/// The process's ONNX Runtime: from ORT_DYLIB_PATH / KILN_ORT_DIR when set (as `make test`
+/// and GPU runs do), else the CPU library `make ort` provisions in `.cache/ort/cpu`.
+pub fn runtime() -> Runtime {
+    let configured = ["ORT_DYLIB_PATH", "KILN_ORT_DIR"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let config = if configured {
+        RuntimeConfig::default()
+    } else {
+        RuntimeConfig {
+            library_path: Some(repo_root().join(".cache/ort/cpu/libonnxruntime.so")),
+        }
+    };
+    Runtime::new(&config)
+        .unwrap_or_else(|e| panic!("ONNX Runtime is required for this test (run `make ort`): {e}"))
+}
+
+/// The sha256 of a file, computed independently of kiln's loader.
+pub fn sha256_of(path: &std::path::Path) -> Digest {
+    Digest::of(&std::fs::read(path).expect("read test file"))
+}
+
+/// Loads `testdata/<file>` with its real digest and the given options.
+pub fn load(file: &str, options: ModelOptions) -> Model {
+    let path = testdata(file);
+    let digest = sha256_of(&path);
+    Model::load(
+        &runtime(),
+        &path,
+        &options.with_checksum(Checksum::Sha256(digest)),
+    )
+    .expect("model loads")
+}
+
+/// A golden file: the inputs fed to Python onnxruntime and the outputs it returned.
+pub struct Golden {
+    pub inputs: NamedTensors,
+    pub outputs: NamedTensors,
+}
+
+fn tensor_from_json(v: &serde_json::Value) -> Tensor {
+    let shape: Vec<usize> = serde_json::from_value(v["shape"].clone()).expect("shape");
+    let data = &v["data"];
+    let td = match v["dtype"].as_str().expect("dtype") {
+        "float32" => TensorData::F32(serde_json::from_value(data.clone()).expect("f32 data")),
+        "int64" => TensorData::I64(serde_json::from_value(data.clone()).expect("i64 data")),
+        "int32" => TensorData::I32(serde_json::from_value(data.clone()).expect("i32 data")),
+        other => panic!("golden dtype {other} not handled"),
+    };
+    Tensor::from_data(shape, td).expect("golden tensor")
+}
+
+fn named(v: &serde_json::Value) -> NamedTensors {
+    v.as_object()
+        .expect("object")
+        .iter()
+        .map(|(k, t)| (k.clone(), tensor_from_json(t)))
+        .collect()
+}
+
+/// Reads `testdata/golden/<stem>.json`.
+pub fn golden(stem: &str) -> Golden {
+    let text = std::fs::read_to_string(testdata(&format!("golden/{stem}.json")))
+        .expect("golden file (run `make testdata`)");
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("golden json");
+    Golden {
+        inputs: named(&doc["inputs"]),
+        outputs: named(&doc["outputs"]),
+    }
+}
+
+/// Asserts `actual` matches `expected`: same names, shapes and types; integers exactly,
+/// floats within `abs_tol + rel_tol * |expected|`.
+pub fn assert_close(actual: &NamedTensors, expected: &NamedTensors, abs_tol: f64, rel_tol: f64) {
+    assert_eq!(actual.len(), expected.len(), "output count");
+    for (name, want) in expected {
+        let (_, got) = actual
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("output {name} missing"));
+        assert_eq!(got.shape(), want.shape(), "shape of {name}");
+        match (got.data(), want.data()) {
+            (TensorData::F32(g), TensorData::F32(w)) => {
+                for (i, (a, b)) in g.iter().zip(w).enumerate() {
+                    let tol = abs_tol + rel_tol * f64::from(b.abs());
+                    assert!(
+                        f64::from((a - b).abs()) <= tol,
+                        "{name}[{i}]: got {a}, want {b} (tolerance {tol})"
+                    );
+                }
+            }
+            (g, w) => assert_eq!(g, w, "{name}"),
+        }
+    }
+}

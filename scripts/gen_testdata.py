@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Write kiln's test models and their golden outputs into testdata/.
+
+Every model is built with the `onnx` helper API from fixed seeds, so two runs write the same
+bytes. Golden outputs come from Python onnxruntime (the same 1.31.1 release the Rust side
+loads) and are stored as JSON: {"inputs": {name: tensor}, "outputs": {name: tensor}} where a
+tensor is {"dtype": "float32", "shape": [...], "data": [...flat, row-major...]}.
+
+Usage: gen_testdata.py OUT_DIR [REAL_MODEL ...]
+  REAL_MODEL: extra .onnx files (e.g. the magika model) that get golden outputs too.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = [helper.make_opsetid("", 18)]
+IR_VERSION = 9
+DTYPES = {"float32": "float32", "int64": "int64", "int32": "int32"}
+
+
+def save(model, out_dir, name):
+    onnx.checker.check_model(model)
+    path = os.path.join(out_dir, name + ".onnx")
+    onnx.save(model, path)
+    return path
+
+
+def make(name, nodes, inputs, outputs, inits=()):
+    graph = helper.make_graph(nodes, name, inputs, outputs, initializer=list(inits))
+    return helper.make_model(graph, opset_imports=OPSET, ir_version=IR_VERSION, producer_name="kiln-gen")
+
+
+def f32(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def mlp(rng):
+    w1 = numpy_helper.from_array(rng.standard_normal((16, 32)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.standard_normal((32,)).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.standard_normal((32, 4)).astype(np.float32), "w2")
+    b2 = numpy_helper.from_array(rng.standard_normal((4,)).astype(np.float32), "b2")
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Gemm", ["hr", "w2", "b2"], ["y"]),
+    ]
+    return make("mlp", nodes, [f32("x", ["batch", 16])], [f32("y", ["batch", 4])], [w1, b1, w2, b2])
+
+
+def fixed_batch(_rng):
+    two = numpy_helper.from_array(np.full((1, 8), 2.0, np.float32), "two")
+    one = numpy_helper.from_array(np.full((1, 8), 1.0, np.float32), "one")
+    nodes = [helper.make_node("Mul", ["x", "two"], ["t"]), helper.make_node("Add", ["t", "one"], ["y"])]
+    return make("fixed_batch", nodes, [f32("x", [1, 8])], [f32("y", [1, 8])], [two, one])
+
+
+def multi_io(_rng):
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [
+        helper.make_node("Add", ["a", "b"], ["sum"]),
+        helper.make_node("Mul", ["a", "b"], ["prod"]),
+        helper.make_node("ReduceSum", ["a", "axes"], ["rowsum"], keepdims=1),
+    ]
+    return make(
+        "multi_io",
+        nodes,
+        [f32("a", ["batch", 4]), f32("b", ["batch", 4])],
+        [f32("sum", ["batch", 4]), f32("prod", ["batch", 4]), f32("rowsum", ["batch", 1])],
+        [axes],
+    )
+
+
+def sequence(rng):
+    w = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
+    axes = numpy_helper.from_array(np.array([1], np.int64), "axes")
+    nodes = [
+        helper.make_node("MatMul", ["tokens", "w"], ["proj"]),
+        helper.make_node("ReduceMean", ["tokens", "axes"], ["pooled"], keepdims=0),
+    ]
+    return make(
+        "sequence",
+        nodes,
+        [f32("tokens", ["batch", "seq", 8])],
+        [f32("proj", ["batch", "seq", 4]), f32("pooled", ["batch", 8])],
+        [w, axes],
+    )
+
+
+def int64_model(rng):
+    table = numpy_helper.from_array(rng.standard_normal((100, 4)).astype(np.float32), "table")
+    two = numpy_helper.from_array(np.array(2, np.int64), "two")
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["embedded"], axis=0),
+        helper.make_node("Mul", ["ids", "two"], ["doubled"]),
+    ]
+    return make(
+        "int64",
+        nodes,
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 6])],
+        [f32("embedded", ["batch", 6, 4]), helper.make_tensor_value_info("doubled", TensorProto.INT64, ["batch", 6])],
+        [table, two],
+    )
+
+
+def random_input(rng, inp):
+    """An input tensor for `inp` (an onnxruntime NodeArg) with dynamic dims filled in."""
+    dims = []
+    for i, d in enumerate(inp.shape):
+        if isinstance(d, int):
+            dims.append(d)
+        else:
+            dims.append(3 if i == 0 else 5)
+    if inp.type == "tensor(float)":
+        return rng.standard_normal(dims).astype(np.float32)
+    if inp.type == "tensor(int64)":
+        return rng.integers(0, 100, dims).astype(np.int64)
+    if inp.type == "tensor(int32)":
+        return rng.integers(0, 257, dims).astype(np.int32)
+    raise SystemExit(f"no random input for {inp.name}: {inp.type}")
+
+
+def as_json(arr):
+    kind = DTYPES[arr.dtype.name]
+    data = arr.reshape(-1).tolist()
+    return {"dtype": kind, "shape": list(arr.shape), "data": data}
+
+
+def write_golden(model_path, golden_path, seed):
+    rng = np.random.default_rng(seed)
+    sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    feeds = {i.name: random_input(rng, i) for i in sess.get_inputs()}
+    names = [o.name for o in sess.get_outputs()]
+    outs = sess.run(names, feeds)
+    doc = {
+        "model": os.path.basename(model_path),
+        "onnxruntime": ort.__version__,
+        "inputs": {k: as_json(v) for k, v in feeds.items()},
+        "outputs": {k: as_json(v) for k, v in zip(names, outs)},
+    }
+    with open(golden_path, "w") as f:
+        json.dump(doc, f)
+
+
+def main():
+    out_dir = sys.argv[1]
+    os.makedirs(os.path.join(out_dir, "golden"), exist_ok=True)
+    builders = {"mlp": mlp, "fixed_batch": fixed_batch, "multi_io": multi_io, "sequence": sequence, "int64": int64_model}
+    for seed, (name, build) in enumerate(builders.items()):
+        path = save(build(np.random.default_rng(seed)), out_dir, name)
+        write_golden(path, os.path.join(out_dir, "golden", name + ".json"), 100 + seed)
+
+    # Broken artifacts: a model cut in half, and bytes that are no protobuf at all.
+    with open(os.path.join(out_dir, "mlp.onnx"), "rb") as f:
+        good = f.read()
+    with open(os.path.join(out_dir, "truncated.onnx"), "wb") as f:
+        f.write(good[: len(good) // 2])
+    with open(os.path.join(out_dir, "garbage.onnx"), "wb") as f:
+        f.write(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+
+    for i, real in enumerate(sys.argv[2:]):
+        stem = os.path.splitext(os.path.basename(real))[0]
+        write_golden(real, os.path.join(out_dir, "golden", stem + ".json"), 200 + i)
+
+
+if __name__ == "__main__":
+    main()
