@@ -287,6 +287,95 @@ pub enum Error {
         actual: ElementType,
     },
 
+    /// The model's queue is full: retry after `retry_after` (HTTP 429).
+    #[error(
+        "model {model}: overloaded ({queued_requests} requests, {queued_bytes} bytes queued); retry in {} ms",
+        .retry_after.as_millis()
+    )]
+    Overloaded {
+        /// Model name.
+        model: String,
+        /// Requests waiting when this one was refused.
+        queued_requests: usize,
+        /// Bytes of input waiting.
+        queued_bytes: usize,
+        /// When a retry is likely to be admitted, from the recent drain rate.
+        retry_after: std::time::Duration,
+    },
+
+    /// The request's deadline passed before it could run; it never reached the model (HTTP 504).
+    #[error("model {model}: deadline exceeded after {} ms in the queue", .waited.as_millis())]
+    DeadlineExceeded {
+        /// Model name.
+        model: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+    },
+
+    /// A request carries more rows than one batch may hold (HTTP 400).
+    #[error("model {model}: request has {rows} rows, over max_batch_size {max}; split it into smaller requests")]
+    BatchTooLarge {
+        /// Model name.
+        model: String,
+        /// Rows in the request.
+        rows: usize,
+        /// The model's `max_batch_size`.
+        max: usize,
+    },
+
+    /// A request's inputs are larger than the whole queue may hold (HTTP 413).
+    #[error("model {model}: request has {bytes} bytes of input, over max_queue_bytes {limit}")]
+    RequestTooLarge {
+        /// Model name.
+        model: String,
+        /// Input bytes in the request.
+        bytes: usize,
+        /// The queue's byte capacity.
+        limit: usize,
+    },
+
+    /// The model is not accepting requests (loading, draining, unloaded or failed; HTTP 503).
+    #[error("model {model}: not accepting requests ({state})")]
+    Unavailable {
+        /// Model name.
+        model: String,
+        /// Its state.
+        state: String,
+    },
+
+    /// A request asked for a priority level the model does not have.
+    #[error("model {model}: priority {priority} out of range (levels 0..{levels})")]
+    InvalidPriority {
+        /// Model name.
+        model: String,
+        /// The priority given.
+        priority: usize,
+        /// Levels configured.
+        levels: usize,
+    },
+
+    /// The model's outputs cannot be split back per request (an output lacks the batch rows).
+    #[error("model {model}: output `{output}` has shape {shape:?}, expected {rows} rows along dim 0 to split the batch")]
+    BatchSplit {
+        /// Model name.
+        model: String,
+        /// Output name.
+        output: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// Rows in the batch.
+        rows: usize,
+    },
+
+    /// The worker running the request stopped without answering (a bug; reported, not hidden).
+    #[error("model {model}: the inference worker stopped without answering: {reason}")]
+    WorkerLost {
+        /// Model name.
+        model: String,
+        /// What is known.
+        reason: String,
+    },
+
     /// ONNX Runtime failed while running the model.
     #[error("model {model}: inference failed: {source}")]
     Inference {

@@ -28,8 +28,10 @@
 //! - [`tensor`]: owned typed tensors.
 //! - [`metadata`]: a model's signature and request validation.
 //! - [`model`]: a loaded model and single-request inference.
+//! - [`batch`]: dynamic batching, admission, deadlines, lifecycle and hot swap, metrics.
 //! - [`error`]: the crate's error type.
 
+pub mod batch;
 pub mod checksum;
 pub mod config;
 pub mod device;
@@ -41,6 +43,7 @@ pub mod model;
 pub mod runtime;
 pub mod tensor;
 
+pub use batch::{BatchConfig, Batcher, InferRequest, ModelHandle, ModelState, ModelStatus};
 pub use checksum::{Checksum, Digest};
 pub use config::{ModelOptions, OptimizationLevel, SessionConfig};
 pub use device::{Device, Fallback, Provider, ProviderReport, ReportSource};

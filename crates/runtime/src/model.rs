@@ -59,7 +59,20 @@ impl Model {
     /// used and the policy forbids the CPU; [`Error::UnsupportedModel`] for inputs or outputs
     /// kiln cannot serve.
     pub fn load(runtime: &Runtime, path: impl AsRef<Path>, options: &ModelOptions) -> Result<Self> {
+        let mut models = Self::load_many(runtime, path, options, 1)?;
+        models.pop().ok_or_else(|| Error::InvalidConfig { field: "instances", reason: "no session opened".into() })
+    }
+
+    /// Reads and verifies the model once and opens `count` independent sessions on its bytes
+    /// (one per batcher instance).
+    ///
+    /// # Errors
+    /// As [`Model::load`]; `count` of 0 is [`Error::InvalidConfig`].
+    pub fn load_many(runtime: &Runtime, path: impl AsRef<Path>, options: &ModelOptions, count: usize) -> Result<Vec<Self>> {
         let path = path.as_ref();
+        if count == 0 {
+            return Err(Error::InvalidConfig { field: "instances", reason: "must be at least 1".into() });
+        }
         options.validate()?;
         let started = Instant::now();
         let name = match &options.name {
@@ -99,34 +112,32 @@ impl Model {
             }
         }
 
-        let (session, requested_cuda, fallback_reason) =
-            open_session(runtime, &name, path, &bytes, options)?;
+        let mut models = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (session, requested_cuda, fallback_reason) = open_session(runtime, &name, path, &bytes, options)?;
+            let metadata = ModelMetadata::from_session(&name, &session)?;
+            let provider = report(runtime, &session, options.device, requested_cuda, fallback_reason);
+            models.push(Self {
+                session,
+                metadata,
+                provider,
+                path: path.to_owned(),
+                digest,
+                verified: expected.is_some(),
+                max_input_elements: options.max_input_elements,
+            });
+        }
         drop(bytes);
-        let metadata = ModelMetadata::from_session(&name, &session)?;
-        let provider = report(
-            runtime,
-            &session,
-            options.device,
-            requested_cuda,
-            fallback_reason,
-        );
         tracing::info!(
             model = %name,
             path = %path.display(),
             sha256 = %digest,
-            provider = %provider.provider,
+            provider = %models[0].provider.provider,
+            sessions = count,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "model loaded"
         );
-        Ok(Self {
-            session,
-            metadata,
-            provider,
-            path: path.to_owned(),
-            digest,
-            verified: expected.is_some(),
-            max_input_elements: options.max_input_elements,
-        })
+        Ok(models)
     }
 
     /// The model's signature.
@@ -171,6 +182,12 @@ impl Model {
     /// [`Error::Inference`] if ONNX Runtime fails.
     pub fn run(&mut self, inputs: &[(String, Tensor)]) -> Result<NamedTensors> {
         self.validate(inputs)?;
+        self.run_validated(inputs)
+    }
+
+    /// Runs inputs that were already validated (the batcher validates each request at
+    /// admission; a stacked batch may legitimately exceed the per-request element cap).
+    pub(crate) fn run_validated(&mut self, inputs: &[(String, Tensor)]) -> Result<NamedTensors> {
         let model = &self.metadata.name;
         let inference = |source| Error::Inference {
             model: model.clone(),

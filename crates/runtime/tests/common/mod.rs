@@ -2,6 +2,8 @@
 //! golden-file loading and comparison.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
+pub mod fake;
+
 use std::path::PathBuf;
 
 use kiln::{

@@ -1,0 +1,149 @@
+//! Batching, admission and lifecycle settings of one served model, validated once.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How a served model batches, admits and schedules requests. Every field has a default;
+/// `serde` reads it with `deny_unknown_fields` (durations in microseconds or milliseconds, as
+/// the field names say).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Instances (worker threads, each with its own ONNX Runtime session). Default 1. More
+    /// instances overlap runs; on a CPU, instances × intra-op threads should not exceed cores.
+    pub instances: usize,
+    /// Most rows (dim 0, summed over requests) in one batch. Default 64. A request with more
+    /// rows is refused with `BatchTooLarge`. Ignored for models without a batch dimension.
+    pub max_batch_size: usize,
+    /// Batch sizes to cut at when more is queued than fits (largest that fits wins), and to
+    /// close a waiting batch early. Default empty.
+    pub preferred_batch_sizes: Vec<usize>,
+    /// How long a batch may wait for more requests after its oldest arrived, in µs. Default 0:
+    /// greedy, an idle instance takes whatever is queued at once, so nothing waits at low load.
+    pub max_queue_delay_us: u64,
+    /// Most requests waiting. Default 1024. Beyond it, requests fail at once with `Overloaded`.
+    pub max_queue_requests: usize,
+    /// Most input bytes waiting. Default 256 MiB. Beyond it, `Overloaded`.
+    pub max_queue_bytes: usize,
+    /// Default request timeout (queue + run), in ms; 0 means none. Default 0. A request may
+    /// shorten it, never extend it.
+    pub default_timeout_ms: u64,
+    /// Priority levels (0 is the highest). Default 2.
+    pub priority_levels: usize,
+    /// Share of batches guaranteed to lower priority levels while higher ones have work, so
+    /// they are not starved (0 < share ≤ 0.5). Default 0.1: at least every 10th batch.
+    pub low_priority_share: f64,
+    /// Run synthetic batches (at each preferred size and at `max_batch_size`) on every instance
+    /// before reporting Ready, so out-of-memory and slow first runs happen before traffic.
+    /// Default true.
+    pub warmup: bool,
+    /// How long a graceful drain may take before queued requests are failed, in ms.
+    /// Default 30000.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            instances: 1,
+            max_batch_size: 64,
+            preferred_batch_sizes: Vec::new(),
+            max_queue_delay_us: 0,
+            max_queue_requests: 1024,
+            max_queue_bytes: 256 << 20,
+            default_timeout_ms: 0,
+            priority_levels: 2,
+            low_priority_share: 0.1,
+            warmup: true,
+            drain_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl BatchConfig {
+    /// Checks every field and their combinations.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &'static str, reason: String| Err(Error::InvalidConfig { field, reason });
+        if self.instances == 0 || self.instances > 256 {
+            return bad("instances", format!("{} is not in 1..=256", self.instances));
+        }
+        if self.max_batch_size == 0 {
+            return bad("max_batch_size", "must be at least 1".into());
+        }
+        if let Some(&p) = self.preferred_batch_sizes.iter().find(|&&p| p == 0 || p > self.max_batch_size) {
+            return bad(
+                "preferred_batch_sizes",
+                format!("{p} is not in 1..={} (max_batch_size)", self.max_batch_size),
+            );
+        }
+        if self.max_queue_requests == 0 {
+            return bad("max_queue_requests", "must be at least 1".into());
+        }
+        if self.max_queue_bytes == 0 {
+            return bad("max_queue_bytes", "must be at least 1".into());
+        }
+        if self.priority_levels == 0 || self.priority_levels > 16 {
+            return bad("priority_levels", format!("{} is not in 1..=16", self.priority_levels));
+        }
+        if !(self.low_priority_share > 0.0 && self.low_priority_share <= 0.5) {
+            return bad("low_priority_share", format!("{} is not in (0, 0.5]", self.low_priority_share));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn max_queue_delay(&self) -> Duration {
+        Duration::from_micros(self.max_queue_delay_us)
+    }
+
+    pub(crate) fn default_timeout(&self) -> Option<Duration> {
+        (self.default_timeout_ms > 0).then(|| Duration::from_millis(self.default_timeout_ms))
+    }
+
+    /// Every how many batches a lower level gets its turn.
+    pub(crate) fn low_priority_period(&self) -> usize {
+        (1.0 / self.low_priority_share).round().max(2.0) as usize
+    }
+
+    /// Preferred sizes, sorted, deduplicated.
+    pub(crate) fn preferred_sorted(&self) -> Vec<usize> {
+        let mut p = self.preferred_batch_sizes.clone();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let field = |c: BatchConfig| match c.validate() {
+            Err(Error::InvalidConfig { field, .. }) => field,
+            other => panic!("expected InvalidConfig, got {other:?}"),
+        };
+        let d = BatchConfig::default;
+        assert_eq!(field(BatchConfig { instances: 0, ..d() }), "instances");
+        assert_eq!(field(BatchConfig { max_batch_size: 0, ..d() }), "max_batch_size");
+        assert_eq!(field(BatchConfig { preferred_batch_sizes: vec![128], ..d() }), "preferred_batch_sizes");
+        assert_eq!(field(BatchConfig { max_queue_requests: 0, ..d() }), "max_queue_requests");
+        assert_eq!(field(BatchConfig { priority_levels: 0, ..d() }), "priority_levels");
+        assert_eq!(field(BatchConfig { low_priority_share: 0.0, ..d() }), "low_priority_share");
+        assert!(d().validate().is_ok());
+        assert_eq!(d().low_priority_period(), 10);
+    }
+
+    #[test]
+    fn parses_with_defaults_and_rejects_unknown_fields() {
+        let c: BatchConfig = serde_json::from_str(r#"{"max_batch_size": 32, "preferred_batch_sizes": [16, 8]}"#).expect("parse");
+        assert_eq!((c.max_batch_size, c.preferred_sorted()), (32, vec![8, 16]));
+        assert!(serde_json::from_str::<BatchConfig>(r#"{"max_batch": 32}"#).is_err());
+    }
+}

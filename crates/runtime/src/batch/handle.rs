@@ -1,0 +1,324 @@
+//! A served model across versions: lifecycle states, hot swap, graceful shutdown.
+//!
+//! States: `Loading → Warming → Ready → Draining → Unloaded`, or `Failed` with the reason.
+//! A new version loads and warms beside the one serving; the switch is one pointer swap under
+//! a write lock, and the old version then drains (finishes everything it admitted) on a thread
+//! of its own, so no request in flight during a swap fails. If the new version fails, the old
+//! one keeps serving and the failure is reported in the status.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use opentelemetry::metrics::Meter;
+use tokio::sync::{oneshot, watch};
+
+use super::backend::Backend;
+use super::batcher::{Batcher, BatcherSpec, BatcherStats};
+use super::config::BatchConfig;
+use super::metrics::LoadMetrics;
+use super::request::InferRequest;
+use crate::config::ModelOptions;
+use crate::error::{Error, Result};
+use crate::metadata::ModelMetadata;
+use crate::model::{Model, NamedTensors};
+use crate::runtime::Runtime;
+
+/// Where a model is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum ModelState {
+    /// Reading, verifying and opening its first version.
+    Loading,
+    /// Running warm-up batches on its first version.
+    Warming,
+    /// Serving.
+    Ready,
+    /// Finishing admitted requests; admitting no more.
+    Draining,
+    /// Stopped; nothing is held.
+    Unloaded,
+    /// Its first version could not be loaded.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for ModelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Loading => f.write_str("loading"),
+            Self::Warming => f.write_str("warming"),
+            Self::Ready => f.write_str("ready"),
+            Self::Draining => f.write_str("draining"),
+            Self::Unloaded => f.write_str("unloaded"),
+            Self::Failed { reason } => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+/// A snapshot of a served model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ModelStatus {
+    /// Model name.
+    pub model: String,
+    /// Lifecycle state.
+    pub state: ModelState,
+    /// The version serving, if any.
+    pub version: Option<String>,
+    /// The version being loaded beside it, if any.
+    pub loading: Option<String>,
+    /// The execution provider of the serving version.
+    pub provider: Option<String>,
+    /// The last load or swap failure, kept while an older version serves on.
+    pub last_error: Option<String>,
+}
+
+struct Serving {
+    version: String,
+    batcher: Arc<Batcher>,
+}
+
+struct Inner {
+    name: String,
+    meter: Meter,
+    load_metrics: LoadMetrics,
+    current: RwLock<Option<Serving>>,
+    status: watch::Sender<ModelStatus>,
+    /// One load or swap at a time.
+    swap: Mutex<()>,
+    drain_timeout: Mutex<Duration>,
+}
+
+/// A cloneable handle to a served model.
+#[derive(Clone)]
+pub struct ModelHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ModelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelHandle").field("status", &self.status()).finish()
+    }
+}
+
+/// What a loader returns: the version's description, one backend per instance, and the
+/// provider label to report.
+pub type Loaded = (BatcherSpec, Vec<Box<dyn Backend>>, String);
+
+impl ModelHandle {
+    /// A handle with nothing loaded yet (state `Loading`). Metrics go to `meter`.
+    pub fn new(name: impl Into<String>, meter: Meter) -> Self {
+        let name = name.into();
+        let (status, _) = watch::channel(ModelStatus {
+            model: name.clone(),
+            state: ModelState::Loading,
+            version: None,
+            loading: None,
+            provider: None,
+            last_error: None,
+        });
+        let load_metrics = LoadMetrics::new(&meter, &name);
+        Self {
+            inner: Arc::new(Inner {
+                name,
+                meter,
+                load_metrics,
+                current: RwLock::new(None),
+                status,
+                swap: Mutex::new(()),
+                drain_timeout: Mutex::new(Duration::from_secs(30)),
+            }),
+        }
+    }
+
+    /// Loads `path` as `version` on ONNX Runtime (verified as `options` says), with `config`'s
+    /// batching, and makes it the serving version (hot swap if one serves already).
+    ///
+    /// # Errors
+    /// Any load, verification or warm-up error. The previous version, if any, keeps serving.
+    pub fn load_model(
+        &self,
+        runtime: &Runtime,
+        path: impl AsRef<std::path::Path>,
+        version: &str,
+        options: &ModelOptions,
+        config: &BatchConfig,
+    ) -> Result<()> {
+        let path = path.as_ref().to_owned();
+        let options = options.clone().with_name(self.inner.name.clone());
+        let config = config.clone();
+        let model = self.inner.name.clone();
+        let version_label = version.to_owned();
+        self.load_with(version, move || {
+            config.validate()?;
+            let models = Model::load_many(runtime, &path, &options, config.instances)?;
+            let provider = models[0].provider().provider.to_string();
+            let spec = BatcherSpec {
+                model,
+                version: version_label,
+                metadata: models[0].metadata().clone(),
+                max_input_elements: options.max_input_elements,
+                config,
+            };
+            let backends = models.into_iter().map(|m| Box::new(m) as Box<dyn Backend>).collect();
+            Ok((spec, backends, provider))
+        })
+    }
+
+    /// Loads a version through `loader` (which reads and opens it), warms it, and swaps it in.
+    ///
+    /// # Errors
+    /// The loader's or warm-up's error; the previous version keeps serving.
+    pub fn load_with(&self, version: &str, loader: impl FnOnce() -> Result<Loaded>) -> Result<()> {
+        let inner = &*self.inner;
+        let _one_at_a_time = inner.swap.lock().unwrap_or_else(|p| p.into_inner());
+        let first = self.current_version().is_none();
+        self.update(|s| {
+            s.loading = Some(version.to_owned());
+            if first {
+                s.state = ModelState::Loading;
+            }
+        });
+        let started = Instant::now();
+        let result = loader().and_then(|(spec, backends, provider)| {
+            inner.load_metrics.loaded(version, started.elapsed(), &provider);
+            *inner.drain_timeout.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_millis(spec.config.drain_timeout_ms);
+            if first {
+                self.update(|s| s.state = ModelState::Warming);
+            }
+            Batcher::start(spec, backends, &inner.meter).map(|b| (b, provider))
+        });
+        match result {
+            Ok((batcher, provider)) => {
+                let old = {
+                    let mut cur = inner.current.write().unwrap_or_else(|p| p.into_inner());
+                    cur.replace(Serving { version: version.to_owned(), batcher: Arc::new(batcher) })
+                };
+                self.update(|s| {
+                    s.state = ModelState::Ready;
+                    s.version = Some(version.to_owned());
+                    s.loading = None;
+                    s.provider = Some(provider);
+                    s.last_error = None;
+                });
+                tracing::info!(model = %inner.name, version, elapsed_ms = started.elapsed().as_millis() as u64, "version serving");
+                if let Some(old) = old {
+                    let timeout = *inner.drain_timeout.lock().unwrap_or_else(|p| p.into_inner());
+                    let name = inner.name.clone();
+                    // The old version finishes what it admitted, off the caller's thread.
+                    let spawned = std::thread::Builder::new().name(format!("kiln-{name}-drain")).spawn(move || {
+                        old.batcher.drain(timeout);
+                        tracing::info!(model = %name, version = %old.version, "old version drained");
+                    });
+                    if let Err(e) = spawned {
+                        tracing::error!(model = %inner.name, error = %e, "cannot spawn the drain thread; the old version stops when dropped");
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, Error::ChecksumMismatch { .. } | Error::SizeMismatch { .. }) {
+                    inner.load_metrics.checksum_failure();
+                }
+                tracing::error!(model = %inner.name, version, error = %e, "version failed to load");
+                let reason = e.to_string();
+                self.update(|s| {
+                    s.loading = None;
+                    s.last_error = Some(reason.clone());
+                    if first {
+                        s.state = ModelState::Failed { reason: reason.clone() };
+                    }
+                });
+                Err(e)
+            }
+        }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ModelStatus)) {
+        self.inner.status.send_modify(f);
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The serving version's label.
+    pub fn current_version(&self) -> Option<String> {
+        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.version.clone())
+    }
+
+    /// The serving version's signature.
+    pub fn metadata(&self) -> Option<ModelMetadata> {
+        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.batcher.metadata().clone())
+    }
+
+    /// The serving version's counters.
+    pub fn stats(&self) -> Option<BatcherStats> {
+        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.batcher.stats())
+    }
+
+    /// A snapshot of the status.
+    pub fn status(&self) -> ModelStatus {
+        self.inner.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch(&self) -> watch::Receiver<ModelStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// Whether the model is serving.
+    pub fn is_ready(&self) -> bool {
+        self.inner.status.borrow().state == ModelState::Ready
+    }
+
+    fn submit(&self, request: InferRequest) -> Result<oneshot::Receiver<Result<NamedTensors>>> {
+        // The read lock is held across admission, so a swap cannot slip between choosing the
+        // version and queueing on it: whatever the old version admitted, it drains.
+        let cur = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
+        match cur.as_ref() {
+            Some(s) => s.batcher.submit(request),
+            None => Err(Error::Unavailable { model: self.inner.name.clone(), state: self.status().state.to_string() }),
+        }
+    }
+
+    /// Runs a request on the serving version. Dropping the future cancels it.
+    ///
+    /// # Errors
+    /// As [`Batcher::infer`], or [`Error::Unavailable`] when no version serves.
+    pub async fn infer(&self, request: InferRequest) -> Result<NamedTensors> {
+        let rx = self.submit(request)?;
+        rx.await.unwrap_or_else(|_| Err(self.lost()))
+    }
+
+    /// Blocking [`ModelHandle::infer`] for non-async threads (not inside an async runtime).
+    ///
+    /// # Errors
+    /// As [`ModelHandle::infer`].
+    pub fn infer_blocking(&self, request: InferRequest) -> Result<NamedTensors> {
+        let rx = self.submit(request)?;
+        rx.blocking_recv().unwrap_or_else(|_| Err(self.lost()))
+    }
+
+    fn lost(&self) -> Error {
+        Error::WorkerLost { model: self.inner.name.clone(), reason: "reply channel closed".into() }
+    }
+
+    /// Graceful shutdown: readiness goes false (`Draining`) first, then the serving version
+    /// finishes its queue (bounded by its `drain_timeout_ms`), then `Unloaded`.
+    pub fn shutdown(&self) {
+        let _one_at_a_time = self.inner.swap.lock().unwrap_or_else(|p| p.into_inner());
+        self.update(|s| s.state = ModelState::Draining);
+        let serving = self.inner.current.write().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(s) = serving {
+            let timeout = *self.inner.drain_timeout.lock().unwrap_or_else(|p| p.into_inner());
+            s.batcher.drain(timeout);
+        }
+        self.update(|s| {
+            s.state = ModelState::Unloaded;
+            s.version = None;
+        });
+    }
+}

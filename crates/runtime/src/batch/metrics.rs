@@ -1,0 +1,248 @@
+//! The served model's OpenTelemetry instruments. kiln uses the OpenTelemetry API only; the
+//! host application installs a meter provider and picks the exporter (Prometheus, OTLP, ...).
+//!
+//! Names carry the `kiln_` prefix and their unit. Durations are histograms with buckets from
+//! 5 µs to 10 s; nothing is a summary. Attribute sets are built once per model version, so a
+//! request costs a handful of instrument calls and no allocation.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, ObservableGauge};
+use opentelemetry::KeyValue;
+
+/// How a request ended; the `outcome` attribute of `kiln_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Answered with outputs.
+    Success,
+    /// Refused: queue full.
+    Overloaded,
+    /// Deadline passed before it ran.
+    Deadline,
+    /// The caller went away.
+    Cancelled,
+    /// Refused by validation.
+    Invalid,
+    /// ONNX Runtime (or the worker) failed.
+    Failed,
+    /// The model was not accepting requests (draining, unloaded).
+    Unavailable,
+}
+
+const OUTCOMES: [Outcome; 7] = [
+    Outcome::Success,
+    Outcome::Overloaded,
+    Outcome::Deadline,
+    Outcome::Cancelled,
+    Outcome::Invalid,
+    Outcome::Failed,
+    Outcome::Unavailable,
+];
+
+impl Outcome {
+    /// The attribute value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Overloaded => "overloaded",
+            Self::Deadline => "deadline",
+            Self::Cancelled => "cancelled",
+            Self::Invalid => "invalid",
+            Self::Failed => "failed",
+            Self::Unavailable => "unavailable",
+        }
+    }
+
+    /// The outcome an error stands for.
+    pub fn of(err: &crate::Error) -> Self {
+        use crate::Error as E;
+        match err {
+            E::Overloaded { .. } => Self::Overloaded,
+            E::DeadlineExceeded { .. } => Self::Deadline,
+            E::Unavailable { .. } => Self::Unavailable,
+            E::UnknownInput { .. }
+            | E::MissingInput { .. }
+            | E::DuplicateInput { .. }
+            | E::DtypeMismatch { .. }
+            | E::ShapeMismatch { .. }
+            | E::BatchMismatch { .. }
+            | E::InputTooLarge { .. }
+            | E::BatchTooLarge { .. }
+            | E::RequestTooLarge { .. }
+            | E::InvalidPriority { .. }
+            | E::TensorShape { .. }
+            | E::TensorType { .. } => Self::Invalid,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// Bucket boundaries for durations in seconds: 5 µs .. 10 s.
+const SECONDS: [f64; 20] =
+    [5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Bucket boundaries for batch sizes in rows.
+const ROWS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+/// Queue depth, mirrored outside the queue's lock for the observable gauges.
+#[derive(Debug, Default)]
+pub(crate) struct Depth {
+    pub(crate) requests: AtomicUsize,
+    pub(crate) bytes: AtomicUsize,
+}
+
+/// Instruments and pre-built attribute sets of one model version.
+pub(crate) struct Metrics {
+    attrs: Vec<KeyValue>,
+    outcome_attrs: Vec<Vec<KeyValue>>,
+    requests: Counter<u64>,
+    request_duration: Histogram<f64>,
+    queue_duration: Histogram<f64>,
+    compute_duration: Histogram<f64>,
+    batch_rows: Histogram<u64>,
+    padding_ratio: Histogram<f64>,
+    busy: Counter<f64>,
+    warmup_duration: Histogram<f64>,
+    _depth_gauges: [ObservableGauge<u64>; 2],
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("attrs", &self.attrs).finish()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new(meter: &Meter, model: &str, version: &str, depth: Weak<Depth>) -> Self {
+        let attrs = vec![KeyValue::new("model", model.to_owned()), KeyValue::new("version", version.to_owned())];
+        let outcome_attrs = OUTCOMES
+            .iter()
+            .map(|o| {
+                let mut a = attrs.clone();
+                a.push(KeyValue::new("outcome", o.as_str()));
+                a
+            })
+            .collect();
+        let seconds = |name: &'static str, description: &'static str| {
+            meter.f64_histogram(name).with_unit("s").with_description(description).with_boundaries(SECONDS.to_vec()).build()
+        };
+        let depth_gauge = |name: &'static str, description: &'static str, unit: &'static str, read: fn(&Depth) -> usize| {
+            let depth = depth.clone();
+            let attrs = attrs.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |obs| {
+                    if let Some(d) = depth.upgrade() {
+                        obs.observe(read(&d) as u64, &attrs);
+                    }
+                })
+                .build()
+        };
+        Self {
+            requests: meter.u64_counter("kiln_requests_total").with_description("Requests by outcome").build(),
+            request_duration: seconds("kiln_request_duration_seconds", "Time from admission to answer"),
+            queue_duration: seconds("kiln_queue_duration_seconds", "Time a request waited before its batch ran"),
+            compute_duration: seconds("kiln_compute_duration_seconds", "Time one batch spent in ONNX Runtime"),
+            batch_rows: meter
+                .u64_histogram("kiln_batch_size_rows")
+                .with_unit("{row}")
+                .with_description("Rows per executed batch")
+                .with_boundaries(ROWS.to_vec())
+                .build(),
+            padding_ratio: meter
+                .f64_histogram("kiln_batch_padding_ratio")
+                .with_description("Share of a padded batch's elements that are padding")
+                .with_boundaries(vec![0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
+                .build(),
+            busy: meter
+                .f64_counter("kiln_instance_busy_seconds_total")
+                .with_unit("s")
+                .with_description("Time instances spent running batches")
+                .build(),
+            warmup_duration: seconds("kiln_model_warmup_duration_seconds", "Time warm-up batches took"),
+            _depth_gauges: [
+                depth_gauge("kiln_queue_depth_requests", "Requests waiting", "{request}", |d| d.requests.load(Ordering::Relaxed)),
+                depth_gauge("kiln_queue_depth_bytes", "Input bytes waiting", "By", |d| d.bytes.load(Ordering::Relaxed)),
+            ],
+            attrs,
+            outcome_attrs,
+        }
+    }
+
+    pub(crate) fn outcome(&self, outcome: Outcome, since_admission: Option<Duration>) {
+        let idx = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
+        self.requests.add(1, &self.outcome_attrs[idx]);
+        if let Some(d) = since_admission {
+            self.request_duration.record(d.as_secs_f64(), &self.outcome_attrs[idx]);
+        }
+    }
+
+    pub(crate) fn queued(&self, waited: Duration) {
+        self.queue_duration.record(waited.as_secs_f64(), &self.attrs);
+    }
+
+    pub(crate) fn batch(&self, rows: usize, compute: Duration) {
+        self.batch_rows.record(rows as u64, &self.attrs);
+        self.compute_duration.record(compute.as_secs_f64(), &self.attrs);
+        self.busy.add(compute.as_secs_f64(), &self.attrs);
+    }
+
+    pub(crate) fn padding(&self, ratio: f64) {
+        self.padding_ratio.record(ratio, &self.attrs);
+    }
+
+    pub(crate) fn warmed(&self, warmup: Duration) {
+        self.warmup_duration.record(warmup.as_secs_f64(), &self.attrs);
+    }
+}
+
+/// Load-time instruments of a model (all versions): load duration, checksum failures, and the
+/// execution provider in use.
+pub(crate) struct LoadMetrics {
+    attrs: Vec<KeyValue>,
+    load_duration: Histogram<f64>,
+    checksum_failures: Counter<u64>,
+    provider: Gauge<u64>,
+}
+
+impl LoadMetrics {
+    pub(crate) fn new(meter: &Meter, model: &str) -> Self {
+        Self {
+            attrs: vec![KeyValue::new("model", model.to_owned())],
+            load_duration: meter
+                .f64_histogram("kiln_model_load_duration_seconds")
+                .with_unit("s")
+                .with_description("Time to read, verify and open a model version")
+                .with_boundaries(SECONDS.to_vec())
+                .build(),
+            checksum_failures: meter
+                .u64_counter("kiln_checksum_failures_total")
+                .with_description("Model loads refused because the bytes did not match the expected digest")
+                .build(),
+            provider: meter
+                .u64_gauge("kiln_model_provider_info")
+                .with_description("1 for the execution provider that holds the version's graph")
+                .build(),
+        }
+    }
+
+    pub(crate) fn loaded(&self, version: &str, load: Duration, provider: &str) {
+        let mut a = self.attrs.clone();
+        a.push(KeyValue::new("version", version.to_owned()));
+        self.load_duration.record(load.as_secs_f64(), &a);
+        a.push(KeyValue::new("provider", provider.to_owned()));
+        self.provider.record(1, &a);
+    }
+
+    pub(crate) fn checksum_failure(&self) {
+        self.checksum_failures.add(1, &self.attrs);
+    }
+}
+
+/// Keeps the depth mirror alive for the gauges' callbacks.
+pub(crate) fn depth() -> Arc<Depth> {
+    Arc::new(Depth::default())
+}

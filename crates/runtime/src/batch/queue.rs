@@ -1,0 +1,445 @@
+//! The waiting room: per-priority FIFO queues and the batch-formation rules.
+//!
+//! Pure data and decisions, no threads or clocks of its own (time is passed in), so the rules
+//! are unit- and property-tested directly. The batcher holds a `Queue` under one mutex.
+//!
+//! Rules, in order, when an instance asks for work:
+//! 1. Requests whose deadline passed or whose caller went away are removed as they are met
+//!    (and by [`Queue::expire`], which the deadline timer calls).
+//! 2. Level: the highest priority with work, except that every `low_period`-th batch goes to
+//!    a lower level that has work, so low priority gets a bounded share and never starves.
+//! 3. The oldest request of that level opens the batch; later requests of the same level with
+//!    the same non-batch dims (shape bucket) join in FIFO order while their rows fit in
+//!    `max_rows`. Requests of other buckets keep their place.
+//! 4. If a matching request was left over and the batch can be cut where the cumulative rows
+//!    equal a preferred size, it is cut at the largest such size.
+//! 5. With a queue delay, an incomplete batch (not full, no preferred size reached, nothing
+//!    left over) waits until its oldest request has waited `delay`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::error::Result;
+use crate::model::NamedTensors;
+
+/// Where a request's answer goes.
+pub(crate) type Reply = oneshot::Sender<Result<NamedTensors>>;
+
+/// A request waiting in the queue.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    /// Inputs in the model's input order.
+    pub(crate) inputs: NamedTensors,
+    /// Rows along dim 0 (1 for models without a batch dim).
+    pub(crate) rows: usize,
+    /// Input bytes.
+    pub(crate) bytes: usize,
+    /// Non-batch dims of every input: requests batch together only with equal keys.
+    pub(crate) key: Vec<usize>,
+    pub(crate) enqueued: Instant,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) priority: usize,
+    pub(crate) reply: Reply,
+}
+
+impl Pending {
+    fn expired(&self, now: Instant) -> bool {
+        self.deadline.is_some_and(|d| d <= now)
+    }
+
+    fn cancelled(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// A request removed without running, and why.
+#[derive(Debug)]
+pub(crate) enum Dropped {
+    /// Its deadline passed.
+    Expired(Pending),
+    /// Its caller went away.
+    Cancelled(Pending),
+}
+
+/// The batch-formation parameters.
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    /// Whether requests can be stacked along dim 0.
+    pub(crate) batchable: bool,
+    /// Most rows per batch.
+    pub(crate) max_rows: usize,
+    /// Preferred batch sizes, ascending.
+    pub(crate) preferred: Vec<usize>,
+    /// Queue delay (zero: greedy).
+    pub(crate) delay: Duration,
+    /// Every this many batches, a lower priority level with work is served.
+    pub(crate) low_period: usize,
+}
+
+/// What an instance should do next.
+#[derive(Debug)]
+pub(crate) enum Take {
+    /// Run these requests as one batch.
+    Batch(Vec<Pending>),
+    /// A batch is forming: ask again at this time (or when notified).
+    WaitUntil(Instant),
+    /// Nothing to do.
+    Empty,
+}
+
+/// Requests waiting, by priority level.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    levels: Vec<VecDeque<Pending>>,
+    requests: usize,
+    bytes: usize,
+    /// Batches served from the top level while a lower level waited.
+    since_low: usize,
+}
+
+/// How far past the rows that fit a batch scan looks for more matching requests.
+const SCAN_SLACK: usize = 256;
+
+impl Queue {
+    pub(crate) fn new(levels: usize) -> Self {
+        Self { levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(), requests: 0, bytes: 0, since_low: 0 }
+    }
+
+    /// Requests waiting.
+    pub(crate) fn len(&self) -> usize {
+        self.requests
+    }
+
+    /// Input bytes waiting.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.requests == 0
+    }
+
+    /// Adds a request at the back of its level.
+    pub(crate) fn push(&mut self, p: Pending) {
+        self.requests += 1;
+        self.bytes += p.bytes;
+        let level = p.priority.min(self.levels.len() - 1);
+        self.levels[level].push_back(p);
+    }
+
+    fn account_removed(&mut self, p: &Pending) {
+        self.requests -= 1;
+        self.bytes -= p.bytes;
+    }
+
+    /// Removes every expired or cancelled request; returns the earliest remaining deadline.
+    pub(crate) fn expire(&mut self, now: Instant, dropped: &mut Vec<Dropped>) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for level in 0..self.levels.len() {
+            let mut kept = VecDeque::with_capacity(self.levels[level].len());
+            while let Some(p) = self.levels[level].pop_front() {
+                if p.expired(now) {
+                    self.account_removed(&p);
+                    dropped.push(Dropped::Expired(p));
+                } else if p.cancelled() {
+                    self.account_removed(&p);
+                    dropped.push(Dropped::Cancelled(p));
+                } else {
+                    if let Some(d) = p.deadline {
+                        next = Some(next.map_or(d, |n| n.min(d)));
+                    }
+                    kept.push_back(p);
+                }
+            }
+            self.levels[level] = kept;
+        }
+        next
+    }
+
+    /// Removes and returns everything (shutdown).
+    pub(crate) fn drain_all(&mut self) -> Vec<Pending> {
+        self.requests = 0;
+        self.bytes = 0;
+        self.levels.iter_mut().flat_map(|l| l.drain(..)).collect()
+    }
+
+    /// Pops expired/cancelled requests off the front of `level`; true if a live one remains.
+    fn clean_front(&mut self, level: usize, now: Instant, dropped: &mut Vec<Dropped>) -> bool {
+        while let Some(front) = self.levels[level].front() {
+            if !front.expired(now) && !front.cancelled() {
+                return true;
+            }
+            if let Some(p) = self.levels[level].pop_front() {
+                self.account_removed(&p);
+                dropped.push(if p.expired(now) { Dropped::Expired(p) } else { Dropped::Cancelled(p) });
+            }
+        }
+        false
+    }
+
+    /// The level to serve, applying the low-priority share.
+    fn pick_level(&mut self, now: Instant, period: usize, dropped: &mut Vec<Dropped>) -> Option<usize> {
+        let live: Vec<usize> = (0..self.levels.len()).filter(|&l| self.clean_front(l, now, dropped)).collect();
+        let top = *live.first()?;
+        match live.get(1) {
+            Some(&lower) if self.since_low + 1 >= period => {
+                self.since_low = 0;
+                Some(lower)
+            }
+            Some(_) => {
+                self.since_low += 1;
+                Some(top)
+            }
+            None => {
+                self.since_low = 0;
+                Some(top)
+            }
+        }
+    }
+
+    /// Forms the next batch under `policy` at time `now`.
+    pub(crate) fn take(&mut self, now: Instant, policy: &Policy, dropped: &mut Vec<Dropped>) -> Take {
+        let Some(level) = self.pick_level(now, policy.low_period, dropped) else {
+            return Take::Empty;
+        };
+        let queue = &self.levels[level];
+        let Some(head) = queue.front() else {
+            return Take::Empty;
+        };
+        if !policy.batchable {
+            return Take::Batch(self.remove_marked(level, &[(0, true)], now, dropped));
+        }
+
+        // Gather matching, live requests in FIFO order while they fit.
+        let mut chosen = vec![0usize];
+        let mut cumulative = vec![head.rows];
+        let mut rows = head.rows;
+        let mut left_over = false;
+        let mut gone = Vec::new();
+        let limit = 1 + policy.max_rows + SCAN_SLACK;
+        for (i, p) in queue.iter().enumerate().skip(1).take(limit) {
+            if p.expired(now) || p.cancelled() {
+                gone.push(i);
+                continue;
+            }
+            if p.key != head.key {
+                continue;
+            }
+            if rows + p.rows > policy.max_rows {
+                left_over = true;
+                break;
+            }
+            rows += p.rows;
+            chosen.push(i);
+            cumulative.push(rows);
+            if rows == policy.max_rows {
+                left_over = queue.iter().skip(i + 1).any(|q| q.key == head.key);
+                break;
+            }
+        }
+
+        // More is queued than fits: cut at the largest preferred size the prefix sums hit.
+        if left_over {
+            if let Some(cut) = cumulative.iter().rposition(|c| policy.preferred.binary_search(c).is_ok()) {
+                chosen.truncate(cut + 1);
+                rows = cumulative[cut];
+            }
+        }
+
+        // With a queue delay, an incomplete batch waits for its oldest request's delay.
+        if !policy.delay.is_zero() {
+            let ready = left_over
+                || rows >= policy.max_rows
+                || policy.preferred.binary_search(&rows).is_ok()
+                || policy.preferred.last().is_some_and(|&p| rows >= p);
+            let due = head.enqueued + policy.delay;
+            if !ready && now < due {
+                return Take::WaitUntil(due);
+            }
+        }
+
+        // Drop the expired/cancelled requests met while scanning, along with the chosen ones.
+        let mut remove: Vec<(usize, bool)> = chosen.iter().map(|&i| (i, true)).chain(gone.iter().map(|&i| (i, false))).collect();
+        remove.sort_unstable();
+        let taken = self.remove_marked(level, &remove, now, dropped);
+        Take::Batch(taken)
+    }
+
+    /// Removes the marked indices (ascending): `true` ones are returned in order, `false` ones
+    /// go to `dropped`. A prefix (the common case: one bucket) is popped off the front;
+    /// anything else rebuilds the level once.
+    fn remove_marked(&mut self, level: usize, marks: &[(usize, bool)], now: Instant, dropped: &mut Vec<Dropped>) -> Vec<Pending> {
+        let mut removed = Vec::with_capacity(marks.len());
+        if marks.iter().enumerate().all(|(n, &(i, _))| n == i) {
+            for &(_, keep) in marks {
+                if let Some(p) = self.levels[level].pop_front() {
+                    removed.push((p, keep));
+                }
+            }
+        } else {
+            let queue = std::mem::take(&mut self.levels[level]);
+            let mut rest = VecDeque::with_capacity(queue.len().saturating_sub(marks.len()));
+            let mut next = marks.iter().peekable();
+            for (i, p) in queue.into_iter().enumerate() {
+                match next.peek() {
+                    Some(&&(at, keep)) if at == i => {
+                        next.next();
+                        removed.push((p, keep));
+                    }
+                    _ => rest.push_back(p),
+                }
+            }
+            self.levels[level] = rest;
+        }
+        let mut taken = Vec::with_capacity(removed.len());
+        for (p, keep) in removed {
+            self.account_removed(&p);
+            if keep {
+                taken.push(p);
+            } else if p.expired(now) {
+                dropped.push(Dropped::Expired(p));
+            } else {
+                dropped.push(Dropped::Cancelled(p));
+            }
+        }
+        taken
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::tensor::Tensor;
+
+    /// A pending request whose single input encodes its id; keeps its receiver alive.
+    fn pending(id: usize, rows: usize, key: usize, priority: usize, now: Instant) -> (Pending, oneshot::Receiver<Result<NamedTensors>>) {
+        let (tx, rx) = oneshot::channel();
+        let t = Tensor::new([rows], vec![id as i64; rows]).expect("tensor");
+        (
+            Pending { inputs: vec![("x".into(), t)], rows, bytes: rows * 8, key: vec![key], enqueued: now, deadline: None, priority, reply: tx },
+            rx,
+        )
+    }
+
+    fn id(p: &Pending) -> usize {
+        p.inputs[0].1.as_slice::<i64>().expect("i64")[0] as usize
+    }
+
+    fn policy(max_rows: usize, preferred: Vec<usize>) -> Policy {
+        Policy { batchable: true, max_rows, preferred, delay: Duration::ZERO, low_period: 4 }
+    }
+
+    #[test]
+    fn cuts_at_the_largest_preferred_size_when_more_is_queued() {
+        let now = Instant::now();
+        let mut q = Queue::new(1);
+        let _rx: Vec<_> = (0..10).map(|i| {
+            let (p, rx) = pending(i, 1, 0, 0, now);
+            q.push(p);
+            rx
+        }).collect();
+        let mut dropped = Vec::new();
+        let Take::Batch(b) = q.take(now, &policy(8, vec![2, 4, 6]), &mut dropped) else { panic!("batch expected") };
+        assert_eq!(b.len(), 6, "10 queued, 8 fit: cut at the largest preferred size that fits");
+        assert_eq!(b.iter().map(id).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5], "oldest first");
+    }
+
+    #[test]
+    fn greedy_takes_everything_that_fits_when_nothing_is_left_over() {
+        let now = Instant::now();
+        let mut q = Queue::new(1);
+        let mut keep = Vec::new();
+        for i in 0..5 {
+            let (p, rx) = pending(i, 1, 0, 0, now);
+            q.push(p);
+            keep.push(rx);
+        }
+        let mut dropped = Vec::new();
+        let Take::Batch(b) = q.take(now, &policy(8, vec![4]), &mut dropped) else { panic!("batch expected") };
+        assert_eq!(b.len(), 5, "all queued fits: no cut at the preferred size, nothing waits for nothing");
+    }
+
+    #[test]
+    fn delay_holds_an_incomplete_batch_until_its_oldest_request_is_due() {
+        let now = Instant::now();
+        let mut q = Queue::new(1);
+        let (p, _rx) = pending(0, 1, 0, 0, now);
+        q.push(p);
+        let mut pol = policy(8, vec![4]);
+        pol.delay = Duration::from_millis(5);
+        let mut dropped = Vec::new();
+        assert!(matches!(q.take(now, &pol, &mut dropped), Take::WaitUntil(t) if t == now + pol.delay));
+        assert!(matches!(q.take(now + pol.delay, &pol, &mut dropped), Take::Batch(b) if b.len() == 1));
+    }
+
+    #[test]
+    fn expired_and_cancelled_requests_are_pruned_not_run() {
+        let now = Instant::now();
+        let mut q = Queue::new(1);
+        let (mut a, _ra) = pending(0, 1, 0, 0, now);
+        a.deadline = Some(now);
+        q.push(a);
+        let (b, rb) = pending(1, 1, 0, 0, now);
+        q.push(b);
+        drop(rb);
+        let (c, _rc) = pending(2, 1, 0, 0, now);
+        q.push(c);
+        let mut dropped = Vec::new();
+        let Take::Batch(batch) = q.take(now, &policy(8, vec![]), &mut dropped) else { panic!("batch expected") };
+        assert_eq!(batch.iter().map(id).collect::<Vec<_>>(), vec![2]);
+        assert!(matches!(dropped[0], Dropped::Expired(_)));
+        assert!(matches!(dropped[1], Dropped::Cancelled(_)));
+        assert!(q.is_empty() && q.bytes() == 0);
+    }
+
+    proptest! {
+        /// Under any mix of sizes, buckets and priorities: nothing lost or duplicated, each
+        /// batch within max rows and of one bucket and level, FIFO kept within a bucket and
+        /// level, and low priority served within its bounded share.
+        #[test]
+        fn batches_keep_every_invariant(
+            reqs in proptest::collection::vec((1usize..=4, 0usize..3, 0usize..2), 1..120),
+            max_rows in 4usize..=12,
+            preferred in proptest::collection::vec(1usize..=4, 0..3),
+        ) {
+            let now = Instant::now();
+            let mut q = Queue::new(2);
+            let mut receivers = Vec::new();
+            for (i, &(rows, key, prio)) in reqs.iter().enumerate() {
+                let (p, rx) = pending(i, rows, key, prio, now);
+                q.push(p);
+                receivers.push(rx);
+            }
+            let pol = policy(max_rows, { let mut p = preferred.clone(); p.sort_unstable(); p.dedup(); p });
+            let mut seen = vec![false; reqs.len()];
+            let mut last_per_bucket = std::collections::HashMap::new();
+            let mut high_streak = 0;
+            let mut dropped = Vec::new();
+            while !q.is_empty() {
+                let low_waiting = q.levels[1].len();
+                let Take::Batch(b) = q.take(now, &pol, &mut dropped) else { panic!("greedy policy must return a batch") };
+                prop_assert!(!b.is_empty());
+                let rows: usize = b.iter().map(|p| p.rows).sum();
+                prop_assert!(rows <= max_rows, "batch of {} rows over {}", rows, max_rows);
+                let (key, level) = (b[0].key.clone(), b[0].priority);
+                for p in &b {
+                    prop_assert_eq!(&p.key, &key);
+                    prop_assert_eq!(p.priority, level);
+                    let i = id(p);
+                    prop_assert!(!seen[i], "request {} taken twice", i);
+                    seen[i] = true;
+                    let last = last_per_bucket.insert((level, key.clone()), i);
+                    prop_assert!(last.is_none_or(|l| l < i), "FIFO broken in bucket");
+                }
+                if level == 0 && low_waiting > 0 { high_streak += 1 } else { high_streak = 0 }
+                prop_assert!(high_streak < pol.low_period, "low priority starved for {} batches", high_streak);
+            }
+            prop_assert!(dropped.is_empty());
+            prop_assert!(seen.iter().all(|s| *s), "a request was lost");
+        }
+    }
+}

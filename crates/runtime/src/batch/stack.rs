@@ -1,0 +1,93 @@
+//! Stacking requests into one batch along dim 0, and splitting the outputs back by row
+//! offsets so each caller gets exactly its rows, in order.
+
+use crate::error::{Error, Result};
+use crate::model::NamedTensors;
+use crate::tensor::{with_element_type, Element, Tensor};
+
+/// Concatenates the inputs of several requests (all in the model's input order, same element
+/// types and non-batch dims: the queue's shape bucket guarantees it).
+pub(crate) fn concat(requests: &[&NamedTensors]) -> Result<NamedTensors> {
+    let Some(first) = requests.first() else {
+        return Ok(Vec::new());
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, (name, head))| {
+            let parts: Vec<&Tensor> = requests.iter().map(|r| &r[i].1).collect();
+            let tensor = with_element_type!(head.element_type(), T => concat_typed::<T>(&parts)?);
+            Ok((name.clone(), tensor))
+        })
+        .collect()
+}
+
+fn concat_typed<T: Element>(parts: &[&Tensor]) -> Result<Tensor> {
+    let total: usize = parts.iter().map(|t| t.len()).sum();
+    let mut data = Vec::with_capacity(total);
+    for t in parts {
+        data.extend_from_slice(t.as_slice::<T>()?);
+    }
+    let mut shape = parts[0].shape().to_vec();
+    shape[0] = parts.iter().map(|t| t.shape()[0]).sum();
+    Tensor::new(shape, data)
+}
+
+/// Splits batch outputs into one set per request, by each request's rows.
+pub(crate) fn split(model: &str, outputs: NamedTensors, rows: &[usize]) -> Result<Vec<NamedTensors>> {
+    let total: usize = rows.iter().sum();
+    let mut per_request: Vec<NamedTensors> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    for (name, tensor) in outputs {
+        if tensor.shape().first() != Some(&total) {
+            return Err(Error::BatchSplit { model: model.to_owned(), output: name, shape: tensor.shape().to_vec(), rows: total });
+        }
+        let parts = with_element_type!(tensor.element_type(), T => split_typed::<T>(&tensor, rows)?);
+        for (dst, part) in per_request.iter_mut().zip(parts) {
+            dst.push((name.clone(), part));
+        }
+    }
+    Ok(per_request)
+}
+
+fn split_typed<T: Element>(tensor: &Tensor, rows: &[usize]) -> Result<Vec<Tensor>> {
+    let data = tensor.as_slice::<T>()?;
+    let inner: usize = tensor.shape()[1..].iter().product();
+    let mut offset = 0;
+    rows.iter()
+        .map(|&r| {
+            let mut shape = tensor.shape().to_vec();
+            shape[0] = r;
+            let part = data[offset * inner..(offset + r) * inner].to_vec();
+            offset += r;
+            Tensor::new(shape, part)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(rows: usize, start: i64) -> NamedTensors {
+        let a = Tensor::new([rows, 2], (0..rows as i64 * 2).map(|v| v + start).collect::<Vec<_>>()).expect("a");
+        let b = Tensor::new([rows], vec![start as f32; rows]).expect("b");
+        vec![("a".into(), a), ("b".into(), b)]
+    }
+
+    #[test]
+    fn concat_then_split_returns_each_request_its_rows() {
+        let (r1, r2, r3) = (req(1, 0), req(3, 100), req(2, 200));
+        let batch = concat(&[&r1, &r2, &r3]).expect("concat");
+        assert_eq!(batch[0].1.shape(), &[6, 2]);
+        assert_eq!(batch[1].1.shape(), &[6]);
+        let back = split("m", batch, &[1, 3, 2]).expect("split");
+        assert_eq!(back, vec![r1, r2, r3]);
+    }
+
+    #[test]
+    fn an_output_without_the_batch_rows_cannot_be_split() {
+        let out = vec![("y".to_owned(), Tensor::new([4], vec![0f32; 4]).expect("y"))];
+        let err = split("m", out, &[2, 3]).expect_err("4 != 5");
+        assert!(matches!(err, Error::BatchSplit { rows: 5, .. }), "{err}");
+    }
+}
