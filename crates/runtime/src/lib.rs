@@ -28,6 +28,7 @@
 //! - [`tensor`]: owned typed tensors.
 //! - [`metadata`]: a model's signature and request validation.
 //! - [`model`]: a loaded model and single-request inference.
+//! - [`repository`]: serves every model published under a root, hot-swapping versions.
 //! - [`batch`]: dynamic batching, admission, deadlines, lifecycle and hot swap, metrics.
 //! - [`error`]: the crate's error type.
 
@@ -40,6 +41,7 @@ pub mod layout;
 pub mod manifest;
 pub mod metadata;
 pub mod model;
+pub mod repository;
 pub mod runtime;
 pub mod tensor;
 
@@ -51,5 +53,6 @@ pub use error::{Error, LibraryAttempt, Result};
 pub use manifest::{Manifest, ManifestFile};
 pub use metadata::{ModelMetadata, TensorInfo};
 pub use model::{Model, NamedTensors};
+pub use repository::{Repository, RepositoryConfig, ScanReport};
 pub use runtime::{LibraryInfo, Runtime, RuntimeConfig};
 pub use tensor::{Element, ElementType, Tensor, TensorData};

@@ -60,7 +60,10 @@ impl Model {
     /// kiln cannot serve.
     pub fn load(runtime: &Runtime, path: impl AsRef<Path>, options: &ModelOptions) -> Result<Self> {
         let mut models = Self::load_many(runtime, path, options, 1)?;
-        models.pop().ok_or_else(|| Error::InvalidConfig { field: "instances", reason: "no session opened".into() })
+        models.pop().ok_or_else(|| Error::InvalidConfig {
+            field: "instances",
+            reason: "no session opened".into(),
+        })
     }
 
     /// Reads and verifies the model once and opens `count` independent sessions on its bytes
@@ -68,10 +71,18 @@ impl Model {
     ///
     /// # Errors
     /// As [`Model::load`]; `count` of 0 is [`Error::InvalidConfig`].
-    pub fn load_many(runtime: &Runtime, path: impl AsRef<Path>, options: &ModelOptions, count: usize) -> Result<Vec<Self>> {
+    pub fn load_many(
+        runtime: &Runtime,
+        path: impl AsRef<Path>,
+        options: &ModelOptions,
+        count: usize,
+    ) -> Result<Vec<Self>> {
         let path = path.as_ref();
         if count == 0 {
-            return Err(Error::InvalidConfig { field: "instances", reason: "must be at least 1".into() });
+            return Err(Error::InvalidConfig {
+                field: "instances",
+                reason: "must be at least 1".into(),
+            });
         }
         options.validate()?;
         let started = Instant::now();
@@ -114,9 +125,16 @@ impl Model {
 
         let mut models = Vec::with_capacity(count);
         for _ in 0..count {
-            let (session, requested_cuda, fallback_reason) = open_session(runtime, &name, path, &bytes, options)?;
+            let (session, requested_cuda, fallback_reason) =
+                open_session(runtime, &name, path, &bytes, options)?;
             let metadata = ModelMetadata::from_session(&name, &session)?;
-            let provider = report(runtime, &session, options.device, requested_cuda, fallback_reason);
+            let provider = report(
+                runtime,
+                &session,
+                options.device,
+                requested_cuda,
+                fallback_reason,
+            );
             models.push(Self {
                 session,
                 metadata,

@@ -152,10 +152,15 @@ pub trait Element:
     fn wrap(data: Vec<Self>) -> TensorData;
     /// Borrows the vector if `data` holds this type.
     fn view(data: &TensorData) -> Option<&[Self]>;
+    /// Converts a configured value (such as a pad value) to this type (`as` semantics;
+    /// non-zero is `true`).
+    fn from_f64(v: f64) -> Self;
 }
 
 macro_rules! element {
-    ($($t:ty => $variant:ident),* $(,)?) => {$(
+    (@cast $v:ident, bool) => { $v != 0.0 };
+    (@cast $v:ident, $t:ty) => { $v as $t };
+    ($($t:tt => $variant:ident),* $(,)?) => {$(
         impl Element for $t {
             const TYPE: ElementType = ElementType::$variant;
             fn wrap(data: Vec<Self>) -> TensorData {
@@ -166,6 +171,9 @@ macro_rules! element {
                     TensorData::$variant(v) => Some(v),
                     _ => None,
                 }
+            }
+            fn from_f64(v: f64) -> Self {
+                element!(@cast v, $t)
             }
         }
     )*};

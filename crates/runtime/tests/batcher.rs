@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::fake::{assert_own_rows, metadata, request, Fake, Gate, Seen};
-use kiln::batch::{Backend, BatchConfig, Batcher, BatcherSpec, InferRequest, ModelHandle, ModelState};
+use kiln::batch::{
+    Backend, BatchConfig, Batcher, BatcherSpec, InferRequest, ModelHandle, ModelState,
+};
 use kiln::Error;
 use proptest::prelude::*;
 
@@ -16,12 +18,23 @@ fn meter() -> opentelemetry::metrics::Meter {
 }
 
 fn spec(config: BatchConfig, batch_dim: bool) -> BatcherSpec {
-    BatcherSpec { model: "fake".into(), version: "1".into(), metadata: metadata(batch_dim), max_input_elements: 1 << 20, config }
+    BatcherSpec {
+        model: "fake".into(),
+        version: "1".into(),
+        metadata: metadata(batch_dim),
+        max_input_elements: 1 << 20,
+        config,
+    }
 }
 
 fn start(config: BatchConfig, seen: &Seen, gate: Option<Arc<Gate>>) -> Batcher {
     let backends = (0..config.instances)
-        .map(|_| Box::new(Fake { gate: gate.clone(), ..Fake::new(seen) }) as Box<dyn Backend>)
+        .map(|_| {
+            Box::new(Fake {
+                gate: gate.clone(),
+                ..Fake::new(seen)
+            }) as Box<dyn Backend>
+        })
         .collect();
     Batcher::start(spec(config, true), backends, &meter()).expect("batcher starts")
 }
@@ -31,7 +44,11 @@ fn no_warmup(c: BatchConfig) -> BatchConfig {
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio")
 }
 
 proptest! {
@@ -82,7 +99,11 @@ proptest! {
 fn deadline_fires_while_every_instance_is_busy_and_never_reaches_the_model() {
     let seen: Seen = Arc::default();
     let gate = Gate::closed();
-    let b = Arc::new(start(no_warmup(BatchConfig::default()), &seen, Some(gate.clone())));
+    let b = Arc::new(start(
+        no_warmup(BatchConfig::default()),
+        &seen,
+        Some(gate.clone()),
+    ));
     rt().block_on(async {
         let busy = tokio::spawn({
             let b = Arc::clone(&b);
@@ -90,12 +111,24 @@ fn deadline_fires_while_every_instance_is_busy_and_never_reaches_the_model() {
         });
         gate.wait_inside(1);
         // The only instance is held at the gate; this request can only be failed by the timer.
-        let late = b.infer(InferRequest::new(request(2, 1, 2)).with_timeout(Duration::from_millis(20))).await;
-        assert!(matches!(late, Err(Error::DeadlineExceeded { .. })), "{late:?}");
+        let late = b
+            .infer(InferRequest::new(request(2, 1, 2)).with_timeout(Duration::from_millis(20)))
+            .await;
+        assert!(
+            matches!(late, Err(Error::DeadlineExceeded { .. })),
+            "{late:?}"
+        );
         gate.open();
         assert_own_rows(&busy.await.expect("task").expect("busy request"), 1, 1, 2);
     });
-    assert!(seen.lock().expect("seen").iter().flatten().all(|&id| id != 2), "expired request reached the model");
+    assert!(
+        seen.lock()
+            .expect("seen")
+            .iter()
+            .flatten()
+            .all(|&id| id != 2),
+        "expired request reached the model"
+    );
     assert_eq!(b.stats().expired, 1);
 }
 
@@ -103,7 +136,10 @@ fn deadline_fires_while_every_instance_is_busy_and_never_reaches_the_model() {
 fn default_timeout_applies_and_a_request_may_only_shorten_it() {
     let seen: Seen = Arc::default();
     let gate = Gate::closed();
-    let cfg = no_warmup(BatchConfig { default_timeout_ms: 30, ..BatchConfig::default() });
+    let cfg = no_warmup(BatchConfig {
+        default_timeout_ms: 30,
+        ..BatchConfig::default()
+    });
     let b = Arc::new(start(cfg, &seen, Some(gate.clone())));
     rt().block_on(async {
         let first = tokio::spawn({
@@ -112,7 +148,9 @@ fn default_timeout_applies_and_a_request_may_only_shorten_it() {
         });
         gate.wait_inside(1);
         // Asks for an hour; the model's 30 ms default still applies.
-        let r = b.infer(InferRequest::new(request(2, 1, 2)).with_timeout(Duration::from_secs(3600))).await;
+        let r = b
+            .infer(InferRequest::new(request(2, 1, 2)).with_timeout(Duration::from_secs(3600)))
+            .await;
         assert!(matches!(r, Err(Error::DeadlineExceeded { .. })), "{r:?}");
         gate.open();
         let _ = first.await;
@@ -123,19 +161,41 @@ fn default_timeout_applies_and_a_request_may_only_shorten_it() {
 fn a_full_queue_is_overloaded_at_once_with_a_retry_hint() {
     let seen: Seen = Arc::default();
     let gate = Gate::closed();
-    let cfg = no_warmup(BatchConfig { max_queue_requests: 3, max_batch_size: 1, ..BatchConfig::default() });
+    let cfg = no_warmup(BatchConfig {
+        max_queue_requests: 3,
+        max_batch_size: 1,
+        ..BatchConfig::default()
+    });
     let b = start(cfg, &seen, Some(gate.clone()));
-    let running = b.submit(InferRequest::new(request(0, 1, 2))).expect("admitted");
+    let running = b
+        .submit(InferRequest::new(request(0, 1, 2)))
+        .expect("admitted");
     gate.wait_inside(1);
-    let queued: Vec<_> = (1..=3).map(|i| b.submit(InferRequest::new(request(i, 1, 2))).expect("fits")).collect();
+    let queued: Vec<_> = (1..=3)
+        .map(|i| b.submit(InferRequest::new(request(i, 1, 2))).expect("fits"))
+        .collect();
     match b.submit(InferRequest::new(request(9, 1, 2))) {
-        Err(Error::Overloaded { queued_requests: 3, retry_after, .. }) => assert!(retry_after > Duration::ZERO),
+        Err(Error::Overloaded {
+            queued_requests: 3,
+            retry_after,
+            ..
+        }) => assert!(retry_after > Duration::ZERO),
         other => panic!("expected Overloaded, got {other:?}"),
     }
     gate.open();
-    assert_own_rows(&running.blocking_recv().expect("reply").expect("ok"), 0, 1, 2);
+    assert_own_rows(
+        &running.blocking_recv().expect("reply").expect("ok"),
+        0,
+        1,
+        2,
+    );
     for (i, rx) in queued.into_iter().enumerate() {
-        assert_own_rows(&rx.blocking_recv().expect("reply").expect("ok"), i as i64 + 1, 1, 2);
+        assert_own_rows(
+            &rx.blocking_recv().expect("reply").expect("ok"),
+            i as i64 + 1,
+            1,
+            2,
+        );
     }
     assert_eq!(b.stats().overloaded, 1);
 }
@@ -143,13 +203,27 @@ fn a_full_queue_is_overloaded_at_once_with_a_retry_hint() {
 #[test]
 fn thousands_of_cancellations_under_load_never_wedge_the_scheduler() {
     let seen: Seen = Arc::default();
-    let cfg = no_warmup(BatchConfig { instances: 2, max_batch_size: 8, max_queue_requests: 10_000, ..BatchConfig::default() });
-    let b = Arc::new(Batcher::start(
-        spec(cfg, true),
-        (0..2).map(|_| Box::new(Fake { delay: Duration::from_micros(200), ..Fake::new(&seen) }) as Box<dyn Backend>).collect(),
-        &meter(),
-    )
-    .expect("start"));
+    let cfg = no_warmup(BatchConfig {
+        instances: 2,
+        max_batch_size: 8,
+        max_queue_requests: 10_000,
+        ..BatchConfig::default()
+    });
+    let b = Arc::new(
+        Batcher::start(
+            spec(cfg, true),
+            (0..2)
+                .map(|_| {
+                    Box::new(Fake {
+                        delay: Duration::from_micros(200),
+                        ..Fake::new(&seen)
+                    }) as Box<dyn Backend>
+                })
+                .collect(),
+            &meter(),
+        )
+        .expect("start"),
+    );
     rt().block_on(async {
         let mut tasks = Vec::new();
         for i in 0..5000i64 {
@@ -160,7 +234,8 @@ fn thousands_of_cancellations_under_load_never_wedge_the_scheduler() {
                     // One in five runs to completion; the rest are dropped mid-flight.
                     fut.await.map(|_| ())
                 } else {
-                    let _ = tokio::time::timeout(Duration::from_micros((i % 7) as u64 * 50), fut).await;
+                    let _ =
+                        tokio::time::timeout(Duration::from_micros((i % 7) as u64 * 50), fut).await;
                     Ok(())
                 }
             }));
@@ -169,13 +244,20 @@ fn thousands_of_cancellations_under_load_never_wedge_the_scheduler() {
             t.await.expect("task").expect("completed requests succeed");
         }
         // Not wedged: a fresh request still gets through.
-        let out = b.infer(InferRequest::new(request(77_777, 2, 2))).await.expect("after the storm");
+        let out = b
+            .infer(InferRequest::new(request(77_777, 2, 2)))
+            .await
+            .expect("after the storm");
         assert_own_rows(&out, 77_777, 2, 2);
     });
     let stats = b.stats();
     assert!(stats.cancelled > 0, "{stats:?}");
     assert_eq!(stats.queued, 0);
-    assert_eq!(stats.succeeded + stats.failed + stats.cancelled + stats.expired, 5001, "every request accounted for: {stats:?}");
+    assert_eq!(
+        stats.succeeded + stats.failed + stats.cancelled + stats.expired,
+        5001,
+        "every request accounted for: {stats:?}"
+    );
 }
 
 #[test]
@@ -183,62 +265,120 @@ fn a_bad_request_fails_alone_not_its_batch_neighbours() {
     let seen: Seen = Arc::default();
     let gate = Gate::closed();
     let b = start(no_warmup(BatchConfig::default()), &seen, Some(gate.clone()));
-    let blocker = b.submit(InferRequest::new(request(0, 1, 2))).expect("admitted");
+    let blocker = b
+        .submit(InferRequest::new(request(0, 1, 2)))
+        .expect("admitted");
     gate.wait_inside(1);
     let ids = [1, -5, 2, -999, 3];
-    let rxs: Vec<_> = ids.iter().map(|&i| b.submit(InferRequest::new(request(i, 1, 2))).expect("admitted")).collect();
+    let rxs: Vec<_> = ids
+        .iter()
+        .map(|&i| {
+            b.submit(InferRequest::new(request(i, 1, 2)))
+                .expect("admitted")
+        })
+        .collect();
     gate.open();
     blocker.blocking_recv().expect("reply").expect("ok");
     for (&id, rx) in ids.iter().zip(rxs) {
         let r = rx.blocking_recv().expect("reply");
         match id {
-            -5 => assert!(matches!(&r, Err(Error::InvalidConfig { reason, .. }) if reason == "poisoned row"), "{r:?}"),
-            -999 => assert!(matches!(&r, Err(Error::WorkerLost { reason, .. }) if reason.contains("panicked")), "{r:?}"),
+            -5 => assert!(
+                matches!(&r, Err(Error::InvalidConfig { reason, .. }) if reason == "poisoned row"),
+                "{r:?}"
+            ),
+            -999 => assert!(
+                matches!(&r, Err(Error::WorkerLost { reason, .. }) if reason.contains("panicked")),
+                "{r:?}"
+            ),
             _ => assert_own_rows(&r.expect("neighbour succeeds"), id, 1, 2),
         }
     }
     // The instance survived the panic.
-    assert_own_rows(&b.infer_blocking(InferRequest::new(request(4, 1, 2))).expect("still serving"), 4, 1, 2);
+    assert_own_rows(
+        &b.infer_blocking(InferRequest::new(request(4, 1, 2)))
+            .expect("still serving"),
+        4,
+        1,
+        2,
+    );
     let batches = seen.lock().expect("seen").clone();
-    assert!(batches.iter().any(|batch| batch.len() == 5), "the five ran as one batch first: {batches:?}");
+    assert!(
+        batches.iter().any(|batch| batch.len() == 5),
+        "the five ran as one batch first: {batches:?}"
+    );
 }
 
 #[test]
 fn low_priority_gets_a_bounded_share_while_high_priority_floods() {
     let seen: Seen = Arc::default();
     let gate = Gate::closed();
-    let cfg = no_warmup(BatchConfig { max_batch_size: 1, low_priority_share: 0.25, ..BatchConfig::default() });
+    let cfg = no_warmup(BatchConfig {
+        max_batch_size: 1,
+        low_priority_share: 0.25,
+        ..BatchConfig::default()
+    });
     let b = start(cfg, &seen, Some(gate.clone()));
-    let first = b.submit(InferRequest::new(request(0, 1, 2))).expect("admitted");
+    let first = b
+        .submit(InferRequest::new(request(0, 1, 2)))
+        .expect("admitted");
     gate.wait_inside(1);
     let mut rxs = Vec::new();
     for i in 1..=20 {
-        rxs.push(b.submit(InferRequest::new(request(1000 + i, 1, 2)).with_priority(1)).expect("low"));
-        rxs.push(b.submit(InferRequest::new(request(i, 1, 2)).with_priority(0)).expect("high"));
+        rxs.push(
+            b.submit(InferRequest::new(request(1000 + i, 1, 2)).with_priority(1))
+                .expect("low"),
+        );
+        rxs.push(
+            b.submit(InferRequest::new(request(i, 1, 2)).with_priority(0))
+                .expect("high"),
+        );
     }
     gate.open();
     first.blocking_recv().expect("reply").expect("ok");
     for rx in rxs {
         rx.blocking_recv().expect("reply").expect("ok");
     }
-    let order: Vec<i64> = seen.lock().expect("seen").iter().skip(1).map(|b| b[0]).collect();
+    let order: Vec<i64> = seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .skip(1)
+        .map(|b| b[0])
+        .collect();
     let low_in_first_20 = order[..20].iter().filter(|&&id| id > 1000).count();
-    assert!(low_in_first_20 >= 4, "low priority got {low_in_first_20} of the first 20 batches: {order:?}");
-    assert!(low_in_first_20 <= 6, "high priority must still dominate: {order:?}");
+    assert!(
+        low_in_first_20 >= 4,
+        "low priority got {low_in_first_20} of the first 20 batches: {order:?}"
+    );
+    assert!(
+        low_in_first_20 <= 6,
+        "high priority must still dominate: {order:?}"
+    );
 }
 
 #[test]
 fn a_model_without_a_batch_dimension_runs_one_request_at_a_time() {
     let seen: Seen = Arc::default();
-    let b = Batcher::start(spec(no_warmup(BatchConfig::default()), false), vec![Box::new(Fake::new(&seen))], &meter()).expect("start");
+    let b = Batcher::start(
+        spec(no_warmup(BatchConfig::default()), false),
+        vec![Box::new(Fake::new(&seen))],
+        &meter(),
+    )
+    .expect("start");
     rt().block_on(async {
         let b = &b;
-        let futs: Vec<_> = (0..10).map(|i| async move { b.infer(InferRequest::new(request(i, 1, 3))).await }).collect();
+        let futs: Vec<_> = (0..10)
+            .map(|i| async move { b.infer(InferRequest::new(request(i, 1, 3))).await })
+            .collect();
         for (i, r) in futures_join(futs).await.into_iter().enumerate() {
             assert_own_rows(&r.expect("ok"), i as i64, 1, 3);
         }
     });
-    assert!(seen.lock().expect("seen").iter().all(|batch| batch.len() == 1));
+    assert!(seen
+        .lock()
+        .expect("seen")
+        .iter()
+        .all(|batch| batch.len() == 1));
 }
 
 async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
@@ -252,35 +392,79 @@ async fn futures_join<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
 #[test]
 fn bad_requests_are_refused_at_admission_with_typed_errors() {
     let seen: Seen = Arc::default();
-    let cfg = no_warmup(BatchConfig { max_batch_size: 4, max_queue_bytes: 1024, ..BatchConfig::default() });
+    let cfg = no_warmup(BatchConfig {
+        max_batch_size: 4,
+        max_queue_bytes: 1024,
+        ..BatchConfig::default()
+    });
     let b = start(cfg, &seen, None);
     let err = |r: kiln::Result<_>| r.map(|_| ()).expect_err("must be refused");
-    assert!(matches!(err(b.infer_blocking(InferRequest::new(request(1, 5, 1)))), Error::BatchTooLarge { rows: 5, max: 4, .. }));
-    assert!(matches!(err(b.infer_blocking(InferRequest::new(request(1, 2, 100)))), Error::RequestTooLarge { .. }));
-    assert!(matches!(err(b.infer_blocking(InferRequest::new(request(1, 1, 1)).with_priority(7))), Error::InvalidPriority { .. }));
-    let wrong = vec![("x".to_owned(), kiln::Tensor::new([1, 1], vec![1f32]).expect("f32"))];
-    assert!(matches!(err(b.infer_blocking(InferRequest::new(wrong))), Error::DtypeMismatch { .. }));
-    assert!(seen.lock().expect("seen").is_empty(), "nothing refused reached the model");
+    assert!(matches!(
+        err(b.infer_blocking(InferRequest::new(request(1, 5, 1)))),
+        Error::BatchTooLarge {
+            rows: 5,
+            max: 4,
+            ..
+        }
+    ));
+    assert!(matches!(
+        err(b.infer_blocking(InferRequest::new(request(1, 2, 100)))),
+        Error::RequestTooLarge { .. }
+    ));
+    assert!(matches!(
+        err(b.infer_blocking(InferRequest::new(request(1, 1, 1)).with_priority(7))),
+        Error::InvalidPriority { .. }
+    ));
+    let wrong = vec![(
+        "x".to_owned(),
+        kiln::Tensor::new([1, 1], vec![1f32]).expect("f32"),
+    )];
+    assert!(matches!(
+        err(b.infer_blocking(InferRequest::new(wrong))),
+        Error::DtypeMismatch { .. }
+    ));
+    assert!(
+        seen.lock().expect("seen").is_empty(),
+        "nothing refused reached the model"
+    );
 }
 
 #[test]
 fn warmup_runs_every_preferred_size_and_max_on_every_instance_before_ready() {
     let seen: Seen = Arc::default();
-    let cfg = BatchConfig { instances: 2, max_batch_size: 8, preferred_batch_sizes: vec![2, 4], ..BatchConfig::default() };
+    let cfg = BatchConfig {
+        instances: 2,
+        max_batch_size: 8,
+        preferred_batch_sizes: vec![2, 4],
+        ..BatchConfig::default()
+    };
     let _b = start(cfg, &seen, None);
     let mut sizes: Vec<usize> = seen.lock().expect("seen").iter().map(Vec::len).collect();
     sizes.sort_unstable();
     assert_eq!(sizes, vec![2, 2, 4, 4, 8, 8]);
 }
 
-fn fake_loader(seen: &Seen, instances: usize, fail: bool) -> impl FnOnce() -> kiln::Result<kiln::batch::Loaded> {
+fn fake_loader(
+    seen: &Seen,
+    instances: usize,
+    fail: bool,
+) -> impl FnOnce() -> kiln::Result<kiln::batch::Loaded> {
     let seen = Arc::clone(seen);
     move || {
         if fail {
-            return Err(Error::InvalidConfig { field: "fake", reason: "version refuses to load".into() });
+            return Err(Error::InvalidConfig {
+                field: "fake",
+                reason: "version refuses to load".into(),
+            });
         }
-        let cfg = BatchConfig { instances, max_batch_size: 8, ..BatchConfig::default() };
-        let backends = (0..instances).map(|_| Box::new(Fake::new(&seen)) as Box<dyn Backend>).collect();
+        let cfg = BatchConfig {
+            instances,
+            max_batch_size: 8,
+            ..BatchConfig::default()
+        };
+        let backends = (0..instances)
+            .map(|_| Box::new(Fake::new(&seen)) as Box<dyn Backend>)
+            .collect();
         Ok((spec(cfg, true), backends, "fake".into()))
     }
 }
@@ -291,7 +475,9 @@ fn hot_swaps_under_load_fail_no_request_and_a_bad_version_leaves_the_old_serving
     let handle = ModelHandle::new("fake", meter());
     let states = handle.watch();
     assert_eq!(handle.status().state, ModelState::Loading);
-    handle.load_with("1", fake_loader(&seen, 2, false)).expect("v1");
+    handle
+        .load_with("1", fake_loader(&seen, 2, false))
+        .expect("v1");
     assert!(handle.is_ready());
     assert!(states.has_changed().expect("watch"));
 
@@ -315,21 +501,43 @@ fn hot_swaps_under_load_fail_no_request_and_a_bad_version_leaves_the_old_serving
         })
         .collect();
     for v in 2..=6 {
-        handle.load_with(&v.to_string(), fake_loader(&seen, 2, false)).expect("swap");
-        assert_eq!(handle.current_version().as_deref(), Some(v.to_string().as_str()));
+        handle
+            .load_with(&v.to_string(), fake_loader(&seen, 2, false))
+            .expect("swap");
+        assert_eq!(
+            handle.current_version().as_deref(),
+            Some(v.to_string().as_str())
+        );
     }
-    let err = handle.load_with("bad", fake_loader(&seen, 1, true)).expect_err("bad version");
+    let err = handle
+        .load_with("bad", fake_loader(&seen, 1, true))
+        .expect_err("bad version");
     assert!(err.to_string().contains("refuses to load"));
-    assert_eq!(handle.current_version().as_deref(), Some("6"), "the old version keeps serving");
-    assert!(handle.status().last_error.is_some_and(|e| e.contains("refuses")));
+    assert_eq!(
+        handle.current_version().as_deref(),
+        Some("6"),
+        "the old version keeps serving"
+    );
+    assert!(handle
+        .status()
+        .last_error
+        .is_some_and(|e| e.contains("refuses")));
     assert!(handle.is_ready());
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let total: i64 = callers.into_iter().map(|c| c.join().expect("caller")).sum();
-    assert!(failures.lock().expect("failures").is_empty(), "{} of {total} failed: {:?}", failures.lock().expect("f").len(), failures.lock().expect("f").first());
+    assert!(
+        failures.lock().expect("failures").is_empty(),
+        "{} of {total} failed: {:?}",
+        failures.lock().expect("f").len(),
+        failures.lock().expect("f").first()
+    );
 
     handle.shutdown();
     assert_eq!(handle.status().state, ModelState::Unloaded);
-    assert!(matches!(handle.infer_blocking(InferRequest::new(request(1, 1, 2))), Err(Error::Unavailable { .. })));
+    assert!(matches!(
+        handle.infer_blocking(InferRequest::new(request(1, 1, 2))),
+        Err(Error::Unavailable { .. })
+    ));
 }
 
 #[test]
@@ -337,5 +545,7 @@ fn a_first_version_that_fails_to_load_reports_failed() {
     let seen: Seen = Arc::default();
     let handle = ModelHandle::new("fake", meter());
     assert!(handle.load_with("1", fake_loader(&seen, 1, true)).is_err());
-    assert!(matches!(handle.status().state, ModelState::Failed { reason } if reason.contains("refuses")));
+    assert!(
+        matches!(handle.status().state, ModelState::Failed { reason } if reason.contains("refuses"))
+    );
 }

@@ -49,6 +49,10 @@ pub struct BatcherStats {
     pub batch_sizes: Vec<u64>,
     /// Requests waiting now.
     pub queued: usize,
+    /// Elements of padding added to padded inputs (padding efficiency = real / (real + padded)).
+    pub padded_elements: u64,
+    /// Real elements of padded inputs.
+    pub real_elements: u64,
 }
 
 struct State {
@@ -62,8 +66,18 @@ struct State {
     stats: BatcherStats,
 }
 
+/// Padding resolved against the signature: input index, dim, value, output trims by index.
+#[derive(Debug, Clone)]
+struct Padding {
+    input: usize,
+    dim: usize,
+    value: f64,
+    trims: Vec<(usize, usize)>,
+}
+
 struct Shared {
     model: String,
+    padding: Option<Padding>,
     metadata: ModelMetadata,
     max_input_elements: usize,
     config: BatchConfig,
@@ -102,7 +116,10 @@ pub struct Batcher {
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").field("model", &self.shared.model).field("stats", &self.stats()).finish()
+        f.debug_struct("Batcher")
+            .field("model", &self.shared.model)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
@@ -119,17 +136,54 @@ impl Batcher {
     /// # Errors
     /// [`Error::InvalidConfig`] for a bad config or a backend count that differs from
     /// `instances`; the first warm-up failure (everything started is stopped again).
-    pub fn start(spec: BatcherSpec, backends: Vec<Box<dyn Backend>>, meter: &Meter) -> Result<Self> {
+    pub fn start(
+        spec: BatcherSpec,
+        backends: Vec<Box<dyn Backend>>,
+        meter: &Meter,
+    ) -> Result<Self> {
         spec.config.validate()?;
+        spec.config.validate_for(&spec.metadata)?;
+        let padding = spec.config.padding.as_ref().and_then(|p| {
+            let input = spec
+                .metadata
+                .inputs
+                .iter()
+                .position(|i| i.name == p.input)?;
+            let trims = p
+                .trim_outputs
+                .iter()
+                .filter_map(|t| {
+                    spec.metadata
+                        .outputs
+                        .iter()
+                        .position(|o| o.name == t.output)
+                        .map(|o| (o, t.dim))
+                })
+                .collect();
+            Some(Padding {
+                input,
+                dim: p.dim,
+                value: p.value,
+                trims,
+            })
+        });
         if backends.len() != spec.config.instances {
             return Err(Error::InvalidConfig {
                 field: "instances",
-                reason: format!("{} backends given for {} instances", backends.len(), spec.config.instances),
+                reason: format!(
+                    "{} backends given for {} instances",
+                    backends.len(),
+                    spec.config.instances
+                ),
             });
         }
         let policy = Policy {
             batchable: spec.metadata.batch_dim,
-            max_rows: if spec.metadata.batch_dim { spec.config.max_batch_size } else { 1 },
+            max_rows: if spec.metadata.batch_dim {
+                spec.config.max_batch_size
+            } else {
+                1
+            },
             preferred: spec.config.preferred_sorted(),
             delay: spec.config.max_queue_delay(),
             low_period: spec.config.low_priority_period(),
@@ -138,6 +192,7 @@ impl Batcher {
         let metrics = Metrics::new(meter, &spec.model, &spec.version, Arc::downgrade(&depth));
         let shared = Arc::new(Shared {
             model: spec.model,
+            padding,
             max_input_elements: spec.max_input_elements,
             state: Mutex::new(State {
                 queue: Queue::new(spec.config.priority_levels),
@@ -165,31 +220,45 @@ impl Batcher {
             let worker = Arc::clone(&shared);
             let ready = ready_tx.clone();
             let sizes = warmup_sizes.clone();
-            let spawned = std::thread::Builder::new().name(format!("kiln-{}-{i}", shared.model)).spawn(move || {
-                let mut backend = backend;
-                let warm = warmup(&worker, backend.as_mut(), &sizes);
-                let ok = warm.is_ok();
-                let _ = ready.send(warm);
-                if ok {
-                    instance_loop(&worker, backend.as_mut());
-                }
-            });
+            let spawned = std::thread::Builder::new()
+                .name(format!("kiln-{}-{i}", shared.model))
+                .spawn(move || {
+                    let mut backend = backend;
+                    let warm = warmup(&worker, backend.as_mut(), &sizes);
+                    let ok = warm.is_ok();
+                    let _ = ready.send(warm);
+                    if ok {
+                        instance_loop(&worker, backend.as_mut());
+                    }
+                });
             match spawned {
                 Ok(h) => threads.push(h),
                 Err(e) => {
-                    let _ = ready_tx.send(Err(Error::WorkerLost { model: shared.model.clone(), reason: format!("cannot spawn thread: {e}") }));
+                    let _ = ready_tx.send(Err(Error::WorkerLost {
+                        model: shared.model.clone(),
+                        reason: format!("cannot spawn thread: {e}"),
+                    }));
                 }
             }
         }
         let timer_shared = Arc::clone(&shared);
-        match std::thread::Builder::new().name(format!("kiln-{}-timer", shared.model)).spawn(move || timer_loop(&timer_shared)) {
+        match std::thread::Builder::new()
+            .name(format!("kiln-{}-timer", shared.model))
+            .spawn(move || timer_loop(&timer_shared))
+        {
             Ok(h) => threads.push(h),
             Err(e) => {
-                let _ = ready_tx.send(Err(Error::WorkerLost { model: shared.model.clone(), reason: format!("cannot spawn thread: {e}") }));
+                let _ = ready_tx.send(Err(Error::WorkerLost {
+                    model: shared.model.clone(),
+                    reason: format!("cannot spawn thread: {e}"),
+                }));
             }
         }
         drop(ready_tx);
-        let batcher = Self { shared, threads: Mutex::new(threads) };
+        let batcher = Self {
+            shared,
+            threads: Mutex::new(threads),
+        };
         let mut first_error = None;
         for result in ready_rx.iter().take(batcher.shared.config.instances) {
             if let Err(e) = result {
@@ -238,7 +307,10 @@ impl Batcher {
     }
 
     fn lost(&self) -> Error {
-        Error::WorkerLost { model: self.shared.model.clone(), reason: "reply channel closed".into() }
+        Error::WorkerLost {
+            model: self.shared.model.clone(),
+            reason: "reply channel closed".into(),
+        }
     }
 
     /// Validates and enqueues a request; the receiver gets the answer.
@@ -254,14 +326,25 @@ impl Batcher {
         let now = Instant::now();
         let levels = shared.config.priority_levels;
         if request.priority >= levels {
-            return refuse(Error::InvalidPriority { model: shared.model.clone(), priority: request.priority, levels });
+            return refuse(Error::InvalidPriority {
+                model: shared.model.clone(),
+                priority: request.priority,
+                levels,
+            });
         }
-        let rows = match shared.metadata.validate(&request.inputs, shared.max_input_elements) {
+        let rows = match shared
+            .metadata
+            .validate(&request.inputs, shared.max_input_elements)
+        {
             Ok(r) => r,
             Err(e) => return refuse(e),
         };
         if shared.policy.batchable && rows > shared.policy.max_rows {
-            return refuse(Error::BatchTooLarge { model: shared.model.clone(), rows, max: shared.policy.max_rows });
+            return refuse(Error::BatchTooLarge {
+                model: shared.model.clone(),
+                rows,
+                max: shared.policy.max_rows,
+            });
         }
         let mut by_name = request.inputs;
         let mut inputs = Vec::with_capacity(by_name.len());
@@ -272,25 +355,55 @@ impl Batcher {
         }
         let bytes: usize = inputs.iter().map(|(_, t)| t.byte_len()).sum();
         if bytes > shared.config.max_queue_bytes {
-            return refuse(Error::RequestTooLarge { model: shared.model.clone(), bytes, limit: shared.config.max_queue_bytes });
+            return refuse(Error::RequestTooLarge {
+                model: shared.model.clone(),
+                bytes,
+                limit: shared.config.max_queue_bytes,
+            });
         }
-        let key = inputs.iter().flat_map(|(_, t)| t.shape().iter().skip(1).copied().chain([usize::MAX])).collect();
+        // The shape bucket: every non-batch dim, except the padded one (any length batches).
+        let padded = shared.padding.as_ref().map(|p| (p.input, p.dim));
+        let key = inputs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, t))| {
+                t.shape()
+                    .iter()
+                    .enumerate()
+                    .skip(1)
+                    .map(move |(d, &v)| if padded == Some((i, d)) { 0 } else { v })
+                    .chain([usize::MAX])
+            })
+            .collect();
         let default_deadline = shared.config.default_timeout().map(|t| now + t);
         let deadline = match (request.deadline, default_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let (tx, rx) = oneshot::channel();
-        let pending = Pending { inputs, rows, bytes, key, enqueued: now, deadline, priority: request.priority, reply: tx };
+        let pending = Pending {
+            inputs,
+            rows,
+            bytes,
+            key,
+            enqueued: now,
+            deadline,
+            priority: request.priority,
+            reply: tx,
+        };
 
         let mut dropped = Vec::new();
         let admitted = {
             let mut st = lock(&shared.state);
             if !st.accepting {
-                Err(Error::Unavailable { model: shared.model.clone(), state: "not accepting (draining or stopped)".into() })
+                Err(Error::Unavailable {
+                    model: shared.model.clone(),
+                    state: "not accepting (draining or stopped)".into(),
+                })
             } else {
                 let full = |st: &State| {
-                    st.queue.len() >= shared.config.max_queue_requests || st.queue.bytes() + bytes > shared.config.max_queue_bytes
+                    st.queue.len() >= shared.config.max_queue_requests
+                        || st.queue.bytes() + bytes > shared.config.max_queue_bytes
                 };
                 if full(&st) {
                     st.queue.expire(now, &mut dropped);
@@ -304,7 +417,12 @@ impl Batcher {
                     } else {
                         Duration::from_secs(1)
                     };
-                    Err(Error::Overloaded { model: shared.model.clone(), queued_requests: queued, queued_bytes: st.queue.bytes(), retry_after })
+                    Err(Error::Overloaded {
+                        model: shared.model.clone(),
+                        queued_requests: queued,
+                        queued_bytes: st.queue.bytes(),
+                        retry_after,
+                    })
                 } else {
                     let wake_timer = deadline.is_some_and(|d| st.timer_at.is_none_or(|t| d < t));
                     st.queue.push(pending);
@@ -344,8 +462,14 @@ impl Batcher {
             st.accepting = false;
             // Woken as batches finish (and every 10 ms) until empty or out of time.
             while !st.queue.is_empty() && Instant::now() < deadline {
-                let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(10));
-                st = shared.idle.wait_timeout(st, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+                let wait = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(10));
+                st = shared
+                    .idle
+                    .wait_timeout(st, wait)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
             }
         }
         self.stop_now();
@@ -363,8 +487,13 @@ impl Batcher {
             left
         };
         for p in leftover {
-            shared.metrics.outcome(Outcome::Unavailable, Some(p.enqueued.elapsed()));
-            let _ = p.reply.send(Err(Error::Unavailable { model: shared.model.clone(), state: "stopped before the request ran".into() }));
+            shared
+                .metrics
+                .outcome(Outcome::Unavailable, Some(p.enqueued.elapsed()));
+            let _ = p.reply.send(Err(Error::Unavailable {
+                model: shared.model.clone(),
+                state: "stopped before the request ran".into(),
+            }));
         }
         shared.work.notify_all();
         shared.timer.notify_all();
@@ -382,8 +511,14 @@ impl Drop for Batcher {
 }
 
 fn mirror_depth(shared: &Shared, st: &State) {
-    shared.depth.requests.store(st.queue.len(), Ordering::Relaxed);
-    shared.depth.bytes.store(st.queue.bytes(), Ordering::Relaxed);
+    shared
+        .depth
+        .requests
+        .store(st.queue.len(), Ordering::Relaxed);
+    shared
+        .depth
+        .bytes
+        .store(st.queue.bytes(), Ordering::Relaxed);
 }
 
 /// Answers requests the queue dropped (outside the lock).
@@ -398,11 +533,16 @@ fn finish_dropped(shared: &Shared, dropped: Vec<Dropped>) {
                 expired += 1;
                 let waited = p.enqueued.elapsed();
                 shared.metrics.outcome(Outcome::Deadline, Some(waited));
-                let _ = p.reply.send(Err(Error::DeadlineExceeded { model: shared.model.clone(), waited }));
+                let _ = p.reply.send(Err(Error::DeadlineExceeded {
+                    model: shared.model.clone(),
+                    waited,
+                }));
             }
             Dropped::Cancelled(p) => {
                 cancelled += 1;
-                shared.metrics.outcome(Outcome::Cancelled, Some(p.enqueued.elapsed()));
+                shared
+                    .metrics
+                    .outcome(Outcome::Cancelled, Some(p.enqueued.elapsed()));
             }
         }
     }
@@ -435,8 +575,14 @@ fn timer_loop(shared: &Shared) {
             Some(at) => {
                 // Deadlines are kept to the millisecond: coalescing wake-ups keeps the timer's
                 // queue scans rare under load.
-                let wait = at.saturating_duration_since(Instant::now()).max(TIMER_RESOLUTION);
-                shared.timer.wait_timeout(st, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0)
+                let wait = at
+                    .saturating_duration_since(Instant::now())
+                    .max(TIMER_RESOLUTION);
+                shared
+                    .timer
+                    .wait_timeout(st, wait)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0)
             }
             None => shared.timer.wait(st).unwrap_or_else(|p| p.into_inner()),
         };
@@ -464,7 +610,11 @@ fn instance_loop(shared: &Shared, backend: &mut dyn Backend) {
                     }
                     Take::WaitUntil(at) => {
                         let wait = at.saturating_duration_since(Instant::now());
-                        st = shared.work.wait_timeout(st, wait).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+                        st = shared
+                            .work
+                            .wait_timeout(st, wait)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|p| p.into_inner().0);
                     }
                     Take::Empty => {
                         mirror_depth(shared, &st);
@@ -490,14 +640,15 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>) {
     let results: Vec<Result<NamedTensors>> = if batch.len() == 1 {
         vec![run_guarded(shared, backend, &batch[0].inputs)]
     } else {
-        let joined = stack::concat(&batch.iter().map(|p| &p.inputs).collect::<Vec<_>>())
-            .and_then(|inputs| run_guarded(shared, backend, &inputs))
-            .and_then(|outputs| stack::split(&shared.model, outputs, &rows));
+        let joined = run_stacked(shared, backend, &batch, &rows);
         match joined {
             Ok(per_request) => per_request.into_iter().map(Ok).collect(),
             Err(e) => {
                 tracing::warn!(model = %shared.model, requests = batch.len(), error = %e, "batch failed; retrying its requests one by one");
-                batch.iter().map(|p| run_guarded(shared, backend, &p.inputs)).collect()
+                batch
+                    .iter()
+                    .map(|p| run_guarded(shared, backend, &p.inputs))
+                    .collect()
             }
         }
     };
@@ -529,13 +680,74 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>) {
     st.stats.batch_sizes[total_rows] += 1;
     let secs = compute.as_secs_f64().max(1e-9);
     let rate = (ok + failed) as f64 / secs * shared.config.instances as f64;
-    st.drain_rate = if st.drain_rate == 0.0 { rate } else { 0.9 * st.drain_rate + 0.1 * rate };
+    st.drain_rate = if st.drain_rate == 0.0 {
+        rate
+    } else {
+        0.9 * st.drain_rate + 0.1 * rate
+    };
     if !st.accepting {
         shared.idle.notify_all();
     }
 }
 
-fn run_guarded(shared: &Shared, backend: &mut dyn Backend, inputs: &NamedTensors) -> Result<NamedTensors> {
+/// Stacks a batch (padding the variable-length dim if configured and lengths differ), runs
+/// it, and splits (and trims) the outputs back per request.
+fn run_stacked(
+    shared: &Shared,
+    backend: &mut dyn Backend,
+    batch: &[Pending],
+    rows: &[usize],
+) -> Result<Vec<NamedTensors>> {
+    let lengths: Option<(&Padding, Vec<usize>)> = shared.padding.as_ref().and_then(|p| {
+        let lens: Vec<usize> = batch
+            .iter()
+            .map(|r| r.inputs[p.input].1.shape()[p.dim])
+            .collect();
+        let differ = lens.iter().any(|&l| l != lens[0]);
+        differ.then_some((p, lens))
+    });
+    let Some((pad, lens)) = lengths else {
+        let inputs = stack::concat(&batch.iter().map(|p| &p.inputs).collect::<Vec<_>>())?;
+        let outputs = run_guarded(shared, backend, &inputs)?;
+        return stack::split(&shared.model, outputs, rows);
+    };
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let mut padded_requests = Vec::with_capacity(batch.len());
+    let (mut real, mut total) = (0usize, 0usize);
+    for (p, &len) in batch.iter().zip(&lens) {
+        let mut inputs = p.inputs.clone();
+        let t = &inputs[pad.input].1;
+        real += t.len();
+        let padded = stack::pad(t, pad.dim, longest, pad.value)?;
+        total += padded.len();
+        inputs[pad.input].1 = padded;
+        padded_requests.push((inputs, len));
+    }
+    let ratio = 1.0 - real as f64 / total.max(1) as f64;
+    shared.metrics.padding(ratio);
+    {
+        let mut st = lock(&shared.state);
+        st.stats.padded_elements += (total - real) as u64;
+        st.stats.real_elements += real as u64;
+    }
+    let inputs = stack::concat(&padded_requests.iter().map(|(i, _)| i).collect::<Vec<_>>())?;
+    let outputs = run_guarded(shared, backend, &inputs)?;
+    let mut per_request = stack::split(&shared.model, outputs, rows)?;
+    for (outputs, &len) in per_request.iter_mut().zip(&lens) {
+        for &(o, dim) in &pad.trims {
+            if let Some((_, t)) = outputs.get_mut(o) {
+                *t = stack::trim(t, dim, len)?;
+            }
+        }
+    }
+    Ok(per_request)
+}
+
+fn run_guarded(
+    shared: &Shared,
+    backend: &mut dyn Backend,
+    inputs: &NamedTensors,
+) -> Result<NamedTensors> {
     match catch_unwind(AssertUnwindSafe(|| backend.run(inputs))) {
         Ok(r) => r,
         Err(panic) => {
@@ -545,7 +757,10 @@ fn run_guarded(shared: &Shared, backend: &mut dyn Backend, inputs: &NamedTensors
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             tracing::error!(model = %shared.model, panic = %msg, "backend panicked; the instance keeps serving");
-            Err(Error::WorkerLost { model: shared.model.clone(), reason: format!("backend panicked: {msg}") })
+            Err(Error::WorkerLost {
+                model: shared.model.clone(),
+                reason: format!("backend panicked: {msg}"),
+            })
         }
     }
 }

@@ -43,6 +43,39 @@ pub struct BatchConfig {
     /// How long a graceful drain may take before queued requests are failed, in ms.
     /// Default 30000.
     pub drain_timeout_ms: u64,
+    /// Opt-in padding of one variable-length dim (sequence models), so requests of different
+    /// lengths share a batch. Default none: different lengths never batch together.
+    pub padding: Option<PaddingConfig>,
+}
+
+/// Padding of one variable-length input dim, and which output dims to trim back.
+///
+/// Only correct for models whose outputs at real positions do not depend on the pad values
+/// (per-position outputs, or models that take a mask); kiln trims shapes, it cannot undo a
+/// pooled output's use of padding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaddingConfig {
+    /// The input whose dim varies.
+    pub input: String,
+    /// That dim (1 or more; dim 0 is the batch).
+    pub dim: usize,
+    /// The value padded positions get. Default 0.
+    #[serde(default)]
+    pub value: f64,
+    /// Outputs whose `dim` follows the input's length, trimmed back per request.
+    #[serde(default)]
+    pub trim_outputs: Vec<OutputTrim>,
+}
+
+/// An output dim trimmed back to each request's own length.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputTrim {
+    /// Output name.
+    pub output: String,
+    /// Its dim that has the padded length.
+    pub dim: usize,
 }
 
 impl Default for BatchConfig {
@@ -59,6 +92,7 @@ impl Default for BatchConfig {
             low_priority_share: 0.1,
             warmup: true,
             drain_timeout_ms: 30_000,
+            padding: None,
         }
     }
 }
@@ -76,7 +110,11 @@ impl BatchConfig {
         if self.max_batch_size == 0 {
             return bad("max_batch_size", "must be at least 1".into());
         }
-        if let Some(&p) = self.preferred_batch_sizes.iter().find(|&&p| p == 0 || p > self.max_batch_size) {
+        if let Some(&p) = self
+            .preferred_batch_sizes
+            .iter()
+            .find(|&&p| p == 0 || p > self.max_batch_size)
+        {
             return bad(
                 "preferred_batch_sizes",
                 format!("{p} is not in 1..={} (max_batch_size)", self.max_batch_size),
@@ -89,10 +127,56 @@ impl BatchConfig {
             return bad("max_queue_bytes", "must be at least 1".into());
         }
         if self.priority_levels == 0 || self.priority_levels > 16 {
-            return bad("priority_levels", format!("{} is not in 1..=16", self.priority_levels));
+            return bad(
+                "priority_levels",
+                format!("{} is not in 1..=16", self.priority_levels),
+            );
         }
         if !(self.low_priority_share > 0.0 && self.low_priority_share <= 0.5) {
-            return bad("low_priority_share", format!("{} is not in (0, 0.5]", self.low_priority_share));
+            return bad(
+                "low_priority_share",
+                format!("{} is not in (0, 0.5]", self.low_priority_share),
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks the padding settings against the model's signature.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming `padding` and what does not match.
+    pub fn validate_for(&self, metadata: &crate::metadata::ModelMetadata) -> Result<()> {
+        let Some(p) = &self.padding else {
+            return Ok(());
+        };
+        let bad = |reason: String| {
+            Err(Error::InvalidConfig {
+                field: "padding",
+                reason,
+            })
+        };
+        if !metadata.batch_dim {
+            return bad("the model has no batch dimension".into());
+        }
+        let Some(input) = metadata.inputs.iter().find(|i| i.name == p.input) else {
+            return bad(format!("no input named {:?}", p.input));
+        };
+        if p.dim == 0 || input.dims.get(p.dim) != Some(&None) {
+            return bad(format!(
+                "dim {} of input {:?} is not a dynamic non-batch dim (dims {:?})",
+                p.dim, p.input, input.dims
+            ));
+        }
+        for t in &p.trim_outputs {
+            let Some(out) = metadata.outputs.iter().find(|o| o.name == t.output) else {
+                return bad(format!("no output named {:?}", t.output));
+            };
+            if t.dim == 0 || out.dims.get(t.dim) != Some(&None) {
+                return bad(format!(
+                    "dim {} of output {:?} is not a dynamic non-batch dim (dims {:?})",
+                    t.dim, t.output, out.dims
+                ));
+            }
         }
         Ok(())
     }
@@ -130,19 +214,57 @@ mod tests {
             other => panic!("expected InvalidConfig, got {other:?}"),
         };
         let d = BatchConfig::default;
-        assert_eq!(field(BatchConfig { instances: 0, ..d() }), "instances");
-        assert_eq!(field(BatchConfig { max_batch_size: 0, ..d() }), "max_batch_size");
-        assert_eq!(field(BatchConfig { preferred_batch_sizes: vec![128], ..d() }), "preferred_batch_sizes");
-        assert_eq!(field(BatchConfig { max_queue_requests: 0, ..d() }), "max_queue_requests");
-        assert_eq!(field(BatchConfig { priority_levels: 0, ..d() }), "priority_levels");
-        assert_eq!(field(BatchConfig { low_priority_share: 0.0, ..d() }), "low_priority_share");
+        assert_eq!(
+            field(BatchConfig {
+                instances: 0,
+                ..d()
+            }),
+            "instances"
+        );
+        assert_eq!(
+            field(BatchConfig {
+                max_batch_size: 0,
+                ..d()
+            }),
+            "max_batch_size"
+        );
+        assert_eq!(
+            field(BatchConfig {
+                preferred_batch_sizes: vec![128],
+                ..d()
+            }),
+            "preferred_batch_sizes"
+        );
+        assert_eq!(
+            field(BatchConfig {
+                max_queue_requests: 0,
+                ..d()
+            }),
+            "max_queue_requests"
+        );
+        assert_eq!(
+            field(BatchConfig {
+                priority_levels: 0,
+                ..d()
+            }),
+            "priority_levels"
+        );
+        assert_eq!(
+            field(BatchConfig {
+                low_priority_share: 0.0,
+                ..d()
+            }),
+            "low_priority_share"
+        );
         assert!(d().validate().is_ok());
         assert_eq!(d().low_priority_period(), 10);
     }
 
     #[test]
     fn parses_with_defaults_and_rejects_unknown_fields() {
-        let c: BatchConfig = serde_json::from_str(r#"{"max_batch_size": 32, "preferred_batch_sizes": [16, 8]}"#).expect("parse");
+        let c: BatchConfig =
+            serde_json::from_str(r#"{"max_batch_size": 32, "preferred_batch_sizes": [16, 8]}"#)
+                .expect("parse");
         assert_eq!((c.max_batch_size, c.preferred_sorted()), (32, vec![8, 16]));
         assert!(serde_json::from_str::<BatchConfig>(r#"{"max_batch": 32}"#).is_err());
     }

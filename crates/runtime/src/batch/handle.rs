@@ -98,7 +98,9 @@ pub struct ModelHandle {
 
 impl std::fmt::Debug for ModelHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelHandle").field("status", &self.status()).finish()
+        f.debug_struct("ModelHandle")
+            .field("status", &self.status())
+            .finish()
     }
 }
 
@@ -161,7 +163,10 @@ impl ModelHandle {
                 max_input_elements: options.max_input_elements,
                 config,
             };
-            let backends = models.into_iter().map(|m| Box::new(m) as Box<dyn Backend>).collect();
+            let backends = models
+                .into_iter()
+                .map(|m| Box::new(m) as Box<dyn Backend>)
+                .collect();
             Ok((spec, backends, provider))
         })
     }
@@ -182,8 +187,14 @@ impl ModelHandle {
         });
         let started = Instant::now();
         let result = loader().and_then(|(spec, backends, provider)| {
-            inner.load_metrics.loaded(version, started.elapsed(), &provider);
-            *inner.drain_timeout.lock().unwrap_or_else(|p| p.into_inner()) = Duration::from_millis(spec.config.drain_timeout_ms);
+            inner
+                .load_metrics
+                .loaded(version, started.elapsed(), &provider);
+            *inner
+                .drain_timeout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) =
+                Duration::from_millis(spec.config.drain_timeout_ms);
             if first {
                 self.update(|s| s.state = ModelState::Warming);
             }
@@ -193,7 +204,10 @@ impl ModelHandle {
             Ok((batcher, provider)) => {
                 let old = {
                     let mut cur = inner.current.write().unwrap_or_else(|p| p.into_inner());
-                    cur.replace(Serving { version: version.to_owned(), batcher: Arc::new(batcher) })
+                    cur.replace(Serving {
+                        version: version.to_owned(),
+                        batcher: Arc::new(batcher),
+                    })
                 };
                 self.update(|s| {
                     s.state = ModelState::Ready;
@@ -204,7 +218,10 @@ impl ModelHandle {
                 });
                 tracing::info!(model = %inner.name, version, elapsed_ms = started.elapsed().as_millis() as u64, "version serving");
                 if let Some(old) = old {
-                    let timeout = *inner.drain_timeout.lock().unwrap_or_else(|p| p.into_inner());
+                    let timeout = *inner
+                        .drain_timeout
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     let name = inner.name.clone();
                     // The old version finishes what it admitted, off the caller's thread.
                     let spawned = std::thread::Builder::new().name(format!("kiln-{name}-drain")).spawn(move || {
@@ -218,7 +235,10 @@ impl ModelHandle {
                 Ok(())
             }
             Err(e) => {
-                if matches!(e, Error::ChecksumMismatch { .. } | Error::SizeMismatch { .. }) {
+                if matches!(
+                    e,
+                    Error::ChecksumMismatch { .. } | Error::SizeMismatch { .. }
+                ) {
                     inner.load_metrics.checksum_failure();
                 }
                 tracing::error!(model = %inner.name, version, error = %e, "version failed to load");
@@ -227,7 +247,9 @@ impl ModelHandle {
                     s.loading = None;
                     s.last_error = Some(reason.clone());
                     if first {
-                        s.state = ModelState::Failed { reason: reason.clone() };
+                        s.state = ModelState::Failed {
+                            reason: reason.clone(),
+                        };
                     }
                 });
                 Err(e)
@@ -246,17 +268,32 @@ impl ModelHandle {
 
     /// The serving version's label.
     pub fn current_version(&self) -> Option<String> {
-        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.version.clone())
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.version.clone())
     }
 
     /// The serving version's signature.
     pub fn metadata(&self) -> Option<ModelMetadata> {
-        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.batcher.metadata().clone())
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.batcher.metadata().clone())
     }
 
     /// The serving version's counters.
     pub fn stats(&self) -> Option<BatcherStats> {
-        self.inner.current.read().unwrap_or_else(|p| p.into_inner()).as_ref().map(|s| s.batcher.stats())
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.batcher.stats())
     }
 
     /// A snapshot of the status.
@@ -274,13 +311,21 @@ impl ModelHandle {
         self.inner.status.borrow().state == ModelState::Ready
     }
 
-    fn submit(&self, request: InferRequest) -> Result<oneshot::Receiver<Result<NamedTensors>>> {
+    /// Validates and enqueues a request on the serving version without waiting; the receiver
+    /// gets the answer (dropping it cancels the request).
+    ///
+    /// # Errors
+    /// Everything [`ModelHandle::infer`] can refuse at admission.
+    pub fn submit(&self, request: InferRequest) -> Result<oneshot::Receiver<Result<NamedTensors>>> {
         // The read lock is held across admission, so a swap cannot slip between choosing the
         // version and queueing on it: whatever the old version admitted, it drains.
         let cur = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
         match cur.as_ref() {
             Some(s) => s.batcher.submit(request),
-            None => Err(Error::Unavailable { model: self.inner.name.clone(), state: self.status().state.to_string() }),
+            None => Err(Error::Unavailable {
+                model: self.inner.name.clone(),
+                state: self.status().state.to_string(),
+            }),
         }
     }
 
@@ -303,7 +348,10 @@ impl ModelHandle {
     }
 
     fn lost(&self) -> Error {
-        Error::WorkerLost { model: self.inner.name.clone(), reason: "reply channel closed".into() }
+        Error::WorkerLost {
+            model: self.inner.name.clone(),
+            reason: "reply channel closed".into(),
+        }
     }
 
     /// Graceful shutdown: readiness goes false (`Draining`) first, then the serving version
@@ -311,9 +359,18 @@ impl ModelHandle {
     pub fn shutdown(&self) {
         let _one_at_a_time = self.inner.swap.lock().unwrap_or_else(|p| p.into_inner());
         self.update(|s| s.state = ModelState::Draining);
-        let serving = self.inner.current.write().unwrap_or_else(|p| p.into_inner()).take();
+        let serving = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(s) = serving {
-            let timeout = *self.inner.drain_timeout.lock().unwrap_or_else(|p| p.into_inner());
+            let timeout = *self
+                .inner
+                .drain_timeout
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             s.batcher.drain(timeout);
         }
         self.update(|s| {

@@ -80,10 +80,14 @@ impl Outcome {
 }
 
 /// Bucket boundaries for durations in seconds: 5 µs .. 10 s.
-const SECONDS: [f64; 20] =
-    [5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const SECONDS: [f64; 20] = [
+    5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 /// Bucket boundaries for batch sizes in rows.
-const ROWS: [f64; 11] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const ROWS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 /// Queue depth, mirrored outside the queue's lock for the observable gauges.
 #[derive(Debug, Default)]
@@ -109,13 +113,18 @@ pub(crate) struct Metrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics").field("attrs", &self.attrs).finish()
+        f.debug_struct("Metrics")
+            .field("attrs", &self.attrs)
+            .finish()
     }
 }
 
 impl Metrics {
     pub(crate) fn new(meter: &Meter, model: &str, version: &str, depth: Weak<Depth>) -> Self {
-        let attrs = vec![KeyValue::new("model", model.to_owned()), KeyValue::new("version", version.to_owned())];
+        let attrs = vec![
+            KeyValue::new("model", model.to_owned()),
+            KeyValue::new("version", version.to_owned()),
+        ];
         let outcome_attrs = OUTCOMES
             .iter()
             .map(|o| {
@@ -125,9 +134,17 @@ impl Metrics {
             })
             .collect();
         let seconds = |name: &'static str, description: &'static str| {
-            meter.f64_histogram(name).with_unit("s").with_description(description).with_boundaries(SECONDS.to_vec()).build()
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(SECONDS.to_vec())
+                .build()
         };
-        let depth_gauge = |name: &'static str, description: &'static str, unit: &'static str, read: fn(&Depth) -> usize| {
+        let depth_gauge = |name: &'static str,
+                           description: &'static str,
+                           unit: &'static str,
+                           read: fn(&Depth) -> usize| {
             let depth = depth.clone();
             let attrs = attrs.clone();
             meter
@@ -142,10 +159,22 @@ impl Metrics {
                 .build()
         };
         Self {
-            requests: meter.u64_counter("kiln_requests_total").with_description("Requests by outcome").build(),
-            request_duration: seconds("kiln_request_duration_seconds", "Time from admission to answer"),
-            queue_duration: seconds("kiln_queue_duration_seconds", "Time a request waited before its batch ran"),
-            compute_duration: seconds("kiln_compute_duration_seconds", "Time one batch spent in ONNX Runtime"),
+            requests: meter
+                .u64_counter("kiln_requests_total")
+                .with_description("Requests by outcome")
+                .build(),
+            request_duration: seconds(
+                "kiln_request_duration_seconds",
+                "Time from admission to answer",
+            ),
+            queue_duration: seconds(
+                "kiln_queue_duration_seconds",
+                "Time a request waited before its batch ran",
+            ),
+            compute_duration: seconds(
+                "kiln_compute_duration_seconds",
+                "Time one batch spent in ONNX Runtime",
+            ),
             batch_rows: meter
                 .u64_histogram("kiln_batch_size_rows")
                 .with_unit("{row}")
@@ -162,10 +191,20 @@ impl Metrics {
                 .with_unit("s")
                 .with_description("Time instances spent running batches")
                 .build(),
-            warmup_duration: seconds("kiln_model_warmup_duration_seconds", "Time warm-up batches took"),
+            warmup_duration: seconds(
+                "kiln_model_warmup_duration_seconds",
+                "Time warm-up batches took",
+            ),
             _depth_gauges: [
-                depth_gauge("kiln_queue_depth_requests", "Requests waiting", "{request}", |d| d.requests.load(Ordering::Relaxed)),
-                depth_gauge("kiln_queue_depth_bytes", "Input bytes waiting", "By", |d| d.bytes.load(Ordering::Relaxed)),
+                depth_gauge(
+                    "kiln_queue_depth_requests",
+                    "Requests waiting",
+                    "{request}",
+                    |d| d.requests.load(Ordering::Relaxed),
+                ),
+                depth_gauge("kiln_queue_depth_bytes", "Input bytes waiting", "By", |d| {
+                    d.bytes.load(Ordering::Relaxed)
+                }),
             ],
             attrs,
             outcome_attrs,
@@ -176,17 +215,20 @@ impl Metrics {
         let idx = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
         self.requests.add(1, &self.outcome_attrs[idx]);
         if let Some(d) = since_admission {
-            self.request_duration.record(d.as_secs_f64(), &self.outcome_attrs[idx]);
+            self.request_duration
+                .record(d.as_secs_f64(), &self.outcome_attrs[idx]);
         }
     }
 
     pub(crate) fn queued(&self, waited: Duration) {
-        self.queue_duration.record(waited.as_secs_f64(), &self.attrs);
+        self.queue_duration
+            .record(waited.as_secs_f64(), &self.attrs);
     }
 
     pub(crate) fn batch(&self, rows: usize, compute: Duration) {
         self.batch_rows.record(rows as u64, &self.attrs);
-        self.compute_duration.record(compute.as_secs_f64(), &self.attrs);
+        self.compute_duration
+            .record(compute.as_secs_f64(), &self.attrs);
         self.busy.add(compute.as_secs_f64(), &self.attrs);
     }
 
@@ -195,7 +237,8 @@ impl Metrics {
     }
 
     pub(crate) fn warmed(&self, warmup: Duration) {
-        self.warmup_duration.record(warmup.as_secs_f64(), &self.attrs);
+        self.warmup_duration
+            .record(warmup.as_secs_f64(), &self.attrs);
     }
 }
 
@@ -220,7 +263,9 @@ impl LoadMetrics {
                 .build(),
             checksum_failures: meter
                 .u64_counter("kiln_checksum_failures_total")
-                .with_description("Model loads refused because the bytes did not match the expected digest")
+                .with_description(
+                    "Model loads refused because the bytes did not match the expected digest",
+                )
                 .build(),
             provider: meter
                 .u64_gauge("kiln_model_provider_info")

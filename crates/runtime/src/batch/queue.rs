@@ -104,7 +104,12 @@ const SCAN_SLACK: usize = 256;
 
 impl Queue {
     pub(crate) fn new(levels: usize) -> Self {
-        Self { levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(), requests: 0, bytes: 0, since_low: 0 }
+        Self {
+            levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
+            requests: 0,
+            bytes: 0,
+            since_low: 0,
+        }
     }
 
     /// Requests waiting.
@@ -173,15 +178,26 @@ impl Queue {
             }
             if let Some(p) = self.levels[level].pop_front() {
                 self.account_removed(&p);
-                dropped.push(if p.expired(now) { Dropped::Expired(p) } else { Dropped::Cancelled(p) });
+                dropped.push(if p.expired(now) {
+                    Dropped::Expired(p)
+                } else {
+                    Dropped::Cancelled(p)
+                });
             }
         }
         false
     }
 
     /// The level to serve, applying the low-priority share.
-    fn pick_level(&mut self, now: Instant, period: usize, dropped: &mut Vec<Dropped>) -> Option<usize> {
-        let live: Vec<usize> = (0..self.levels.len()).filter(|&l| self.clean_front(l, now, dropped)).collect();
+    fn pick_level(
+        &mut self,
+        now: Instant,
+        period: usize,
+        dropped: &mut Vec<Dropped>,
+    ) -> Option<usize> {
+        let live: Vec<usize> = (0..self.levels.len())
+            .filter(|&l| self.clean_front(l, now, dropped))
+            .collect();
         let top = *live.first()?;
         match live.get(1) {
             Some(&lower) if self.since_low + 1 >= period => {
@@ -200,7 +216,12 @@ impl Queue {
     }
 
     /// Forms the next batch under `policy` at time `now`.
-    pub(crate) fn take(&mut self, now: Instant, policy: &Policy, dropped: &mut Vec<Dropped>) -> Take {
+    pub(crate) fn take(
+        &mut self,
+        now: Instant,
+        policy: &Policy,
+        dropped: &mut Vec<Dropped>,
+    ) -> Take {
         let Some(level) = self.pick_level(now, policy.low_period, dropped) else {
             return Take::Empty;
         };
@@ -242,7 +263,10 @@ impl Queue {
 
         // More is queued than fits: cut at the largest preferred size the prefix sums hit.
         if left_over {
-            if let Some(cut) = cumulative.iter().rposition(|c| policy.preferred.binary_search(c).is_ok()) {
+            if let Some(cut) = cumulative
+                .iter()
+                .rposition(|c| policy.preferred.binary_search(c).is_ok())
+            {
                 chosen.truncate(cut + 1);
                 rows = cumulative[cut];
             }
@@ -261,7 +285,11 @@ impl Queue {
         }
 
         // Drop the expired/cancelled requests met while scanning, along with the chosen ones.
-        let mut remove: Vec<(usize, bool)> = chosen.iter().map(|&i| (i, true)).chain(gone.iter().map(|&i| (i, false))).collect();
+        let mut remove: Vec<(usize, bool)> = chosen
+            .iter()
+            .map(|&i| (i, true))
+            .chain(gone.iter().map(|&i| (i, false)))
+            .collect();
         remove.sort_unstable();
         let taken = self.remove_marked(level, &remove, now, dropped);
         Take::Batch(taken)
@@ -270,7 +298,13 @@ impl Queue {
     /// Removes the marked indices (ascending): `true` ones are returned in order, `false` ones
     /// go to `dropped`. A prefix (the common case: one bucket) is popped off the front;
     /// anything else rebuilds the level once.
-    fn remove_marked(&mut self, level: usize, marks: &[(usize, bool)], now: Instant, dropped: &mut Vec<Dropped>) -> Vec<Pending> {
+    fn remove_marked(
+        &mut self,
+        level: usize,
+        marks: &[(usize, bool)],
+        now: Instant,
+        dropped: &mut Vec<Dropped>,
+    ) -> Vec<Pending> {
         let mut removed = Vec::with_capacity(marks.len());
         if marks.iter().enumerate().all(|(n, &(i, _))| n == i) {
             for &(_, keep) in marks {
@@ -316,11 +350,26 @@ mod tests {
     use crate::tensor::Tensor;
 
     /// A pending request whose single input encodes its id; keeps its receiver alive.
-    fn pending(id: usize, rows: usize, key: usize, priority: usize, now: Instant) -> (Pending, oneshot::Receiver<Result<NamedTensors>>) {
+    fn pending(
+        id: usize,
+        rows: usize,
+        key: usize,
+        priority: usize,
+        now: Instant,
+    ) -> (Pending, oneshot::Receiver<Result<NamedTensors>>) {
         let (tx, rx) = oneshot::channel();
         let t = Tensor::new([rows], vec![id as i64; rows]).expect("tensor");
         (
-            Pending { inputs: vec![("x".into(), t)], rows, bytes: rows * 8, key: vec![key], enqueued: now, deadline: None, priority, reply: tx },
+            Pending {
+                inputs: vec![("x".into(), t)],
+                rows,
+                bytes: rows * 8,
+                key: vec![key],
+                enqueued: now,
+                deadline: None,
+                priority,
+                reply: tx,
+            },
             rx,
         )
     }
@@ -330,22 +379,40 @@ mod tests {
     }
 
     fn policy(max_rows: usize, preferred: Vec<usize>) -> Policy {
-        Policy { batchable: true, max_rows, preferred, delay: Duration::ZERO, low_period: 4 }
+        Policy {
+            batchable: true,
+            max_rows,
+            preferred,
+            delay: Duration::ZERO,
+            low_period: 4,
+        }
     }
 
     #[test]
     fn cuts_at_the_largest_preferred_size_when_more_is_queued() {
         let now = Instant::now();
         let mut q = Queue::new(1);
-        let _rx: Vec<_> = (0..10).map(|i| {
-            let (p, rx) = pending(i, 1, 0, 0, now);
-            q.push(p);
-            rx
-        }).collect();
+        let _rx: Vec<_> = (0..10)
+            .map(|i| {
+                let (p, rx) = pending(i, 1, 0, 0, now);
+                q.push(p);
+                rx
+            })
+            .collect();
         let mut dropped = Vec::new();
-        let Take::Batch(b) = q.take(now, &policy(8, vec![2, 4, 6]), &mut dropped) else { panic!("batch expected") };
-        assert_eq!(b.len(), 6, "10 queued, 8 fit: cut at the largest preferred size that fits");
-        assert_eq!(b.iter().map(id).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4, 5], "oldest first");
+        let Take::Batch(b) = q.take(now, &policy(8, vec![2, 4, 6]), &mut dropped) else {
+            panic!("batch expected")
+        };
+        assert_eq!(
+            b.len(),
+            6,
+            "10 queued, 8 fit: cut at the largest preferred size that fits"
+        );
+        assert_eq!(
+            b.iter().map(id).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4, 5],
+            "oldest first"
+        );
     }
 
     #[test]
@@ -359,8 +426,14 @@ mod tests {
             keep.push(rx);
         }
         let mut dropped = Vec::new();
-        let Take::Batch(b) = q.take(now, &policy(8, vec![4]), &mut dropped) else { panic!("batch expected") };
-        assert_eq!(b.len(), 5, "all queued fits: no cut at the preferred size, nothing waits for nothing");
+        let Take::Batch(b) = q.take(now, &policy(8, vec![4]), &mut dropped) else {
+            panic!("batch expected")
+        };
+        assert_eq!(
+            b.len(),
+            5,
+            "all queued fits: no cut at the preferred size, nothing waits for nothing"
+        );
     }
 
     #[test]
@@ -372,8 +445,12 @@ mod tests {
         let mut pol = policy(8, vec![4]);
         pol.delay = Duration::from_millis(5);
         let mut dropped = Vec::new();
-        assert!(matches!(q.take(now, &pol, &mut dropped), Take::WaitUntil(t) if t == now + pol.delay));
-        assert!(matches!(q.take(now + pol.delay, &pol, &mut dropped), Take::Batch(b) if b.len() == 1));
+        assert!(
+            matches!(q.take(now, &pol, &mut dropped), Take::WaitUntil(t) if t == now + pol.delay)
+        );
+        assert!(
+            matches!(q.take(now + pol.delay, &pol, &mut dropped), Take::Batch(b) if b.len() == 1)
+        );
     }
 
     #[test]
@@ -389,7 +466,9 @@ mod tests {
         let (c, _rc) = pending(2, 1, 0, 0, now);
         q.push(c);
         let mut dropped = Vec::new();
-        let Take::Batch(batch) = q.take(now, &policy(8, vec![]), &mut dropped) else { panic!("batch expected") };
+        let Take::Batch(batch) = q.take(now, &policy(8, vec![]), &mut dropped) else {
+            panic!("batch expected")
+        };
         assert_eq!(batch.iter().map(id).collect::<Vec<_>>(), vec![2]);
         assert!(matches!(dropped[0], Dropped::Expired(_)));
         assert!(matches!(dropped[1], Dropped::Cancelled(_)));

@@ -19,7 +19,11 @@ pub struct InferRequest {
 impl InferRequest {
     /// A request with these inputs, no deadline of its own, priority 0.
     pub fn new(inputs: NamedTensors) -> Self {
-        Self { inputs, deadline: None, priority: 0 }
+        Self {
+            inputs,
+            deadline: None,
+            priority: 0,
+        }
     }
 
     /// Sets a deadline `timeout` from now.

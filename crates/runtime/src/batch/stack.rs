@@ -34,14 +34,27 @@ fn concat_typed<T: Element>(parts: &[&Tensor]) -> Result<Tensor> {
 }
 
 /// Splits batch outputs into one set per request, by each request's rows.
-pub(crate) fn split(model: &str, outputs: NamedTensors, rows: &[usize]) -> Result<Vec<NamedTensors>> {
+pub(crate) fn split(
+    model: &str,
+    outputs: NamedTensors,
+    rows: &[usize],
+) -> Result<Vec<NamedTensors>> {
     let total: usize = rows.iter().sum();
-    let mut per_request: Vec<NamedTensors> = rows.iter().map(|_| Vec::with_capacity(outputs.len())).collect();
+    let mut per_request: Vec<NamedTensors> = rows
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
     for (name, tensor) in outputs {
         if tensor.shape().first() != Some(&total) {
-            return Err(Error::BatchSplit { model: model.to_owned(), output: name, shape: tensor.shape().to_vec(), rows: total });
+            return Err(Error::BatchSplit {
+                model: model.to_owned(),
+                output: name,
+                shape: tensor.shape().to_vec(),
+                rows: total,
+            });
         }
-        let parts = with_element_type!(tensor.element_type(), T => split_typed::<T>(&tensor, rows)?);
+        let parts =
+            with_element_type!(tensor.element_type(), T => split_typed::<T>(&tensor, rows)?);
         for (dst, part) in per_request.iter_mut().zip(parts) {
             dst.push((name.clone(), part));
         }
@@ -69,7 +82,11 @@ mod tests {
     use super::*;
 
     fn req(rows: usize, start: i64) -> NamedTensors {
-        let a = Tensor::new([rows, 2], (0..rows as i64 * 2).map(|v| v + start).collect::<Vec<_>>()).expect("a");
+        let a = Tensor::new(
+            [rows, 2],
+            (0..rows as i64 * 2).map(|v| v + start).collect::<Vec<_>>(),
+        )
+        .expect("a");
         let b = Tensor::new([rows], vec![start as f32; rows]).expect("b");
         vec![("a".into(), a), ("b".into(), b)]
     }
@@ -89,5 +106,74 @@ mod tests {
         let out = vec![("y".to_owned(), Tensor::new([4], vec![0f32; 4]).expect("y"))];
         let err = split("m", out, &[2, 3]).expect_err("4 != 5");
         assert!(matches!(err, Error::BatchSplit { rows: 5, .. }), "{err}");
+    }
+}
+
+/// Pads `tensor` along `dim` to `len` with `value`.
+pub(crate) fn pad(tensor: &Tensor, dim: usize, len: usize, value: f64) -> Result<Tensor> {
+    with_element_type!(tensor.element_type(), T => pad_typed::<T>(tensor, dim, len, T::from_f64(value)))
+}
+
+fn pad_typed<T: Element>(tensor: &Tensor, dim: usize, len: usize, value: T) -> Result<Tensor> {
+    let shape = tensor.shape();
+    let own = shape[dim];
+    let outer: usize = shape[..dim].iter().product();
+    let inner: usize = shape[dim + 1..].iter().product();
+    let data = tensor.as_slice::<T>()?;
+    let mut out = Vec::with_capacity(outer * len * inner);
+    for block in data.chunks(own * inner).take(outer) {
+        out.extend_from_slice(block);
+        out.resize(out.len() + (len - own) * inner, value);
+    }
+    if own == 0 {
+        out.resize(outer * len * inner, value);
+    }
+    let mut new_shape = shape.to_vec();
+    new_shape[dim] = len;
+    Tensor::new(new_shape, out)
+}
+
+/// Cuts `tensor` along `dim` back to its first `len` positions.
+pub(crate) fn trim(tensor: &Tensor, dim: usize, len: usize) -> Result<Tensor> {
+    with_element_type!(tensor.element_type(), T => trim_typed::<T>(tensor, dim, len))
+}
+
+fn trim_typed<T: Element>(tensor: &Tensor, dim: usize, len: usize) -> Result<Tensor> {
+    let shape = tensor.shape();
+    let full = shape[dim];
+    let inner: usize = shape[dim + 1..].iter().product();
+    let data = tensor.as_slice::<T>()?;
+    let mut out = Vec::with_capacity(data.len() / full.max(1) * len);
+    if full > 0 {
+        for block in data.chunks(full * inner) {
+            out.extend_from_slice(&block[..len * inner]);
+        }
+    }
+    let mut new_shape = shape.to_vec();
+    new_shape[dim] = len;
+    Tensor::new(new_shape, out)
+}
+
+#[cfg(test)]
+mod pad_tests {
+    use super::*;
+
+    #[test]
+    fn pad_then_trim_is_identity_and_pads_in_the_right_places() {
+        // [1, 2, 2]: one row, length 2, width 2.
+        let t = Tensor::new([1, 2, 2], vec![1i64, 2, 3, 4]).expect("t");
+        let p = pad(&t, 1, 4, -1.0).expect("pad");
+        assert_eq!(p.shape(), &[1, 4, 2]);
+        assert_eq!(
+            p.as_slice::<i64>().expect("i64"),
+            &[1, 2, 3, 4, -1, -1, -1, -1]
+        );
+        assert_eq!(trim(&p, 1, 2).expect("trim"), t);
+        let two_rows = Tensor::new([2, 1], vec![5f32, 6.0]).expect("t");
+        let p = pad(&two_rows, 1, 3, 0.5).expect("pad");
+        assert_eq!(
+            p.as_slice::<f32>().expect("f32"),
+            &[5.0, 0.5, 0.5, 6.0, 0.5, 0.5]
+        );
     }
 }

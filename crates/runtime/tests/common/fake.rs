@@ -55,7 +55,11 @@ pub struct Fake {
 
 impl Fake {
     pub fn new(seen: &Seen) -> Self {
-        Self { seen: Arc::clone(seen), gate: None, delay: std::time::Duration::ZERO }
+        Self {
+            seen: Arc::clone(seen),
+            gate: None,
+            delay: std::time::Duration::ZERO,
+        }
     }
 }
 
@@ -64,7 +68,10 @@ impl Backend for Fake {
         let x = &inputs[0].1;
         let data = x.as_slice::<i64>()?;
         let width = x.shape()[1].max(1);
-        let ids: Vec<i64> = data.chunks(width).map(|r| r.first().copied().unwrap_or(0)).collect();
+        let ids: Vec<i64> = data
+            .chunks(width)
+            .map(|r| r.first().copied().unwrap_or(0))
+            .collect();
         if let Some(g) = &self.gate {
             g.pass();
         }
@@ -76,7 +83,10 @@ impl Backend for Fake {
             panic!("fake backend told to panic");
         }
         if ids.iter().any(|&i| i < 0) {
-            return Err(Error::InvalidConfig { field: "fake", reason: "poisoned row".into() });
+            return Err(Error::InvalidConfig {
+                field: "fake",
+                reason: "poisoned row".into(),
+            });
         }
         let y: Vec<i64> = data.iter().map(|v| v * 10 + 1).collect();
         Ok(vec![("y".into(), Tensor::new(x.shape().to_vec(), y)?)])
@@ -87,20 +97,39 @@ pub fn metadata(batch_dim: bool) -> ModelMetadata {
     let d0 = if batch_dim { None } else { Some(1) };
     ModelMetadata {
         name: "fake".into(),
-        inputs: vec![TensorInfo { name: "x".into(), element_type: ElementType::I64, dims: vec![d0, None] }],
-        outputs: vec![TensorInfo { name: "y".into(), element_type: ElementType::I64, dims: vec![d0, None] }],
+        inputs: vec![TensorInfo {
+            name: "x".into(),
+            element_type: ElementType::I64,
+            dims: vec![d0, None],
+        }],
+        outputs: vec![TensorInfo {
+            name: "y".into(),
+            element_type: ElementType::I64,
+            dims: vec![d0, None],
+        }],
         batch_dim,
     }
 }
 
 /// A request of `rows` rows of `width` columns, every value `id`.
 pub fn request(id: i64, rows: usize, width: usize) -> NamedTensors {
-    vec![("x".into(), Tensor::new([rows, width], vec![id; rows * width]).expect("x"))]
+    vec![(
+        "x".into(),
+        Tensor::new([rows, width], vec![id; rows * width]).expect("x"),
+    )]
 }
 
 /// Checks an answer is exactly `request(id, rows, width)` transformed.
 pub fn assert_own_rows(out: &NamedTensors, id: i64, rows: usize, width: usize) {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].1.shape(), &[rows, width], "request {id}: shape");
-    assert!(out[0].1.as_slice::<i64>().expect("y").iter().all(|&v| v == id * 10 + 1), "request {id} got someone else's rows");
+    assert!(
+        out[0]
+            .1
+            .as_slice::<i64>()
+            .expect("y")
+            .iter()
+            .all(|&v| v == id * 10 + 1),
+        "request {id} got someone else's rows"
+    );
 }
