@@ -2,6 +2,8 @@
 //! helpers, and writing one bench's section into `benches/RESULTS.md` without touching the
 //! others.
 
+pub mod svg;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -78,4 +80,13 @@ pub fn time_runs(runs: usize, mut f: impl FnMut()) -> Vec<Duration> {
 /// The median of sorted durations.
 pub fn median(sorted: &[Duration]) -> Duration {
     sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+}
+
+/// The `q` quantile (0..=1) of sorted values.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
 }

@@ -8,7 +8,7 @@
 //! passes even while every instance is busy, so they never reach the model.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -63,6 +63,9 @@ struct State {
     timer_at: Option<Instant>,
     /// Recent requests drained per second (EWMA), for the retry-after hint.
     drain_rate: f64,
+    /// Instances blocked on the `work` condvar (spinning ones are not counted: they see new
+    /// work through the depth mirror without a wake-up).
+    sleeping: usize,
     stats: BatcherStats,
 }
 
@@ -91,6 +94,8 @@ struct Shared {
     idle: Condvar,
     depth: Arc<Depth>,
     metrics: Metrics,
+    /// Whether a caller holds the spin slot.
+    spinning: AtomicBool,
 }
 
 /// Describes the model version a [`Batcher`] serves.
@@ -200,6 +205,7 @@ impl Batcher {
                 stop: false,
                 timer_at: None,
                 drain_rate: 0.0,
+                sleeping: 0,
                 stats: BatcherStats::default(),
             }),
             metadata: spec.metadata,
@@ -210,6 +216,7 @@ impl Batcher {
             idle: Condvar::new(),
             depth,
             metrics,
+            spinning: AtomicBool::new(false),
         });
 
         let warmup_sizes = warmup_sizes(&shared);
@@ -293,7 +300,9 @@ impl Batcher {
     /// [`Error::DeadlineExceeded`], [`Error::Unavailable`], or the model's own failure.
     pub async fn infer(&self, request: InferRequest) -> Result<NamedTensors> {
         let rx = self.submit(request)?;
-        rx.await.unwrap_or_else(|_| Err(self.lost()))
+        wait_async(rx, self.shared.config.spin(), self.spin_slot())
+            .await
+            .unwrap_or_else(|| Err(self.lost()))
     }
 
     /// [`Batcher::infer`] for threads that are not async tasks (the C ABI). Must not be called
@@ -303,7 +312,8 @@ impl Batcher {
     /// As [`Batcher::infer`].
     pub fn infer_blocking(&self, request: InferRequest) -> Result<NamedTensors> {
         let rx = self.submit(request)?;
-        rx.blocking_recv().unwrap_or_else(|_| Err(self.lost()))
+        wait_blocking(rx, self.shared.config.spin(), self.spin_slot())
+            .unwrap_or_else(|| Err(self.lost()))
     }
 
     fn lost(&self) -> Error {
@@ -311,6 +321,11 @@ impl Batcher {
             model: self.shared.model.clone(),
             reason: "reply channel closed".into(),
         }
+    }
+
+    /// The caller-side spin slot of this version (see [`SpinSlot`]).
+    pub(crate) fn spin_slot(&self) -> SpinSlot<'_> {
+        SpinSlot::try_take(&self.shared.spinning)
     }
 
     /// Validates and enqueues a request; the receiver gets the answer.
@@ -430,14 +445,16 @@ impl Batcher {
                     if wake_timer {
                         shared.timer.notify_one();
                     }
-                    Ok(())
+                    Ok(st.sleeping > 0)
                 }
             }
         };
         finish_dropped(shared, dropped);
         match admitted {
-            Ok(()) => {
-                shared.work.notify_one();
+            Ok(wake) => {
+                if wake {
+                    shared.work.notify_one();
+                }
                 Ok(rx)
             }
             Err(e) => refuse(e),
@@ -508,6 +525,89 @@ impl Drop for Batcher {
     fn drop(&mut self) {
         self.stop_now();
     }
+}
+
+/// Polls `ready` for up to `budget` (yielding the CPU between polls); true if it became true.
+fn spin_until(budget: Duration, ready: impl Fn() -> bool) -> bool {
+    if budget.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    while start.elapsed() < budget {
+        if ready() {
+            return true;
+        }
+        std::hint::spin_loop();
+        std::thread::yield_now();
+    }
+    ready()
+}
+
+/// Admits one spinning waiter at a time: one spinner keeps its thread (or executor) from
+/// sleeping at low load, where that saves a kernel wake-up per request; at high concurrency
+/// the others wait normally instead of burning the CPU the model needs.
+pub(crate) struct SpinSlot<'a>(Option<&'a AtomicBool>);
+
+impl<'a> SpinSlot<'a> {
+    pub(crate) fn try_take(flag: &'a AtomicBool) -> Self {
+        let won = flag
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok();
+        Self(won.then_some(flag))
+    }
+
+    fn held(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
+impl Drop for SpinSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.0 {
+            flag.store(false, Ordering::Release);
+        }
+    }
+}
+
+/// Waits for an answer on this thread: if it gets the spin slot, polls for up to `spin` (a
+/// small model answers sooner than a kernel wake-up takes), then blocks. `None` if the sender
+/// is gone.
+pub(crate) fn wait_blocking<T>(
+    mut rx: oneshot::Receiver<T>,
+    spin: Duration,
+    slot: SpinSlot<'_>,
+) -> Option<T> {
+    let start = Instant::now();
+    while slot.held() && start.elapsed() < spin {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(oneshot::error::TryRecvError::Closed) => return None,
+            Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
+        }
+    }
+    drop(slot);
+    rx.blocking_recv().ok()
+}
+
+/// Waits for an answer in a task: for up to `spin`, yields to the executor and polls again
+/// (cheap when the executor has other tasks, a short spin when it has none), then awaits.
+pub(crate) async fn wait_async<T>(
+    mut rx: oneshot::Receiver<T>,
+    spin: Duration,
+    slot: SpinSlot<'_>,
+) -> Option<T> {
+    let start = Instant::now();
+    while slot.held() && start.elapsed() < spin {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(oneshot::error::TryRecvError::Closed) => return None,
+            // tokio's yield defers the wake-up until the executor has looked at its other
+            // tasks, so a spinning waiter never starves them.
+            Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+        }
+    }
+    drop(slot);
+    rx.await.ok()
 }
 
 fn mirror_depth(shared: &Shared, st: &State) {
@@ -610,15 +710,28 @@ fn instance_loop(shared: &Shared, backend: &mut dyn Backend) {
                     }
                     Take::WaitUntil(at) => {
                         let wait = at.saturating_duration_since(Instant::now());
+                        st.sleeping += 1;
                         st = shared
                             .work
                             .wait_timeout(st, wait)
                             .map(|(g, _)| g)
                             .unwrap_or_else(|p| p.into_inner().0);
+                        st.sleeping -= 1;
                     }
                     Take::Empty => {
                         mirror_depth(shared, &st);
-                        st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+                        // Spin briefly before sleeping: a wake-up through the kernel costs
+                        // tens of µs on a VM, more than a small model's whole run.
+                        drop(st);
+                        let arrived = spin_until(shared.config.spin(), || {
+                            shared.depth.requests.load(Ordering::Relaxed) > 0
+                        });
+                        st = lock(&shared.state);
+                        if !arrived && st.queue.is_empty() && !st.stop {
+                            st.sleeping += 1;
+                            st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
+                            st.sleeping -= 1;
+                        }
                     }
                 }
             }

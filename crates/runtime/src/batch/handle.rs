@@ -317,11 +317,19 @@ impl ModelHandle {
     /// # Errors
     /// Everything [`ModelHandle::infer`] can refuse at admission.
     pub fn submit(&self, request: InferRequest) -> Result<oneshot::Receiver<Result<NamedTensors>>> {
+        self.submit_on(request).map(|(rx, _)| rx)
+    }
+
+    /// [`ModelHandle::submit`], also returning the version that admitted the request.
+    fn submit_on(
+        &self,
+        request: InferRequest,
+    ) -> Result<(oneshot::Receiver<Result<NamedTensors>>, Arc<Batcher>)> {
         // The read lock is held across admission, so a swap cannot slip between choosing the
         // version and queueing on it: whatever the old version admitted, it drains.
         let cur = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
         match cur.as_ref() {
-            Some(s) => s.batcher.submit(request),
+            Some(s) => Ok((s.batcher.submit(request)?, Arc::clone(&s.batcher))),
             None => Err(Error::Unavailable {
                 model: self.inner.name.clone(),
                 state: self.status().state.to_string(),
@@ -334,8 +342,11 @@ impl ModelHandle {
     /// # Errors
     /// As [`Batcher::infer`], or [`Error::Unavailable`] when no version serves.
     pub async fn infer(&self, request: InferRequest) -> Result<NamedTensors> {
-        let rx = self.submit(request)?;
-        rx.await.unwrap_or_else(|_| Err(self.lost()))
+        let (rx, batcher) = self.submit_on(request)?;
+        let spin = Duration::from_micros(batcher.config().spin_us);
+        super::batcher::wait_async(rx, spin, batcher.spin_slot())
+            .await
+            .unwrap_or_else(|| Err(self.lost()))
     }
 
     /// Blocking [`ModelHandle::infer`] for non-async threads (not inside an async runtime).
@@ -343,8 +354,10 @@ impl ModelHandle {
     /// # Errors
     /// As [`ModelHandle::infer`].
     pub fn infer_blocking(&self, request: InferRequest) -> Result<NamedTensors> {
-        let rx = self.submit(request)?;
-        rx.blocking_recv().unwrap_or_else(|_| Err(self.lost()))
+        let (rx, batcher) = self.submit_on(request)?;
+        let spin = Duration::from_micros(batcher.config().spin_us);
+        super::batcher::wait_blocking(rx, spin, batcher.spin_slot())
+            .unwrap_or_else(|| Err(self.lost()))
     }
 
     fn lost(&self) -> Error {

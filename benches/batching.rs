@@ -1,0 +1,506 @@
+//! Dynamic batching on the CPU, one model of each kind, all measured in one run:
+//!
+//! 1. **Ceiling**: raw `session.run` in a tight loop at batch 1..128 (rows/s); the best batch
+//!    is the ceiling and best ÷ batch-1 is the model's headroom.
+//! 2. **Unbatched**: closed-loop callers at each concurrency, one request (one row) per `run`,
+//!    sharing one session behind a mutex.
+//! 3. **kiln**: the same callers through `ModelHandle::infer` (greedy dynamic batching, one
+//!    instance, `max_batch_size` = the ceiling's best batch).
+//!
+//! Plus kiln's added latency at concurrency 1 (over a raw batch-1 `run`) and the cost of
+//! metrics (SDK meter provider vs no-op, at concurrency 64 on the real model).
+//! Run: `make bench-batching`. `KILN_BENCH_SECS` sets seconds per point (default 1.5).
+//! Results: `benches/RESULTS.md` (section `batching`) and `benches/plots/batching-*.svg`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use kiln::{
+    BatchConfig, Checksum, Digest, InferRequest, Model, ModelHandle, ModelOptions, NamedTensors,
+    Runtime, RuntimeConfig, SessionConfig, Tensor, TensorData,
+};
+use kiln_benches::svg::{render, Series};
+use kiln_benches::{machine, quantile, write_section};
+
+const BATCHES: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+const CONCURRENCY: [usize; 5] = [1, 8, 32, 64, 128];
+
+struct Bench {
+    label: &'static str,
+    kind: &'static str,
+    file: &'static str,
+    input: &'static str,
+    row_shape: Vec<usize>,
+    int_tokens: bool,
+    /// Intra-op threads for every contender (0: ONNX Runtime's choice).
+    intra: usize,
+}
+
+/// One closed-loop measurement.
+#[derive(Clone, Copy, Default)]
+struct Point {
+    rows_per_s: f64,
+    p50: Duration,
+    p99: Duration,
+    mean: Duration,
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn secs() -> Duration {
+    Duration::from_secs_f64(
+        std::env::var("KILN_BENCH_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1.5),
+    )
+}
+
+fn request(b: &Bench, rows: usize, seed: usize) -> NamedTensors {
+    let per_row: usize = b.row_shape.iter().product();
+    let mut shape = vec![rows];
+    shape.extend(&b.row_shape);
+    let n = rows * per_row;
+    let data = if b.int_tokens {
+        TensorData::I32((0..n).map(|i| ((i * 7 + seed * 13) % 257) as i32).collect())
+    } else {
+        TensorData::F32(
+            (0..n)
+                .map(|i| ((i * 7 + seed * 13) % 101) as f32 / 101.0)
+                .collect(),
+        )
+    };
+    vec![(
+        b.input.to_owned(),
+        Tensor::from_data(shape, data).expect("bench tensor"),
+    )]
+}
+
+/// Session settings, identical for every contender: `KILN_BENCH_INTRA` intra-op threads
+/// (default 0 = ONNX Runtime's choice), `KILN_BENCH_SPIN=0` turns intra-op spinning off.
+fn session(b: &Bench) -> SessionConfig {
+    let env = |k: &str| std::env::var(k).ok();
+    SessionConfig {
+        intra_op_threads: env("KILN_BENCH_INTRA")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(b.intra),
+        intra_op_spinning: env("KILN_BENCH_SPIN").map(|v| v != "0"),
+        ..SessionConfig::default()
+    }
+}
+
+fn options(path: &Path, b: &Bench) -> Result<ModelOptions> {
+    let digest = Digest::of(
+        &std::fs::read(path)
+            .with_context(|| format!("{} (run `make bench-models`)", path.display()))?,
+    );
+    Ok(ModelOptions::new()
+        .with_checksum(Checksum::Sha256(digest))
+        .with_session(session(b)))
+}
+
+fn summarize(mut lat: Vec<Duration>, rows: usize, elapsed: Duration) -> Point {
+    lat.sort_unstable();
+    let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+    Point {
+        rows_per_s: rows as f64 / elapsed.as_secs_f64(),
+        p50: quantile(&lat, 0.5),
+        p99: quantile(&lat, 0.99),
+        mean,
+    }
+}
+
+/// Raw `run` at each batch size.
+fn ceiling(model: &mut Model, b: &Bench) -> Vec<(usize, Point)> {
+    BATCHES
+        .iter()
+        .map(|&size| {
+            let req = request(b, size, 1);
+            for _ in 0..3 {
+                model.run(&req).expect("warm-up");
+            }
+            let (start, mut lat, mut rows) = (Instant::now(), Vec::new(), 0);
+            while start.elapsed() < secs() {
+                let t = Instant::now();
+                model.run(&req).expect("run");
+                lat.push(t.elapsed());
+                rows += size;
+            }
+            (size, summarize(lat, rows, start.elapsed()))
+        })
+        .collect()
+}
+
+/// `c` threads, one row per `run`, one shared session.
+fn unbatched(model: Model, b: &Bench, c: usize) -> (Model, Point) {
+    let model = Arc::new(Mutex::new(model));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..c)
+        .map(|i| {
+            let model = Arc::clone(&model);
+            let req = request(b, 1, i);
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                while start.elapsed() < secs() {
+                    let t = Instant::now();
+                    model.lock().expect("model").run(&req).expect("run");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let lat: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("caller"))
+        .collect();
+    let rows = lat.len();
+    let point = summarize(lat, rows, start.elapsed());
+    let model = Arc::try_unwrap(model)
+        .unwrap_or_else(|_| panic!("callers joined"))
+        .into_inner()
+        .expect("model");
+    (model, point)
+}
+
+/// `c` async callers through kiln.
+fn through_kiln(handle: &ModelHandle, b: &Bench, c: usize, rt: &tokio::runtime::Runtime) -> Point {
+    let start = Instant::now();
+    let lat = rt.block_on(async {
+        let tasks: Vec<_> = (0..c)
+            .map(|i| {
+                let h = handle.clone();
+                let req = request(b, 1, i);
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    while start.elapsed() < secs() {
+                        let t = Instant::now();
+                        h.infer(InferRequest::new(req.clone()))
+                            .await
+                            .expect("infer");
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.expect("task"));
+        }
+        all
+    });
+    let rows = lat.len();
+    summarize(lat, rows, start.elapsed())
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1e6)
+}
+
+fn main() -> Result<()> {
+    let runtime =
+        Runtime::new(&RuntimeConfig::default()).context("ONNX Runtime (run `make ort`)")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let benches = [
+        Bench {
+            label: "magika (real model)",
+            kind: "small CNN classifier, int32 tokens",
+            file: "testdata/real/magika.onnx",
+            input: "bytes",
+            row_shape: vec![2048],
+            int_tokens: true,
+            intra: 0,
+        },
+        Bench {
+            label: "tabular MLP",
+            kind: "32-64-64-8 MLP",
+            file: "testdata/bench/tabular_mlp.onnx",
+            input: "x",
+            row_shape: vec![32],
+            int_tokens: false,
+            intra: 1,
+        },
+        Bench {
+            label: "MobileNet-style",
+            kind: "depthwise-separable CNN, 3x64x64",
+            file: "testdata/bench/mobilenet.onnx",
+            input: "x",
+            row_shape: vec![3, 64, 64],
+            int_tokens: false,
+            intra: 0,
+        },
+        Bench {
+            label: "compute-bound convnet",
+            kind: "3x3 convs, 64-256 ch, 3x64x64",
+            file: "testdata/bench/convnet.onnx",
+            input: "x",
+            row_shape: vec![3, 64, 64],
+            int_tokens: false,
+            intra: 0,
+        },
+    ];
+    let md = format!(
+        "## Dynamic batching (CPU)\n\nMachine: {}. ONNX Runtime {} (CPU provider; intra-op threads: ONNX Runtime's default, except 1 for the tabular MLP, whose 5 µs run gains nothing from a second, spinning thread; the same settings for every contender). {:.1} s per point; \
+         closed-loop callers sending one row each. Command: `make bench-batching` (`cargo bench -p kiln-benches --bench batching`).\n\n\
+         - **ceiling**: raw `session.run` at the best batch size; **headroom** = ceiling ÷ batch-1 rate.\n\
+         - **unbatched**: callers share one session (mutex), one row per `run`.\n\
+         - **kiln**: `ModelHandle::infer`, greedy batching (`max_queue_delay` 0), 1 instance, `max_batch_size` = best batch.\n\n",
+        machine(),
+        runtime.library().version,
+        secs().as_secs_f64()
+    );
+    std::fs::create_dir_all(root().join("benches/plots"))?;
+    let mut summary = String::from(
+        "### Summary at concurrency 64\n\n| model | kind | headroom | ceiling rows/s | kiln rows/s | kiln ÷ ceiling | kiln ÷ unbatched | kiln p99 (µs) | unbatched p99 (µs) |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let mut details = String::new();
+    let only = std::env::var("KILN_BENCH_ONLY").ok();
+    for b in benches
+        .iter()
+        .filter(|b| only.as_deref().is_none_or(|o| b.label.contains(o)))
+    {
+        let path = root().join(b.file);
+        let opts = options(&path, b)?;
+        let mut model = Model::load(&runtime, &path, &opts)?;
+        let ceil = ceiling(&mut model, b);
+        let (best_batch, best) = ceil
+            .iter()
+            .max_by(|a, b| a.1.rows_per_s.total_cmp(&b.1.rows_per_s))
+            .map(|(s, p)| (*s, *p))
+            .unwrap_or_default();
+        let batch1 = ceil[0].1;
+        let headroom = best.rows_per_s / batch1.rows_per_s;
+
+        let mut unb = Vec::new();
+        let mut m = model;
+        for &c in &CONCURRENCY {
+            let (back, p) = unbatched(m, b, c);
+            m = back;
+            unb.push(p);
+        }
+        drop(m);
+
+        let handle = ModelHandle::new(b.label, opentelemetry::global::meter("kiln-bench"));
+        let cfg = BatchConfig {
+            max_batch_size: best_batch,
+            max_queue_requests: 4096,
+            ..BatchConfig::default()
+        };
+        handle.load_model(&runtime, &path, "1", &opts, &cfg)?;
+        let mut kil = Vec::new();
+        let mut sizes_at_64 = Vec::new();
+        for &c in &CONCURRENCY {
+            let before = handle.stats().unwrap_or_default();
+            kil.push(through_kiln(&handle, b, c, &rt));
+            if c == 64 {
+                let after = handle.stats().unwrap_or_default();
+                sizes_at_64 = after
+                    .batch_sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| (i, n - before.batch_sizes.get(i).copied().unwrap_or(0)))
+                    .filter(|&(_, n)| n > 0)
+                    .collect();
+            }
+        }
+        handle.shutdown();
+
+        let i64 = CONCURRENCY.iter().position(|&c| c == 64).unwrap_or(3);
+        let (k, u) = (kil[i64], unb[i64]);
+        summary += &format!(
+            "| {} | {} | {:.1}× (batch {}) | {:.0} | {:.0} | **{:.0}%** | **{:.1}×** | {} | {} |\n",
+            b.label,
+            b.kind,
+            headroom,
+            best_batch,
+            best.rows_per_s,
+            k.rows_per_s,
+            100.0 * k.rows_per_s / best.rows_per_s,
+            k.rows_per_s / u.rows_per_s,
+            us(k.p99),
+            us(u.p99)
+        );
+        details += &format!(
+            "### {} ({})\n\nRaw `run` by batch size (rows/s): ",
+            b.label, b.kind
+        );
+        details += &ceil
+            .iter()
+            .map(|(s, p)| format!("{s}: {:.0}", p.rows_per_s))
+            .collect::<Vec<_>>()
+            .join(", ");
+        details += &format!(
+            ".\n\nkiln at concurrency 1 adds **{:.1} µs** per request over a raw batch-1 `run` (kiln mean {} µs, raw {} µs).\n\n\
+             | concurrency | unbatched rows/s | p50 µs | p99 µs | kiln rows/s | p50 µs | p99 µs | kiln ÷ ceiling | kiln ÷ unbatched |\n|---|---|---|---|---|---|---|---|---|\n",
+            (kil[0].mean.as_secs_f64() - batch1.mean.as_secs_f64()) * 1e6,
+            us(kil[0].mean),
+            us(batch1.mean)
+        );
+        for (j, &c) in CONCURRENCY.iter().enumerate() {
+            details += &format!(
+                "| {c} | {:.0} | {} | {} | {:.0} | {} | {} | {:.0}% | {:.1}× |\n",
+                unb[j].rows_per_s,
+                us(unb[j].p50),
+                us(unb[j].p99),
+                kil[j].rows_per_s,
+                us(kil[j].p50),
+                us(kil[j].p99),
+                100.0 * kil[j].rows_per_s / best.rows_per_s,
+                kil[j].rows_per_s / unb[j].rows_per_s
+            );
+        }
+        details += &format!(
+            "\nBatch sizes kiln ran at concurrency 64 (rows: batches): {}.\n\n![{}](plots/{}.svg)\n\n",
+            sizes_at_64.iter().map(|(s, n)| format!("{s}: {n}")).collect::<Vec<_>>().join(", "),
+            b.label,
+            slug(b.label)
+        );
+        let xs = |v: &[Point], f: fn(&Point) -> f64| {
+            CONCURRENCY
+                .iter()
+                .zip(v)
+                .map(|(&c, p)| (c as f64, f(p)))
+                .collect::<Vec<_>>()
+        };
+        let svg = render(&[
+            (
+                &format!("{}: throughput", b.label),
+                "rows/s",
+                vec![
+                    Series {
+                        label: format!("ceiling (raw run, batch {best_batch})"),
+                        points: CONCURRENCY
+                            .iter()
+                            .map(|&c| (c as f64, best.rows_per_s))
+                            .collect(),
+                        colour: "#888",
+                        dashed: true,
+                    },
+                    Series {
+                        label: "unbatched".into(),
+                        points: xs(&unb, |p| p.rows_per_s),
+                        colour: "#d62728",
+                        dashed: false,
+                    },
+                    Series {
+                        label: "kiln".into(),
+                        points: xs(&kil, |p| p.rows_per_s),
+                        colour: "#1f77b4",
+                        dashed: false,
+                    },
+                ],
+            ),
+            (
+                &format!("{}: p99 latency", b.label),
+                "p99 (ms)",
+                vec![
+                    Series {
+                        label: "unbatched".into(),
+                        points: xs(&unb, |p| p.p99.as_secs_f64() * 1e3),
+                        colour: "#d62728",
+                        dashed: false,
+                    },
+                    Series {
+                        label: "kiln".into(),
+                        points: xs(&kil, |p| p.p99.as_secs_f64() * 1e3),
+                        colour: "#1f77b4",
+                        dashed: false,
+                    },
+                ],
+            ),
+        ]);
+        std::fs::write(
+            root().join(format!("benches/plots/{}.svg", slug(b.label))),
+            svg,
+        )?;
+        println!("{} done", b.label);
+    }
+
+    if only.is_some() {
+        println!("{summary}\n{details}");
+        return Ok(());
+    }
+    // Metrics cost: the real model at concurrency 64, no-op meter vs an SDK provider, alternated.
+    let magika = &benches[0];
+    let path = root().join(magika.file);
+    let opts = options(&path, magika)?;
+    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(
+            opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+                .with_interval(Duration::from_secs(3600))
+                .build(),
+        )
+        .build();
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..4 {
+        let with_sdk = round % 2 == 1;
+        let meter = if with_sdk {
+            opentelemetry::metrics::MeterProvider::meter(&provider, "kiln")
+        } else {
+            opentelemetry::global::meter("kiln-noop")
+        };
+        let handle = ModelHandle::new("magika", meter);
+        handle.load_model(
+            &runtime,
+            &path,
+            "1",
+            &opts,
+            &BatchConfig {
+                max_batch_size: 64,
+                max_queue_requests: 4096,
+                ..BatchConfig::default()
+            },
+        )?;
+        let p = through_kiln(&handle, magika, 64, &rt);
+        handle.shutdown();
+        if with_sdk {
+            on.push(p.rows_per_s)
+        } else {
+            off.push(p.rows_per_s)
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let cost = 1.0 - mean(&on) / mean(&off);
+    let metrics_md = format!(
+        "### Cost of metrics\n\nmagika at concurrency 64, two alternated runs each: no-op meter {:.0} rows/s, OpenTelemetry SDK meter provider {:.0} rows/s: \
+         metrics cost **{:.1}%** of throughput (target ≤ 3%; runs: off {:?}, on {:?}).\n\n",
+        mean(&off),
+        mean(&on),
+        cost * 100.0,
+        off.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        on.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+    let body = format!("{md}{summary}\nTargets at concurrency 64: kiln ≥ 90% of the ceiling and ≥ 3× unbatched; at concurrency 1, ≤ 20 µs added per request.\n\n{metrics_md}{details}");
+    println!("{body}");
+    write_section("batching", &body)?;
+    Ok(())
+}
+
+fn slug(label: &str) -> String {
+    let s: String = label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!(
+        "batching-{}",
+        s.split('-')
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join("-")
+    )
+}
