@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo test check ort ort-gpu model testdata test-cuda bench bench-hash clean
+.PHONY: help demo test check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching clean
 
 help:
 	@echo "make demo        classify files with the real model (sets everything up)"
@@ -21,7 +21,7 @@ help:
 	@echo "make ort-gpu     fetch the CUDA 13 ONNX Runtime library (GPU machines)"
 	@echo "make testdata    generate test models and golden outputs"
 	@echo "make test-cuda   the GPU test set (needs an NVIDIA GPU)"
-	@echo "make bench       all benchmarks; results in benches/RESULTS.md"
+	@echo "make bench       all benchmarks (hash, overhead, batching); results in benches/RESULTS.md"
 
 ort:
 	@scripts/fetch-ort.sh cpu
@@ -44,6 +44,12 @@ testdata/.stamp: scripts/gen_testdata.py scripts/fetch-model.sh $(VENV)/.stamp
 
 testdata: model testdata/.stamp
 
+testdata/bench/.stamp: scripts/gen_benchmodels.py $(VENV)/.stamp
+	$(PY) scripts/gen_benchmodels.py testdata/bench
+	touch $@
+
+bench-models: testdata/bench/.stamp
+
 demo: ort model
 	cargo build --release -p kiln-example-classify
 	scripts/demo.sh
@@ -59,11 +65,17 @@ test: ort testdata check
 test-cuda: ort-gpu testdata
 	KILN_ORT_DIR=$(ORT_GPU_DIR) KILN_TEST_CUDA=1 cargo test -p kiln-runtime --test cuda -- --include-ignored --nocapture
 
-bench: bench-hash
+bench: bench-hash bench-overhead bench-batching
 
 bench-hash:
 	cargo bench -p kiln-benches --bench hash
 
+bench-overhead:
+	cargo bench -p kiln-benches --bench overhead
+
+bench-batching: ort testdata bench-models
+	cargo bench -p kiln-benches --bench batching
+
 clean:
 	cargo clean
-	rm -rf .cache testdata/*.onnx testdata/golden testdata/real testdata/.stamp
+	rm -rf .cache testdata/*.onnx testdata/golden testdata/real testdata/bench testdata/.stamp

@@ -1,13 +1,24 @@
 //! kiln's own cost per request, with a backend that does no work (returns its input): what
-//! the queue, the hand-off to the instance thread and the answer back cost, for the blocking
-//! and the async API, at concurrency 1. Run: `cargo bench -p kiln-benches --bench overhead`.
+//! admission, the hand-off to the instance thread and the answer back cost, and what the
+//! OpenTelemetry metrics add to that. This is the worst case for both: with a real model the
+//! same microseconds are a smaller share.
+//!
+//! - Round-trip latency at concurrency 1, blocking and async API.
+//! - Throughput at concurrency 64 (async callers on one executor thread, 1 instance) with a
+//!   no-op meter and with the OpenTelemetry SDK meter provider, alternated runs.
+//!
+//! Run: `make bench-overhead` (`cargo bench -p kiln-benches --bench overhead`).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use kiln::batch::{Backend, BatchConfig, Batcher, BatcherSpec};
 use kiln::{ElementType, InferRequest, ModelMetadata, NamedTensors, Tensor, TensorInfo};
-use kiln_benches::quantile;
+use kiln_benches::{machine, quantile, write_section};
+use opentelemetry::metrics::{Meter, MeterProvider as _};
+
+const RUN: Duration = Duration::from_secs(2);
 
 struct Echo;
 
@@ -17,7 +28,7 @@ impl Backend for Echo {
     }
 }
 
-fn batcher() -> Result<Batcher> {
+fn batcher(meter: &Meter) -> Result<Batcher> {
     let info = |n: &str| TensorInfo {
         name: n.into(),
         element_type: ElementType::F32,
@@ -35,67 +46,80 @@ fn batcher() -> Result<Batcher> {
         max_input_elements: 1 << 20,
         config: BatchConfig {
             warmup: false,
+            max_queue_requests: 4096,
             ..BatchConfig::default()
         },
     };
-    Ok(Batcher::start(
-        spec,
-        vec![Box::new(Echo)],
-        &opentelemetry::global::meter("bench"),
-    )?)
+    Ok(Batcher::start(spec, vec![Box::new(Echo)], meter)?)
 }
 
-fn report(label: &str, mut lat: Vec<Duration>) {
+fn request() -> NamedTensors {
+    vec![(
+        "x".to_owned(),
+        Tensor::new([1, 32], vec![0.5f32; 32]).expect("x"),
+    )]
+}
+
+fn latency_line(label: &str, mut lat: Vec<Duration>) -> String {
     lat.sort_unstable();
-    let mean = lat.iter().sum::<Duration>() / lat.len() as u32;
-    println!(
-        "{label}: mean {:.1} µs, p50 {:.1} µs, p99 {:.1} µs ({} requests)",
+    let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
+    format!(
+        "| {label} | {:.1} | {:.1} | {:.1} |\n",
         mean.as_secs_f64() * 1e6,
         quantile(&lat, 0.5).as_secs_f64() * 1e6,
-        quantile(&lat, 0.99).as_secs_f64() * 1e6,
-        lat.len()
-    );
+        quantile(&lat, 0.99).as_secs_f64() * 1e6
+    )
+}
+
+fn throughput(b: Arc<Batcher>, rt: &tokio::runtime::Runtime) -> f64 {
+    let start = Instant::now();
+    let n: usize = rt.block_on(async {
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let b = Arc::clone(&b);
+                tokio::spawn(async move {
+                    let mut n = 0;
+                    while start.elapsed() < RUN {
+                        b.infer(InferRequest::new(request())).await.expect("infer");
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for t in tasks {
+            total += t.await.expect("task");
+        }
+        total
+    });
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 fn main() -> Result<()> {
-    let b = batcher()?;
-    let req = vec![("x".to_owned(), Tensor::new([1, 32], vec![0.5f32; 32])?)];
-    let run = Duration::from_secs(2);
-    let mut lat = Vec::new();
-    let start = Instant::now();
-    while start.elapsed() < run {
-        let t = Instant::now();
-        b.infer_blocking(InferRequest::new(req.clone()))?;
-        lat.push(t.elapsed());
-    }
-    report("blocking API, concurrency 1", lat);
+    let noop = opentelemetry::global::meter("kiln-noop");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
-    let lat = rt.block_on(async {
-        let mut lat = Vec::new();
-        let start = Instant::now();
-        while start.elapsed() < run {
-            let t = Instant::now();
-            b.infer(InferRequest::new(req.clone()))
-                .await
-                .expect("infer");
-            lat.push(t.elapsed());
-        }
-        lat
-    });
-    report("async API (block_on), concurrency 1", lat);
-    let lat = rt.block_on(async {
-        let b = std::sync::Arc::new(b);
+
+    let b = batcher(&noop)?;
+    let mut blocking = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < RUN {
+        let t = Instant::now();
+        b.infer_blocking(InferRequest::new(request()))?;
+        blocking.push(t.elapsed());
+    }
+    let b = Arc::new(b);
+    let b2 = Arc::clone(&b);
+    let asynchronous = rt.block_on(async move {
         tokio::spawn(async move {
             let mut lat = Vec::new();
             let start = Instant::now();
-            while start.elapsed() < run {
+            while start.elapsed() < RUN {
                 let t = Instant::now();
-                b.infer(InferRequest::new(req.clone()))
-                    .await
-                    .expect("infer");
+                b2.infer(InferRequest::new(request())).await.expect("infer");
                 lat.push(t.elapsed());
             }
             lat
@@ -103,6 +127,52 @@ fn main() -> Result<()> {
         .await
         .expect("task")
     });
-    report("async API (spawned task), concurrency 1", lat);
+    drop(b);
+
+    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(
+            opentelemetry_sdk::metrics::PeriodicReader::builder(exporter)
+                .with_interval(Duration::from_secs(3600))
+                .build(),
+        )
+        .build();
+    let sdk = provider.meter("kiln");
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..10 {
+        let with_sdk = round % 2 == 1;
+        let b = Arc::new(batcher(if with_sdk { &sdk } else { &noop })?);
+        let rate = throughput(b, &rt);
+        if with_sdk {
+            on.push(rate)
+        } else {
+            off.push(rate)
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (m_off, m_on) = (median(&mut off), median(&mut on));
+    let cost = 1.0 - m_on / m_off;
+    let body = format!(
+        "## kiln's own overhead (no-op backend)\n\n\
+         Machine: {}. Backend: returns its input (no model), so everything measured is kiln's own work. \
+         Command: `make bench-overhead` (`cargo bench -p kiln-benches --bench overhead`).\n\n\
+         | round trip at concurrency 1 | mean µs | p50 µs | p99 µs |\n|---|---|---|---|\n{}{}\n\
+         **Cost of metrics** (worst case: nothing but kiln's own work): 64 async callers, 1 instance, 5 alternated runs each, \
+         median no-op meter {:.0} requests/s vs OpenTelemetry SDK meter provider {:.0} requests/s: metrics cost **{:.1}%** \
+         (target ≤ 3%). Runs (requests/s): no-op {:?}; SDK {:?}.\n",
+        machine(),
+        latency_line("blocking API (`infer_blocking`)", blocking),
+        latency_line("async API (`infer().await` in a task)", asynchronous),
+        m_off,
+        m_on,
+        cost * 100.0,
+        off.iter().map(|v| v.round()).collect::<Vec<_>>(),
+        on.iter().map(|v| v.round()).collect::<Vec<_>>()
+    );
+    println!("{body}");
+    write_section("overhead", &body)?;
     Ok(())
 }

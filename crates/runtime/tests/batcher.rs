@@ -549,3 +549,58 @@ fn a_first_version_that_fails_to_load_reports_failed() {
         matches!(handle.status().state, ModelState::Failed { reason } if reason.contains("refuses"))
     );
 }
+
+#[test]
+fn idle_instances_split_the_queue_and_run_in_parallel() {
+    let seen: Seen = Arc::default();
+    let gate = Gate::closed();
+    let cfg = no_warmup(BatchConfig {
+        instances: 2,
+        max_batch_size: 1,
+        ..BatchConfig::default()
+    });
+    let b = start(cfg, &seen, Some(gate.clone()));
+    let rxs: Vec<_> = (0..2)
+        .map(|i| {
+            b.submit(InferRequest::new(request(i, 1, 2)))
+                .expect("admitted")
+        })
+        .collect();
+    let parallel = gate.wait_inside_for(2, Duration::from_secs(10));
+    gate.open();
+    for rx in rxs {
+        rx.blocking_recv().expect("reply").expect("ok");
+    }
+    assert!(
+        parallel,
+        "the second instance never picked up the second request while the first was busy"
+    );
+
+    // With both idle, a queue of 8 rows is split 4 + 4 rather than 8 + 0.
+    let seen: Seen = Arc::default();
+    let gate = Gate::closed();
+    let cfg = no_warmup(BatchConfig {
+        instances: 2,
+        max_batch_size: 8,
+        ..BatchConfig::default()
+    });
+    let b = start(cfg, &seen, Some(gate.clone()));
+    let blockers: Vec<_> = (0..2)
+        .map(|i| {
+            b.submit(InferRequest::new(request(100 + i, 1, 2)))
+                .expect("admitted")
+        })
+        .collect();
+    gate.wait_inside(2);
+    let rxs: Vec<_> = (0..8)
+        .map(|i| {
+            b.submit(InferRequest::new(request(i, 1, 2)))
+                .expect("admitted")
+        })
+        .collect();
+    gate.open();
+    for rx in blockers.into_iter().chain(rxs) {
+        rx.blocking_recv().expect("reply").expect("ok");
+    }
+    assert_eq!(b.stats().succeeded, 10);
+}

@@ -63,6 +63,8 @@ struct State {
     timer_at: Option<Instant>,
     /// Recent requests drained per second (EWMA), for the retry-after hint.
     drain_rate: f64,
+    /// Instances not running a batch (looking for work, spinning or asleep).
+    idle: usize,
     /// Instances blocked on the `work` condvar (spinning ones are not counted: they see new
     /// work through the depth mirror without a wake-up).
     sleeping: usize,
@@ -205,6 +207,7 @@ impl Batcher {
                 stop: false,
                 timer_at: None,
                 drain_rate: 0.0,
+                idle: spec.config.instances,
                 sleeping: 0,
                 stats: BatcherStats::default(),
             }),
@@ -699,8 +702,15 @@ fn instance_loop(shared: &Shared, backend: &mut dyn Backend) {
                 if st.stop {
                     return;
                 }
-                match st.queue.take(Instant::now(), &shared.policy, &mut dropped) {
+                // Several idle instances split what is queued, so they run in parallel
+                // instead of one taking everything while the others wait.
+                let cap = st.queue.rows().div_ceil(st.idle.max(1)).max(1);
+                match st
+                    .queue
+                    .take(Instant::now(), &shared.policy, cap, &mut dropped)
+                {
                     Take::Batch(b) => {
+                        st.idle -= 1;
                         mirror_depth(shared, &st);
                         if !st.queue.is_empty() {
                             // Another idle instance can start on what is left.
@@ -745,9 +755,6 @@ fn instance_loop(shared: &Shared, backend: &mut dyn Backend) {
 /// request so one bad request does not fail its neighbours.
 fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>) {
     let started = Instant::now();
-    for p in &batch {
-        shared.metrics.queued(started.duration_since(p.enqueued));
-    }
     let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
     let total_rows: usize = rows.iter().sum();
     let results: Vec<Result<NamedTensors>> = if batch.len() == 1 {
@@ -766,9 +773,11 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>) {
         }
     };
     let compute = started.elapsed();
-    shared.metrics.batch(total_rows, compute);
 
+    // Count first, answer second: a caller that sees its answer also sees it counted.
     let (mut ok, mut failed) = (0u64, 0u64);
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut timings = Vec::with_capacity(batch.len());
     for (p, result) in batch.into_iter().zip(results) {
         let outcome = match &result {
             Ok(_) => Outcome::Success,
@@ -779,27 +788,51 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>) {
         } else {
             failed += 1;
         }
-        shared.metrics.outcome(outcome, Some(p.enqueued.elapsed()));
-        let _ = p.reply.send(result);
+        timings.push((p.enqueued, outcome));
+        replies.push((p.reply, result));
     }
-    let mut st = lock(&shared.state);
-    st.stats.succeeded += ok;
-    st.stats.failed += failed;
-    st.stats.batches += 1;
-    st.stats.rows += total_rows as u64;
-    if st.stats.batch_sizes.len() <= total_rows {
-        st.stats.batch_sizes.resize(total_rows + 1, 0);
+    {
+        let mut st = lock(&shared.state);
+        st.idle += 1;
+        st.stats.succeeded += ok;
+        st.stats.failed += failed;
+        st.stats.batches += 1;
+        st.stats.rows += total_rows as u64;
+        if st.stats.batch_sizes.len() <= total_rows {
+            st.stats.batch_sizes.resize(total_rows + 1, 0);
+        }
+        st.stats.batch_sizes[total_rows] += 1;
+        let secs = compute.as_secs_f64().max(1e-9);
+        let rate = (ok + failed) as f64 / secs * shared.config.instances as f64;
+        st.drain_rate = if st.drain_rate == 0.0 {
+            rate
+        } else {
+            0.9 * st.drain_rate + 0.1 * rate
+        };
+        if !st.accepting {
+            shared.idle.notify_all();
+        }
     }
-    st.stats.batch_sizes[total_rows] += 1;
-    let secs = compute.as_secs_f64().max(1e-9);
-    let rate = (ok + failed) as f64 / secs * shared.config.instances as f64;
-    st.drain_rate = if st.drain_rate == 0.0 {
-        rate
-    } else {
-        0.9 * st.drain_rate + 0.1 * rate
-    };
-    if !st.accepting {
-        shared.idle.notify_all();
+    let answered = Instant::now();
+    for (reply, result) in replies {
+        let _ = reply.send(result);
+    }
+    // Metrics after the answers: off the callers' latency path; successes counted once.
+    shared.metrics.batch(total_rows, compute);
+    shared.metrics.count(Outcome::Success, ok);
+    for (enqueued, outcome) in timings {
+        shared
+            .metrics
+            .queued(started.saturating_duration_since(enqueued));
+        if outcome == Outcome::Success {
+            shared
+                .metrics
+                .duration(outcome, answered.saturating_duration_since(enqueued));
+        } else {
+            shared
+                .metrics
+                .outcome(outcome, Some(answered.saturating_duration_since(enqueued)));
+        }
     }
 }
 

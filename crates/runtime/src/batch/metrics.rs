@@ -211,13 +211,30 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn outcome(&self, outcome: Outcome, since_admission: Option<Duration>) {
+    fn attrs_of(&self, outcome: Outcome) -> &[KeyValue] {
         let idx = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(0);
-        self.requests.add(1, &self.outcome_attrs[idx]);
+        &self.outcome_attrs[idx]
+    }
+
+    /// Counts one request and records its duration, if it had one.
+    pub(crate) fn outcome(&self, outcome: Outcome, since_admission: Option<Duration>) {
+        self.count(outcome, 1);
         if let Some(d) = since_admission {
-            self.request_duration
-                .record(d.as_secs_f64(), &self.outcome_attrs[idx]);
+            self.duration(outcome, d);
         }
+    }
+
+    /// Counts `n` requests with the same outcome in one call.
+    pub(crate) fn count(&self, outcome: Outcome, n: u64) {
+        if n > 0 {
+            self.requests.add(n, self.attrs_of(outcome));
+        }
+    }
+
+    /// Records one request's time from admission to answer.
+    pub(crate) fn duration(&self, outcome: Outcome, d: Duration) {
+        self.request_duration
+            .record(d.as_secs_f64(), self.attrs_of(outcome));
     }
 
     pub(crate) fn queued(&self, waited: Duration) {

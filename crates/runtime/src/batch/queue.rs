@@ -95,6 +95,7 @@ pub(crate) struct Queue {
     levels: Vec<VecDeque<Pending>>,
     requests: usize,
     bytes: usize,
+    rows: usize,
     /// Batches served from the top level while a lower level waited.
     since_low: usize,
 }
@@ -108,6 +109,7 @@ impl Queue {
             levels: (0..levels.max(1)).map(|_| VecDeque::new()).collect(),
             requests: 0,
             bytes: 0,
+            rows: 0,
             since_low: 0,
         }
     }
@@ -122,6 +124,11 @@ impl Queue {
         self.bytes
     }
 
+    /// Rows waiting.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.requests == 0
     }
@@ -129,6 +136,7 @@ impl Queue {
     /// Adds a request at the back of its level.
     pub(crate) fn push(&mut self, p: Pending) {
         self.requests += 1;
+        self.rows += p.rows;
         self.bytes += p.bytes;
         let level = p.priority.min(self.levels.len() - 1);
         self.levels[level].push_back(p);
@@ -136,6 +144,7 @@ impl Queue {
 
     fn account_removed(&mut self, p: &Pending) {
         self.requests -= 1;
+        self.rows -= p.rows;
         self.bytes -= p.bytes;
     }
 
@@ -166,6 +175,7 @@ impl Queue {
     /// Removes and returns everything (shutdown).
     pub(crate) fn drain_all(&mut self) -> Vec<Pending> {
         self.requests = 0;
+        self.rows = 0;
         self.bytes = 0;
         self.levels.iter_mut().flat_map(|l| l.drain(..)).collect()
     }
@@ -215,13 +225,16 @@ impl Queue {
         }
     }
 
-    /// Forms the next batch under `policy` at time `now`.
+    /// Forms the next batch under `policy` at time `now`, of at most `cap` rows (the batcher
+    /// passes less than `max_rows` to share the queue among idle instances).
     pub(crate) fn take(
         &mut self,
         now: Instant,
         policy: &Policy,
+        cap: usize,
         dropped: &mut Vec<Dropped>,
     ) -> Take {
+        let cap = cap.clamp(1, policy.max_rows);
         let Some(level) = self.pick_level(now, policy.low_period, dropped) else {
             return Take::Empty;
         };
@@ -239,7 +252,7 @@ impl Queue {
         let mut rows = head.rows;
         let mut left_over = false;
         let mut gone = Vec::new();
-        let limit = 1 + policy.max_rows + SCAN_SLACK;
+        let limit = 1 + cap + SCAN_SLACK;
         for (i, p) in queue.iter().enumerate().skip(1).take(limit) {
             if p.expired(now) || p.cancelled() {
                 gone.push(i);
@@ -248,14 +261,14 @@ impl Queue {
             if p.key != head.key {
                 continue;
             }
-            if rows + p.rows > policy.max_rows {
+            if rows + p.rows > cap {
                 left_over = true;
                 break;
             }
             rows += p.rows;
             chosen.push(i);
             cumulative.push(rows);
-            if rows == policy.max_rows {
+            if rows == cap {
                 left_over = queue.iter().skip(i + 1).any(|q| q.key == head.key);
                 break;
             }
@@ -275,7 +288,7 @@ impl Queue {
         // With a queue delay, an incomplete batch waits for its oldest request's delay.
         if !policy.delay.is_zero() {
             let ready = left_over
-                || rows >= policy.max_rows
+                || rows >= cap
                 || policy.preferred.binary_search(&rows).is_ok()
                 || policy.preferred.last().is_some_and(|&p| rows >= p);
             let due = head.enqueued + policy.delay;
@@ -400,7 +413,7 @@ mod tests {
             })
             .collect();
         let mut dropped = Vec::new();
-        let Take::Batch(b) = q.take(now, &policy(8, vec![2, 4, 6]), &mut dropped) else {
+        let Take::Batch(b) = q.take(now, &policy(8, vec![2, 4, 6]), 8, &mut dropped) else {
             panic!("batch expected")
         };
         assert_eq!(
@@ -426,7 +439,7 @@ mod tests {
             keep.push(rx);
         }
         let mut dropped = Vec::new();
-        let Take::Batch(b) = q.take(now, &policy(8, vec![4]), &mut dropped) else {
+        let Take::Batch(b) = q.take(now, &policy(8, vec![4]), 8, &mut dropped) else {
             panic!("batch expected")
         };
         assert_eq!(
@@ -446,10 +459,10 @@ mod tests {
         pol.delay = Duration::from_millis(5);
         let mut dropped = Vec::new();
         assert!(
-            matches!(q.take(now, &pol, &mut dropped), Take::WaitUntil(t) if t == now + pol.delay)
+            matches!(q.take(now, &pol, 8, &mut dropped), Take::WaitUntil(t) if t == now + pol.delay)
         );
         assert!(
-            matches!(q.take(now + pol.delay, &pol, &mut dropped), Take::Batch(b) if b.len() == 1)
+            matches!(q.take(now + pol.delay, &pol, 8, &mut dropped), Take::Batch(b) if b.len() == 1)
         );
     }
 
@@ -466,7 +479,7 @@ mod tests {
         let (c, _rc) = pending(2, 1, 0, 0, now);
         q.push(c);
         let mut dropped = Vec::new();
-        let Take::Batch(batch) = q.take(now, &policy(8, vec![]), &mut dropped) else {
+        let Take::Batch(batch) = q.take(now, &policy(8, vec![]), 8, &mut dropped) else {
             panic!("batch expected")
         };
         assert_eq!(batch.iter().map(id).collect::<Vec<_>>(), vec![2]);
@@ -500,7 +513,7 @@ mod tests {
             let mut dropped = Vec::new();
             while !q.is_empty() {
                 let low_waiting = q.levels[1].len();
-                let Take::Batch(b) = q.take(now, &pol, &mut dropped) else { panic!("greedy policy must return a batch") };
+                let Take::Batch(b) = q.take(now, &pol, max_rows, &mut dropped) else { panic!("greedy policy must return a batch") };
                 prop_assert!(!b.is_empty());
                 let rows: usize = b.iter().map(|p| p.rows).sum();
                 prop_assert!(rows <= max_rows, "batch of {} rows over {}", rows, max_rows);

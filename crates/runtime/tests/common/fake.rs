@@ -37,10 +37,24 @@ impl Gate {
 
     /// Waits until `n` batches have reached the gate.
     pub fn wait_inside(&self, n: usize) {
+        assert!(
+            self.wait_inside_for(n, std::time::Duration::from_secs(60)),
+            "{n} batches never reached the gate"
+        );
+    }
+
+    /// Waits up to `timeout` for `n` batches at the gate; whether they arrived.
+    pub fn wait_inside_for(&self, n: usize, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
         let mut inside = self.inside.lock().expect("gate");
         while *inside < n {
-            inside = self.inside_cv.wait(inside).expect("gate");
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            inside = self.inside_cv.wait_timeout(inside, left).expect("gate").0;
         }
+        true
     }
 }
 
