@@ -54,5 +54,5 @@ pub use manifest::{Manifest, ManifestFile};
 pub use metadata::{ModelMetadata, TensorInfo};
 pub use model::{Model, NamedTensors};
 pub use repository::{Repository, RepositoryConfig, ScanReport};
-pub use runtime::{LibraryInfo, Runtime, RuntimeConfig};
+pub use runtime::{LibraryInfo, Runtime, RuntimeConfig, ThreadPoolConfig};
 pub use tensor::{Element, ElementType, Tensor, TensorData};

@@ -31,6 +31,23 @@ pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so` to use. Default: unset, search as described in the module
     /// docs. When set, only this file is tried.
     pub library_path: Option<PathBuf>,
+    /// One ONNX Runtime thread pool shared by every session of the process, instead of one
+    /// pool per session. Default: unset (per-session pools, sized by each model's
+    /// `SessionConfig`). Sharing keeps many models or instances from oversubscribing the
+    /// CPU; with it set, the sessions' own thread settings are ignored.
+    pub global_thread_pool: Option<ThreadPoolConfig>,
+}
+
+/// The process-wide ONNX Runtime thread pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreadPoolConfig {
+    /// Intra-op threads. Default 0: ONNX Runtime's choice (one per physical core).
+    pub intra_op_threads: usize,
+    /// Inter-op threads. Default 0: ONNX Runtime's choice.
+    pub inter_op_threads: usize,
+    /// Whether idle pool threads spin. Default unset (ONNX Runtime: spin).
+    pub spinning: Option<bool>,
 }
 
 /// The ONNX Runtime library this process uses.
@@ -112,10 +129,7 @@ impl Runtime {
                             reason: e.to_string(),
                         }],
                     })?;
-                    let env = ort::init()
-                        .with_name("kiln")
-                        .with_telemetry(false)
-                        .build()
+                    let env = environment(config.global_thread_pool.as_ref())
                         .map_err(|source| Error::Environment { source })?;
                     let info = LibraryInfo {
                         path,
@@ -152,6 +166,25 @@ impl Runtime {
     pub(crate) fn raw_library(&self) -> &libloading::Library {
         &self.loaded.lib
     }
+}
+
+/// The ONNX Runtime environment, with the shared thread pool if configured.
+fn environment(pool: Option<&ThreadPoolConfig>) -> ort::Result<ort::environment::Environment> {
+    let mut builder = ort::init().with_name("kiln").with_telemetry(false);
+    if let Some(p) = pool {
+        let mut options = ort::environment::GlobalThreadPoolOptions::default();
+        if p.intra_op_threads > 0 {
+            options = options.with_intra_threads(p.intra_op_threads)?;
+        }
+        if p.inter_op_threads > 0 {
+            options = options.with_inter_threads(p.inter_op_threads)?;
+        }
+        if let Some(spin) = p.spinning {
+            options = options.with_spin_control(spin)?;
+        }
+        builder = builder.with_global_thread_pool(options);
+    }
+    builder.build()
 }
 
 /// The ordered candidate list; pure, so the order is unit-tested without touching the process

@@ -15,6 +15,7 @@ fn missing_library_lists_every_attempt_and_the_fix() {
     // An explicit path is the only candidate.
     let explicit = RuntimeConfig {
         library_path: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
+        ..RuntimeConfig::default()
     };
     match Runtime::new(&explicit) {
         Err(Error::LibraryNotFound { attempts }) => {

@@ -8,8 +8,9 @@
 //! passes even while every instance is busy, so they never reach the model.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,8 @@ struct Shared {
     metrics: Metrics,
     /// Whether a caller holds the spin slot.
     spinning: AtomicBool,
+    /// Recent batch run time (EWMA, ns), for the callers' spin budget.
+    compute_ewma_ns: AtomicU64,
 }
 
 /// Describes the model version a [`Batcher`] serves.
@@ -220,6 +223,7 @@ impl Batcher {
             depth,
             metrics,
             spinning: AtomicBool::new(false),
+            compute_ewma_ns: AtomicU64::new(0),
         });
 
         let warmup_sizes = warmup_sizes(&shared);
@@ -303,7 +307,7 @@ impl Batcher {
     /// [`Error::DeadlineExceeded`], [`Error::Unavailable`], or the model's own failure.
     pub async fn infer(&self, request: InferRequest) -> Result<NamedTensors> {
         let rx = self.submit(request)?;
-        wait_async(rx, self.shared.config.spin(), self.spin_slot())
+        wait_async(rx, self.answer_spin(), self.spin_slot())
             .await
             .unwrap_or_else(|| Err(self.lost()))
     }
@@ -315,14 +319,30 @@ impl Batcher {
     /// As [`Batcher::infer`].
     pub fn infer_blocking(&self, request: InferRequest) -> Result<NamedTensors> {
         let rx = self.submit(request)?;
-        wait_blocking(rx, self.shared.config.spin(), self.spin_slot())
-            .unwrap_or_else(|| Err(self.lost()))
+        wait_blocking(rx, self.answer_spin(), self.spin_slot()).unwrap_or_else(|| Err(self.lost()))
     }
 
     fn lost(&self) -> Error {
         Error::WorkerLost {
             model: self.shared.model.clone(),
             reason: "reply channel closed".into(),
+        }
+    }
+
+    /// How long a caller polls for its answer before sleeping: long enough to cover a recent
+    /// batch's run (1.5 × its EWMA plus 20 µs) when that fits in `spin_us`, so a small model's
+    /// answer never waits for a kernel wake-up; only the base 50 µs when runs are longer (the
+    /// wake-up is then a small share of the wait, and polling would burn the CPU for nothing).
+    pub(crate) fn answer_spin(&self) -> Duration {
+        const BASE: Duration = Duration::from_micros(50);
+        let max = self.shared.config.spin();
+        let expected =
+            Duration::from_nanos(self.shared.compute_ewma_ns.load(Ordering::Relaxed) * 3 / 2)
+                + Duration::from_micros(20);
+        if expected <= max {
+            expected.max(BASE.min(max))
+        } else {
+            BASE.min(max)
         }
     }
 
@@ -572,6 +592,16 @@ impl Drop for SpinSlot<'_> {
     }
 }
 
+/// One look at the answer without waiting: `Ready(Some)` answered, `Ready(None)` the sender
+/// is gone, `Pending` not yet.
+fn peek<T>(rx: &mut oneshot::Receiver<T>) -> Poll<Option<T>> {
+    match rx.try_recv() {
+        Ok(v) => Poll::Ready(Some(v)),
+        Err(oneshot::error::TryRecvError::Closed) => Poll::Ready(None),
+        Err(oneshot::error::TryRecvError::Empty) => Poll::Pending,
+    }
+}
+
 /// Waits for an answer on this thread: if it gets the spin slot, polls for up to `spin` (a
 /// small model answers sooner than a kernel wake-up takes), then blocks. `None` if the sender
 /// is gone.
@@ -582,11 +612,10 @@ pub(crate) fn wait_blocking<T>(
 ) -> Option<T> {
     let start = Instant::now();
     while slot.held() && start.elapsed() < spin {
-        match rx.try_recv() {
-            Ok(v) => return Some(v),
-            Err(oneshot::error::TryRecvError::Closed) => return None,
-            Err(oneshot::error::TryRecvError::Empty) => std::thread::yield_now(),
+        if let Poll::Ready(answer) = peek(&mut rx) {
+            return answer;
         }
+        std::thread::yield_now();
     }
     drop(slot);
     rx.blocking_recv().ok()
@@ -601,13 +630,12 @@ pub(crate) async fn wait_async<T>(
 ) -> Option<T> {
     let start = Instant::now();
     while slot.held() && start.elapsed() < spin {
-        match rx.try_recv() {
-            Ok(v) => return Some(v),
-            Err(oneshot::error::TryRecvError::Closed) => return None,
-            // tokio's yield defers the wake-up until the executor has looked at its other
-            // tasks, so a spinning waiter never starves them.
-            Err(oneshot::error::TryRecvError::Empty) => tokio::task::yield_now().await,
+        if let Poll::Ready(answer) = peek(&mut rx) {
+            return answer;
         }
+        // tokio's yield defers the wake-up until the executor has looked at its other tasks,
+        // so a spinning waiter never starves them.
+        tokio::task::yield_now().await;
     }
     drop(slot);
     rx.await.ok()
@@ -733,9 +761,10 @@ fn instance_loop(shared: &Shared, backend: &mut dyn Backend) {
                         // Spin briefly before sleeping: a wake-up through the kernel costs
                         // tens of µs on a VM, more than a small model's whole run.
                         drop(st);
-                        let arrived = spin_until(shared.config.spin(), || {
-                            shared.depth.requests.load(Ordering::Relaxed) > 0
-                        });
+                        let arrived =
+                            spin_until(shared.config.spin().min(Duration::from_micros(50)), || {
+                                shared.depth.requests.load(Ordering::Relaxed) > 0
+                            });
                         st = lock(&shared.state);
                         if !arrived && st.queue.is_empty() && !st.stop {
                             st.sleeping += 1;
@@ -773,6 +802,10 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>) {
         }
     };
     let compute = started.elapsed();
+    let ns = u64::try_from(compute.as_nanos()).unwrap_or(u64::MAX);
+    let old = shared.compute_ewma_ns.load(Ordering::Relaxed);
+    let ewma = if old == 0 { ns } else { old - old / 8 + ns / 8 };
+    shared.compute_ewma_ns.store(ewma, Ordering::Relaxed);
 
     // Count first, answer second: a caller that sees its answer also sees it counted.
     let (mut ok, mut failed) = (0u64, 0u64);

@@ -43,10 +43,11 @@ pub struct BatchConfig {
     /// How long a graceful drain may take before queued requests are failed, in ms.
     /// Default 30000.
     pub drain_timeout_ms: u64,
-    /// How long an idle instance, and a caller awaiting its answer, poll before sleeping in the
-    /// kernel, in µs. Default 50. A kernel wake-up costs tens of µs on a VM, more than a small
-    /// model's run; polling trades up to this much CPU per idle moment for that latency. 0
-    /// turns it off (lowest CPU use when idle).
+    /// Most time a caller awaiting its answer polls before sleeping in the kernel, in µs
+    /// (idle instances poll up to 50 µs of it). Default 500. A kernel wake-up costs tens of µs
+    /// on a VM, as much as a small model's whole run: a caller polls for about 1.5 × the
+    /// recent run time when that fits in this budget (only one caller per model at a time; at
+    /// high concurrency the others sleep), else 50 µs. 0 turns polling off (lowest CPU use).
     pub spin_us: u64,
     /// Opt-in padding of one variable-length dim (sequence models), so requests of different
     /// lengths share a batch. Default none: different lengths never batch together.
@@ -97,7 +98,7 @@ impl Default for BatchConfig {
             low_priority_share: 0.1,
             warmup: true,
             drain_timeout_ms: 30_000,
-            spin_us: 50,
+            spin_us: 500,
             padding: None,
         }
     }

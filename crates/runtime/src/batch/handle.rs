@@ -343,7 +343,7 @@ impl ModelHandle {
     /// As [`Batcher::infer`], or [`Error::Unavailable`] when no version serves.
     pub async fn infer(&self, request: InferRequest) -> Result<NamedTensors> {
         let (rx, batcher) = self.submit_on(request)?;
-        let spin = Duration::from_micros(batcher.config().spin_us);
+        let spin = batcher.answer_spin();
         super::batcher::wait_async(rx, spin, batcher.spin_slot())
             .await
             .unwrap_or_else(|| Err(self.lost()))
@@ -355,7 +355,7 @@ impl ModelHandle {
     /// As [`ModelHandle::infer`].
     pub fn infer_blocking(&self, request: InferRequest) -> Result<NamedTensors> {
         let (rx, batcher) = self.submit_on(request)?;
-        let spin = Duration::from_micros(batcher.config().spin_us);
+        let spin = batcher.answer_spin();
         super::batcher::wait_blocking(rx, spin, batcher.spin_slot())
             .unwrap_or_else(|| Err(self.lost()))
     }

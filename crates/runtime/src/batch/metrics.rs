@@ -308,3 +308,23 @@ impl LoadMetrics {
 pub(crate) fn depth() -> Arc<Depth> {
     Arc::new(Depth::default())
 }
+
+/// Times what recording costs per request: `requests` requests in batches of `batch_rows`,
+/// recorded exactly as the batcher records them, on the calling thread. For the overhead
+/// benchmark (single-threaded and CPU-bound, so far less noisy than a throughput comparison).
+#[doc(hidden)]
+pub fn time_recording(meter: &Meter, requests: usize, batch_rows: usize) -> Duration {
+    let depth = depth();
+    let m = Metrics::new(meter, "bench", "1", Arc::downgrade(&depth));
+    let waited = Duration::from_micros(7);
+    let start = std::time::Instant::now();
+    for i in 0..requests {
+        m.queued(waited);
+        m.duration(Outcome::Success, waited * 2);
+        if (i + 1) % batch_rows.max(1) == 0 {
+            m.batch(batch_rows, waited);
+            m.count(Outcome::Success, batch_rows as u64);
+        }
+    }
+    start.elapsed()
+}

@@ -34,6 +34,7 @@ pub fn runtime() -> Runtime {
     } else {
         RuntimeConfig {
             library_path: Some(repo_root().join(".cache/ort/cpu/libonnxruntime.so")),
+            ..RuntimeConfig::default()
         }
     };
     Runtime::new(&config)
