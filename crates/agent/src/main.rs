@@ -1,22 +1,110 @@
-//! `kiln-agent`: the Kubernetes sidecar that fetches, verifies and publishes model artifacts
-//! into the shared model repository (layout: `kiln::layout`).
+//! `kiln-agent fetch|run --config agent.yaml`
 //!
-//! Skeleton: the agent issue fills in fetching, verification, publishing, readiness and
-//! metrics. Today it only reports its version and the layout contract it will write.
+//! - `fetch`: init-container mode. Publish every model, exit 0; on failure exit 1 and write
+//!   the reason (redacted) to the termination log, where `kubectl describe pod` shows it.
+//! - `run`: sidecar mode (Kubernetes native sidecar). Publish, serve `/livez`, `/readyz`,
+//!   `/startupz`, `/status`, and look for new versions every `interval_s`; SIGTERM or SIGINT
+//!   stops it cleanly (exit 0).
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
+use kiln_agent::{Agent, AgentConfig};
 
-fn main() -> Result<()> {
-    match std::env::args().nth(1).as_deref() {
-        Some("--version") | Some("-V") => {
-            println!("kiln-agent {}", env!("CARGO_PKG_VERSION"));
-            println!(
-                "manifest file: {} (schema {})",
-                kiln::layout::MANIFEST_FILE,
-                kiln::manifest::SCHEMA
-            );
-            Ok(())
-        }
-        _ => bail!("kiln-agent is not implemented yet; only --version is available"),
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    if let Err(e) = real_main() {
+        eprintln!(
+            "kiln-agent: {}",
+            kiln_agent::redact::text(&format!("{e:#}"))
+        );
+        std::process::exit(1);
     }
+}
+
+fn real_main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: kiln-agent fetch|run --config FILE";
+    let mode = args.first().map(String::as_str).context(usage)?;
+    if matches!(mode, "--version" | "-V") {
+        println!("kiln-agent {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let path = match (args.get(1).map(String::as_str), args.get(2)) {
+        (Some("--config"), Some(p)) => p.clone(),
+        _ => anyhow::bail!("{usage}"),
+    };
+    let config = AgentConfig::from_file(path.as_ref())?
+        .with_env(|k| std::env::var(k).ok())?
+        .check()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match mode {
+        "fetch" => rt.block_on(fetch(config)),
+        "run" => rt.block_on(run(config)),
+        other => anyhow::bail!("unknown mode {other:?}; {usage}"),
+    }
+}
+
+async fn fetch(config: kiln_agent::Checked) -> Result<()> {
+    let log = config.termination_log.clone();
+    let agent = Agent::new(config);
+    let failures: Vec<String> = agent
+        .sync_once()
+        .await
+        .into_iter()
+        .filter_map(|(m, r)| {
+            r.err()
+                .map(|e| format!("{m}: {}", kiln_agent::redact::text(&e.to_string())))
+        })
+        .collect();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let reason = failures.join("\n");
+    if let Err(e) = std::fs::write(&log, &reason) {
+        tracing::warn!(path = %log.display(), error = %e, "cannot write the termination log");
+    }
+    anyhow::bail!("{reason}")
+}
+
+async fn run(config: kiln_agent::Checked) -> Result<()> {
+    let listen = config.listen;
+    let interval = config.interval;
+    let agent = Agent::new(config);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let app = kiln_agent::server::router(agent.status());
+    // Endpoints run on their own task: they never wait for a download.
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    loop {
+        tokio::select! {
+            _ = agent.sync_once() => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let Some(wait) = interval else {
+            // Publish once, then only serve health until told to stop.
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            break;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping");
+    server.abort();
+    Ok(())
 }

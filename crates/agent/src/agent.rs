@@ -1,0 +1,351 @@
+//! Bringing every configured model to "published": HEAD each file, decide the version, skip
+//! what is already published with the right digests, otherwise check free space, download to
+//! staging (hashing while downloading), verify, and publish atomically. Status per model feeds
+//! the readiness endpoints.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use kiln::{Manifest, ManifestFile};
+use serde::Serialize;
+
+use crate::config::{Checked, Model};
+use crate::error::{AgentError, Result};
+use crate::fetch;
+use crate::publish;
+use crate::redact;
+use crate::store::Source;
+
+/// Where a model is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Not looked at yet.
+    Pending,
+    /// Downloading or verifying.
+    Fetching,
+    /// `current` points at a complete, verified version.
+    Published,
+    /// The last attempt failed (an older published version, if any, stays current).
+    Failed,
+}
+
+/// A model's status, as the status endpoint shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelStatus {
+    /// Phase.
+    pub phase: Phase,
+    /// The version `current` points at, if any.
+    pub version: Option<String>,
+    /// The last error (redacted), if the last attempt failed.
+    pub error: Option<String>,
+    /// Whether the last sync downloaded (false: it was already published).
+    pub downloaded: bool,
+}
+
+/// The shared status of every model.
+pub type StatusMap = Arc<Mutex<BTreeMap<String, ModelStatus>>>;
+
+/// The agent: configuration plus status.
+pub struct Agent {
+    config: Checked,
+    status: StatusMap,
+}
+
+impl Agent {
+    /// An agent for a validated configuration; every model starts `Pending`. Staging left by a
+    /// killed agent (never published, so never read) is removed.
+    pub fn new(config: Checked) -> Self {
+        let staging = config.root.join(kiln::layout::STAGING_DIR);
+        for e in std::fs::read_dir(&staging)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+        {
+            if e.file_name().to_string_lossy().starts_with("stage-") {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let status = config
+            .models
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    ModelStatus {
+                        phase: Phase::Pending,
+                        version: None,
+                        error: None,
+                        downloaded: false,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            config,
+            status: Arc::new(Mutex::new(status)),
+        }
+    }
+
+    /// The status map (for the HTTP endpoints).
+    pub fn status(&self) -> StatusMap {
+        Arc::clone(&self.status)
+    }
+
+    /// Whether every model is published.
+    pub fn ready(&self) -> bool {
+        ready(&self.status)
+    }
+
+    /// Syncs every model once; returns each model's result (errors are also in the status).
+    pub async fn sync_once(&self) -> Vec<(String, Result<String>)> {
+        let mut out = Vec::new();
+        for (i, model) in self.config.models.iter().enumerate() {
+            self.set(&model.name, |s| {
+                s.phase = if s.phase == Phase::Published {
+                    Phase::Published
+                } else {
+                    Phase::Fetching
+                }
+            });
+            let result = self.sync_model(i, model).await;
+            match &result {
+                Ok((version, downloaded)) => {
+                    tracing::info!(model = %model.name, version, downloaded, "published");
+                    let (version, downloaded) = (version.clone(), *downloaded);
+                    self.set(&model.name, move |s| {
+                        *s = ModelStatus {
+                            phase: Phase::Published,
+                            version: Some(version),
+                            error: None,
+                            downloaded,
+                        };
+                    });
+                }
+                Err(e) => {
+                    let msg = redact::text(&e.to_string());
+                    tracing::error!(model = %model.name, error = %msg, "sync failed");
+                    let still = current_version(&self.config.root, &model.name);
+                    self.set(&model.name, move |s| {
+                        s.phase = if still.is_some() {
+                            Phase::Published
+                        } else {
+                            Phase::Failed
+                        };
+                        s.version = still;
+                        s.error = Some(msg);
+                    });
+                }
+            }
+            out.push((model.name.clone(), result.map(|(v, _)| v)));
+        }
+        out
+    }
+
+    fn set(&self, model: &str, f: impl FnOnce(&mut ModelStatus)) {
+        if let Some(s) = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(model)
+        {
+            f(s);
+        }
+    }
+
+    /// One model: returns its version and whether it was downloaded.
+    async fn sync_model(&self, i: usize, model: &Model) -> Result<(String, bool)> {
+        let root = &self.config.root;
+        // A configured version already published with the right digests needs nothing from
+        // the store (a restart, or a node cache at the root, even with the store down).
+        if let Some(v) = &model.version {
+            if publish::already_published(root, model, v)? {
+                publish::point_current(&root.join(&model.name), v)?;
+                return Ok((v.clone(), false));
+            }
+        }
+        let source = Source::open(model, i)?;
+        let url_of = |path: &str| format!("{}{path}", model.base);
+        let mut metas = Vec::with_capacity(model.files.len());
+        for f in &model.files {
+            let loc = source.path_of(&f.path);
+            let url = url_of(&f.path);
+            let meta = fetch::with_retries(&self.config.retry, &model.name, |_| {
+                fetch::head(source.store.as_ref(), &loc, &model.name, &url)
+            })
+            .await?;
+            if let Some(want) = f.size {
+                if want != meta.size {
+                    return Err(AgentError::SizeMismatch {
+                        model: model.name.clone(),
+                        path: f.path.clone(),
+                        expected: want,
+                        actual: meta.size,
+                    });
+                }
+            }
+            metas.push((loc, meta));
+        }
+        let version = match &model.version {
+            Some(v) => v.clone(),
+            None => derive_version(&metas[0].1, model),
+        };
+        if publish::already_published(root, model, &version)? {
+            publish::point_current(&root.join(&model.name), &version)?;
+            return Ok((version, false));
+        }
+
+        let needed: u64 = metas.iter().map(|(_, m)| m.size).sum();
+        let staging = publish::staging_root(root)?;
+        if let Some(available) = fetch::free_bytes(&staging) {
+            if available < needed.saturating_add(self.config.reserve_bytes) {
+                return Err(AgentError::DiskFull {
+                    model: model.name.clone(),
+                    dir: root.clone(),
+                    needed,
+                    available,
+                });
+            }
+        }
+        let stage = publish::new_stage(root, &model.name, &version)?;
+        let result = self
+            .download_all(model, &source, &metas, &stage, &version)
+            .await;
+        match result {
+            Ok(manifest) => {
+                publish::publish(root, &stage, &manifest)?;
+                let removed =
+                    publish::collect_garbage(&root.join(&model.name), self.config.keep_versions);
+                if !removed.is_empty() {
+                    tracing::info!(model = %model.name, ?removed, "old versions removed");
+                }
+                Ok((version, true))
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&stage);
+                Err(e)
+            }
+        }
+    }
+
+    async fn download_all(
+        &self,
+        model: &Model,
+        source: &Source,
+        metas: &[(object_store::path::Path, object_store::ObjectMeta)],
+        stage: &Path,
+        version: &str,
+    ) -> Result<Manifest> {
+        let mut files = Vec::with_capacity(model.files.len());
+        for (f, (loc, meta)) in model.files.iter().zip(metas) {
+            let dest = stage.join(&f.path);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(AgentError::io(parent))?;
+            }
+            let partial = dest.with_extension(format!(
+                "{}partial",
+                dest.extension()
+                    .map(|e| format!("{}.", e.to_string_lossy()))
+                    .unwrap_or_default()
+            ));
+            let url = format!("{}{}", model.base, f.path);
+            let (digest, size) = fetch::with_retries(&self.config.retry, &model.name, |_| {
+                fetch::download(
+                    source.store.as_ref(),
+                    loc,
+                    meta,
+                    &partial,
+                    &model.name,
+                    &url,
+                )
+            })
+            .await?;
+            if size != meta.size {
+                let _ = std::fs::remove_file(&partial);
+                return Err(AgentError::SizeMismatch {
+                    model: model.name.clone(),
+                    path: f.path.clone(),
+                    expected: meta.size,
+                    actual: size,
+                });
+            }
+            if let Some(want) = f.sha256 {
+                if want != digest {
+                    let _ = std::fs::remove_file(&partial);
+                    return Err(AgentError::DigestMismatch {
+                        model: model.name.clone(),
+                        path: f.path.clone(),
+                        expected: want,
+                        actual: digest,
+                    });
+                }
+            }
+            std::fs::rename(&partial, &dest).map_err(AgentError::io(&dest))?;
+            files.push(ManifestFile {
+                path: f.path.clone(),
+                sha256: digest,
+                size,
+            });
+        }
+        let first = &metas[0].1;
+        Ok(Manifest {
+            schema: kiln::manifest::SCHEMA,
+            model: model.name.clone(),
+            version: version.to_owned(),
+            source: Some(redact::url(model.base.as_str())),
+            etag: first.e_tag.clone(),
+            version_id: first.version.clone(),
+            created: publish::rfc3339_now(),
+            files,
+        })
+    }
+}
+
+/// Whether every model in `status` is published.
+pub fn ready(status: &StatusMap) -> bool {
+    status
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .all(|s| s.phase == Phase::Published)
+}
+
+/// The version `<root>/<model>/current` points at.
+fn current_version(root: &Path, model: &str) -> Option<String> {
+    let target = std::fs::read_link(root.join(model).join(kiln::layout::CURRENT_LINK)).ok()?;
+    target.to_str().map(str::to_owned)
+}
+
+/// A version label from the object's version id, else its ETag, else a digest prefix; cut to
+/// characters that are safe as a directory name.
+fn derive_version(meta: &object_store::ObjectMeta, model: &Model) -> String {
+    let raw = meta
+        .version
+        .clone()
+        .or_else(|| meta.e_tag.clone())
+        .or_else(|| {
+            model.files[0]
+                .sha256
+                .map(|d| d.to_string()[..16].to_owned())
+        })
+        .unwrap_or_else(|| format!("{}", meta.last_modified.timestamp()));
+    let clean: String = raw
+        .chars()
+        .filter_map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                Some(c)
+            } else if c == '"' {
+                None
+            } else {
+                Some('-')
+            }
+        })
+        .take(64)
+        .collect();
+    if clean.is_empty() || clean.starts_with('.') {
+        format!("v{clean}")
+    } else {
+        clean
+    }
+}

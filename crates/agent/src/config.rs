@@ -1,0 +1,498 @@
+//! The agent's configuration: a YAML file (fit for a ConfigMap) plus environment overrides,
+//! parsed strictly (unknown fields are errors) and validated once into a checked form whose
+//! errors name the field. Store options that hold credentials are never printed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln::layout;
+use kiln::Digest;
+use serde::Deserialize;
+
+use crate::error::{AgentError, Result};
+use crate::redact;
+
+/// Schemes the agent fetches from.
+pub const SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "abfs", "abfss", "https", "file"];
+
+/// The configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The shared model directory (the pod's `emptyDir`). Env: `KILN_AGENT_ROOT`.
+    pub root: PathBuf,
+    /// Address of the health and status endpoints. Default `0.0.0.0:9090`. Env: `KILN_AGENT_LISTEN`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Seconds between checks for new versions after the first publish; 0 = publish once, then
+    /// only serve health. Default 60. Env: `KILN_AGENT_INTERVAL_S`.
+    #[serde(default = "default_interval")]
+    pub interval_s: u64,
+    /// Free bytes to keep on the model filesystem beyond what a download needs. Default 64 MiB.
+    #[serde(default = "default_reserve")]
+    pub reserve_bytes: u64,
+    /// Retry policy for transient failures.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// Published versions kept per model (the current one included); older ones nobody points
+    /// at are removed after each publish. Default 2 (the current and the previous).
+    #[serde(default = "default_keep")]
+    pub keep_versions: usize,
+    /// Where `fetch` mode writes the failure reason for Kubernetes. Default `/dev/termination-log`.
+    #[serde(default = "default_termination_log")]
+    pub termination_log: PathBuf,
+    /// The models to publish.
+    pub models: Vec<ModelSpec>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:9090".into()
+}
+fn default_interval() -> u64 {
+    60
+}
+fn default_reserve() -> u64 {
+    64 << 20
+}
+fn default_keep() -> usize {
+    2
+}
+fn default_termination_log() -> PathBuf {
+    "/dev/termination-log".into()
+}
+
+/// Exponential backoff with full jitter.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Attempts per file before giving up (≥ 1). Default 5.
+    pub max_attempts: u32,
+    /// First backoff, ms. Default 200.
+    pub initial_backoff_ms: u64,
+    /// Largest backoff, ms. Default 10000.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_backoff_ms: 200,
+            max_backoff_ms: 10_000,
+        }
+    }
+}
+
+/// One model to publish.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Model name: the `<model>` directory.
+    pub name: String,
+    /// Where it comes from: one object (`s3://b/m/3/model.onnx`) or, with `files`, a prefix
+    /// (`s3://b/m/3/`). Credentials never go here: use the environment or workload identity.
+    pub source: String,
+    /// Version label: the `<version>` directory. Default: the object's version id, else its
+    /// ETag, else the first file's sha256 prefix.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Expected sha256 of the single object (with a single-object `source`).
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Expected size of the single object, bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+    /// Files under the `source` prefix, each with its digest.
+    #[serde(default)]
+    pub files: Vec<FileSpec>,
+    /// Set to `false` to publish without checking digests (logged as a warning). Default true.
+    #[serde(default = "yes")]
+    pub verify: bool,
+    /// `object_store` options (endpoint, region, `allow_http`, `skip_signature`, ...). Values of
+    /// keys that name a secret are redacted in every log line and error.
+    #[serde(default)]
+    pub store: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Store options with secret values replaced, for `Debug`.
+fn shown(store: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+    store
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                if redact::is_secret_key(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                },
+            )
+        })
+        .collect()
+}
+
+impl std::fmt::Debug for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let store = shown(&self.store);
+        f.debug_struct("ModelSpec")
+            .field("name", &self.name)
+            .field("source", &redact::url(&self.source))
+            .field("version", &self.version)
+            .field("files", &self.files)
+            .field("verify", &self.verify)
+            .field("store", &store)
+            .finish()
+    }
+}
+
+/// One file under a prefix.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    /// Path relative to the prefix (and to the version directory).
+    pub path: String,
+    /// Expected sha256.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Expected size, bytes.
+    #[serde(default)]
+    pub size: Option<u64>,
+}
+
+/// A validated model: URLs parsed, digests parsed, paths checked.
+#[derive(Clone)]
+pub struct Model {
+    /// Name.
+    pub name: String,
+    /// Configured version, if any.
+    pub version: Option<String>,
+    /// Prefix URL (ends with `/`) the file paths are relative to.
+    pub base: url::Url,
+    /// Files to fetch.
+    pub files: Vec<File>,
+    /// Whether digests are checked.
+    pub verify: bool,
+    /// Store options (secrets included; never logged).
+    pub store: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("base", &redact::url(self.base.as_str()))
+            .field("files", &self.files)
+            .field("verify", &self.verify)
+            .field("store", &shown(&self.store))
+            .finish()
+    }
+}
+
+/// A validated file.
+#[derive(Debug, Clone)]
+pub struct File {
+    /// Relative path.
+    pub path: String,
+    /// Expected digest (`None` only with `verify: false`).
+    pub sha256: Option<Digest>,
+    /// Expected size.
+    pub size: Option<u64>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The shared directory.
+    pub root: PathBuf,
+    /// Listen address.
+    pub listen: std::net::SocketAddr,
+    /// Re-check interval (`None`: publish once).
+    pub interval: Option<Duration>,
+    /// Reserve on the filesystem.
+    pub reserve_bytes: u64,
+    /// Retries.
+    pub retry: RetrySettings,
+    /// Versions kept per model.
+    pub keep_versions: usize,
+    /// Termination log path (`fetch` mode).
+    pub termination_log: PathBuf,
+    /// Models.
+    pub models: Vec<Model>,
+}
+
+impl AgentConfig {
+    /// Reads YAML from `path`.
+    ///
+    /// # Errors
+    /// [`AgentError::Config`] naming the file and what is wrong.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| AgentError::Config {
+            field: "config file".into(),
+            reason: format!("{}: {e}", path.display()),
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    /// Parses YAML text.
+    ///
+    /// # Errors
+    /// [`AgentError::Config`] with serde's message (it names the field and line).
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        serde_yaml::from_str(text).map_err(|e| AgentError::Config {
+            field: "config".into(),
+            reason: redact::text(&e.to_string()),
+        })
+    }
+
+    /// Applies `KILN_AGENT_ROOT`, `KILN_AGENT_LISTEN` and `KILN_AGENT_INTERVAL_S` from `env`.
+    ///
+    /// # Errors
+    /// [`AgentError::Config`] if `KILN_AGENT_INTERVAL_S` is not a number.
+    pub fn with_env(mut self, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        if let Some(v) = env("KILN_AGENT_ROOT") {
+            self.root = v.into();
+        }
+        if let Some(v) = env("KILN_AGENT_LISTEN") {
+            self.listen = v;
+        }
+        if let Some(v) = env("KILN_AGENT_INTERVAL_S") {
+            self.interval_s = v.parse().map_err(|_| AgentError::Config {
+                field: "KILN_AGENT_INTERVAL_S".into(),
+                reason: format!("{v:?} is not a number of seconds"),
+            })?;
+        }
+        Ok(self)
+    }
+
+    /// Validates everything once.
+    ///
+    /// # Errors
+    /// [`AgentError::Config`] naming the field (e.g. `models[1].files[0].sha256`).
+    pub fn check(&self) -> Result<Checked> {
+        let bad = |field: String, reason: String| AgentError::Config { field, reason };
+        if !self.root.is_absolute() {
+            return Err(bad(
+                "root".into(),
+                format!("{} must be an absolute path", self.root.display()),
+            ));
+        }
+        let listen = self.listen.parse().map_err(|_| {
+            bad(
+                "listen".into(),
+                format!("{:?} is not host:port", self.listen),
+            )
+        })?;
+        if self.retry.max_attempts == 0 {
+            return Err(bad(
+                "retry.max_attempts".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
+            return Err(bad(
+                "retry.initial_backoff_ms".into(),
+                "must not exceed retry.max_backoff_ms".into(),
+            ));
+        }
+        if self.keep_versions == 0 {
+            return Err(bad(
+                "keep_versions".into(),
+                "must be at least 1 (the current version)".into(),
+            ));
+        }
+        if self.models.is_empty() {
+            return Err(bad(
+                "models".into(),
+                "at least one model is required".into(),
+            ));
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut models = Vec::with_capacity(self.models.len());
+        for (i, m) in self.models.iter().enumerate() {
+            let field = |f: &str| format!("models[{i}].{f}");
+            layout::check_name("name", &m.name).map_err(|e| bad(field("name"), e.to_string()))?;
+            if !names.insert(m.name.as_str()) {
+                return Err(bad(field("name"), format!("{:?} is listed twice", m.name)));
+            }
+            if let Some(v) = &m.version {
+                layout::check_name("version", v)
+                    .map_err(|e| bad(field("version"), e.to_string()))?;
+            }
+            let url = url::Url::parse(&m.source)
+                .map_err(|e| bad(field("source"), format!("{}: {e}", redact::url(&m.source))))?;
+            if !SCHEMES.contains(&url.scheme()) {
+                return Err(bad(field("source"), format!("scheme {:?} is not one of {SCHEMES:?} (plain http needs `store: {{allow_http: \"true\"}}` and an https-less endpoint)", url.scheme())));
+            }
+            if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+                return Err(bad(field("source"), "must not carry credentials or a query string; use the environment or workload identity".into()));
+            }
+            let digest = |s: &Option<String>, f: String| -> Result<Option<Digest>> {
+                match s {
+                    Some(hex) => hex
+                        .parse()
+                        .map(Some)
+                        .map_err(|e: kiln::Error| bad(f, e.to_string())),
+                    None if m.verify => Err(bad(f, "required (or set verify: false)".into())),
+                    None => Ok(None),
+                }
+            };
+            let (base, files) = if m.files.is_empty() {
+                if m.source.ends_with('/') {
+                    return Err(bad(
+                        field("files"),
+                        "a prefix source needs a list of files".into(),
+                    ));
+                }
+                let file = url
+                    .path_segments()
+                    .and_then(|mut s| s.next_back())
+                    .unwrap_or_default()
+                    .to_owned();
+                let base = url
+                    .join("./")
+                    .map_err(|e| bad(field("source"), e.to_string()))?;
+                (
+                    base,
+                    vec![File {
+                        path: file,
+                        sha256: digest(&m.sha256, field("sha256"))?,
+                        size: m.size,
+                    }],
+                )
+            } else {
+                if m.sha256.is_some() || m.size.is_some() {
+                    return Err(bad(
+                        field("sha256"),
+                        "with `files`, give each file its own sha256 and size".into(),
+                    ));
+                }
+                let base = if m.source.ends_with('/') {
+                    url.clone()
+                } else {
+                    url::Url::parse(&format!("{}/", m.source))
+                        .map_err(|e| bad(field("source"), e.to_string()))?
+                };
+                let mut files = Vec::new();
+                for (j, f) in m.files.iter().enumerate() {
+                    if !layout::is_contained_relative(&f.path) || f.path == layout::MANIFEST_FILE {
+                        return Err(bad(format!("models[{i}].files[{j}].path"), format!("{:?} must be a relative path inside the version (and not the manifest)", f.path)));
+                    }
+                    files.push(File {
+                        path: f.path.clone(),
+                        sha256: digest(&f.sha256, format!("models[{i}].files[{j}].sha256"))?,
+                        size: f.size,
+                    });
+                }
+                (base, files)
+            };
+            if !m.verify {
+                tracing::warn!(model = %m.name, "verify: false — files will be published without checking their digests");
+            }
+            models.push(Model {
+                name: m.name.clone(),
+                version: m.version.clone(),
+                base,
+                files,
+                verify: m.verify,
+                store: m.store.clone(),
+            });
+        }
+        Ok(Checked {
+            root: self.root.clone(),
+            listen,
+            interval: (self.interval_s > 0).then(|| Duration::from_secs(self.interval_s)),
+            reserve_bytes: self.reserve_bytes,
+            retry: self.retry,
+            keep_versions: self.keep_versions,
+            termination_log: self.termination_log.clone(),
+            models,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHA: &str = "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c";
+
+    fn parse(yaml: &str) -> Result<Checked> {
+        AgentConfig::from_yaml(yaml)?.check()
+    }
+
+    #[test]
+    fn a_single_object_and_a_prefix_with_files() {
+        let c = parse(&format!(
+            "root: /models\nmodels:\n  - name: magika\n    source: s3://b/magika/3/model.onnx\n    sha256: {SHA}\n  - name: bert\n    source: gs://b/bert/7\n    files:\n      - {{path: model.onnx, sha256: {SHA}}}\n      - {{path: sub/vocab.txt, sha256: {SHA}}}\n"
+        ))
+        .expect("valid");
+        assert_eq!(c.models[0].base.as_str(), "s3://b/magika/3/");
+        assert_eq!(c.models[0].files[0].path, "model.onnx");
+        assert_eq!(c.models[1].base.as_str(), "gs://b/bert/7/");
+        assert_eq!(c.models[1].files.len(), 2);
+        assert_eq!(c.interval, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let field = |yaml: String| match parse(&yaml) {
+            Err(AgentError::Config { field, .. }) => field,
+            other => panic!("expected a config error, got {other:?}"),
+        };
+        let m = |extra: &str| {
+            format!("root: /models\nmodels:\n  - name: m\n    source: s3://b/m/model.onnx\n{extra}")
+        };
+        assert_eq!(
+            field(m("")),
+            "models[0].sha256",
+            "verification is on by default"
+        );
+        assert_eq!(field(m("    sha256: nothex\n")), "models[0].sha256");
+        assert_eq!(
+            field(format!(
+                "root: /models\nmodels:\n  - name: ../x\n    source: s3://b/m\n    sha256: {SHA}\n"
+            )),
+            "models[0].name"
+        );
+        assert_eq!(
+            field(format!(
+                "root: /models\nmodels:\n  - name: m\n    source: ftp://h/m\n    sha256: {SHA}\n"
+            )),
+            "models[0].source"
+        );
+        assert_eq!(field(format!("root: /models\nmodels:\n  - name: m\n    source: https://h/m?sig=x\n    sha256: {SHA}\n")), "models[0].source");
+        assert_eq!(
+            field(format!(
+                "root: relative\nmodels:\n  - name: m\n    source: s3://b/m\n    sha256: {SHA}\n"
+            )),
+            "root"
+        );
+        assert_eq!(field(format!("root: /m\nmodels:\n  - name: m\n    source: s3://b/p/\n    files:\n      - {{path: ../../etc/passwd, sha256: {SHA}}}\n")), "models[0].files[0].path");
+        assert_eq!(field("root: /m\nmodels: []\n".into()), "models");
+        assert_eq!(field(format!("root: /m\nunknown: 1\nmodels:\n  - name: m\n    source: s3://b/m\n    sha256: {SHA}\n")), "config");
+    }
+
+    #[test]
+    fn environment_overrides_and_secrets_stay_out_of_debug() {
+        let cfg = AgentConfig::from_yaml(&format!(
+            "root: /models\nmodels:\n  - name: m\n    source: s3://b/m/model.onnx\n    sha256: {SHA}\n    store: {{aws_secret_access_key: TOPSECRET, aws_region: eu-west-1}}\n"
+        ))
+        .expect("parse")
+        .with_env(|k| (k == "KILN_AGENT_ROOT").then(|| "/other".to_owned()))
+        .expect("env");
+        assert_eq!(cfg.root, PathBuf::from("/other"));
+        let dbg = format!("{cfg:?}");
+        assert!(
+            !dbg.contains("TOPSECRET") && dbg.contains("eu-west-1"),
+            "{dbg}"
+        );
+        let checked = cfg.check().expect("valid");
+        assert!(!format!("{checked:?}").contains("TOPSECRET"));
+    }
+}

@@ -1,0 +1,25 @@
+//! `kiln-agent`: the sidecar that fetches model artifacts from object storage into the shared
+//! model directory, verifies them, publishes them atomically and gates pod readiness.
+//!
+//! # Layout
+//! - [`config`]: YAML configuration + environment overrides, validated once.
+//! - [`redact`]: keeping credentials and signed URLs out of logs and errors.
+//! - [`store`]: opening S3 / GCS / Azure / HTTP / local stores via `object_store`.
+//! - [`fetch`](self): streamed, hashed, retried downloads (private).
+//! - [`publish`](self): staging, manifest, atomic rename, `current` swap (private).
+//! - [`agent`]: syncing every model; status.
+//! - [`server`]: `/healthz`, `/readyz`, `/startupz`, `/status`.
+//! - [`error`]: the typed error.
+
+pub mod agent;
+pub mod config;
+pub mod error;
+mod fetch;
+mod publish;
+pub mod redact;
+pub mod server;
+pub mod store;
+
+pub use agent::{Agent, ModelStatus, Phase};
+pub use config::{AgentConfig, Checked};
+pub use error::{AgentError, Result};

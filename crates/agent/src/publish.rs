@@ -1,0 +1,214 @@
+//! Publishing into the shared directory so that readers only ever see complete, verified
+//! versions: files are staged under `<root>/.kiln/`, the manifest written last, the version
+//! directory renamed into place (atomic on one filesystem), then `current` replaced by renaming
+//! a new symlink over it. A version already published with the right digests is kept as is.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use kiln::layout::{self, CURRENT_LINK, MANIFEST_FILE, STAGING_DIR};
+use kiln::{Digest, Manifest};
+
+use crate::config::Model;
+use crate::error::{AgentError, Result};
+
+/// `<root>/.kiln`, created if missing.
+pub(crate) fn staging_root(root: &Path) -> Result<PathBuf> {
+    let dir = root.join(STAGING_DIR);
+    std::fs::create_dir_all(&dir).map_err(AgentError::io(&dir))?;
+    Ok(dir)
+}
+
+/// A fresh staging directory for one version.
+pub(crate) fn new_stage(root: &Path, model: &str, version: &str) -> Result<PathBuf> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let dir = staging_root(root)?.join(format!(
+        "stage-{model}-{version}-{}-{nanos}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).map_err(AgentError::io(&dir))?;
+    Ok(dir)
+}
+
+/// SHA-256 of a file, streamed (bounded memory whatever its size).
+pub(crate) fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+    use sha2::Digest as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        total += n as u64;
+    }
+    Ok((Digest::from_bytes(h.finalize().into()), total))
+}
+
+/// Whether `<root>/<model>/<version>` is published with every configured file at the
+/// configured digest (re-hashed: a node cache mounted at the root may hold anything).
+pub(crate) fn already_published(root: &Path, model: &Model, version: &str) -> Result<bool> {
+    let dir = layout::version_dir(root, &model.name, version).map_err(|e| AgentError::Config {
+        field: "version".into(),
+        reason: e.to_string(),
+    })?;
+    let Ok(Some((_, manifest))) = Manifest::read_in(&dir) else {
+        return Ok(false);
+    };
+    for f in &model.files {
+        let Some(entry) = manifest.file(&f.path) else {
+            return Ok(false);
+        };
+        if f.sha256.is_some_and(|want| want != entry.sha256) {
+            return Ok(false);
+        }
+        match hash_file(&dir.join(&f.path)) {
+            Ok((digest, size)) if digest == entry.sha256 && size == entry.size => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// Writes the manifest into the stage, moves the stage to `<root>/<model>/<version>` and
+/// points `current` at it. A stale, incomplete directory of the same version is moved aside
+/// first (into staging, then removed).
+pub(crate) fn publish(root: &Path, stage: &Path, manifest: &Manifest) -> Result<PathBuf> {
+    let manifest_tmp = stage.join(format!(".{MANIFEST_FILE}.tmp"));
+    std::fs::write(&manifest_tmp, manifest.to_json()).map_err(AgentError::io(&manifest_tmp))?;
+    sync_file(&manifest_tmp)?;
+    std::fs::rename(&manifest_tmp, stage.join(MANIFEST_FILE)).map_err(AgentError::io(stage))?;
+    sync_dir(stage)?;
+
+    let model_dir = root.join(&manifest.model);
+    std::fs::create_dir_all(&model_dir).map_err(AgentError::io(&model_dir))?;
+    let target = model_dir.join(&manifest.version);
+    if target.exists() {
+        let aside = staging_root(root)?.join(format!(
+            "stale-{}-{}-{}",
+            manifest.model,
+            manifest.version,
+            std::process::id()
+        ));
+        std::fs::rename(&target, &aside).map_err(AgentError::io(&target))?;
+        let _ = std::fs::remove_dir_all(&aside);
+    }
+    std::fs::rename(stage, &target).map_err(AgentError::io(&target))?;
+    point_current(&model_dir, &manifest.version)?;
+    Ok(target)
+}
+
+/// Atomically points `<model_dir>/current` at `version` (a new link renamed over the old).
+pub(crate) fn point_current(model_dir: &Path, version: &str) -> Result<()> {
+    let link = model_dir.join(CURRENT_LINK);
+    if std::fs::read_link(&link).ok().as_deref() == Some(Path::new(version)) {
+        return Ok(());
+    }
+    let tmp = model_dir.join(format!(".{CURRENT_LINK}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp).map_err(AgentError::io(&tmp))?;
+    std::fs::rename(&tmp, &link).map_err(AgentError::io(&link))?;
+    sync_dir(model_dir)
+}
+
+/// Removes the oldest published versions of a model beyond `keep` (by modification time),
+/// never the one `current` points at. Returns the removed version names.
+pub(crate) fn collect_garbage(model_dir: &Path, keep: usize) -> Vec<String> {
+    let current = std::fs::read_link(model_dir.join(CURRENT_LINK)).ok();
+    let mut versions: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(model_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            layout::check_name("version", &name).ok()?;
+            Some((e.metadata().and_then(|m| m.modified()).ok()?, name))
+        })
+        .collect();
+    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
+    let mut removed = Vec::new();
+    for (_, name) in versions.into_iter().skip(keep) {
+        if current.as_deref() == Some(Path::new(&name)) {
+            continue;
+        }
+        if std::fs::remove_dir_all(model_dir.join(&name)).is_ok() {
+            removed.push(name);
+        }
+    }
+    removed
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(AgentError::io(path))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(AgentError::io(path))
+}
+
+/// Now as RFC 3339 UTC (`2026-11-22T12:00:00Z`), without a date library.
+pub(crate) fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_has_the_right_shape() {
+        let now = rfc3339_now();
+        assert_eq!(now.len(), 20, "{now}");
+        assert!(
+            now.starts_with("20") && now.ends_with('Z') && now.as_bytes()[10] == b'T',
+            "{now}"
+        );
+    }
+
+    #[test]
+    fn current_is_replaced_atomically() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("1")).expect("v1");
+        std::fs::create_dir(dir.path().join("2")).expect("v2");
+        point_current(dir.path(), "1").expect("first");
+        point_current(dir.path(), "2").expect("swap");
+        assert_eq!(
+            std::fs::read_link(dir.path().join("current")).expect("link"),
+            Path::new("2")
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("ls").count(),
+            3,
+            "no temporary link left behind"
+        );
+    }
+}

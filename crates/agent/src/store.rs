@@ -1,0 +1,104 @@
+//! Opening the object store behind a model's source URI, with credentials from the
+//! environment or workload identity (`from_env` builders) and options from the config. Unknown
+//! option keys are errors, not silently ignored.
+
+use std::sync::Arc;
+
+use object_store::path::Path as StorePath;
+use object_store::ObjectStore;
+
+use crate::config::Model;
+use crate::error::{AgentError, Result};
+use crate::redact;
+
+/// An opened store and the path of the model's prefix inside it.
+pub struct Source {
+    /// The store.
+    pub store: Arc<dyn ObjectStore>,
+    /// The prefix inside the store (may be empty).
+    pub prefix: StorePath,
+}
+
+impl Source {
+    /// Opens the store for `model` (index `i` in the config, for error messages).
+    ///
+    /// # Errors
+    /// [`AgentError::Config`] for an unknown option key or a store that cannot be built.
+    pub fn open(model: &Model, i: usize) -> Result<Self> {
+        let url = &model.base;
+        let bad = |reason: String| AgentError::Config {
+            field: format!("models[{i}].store"),
+            reason: redact::text(&reason),
+        };
+        macro_rules! build {
+            ($builder:expr, $key:ty) => {{
+                let mut b = $builder.with_url(url.as_str());
+                for (k, v) in &model.store {
+                    let key: $key = k
+                        .to_ascii_lowercase()
+                        .parse()
+                        .map_err(|_| bad(format!("unknown option {k:?} for {}", url.scheme())))?;
+                    b = b.with_config(key, v.clone());
+                }
+                Arc::new(b.build().map_err(|e| bad(e.to_string()))?) as Arc<dyn ObjectStore>
+            }};
+        }
+        let (store, prefix) = match url.scheme() {
+            "s3" | "s3a" => (
+                build!(
+                    object_store::aws::AmazonS3Builder::from_env(),
+                    object_store::aws::AmazonS3ConfigKey
+                ),
+                url.path(),
+            ),
+            "gs" => (
+                build!(
+                    object_store::gcp::GoogleCloudStorageBuilder::from_env(),
+                    object_store::gcp::GoogleConfigKey
+                ),
+                url.path(),
+            ),
+            "az" | "abfs" | "abfss" => (
+                build!(
+                    object_store::azure::MicrosoftAzureBuilder::from_env(),
+                    object_store::azure::AzureConfigKey
+                ),
+                url.path(),
+            ),
+            "https" | "http" => {
+                let root = &url[..url::Position::BeforePath];
+                let mut b = object_store::http::HttpBuilder::new().with_url(root);
+                for (k, v) in &model.store {
+                    let key: object_store::ClientConfigKey = k
+                        .to_ascii_lowercase()
+                        .parse()
+                        .map_err(|_| bad(format!("unknown option {k:?} for http")))?;
+                    b = b.with_config(key, v.clone());
+                }
+                (
+                    Arc::new(b.build().map_err(|e| bad(e.to_string()))?) as Arc<dyn ObjectStore>,
+                    url.path(),
+                )
+            }
+            "file" => {
+                if !model.store.is_empty() {
+                    return Err(bad("file:// sources take no store options".into()));
+                }
+                (
+                    Arc::new(object_store::local::LocalFileSystem::new()) as Arc<dyn ObjectStore>,
+                    url.path(),
+                )
+            }
+            other => return Err(bad(format!("unsupported scheme {other:?}"))),
+        };
+        let prefix = StorePath::from_url_path(prefix).map_err(|e| bad(e.to_string()))?;
+        Ok(Self { store, prefix })
+    }
+
+    /// The store path of a file relative to the prefix.
+    pub fn path_of(&self, relative: &str) -> StorePath {
+        relative
+            .split('/')
+            .fold(self.prefix.clone(), |p, part| p.join(part))
+    }
+}

@@ -1,0 +1,437 @@
+//! The agent against real stores: local files (`file://`), an S3 server (`moto_server` on
+//! 127.0.0.1) and its health endpoints over real HTTP. Checks what lands in the shared
+//! directory: complete, verified, atomically published versions, or nothing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kiln::Digest;
+use kiln_agent::{Agent, AgentConfig, AgentError, Phase};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+fn sha(path: &Path) -> String {
+    Digest::of(&std::fs::read(path).expect("read")).to_string()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+fn agent(yaml: &str) -> Agent {
+    Agent::new(
+        AgentConfig::from_yaml(yaml)
+            .expect("yaml")
+            .check()
+            .expect("valid config"),
+    )
+}
+
+fn blob(dir: &Path, name: &str, len: usize, seed: u8) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(
+        &p,
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect::<Vec<_>>(),
+    )
+    .expect("write");
+    p
+}
+
+fn leftovers(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join(".kiln"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_local_file_is_published_verified_and_atomically_and_then_skipped() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 3 << 20, 1);
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nmodels:\n  - name: m\n    version: \"1\"\n    source: file://{}\n    sha256: {}\n",
+        root.path().display(),
+        file.display(),
+        sha(&file)
+    );
+    let a = agent(&yaml);
+    assert!(!a.ready());
+    let results = rt().block_on(a.sync_once());
+    assert_eq!(results[0].1.as_ref().expect("published"), "1");
+    assert!(a.ready());
+    let v1 = root.path().join("m/1");
+    assert_eq!(
+        std::fs::read(v1.join("model.onnx")).expect("published file"),
+        std::fs::read(&file).expect("source")
+    );
+    assert_eq!(
+        std::fs::read_link(root.path().join("m/current")).expect("current"),
+        Path::new("1")
+    );
+    let (_, manifest) = kiln::Manifest::read_in(&v1)
+        .expect("read")
+        .expect("manifest");
+    assert_eq!(manifest.files[0].sha256.to_string(), sha(&file));
+    assert_eq!(manifest.files[0].size, 3 << 20);
+    assert!(manifest
+        .source
+        .as_deref()
+        .is_some_and(|s| s.starts_with("file://")));
+    assert!(
+        leftovers(root.path()).is_empty(),
+        "staging cleaned: {:?}",
+        leftovers(root.path())
+    );
+
+    // Restart with the source gone: already published with the right digest, no download.
+    std::fs::remove_file(&file).expect("rm source");
+    let again = agent(&yaml);
+    let r = rt().block_on(again.sync_once());
+    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+    assert!(!again.status().lock().expect("status")["m"].downloaded);
+}
+
+#[test]
+fn a_wrong_digest_publishes_nothing_and_leaves_no_partial_file() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 100_000, 2);
+    let wrong = Digest::of(b"another model");
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nretry: {{max_attempts: 3, initial_backoff_ms: 1, max_backoff_ms: 5}}\nmodels:\n  - name: m\n    source: file://{}\n    sha256: {wrong}\n",
+        root.path().display(),
+        file.display()
+    );
+    let a = agent(&yaml);
+    let r = rt().block_on(a.sync_once());
+    let err = r[0].1.as_ref().expect_err("digest mismatch");
+    assert!(
+        matches!(err, AgentError::DigestMismatch { expected, .. } if *expected == wrong),
+        "{err}"
+    );
+    assert!(err.to_string().contains("fix `sha256`"), "{err}");
+    assert!(!root.path().join("m").exists(), "nothing published");
+    assert!(
+        leftovers(root.path()).is_empty(),
+        "{:?}",
+        leftovers(root.path())
+    );
+    let status = a.status().lock().expect("status")["m"].clone();
+    assert_eq!(status.phase, Phase::Failed);
+    assert!(!a.ready());
+}
+
+#[test]
+fn missing_objects_and_a_full_disk_fail_fast_with_clear_errors() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 1000, 3);
+    let base = |extra: &str, source: &str| {
+        format!(
+            "root: {}\n{extra}models:\n  - name: m\n    source: file://{source}\n    sha256: {}\n",
+            root.path().display(),
+            sha(&file)
+        )
+    };
+    let missing = agent(&base(
+        "retry: {max_attempts: 5, initial_backoff_ms: 1000, max_backoff_ms: 1000}\n",
+        &format!("{}/absent.onnx", src.path().display()),
+    ));
+    let started = Instant::now();
+    let r = rt().block_on(missing.sync_once());
+    assert!(
+        matches!(r[0].1, Err(AgentError::NotFound { .. })),
+        "{:?}",
+        r[0].1
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "404 is not retried (5 attempts would take 4 s)"
+    );
+
+    let full = agent(&base(
+        "reserve_bytes: 9000000000000000000\n",
+        &file.display().to_string(),
+    ));
+    let r = rt().block_on(full.sync_once());
+    let err = r[0].1.as_ref().expect_err("disk full");
+    assert!(
+        matches!(err, AgentError::DiskFull { needed: 1000, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("sizeLimit"), "{err}");
+    assert!(!root.path().join("m").exists());
+}
+
+#[test]
+fn a_new_version_swaps_current_and_a_failed_one_keeps_the_old() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let f1 = blob(src.path(), "v1.onnx", 5000, 4);
+    let f2 = blob(src.path(), "v2.onnx", 6000, 5);
+    let cfg = |version: &str, f: &Path, digest: String| {
+        format!("root: {}\nreserve_bytes: 0\nmodels:\n  - name: m\n    version: \"{version}\"\n    source: file://{}\n    sha256: {digest}\n", root.path().display(), f.display())
+    };
+    assert!(
+        rt().block_on(agent(&cfg("1", &f1, sha(&f1))).sync_once())[0]
+            .1
+            .is_ok()
+    );
+    assert!(
+        rt().block_on(agent(&cfg("2", &f2, sha(&f2))).sync_once())[0]
+            .1
+            .is_ok()
+    );
+    assert_eq!(
+        std::fs::read_link(root.path().join("m/current")).expect("current"),
+        Path::new("2")
+    );
+    let bad = agent(&cfg("3", &f1, sha(&f2)));
+    assert!(rt().block_on(bad.sync_once())[0].1.is_err());
+    assert_eq!(
+        std::fs::read_link(root.path().join("m/current")).expect("current"),
+        Path::new("2"),
+        "the last good version stays current"
+    );
+    let st = bad.status().lock().expect("status")["m"].clone();
+    assert_eq!(
+        (st.phase, st.version.as_deref()),
+        (Phase::Published, Some("2"))
+    );
+    assert!(st.error.is_some());
+}
+
+/// A `moto_server` (S3) on a free loopback port, killed on drop.
+struct Moto {
+    child: Child,
+    port: u16,
+}
+
+impl Moto {
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let bin = ["moto_server", "../../.cache/venv/bin/moto_server"]
+            .into_iter()
+            .find(|b| {
+                Command::new(b)
+                    .arg("--help")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok()
+            })?;
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Self { child, port })
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
+    let moto = Moto::start().expect("moto_server is required for this test (it ships with the machine image; or pip install 'moto[server]')");
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let secret = "TOPSECRETVALUE123";
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_bucket_name("models")
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key(secret)
+        .build()
+        .expect("s3 client");
+    let store: Arc<dyn ObjectStore> = Arc::new(store);
+    let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    let digest = Digest::of(&body);
+    rt().block_on(async {
+        // moto creates buckets on a plain PUT of the bucket.
+        let client = TcpStream::connect(("127.0.0.1", moto.port)).expect("connect");
+        http_request(client, "PUT", "/models");
+        store
+            .put(&"bert/7/model.onnx".into(), PutPayload::from(body.clone()))
+            .await
+            .expect("put model");
+        store
+            .put(
+                &"bert/7/vocab.txt".into(),
+                PutPayload::from_static(b"hello world"),
+            )
+            .await
+            .expect("put vocab");
+    });
+    let root = tempfile::tempdir().expect("root");
+    let yaml = format!(
+        "root: {root}\nreserve_bytes: 0\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: bert\n    source: s3://models/bert/7/\n    files:\n      - {{path: model.onnx, sha256: {digest}, size: 2000000}}\n      - {{path: vocab.txt, sha256: {vocab}}}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: {secret}}}\n  - name: ghost\n    source: s3://models/ghost/1/model.onnx\n    sha256: {digest}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: {secret}}}\n",
+        root = root.path().display(),
+        vocab = Digest::of(b"hello world"),
+    );
+    let a = agent(&yaml);
+    let results = rt().block_on(a.sync_once());
+    let version = results[0].1.as_ref().expect("bert published").clone();
+    assert!(!version.is_empty(), "version derived from the ETag");
+    let dir = root.path().join("bert").join(&version);
+    assert_eq!(std::fs::read(dir.join("model.onnx")).expect("model"), body);
+    assert_eq!(
+        std::fs::read(dir.join("vocab.txt")).expect("vocab"),
+        b"hello world"
+    );
+    let (_, manifest) = kiln::Manifest::read_in(&dir)
+        .expect("read")
+        .expect("manifest");
+    assert!(manifest.etag.is_some());
+    assert_eq!(manifest.source.as_deref(), Some("s3://models/bert/7/"));
+
+    let err = results[1].1.as_ref().expect_err("ghost does not exist");
+    assert!(matches!(err, AgentError::NotFound { .. }), "{err}");
+    let everything = format!(
+        "{results:?} {:?} {}",
+        a.status().lock().expect("status"),
+        err
+    );
+    assert!(
+        !everything.contains(secret),
+        "a credential leaked: {everything}"
+    );
+    assert!(!a.ready(), "one model is missing");
+
+    // Health endpoints over real HTTP.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let status = a.status();
+    let server = rt();
+    server.spawn(async move {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+        axum::serve(l, kiln_agent::server::router(status))
+            .await
+            .expect("serve");
+    });
+    let get = |path: &str| http_request(TcpStream::connect(addr).expect("connect"), "GET", path);
+    assert!(get("/healthz").starts_with("HTTP/1.1 200"));
+    assert!(
+        get("/readyz").starts_with("HTTP/1.1 503"),
+        "not ready while ghost is missing"
+    );
+    let body = get("/status");
+    assert!(
+        body.contains("\"bert\"") && body.contains("published") && !body.contains(secret),
+        "{body}"
+    );
+}
+
+fn http_request(mut stream: TcpStream, method: &str, path: &str) -> String {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("write");
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn old_versions_are_collected_beyond_keep_versions() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    for v in 1..=4u8 {
+        let f = blob(src.path(), &format!("v{v}.onnx"), 1000 + usize::from(v), v);
+        let yaml = format!(
+            "root: {}\nreserve_bytes: 0\nkeep_versions: 2\nmodels:\n  - name: m\n    version: \"{v}\"\n    source: file://{}\n    sha256: {}\n",
+            root.path().display(),
+            f.display(),
+            sha(&f)
+        );
+        assert!(rt().block_on(agent(&yaml).sync_once())[0].1.is_ok());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut versions: Vec<String> = std::fs::read_dir(root.path().join("m"))
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "current")
+        .collect();
+    versions.sort();
+    assert_eq!(versions, vec!["3", "4"]);
+    assert_eq!(
+        std::fs::read_link(root.path().join("m/current")).expect("current"),
+        Path::new("4")
+    );
+}
+
+#[test]
+fn fetch_mode_exits_non_zero_and_writes_the_termination_log() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let f = blob(src.path(), "model.onnx", 4096, 9);
+    let log = root.path().join("termination-log");
+    let write = |digest: String| {
+        let cfg = root.path().join("agent.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "root: {}\nreserve_bytes: 0\ntermination_log: {}\nmodels:\n  - name: m\n    source: file://{}\n    sha256: {digest}\n",
+                root.path().display(),
+                log.display(),
+                f.display()
+            ),
+        )
+        .expect("config");
+        cfg
+    };
+    let bin = env!("CARGO_BIN_EXE_kiln-agent");
+    let bad = Command::new(bin)
+        .args(["fetch", "--config"])
+        .arg(write(Digest::of(b"x").to_string()))
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(std::fs::read_to_string(&log)
+        .expect("termination log")
+        .contains("expected"));
+    let good = Command::new(bin)
+        .args(["fetch", "--config"])
+        .arg(write(sha(&f)))
+        .output()
+        .expect("run");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(root.path().join("m/current").exists());
+}
