@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::config::{Checked, Model};
 use crate::error::{AgentError, Result};
 use crate::fetch;
+use crate::metrics::AgentMetrics;
 use crate::publish;
 use crate::redact;
 use crate::store::Source;
@@ -51,12 +52,18 @@ pub type StatusMap = Arc<Mutex<BTreeMap<String, ModelStatus>>>;
 pub struct Agent {
     config: Checked,
     status: StatusMap,
+    metrics: AgentMetrics,
 }
 
 impl Agent {
     /// An agent for a validated configuration; every model starts `Pending`. Staging left by a
     /// killed agent (never published, so never read) is removed.
     pub fn new(config: Checked) -> Self {
+        Self::with_meter(config, &opentelemetry::global::meter("kiln-agent"))
+    }
+
+    /// [`Agent::new`], recording metrics on `meter`.
+    pub fn with_meter(config: Checked, meter: &opentelemetry::metrics::Meter) -> Self {
         let staging = config.root.join(kiln::layout::STAGING_DIR);
         for e in std::fs::read_dir(&staging)
             .into_iter()
@@ -82,9 +89,11 @@ impl Agent {
                 )
             })
             .collect();
+        let metrics = AgentMetrics::new(meter, config.root.clone());
         Self {
             config,
             status: Arc::new(Mutex::new(status)),
+            metrics,
         }
     }
 
@@ -113,6 +122,13 @@ impl Agent {
             match &result {
                 Ok((version, downloaded)) => {
                     tracing::info!(model = %model.name, version, downloaded, "published");
+                    let digest = model
+                        .files
+                        .first()
+                        .and_then(|f| f.sha256)
+                        .map(|d| d.to_string())
+                        .unwrap_or_default();
+                    self.metrics.published(&model.name, version, &digest);
                     let (version, downloaded) = (version.clone(), *downloaded);
                     self.set(&model.name, move |s| {
                         *s = ModelStatus {
@@ -162,6 +178,7 @@ impl Agent {
         if let Some(v) = &model.version {
             if publish::already_published(root, model, v)? {
                 publish::point_current(&root.join(&model.name), v)?;
+                self.metrics.cache_hit(&model.name);
                 return Ok((v.clone(), false));
             }
         }
@@ -171,7 +188,7 @@ impl Agent {
         for f in &model.files {
             let loc = source.path_of(&f.path);
             let url = url_of(&f.path);
-            let meta = fetch::with_retries(&self.config.retry, &model.name, |_| {
+            let meta = fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
                 fetch::head(source.store.as_ref(), &loc, &model.name, &url)
             })
             .await?;
@@ -193,6 +210,7 @@ impl Agent {
         };
         if publish::already_published(root, model, &version)? {
             publish::point_current(&root.join(&model.name), &version)?;
+            self.metrics.cache_hit(&model.name);
             return Ok((version, false));
         }
 
@@ -250,18 +268,23 @@ impl Agent {
                     .unwrap_or_default()
             ));
             let url = format!("{}{}", model.base, f.path);
-            let (digest, size) = fetch::with_retries(&self.config.retry, &model.name, |_| {
-                fetch::download(
-                    source.store.as_ref(),
-                    loc,
-                    meta,
-                    &partial,
-                    &model.name,
-                    &url,
-                )
-            })
-            .await?;
+            let started = std::time::Instant::now();
+            let (digest, size) =
+                fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
+                    fetch::download(
+                        source.store.as_ref(),
+                        loc,
+                        meta,
+                        &partial,
+                        &model.name,
+                        &url,
+                        &self.metrics,
+                    )
+                })
+                .await?;
+            self.metrics.file_done(&model.name, started.elapsed());
             if size != meta.size {
+                self.metrics.verification_failure(&model.name);
                 let _ = std::fs::remove_file(&partial);
                 return Err(AgentError::SizeMismatch {
                     model: model.name.clone(),
@@ -272,6 +295,7 @@ impl Agent {
             }
             if let Some(want) = f.sha256 {
                 if want != digest {
+                    self.metrics.verification_failure(&model.name);
                     let _ = std::fs::remove_file(&partial);
                     return Err(AgentError::DigestMismatch {
                         model: model.name.clone(),

@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::RetrySettings;
 use crate::error::{AgentError, Result};
+use crate::metrics::AgentMetrics;
 use crate::redact;
 
 /// Maps an object-store failure to what it means for the agent.
@@ -67,8 +68,9 @@ pub(crate) async fn download(
     dest: &Path,
     model: &str,
     url: &str,
+    metrics: &AgentMetrics,
 ) -> Result<(Digest, u64)> {
-    let result = stream_to(store, location, meta, dest, model, url).await;
+    let result = stream_to(store, location, meta, dest, model, url, metrics).await;
     if result.is_err() {
         let _ = tokio::fs::remove_file(dest).await;
     }
@@ -82,6 +84,7 @@ async fn stream_to(
     dest: &Path,
     model: &str,
     url: &str,
+    metrics: &AgentMetrics,
 ) -> Result<(Digest, u64)> {
     let options = GetOptions {
         if_match: meta.e_tag.clone(),
@@ -107,6 +110,7 @@ async fn stream_to(
             .await
             .map_err(|e| write_error(e, dest, model))?;
         bytes += chunk.len() as u64;
+        metrics.downloaded(model, chunk.len() as u64, bytes, meta.size);
         // Progress lines every 10% or 5 s: readable in non-TTY container logs.
         let tenth = (bytes * 10).checked_div(meta.size).unwrap_or(10);
         if tenth > logged_tenth || logged_at.elapsed() >= Duration::from_secs(5) {
@@ -152,6 +156,7 @@ pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
 pub(crate) async fn with_retries<T, F, Fut>(
     settings: &RetrySettings,
     model: &str,
+    metrics: &AgentMetrics,
     mut attempt: F,
 ) -> Result<T>
 where
@@ -164,6 +169,7 @@ where
         match attempt(n).await {
             Ok(v) => return Ok(v),
             Err(e) if e.is_transient() && n < settings.max_attempts => {
+                metrics.retry(model, &e);
                 let delay = backoff(settings, n);
                 tracing::warn!(model, attempt = n, error = %e, retry_in_ms = delay.as_millis() as u64, "transient failure; retrying");
                 tokio::time::sleep(delay).await;

@@ -8,6 +8,7 @@
 //! - [`fetch`](self): streamed, hashed, retried downloads (private).
 //! - [`publish`](self): staging, manifest, atomic rename, `current` swap (private).
 //! - [`agent`]: syncing every model; status.
+//! - [`metrics`]: `kiln_agent_*` instruments and the Prometheus text export.
 //! - [`server`]: `/healthz`, `/readyz`, `/startupz`, `/status`.
 //! - [`error`]: the typed error.
 
@@ -15,6 +16,7 @@ pub mod agent;
 pub mod config;
 pub mod error;
 mod fetch;
+pub mod metrics;
 mod publish;
 pub mod redact;
 pub mod server;

@@ -75,11 +75,14 @@ async fn fetch(config: kiln_agent::Checked) -> Result<()> {
 async fn run(config: kiln_agent::Checked) -> Result<()> {
     let listen = config.listen;
     let interval = config.interval;
-    let agent = Agent::new(config);
+    let telemetry = std::sync::Arc::new(
+        kiln_agent::metrics::PrometheusTelemetry::new().context("metrics exporter")?,
+    );
+    let agent = Agent::with_meter(config, &telemetry.meter());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let app = kiln_agent::server::router(agent.status());
+    let app = kiln_agent::server::router(agent.status(), Some(telemetry));
     // Endpoints run on their own task: they never wait for a download.
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -115,7 +115,14 @@ fn a_wrong_digest_publishes_nothing_and_leaves_no_partial_file() {
         root.path().display(),
         file.display()
     );
-    let a = agent(&yaml);
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let a = Agent::with_meter(
+        AgentConfig::from_yaml(&yaml)
+            .expect("yaml")
+            .check()
+            .expect("valid"),
+        &telemetry.meter(),
+    );
     let r = rt().block_on(a.sync_once());
     let err = r[0].1.as_ref().expect_err("digest mismatch");
     assert!(
@@ -300,7 +307,14 @@ fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
         root = root.path().display(),
         vocab = Digest::of(b"hello world"),
     );
-    let a = agent(&yaml);
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let a = Agent::with_meter(
+        AgentConfig::from_yaml(&yaml)
+            .expect("yaml")
+            .check()
+            .expect("valid"),
+        &telemetry.meter(),
+    );
     let results = rt().block_on(a.sync_once());
     let version = results[0].1.as_ref().expect("bert published").clone();
     assert!(!version.is_empty(), "version derived from the ETag");
@@ -337,7 +351,7 @@ fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
     server.spawn(async move {
         listener.set_nonblocking(true).expect("nonblocking");
         let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-        axum::serve(l, kiln_agent::server::router(status))
+        axum::serve(l, kiln_agent::server::router(status, Some(telemetry)))
             .await
             .expect("serve");
     });
@@ -352,6 +366,23 @@ fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
         body.contains("\"bert\"") && body.contains("published") && !body.contains(secret),
         "{body}"
     );
+    let metrics = get("/metrics");
+    for name in [
+        "kiln_agent_downloaded_bytes_total",
+        "kiln_agent_download_duration_seconds",
+        "kiln_agent_model_ready",
+        "kiln_agent_disk_free_bytes",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("2000011"),
+        "bytes downloaded counted (2,000,000 + 11): {metrics}"
+    );
+    assert!(!metrics.contains(secret));
 }
 
 fn http_request(mut stream: TcpStream, method: &str, path: &str) -> String {

@@ -1,0 +1,180 @@
+//! The agent's OpenTelemetry instruments (`kiln_agent_` prefix) and their Prometheus text
+//! export for `/metrics` (an `opentelemetry-prometheus` reader on a private registry). The
+//! exporter appends units and `_total`, so Prometheus sees `kiln_agent_downloaded_bytes_total`,
+//! `kiln_agent_download_duration_seconds`, `kiln_agent_retries_total{reason}`,
+//! `kiln_agent_verification_failures_total`, `kiln_agent_cache_hits_total`,
+//! `kiln_agent_model_ready{version,digest}`, `kiln_agent_progress_ratio`,
+//! `kiln_agent_last_success_timestamp_seconds` and `kiln_agent_disk_free_bytes`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opentelemetry::metrics::{
+    Counter, Gauge, Histogram, Meter, MeterProvider as _, ObservableGauge,
+};
+use opentelemetry::KeyValue;
+
+use crate::error::AgentError;
+
+/// Instruments.
+pub struct AgentMetrics {
+    bytes: Counter<u64>,
+    duration: Histogram<f64>,
+    retries: Counter<u64>,
+    verification_failures: Counter<u64>,
+    cache_hits: Counter<u64>,
+    ready: Gauge<u64>,
+    progress: Gauge<f64>,
+    last_success: Gauge<f64>,
+    _disk_free: ObservableGauge<u64>,
+}
+
+impl AgentMetrics {
+    /// Instruments on `meter`; `root` is the directory whose free space is reported.
+    pub fn new(meter: &Meter, root: PathBuf) -> Self {
+        Self {
+            bytes: meter
+                .u64_counter("kiln_agent_downloaded")
+                .with_unit("By")
+                .with_description("Bytes downloaded")
+                .build(),
+            duration: meter
+                .f64_histogram("kiln_agent_download_duration")
+                .with_unit("s")
+                .with_description("Time to download and verify one file")
+                .with_boundaries(vec![
+                    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+                ])
+                .build(),
+            retries: meter
+                .u64_counter("kiln_agent_retries")
+                .with_description("Retried transient failures, by reason")
+                .build(),
+            verification_failures: meter
+                .u64_counter("kiln_agent_verification_failures")
+                .with_description("Downloads refused because digest or size did not match")
+                .build(),
+            cache_hits: meter
+                .u64_counter("kiln_agent_cache_hits")
+                .with_description(
+                    "Syncs that found the version already published with the right digests",
+                )
+                .build(),
+            ready: meter
+                .u64_gauge("kiln_agent_model_ready")
+                .with_description("1 when the model's current version is published")
+                .build(),
+            progress: meter
+                .f64_gauge("kiln_agent_progress_ratio")
+                .with_description("Share of the current download done")
+                .build(),
+            last_success: meter
+                .f64_gauge("kiln_agent_last_success_timestamp")
+                .with_unit("s")
+                .with_description("Unix time of the model's last successful sync")
+                .build(),
+            _disk_free: meter
+                .u64_observable_gauge("kiln_agent_disk_free")
+                .with_unit("By")
+                .with_description("Free bytes on the model directory's filesystem")
+                .with_callback(move |obs| {
+                    if let Some(free) = crate::fetch::free_bytes(&root) {
+                        obs.observe(free, &[]);
+                    }
+                })
+                .build(),
+        }
+    }
+
+    pub(crate) fn downloaded(&self, model: &str, bytes: u64, done: u64, total: u64) {
+        let a = [KeyValue::new("model", model.to_owned())];
+        self.bytes.add(bytes, &a);
+        if total > 0 {
+            self.progress.record(done as f64 / total as f64, &a);
+        }
+    }
+
+    pub(crate) fn file_done(&self, model: &str, took: Duration) {
+        self.duration.record(
+            took.as_secs_f64(),
+            &[KeyValue::new("model", model.to_owned())],
+        );
+    }
+
+    pub(crate) fn retry(&self, model: &str, error: &AgentError) {
+        let reason = match error {
+            AgentError::Changed { .. } => "changed",
+            AgentError::Store { .. } => "store",
+            _ => "other",
+        };
+        self.retries.add(
+            1,
+            &[
+                KeyValue::new("model", model.to_owned()),
+                KeyValue::new("reason", reason),
+            ],
+        );
+    }
+
+    pub(crate) fn verification_failure(&self, model: &str) {
+        self.verification_failures
+            .add(1, &[KeyValue::new("model", model.to_owned())]);
+    }
+
+    pub(crate) fn cache_hit(&self, model: &str) {
+        self.cache_hits
+            .add(1, &[KeyValue::new("model", model.to_owned())]);
+    }
+
+    pub(crate) fn published(&self, model: &str, version: &str, digest: &str) {
+        let a = [
+            KeyValue::new("model", model.to_owned()),
+            KeyValue::new("version", version.to_owned()),
+            KeyValue::new("digest", digest.to_owned()),
+        ];
+        self.ready.record(1, &a);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_success
+            .record(now, &[KeyValue::new("model", model.to_owned())]);
+    }
+}
+
+/// A meter provider whose metrics `/metrics` renders as Prometheus text.
+pub struct PrometheusTelemetry {
+    registry: prometheus::Registry,
+    provider: opentelemetry_sdk::metrics::SdkMeterProvider,
+}
+
+impl PrometheusTelemetry {
+    /// Sets up the registry, exporter and provider.
+    ///
+    /// # Errors
+    /// If the exporter cannot be registered.
+    pub fn new() -> Result<Self, opentelemetry_sdk::error::OTelSdkError> {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()?;
+        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+            .with_reader(exporter)
+            .build();
+        Ok(Self { registry, provider })
+    }
+
+    /// A meter for the agent's instruments.
+    pub fn meter(&self) -> Meter {
+        self.provider.meter("kiln-agent")
+    }
+
+    /// The current metrics as Prometheus text.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder as _;
+        let mut out = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
