@@ -14,6 +14,7 @@ use crate::config::{Checked, Model};
 use crate::error::{AgentError, Result};
 use crate::fetch;
 use crate::metrics::AgentMetrics;
+use crate::parts;
 use crate::publish;
 use crate::redact;
 use crate::store::Source;
@@ -261,31 +262,42 @@ impl Agent {
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(AgentError::io(parent))?;
             }
-            let partial = dest.with_extension(format!(
-                "{}partial",
-                dest.extension()
-                    .map(|e| format!("{}.", e.to_string_lossy()))
-                    .unwrap_or_default()
-            ));
+            let partial = publish::partial_path(&self.config.root, &model.name, version, &f.path)?;
             let url = format!("{}{}", model.base, f.path);
             let started = std::time::Instant::now();
+            let ranged = meta.size >= self.config.parallel_threshold && meta.size > 0;
             let (digest, size) =
-                fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
-                    fetch::download(
-                        source.store.as_ref(),
-                        loc,
-                        meta,
-                        &partial,
-                        &model.name,
-                        &url,
-                        &self.metrics,
-                    )
+                fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| async {
+                    if ranged {
+                        parts::download_parts(
+                            source.store.as_ref(),
+                            loc,
+                            meta,
+                            &partial,
+                            self.config.parts,
+                            &model.name,
+                            &url,
+                            &self.metrics,
+                        )
+                        .await
+                    } else {
+                        fetch::download(
+                            source.store.as_ref(),
+                            loc,
+                            meta,
+                            &partial,
+                            &model.name,
+                            &url,
+                            &self.metrics,
+                        )
+                        .await
+                    }
                 })
                 .await?;
             self.metrics.file_done(&model.name, started.elapsed());
             if size != meta.size {
                 self.metrics.verification_failure(&model.name);
-                let _ = std::fs::remove_file(&partial);
+                parts::discard(&partial);
                 return Err(AgentError::SizeMismatch {
                     model: model.name.clone(),
                     path: f.path.clone(),
@@ -296,7 +308,7 @@ impl Agent {
             if let Some(want) = f.sha256 {
                 if want != digest {
                     self.metrics.verification_failure(&model.name);
-                    let _ = std::fs::remove_file(&partial);
+                    parts::discard(&partial);
                     return Err(AgentError::DigestMismatch {
                         model: model.name.clone(),
                         path: f.path.clone(),

@@ -35,6 +35,17 @@ pub struct AgentConfig {
     /// Retry policy for transient failures.
     #[serde(default)]
     pub retry: RetrySettings,
+    /// Objects at least this large (MiB) are fetched in parallel ranged parts, resumable after a
+    /// restart. Default 64.
+    #[serde(default = "default_parallel_threshold")]
+    pub parallel_threshold_mib: u64,
+    /// Part size for ranged downloads, KiB. Default 16384 (16 MiB): large enough to amortise a
+    /// request, small enough that a restart loses little.
+    #[serde(default = "default_part_kib")]
+    pub part_size_kib: u64,
+    /// Parts in flight per object. Default 4. Memory use is bounded by this, not object size.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
     /// Published versions kept per model (the current one included); older ones nobody points
     /// at are removed after each publish. Default 2 (the current and the previous).
     #[serde(default = "default_keep")]
@@ -54,6 +65,15 @@ fn default_interval() -> u64 {
 }
 fn default_reserve() -> u64 {
     64 << 20
+}
+fn default_parallel_threshold() -> u64 {
+    64
+}
+fn default_part_kib() -> u64 {
+    16 << 10
+}
+fn default_parallelism() -> usize {
+    4
 }
 fn default_keep() -> usize {
     2
@@ -220,6 +240,10 @@ pub struct Checked {
     pub retry: RetrySettings,
     /// Versions kept per model.
     pub keep_versions: usize,
+    /// Objects this large or larger use ranged parts.
+    pub parallel_threshold: u64,
+    /// Ranged-part plan.
+    pub parts: crate::parts::PartPlan,
     /// Termination log path (`fetch` mode).
     pub termination_log: PathBuf,
     /// Models.
@@ -298,6 +322,15 @@ impl AgentConfig {
             return Err(bad(
                 "retry.initial_backoff_ms".into(),
                 "must not exceed retry.max_backoff_ms".into(),
+            ));
+        }
+        if self.part_size_kib == 0 {
+            return Err(bad("part_size_kib".into(), "must be at least 1".into()));
+        }
+        if self.parallelism == 0 || self.parallelism > 64 {
+            return Err(bad(
+                "parallelism".into(),
+                format!("{} is not in 1..=64", self.parallelism),
             ));
         }
         if self.keep_versions == 0 {
@@ -410,6 +443,11 @@ impl AgentConfig {
             reserve_bytes: self.reserve_bytes,
             retry: self.retry,
             keep_versions: self.keep_versions,
+            parallel_threshold: self.parallel_threshold_mib.saturating_mul(1 << 20),
+            parts: crate::parts::PartPlan {
+                part_size: self.part_size_kib.saturating_mul(1024),
+                parallelism: self.parallelism,
+            },
             termination_log: self.termination_log.clone(),
             models,
         })

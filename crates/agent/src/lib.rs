@@ -6,6 +6,7 @@
 //! - [`redact`]: keeping credentials and signed URLs out of logs and errors.
 //! - [`store`]: opening S3 / GCS / Azure / HTTP / local stores via `object_store`.
 //! - [`fetch`](self): streamed, hashed, retried downloads (private).
+//! - [`parts`]: parallel ranged downloads with a resume journal, for large objects.
 //! - [`publish`](self): staging, manifest, atomic rename, `current` swap (private).
 //! - [`agent`]: syncing every model; status.
 //! - [`metrics`]: `kiln_agent_*` instruments and the Prometheus text export.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod error;
 mod fetch;
 pub mod metrics;
+pub mod parts;
 mod publish;
 pub mod redact;
 pub mod server;

@@ -19,6 +19,18 @@ pub(crate) fn staging_root(root: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Where a file's download lives until it is verified: a path fixed by model, version and
+/// file, so a restarted agent finds its partial download and journal again.
+pub(crate) fn partial_path(root: &Path, model: &str, version: &str, file: &str) -> Result<PathBuf> {
+    let dir = staging_root(root)?.join("parts");
+    std::fs::create_dir_all(&dir).map_err(AgentError::io(&dir))?;
+    let flat: String = file
+        .chars()
+        .map(|c| if c == '/' { '_' } else { c })
+        .collect();
+    Ok(dir.join(format!("{model}--{version}--{flat}.partial")))
+}
+
 /// A fresh staging directory for one version.
 pub(crate) fn new_stage(root: &Path, model: &str, version: &str) -> Result<PathBuf> {
     let nanos = std::time::SystemTime::now()

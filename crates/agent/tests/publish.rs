@@ -47,13 +47,21 @@ fn blob(dir: &Path, name: &str, len: usize, seed: u8) -> PathBuf {
 }
 
 fn leftovers(root: &Path) -> Vec<String> {
-    std::fs::read_dir(root.join(".kiln"))
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    let list = |d: PathBuf| -> Vec<String> {
+        std::fs::read_dir(d)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut out: Vec<String> = list(root.join(".kiln"))
+        .into_iter()
+        .filter(|n| n != "parts")
+        .collect();
+    out.extend(list(root.join(".kiln/parts")));
+    out
 }
 
 #[test]
@@ -303,7 +311,7 @@ fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
     });
     let root = tempfile::tempdir().expect("root");
     let yaml = format!(
-        "root: {root}\nreserve_bytes: 0\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: bert\n    source: s3://models/bert/7/\n    files:\n      - {{path: model.onnx, sha256: {digest}, size: 2000000}}\n      - {{path: vocab.txt, sha256: {vocab}}}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: {secret}}}\n  - name: ghost\n    source: s3://models/ghost/1/model.onnx\n    sha256: {digest}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: {secret}}}\n",
+        "root: {root}\nreserve_bytes: 0\nparallel_threshold_mib: 1\npart_size_kib: 256\nparallelism: 4\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: bert\n    source: s3://models/bert/7/\n    files:\n      - {{path: model.onnx, sha256: {digest}, size: 2000000}}\n      - {{path: vocab.txt, sha256: {vocab}}}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: {secret}}}\n  - name: ghost\n    source: s3://models/ghost/1/model.onnx\n    sha256: {digest}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: {secret}}}\n",
         root = root.path().display(),
         vocab = Digest::of(b"hello world"),
     );
@@ -465,4 +473,124 @@ fn fetch_mode_exits_non_zero_and_writes_the_termination_log() {
         String::from_utf8_lossy(&good.stderr)
     );
     assert!(root.path().join("m/current").exists());
+}
+
+#[test]
+fn large_objects_download_in_parallel_parts_and_resume_from_the_journal() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let size = 5 * 256 * 1024 + 777; // 6 parts of 256 KiB, the last one short
+    let file = blob(src.path(), "model.onnx", size, 7);
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: 1\npart_size_kib: 256\nparallelism: 3\nmodels:\n  - name: m\n    version: \"1\"\n    source: file://{}\n    sha256: {}\n",
+        root.path().display(),
+        file.display(),
+        sha(&file)
+    );
+
+    // A previous agent finished parts 0, 2 and 3 before it was killed.
+    let meta = rt().block_on(async {
+        let fs = object_store::local::LocalFileSystem::new();
+        fs.head(&object_store::path::Path::from_filesystem_path(&file).expect("path"))
+            .await
+            .expect("head")
+    });
+    let parts_dir = root.path().join(".kiln/parts");
+    std::fs::create_dir_all(&parts_dir).expect("mkdir");
+    let partial = parts_dir.join("m--1--model.onnx.partial");
+    let bytes = std::fs::read(&file).expect("read");
+    let mut pre = vec![0u8; size];
+    for p in [0usize, 2, 3] {
+        pre[p * 262_144..(p + 1) * 262_144].copy_from_slice(&bytes[p * 262_144..(p + 1) * 262_144]);
+    }
+    std::fs::write(&partial, &pre).expect("partial");
+    let identity = format!(
+        "size={} etag={} version=-",
+        meta.size,
+        meta.e_tag.as_deref().unwrap_or("-")
+    );
+    std::fs::write(
+        parts_dir.join("m--1--model.onnx.partial.journal"),
+        format!("{identity}\n0\n2\n3\n"),
+    )
+    .expect("journal");
+
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let a = Agent::with_meter(
+        AgentConfig::from_yaml(&yaml)
+            .expect("yaml")
+            .check()
+            .expect("valid"),
+        &telemetry.meter(),
+    );
+    let r = rt().block_on(a.sync_once());
+    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+    assert_eq!(
+        std::fs::read(root.path().join("m/1/model.onnx")).expect("published"),
+        bytes
+    );
+    let fetched = size - 3 * 262_144;
+    let metrics = telemetry.render();
+    assert!(
+        metrics.contains(&format!(
+            "kiln_agent_downloaded_bytes_total{{model=\"m\"}} {fetched}"
+        )),
+        "only the missing parts were fetched:\n{metrics}"
+    );
+    assert!(
+        !partial.exists() && !parts_dir.join("m--1--model.onnx.partial.journal").exists(),
+        "partial and journal gone after publish"
+    );
+}
+
+#[test]
+fn resumed_parts_are_verified_too() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let size = 4 * 262_144;
+    let file = blob(src.path(), "model.onnx", size, 8);
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: 1\npart_size_kib: 256\nmodels:\n  - name: m\n    version: \"1\"\n    source: file://{}\n    sha256: {}\n",
+        root.path().display(),
+        file.display(),
+        sha(&file)
+    );
+    let meta = rt().block_on(async {
+        let fs = object_store::local::LocalFileSystem::new();
+        fs.head(&object_store::path::Path::from_filesystem_path(&file).expect("path"))
+            .await
+            .expect("head")
+    });
+    let parts_dir = root.path().join(".kiln/parts");
+    std::fs::create_dir_all(&parts_dir).expect("mkdir");
+    // The journal claims part 1 is done, but its bytes on disk are garbage.
+    std::fs::write(
+        parts_dir.join("m--1--model.onnx.partial"),
+        vec![0xAAu8; size],
+    )
+    .expect("partial");
+    let identity = format!(
+        "size={} etag={} version=-",
+        meta.size,
+        meta.e_tag.as_deref().unwrap_or("-")
+    );
+    std::fs::write(
+        parts_dir.join("m--1--model.onnx.partial.journal"),
+        format!("{identity}\n1\n"),
+    )
+    .expect("journal");
+    let first = rt().block_on(agent(&yaml).sync_once());
+    assert!(
+        matches!(first[0].1, Err(AgentError::DigestMismatch { .. })),
+        "{:?}",
+        first[0].1
+    );
+    assert!(!root.path().join("m").exists(), "nothing published");
+    // The bad partial was discarded, so the next sync starts clean and succeeds.
+    let second = rt().block_on(agent(&yaml).sync_once());
+    assert!(second[0].1.is_ok(), "{:?}", second[0].1);
+    assert_eq!(
+        std::fs::read(root.path().join("m/1/model.onnx")).expect("published"),
+        std::fs::read(&file).expect("src")
+    );
 }
