@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo test check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching clean
+.PHONY: help demo test check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
 
 help:
 	@echo "make demo        classify files with the real model (sets everything up)"
@@ -65,7 +65,10 @@ test: ort testdata check
 test-cuda: ort-gpu testdata
 	KILN_ORT_DIR=$(ORT_GPU_DIR) KILN_TEST_CUDA=1 cargo test -p kiln-runtime --test cuda -- --include-ignored --nocapture
 
-bench: bench-hash bench-overhead bench-batching
+bench: bench-hash bench-overhead bench-batching bench-agent
+
+bench-agent:
+	cargo bench -p kiln-agent --bench fetch
 
 bench-hash:
 	cargo bench -p kiln-benches --bench hash

@@ -1,0 +1,237 @@
+//! The agent fetching a large object from a local S3 server (`moto_server` on 127.0.0.1),
+//! against `curl` on a presigned URL and `aws s3 cp` of the same object in the same run:
+//! throughput (the agent's includes verification and the atomic publish) and the agent's peak
+//! RSS. Run: `make bench-agent`. `KILN_BENCH_AGENT_MIB` sets the size (default 1024).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kiln_benches::{machine, write_section};
+use object_store::signer::Signer;
+use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Runs `cmd` to completion, polling its peak RSS (`VmHWM`, KiB) from /proc every 20 ms.
+fn run_measuring_rss(cmd: &mut Command) -> Result<(std::process::ExitStatus, u64)> {
+    let mut child = cmd.spawn()?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            if let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            {
+                peak = peak.max(kib);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            return Ok((status, peak));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() -> Result<()> {
+    let mib: usize = std::env::var("KILN_BENCH_AGENT_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let port = free_port()?;
+    let mut moto = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("moto_server")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("moto_server did not start");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let result = run(mib, port);
+    let _ = moto.kill();
+    let _ = moto.wait();
+    result
+}
+
+fn run(mib: usize, port: u16) -> Result<()> {
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    write!(
+        s,
+        "PUT /bench HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let _ = s.read_to_string(&mut String::new());
+    let store = Arc::new(
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&endpoint)
+            .with_allow_http(true)
+            .with_bucket_name("bench")
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build()?,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let path: object_store::path::Path = "big/model.bin".into();
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    rt.block_on(async {
+        let upload = store.put_multipart(&path).await?;
+        let mut w = WriteMultipart::new_with_chunk_size(upload, 64 << 20);
+        let mut block = vec![0u8; 1 << 20];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for _ in 0..mib {
+            for c in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+            }
+            sha2::Digest::update(&mut hasher, &block);
+            w.write(&block);
+        }
+        w.finish().await?;
+        let _ = store
+            .put(&"warm".into(), PutPayload::from_static(b"x"))
+            .await?;
+        anyhow::Ok(())
+    })?;
+    let digest = kiln::Digest::from_bytes(sha2::Digest::finalize(hasher).into());
+    let url = rt.block_on(store.signed_url(http::Method::GET, &path, Duration::from_secs(3600)))?;
+    let bytes = (mib as f64) * 1048576.0;
+    let scratch = tempfile::tempdir()?;
+
+    let mut runs = Vec::new();
+    let mut peak_rss_kib = 0u64;
+    for round in 0..2 {
+        // curl on a presigned URL, to a file.
+        let out = scratch.path().join("curl.bin");
+        let t = Instant::now();
+        let ok = Command::new("curl")
+            .args(["-sS", "-f", "-o"])
+            .arg(&out)
+            .arg(url.as_str())
+            .status()?
+            .success();
+        let curl = t.elapsed();
+        std::fs::remove_file(&out).ok();
+        if !ok {
+            bail!("curl failed");
+        }
+        // aws s3 cp, if the CLI is there.
+        let t = Instant::now();
+        let aws = Command::new("aws")
+            .args([
+                "s3",
+                "cp",
+                "--quiet",
+                "--endpoint-url",
+                &endpoint,
+                "s3://bench/big/model.bin",
+            ])
+            .arg(scratch.path().join("aws.bin"))
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()
+            .filter(|s| s.success())
+            .map(|_| t.elapsed());
+        std::fs::remove_file(scratch.path().join("aws.bin")).ok();
+        // The agent, fetch mode, verified and published: one stream, then 4 x 16 MiB parts.
+        let mut agent_times = Vec::new();
+        for threshold in ["100000", "1"] {
+            let root = scratch.path().join(format!("root{round}-{threshold}"));
+            std::fs::create_dir_all(&root)?;
+            let cfg = scratch.path().join("agent.yaml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: {threshold}\ntermination_log: {}/termination-log\nmodels:\n  - name: big\n    version: \"1\"\n    source: s3://bench/big/model.bin\n    sha256: {digest}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: test}}\n",
+                    root.display(),
+                    scratch.path().display()
+                ),
+            )?;
+            let t = Instant::now();
+            let (status, rss) = run_measuring_rss(
+                Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
+                    .args(["fetch", "--config"])
+                    .arg(&cfg)
+                    .env("RUST_LOG", "warn"),
+            )?;
+            agent_times.push(t.elapsed());
+            peak_rss_kib = peak_rss_kib.max(rss);
+            if !status.success() {
+                bail!("agent failed");
+            }
+            std::fs::remove_dir_all(&root).ok();
+        }
+        runs.push((curl, aws, agent_times[0], agent_times[1]));
+    }
+    let rss_mib = peak_rss_kib as f64 / 1024.0;
+    type Run = (Duration, Option<Duration>, Duration, Duration);
+    let best = |f: fn(&Run) -> Option<Duration>| runs.iter().filter_map(f).min();
+    let (curl, aws, agent, ranged) = (
+        best(|r| Some(r.0)),
+        best(|r| r.1),
+        best(|r| Some(r.2)),
+        best(|r| Some(r.3)),
+    );
+    let rate = |d: Option<Duration>| {
+        d.map_or("n/a".to_owned(), |d| {
+            format!("{:.0} MiB/s", bytes / d.as_secs_f64() / 1048576.0)
+        })
+    };
+    let ratio = |d: Option<Duration>| match (d, agent) {
+        (Some(d), Some(a)) => format!("{:.2}", d.as_secs_f64() / a.as_secs_f64()),
+        _ => "n/a".into(),
+    };
+    let body = format!(
+        "## Agent: fetching a {mib} MiB object from local S3\n\n\
+         Machine: {}. Server: `moto_server` on 127.0.0.1 (Python; it bounds every client alike). Best of 2 runs each, alternated. \
+         Command: `make bench-agent` (`cargo bench -p kiln-agent --bench fetch`).\n\n\
+         | client | time | throughput | agent (one stream) ÷ client, throughput |\n|---|---|---|---|\n\
+         | `curl` on a presigned URL (to a file) | {:.2} s | {} | {} |\n\
+         | `aws s3 cp` | {} | {} | {} |\n\
+         | `kiln-agent fetch`, one stream (sha256 while downloading, published atomically) | {:.2} s | {} | 1.00 |\n\
+         | `kiln-agent fetch`, 4 parallel 16 MiB ranged parts (resumable) | {:.2} s | {} | {} |\n\n\
+         Agent peak RSS (`VmHWM`, polled every 20 ms): **{rss_mib:.0} MiB** (target ≤ 64 MiB). \
+         Throughput target: agent ≥ 0.8× the best client.\n",
+        machine(),
+        curl.map_or(0.0, |d| d.as_secs_f64()),
+        rate(curl),
+        ratio(curl),
+        aws.map_or("n/a".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+        rate(aws),
+        ratio(aws),
+        agent.map_or(0.0, |d| d.as_secs_f64()),
+        rate(agent),
+        ranged.map_or(0.0, |d| d.as_secs_f64()),
+        rate(ranged),
+        match (ranged, curl) {
+            (Some(r), Some(c)) => format!("{:.2} of curl", c.as_secs_f64() / r.as_secs_f64()),
+            _ => "n/a".into(),
+        },
+    );
+    println!("{body}");
+    write_section("agent-fetch", &body)?;
+    Ok(())
+}
