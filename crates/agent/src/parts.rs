@@ -103,22 +103,18 @@ pub(crate) async fn download_parts(
     let mut downloaded = resumed_bytes;
 
     // Hash the finished prefix as it grows.
-    let mut hasher = Sha256::new();
-    let mut frontier = 0u64;
+    let mut frontier = Frontier {
+        next: 0,
+        parts,
+        part_size,
+        size: meta.size,
+        hasher: Sha256::new(),
+    };
     let mut journal_file = std::fs::OpenOptions::new()
         .append(true)
         .open(&journal)
         .map_err(io(&journal))?;
-    advance(
-        &file,
-        partial,
-        &done,
-        &mut frontier,
-        parts,
-        part_size,
-        meta.size,
-        &mut hasher,
-    )?;
+    frontier.advance(&file, partial, &done)?;
 
     let mut fetches = futures::stream::iter(todo.into_iter().map(|p| {
         let file = &file;
@@ -181,67 +177,56 @@ pub(crate) async fn download_parts(
             downloaded,
             meta.size,
         );
-        advance(
-            &file,
-            partial,
-            &done,
-            &mut frontier,
-            parts,
-            part_size,
-            meta.size,
-            &mut hasher,
-        )?;
+        frontier.advance(&file, partial, &done)?;
     }
     drop(fetches);
     file.sync_all().map_err(io(partial))?;
     let _ = std::fs::remove_file(&journal);
-    Ok((Digest::from_bytes(hasher.finalize().into()), meta.size))
+    Ok((
+        Digest::from_bytes(frontier.hasher.finalize().into()),
+        meta.size,
+    ))
 }
 
 fn part_len(p: u64, part_size: u64, size: u64) -> u64 {
     (size - p * part_size).min(part_size)
 }
 
-/// Hashes every finished part right after the current frontier, in order.
-#[allow(clippy::too_many_arguments)]
-fn advance(
-    file: &std::fs::File,
-    path: &Path,
-    done: &BTreeSet<u64>,
-    frontier: &mut u64,
+/// The in-order hash of the finished prefix of a ranged download.
+struct Frontier {
+    /// First part not hashed yet.
+    next: u64,
     parts: u64,
     part_size: u64,
     size: u64,
-    hasher: &mut Sha256,
-) -> Result<()> {
-    let mut reader = file.try_clone().map_err(|e| AgentError::Io {
-        path: path.to_owned(),
-        source: e,
-    })?;
-    let mut buf = vec![0u8; 1 << 20];
-    while *frontier < parts && done.contains(frontier) {
-        let start = *frontier * part_size;
-        let mut left = part_len(*frontier, part_size, size);
-        reader
-            .seek(SeekFrom::Start(start))
-            .map_err(|e| AgentError::Io {
-                path: path.to_owned(),
-                source: e,
-            })?;
-        while left > 0 {
-            let n = (left as usize).min(buf.len());
+    hasher: Sha256,
+}
+
+impl Frontier {
+    /// Hashes every finished part right after the frontier, in order (read back from the page
+    /// cache: they were just written).
+    fn advance(&mut self, file: &std::fs::File, path: &Path, done: &BTreeSet<u64>) -> Result<()> {
+        let err = |e| AgentError::Io {
+            path: path.to_owned(),
+            source: e,
+        };
+        let mut reader = file.try_clone().map_err(err)?;
+        let mut buf = vec![0u8; 1 << 20];
+        while self.next < self.parts && done.contains(&self.next) {
+            let mut left = part_len(self.next, self.part_size, self.size);
             reader
-                .read_exact(&mut buf[..n])
-                .map_err(|e| AgentError::Io {
-                    path: path.to_owned(),
-                    source: e,
-                })?;
-            hasher.update(&buf[..n]);
-            left -= n as u64;
+                .seek(SeekFrom::Start(self.next * self.part_size))
+                .map_err(err)?;
+            while left > 0 {
+                let n = (left as usize).min(buf.len());
+                reader.read_exact(&mut buf[..n]).map_err(err)?;
+                self.hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            self.next += 1;
         }
-        *frontier += 1;
+        Ok(())
     }
-    Ok(())
 }
 
 /// Removes a partial download and its journal (after a digest mismatch).

@@ -489,31 +489,13 @@ fn large_objects_download_in_parallel_parts_and_resume_from_the_journal() {
     );
 
     // A previous agent finished parts 0, 2 and 3 before it was killed.
-    let meta = rt().block_on(async {
-        let fs = object_store::local::LocalFileSystem::new();
-        fs.head(&object_store::path::Path::from_filesystem_path(&file).expect("path"))
-            .await
-            .expect("head")
-    });
-    let parts_dir = root.path().join(".kiln/parts");
-    std::fs::create_dir_all(&parts_dir).expect("mkdir");
-    let partial = parts_dir.join("m--1--model.onnx.partial");
     let bytes = std::fs::read(&file).expect("read");
     let mut pre = vec![0u8; size];
     for p in [0usize, 2, 3] {
         pre[p * 262_144..(p + 1) * 262_144].copy_from_slice(&bytes[p * 262_144..(p + 1) * 262_144]);
     }
-    std::fs::write(&partial, &pre).expect("partial");
-    let identity = format!(
-        "size={} etag={} version=-",
-        meta.size,
-        meta.e_tag.as_deref().unwrap_or("-")
-    );
-    std::fs::write(
-        parts_dir.join("m--1--model.onnx.partial.journal"),
-        format!("{identity}\n0\n2\n3\n"),
-    )
-    .expect("journal");
+    let partial = stage_resume(root.path(), &file, &pre, &[0, 2, 3]);
+    let parts_dir = root.path().join(".kiln/parts");
 
     let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
     let a = Agent::with_meter(
@@ -555,30 +537,8 @@ fn resumed_parts_are_verified_too() {
         file.display(),
         sha(&file)
     );
-    let meta = rt().block_on(async {
-        let fs = object_store::local::LocalFileSystem::new();
-        fs.head(&object_store::path::Path::from_filesystem_path(&file).expect("path"))
-            .await
-            .expect("head")
-    });
-    let parts_dir = root.path().join(".kiln/parts");
-    std::fs::create_dir_all(&parts_dir).expect("mkdir");
     // The journal claims part 1 is done, but its bytes on disk are garbage.
-    std::fs::write(
-        parts_dir.join("m--1--model.onnx.partial"),
-        vec![0xAAu8; size],
-    )
-    .expect("partial");
-    let identity = format!(
-        "size={} etag={} version=-",
-        meta.size,
-        meta.e_tag.as_deref().unwrap_or("-")
-    );
-    std::fs::write(
-        parts_dir.join("m--1--model.onnx.partial.journal"),
-        format!("{identity}\n1\n"),
-    )
-    .expect("journal");
+    stage_resume(root.path(), &file, &vec![0xAAu8; size], &[1]);
     let first = rt().block_on(agent(&yaml).sync_once());
     assert!(
         matches!(first[0].1, Err(AgentError::DigestMismatch { .. })),
@@ -593,4 +553,31 @@ fn resumed_parts_are_verified_too() {
         std::fs::read(root.path().join("m/1/model.onnx")).expect("published"),
         std::fs::read(&file).expect("src")
     );
+}
+
+/// Leaves what a killed agent leaves for `<root>`'s model `m` version `1`: a partial file with
+/// `content` and a journal claiming `parts` (of 256 KiB) are done.
+fn stage_resume(root: &Path, file: &Path, content: &[u8], parts: &[usize]) -> PathBuf {
+    let meta = rt().block_on(async {
+        let fs = object_store::local::LocalFileSystem::new();
+        fs.head(&object_store::path::Path::from_filesystem_path(file).expect("path"))
+            .await
+            .expect("head")
+    });
+    let parts_dir = root.join(".kiln/parts");
+    std::fs::create_dir_all(&parts_dir).expect("mkdir");
+    let partial = parts_dir.join("m--1--model.onnx.partial");
+    std::fs::write(&partial, content).expect("partial");
+    let identity = format!(
+        "size={} etag={} version=-",
+        meta.size,
+        meta.e_tag.as_deref().unwrap_or("-")
+    );
+    let done: String = parts.iter().map(|p| format!("{p}\n")).collect();
+    std::fs::write(
+        parts_dir.join("m--1--model.onnx.partial.journal"),
+        format!("{identity}\n{done}"),
+    )
+    .expect("journal");
+    partial
 }
