@@ -130,6 +130,11 @@ impl Agent {
                         .map(|d| d.to_string())
                         .unwrap_or_default();
                     self.metrics.published(&model.name, version, &digest);
+                    if *downloaded {
+                        if let Some(template) = &self.config.main_load_url {
+                            crate::main_server::load(template, &model.name).await;
+                        }
+                    }
                     let (version, downloaded) = (version.clone(), *downloaded);
                     self.set(&model.name, move |s| {
                         *s = ModelStatus {

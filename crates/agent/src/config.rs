@@ -46,6 +46,9 @@ pub struct AgentConfig {
     /// Parts in flight per object. Default 4. Memory use is bounded by this, not object size.
     #[serde(default = "default_parallelism")]
     pub parallelism: usize,
+    /// The main container, when the agent should consult or notify it.
+    #[serde(default)]
+    pub main: MainServer,
     /// Published versions kept per model (the current one included); older ones nobody points
     /// at are removed after each publish. Default 2 (the current and the previous).
     #[serde(default = "default_keep")]
@@ -80,6 +83,18 @@ fn default_keep() -> usize {
 }
 fn default_termination_log() -> PathBuf {
     "/dev/termination-log".into()
+}
+
+/// The main container's endpoints (plain `http://` on the pod's loopback).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MainServer {
+    /// If set, `/readyz` is 200 only when this URL also answers 2xx (e.g.
+    /// `http://127.0.0.1:8000/v2/health/ready`), so one probe gates the pod.
+    pub ready_url: Option<String>,
+    /// If set, POSTed after a new version of a model is published; `{model}` is replaced by its
+    /// name (e.g. `http://127.0.0.1:8000/v2/repository/models/{model}/load`).
+    pub load_url: Option<String>,
 }
 
 /// Exponential backoff with full jitter.
@@ -240,6 +255,10 @@ pub struct Checked {
     pub retry: RetrySettings,
     /// Versions kept per model.
     pub keep_versions: usize,
+    /// Main container readiness URL.
+    pub main_ready_url: Option<url::Url>,
+    /// Main container load URL template.
+    pub main_load_url: Option<String>,
     /// Objects this large or larger use ranged parts.
     pub parallel_threshold: u64,
     /// Ranged-part plan.
@@ -323,6 +342,26 @@ impl AgentConfig {
                 "retry.initial_backoff_ms".into(),
                 "must not exceed retry.max_backoff_ms".into(),
             ));
+        }
+        let http_url = |field: &str, v: &str| -> Result<url::Url> {
+            let u = url::Url::parse(&v.replace("{model}", "m"))
+                .map_err(|e| bad(field.into(), format!("{v:?}: {e}")))?;
+            if u.scheme() != "http" {
+                return Err(bad(
+                    field.into(),
+                    "must be a plain http:// URL (the main container on the pod's loopback)".into(),
+                ));
+            }
+            Ok(u)
+        };
+        let main_ready_url = self
+            .main
+            .ready_url
+            .as_deref()
+            .map(|v| http_url("main.ready_url", v))
+            .transpose()?;
+        if let Some(v) = &self.main.load_url {
+            http_url("main.load_url", v)?;
         }
         if self.part_size_kib == 0 {
             return Err(bad("part_size_kib".into(), "must be at least 1".into()));
@@ -443,6 +482,8 @@ impl AgentConfig {
             reserve_bytes: self.reserve_bytes,
             retry: self.retry,
             keep_versions: self.keep_versions,
+            main_ready_url,
+            main_load_url: self.main.load_url.clone(),
             parallel_threshold: self.parallel_threshold_mib.saturating_mul(1 << 20),
             parts: crate::parts::PartPlan {
                 part_size: self.part_size_kib.saturating_mul(1024),

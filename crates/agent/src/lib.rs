@@ -10,13 +10,15 @@
 //! - [`publish`](self): staging, manifest, atomic rename, `current` swap (private).
 //! - [`agent`]: syncing every model; status.
 //! - [`metrics`]: `kiln_agent_*` instruments and the Prometheus text export.
-//! - [`server`]: `/healthz`, `/readyz`, `/startupz`, `/status`.
+//! - [`server`]: `/livez`, `/readyz`, `/startupz`, `/status`, `/metrics`.
+//! - [`main_server`]: the main container's readiness URL and load endpoint.
 //! - [`error`]: the typed error.
 
 pub mod agent;
 pub mod config;
 pub mod error;
 mod fetch;
+pub mod main_server;
 pub mod metrics;
 pub mod parts;
 mod publish;

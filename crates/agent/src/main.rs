@@ -75,6 +75,7 @@ async fn fetch(config: kiln_agent::Checked) -> Result<()> {
 async fn run(config: kiln_agent::Checked) -> Result<()> {
     let listen = config.listen;
     let interval = config.interval;
+    let main_ready = config.main_ready_url.clone();
     let telemetry = std::sync::Arc::new(
         kiln_agent::metrics::PrometheusTelemetry::new().context("metrics exporter")?,
     );
@@ -82,7 +83,11 @@ async fn run(config: kiln_agent::Checked) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let app = kiln_agent::server::router(agent.status(), Some(telemetry));
+    let state = kiln_agent::server::ServerState {
+        status: agent.status(),
+        main_ready,
+    };
+    let app = kiln_agent::server::router_with(state, Some(telemetry));
     // Endpoints run on their own task: they never wait for a download.
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -13,15 +13,36 @@ use std::sync::Arc;
 use crate::agent::{self, StatusMap};
 use crate::metrics::PrometheusTelemetry;
 
-/// The router; `/metrics` is served when `telemetry` is given.
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct ServerState {
+    /// Per-model status.
+    pub status: StatusMap,
+    /// The main container's readiness URL, if `/readyz` must also wait for it.
+    pub main_ready: Option<url::Url>,
+}
+
+/// The router; `/metrics` is served when `telemetry` is given. `/startupz` looks at the
+/// models only (the main container starts after it); `/readyz` also at `main_ready`, if set.
 pub fn router(status: StatusMap, telemetry: Option<Arc<PrometheusTelemetry>>) -> Router {
+    router_with(
+        ServerState {
+            status,
+            main_ready: None,
+        },
+        telemetry,
+    )
+}
+
+/// [`router`] with the full state.
+pub fn router_with(state: ServerState, telemetry: Option<Arc<PrometheusTelemetry>>) -> Router {
     let router = Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readiness))
-        .route("/startupz", get(readiness))
+        .route("/startupz", get(startup))
         .route("/status", get(status_json))
-        .with_state(status);
+        .with_state(state);
     match telemetry {
         Some(t) => {
             router.route(
@@ -35,8 +56,8 @@ pub fn router(status: StatusMap, telemetry: Option<Arc<PrometheusTelemetry>>) ->
     }
 }
 
-async fn readiness(State(status): State<StatusMap>) -> (StatusCode, &'static str) {
-    if agent::ready(&status) {
+async fn startup(State(state): State<ServerState>) -> (StatusCode, &'static str) {
+    if agent::ready(&state.status) {
         (StatusCode::OK, "ready")
     } else {
         (
@@ -46,8 +67,30 @@ async fn readiness(State(status): State<StatusMap>) -> (StatusCode, &'static str
     }
 }
 
+async fn readiness(State(state): State<ServerState>) -> (StatusCode, &'static str) {
+    if !agent::ready(&state.status) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "models not published yet (see /status)",
+        );
+    }
+    match &state.main_ready {
+        Some(url) if !crate::main_server::ready(url).await => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "models published; the main container is not ready",
+        ),
+        _ => (StatusCode::OK, "ready"),
+    }
+}
+
 async fn status_json(
-    State(status): State<StatusMap>,
+    State(state): State<ServerState>,
 ) -> Json<std::collections::BTreeMap<String, agent::ModelStatus>> {
-    Json(status.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    Json(
+        state
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+    )
 }

@@ -581,3 +581,93 @@ fn stage_resume(root: &Path, file: &Path, content: &[u8], parts: &[usize]) -> Pa
     .expect("journal");
     partial
 }
+
+#[test]
+fn the_main_container_is_told_to_load_and_gates_readiness() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 2048, 11);
+    let server_rt = rt();
+
+    // A stand-in for the main container (Triton/KServe-style endpoints) on loopback.
+    let main_ready = Arc::new(AtomicBool::new(false));
+    let loads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let main_addr = listener.local_addr().expect("addr");
+    {
+        let (ready, loads) = (Arc::clone(&main_ready), Arc::clone(&loads));
+        server_rt.spawn(async move {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+            let app = axum::Router::new()
+                .route(
+                    "/v2/health/ready",
+                    axum::routing::get(move || {
+                        let ok = ready.load(Ordering::SeqCst);
+                        async move {
+                            if ok {
+                                axum::http::StatusCode::OK
+                            } else {
+                                axum::http::StatusCode::SERVICE_UNAVAILABLE
+                            }
+                        }
+                    }),
+                )
+                .route(
+                    "/v2/repository/models/{model}/load",
+                    axum::routing::post(
+                        move |axum::extract::Path(m): axum::extract::Path<String>| {
+                            loads.lock().expect("loads").push(m);
+                            async { "" }
+                        },
+                    ),
+                );
+            axum::serve(l, app).await.expect("serve");
+        });
+    }
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nmain: {{ready_url: \"http://{main_addr}/v2/health/ready\", load_url: \"http://{main_addr}/v2/repository/models/{{model}}/load\"}}\nmodels:\n  - name: m\n    version: \"1\"\n    source: file://{}\n    sha256: {}\n",
+        root.path().display(),
+        file.display(),
+        sha(&file)
+    );
+    let checked = AgentConfig::from_yaml(&yaml)
+        .expect("yaml")
+        .check()
+        .expect("valid");
+    let main_url = checked.main_ready_url.clone();
+    let a = Agent::new(checked);
+    assert!(rt().block_on(a.sync_once())[0].1.is_ok());
+    assert_eq!(
+        *loads.lock().expect("loads"),
+        vec!["m".to_owned()],
+        "load endpoint called once after the publish"
+    );
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let state = kiln_agent::server::ServerState {
+        status: a.status(),
+        main_ready: main_url,
+    };
+    server_rt.spawn(async move {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+        axum::serve(l, kiln_agent::server::router_with(state, None))
+            .await
+            .expect("serve");
+    });
+    let get = |path: &str| http_request(TcpStream::connect(addr).expect("connect"), "GET", path);
+    assert!(
+        get("/startupz").starts_with("HTTP/1.1 200"),
+        "models are on disk: the main container may start"
+    );
+    assert!(
+        get("/readyz").starts_with("HTTP/1.1 503"),
+        "but the pod is not ready until the main container is"
+    );
+    main_ready.store(true, Ordering::SeqCst);
+    assert!(get("/readyz").starts_with("HTTP/1.1 200"));
+}
