@@ -110,59 +110,68 @@ impl Agent {
 
     /// Syncs every model once; returns each model's result (errors are also in the status).
     pub async fn sync_once(&self) -> Vec<(String, Result<String>)> {
-        let mut out = Vec::new();
-        for (i, model) in self.config.models.iter().enumerate() {
-            self.set(&model.name, |s| {
-                s.phase = if s.phase == Phase::Published {
-                    Phase::Published
-                } else {
-                    Phase::Fetching
-                }
-            });
-            let result = self.sync_model(i, model).await;
-            match &result {
-                Ok((version, downloaded)) => {
-                    tracing::info!(model = %model.name, version, downloaded, "published");
-                    let digest = model
-                        .files
-                        .first()
-                        .and_then(|f| f.sha256)
-                        .map(|d| d.to_string())
-                        .unwrap_or_default();
-                    self.metrics.published(&model.name, version, &digest);
-                    if *downloaded {
-                        if let Some(template) = &self.config.main_load_url {
-                            crate::main_server::load(template, &model.name).await;
-                        }
+        use futures::StreamExt;
+        // Models sync concurrently up to `max_concurrent_models`; with `parallelism` parts each,
+        // that bounds the connections to the stores.
+        let limit = self.config.max_concurrent_models;
+        futures::stream::iter(self.config.models.iter().enumerate())
+            .map(|(i, model)| async move { (model.name.clone(), self.sync_and_record(i, model).await) })
+            .buffered(limit)
+            .collect()
+            .await
+    }
+
+    /// Syncs one model and records the outcome in its status and metrics.
+    async fn sync_and_record(&self, i: usize, model: &Model) -> Result<String> {
+        self.set(&model.name, |s| {
+            s.phase = if s.phase == Phase::Published {
+                Phase::Published
+            } else {
+                Phase::Fetching
+            };
+        });
+        let result = self.sync_model(i, model).await;
+        match &result {
+            Ok((version, downloaded)) => {
+                tracing::info!(model = %model.name, version, downloaded, "published");
+                let digest = model
+                    .files
+                    .first()
+                    .and_then(|f| f.sha256)
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                self.metrics.published(&model.name, version, &digest);
+                if *downloaded {
+                    if let Some(template) = &self.config.main_load_url {
+                        crate::main_server::load(template, &model.name).await;
                     }
-                    let (version, downloaded) = (version.clone(), *downloaded);
-                    self.set(&model.name, move |s| {
-                        *s = ModelStatus {
-                            phase: Phase::Published,
-                            version: Some(version),
-                            error: None,
-                            downloaded,
-                        };
-                    });
                 }
-                Err(e) => {
-                    let msg = redact::text(&e.to_string());
-                    tracing::error!(model = %model.name, error = %msg, "sync failed");
-                    let still = current_version(&self.config.root, &model.name);
-                    self.set(&model.name, move |s| {
-                        s.phase = if still.is_some() {
-                            Phase::Published
-                        } else {
-                            Phase::Failed
-                        };
-                        s.version = still;
-                        s.error = Some(msg);
-                    });
-                }
+                let (version, downloaded) = (version.clone(), *downloaded);
+                self.set(&model.name, move |s| {
+                    *s = ModelStatus {
+                        phase: Phase::Published,
+                        version: Some(version),
+                        error: None,
+                        downloaded,
+                    };
+                });
             }
-            out.push((model.name.clone(), result.map(|(v, _)| v)));
+            Err(e) => {
+                let msg = redact::text(&e.to_string());
+                tracing::error!(model = %model.name, error = %msg, "sync failed");
+                let still = current_version(&self.config.root, &model.name);
+                self.set(&model.name, move |s| {
+                    s.phase = if still.is_some() {
+                        Phase::Published
+                    } else {
+                        Phase::Failed
+                    };
+                    s.version = still;
+                    s.error = Some(msg);
+                });
+            }
         }
-        out
+        result.map(|(v, _)| v)
     }
 
     fn set(&self, model: &str, f: impl FnOnce(&mut ModelStatus)) {

@@ -46,6 +46,10 @@ pub struct AgentConfig {
     /// Parts in flight per object. Default 4. Memory use is bounded by this, not object size.
     #[serde(default = "default_parallelism")]
     pub parallelism: usize,
+    /// Models synced at the same time. Default 2. Connections to the stores are at most this
+    /// times `parallelism`.
+    #[serde(default = "default_concurrent_models")]
+    pub max_concurrent_models: usize,
     /// The main container, when the agent should consult or notify it.
     #[serde(default)]
     pub main: MainServer,
@@ -77,6 +81,9 @@ fn default_part_kib() -> u64 {
 }
 fn default_parallelism() -> usize {
     4
+}
+fn default_concurrent_models() -> usize {
+    2
 }
 fn default_keep() -> usize {
     2
@@ -255,6 +262,8 @@ pub struct Checked {
     pub retry: RetrySettings,
     /// Versions kept per model.
     pub keep_versions: usize,
+    /// Models synced at once.
+    pub max_concurrent_models: usize,
     /// Main container readiness URL.
     pub main_ready_url: Option<url::Url>,
     /// Main container load URL template.
@@ -372,6 +381,12 @@ impl AgentConfig {
                 format!("{} is not in 1..=64", self.parallelism),
             ));
         }
+        if self.max_concurrent_models == 0 || self.max_concurrent_models > 64 {
+            return Err(bad(
+                "max_concurrent_models".into(),
+                format!("{} is not in 1..=64", self.max_concurrent_models),
+            ));
+        }
         if self.keep_versions == 0 {
             return Err(bad(
                 "keep_versions".into(),
@@ -482,6 +497,7 @@ impl AgentConfig {
             reserve_bytes: self.reserve_bytes,
             retry: self.retry,
             keep_versions: self.keep_versions,
+            max_concurrent_models: self.max_concurrent_models,
             main_ready_url,
             main_load_url: self.main.load_url.clone(),
             parallel_threshold: self.parallel_threshold_mib.saturating_mul(1 << 20),
