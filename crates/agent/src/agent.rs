@@ -197,7 +197,7 @@ impl Agent {
                 return Ok((v.clone(), false));
             }
         }
-        let source = Source::open(model, i)?;
+        let source = Source::open(model, i, &self.config.retry)?;
         let url_of = |path: &str| format!("{}{path}", model.base);
         let mut metas = Vec::with_capacity(model.files.len());
         for f in &model.files {

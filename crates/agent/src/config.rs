@@ -413,7 +413,9 @@ impl AgentConfig {
             }
             let url = url::Url::parse(&m.source)
                 .map_err(|e| bad(field("source"), format!("{}: {e}", redact::url(&m.source))))?;
-            if !SCHEMES.contains(&url.scheme()) {
+            let plain_http_allowed =
+                url.scheme() == "http" && m.store.get("allow_http").is_some_and(|v| v == "true");
+            if !SCHEMES.contains(&url.scheme()) && !plain_http_allowed {
                 return Err(bad(field("source"), format!("scheme {:?} is not one of {SCHEMES:?} (plain http needs `store: {{allow_http: \"true\"}}` and an https-less endpoint)", url.scheme())));
             }
             if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {

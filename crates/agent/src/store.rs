@@ -3,11 +3,12 @@
 //! option keys are errors, not silently ignored.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use object_store::path::Path as StorePath;
 use object_store::ObjectStore;
 
-use crate::config::Model;
+use crate::config::{Model, RetrySettings};
 use crate::error::{AgentError, Result};
 use crate::redact;
 
@@ -24,15 +25,28 @@ impl Source {
     ///
     /// # Errors
     /// [`AgentError::Config`] for an unknown option key or a store that cannot be built.
-    pub fn open(model: &Model, i: usize) -> Result<Self> {
+    pub fn open(model: &Model, i: usize, retry: &RetrySettings) -> Result<Self> {
         let url = &model.base;
+        // The client's own per-request retries follow the agent's backoff, briefly: the
+        // agent's retry loop above it decides when to give up (and resumes ranged parts).
+        let client_retry = object_store::RetryConfig {
+            backoff: object_store::BackoffConfig {
+                init_backoff: Duration::from_millis(retry.initial_backoff_ms),
+                max_backoff: Duration::from_millis(retry.max_backoff_ms),
+                base: 2.0,
+            },
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(30),
+        };
         let bad = |reason: String| AgentError::Config {
             field: format!("models[{i}].store"),
             reason: redact::text(&reason),
         };
         macro_rules! build {
             ($builder:expr, $key:ty) => {{
-                let mut b = $builder.with_url(url.as_str());
+                let mut b = $builder
+                    .with_url(url.as_str())
+                    .with_retry(client_retry.clone());
                 for (k, v) in &model.store {
                     let key: $key = k
                         .to_ascii_lowercase()
@@ -67,7 +81,9 @@ impl Source {
             ),
             "https" | "http" => {
                 let root = &url[..url::Position::BeforePath];
-                let mut b = object_store::http::HttpBuilder::new().with_url(root);
+                let mut b = object_store::http::HttpBuilder::new()
+                    .with_url(root)
+                    .with_retry(client_retry.clone());
                 for (k, v) in &model.store {
                     let key: object_store::ClientConfigKey = k
                         .to_ascii_lowercase()

@@ -671,3 +671,140 @@ fn the_main_container_is_told_to_load_and_gates_readiness() {
     main_ready.store(true, Ordering::SeqCst);
     assert!(get("/readyz").starts_with("HTTP/1.1 200"));
 }
+
+/// An HTTP file server with byte ranges and an ETag, on loopback; after `fuse` ranged responses
+/// it answers 503 to everything (the server "dies" mid-download) until the fuse is reset.
+fn range_server(
+    rt: &tokio::runtime::Runtime,
+    body: Arc<Vec<u8>>,
+    fuse: Arc<std::sync::atomic::AtomicI64>,
+) -> std::net::SocketAddr {
+    use axum::http::{header, HeaderMap, StatusCode};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let handler = move |method: axum::http::Method, headers: HeaderMap| {
+        let (body, fuse) = (Arc::clone(&body), Arc::clone(&fuse));
+        async move {
+            let etag = "\"v1\"";
+            if fuse.load(Ordering::SeqCst) == 0 {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    HeaderMap::new(),
+                    Vec::new(),
+                );
+            }
+            let mut h = HeaderMap::new();
+            h.insert(header::ETAG, etag.parse().expect("etag"));
+            h.insert(
+                header::LAST_MODIFIED,
+                "Sun, 22 Nov 2026 12:00:00 GMT".parse().expect("date"),
+            );
+            if headers.get(header::IF_MATCH).is_some_and(|v| v != etag) {
+                return (StatusCode::PRECONDITION_FAILED, h, Vec::new());
+            }
+            let range = headers
+                .get(header::RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes="))
+                .and_then(|r| {
+                    let (a, b) = r.split_once('-')?;
+                    Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                });
+            match range {
+                Some((a, b)) => {
+                    fuse.fetch_sub(1, Ordering::SeqCst);
+                    let b = b.min(body.len() - 1);
+                    h.insert(
+                        header::CONTENT_RANGE,
+                        format!("bytes {a}-{b}/{}", body.len())
+                            .parse()
+                            .expect("range"),
+                    );
+                    (StatusCode::PARTIAL_CONTENT, h, body[a..=b].to_vec())
+                }
+                None => {
+                    h.insert(
+                        header::CONTENT_LENGTH,
+                        body.len().to_string().parse().expect("len"),
+                    );
+                    let data = if method == axum::http::Method::HEAD {
+                        Vec::new()
+                    } else {
+                        body.to_vec()
+                    };
+                    (StatusCode::OK, h, data)
+                }
+            }
+        }
+    };
+    rt.spawn(async move {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+        let app = axum::Router::new().route(
+            "/files/model.bin",
+            axum::routing::get(handler.clone()).head(handler),
+        );
+        axum::serve(l, app).await.expect("serve");
+    });
+    addr
+}
+
+#[test]
+fn an_http_server_dying_mid_download_is_resumed_by_the_restarted_agent() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let root = tempfile::tempdir().expect("root");
+    let body: Vec<u8> = (0..8 * 262_144 + 99)
+        .map(|i: usize| (i % 253) as u8)
+        .collect();
+    let digest = Digest::of(&body);
+    let server_rt = rt();
+    let fuse = Arc::new(AtomicI64::new(3)); // three parts, then the server "dies"
+    let addr = range_server(&server_rt, Arc::new(body.clone()), Arc::clone(&fuse));
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: 1\npart_size_kib: 256\nparallelism: 1\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: m\n    version: \"1\"\n    source: http://{addr}/files/model.bin\n    sha256: {digest}\n    store: {{allow_http: \"true\"}}\n",
+        root.path().display()
+    );
+    let first = rt().block_on(agent(&yaml).sync_once());
+    assert!(first[0].1.is_err(), "the server died: {:?}", first[0].1);
+    assert!(
+        !root.path().join("m").exists(),
+        "nothing published from a partial download"
+    );
+    let journal = std::fs::read_to_string(
+        root.path()
+            .join(".kiln/parts/m--1--model.bin.partial.journal"),
+    )
+    .expect("journal kept");
+    assert_eq!(
+        journal.lines().count(),
+        1 + 3,
+        "identity + three finished parts: {journal}"
+    );
+
+    // The server comes back; a restarted agent fetches only the six missing parts.
+    fuse.store(1_000, Ordering::SeqCst);
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let second = Agent::with_meter(
+        AgentConfig::from_yaml(&yaml)
+            .expect("yaml")
+            .check()
+            .expect("valid"),
+        &telemetry.meter(),
+    );
+    let r = rt().block_on(second.sync_once());
+    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+    assert_eq!(
+        std::fs::read(root.path().join("m/1/model.bin")).expect("published"),
+        body
+    );
+    assert_eq!(
+        fuse.load(Ordering::SeqCst),
+        1_000 - 6,
+        "exactly the six missing parts were requested"
+    );
+    let missing = body.len() - 3 * 262_144;
+    assert!(telemetry.render().contains(&format!(
+        "kiln_agent_downloaded_bytes_total{{model=\"m\"}} {missing}"
+    )));
+}
