@@ -11,7 +11,8 @@ use kiln_agent::{Agent, AgentConfig};
 
 fn main() {
     // Human-readable logs by default; `KILN_AGENT_LOG_FORMAT=json` for log pipelines.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     if std::env::var("KILN_AGENT_LOG_FORMAT").is_ok_and(|v| v == "json") {
         builder.json().init();
