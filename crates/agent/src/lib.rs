@@ -10,6 +10,7 @@
 //! - [`publish`](self): staging, manifest, atomic rename, `current` swap (private).
 //! - [`agent`]: syncing every model; status.
 //! - [`metrics`]: `kiln_agent_*` instruments and the Prometheus text export.
+//! - [`gpu`]: NVML GPU metrics when a driver is present (silently off otherwise).
 //! - [`server`]: `/livez`, `/readyz`, `/startupz`, `/status`, `/metrics`.
 //! - [`main_server`]: the main container's readiness URL and load endpoint.
 //! - [`error`]: the typed error.
@@ -18,6 +19,7 @@ pub mod agent;
 pub mod config;
 pub mod error;
 mod fetch;
+pub mod gpu;
 pub mod main_server;
 pub mod metrics;
 pub mod parts;

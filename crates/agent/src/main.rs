@@ -84,6 +84,7 @@ async fn run(config: kiln_agent::Checked) -> Result<()> {
         kiln_agent::metrics::PrometheusTelemetry::new().context("metrics exporter")?,
     );
     let agent = Agent::with_meter(config, &telemetry.meter());
+    let _gpu = kiln_agent::gpu::GpuMetrics::register(&telemetry.meter());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
