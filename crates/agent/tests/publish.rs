@@ -902,3 +902,82 @@ fn gcs_objects_are_published_from_a_real_gcs_emulator() {
         r[1].1
     );
 }
+
+#[test]
+fn a_100_mb_object_over_http_in_parallel_parts() {
+    let root = tempfile::tempdir().expect("root");
+    let body: Vec<u8> = (0..100usize << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let digest = Digest::of(&body);
+    let server_rt = rt();
+    let addr = range_server(
+        &server_rt,
+        Arc::new(body.clone()),
+        Arc::new(std::sync::atomic::AtomicI64::new(i64::MAX)),
+    );
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: 64\npart_size_kib: 8192\nparallelism: 4\nmodels:\n  - name: big\n    version: \"1\"\n    source: http://{addr}/files/model.bin\n    sha256: {digest}\n    store: {{allow_http: \"true\"}}\n",
+        root.path().display()
+    );
+    let r = rt().block_on(agent(&yaml).sync_once());
+    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+    let published = std::fs::read(root.path().join("big/1/model.bin")).expect("published");
+    assert!(published == body, "published bytes differ");
+}
+
+#[test]
+fn a_corrupted_object_keeps_readyz_at_503_and_counts_a_verification_failure() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 50_000, 13);
+    let expected = sha(&file);
+    // The object in the store is corrupted after its digest was recorded.
+    let mut bytes = std::fs::read(&file).expect("read");
+    bytes[25_000] ^= 1;
+    std::fs::write(&file, &bytes).expect("corrupt");
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nmodels:\n  - name: m\n    source: file://{}\n    sha256: {expected}\n",
+        root.path().display(),
+        file.display()
+    );
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let a = Agent::with_meter(
+        AgentConfig::from_yaml(&yaml)
+            .expect("yaml")
+            .check()
+            .expect("valid"),
+        &telemetry.meter(),
+    );
+    let r = rt().block_on(a.sync_once());
+    assert!(
+        matches!(r[0].1, Err(AgentError::DigestMismatch { .. })),
+        "{:?}",
+        r[0].1
+    );
+    assert!(
+        telemetry
+            .render()
+            .contains("kiln_agent_verification_failures_total{model=\"m\"} 1"),
+        "{}",
+        telemetry.render()
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let status = a.status();
+    let server_rt = rt();
+    server_rt.spawn(async move {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+        axum::serve(l, kiln_agent::server::router(status, None))
+            .await
+            .expect("serve");
+    });
+    let get = |path: &str| http_request(TcpStream::connect(addr).expect("connect"), "GET", path);
+    assert!(get("/readyz").starts_with("HTTP/1.1 503"));
+    assert!(get("/startupz").starts_with("HTTP/1.1 503"));
+    assert!(
+        get("/status").contains("sha256"),
+        "the status names the problem"
+    );
+}
