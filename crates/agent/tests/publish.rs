@@ -352,17 +352,11 @@ fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
     assert!(!a.ready(), "one model is missing");
 
     // Health endpoints over real HTTP.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let status = a.status();
     let server = rt();
-    server.spawn(async move {
-        listener.set_nonblocking(true).expect("nonblocking");
-        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-        axum::serve(l, kiln_agent::server::router(status, Some(telemetry)))
-            .await
-            .expect("serve");
-    });
+    let addr = serve(
+        &server,
+        kiln_agent::server::router(a.status(), Some(telemetry)),
+    );
     let get = |path: &str| http_request(TcpStream::connect(addr).expect("connect"), "GET", path);
     assert!(get("/healthz").starts_with("HTTP/1.1 200"));
     assert!(
@@ -594,39 +588,29 @@ fn the_main_container_is_told_to_load_and_gates_readiness() {
     // A stand-in for the main container (Triton/KServe-style endpoints) on loopback.
     let main_ready = Arc::new(AtomicBool::new(false));
     let loads = Arc::new(Mutex::new(Vec::<String>::new()));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let main_addr = listener.local_addr().expect("addr");
-    {
-        let (ready, loads) = (Arc::clone(&main_ready), Arc::clone(&loads));
-        server_rt.spawn(async move {
-            listener.set_nonblocking(true).expect("nonblocking");
-            let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-            let app = axum::Router::new()
-                .route(
-                    "/v2/health/ready",
-                    axum::routing::get(move || {
-                        let ok = ready.load(Ordering::SeqCst);
-                        async move {
-                            if ok {
-                                axum::http::StatusCode::OK
-                            } else {
-                                axum::http::StatusCode::SERVICE_UNAVAILABLE
-                            }
-                        }
-                    }),
-                )
-                .route(
-                    "/v2/repository/models/{model}/load",
-                    axum::routing::post(
-                        move |axum::extract::Path(m): axum::extract::Path<String>| {
-                            loads.lock().expect("loads").push(m);
-                            async { "" }
-                        },
-                    ),
-                );
-            axum::serve(l, app).await.expect("serve");
-        });
-    }
+    let (ready, loads_seen) = (Arc::clone(&main_ready), Arc::clone(&loads));
+    let main_app = axum::Router::new()
+        .route(
+            "/v2/health/ready",
+            axum::routing::get(move || {
+                let ok = ready.load(Ordering::SeqCst);
+                async move {
+                    if ok {
+                        axum::http::StatusCode::OK
+                    } else {
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE
+                    }
+                }
+            }),
+        )
+        .route(
+            "/v2/repository/models/{model}/load",
+            axum::routing::post(move |axum::extract::Path(m): axum::extract::Path<String>| {
+                loads_seen.lock().expect("loads").push(m);
+                async { "" }
+            }),
+        );
+    let main_addr = serve(&server_rt, main_app);
     let yaml = format!(
         "root: {}\nreserve_bytes: 0\nmain: {{ready_url: \"http://{main_addr}/v2/health/ready\", load_url: \"http://{main_addr}/v2/repository/models/{{model}}/load\"}}\nmodels:\n  - name: m\n    version: \"1\"\n    source: file://{}\n    sha256: {}\n",
         root.path().display(),
@@ -646,19 +630,11 @@ fn the_main_container_is_told_to_load_and_gates_readiness() {
         "load endpoint called once after the publish"
     );
 
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let state = kiln_agent::server::ServerState {
         status: a.status(),
         main_ready: main_url,
     };
-    server_rt.spawn(async move {
-        listener.set_nonblocking(true).expect("nonblocking");
-        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-        axum::serve(l, kiln_agent::server::router_with(state, None))
-            .await
-            .expect("serve");
-    });
+    let addr = serve(&server_rt, kiln_agent::server::router_with(state, None));
     let get = |path: &str| http_request(TcpStream::connect(addr).expect("connect"), "GET", path);
     assert!(
         get("/startupz").starts_with("HTTP/1.1 200"),
@@ -681,8 +657,6 @@ fn range_server(
 ) -> std::net::SocketAddr {
     use axum::http::{header, HeaderMap, StatusCode};
     use std::sync::atomic::Ordering;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let handler = move |method: axum::http::Method, headers: HeaderMap| {
         let (body, fuse) = (Arc::clone(&body), Arc::clone(&fuse));
         async move {
@@ -738,16 +712,11 @@ fn range_server(
             }
         }
     };
-    rt.spawn(async move {
-        listener.set_nonblocking(true).expect("nonblocking");
-        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-        let app = axum::Router::new().route(
-            "/files/model.bin",
-            axum::routing::get(handler.clone()).head(handler),
-        );
-        axum::serve(l, app).await.expect("serve");
-    });
-    addr
+    let app = axum::Router::new().route(
+        "/files/model.bin",
+        axum::routing::get(handler.clone()).head(handler),
+    );
+    serve(rt, app)
 }
 
 #[test]
@@ -962,17 +931,8 @@ fn a_corrupted_object_keeps_readyz_at_503_and_counts_a_verification_failure() {
         "{}",
         telemetry.render()
     );
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let status = a.status();
     let server_rt = rt();
-    server_rt.spawn(async move {
-        listener.set_nonblocking(true).expect("nonblocking");
-        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-        axum::serve(l, kiln_agent::server::router(status, None))
-            .await
-            .expect("serve");
-    });
+    let addr = serve(&server_rt, kiln_agent::server::router(a.status(), None));
     let get = |path: &str| http_request(TcpStream::connect(addr).expect("connect"), "GET", path);
     assert!(get("/readyz").starts_with("HTTP/1.1 503"));
     assert!(get("/startupz").starts_with("HTTP/1.1 503"));
@@ -980,4 +940,16 @@ fn a_corrupted_object_keeps_readyz_at_503_and_counts_a_verification_failure() {
         get("/status").contains("sha256"),
         "the status names the problem"
     );
+}
+
+/// Serves `app` on a free loopback port from `rt`; returns the address.
+fn serve(rt: &tokio::runtime::Runtime, app: axum::Router) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+        axum::serve(l, app).await.expect("serve");
+    });
+    addr
 }
