@@ -54,6 +54,9 @@ pub struct Agent {
     config: Checked,
     status: StatusMap,
     metrics: AgentMetrics,
+    /// `(model, version)` this process published or re-hashed already: later syncs (every
+    /// `interval_s`) trust them instead of reading every published byte again.
+    verified: Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Agent {
@@ -95,6 +98,7 @@ impl Agent {
             config,
             status: Arc::new(Mutex::new(status)),
             metrics,
+            verified: Mutex::default(),
         }
     }
 
@@ -185,15 +189,46 @@ impl Agent {
         }
     }
 
+    /// Whether `version` of `model` is already published with the right digests (then it is
+    /// made current and counted as a cache hit). Files are re-hashed the first time this process
+    /// sees the version (after a restart, or with a node cache mounted at the root), not on
+    /// every later sync.
+    fn reuse_published(&self, model: &Model, version: &str) -> Result<bool> {
+        let root = &self.config.root;
+        let key = (model.name.clone(), version.to_owned());
+        let known = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key);
+        let manifest_there = root
+            .join(&model.name)
+            .join(version)
+            .join(kiln::layout::MANIFEST_FILE)
+            .is_file();
+        let reuse = (known && manifest_there) || publish::already_published(root, model, version)?;
+        if reuse {
+            publish::point_current(&root.join(&model.name), version)?;
+            self.metrics.cache_hit(&model.name);
+            self.remember(model, version);
+        }
+        Ok(reuse)
+    }
+
+    fn remember(&self, model: &Model, version: &str) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((model.name.clone(), version.to_owned()));
+    }
+
     /// One model: returns its version and whether it was downloaded.
     async fn sync_model(&self, i: usize, model: &Model) -> Result<(String, bool)> {
         let root = &self.config.root;
         // A configured version already published with the right digests needs nothing from
         // the store (a restart, or a node cache at the root, even with the store down).
         if let Some(v) = &model.version {
-            if publish::already_published(root, model, v)? {
-                publish::point_current(&root.join(&model.name), v)?;
-                self.metrics.cache_hit(&model.name);
+            if self.reuse_published(model, v)? {
                 return Ok((v.clone(), false));
             }
         }
@@ -223,9 +258,7 @@ impl Agent {
             Some(v) => v.clone(),
             None => derive_version(&metas[0].1, model),
         };
-        if publish::already_published(root, model, &version)? {
-            publish::point_current(&root.join(&model.name), &version)?;
-            self.metrics.cache_hit(&model.name);
+        if self.reuse_published(model, &version)? {
             return Ok((version, false));
         }
 
@@ -248,6 +281,7 @@ impl Agent {
         match result {
             Ok(manifest) => {
                 publish::publish(root, &stage, &manifest)?;
+                self.remember(model, &version);
                 let removed =
                     publish::collect_garbage(&root.join(&model.name), self.config.keep_versions);
                 if !removed.is_empty() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kiln::Digest;
 use object_store::path::Path as StorePath;
-use object_store::{GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -77,6 +77,17 @@ pub(crate) async fn download(
     result
 }
 
+/// GET options pinned to the object version `meta` describes (its ETag and version id), so
+/// every byte of a download, or of all its parts, comes from one version of the object.
+pub(crate) fn pinned(meta: &ObjectMeta, range: Option<GetRange>) -> GetOptions {
+    GetOptions {
+        if_match: meta.e_tag.clone(),
+        version: meta.version.clone(),
+        range,
+        ..GetOptions::default()
+    }
+}
+
 async fn stream_to(
     store: &dyn ObjectStore,
     location: &StorePath,
@@ -86,13 +97,8 @@ async fn stream_to(
     url: &str,
     metrics: &AgentMetrics,
 ) -> Result<(Digest, u64)> {
-    let options = GetOptions {
-        if_match: meta.e_tag.clone(),
-        version: meta.version.clone(),
-        ..GetOptions::default()
-    };
     let got = store
-        .get_opts(location, options)
+        .get_opts(location, pinned(meta, None))
         .await
         .map_err(|e| classify(e, model, url))?;
     let mut stream = got.into_stream();

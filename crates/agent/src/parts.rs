@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use kiln::Digest;
 use object_store::path::Path as StorePath;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
+use object_store::{GetRange, ObjectMeta, ObjectStore};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{AgentError, Result};
-use crate::fetch::classify;
+use crate::fetch::{classify, pinned};
 use crate::metrics::AgentMetrics;
 
 /// How big objects are fetched.
@@ -121,14 +121,8 @@ pub(crate) async fn download_parts(
         async move {
             let start = p * part_size;
             let end = (start + part_size).min(meta.size);
-            let options = GetOptions {
-                if_match: meta.e_tag.clone(),
-                version: meta.version.clone(),
-                range: Some(GetRange::Bounded(start..end)),
-                ..GetOptions::default()
-            };
             let got = store
-                .get_opts(location, options)
+                .get_opts(location, pinned(meta, Some(GetRange::Bounded(start..end))))
                 .await
                 .map_err(|e| classify(e, model, url))?;
             let mut stream = got.into_stream();

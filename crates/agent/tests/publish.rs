@@ -25,6 +25,16 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("tokio")
 }
 
+/// An agent whose metrics can be rendered as Prometheus text.
+fn agent_with_metrics(yaml: &str) -> (Agent, Arc<kiln_agent::metrics::PrometheusTelemetry>) {
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let config = AgentConfig::from_yaml(yaml)
+        .expect("yaml")
+        .check()
+        .expect("valid config");
+    (Agent::with_meter(config, &telemetry.meter()), telemetry)
+}
+
 fn agent(yaml: &str) -> Agent {
     Agent::new(
         AgentConfig::from_yaml(yaml)
@@ -123,14 +133,7 @@ fn a_wrong_digest_publishes_nothing_and_leaves_no_partial_file() {
         root.path().display(),
         file.display()
     );
-    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
-    let a = Agent::with_meter(
-        AgentConfig::from_yaml(&yaml)
-            .expect("yaml")
-            .check()
-            .expect("valid"),
-        &telemetry.meter(),
-    );
+    let a = agent(&yaml);
     let r = rt().block_on(a.sync_once());
     let err = r[0].1.as_ref().expect_err("digest mismatch");
     assert!(
@@ -315,14 +318,7 @@ fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
         root = root.path().display(),
         vocab = Digest::of(b"hello world"),
     );
-    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
-    let a = Agent::with_meter(
-        AgentConfig::from_yaml(&yaml)
-            .expect("yaml")
-            .check()
-            .expect("valid"),
-        &telemetry.meter(),
-    );
+    let (a, telemetry) = agent_with_metrics(&yaml);
     let results = rt().block_on(a.sync_once());
     let version = results[0].1.as_ref().expect("bert published").clone();
     assert!(!version.is_empty(), "version derived from the ETag");
@@ -491,14 +487,7 @@ fn large_objects_download_in_parallel_parts_and_resume_from_the_journal() {
     let partial = stage_resume(root.path(), &file, &pre, &[0, 2, 3]);
     let parts_dir = root.path().join(".kiln/parts");
 
-    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
-    let a = Agent::with_meter(
-        AgentConfig::from_yaml(&yaml)
-            .expect("yaml")
-            .check()
-            .expect("valid"),
-        &telemetry.meter(),
-    );
+    let (a, telemetry) = agent_with_metrics(&yaml);
     let r = rt().block_on(a.sync_once());
     assert!(r[0].1.is_ok(), "{:?}", r[0].1);
     assert_eq!(
@@ -753,14 +742,7 @@ fn an_http_server_dying_mid_download_is_resumed_by_the_restarted_agent() {
 
     // The server comes back; a restarted agent fetches only the six missing parts.
     fuse.store(1_000, Ordering::SeqCst);
-    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
-    let second = Agent::with_meter(
-        AgentConfig::from_yaml(&yaml)
-            .expect("yaml")
-            .check()
-            .expect("valid"),
-        &telemetry.meter(),
-    );
+    let (second, telemetry) = agent_with_metrics(&yaml);
     let r = rt().block_on(second.sync_once());
     assert!(r[0].1.is_ok(), "{:?}", r[0].1);
     assert_eq!(
@@ -910,14 +892,7 @@ fn a_corrupted_object_keeps_readyz_at_503_and_counts_a_verification_failure() {
         root.path().display(),
         file.display()
     );
-    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
-    let a = Agent::with_meter(
-        AgentConfig::from_yaml(&yaml)
-            .expect("yaml")
-            .check()
-            .expect("valid"),
-        &telemetry.meter(),
-    );
+    let (a, telemetry) = agent_with_metrics(&yaml);
     let r = rt().block_on(a.sync_once());
     assert!(
         matches!(r[0].1, Err(AgentError::DigestMismatch { .. })),
