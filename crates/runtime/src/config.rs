@@ -49,6 +49,11 @@ pub struct SessionConfig {
     /// With a GPU provider, fail the load if any node would fall back to the CPU provider.
     /// Default false.
     pub disable_cpu_fallback: bool,
+    /// With the CUDA provider, whether float32 matrix products and convolutions may use
+    /// TF32 tensor cores. Default unset (ONNX Runtime: yes). TF32 keeps 10 mantissa bits, so
+    /// outputs can differ from the CPU's in the third significant digit; set `false` where
+    /// results must match the CPU closely, at some speed cost.
+    pub cuda_tf32: Option<bool>,
 }
 
 /// Largest thread count accepted; more is a typo, not a machine.

@@ -292,7 +292,7 @@ fn open_session(
     let mut fallback_reason = None;
     if let Some(device_id) = cuda_id {
         let builder = base_builder(runtime, &options.session).map_err(invalid)?;
-        match register_cuda(builder, device_id) {
+        match register_cuda(builder, device_id, options.session.cuda_tf32) {
             Ok(builder) => {
                 let session = commit(builder, bytes).map_err(invalid)?;
                 return Ok((session, Some(device_id), None));
@@ -318,15 +318,17 @@ fn open_session(
 fn register_cuda(
     builder: ort::session::builder::SessionBuilder,
     device_id: i32,
+    tf32: Option<bool>,
 ) -> std::result::Result<ort::session::builder::SessionBuilder, String> {
     if !ep::CUDA::is_available().unwrap_or(false) {
         return Err("this ONNX Runtime build has no CUDA execution provider (use the onnxruntime-gpu library)".to_owned());
     }
+    let mut cuda = ep::CUDA::default().with_device_id(device_id);
+    if let Some(tf32) = tf32 {
+        cuda = cuda.with_tf32(tf32);
+    }
     builder
-        .with_execution_providers([ep::CUDA::default()
-            .with_device_id(device_id)
-            .build()
-            .error_on_failure()])
+        .with_execution_providers([cuda.build().error_on_failure()])
         .map_err(|e| e.to_string())
 }
 

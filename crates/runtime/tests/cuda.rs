@@ -3,10 +3,12 @@
 //! a plain `cargo test` lists them as skipped with the reason; `make test-cuda` runs them with
 //! `--include-ignored`, and without `KILN_TEST_CUDA=1` they still print why they skip.
 //!
-//! Each model loads on `Device::Cuda { device_id: 0 }` with no CPU fallback of any kind
-//! (`Fallback::Fail` and ONNX Runtime's `disable_cpu_fallback`), must report the CUDA provider
-//! from the graph assignment, and must reproduce the CPU golden outputs within 1e-3 absolute
-//! plus 1e-2 relative (the CUDA provider uses TF32 for float32 matrix products by default).
+//! Each model loads on `Device::Cuda { device_id: 0 }` with `Fallback::Fail` and TF32 off, must
+//! report the CUDA provider from the graph assignment, and must reproduce the CPU golden
+//! outputs within 1e-4 absolute plus 1e-3 relative. The small test graphs also load with ONNX
+//! Runtime's `disable_cpu_fallback` (every node on the GPU); the real model cannot, because
+//! ONNX Runtime itself places its shape arithmetic on the CPU, so for it the test requires
+//! most nodes on CUDA and prints the split. The speed test uses the default (TF32 on).
 
 mod common;
 
@@ -23,14 +25,20 @@ fn enabled(test: &str) -> bool {
     on
 }
 
-fn strict_cuda() -> ModelOptions {
+fn cuda(session: SessionConfig) -> ModelOptions {
     ModelOptions::new()
         .with_device(Device::Cuda { device_id: 0 })
         .with_fallback(Fallback::Fail)
-        .with_session(SessionConfig {
-            disable_cpu_fallback: true,
-            ..SessionConfig::default()
-        })
+        .with_session(session)
+}
+
+/// Every node on the GPU, full float32 precision.
+fn strict_cuda(every_node: bool) -> ModelOptions {
+    cuda(SessionConfig {
+        disable_cpu_fallback: every_node,
+        cuda_tf32: Some(false),
+        ..SessionConfig::default()
+    })
 }
 
 #[test]
@@ -39,15 +47,15 @@ fn cuda_holds_the_graph_and_matches_cpu_golden_outputs() {
     if !enabled("cuda_holds_the_graph_and_matches_cpu_golden_outputs") {
         return;
     }
-    for (file, stem) in [
-        ("mlp.onnx", "mlp"),
-        ("fixed_batch.onnx", "fixed_batch"),
-        ("multi_io.onnx", "multi_io"),
-        ("sequence.onnx", "sequence"),
-        ("int64.onnx", "int64"),
-        ("real/magika.onnx", "magika"),
+    for (file, stem, every_node) in [
+        ("mlp.onnx", "mlp", true),
+        ("fixed_batch.onnx", "fixed_batch", true),
+        ("multi_io.onnx", "multi_io", true),
+        ("sequence.onnx", "sequence", true),
+        ("int64.onnx", "int64", true),
+        ("real/magika.onnx", "magika", false),
     ] {
-        let mut model = load(file, strict_cuda());
+        let mut model = load(file, strict_cuda(every_node));
         let report = model.provider().clone();
         eprintln!("{file}: {:?} nodes {:?}", report.provider, report.nodes);
         assert_eq!(
@@ -56,14 +64,27 @@ fn cuda_holds_the_graph_and_matches_cpu_golden_outputs() {
             "{file}: {report:?}"
         );
         assert_eq!(report.source, ReportSource::GraphAssignment, "{file}");
+        let on = |ep: &str| {
+            report
+                .nodes
+                .iter()
+                .filter(|(p, _)| p == ep)
+                .map(|(_, n)| *n)
+                .sum::<usize>()
+        };
+        assert!(
+            on("CUDAExecutionProvider") > on("CPUExecutionProvider"),
+            "{file}: most nodes must run on CUDA: {:?}",
+            report.nodes
+        );
         let g = golden(stem);
         assert_close(
             &model
                 .run(&g.inputs)
                 .unwrap_or_else(|e| panic!("{file}: {e}")),
             &g.outputs,
+            1e-4,
             1e-3,
-            1e-2,
         );
     }
 }
@@ -85,7 +106,10 @@ fn cuda_speed_up_over_cpu_on_the_real_model() {
     .expect("input");
     let request = vec![("bytes".to_owned(), input)];
     let mut rates = Vec::new();
-    for (label, options) in [("CPU", ModelOptions::new()), ("CUDA", strict_cuda())] {
+    for (label, options) in [
+        ("CPU", ModelOptions::new()),
+        ("CUDA", cuda(SessionConfig::default())),
+    ] {
         let mut model = load("real/magika.onnx", options);
         for _ in 0..5 {
             model.run(&request).expect("warm-up");
