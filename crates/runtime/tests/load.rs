@@ -66,6 +66,7 @@ fn session_settings_do_not_change_results() {
         intra_op_spinning: Some(false),
         inter_op_spinning: Some(false),
         disable_cpu_fallback: false,
+        cuda_tf32: Some(false),
     };
     let mut model = load("mlp.onnx", ModelOptions::new().with_session(session));
     let g = golden("mlp");
