@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo test check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
+.PHONY: help demo test check header ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
 
 help:
 	@echo "make demo        classify files with the real model (sets everything up)"
@@ -21,6 +21,7 @@ help:
 	@echo "make ort-gpu     fetch the CUDA 13 ONNX Runtime library (GPU machines)"
 	@echo "make testdata    generate test models and golden outputs"
 	@echo "make test-cuda   the GPU test set (needs an NVIDIA GPU)"
+	@echo "make header      regenerate the C header crates/bindings/include/kiln.h"
 	@echo "make bench       all benchmarks (hash, overhead, batching); results in benches/RESULTS.md"
 
 ort:
@@ -53,6 +54,10 @@ bench-models: testdata/bench/.stamp
 demo: ort model
 	cargo build --release -p kiln-example-classify
 	scripts/demo.sh
+
+# Regenerate crates/bindings/include/kiln.h from the FFI crate (a test checks it is current).
+header:
+	KILN_BLESS=1 cargo test -p kiln-ffi --test header
 
 check:
 	cargo fmt --all -- --check

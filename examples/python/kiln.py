@@ -1,0 +1,247 @@
+"""kiln from Python through libkiln's C ABI (ctypes): numpy arrays in, numpy arrays out.
+
+    from kiln import Runtime, Model
+    runtime = Runtime("path/to/libkiln.so")            # ONNX Runtime found via KILN_ORT_DIR etc.
+    model = Model(runtime, "model.onnx", sha256="...", max_batch_size=32)
+    outputs = model.infer({"x": np.zeros((1, 16), np.float32)})
+
+`Model.infer` is thread-safe and releases the GIL while it waits (ctypes does), so calls from a
+thread pool run concurrently and the scheduler batches them together. Errors raise
+`KilnError` with the status name and the library's message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from ctypes import POINTER, byref, c_char_p, c_int32, c_size_t, c_uint32, c_uint64, c_void_p
+
+import numpy as np
+
+# KILN_DTYPE_* (ONNX TensorProto numbers) <-> numpy.
+_TO_CODE = {
+    np.dtype(np.float32): 1,
+    np.dtype(np.uint8): 2,
+    np.dtype(np.int8): 3,
+    np.dtype(np.int32): 6,
+    np.dtype(np.int64): 7,
+    np.dtype(np.bool_): 9,
+    np.dtype(np.float64): 11,
+}
+_FROM_CODE = {code: dtype for dtype, code in _TO_CODE.items()}
+_STATES = ["loading", "warming", "ready", "draining", "unloaded", "failed"]
+
+
+class KilnError(Exception):
+    """A kiln call failed: `status` is the KILN_STATUS_* value, `name` its short name."""
+
+    def __init__(self, status: int, name: str, message: str):
+        super().__init__(f"{name} ({status}): {message}")
+        self.status = status
+        self.name = name
+        self.message = message
+
+
+class _Lib:
+    """The loaded libkiln with every function's signature declared."""
+
+    def __init__(self, path: str):
+        lib = ctypes.CDLL(path)
+        h = c_void_p
+        sigs = {
+            "kiln_last_error": ([], c_char_p),
+            "kiln_status_name": ([c_uint32], c_char_p),
+            "kiln_abi_version": ([POINTER(c_uint32), POINTER(c_uint32)], c_uint32),
+            "kiln_runtime_create": ([c_char_p, POINTER(h)], c_uint32),
+            "kiln_runtime_free": ([h], None),
+            "kiln_model_options_create": ([POINTER(h)], c_uint32),
+            "kiln_model_options_free": ([h], None),
+            "kiln_model_options_set": ([h, c_char_p, c_char_p], c_uint32),
+            "kiln_model_load": ([h, c_char_p, c_char_p, h, POINTER(h)], c_uint32),
+            "kiln_model_free": ([h], None),
+            "kiln_model_unload": ([h], c_uint32),
+            "kiln_model_state": ([h, POINTER(c_uint32)], c_uint32),
+            "kiln_model_counter": ([h, c_char_p, POINTER(c_uint64)], c_uint32),
+            "kiln_model_batch_sizes": ([h, POINTER(c_uint64), c_size_t, POINTER(c_size_t)], c_uint32),
+            "kiln_model_io_count": ([h, c_uint32, POINTER(c_size_t)], c_uint32),
+            "kiln_model_io_name": ([h, c_uint32, c_size_t, POINTER(c_char_p)], c_uint32),
+            "kiln_model_io_dtype": ([h, c_uint32, c_size_t, POINTER(c_uint32)], c_uint32),
+            "kiln_model_io_shape": (
+                [h, c_uint32, c_size_t, POINTER(POINTER(ctypes.c_int64)), POINTER(c_size_t)],
+                c_uint32,
+            ),
+            "kiln_request_create": ([POINTER(h)], c_uint32),
+            "kiln_request_free": ([h], None),
+            "kiln_request_add_input": (
+                [h, c_char_p, c_uint32, POINTER(ctypes.c_int64), c_size_t, c_void_p, c_size_t],
+                c_uint32,
+            ),
+            "kiln_model_infer": ([h, h, c_uint64, POINTER(h)], c_uint32),
+            "kiln_result_free": ([h], None),
+            "kiln_result_count": ([h, POINTER(c_size_t)], c_uint32),
+            "kiln_result_output": ([h, c_size_t, POINTER(c_char_p), POINTER(h)], c_uint32),
+            "kiln_tensor_dtype": ([h, POINTER(c_uint32)], c_uint32),
+            "kiln_tensor_shape": ([h, POINTER(POINTER(ctypes.c_int64)), POINTER(c_size_t)], c_uint32),
+            "kiln_tensor_data": ([h, POINTER(c_void_p), POINTER(c_size_t)], c_uint32),
+        }
+        for name, (args, res) in sigs.items():
+            fn = getattr(lib, name)
+            fn.argtypes = args
+            fn.restype = res
+        self.lib = lib
+
+    def check(self, status: int) -> None:
+        """Raises KilnError for a failed status. Same OS thread as the call, so the
+        thread-local message is the call's own."""
+        if status != 0:
+            message = self.lib.kiln_last_error().decode("utf-8", "replace")
+            name = self.lib.kiln_status_name(status).decode()
+            raise KilnError(status, name, message)
+
+
+def _default_library() -> str:
+    return os.environ.get("KILN_LIBRARY", "libkiln.so.0")
+
+
+class Runtime:
+    """The loaded libkiln and ONNX Runtime (`ort_library`: optional path to libonnxruntime)."""
+
+    def __init__(self, library: str | None = None, ort_library: str | None = None):
+        self._lib = _Lib(library or _default_library())
+        handle = c_void_p()
+        path = ort_library.encode() if ort_library else None
+        self._lib.check(self._lib.lib.kiln_runtime_create(path, byref(handle)))
+        self._handle = handle
+
+    def close(self) -> None:
+        if self._handle:
+            self._lib.lib.kiln_runtime_free(self._handle)
+            self._handle = None
+
+    def __del__(self):
+        self.close()
+
+
+class Model:
+    """A loaded, verified model with its batching scheduler.
+
+    Options are kiln's keys (`kiln_model_options_set`): sha256, verify, device, version,
+    max_batch_size, max_queue_delay_us, instances, ...; values are converted to text.
+    """
+
+    def __init__(self, runtime: Runtime, path: str, name: str | None = None, **options):
+        self._lib = runtime._lib
+        L = self._lib.lib
+        opts = c_void_p()
+        self._lib.check(L.kiln_model_options_create(byref(opts)))
+        try:
+            for key, value in options.items():
+                if isinstance(value, bool):
+                    value = "true" if value else "false"
+                elif isinstance(value, (list, tuple)):
+                    value = ",".join(str(v) for v in value)
+                self._lib.check(L.kiln_model_options_set(opts, key.encode(), str(value).encode()))
+            handle = c_void_p()
+            self._lib.check(
+                L.kiln_model_load(
+                    runtime._handle, name.encode() if name else None, path.encode(), opts, byref(handle)
+                )
+            )
+        finally:
+            L.kiln_model_options_free(opts)
+        self._handle = handle
+        self.inputs = self._signature(0)
+        self.outputs = self._signature(1)
+
+    def _signature(self, io: int) -> list[tuple[str, np.dtype, tuple[int, ...]]]:
+        L = self._lib.lib
+        n = c_size_t()
+        self._lib.check(L.kiln_model_io_count(self._handle, io, byref(n)))
+        out = []
+        for i in range(n.value):
+            name, dtype = c_char_p(), c_uint32()
+            dims, rank = POINTER(ctypes.c_int64)(), c_size_t()
+            self._lib.check(L.kiln_model_io_name(self._handle, io, i, byref(name)))
+            self._lib.check(L.kiln_model_io_dtype(self._handle, io, i, byref(dtype)))
+            self._lib.check(L.kiln_model_io_shape(self._handle, io, i, byref(dims), byref(rank)))
+            shape = tuple(dims[d] for d in range(rank.value))
+            out.append((name.value.decode(), _FROM_CODE[dtype.value], shape))
+        return out
+
+    def infer(self, inputs: dict[str, np.ndarray], timeout_ms: int = 0) -> dict[str, np.ndarray]:
+        """Runs one request (blocking; thread-safe). Returns fresh numpy arrays."""
+        L = self._lib.lib
+        request = c_void_p()
+        self._lib.check(L.kiln_request_create(byref(request)))
+        result = c_void_p()
+        try:
+            for name, array in inputs.items():
+                array = np.ascontiguousarray(array)
+                code = _TO_CODE.get(array.dtype)
+                if code is None:
+                    raise TypeError(f"input {name!r}: dtype {array.dtype} is not supported by kiln")
+                shape = (ctypes.c_int64 * array.ndim)(*array.shape)
+                self._lib.check(
+                    L.kiln_request_add_input(
+                        request, name.encode(), code, shape, array.ndim,
+                        array.ctypes.data_as(c_void_p), array.nbytes,
+                    )
+                )
+            self._lib.check(L.kiln_model_infer(self._handle, request, timeout_ms, byref(result)))
+            return self._outputs(result)
+        finally:
+            L.kiln_result_free(result)
+            L.kiln_request_free(request)
+
+    def _outputs(self, result: c_void_p) -> dict[str, np.ndarray]:
+        L = self._lib.lib
+        n = c_size_t()
+        self._lib.check(L.kiln_result_count(result, byref(n)))
+        outputs = {}
+        for i in range(n.value):
+            name, tensor = c_char_p(), c_void_p()
+            self._lib.check(L.kiln_result_output(result, i, byref(name), byref(tensor)))
+            dtype, dims, rank = c_uint32(), POINTER(ctypes.c_int64)(), c_size_t()
+            data, nbytes = c_void_p(), c_size_t()
+            self._lib.check(L.kiln_tensor_dtype(tensor, byref(dtype)))
+            self._lib.check(L.kiln_tensor_shape(tensor, byref(dims), byref(rank)))
+            self._lib.check(L.kiln_tensor_data(tensor, byref(data), byref(nbytes)))
+            shape = tuple(dims[d] for d in range(rank.value))
+            raw = ctypes.string_at(data, nbytes.value) if nbytes.value else b""
+            # string_at copied the bytes: the array owns its memory after the result is freed.
+            outputs[name.value.decode()] = np.frombuffer(raw, dtype=_FROM_CODE[dtype.value]).reshape(shape)
+        return outputs
+
+    def state(self) -> str:
+        s = c_uint32()
+        self._lib.check(self._lib.lib.kiln_model_state(self._handle, byref(s)))
+        return _STATES[s.value]
+
+    def counter(self, name: str) -> int:
+        v = c_uint64()
+        self._lib.check(self._lib.lib.kiln_model_counter(self._handle, name.encode(), byref(v)))
+        return v.value
+
+    def batch_sizes(self) -> dict[int, int]:
+        """{rows: batches} for every batch size that occurred."""
+        cap = 1025
+        counts, length = (c_uint64 * cap)(), c_size_t()
+        self._lib.check(self._lib.lib.kiln_model_batch_sizes(self._handle, counts, cap, byref(length)))
+        return {i: counts[i] for i in range(min(length.value, cap)) if counts[i]}
+
+    def unload(self) -> None:
+        self._lib.check(self._lib.lib.kiln_model_unload(self._handle))
+
+    def close(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.lib.kiln_model_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
