@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo test check header ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
+.PHONY: help demo test check header azurite ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
 
 help:
 	@echo "make demo        classify files with the real model (sets everything up)"
@@ -51,6 +51,16 @@ testdata/bench/.stamp: scripts/gen_benchmodels.py $(VENV)/.stamp
 
 bench-models: testdata/bench/.stamp
 
+# Azurite (the Azure Storage emulator) for the agent's Azure tests, from the pinned lock file.
+NODE_DIR := $(ROOT)/.cache/node
+$(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.json
+	mkdir -p $(NODE_DIR)
+	cp scripts/azurite/package.json scripts/azurite/package-lock.json $(NODE_DIR)/
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+azurite: $(NODE_DIR)/.stamp
+
 demo: ort model
 	cargo build --release -p kiln-example-classify
 	scripts/demo.sh
@@ -64,7 +74,7 @@ check:
 	cargo clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-test: ort testdata check
+test: ort testdata azurite check
 	cargo test --workspace
 
 test-cuda: ort-gpu testdata

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use kiln::{Manifest, ManifestFile};
 use serde::Serialize;
 
-use crate::config::{Checked, Model};
+use crate::config::{Checked, File, Model};
 use crate::error::{AgentError, Result};
 use crate::fetch;
 use crate::metrics::AgentMetrics;
@@ -45,6 +45,9 @@ pub struct ModelStatus {
     /// Whether the last sync downloaded (false: it was already published).
     pub downloaded: bool,
 }
+
+/// A file's store path and metadata.
+type Located = (object_store::path::Path, object_store::ObjectMeta);
 
 /// The shared status of every model.
 pub type StatusMap = Arc<Mutex<BTreeMap<String, ModelStatus>>>;
@@ -233,29 +236,10 @@ impl Agent {
             }
         }
         let source = Source::open(model, i, &self.config.retry)?;
-        let url_of = |path: &str| format!("{}{path}", model.base);
-        let mut metas = Vec::with_capacity(model.files.len());
-        for f in &model.files {
-            let loc = source.path_of(&f.path);
-            let url = url_of(&f.path);
-            let meta = fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
-                fetch::head(source.store.as_ref(), &loc, &model.name, &url)
-            })
-            .await?;
-            if let Some(want) = f.size {
-                if want != meta.size {
-                    return Err(AgentError::SizeMismatch {
-                        model: model.name.clone(),
-                        path: f.path.clone(),
-                        expected: want,
-                        actual: meta.size,
-                    });
-                }
-            }
-            metas.push((loc, meta));
-        }
+        let (files, metas) = self.locate(model, &source).await?;
         let version = match &model.version {
             Some(v) => v.clone(),
+            None if model.is_listed() => listing_version(&files, &metas),
             None => derive_version(&metas[0].1, model),
         };
         if self.reuse_published(model, &version)? {
@@ -276,7 +260,7 @@ impl Agent {
         }
         let stage = publish::new_stage(root, &model.name, &version)?;
         let result = self
-            .download_all(model, &source, &metas, &stage, &version)
+            .download_all(model, &source, &files, &metas, &stage, &version)
             .await;
         match result {
             Ok(manifest) => {
@@ -296,16 +280,76 @@ impl Agent {
         }
     }
 
+    /// The files to fetch and their metadata: the configured files (a HEAD each, sizes
+    /// checked), or what the prefix lists (every key checked before it becomes a path).
+    async fn locate(&self, model: &Model, source: &Source) -> Result<(Vec<File>, Vec<Located>)> {
+        if model.is_listed() {
+            let url = model.base.to_string();
+            let local = if model.base.scheme() == "file" {
+                model.base.to_file_path().ok()
+            } else {
+                None
+            };
+            let listed =
+                fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
+                    fetch::list(
+                        source.store.as_ref(),
+                        &source.prefix,
+                        &model.name,
+                        &url,
+                        local.as_deref(),
+                    )
+                })
+                .await?;
+            tracing::info!(model = %model.name, files = listed.len(), "prefix listed");
+            let files = listed
+                .iter()
+                .map(|(path, meta)| File {
+                    path: path.clone(),
+                    sha256: None,
+                    size: Some(meta.size),
+                })
+                .collect();
+            let metas = listed
+                .into_iter()
+                .map(|(_, meta)| (meta.location.clone(), meta))
+                .collect();
+            return Ok((files, metas));
+        }
+        let mut metas = Vec::with_capacity(model.files.len());
+        for f in &model.files {
+            let loc = source.path_of(&f.path);
+            let url = format!("{}{}", model.base, f.path);
+            let meta = fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
+                fetch::head(source.store.as_ref(), &loc, &model.name, &url)
+            })
+            .await?;
+            if let Some(want) = f.size {
+                if want != meta.size {
+                    return Err(AgentError::SizeMismatch {
+                        model: model.name.clone(),
+                        path: f.path.clone(),
+                        expected: want,
+                        actual: meta.size,
+                    });
+                }
+            }
+            metas.push((loc, meta));
+        }
+        Ok((model.files.clone(), metas))
+    }
+
     async fn download_all(
         &self,
         model: &Model,
         source: &Source,
-        metas: &[(object_store::path::Path, object_store::ObjectMeta)],
+        wanted: &[File],
+        metas: &[Located],
         stage: &Path,
         version: &str,
     ) -> Result<Manifest> {
-        let mut files = Vec::with_capacity(model.files.len());
-        for (f, (loc, meta)) in model.files.iter().zip(metas) {
+        let mut files = Vec::with_capacity(wanted.len());
+        for (f, (loc, meta)) in wanted.iter().zip(metas) {
             let dest = stage.join(&f.path);
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(AgentError::io(parent))?;
@@ -395,6 +439,20 @@ pub fn ready(status: &StatusMap) -> bool {
         .all(|s| s.phase == Phase::Published)
 }
 
+/// A version label for a listed prefix: a digest of every listed path with its ETag (or size
+/// and modification time), so any change under the prefix is a new version.
+fn listing_version(files: &[File], metas: &[Located]) -> String {
+    let mut identity = Vec::new();
+    for (f, (_, meta)) in files.iter().zip(metas) {
+        let tag = meta
+            .e_tag
+            .clone()
+            .unwrap_or_else(|| format!("{}@{}", meta.size, meta.last_modified.timestamp_micros()));
+        identity.extend_from_slice(format!("{}\0{tag}\n", f.path).as_bytes());
+    }
+    format!("l{}", &kiln::Digest::of(&identity).to_string()[..16])
+}
+
 /// The version `<root>/<model>/current` points at.
 fn current_version(root: &Path, model: &str) -> Option<String> {
     let target = std::fs::read_link(root.join(model).join(kiln::layout::CURRENT_LINK)).ok()?;
@@ -409,8 +467,10 @@ fn derive_version(meta: &object_store::ObjectMeta, model: &Model) -> String {
         .clone()
         .or_else(|| meta.e_tag.clone())
         .or_else(|| {
-            model.files[0]
-                .sha256
+            model
+                .files
+                .first()
+                .and_then(|f| f.sha256)
                 .map(|d| d.to_string()[..16].to_owned())
         })
         .unwrap_or_else(|| format!("{}", meta.last_modified.timestamp()));

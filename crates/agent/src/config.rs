@@ -133,7 +133,10 @@ pub struct ModelSpec {
     /// Model name: the `<model>` directory.
     pub name: String,
     /// Where it comes from: one object (`s3://b/m/3/model.onnx`) or, with `files`, a prefix
-    /// (`s3://b/m/3/`). Credentials never go here: use the environment or workload identity.
+    /// (`s3://b/m/3/`). A prefix without `files` (only with `verify: false`) is listed at each
+    /// sync and everything under it is published; keys with `..`, absolute paths or symbolic
+    /// links refuse the whole listing. Credentials never go here: use the environment or
+    /// workload identity.
     pub source: String,
     /// Version label: the `<version>` directory. Default: the object's version id, else its
     /// ETag, else the first file's sha256 prefix.
@@ -215,7 +218,7 @@ pub struct Model {
     pub version: Option<String>,
     /// Prefix URL (ends with `/`) the file paths are relative to.
     pub base: url::Url,
-    /// Files to fetch.
+    /// Files to fetch; empty for a listed prefix (see [`Model::is_listed`]).
     pub files: Vec<File>,
     /// Whether digests are checked.
     pub verify: bool,
@@ -233,6 +236,14 @@ impl std::fmt::Debug for Model {
             .field("verify", &self.verify)
             .field("store", &shown(&self.store))
             .finish()
+    }
+}
+
+impl Model {
+    /// Whether the files come from listing the prefix at each sync (a prefix source with no
+    /// `files` and `verify: false`).
+    pub fn is_listed(&self) -> bool {
+        self.files.is_empty()
     }
 }
 
@@ -433,27 +444,32 @@ impl AgentConfig {
             };
             let (base, files) = if m.files.is_empty() {
                 if m.source.ends_with('/') {
-                    return Err(bad(
-                        field("files"),
-                        "a prefix source needs a list of files".into(),
-                    ));
+                    if m.verify {
+                        return Err(bad(
+                            field("files"),
+                            "a prefix source needs `files`, each with its sha256 (or `verify: false` to publish whatever the prefix lists)".into(),
+                        ));
+                    }
+                    // Listed at each sync; every key is checked before it becomes a path.
+                    (url.clone(), Vec::new())
+                } else {
+                    let file = url
+                        .path_segments()
+                        .and_then(|mut s| s.next_back())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let base = url
+                        .join("./")
+                        .map_err(|e| bad(field("source"), e.to_string()))?;
+                    (
+                        base,
+                        vec![File {
+                            path: file,
+                            sha256: digest(&m.sha256, field("sha256"))?,
+                            size: m.size,
+                        }],
+                    )
                 }
-                let file = url
-                    .path_segments()
-                    .and_then(|mut s| s.next_back())
-                    .unwrap_or_default()
-                    .to_owned();
-                let base = url
-                    .join("./")
-                    .map_err(|e| bad(field("source"), e.to_string()))?;
-                (
-                    base,
-                    vec![File {
-                        path: file,
-                        sha256: digest(&m.sha256, field("sha256"))?,
-                        size: m.size,
-                    }],
-                )
             } else {
                 if m.sha256.is_some() || m.size.is_some() {
                     return Err(bad(

@@ -94,6 +94,19 @@ pub enum AgentError {
         /// Bytes free.
         available: u64,
     },
+    /// A listed object's key cannot be a file inside the version (`..`, an absolute or empty
+    /// path, the manifest's name, a symbolic link): the whole listing is refused.
+    #[error("{model}: refusing the listing of {url}: key {key:?} {reason}; remove it from the prefix or list the files explicitly")]
+    UnsafeKey {
+        /// Model name.
+        model: String,
+        /// Redacted prefix URL.
+        url: String,
+        /// The offending key, relative to the prefix.
+        key: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
     /// A local filesystem operation failed.
     #[error("{path}: {source}")]
     Io {

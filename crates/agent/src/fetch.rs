@@ -59,6 +59,82 @@ pub(crate) async fn head(
         .map_err(|e| classify(e, model, url))
 }
 
+/// Lists the objects under `prefix` as `(path relative to the prefix, metadata)`, sorted by
+/// path. Object keys are not trusted as paths: a key that is not a plain relative path inside
+/// the version (`..`, absolute, empty segments), that would overwrite the manifest, or that is
+/// a symbolic link (`local`: the prefix's directory for `file://` sources) refuses the whole
+/// listing. Zero-byte "directory marker" keys ending in `/` are skipped.
+pub(crate) async fn list(
+    store: &dyn ObjectStore,
+    prefix: &StorePath,
+    model: &str,
+    url: &str,
+    local: Option<&Path>,
+) -> Result<Vec<(String, ObjectMeta)>> {
+    let mut metas = Vec::new();
+    let mut stream = store.list(Some(prefix));
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(meta) => metas.push(meta),
+            // object_store refuses keys it cannot hold as a path (`..` segments and the like).
+            Err(object_store::Error::InvalidPath { source }) => {
+                return Err(AgentError::UnsafeKey {
+                    model: model.to_owned(),
+                    url: redact::url(url),
+                    key: redact::text(&source.to_string()),
+                    reason: "is not a valid object path",
+                })
+            }
+            Err(e) => return Err(classify(e, model, url)),
+        }
+    }
+    let base = prefix.as_ref();
+    let mut out = Vec::with_capacity(metas.len());
+    for meta in metas {
+        let key = meta.location.as_ref();
+        let rel = if base.is_empty() {
+            key
+        } else {
+            key.strip_prefix(base)
+                .and_then(|r| r.strip_prefix('/'))
+                .unwrap_or(key)
+        };
+        let unsafe_key = |reason| AgentError::UnsafeKey {
+            model: model.to_owned(),
+            url: redact::url(url),
+            key: rel.to_owned(),
+            reason,
+        };
+        if rel.ends_with('/') && meta.size == 0 {
+            continue;
+        }
+        if !kiln::layout::is_contained_relative(rel) {
+            return Err(unsafe_key("is not a relative path inside the prefix"));
+        }
+        if rel == kiln::layout::MANIFEST_FILE {
+            return Err(unsafe_key("would replace the manifest kiln writes"));
+        }
+        if let Some(dir) = local {
+            let mut at = dir.to_owned();
+            for part in rel.split('/') {
+                at.push(part);
+                if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(unsafe_key("is a symbolic link"));
+                }
+            }
+        }
+        out.push((rel.to_owned(), meta));
+    }
+    if out.is_empty() {
+        return Err(AgentError::NotFound {
+            model: model.to_owned(),
+            url: redact::url(url),
+        });
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
 /// Streams `location` (pinned to `meta`'s ETag and version) into `dest`, hashing as it goes.
 /// Returns the digest and byte count. On failure the partial file is removed.
 pub(crate) async fn download(

@@ -72,14 +72,29 @@ pub(crate) fn already_published(root: &Path, model: &Model, version: &str) -> Re
     let Ok(Some((_, manifest))) = Manifest::read_in(&dir) else {
         return Ok(false);
     };
-    for f in &model.files {
-        let Some(entry) = manifest.file(&f.path) else {
+    // A listed prefix names no files of its own: every file its manifest lists is checked.
+    let listed: Vec<_>;
+    let wanted: Vec<(&str, Option<kiln::Digest>)> = if model.is_listed() {
+        listed = manifest.files.iter().map(|f| f.path.clone()).collect();
+        listed.iter().map(|p| (p.as_str(), None)).collect()
+    } else {
+        model
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.sha256))
+            .collect()
+    };
+    if wanted.is_empty() {
+        return Ok(false);
+    }
+    for (path, sha256) in wanted {
+        let Some(entry) = manifest.file(path) else {
             return Ok(false);
         };
-        if f.sha256.is_some_and(|want| want != entry.sha256) {
+        if sha256.is_some_and(|want| want != entry.sha256) {
             return Ok(false);
         }
-        match hash_file(&dir.join(&f.path)) {
+        match hash_file(&dir.join(path)) {
             Ok((digest, size)) if digest == entry.sha256 && size == entry.size => {}
             _ => return Ok(false),
         }

@@ -928,3 +928,325 @@ fn serve(rt: &tokio::runtime::Runtime, app: axum::Router) -> std::net::SocketAdd
     });
     addr
 }
+
+#[test]
+fn a_listed_prefix_publishes_what_it_holds_and_refuses_symlinks() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let m = src.path().join("m");
+    std::fs::create_dir_all(m.join("tokenizer")).expect("dirs");
+    blob(&m, "model.onnx", 300_000, 1);
+    blob(&m.join("tokenizer"), "vocab.txt", 1_000, 2);
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nmodels:\n  - name: m\n    source: file://{}/\n    verify: false\n",
+        root.path().display(),
+        m.display()
+    );
+    let a = agent(&yaml);
+    let first = rt().block_on(a.sync_once())[0]
+        .1
+        .as_ref()
+        .expect("listed prefix published")
+        .clone();
+    assert!(first.starts_with('l'), "version from the listing: {first}");
+    let dir = root.path().join("m").join(&first);
+    for (path, src) in [
+        ("model.onnx", m.join("model.onnx")),
+        ("tokenizer/vocab.txt", m.join("tokenizer/vocab.txt")),
+    ] {
+        assert_eq!(
+            std::fs::read(dir.join(path)).expect("published"),
+            std::fs::read(&src).expect("source")
+        );
+    }
+    let manifest = kiln::Manifest::read_in(&dir)
+        .expect("manifest")
+        .expect("present")
+        .1;
+    assert_eq!(manifest.files.len(), 2);
+    assert_eq!(manifest.file("model.onnx").map(|f| f.size), Some(300_000));
+
+    // Unchanged: same version, nothing downloaded.
+    let again = rt().block_on(a.sync_once());
+    assert_eq!(again[0].1.as_ref().expect("same"), &first);
+    assert!(!a.status().lock().expect("status")["m"].downloaded);
+
+    // A new file under the prefix is a new version.
+    blob(&m, "labels.json", 10, 3);
+    let second = rt().block_on(a.sync_once())[0]
+        .1
+        .as_ref()
+        .expect("new listing published")
+        .clone();
+    assert_ne!(second, first);
+    assert!(root
+        .path()
+        .join("m")
+        .join(&second)
+        .join("labels.json")
+        .is_file());
+
+    // A symbolic link under the prefix (here to a secret outside it) refuses the listing;
+    // `current` stays on the last good version.
+    let secret = src.path().join("secret.txt");
+    std::fs::write(&secret, "do not publish").expect("secret");
+    std::os::unix::fs::symlink(&secret, m.join("innocent.txt")).expect("symlink");
+    let err = rt().block_on(a.sync_once())[0]
+        .1
+        .as_ref()
+        .expect_err("symlink refused")
+        .to_string();
+    assert!(
+        err.contains("innocent.txt") && err.contains("symbolic link"),
+        "{err}"
+    );
+    let current = std::fs::read_link(root.path().join("m/current")).expect("current");
+    assert_eq!(current.to_string_lossy(), second);
+    assert!(!root
+        .path()
+        .join("m")
+        .join(&second)
+        .join("innocent.txt")
+        .exists());
+}
+
+#[test]
+fn listing_needs_verify_false_and_s3_keys_that_would_escape_are_refused() {
+    let err =
+        AgentConfig::from_yaml("root: /tmp/x\nmodels:\n  - name: m\n    source: s3://b/m/1/\n")
+            .expect("yaml")
+            .check()
+            .expect_err("a prefix without files needs verify: false")
+            .to_string();
+    assert!(
+        err.contains("models[0].files") && err.contains("verify: false"),
+        "{err}"
+    );
+
+    let moto = Moto::start().expect("moto_server is required for this test");
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_bucket_name("lists")
+        .with_region("us-east-1")
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .build()
+        .expect("s3 client");
+    rt().block_on(async {
+        let client = TcpStream::connect(("127.0.0.1", moto.port)).expect("connect");
+        http_request(client, "PUT", "/lists");
+        for key in [
+            "good/1/model.onnx",
+            "bad/1/model.onnx",
+            "bad/1/kiln-manifest.json",
+        ] {
+            store
+                .put(&key.into(), PutPayload::from_static(b"bytes"))
+                .await
+                .expect("put");
+        }
+    });
+    // A key with a `..` segment, which object_store itself would never write: a raw PUT.
+    let client = TcpStream::connect(("127.0.0.1", moto.port)).expect("connect");
+    let reply = http_request(client, "PUT", "/lists/evil/1/..%2F..%2Fescape.onnx");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+
+    let root = tempfile::tempdir().expect("root");
+    let store_opts = format!("store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: test}}");
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nretry: {{max_attempts: 1}}\nmodels:\n  - {{name: good, source: \"s3://lists/good/1/\", verify: false, {store_opts}}}\n  - {{name: bad, source: \"s3://lists/bad/1/\", verify: false, {store_opts}}}\n  - {{name: evil, source: \"s3://lists/evil/1/\", verify: false, {store_opts}}}\n",
+        root.path().display()
+    );
+    let results = rt().block_on(agent(&yaml).sync_once());
+    let good = results[0].1.as_ref().expect("good prefix published");
+    assert_eq!(
+        std::fs::read(root.path().join("good").join(good).join("model.onnx")).expect("file"),
+        b"bytes"
+    );
+    let bad = results[1]
+        .1
+        .as_ref()
+        .expect_err("manifest key refused")
+        .to_string();
+    assert!(
+        bad.contains("kiln-manifest.json") && bad.contains("manifest"),
+        "{bad}"
+    );
+    let evil = results[2]
+        .1
+        .as_ref()
+        .expect_err("escaping key refused")
+        .to_string();
+    assert!(evil.contains("refusing the listing"), "{evil}");
+    assert!(!root.path().join("escape.onnx").exists());
+    assert!(!root.path().join("bad").exists() && !root.path().join("evil").exists());
+}
+
+/// The Azure Storage emulator's well-known development key (public, in Microsoft's docs).
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+
+/// Azurite's blob service on a free port, from `.cache/node` (`make azurite`).
+struct Azurite {
+    child: Child,
+    port: u16,
+}
+
+impl Azurite {
+    fn start() -> Self {
+        let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../.cache/node/node_modules/.bin/azurite-blob");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `make azurite` (npm, pinned lock file)",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = Command::new(bin)
+            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+            .args(["--inMemoryPersistence", "--silent", "--skipApiVersionCheck"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start azurite");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "azurite did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}", self.port)
+    }
+
+    /// Creates a container (object_store cannot): one request signed with Shared Key.
+    fn create_container(&self, name: &str) {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let version = "2021-08-06";
+        let to_sign = format!(
+            "PUT\n\n\n\n\n\n\n\n\n\n\n\nx-ms-date:{date}\nx-ms-version:{version}\n/{AZURITE_ACCOUNT}/{AZURITE_ACCOUNT}/{name}\nrestype:container"
+        );
+        let key = b64.decode(AZURITE_KEY).expect("key");
+        let signature = b64.encode(hmac_sha256(&key, to_sign.as_bytes()));
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        write!(
+            stream,
+            "PUT /{AZURITE_ACCOUNT}/{name}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\nAuthorization: SharedKey {AZURITE_ACCOUNT}:{signature}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("write");
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        assert!(
+            reply.starts_with("HTTP/1.1 201"),
+            "create container: {reply}"
+        );
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        k[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let inner = Sha256::new()
+        .chain_update(k.map(|b| b ^ 0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(k.map(|b| b ^ 0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+#[test]
+fn azure_blobs_are_published_from_azurite_and_the_account_key_never_leaks() {
+    let azurite = Azurite::start();
+    azurite.create_container("models");
+    let store = object_store::azure::MicrosoftAzureBuilder::new()
+        .with_account(AZURITE_ACCOUNT)
+        .with_access_key(AZURITE_KEY)
+        .with_container_name("models")
+        .with_endpoint(azurite.endpoint())
+        .with_allow_http(true)
+        .build()
+        .expect("azure client");
+    let body: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+    let digest = Digest::of(&body);
+    rt().block_on(async {
+        for (key, bytes) in [
+            ("bert/3/model.onnx", body.clone()),
+            ("bert/3/vocab.txt", b"hello azure".to_vec()),
+            ("listed/1/a.onnx", b"a".to_vec()),
+            ("listed/1/sub/b.txt", b"b".to_vec()),
+        ] {
+            store
+                .put(&key.into(), PutPayload::from(bytes))
+                .await
+                .expect("put blob");
+        }
+    });
+    let root = tempfile::tempdir().expect("root");
+    let opts = |key: &str| {
+        format!(
+            "store: {{azure_storage_account_name: {AZURITE_ACCOUNT}, azure_storage_account_key: \"{key}\", azure_storage_endpoint: \"{}\", allow_http: \"true\"}}",
+            azurite.endpoint()
+        )
+    };
+    let wrong_key = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXk=";
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: 1\npart_size_kib: 512\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: bert\n    source: az://models/bert/3/\n    files:\n      - {{path: model.onnx, sha256: {digest}, size: 3000000}}\n      - {{path: vocab.txt, sha256: {vocab}}}\n    {good}\n  - {{name: listed, source: \"abfs://models/listed/1/\", verify: false, {good}}}\n  - {{name: ghost, source: \"az://models/ghost/1/model.onnx\", sha256: {digest}, {good}}}\n  - {{name: intruder, source: \"az://models/bert/3/vocab.txt\", sha256: {vocab}, {bad}}}\n",
+        root.path().display(),
+        vocab = Digest::of(b"hello azure"),
+        good = opts(AZURITE_KEY),
+        bad = opts(wrong_key),
+    );
+    let a = agent(&yaml);
+    let results = rt().block_on(a.sync_once());
+    let version = results[0].1.as_ref().expect("bert published from azurite");
+    let dir = root.path().join("bert").join(version);
+    assert_eq!(std::fs::read(dir.join("model.onnx")).expect("model"), body);
+    assert_eq!(
+        std::fs::read(dir.join("vocab.txt")).expect("vocab"),
+        b"hello azure"
+    );
+    let listed = results[1].1.as_ref().expect("listed prefix published");
+    assert_eq!(
+        std::fs::read(root.path().join("listed").join(listed).join("sub/b.txt")).expect("b"),
+        b"b"
+    );
+    let ghost = results[2].1.as_ref().expect_err("missing blob");
+    assert!(matches!(ghost, AgentError::NotFound { .. }), "{ghost}");
+    let intruder = results[3].1.as_ref().expect_err("wrong account key");
+    assert!(
+        matches!(intruder, AgentError::Denied { .. }),
+        "a wrong key fails fast as access denied: {intruder}"
+    );
+    let status = serde_json::to_string(&*a.status().lock().expect("status")).expect("json");
+    for secret in [AZURITE_KEY, wrong_key] {
+        for text in [ghost.to_string(), intruder.to_string(), status.clone()] {
+            assert!(!text.contains(secret), "account key leaked: {text}");
+        }
+    }
+}
