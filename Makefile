@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo test check header azurite ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
+.PHONY: help demo test check header azurite s3s-fs ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
 
 help:
 	@echo "make demo        classify files with the real model (sets everything up)"
@@ -82,7 +82,14 @@ test-cuda: ort-gpu testdata
 
 bench: bench-hash bench-overhead bench-batching bench-agent
 
-bench-agent:
+# s3s-fs (S3 over a local directory, cheap range GETs) for the agent benchmark's second table.
+S3S_FS := $(ROOT)/.cache/tools/bin/s3s-fs
+$(S3S_FS):
+	cargo install s3s-fs@0.14.1 --locked --features binary --root $(ROOT)/.cache/tools
+
+s3s-fs: $(S3S_FS)
+
+bench-agent: s3s-fs
 	cargo bench -p kiln-agent --bench fetch
 
 bench-hash:

@@ -9,13 +9,12 @@ use futures::StreamExt;
 use kiln::Digest;
 use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
-use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use crate::config::RetrySettings;
 use crate::error::{AgentError, Result};
 use crate::metrics::AgentMetrics;
 use crate::redact;
+use crate::writer::DiskWriter;
 
 /// Maps an object-store failure to what it means for the agent.
 pub(crate) fn classify(e: object_store::Error, model: &str, url: &str) -> AgentError {
@@ -178,21 +177,19 @@ async fn stream_to(
         .await
         .map_err(|e| classify(e, model, url))?;
     let mut stream = got.into_stream();
-    let mut file = tokio::fs::File::create(dest)
-        .await
-        .map_err(|e| write_error(e, dest, model))?;
-    let mut hasher = Sha256::new();
+    let mut writer = DiskWriter::create(dest).map_err(|e| write_error(e, dest, model))?;
     let mut bytes = 0u64;
     let started = std::time::Instant::now();
     let (mut logged_at, mut logged_tenth) = (started, 0u64);
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| classify(e, model, url))?;
-        hasher.update(&chunk);
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| write_error(e, dest, model))?;
-        bytes += chunk.len() as u64;
-        metrics.downloaded(model, chunk.len() as u64, bytes, meta.size);
+        let len = chunk.len() as u64;
+        if writer.write(chunk).await.is_err() {
+            // The writer stopped on an error: `finish` below reports it.
+            break;
+        }
+        bytes += len;
+        metrics.downloaded(model, len, bytes, meta.size);
         // Progress lines every 10% or 5 s: readable in non-TTY container logs.
         let tenth = (bytes * 10).checked_div(meta.size).unwrap_or(10);
         if tenth > logged_tenth || logged_at.elapsed() >= Duration::from_secs(5) {
@@ -201,11 +198,10 @@ async fn stream_to(
             (logged_at, logged_tenth) = (std::time::Instant::now(), tenth);
         }
     }
-    file.sync_all()
+    writer
+        .finish()
         .await
-        .map_err(|e| write_error(e, dest, model))?;
-    let digest: [u8; 32] = hasher.finalize().into();
-    Ok((Digest::from_bytes(digest), bytes))
+        .map_err(|e| write_error(e, dest, model))
 }
 
 /// A full disk is its own error (not a retry), everything else is I/O.

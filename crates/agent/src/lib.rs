@@ -6,6 +6,7 @@
 //! - [`redact`]: keeping credentials and signed URLs out of logs and errors.
 //! - [`store`]: opening S3 / GCS / Azure / HTTP / local stores via `object_store`.
 //! - [`fetch`](self): streamed, hashed, retried downloads (private).
+//! - [`writer`](self): hashing and writing a stream on its own thread, flushing early (private).
 //! - [`parts`]: parallel ranged downloads with a resume journal, for large objects.
 //! - [`publish`](self): staging, manifest, atomic rename, `current` swap (private).
 //! - [`agent`]: syncing every model; status.
@@ -27,6 +28,7 @@ mod publish;
 pub mod redact;
 pub mod server;
 pub mod store;
+mod writer;
 
 pub use agent::{Agent, ModelStatus, Phase};
 pub use config::{AgentConfig, Checked};

@@ -10,6 +10,10 @@
  *   arrays and tensors the library hands out belong to the handle they came from and are
  *   freed with it: never pass them to free().
  * - No function lets a panic or exception out: internal bugs return KILN_STATUS_PANIC.
+ * - Thread-safety: a runtime or model handle may be used by any number of threads at once
+ *   (concurrent kiln_model_infer calls are batched together); an options handle or a request
+ *   must not be changed while another thread uses it; results and their tensors may be read
+ *   from any thread. A *_free call must come after every other call on that handle returned.
  * - Link with -lkiln (libkiln.so, soname libkiln.so.KILN_ABI_MAJOR, or libkiln.a with
  *   -lpthread -ldl -lm). ONNX Runtime itself is loaded at run time (see kiln_runtime_create).
  */
