@@ -233,6 +233,18 @@ fn a_new_version_swaps_current_and_a_failed_one_keeps_the_old() {
 }
 
 /// A `moto_server` (S3) on a free loopback port, killed on drop.
+/// Waits until a server accepts connections on `port` (at most `limit`).
+fn listening(port: u16, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
 struct Moto {
     child: Child,
     port: u16,
@@ -261,14 +273,8 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .ok()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(Self { child, port })
+        let moto = Self { child, port };
+        listening(port, Duration::from_secs(30)).then_some(moto)
     }
 }
 
@@ -802,11 +808,10 @@ impl FakeGcs {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn fake-gcs-server");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "fake-gcs-server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            listening(port, Duration::from_secs(30)),
+            "fake-gcs-server did not start"
+        );
         Self { child, port }
     }
 }
@@ -1115,11 +1120,10 @@ impl Azurite {
             .stderr(Stdio::null())
             .spawn()
             .expect("start azurite");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "azurite did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(
+            listening(port, Duration::from_secs(60)),
+            "azurite did not start"
+        );
         Self { child, port }
     }
 

@@ -10,7 +10,8 @@ use runtime::{ElementType, InferRequest, Tensor, TensorData};
 
 use crate::model::{model_arg, KilnDtype, KilnModel};
 use crate::status::{
-    borrow, borrow_mut, guard, guard_free, out_ptr, text, write, Failure, FfiResult, KilnStatus,
+    borrow, borrow_mut, free_handle, give, guard, out_ptr, text, write, write_dims, Failure,
+    FfiResult, KilnStatus,
 };
 
 /// A request being built: named input tensors and a priority.
@@ -101,7 +102,7 @@ pub unsafe extern "C" fn kiln_request_create(out: *mut *mut KilnRequest) -> Kiln
     guard(|| {
         let out = out_ptr(out, "out")?;
         // SAFETY: checked writable.
-        unsafe { write(out, Box::into_raw(Box::default())) };
+        unsafe { give(out, KilnRequest::default()) };
         Ok(())
     })
 }
@@ -112,12 +113,8 @@ pub unsafe extern "C" fn kiln_request_create(out: *mut *mut KilnRequest) -> Kiln
 /// `request` is NULL or a handle from `kiln_request_create` not freed before.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_request_free(request: *mut KilnRequest) {
-    guard_free(|| {
-        if !request.is_null() {
-            // SAFETY: created by Box::into_raw, freed once.
-            drop(unsafe { Box::from_raw(request) });
-        }
-    });
+    // SAFETY: forwarded contract.
+    unsafe { free_handle(request) }
 }
 
 /// Adds input `name`: a tensor of `dtype` (a `KILN_DTYPE_*` value) and `shape` (`rank`
@@ -244,7 +241,7 @@ pub unsafe extern "C" fn kiln_model_infer(
             })
             .collect::<FfiResult<_>>()?;
         // SAFETY: checked writable.
-        unsafe { write(out, Box::into_raw(Box::new(KilnResult { outputs }))) };
+        unsafe { give(out, KilnResult { outputs }) };
         Ok(())
     })
 }
@@ -255,12 +252,8 @@ pub unsafe extern "C" fn kiln_model_infer(
 /// `result` is NULL or a handle from `kiln_model_infer` not freed before.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_result_free(result: *mut KilnResult) {
-    guard_free(|| {
-        if !result.is_null() {
-            // SAFETY: created by Box::into_raw, freed once.
-            drop(unsafe { Box::from_raw(result) });
-        }
-    });
+    // SAFETY: forwarded contract.
+    unsafe { free_handle(result) }
 }
 
 /// Writes the number of outputs in `result`.
@@ -393,10 +386,7 @@ pub unsafe extern "C" fn kiln_tensor_shape(
         // SAFETY: NULL or live by contract.
         let t = unsafe { borrow(tensor, "tensor") }?;
         // SAFETY: both checked writable.
-        unsafe {
-            write(dims_out, t.dims.as_ptr());
-            write(rank_out, t.dims.len());
-        }
+        unsafe { write_dims(dims_out, rank_out, &t.dims) };
         Ok(())
     })
 }

@@ -8,7 +8,8 @@ use runtime::{ElementType, ModelHandle, ModelState, TensorInfo};
 use crate::options::KilnModelOptions;
 use crate::runtime::KilnRuntime;
 use crate::status::{
-    borrow, guard, guard_free, out_ptr, text, write, Failure, FfiResult, KilnStatus,
+    borrow, free_handle, give, guard, out_ptr, text, write, write_dims, Failure, FfiResult,
+    KilnStatus,
 };
 
 /// Element types, with ONNX's `TensorProto.DataType` numbers.
@@ -121,6 +122,13 @@ pub struct KilnModel {
     outputs: Vec<Io>,
 }
 
+impl Drop for KilnModel {
+    /// Freeing a model unloads it first (drains what it admitted).
+    fn drop(&mut self) {
+        self.handle.shutdown();
+    }
+}
+
 impl KilnModel {
     fn side(&self, io: u32) -> FfiResult<&[Io]> {
         match io {
@@ -220,7 +228,7 @@ pub unsafe extern "C" fn kiln_model_load(
             handle,
         };
         // SAFETY: checked writable.
-        unsafe { write(out, Box::into_raw(Box::new(model))) };
+        unsafe { give(out, model) };
         Ok(())
     })
 }
@@ -308,10 +316,7 @@ pub unsafe extern "C" fn kiln_model_io_shape(
         // SAFETY: forwarded contract.
         let io = unsafe { model_arg(model) }?.io(io, index)?;
         // SAFETY: both checked writable.
-        unsafe {
-            write(dims_out, io.dims.as_ptr());
-            write(rank_out, io.dims.len());
-        }
+        unsafe { write_dims(dims_out, rank_out, &io.dims) };
         Ok(())
     })
 }
@@ -439,11 +444,6 @@ pub unsafe extern "C" fn kiln_model_unload(model: *const KilnModel) -> KilnStatu
 /// `model` is NULL or a handle from `kiln_model_load` not freed before.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_model_free(model: *mut KilnModel) {
-    guard_free(|| {
-        if !model.is_null() {
-            // SAFETY: created by Box::into_raw in kiln_model_load, freed once.
-            let model = unsafe { Box::from_raw(model) };
-            model.handle.shutdown();
-        }
-    });
+    // SAFETY: forwarded contract; dropping the model unloads it (`Drop`).
+    unsafe { free_handle(model) }
 }

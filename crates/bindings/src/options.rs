@@ -9,7 +9,7 @@ use std::ffi::c_char;
 use runtime::{BatchConfig, Checksum, Device, Fallback, ModelOptions};
 
 use crate::status::{
-    borrow_mut, guard, guard_free, out_ptr, text, write, Failure, FfiResult, KilnStatus,
+    borrow_mut, free_handle, give, guard, out_ptr, text, Failure, FfiResult, KilnStatus,
 };
 
 /// Options for `kiln_model_load`. Defaults: verify against `kiln-manifest.json` beside the
@@ -149,7 +149,7 @@ pub unsafe extern "C" fn kiln_model_options_create(out: *mut *mut KilnModelOptio
     guard(|| {
         let out = out_ptr(out, "out")?;
         // SAFETY: checked writable.
-        unsafe { write(out, Box::into_raw(Box::default())) };
+        unsafe { give(out, KilnModelOptions::default()) };
         Ok(())
     })
 }
@@ -160,12 +160,8 @@ pub unsafe extern "C" fn kiln_model_options_create(out: *mut *mut KilnModelOptio
 /// `options` is NULL or a handle from `kiln_model_options_create` not freed before.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_model_options_free(options: *mut KilnModelOptions) {
-    guard_free(|| {
-        if !options.is_null() {
-            // SAFETY: created by Box::into_raw, freed once.
-            drop(unsafe { Box::from_raw(options) });
-        }
-    });
+    // SAFETY: forwarded contract.
+    unsafe { free_handle(options) }
 }
 
 /// Sets one option by key. Keys and values (all given as text):

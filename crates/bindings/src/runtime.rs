@@ -3,7 +3,7 @@
 use std::ffi::{c_char, CString};
 use std::path::PathBuf;
 
-use crate::status::{borrow, guard, guard_free, out_ptr, text, write, KilnStatus};
+use crate::status::{borrow, free_handle, give, guard, out_ptr, text, write, KilnStatus};
 
 /// The loaded ONNX Runtime. One library per process: a second runtime shares the first one's
 /// library (or fails if asked for a different file).
@@ -72,12 +72,16 @@ pub unsafe extern "C" fn kiln_runtime_create(
             ..runtime::RuntimeConfig::default()
         })?;
         let ort_version = CString::new(runtime.library().version.clone()).unwrap_or_default();
-        let handle = Box::new(KilnRuntime {
-            runtime,
-            ort_version,
-        });
         // SAFETY: `out` was checked writable.
-        unsafe { write(out, Box::into_raw(handle)) };
+        unsafe {
+            give(
+                out,
+                KilnRuntime {
+                    runtime,
+                    ort_version,
+                },
+            )
+        };
         Ok(())
     })
 }
@@ -108,10 +112,6 @@ pub unsafe extern "C" fn kiln_runtime_ort_version(
 /// `runtime` is NULL or a handle from `kiln_runtime_create` not freed before.
 #[no_mangle]
 pub unsafe extern "C" fn kiln_runtime_free(runtime: *mut KilnRuntime) {
-    guard_free(|| {
-        if !runtime.is_null() {
-            // SAFETY: created by Box::into_raw in kiln_runtime_create, freed once.
-            drop(unsafe { Box::from_raw(runtime) });
-        }
-    });
+    // SAFETY: forwarded contract.
+    unsafe { free_handle(runtime) }
 }

@@ -153,9 +153,41 @@ pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> KilnStatus {
     }
 }
 
-/// Runs a `*_free` body: never fails, never lets a panic out.
-pub(crate) fn guard_free(body: impl FnOnce()) {
-    let _ = catch_unwind(AssertUnwindSafe(body));
+/// Frees a handle made by [`give`]: NULL does nothing, and no panic gets out (the body of
+/// every `*_free` function).
+///
+/// # Safety
+/// `ptr` is NULL or came from [`give`] for a `T` and was not freed before.
+pub(crate) unsafe fn free_handle<T>(ptr: *mut T) {
+    if ptr.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: made by Box::into_raw in `give`, freed once (the caller's contract).
+        drop(unsafe { Box::from_raw(ptr) });
+    }));
+}
+
+/// Moves `value` to the heap and writes the new handle to `out` (checked by [`out_ptr`]).
+///
+/// # Safety
+/// As [`write`].
+pub(crate) unsafe fn give<T>(out: *mut *mut T, value: T) {
+    // SAFETY: forwarded contract.
+    unsafe { write(out, Box::into_raw(Box::new(value))) }
+}
+
+/// Writes a dims array and its length (both checked by [`out_ptr`]); the array stays owned
+/// by whatever holds `dims`.
+///
+/// # Safety
+/// As [`write`], for both pointers.
+pub(crate) unsafe fn write_dims(dims_out: *mut *const i64, rank_out: *mut usize, dims: &[i64]) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        write(dims_out, dims.as_ptr());
+        write(rank_out, dims.len());
+    }
 }
 
 /// Borrows `*ptr`, or fails naming the NULL parameter.
