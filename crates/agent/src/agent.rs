@@ -60,6 +60,9 @@ pub struct Agent {
     /// `(model, version)` this process published or re-hashed already: later syncs (every
     /// `interval_s`) trust them instead of reading every published byte again.
     verified: Mutex<std::collections::HashSet<(String, String)>>,
+    /// `(model, file)` → the metadata the store gave last time, so later polls ask
+    /// conditionally (`If-None-Match` on its ETag).
+    seen: Mutex<std::collections::HashMap<(String, String), object_store::ObjectMeta>>,
 }
 
 impl Agent {
@@ -102,6 +105,7 @@ impl Agent {
             status: Arc::new(Mutex::new(status)),
             metrics,
             verified: Mutex::default(),
+            seen: Mutex::default(),
         }
     }
 
@@ -320,10 +324,31 @@ impl Agent {
         for f in &model.files {
             let loc = source.path_of(&f.path);
             let url = format!("{}{}", model.base, f.path);
-            let meta = fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
-                fetch::head(source.store.as_ref(), &loc, &model.name, &url)
-            })
-            .await?;
+            let key = (model.name.clone(), f.path.clone());
+            let previous = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .cloned();
+            let (meta, unchanged) =
+                fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
+                    fetch::head_since(
+                        source.store.as_ref(),
+                        &loc,
+                        previous.as_ref(),
+                        &model.name,
+                        &url,
+                    )
+                })
+                .await?;
+            if unchanged {
+                self.metrics.unchanged_poll(&model.name);
+            }
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, meta.clone());
             if let Some(want) = f.size {
                 if want != meta.size {
                     return Err(AgentError::SizeMismatch {

@@ -58,6 +58,31 @@ pub(crate) async fn head(
         .map_err(|e| classify(e, model, url))
 }
 
+/// A HEAD conditional on the ETag seen last time (`If-None-Match`), when there is one: returns
+/// the current metadata and whether the store answered 304 Not Modified (then `previous` is
+/// still current and nothing else was sent).
+pub(crate) async fn head_since(
+    store: &dyn ObjectStore,
+    location: &StorePath,
+    previous: Option<&ObjectMeta>,
+    model: &str,
+    url: &str,
+) -> Result<(ObjectMeta, bool)> {
+    let Some(prev) = previous.filter(|p| p.e_tag.is_some()) else {
+        return head(store, location, model, url).await.map(|m| (m, false));
+    };
+    let options = GetOptions {
+        if_none_match: prev.e_tag.clone(),
+        head: true,
+        ..GetOptions::default()
+    };
+    match store.get_opts(location, options).await {
+        Ok(got) => Ok((got.meta, false)),
+        Err(object_store::Error::NotModified { .. }) => Ok((prev.clone(), true)),
+        Err(e) => Err(classify(e, model, url)),
+    }
+}
+
 /// Lists the objects under `prefix` as `(path relative to the prefix, metadata)`, sorted by
 /// path. Object keys are not trusted as paths: a key that is not a plain relative path inside
 /// the version (`..`, absolute, empty segments), that would overwrite the manifest, or that is

@@ -3,6 +3,7 @@
 //! exporter appends units and `_total`, so Prometheus sees `kiln_agent_downloaded_bytes_total`,
 //! `kiln_agent_download_duration_seconds`, `kiln_agent_retries_total{reason}`,
 //! `kiln_agent_verification_failures_total`, `kiln_agent_cache_hits_total`,
+//! `kiln_agent_unchanged_polls_total`,
 //! `kiln_agent_model_ready{version,digest}`, `kiln_agent_progress_ratio`,
 //! `kiln_agent_last_success_timestamp_seconds` and `kiln_agent_disk_free_bytes`.
 
@@ -23,6 +24,7 @@ pub struct AgentMetrics {
     retries: Counter<u64>,
     verification_failures: Counter<u64>,
     cache_hits: Counter<u64>,
+    unchanged_polls: Counter<u64>,
     ready: Gauge<u64>,
     progress: Gauge<f64>,
     last_success: Gauge<f64>,
@@ -58,6 +60,12 @@ impl AgentMetrics {
                 .u64_counter("kiln_agent_cache_hits")
                 .with_description(
                     "Syncs that found the version already published with the right digests",
+                )
+                .build(),
+            unchanged_polls: meter
+                .u64_counter("kiln_agent_unchanged_polls")
+                .with_description(
+                    "Conditional HEADs (If-None-Match on the last ETag) the store answered 304 Not Modified",
                 )
                 .build(),
             ready: meter
@@ -118,6 +126,11 @@ impl AgentMetrics {
 
     pub(crate) fn verification_failure(&self, model: &str) {
         self.verification_failures
+            .add(1, &[KeyValue::new("model", model.to_owned())]);
+    }
+
+    pub(crate) fn unchanged_poll(&self, model: &str) {
+        self.unchanged_polls
             .add(1, &[KeyValue::new("model", model.to_owned())]);
     }
 

@@ -1254,3 +1254,47 @@ fn azure_blobs_are_published_from_azurite_and_the_account_key_never_leaks() {
         }
     }
 }
+
+#[test]
+fn polls_ask_conditionally_and_see_a_change() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 50_000, 4);
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nmodels:\n  - name: m\n    source: file://{}\n    verify: false\n",
+        root.path().display(),
+        file.display()
+    );
+    let (a, telemetry) = agent_with_metrics(&yaml);
+    let first = rt().block_on(a.sync_once())[0]
+        .1
+        .as_ref()
+        .expect("published")
+        .clone();
+    assert!(!telemetry
+        .render()
+        .contains("kiln_agent_unchanged_polls_total{"));
+    // Unchanged: the store answers the If-None-Match HEAD with 304.
+    let again = rt().block_on(a.sync_once());
+    assert_eq!(again[0].1.as_ref().expect("same"), &first);
+    let metrics = telemetry.render();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("kiln_agent_unchanged_polls_total{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // Changed: the conditional HEAD returns the new metadata and a new version is published.
+    std::thread::sleep(Duration::from_millis(20));
+    blob(src.path(), "model.onnx", 60_000, 5);
+    let second = rt().block_on(a.sync_once())[0]
+        .1
+        .as_ref()
+        .expect("new version")
+        .clone();
+    assert_ne!(second, first, "a changed object is a new version");
+    assert_eq!(
+        std::fs::read(root.path().join("m").join(&second).join("model.onnx")).expect("new"),
+        std::fs::read(&file).expect("source")
+    );
+}
