@@ -411,7 +411,7 @@ impl Agent {
                     }
                 })
                 .await?;
-            self.metrics.file_done(&model.name, started.elapsed());
+            self.metrics.file_done(&model.name, size, started.elapsed());
             if size != meta.size {
                 self.metrics.verification_failure(&model.name);
                 parts::discard(&partial);

@@ -3,7 +3,7 @@
 //! exporter appends units and `_total`, so Prometheus sees `kiln_agent_downloaded_bytes_total`,
 //! `kiln_agent_download_duration_seconds`, `kiln_agent_retries_total{reason}`,
 //! `kiln_agent_verification_failures_total`, `kiln_agent_cache_hits_total`,
-//! `kiln_agent_unchanged_polls_total`,
+//! `kiln_agent_unchanged_polls_total`, `kiln_agent_download_throughput_bytes_per_second`,
 //! `kiln_agent_model_ready{version,digest}`, `kiln_agent_progress_ratio`,
 //! `kiln_agent_last_success_timestamp_seconds` and `kiln_agent_disk_free_bytes`.
 
@@ -27,6 +27,7 @@ pub struct AgentMetrics {
     unchanged_polls: Counter<u64>,
     ready: Gauge<u64>,
     progress: Gauge<f64>,
+    throughput: Gauge<f64>,
     last_success: Gauge<f64>,
     _disk_free: ObservableGauge<u64>,
 }
@@ -72,6 +73,11 @@ impl AgentMetrics {
                 .u64_gauge("kiln_agent_model_ready")
                 .with_description("1 when the model's current version is published")
                 .build(),
+            throughput: meter
+                .f64_gauge("kiln_agent_download_throughput")
+                .with_unit("By/s")
+                .with_description("Throughput of the model's last completed file download, verification included")
+                .build(),
             progress: meter
                 .f64_gauge("kiln_agent_progress_ratio")
                 .with_description("Share of the current download done")
@@ -102,11 +108,11 @@ impl AgentMetrics {
         }
     }
 
-    pub(crate) fn file_done(&self, model: &str, took: Duration) {
-        self.duration.record(
-            took.as_secs_f64(),
-            &[KeyValue::new("model", model.to_owned())],
-        );
+    pub(crate) fn file_done(&self, model: &str, bytes: u64, took: Duration) {
+        let attrs = [KeyValue::new("model", model.to_owned())];
+        self.duration.record(took.as_secs_f64(), &attrs);
+        self.throughput
+            .record(bytes as f64 / took.as_secs_f64().max(1e-6), &attrs);
     }
 
     pub(crate) fn retry(&self, model: &str, error: &AgentError) {

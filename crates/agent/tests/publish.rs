@@ -509,6 +509,10 @@ fn large_objects_download_in_parallel_parts_and_resume_from_the_journal() {
         "only the missing parts were fetched:\n{metrics}"
     );
     assert!(
+        metrics.contains("kiln_agent_download_throughput_bytes_per_second{model=\"m\"}"),
+        "throughput of the last download:\n{metrics}"
+    );
+    assert!(
         !partial.exists() && !parts_dir.join("m--1--model.onnx.partial.journal").exists(),
         "partial and journal gone after publish"
     );
