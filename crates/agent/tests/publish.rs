@@ -1302,3 +1302,40 @@ fn polls_ask_conditionally_and_see_a_change() {
         std::fs::read(&file).expect("source")
     );
 }
+
+#[test]
+fn the_disk_filling_up_mid_download_is_a_clear_error_and_publishes_nothing() {
+    // /dev/full answers every write with ENOSPC: the partial file is made a link to it, so the
+    // download really runs out of space part-way, as on a full emptyDir.
+    let full = Path::new("/dev/full");
+    if !full.exists() {
+        eprintln!("SKIPPED: no /dev/full on this system");
+        return;
+    }
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 3_000_000, 6);
+    let parts = root.path().join(".kiln/parts");
+    std::fs::create_dir_all(&parts).expect("parts dir");
+    let partial = parts.join("m--1--model.onnx.partial");
+    std::os::unix::fs::symlink(full, &partial).expect("link to /dev/full");
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nretry: {{max_attempts: 3, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: m\n    version: \"1\"\n    source: file://{}\n    sha256: {}\n",
+        root.path().display(),
+        file.display(),
+        sha(&file)
+    );
+    let a = agent(&yaml);
+    let err = rt().block_on(a.sync_once())[0]
+        .1
+        .as_ref()
+        .expect_err("no space left")
+        .to_string();
+    assert!(err.contains("not enough disk space"), "{err}");
+    assert!(!root.path().join("m").exists(), "nothing published");
+    assert!(
+        std::fs::symlink_metadata(&partial).is_err(),
+        "the partial file is removed"
+    );
+    assert_eq!(a.status().lock().expect("status")["m"].phase, Phase::Failed);
+}
