@@ -1,0 +1,16 @@
+//! `kiln-server`: an Open Inference Protocol v2 server (the REST protocol of KServe and
+//! Triton) on `kiln-runtime`, serving every model published under a repository root (the
+//! directory `kiln-agent` fills), with dynamic batching and hot swaps from the runtime.
+//!
+//! # Layout
+//! - [`protocol`]: the v2 JSON request/response types and their conversion to kiln tensors.
+//! - [`error`]: one error type and its HTTP mapping (400, 404, 413, 429 + `Retry-After`, 503,
+//!   504).
+//! - [`routes`]: the endpoints, readiness, admin endpoints, HTTP metrics.
+
+pub mod error;
+pub mod protocol;
+pub mod routes;
+
+pub use error::ApiError;
+pub use routes::{router, AppState, ServerConfig, TIMEOUT_HEADER};

@@ -1,0 +1,127 @@
+//! `kiln-server`: serves every model published under `--root` over the Open Inference
+//! Protocol v2 (REST).
+//!
+//! ```text
+//! kiln-server --root /models [--listen 0.0.0.0:8000] [--admin] [--max-body-mib 32]
+//!             [--drain-delay-s 5] [--poll-ms 2000]
+//! ```
+//! Environment overrides: `KILN_SERVER_ROOT`, `KILN_SERVER_LISTEN`. ONNX Runtime is found as
+//! the runtime documents (`KILN_ORT_DIR`, `ORT_DYLIB_PATH`, ...). SIGTERM or SIGINT: readiness
+//! turns false, after `--drain-delay-s` the listener stops and in-flight requests finish,
+//! then every model drains.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kiln::{Repository, RepositoryConfig, Runtime, RuntimeConfig};
+use kiln_server::{router, AppState, ServerConfig};
+
+struct Args {
+    root: String,
+    listen: String,
+    admin: bool,
+    max_body_mib: usize,
+    drain_delay: Duration,
+    poll: Duration,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args {
+        root: std::env::var("KILN_SERVER_ROOT").unwrap_or_default(),
+        listen: std::env::var("KILN_SERVER_LISTEN").unwrap_or_else(|_| "0.0.0.0:8000".into()),
+        admin: false,
+        max_body_mib: 32,
+        drain_delay: Duration::from_secs(5),
+        poll: Duration::from_millis(2000),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--root" => a.root = value()?,
+            "--listen" => a.listen = value()?,
+            "--admin" => a.admin = true,
+            "--max-body-mib" => a.max_body_mib = value()?.parse().context("--max-body-mib")?,
+            "--drain-delay-s" => {
+                a.drain_delay = Duration::from_secs(value()?.parse().context("--drain-delay-s")?)
+            }
+            "--poll-ms" => a.poll = Duration::from_millis(value()?.parse().context("--poll-ms")?),
+            other => bail!("unknown argument {other:?} (see the crate docs for the flags)"),
+        }
+    }
+    if a.root.is_empty() {
+        bail!("--root (or KILN_SERVER_ROOT) is required: the model repository directory");
+    }
+    Ok(a)
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = parse()?;
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new()?);
+    let meter = telemetry.meter();
+    let runtime = Runtime::new(&RuntimeConfig::default())?;
+    let mut config = RepositoryConfig::new(&args.root);
+    config.poll_interval = args.poll;
+    let repo = Arc::new(Repository::new(runtime, config, meter.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = repo
+        .watch(Arc::clone(&stop))
+        .context("start the repository watcher")?;
+    let state = Arc::new(AppState::new(
+        repo,
+        ServerConfig {
+            admin: args.admin,
+            max_body_bytes: args.max_body_mib << 20,
+            ..ServerConfig::default()
+        },
+        Some(telemetry),
+        &meter,
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("bind {}", args.listen))?;
+        tracing::info!(listen = %args.listen, root = %args.root, "serving");
+        let shutdown_state = Arc::clone(&state);
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(async move {
+                let mut term =
+                    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::error!(error = %e, "no SIGTERM handler; Ctrl-C only");
+                            let _ = tokio::signal::ctrl_c().await;
+                            return;
+                        }
+                    };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                // Readiness first, so the endpoints controller stops sending; then drain.
+                shutdown_state.draining.store(true, Ordering::Relaxed);
+                tracing::info!(
+                    delay_s = args.drain_delay.as_secs(),
+                    "shutting down: not ready"
+                );
+                tokio::time::sleep(args.drain_delay).await;
+            })
+            .await
+            .context("serve")
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! Open Inference Protocol v2 JSON: request and response bodies, and the conversion between
+//! their tensors and kiln's.
+//!
+//! A request tensor's declared shape is checked (non-negative dims, element count under the
+//! limit) before its data is read, so a huge declared shape with a tiny body costs nothing.
+//! `data` may be flat or nested row-major, as the protocol allows.
+
+use kiln::{ElementType, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// `POST /v2/models/{m}/infer` body.
+#[derive(Debug, Deserialize)]
+pub struct InferRequest {
+    /// Echoed in the response.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Request parameters (accepted, unused).
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    /// Input tensors.
+    pub inputs: Vec<InputTensor>,
+    /// Outputs to return; all when empty.
+    #[serde(default)]
+    pub outputs: Vec<RequestedOutput>,
+}
+
+/// One input tensor.
+#[derive(Debug, Deserialize)]
+pub struct InputTensor {
+    /// Input name.
+    pub name: String,
+    /// Dims.
+    pub shape: Vec<i64>,
+    /// `FP32`, `FP64`, `INT64`, `INT32`, `INT8`, `UINT8` or `BOOL`.
+    pub datatype: String,
+    /// Tensor parameters (accepted, unused).
+    #[serde(default)]
+    pub parameters: Option<Value>,
+    /// The values, flat or nested, row-major.
+    pub data: Value,
+}
+
+/// An output the caller wants.
+#[derive(Debug, Deserialize)]
+pub struct RequestedOutput {
+    /// Output name.
+    pub name: String,
+    /// Output parameters (accepted, unused).
+    #[serde(default)]
+    pub parameters: Option<Value>,
+}
+
+/// The response body.
+#[derive(Debug, Serialize)]
+pub struct InferResponse {
+    /// Model name.
+    pub model_name: String,
+    /// The version that answered.
+    pub model_version: Option<String>,
+    /// The request's `id`, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Output tensors.
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// One output tensor.
+#[derive(Debug, Serialize)]
+pub struct OutputTensor {
+    /// Output name.
+    pub name: String,
+    /// Protocol datatype.
+    pub datatype: &'static str,
+    /// Dims.
+    pub shape: Vec<usize>,
+    /// Flat row-major values.
+    pub data: Value,
+}
+
+/// A tensor's description in model metadata.
+#[derive(Debug, Serialize)]
+pub struct TensorMetadata {
+    /// Name.
+    pub name: String,
+    /// Protocol datatype.
+    pub datatype: &'static str,
+    /// Dims, -1 for dynamic.
+    pub shape: Vec<i64>,
+}
+
+/// The protocol's name for an element type.
+pub fn datatype(ty: ElementType) -> &'static str {
+    match ty {
+        ElementType::F32 => "FP32",
+        ElementType::F64 => "FP64",
+        ElementType::I64 => "INT64",
+        ElementType::I32 => "INT32",
+        ElementType::I8 => "INT8",
+        ElementType::U8 => "UINT8",
+        ElementType::Bool => "BOOL",
+        _ => "UNKNOWN",
+    }
+}
+
+/// Converts one request tensor, refusing (with a message naming the input) a bad shape, a
+/// shape over `max_elements`, a datatype kiln does not serve, a value count that does not
+/// match the shape, and values out of the datatype's range.
+///
+/// # Errors
+/// The message for a 400 response, or [`TooLarge`] for a 413.
+pub fn to_tensor(input: &InputTensor, max_elements: usize) -> Result<Tensor, InputError> {
+    let name = &input.name;
+    let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
+    let shape = input
+        .shape
+        .iter()
+        .map(|&d| usize::try_from(d).map_err(|_| bad(format!("dim {d} is negative"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let elements = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= max_elements)
+        .ok_or_else(|| {
+            InputError::TooLarge(format!(
+                "input `{name}`: shape {shape:?} is over the limit of {max_elements} elements"
+            ))
+        })?;
+    let mut flat = Vec::with_capacity(elements);
+    flatten(&input.data, &mut flat);
+    if flat.len() != elements {
+        return Err(bad(format!(
+            "has {} values but shape {shape:?} needs {elements}",
+            flat.len()
+        )));
+    }
+    macro_rules! ints {
+        ($t:ty, $variant:ident) => {
+            TensorData::$variant(
+                flat.iter()
+                    .map(|v| {
+                        v.as_i64()
+                            .and_then(|i| <$t>::try_from(i).ok())
+                            .ok_or_else(|| {
+                                bad(format!("{v} is not a {}", input.datatype.to_lowercase()))
+                            })
+                    })
+                    .collect::<Result<_, _>>()?,
+            )
+        };
+    }
+    let floats = || -> Result<Vec<f64>, InputError> {
+        flat.iter()
+            .map(|v| {
+                v.as_f64()
+                    .ok_or_else(|| bad(format!("{v} is not a number")))
+            })
+            .collect()
+    };
+    let data = match input.datatype.as_str() {
+        "FP32" => TensorData::F32(floats()?.into_iter().map(|x| x as f32).collect()),
+        "FP64" => TensorData::F64(floats()?),
+        "INT64" => ints!(i64, I64),
+        "INT32" => ints!(i32, I32),
+        "INT8" => ints!(i8, I8),
+        "UINT8" => ints!(u8, U8),
+        "BOOL" => TensorData::Bool(
+            flat.iter()
+                .map(|v| v.as_bool().ok_or_else(|| bad(format!("{v} is not a bool"))))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => {
+            return Err(bad(format!(
+            "datatype {other:?} is not served; use FP32, FP64, INT64, INT32, INT8, UINT8 or BOOL"
+        )))
+        }
+    };
+    Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
+}
+
+/// Why a request tensor was refused.
+#[derive(Debug)]
+pub enum InputError {
+    /// Malformed (400).
+    Invalid(String),
+    /// Over the size limit (413).
+    TooLarge(String),
+}
+
+/// Appends the leaves of a (possibly nested) JSON array, row-major. serde_json's own depth
+/// limit (128) bounds the recursion.
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        leaf => out.push(leaf),
+    }
+}
+
+/// A kiln output as a response tensor (flat data).
+pub fn output(name: String, tensor: &Tensor) -> OutputTensor {
+    let data = match tensor.data() {
+        TensorData::F32(v) => serde_json::json!(v),
+        TensorData::F64(v) => serde_json::json!(v),
+        TensorData::I64(v) => serde_json::json!(v),
+        TensorData::I32(v) => serde_json::json!(v),
+        TensorData::I8(v) => serde_json::json!(v),
+        TensorData::U8(v) => serde_json::json!(v),
+        TensorData::Bool(v) => serde_json::json!(v),
+        _ => Value::Null,
+    };
+    OutputTensor {
+        name,
+        datatype: datatype(tensor.element_type()),
+        shape: tensor.shape().to_vec(),
+        data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(shape: Vec<i64>, datatype: &str, data: Value) -> InputTensor {
+        InputTensor {
+            name: "x".into(),
+            shape,
+            datatype: datatype.into(),
+            parameters: None,
+            data,
+        }
+    }
+
+    #[test]
+    fn nested_and_flat_data_give_the_same_tensor() {
+        let flat = to_tensor(
+            &input(vec![2, 2], "FP32", serde_json::json!([1, 2, 3, 4])),
+            100,
+        )
+        .expect("flat");
+        let nested = to_tensor(
+            &input(vec![2, 2], "FP32", serde_json::json!([[1, 2], [3, 4]])),
+            100,
+        )
+        .expect("nested");
+        assert_eq!(flat, nested);
+        assert_eq!(flat.as_slice::<f32>().expect("f32"), &[1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn bad_tensors_are_refused_with_the_reason() {
+        let msg = |r: Result<Tensor, InputError>| match r {
+            Err(InputError::Invalid(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(msg(to_tensor(
+            &input(vec![3], "FP32", serde_json::json!([1, 2])),
+            9
+        ))
+        .contains("has 2 values but shape [3] needs 3"));
+        assert!(msg(to_tensor(
+            &input(vec![-1], "FP32", serde_json::json!([])),
+            9
+        ))
+        .contains("negative"));
+        assert!(msg(to_tensor(
+            &input(vec![1], "INT8", serde_json::json!([300])),
+            9
+        ))
+        .contains("300 is not a int8"));
+        assert!(msg(to_tensor(
+            &input(vec![1], "BYTES", serde_json::json!(["a"])),
+            9
+        ))
+        .contains("not served"));
+        // A huge declared shape is refused before the (tiny) data is looked at.
+        assert!(matches!(
+            to_tensor(
+                &input(vec![1 << 40, 1 << 40], "FP32", serde_json::json!([1])),
+                1000
+            ),
+            Err(InputError::TooLarge(_))
+        ));
+    }
+}

@@ -1,0 +1,66 @@
+//! Helpers shared by the server's tests: the repository root, the ONNX Runtime, and
+//! publishing a test model the way the agent does.
+
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use kiln::{Manifest, ManifestFile, Runtime, RuntimeConfig};
+
+pub(crate) fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub(crate) fn runtime() -> Runtime {
+    let configured = ["ORT_DYLIB_PATH", "KILN_ORT_DIR"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    let config = if configured {
+        RuntimeConfig::default()
+    } else {
+        RuntimeConfig {
+            library_path: Some(repo_root().join(".cache/ort/cpu/libonnxruntime.so")),
+            ..RuntimeConfig::default()
+        }
+    };
+    Runtime::new(&config).expect("ONNX Runtime (run `make ort`)")
+}
+
+/// Publishes `testdata/<file>` as `<root>/<model>/<version>/model.onnx` with its manifest
+/// and `current` link, as the agent does.
+pub(crate) fn publish(root: &Path, model: &str, version: &str, file: &str) {
+    let dir = root.join(model).join(version);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let bytes =
+        std::fs::read(repo_root().join("testdata").join(file)).expect("run `make testdata`");
+    let manifest = Manifest {
+        schema: kiln::manifest::SCHEMA,
+        model: model.into(),
+        version: version.into(),
+        source: None,
+        etag: None,
+        version_id: None,
+        created: "2026-11-22T00:00:00Z".into(),
+        files: vec![ManifestFile {
+            path: "model.onnx".into(),
+            sha256: kiln::Digest::of(&bytes),
+            size: bytes.len() as u64,
+        }],
+    };
+    std::fs::write(dir.join("model.onnx"), &bytes).expect("model");
+    std::fs::write(dir.join(kiln::layout::MANIFEST_FILE), manifest.to_json()).expect("manifest");
+    std::os::unix::fs::symlink(version, root.join(model).join("current")).expect("current");
+}
+
+/// The environment a child process needs to find ONNX Runtime: the caller's when set (as
+/// `make test` does), else the library `make ort` provisions.
+pub(crate) fn ort_env() -> Vec<(&'static str, std::path::PathBuf)> {
+    let configured = ["ORT_DYLIB_PATH", "KILN_ORT_DIR"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
+    if configured {
+        Vec::new()
+    } else {
+        vec![("KILN_ORT_DIR", repo_root().join(".cache/ort/cpu"))]
+    }
+}

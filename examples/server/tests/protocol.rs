@@ -1,0 +1,300 @@
+//! The v2 protocol end to end, in process: a repository with the real test models published
+//! as the agent publishes them, the router driven request by request. Every endpoint and every
+//! error mapping the server documents.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{publish, repo_root, runtime};
+use kiln::{Repository, RepositoryConfig};
+use kiln_server::{router, AppState, ServerConfig, TIMEOUT_HEADER};
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+
+struct Server {
+    _root: tempfile::TempDir,
+    state: Arc<AppState>,
+    app: axum::Router,
+}
+
+fn server(config: ServerConfig) -> Server {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "3", "mlp.onnx");
+    publish(root.path(), "int64", "1", "int64.onnx");
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let meter = telemetry.meter();
+    let repo = Arc::new(Repository::new(
+        runtime(),
+        RepositoryConfig::new(root.path()),
+        meter.clone(),
+    ));
+    let report = repo.scan().expect("scan");
+    assert!(report.failed.is_empty(), "{report:?}");
+    let state = Arc::new(AppState::new(repo, config, Some(telemetry), &meter));
+    Server {
+        _root: root,
+        app: router(Arc::clone(&state)),
+        state,
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio")
+}
+
+/// Sends one request; returns status, headers and the body (JSON when it parses).
+fn call(
+    s: &Server,
+    method: Method,
+    uri: &str,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.map_or_else(Body::empty, Body::from))
+        .expect("request");
+    rt().block_on(async {
+        let response = s.app.clone().oneshot(req).await.expect("response");
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (parts.status, parts.headers, value)
+    })
+}
+
+fn infer_body(data: Value, shape: Value) -> String {
+    json!({"id": "req-7", "inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]})
+        .to_string()
+}
+
+#[test]
+fn health_metadata_and_readiness() {
+    let s = server(ServerConfig::default());
+    assert_eq!(
+        call(&s, Method::GET, "/v2/health/live", None, &[]).0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&s, Method::GET, "/v2/health/ready", None, &[]).0,
+        StatusCode::OK
+    );
+    let (status, _, meta) = call(&s, Method::GET, "/v2", None, &[]);
+    assert_eq!(
+        (status, meta["name"].as_str()),
+        (StatusCode::OK, Some("kiln"))
+    );
+
+    let (status, _, meta) = call(&s, Method::GET, "/v2/models/mlp", None, &[]);
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(meta["versions"], json!(["3"]));
+    assert_eq!(
+        meta["inputs"][0],
+        json!({"name": "x", "datatype": "FP32", "shape": [-1, 16]})
+    );
+    assert_eq!(meta["outputs"][0]["name"], "y");
+    assert_eq!(
+        call(&s, Method::GET, "/v2/models/mlp/versions/3", None, &[]).0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&s, Method::GET, "/v2/models/mlp/versions/9", None, &[]).0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&s, Method::GET, "/v2/models/mlp/ready", None, &[]).0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(
+            &s,
+            Method::GET,
+            "/v2/models/mlp/versions/3/ready",
+            None,
+            &[]
+        )
+        .0,
+        StatusCode::OK
+    );
+    let (status, _, err) = call(&s, Method::GET, "/v2/models/nope", None, &[]);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("unknown model `nope`"),
+        "{err}"
+    );
+
+    // Shutting down: readiness goes false first, inference is refused with 503, liveness stays.
+    s.state.draining.store(true, Ordering::Relaxed);
+    assert_eq!(
+        call(&s, Method::GET, "/v2/health/ready", None, &[]).0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        call(&s, Method::GET, "/v2/health/live", None, &[]).0,
+        StatusCode::OK
+    );
+    let body = infer_body(json!(vec![0.5; 16]), json!([1, 16]));
+    assert_eq!(
+        call(&s, Method::POST, "/v2/models/mlp/infer", Some(body), &[]).0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[test]
+fn inference_matches_the_golden_outputs_and_echoes_the_id() {
+    let s = server(ServerConfig::default());
+    let golden: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("testdata/golden/mlp.json")).expect("golden"),
+    )
+    .expect("json");
+    let x = &golden["inputs"]["x"];
+    let body = infer_body(x["data"].clone(), x["shape"].clone());
+    let (status, _, out) = call(
+        &s,
+        Method::POST,
+        "/v2/models/mlp/versions/3/infer",
+        Some(body),
+        &[(TIMEOUT_HEADER, "5000")],
+    );
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["id"], "req-7");
+    assert_eq!(out["model_version"], "3");
+    let y = &out["outputs"][0];
+    assert_eq!(
+        (y["name"].as_str(), y["datatype"].as_str()),
+        (Some("y"), Some("FP32"))
+    );
+    assert_eq!(y["shape"], golden["outputs"]["y"]["shape"]);
+    let got: Vec<f64> = serde_json::from_value(y["data"].clone()).expect("floats");
+    let want: Vec<f64> =
+        serde_json::from_value(golden["outputs"]["y"]["data"].clone()).expect("floats");
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{g} vs {w}");
+    }
+    // Integer tensors, nested data, output selection.
+    let ids = json!({"inputs": [{"name": "ids", "shape": [1, 6], "datatype": "INT64", "data": [[1, 2, 3, 4, 5, 6]]}],
+                     "outputs": [{"name": "doubled"}]});
+    let (status, _, out) = call(
+        &s,
+        Method::POST,
+        "/v2/models/int64/infer",
+        Some(ids.to_string()),
+        &[],
+    );
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["outputs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(out["outputs"][0]["datatype"], "INT64");
+    assert_eq!(out["outputs"][0]["data"], json!([2, 4, 6, 8, 10, 12]));
+}
+
+#[test]
+fn every_error_maps_to_its_status_with_a_message() {
+    let s = server(ServerConfig {
+        max_body_bytes: 64 << 10,
+        max_input_elements: 1 << 16,
+        ..ServerConfig::default()
+    });
+    let post = |uri: &str, body: String, headers: &[(&str, &str)]| {
+        call(&s, Method::POST, uri, Some(body), headers)
+    };
+    let cases: Vec<(&str, String, StatusCode, &str)> = vec![
+        ("/v2/models/mlp/infer", "{\"inputs\": [".into(), StatusCode::BAD_REQUEST, "malformed request body"),
+        ("/v2/models/mlp/infer", json!({"inputs": 3}).to_string(), StatusCode::BAD_REQUEST, "malformed request body"),
+        ("/v2/models/mlp/infer", infer_body(json!([1, 2]), json!([1, 16])), StatusCode::BAD_REQUEST, "has 2 values but shape [1, 16] needs 16"),
+        ("/v2/models/mlp/infer", infer_body(json!(vec![1; 15]), json!([1, 15])), StatusCode::BAD_REQUEST, "must have shape [?, 16]"),
+        ("/v2/models/mlp/infer", json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "INT32", "data": vec![1; 16]}]}).to_string(), StatusCode::BAD_REQUEST, "must be float32"),
+        ("/v2/models/mlp/infer", json!({"inputs": [{"name": "z", "shape": [1, 16], "datatype": "FP32", "data": vec![1; 16]}]}).to_string(), StatusCode::BAD_REQUEST, "unknown input `z`"),
+        ("/v2/models/mlp/infer", json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![1; 16]}], "outputs": [{"name": "q"}]}).to_string(), StatusCode::BAD_REQUEST, "unknown output `q`"),
+        ("/v2/models/mlp/infer", infer_body(json!([1]), json!([1000000, 1000000])), StatusCode::PAYLOAD_TOO_LARGE, "over the limit"),
+        ("/v2/models/mlp/infer", infer_body(json!(vec![0.25; 40000]), json!([2500, 16])), StatusCode::PAYLOAD_TOO_LARGE, ""),
+        ("/v2/models/ghost/infer", infer_body(json!(vec![1; 16]), json!([1, 16])), StatusCode::NOT_FOUND, "unknown model `ghost`"),
+        ("/v2/models/mlp/versions/2/infer", infer_body(json!(vec![1; 16]), json!([1, 16])), StatusCode::NOT_FOUND, "no version `2`"),
+        ("/v2/repository/models/mlp/load", String::new(), StatusCode::FORBIDDEN, "--admin"),
+    ];
+    for (uri, body, want, needle) in cases {
+        let (status, _, out) = post(uri, body, &[]);
+        assert_eq!(status, want, "{uri}: {out}");
+        let message = out["error"]
+            .as_str()
+            .unwrap_or_else(|| out.as_str().unwrap_or_default());
+        assert!(message.contains(needle), "{uri}: {message}");
+    }
+    let (status, _, out) = post(
+        "/v2/models/mlp/infer",
+        infer_body(json!(vec![1; 16]), json!([1, 16])),
+        &[(TIMEOUT_HEADER, "soon")],
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
+}
+
+#[test]
+fn admin_endpoints_unload_and_reload_and_metrics_count_requests() {
+    let s = server(ServerConfig {
+        admin: true,
+        ..ServerConfig::default()
+    });
+    assert_eq!(
+        call(
+            &s,
+            Method::POST,
+            "/v2/repository/models/mlp/unload",
+            None,
+            &[]
+        )
+        .0,
+        StatusCode::OK
+    );
+    let (status, _, out) = call(
+        &s,
+        Method::POST,
+        "/v2/models/mlp/infer",
+        Some(infer_body(json!(vec![1; 16]), json!([1, 16]))),
+        &[],
+    );
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{out}");
+    assert_eq!(
+        call(&s, Method::GET, "/v2/health/ready", None, &[]).0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        call(
+            &s,
+            Method::POST,
+            "/v2/repository/models/ghost/load",
+            None,
+            &[]
+        )
+        .0,
+        StatusCode::NOT_FOUND
+    );
+
+    let (status, _, text) = call(&s, Method::GET, "/metrics", None, &[]);
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains(
+            "kiln_http_requests_total{code=\"503\",route=\"/v2/models/{model}/infer\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("kiln_http_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
