@@ -6,7 +6,7 @@
 
 use std::ffi::c_char;
 
-use runtime::{BatchConfig, Checksum, Device, Fallback, ModelOptions};
+use runtime::{BatchConfig, Checksum, Fallback, ModelOptions};
 
 use crate::status::{
     borrow_mut, free_handle, give, guard, out_ptr, text, Failure, FfiResult, KilnStatus,
@@ -63,7 +63,11 @@ impl KilnModelOptions {
                     _ => return Err(bad(key, value, "`manifest` or `skip` (or set `sha256`)")),
                 }
             }
-            "device" => self.model.device = parse_device(value)?,
+            "device" => {
+                self.model.device = value
+                    .parse()
+                    .map_err(|e: String| Failure::invalid(format!("option `device`: {e}")))?
+            }
             "fallback" => {
                 self.model.fallback = match value {
                     "fail" => Fallback::Fail,
@@ -118,21 +122,6 @@ fn boolean(key: &str, value: &str) -> FfiResult<bool> {
         "true" | "1" | "on" => Ok(true),
         "false" | "0" | "off" => Ok(false),
         _ => Err(bad(key, value, "a boolean (true/false)")),
-    }
-}
-
-/// `cpu`, `auto` (CUDA device 0 if it works, else the CPU), `cuda` or `cuda:N`.
-fn parse_device(value: &str) -> FfiResult<Device> {
-    let expected = "`cpu`, `auto`, `cuda` or `cuda:N`";
-    match value {
-        "cpu" => Ok(Device::Cpu),
-        "auto" => Ok(Device::Auto),
-        "cuda" => Ok(Device::Cuda { device_id: 0 }),
-        _ => value
-            .strip_prefix("cuda:")
-            .and_then(|id| id.parse().ok())
-            .map(|device_id| Device::Cuda { device_id })
-            .ok_or_else(|| bad("device", value, expected)),
     }
 }
 
@@ -295,7 +284,7 @@ mod tests {
         o.set("warmup", "false").expect("set");
         assert_eq!(o.batch.max_batch_size, 32);
         assert_eq!(o.batch.preferred_batch_sizes, vec![8, 16, 32]);
-        assert_eq!(o.model.device, Device::Cuda { device_id: 1 });
+        assert_eq!(o.model.device, runtime::Device::Cuda { device_id: 1 });
         assert!(!o.batch.warmup);
         let e = o.set("max_batch_size", "-1").expect_err("negative");
         assert!(e.message.contains("max_batch_size"), "{}", e.message);

@@ -37,6 +37,27 @@ impl std::fmt::Display for Device {
     }
 }
 
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// `cpu`, `auto`, `cuda` (device 0) or `cuda:N`, case-insensitive: the spelling flags,
+    /// environment variables and the C ABI's options use.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "auto" => Ok(Self::Auto),
+            "cuda" => Ok(Self::Cuda { device_id: 0 }),
+            _ => lower
+                .strip_prefix("cuda:")
+                .and_then(|id| id.parse().ok())
+                .filter(|id: &i32| *id >= 0)
+                .map(|device_id| Self::Cuda { device_id })
+                .ok_or_else(|| format!("{s:?} is not `cpu`, `auto`, `cuda` or `cuda:N`")),
+        }
+    }
+}
+
 /// What a failed CUDA registration does for [`Device::Cuda`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -229,6 +250,12 @@ mod tests {
     fn device_config_parses() {
         let d: Device = serde_json::from_str(r#"{"kind":"cuda","device_id":1}"#).expect("cuda");
         assert_eq!(d, Device::Cuda { device_id: 1 });
+        assert_eq!(
+            "CUDA:1".parse::<Device>(),
+            Ok(Device::Cuda { device_id: 1 })
+        );
+        assert_eq!("cpu".parse::<Device>(), Ok(Device::Cpu));
+        assert!("cuda:-1".parse::<Device>().is_err() && "tpu".parse::<Device>().is_err());
         assert_eq!(d.to_string(), "CUDA:1");
         assert!(serde_json::from_str::<Device>(r#"{"kind":"tpu"}"#).is_err());
     }

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! kiln-server --root /models [--listen 0.0.0.0:8000] [--admin] [--max-body-mib 32]
-//!             [--drain-delay-s 5] [--poll-ms 2000]
+//!             [--drain-delay-s 5] [--poll-ms 2000] [--device cpu|auto|cuda|cuda:N]
 //! ```
 //! Environment overrides: `KILN_SERVER_ROOT`, `KILN_SERVER_LISTEN`. ONNX Runtime is found as
 //! the runtime documents (`KILN_ORT_DIR`, `ORT_DYLIB_PATH`, ...). SIGTERM or SIGINT: readiness
@@ -25,6 +25,7 @@ struct Args {
     max_body_mib: usize,
     drain_delay: Duration,
     poll: Duration,
+    device: kiln::Device,
 }
 
 fn parse() -> Result<Args> {
@@ -35,6 +36,7 @@ fn parse() -> Result<Args> {
         max_body_mib: 32,
         drain_delay: Duration::from_secs(5),
         poll: Duration::from_millis(2000),
+        device: kiln::Device::Cpu,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +49,7 @@ fn parse() -> Result<Args> {
             "--drain-delay-s" => {
                 a.drain_delay = Duration::from_secs(value()?.parse().context("--drain-delay-s")?)
             }
+            "--device" => a.device = value()?.parse().map_err(anyhow::Error::msg)?,
             "--poll-ms" => a.poll = Duration::from_millis(value()?.parse().context("--poll-ms")?),
             other => bail!("unknown argument {other:?} (see the crate docs for the flags)"),
         }
@@ -69,6 +72,7 @@ fn main() -> Result<()> {
     let runtime = Runtime::new(&RuntimeConfig::default())?;
     let mut config = RepositoryConfig::new(&args.root);
     config.poll_interval = args.poll;
+    config.options = config.options.clone().with_device(args.device);
     let repo = Arc::new(Repository::new(runtime, config, meter.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = repo
