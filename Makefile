@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo test check header azurite s3s-fs ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
+.PHONY: help demo test check header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
 
 help:
 	@echo "make demo        classify files with the real model (sets everything up)"
@@ -69,12 +69,24 @@ demo: ort model
 header:
 	KILN_BLESS=1 cargo test -p kiln-ffi --test header
 
+# Every overlay rendered with kustomize and validated offline, strictly, against Kubernetes
+# 1.29-1.33 (CRDs such as PodMonitor and ScaledObject have no schema there and are only rendered).
+K8S_VERSIONS := 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0
+k8s-check: $(VENV)/.stamp
+	@set -e; for o in k8s/overlays/*/; do \
+	  kubectl kustomize $$o > $(ROOT)/.cache/k8s-rendered.yaml; \
+	  for v in $(K8S_VERSIONS); do \
+	    $(VENV)/bin/kubernetes-validate --strict --quiet --no-warn -k $$v $(ROOT)/.cache/k8s-rendered.yaml \
+	      || { echo "k8s-check: $$o is invalid for Kubernetes $$v" >&2; exit 1; }; \
+	  done; echo "k8s-check: $$o valid for $(K8S_VERSIONS)"; \
+	done
+
 check:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-test: ort testdata azurite check
+test: ort testdata azurite k8s-check check
 	cargo test --workspace
 
 test-cuda: ort-gpu testdata
