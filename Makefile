@@ -12,10 +12,11 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo test check header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
+.PHONY: help demo demo-classify test check header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
 
 help:
-	@echo "make demo        classify files with the real model (sets everything up)"
+	@echo "make demo        a kiln pod on this machine: S3 + agent + server, load, hot swap (sets everything up)"
+	@echo "make demo-classify  classify files with the verified real model; refuse a tampered copy"
 	@echo "make test        lint + docs + all tests (what .ci/run does)"
 	@echo "make ort         fetch the CPU ONNX Runtime library (pinned wheel, sha256 checked)"
 	@echo "make ort-gpu     fetch the CUDA 13 ONNX Runtime library (GPU machines)"
@@ -62,6 +63,10 @@ $(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.js
 azurite: $(NODE_DIR)/.stamp
 
 demo: ort model
+	cargo build --release -p kiln-agent -p kiln-example-server
+	scripts/pod-demo.sh
+
+demo-classify: ort model
 	cargo build --release -p kiln-example-classify
 	scripts/demo.sh
 

@@ -26,6 +26,8 @@ pub struct AgentMetrics {
     cache_hits: Counter<u64>,
     unchanged_polls: Counter<u64>,
     ready: Gauge<u64>,
+    /// The version (and digest) each model's ready gauge reads 1 for.
+    ready_versions: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
     progress: Gauge<f64>,
     throughput: Gauge<f64>,
     last_success: Gauge<f64>,
@@ -69,6 +71,7 @@ impl AgentMetrics {
                     "Conditional HEADs (If-None-Match on the last ETag) the store answered 304 Not Modified",
                 )
                 .build(),
+            ready_versions: std::sync::Mutex::default(),
             ready: meter
                 .u64_gauge("kiln_agent_model_ready")
                 .with_description("1 when the model's current version is published")
@@ -146,12 +149,23 @@ impl AgentMetrics {
     }
 
     pub(crate) fn published(&self, model: &str, version: &str, digest: &str) {
-        let a = [
-            KeyValue::new("model", model.to_owned()),
-            KeyValue::new("version", version.to_owned()),
-            KeyValue::new("digest", digest.to_owned()),
-        ];
-        self.ready.record(1, &a);
+        let labels = |version: &str, digest: &str| {
+            [
+                KeyValue::new("model", model.to_owned()),
+                KeyValue::new("version", version.to_owned()),
+                KeyValue::new("digest", digest.to_owned()),
+            ]
+        };
+        // Only the current version reads 1: the one it replaced drops to 0.
+        let previous = self
+            .ready_versions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(model.to_owned(), (version.to_owned(), digest.to_owned()));
+        if let Some((v, d)) = previous.filter(|(v, _)| v != version) {
+            self.ready.record(0, &labels(&v, &d));
+        }
+        self.ready.record(1, &labels(version, digest));
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());

@@ -1297,6 +1297,17 @@ fn polls_ask_conditionally_and_see_a_change() {
         .expect("new version")
         .clone();
     assert_ne!(second, first, "a changed object is a new version");
+    let metrics = telemetry.render();
+    let ready = |v: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("kiln_agent_model_ready{") && l.contains(&format!("version=\"{v}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+    };
+    assert_eq!(ready(&first).as_deref(), Some("0"), "{metrics}");
+    assert_eq!(ready(&second).as_deref(), Some("1"), "{metrics}");
     assert_eq!(
         std::fs::read(root.path().join("m").join(&second).join("model.onnx")).expect("new"),
         std::fs::read(&file).expect("source")
