@@ -108,7 +108,7 @@ pub fn datatype(ty: ElementType) -> &'static str {
 /// match the shape, and values out of the datatype's range.
 ///
 /// # Errors
-/// The message for a 400 response, or [`TooLarge`] for a 413.
+/// [`InputError::Invalid`] (400) or [`InputError::TooLarge`] (413), with the message.
 pub fn to_tensor(input: &InputTensor, max_elements: usize) -> Result<Tensor, InputError> {
     let name = &input.name;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
