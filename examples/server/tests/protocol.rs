@@ -241,6 +241,20 @@ fn every_error_maps_to_its_status_with_a_message() {
         &[(TIMEOUT_HEADER, "soon")],
     );
     assert_eq!(status, StatusCode::BAD_REQUEST, "{out}");
+    // A deadline that has passed before the request can run: 504.
+    let (status, _, out) = post(
+        "/v2/models/mlp/infer",
+        infer_body(json!(vec![1; 16]), json!([1, 16])),
+        &[(TIMEOUT_HEADER, "0")],
+    );
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{out}");
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deadline exceeded"),
+        "{out}"
+    );
 }
 
 #[test]
