@@ -3,7 +3,11 @@
 //!
 //! A request tensor's declared shape is checked (non-negative dims, element count under the
 //! limit) before its data is read, so a huge declared shape with a tiny body costs nothing.
-//! `data` may be flat or nested row-major, as the protocol allows.
+//! `data` may be flat or nested row-major, as the protocol allows. The binary-data extension
+//! is supported both ways: an input with `parameters.binary_data_size` takes its bytes (raw,
+//! little-endian, row-major) from the body after the JSON header, and an output asked for with
+//! `parameters.binary_data: true` (or every output, with the request parameter
+//! `binary_data_output: true`) is returned the same way.
 
 use kiln::{ElementType, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
@@ -37,8 +41,35 @@ pub struct InputTensor {
     /// Tensor parameters (accepted, unused).
     #[serde(default)]
     pub parameters: Option<Value>,
-    /// The values, flat or nested, row-major.
+    /// The values, flat or nested, row-major (absent with binary data).
+    #[serde(default)]
     pub data: Value,
+}
+
+impl InputTensor {
+    /// The size of this input's binary data, if it is sent in binary.
+    pub fn binary_size(&self) -> Option<usize> {
+        self.parameters
+            .as_ref()?
+            .get("binary_data_size")?
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+    }
+}
+
+impl InferRequest {
+    /// Whether output `name` is wanted in binary.
+    pub fn binary_output(&self, name: &str) -> bool {
+        let flag = |p: &Option<Value>, key: &str| {
+            p.as_ref().and_then(|p| p.get(key)).and_then(Value::as_bool)
+        };
+        self.outputs
+            .iter()
+            .find(|o| o.name == name)
+            .and_then(|o| flag(&o.parameters, "binary_data"))
+            .or_else(|| flag(&self.parameters, "binary_data_output"))
+            .unwrap_or(false)
+    }
 }
 
 /// An output the caller wants.
@@ -74,8 +105,12 @@ pub struct OutputTensor {
     pub datatype: &'static str,
     /// Dims.
     pub shape: Vec<usize>,
-    /// Flat row-major values.
-    pub data: Value,
+    /// Flat row-major values (absent when sent in binary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    /// `binary_data_size` when the data follows the JSON in binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
 }
 
 /// A tensor's description in model metadata.
@@ -109,7 +144,11 @@ pub fn datatype(ty: ElementType) -> &'static str {
 ///
 /// # Errors
 /// [`InputError::Invalid`] (400) or [`InputError::TooLarge`] (413), with the message.
-pub fn to_tensor(input: &InputTensor, max_elements: usize) -> Result<Tensor, InputError> {
+pub fn to_tensor(
+    input: &InputTensor,
+    binary: Option<&[u8]>,
+    max_elements: usize,
+) -> Result<Tensor, InputError> {
     let name = &input.name;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
     let shape = input
@@ -126,6 +165,9 @@ pub fn to_tensor(input: &InputTensor, max_elements: usize) -> Result<Tensor, Inp
                 "input `{name}`: shape {shape:?} is over the limit of {max_elements} elements"
             ))
         })?;
+    if let Some(bytes) = binary {
+        return from_le_bytes(&input.datatype, shape, elements, bytes).map_err(bad);
+    }
     let mut flat = Vec::with_capacity(elements);
     flatten(&input.data, &mut flat);
     if flat.len() != elements {
@@ -178,6 +220,65 @@ pub fn to_tensor(input: &InputTensor, max_elements: usize) -> Result<Tensor, Inp
     Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
 }
 
+/// A tensor from raw little-endian bytes (the binary-data extension).
+fn from_le_bytes(
+    datatype: &str,
+    shape: Vec<usize>,
+    elements: usize,
+    bytes: &[u8],
+) -> Result<Tensor, String> {
+    let size = match datatype {
+        "FP64" | "INT64" => 8,
+        "FP32" | "INT32" => 4,
+        "INT8" | "UINT8" | "BOOL" => 1,
+        other => return Err(format!("datatype {other:?} is not served in binary")),
+    };
+    if bytes.len() != elements * size {
+        return Err(format!(
+            "has {} bytes of binary data but shape {shape:?} of {datatype} needs {}",
+            bytes.len(),
+            elements * size
+        ));
+    }
+    macro_rules! le {
+        ($t:ty) => {
+            bytes
+                .chunks_exact(size)
+                .map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect()
+        };
+    }
+    let data = match datatype {
+        "FP32" => TensorData::F32(le!(f32)),
+        "FP64" => TensorData::F64(le!(f64)),
+        "INT64" => TensorData::I64(le!(i64)),
+        "INT32" => TensorData::I32(le!(i32)),
+        "INT8" => TensorData::I8(le!(i8)),
+        "UINT8" => TensorData::U8(bytes.to_vec()),
+        _ => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
+    };
+    Tensor::from_data(shape, data).map_err(|e| e.to_string())
+}
+
+/// A tensor's data as raw little-endian bytes.
+pub fn to_le_bytes(tensor: &Tensor) -> Vec<u8> {
+    macro_rules! le {
+        ($v:expr) => {
+            $v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        };
+    }
+    match tensor.data() {
+        TensorData::F32(v) => le!(v),
+        TensorData::F64(v) => le!(v),
+        TensorData::I64(v) => le!(v),
+        TensorData::I32(v) => le!(v),
+        TensorData::I8(v) => le!(v),
+        TensorData::U8(v) => v.clone(),
+        TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Why a request tensor was refused.
 #[derive(Debug)]
 pub enum InputError {
@@ -196,8 +297,20 @@ fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
-/// A kiln output as a response tensor (flat data).
-pub fn output(name: String, tensor: &Tensor) -> OutputTensor {
+/// A kiln output as a response tensor: flat JSON data, or (with `binary`) its size in
+/// `parameters` and its bytes returned beside it.
+pub fn output(name: String, tensor: &Tensor, binary: bool) -> (OutputTensor, Option<Vec<u8>>) {
+    if binary {
+        let bytes = to_le_bytes(tensor);
+        let out = OutputTensor {
+            name,
+            datatype: datatype(tensor.element_type()),
+            shape: tensor.shape().to_vec(),
+            data: None,
+            parameters: Some(serde_json::json!({ "binary_data_size": bytes.len() })),
+        };
+        return (out, Some(bytes));
+    }
     let data = match tensor.data() {
         TensorData::F32(v) => serde_json::json!(v),
         TensorData::F64(v) => serde_json::json!(v),
@@ -208,12 +321,14 @@ pub fn output(name: String, tensor: &Tensor) -> OutputTensor {
         TensorData::Bool(v) => serde_json::json!(v),
         _ => Value::Null,
     };
-    OutputTensor {
+    let out = OutputTensor {
         name,
         datatype: datatype(tensor.element_type()),
         shape: tensor.shape().to_vec(),
-        data,
-    }
+        data: Some(data),
+        parameters: None,
+    };
+    (out, None)
 }
 
 #[cfg(test)]
@@ -234,16 +349,34 @@ mod tests {
     fn nested_and_flat_data_give_the_same_tensor() {
         let flat = to_tensor(
             &input(vec![2, 2], "FP32", serde_json::json!([1, 2, 3, 4])),
+            None,
             100,
         )
         .expect("flat");
         let nested = to_tensor(
             &input(vec![2, 2], "FP32", serde_json::json!([[1, 2], [3, 4]])),
+            None,
             100,
         )
         .expect("nested");
         assert_eq!(flat, nested);
         assert_eq!(flat.as_slice::<f32>().expect("f32"), &[1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn binary_data_round_trips() {
+        let t = to_tensor(
+            &input(vec![2], "FP32", Value::Null),
+            Some(&[0, 0, 192, 63, 0, 0, 0, 192]),
+            9,
+        )
+        .expect("binary");
+        assert_eq!(t.as_slice::<f32>().expect("f32"), &[1.5, -2.0]);
+        assert_eq!(to_le_bytes(&t), vec![0, 0, 192, 63, 0, 0, 0, 192]);
+        assert!(matches!(
+            to_tensor(&input(vec![3], "FP32", Value::Null), Some(&[0; 8]), 9),
+            Err(InputError::Invalid(m)) if m.contains("8 bytes of binary data")
+        ));
     }
 
     #[test]
@@ -254,21 +387,25 @@ mod tests {
         };
         assert!(msg(to_tensor(
             &input(vec![3], "FP32", serde_json::json!([1, 2])),
+            None,
             9
         ))
         .contains("has 2 values but shape [3] needs 3"));
         assert!(msg(to_tensor(
             &input(vec![-1], "FP32", serde_json::json!([])),
+            None,
             9
         ))
         .contains("negative"));
         assert!(msg(to_tensor(
             &input(vec![1], "INT8", serde_json::json!([300])),
+            None,
             9
         ))
         .contains("300 is not a int8"));
         assert!(msg(to_tensor(
             &input(vec![1], "BYTES", serde_json::json!(["a"])),
+            None,
             9
         ))
         .contains("not served"));
@@ -276,6 +413,7 @@ mod tests {
         assert!(matches!(
             to_tensor(
                 &input(vec![1 << 40, 1 << 40], "FP32", serde_json::json!([1])),
+                None,
                 1000
             ),
             Err(InputError::TooLarge(_))

@@ -262,7 +262,7 @@ async fn infer(
     Path(model): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<InferResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     run(&s, &model, None, &headers, &body).await
 }
 
@@ -271,9 +271,12 @@ async fn infer_v(
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<InferResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     run(&s, &model, Some(&version), &headers, &body).await
 }
+
+/// Header of the binary-data extension: the JSON part's length; binary data follows it.
+const HEADER_LENGTH: &str = "inference-header-content-length";
 
 async fn run(
     s: &AppState,
@@ -281,7 +284,7 @@ async fn run(
     version: Option<&str>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Json<InferResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     if s.draining.load(Ordering::Relaxed) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -289,16 +292,55 @@ async fn run(
         ));
     }
     let handle = find(s, model, version)?;
-    let request: InferRequest = serde_json::from_slice(body)
+    let (json, mut binary) = match headers.get(HEADER_LENGTH) {
+        Some(raw) => {
+            let n = raw
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n <= body.len())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{HEADER_LENGTH} must be a byte count within the body ({} bytes)",
+                        body.len()
+                    ))
+                })?;
+            body.split_at(n)
+        }
+        None => (body, &[][..]),
+    };
+    let request: InferRequest = serde_json::from_slice(json)
         .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))?;
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
-        let tensor =
-            protocol::to_tensor(input, s.config.max_input_elements).map_err(|e| match e {
+        let bytes = match input.binary_size() {
+            Some(n) if n <= binary.len() => {
+                let (now, rest) = binary.split_at(n);
+                binary = rest;
+                Some(now)
+            }
+            Some(n) => {
+                return Err(ApiError::bad_request(format!(
+                    "input `{}`: binary_data_size {n} is more than the {} bytes left in the body",
+                    input.name,
+                    binary.len()
+                )))
+            }
+            None => None,
+        };
+        let tensor = protocol::to_tensor(input, bytes, s.config.max_input_elements).map_err(
+            |e| match e {
                 InputError::Invalid(m) => ApiError::bad_request(m),
                 InputError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
-            })?;
+            },
+        )?;
         inputs.push((input.name.clone(), tensor));
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{} bytes of binary data belong to no input (binary_data_size)",
+            binary.len()
+        )));
     }
     let mut call = kiln::InferRequest::new(inputs);
     if let Some(raw) = headers.get(TIMEOUT_HEADER) {
@@ -325,17 +367,44 @@ async fn run(
             outputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
         )));
     }
+    let mut tail = Vec::new();
     let outputs = outputs
         .into_iter()
         .filter(|(n, _)| wanted.is_empty() || wanted.contains(&n.as_str()))
-        .map(|(n, t)| protocol::output(n, &t))
+        .map(|(n, t)| {
+            let binary = request.binary_output(&n);
+            let (out, bytes) = protocol::output(n, &t, binary);
+            tail.extend(bytes.unwrap_or_default());
+            out
+        })
         .collect();
-    Ok(Json(InferResponse {
+    let response = InferResponse {
         model_name: model.to_owned(),
         model_version,
         id: request.id,
         outputs,
-    }))
+    };
+    if tail.is_empty() {
+        return Ok(Json(response).into_response());
+    }
+    let mut body = serde_json::to_vec(&response)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let json_len = body.len();
+    body.extend(tail);
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            ),
+            (
+                axum::http::HeaderName::from_static(HEADER_LENGTH),
+                json_len.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 fn admin(s: &AppState) -> Result<(), ApiError> {

@@ -312,3 +312,67 @@ fn admin_endpoints_unload_and_reload_and_metrics_count_requests() {
         "{text}"
     );
 }
+
+#[test]
+fn binary_data_extension_in_and_out_matches_json() {
+    let s = server(ServerConfig::default());
+    let values: Vec<f32> = (0..16).map(|i| i as f32 / 10.0).collect();
+    // The JSON answer, for comparison.
+    let (_, _, json_out) = call(
+        &s,
+        Method::POST,
+        "/v2/models/mlp/infer",
+        Some(infer_body(json!(values), json!([1, 16]))),
+        &[],
+    );
+    let want: Vec<f32> = serde_json::from_value(json_out["outputs"][0]["data"].clone()).expect("y");
+    // The same input in binary, the output asked for in binary.
+    let header = json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
+                                    "parameters": {"binary_data_size": 64}}],
+                        "outputs": [{"name": "y", "parameters": {"binary_data": true}}]})
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v2/models/mlp/infer")
+        .header("inference-header-content-length", header.len().to_string())
+        .body(Body::from(body))
+        .expect("request");
+    let (status, headers, bytes) = rt().block_on(async {
+        let r = s.app.clone().oneshot(req).await.expect("response");
+        let (parts, body) = r.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.expect("body");
+        (parts.status, parts.headers, bytes)
+    });
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    let json_len: usize = headers["inference-header-content-length"]
+        .to_str()
+        .expect("header")
+        .parse()
+        .expect("length");
+    let meta: Value = serde_json::from_slice(&bytes[..json_len]).expect("json part");
+    assert_eq!(meta["outputs"][0]["parameters"]["binary_data_size"], 16);
+    assert!(meta["outputs"][0].get("data").is_none(), "{meta}");
+    let got: Vec<f32> = bytes[json_len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert_eq!(got, want, "binary and JSON give the same answer");
+
+    // A binary size larger than what was sent: 400 naming the input.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v2/models/mlp/infer")
+        .header("inference-header-content-length", header.len().to_string())
+        .body(Body::from(header.clone()))
+        .expect("request");
+    let status =
+        rt().block_on(async { s.app.clone().oneshot(req).await.expect("response").status() });
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
