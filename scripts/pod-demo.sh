@@ -43,8 +43,11 @@ echo "== object store: moto_server on 127.0.0.1:$s3, bucket 'models' with magika
 moto_server -H 127.0.0.1 -p "$s3" >"$work/moto.log" 2>&1 & pids+=($!)
 wait_for "http://127.0.0.1:$s3/" 30
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_DEFAULT_REGION=us-east-1
-upload() { aws --endpoint-url "http://127.0.0.1:$s3" s3 cp --quiet "$1" s3://models/magika/model.onnx; }
-aws --endpoint-url "http://127.0.0.1:$s3" s3 mb s3://models >/dev/null
+s3py() { # boto3 comes with moto
+  python3 -c "import boto3, sys; c = boto3.client('s3', endpoint_url='http://127.0.0.1:$s3'); $1" "${@:2}"
+}
+upload() { s3py "c.upload_file(sys.argv[1], 'models', 'magika/model.onnx')" "$1"; }
+s3py "c.create_bucket(Bucket='models')"
 upload "$model"
 
 mkdir -p "$work/models"
