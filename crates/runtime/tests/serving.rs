@@ -430,3 +430,26 @@ fn metrics_reach_the_hosts_exporter() {
         );
     }
 }
+
+#[test]
+fn a_request_already_past_its_deadline_is_always_answered() {
+    // Regression: an idle instance that found only expired requests used to keep them
+    // unanswered until its next batch, so a lone late request could wait forever.
+    let handle = serve("mlp.onnx", BatchConfig::default());
+    for i in 0..300 {
+        let h = handle.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let request =
+                kiln::InferRequest::new(mlp_request(i, 1)).with_deadline(std::time::Instant::now());
+            let _ = tx.send(h.infer_blocking(request));
+        });
+        let answer = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("request {i} past its deadline was never answered"));
+        assert!(
+            matches!(answer, Err(kiln::Error::DeadlineExceeded { .. })),
+            "{answer:?}"
+        );
+    }
+}

@@ -733,10 +733,20 @@ fn instance_loop(shared: &Shared, backend: &mut dyn Backend) {
                 // Several idle instances split what is queued, so they run in parallel
                 // instead of one taking everything while the others wait.
                 let cap = st.queue.rows().div_ceil(st.idle.max(1)).max(1);
-                match st
+                let taken = st
                     .queue
-                    .take(Instant::now(), &shared.policy, cap, &mut dropped)
-                {
+                    .take(Instant::now(), &shared.policy, cap, &mut dropped);
+                if !matches!(taken, Take::Batch(_)) && !dropped.is_empty() {
+                    // Expired or cancelled requests the queue handed over are answered before
+                    // this instance waits: nothing else holds them now, and an idle instance
+                    // may wait a long time.
+                    mirror_depth(shared, &st);
+                    drop(st);
+                    finish_dropped(shared, std::mem::take(&mut dropped));
+                    st = lock(&shared.state);
+                    continue;
+                }
+                match taken {
                     Take::Batch(b) => {
                         st.idle -= 1;
                         mirror_depth(shared, &st);
