@@ -652,16 +652,25 @@ fn mirror_depth(shared: &Shared, st: &State) {
         .store(st.queue.bytes(), Ordering::Relaxed);
 }
 
-/// Answers requests the queue dropped (outside the lock).
+/// Answers requests the queue dropped (outside the lock). The counters are updated first, so
+/// a caller who has its answer sees it counted.
 fn finish_dropped(shared: &Shared, dropped: Vec<Dropped>) {
     if dropped.is_empty() {
         return;
     }
-    let (mut expired, mut cancelled) = (0, 0);
+    let expired = dropped
+        .iter()
+        .filter(|d| matches!(d, Dropped::Expired(_)))
+        .count() as u64;
+    {
+        let mut st = lock(&shared.state);
+        st.stats.expired += expired;
+        st.stats.cancelled += dropped.len() as u64 - expired;
+        mirror_depth(shared, &st);
+    }
     for d in dropped {
         match d {
             Dropped::Expired(p) => {
-                expired += 1;
                 let waited = p.enqueued.elapsed();
                 shared.metrics.outcome(Outcome::Deadline, Some(waited));
                 let _ = p.reply.send(Err(Error::DeadlineExceeded {
@@ -670,17 +679,12 @@ fn finish_dropped(shared: &Shared, dropped: Vec<Dropped>) {
                 }));
             }
             Dropped::Cancelled(p) => {
-                cancelled += 1;
                 shared
                     .metrics
                     .outcome(Outcome::Cancelled, Some(p.enqueued.elapsed()));
             }
         }
     }
-    let mut st = lock(&shared.state);
-    st.stats.expired += expired;
-    st.stats.cancelled += cancelled;
-    mirror_depth(shared, &st);
 }
 
 /// Finest granularity of the deadline timer.
