@@ -387,6 +387,48 @@ pub enum Error {
     },
 }
 
+/// What an error means to whoever sent the request: one classification for every caller
+/// (metrics outcomes, HTTP status codes), so it is written once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request is malformed for this model (names, types, shapes, rows, priority).
+    InvalidRequest,
+    /// The request is over a size limit (`max_input_elements`, `max_queue_bytes`).
+    TooLarge,
+    /// The queue is full; retrying later may succeed.
+    Overloaded,
+    /// The request's deadline passed before it ran.
+    DeadlineExceeded,
+    /// The model is not accepting requests (loading, draining, unloaded).
+    Unavailable,
+    /// Anything else: loading, verification, configuration, ONNX Runtime failures.
+    Other,
+}
+
+impl Error {
+    /// The error's [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::UnknownInput { .. }
+            | Self::MissingInput { .. }
+            | Self::DuplicateInput { .. }
+            | Self::DtypeMismatch { .. }
+            | Self::ShapeMismatch { .. }
+            | Self::BatchMismatch { .. }
+            | Self::BatchTooLarge { .. }
+            | Self::TensorShape { .. }
+            | Self::TensorType { .. }
+            | Self::InvalidPriority { .. } => ErrorKind::InvalidRequest,
+            Self::InputTooLarge { .. } | Self::RequestTooLarge { .. } => ErrorKind::TooLarge,
+            Self::Overloaded { .. } => ErrorKind::Overloaded,
+            Self::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
+            Self::Unavailable { .. } => ErrorKind::Unavailable,
+            _ => ErrorKind::Other,
+        }
+    }
+}
+
 fn show_dims(dims: &[Option<i64>]) -> String {
     let parts: Vec<String> = dims
         .iter()

@@ -49,7 +49,7 @@ pub use batch::{BatchConfig, Batcher, InferRequest, ModelHandle, ModelState, Mod
 pub use checksum::{Checksum, Digest};
 pub use config::{ModelOptions, OptimizationLevel, SessionConfig};
 pub use device::{Device, Fallback, Provider, ProviderReport, ReportSource};
-pub use error::{Error, LibraryAttempt, Result};
+pub use error::{Error, ErrorKind, LibraryAttempt, Result};
 pub use manifest::{Manifest, ManifestFile};
 pub use metadata::{ModelMetadata, TensorInfo};
 pub use model::{Model, NamedTensors};

@@ -39,28 +39,25 @@ impl ApiError {
 
 impl From<kiln::Error> for ApiError {
     fn from(e: kiln::Error) -> Self {
-        use kiln::Error as E;
-        let status = match &e {
-            E::UnknownInput { .. }
-            | E::MissingInput { .. }
-            | E::DuplicateInput { .. }
-            | E::DtypeMismatch { .. }
-            | E::ShapeMismatch { .. }
-            | E::BatchMismatch { .. }
-            | E::BatchTooLarge { .. }
-            | E::TensorShape { .. }
-            | E::TensorType { .. }
-            | E::InvalidPriority { .. } => StatusCode::BAD_REQUEST,
-            E::InputTooLarge { .. } | E::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            E::Overloaded { retry_after, .. } => {
+        use kiln::ErrorKind as K;
+        let status = match e.kind() {
+            K::InvalidRequest => StatusCode::BAD_REQUEST,
+            K::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            K::Overloaded => {
+                let retry_after_s = match &e {
+                    kiln::Error::Overloaded { retry_after, .. } => {
+                        retry_after.as_secs_f64().ceil().max(1.0) as u64
+                    }
+                    _ => 1,
+                };
                 return Self {
                     status: StatusCode::TOO_MANY_REQUESTS,
                     message: e.to_string(),
-                    retry_after_s: Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-                }
+                    retry_after_s: Some(retry_after_s),
+                };
             }
-            E::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
-            E::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            K::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            K::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())

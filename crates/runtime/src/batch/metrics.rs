@@ -57,23 +57,12 @@ impl Outcome {
 
     /// The outcome an error stands for.
     pub fn of(err: &crate::Error) -> Self {
-        use crate::Error as E;
-        match err {
-            E::Overloaded { .. } => Self::Overloaded,
-            E::DeadlineExceeded { .. } => Self::Deadline,
-            E::Unavailable { .. } => Self::Unavailable,
-            E::UnknownInput { .. }
-            | E::MissingInput { .. }
-            | E::DuplicateInput { .. }
-            | E::DtypeMismatch { .. }
-            | E::ShapeMismatch { .. }
-            | E::BatchMismatch { .. }
-            | E::InputTooLarge { .. }
-            | E::BatchTooLarge { .. }
-            | E::RequestTooLarge { .. }
-            | E::InvalidPriority { .. }
-            | E::TensorShape { .. }
-            | E::TensorType { .. } => Self::Invalid,
+        use crate::ErrorKind as K;
+        match err.kind() {
+            K::Overloaded => Self::Overloaded,
+            K::DeadlineExceeded => Self::Deadline,
+            K::Unavailable => Self::Unavailable,
+            K::InvalidRequest | K::TooLarge => Self::Invalid,
             _ => Self::Failed,
         }
     }

@@ -3,7 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
+use std::time::Duration;
 
 use kiln::{Manifest, ManifestFile, Runtime, RuntimeConfig};
 
@@ -63,4 +66,20 @@ pub(crate) fn ort_env() -> Vec<(&'static str, std::path::PathBuf)> {
     } else {
         vec![("KILN_ORT_DIR", repo_root().join(".cache/ort/cpu"))]
     }
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port`; the status code and body.
+pub(crate) fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, out.split_once("\r\n\r\n")?.1.to_owned()))
 }
