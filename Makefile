@@ -12,18 +12,20 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo demo-classify test check header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent clean
+.PHONY: help demo demo-classify test check header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
 
 help:
 	@echo "make demo        a kiln pod on this machine: S3 + agent + server, load, hot swap (sets everything up)"
 	@echo "make demo-classify  classify files with the verified real model; refuse a tampered copy"
 	@echo "make test        lint + docs + all tests (what .ci/run does)"
+	@echo "make reliability the long fault, kill, overload, soak, fuzz and secret suites (~45 min)"
 	@echo "make ort         fetch the CPU ONNX Runtime library (pinned wheel, sha256 checked)"
 	@echo "make ort-gpu     fetch the CUDA 13 ONNX Runtime library (GPU machines)"
 	@echo "make testdata    generate test models and golden outputs"
 	@echo "make test-cuda   the GPU test set (needs an NVIDIA GPU)"
 	@echo "make header      regenerate the C header crates/bindings/include/kiln.h"
-	@echo "make bench       all benchmarks (hash, overhead, batching); results in benches/RESULTS.md"
+	@echo "make bench       all benchmarks (hash, overhead, batching, agent, peers); results in benches/RESULTS.md"
+	@echo "make bench-peers kiln-server vs FastAPI and BentoML on the same machine"
 
 ort:
 	@scripts/fetch-ort.sh cpu
@@ -64,6 +66,7 @@ azurite: $(NODE_DIR)/.stamp
 
 demo: ort model
 	cargo build --release -p kiln-agent -p kiln-example-server
+	cargo build --release -p kiln-benches --bin kiln-load
 	scripts/pod-demo.sh
 
 demo-classify: ort model
@@ -75,7 +78,9 @@ header:
 	KILN_BLESS=1 cargo test -p kiln-ffi --test header
 
 # Every overlay rendered with kustomize and validated offline, strictly, against Kubernetes
-# 1.29-1.33 (CRDs such as PodMonitor and ScaledObject have no schema there and are only rendered).
+# 1.29-1.33 (CRDs such as PodMonitor and ScaledObject have no schema there and are only rendered),
+# then checked against the security policy (scripts/k8s-policy.py: non-root, read-only root
+# filesystem, no capabilities, read-only model volume, admin endpoints off or token-protected).
 K8S_VERSIONS := 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0
 k8s-check: $(VENV)/.stamp
 	@set -e; for o in k8s/overlays/*/; do \
@@ -83,7 +88,10 @@ k8s-check: $(VENV)/.stamp
 	  for v in $(K8S_VERSIONS); do \
 	    $(VENV)/bin/kubernetes-validate --strict --quiet --no-warn -k $$v $(ROOT)/.cache/k8s-rendered.yaml \
 	      || { echo "k8s-check: $$o is invalid for Kubernetes $$v" >&2; exit 1; }; \
-	  done; echo "k8s-check: $$o valid for $(K8S_VERSIONS)"; \
+	  done; \
+	  $(PY) scripts/k8s-policy.py $(ROOT)/.cache/k8s-rendered.yaml \
+	    || { echo "k8s-check: $$o breaks the security policy" >&2; exit 1; }; \
+	  echo "k8s-check: $$o valid for $(K8S_VERSIONS), security policy met"; \
 	done
 
 check:
@@ -94,10 +102,52 @@ check:
 test: ort testdata azurite k8s-check check
 	cargo test --workspace
 
+# The long reliability suites (RELIABILITY.md): the same tests `make test` runs as smoke
+# versions, at full size: 100 injected store faults, 100 SIGKILLs of the agent, 10x overload
+# for 30 s, 10,000 disconnects, a 30 min soak with a hot swap every 5 min, 20,000 fuzz cases
+# per property, every log line at trace level searched for secrets, cargo deny. Output in
+# .cache/reliability.log; the figures are the lines it prints at the end.
+RELIABILITY_ENV := PROPTEST_CASES=20000 KILN_RELIABILITY_FAULTS=100 KILN_RELIABILITY_KILLS=100 \
+  KILN_RELIABILITY_BURST_S=30 KILN_RELIABILITY_DISCONNECTS=10000 KILN_RELIABILITY_SOAK_S=1800 \
+  KILN_RELIABILITY_SWAP_S=300
+reliability: ort testdata deny
+	@mkdir -p .cache
+	set -o pipefail; $(RELIABILITY_ENV) cargo test --release \
+	  -p kiln-runtime --test fuzz -p kiln-agent --test fuzz --test faults --test kill --test secrets \
+	  -p kiln-example-server --test fuzz --test hostile --test overload --test binary \
+	  -p kiln-ffi --test c_abi \
+	  -- --nocapture --test-threads 1 2>&1 | tee .cache/reliability.log
+	@echo; echo "== figures"; grep -E '^(faults|kills|burst|disconnects|soak|secrets|peak RSS):' .cache/reliability.log || true
+	@echo "tests passed: $$(grep -c '^test .* ok$$' .cache/reliability.log), failed: $$(grep -c '^test .* FAILED$$' .cache/reliability.log)"
+
+# Licences, bans, duplicate versions and sources (deny.toml); the advisories check needs the
+# RustSec database from GitHub and is skipped where it cannot be fetched (see RELIABILITY.md).
+CARGO_DENY := $(ROOT)/.cache/tools/bin/cargo-deny
+$(CARGO_DENY):
+	cargo install cargo-deny@0.20.2 --locked --root $(ROOT)/.cache/tools
+
+deny: $(CARGO_DENY)
+	$(CARGO_DENY) check licenses bans sources
+	@$(CARGO_DENY) check advisories 2>/dev/null && echo "deny: advisories ok" \
+	  || echo "deny: advisories check unavailable offline (the RustSec database could not be fetched)"
+
 test-cuda: ort-gpu testdata
 	KILN_ORT_DIR=$(ORT_GPU_DIR) KILN_TEST_CUDA=1 cargo test -p kiln-runtime --test cuda -- --include-ignored --nocapture
 
-bench: bench-hash bench-overhead bench-batching bench-agent
+bench: bench-hash bench-overhead bench-batching bench-agent bench-peers
+
+# The Python peers (FastAPI + uvicorn, BentoML) of the peer benchmark, every package pinned.
+PEERS_VENV := $(ROOT)/.cache/peers-venv
+$(PEERS_VENV)/.stamp: benches/peers/requirements.txt
+	python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benches/peers/requirements.txt
+	touch $@
+
+peers-venv: $(PEERS_VENV)/.stamp
+
+bench-peers: ort testdata bench-models peers-venv
+	cargo build --release -p kiln-agent -p kiln-example-server
+	cargo bench -p kiln-benches --bench peers
 
 # s3s-fs (S3 over a local directory, cheap range GETs) for the agent benchmark's second table.
 S3S_FS := $(ROOT)/.cache/tools/bin/s3s-fs

@@ -2,6 +2,8 @@
 //! helpers, and writing one bench's section into `benches/RESULTS.md` without touching the
 //! others.
 
+pub mod inproc;
+pub mod load;
 pub mod svg;
 
 use std::path::PathBuf;

@@ -15,8 +15,14 @@ pub struct Series {
     pub dashed: bool,
 }
 
-/// Renders charts side by side: each `(title, y label, series)`.
+/// Renders charts side by side: each `(title, y label, series)`, linear y axes.
 pub fn render(panels: &[(&str, &str, Vec<Series>)]) -> String {
+    render_scaled(panels, &[])
+}
+
+/// As [`render`], with a log10 y axis for panel `i` where `log_y[i]` (for latencies that
+/// differ by orders of magnitude between contenders; y values must be > 0).
+pub fn render_scaled(panels: &[(&str, &str, Vec<Series>)], log_y: &[bool]) -> String {
     let (w, h, m) = (460.0, 320.0, 60.0);
     let total_w = w * panels.len() as f64;
     let mut out = format!(
@@ -30,9 +36,25 @@ pub fn render(panels: &[(&str, &str, Vec<Series>)]) -> String {
             .map(|p| p.0.log2())
             .fold(0.0f64, f64::max)
             .max(1.0);
-        let ymax = pts.map(|p| p.1).fold(0.0f64, f64::max).max(1e-9) * 1.1;
+        let log = log_y.get(i).copied().unwrap_or(false);
+        let ys = pts.map(|p| p.1).filter(|y| !log || *y > 0.0);
+        let (ymin, ymax) = if log {
+            let (lo, hi) = ys.fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+            let lo = if lo == f64::MAX { 1.0 } else { lo };
+            (lo.log10().floor(), hi.max(lo * 10.0).log10().ceil())
+        } else {
+            (0.0, ys.fold(0.0f64, f64::max).max(1e-9) * 1.1)
+        };
+        // The y value as a fraction of the axis.
+        let fy = |y: f64| {
+            if log {
+                (y.max(1e-300).log10() - ymin) / (ymax - ymin)
+            } else {
+                y / ymax
+            }
+        };
         let px = |x: f64| ox + m + (x.log2() / xmax) * (w - 1.5 * m);
-        let py = |y: f64| h - m + 10.0 - (y / ymax) * (h - 1.6 * m);
+        let py = |y: f64| h - m + 10.0 - fy(y) * (h - 1.6 * m);
         let _ = writeln!(
             out,
             "<text x=\"{}\" y=\"18\" font-size=\"13\" font-weight=\"bold\">{title}</text>",
@@ -55,8 +77,12 @@ pub fn render(panels: &[(&str, &str, Vec<Series>)]) -> String {
                 h - m + 24.0
             );
         }
-        for k in 0..=4 {
-            let y = ymax * f64::from(k) / 4.0;
+        let ticks: Vec<f64> = if log {
+            (ymin as i32..=ymax as i32).map(|e| 10f64.powi(e)).collect()
+        } else {
+            (0..=4).map(|k| ymax * f64::from(k) / 4.0).collect()
+        };
+        for y in ticks {
             let _ = writeln!(
                 out,
                 "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",

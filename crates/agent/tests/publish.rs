@@ -9,70 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{agent, agent_with_metrics, blob, http_request, leftovers, listening, rt, sha, Moto};
 use kiln::Digest;
 use kiln_agent::{Agent, AgentConfig, AgentError, Phase};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-
-fn sha(path: &Path) -> String {
-    Digest::of(&std::fs::read(path).expect("read")).to_string()
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio")
-}
-
-/// An agent whose metrics can be rendered as Prometheus text.
-fn agent_with_metrics(yaml: &str) -> (Agent, Arc<kiln_agent::metrics::PrometheusTelemetry>) {
-    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
-    let config = AgentConfig::from_yaml(yaml)
-        .expect("yaml")
-        .check()
-        .expect("valid config");
-    (Agent::with_meter(config, &telemetry.meter()), telemetry)
-}
-
-fn agent(yaml: &str) -> Agent {
-    Agent::new(
-        AgentConfig::from_yaml(yaml)
-            .expect("yaml")
-            .check()
-            .expect("valid config"),
-    )
-}
-
-fn blob(dir: &Path, name: &str, len: usize, seed: u8) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(
-        &p,
-        (0..len)
-            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-            .collect::<Vec<_>>(),
-    )
-    .expect("write");
-    p
-}
-
-fn leftovers(root: &Path) -> Vec<String> {
-    let list = |d: PathBuf| -> Vec<String> {
-        std::fs::read_dir(d)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut out: Vec<String> = list(root.join(".kiln"))
-        .into_iter()
-        .filter(|n| n != "parts")
-        .collect();
-    out.extend(list(root.join(".kiln/parts")));
-    out
-}
 
 #[test]
 fn a_local_file_is_published_verified_and_atomically_and_then_skipped() {
@@ -232,59 +174,6 @@ fn a_new_version_swaps_current_and_a_failed_one_keeps_the_old() {
     assert!(st.error.is_some());
 }
 
-/// A `moto_server` (S3) on a free loopback port, killed on drop.
-/// Waits until a server accepts connections on `port` (at most `limit`).
-fn listening(port: u16, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
-}
-
-struct Moto {
-    child: Child,
-    port: u16,
-}
-
-impl Moto {
-    fn start() -> Option<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let bin = ["moto_server", "../../.cache/venv/bin/moto_server"]
-            .into_iter()
-            .find(|b| {
-                Command::new(b)
-                    .arg("--help")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok()
-            })?;
-        let child = Command::new(bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let moto = Self { child, port };
-        listening(port, Duration::from_secs(30)).then_some(moto)
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
     let moto = Moto::start().expect("moto_server is required for this test (it ships with the machine image; or pip install 'moto[server]')");
@@ -303,9 +192,7 @@ fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
     let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     let digest = Digest::of(&body);
     rt().block_on(async {
-        // moto creates buckets on a plain PUT of the bucket.
-        let client = TcpStream::connect(("127.0.0.1", moto.port)).expect("connect");
-        http_request(client, "PUT", "/models");
+        moto.create_bucket("models");
         store
             .put(&"bert/7/model.onnx".into(), PutPayload::from(body.clone()))
             .await
@@ -387,16 +274,6 @@ fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
         "bytes downloaded counted (2,000,000 + 11): {metrics}"
     );
     assert!(!metrics.contains(secret));
-}
-
-fn http_request(mut stream: TcpStream, method: &str, path: &str) -> String {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").expect("write");
-    let mut out = String::new();
-    let _ = stream.read_to_string(&mut out);
-    out
 }
 
 #[test]
@@ -1349,4 +1226,11 @@ fn the_disk_filling_up_mid_download_is_a_clear_error_and_publishes_nothing() {
         "the partial file is removed"
     );
     assert_eq!(a.status().lock().expect("status")["m"].phase, Phase::Failed);
+    assert!(!a.ready());
+    // Space returns (the /dev/full link is gone with the partial file): the next sync
+    // publishes the verified version.
+    let r = rt().block_on(a.sync_once());
+    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+    assert_eq!(sha(&root.path().join("m/1/model.onnx")), sha(&file));
+    assert!(a.ready());
 }

@@ -189,6 +189,14 @@ impl Repository {
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(key);
+                    // Nothing serving (a fresh start on a bad `current`): fall back to the
+                    // newest older version that loads, so the model is served while the
+                    // publisher fixes `current`. A serving model keeps its version instead.
+                    if handle.current_version().is_none() {
+                        if let Some(v) = self.load_last_good(&handle, &name, &version) {
+                            report.loaded.push((name.clone(), v));
+                        }
+                    }
                 }
             }
         }
@@ -209,6 +217,47 @@ impl Repository {
             }
         }
         Ok(report)
+    }
+
+    /// The other published versions of `name` (complete: with a manifest), newest first by
+    /// their manifest's `created` time; loads the first that loads and returns it.
+    fn load_last_good(&self, handle: &ModelHandle, name: &str, bad: &str) -> Option<String> {
+        let model_dir = self.config.root.join(name);
+        let mut candidates: Vec<(String, String)> = std::fs::read_dir(&model_dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|v| v != bad && layout::check_name("version", v).is_ok())
+            .filter_map(|v| {
+                let (_, m) = Manifest::read_in(&model_dir.join(&v)).ok()??;
+                Some((m.created, v))
+            })
+            .collect();
+        candidates.sort_by(|a, b| b.cmp(a));
+        for (_, v) in candidates {
+            let key = (name.to_owned(), v.clone());
+            if self
+                .failed
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&key)
+            {
+                continue;
+            }
+            match self.load_version(handle, name, &v) {
+                Ok(()) => {
+                    tracing::warn!(model = name, current = bad, serving = %v, "`current` does not load; serving the last good version");
+                    return Some(v);
+                }
+                Err(_) => {
+                    self.failed
+                        .write()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key);
+                }
+            }
+        }
+        None
     }
 
     fn load_version(&self, handle: &ModelHandle, name: &str, version: &str) -> Result<()> {

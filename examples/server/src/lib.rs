@@ -3,14 +3,20 @@
 //! directory `kiln-agent` fills), with dynamic batching and hot swaps from the runtime.
 //!
 //! # Layout
+//! - [`config`]: the model settings file (session and per-model batching).
 //! - [`protocol`]: the v2 JSON request/response types and their conversion to kiln tensors.
 //! - [`error`]: one error type and its HTTP mapping (400, 404, 413, 429 + `Retry-After`, 503,
 //!   504).
+//! - [`mod@serve`]: the accept loop (header-read timeout, connection cap, graceful drain).
 //! - [`routes`]: the endpoints, readiness, admin endpoints, HTTP metrics.
 
+pub mod config;
 pub mod error;
 pub mod protocol;
 pub mod routes;
+pub mod serve;
 
+pub use config::ModelSettings;
 pub use error::ApiError;
 pub use routes::{router, AppState, ServerConfig, TIMEOUT_HEADER};
+pub use serve::{serve, ServeOptions};

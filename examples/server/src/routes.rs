@@ -2,12 +2,14 @@
 //! on the runtime's batcher threads, awaited here, so request handling never blocks a tokio
 //! worker.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -19,7 +21,7 @@ use opentelemetry::KeyValue;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::protocol::{self, InferRequest, InferResponse, InputError, TensorMetadata};
+use crate::protocol::{self, InferResponse, InputError, TensorMetadata, HEADER_LENGTH};
 
 /// Request header with the request's deadline in milliseconds (queue wait and run).
 pub const TIMEOUT_HEADER: &str = "kiln-timeout-ms";
@@ -33,6 +35,12 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Largest element count of one input tensor (larger → 413).
     pub max_input_elements: usize,
+    /// With `admin`: the bearer token the repository endpoints require. Without one they
+    /// answer loopback peers only (the agent in the same pod), 403 to anyone else.
+    pub admin_token: Option<String>,
+    /// Longest an inference request's body may take to arrive once its headers have
+    /// (larger → 408), so a client trickling its body cannot hold a request forever.
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +49,8 @@ impl Default for ServerConfig {
             admin: false,
             max_body_bytes: 32 << 20,
             max_input_elements: 16 << 20,
+            admin_token: None,
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -110,6 +120,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(model_metadata_v),
         )
         .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/stats", get(model_stats))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready_v),
@@ -246,6 +257,43 @@ fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
     }
 }
 
+/// `GET /v2/models/{m}/stats` (after Triton's statistics extension, kiln's own counters): the
+/// serving version's requests by outcome, batches, rows and the batch-size histogram
+/// (`{"rows": batches}`), since it was loaded. Monitoring should use `/metrics`; this is for
+/// people and benchmarks that need exact batch sizes.
+async fn model_stats(
+    State(s): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let h = find(&s, &model, None)?;
+    let st = h.stats().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("model `{model}` has no version serving"),
+        )
+    })?;
+    let sizes: serde_json::Map<String, serde_json::Value> = st
+        .batch_sizes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &n)| n > 0)
+        .map(|(rows, &n)| (rows.to_string(), n.into()))
+        .collect();
+    Ok(Json(json!({
+        "name": model,
+        "version": h.current_version(),
+        "succeeded": st.succeeded,
+        "failed": st.failed,
+        "overloaded": st.overloaded,
+        "expired": st.expired,
+        "cancelled": st.cancelled,
+        "queued": st.queued,
+        "batches": st.batches,
+        "rows": st.rows,
+        "batch_sizes": sizes,
+    })))
+}
+
 async fn model_ready(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
     readiness(&s, &model, None)
 }
@@ -261,8 +309,9 @@ async fn infer(
     State(s): State<Arc<AppState>>,
     Path(model): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let body = read_body(&s, body).await?;
     run(&s, &model, None, &headers, &body).await
 }
 
@@ -270,13 +319,44 @@ async fn infer_v(
     State(s): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let body = read_body(&s, body).await?;
     run(&s, &model, Some(&version), &headers, &body).await
 }
 
-/// Header of the binary-data extension: the JSON part's length; binary data follows it.
-const HEADER_LENGTH: &str = "inference-header-content-length";
+/// The whole body, at most `max_body_bytes` (413 beyond, without reading the rest), within
+/// `body_read_timeout` (408).
+async fn read_body(s: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = s.config.max_body_bytes;
+    match tokio::time::timeout(
+        s.config.body_read_timeout,
+        axum::body::to_bytes(body, limit),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over the {limit}-byte limit"),
+                )
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            })
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                s.config.body_read_timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
 
 async fn run(
     s: &AppState,
@@ -292,56 +372,14 @@ async fn run(
         ));
     }
     let handle = find(s, model, version)?;
-    let (json, mut binary) = match headers.get(HEADER_LENGTH) {
-        Some(raw) => {
-            let n = raw
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|&n| n <= body.len())
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "{HEADER_LENGTH} must be a byte count within the body ({} bytes)",
-                        body.len()
-                    ))
-                })?;
-            body.split_at(n)
-        }
-        None => (body, &[][..]),
-    };
-    let request: InferRequest = serde_json::from_slice(json)
-        .map_err(|e| ApiError::bad_request(format!("malformed request body: {e}")))?;
-    let mut inputs = Vec::with_capacity(request.inputs.len());
-    for input in &request.inputs {
-        let bytes = match input.binary_size() {
-            Some(n) if n <= binary.len() => {
-                let (now, rest) = binary.split_at(n);
-                binary = rest;
-                Some(now)
-            }
-            Some(n) => {
-                return Err(ApiError::bad_request(format!(
-                    "input `{}`: binary_data_size {n} is more than the {} bytes left in the body",
-                    input.name,
-                    binary.len()
-                )))
-            }
-            None => None,
-        };
-        let tensor = protocol::to_tensor(input, bytes, s.config.max_input_elements).map_err(
-            |e| match e {
-                InputError::Invalid(m) => ApiError::bad_request(m),
-                InputError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
-            },
-        )?;
-        inputs.push((input.name.clone(), tensor));
-    }
-    if !binary.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "{} bytes of binary data belong to no input (binary_data_size)",
-            binary.len()
-        )));
-    }
+    let header_len = headers
+        .get(HEADER_LENGTH)
+        .map(|v| v.to_str().unwrap_or("not text"));
+    let (request, inputs) = protocol::decode(body, header_len, s.config.max_input_elements)
+        .map_err(|e| match e {
+            InputError::Invalid(m) => ApiError::bad_request(m),
+            InputError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+        })?;
     let mut call = kiln::InferRequest::new(inputs);
     if let Some(raw) = headers.get(TIMEOUT_HEADER) {
         let ms: u64 = raw
@@ -407,23 +445,61 @@ async fn run(
         .into_response())
 }
 
-fn admin(s: &AppState) -> Result<(), ApiError> {
-    if s.config.admin {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+/// The repository endpoints' gate: off unless `--admin`; then a bearer token when one is
+/// configured, else loopback peers only.
+fn admin(s: &AppState, parts: &Parts) -> Result<(), ApiError> {
+    let forbidden = |m: &str| Err(ApiError::new(StatusCode::FORBIDDEN, m.to_owned()));
+    if !s.config.admin {
+        return forbidden(
             "repository endpoints are disabled; start the server with --admin (and keep it on localhost)",
-        ))
+        );
     }
+    match &s.config.admin_token {
+        Some(token) => {
+            let given = parts
+                .headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or_default();
+            if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "repository endpoints need `Authorization: Bearer <admin token>`",
+                ))
+            }
+        }
+        None => {
+            let local = parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .is_some_and(|c| c.0.ip().is_loopback());
+            if local {
+                Ok(())
+            } else {
+                forbidden(
+                    "repository endpoints answer loopback clients only (or set an admin token)",
+                )
+            }
+        }
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guessed
+/// token was right.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Re-scans the repository (the agent calls this after publishing); 200 once the model serves.
 async fn load(
     State(s): State<Arc<AppState>>,
     Path(model): Path<String>,
+    parts: Parts,
 ) -> Result<StatusCode, ApiError> {
-    admin(&s)?;
+    admin(&s, &parts)?;
     let repo = Arc::clone(&s.repo);
     let report = tokio::task::spawn_blocking(move || repo.scan())
         .await
@@ -442,8 +518,9 @@ async fn load(
 async fn unload(
     State(s): State<Arc<AppState>>,
     Path(model): Path<String>,
+    parts: Parts,
 ) -> Result<StatusCode, ApiError> {
-    admin(&s)?;
+    admin(&s, &parts)?;
     let handle = find(&s, &model, None)?;
     tokio::task::spawn_blocking(move || handle.shutdown())
         .await

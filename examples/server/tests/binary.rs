@@ -58,3 +58,69 @@ fn ready_after_warm_up_serves_and_drains_on_sigterm() {
     let status = child.wait().expect("exit");
     assert!(status.success(), "graceful exit: {status:?}");
 }
+
+fn start_server(root: &std::path::Path, port: u16) -> std::process::Child {
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+        .arg("--root")
+        .arg(root)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--drain-delay-s", "0", "--poll-ms", "50"])
+        .envs(ort_env())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start kiln-server");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http(port, "GET", "/v2/health/ready", "").is_none_or(|(c, _)| c != 200) {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn serving_version(port: u16) -> String {
+    let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}]}).to_string();
+    let (code, out) = http(port, "POST", "/v2/models/mlp/infer", &body).expect("infer");
+    assert_eq!(code, 200, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v["model_version"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn killed_during_a_hot_swap_it_restarts_on_the_last_good_version() {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut child = start_server(root.path(), port);
+    assert_eq!(serving_version(port), "1");
+    // A new version lands and the server is SIGKILLed while it may be loading it.
+    common::swap(root.path(), "mlp", "2", "mlp.onnx");
+    std::thread::sleep(Duration::from_millis(60));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let mut child = start_server(root.path(), port);
+    assert_eq!(
+        serving_version(port),
+        "2",
+        "restarts on the published version"
+    );
+
+    // Then `current` is moved to a version whose file does not match its manifest (a bad
+    // hand edit; the agent never publishes one), and the server dies again.
+    common::swap(root.path(), "mlp", "3", "mlp.onnx");
+    std::fs::write(root.path().join("mlp/3/model.onnx"), b"not the model").expect("corrupt");
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let mut child = start_server(root.path(), port);
+    assert_eq!(
+        serving_version(port),
+        "2",
+        "the bad `current` is refused and the last good version served"
+    );
+    child.kill().expect("kill");
+    let _ = child.wait();
+}

@@ -58,7 +58,24 @@ fn call(
     body: Option<String>,
     headers: &[(&str, &str)],
 ) -> (StatusCode, axum::http::HeaderMap, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
+    call_from(s, method, uri, body, headers, [127, 0, 0, 1])
+}
+
+/// As [`call`], from a client at `peer` (what the server's accept loop records).
+fn call_from(
+    s: &Server,
+    method: Method,
+    uri: &str,
+    body: Option<String>,
+    headers: &[(&str, &str)],
+    peer: [u8; 4],
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            peer, 40000,
+        ))));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -187,6 +204,24 @@ fn inference_matches_the_golden_outputs_and_echoes_the_id() {
     for (g, w) in got.iter().zip(&want) {
         assert!((g - w).abs() <= 1e-5 + 1e-5 * w.abs(), "{g} vs {w}");
     }
+    // The stats endpoint counts it: one request, one batch of its rows.
+    let (status, _, st) = call(&s, Method::GET, "/v2/models/mlp/stats", None, &[]);
+    assert_eq!(status, StatusCode::OK, "{st}");
+    let rows = golden["outputs"]["y"]["shape"][0].as_u64().expect("rows");
+    assert_eq!(
+        (
+            &st["version"],
+            &st["succeeded"],
+            &st["batches"],
+            &st["rows"]
+        ),
+        (&json!("3"), &json!(1), &json!(1), &json!(rows))
+    );
+    assert_eq!(st["batch_sizes"], json!({rows.to_string(): 1}));
+    assert_eq!(
+        call(&s, Method::GET, "/v2/models/nope/stats", None, &[]).0,
+        StatusCode::NOT_FOUND
+    );
     // Integer tensors, nested data, output selection.
     let ids = json!({"inputs": [{"name": "ids", "shape": [1, 6], "datatype": "INT64", "data": [[1, 2, 3, 4, 5, 6]]}],
                      "outputs": [{"name": "doubled"}]});
@@ -263,6 +298,23 @@ fn admin_endpoints_unload_and_reload_and_metrics_count_requests() {
         admin: true,
         ..ServerConfig::default()
     });
+    // Without a token, only loopback clients may use them.
+    let (status, _, out) = call_from(
+        &s,
+        Method::POST,
+        "/v2/repository/models/mlp/unload",
+        None,
+        &[],
+        [10, 0, 0, 7],
+    );
+    assert_eq!(status, StatusCode::FORBIDDEN, "{out}");
+    assert!(
+        out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("loopback"),
+        "{out}"
+    );
     assert_eq!(
         call(
             &s,

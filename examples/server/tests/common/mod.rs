@@ -55,6 +55,22 @@ pub(crate) fn publish(root: &Path, model: &str, version: &str, file: &str) {
     std::os::unix::fs::symlink(version, root.join(model).join("current")).expect("current");
 }
 
+/// Publishes `testdata/<file>` as a new `version` of `model` and moves `current` to it
+/// atomically (a symlink renamed over the old one), as the agent does on an update.
+pub(crate) fn swap(root: &Path, model: &str, version: &str, file: &str) {
+    let scratch = tempfile::tempdir_in(root).expect("scratch");
+    publish(scratch.path(), model, version, file);
+    std::fs::rename(
+        scratch.path().join(model).join(version),
+        root.join(model).join(version),
+    )
+    .expect("publish the version");
+    let tmp = root.join(model).join(".current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp).expect("link");
+    std::fs::rename(&tmp, root.join(model).join("current")).expect("swap current");
+}
+
 /// The environment a child process needs to find ONNX Runtime: the caller's when set (as
 /// `make test` does), else the library `make ort` provisions.
 pub(crate) fn ort_env() -> Vec<(&'static str, std::path::PathBuf)> {

@@ -1,0 +1,794 @@
+//! kiln against the servers its users would run instead, on the same machine, in one run:
+//!
+//! 1. **kiln** — `kiln-server` (the example server, dynamic batching) on a repository that
+//!    `kiln-agent fetch` published (sha256 pinned);
+//! 2. **FastAPI** — the common Python setup (`benches/peers/fastapi_server.py`): FastAPI +
+//!    uvicorn + onnxruntime, one request per `run`;
+//! 3. **BentoML** — a Python server with adaptive batching (`benches/peers/bentoml_service.py`);
+//! 4. **in-process ceilings** — raw `session.run` at the best batch size, and the kiln library
+//!    called in-process at concurrency 64 (what the HTTP layer costs).
+//!
+//! Same model file, same thread budget (two single-threaded ONNX Runtime sessions: kiln's 2
+//! instances, uvicorn's and BentoML's 2 worker processes, the raw pool's 2 sessions), same
+//! request (one row, the v2 JSON both kiln and FastAPI speak; BentoML's own JSON with the same
+//! numbers), same load generator (`kiln_benches::load`, closed loop at 1–128 and open loop at
+//! 50% and 90% of kiln's peak). Python access logs are off, as kiln writes none.
+//! Needs `make bench-peers` (release binaries, the Python venv from
+//! `benches/peers/requirements.txt`, the models). `KILN_BENCH_SECS` sets seconds per point
+//! (default 4), `KILN_BENCH_ONLY` a model label substring, `KILN_PEERS_ONLY` a contender
+//! (`kiln`, `fastapi`, `bentoml`). Results: `benches/RESULTS.md` (section `peers`) and
+//! `benches/plots/peers-*.svg`.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kiln::{BatchConfig, Model, ModelHandle, Runtime, RuntimeConfig, SessionConfig, TensorData};
+use kiln_benches::inproc::{self, Bench, Point};
+use kiln_benches::load::{self, Mode, Report, Target};
+use kiln_benches::svg::{render_scaled, Series};
+use kiln_benches::{machine, write_section};
+
+const CONCURRENCY: [usize; 5] = [1, 8, 32, 64, 128];
+const BATCHES: [usize; 6] = [1, 4, 16, 32, 64, 128];
+/// Sessions (kiln instances, Python workers): one single-threaded session per core.
+const SESSIONS: usize = 2;
+/// Open-loop rates, as fractions of kiln's closed-loop peak.
+const OPEN: [f64; 2] = [0.5, 0.9];
+/// Clients in the open-loop pool (most requests outstanding).
+const OPEN_CLIENTS: usize = 256;
+/// A request not answered (or, in open loop, not sent) this long after it was due fails.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Kiln,
+    /// kiln-server with the v2 binary-data extension: the same request, raw tensor bytes
+    /// instead of JSON numbers (what the HTTP layer costs without JSON decoding).
+    KilnBinary,
+    FastApi,
+    BentoMl,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Kiln => "kiln",
+            Kind::KilnBinary => "kiln (binary)",
+            Kind::FastApi => "FastAPI",
+            Kind::BentoMl => "BentoML",
+        }
+    }
+
+    fn colour(self) -> &'static str {
+        match self {
+            Kind::Kiln => "#1f77b4",
+            Kind::KilnBinary => "#9467bd",
+            Kind::FastApi => "#d62728",
+            Kind::BentoMl => "#2ca02c",
+        }
+    }
+}
+
+/// One server under test, in its own process group.
+struct Server {
+    kind: Kind,
+    child: Child,
+    host: String,
+    target: Target,
+    stats_path: Option<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM to the whole group (uvicorn and BentoML fork workers), then SIGKILL.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one load point measured on one server.
+struct Measured {
+    report: Report,
+    /// CPU seconds the server's processes used during the point.
+    cpu_s: f64,
+    /// Resident memory of the server's processes after the point, MiB.
+    rss_mib: f64,
+    /// kiln only: batches run during the point, by size in rows.
+    batches: BTreeMap<usize, u64>,
+}
+
+struct Ctx {
+    root: PathBuf,
+    work: tempfile::TempDir,
+    venv: PathBuf,
+    secs: Duration,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The model's name in URLs: its file stem.
+fn model_name(b: &Bench) -> String {
+    Path::new(b.file)
+        .file_stem()
+        .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned())
+}
+
+/// v2 JSON, BentoML JSON, (binary header length, binary body).
+type Bodies = (Vec<u8>, Vec<u8>, (usize, Vec<u8>));
+
+/// The one-row request as v2 JSON (kiln and FastAPI), as BentoML's `{"x": nested}`, and in
+/// the v2 binary-data extension (JSON header length, body).
+fn bodies(b: &Bench) -> Result<Bodies> {
+    let req = inproc::request(b, 1, 0);
+    let t = &req[0].1;
+    let (datatype, flat, raw): (&str, Vec<serde_json::Value>, Vec<u8>) = match t.data() {
+        TensorData::F32(v) => (
+            "FP32",
+            v.iter().map(|&x| x.into()).collect(),
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        TensorData::I32(v) => (
+            "INT32",
+            v.iter().map(|&x| x.into()).collect(),
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        _ => bail!("bench inputs are FP32 or INT32"),
+    };
+    let mut binary = serde_json::to_vec(&serde_json::json!({"inputs": [{
+        "name": b.input, "shape": t.shape(), "datatype": datatype,
+        "parameters": {"binary_data_size": raw.len()}}]}))?;
+    let header_len = binary.len();
+    binary.extend(raw);
+    let v2 = serde_json::json!({"inputs": [{
+        "name": b.input, "shape": t.shape(), "datatype": datatype, "data": flat}]});
+    fn nest(shape: &[usize], flat: &[serde_json::Value]) -> serde_json::Value {
+        match shape {
+            [] | [_] => flat.to_vec().into(),
+            [n, rest @ ..] => {
+                let step = flat.len() / n.max(&1);
+                flat.chunks(step.max(1)).map(|c| nest(rest, c)).collect()
+            }
+        }
+    }
+    let bento = serde_json::json!({ "x": nest(t.shape(), &flat) });
+    Ok((
+        serde_json::to_vec(&v2)?,
+        serde_json::to_vec(&bento)?,
+        (header_len, binary),
+    ))
+}
+
+/// `pid` and every process below it.
+fn tree(pid: u32) -> Vec<u32> {
+    let mut parent = BTreeMap::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        // Fields after the `(comm)`, which may contain spaces: state ppid ...
+        if let Some(pp) = stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok())
+        {
+            parent.insert(p, pp);
+        }
+    }
+    let mut out = vec![pid];
+    let mut i = 0;
+    while i < out.len() {
+        let me = out[i];
+        out.extend(parent.iter().filter(|&(_, &pp)| pp == me).map(|(&c, _)| c));
+        i += 1;
+    }
+    out
+}
+
+/// CPU seconds (user + system) and resident MiB of a process tree.
+fn usage(pid: u32) -> (f64, f64) {
+    let (mut ticks, mut rss_kib) = (0u64, 0u64);
+    for p in tree(pid) {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, r)| r.split_whitespace().collect());
+        // After `)`: state(0) ppid(1) ... utime(11) stime(12).
+        ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        ticks += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        rss_kib += std::fs::read_to_string(format!("/proc/{p}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+    }
+    // USER_HZ is 100 on Linux x86_64.
+    (ticks as f64 / 100.0, rss_kib as f64 / 1024.0)
+}
+
+/// Publishes `b`'s model for kiln-server with `kiln-agent fetch` (file source, sha256 pinned):
+/// the production path, manifest and `current` link included.
+fn publish(ctx: &Ctx, b: &Bench) -> Result<PathBuf> {
+    // A repository of its own per model: kiln-server serves every model under its root.
+    let models = ctx.work.path().join(format!("models-{}", model_name(b)));
+    std::fs::create_dir_all(&models)?;
+    let file = ctx.root.join(b.file);
+    let sha = kiln::Digest::of(&std::fs::read(&file)?);
+    let config = ctx
+        .work
+        .path()
+        .join(format!("agent-{}.yaml", model_name(b)));
+    std::fs::write(
+        &config,
+        format!(
+            "root: {}\nreserve_bytes: 0\nmodels:\n  - name: {}\n    source: file://{}\n    sha256: {sha}\n",
+            models.display(),
+            model_name(b),
+            file.display()
+        ),
+    )?;
+    let out = Command::new(ctx.root.join("target/release/kiln-agent"))
+        .args(["fetch", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("run target/release/kiln-agent (make bench-peers builds it)")?;
+    if !out.status.success() {
+        bail!("kiln-agent fetch: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(models)
+}
+
+fn start(ctx: &Ctx, kind: Kind, b: &Bench, best_batch: usize) -> Result<Server> {
+    let port = free_port()?;
+    let host = format!("127.0.0.1:{port}");
+    let name = model_name(b);
+    let (v2, bento, (header_len, binary)) = bodies(b)?;
+    let peers = ctx.root.join("benches/peers");
+    let log = File::create(ctx.work.path().join(format!("{}-{name}.log", kind.label())))?;
+    let model = ctx.root.join(b.file);
+    let mut cmd;
+    let (ready, target, stats_path) = match kind {
+        Kind::Kiln | Kind::KilnBinary => {
+            let models = publish(ctx, b)?;
+            let settings = ctx.work.path().join(format!("settings-{name}.yaml"));
+            std::fs::write(
+                &settings,
+                format!(
+                    "session: {{intra_op_threads: 1}}\nbatch: {{instances: {SESSIONS}, max_batch_size: {best_batch}, max_queue_requests: 4096}}\n"
+                ),
+            )?;
+            cmd = Command::new(ctx.root.join("target/release/kiln-server"));
+            cmd.arg("--root")
+                .arg(&models)
+                .args(["--listen", &host, "--poll-ms", "60000", "--config"])
+                .arg(&settings)
+                .env("RUST_LOG", "warn");
+            if std::env::var_os("KILN_ORT_DIR").is_none() {
+                cmd.env("KILN_ORT_DIR", ctx.root.join(".cache/ort/cpu"));
+            }
+            let url = format!("http://{host}/v2/models/{name}/infer");
+            let target = if kind == Kind::KilnBinary {
+                Target::json(&url, binary).map(|t| Target {
+                    content_type: "application/octet-stream".into(),
+                    headers: format!("Inference-Header-Content-Length: {header_len}\r\n"),
+                    ..t
+                })
+            } else {
+                Target::json(&url, v2)
+            };
+            (
+                format!("/v2/models/{name}/ready"),
+                target,
+                Some(format!("/v2/models/{name}/stats")),
+            )
+        }
+        Kind::FastApi => {
+            cmd = Command::new(ctx.venv.join("bin/uvicorn"));
+            cmd.args(["fastapi_server:app", "--app-dir"])
+                .arg(&peers)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .args(["--workers", &SESSIONS.to_string()])
+                .args(["--no-access-log", "--log-level", "warning"])
+                .env("KILN_PEER_MODEL", &model)
+                .env("KILN_PEER_NAME", &name)
+                .env("KILN_PEER_THREADS", "1");
+            (
+                "/v2/health/ready".into(),
+                Target::json(&format!("http://{host}/v2/models/{name}/infer"), v2),
+                None,
+            )
+        }
+        Kind::BentoMl => {
+            cmd = Command::new(ctx.venv.join("bin/bentoml"));
+            cmd.args(["serve", "bentoml_service:Model", "--working-dir"])
+                .arg(&peers)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                .env("KILN_PEER_MODEL", &model)
+                .env("KILN_PEER_THREADS", "1")
+                .env("KILN_PEER_WORKERS", SESSIONS.to_string())
+                .env("KILN_PEER_MAX_BATCH", best_batch.to_string())
+                .env(
+                    "KILN_PEER_DTYPE",
+                    if b.int_tokens { "INT32" } else { "FP32" },
+                )
+                .env("BENTOML_HOME", ctx.work.path().join("bentoml"))
+                .env("BENTOML_DO_NOT_TRACK", "True");
+            (
+                "/readyz".into(),
+                Target::json(&format!("http://{host}/infer"), bento),
+                None,
+            )
+        }
+    };
+    let child = cmd
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("start {} ({cmd:?})", kind.label()))?;
+    let mut server = Server {
+        kind,
+        child,
+        host: host.clone(),
+        target: target.map_err(anyhow::Error::msg)?,
+        stats_path,
+    };
+    let until = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Ok((200, _)) = load::get(&host, &ready, Duration::from_secs(5)) {
+            break;
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            bail!(
+                "{} exited ({status}) before it was ready; log in {}",
+                kind.label(),
+                ctx.work.path().display()
+            );
+        }
+        if Instant::now() > until {
+            bail!("{} not ready after 180 s", kind.label());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // One correct answer before any timing, and a short warm-up.
+    let r = load::run(
+        &server.target,
+        Mode::Closed { concurrency: 4 },
+        Duration::from_secs(1),
+        TIMEOUT,
+    );
+    if r.ok == 0 || r.failed > 0 {
+        bail!("{} warm-up failed: {:?}", kind.label(), r.failures);
+    }
+    Ok(server)
+}
+
+fn batch_sizes(server: &Server) -> BTreeMap<usize, u64> {
+    let Some(path) = &server.stats_path else {
+        return BTreeMap::new();
+    };
+    load::get(&server.host, path, Duration::from_secs(5))
+        .ok()
+        .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(&body).ok())
+        .and_then(|v| {
+            v["batch_sizes"].as_object().map(|m| {
+                m.iter()
+                    .filter_map(|(k, n)| Some((k.parse().ok()?, n.as_u64()?)))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+fn measure(server: &Server, mode: Mode, secs: Duration) -> Measured {
+    let before = batch_sizes(server);
+    let (cpu0, _) = usage(server.child.id());
+    let report = load::run(&server.target, mode, secs, TIMEOUT);
+    let (cpu1, rss_mib) = usage(server.child.id());
+    let mut batches = batch_sizes(server);
+    for (size, n) in &before {
+        if let Some(m) = batches.get_mut(size) {
+            *m = m.saturating_sub(*n);
+        }
+    }
+    batches.retain(|_, n| *n > 0);
+    println!("  {} {mode:?}: {}", server.kind.label(), report.summary());
+    Measured {
+        report,
+        cpu_s: cpu1 - cpu0,
+        rss_mib,
+        batches,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    let v = d.as_secs_f64() * 1e3;
+    if v < 10.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn cpu_us(m: &Measured) -> String {
+    if m.report.ok == 0 {
+        return "–".into();
+    }
+    format!("{:.0}", m.cpu_s * 1e6 / m.report.ok as f64)
+}
+
+fn sizes(b: &BTreeMap<usize, u64>) -> String {
+    let total: u64 = b.values().sum();
+    let rows: u64 = b.iter().map(|(s, n)| *s as u64 * n).sum();
+    let mut top: Vec<(&usize, &u64)> = b.iter().collect();
+    top.sort_by(|a, b| b.1.cmp(a.1));
+    format!(
+        "{total} batches, mean {:.1} rows; most frequent (rows: batches): {}",
+        rows as f64 / total.max(1) as f64,
+        top.iter()
+            .take(6)
+            .map(|(s, n)| format!("{s}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The in-process ceilings: raw `run` at each batch size on 2 single-threaded sessions (the
+/// best is the ceiling), then the kiln library at concurrency 64 with the server's settings.
+fn in_process(runtime: &Runtime, b: &Bench) -> Result<(usize, Point, Point, f64)> {
+    let path = inproc::root().join(b.file);
+    let opts = inproc::options(&path, b)?.with_session(SessionConfig {
+        intra_op_threads: 1,
+        ..inproc::session(b)
+    });
+    let mut pool = Model::load_many(runtime, &path, &opts, SESSIONS)?;
+    let mut best = (1, Point::default());
+    let mut batch1 = 0.0;
+    for &size in &BATCHES {
+        let (back, p) = inproc::pooled(pool, b, size, SESSIONS);
+        pool = back;
+        if size == 1 {
+            batch1 = p.rows_per_s;
+        }
+        if p.rows_per_s > best.1.rows_per_s {
+            best = (size, p);
+        }
+    }
+    drop(pool);
+    let handle = ModelHandle::new(b.label, opentelemetry::global::meter("kiln-bench"));
+    let cfg = BatchConfig {
+        instances: SESSIONS,
+        max_batch_size: best.0,
+        max_queue_requests: 4096,
+        ..BatchConfig::default()
+    };
+    handle.load_model(runtime, &path, "1", &opts, &cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let lib = inproc::through_kiln(&handle, b, 64, &rt);
+    handle.shutdown();
+    Ok((best.0, best.1, lib, best.1.rows_per_s / batch1.max(1e-9)))
+}
+
+/// An open-loop point: the fraction of kiln's peak, the rate offered, what it measured.
+type OpenPoint = (f64, f64, Measured);
+
+/// Everything measured for one model.
+struct ModelResult {
+    label: String,
+    kind: String,
+    headroom: f64,
+    best_batch: usize,
+    ceiling: Point,
+    library: Point,
+    closed: Vec<(Kind, Vec<Measured>)>,
+    open: Vec<(Kind, Vec<OpenPoint>)>,
+}
+
+fn bench_model(ctx: &Ctx, runtime: &Runtime, b: &Bench, kinds: &[Kind]) -> Result<ModelResult> {
+    println!("== {}", b.label);
+    // The raw ceiling's seconds per point follow KILN_BENCH_SECS too (the lib's default 1.5 s).
+    let (best_batch, ceiling, library, headroom) = in_process(runtime, b)?;
+    println!(
+        "  ceiling {:.0} rows/s (batch {best_batch}), kiln library at 64: {:.0} rows/s",
+        ceiling.rows_per_s, library.rows_per_s
+    );
+    let mut closed = Vec::new();
+    let mut open = Vec::new();
+    let mut peak = 0.0f64;
+    for &kind in kinds {
+        let server = start(ctx, kind, b, best_batch)?;
+        let points: Vec<Measured> = CONCURRENCY
+            .iter()
+            .map(|&c| measure(&server, Mode::Closed { concurrency: c }, ctx.secs))
+            .collect();
+        if kind == Kind::Kiln || peak == 0.0 {
+            peak = points
+                .iter()
+                .map(|m| m.report.throughput())
+                .fold(0.0, f64::max);
+        }
+        let rates: Vec<OpenPoint> = OPEN
+            .iter()
+            .map(|&f| {
+                let rate = (peak * f).max(1.0);
+                let mode = Mode::Open {
+                    rate,
+                    clients: OPEN_CLIENTS,
+                };
+                (f, rate, measure(&server, mode, ctx.secs))
+            })
+            .collect();
+        closed.push((kind, points));
+        open.push((kind, rates));
+        drop(server);
+    }
+    Ok(ModelResult {
+        label: b.label.into(),
+        kind: b.kind.into(),
+        headroom,
+        best_batch,
+        ceiling,
+        library,
+        closed,
+        open,
+    })
+}
+
+fn at64(r: &ModelResult, kind: Kind) -> Option<&Measured> {
+    let i = CONCURRENCY.iter().position(|&c| c == 64)?;
+    r.closed
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, p)| &p[i])
+}
+
+fn report_model(r: &ModelResult) -> String {
+    let mut md = format!(
+        "### {} ({})\n\nHeadroom {:.1}× (best batch {}); ceiling (raw `run`, 2 sessions, batch {}) **{:.0} rows/s**; \
+         kiln library in-process at concurrency 64: **{:.0} rows/s** (p99 {} ms).\n\n\
+         Closed loop (one row per request):\n\n\
+         | contender | concurrency | req/s | p50 ms | p90 ms | p99 ms | errors | CPU µs / inference | RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n",
+        r.label,
+        r.kind,
+        r.headroom,
+        r.best_batch,
+        r.best_batch,
+        r.ceiling.rows_per_s,
+        r.library.rows_per_s,
+        ms(r.library.p99)
+    );
+    for (kind, points) in &r.closed {
+        for (c, m) in CONCURRENCY.iter().zip(points) {
+            let rep = &m.report;
+            md += &format!(
+                "| {} | {c} | {:.0} | {} | {} | {} | {:.1}% | {} | {:.0} |\n",
+                kind.label(),
+                rep.throughput(),
+                ms(rep.quantile(0.5)),
+                ms(rep.quantile(0.9)),
+                ms(rep.quantile(0.99)),
+                100.0 * rep.error_rate(),
+                cpu_us(m),
+                m.rss_mib
+            );
+        }
+    }
+    md += "\nOpen loop (fixed arrival rate; latency from the scheduled send time; a request not answered within 10 s of it is an error):\n\n\
+           | contender | offered req/s | answered req/s | p50 ms | p90 ms | p99 ms | errors | CPU µs / inference |\n|---|---|---|---|---|---|---|---|\n";
+    for (kind, rates) in &r.open {
+        for (f, offered, m) in rates {
+            let rep = &m.report;
+            md += &format!(
+                "| {} | {:.0} ({:.0}% of kiln's peak) | {:.0} | {} | {} | {} | {:.1}% | {} |\n",
+                kind.label(),
+                offered,
+                f * 100.0,
+                rep.throughput(),
+                ms(rep.quantile(0.5)),
+                ms(rep.quantile(0.9)),
+                ms(rep.quantile(0.99)),
+                100.0 * rep.error_rate(),
+                cpu_us(m)
+            );
+        }
+    }
+    if let Some((_, points)) = r.closed.iter().find(|(k, _)| *k == Kind::Kiln) {
+        md += "\nkiln's batch sizes (closed loop):\n\n";
+        for (c, m) in CONCURRENCY.iter().zip(points) {
+            md += &format!("- concurrency {c}: {}\n", sizes(&m.batches));
+        }
+    }
+    md += &format!("\n![{}](plots/{}.svg)\n\n", r.label, slug(&r.label));
+    md
+}
+
+fn slug(label: &str) -> String {
+    inproc::slug(label).replacen("batching-", "peers-", 1)
+}
+
+fn plot(r: &ModelResult) -> String {
+    let line = |kind: Kind, f: &dyn Fn(&Measured) -> f64| {
+        r.closed.iter().find(|(k, _)| *k == kind).map(|(_, p)| {
+            CONCURRENCY
+                .iter()
+                .zip(p)
+                .map(|(&c, m)| (c as f64, f(m)))
+                .collect::<Vec<_>>()
+        })
+    };
+    let flat = |v: f64| CONCURRENCY.iter().map(|&c| (c as f64, v)).collect();
+    let mut thr = vec![
+        Series {
+            label: format!("ceiling: raw run, batch {}", r.best_batch),
+            points: flat(r.ceiling.rows_per_s),
+            colour: "#888",
+            dashed: true,
+        },
+        Series {
+            label: "kiln library in-process (c=64)".into(),
+            points: flat(r.library.rows_per_s),
+            colour: "#9ecae1",
+            dashed: true,
+        },
+    ];
+    let mut p99 = Vec::new();
+    for (kind, _) in &r.closed {
+        if let Some(points) = line(*kind, &|m| m.report.throughput()) {
+            thr.push(Series {
+                label: kind.label().into(),
+                points,
+                colour: kind.colour(),
+                dashed: false,
+            });
+        }
+        if let Some(points) = line(*kind, &|m| m.report.quantile(0.99).as_secs_f64() * 1e3) {
+            p99.push(Series {
+                label: kind.label().into(),
+                points,
+                colour: kind.colour(),
+                dashed: false,
+            });
+        }
+    }
+    render_scaled(
+        &[
+            (&format!("{}: throughput", r.label), "req/s (log)", thr),
+            (&format!("{}: p99 latency", r.label), "p99 ms (log)", p99),
+        ],
+        &[true, true],
+    )
+}
+
+fn python_versions(venv: &Path) -> String {
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import importlib.metadata as m, sys; print(f'Python {sys.version.split()[0]}, ' + ', '.join(f'{p} {m.version(p)}' for p in ['fastapi','uvicorn','bentoml','onnxruntime','numpy']))",
+        ])
+        .output();
+    out.ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() -> Result<()> {
+    let root = inproc::root();
+    let venv = std::env::var_os("KILN_PEERS_VENV")
+        .map_or_else(|| root.join(".cache/peers-venv"), PathBuf::from);
+    if !venv.join("bin/uvicorn").exists() {
+        bail!("{} has no uvicorn: run `make bench-peers`", venv.display());
+    }
+    if std::env::var_os("KILN_BENCH_SECS").is_none() {
+        std::env::set_var("KILN_BENCH_SECS", "4");
+    }
+    let ctx = Ctx {
+        root: root.clone(),
+        work: tempfile::Builder::new().prefix("kiln-peers").tempdir()?,
+        venv,
+        secs: inproc::secs(),
+    };
+    let runtime =
+        Runtime::new(&RuntimeConfig::default()).context("ONNX Runtime (run `make ort`)")?;
+    let only = std::env::var("KILN_BENCH_ONLY").ok();
+    let only_peer = std::env::var("KILN_PEERS_ONLY").ok();
+    let kinds: Vec<Kind> = [Kind::Kiln, Kind::KilnBinary, Kind::FastApi, Kind::BentoMl]
+        .into_iter()
+        .filter(|k| {
+            only_peer
+                .as_deref()
+                .is_none_or(|o| k.label().eq_ignore_ascii_case(o))
+        })
+        .collect();
+    // The real model, the tabular MLP (most headroom) and the MobileNet-style CNN.
+    let models: Vec<Bench> = inproc::models()
+        .into_iter()
+        .filter(|b| !b.label.contains("compute-bound"))
+        .filter(|b| only.as_deref().is_none_or(|o| b.label.contains(o)))
+        .collect();
+    std::fs::create_dir_all(root.join("benches/plots"))?;
+    let mut results = Vec::new();
+    for b in &models {
+        let r = bench_model(&ctx, &runtime, b, &kinds)?;
+        std::fs::write(
+            root.join(format!("benches/plots/{}.svg", slug(&r.label))),
+            plot(&r),
+        )?;
+        results.push(r);
+    }
+
+    let mut summary = String::from(
+        "| model | headroom | kiln req/s | FastAPI req/s | kiln ÷ FastAPI | BentoML req/s | kiln ÷ BentoML | p99 ms kiln / FastAPI / BentoML | kiln library rows/s | HTTP ÷ in-process: JSON / binary |\n|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in &results {
+        let thr = |k| at64(r, k).map_or(0.0, |m| m.report.throughput());
+        let p99 = |k| at64(r, k).map_or("–".into(), |m| ms(m.report.quantile(0.99)));
+        let (k, f, bm) = (thr(Kind::Kiln), thr(Kind::FastApi), thr(Kind::BentoMl));
+        let lib = r.library.rows_per_s.max(1e-9);
+        summary += &format!(
+            "| {} | {:.1}× | {k:.0} | {f:.0} | **{:.1}×** | {bm:.0} | **{:.1}×** | {} / {} / {} | {:.0} | **{:.0}%** / **{:.0}%** |\n",
+            r.label,
+            r.headroom,
+            k / f.max(1e-9),
+            k / bm.max(1e-9),
+            p99(Kind::Kiln),
+            p99(Kind::FastApi),
+            p99(Kind::BentoMl),
+            r.library.rows_per_s,
+            100.0 * k / lib,
+            100.0 * thr(Kind::KilnBinary) / lib
+        );
+    }
+    let body = format!(
+        "## kiln against its peers (HTTP, CPU)\n\n\
+         Machine: {}. ONNX Runtime {} (kiln) / {}. {:.0} s per point. \
+         Command: `make bench-peers` (`cargo bench -p kiln-benches --bench peers`).\n\n\
+         Every contender serves the same model file with the same thread budget: two single-threaded ONNX Runtime sessions \
+         (kiln: 2 instances, greedy dynamic batching, `max_batch_size` = the best batch, requests in JSON and — \"kiln (binary)\" — in the v2 binary-data extension; FastAPI: uvicorn `--workers 2`, one request per `run`; \
+         BentoML: 2 workers, adaptive batching with the same `max_batch_size`, `max_latency_ms` 10000, `traffic.concurrency` = batch × workers). \
+         One row per request, JSON (the v2 protocol for kiln and FastAPI; BentoML's own JSON with the same numbers). \
+         The load generator (`benches/src/load.rs`, also `kiln-load`) is the same for all and shares the 2 cores with the server under test. \
+         CPU µs / inference = the server processes' user + system CPU time ÷ answered requests.\n\n\
+         ### Summary at concurrency 64\n\n{summary}\n\
+         Targets at concurrency 64: kiln ≥ 5× FastAPI with lower p99, ≥ 2× the best adaptive-batching Python server with lower p99, HTTP ≥ 80% of the in-process kiln library.\n\n{}",
+        machine(),
+        runtime.library().version,
+        python_versions(&ctx.venv),
+        ctx.secs.as_secs_f64(),
+        results.iter().map(report_model).collect::<String>()
+    );
+    println!("{body}");
+    if only.is_none() && only_peer.is_none() {
+        write_section("peers", &body)?;
+    }
+    Ok(())
+}

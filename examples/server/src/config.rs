@@ -1,0 +1,107 @@
+//! The server's model settings file (`kiln-server --config FILE`): ONNX Runtime session
+//! settings for every model and batching per model, so one pod can tune each model the way
+//! Triton's per-model `config.pbtxt` does, without code.
+//!
+//! ```yaml
+//! session:            # kiln::SessionConfig, for every model
+//!   intra_op_threads: 1
+//! batch:              # kiln::BatchConfig for models not named below
+//!   instances: 2
+//!   max_batch_size: 64
+//! models:             # per model name: a whole BatchConfig (unset fields take defaults)
+//!   magika: {instances: 2, max_batch_size: 16, max_queue_delay_us: 500}
+//! ```
+//! Unknown fields are errors (a typo must not silently fall back to a default), and every
+//! batching entry is validated before the server starts.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use kiln::{BatchConfig, RepositoryConfig, SessionConfig};
+use serde::Deserialize;
+
+/// The contents of the settings file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// ONNX Runtime session settings for every model.
+    pub session: SessionConfig,
+    /// Batching for models without an entry in `models`.
+    pub batch: BatchConfig,
+    /// Batching per model name.
+    pub models: HashMap<String, BatchConfig>,
+}
+
+impl ModelSettings {
+    /// Reads and validates `path` (YAML; JSON is YAML too).
+    ///
+    /// # Errors
+    /// The file cannot be read, does not parse (unknown fields included), or a batching entry
+    /// is invalid; the message names the file and the field.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read the settings file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("settings file {}", path.display()))
+    }
+
+    /// Parses and validates settings text.
+    ///
+    /// # Errors
+    /// As [`ModelSettings::from_file`].
+    pub fn parse(text: &str) -> Result<Self> {
+        let s: Self = serde_yaml::from_str(text)?;
+        s.batch.validate().context("batch")?;
+        for (name, b) in &s.models {
+            kiln::layout::check_name("models", name)?;
+            b.validate().with_context(|| format!("models.{name}"))?;
+        }
+        Ok(s)
+    }
+
+    /// Applies the settings to a repository's configuration.
+    pub fn apply(self, config: &mut RepositoryConfig) {
+        config.options = config.options.clone().with_session(self.session);
+        config.batch = self.batch;
+        config.per_model = self.models;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_validates_and_applies() {
+        let s = ModelSettings::parse(
+            "session: {intra_op_threads: 1}\nbatch: {instances: 2}\nmodels:\n  m: {max_batch_size: 16, max_queue_delay_us: 500}\n",
+        )
+        .expect("valid");
+        assert_eq!(s.session.intra_op_threads, 1);
+        assert_eq!(s.batch.instances, 2);
+        assert_eq!(s.models["m"].max_batch_size, 16);
+        let mut config = RepositoryConfig::new("/models");
+        s.apply(&mut config);
+        assert_eq!(config.per_model["m"].max_queue_delay_us, 500);
+        assert_eq!(config.batch.instances, 2);
+        assert_eq!(config.options.session.intra_op_threads, 1);
+        assert_eq!(
+            ModelSettings::parse("").expect("empty"),
+            ModelSettings::default()
+        );
+    }
+
+    #[test]
+    fn refuses_typos_invalid_values_and_bad_names() {
+        for (text, needle) in [
+            ("batch: {instance: 2}", "instance"),
+            ("sesion: {}", "sesion"),
+            ("batch: {instances: 0}", "instances"),
+            ("models: {m: {max_batch_size: 0}}", "max_batch_size"),
+            ("models: {'..': {}}", ".."),
+        ] {
+            let e = format!("{:#}", ModelSettings::parse(text).expect_err(text));
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The accept loop. `axum::serve` sets no header-read timeout and no connection cap, so a
+//! client that trickles its request headers (slowloris) holds a connection and its task
+//! forever, and enough of them exhaust the process. Here every connection goes through
+//! hyper's HTTP/1 builder with a timer and a header-read timeout, at most `max_connections`
+//! are served at once (the rest wait in the kernel's backlog), the peer address is handed to
+//! the handlers (admin endpoints check it), and shutdown drains open connections gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
+
+/// Connection-level limits.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Longest a client may take to send a request's headers (the first request's, and each
+    /// next one's on a keep-alive connection) before the connection is closed. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Most connections served at once. Default 4096.
+    pub max_connections: usize,
+    /// How long shutdown waits for open connections to finish. Default 30 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits up to
+/// `shutdown_grace` for open connections (keep-alive ones are closed after their current
+/// request).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = Arc::clone(&slots).acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(options.shutdown_grace) => {
+            tracing::warn!(grace_s = options.shutdown_grace.as_secs(), "connections still open after the shutdown grace period");
+        }
+    }
+}

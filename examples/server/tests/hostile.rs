@@ -1,0 +1,306 @@
+//! Hostile clients against the real `kiln-server` binary over TCP: slowloris headers, trickled
+//! and oversized bodies, shapes that lie about their data, pathological JSON. Each gets a
+//! clear 4xx (or its connection closed) while well-behaved clients keep being served, and the
+//! server's peak memory stays bounded.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http, ort_env, publish};
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+        .arg("--root")
+        .arg(root.path())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--drain-delay-s", "0", "--max-body-mib", "1"])
+        .args(extra)
+        .envs(ort_env())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start kiln-server");
+    let server = Server { child, port };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http(port, "GET", "/v2/health/ready", "").is_none_or(|(c, _)| c != 200) {
+        assert!(Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (root, server)
+}
+
+fn good_request(port: u16) {
+    let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}]}).to_string();
+    let (code, out) = http(port, "POST", "/v2/models/mlp/infer", &body).expect("infer");
+    assert_eq!(code, 200, "{out}");
+}
+
+/// Sends `head` (and `body`) raw; returns what the server answered before closing, or
+/// `None` if it kept the connection open without answering for `wait`.
+fn raw(port: u16, head: &str, body: &[u8], wait: Duration) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(String::from_utf8_lossy(&out).into_owned()),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                // A complete answer is enough; the server may keep the connection.
+                let text = String::from_utf8_lossy(&out);
+                if let Some((h, b)) = text.split_once("\r\n\r\n") {
+                    let len = h
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                        })
+                        .unwrap_or(0);
+                    if b.len() >= len {
+                        return Some(text.into_owned());
+                    }
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(String::from_utf8_lossy(&out).into_owned()),
+        }
+    }
+}
+
+fn status(answer: &str) -> u16 {
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_others_are_served_meanwhile() {
+    let (_root, server) = start(&["--header-timeout-s", "1", "--body-timeout-s", "1"]);
+    let port = server.port;
+    // 64 slowloris connections: half a request line and headers, then silence.
+    let lorises: Vec<TcpStream> = (0..64)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .expect("write");
+            s
+        })
+        .collect();
+    good_request(port);
+    // Each is closed by the server (EOF or a 408) well within 10x the 1 s header timeout.
+    for mut s in lorises {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = Vec::new();
+        let closed = s.read_to_end(&mut buf).is_ok();
+        assert!(closed, "a slowloris connection was held open");
+    }
+    // A body that trickles: headers complete, 10 of 1000 bytes, then silence → 408.
+    let head = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+    let answer = raw(port, head, b"{\"inputs\":", Duration::from_secs(10)).expect("answered");
+    assert_eq!(status(&answer), 408, "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+    good_request(port);
+}
+
+#[test]
+fn hostile_bodies_get_clear_4xx_and_memory_stays_bounded() {
+    let (_root, server) = start(&[]);
+    let port = server.port;
+    let infer = |body: &str| http(port, "POST", "/v2/models/mlp/infer", body).expect("answer");
+
+    // A 1 GB body, declared and streamed: refused at the 1 MiB limit, without reading it all.
+    {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        write!(
+            s,
+            "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            1u64 << 30
+        )
+        .expect("head");
+        let chunk = vec![b' '; 1 << 16];
+        let mut sent = 0usize;
+        // The server answers and closes once past the limit; writes then fail.
+        while sent < (64 << 20) && s.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        assert_eq!(status(&answer), 413, "{answer}");
+        assert!(
+            sent < (64 << 20),
+            "the server read 64 MiB of a 1 MiB-limited body"
+        );
+    }
+
+    // A huge declared shape with a tiny body, and shape/data mismatches.
+    for (shape, data) in [
+        (
+            serde_json::json!([1_000_000_000u64, 16]),
+            serde_json::json!([1.0]),
+        ),
+        (
+            serde_json::json!([u64::MAX, u64::MAX]),
+            serde_json::json!([1.0]),
+        ),
+        (serde_json::json!([2, 16]), serde_json::json!(vec![0.5; 16])),
+        (serde_json::json!([1, 16]), serde_json::json!(vec![0.5; 17])),
+        (
+            serde_json::json!([1, -16]),
+            serde_json::json!(vec![0.5; 16]),
+        ),
+    ] {
+        let body = serde_json::json!({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]}).to_string();
+        let (code, out) = infer(&body);
+        assert!((400..500).contains(&code), "{shape}: {code} {out}");
+        assert!(out.contains("error"), "{out}");
+    }
+
+    // NaN and infinities: not JSON numbers (refused); as strings, not numbers (refused).
+    for data in ["[NaN]", "[Infinity]", "[\"NaN\"]", "[1e999]"] {
+        let body = format!(
+            "{{\"inputs\":[{{\"name\":\"x\",\"shape\":[1,1],\"datatype\":\"FP32\",\"data\":{data}}}]}}"
+        );
+        let (code, out) = infer(&body);
+        assert_eq!(code, 400, "{data}: {out}");
+    }
+    // NaN through the binary extension is a valid float: a well-formed answer (JSON has no
+    // NaN, so it comes back as null), never a crash.
+    let mut bytes = Vec::new();
+    for v in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1.0] {
+        bytes.extend(std::iter::repeat_n(v.to_le_bytes(), 4).flatten());
+    }
+    let header = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
+        "parameters": {"binary_data_size": bytes.len()}}]})
+    .to_string();
+    let head = format!(
+        "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nInference-Header-Content-Length: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{header}",
+        header.len(),
+        header.len() + bytes.len()
+    );
+    let answer = raw(port, &head, &bytes, Duration::from_secs(20)).expect("answered");
+    assert_eq!(status(&answer), 200, "{answer}");
+    let json = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(json).is_ok(),
+        "{json}"
+    );
+
+    // Deeply nested JSON: refused by the parser's depth limit, no stack overflow.
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let body = format!(
+        "{{\"inputs\":[{{\"name\":\"x\",\"shape\":[1,16],\"datatype\":\"FP32\",\"data\":{deep}}}]}}"
+    );
+    let (code, out) = infer(&body);
+    assert_eq!(code, 400, "{out}");
+    // Truncated, binary junk, wrong content-type header lengths.
+    for body in [
+        "{\"inputs\":[{\"name\":\"x\"",
+        "\u{0}\u{1}\u{2}",
+        "[]",
+        "{}",
+    ] {
+        let (code, out) = infer(body);
+        assert_eq!(code, 400, "{body:?}: {out}");
+    }
+    let head = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 999999\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let answer = raw(port, head, b"", Duration::from_secs(20)).expect("answered");
+    assert_eq!(status(&answer), 400, "{answer}");
+
+    good_request(port);
+    let peak = peak_rss_mib(server.child.id());
+    assert!(peak < 512.0, "peak RSS {peak:.0} MiB");
+    println!("peak RSS after the hostile inputs: {peak:.0} MiB");
+}
+
+#[test]
+fn admin_endpoints_answer_loopback_or_a_token_only() {
+    // Off by default.
+    let (_root, server) = start(&[]);
+    let (code, _) = http(server.port, "POST", "/v2/repository/models/mlp/load", "").expect("load");
+    assert_eq!(code, 403);
+    drop(server);
+    // With a token: 401 without it or with a wrong one, 200 with it.
+    let dir = tempfile::tempdir().expect("dir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-admin-token-0123456789\n").expect("token");
+    let (_root, server) = start(&[
+        "--admin",
+        "--admin-token-file",
+        token_file.to_str().expect("utf-8"),
+    ]);
+    let call = |auth: &str| {
+        let head = format!(
+            "POST /v2/repository/models/mlp/load HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        status(&raw(server.port, &head, b"", Duration::from_secs(30)).expect("answered"))
+    };
+    assert_eq!(call(""), 401);
+    assert_eq!(call("Authorization: Bearer wrong\r\n"), 401);
+    assert_eq!(
+        call("Authorization: Bearer s3cret-admin-token-0123456789\r\n"),
+        200
+    );
+    // A short token is refused at start-up.
+    std::fs::write(&token_file, "short").expect("token");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+        .args(["--root", "/nonexistent", "--admin", "--admin-token-file"])
+        .arg(&token_file)
+        .envs(ort_env())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("shorter than 16"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,320 @@
+//! The `kiln-server` binary under overload, abandoned requests and a soak with hot swaps, on
+//! the real model (magika: a few ms per row, so the model, not HTTP, is the bottleneck):
+//!
+//! - a burst at 10× the measured capacity: excess requests are shed with 429 (never a 5xx or
+//!   a broken connection), memory stays bounded, and afterwards every request succeeds again;
+//! - thousands of clients that send a request and hang up before the answer: nothing stuck
+//!   in the queue, no memory growth, and the next request is served;
+//! - a soak at 70% of capacity with a hot swap every interval: zero failed requests.
+//!
+//! Durations: `make test` runs short versions (seconds); `make reliability` sets
+//! `KILN_RELIABILITY_BURST_S=30`, `KILN_RELIABILITY_DISCONNECTS=10000`,
+//! `KILN_RELIABILITY_SOAK_S=1800` and `KILN_RELIABILITY_SWAP_S=300`. Each prints the figures
+//! RELIABILITY.md quotes. Timings are reported, not asserted (shared machines are noisy).
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http, ort_env, publish, swap};
+use kiln_benches::load::{self, Mode, Target};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+    root: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// magika on one instance, batches of up to 4, at most 32 requests queued.
+    fn start() -> Self {
+        let root = tempfile::tempdir().expect("root");
+        publish(root.path(), "magika", "1", "real/magika.onnx");
+        let settings = root.path().join("settings.yaml");
+        std::fs::write(
+            &settings,
+            "session: {intra_op_threads: 1}\nbatch: {instances: 1, max_batch_size: 4, max_queue_requests: 32}\n",
+        )
+        .expect("settings");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+            .arg("--root")
+            .arg(root.path())
+            .arg("--config")
+            .arg(&settings)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--drain-delay-s", "0", "--poll-ms", "100"])
+            .envs(ort_env())
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kiln-server");
+        let server = Self { child, port, root };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while http(port, "GET", "/v2/health/ready", "").is_none_or(|(c, _)| c != 200) {
+            assert!(Instant::now() < deadline, "never ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    fn target(&self) -> Target {
+        let tokens: Vec<i32> = (0..2048).map(|i| i * 7 % 257).collect();
+        let body = serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32", "data": tokens}]});
+        Target::json(
+            &format!("http://127.0.0.1:{}/v2/models/magika/infer", self.port),
+            body.to_string().into_bytes(),
+        )
+        .expect("target")
+    }
+
+    fn rss_mib(&self, field: &str) -> f64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let (code, body) = http(self.port, "GET", "/v2/models/magika/stats", "").expect("stats");
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("stats json")
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+#[test]
+fn a_burst_at_ten_times_capacity_is_shed_with_429_and_service_recovers() {
+    let server = Server::start();
+    let target = server.target();
+    let burst_s = env_or("KILN_RELIABILITY_BURST_S", 3);
+    let second = Duration::from_secs(1);
+    let before = load::run(
+        &target,
+        Mode::Closed { concurrency: 8 },
+        Duration::from_secs(2),
+        second * 30,
+    );
+    assert_eq!(before.failed, 0, "{:?}", before.failures);
+    let capacity = before.throughput();
+    let burst = load::run(
+        &target,
+        Mode::Open {
+            rate: capacity * 10.0,
+            clients: 512,
+        },
+        Duration::from_secs(burst_s),
+        second * 30,
+    );
+    // Shed, never broken: every answer is a 200 or a 429.
+    let unexpected: Vec<_> = burst
+        .codes
+        .iter()
+        .filter(|(c, _)| !matches!(c, 200 | 429))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "codes {:?}: {:?}",
+        burst.codes,
+        burst.failures
+    );
+    let shed = burst.codes.get(&429).copied().unwrap_or(0);
+    assert!(
+        shed > 0,
+        "nothing was shed at 10x capacity: {:?}",
+        burst.codes
+    );
+    let peak = server.rss_mib("VmHWM:");
+    // Right after the burst: the next 5 s serve everything.
+    let after = load::run(
+        &target,
+        Mode::Closed { concurrency: 8 },
+        Duration::from_secs(5),
+        second * 30,
+    );
+    assert_eq!(after.failed, 0, "after the burst: {:?}", after.failures);
+    assert_eq!(server.stats()["queued"], 0);
+    assert!(peak < 1024.0, "peak RSS {peak:.0} MiB");
+    println!(
+        "burst: capacity {capacity:.0} req/s (closed loop, 8 clients), {burst_s} s at {:.0} req/s offered: {} answered 200, {shed} shed with 429 \
+         (429 p50 {:.2} ms, p99 {:.2} ms; admitted p99 {:.0} ms), no other answer; peak RSS {peak:.0} MiB; \
+         in the 5 s after: {:.0} req/s, p99 {:.0} ms (before: p99 {:.0} ms), 0 failed",
+        capacity * 10.0,
+        burst.ok,
+        ms(kiln_benches::quantile(&burst.refused_latencies, 0.5)),
+        ms(kiln_benches::quantile(&burst.refused_latencies, 0.99)),
+        ms(burst.quantile(0.99)),
+        after.throughput(),
+        ms(after.quantile(0.99)),
+        ms(before.quantile(0.99)),
+    );
+}
+
+#[test]
+fn clients_hanging_up_mid_request_leave_nothing_stuck_or_leaked() {
+    let server = Server::start();
+    let target = server.target();
+    let n = env_or("KILN_RELIABILITY_DISCONNECTS", 400) as usize;
+    // Warm up, then measure resident memory as the baseline.
+    let warm = load::run(
+        &target,
+        Mode::Closed { concurrency: 8 },
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    );
+    assert_eq!(warm.failed, 0);
+    let rss_before = server.rss_mib("VmRSS:");
+    let request = format!(
+        "POST /v2/models/magika/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        target.body.len()
+    );
+    let threads = 32;
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (request, body) = (&request, &target.body);
+            s.spawn(move || {
+                for i in (t..n).step_by(threads) {
+                    let Ok(mut c) = TcpStream::connect(("127.0.0.1", server.port)) else {
+                        continue;
+                    };
+                    let _ = c.write_all(request.as_bytes());
+                    // Half hang up after the whole request, half in the middle of its body.
+                    let cut = if i % 2 == 0 {
+                        body.len()
+                    } else {
+                        body.len() / 2
+                    };
+                    let _ = c.write_all(&body[..cut]);
+                    drop(c);
+                }
+            });
+        }
+    });
+    // Whatever was admitted drains; nothing stays queued; the next request is served.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.stats()["queued"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "requests stuck in the queue: {}",
+            server.stats()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = load::run(
+        &target,
+        Mode::Closed { concurrency: 8 },
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+    );
+    assert_eq!(after.failed, 0, "{:?}", after.failures);
+    let rss_after = server.rss_mib("VmRSS:");
+    let st = server.stats();
+    assert!(
+        rss_after < rss_before * 1.5 + 64.0,
+        "RSS {rss_before:.0} -> {rss_after:.0} MiB"
+    );
+    println!(
+        "disconnects: {n} clients hung up mid-request; queue empty after, next requests served; \
+         {} of them reached the model, {} were dropped as cancelled before running; RSS {rss_before:.0} -> {rss_after:.0} MiB",
+        st["succeeded"], st["cancelled"]
+    );
+}
+
+#[test]
+fn soak_at_70_percent_with_hot_swaps_fails_nothing() {
+    let server = Server::start();
+    let target = server.target();
+    let soak_s = env_or("KILN_RELIABILITY_SOAK_S", 8);
+    let swap_s = env_or("KILN_RELIABILITY_SWAP_S", 3).max(1);
+    let cap = load::run(
+        &target,
+        Mode::Closed { concurrency: 8 },
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
+    assert_eq!(cap.failed, 0);
+    let rate = cap.throughput() * 0.7;
+    let rss_warm = server.rss_mib("VmRSS:");
+    let stop = Instant::now() + Duration::from_secs(soak_s);
+    let mut total = load::Report::default();
+    let (mut swaps, mut v) = (0, 1);
+    let mut rss_max: f64 = rss_warm;
+    let (mut rss_first, mut rss_last) = (None, rss_warm);
+    // The soak runs in slices of `swap_s`; after each one, a new version is swapped in while
+    // the next slice's load is already running.
+    std::thread::scope(|s| {
+        while Instant::now() < stop {
+            let slice = Duration::from_secs(swap_s).min(stop - Instant::now());
+            let t = &target;
+            let h = s.spawn(move || {
+                load::run(
+                    t,
+                    Mode::Open { rate, clients: 64 },
+                    slice,
+                    Duration::from_secs(30),
+                )
+            });
+            std::thread::sleep(slice / 2);
+            v += 1;
+            swap(
+                server.root.path(),
+                "magika",
+                &v.to_string(),
+                "real/magika.onnx",
+            );
+            swaps += 1;
+            let r = h.join().expect("load");
+            assert_eq!(r.failed, 0, "failures during the soak: {:?}", r.failures);
+            total.ok += r.ok;
+            for (ver, n) in r.versions {
+                *total.versions.entry(ver).or_default() += n;
+            }
+            let rss = server.rss_mib("VmRSS:");
+            rss_max = rss_max.max(rss);
+            // Steady state: the first slice's end is the warmed-up baseline.
+            rss_first.get_or_insert(rss);
+            rss_last = rss;
+        }
+    });
+    let base = rss_first.unwrap_or(rss_warm);
+    let growth = (rss_last - base) / base * 100.0;
+    println!(
+        "soak: {soak_s} s at {rate:.0} req/s (70% of {:.0}), {swaps} hot swaps, {} requests, 0 failed, answered by versions {:?}; \
+         RSS at the end of the first slice {base:.0} MiB, at the end {rss_last:.0} MiB ({growth:+.1}%), highest {rss_max:.0} MiB (two versions loaded during a swap)",
+        cap.throughput(),
+        total.ok,
+        total.versions
+    );
+    assert!(
+        total.versions.len() >= 2,
+        "no swap was served: {:?}",
+        total.versions
+    );
+}
