@@ -99,15 +99,15 @@ check:
 	cargo clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-test: ort testdata azurite k8s-check check
+test: ort testdata azurite k8s-check check deny
 	cargo test --workspace
 
 # The long reliability suites (RELIABILITY.md): the same tests `make test` runs as smoke
 # versions, at full size: 100 injected store faults, 100 SIGKILLs of the agent, 10x overload
-# for 30 s, 10,000 disconnects, a 30 min soak with a hot swap every 5 min, 20,000 fuzz cases
+# for 30 s, 10,000 disconnects, a 30 min soak with a hot swap every 5 min, 200,000 fuzz cases
 # per property, every log line at trace level searched for secrets, cargo deny. Output in
 # .cache/reliability.log; the figures are the lines it prints at the end.
-RELIABILITY_ENV := PROPTEST_CASES=20000 KILN_RELIABILITY_FAULTS=100 KILN_RELIABILITY_KILLS=100 \
+RELIABILITY_ENV := PROPTEST_CASES=200000 KILN_RELIABILITY_FAULTS=100 KILN_RELIABILITY_KILLS=100 \
   KILN_RELIABILITY_BURST_S=30 KILN_RELIABILITY_DISCONNECTS=10000 KILN_RELIABILITY_SOAK_S=1800 \
   KILN_RELIABILITY_SWAP_S=300
 reliability: ort testdata deny

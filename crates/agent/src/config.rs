@@ -165,19 +165,10 @@ fn yes() -> bool {
 }
 
 /// Store options with secret values replaced, for `Debug`.
-fn shown(store: &BTreeMap<String, String>) -> BTreeMap<&str, &str> {
+fn shown(store: &BTreeMap<String, String>) -> BTreeMap<&str, String> {
     store
         .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str(),
-                if redact::is_secret_key(k) {
-                    "<redacted>"
-                } else {
-                    v.as_str()
-                },
-            )
-        })
+        .map(|(k, v)| (k.as_str(), redact::option_value(k, v)))
         .collect()
 }
 
@@ -309,7 +300,7 @@ impl AgentConfig {
     pub fn from_yaml(text: &str) -> Result<Self> {
         serde_yaml::from_str(text).map_err(|e| AgentError::Config {
             field: "config".into(),
-            reason: redact::text(&e.to_string()),
+            reason: redact::parser_error(&e.to_string()),
         })
     }
 

@@ -27,15 +27,7 @@ fn injected_store_faults_never_publish_anything_corrupt() {
         .unwrap_or(12);
     let rt = rt();
     let proxy = rt.block_on(Proxy::start(moto.port));
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(format!("http://127.0.0.1:{}", moto.port))
-        .with_allow_http(true)
-        .with_bucket_name("models")
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()
-        .expect("store");
+    let store = moto.store("models", "test");
     moto.create_bucket("models");
     let root = tempfile::tempdir().expect("root");
     let mut uploaded = Vec::new();

@@ -36,15 +36,7 @@ fn sigkill_at_random_points_leaves_a_consistent_directory_and_resumes() {
     // land before, during and after the download.
     proxy.set(Fault::Slow);
     moto.create_bucket("models");
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(format!("http://127.0.0.1:{}", moto.port))
-        .with_allow_http(true)
-        .with_bucket_name("models")
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()
-        .expect("store");
+    let store = moto.store("models", "test");
     let root = tempfile::tempdir().expect("root");
     let config = root.path().join("agent.yaml");
     let mut uploaded: Vec<Digest> = Vec::new();

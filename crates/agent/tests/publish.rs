@@ -179,15 +179,7 @@ fn s3_objects_are_published_and_credentials_never_appear_in_errors_or_status() {
     let moto = Moto::start().expect("moto_server is required for this test (it ships with the machine image; or pip install 'moto[server]')");
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let secret = "TOPSECRETVALUE123";
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(&endpoint)
-        .with_allow_http(true)
-        .with_bucket_name("models")
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key(secret)
-        .build()
-        .expect("s3 client");
+    let store = moto.store("models", secret);
     let store: Arc<dyn ObjectStore> = Arc::new(store);
     let body: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
     let digest = Digest::of(&body);
@@ -911,15 +903,7 @@ fn listing_needs_verify_false_and_s3_keys_that_would_escape_are_refused() {
 
     let moto = Moto::start().expect("moto_server is required for this test");
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(&endpoint)
-        .with_allow_http(true)
-        .with_bucket_name("lists")
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key("test")
-        .build()
-        .expect("s3 client");
+    let store = moto.store("lists", "test");
     rt().block_on(async {
         let client = TcpStream::connect(("127.0.0.1", moto.port)).expect("connect");
         http_request(client, "PUT", "/lists");

@@ -76,15 +76,7 @@ fn no_secret_reaches_any_log_line_at_any_level() {
     let moto = Moto::start()
         .expect("moto_server is required (on the machine image, or pip install 'moto[server]')");
     moto.create_bucket("models");
-    let store = object_store::aws::AmazonS3Builder::new()
-        .with_endpoint(format!("http://127.0.0.1:{}", moto.port))
-        .with_allow_http(true)
-        .with_bucket_name("models")
-        .with_region("us-east-1")
-        .with_access_key_id("test")
-        .with_secret_access_key(S3_SECRET)
-        .build()
-        .expect("store");
+    let store = moto.store("models", S3_SECRET);
     let body = vec![7u8; 100_000];
     let digest = kiln::Digest::of(&body);
     common::rt()

@@ -163,12 +163,7 @@ impl Repository {
                 continue;
             }
             let key = (name.clone(), version.clone());
-            if self
-                .failed
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&key)
-            {
+            if self.failed_before(&key) {
                 continue;
             }
             let handle = handle.unwrap_or_else(|| {
@@ -185,10 +180,7 @@ impl Repository {
                     report
                         .failed
                         .push((name.clone(), version.clone(), e.to_string()));
-                    self.failed
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key);
+                    self.mark_failed(key);
                     // Nothing serving (a fresh start on a bad `current`): fall back to the
                     // newest older version that loads, so the model is served while the
                     // publisher fixes `current`. A serving model keeps its version instead.
@@ -219,6 +211,21 @@ impl Repository {
         Ok(report)
     }
 
+    /// Whether `(model, version)` failed to load before (it is not retried until it changes).
+    fn failed_before(&self, key: &(String, String)) -> bool {
+        self.failed
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key)
+    }
+
+    fn mark_failed(&self, key: (String, String)) {
+        self.failed
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key);
+    }
+
     /// The other published versions of `name` (complete: with a manifest), newest first by
     /// their manifest's `created` time; loads the first that loads and returns it.
     fn load_last_good(&self, handle: &ModelHandle, name: &str, bad: &str) -> Option<String> {
@@ -236,12 +243,7 @@ impl Repository {
         candidates.sort_by(|a, b| b.cmp(a));
         for (_, v) in candidates {
             let key = (name.to_owned(), v.clone());
-            if self
-                .failed
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&key)
-            {
+            if self.failed_before(&key) {
                 continue;
             }
             match self.load_version(handle, name, &v) {
@@ -249,12 +251,7 @@ impl Repository {
                     tracing::warn!(model = name, current = bad, serving = %v, "`current` does not load; serving the last good version");
                     return Some(v);
                 }
-                Err(_) => {
-                    self.failed
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(key);
-                }
+                Err(_) => self.mark_failed(key),
             }
         }
         None

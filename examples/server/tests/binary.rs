@@ -4,37 +4,21 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{http, ort_env, publish};
+use common::{free_port, http, publish, start_ready};
 
 #[test]
 fn ready_after_warm_up_serves_and_drains_on_sigterm() {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
-        .arg("--root")
-        .arg(root.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--drain-delay-s", "2", "--poll-ms", "100"])
-        .envs(ort_env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kiln-server");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if http(port, "GET", "/v2/health/ready", "").is_some_and(|(c, _)| c == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let port = free_port();
+    let mut child = start_ready(
+        root.path(),
+        port,
+        &["--drain-delay-s", "2", "--poll-ms", "100"],
+    );
     let body = serde_json::json!({"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32", "data": vec![0.5; 32]}]}).to_string();
     let (code, out) = http(port, "POST", "/v2/models/mlp/infer", &body).expect("infer");
     assert_eq!(code, 200, "{out}");
@@ -60,23 +44,7 @@ fn ready_after_warm_up_serves_and_drains_on_sigterm() {
 }
 
 fn start_server(root: &std::path::Path, port: u16) -> std::process::Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
-        .arg("--root")
-        .arg(root)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--drain-delay-s", "0", "--poll-ms", "50"])
-        .envs(ort_env())
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kiln-server");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http(port, "GET", "/v2/health/ready", "").is_none_or(|(c, _)| c != 200) {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    start_ready(root, port, &["--drain-delay-s", "0", "--poll-ms", "50"])
 }
 
 fn serving_version(port: u16) -> String {
@@ -91,10 +59,7 @@ fn serving_version(port: u16) -> String {
 fn killed_during_a_hot_swap_it_restarts_on_the_last_good_version() {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = free_port();
     let mut child = start_server(root.path(), port);
     assert_eq!(serving_version(port), "1");
     // A new version lands and the server is SIGKILLed while it may be loading it.

@@ -7,10 +7,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
-use common::{http, ort_env, publish};
+use common::{free_port, http, ort_env, publish, start_ready};
 
 struct Server {
     child: Child,
@@ -27,28 +27,11 @@ impl Drop for Server {
 fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
-        .arg("--root")
-        .arg(root.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--drain-delay-s", "0", "--max-body-mib", "1"])
-        .args(extra)
-        .envs(ort_env())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kiln-server");
+    let port = free_port();
+    let mut args = vec!["--drain-delay-s", "0", "--max-body-mib", "1"];
+    args.extend(extra);
+    let child = start_ready(root.path(), port, &args);
     let server = Server { child, port };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http(port, "GET", "/v2/health/ready", "").is_none_or(|(c, _)| c != 200) {
-        assert!(Instant::now() < deadline, "never ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     (root, server)
 }
 

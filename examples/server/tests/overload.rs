@@ -16,10 +16,10 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{http, ort_env, publish, swap};
+use common::{free_port, http, publish, start_ready, swap};
 use kiln_benches::load::{self, Mode, Target};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -53,30 +53,18 @@ impl Server {
             "session: {intra_op_threads: 1}\nbatch: {instances: 1, max_batch_size: 4, max_queue_requests: 32}\n",
         )
         .expect("settings");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("port")
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
-            .arg("--root")
-            .arg(root.path())
-            .arg("--config")
-            .arg(&settings)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--drain-delay-s", "0", "--poll-ms", "100"])
-            .envs(ort_env())
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kiln-server");
-        let server = Self { child, port, root };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while http(port, "GET", "/v2/health/ready", "").is_none_or(|(c, _)| c != 200) {
-            assert!(Instant::now() < deadline, "never ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        let port = free_port();
+        let settings = settings.to_str().expect("utf-8 path");
+        let args = [
+            "--config",
+            settings,
+            "--drain-delay-s",
+            "0",
+            "--poll-ms",
+            "100",
+        ];
+        let child = start_ready(root.path(), port, &args);
+        Self { child, port, root }
     }
 
     fn target(&self) -> Target {

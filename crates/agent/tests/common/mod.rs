@@ -97,6 +97,19 @@ pub(crate) struct Moto {
 }
 
 impl Moto {
+    /// An S3 client for `bucket` on this server, signing with `secret`.
+    pub(crate) fn store(&self, bucket: &str, secret: &str) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(format!("http://127.0.0.1:{}", self.port))
+            .with_allow_http(true)
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key(secret)
+            .build()
+            .expect("s3 client")
+    }
+
     /// Creates `bucket` (moto creates buckets on a plain PUT).
     pub(crate) fn create_bucket(&self, bucket: &str) {
         let client = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");

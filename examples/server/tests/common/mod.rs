@@ -71,6 +71,42 @@ pub(crate) fn swap(root: &Path, model: &str, version: &str, file: &str) {
     std::fs::rename(&tmp, root.join(model).join("current")).expect("swap current");
 }
 
+/// A free loopback port.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// Starts the `kiln-server` binary on `root` at 127.0.0.1:`port` with `args` (after `--root`
+/// and `--listen`; `RUST_LOG=error` unless set) and waits until `/v2/health/ready` answers 200.
+pub(crate) fn start_ready(root: &Path, port: u16, args: &[&str]) -> std::process::Child {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+        .arg("--root")
+        .arg(root)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .envs(ort_env())
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start kiln-server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while http(port, "GET", "/v2/health/ready", "").is_none_or(|(c, _)| c != 200) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("kiln-server exited before it was ready: {status}");
+        }
+        assert!(std::time::Instant::now() < deadline, "never ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 /// The environment a child process needs to find ONNX Runtime: the caller's when set (as
 /// `make test` does), else the library `make ort` provisions.
 pub(crate) fn ort_env() -> Vec<(&'static str, std::path::PathBuf)> {
