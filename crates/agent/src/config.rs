@@ -423,6 +423,22 @@ impl AgentConfig {
             if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
                 return Err(bad(field("source"), "must not carry credentials or a query string; use the environment or workload identity".into()));
             }
+            // Every store option must be one object_store knows for the scheme; the name is
+            // not echoed (a pasted secret can end up in a mangled key).
+            if let Some(n) = m
+                .store
+                .keys()
+                .position(|k| !crate::store::known_option(url.scheme(), k))
+            {
+                return Err(bad(
+                    field("store"),
+                    format!(
+                        "option #{} is not one object_store knows for {}:// (its name is not shown: a mangled line can hold a secret)",
+                        n + 1,
+                        url.scheme()
+                    ),
+                ));
+            }
             let digest = |s: &Option<String>, f: String| -> Result<Option<Digest>> {
                 match s {
                     Some(hex) => hex

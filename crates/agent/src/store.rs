@@ -20,6 +20,18 @@ pub struct Source {
     pub prefix: StorePath,
 }
 
+/// Whether `key` is a store option object_store accepts for `scheme` (`file` takes none).
+pub(crate) fn known_option(scheme: &str, key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    match scheme {
+        "s3" | "s3a" => k.parse::<object_store::aws::AmazonS3ConfigKey>().is_ok(),
+        "gs" => k.parse::<object_store::gcp::GoogleConfigKey>().is_ok(),
+        "az" | "abfs" | "abfss" => k.parse::<object_store::azure::AzureConfigKey>().is_ok(),
+        "http" | "https" => k.parse::<object_store::ClientConfigKey>().is_ok(),
+        _ => false,
+    }
+}
+
 impl Source {
     /// Opens the store for `model` (index `i` in the config, for error messages).
     ///
@@ -51,7 +63,7 @@ impl Source {
                     let key: $key = k
                         .to_ascii_lowercase()
                         .parse()
-                        .map_err(|_| bad(format!("unknown option {k:?} for {}", url.scheme())))?;
+                        .map_err(|_| bad(format!("an option unknown to {}://", url.scheme())))?;
                     b = b.with_config(key, v.clone());
                 }
                 Arc::new(b.build().map_err(|e| bad(e.to_string()))?) as Arc<dyn ObjectStore>
@@ -88,7 +100,7 @@ impl Source {
                     let key: object_store::ClientConfigKey = k
                         .to_ascii_lowercase()
                         .parse()
-                        .map_err(|_| bad(format!("unknown option {k:?} for http")))?;
+                        .map_err(|_| bad("an option unknown to http://".to_owned()))?;
                     b = b.with_config(key, v.clone());
                 }
                 (
