@@ -38,8 +38,11 @@ pub(crate) struct Proxy {
     fault: Arc<AtomicU8>,
     /// Connections handled with a fault (not `None` or `Slow`).
     pub(crate) injected: Arc<AtomicUsize>,
-    /// Response bytes passed on to clients.
+    /// Response bytes passed on to clients (bytes a killed client never read included).
     pub(crate) served: Arc<AtomicU64>,
+    /// Ranged GETs passed on (requests with a `Range: bytes=` header): what a client asked
+    /// for, whatever it got to read.
+    pub(crate) ranged: Arc<AtomicU64>,
 }
 
 impl Proxy {
@@ -49,11 +52,12 @@ impl Proxy {
         let fault = Arc::new(AtomicU8::new(Fault::None as u8));
         let injected = Arc::new(AtomicUsize::new(0));
         let served = Arc::new(AtomicU64::new(0));
-        let (f, inj, out) = (
-            Arc::clone(&fault),
-            Arc::clone(&injected),
-            Arc::clone(&served),
-        );
+        let ranged = Arc::new(AtomicU64::new(0));
+        let counters = Counters {
+            served: Arc::clone(&served),
+            ranged: Arc::clone(&ranged),
+        };
+        let (f, inj) = (Arc::clone(&fault), Arc::clone(&injected));
         tokio::spawn(async move {
             let mut n = 0u64;
             while let Ok((client, _)) = listener.accept().await {
@@ -66,7 +70,7 @@ impl Proxy {
                 if !matches!(fault, Fault::None | Fault::Slow) {
                     inj.fetch_add(1, Ordering::Relaxed);
                 }
-                tokio::spawn(handle(client, upstream, fault, n, Arc::clone(&out)));
+                tokio::spawn(handle(client, upstream, fault, n, counters.clone()));
             }
         });
         Self {
@@ -74,6 +78,7 @@ impl Proxy {
             fault,
             injected,
             served,
+            ranged,
         }
     }
 
@@ -94,13 +99,15 @@ async fn read_head(client: &mut TcpStream) -> Vec<u8> {
     head
 }
 
-async fn handle(
-    mut client: TcpStream,
-    upstream: u16,
-    fault: Fault,
-    n: u64,
+/// What the proxy counts, shared by every connection.
+#[derive(Clone)]
+struct Counters {
     served: Arc<AtomicU64>,
-) {
+    ranged: Arc<AtomicU64>,
+}
+
+async fn handle(mut client: TcpStream, upstream: u16, fault: Fault, n: u64, counters: Counters) {
+    let Counters { served, ranged } = counters;
     match fault {
         Fault::Down => {
             // Closed with a reset before a byte is read: what a dead store looks like.
@@ -149,10 +156,26 @@ async fn handle(
                     }
                 }
             };
-            let up_copy = tokio::io::copy(&mut cr, &mut uw);
+            let up_copy = async {
+                let mut buf = vec![0u8; 8 << 10];
+                loop {
+                    let got = match cr.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(g) => g,
+                    };
+                    let head = String::from_utf8_lossy(&buf[..got]).to_ascii_lowercase();
+                    ranged.fetch_add(
+                        head.matches("range: bytes=").count() as u64,
+                        Ordering::Relaxed,
+                    );
+                    if uw.write_all(&buf[..got]).await.is_err() {
+                        break;
+                    }
+                }
+            };
             tokio::select! {
                 () = down => {}
-                _ = up_copy => {}
+                () = up_copy => {}
             }
             if fault == Fault::Reset {
                 let _ = client.set_zero_linger();
