@@ -43,14 +43,14 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// magika on one instance, batches of up to 4, at most 32 requests queued.
-    fn start() -> Self {
+    /// magika on one instance, batches of up to 4, at most `queue` requests queued.
+    fn start(queue: usize) -> Self {
         let root = tempfile::tempdir().expect("root");
         publish(root.path(), "magika", "1", "real/magika.onnx");
         let settings = root.path().join("settings.yaml");
         std::fs::write(
             &settings,
-            "session: {intra_op_threads: 1}\nbatch: {instances: 1, max_batch_size: 4, max_queue_requests: 32}\n",
+            format!("session: {{intra_op_threads: 1}}\nbatch: {{instances: 1, max_batch_size: 4, max_queue_requests: {queue}}}\n"),
         )
         .expect("settings");
         let port = free_port();
@@ -100,7 +100,7 @@ fn ms(d: Duration) -> f64 {
 
 #[test]
 fn a_burst_at_ten_times_capacity_is_shed_with_429_and_service_recovers() {
-    let server = Server::start();
+    let server = Server::start(32);
     let target = server.target();
     let burst_s = env_or("KILN_RELIABILITY_BURST_S", 3);
     let second = Duration::from_secs(1);
@@ -167,7 +167,7 @@ fn a_burst_at_ten_times_capacity_is_shed_with_429_and_service_recovers() {
 
 #[test]
 fn clients_hanging_up_mid_request_leave_nothing_stuck_or_leaked() {
-    let server = Server::start();
+    let server = Server::start(32);
     let target = server.target();
     let n = env_or("KILN_RELIABILITY_DISCONNECTS", 400) as usize;
     // Warm up, then measure resident memory as the baseline.
@@ -179,6 +179,26 @@ fn clients_hanging_up_mid_request_leave_nothing_stuck_or_leaked() {
     );
     assert_eq!(warm.failed, 0);
     let rss_before = server.rss_mib("VmRSS:");
+    // Two rounds of `n`: the first may raise the allocator's high-water mark once; a leak
+    // would grow the second round as much again.
+    let first = hang_up_round(&server, &target, n);
+    let second = hang_up_round(&server, &target, n);
+    let st = server.stats();
+    assert!(
+        second - first < (first - rss_before).max(0.0) * 0.5 + 8.0,
+        "RSS grows round over round: {rss_before:.0} -> {first:.0} -> {second:.0} MiB"
+    );
+    println!(
+        "disconnects: 2 x {n} clients hung up mid-request; queue empty after each round, next requests served; \
+         {} of them reached the model, {} were dropped as cancelled before running; \
+         RSS {rss_before:.0} MiB before, {first:.0} after the first round, {second:.0} after the second",
+        st["succeeded"], st["cancelled"]
+    );
+}
+
+/// `n` clients send a request (half of them only half its body) and hang up; then waits for
+/// the queue to drain, checks the next requests are served, and returns the RSS after.
+fn hang_up_round(server: &Server, target: &Target, n: usize) -> f64 {
     let request = format!(
         "POST /v2/models/magika/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         target.body.len()
@@ -193,7 +213,6 @@ fn clients_hanging_up_mid_request_leave_nothing_stuck_or_leaked() {
                         continue;
                     };
                     let _ = c.write_all(request.as_bytes());
-                    // Half hang up after the whole request, half in the middle of its body.
                     let cut = if i % 2 == 0 {
                         body.len()
                     } else {
@@ -205,7 +224,6 @@ fn clients_hanging_up_mid_request_leave_nothing_stuck_or_leaked() {
             });
         }
     });
-    // Whatever was admitted drains; nothing stays queued; the next request is served.
     let deadline = Instant::now() + Duration::from_secs(60);
     while server.stats()["queued"] != 0 {
         assert!(
@@ -216,28 +234,21 @@ fn clients_hanging_up_mid_request_leave_nothing_stuck_or_leaked() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let after = load::run(
-        &target,
+        target,
         Mode::Closed { concurrency: 8 },
         Duration::from_secs(1),
         Duration::from_secs(30),
     );
     assert_eq!(after.failed, 0, "{:?}", after.failures);
-    let rss_after = server.rss_mib("VmRSS:");
-    let st = server.stats();
-    assert!(
-        rss_after < rss_before * 1.5 + 64.0,
-        "RSS {rss_before:.0} -> {rss_after:.0} MiB"
-    );
-    println!(
-        "disconnects: {n} clients hung up mid-request; queue empty after, next requests served; \
-         {} of them reached the model, {} were dropped as cancelled before running; RSS {rss_before:.0} -> {rss_after:.0} MiB",
-        st["succeeded"], st["cancelled"]
-    );
+    server.rss_mib("VmRSS:")
 }
 
 #[test]
 fn soak_at_70_percent_with_hot_swaps_fails_nothing() {
-    let server = Server::start();
+    // A queue of about 4 s of work at capacity: a hot swap loads and warms the new version on
+    // the same 2 cores, and the queue must absorb that dip (32 did not: 2 requests shed in
+    // the first 30-minute run).
+    let server = Server::start(512);
     let target = server.target();
     let soak_s = env_or("KILN_RELIABILITY_SOAK_S", 8);
     let swap_s = env_or("KILN_RELIABILITY_SWAP_S", 3).max(1);
