@@ -47,6 +47,17 @@ fn start_server(root: &std::path::Path, port: u16) -> std::process::Child {
     start_ready(root, port, &["--drain-delay-s", "0", "--poll-ms", "50"])
 }
 
+/// SIGKILLs the server and starts it again on the same root and port, ready.
+fn kill_and_restart(
+    mut child: std::process::Child,
+    root: &std::path::Path,
+    port: u16,
+) -> std::process::Child {
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    start_server(root, port)
+}
+
 fn serving_version(port: u16) -> String {
     let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}]}).to_string();
     let (code, out) = http(port, "POST", "/v2/models/mlp/infer", &body).expect("infer");
@@ -60,14 +71,12 @@ fn killed_during_a_hot_swap_it_restarts_on_the_last_good_version() {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
     let port = free_port();
-    let mut child = start_server(root.path(), port);
+    let child = start_server(root.path(), port);
     assert_eq!(serving_version(port), "1");
     // A new version lands and the server is SIGKILLed while it may be loading it.
     common::swap(root.path(), "mlp", "2", "mlp.onnx");
     std::thread::sleep(Duration::from_millis(60));
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
-    let mut child = start_server(root.path(), port);
+    let child = kill_and_restart(child, root.path(), port);
     assert_eq!(
         serving_version(port),
         "2",
@@ -78,9 +87,7 @@ fn killed_during_a_hot_swap_it_restarts_on_the_last_good_version() {
     // hand edit; the agent never publishes one), and the server dies again.
     common::swap(root.path(), "mlp", "3", "mlp.onnx");
     std::fs::write(root.path().join("mlp/3/model.onnx"), b"not the model").expect("corrupt");
-    child.kill().expect("SIGKILL");
-    let _ = child.wait();
-    let mut child = start_server(root.path(), port);
+    let mut child = kill_and_restart(child, root.path(), port);
     assert_eq!(
         serving_version(port),
         "2",

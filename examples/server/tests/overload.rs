@@ -94,6 +94,16 @@ impl Server {
     }
 }
 
+/// `secs` seconds of 8 closed-loop clients (the capacity probe and the before/after checks).
+fn closed_loop(target: &Target, secs: u64) -> load::Report {
+    load::run(
+        target,
+        Mode::Closed { concurrency: 8 },
+        Duration::from_secs(secs),
+        Duration::from_secs(30),
+    )
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -103,13 +113,7 @@ fn a_burst_at_ten_times_capacity_is_shed_with_429_and_service_recovers() {
     let server = Server::start(32);
     let target = server.target();
     let burst_s = env_or("KILN_RELIABILITY_BURST_S", 3);
-    let second = Duration::from_secs(1);
-    let before = load::run(
-        &target,
-        Mode::Closed { concurrency: 8 },
-        Duration::from_secs(2),
-        second * 30,
-    );
+    let before = closed_loop(&target, 2);
     assert_eq!(before.failed, 0, "{:?}", before.failures);
     let capacity = before.throughput();
     let burst = load::run(
@@ -119,7 +123,7 @@ fn a_burst_at_ten_times_capacity_is_shed_with_429_and_service_recovers() {
             clients: 512,
         },
         Duration::from_secs(burst_s),
-        second * 30,
+        Duration::from_secs(30),
     );
     // Shed, never broken: every answer is a 200 or a 429.
     let unexpected: Vec<_> = burst
@@ -141,12 +145,7 @@ fn a_burst_at_ten_times_capacity_is_shed_with_429_and_service_recovers() {
     );
     let peak = server.rss_mib("VmHWM:");
     // Right after the burst: the next 5 s serve everything.
-    let after = load::run(
-        &target,
-        Mode::Closed { concurrency: 8 },
-        Duration::from_secs(5),
-        second * 30,
-    );
+    let after = closed_loop(&target, 5);
     assert_eq!(after.failed, 0, "after the burst: {:?}", after.failures);
     assert_eq!(server.stats()["queued"], 0);
     assert!(peak < 1024.0, "peak RSS {peak:.0} MiB");
@@ -171,12 +170,7 @@ fn clients_hanging_up_mid_request_leave_nothing_stuck_or_leaked() {
     let target = server.target();
     let n = env_or("KILN_RELIABILITY_DISCONNECTS", 400) as usize;
     // Warm up, then measure resident memory as the baseline.
-    let warm = load::run(
-        &target,
-        Mode::Closed { concurrency: 8 },
-        Duration::from_secs(1),
-        Duration::from_secs(30),
-    );
+    let warm = closed_loop(&target, 1);
     assert_eq!(warm.failed, 0);
     let rss_before = server.rss_mib("VmRSS:");
     // Two rounds of `n`: the first may raise the allocator's high-water mark once; a leak
@@ -233,12 +227,7 @@ fn hang_up_round(server: &Server, target: &Target, n: usize) -> f64 {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let after = load::run(
-        target,
-        Mode::Closed { concurrency: 8 },
-        Duration::from_secs(1),
-        Duration::from_secs(30),
-    );
+    let after = closed_loop(target, 1);
     assert_eq!(after.failed, 0, "{:?}", after.failures);
     server.rss_mib("VmRSS:")
 }
@@ -252,12 +241,7 @@ fn soak_at_70_percent_with_hot_swaps_fails_nothing() {
     let target = server.target();
     let soak_s = env_or("KILN_RELIABILITY_SOAK_S", 8);
     let swap_s = env_or("KILN_RELIABILITY_SWAP_S", 3).max(1);
-    let cap = load::run(
-        &target,
-        Mode::Closed { concurrency: 8 },
-        Duration::from_secs(2),
-        Duration::from_secs(30),
-    );
+    let cap = closed_loop(&target, 2);
     assert_eq!(cap.failed, 0);
     let rate = cap.throughput() * 0.7;
     let rss_warm = server.rss_mib("VmRSS:");
