@@ -113,11 +113,11 @@ RELIABILITY_ENV := PROPTEST_CASES=200000 KILN_RELIABILITY_FAULTS=100 KILN_RELIAB
 reliability: ort testdata deny
 	@mkdir -p .cache
 	set -o pipefail; $(RELIABILITY_ENV) cargo test --release \
-	  -p kiln-runtime --test fuzz -p kiln-agent --test fuzz --test faults --test kill --test secrets \
+	  -p kiln-runtime --test fuzz --test swap_memory -p kiln-agent --test fuzz --test faults --test kill --test secrets \
 	  -p kiln-example-server --test fuzz --test hostile --test overload --test binary \
 	  -p kiln-ffi --test c_abi \
 	  -- --nocapture --test-threads 1 2>&1 | tee .cache/reliability.log
-	@echo; echo "== figures"; grep -E '^(faults|kills|burst|disconnects|soak|secrets|peak RSS):' .cache/reliability.log || true
+	@echo; echo "== figures"; grep -E '^(faults|kills|burst|disconnects|soak|swaps|secrets|peak RSS):' .cache/reliability.log || true
 	@echo "tests passed: $$(grep -c '^test .* ok$$' .cache/reliability.log), failed: $$(grep -c '^test .* FAILED$$' .cache/reliability.log)"
 
 # Licences, bans, duplicate versions and sources (deny.toml); the advisories check needs the

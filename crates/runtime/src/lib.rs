@@ -22,6 +22,7 @@
 //! - [`runtime`]: finds and loads the ONNX Runtime library once per process ([`Runtime`]).
 //! - [`checksum`]: SHA-256 digests and the read-once, hash-while-reading loader.
 //! - [`manifest`]: the `kiln-manifest.json` format the agent writes.
+//! - [`memory`]: glibc malloc tuning that keeps resident memory flat across hot swaps.
 //! - [`layout`]: the model repository's directory layout, shared with the agent.
 //! - [`config`]: load options and ONNX Runtime session settings, validated.
 //! - [`device`]: execution providers, fallback policy, and where the graph really runs.
@@ -39,6 +40,7 @@ pub mod device;
 pub mod error;
 pub mod layout;
 pub mod manifest;
+pub mod memory;
 pub mod metadata;
 pub mod model;
 pub mod repository;

@@ -25,7 +25,7 @@ use crate::error::{Error, LibraryAttempt, Result};
 pub const MIN_ORT_MINOR: u32 = 23;
 
 /// How to find ONNX Runtime.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so` to use. Default: unset, search as described in the module
@@ -36,6 +36,20 @@ pub struct RuntimeConfig {
     /// `SessionConfig`). Sharing keeps many models or instances from oversubscribing the
     /// CPU; with it set, the sessions' own thread settings are ignored.
     pub global_thread_pool: Option<ThreadPoolConfig>,
+    /// Pin glibc's malloc thresholds when the library is first loaded, so that hot swaps do
+    /// not grow resident memory (see [`crate::memory`]). Default: true. A `MALLOC_*`
+    /// variable or `glibc.malloc` tunable in the environment wins either way.
+    pub malloc_tuning: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            library_path: None,
+            global_thread_pool: None,
+            malloc_tuning: true,
+        }
+    }
 }
 
 /// The process-wide ONNX Runtime thread pool.
@@ -109,6 +123,11 @@ impl Runtime {
                 }
             }
             return Ok(Self { loaded });
+        }
+        // Before ONNX Runtime allocates anything, so all of its blocks follow the setting.
+        if config.malloc_tuning {
+            let tuning = crate::memory::tune();
+            tracing::debug!(?tuning, "malloc thresholds");
         }
         let candidates = candidates(
             config.library_path.as_deref(),

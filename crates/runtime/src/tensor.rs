@@ -152,6 +152,11 @@ pub trait Element:
     fn wrap(data: Vec<Self>) -> TensorData;
     /// Borrows the vector if `data` holds this type.
     fn view(data: &TensorData) -> Option<&[Self]>;
+    /// Takes the vector back out if `data` holds this type (else returns `data`).
+    ///
+    /// # Errors
+    /// `data` itself when it holds another type.
+    fn unwrap(data: TensorData) -> std::result::Result<Vec<Self>, TensorData>;
     /// Converts a configured value (such as a pad value) to this type (`as` semantics;
     /// non-zero is `true`).
     fn from_f64(v: f64) -> Self;
@@ -170,6 +175,12 @@ macro_rules! element {
                 match data {
                     TensorData::$variant(v) => Some(v),
                     _ => None,
+                }
+            }
+            fn unwrap(data: TensorData) -> std::result::Result<Vec<Self>, TensorData> {
+                match data {
+                    TensorData::$variant(v) => Ok(v),
+                    other => Err(other),
                 }
             }
             fn from_f64(v: f64) -> Self {
@@ -266,6 +277,11 @@ impl Tensor {
     /// The data, wrapped.
     pub fn data(&self) -> &TensorData {
         &self.data
+    }
+
+    /// Its elements, taking them out of the tensor.
+    pub fn into_data(self) -> TensorData {
+        self.data
     }
 
     /// The flat data as `T`.

@@ -21,6 +21,7 @@ fn instances_share_one_thread_pool_and_still_answer_correctly() {
             inter_op_threads: 1,
             spinning: Some(false),
         }),
+        ..RuntimeConfig::default()
     };
     let runtime = Runtime::new(&config).expect("runtime with a global pool");
     let handle = ModelHandle::new("mlp", opentelemetry::global::meter("test"));

@@ -726,6 +726,7 @@ fn timer_loop(shared: &Shared) {
 
 /// An instance: take a batch, run it, answer, repeat until stopped.
 fn instance_loop(shared: &Shared, backend: &mut dyn Backend) {
+    let mut scratch = stack::Scratch::default();
     loop {
         let mut dropped = Vec::new();
         let batch = {
@@ -790,20 +791,25 @@ fn instance_loop(shared: &Shared, backend: &mut dyn Backend) {
             }
         };
         finish_dropped(shared, dropped);
-        execute(shared, backend, batch);
+        execute(shared, backend, batch, &mut scratch);
     }
 }
 
 /// Runs a batch with panics contained; a failed multi-request batch is retried request by
 /// request so one bad request does not fail its neighbours.
-fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>) {
+fn execute(
+    shared: &Shared,
+    backend: &mut dyn Backend,
+    batch: Vec<Pending>,
+    scratch: &mut stack::Scratch,
+) {
     let started = Instant::now();
     let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
     let total_rows: usize = rows.iter().sum();
     let results: Vec<Result<NamedTensors>> = if batch.len() == 1 {
         vec![run_guarded(shared, backend, &batch[0].inputs)]
     } else {
-        let joined = run_stacked(shared, backend, &batch, &rows);
+        let joined = run_stacked(shared, backend, &batch, &rows, scratch);
         match joined {
             Ok(per_request) => per_request.into_iter().map(Ok).collect(),
             Err(e) => {
@@ -890,6 +896,7 @@ fn run_stacked(
     backend: &mut dyn Backend,
     batch: &[Pending],
     rows: &[usize],
+    scratch: &mut stack::Scratch,
 ) -> Result<Vec<NamedTensors>> {
     let lengths: Option<(&Padding, Vec<usize>)> = shared.padding.as_ref().and_then(|p| {
         let lens: Vec<usize> = batch
@@ -900,9 +907,13 @@ fn run_stacked(
         differ.then_some((p, lens))
     });
     let Some((pad, lens)) = lengths else {
-        let inputs = stack::concat(&batch.iter().map(|p| &p.inputs).collect::<Vec<_>>())?;
-        let outputs = run_guarded(shared, backend, &inputs)?;
-        return stack::split(&shared.model, outputs, rows);
+        let inputs = stack::concat(
+            &batch.iter().map(|p| &p.inputs).collect::<Vec<_>>(),
+            scratch,
+        )?;
+        let outputs = run_guarded(shared, backend, &inputs);
+        scratch.recycle(inputs);
+        return stack::split(&shared.model, outputs?, rows);
     };
     let longest = lens.iter().copied().max().unwrap_or(0);
     let mut padded_requests = Vec::with_capacity(batch.len());
@@ -923,9 +934,13 @@ fn run_stacked(
         st.stats.padded_elements += (total - real) as u64;
         st.stats.real_elements += real as u64;
     }
-    let inputs = stack::concat(&padded_requests.iter().map(|(i, _)| i).collect::<Vec<_>>())?;
-    let outputs = run_guarded(shared, backend, &inputs)?;
-    let mut per_request = stack::split(&shared.model, outputs, rows)?;
+    let inputs = stack::concat(
+        &padded_requests.iter().map(|(i, _)| i).collect::<Vec<_>>(),
+        scratch,
+    )?;
+    let outputs = run_guarded(shared, backend, &inputs);
+    scratch.recycle(inputs);
+    let mut per_request = stack::split(&shared.model, outputs?, rows)?;
     for (outputs, &len) in per_request.iter_mut().zip(&lens) {
         for &(o, dim) in &pad.trims {
             if let Some((_, t)) = outputs.get_mut(o) {
