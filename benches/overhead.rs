@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use kiln::batch::{Backend, BatchConfig, Batcher, BatcherSpec};
+use kiln::batch::{Backend, BatchConfig, BatcherSpec, ModelHandle};
 use kiln::{ElementType, InferRequest, ModelMetadata, NamedTensors, Tensor, TensorInfo};
 use kiln_benches::{machine, quantile, write_section};
 use opentelemetry::metrics::{Meter, MeterProvider as _};
@@ -28,7 +28,7 @@ impl Backend for Echo {
     }
 }
 
-fn batcher(meter: &Meter) -> Result<Batcher> {
+fn batcher(meter: &Meter) -> Result<ModelHandle> {
     let info = |n: &str| TensorInfo {
         name: n.into(),
         element_type: ElementType::F32,
@@ -50,7 +50,15 @@ fn batcher(meter: &Meter) -> Result<Batcher> {
             ..BatchConfig::default()
         },
     };
-    Ok(Batcher::start(spec, vec![Box::new(Echo)], meter)?)
+    let handle = ModelHandle::new("echo", meter.clone());
+    handle.load_with("1", move || {
+        Ok((
+            spec,
+            vec![Box::new(Echo) as Box<dyn Backend>],
+            "echo".into(),
+        ))
+    })?;
+    Ok(handle)
 }
 
 fn request() -> NamedTensors {
@@ -71,7 +79,7 @@ fn latency_line(label: &str, mut lat: Vec<Duration>) -> String {
     )
 }
 
-fn throughput(b: Arc<Batcher>, rt: &tokio::runtime::Runtime) -> f64 {
+fn throughput(b: Arc<ModelHandle>, rt: &tokio::runtime::Runtime) -> f64 {
     let start = Instant::now();
     let n: usize = rt.block_on(async {
         let tasks: Vec<_> = (0..64)

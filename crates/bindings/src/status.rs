@@ -100,14 +100,19 @@ impl From<runtime::Error> for Failure {
                 S::UnknownInput
             }
             E::DtypeMismatch { .. } | E::TensorType { .. } => S::DtypeMismatch,
-            E::ShapeMismatch { .. } | E::BatchMismatch { .. } => S::ShapeMismatch,
+            E::ShapeMismatch { .. } | E::BatchMismatch { .. } | E::EmptyDim { .. } => {
+                S::ShapeMismatch
+            }
             E::InputTooLarge { .. } | E::BatchTooLarge { .. } | E::RequestTooLarge { .. } => {
                 S::TooLarge
             }
             E::Overloaded { .. } => S::Overloaded,
             E::DeadlineExceeded { .. } => S::DeadlineExceeded,
             E::Unavailable { .. } => S::Unavailable,
-            E::Inference { .. } | E::BatchSplit { .. } | E::WorkerLost { .. } => S::InferenceFailed,
+            E::Inference { .. }
+            | E::BatchSplit { .. }
+            | E::TrimMismatch { .. }
+            | E::WorkerLost { .. } => S::InferenceFailed,
             _ => S::Internal,
         };
         Self::new(status, e.to_string())

@@ -367,6 +367,33 @@ pub enum Error {
         rows: usize,
     },
 
+    /// An output listed in `padding.trim_outputs` cannot be trimmed back to a request's
+    /// length: it has no such dim, or fewer positions than the request's input had.
+    #[error("model {model}: output `{output}` has shape {shape:?}, which cannot be cut to {len} along dim {dim}; list in padding.trim_outputs only outputs whose dim follows the padded input's length")]
+    TrimMismatch {
+        /// Model name.
+        model: String,
+        /// Output name.
+        output: String,
+        /// The dim to trim.
+        dim: usize,
+        /// The output's shape.
+        shape: Vec<usize>,
+        /// The request's length.
+        len: usize,
+    },
+
+    /// An input has a dimension of size zero: nothing to run, and most models fail on it.
+    #[error("model {model}: input `{name}` has shape {shape:?}; every dim must be at least 1")]
+    EmptyDim {
+        /// Model name.
+        model: String,
+        /// Input name.
+        name: String,
+        /// The request's dims.
+        shape: Vec<usize>,
+    },
+
     /// The worker running the request stopped without answering (a bug; reported, not hidden).
     #[error("model {model}: the inference worker stopped without answering: {reason}")]
     WorkerLost {
@@ -415,6 +442,7 @@ impl Error {
             | Self::DuplicateInput { .. }
             | Self::DtypeMismatch { .. }
             | Self::ShapeMismatch { .. }
+            | Self::EmptyDim { .. }
             | Self::BatchMismatch { .. }
             | Self::BatchTooLarge { .. }
             | Self::TensorShape { .. }

@@ -47,7 +47,7 @@ pub mod repository;
 pub mod runtime;
 pub mod tensor;
 
-pub use batch::{BatchConfig, Batcher, InferRequest, ModelHandle, ModelState, ModelStatus};
+pub use batch::{BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus};
 pub use checksum::{Checksum, Digest};
 pub use config::{ModelOptions, OptimizationLevel, SessionConfig};
 pub use device::{Device, Fallback, Provider, ProviderReport, ReportSource};

@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::fake::{assert_own_rows, metadata, request, Fake, Gate, Seen};
-use kiln::batch::{
-    Backend, BatchConfig, Batcher, BatcherSpec, InferRequest, ModelHandle, ModelState,
-};
+use kiln::batch::{Backend, BatchConfig, BatcherSpec, InferRequest, ModelHandle, ModelState};
 use kiln::Error;
 use proptest::prelude::*;
 
@@ -27,7 +25,16 @@ fn spec(config: BatchConfig, batch_dim: bool) -> BatcherSpec {
     }
 }
 
-fn start(config: BatchConfig, seen: &Seen, gate: Option<Arc<Gate>>) -> Batcher {
+/// Serves `spec` on `backends` through a model handle (the one public way in).
+fn serve(spec: BatcherSpec, backends: Vec<Box<dyn Backend>>) -> ModelHandle {
+    let handle = ModelHandle::new(spec.model.clone(), meter());
+    handle
+        .load_with("1", move || Ok((spec, backends, "fake".into())))
+        .expect("batcher starts");
+    handle
+}
+
+fn start(config: BatchConfig, seen: &Seen, gate: Option<Arc<Gate>>) -> ModelHandle {
     let backends = (0..config.instances)
         .map(|_| {
             Box::new(Fake {
@@ -36,7 +43,7 @@ fn start(config: BatchConfig, seen: &Seen, gate: Option<Arc<Gate>>) -> Batcher {
             }) as Box<dyn Backend>
         })
         .collect();
-    Batcher::start(spec(config, true), backends, &meter()).expect("batcher starts")
+    serve(spec(config, true), backends)
 }
 
 fn no_warmup(c: BatchConfig) -> BatchConfig {
@@ -89,7 +96,7 @@ proptest! {
         all.sort_unstable();
         all.dedup();
         prop_assert_eq!(all.len(), reqs.len(), "each request ran exactly once");
-        let stats = b.stats();
+        let stats = b.stats().expect("serving");
         prop_assert_eq!(stats.succeeded as usize, reqs.len());
         prop_assert_eq!(stats.queued, 0);
     }
@@ -129,7 +136,7 @@ fn deadline_fires_while_every_instance_is_busy_and_never_reaches_the_model() {
             .all(|&id| id != 2),
         "expired request reached the model"
     );
-    assert_eq!(b.stats().expired, 1);
+    assert_eq!(b.stats().expect("serving").expired, 1);
 }
 
 #[test]
@@ -197,7 +204,7 @@ fn a_full_queue_is_overloaded_at_once_with_a_retry_hint() {
             2,
         );
     }
-    assert_eq!(b.stats().overloaded, 1);
+    assert_eq!(b.stats().expect("serving").overloaded, 1);
 }
 
 #[test]
@@ -209,21 +216,17 @@ fn thousands_of_cancellations_under_load_never_wedge_the_scheduler() {
         max_queue_requests: 10_000,
         ..BatchConfig::default()
     });
-    let b = Arc::new(
-        Batcher::start(
-            spec(cfg, true),
-            (0..2)
-                .map(|_| {
-                    Box::new(Fake {
-                        delay: Duration::from_micros(200),
-                        ..Fake::new(&seen)
-                    }) as Box<dyn Backend>
-                })
-                .collect(),
-            &meter(),
-        )
-        .expect("start"),
-    );
+    let b = Arc::new(serve(
+        spec(cfg, true),
+        (0..2)
+            .map(|_| {
+                Box::new(Fake {
+                    delay: Duration::from_micros(200),
+                    ..Fake::new(&seen)
+                }) as Box<dyn Backend>
+            })
+            .collect(),
+    ));
     rt().block_on(async {
         let mut tasks = Vec::new();
         for i in 0..5000i64 {
@@ -250,7 +253,7 @@ fn thousands_of_cancellations_under_load_never_wedge_the_scheduler() {
             .expect("after the storm");
         assert_own_rows(&out, 77_777, 2, 2);
     });
-    let stats = b.stats();
+    let stats = b.stats().expect("serving");
     assert!(stats.cancelled > 0, "{stats:?}");
     assert_eq!(stats.queued, 0);
     assert_eq!(
@@ -359,12 +362,10 @@ fn low_priority_gets_a_bounded_share_while_high_priority_floods() {
 #[test]
 fn a_model_without_a_batch_dimension_runs_one_request_at_a_time() {
     let seen: Seen = Arc::default();
-    let b = Batcher::start(
+    let b = serve(
         spec(no_warmup(BatchConfig::default()), false),
         vec![Box::new(Fake::new(&seen))],
-        &meter(),
-    )
-    .expect("start");
+    );
     rt().block_on(async {
         let b = &b;
         let futs: Vec<_> = (0..10)
@@ -602,5 +603,5 @@ fn idle_instances_split_the_queue_and_run_in_parallel() {
     for rx in blockers.into_iter().chain(rxs) {
         rx.blocking_recv().expect("reply").expect("ok");
     }
-    assert_eq!(b.stats().succeeded, 10);
+    assert_eq!(b.stats().expect("serving").succeeded, 10);
 }

@@ -6,17 +6,18 @@
 //! of its own, so no request in flight during a swap fails. If the new version fails, the old
 //! one keeps serving and the failure is reported in the status.
 
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Instant;
 
 use opentelemetry::metrics::Meter;
 use tokio::sync::{oneshot, watch};
 
 use super::backend::Backend;
-use super::batcher::{Batcher, BatcherSpec, BatcherStats};
+use super::batcher::{Batcher, BatcherSpec};
 use super::config::BatchConfig;
-use super::metrics::LoadMetrics;
+use super::metrics::Metrics;
 use super::request::InferRequest;
+use super::shared::BatcherStats;
 use crate::config::ModelOptions;
 use crate::error::{Error, Result};
 use crate::metadata::ModelMetadata;
@@ -37,7 +38,8 @@ pub enum ModelState {
     Draining,
     /// Stopped; nothing is held.
     Unloaded,
-    /// Its first version could not be loaded.
+    /// Its first version could not be loaded, or the version serving broke (an instance
+    /// thread ended); requests are answered `Unavailable` until a version loads.
     Failed {
         /// Why.
         reason: String,
@@ -81,13 +83,12 @@ struct Serving {
 
 struct Inner {
     name: String,
-    meter: Meter,
-    load_metrics: LoadMetrics,
+    /// Created once per model and shared by its versions (bounded series across swaps).
+    metrics: Arc<Metrics>,
     current: RwLock<Option<Serving>>,
     status: watch::Sender<ModelStatus>,
     /// One load or swap at a time.
     swap: Mutex<()>,
-    drain_timeout: Mutex<Duration>,
 }
 
 /// A cloneable handle to a served model.
@@ -120,16 +121,14 @@ impl ModelHandle {
             provider: None,
             last_error: None,
         });
-        let load_metrics = LoadMetrics::new(&meter, &name);
+        let metrics = Arc::new(Metrics::new(&meter, &name));
         Self {
             inner: Arc::new(Inner {
                 name,
-                meter,
-                load_metrics,
+                metrics,
                 current: RwLock::new(None),
                 status,
                 swap: Mutex::new(()),
-                drain_timeout: Mutex::new(Duration::from_secs(30)),
             }),
         }
     }
@@ -178,7 +177,7 @@ impl ModelHandle {
     pub fn load_with(&self, version: &str, loader: impl FnOnce() -> Result<Loaded>) -> Result<()> {
         let inner = &*self.inner;
         let _one_at_a_time = inner.swap.lock().unwrap_or_else(|p| p.into_inner());
-        let first = self.current_version().is_none();
+        let first = !self.is_serving();
         self.update(|s| {
             s.loading = Some(version.to_owned());
             if first {
@@ -187,18 +186,13 @@ impl ModelHandle {
         });
         let started = Instant::now();
         let result = loader().and_then(|(spec, backends, provider)| {
-            inner
-                .load_metrics
-                .loaded(version, started.elapsed(), &provider);
-            *inner
-                .drain_timeout
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) =
-                Duration::from_millis(spec.config.drain_timeout_ms);
+            inner.metrics.loaded(started.elapsed());
             if first {
                 self.update(|s| s.state = ModelState::Warming);
             }
-            Batcher::start(spec, backends, &inner.meter).map(|b| (b, provider))
+            let on_broken = Self::on_broken(Arc::downgrade(&self.inner));
+            Batcher::start(spec, backends, Arc::clone(&inner.metrics), Some(on_broken))
+                .map(|b| (b, provider))
         });
         match result {
             Ok((batcher, provider)) => {
@@ -209,6 +203,7 @@ impl ModelHandle {
                         batcher: Arc::new(batcher),
                     })
                 };
+                inner.metrics.serving(Some((version, &provider)));
                 self.update(|s| {
                     s.state = ModelState::Ready;
                     s.version = Some(version.to_owned());
@@ -218,10 +213,7 @@ impl ModelHandle {
                 });
                 tracing::info!(model = %inner.name, version, elapsed_ms = started.elapsed().as_millis() as u64, "version serving");
                 if let Some(old) = old {
-                    let timeout = *inner
-                        .drain_timeout
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
+                    let timeout = old.batcher.drain_timeout();
                     let name = inner.name.clone();
                     // The old version finishes what it admitted, off the caller's thread.
                     let spawned = std::thread::Builder::new().name(format!("kiln-{name}-drain")).spawn(move || {
@@ -235,17 +227,15 @@ impl ModelHandle {
                 Ok(())
             }
             Err(e) => {
-                if matches!(
+                inner.metrics.load_failed(matches!(
                     e,
                     Error::ChecksumMismatch { .. } | Error::SizeMismatch { .. }
-                ) {
-                    inner.load_metrics.checksum_failure();
-                }
+                ));
                 tracing::error!(model = %inner.name, version, error = %e, "version failed to load");
                 let reason = e.to_string();
                 self.update(|s| {
                     s.loading = None;
-                    s.last_error = Some(reason.clone());
+                    s.last_error = Some(format!("version {version}: {reason}"));
                     if first {
                         s.state = ModelState::Failed {
                             reason: reason.clone(),
@@ -255,6 +245,31 @@ impl ModelHandle {
                 Err(e)
             }
         }
+    }
+
+    /// What a version calls when it breaks: if it is the one serving, the model goes
+    /// `Failed` (readiness false) and its requests are answered `Unavailable` until another
+    /// version loads. Runs on the dying instance thread, so it only updates the status (the
+    /// broken version is stopped and joined by the next swap or the shutdown).
+    fn on_broken(inner: Weak<Inner>) -> super::shared::OnBroken {
+        Box::new(move |reason: &str| {
+            let Some(inner) = inner.upgrade() else { return };
+            let serving_broke = inner
+                .current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|s| s.batcher.broken().is_some());
+            if serving_broke {
+                inner.metrics.serving(None);
+                inner.status.send_modify(|s| {
+                    s.state = ModelState::Failed {
+                        reason: reason.to_owned(),
+                    };
+                    s.last_error = Some(reason.to_owned());
+                });
+            }
+        })
     }
 
     fn update(&self, f: impl FnOnce(&mut ModelStatus)) {
@@ -340,13 +355,12 @@ impl ModelHandle {
     /// Runs a request on the serving version. Dropping the future cancels it.
     ///
     /// # Errors
-    /// As [`Batcher::infer`], or [`Error::Unavailable`] when no version serves.
+    /// Validation errors, [`Error::BatchTooLarge`], [`Error::RequestTooLarge`],
+    /// [`Error::Overloaded`], [`Error::DeadlineExceeded`], the model's own failure, or
+    /// [`Error::Unavailable`] when no version serves.
     pub async fn infer(&self, request: InferRequest) -> Result<NamedTensors> {
         let (rx, batcher) = self.submit_on(request)?;
-        let spin = batcher.answer_spin();
-        super::batcher::wait_async(rx, spin, batcher.spin_slot())
-            .await
-            .unwrap_or_else(|| Err(self.lost()))
+        batcher.answer(rx).await
     }
 
     /// Blocking [`ModelHandle::infer`] for non-async threads (not inside an async runtime).
@@ -355,16 +369,27 @@ impl ModelHandle {
     /// As [`ModelHandle::infer`].
     pub fn infer_blocking(&self, request: InferRequest) -> Result<NamedTensors> {
         let (rx, batcher) = self.submit_on(request)?;
-        let spin = batcher.answer_spin();
-        super::batcher::wait_blocking(rx, spin, batcher.spin_slot())
-            .unwrap_or_else(|| Err(self.lost()))
+        batcher.answer_blocking(rx)
     }
 
-    fn lost(&self) -> Error {
-        Error::WorkerLost {
-            model: self.inner.name.clone(),
-            reason: "reply channel closed".into(),
-        }
+    /// The batching settings of the serving version.
+    pub fn config(&self) -> Option<BatchConfig> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|s| s.batcher.config().clone())
+    }
+
+    /// Whether a version serves that has not broken.
+    fn is_serving(&self) -> bool {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|s| s.batcher.broken().is_none())
     }
 
     /// Graceful shutdown: readiness goes false (`Draining`) first, then the serving version
@@ -378,13 +403,9 @@ impl ModelHandle {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        self.inner.metrics.serving(None);
         if let Some(s) = serving {
-            let timeout = *self
-                .inner
-                .drain_timeout
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            s.batcher.drain(timeout);
+            s.batcher.drain(s.batcher.drain_timeout());
         }
         self.update(|s| {
             s.state = ModelState::Unloaded;

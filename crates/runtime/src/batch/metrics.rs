@@ -2,14 +2,16 @@
 //! host application installs a meter provider and picks the exporter (Prometheus, OTLP, ...).
 //!
 //! Names carry the `kiln_` prefix and their unit. Durations are histograms with buckets from
-//! 5 µs to 10 s; nothing is a summary. Attribute sets are built once per model version, so a
-//! request costs a handful of instrument calls and no allocation.
+//! 5 µs to 10 s; nothing is a summary. Instruments and attribute sets are built once per model
+//! (label `model`; no `version` label, so hot swaps never add series), so a request costs a
+//! handful of instrument calls and no allocation. The serving version is the info gauge
+//! `kiln_model_version_info{model,version}`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, ObservableGauge};
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 use opentelemetry::KeyValue;
 
 /// How a request ended; the `outcome` attribute of `kiln_requests_total`.
@@ -78,17 +80,43 @@ const ROWS: [f64; 11] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
 
-/// Queue depth, mirrored outside the queue's lock for the observable gauges.
+/// Queue depth of one version, mirrored outside the queue's lock for the observable gauges.
 #[derive(Debug, Default)]
 pub(crate) struct Depth {
     pub(crate) requests: AtomicUsize,
     pub(crate) bytes: AtomicUsize,
 }
 
-/// Instruments and pre-built attribute sets of one model version.
+/// What the model-level gauges read at collection time: the queue depth of every version
+/// still alive (a draining version's queue counts too) and the version serving.
+#[derive(Debug, Default)]
+struct Live {
+    depths: Mutex<Vec<Weak<Depth>>>,
+    /// `(version, provider)` of the version serving, if any.
+    serving: Mutex<Option<(String, String)>>,
+}
+
+impl Live {
+    /// Sums a field over the live versions, forgetting the ones that are gone.
+    fn depth(&self, read: fn(&Depth) -> usize) -> u64 {
+        let mut depths = self.depths.lock().unwrap_or_else(|p| p.into_inner());
+        depths.retain(|d| d.strong_count() > 0);
+        depths
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|d| read(&d) as u64)
+            .sum()
+    }
+}
+
+/// The instruments of one served model, created once when the model is first seen and
+/// shared by every version it serves, so hot swaps add no instrument, no callback and no
+/// attribute set: the exported series stay constant however many versions come and go.
+/// Which version serves is the `kiln_model_version_info` gauge.
 pub(crate) struct Metrics {
     attrs: Vec<KeyValue>,
     outcome_attrs: Vec<Vec<KeyValue>>,
+    live: Arc<Live>,
     requests: Counter<u64>,
     request_duration: Histogram<f64>,
     queue_duration: Histogram<f64>,
@@ -97,7 +125,10 @@ pub(crate) struct Metrics {
     padding_ratio: Histogram<f64>,
     busy: Counter<f64>,
     warmup_duration: Histogram<f64>,
-    _depth_gauges: [ObservableGauge<u64>; 2],
+    load_duration: Histogram<f64>,
+    checksum_failures: Counter<u64>,
+    load_failures: Counter<u64>,
+    _gauges: [ObservableGauge<u64>; 4],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,11 +140,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(meter: &Meter, model: &str, version: &str, depth: Weak<Depth>) -> Self {
-        let attrs = vec![
-            KeyValue::new("model", model.to_owned()),
-            KeyValue::new("version", version.to_owned()),
-        ];
+    pub(crate) fn new(meter: &Meter, model: &str) -> Self {
+        let attrs = vec![KeyValue::new("model", model.to_owned())];
         let outcome_attrs = OUTCOMES
             .iter()
             .map(|o| {
@@ -130,19 +158,42 @@ impl Metrics {
                 .with_boundaries(SECONDS.to_vec())
                 .build()
         };
+        let live = Arc::new(Live::default());
         let depth_gauge = |name: &'static str,
                            description: &'static str,
                            unit: &'static str,
                            read: fn(&Depth) -> usize| {
-            let depth = depth.clone();
+            let live = Arc::downgrade(&live);
             let attrs = attrs.clone();
             meter
                 .u64_observable_gauge(name)
                 .with_unit(unit)
                 .with_description(description)
                 .with_callback(move |obs| {
-                    if let Some(d) = depth.upgrade() {
-                        obs.observe(read(&d) as u64, &attrs);
+                    if let Some(live) = live.upgrade() {
+                        obs.observe(live.depth(read), &attrs);
+                    }
+                })
+                .build()
+        };
+        // Observable gauges report only what their callback observes at each collection, so
+        // a retired version's series disappears instead of staying at 1.
+        let serving_gauge = |name: &'static str, description: &'static str, with_provider: bool| {
+            let live = Arc::downgrade(&live);
+            let attrs = attrs.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |obs| {
+                    let Some(live) = live.upgrade() else { return };
+                    let serving = live.serving.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some((version, provider)) = serving.as_ref() {
+                        let mut a = attrs.clone();
+                        a.push(KeyValue::new("version", version.clone()));
+                        if with_provider {
+                            a.push(KeyValue::new("provider", provider.clone()));
+                        }
+                        obs.observe(1, &a);
                     }
                 })
                 .build()
@@ -184,7 +235,21 @@ impl Metrics {
                 "kiln_model_warmup_duration_seconds",
                 "Time warm-up batches took",
             ),
-            _depth_gauges: [
+            load_duration: seconds(
+                "kiln_model_load_duration_seconds",
+                "Time to read, verify and open a model version",
+            ),
+            checksum_failures: meter
+                .u64_counter("kiln_checksum_failures_total")
+                .with_description(
+                    "Model loads refused because the bytes did not match the expected digest",
+                )
+                .build(),
+            load_failures: meter
+                .u64_counter("kiln_model_load_failures_total")
+                .with_description("Model version loads that failed, for any reason")
+                .build(),
+            _gauges: [
                 depth_gauge(
                     "kiln_queue_depth_requests",
                     "Requests waiting",
@@ -194,10 +259,38 @@ impl Metrics {
                 depth_gauge("kiln_queue_depth_bytes", "Input bytes waiting", "By", |d| {
                     d.bytes.load(Ordering::Relaxed)
                 }),
+                serving_gauge(
+                    "kiln_model_version_info",
+                    "1 for the version serving (no series when none serves)",
+                    false,
+                ),
+                serving_gauge(
+                    "kiln_model_provider_info",
+                    "1 for the execution provider that holds the serving version's graph",
+                    true,
+                ),
             ],
+            live,
             attrs,
             outcome_attrs,
         }
+    }
+
+    /// A new version's queue-depth mirror, counted by the depth gauges while it lives.
+    pub(crate) fn depth(&self) -> Arc<Depth> {
+        let depth = Arc::new(Depth::default());
+        self.live
+            .depths
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::downgrade(&depth));
+        depth
+    }
+
+    /// Which version serves now (`None`: none), and on which provider.
+    pub(crate) fn serving(&self, serving: Option<(&str, &str)>) {
+        *self.live.serving.lock().unwrap_or_else(|p| p.into_inner()) =
+            serving.map(|(v, p)| (v.to_owned(), p.to_owned()));
     }
 
     fn attrs_of(&self, outcome: Outcome) -> &[KeyValue] {
@@ -246,56 +339,18 @@ impl Metrics {
         self.warmup_duration
             .record(warmup.as_secs_f64(), &self.attrs);
     }
-}
 
-/// Load-time instruments of a model (all versions): load duration, checksum failures, and the
-/// execution provider in use.
-pub(crate) struct LoadMetrics {
-    attrs: Vec<KeyValue>,
-    load_duration: Histogram<f64>,
-    checksum_failures: Counter<u64>,
-    provider: Gauge<u64>,
-}
+    pub(crate) fn loaded(&self, load: Duration) {
+        self.load_duration.record(load.as_secs_f64(), &self.attrs);
+    }
 
-impl LoadMetrics {
-    pub(crate) fn new(meter: &Meter, model: &str) -> Self {
-        Self {
-            attrs: vec![KeyValue::new("model", model.to_owned())],
-            load_duration: meter
-                .f64_histogram("kiln_model_load_duration_seconds")
-                .with_unit("s")
-                .with_description("Time to read, verify and open a model version")
-                .with_boundaries(SECONDS.to_vec())
-                .build(),
-            checksum_failures: meter
-                .u64_counter("kiln_checksum_failures_total")
-                .with_description(
-                    "Model loads refused because the bytes did not match the expected digest",
-                )
-                .build(),
-            provider: meter
-                .u64_gauge("kiln_model_provider_info")
-                .with_description("1 for the execution provider that holds the version's graph")
-                .build(),
+    /// Counts a failed load; `checksum` when the bytes did not match their digest.
+    pub(crate) fn load_failed(&self, checksum: bool) {
+        self.load_failures.add(1, &self.attrs);
+        if checksum {
+            self.checksum_failures.add(1, &self.attrs);
         }
     }
-
-    pub(crate) fn loaded(&self, version: &str, load: Duration, provider: &str) {
-        let mut a = self.attrs.clone();
-        a.push(KeyValue::new("version", version.to_owned()));
-        self.load_duration.record(load.as_secs_f64(), &a);
-        a.push(KeyValue::new("provider", provider.to_owned()));
-        self.provider.record(1, &a);
-    }
-
-    pub(crate) fn checksum_failure(&self) {
-        self.checksum_failures.add(1, &self.attrs);
-    }
-}
-
-/// Keeps the depth mirror alive for the gauges' callbacks.
-pub(crate) fn depth() -> Arc<Depth> {
-    Arc::new(Depth::default())
 }
 
 /// Times what recording costs per request: `requests` requests in batches of `batch_rows`,
@@ -303,8 +358,7 @@ pub(crate) fn depth() -> Arc<Depth> {
 /// benchmark (single-threaded and CPU-bound, so far less noisy than a throughput comparison).
 #[doc(hidden)]
 pub fn time_recording(meter: &Meter, requests: usize, batch_rows: usize) -> Duration {
-    let depth = depth();
-    let m = Metrics::new(meter, "bench", "1", Arc::downgrade(&depth));
+    let m = Metrics::new(meter, "bench");
     let waited = Duration::from_micros(7);
     let start = std::time::Instant::now();
     for i in 0..requests {

@@ -13,8 +13,10 @@
 //!    `max_rows`. Requests of other buckets keep their place.
 //! 4. If a matching request was left over and the batch can be cut where the cumulative rows
 //!    equal a preferred size, it is cut at the largest such size.
-//! 5. With a queue delay, an incomplete batch (not full, no preferred size reached, nothing
-//!    left over) waits until its oldest request has waited `delay`.
+//! 5. Greedy (no delay), idle instances share the queue: each takes at most its share of the
+//!    rows queued. With a queue delay, a batch may take up to `max_rows`, and an incomplete
+//!    one (not full, no preferred size reached, nothing left over) waits until its oldest
+//!    request has waited `delay` (Triton's `max_queue_delay_microseconds`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -124,11 +126,6 @@ impl Queue {
         self.bytes
     }
 
-    /// Rows waiting.
-    pub(crate) fn rows(&self) -> usize {
-        self.rows
-    }
-
     pub(crate) fn is_empty(&self) -> bool {
         self.requests == 0
     }
@@ -225,16 +222,25 @@ impl Queue {
         }
     }
 
-    /// Forms the next batch under `policy` at time `now`, of at most `cap` rows (the batcher
-    /// passes less than `max_rows` to share the queue among idle instances).
+    /// Forms the next batch under `policy` at time `now` for one of `idle` idle instances
+    /// (counting the one asking).
+    ///
+    /// Greedy (no delay): several idle instances share what is queued (each takes at most
+    /// `rows / idle`), so they run in parallel instead of one taking everything. With a delay,
+    /// batching is the point: a batch may take up to `max_rows`, and it is ready only when it
+    /// is full, reaches a preferred size, or its oldest request has waited the delay.
     pub(crate) fn take(
         &mut self,
         now: Instant,
         policy: &Policy,
-        cap: usize,
+        idle: usize,
         dropped: &mut Vec<Dropped>,
     ) -> Take {
-        let cap = cap.clamp(1, policy.max_rows);
+        let cap = if policy.delay.is_zero() {
+            self.rows.div_ceil(idle.max(1)).clamp(1, policy.max_rows)
+        } else {
+            policy.max_rows
+        };
         let Some(level) = self.pick_level(now, policy.low_period, dropped) else {
             return Take::Empty;
         };
@@ -288,7 +294,7 @@ impl Queue {
         // With a queue delay, an incomplete batch waits for its oldest request's delay.
         if !policy.delay.is_zero() {
             let ready = left_over
-                || rows >= cap
+                || rows >= policy.max_rows
                 || policy.preferred.binary_search(&rows).is_ok()
                 || policy.preferred.last().is_some_and(|&p| rows >= p);
             let due = head.enqueued + policy.delay;
@@ -413,7 +419,7 @@ mod tests {
             })
             .collect();
         let mut dropped = Vec::new();
-        let Take::Batch(b) = q.take(now, &policy(8, vec![2, 4, 6]), 8, &mut dropped) else {
+        let Take::Batch(b) = q.take(now, &policy(8, vec![2, 4, 6]), 1, &mut dropped) else {
             panic!("batch expected")
         };
         assert_eq!(
@@ -439,7 +445,7 @@ mod tests {
             keep.push(rx);
         }
         let mut dropped = Vec::new();
-        let Take::Batch(b) = q.take(now, &policy(8, vec![4]), 8, &mut dropped) else {
+        let Take::Batch(b) = q.take(now, &policy(8, vec![4]), 1, &mut dropped) else {
             panic!("batch expected")
         };
         assert_eq!(
@@ -458,12 +464,45 @@ mod tests {
         let mut pol = policy(8, vec![4]);
         pol.delay = Duration::from_millis(5);
         let mut dropped = Vec::new();
+        // However many instances are idle: the share of one queued row is one row, and that
+        // must not count as a complete batch (it once did, and the delay never started).
+        for idle in [1, 2, 8] {
+            assert!(
+                matches!(q.take(now, &pol, idle, &mut dropped), Take::WaitUntil(t) if t == now + pol.delay),
+                "idle {idle}"
+            );
+        }
         assert!(
-            matches!(q.take(now, &pol, 8, &mut dropped), Take::WaitUntil(t) if t == now + pol.delay)
+            matches!(q.take(now + pol.delay, &pol, 1, &mut dropped), Take::Batch(b) if b.len() == 1)
         );
-        assert!(
-            matches!(q.take(now + pol.delay, &pol, 8, &mut dropped), Take::Batch(b) if b.len() == 1)
-        );
+    }
+
+    #[test]
+    fn greedy_idle_instances_share_the_queue_but_a_delayed_batch_is_not_split() {
+        let now = Instant::now();
+        let fill = |q: &mut Queue, keep: &mut Vec<_>| {
+            for i in 0..8 {
+                let (p, rx) = pending(i, 1, 0, 0, now);
+                q.push(p);
+                keep.push(rx);
+            }
+        };
+        let (mut keep, mut dropped) = (Vec::new(), Vec::new());
+        let mut q = Queue::new(1);
+        fill(&mut q, &mut keep);
+        let Take::Batch(b) = q.take(now, &policy(8, vec![]), 2, &mut dropped) else {
+            panic!("batch expected")
+        };
+        assert_eq!(b.len(), 4, "greedy: two idle instances take half each");
+
+        let mut q = Queue::new(1);
+        fill(&mut q, &mut keep);
+        let mut pol = policy(8, vec![]);
+        pol.delay = Duration::from_secs(1);
+        let Take::Batch(b) = q.take(now, &pol, 2, &mut dropped) else {
+            panic!("a full batch never waits")
+        };
+        assert_eq!(b.len(), 8, "with a delay, a full batch is one batch");
     }
 
     #[test]
@@ -479,7 +518,7 @@ mod tests {
         let (c, _rc) = pending(2, 1, 0, 0, now);
         q.push(c);
         let mut dropped = Vec::new();
-        let Take::Batch(batch) = q.take(now, &policy(8, vec![]), 8, &mut dropped) else {
+        let Take::Batch(batch) = q.take(now, &policy(8, vec![]), 1, &mut dropped) else {
             panic!("batch expected")
         };
         assert_eq!(batch.iter().map(id).collect::<Vec<_>>(), vec![2]);
@@ -513,7 +552,7 @@ mod tests {
             let mut dropped = Vec::new();
             while !q.is_empty() {
                 let low_waiting = q.levels[1].len();
-                let Take::Batch(b) = q.take(now, &pol, max_rows, &mut dropped) else { panic!("greedy policy must return a batch") };
+                let Take::Batch(b) = q.take(now, &pol, 1, &mut dropped) else { panic!("greedy policy must return a batch") };
                 prop_assert!(!b.is_empty());
                 let rows: usize = b.iter().map(|p| p.rows).sum();
                 prop_assert!(rows <= max_rows, "batch of {} rows over {}", rows, max_rows);

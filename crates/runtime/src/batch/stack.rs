@@ -1,13 +1,117 @@
-//! Stacking requests into one batch along dim 0, and splitting the outputs back by row
-//! offsets so each caller gets exactly its rows, in order.
+//! Stacking requests into one batch along dim 0, and splitting the outputs back so each
+//! caller gets exactly its rows, in order. Pure: no locks, no threads, no clocks.
+//!
+//! [`join`] stacks a batch (padding the variable-length dim first when lengths differ) and
+//! returns a [`SplitPlan`]; [`SplitPlan::split`] cuts the outputs by each request's rows and
+//! trims padded outputs back. Every shape is checked: a bad output is an error, never a panic.
 
+use super::pad::{pad, trim};
+use super::settings::Padding;
 use crate::error::{Error, Result};
 use crate::model::NamedTensors;
 use crate::tensor::{with_element_type, Element, Tensor, TensorData};
 
-/// Concatenates the inputs of several requests (all in the model's input order, same element
-/// types and non-batch dims: the queue's shape bucket guarantees it).
-pub(crate) fn concat(requests: &[&NamedTensors], scratch: &mut Scratch) -> Result<NamedTensors> {
+/// Each request's own length of the padded dim, and the `(output, dim)`s trimmed back to it.
+type Trim = (Vec<usize>, Vec<(usize, usize)>);
+
+/// How a batch's outputs go back to its requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SplitPlan {
+    /// Rows of each request, in batch order.
+    rows: Vec<usize>,
+    /// With padding: each request's own length, and the outputs to trim to it.
+    trim: Option<Trim>,
+    /// With padding: `(real, total)` elements of the padded input.
+    pub(crate) padded: Option<(usize, usize)>,
+}
+
+/// Stacks `requests` (each in the model's input order, same element types, and the same
+/// non-batch dims except the padded one: the queue's shape bucket guarantees it) into one
+/// batch, padding `padding`'s dim to the longest request when lengths differ.
+///
+/// # Errors
+/// A tensor that does not fit the others (a bug upstream, reported rather than panicking).
+pub(crate) fn join(
+    requests: &[&NamedTensors],
+    padding: Option<&Padding>,
+    scratch: &mut Scratch,
+) -> Result<(NamedTensors, SplitPlan)> {
+    let rows = requests
+        .iter()
+        .map(|r| {
+            r.first()
+                .and_then(|(_, t)| t.shape().first().copied())
+                .unwrap_or(0)
+        })
+        .collect();
+    let lengths = padding.and_then(|p| {
+        let lens: Option<Vec<usize>> = requests
+            .iter()
+            .map(|r| {
+                r.get(p.input)
+                    .and_then(|(_, t)| t.shape().get(p.dim).copied())
+            })
+            .collect();
+        let lens = lens?;
+        lens.iter().any(|&l| l != lens[0]).then_some((p, lens))
+    });
+    let Some((pad_cfg, lens)) = lengths else {
+        let inputs = concat(requests, None, scratch)?;
+        let plan = SplitPlan {
+            rows,
+            trim: None,
+            padded: None,
+        };
+        return Ok((inputs, plan));
+    };
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let mut padded = Vec::with_capacity(requests.len());
+    let (mut real, mut total) = (0usize, 0usize);
+    for r in requests {
+        let t = &r[pad_cfg.input].1;
+        real += t.len();
+        let p = pad(t, pad_cfg.dim, longest, pad_cfg.value)?;
+        total += p.len();
+        padded.push(p);
+    }
+    let inputs = concat(requests, Some((pad_cfg.input, &padded)), scratch)?;
+    let plan = SplitPlan {
+        rows,
+        trim: Some((lens, pad_cfg.trims.clone())),
+        padded: Some((real, total)),
+    };
+    Ok((inputs, plan))
+}
+
+impl SplitPlan {
+    /// Splits the batch's outputs into one set per request (trimming padded outputs back to
+    /// each request's length).
+    ///
+    /// # Errors
+    /// [`Error::BatchSplit`] for an output without the batch's rows along dim 0;
+    /// [`Error::TrimMismatch`] for an output that cannot be trimmed.
+    pub(crate) fn split(&self, model: &str, outputs: NamedTensors) -> Result<Vec<NamedTensors>> {
+        let mut per_request = split(model, outputs, &self.rows)?;
+        if let Some((lens, trims)) = &self.trim {
+            for (outputs, &len) in per_request.iter_mut().zip(lens) {
+                for &(o, dim) in trims {
+                    if let Some((name, t)) = outputs.get_mut(o) {
+                        *t = trim(model, name, t, dim, len)?;
+                    }
+                }
+            }
+        }
+        Ok(per_request)
+    }
+}
+
+/// Concatenates input by input; the input at `replaced.0` comes from `replaced.1` (the padded
+/// copies) instead of the requests.
+fn concat(
+    requests: &[&NamedTensors],
+    replaced: Option<(usize, &[Tensor])>,
+    scratch: &mut Scratch,
+) -> Result<NamedTensors> {
     let Some(first) = requests.first() else {
         return Ok(Vec::new());
     };
@@ -15,7 +119,10 @@ pub(crate) fn concat(requests: &[&NamedTensors], scratch: &mut Scratch) -> Resul
         .iter()
         .enumerate()
         .map(|(i, (name, head))| {
-            let parts: Vec<&Tensor> = requests.iter().map(|r| &r[i].1).collect();
+            let parts: Vec<&Tensor> = match replaced {
+                Some((at, padded)) if at == i => padded.iter().collect(),
+                _ => requests.iter().map(|r| &r[i].1).collect(),
+            };
             let tensor = with_element_type!(head.element_type(), T => concat_typed::<T>(&parts, scratch.take(i))?);
             Ok((name.clone(), tensor))
         })
@@ -61,16 +168,18 @@ fn concat_typed<T: Element>(parts: &[&Tensor], spare: Option<TensorData>) -> Res
         data.extend_from_slice(t.as_slice::<T>()?);
     }
     let mut shape = parts[0].shape().to_vec();
-    shape[0] = parts.iter().map(|t| t.shape()[0]).sum();
+    if let Some(d0) = shape.first_mut() {
+        *d0 = parts
+            .iter()
+            .map(|t| t.shape().first().copied().unwrap_or(1))
+            .sum();
+    }
+    // A part with other non-batch dims makes the total disagree with the shape: an error.
     Tensor::new(shape, data)
 }
 
 /// Splits batch outputs into one set per request, by each request's rows.
-pub(crate) fn split(
-    model: &str,
-    outputs: NamedTensors,
-    rows: &[usize],
-) -> Result<Vec<NamedTensors>> {
+fn split(model: &str, outputs: NamedTensors, rows: &[usize]) -> Result<Vec<NamedTensors>> {
     let total: usize = rows.iter().sum();
     let mut per_request: Vec<NamedTensors> = rows
         .iter()
@@ -126,7 +235,7 @@ mod tests {
     #[test]
     fn concat_then_split_returns_each_request_its_rows() {
         let (r1, r2, r3) = (req(1, 0), req(3, 100), req(2, 200));
-        let batch = concat(&[&r1, &r2, &r3], &mut Scratch::default()).expect("concat");
+        let batch = concat(&[&r1, &r2, &r3], None, &mut Scratch::default()).expect("concat");
         assert_eq!(batch[0].1.shape(), &[6, 2]);
         assert_eq!(batch[1].1.shape(), &[6]);
         let back = split("m", batch, &[1, 3, 2]).expect("split");
@@ -137,15 +246,15 @@ mod tests {
     fn the_next_batch_is_stacked_into_the_last_ones_buffers() {
         let mut scratch = Scratch::default();
         let (r1, r2, r3) = (req(3, 0), req(2, 100), req(1, 200));
-        let first = concat(&[&r1, &r2], &mut scratch).expect("concat");
+        let first = concat(&[&r1, &r2], None, &mut scratch).expect("concat");
         let ptr = first[0].1.as_slice::<i64>().expect("i64").as_ptr();
         scratch.recycle(first);
         // Fewer rows, same buffer, only the new rows in it.
-        let second = concat(&[&r3, &r2], &mut scratch).expect("concat");
+        let second = concat(&[&r3, &r2], None, &mut scratch).expect("concat");
         assert_eq!(second[0].1.as_slice::<i64>().expect("i64").as_ptr(), ptr);
         assert_eq!(
             second,
-            concat(&[&r3, &r2], &mut Scratch::default()).expect("fresh")
+            concat(&[&r3, &r2], None, &mut Scratch::default()).expect("fresh")
         );
         assert_eq!(second[0].1.shape(), &[3, 2]);
     }
@@ -156,73 +265,65 @@ mod tests {
         let err = split("m", out, &[2, 3]).expect_err("4 != 5");
         assert!(matches!(err, Error::BatchSplit { rows: 5, .. }), "{err}");
     }
-}
-
-/// Pads `tensor` along `dim` to `len` with `value`.
-pub(crate) fn pad(tensor: &Tensor, dim: usize, len: usize, value: f64) -> Result<Tensor> {
-    with_element_type!(tensor.element_type(), T => pad_typed::<T>(tensor, dim, len, T::from_f64(value)))
-}
-
-fn pad_typed<T: Element>(tensor: &Tensor, dim: usize, len: usize, value: T) -> Result<Tensor> {
-    let shape = tensor.shape();
-    let own = shape[dim];
-    let outer: usize = shape[..dim].iter().product();
-    let inner: usize = shape[dim + 1..].iter().product();
-    let data = tensor.as_slice::<T>()?;
-    let mut out = Vec::with_capacity(outer * len * inner);
-    for block in data.chunks(own * inner).take(outer) {
-        out.extend_from_slice(block);
-        out.resize(out.len() + (len - own) * inner, value);
-    }
-    if own == 0 {
-        out.resize(outer * len * inner, value);
-    }
-    let mut new_shape = shape.to_vec();
-    new_shape[dim] = len;
-    Tensor::new(new_shape, out)
-}
-
-/// Cuts `tensor` along `dim` back to its first `len` positions.
-pub(crate) fn trim(tensor: &Tensor, dim: usize, len: usize) -> Result<Tensor> {
-    with_element_type!(tensor.element_type(), T => trim_typed::<T>(tensor, dim, len))
-}
-
-fn trim_typed<T: Element>(tensor: &Tensor, dim: usize, len: usize) -> Result<Tensor> {
-    let shape = tensor.shape();
-    let full = shape[dim];
-    let inner: usize = shape[dim + 1..].iter().product();
-    let data = tensor.as_slice::<T>()?;
-    let mut out = Vec::with_capacity(data.len() / full.max(1) * len);
-    if full > 0 {
-        for block in data.chunks(full * inner) {
-            out.extend_from_slice(&block[..len * inner]);
-        }
-    }
-    let mut new_shape = shape.to_vec();
-    new_shape[dim] = len;
-    Tensor::new(new_shape, out)
-}
-
-#[cfg(test)]
-mod pad_tests {
-    use super::*;
 
     #[test]
-    fn pad_then_trim_is_identity_and_pads_in_the_right_places() {
-        // [1, 2, 2]: one row, length 2, width 2.
-        let t = Tensor::new([1, 2, 2], vec![1i64, 2, 3, 4]).expect("t");
-        let p = pad(&t, 1, 4, -1.0).expect("pad");
-        assert_eq!(p.shape(), &[1, 4, 2]);
+    fn join_pads_different_lengths_and_the_plan_trims_them_back() {
+        let seq = |len: usize, v: i64| {
+            vec![(
+                "x".to_owned(),
+                Tensor::new([1, len], vec![v; len]).expect("x"),
+            )]
+        };
+        let (a, b) = (seq(2, 1), seq(3, 2));
+        let padding = Padding {
+            input: 0,
+            dim: 1,
+            value: 0.0,
+            trims: vec![(0, 1)],
+        };
+        let (inputs, plan) =
+            join(&[&a, &b], Some(&padding), &mut Scratch::default()).expect("join");
+        assert_eq!(inputs[0].1.shape(), &[2, 3]);
         assert_eq!(
-            p.as_slice::<i64>().expect("i64"),
-            &[1, 2, 3, 4, -1, -1, -1, -1]
+            inputs[0].1.as_slice::<i64>().expect("i64"),
+            &[1, 1, 0, 2, 2, 2]
         );
-        assert_eq!(trim(&p, 1, 2).expect("trim"), t);
-        let two_rows = Tensor::new([2, 1], vec![5f32, 6.0]).expect("t");
-        let p = pad(&two_rows, 1, 3, 0.5).expect("pad");
-        assert_eq!(
-            p.as_slice::<f32>().expect("f32"),
-            &[5.0, 0.5, 0.5, 6.0, 0.5, 0.5]
-        );
+        assert_eq!(plan.padded, Some((5, 6)));
+        let back = plan.split("m", inputs).expect("split");
+        assert_eq!(back, vec![a, b]);
+    }
+
+    #[test]
+    fn a_plan_refuses_outputs_that_do_not_fit_instead_of_panicking() {
+        let seq = |len: usize| {
+            vec![(
+                "x".to_owned(),
+                Tensor::new([1, len], vec![1i64; len]).expect("x"),
+            )]
+        };
+        let (a, b) = (seq(2), seq(4));
+        let padding = Padding {
+            input: 0,
+            dim: 1,
+            value: 0.0,
+            trims: vec![(0, 1)],
+        };
+        let (_, plan) = join(&[&a, &b], Some(&padding), &mut Scratch::default()).expect("join");
+        let short = vec![(
+            "y".to_owned(),
+            Tensor::new([2, 3], vec![0i64; 6]).expect("y"),
+        )];
+        assert!(matches!(
+            plan.split("m", short),
+            Err(Error::TrimMismatch { len: 4, .. })
+        ));
+        let scalar = vec![(
+            "y".to_owned(),
+            Tensor::new(Vec::<usize>::new(), vec![0i64]).expect("y"),
+        )];
+        assert!(matches!(
+            plan.split("m", scalar),
+            Err(Error::BatchSplit { .. })
+        ));
     }
 }
