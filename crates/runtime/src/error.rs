@@ -343,6 +343,22 @@ pub enum Error {
         state: String,
     },
 
+    /// The repository has no model by this name: no `<root>/<model>` directory whose
+    /// `current` link points at a version directory (HTTP 404).
+    #[error(
+        "model `{model}` is not published under {}: {reason}; check the name, or publish it \
+         (`<root>/<model>/<version>/` with its manifest, and the `current` link)",
+        .root.display()
+    )]
+    ModelNotFound {
+        /// The name asked for.
+        model: String,
+        /// The repository root.
+        root: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+
     /// A request asked for a priority level the model does not have.
     #[error("model {model}: priority {priority} out of range (levels 0..{levels})")]
     InvalidPriority {
@@ -429,6 +445,8 @@ pub enum ErrorKind {
     DeadlineExceeded,
     /// The model is not accepting requests (loading, draining, unloaded).
     Unavailable,
+    /// The model asked for does not exist.
+    NotFound,
     /// Anything else: loading, verification, configuration, ONNX Runtime failures.
     Other,
 }
@@ -452,6 +470,7 @@ impl Error {
             Self::Overloaded { .. } => ErrorKind::Overloaded,
             Self::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
+            Self::ModelNotFound { .. } => ErrorKind::NotFound,
             _ => ErrorKind::Other,
         }
     }

@@ -29,7 +29,8 @@
 //! - [`tensor`]: owned typed tensors.
 //! - [`metadata`]: a model's signature and request validation.
 //! - [`model`]: a loaded model and single-request inference.
-//! - [`repository`]: serves every model published under a root, hot-swapping versions.
+//! - [`repository`]: serves every model published under a root, hot-swapping versions,
+//!   retrying failed ones with backoff; admin load and unload.
 //! - [`batch`]: dynamic batching, admission, deadlines, lifecycle and hot swap, metrics.
 //! - [`error`]: the crate's error type.
 
@@ -55,6 +56,6 @@ pub use error::{Error, ErrorKind, LibraryAttempt, Result};
 pub use manifest::{Manifest, ManifestFile};
 pub use metadata::{ModelMetadata, TensorInfo};
 pub use model::{Model, NamedTensors};
-pub use repository::{Repository, RepositoryConfig, ScanReport};
+pub use repository::{LoadOutcome, Repository, RepositoryConfig, ScanReport};
 pub use runtime::{LibraryInfo, Runtime, RuntimeConfig, ThreadPoolConfig};
 pub use tensor::{Element, ElementType, Tensor, TensorData};

@@ -4,16 +4,15 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_close, load, runtime, sha256_of, testdata};
+use common::{assert_close, load, publish, runtime, sha256_of, testdata};
 use kiln::batch::config::{OutputTrim, PaddingConfig};
 use kiln::{
-    BatchConfig, Checksum, Error, InferRequest, Manifest, ManifestFile, ModelHandle, ModelOptions,
-    NamedTensors, Repository, RepositoryConfig, Tensor,
+    BatchConfig, Checksum, Error, InferRequest, ModelHandle, ModelOptions, NamedTensors,
+    Repository, RepositoryConfig, Tensor,
 };
 
 fn meter() -> opentelemetry::metrics::Meter {
@@ -258,39 +257,6 @@ fn padding_batches_sequences_of_different_lengths_and_trims_outputs_back() {
         ),
         "{err}"
     );
-}
-
-/// Publishes `testdata/<file>` as `<root>/<model>/<version>` with a manifest; `corrupt` flips
-/// a byte after the manifest was written. Then points `current` at it atomically.
-fn publish(root: &Path, model: &str, version: &str, file: &str, corrupt: bool) {
-    let dir = root.join(model).join(version);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let src = testdata(file);
-    let mut bytes = std::fs::read(&src).expect("read");
-    let manifest = Manifest {
-        schema: kiln::manifest::SCHEMA,
-        model: model.into(),
-        version: version.into(),
-        source: Some(format!("file://{}", src.display())),
-        etag: None,
-        version_id: None,
-        created: "2026-11-22T00:00:00Z".into(),
-        files: vec![ManifestFile {
-            path: "model.onnx".into(),
-            sha256: kiln::Digest::of(&bytes),
-            size: bytes.len() as u64,
-        }],
-    };
-    if corrupt {
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0x55;
-    }
-    std::fs::write(dir.join("model.onnx"), &bytes).expect("write");
-    std::fs::write(dir.join(kiln::layout::MANIFEST_FILE), manifest.to_json()).expect("manifest");
-    let tmp = root.join(model).join(".current.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(version, &tmp).expect("symlink");
-    std::fs::rename(&tmp, root.join(model).join("current")).expect("atomic swap");
 }
 
 #[test]

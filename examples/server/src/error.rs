@@ -58,6 +58,7 @@ impl From<kiln::Error> for ApiError {
             }
             K::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             K::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            K::NotFound => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())

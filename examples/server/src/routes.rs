@@ -205,9 +205,17 @@ fn metadata(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let handle = find(s, model, version)?;
     let meta = handle.metadata().ok_or_else(|| {
+        let status = handle.status();
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("model `{model}` is not serving"),
+            format!(
+                "model `{model}` is not serving (state {}{})",
+                state_name(&status.state),
+                status
+                    .last_error
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
+            ),
         )
     })?;
     let describe = |infos: &[kiln::TensorInfo]| -> Vec<TensorMetadata> {
@@ -257,21 +265,40 @@ fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
     }
 }
 
+/// The lifecycle state's name (`loading`, `warming`, `ready`, `draining`, `unloaded`,
+/// `failed`); the reason of a failure is in `last_error`.
+fn state_name(state: &kiln::ModelState) -> &'static str {
+    use kiln::ModelState as S;
+    match state {
+        S::Loading => "loading",
+        S::Warming => "warming",
+        S::Ready => "ready",
+        S::Draining => "draining",
+        S::Unloaded => "unloaded",
+        S::Failed { .. } => "failed",
+    }
+}
+
 /// `GET /v2/models/{m}/stats` (after Triton's statistics extension, kiln's own counters): the
-/// serving version's requests by outcome, batches, rows and the batch-size histogram
-/// (`{"rows": batches}`), since it was loaded. Monitoring should use `/metrics`; this is for
-/// people and benchmarks that need exact batch sizes.
+/// model's lifecycle `state` and `last_error` (the last load failure, kept while an older
+/// version serves on), and the serving version's requests by outcome, batches, rows and the
+/// batch-size histogram (`{"rows": batches}`), since it was loaded. A model with no version
+/// serving (failed, unloaded) answers its state alone, `version` null. Monitoring should use
+/// `/metrics`; this is for people and benchmarks that need exact batch sizes.
 async fn model_stats(
     State(s): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let h = find(&s, &model, None)?;
-    let st = h.stats().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("model `{model}` has no version serving"),
-        )
-    })?;
+    let status = h.status();
+    let Some(st) = h.stats() else {
+        return Ok(Json(json!({
+            "name": model,
+            "version": null,
+            "state": state_name(&status.state),
+            "last_error": status.last_error,
+        })));
+    };
     let sizes: serde_json::Map<String, serde_json::Value> = st
         .batch_sizes
         .iter()
@@ -282,6 +309,8 @@ async fn model_stats(
     Ok(Json(json!({
         "name": model,
         "version": h.current_version(),
+        "state": state_name(&status.state),
+        "last_error": status.last_error,
         "succeeded": st.succeeded,
         "failed": st.failed,
         "overloaded": st.overloaded,
@@ -493,7 +522,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Re-scans the repository (the agent calls this after publishing); 200 once the model serves.
+/// Loads the version the model's `current` names now, lifting an admin unload (the agent
+/// calls this after publishing): 200 once it serves, 404 for a model not published, the load
+/// error's status (500 for a corrupt or unloadable version) when it did not load.
 async fn load(
     State(s): State<Arc<AppState>>,
     Path(model): Path<String>,
@@ -501,30 +532,26 @@ async fn load(
 ) -> Result<StatusCode, ApiError> {
     admin(&s, &parts)?;
     let repo = Arc::clone(&s.repo);
-    let report = tokio::task::spawn_blocking(move || repo.scan())
+    tokio::task::spawn_blocking(move || repo.load(&model))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(ApiError::from)?;
-    if let Some((_, v, e)) = report.failed.iter().find(|(m, _, _)| *m == model) {
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("model `{model}` version `{v}` failed to load: {e}"),
-        ));
-    }
-    find(&s, &model, None).map(|_| StatusCode::OK)
+    Ok(StatusCode::OK)
 }
 
-/// Drains and unloads a model (until its `current` link moves again).
+/// Drains and unloads a model; it stays unloaded (listed, state `unloaded`, not counted
+/// against readiness) until an admin load or a new `current`.
 async fn unload(
     State(s): State<Arc<AppState>>,
     Path(model): Path<String>,
     parts: Parts,
 ) -> Result<StatusCode, ApiError> {
     admin(&s, &parts)?;
-    let handle = find(&s, &model, None)?;
-    tokio::task::spawn_blocking(move || handle.shutdown())
+    let repo = Arc::clone(&s.repo);
+    tokio::task::spawn_blocking(move || repo.unload(&model))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)?;
     Ok(StatusCode::OK)
 }
 

@@ -9,14 +9,14 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{publish, repo_root, runtime};
+use common::{corrupt, publish, repo_root, runtime, swap};
 use kiln::{Repository, RepositoryConfig};
 use kiln_server::{router, AppState, ServerConfig, TIMEOUT_HEADER};
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 
 struct Server {
-    _root: tempfile::TempDir,
+    root: tempfile::TempDir,
     state: Arc<AppState>,
     app: axum::Router,
 }
@@ -36,7 +36,7 @@ fn server(config: ServerConfig) -> Server {
     assert!(report.failed.is_empty(), "{report:?}");
     let state = Arc::new(AppState::new(repo, config, Some(telemetry), &meter));
     Server {
-        _root: root,
+        root,
         app: router(Arc::clone(&state)),
         state,
     }
@@ -334,9 +334,10 @@ fn admin_endpoints_unload_and_reload_and_metrics_count_requests() {
         &[],
     );
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{out}");
+    // An explicitly unloaded model does not count against readiness: the pod serves on.
     assert_eq!(
         call(&s, Method::GET, "/v2/health/ready", None, &[]).0,
-        StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::OK
     );
     assert_eq!(
         call(
@@ -427,4 +428,75 @@ fn binary_data_extension_in_and_out_matches_json() {
     let status =
         rt().block_on(async { s.app.clone().oneshot(req).await.expect("response").status() });
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+fn admin_server() -> Server {
+    server(ServerConfig {
+        admin: true,
+        ..ServerConfig::default()
+    })
+}
+
+fn post(s: &Server, uri: &str) -> (StatusCode, Value) {
+    let (status, _, out) = call(s, Method::POST, uri, None, &[]);
+    (status, out)
+}
+
+fn mlp_infer(s: &Server) -> StatusCode {
+    let body = infer_body(json!(vec![1; 16]), json!([1, 16]));
+    call(s, Method::POST, "/v2/models/mlp/infer", Some(body), &[]).0
+}
+
+/// An admin load of a version that does not load answers an error every time, even after the
+/// watcher's poll has already seen it fail; the old version serves on and the stats say why.
+#[test]
+fn admin_load_of_a_broken_version_answers_an_error() {
+    let s = admin_server();
+    swap(s.root.path(), "mlp", "4", "mlp.onnx");
+    corrupt(s.root.path(), "mlp", "4");
+    let report = s.state.repo.scan().expect("the watcher's poll");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    for _ in 0..2 {
+        let (status, out) = post(&s, "/v2/repository/models/mlp/load");
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{out}");
+        let message = out["error"].as_str().unwrap_or_default();
+        assert!(message.contains("checksum mismatch"), "{out}");
+    }
+    assert_eq!(mlp_infer(&s), StatusCode::OK, "version 3 serves on");
+    let (status, _, st) = call(&s, Method::GET, "/v2/models/mlp/stats", None, &[]);
+    assert_eq!(status, StatusCode::OK, "{st}");
+    assert_eq!(
+        (&st["version"], &st["state"]),
+        (&json!("3"), &json!("ready"))
+    );
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("checksum mismatch"),
+        "{st}"
+    );
+}
+
+/// An admin unload holds across the watcher's polls, keeps the pod ready, and is reported in
+/// the stats; an admin load serves the model again.
+#[test]
+fn admin_unload_sticks_across_a_poll_until_loaded_again() {
+    let s = admin_server();
+    let (status, out) = post(&s, "/v2/repository/models/mlp/unload");
+    assert_eq!(status, StatusCode::OK, "{out}");
+    s.state.repo.scan().expect("the watcher's poll");
+    assert_eq!(mlp_infer(&s), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        call(&s, Method::GET, "/v2/health/ready", None, &[]).0,
+        StatusCode::OK
+    );
+    let (status, _, st) = call(&s, Method::GET, "/v2/models/mlp/stats", None, &[]);
+    assert_eq!(status, StatusCode::OK, "{st}");
+    assert_eq!(st["state"], "unloaded", "{st}");
+    let (status, out) = post(&s, "/v2/repository/models/mlp/load");
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(mlp_infer(&s), StatusCode::OK);
+    s.state.repo.scan().expect("the watcher's poll");
+    assert_eq!(mlp_infer(&s), StatusCode::OK);
 }

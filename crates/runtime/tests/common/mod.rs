@@ -1,10 +1,10 @@
-//! Helpers shared by the integration tests: where the test data and ONNX Runtime are, and
-//! golden-file loading and comparison.
+//! Helpers shared by the integration tests: where the test data and ONNX Runtime are,
+//! golden-file loading and comparison, and publishing a test model as the agent does.
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
 pub mod fake;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kiln::{
     Checksum, Digest, Model, ModelOptions, NamedTensors, Runtime, RuntimeConfig, Tensor, TensorData,
@@ -118,4 +118,46 @@ pub fn assert_close(actual: &NamedTensors, expected: &NamedTensors, abs_tol: f64
             (g, w) => assert_eq!(g, w, "{name}"),
         }
     }
+}
+
+/// Publishes `testdata/<file>` as `<root>/<model>/<version>` with a manifest; `corrupt` flips
+/// a byte after the manifest was written. Then points `current` at it atomically.
+pub fn publish(root: &Path, model: &str, version: &str, file: &str, corrupt: bool) {
+    let dir = root.join(model).join(version);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let src = testdata(file);
+    let mut bytes = std::fs::read(&src).expect("read");
+    let manifest = kiln::Manifest {
+        schema: kiln::manifest::SCHEMA,
+        model: model.into(),
+        version: version.into(),
+        source: Some(format!("file://{}", src.display())),
+        etag: None,
+        version_id: None,
+        created: "2026-11-22T00:00:00Z".into(),
+        files: vec![kiln::ManifestFile {
+            path: "model.onnx".into(),
+            sha256: kiln::Digest::of(&bytes),
+            size: bytes.len() as u64,
+        }],
+    };
+    if corrupt {
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x55;
+    }
+    std::fs::write(dir.join("model.onnx"), &bytes).expect("write");
+    std::fs::write(dir.join(kiln::layout::MANIFEST_FILE), manifest.to_json()).expect("manifest");
+    let tmp = root.join(model).join(".current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp).expect("symlink");
+    std::fs::rename(&tmp, root.join(model).join("current")).expect("atomic swap");
+}
+
+/// Points `<root>/<model>/current` at `target` atomically, whether or not it exists (a
+/// dangling link is what a publisher caught mid-update can leave).
+pub fn set_current(root: &Path, model: &str, target: &str) {
+    let tmp = root.join(model).join(".current.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).expect("symlink");
+    std::fs::rename(&tmp, root.join(model).join("current")).expect("atomic swap");
 }

@@ -135,3 +135,13 @@ pub(crate) fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u
     let code = out.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, out.split_once("\r\n\r\n")?.1.to_owned()))
 }
+
+/// Flips one byte of `<root>/<model>/<version>/model.onnx`, so it no longer matches its
+/// manifest (a torn or bad download).
+pub(crate) fn corrupt(root: &Path, model: &str, version: &str) {
+    let path = root.join(model).join(version).join("model.onnx");
+    let mut bytes = std::fs::read(&path).expect("model");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&path, bytes).expect("corrupt");
+}

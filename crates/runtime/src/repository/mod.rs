@@ -1,0 +1,436 @@
+//! Serving every model the agent publishes: a watcher over the repository root (layout in
+//! [`crate::layout`]) that loads each model's `current` version, hot-swaps when `current`
+//! moves or is re-published with new bytes, and unloads models that disappear.
+//!
+//! Polling, not inotify: `current` is replaced by an atomic rename, which a poll of
+//! `read_link` sees reliably on every filesystem an `emptyDir` can be (including network
+//! and overlay filesystems where inotify is unreliable). The poll reads one symlink and
+//! hashes one small manifest per model.
+//!
+//! The lifecycle rules:
+//! - A model is served at the `(version, manifest digest)` its `current` names; a change of
+//!   either loads it (a same-name republish is a hot swap to the same label).
+//! - A version that fails to load is retried with exponential backoff
+//!   ([`RepositoryConfig::retry_min`] doubling to [`RepositoryConfig::retry_max`]), never on
+//!   the next poll; its history is forgotten when `current` moves. The serving version, if
+//!   any, serves on; with none, the newest older version that loads is served meanwhile.
+//!   The error stays in [`ModelHandle::status`]'s `last_error`.
+//! - An admin [`Repository::unload`] sticks: scans leave the model unloaded until an admin
+//!   [`Repository::load`] or a new `current`. An unloaded model is still listed
+//!   ([`Repository::names`], [`Repository::get`], state `Unloaded`, as Triton lists unloaded
+//!   models as UNAVAILABLE) and does not count against [`Repository::all_ready`].
+//! - A `current` that is missing or dangling keeps the model serving for
+//!   [`RepositoryConfig::current_grace`] (a publisher mid-update); a model whose directory is
+//!   gone is unloaded at once.
+//! - [`Repository::scan`], [`Repository::load`] and [`Repository::unload`] run one at a time
+//!   (one lock across each), so no two handles are created and no version loads twice.
+//!
+//! Files: `config` (settings and reports), `published` (what is on disk: `current` and its
+//! manifest digest), `failures` (the retry backoff, pure), `admin` (load and unload); the
+//! index and the scan are here.
+
+mod admin;
+mod config;
+mod failures;
+mod published;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use opentelemetry::metrics::Meter;
+
+pub use self::config::{LoadOutcome, RepositoryConfig, ScanReport};
+use self::failures::{Backoff, Failures};
+use self::published::Published;
+use crate::batch::ModelHandle;
+use crate::checksum::Checksum;
+use crate::error::{Error, Result};
+use crate::layout;
+use crate::runtime::Runtime;
+
+/// A model in the index.
+struct Entry {
+    handle: ModelHandle,
+    /// Set by an admin unload: what `current` was then (a different one lifts it).
+    unloaded: Option<Option<Published>>,
+}
+
+/// The watcher's bookkeeping, only touched under the scan lock.
+#[derive(Default)]
+struct ScanState {
+    /// What each model's handle serves, as loaded.
+    serving: HashMap<String, Published>,
+    /// `current` as last seen per model; failure records are dropped when it moves.
+    seen: HashMap<String, Published>,
+    failures: Failures,
+    /// When each served model's `current` was first seen missing.
+    missing_since: HashMap<String, Instant>,
+}
+
+impl ScanState {
+    fn forget(&mut self, model: &str) {
+        self.serving.remove(model);
+        self.seen.remove(model);
+        self.failures.clear(model);
+        self.missing_since.remove(model);
+    }
+
+    /// Notes `current` of `model`; a move (new version or manifest) forgets its failures.
+    fn observe(&mut self, model: &str, current: &Published) {
+        if self.seen.get(model) != Some(current) {
+            self.failures.clear(model);
+            self.seen.insert(model.to_owned(), current.clone());
+        }
+    }
+}
+
+/// The served models of one repository root.
+pub struct Repository {
+    runtime: Runtime,
+    config: RepositoryConfig,
+    backoff: Backoff,
+    meter: Meter,
+    /// The index readers use (requests, readiness); written only under `scan`.
+    models: RwLock<BTreeMap<String, Entry>>,
+    /// The scan lock: a std Mutex, not a tokio one, because nothing awaits while it is held.
+    /// It is held across loads (seconds), so async callers use `spawn_blocking`.
+    scan: Mutex<ScanState>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("root", &self.config.root)
+            .field("models", &self.names())
+            .finish()
+    }
+}
+
+impl Repository {
+    /// A repository with nothing loaded yet; call [`Repository::scan`] or
+    /// [`Repository::watch`].
+    pub fn new(runtime: Runtime, config: RepositoryConfig, meter: Meter) -> Self {
+        Self {
+            runtime,
+            backoff: Backoff::new(config.retry_min, config.retry_max),
+            config,
+            meter,
+            models: RwLock::default(),
+            scan: Mutex::default(),
+        }
+    }
+
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Entry>> {
+        self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn index_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Entry>> {
+        self.models.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ScanState> {
+        self.scan.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The model called `name`, if found (an unloaded model too: its state says so).
+    pub fn get(&self, name: &str) -> Option<ModelHandle> {
+        self.index().get(name).map(|e| e.handle.clone())
+    }
+
+    /// Names of the models found, unloaded ones included.
+    pub fn names(&self) -> Vec<String> {
+        self.index().keys().cloned().collect()
+    }
+
+    /// Every model found, unloaded ones included.
+    pub fn handles(&self) -> Vec<ModelHandle> {
+        self.index().values().map(|e| e.handle.clone()).collect()
+    }
+
+    /// Whether `name` was unloaded by [`Repository::unload`] and not loaded since.
+    pub fn is_unloaded(&self, name: &str) -> bool {
+        self.index().get(name).is_some_and(|e| e.unloaded.is_some())
+    }
+
+    /// Whether every model found is serving, not counting models unloaded on purpose with
+    /// [`Repository::unload`] (the readiness of a server that must serve all). False while
+    /// nothing has been found.
+    pub fn all_ready(&self) -> bool {
+        let models = self.index();
+        !models.is_empty()
+            && models
+                .values()
+                .filter(|e| e.unloaded.is_none())
+                .all(|e| e.handle.is_ready())
+    }
+
+    /// The handle of `name`, created (state `Loading`) if there is none.
+    fn handle_or_new(&self, name: &str) -> ModelHandle {
+        self.index_mut()
+            .entry(name.to_owned())
+            .or_insert_with(|| Entry {
+                handle: ModelHandle::new(name.to_owned(), self.meter.clone()),
+                unloaded: None,
+            })
+            .handle
+            .clone()
+    }
+
+    fn not_found(&self, name: &str, reason: impl Into<String>) -> Error {
+        Error::ModelNotFound {
+            model: name.to_owned(),
+            root: self.config.root.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Looks at the root once: loads new models, swaps moved or re-published `current`
+    /// links, retries failed versions whose backoff is over, unloads models that are gone.
+    /// Skips models unloaded with [`Repository::unload`] until their `current` moves.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the root cannot be listed (per-model failures are in the report).
+    pub fn scan(&self) -> Result<ScanReport> {
+        let mut st = self.lock();
+        let now = Instant::now();
+        let root = &self.config.root;
+        let mut report = ScanReport::default();
+        let mut found = HashSet::new();
+        let entries = std::fs::read_dir(root).map_err(|source| Error::Io {
+            path: root.clone(),
+            source,
+        })?;
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| layout::check_name("model", n).is_ok())
+            .collect();
+        names.sort();
+        for name in names {
+            let Some(current) = published::current(&root.join(&name)) else {
+                if self.keep_without_current(&mut st, &name, now) {
+                    found.insert(name);
+                }
+                continue;
+            };
+            found.insert(name.clone());
+            if st.missing_since.remove(&name).is_some() {
+                tracing::info!(model = %name, current = %current, "`current` is back");
+            }
+            st.observe(&name, &current);
+            if !self.lift_unload_if_moved(&name, &current) {
+                continue;
+            }
+            if self.is_serving(&st, &name, &current) || !st.failures.due(&name, &current, now) {
+                continue;
+            }
+            // The error is in the report and the handle's status.
+            let _ = self.bring_up(&mut st, &name, &current, now, &mut report);
+        }
+        let gone: Vec<String> = self
+            .names()
+            .into_iter()
+            .filter(|n| !found.contains(n))
+            .collect();
+        for name in gone {
+            st.forget(&name);
+            let removed = self.index_mut().remove(&name);
+            if let Some(e) = removed {
+                e.handle.shutdown();
+                report.removed.push(name);
+            }
+        }
+        Ok(report)
+    }
+
+    /// A served model whose `current` is missing or dangling: whether it stays (within the
+    /// grace period). A model never served is simply not found.
+    fn keep_without_current(&self, st: &mut ScanState, name: &str, now: Instant) -> bool {
+        if self.get(name).is_none() {
+            return false;
+        }
+        let since = *st.missing_since.entry(name.to_owned()).or_insert_with(|| {
+            tracing::warn!(
+                model = name,
+                grace_s = self.config.current_grace.as_secs_f64(),
+                "`current` is missing or dangling; serving on for the grace period"
+            );
+            now
+        });
+        let keep = now.duration_since(since) < self.config.current_grace;
+        if !keep {
+            tracing::warn!(
+                model = name,
+                "`current` missing for longer than the grace period; unloading"
+            );
+        }
+        keep
+    }
+
+    /// Lifts an admin unload of `name` if `current` moved since; whether the model may load.
+    fn lift_unload_if_moved(&self, name: &str, current: &Published) -> bool {
+        let mut index = self.index_mut();
+        let Some(entry) = index.get_mut(name) else {
+            return true;
+        };
+        match &entry.unloaded {
+            None => true,
+            Some(at) if at.as_ref() == Some(current) => false,
+            Some(_) => {
+                tracing::info!(model = name, current = %current, "`current` moved since the admin unload; loading it");
+                entry.unloaded = None;
+                true
+            }
+        }
+    }
+
+    /// Whether `name`'s handle serves exactly `current`.
+    fn is_serving(&self, st: &ScanState, name: &str, current: &Published) -> bool {
+        st.serving.get(name) == Some(current)
+            && self.get(name).and_then(|h| h.current_version()).as_deref()
+                == Some(current.version.as_str())
+    }
+
+    /// Loads `current` into `name`'s handle now, recording the outcome; with nothing serving
+    /// after a failure, falls back to the last good version.
+    fn bring_up(
+        &self,
+        st: &mut ScanState,
+        name: &str,
+        current: &Published,
+        now: Instant,
+        report: &mut ScanReport,
+    ) -> Result<()> {
+        let handle = self.handle_or_new(name);
+        match self.load_version(&handle, name, &current.version) {
+            Ok(loaded) => {
+                st.failures.succeeded(name, current);
+                st.serving.insert(name.to_owned(), loaded);
+                report
+                    .loaded
+                    .push((name.to_owned(), current.version.clone()));
+                Ok(())
+            }
+            Err(e) => {
+                let reason = e.to_string();
+                report
+                    .failed
+                    .push((name.to_owned(), current.version.clone(), reason.clone()));
+                let wait = st
+                    .failures
+                    .failed(name, current, now, reason, &self.backoff);
+                tracing::warn!(model = name, version = %current, retry_in_s = wait.as_secs_f64(), "version failed to load; retrying after the backoff");
+                // Nothing serving (a fresh start on a bad `current`): fall back to the
+                // newest older version that loads, so the model is served while the
+                // publisher fixes `current`. A serving model keeps its version instead.
+                if handle.current_version().is_none() {
+                    st.serving.remove(name);
+                    if let Some(p) = self.load_last_good(st, &handle, name, &current.version, now) {
+                        report.loaded.push((name.to_owned(), p.version.clone()));
+                        st.serving.insert(name.to_owned(), p);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Loads the newest other published version of `name` that loads (skipping those still
+    /// in their backoff) and returns it.
+    fn load_last_good(
+        &self,
+        st: &mut ScanState,
+        handle: &ModelHandle,
+        name: &str,
+        bad: &str,
+        now: Instant,
+    ) -> Option<Published> {
+        let model_dir = self.config.root.join(name);
+        for candidate in published::others_newest_first(&model_dir, bad) {
+            if !st.failures.due(name, &candidate, now) {
+                continue;
+            }
+            match self.load_version(handle, name, &candidate.version) {
+                Ok(loaded) => {
+                    tracing::warn!(model = name, current = bad, serving = %candidate.version, "`current` does not load; serving the last good version");
+                    return Some(loaded);
+                }
+                Err(e) => {
+                    st.failures
+                        .failed(name, &candidate, now, e.to_string(), &self.backoff);
+                }
+            }
+        }
+        None
+    }
+
+    /// Loads `version` of `name` into `handle`; returns what exactly was loaded.
+    fn load_version(&self, handle: &ModelHandle, name: &str, version: &str) -> Result<Published> {
+        let dir = layout::version_dir(&self.config.root, name, version)?;
+        let (manifest_path, manifest, key) = published::manifest(&dir, version)?;
+        let models: Vec<_> = manifest
+            .files
+            .iter()
+            .filter(|f| f.path.ends_with(".onnx"))
+            .collect();
+        let [file] = models.as_slice() else {
+            return Err(Error::InvalidManifest {
+                path: manifest_path,
+                reason: format!("expected exactly one .onnx file, found {}", models.len()),
+            });
+        };
+        let options = self
+            .config
+            .options
+            .clone()
+            .with_checksum(Checksum::Sha256(file.sha256));
+        let batch = self
+            .config
+            .per_model
+            .get(name)
+            .unwrap_or(&self.config.batch);
+        handle.load_model(
+            &self.runtime,
+            dir.join(&file.path),
+            version,
+            &options,
+            batch,
+        )?;
+        Ok(key)
+    }
+
+    /// Scans every `poll_interval` on a thread of its own until `stop` is set; then shuts every
+    /// model down gracefully.
+    ///
+    /// # Errors
+    /// The thread could not be spawned.
+    pub fn watch(
+        self: &Arc<Self>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let repo = Arc::clone(self);
+        std::thread::Builder::new().name("kiln-repository".into()).spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match repo.scan() {
+                    Ok(r) => {
+                        for (m, v, e) in &r.failed {
+                            tracing::error!(model = %m, version = %v, error = %e, "published version failed to load");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot scan the model repository"),
+                }
+                let mut slept = Duration::ZERO;
+                while slept < repo.config.poll_interval && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    slept += Duration::from_millis(50);
+                }
+            }
+            for h in repo.handles() {
+                h.shutdown();
+            }
+        })
+    }
+}
