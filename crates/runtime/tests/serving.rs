@@ -389,6 +389,8 @@ fn metrics_reach_the_hosts_exporter() {
         "kiln_model_warmup_duration_seconds",
         "kiln_model_provider_info",
         "kiln_checksum_failures_total",
+        "kiln_model_load_failures_total",
+        "kiln_model_version_info",
     ] {
         assert!(
             names.contains(expected),
