@@ -5,8 +5,10 @@
 //!    the best batch is the ceiling and best ÷ batch-1 is the model's headroom.
 //! 2. **Unbatched**: closed-loop callers at each concurrency, one request (one row) per `run`,
 //!    on a pool of one single-threaded session per core (caller i uses session i mod 2).
-//! 3. **kiln**: the same callers through `ModelHandle::infer` (greedy dynamic batching, one
-//!    single-threaded instance per core, `max_batch_size` = the ceiling's best batch).
+//! 3. **kiln**: the same number of callers as tokio tasks through `ModelHandle::infer().await`
+//!    (as an axum service calls it; greedy dynamic batching, one single-threaded instance per
+//!    core, `max_batch_size` = the ceiling's best batch), and at concurrency 64 also as OS
+//!    threads through `infer_blocking` (as the C ABI and thread pools call it).
 //!
 //! Plus kiln's added latency at concurrency 1 (over a raw batch-1 `run`). The cost of metrics
 //! is measured by the `overhead` bench, where kiln's own work is all there is.
@@ -16,7 +18,8 @@
 use anyhow::{Context, Result};
 use kiln::{BatchConfig, Model, ModelHandle, Runtime, RuntimeConfig, SessionConfig};
 use kiln_benches::inproc::{
-    models, options, pooled, root, secs, session, slug, through_kiln, us, Point,
+    models, options, pooled, root, secs, session, slug, through_kiln, through_kiln_threads, us,
+    Point,
 };
 use kiln_benches::svg::{render, Series};
 use kiln_benches::{machine, write_section};
@@ -39,14 +42,14 @@ fn main() -> Result<()> {
          closed-loop callers sending one row each. Command: `make bench-batching` (`cargo bench -p kiln-benches --bench batching`).\n\n\
          - **ceiling**: raw `session.run` in tight loops at the best batch size, the better of one session with ONNX Runtime's default threads (1×default) and one single-threaded session per core (2×1 thread); **headroom** = ceiling ÷ the batch-1 rate.\n\
          - **unbatched**: callers on a pool of one single-threaded session per core, one row per `run`.\n\
-         - **kiln**: `ModelHandle::infer`, greedy batching (`max_queue_delay` 0), one single-threaded instance per core, `max_batch_size` = best batch.\n\n",
+         - **kiln**: `ModelHandle::infer().await` from tokio tasks on one executor thread (async), and `infer_blocking` from 64 OS threads (threads), greedy batching (`max_queue_delay` 0), one single-threaded instance per core, `max_batch_size` = best batch.\n\n",
         machine(),
         runtime.library().version,
         secs().as_secs_f64()
     );
     std::fs::create_dir_all(root().join("benches/plots"))?;
     let mut summary = String::from(
-        "### Summary at concurrency 64\n\n| model | kind | headroom | ceiling rows/s | kiln rows/s | kiln ÷ ceiling | kiln ÷ unbatched | kiln p99 (µs) | unbatched p99 (µs) |\n|---|---|---|---|---|---|---|---|---|\n",
+        "### Summary at concurrency 64\n\n| model | kind | headroom | ceiling rows/s | kiln rows/s (async) | kiln ÷ ceiling (async) | kiln ÷ ceiling (threads) | kiln ÷ unbatched | kiln p99 (µs) | unbatched p99 (µs) |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut details = String::new();
     let only = std::env::var("KILN_BENCH_ONLY").ok();
@@ -115,6 +118,7 @@ fn main() -> Result<()> {
         handle.load_model(&runtime, &path, "1", &pool_opts, &cfg)?;
         let mut kil = Vec::new();
         let mut sizes_at_64 = Vec::new();
+        let threaded = through_kiln_threads(&handle, b, 64);
         for &c in &CONCURRENCY {
             let before = handle.stats().unwrap_or_default();
             kil.push(through_kiln(&handle, b, c, &rt));
@@ -134,7 +138,7 @@ fn main() -> Result<()> {
         let i64 = CONCURRENCY.iter().position(|&c| c == 64).unwrap_or(3);
         let (k, u) = (kil[i64], unb[i64]);
         summary += &format!(
-            "| {} | {} | {:.1}× (batch {}) | {:.0} ({}) | {:.0} | **{:.0}%** | **{:.1}×** | {} | {} |\n",
+            "| {} | {} | {:.1}× (batch {}) | {:.0} ({}) | {:.0} | **{:.0}%** | {:.0}% | **{:.1}×** | {} | {} |\n",
             b.label,
             b.kind,
             headroom,
@@ -143,6 +147,7 @@ fn main() -> Result<()> {
             best_how,
             k.rows_per_s,
             100.0 * k.rows_per_s / best.rows_per_s,
+            100.0 * threaded.rows_per_s / best.rows_per_s,
             k.rows_per_s / u.rows_per_s,
             us(k.p99),
             us(u.p99)

@@ -204,6 +204,34 @@ pub fn through_kiln(
     summarize(lat, rows, start.elapsed())
 }
 
+/// `c` caller threads through kiln's blocking API (`infer_blocking`, as the C ABI and thread
+/// pools call it), in a closed loop for `secs()`.
+pub fn through_kiln_threads(handle: &ModelHandle, b: &Bench, c: usize) -> Point {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..c)
+        .map(|i| {
+            let h = handle.clone();
+            let req = request(b, 1, i);
+            std::thread::spawn(move || {
+                let mut lat = Vec::new();
+                while start.elapsed() < secs() {
+                    let t = Instant::now();
+                    h.infer_blocking(InferRequest::new(req.clone()))
+                        .expect("infer");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let lat: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("caller"))
+        .collect();
+    let rows = lat.len();
+    summarize(lat, rows, start.elapsed())
+}
+
 /// Microseconds, rounded.
 pub fn us(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1e6)
