@@ -36,7 +36,7 @@ impl Shared {
         let mut dropped = Vec::new();
         let admitted = {
             let mut st = lock(&self.state);
-            if !st.accepting {
+            if !st.accepting || st.broken.is_some() {
                 let state = match &st.broken {
                     Some(reason) => format!("failed: {reason}"),
                     None => "not accepting (draining or stopped)".into(),

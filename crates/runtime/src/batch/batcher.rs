@@ -127,6 +127,9 @@ impl Batcher {
                     let mut backend = backend;
                     warmup::run(&worker, backend.as_mut(), &sizes);
                     let _ = ready.send(Ok(()));
+                    // Dropped before serving: `start` counts senders gone, so a thread that
+                    // dies in warm-up (or later) never keeps it waiting.
+                    drop(ready);
                     worker::instance(&worker, backend.as_mut());
                 });
             match spawned {
@@ -173,7 +176,19 @@ impl Batcher {
             return Err(e);
         }
         batcher.shared.metrics.warmed(warm_started.elapsed());
-        lock(&batcher.shared.state).accepting = true;
+        let broke = {
+            let mut st = lock(&batcher.shared.state);
+            // Under the lock, so an instance that breaks now cannot be reopened to traffic.
+            st.accepting = st.broken.is_none();
+            st.broken.clone()
+        };
+        if let Some(reason) = broke {
+            batcher.stop_now();
+            return Err(Error::WorkerLost {
+                model: batcher.shared.model.clone(),
+                reason,
+            });
+        }
         Ok(batcher)
     }
 

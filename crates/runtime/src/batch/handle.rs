@@ -212,6 +212,17 @@ impl ModelHandle {
                     s.last_error = None;
                 });
                 tracing::info!(model = %inner.name, version, elapsed_ms = started.elapsed().as_millis() as u64, "version serving");
+                // A version that broke between its start and the swap was not current when
+                // its hook ran: report it now.
+                let broke = inner
+                    .current
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .and_then(|s| s.batcher.broken());
+                if let Some(reason) = broke {
+                    Self::mark_broken(inner, &reason);
+                }
                 if let Some(old) = old {
                     let timeout = old.batcher.drain_timeout();
                     let name = inner.name.clone();
@@ -261,15 +272,26 @@ impl ModelHandle {
                 .as_ref()
                 .is_some_and(|s| s.batcher.broken().is_some());
             if serving_broke {
-                inner.metrics.serving(None);
-                inner.status.send_modify(|s| {
-                    s.state = ModelState::Failed {
-                        reason: reason.to_owned(),
-                    };
-                    s.last_error = Some(reason.to_owned());
-                });
+                Self::mark_broken(&inner, reason);
+            }
+            if Arc::strong_count(&inner) == 1 {
+                // Every handle is gone: dropping the last reference here would stop and join
+                // this very thread. Another thread does it.
+                let _ = std::thread::Builder::new()
+                    .name("kiln-release".into())
+                    .spawn(move || drop(inner));
             }
         })
+    }
+
+    fn mark_broken(inner: &Inner, reason: &str) {
+        inner.metrics.serving(None);
+        inner.status.send_modify(|s| {
+            s.state = ModelState::Failed {
+                reason: reason.to_owned(),
+            };
+            s.last_error = Some(reason.to_owned());
+        });
     }
 
     fn update(&self, f: impl FnOnce(&mut ModelStatus)) {

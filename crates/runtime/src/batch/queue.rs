@@ -15,8 +15,9 @@
 //!    equal a preferred size, it is cut at the largest such size.
 //! 5. Greedy (no delay), idle instances share the queue: each takes at most its share of the
 //!    rows queued. With a queue delay, a batch may take up to `max_rows`, and an incomplete
-//!    one (not full, no preferred size reached, nothing left over) waits until its oldest
-//!    request has waited `delay` (Triton's `max_queue_delay_microseconds`).
+//!    one (not full, no preferred size reached, nothing left over, no request of another
+//!    shape behind it) waits until its oldest request has waited `delay` (Triton's
+//!    `max_queue_delay_microseconds`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -236,6 +237,7 @@ impl Queue {
         idle: usize,
         dropped: &mut Vec<Dropped>,
     ) -> Take {
+        let since_low = self.since_low;
         let cap = if policy.delay.is_zero() {
             self.rows.div_ceil(idle.max(1)).clamp(1, policy.max_rows)
         } else {
@@ -257,6 +259,7 @@ impl Queue {
         let mut cumulative = vec![head.rows];
         let mut rows = head.rows;
         let mut left_over = false;
+        let mut other_shape = false;
         let mut gone = Vec::new();
         let limit = 1 + cap + SCAN_SLACK;
         for (i, p) in queue.iter().enumerate().skip(1).take(limit) {
@@ -265,6 +268,7 @@ impl Queue {
                 continue;
             }
             if p.key != head.key {
+                other_shape = true;
                 continue;
             }
             if rows + p.rows > cap {
@@ -293,12 +297,17 @@ impl Queue {
 
         // With a queue delay, an incomplete batch waits for its oldest request's delay.
         if !policy.delay.is_zero() {
+            // A request of another shape cannot join: like Triton, the batch goes now rather
+            // than holding that request up behind the delay.
             let ready = left_over
+                || other_shape
                 || rows >= policy.max_rows
                 || policy.preferred.binary_search(&rows).is_ok()
                 || policy.preferred.last().is_some_and(|&p| rows >= p);
             let due = head.enqueued + policy.delay;
             if !ready && now < due {
+                // No batch was served: the low-priority share counts batches, not looks.
+                self.since_low = since_low;
                 return Take::WaitUntil(due);
             }
         }
@@ -475,6 +484,50 @@ mod tests {
         assert!(
             matches!(q.take(now + pol.delay, &pol, 1, &mut dropped), Take::Batch(b) if b.len() == 1)
         );
+    }
+
+    #[test]
+    fn a_request_of_another_shape_is_not_held_up_behind_a_waiting_batch() {
+        let now = Instant::now();
+        let mut q = Queue::new(1);
+        let mut keep = Vec::new();
+        let (a, ra) = pending(0, 1, 7, 0, now);
+        q.push(a);
+        keep.push(ra);
+        for i in 1..=4 {
+            let (p, rx) = pending(i, 1, 9, 0, now);
+            q.push(p);
+            keep.push(rx);
+        }
+        let mut pol = policy(4, vec![]);
+        pol.delay = Duration::from_secs(1);
+        let mut dropped = Vec::new();
+        let Take::Batch(b) = q.take(now, &pol, 1, &mut dropped) else {
+            panic!("the lone request goes at once: another shape waits behind it")
+        };
+        assert_eq!(b.iter().map(id).collect::<Vec<_>>(), vec![0]);
+        let Take::Batch(b) = q.take(now, &pol, 1, &mut dropped) else {
+            panic!("a full batch never waits")
+        };
+        assert_eq!(b.len(), 4);
+    }
+
+    #[test]
+    fn waiting_out_the_delay_does_not_use_up_the_low_priority_share() {
+        let now = Instant::now();
+        let mut q = Queue::new(2);
+        let (h, _rh) = pending(0, 1, 0, 0, now);
+        q.push(h);
+        let (l, _rl) = pending(1, 1, 0, 1, now);
+        q.push(l);
+        let mut pol = policy(8, vec![]);
+        pol.delay = Duration::from_millis(10);
+        pol.low_period = 2;
+        let mut dropped = Vec::new();
+        for _ in 0..5 {
+            assert!(matches!(q.take(now, &pol, 1, &mut dropped), Take::WaitUntil(_)));
+        }
+        assert_eq!(q.since_low, 0, "looks that served no batch are not counted");
     }
 
     #[test]

@@ -29,8 +29,8 @@ pub struct BatcherStats {
     pub batches: u64,
     /// Rows run, summed over batches.
     pub rows: u64,
-    /// How many batches had each size in rows (index = rows; sizes above the vector's length
-    /// are not kept).
+    /// How many batches had each size in rows (index = rows; sizes of 4096 rows and more are
+    /// not kept).
     pub batch_sizes: Vec<u64>,
     /// Requests waiting now.
     pub queued: usize,

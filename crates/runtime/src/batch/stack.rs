@@ -25,25 +25,18 @@ pub(crate) struct SplitPlan {
     pub(crate) padded: Option<(usize, usize)>,
 }
 
-/// Stacks `requests` (each in the model's input order, same element types, and the same
-/// non-batch dims except the padded one: the queue's shape bucket guarantees it) into one
-/// batch, padding `padding`'s dim to the longest request when lengths differ.
+/// Stacks `requests` (of `rows` rows each, in the model's input order, same element types,
+/// and the same non-batch dims except the padded one: the queue's shape bucket guarantees it)
+/// into one batch, padding `padding`'s dim to the longest request when lengths differ.
 ///
 /// # Errors
 /// A tensor that does not fit the others (a bug upstream, reported rather than panicking).
 pub(crate) fn join(
     requests: &[&NamedTensors],
+    rows: Vec<usize>,
     padding: Option<&Padding>,
     scratch: &mut Scratch,
 ) -> Result<(NamedTensors, SplitPlan)> {
-    let rows = requests
-        .iter()
-        .map(|r| {
-            r.first()
-                .and_then(|(_, t)| t.shape().first().copied())
-                .unwrap_or(0)
-        })
-        .collect();
     let lengths = padding.and_then(|p| {
         let lens: Option<Vec<usize>> = requests
             .iter()
@@ -281,8 +274,13 @@ mod tests {
             value: 0.0,
             trims: vec![(0, 1)],
         };
-        let (inputs, plan) =
-            join(&[&a, &b], Some(&padding), &mut Scratch::default()).expect("join");
+        let (inputs, plan) = join(
+            &[&a, &b],
+            vec![1, 1],
+            Some(&padding),
+            &mut Scratch::default(),
+        )
+        .expect("join");
         assert_eq!(inputs[0].1.shape(), &[2, 3]);
         assert_eq!(
             inputs[0].1.as_slice::<i64>().expect("i64"),
@@ -308,7 +306,13 @@ mod tests {
             value: 0.0,
             trims: vec![(0, 1)],
         };
-        let (_, plan) = join(&[&a, &b], Some(&padding), &mut Scratch::default()).expect("join");
+        let (_, plan) = join(
+            &[&a, &b],
+            vec![1, 1],
+            Some(&padding),
+            &mut Scratch::default(),
+        )
+        .expect("join");
         let short = vec![(
             "y".to_owned(),
             Tensor::new([2, 3], vec![0i64; 6]).expect("y"),

@@ -6,11 +6,13 @@
 //! so a warm-up kiln invented that fails is logged and skipped — never a load failure. A
 //! model that cannot run real requests still fails them, with their own error.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
 use super::backend::Backend;
 use super::settings::Settings;
 use super::shared::Shared;
 use super::worker::run_guarded;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::NamedTensors;
 use crate::tensor::{with_element_type, Tensor};
 
@@ -26,12 +28,19 @@ pub(crate) fn sizes(settings: &Settings) -> Vec<usize> {
     sizes
 }
 
-/// Runs the warm-up batches on one instance. A failure is logged and ends the warm-up early.
+/// Runs the warm-up batches on one instance. A failure (or a panic, or inputs too large to
+/// invent) is logged and ends the warm-up early.
 pub(crate) fn run(shared: &Shared, backend: &mut dyn Backend, sizes: &[usize]) {
     for &rows in sizes {
-        let outcome = invented(shared, rows).and_then(|inputs| {
-            run_guarded(shared, backend, &inputs)?;
-            Ok(())
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let inputs = invented(shared, rows)?;
+            run_guarded(shared, backend, &inputs).map(drop)
+        }))
+        .unwrap_or_else(|_| {
+            Err(Error::WorkerLost {
+                model: shared.model.clone(),
+                reason: "warm-up panicked".into(),
+            })
         });
         if let Err(e) = outcome {
             tracing::warn!(model = %shared.model, rows, error = %e, "warm-up with invented inputs failed; skipped (not a load failure)");
@@ -57,7 +66,16 @@ fn invented(shared: &Shared, rows: usize) -> Result<NamedTensors> {
                     None => 1,
                 })
                 .collect();
-            let n: usize = shape.iter().product();
+            let n = shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .filter(|&n| n <= shared.max_input_elements.saturating_mul(rows.max(1)))
+                .ok_or_else(|| Error::InputTooLarge {
+                    model: shared.model.clone(),
+                    name: info.name.clone(),
+                    elements: usize::MAX,
+                    limit: shared.max_input_elements,
+                })?;
             let tensor = with_element_type!(info.element_type, T => Tensor::new(shape, vec![T::default(); n])?);
             Ok((info.name.clone(), tensor))
         })

@@ -20,6 +20,9 @@ use super::wait::spin_until;
 use crate::error::{Error, Result};
 use crate::model::NamedTensors;
 
+/// Batch sizes (in rows) counted one by one in the stats; larger ones are not kept.
+const MAX_TRACKED_SIZE: usize = 4096;
+
 /// Breaks the version if the instance thread ends while the version is still serving.
 struct ExitGuard<'a>(&'a Shared);
 
@@ -99,7 +102,7 @@ fn next_batch(shared: &Shared) -> Option<Vec<Pending>> {
                         shared.depth.requests.load(Ordering::Relaxed) > 0
                     });
                 st = lock(&shared.state);
-                if !arrived && st.queue.is_empty() && !st.stop {
+                if !arrived && st.queue.is_empty() && !st.stop && st.broken.is_none() {
                     st.sleeping += 1;
                     st = shared.work.wait(st).unwrap_or_else(|p| p.into_inner());
                     st.sleeping -= 1;
@@ -140,10 +143,12 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, scra
         st.stats.failed += failed;
         st.stats.batches += 1;
         st.stats.rows += total_rows as u64;
-        if st.stats.batch_sizes.len() <= total_rows {
-            st.stats.batch_sizes.resize(total_rows + 1, 0);
+        if total_rows < MAX_TRACKED_SIZE {
+            if st.stats.batch_sizes.len() <= total_rows {
+                st.stats.batch_sizes.resize(total_rows + 1, 0);
+            }
+            st.stats.batch_sizes[total_rows] += 1;
         }
-        st.stats.batch_sizes[total_rows] += 1;
         let secs = compute.as_secs_f64().max(1e-9);
         let rate = (ok + failed) as f64 / secs * shared.settings.config.instances as f64;
         st.drain_rate = if st.drain_rate == 0.0 {
@@ -192,7 +197,14 @@ fn run(
     if let [one] = batch {
         return vec![run_guarded(shared, backend, &one.inputs)];
     }
-    match run_stacked(shared, backend, batch, scratch) {
+    let stacked = catch_unwind(AssertUnwindSafe(|| {
+        run_stacked(shared, backend, batch, scratch)
+    }))
+    .unwrap_or_else(|panic| {
+        *scratch = Scratch::default();
+        Err(lost(shared, &panic_message(panic.as_ref())))
+    });
+    match stacked {
         Ok(per_request) => per_request.into_iter().map(Ok).collect(),
         Err(e) => {
             tracing::warn!(model = %shared.model, requests = batch.len(), error = %e, "batch failed; retrying its requests one by one");
@@ -211,7 +223,8 @@ fn run_stacked(
     scratch: &mut Scratch,
 ) -> Result<Vec<NamedTensors>> {
     let requests: Vec<&NamedTensors> = batch.iter().map(|p| &p.inputs).collect();
-    let (inputs, plan) = stack::join(&requests, shared.settings.padding.as_ref(), scratch)?;
+    let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
+    let (inputs, plan) = stack::join(&requests, rows, shared.settings.padding.as_ref(), scratch)?;
     if let Some((real, total)) = plan.padded {
         shared
             .metrics
