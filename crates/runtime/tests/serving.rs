@@ -397,6 +397,30 @@ fn metrics_reach_the_hosts_exporter() {
             "{expected} missing from {names:?}"
         );
     }
+    // README's metrics paragraph names exactly the instruments the runtime creates.
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).expect("README");
+    let start = readme
+        .find("- **Metrics** (OpenTelemetry API only")
+        .expect("metrics paragraph");
+    let paragraph = &readme[start..start + readme[start..].find("\n\n").expect("end")];
+    let documented: std::collections::BTreeSet<String> = paragraph
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| w.starts_with("kiln_"))
+        .map(|w| w.split('{').next().unwrap_or(w).to_owned())
+        .collect();
+    // Padding ratios exist only once a padded batch ran (the padding test's model).
+    let missing: Vec<_> = documented
+        .difference(&names)
+        .filter(|n| *n != "kiln_batch_padding_ratio")
+        .collect();
+    assert!(missing.is_empty(), "README names {missing:?}, not exported");
+    let undocumented: Vec<_> = names.difference(&documented).collect();
+    assert!(
+        undocumented.is_empty(),
+        "exported but not in README: {undocumented:?}"
+    );
 }
 
 #[test]

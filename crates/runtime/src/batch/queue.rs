@@ -525,7 +525,10 @@ mod tests {
         pol.low_period = 2;
         let mut dropped = Vec::new();
         for _ in 0..5 {
-            assert!(matches!(q.take(now, &pol, 1, &mut dropped), Take::WaitUntil(_)));
+            assert!(matches!(
+                q.take(now, &pol, 1, &mut dropped),
+                Take::WaitUntil(_)
+            ));
         }
         assert_eq!(q.since_low, 0, "looks that served no batch are not counted");
     }
