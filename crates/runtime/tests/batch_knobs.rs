@@ -418,3 +418,95 @@ fn three_hundred_hot_swaps_under_load_keep_the_exported_series_constant() {
         "exported series grew from {early} after 10 versions to {late} after 300"
     );
 }
+
+/// A panic payload whose drop panics again, `.0` times: the only way a fake backend can make
+/// a panic escape both of kiln's boundaries (the backend's and the batch's) and end an
+/// instance thread. `Bomb(2)`: the backend boundary drops it and panics with `Bomb(1)`, the
+/// batch boundary drops that and panics with `Bomb(0)`, which ends the thread.
+struct Bomb(u32);
+
+impl Drop for Bomb {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            std::panic::panic_any(Bomb(self.0 - 1));
+        }
+    }
+}
+
+/// Serves normally until it sees id 666, then panics with a [`Bomb`].
+struct Detonating(Fake);
+
+impl Backend for Detonating {
+    fn run(&mut self, inputs: &NamedTensors) -> kiln::Result<NamedTensors> {
+        if inputs[0].1.as_slice::<i64>()?.contains(&666) {
+            std::panic::panic_any(Bomb(2));
+        }
+        self.0.run(inputs)
+    }
+}
+
+#[test]
+fn an_instance_that_cannot_continue_fails_the_model_instead_of_hanging_it() {
+    let seen: Seen = Arc::default();
+    let h = serve_with(BatchConfig::default(), &meter(), || {
+        Box::new(Detonating(Fake::new(&seen)))
+    });
+    let fine = timed(&h, request(1, 1, 2));
+    assert_own_rows(
+        &answer(&fine, Duration::from_secs(10)).0.expect("ok"),
+        1,
+        1,
+        2,
+    );
+    let states = h.watch();
+    let boom = timed(&h, request(666, 1, 2));
+    // Its caller is answered (an error), not left waiting on a thread that is gone.
+    assert!(answer(&boom, Duration::from_secs(10)).0.is_err());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.is_ready() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(!h.is_ready(), "readiness must go false: {:?}", h.status());
+    assert!(
+        matches!(h.status().state, kiln::ModelState::Failed { .. }),
+        "{:?}",
+        h.status()
+    );
+    assert!(states.has_changed().expect("watch"));
+    // Later requests get a prompt Unavailable, never a hang.
+    let after = timed(&h, request(2, 1, 2));
+    match answer(&after, Duration::from_secs(10)).0 {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}"),
+        Ok(_) => panic!("a broken version must not serve"),
+    }
+    // A new version loads over it and serves.
+    let seen2 = Arc::clone(&seen);
+    h.load_with("2", move || {
+        let spec = BatcherSpec {
+            model: "fake".into(),
+            version: "2".into(),
+            metadata: metadata(true),
+            max_input_elements: 1 << 20,
+            config: BatchConfig {
+                warmup: false,
+                ..BatchConfig::default()
+            },
+        };
+        Ok((
+            spec,
+            vec![Box::new(Fake::new(&seen2)) as Box<dyn Backend>],
+            "fake".into(),
+        ))
+    })
+    .expect("v2 loads over the broken version");
+    assert!(h.is_ready());
+    let again = timed(&h, request(3, 1, 2));
+    assert_own_rows(
+        &answer(&again, Duration::from_secs(10))
+            .0
+            .expect("v2 serves"),
+        3,
+        1,
+        2,
+    );
+}
