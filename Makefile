@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo demo-classify test check header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
+.PHONY: help demo demo-classify test check corpus header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
 
 help:
 	@echo "make demo        a kiln pod on this machine: S3 + agent + server, load, hot swap (sets everything up)"
@@ -46,7 +46,16 @@ testdata/.stamp: scripts/gen_testdata.py scripts/fetch-model.sh $(VENV)/.stamp
 	$(PY) scripts/gen_testdata.py testdata testdata/real/magika.onnx
 	touch $@
 
-testdata: model testdata/.stamp
+testdata: model testdata/.stamp corpus
+
+# The real-model corpus (testdata/corpus/corpus.json): pinned wheels, pinned model digests,
+# golden outputs from Python onnxruntime.
+testdata/corpus/.stamp: testdata/corpus/corpus.json scripts/fetch-corpus.py scripts/gen_corpus_golden.py $(VENV)/.stamp
+	python3 scripts/fetch-corpus.py
+	$(PY) scripts/gen_corpus_golden.py
+	touch $@
+
+corpus: testdata/corpus/.stamp
 
 testdata/bench/.stamp: scripts/gen_benchmodels.py $(VENV)/.stamp
 	$(PY) scripts/gen_benchmodels.py testdata/bench

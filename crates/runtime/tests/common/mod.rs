@@ -86,8 +86,13 @@ fn named(v: &serde_json::Value) -> NamedTensors {
 
 /// Reads `testdata/golden/<stem>.json`.
 pub fn golden(stem: &str) -> Golden {
-    let text = std::fs::read_to_string(testdata(&format!("golden/{stem}.json")))
-        .expect("golden file (run `make testdata`)");
+    golden_at(&testdata(&format!("golden/{stem}.json")))
+}
+
+/// Reads a golden file.
+pub fn golden_at(path: &std::path::Path) -> Golden {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("golden file {} (run `make testdata`): {e}", path.display()));
     let doc: serde_json::Value = serde_json::from_str(&text).expect("golden json");
     Golden {
         inputs: named(&doc["inputs"]),
