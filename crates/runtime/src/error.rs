@@ -383,6 +383,22 @@ pub enum Error {
         rows: usize,
     },
 
+    /// A configured warm-up sample (`warmup_samples`) failed: the version does not load.
+    #[error(
+        "model {model}: warm-up sample {sample:?} with input shapes {shapes:?} failed: {source}"
+    )]
+    WarmupFailed {
+        /// Model name.
+        model: String,
+        /// The sample's name.
+        sample: String,
+        /// Each input's name and shape.
+        shapes: Vec<(String, Vec<usize>)>,
+        /// Why it failed.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// An output listed in `padding.trim_outputs` cannot be trimmed back to a request's
     /// length: it has no such dim, or fewer positions than the request's input had.
     #[error("model {model}: output `{output}` has shape {shape:?}, which cannot be cut to {len} along dim {dim}; list in padding.trim_outputs only outputs whose dim follows the padded input's length")]

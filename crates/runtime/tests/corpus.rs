@@ -239,3 +239,57 @@ fn readme_lists_the_corpus() {
         );
     }
 }
+
+#[test]
+fn configured_warmup_runs_valid_shapes_and_a_failing_sample_fails_the_load() {
+    use kiln::batch::config::{WarmupData, WarmupInput, WarmupSample};
+    let e = entries()
+        .into_iter()
+        .find(|e| e.name == "nudenet-320n")
+        .expect("detector in the corpus");
+    let sample = |name: &str, dims: Vec<usize>| WarmupSample {
+        name: name.into(),
+        batch_size: 2,
+        inputs: [(
+            "images".to_owned(),
+            WarmupInput {
+                dims,
+                data: WarmupData::Random,
+            },
+        )]
+        .into_iter()
+        .collect(),
+        count: 2,
+    };
+    let load = |samples: Vec<WarmupSample>| {
+        let handle = ModelHandle::new("detector", opentelemetry::global::meter("kiln-corpus"));
+        let config = BatchConfig {
+            warmup_samples: samples,
+            ..BatchConfig::default()
+        };
+        let options = ModelOptions::new().with_checksum(Checksum::Sha256(e.sha256));
+        handle
+            .load_model(&runtime(), model_path(&e), "1", &options, &config)
+            .map(|()| handle)
+    };
+    let served = load(vec![sample("real image size", vec![3, 320, 320])]).expect("valid warm-up");
+    assert!(served.is_ready());
+    served.shutdown();
+
+    // A shape the user configured and the model refuses (the 1x1 image kiln once invented).
+    let err = load(vec![sample("tiny", vec![3, 1, 1])]).expect_err("a configured warm-up fails");
+    let text = err.to_string();
+    assert!(
+        matches!(&err, kiln::Error::WarmupFailed { sample, shapes, .. }
+            if sample == "tiny" && shapes[0] == ("images".to_owned(), vec![2, 3, 1, 1])),
+        "{text}"
+    );
+    assert!(text.contains("tiny") && text.contains("images"), "{text}");
+
+    // A sample that does not fit the signature is a config error before anything runs.
+    let err = load(vec![sample("rank", vec![3, 320])]).expect_err("wrong rank");
+    assert!(
+        matches!(&err, kiln::Error::InvalidConfig { field: "warmup_samples", reason } if reason.contains("rank") && reason.contains("images")),
+        "{err}"
+    );
+}

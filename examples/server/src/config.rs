@@ -10,6 +10,9 @@
 //!   max_batch_size: 64
 //! models:             # per model name: a whole BatchConfig (unset fields take defaults)
 //!   magika: {instances: 2, max_batch_size: 16, max_queue_delay_us: 500}
+//!   detector:         # warm up on shapes known to be valid (Triton's model_warmup)
+//!     warmup_samples:
+//!       - {name: hd, batch_size: 1, inputs: {images: {dims: [3, 640, 640], data: random}}}
 //! ```
 //! Unknown fields are errors (a typo must not silently fall back to a default), and every
 //! batching entry is validated before the server starts.
@@ -89,6 +92,29 @@ mod tests {
             ModelSettings::parse("").expect("empty"),
             ModelSettings::default()
         );
+    }
+
+    #[test]
+    fn warmup_samples_come_from_the_settings_file() {
+        let s = ModelSettings::parse(
+            "models:\n  detector:\n    warmup_samples:\n      - name: hd\n        batch_size: 1\n        count: 3\n        inputs:\n          images: {dims: [3, 640, 640], data: random}\n",
+        )
+        .expect("valid");
+        let w = &s.models["detector"].warmup_samples[0];
+        assert_eq!((w.name.as_str(), w.count), ("hd", 3));
+        assert_eq!(w.inputs["images"].dims, vec![3, 640, 640]);
+        assert_eq!(
+            w.inputs["images"].data,
+            kiln::batch::config::WarmupData::Random
+        );
+        let e = format!(
+            "{:#}",
+            ModelSettings::parse(
+                "models: {m: {warmup_samples: [{name: a, inputs: {x: {dim: [1]}}}]}}"
+            )
+            .expect_err("typo")
+        );
+        assert!(e.contains("dim"), "{e}");
     }
 
     #[test]

@@ -68,8 +68,9 @@ impl Batcher {
     ///
     /// # Errors
     /// [`Error::InvalidConfig`] for a bad config or a backend count that differs from
-    /// `instances`; [`Error::WorkerLost`] if a thread cannot be spawned (everything started
-    /// is stopped again).
+    /// `instances`; [`Error::WarmupFailed`] for a configured warm-up sample that fails;
+    /// [`Error::WorkerLost`] if a thread cannot be spawned (everything started is stopped
+    /// again).
     pub(crate) fn start(
         spec: BatcherSpec,
         backends: Vec<Box<dyn Backend>>,
@@ -113,24 +114,27 @@ impl Batcher {
             on_broken,
         });
 
-        let sizes = warmup::sizes(&shared.settings);
+        let plan = warmup::plan(&shared.settings);
         let warm_started = Instant::now();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<()>>();
         let mut threads = Vec::with_capacity(backends.len() + 1);
         for (i, backend) in backends.into_iter().enumerate() {
             let worker = Arc::clone(&shared);
             let ready = ready_tx.clone();
-            let sizes = sizes.clone();
+            let plan = plan.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("kiln-{}-{i}", shared.model))
                 .spawn(move || {
                     let mut backend = backend;
-                    warmup::run(&worker, backend.as_mut(), &sizes);
-                    let _ = ready.send(Ok(()));
+                    let warm = warmup::run(&worker, backend.as_mut(), &plan);
+                    let ok = warm.is_ok();
+                    let _ = ready.send(warm);
                     // Dropped before serving: `start` counts senders gone, so a thread that
                     // dies in warm-up (or later) never keeps it waiting.
                     drop(ready);
-                    worker::instance(&worker, backend.as_mut());
+                    if ok {
+                        worker::instance(&worker, backend.as_mut());
+                    }
                 });
             match spawned {
                 Ok(h) => threads.push(h),

@@ -36,10 +36,16 @@ pub struct BatchConfig {
     /// Share of batches guaranteed to lower priority levels while higher ones have work, so
     /// they are not starved (0 < share ≤ 0.5). Default 0.1: at least every 10th batch.
     pub low_priority_share: f64,
-    /// Run synthetic batches (at each preferred size and at `max_batch_size`) on every instance
-    /// before reporting Ready, so out-of-memory and slow first runs happen before traffic.
-    /// Default true.
+    /// Run warm-up batches on every instance before reporting Ready, so out-of-memory and
+    /// slow first runs happen before traffic. Default true. Without `warmup_samples`, kiln
+    /// invents them (zeros at each preferred size and at `max_batch_size`, other dynamic dims
+    /// 1); a model may refuse invented inputs (a detector on a 1×1 image), so an invented
+    /// warm-up that fails is logged and skipped, never a load failure.
     pub warmup: bool,
+    /// Warm-up requests to run instead of invented ones, like Triton's `model_warmup`: each
+    /// sample's shapes are known to be valid, so one that fails is a load failure naming the
+    /// sample, input and shape. Default empty.
+    pub warmup_samples: Vec<WarmupSample>,
     /// How long a graceful drain may take before queued requests are failed, in ms.
     /// Default 30000.
     pub drain_timeout_ms: u64,
@@ -74,6 +80,50 @@ pub struct PaddingConfig {
     pub trim_outputs: Vec<OutputTrim>,
 }
 
+/// One configured warm-up request (Triton's `model_warmup` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupSample {
+    /// A label for logs and errors.
+    pub name: String,
+    /// Rows (dim 0) for a model with a batch dim; must be 1 without one. Default 1.
+    #[serde(default = "one")]
+    pub batch_size: usize,
+    /// Every model input by name: its dims after the batch dim (all its dims for a model
+    /// without one), and its data.
+    pub inputs: std::collections::BTreeMap<String, WarmupInput>,
+    /// How many times the sample runs on each instance. Default 1.
+    #[serde(default = "one")]
+    pub count: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// One input of a warm-up sample.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupInput {
+    /// Dims after the batch dim (all dims for a model without a batch dim).
+    pub dims: Vec<usize>,
+    /// What the tensor holds. Default zeros.
+    #[serde(default)]
+    pub data: WarmupData,
+}
+
+/// The contents of a warm-up input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarmupData {
+    /// Zeros (Triton's `zero_data`).
+    #[default]
+    Zero,
+    /// Deterministic pseudo-random values in [0, 1) for floats, [0, 100) for integers
+    /// (Triton's `random_data`).
+    Random,
+}
+
 /// An output dim trimmed back to each request's own length.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -97,10 +147,78 @@ impl Default for BatchConfig {
             priority_levels: 2,
             low_priority_share: 0.1,
             warmup: true,
+            warmup_samples: Vec::new(),
             drain_timeout_ms: 30_000,
             spin_us: 500,
             padding: None,
         }
+    }
+}
+
+impl WarmupSample {
+    /// The full shape of each input (model input order), checked against the signature.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] (`warmup_samples`) naming the sample and what does not fit.
+    pub(crate) fn check(
+        &self,
+        metadata: &crate::metadata::ModelMetadata,
+        max_batch_size: usize,
+    ) -> Result<Vec<Vec<usize>>> {
+        let bad = |reason: String| Error::InvalidConfig {
+            field: "warmup_samples",
+            reason: format!("sample {:?}: {reason}", self.name),
+        };
+        if self.count == 0 || self.batch_size == 0 {
+            return Err(bad("batch_size and count must be at least 1".into()));
+        }
+        if metadata.batch_dim && self.batch_size > max_batch_size {
+            return Err(bad(format!(
+                "batch_size {} is over max_batch_size {max_batch_size}",
+                self.batch_size
+            )));
+        }
+        if !metadata.batch_dim && self.batch_size != 1 {
+            return Err(bad(
+                "the model has no batch dim: batch_size must be 1".into()
+            ));
+        }
+        if let Some(unknown) = self
+            .inputs
+            .keys()
+            .find(|k| !metadata.inputs.iter().any(|i| &i.name == *k))
+        {
+            return Err(bad(format!("the model has no input {unknown:?}")));
+        }
+        metadata
+            .inputs
+            .iter()
+            .map(|info| {
+                let input = self
+                    .inputs
+                    .get(&info.name)
+                    .ok_or_else(|| bad(format!("input {:?} is missing", info.name)))?;
+                let shape: Vec<usize> = if metadata.batch_dim {
+                    std::iter::once(self.batch_size)
+                        .chain(input.dims.iter().copied())
+                        .collect()
+                } else {
+                    input.dims.clone()
+                };
+                let fits = shape.len() == info.dims.len()
+                    && shape
+                        .iter()
+                        .zip(&info.dims)
+                        .all(|(&s, d)| s > 0 && d.is_none_or(|d| i64::try_from(s) == Ok(d)));
+                if !fits {
+                    return Err(bad(format!(
+                        "input {:?} would have shape {shape:?}, the model declares {:?}",
+                        info.name, info.dims
+                    )));
+                }
+                Ok(shape)
+            })
+            .collect()
     }
 }
 
@@ -153,6 +271,9 @@ impl BatchConfig {
     /// # Errors
     /// [`Error::InvalidConfig`] naming `padding` and what does not match.
     pub fn validate_for(&self, metadata: &crate::metadata::ModelMetadata) -> Result<()> {
+        for s in &self.warmup_samples {
+            s.check(metadata, self.max_batch_size)?;
+        }
         let Some(p) = &self.padding else {
             return Ok(());
         };

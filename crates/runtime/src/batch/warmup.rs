@@ -9,28 +9,121 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use super::backend::Backend;
+use super::config::{WarmupData, WarmupSample};
 use super::settings::Settings;
 use super::shared::Shared;
 use super::worker::run_guarded;
 use crate::error::{Error, Result};
 use crate::model::NamedTensors;
-use crate::tensor::{with_element_type, Tensor};
+use crate::tensor::{with_element_type, Element, ElementType, Tensor};
 
-/// Batch sizes to warm up at: each preferred size and `max_batch_size` (1 without a batch dim).
-pub(crate) fn sizes(settings: &Settings) -> Vec<usize> {
-    if !settings.config.warmup {
-        return Vec::new();
+/// What an instance runs before it serves.
+#[derive(Debug, Clone)]
+pub(crate) enum Plan {
+    /// Nothing (`warmup: false`).
+    Off,
+    /// Invented inputs at these batch sizes: each preferred size and `max_batch_size` (1
+    /// without a batch dim).
+    Invented(Vec<usize>),
+    /// The configured samples.
+    Configured(Vec<WarmupSample>),
+}
+
+/// The warm-up plan of a version.
+pub(crate) fn plan(settings: &Settings) -> Plan {
+    let config = &settings.config;
+    if !config.warmup {
+        return Plan::Off;
+    }
+    if !config.warmup_samples.is_empty() {
+        return Plan::Configured(config.warmup_samples.clone());
     }
     let mut sizes = settings.policy.preferred.clone();
     sizes.push(settings.policy.max_rows);
     sizes.sort_unstable();
     sizes.dedup();
-    sizes
+    Plan::Invented(sizes)
 }
 
-/// Runs the warm-up batches on one instance. A failure (or a panic, or inputs too large to
-/// invent) is logged and ends the warm-up early.
-pub(crate) fn run(shared: &Shared, backend: &mut dyn Backend, sizes: &[usize]) {
+/// Runs the warm-up on one instance.
+///
+/// # Errors
+/// [`Error::WarmupFailed`] when a configured sample fails (invented ones never fail a load).
+pub(crate) fn run(shared: &Shared, backend: &mut dyn Backend, plan: &Plan) -> Result<()> {
+    match plan {
+        Plan::Off => Ok(()),
+        Plan::Invented(sizes) => {
+            run_invented(shared, backend, sizes);
+            Ok(())
+        }
+        Plan::Configured(samples) => samples
+            .iter()
+            .try_for_each(|s| run_sample(shared, backend, s)),
+    }
+}
+
+fn run_sample(shared: &Shared, backend: &mut dyn Backend, sample: &WarmupSample) -> Result<()> {
+    let shapes = sample.check(&shared.metadata, shared.settings.config.max_batch_size)?;
+    let failed = |source: Error| Error::WarmupFailed {
+        model: shared.model.clone(),
+        sample: sample.name.clone(),
+        shapes: shared
+            .metadata
+            .inputs
+            .iter()
+            .zip(&shapes)
+            .map(|(i, s)| (i.name.clone(), s.clone()))
+            .collect(),
+        source: Box::new(source),
+    };
+    let inputs = shared
+        .metadata
+        .inputs
+        .iter()
+        .zip(&shapes)
+        .enumerate()
+        .map(|(k, (info, shape))| {
+            let data = sample
+                .inputs
+                .get(&info.name)
+                .map_or(WarmupData::Zero, |i| i.data);
+            let n: usize = shape.iter().product();
+            let tensor = with_element_type!(info.element_type, T => Tensor::new(shape.clone(), values::<T>(data, n, k as u64))?);
+            Ok((info.name.clone(), tensor))
+        })
+        .collect::<Result<NamedTensors>>()
+        .map_err(failed)?;
+    for _ in 0..sample.count {
+        run_guarded(shared, backend, &inputs).map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// `n` values of a configured warm-up input.
+fn values<T: Element>(data: WarmupData, n: usize, seed: u64) -> Vec<T> {
+    match data {
+        WarmupData::Zero => vec![T::from_f64(0.0); n],
+        WarmupData::Random => {
+            let mut x = seed.wrapping_mul(6364136223846793005) | 1;
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    T::from_f64(if matches!(T::TYPE, ElementType::F32 | ElementType::F64) {
+                        (x % 1000) as f64 / 1000.0
+                    } else {
+                        (x % 100) as f64
+                    })
+                })
+                .collect()
+        }
+    }
+}
+
+/// Runs invented warm-up batches. A failure (or a panic, or inputs too large to invent) is
+/// logged and ends the warm-up early.
+fn run_invented(shared: &Shared, backend: &mut dyn Backend, sizes: &[usize]) {
     for &rows in sizes {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let inputs = invented(shared, rows)?;
