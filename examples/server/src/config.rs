@@ -118,6 +118,21 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_parses() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+                .expect("README");
+        let from = readme
+            .find("Per-model settings (`--config")
+            .expect("section");
+        let block = &readme[from..];
+        let start = block.find("```yaml\n").expect("yaml block") + 8;
+        let end = start + block[start..].find("```").expect("end of block");
+        let s = ModelSettings::parse(&block[start..end]).expect("README's settings parse");
+        assert_eq!(s.models["detector"].warmup_samples[0].name, "hd");
+    }
+
+    #[test]
     fn refuses_typos_invalid_values_and_bad_names() {
         for (text, needle) in [
             ("batch: {instance: 2}", "instance"),
