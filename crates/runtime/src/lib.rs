@@ -56,6 +56,6 @@ pub use error::{Error, ErrorKind, LibraryAttempt, Result};
 pub use manifest::{Manifest, ManifestFile};
 pub use metadata::{ModelMetadata, TensorInfo};
 pub use model::{Model, NamedTensors};
-pub use repository::{LoadOutcome, Repository, RepositoryConfig, ScanReport};
+pub use repository::{LoadOutcome, Readiness, Repository, RepositoryConfig, ScanReport};
 pub use runtime::{LibraryInfo, Runtime, RuntimeConfig, ThreadPoolConfig};
 pub use tensor::{Element, ElementType, Tensor, TensorData};

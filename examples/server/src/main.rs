@@ -6,6 +6,7 @@
 //!             [--drain-delay-s 5] [--poll-ms 2000] [--device cpu|auto|cuda|cuda:N]
 //!             [--config settings.yaml] [--admin-token-file FILE] [--header-timeout-s 10]
 //!             [--body-timeout-s 30] [--max-connections 4096]
+//!             [--ready-when all|any|listed:NAME,...]
 //! ```
 //! Environment overrides: `KILN_SERVER_ROOT`, `KILN_SERVER_LISTEN`. ONNX Runtime is found as
 //! the runtime documents (`KILN_ORT_DIR`, `ORT_DYLIB_PATH`, ...). SIGTERM or SIGINT: readiness
@@ -14,6 +15,8 @@
 //! ([`kiln_server::config`]). `--admin` turns the repository endpoints on: for loopback
 //! clients only, or for holders of the bearer token in `--admin-token-file`. Slow clients: the
 //! headers must arrive within `--header-timeout-s`, an inference body within `--body-timeout-s`.
+//! `--ready-when` ([`kiln::Readiness`]): `/v2/health/ready` is 200 when every model found
+//! serves (`all`, the default), when any does (`any`), or when the listed ones do.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,6 +38,7 @@ struct Args {
     admin_token_file: Option<String>,
     serve: ServeOptions,
     body_timeout: Duration,
+    ready_when: kiln::Readiness,
 }
 
 fn parse() -> Result<Args> {
@@ -50,6 +54,7 @@ fn parse() -> Result<Args> {
         admin_token_file: None,
         serve: ServeOptions::default(),
         body_timeout: Duration::from_secs(30),
+        ready_when: kiln::Readiness::All,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -70,6 +75,7 @@ fn parse() -> Result<Args> {
                 a.serve.max_connections = value()?.parse().context("--max-connections")?
             }
             "--listen" => a.listen = value()?,
+            "--ready-when" => a.ready_when = value()?.parse().map_err(anyhow::Error::msg)?,
             "--admin" => a.admin = true,
             "--max-body-mib" => a.max_body_mib = value()?.parse().context("--max-body-mib")?,
             "--drain-delay-s" => {
@@ -131,6 +137,7 @@ fn main() -> Result<()> {
             max_body_bytes: args.max_body_mib << 20,
             admin_token,
             body_read_timeout: args.body_timeout,
+            ready_when: args.ready_when,
             ..ServerConfig::default()
         },
         Some(telemetry),

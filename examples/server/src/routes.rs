@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// Longest an inference request's body may take to arrive once its headers have
     /// (larger → 408), so a client trickling its body cannot hold a request forever.
     pub body_read_timeout: Duration,
+    /// When `/v2/health/ready` answers 200 (and `--ready-when`): every model (default), any
+    /// model, or the listed ones. Per-model readiness is always exact.
+    pub ready_when: kiln::Readiness,
 }
 
 impl Default for ServerConfig {
@@ -51,6 +54,7 @@ impl Default for ServerConfig {
             max_input_elements: 16 << 20,
             admin_token: None,
             body_read_timeout: Duration::from_secs(30),
+            ready_when: kiln::Readiness::All,
         }
     }
 }
@@ -161,9 +165,9 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
     response
 }
 
-/// 200 when not draining and every model found is loaded and warmed.
+/// 200 when not draining and the models `ready_when` names are loaded and warmed.
 async fn ready(State(s): State<Arc<AppState>>) -> StatusCode {
-    if !s.draining.load(Ordering::Relaxed) && s.repo.all_ready() {
+    if !s.draining.load(Ordering::Relaxed) && s.repo.ready(&s.config.ready_when) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

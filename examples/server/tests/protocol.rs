@@ -500,3 +500,57 @@ fn admin_unload_sticks_across_a_poll_until_loaded_again() {
     s.state.repo.scan().expect("the watcher's poll");
     assert_eq!(mlp_infer(&s), StatusCode::OK);
 }
+
+/// One broken model among good ones: per-model readiness is exact, and the server's follows
+/// `--ready-when` (all: not ready; any: ready; listed: ready exactly when the listed serve).
+#[test]
+fn server_readiness_follows_the_policy_with_one_broken_model() {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    publish(root.path(), "int64", "1", "int64.onnx");
+    publish(root.path(), "broken", "1", "mlp.onnx");
+    corrupt(root.path(), "broken", "1");
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let meter = telemetry.meter();
+    let repo = Arc::new(Repository::new(
+        runtime(),
+        RepositoryConfig::new(root.path()),
+        meter.clone(),
+    ));
+    let report = repo.scan().expect("scan");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    for (policy, want) in [
+        ("all", StatusCode::SERVICE_UNAVAILABLE),
+        ("any", StatusCode::OK),
+        ("listed:mlp,int64", StatusCode::OK),
+        ("listed:mlp,broken", StatusCode::SERVICE_UNAVAILABLE),
+        ("listed:absent", StatusCode::SERVICE_UNAVAILABLE),
+    ] {
+        let config = ServerConfig {
+            ready_when: policy.parse().expect("policy"),
+            ..ServerConfig::default()
+        };
+        let state = Arc::new(AppState::new(Arc::clone(&repo), config, None, &meter));
+        let s = Server {
+            root: tempfile::tempdir().expect("unused"),
+            app: router(Arc::clone(&state)),
+            state,
+        };
+        let (status, _, _) = call(&s, Method::GET, "/v2/health/ready", None, &[]);
+        assert_eq!(status, want, "--ready-when {policy}");
+        for (model, exact) in [
+            ("mlp", StatusCode::OK),
+            ("int64", StatusCode::OK),
+            ("broken", StatusCode::SERVICE_UNAVAILABLE),
+        ] {
+            let (status, _, _) = call(
+                &s,
+                Method::GET,
+                &format!("/v2/models/{model}/ready"),
+                None,
+                &[],
+            );
+            assert_eq!(status, exact, "{model} under {policy}");
+        }
+    }
+}

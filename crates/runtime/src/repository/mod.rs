@@ -26,13 +26,15 @@
 //!   (one lock across each), so no two handles are created and no version loads twice.
 //!
 //! Files: `config` (settings and reports), `published` (what is on disk: `current` and its
-//! manifest digest), `failures` (the retry backoff, pure), `admin` (load and unload); the
-//! index and the scan are here.
+//! manifest digest), `failures` (the retry backoff, pure), `admin` (load and unload),
+//! `readiness` (when the whole repository is ready: [`Readiness`]); the index and the scan
+//! are here.
 
 mod admin;
 mod config;
 mod failures;
 mod published;
+mod readiness;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,7 @@ use opentelemetry::metrics::Meter;
 pub use self::config::{LoadOutcome, RepositoryConfig, ScanReport};
 use self::failures::{Backoff, Failures};
 use self::published::Published;
+pub use self::readiness::Readiness;
 use crate::batch::ModelHandle;
 use crate::checksum::Checksum;
 use crate::error::{Error, Result};
@@ -155,15 +158,9 @@ impl Repository {
     }
 
     /// Whether every model found is serving, not counting models unloaded on purpose with
-    /// [`Repository::unload`] (the readiness of a server that must serve all). False while
-    /// nothing has been found.
+    /// [`Repository::unload`] ([`Readiness::All`]). False while nothing serves.
     pub fn all_ready(&self) -> bool {
-        let models = self.index();
-        !models.is_empty()
-            && models
-                .values()
-                .filter(|e| e.unloaded.is_none())
-                .all(|e| e.handle.is_ready())
+        self.ready(&Readiness::All)
     }
 
     /// The handle of `name`, created (state `Loading`) if there is none.
