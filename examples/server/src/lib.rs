@@ -9,9 +9,11 @@
 //!   504).
 //! - [`mod@serve`]: the accept loop (header-read timeout, connection cap, graceful drain).
 //! - [`routes`]: the endpoints, readiness, admin endpoints, HTTP metrics.
+//! - `model_config` (private): `/v2/models/{m}/config` in Triton's schema.
 
 pub mod config;
 pub mod error;
+mod model_config;
 pub mod protocol;
 pub mod routes;
 pub mod serve;

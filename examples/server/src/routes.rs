@@ -124,6 +124,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(model_metadata_v),
         )
         .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/config",
+            get(crate::model_config::model_config),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(crate::model_config::model_config_v),
+        )
         .route("/v2/models/{model}/stats", get(model_stats))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
@@ -178,12 +186,16 @@ async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
         "name": "kiln",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["model_repository"],
+        "extensions": ["model_repository", "model_configuration", "binary_tensor_data"],
     }))
 }
 
 /// The model, and the version if one is named (it must be the one serving).
-fn find(s: &AppState, model: &str, version: Option<&str>) -> Result<ModelHandle, ApiError> {
+pub(crate) fn find(
+    s: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<ModelHandle, ApiError> {
     let handle = s.repo.get(model).ok_or_else(|| {
         ApiError::not_found(format!(
             "unknown model `{model}`; served: {:?}",

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Triton's own HTTP client (`tritonclient[http]`, pinned in scripts/requirements.txt) against
+a running kiln-server that serves the real-model corpus: health, server and model metadata,
+model config, inference with JSON and with binary tensors compared to Python onnxruntime's
+golden outputs, output selection with binary_data, and the errors the client parses.
+
+Usage: triton_client.py HOST:PORT CORPUS_DIR MODEL [MODEL ...]
+Exits non-zero with a message on the first check that fails.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+DTYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32"}
+
+
+def load_golden(corpus, name):
+    with open(os.path.join(corpus, "golden", name + ".json")) as f:
+        doc = json.load(f)
+
+    def arr(t):
+        return np.array(t["data"], dtype=t["dtype"]).reshape(t["shape"])
+
+    return ({k: arr(v) for k, v in doc["inputs"].items()},
+            {k: arr(v) for k, v in doc["outputs"].items()})
+
+
+def check_close(model, name, got, want, tol):
+    assert got.shape == want.shape, f"{model}/{name}: shape {got.shape} != {want.shape}"
+    if want.dtype.kind == "f":
+        err = np.abs(got.astype(np.float64) - want) - (tol[0] + tol[1] * np.abs(want))
+        assert (err <= 0).all(), f"{model}/{name}: off by {err.max()} over tolerance"
+    else:
+        assert (got == want).all(), f"{model}/{name}: integers differ"
+
+
+def main():
+    url, corpus, models = sys.argv[1], sys.argv[2], sys.argv[3:]
+    with open(os.path.join(corpus, "corpus.json")) as f:
+        entries = {m["name"]: m for m in json.load(f)["models"]}
+    client = httpclient.InferenceServerClient(url=url, network_timeout=120.0)
+    assert client.is_server_live(), "server not live"
+    assert client.is_server_ready(), "server not ready"
+    meta = client.get_server_metadata()
+    assert meta["name"] == "kiln", meta
+    for ext in ("model_repository", "model_configuration", "binary_tensor_data"):
+        assert ext in meta["extensions"], meta
+
+    for model in models:
+        entry = entries[model]
+        tol = entry["tolerance"]
+        assert client.is_model_ready(model), f"{model} not ready"
+        md = client.get_model_metadata(model)
+        inputs, outputs = load_golden(corpus, model)
+        assert {i["name"] for i in md["inputs"]} == set(inputs), md
+        for i in md["inputs"]:
+            assert i["datatype"] == DTYPES[str(inputs[i["name"]].dtype)], (model, i)
+        cfg = client.get_model_config(model)
+        assert cfg["name"] == model and cfg["platform"] == "onnxruntime_onnx", cfg
+        batched = entry["batch"] > 0
+        assert (cfg["max_batch_size"] > 0) == batched, cfg
+        for i in cfg["input"]:
+            rank = inputs[i["name"]].ndim - (1 if batched else 0)
+            assert len(i["dims"]) == rank, (model, i)
+
+        for binary in (False, True):
+            req = []
+            for name, value in inputs.items():
+                t = httpclient.InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
+                t.set_data_from_numpy(value, binary_data=binary)
+                req.append(t)
+            wanted = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs]
+            result = client.infer(model, req, outputs=wanted, request_id=f"{model}-{binary}")
+            assert result.get_response()["id"] == f"{model}-{binary}", result.get_response()
+            for name, want in outputs.items():
+                check_close(model, name, result.as_numpy(name), want, tol)
+
+        # Only the first output, as binary data: exactly that one comes back.
+        first = next(iter(outputs))
+        req = []
+        for name, value in inputs.items():
+            t = httpclient.InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
+            t.set_data_from_numpy(value, binary_data=True)
+            req.append(t)
+        result = client.infer(model, req, outputs=[httpclient.InferRequestedOutput(first, binary_data=True)])
+        names = [o["name"] for o in result.get_response()["outputs"]]
+        assert names == [first], names
+        check_close(model, first, result.as_numpy(first), outputs[first], tol)
+
+        # A bad shape: the client raises with the server's 400 and message.
+        name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
+        bad = value.reshape(-1)[: max(value.size - 1, 1)]
+        t = httpclient.InferInput(name, [1] * (value.ndim + 1), DTYPES[str(value.dtype)])
+        t.set_data_from_numpy(bad[:1].reshape([1] * (value.ndim + 1)))
+        others = []
+        for n, v in inputs.items():
+            if n != name:
+                o = httpclient.InferInput(n, list(v.shape), DTYPES[str(v.dtype)])
+                o.set_data_from_numpy(v)
+                others.append(o)
+        try:
+            client.infer(model, [t] + others)
+            raise AssertionError(f"{model}: a wrong rank was served")
+        except InferenceServerException as e:
+            assert e.status() == "400", (model, e.status(), e.message())
+            assert name in e.message(), e.message()
+        print(f"triton_client: {model} ok (metadata, config, JSON, binary, outputs, errors)")
+
+    try:
+        client.get_model_metadata("no-such-model")
+        raise AssertionError("an unknown model answered")
+    except InferenceServerException as e:
+        assert e.status() == "404", (e.status(), e.message())
+        assert "no-such-model" in e.message(), e.message()
+    try:
+        client.is_model_ready("no-such-model")
+    except InferenceServerException:
+        pass
+    print("triton_client: all checks passed")
+
+
+if __name__ == "__main__":
+    main()

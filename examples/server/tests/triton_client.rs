@@ -1,0 +1,67 @@
+//! Triton's official HTTP client library (`tritonclient[http]`, pinned, in the project venv)
+//! against the real `kiln-server` binary serving the real-model corpus: every call a Triton
+//! user makes (health, metadata, model config, JSON and binary inference against Python
+//! onnxruntime's outputs, output selection, parsed errors) must work unchanged.
+
+mod common;
+
+use std::process::Command;
+
+use common::{free_port, publish, repo_root, start_ready};
+
+/// Every model of the corpus (`testdata/corpus/corpus.json`), served by one server.
+const MODELS: [&str; 10] = [
+    "magika",
+    "nudenet-320n",
+    "ppocr-v4-det",
+    "ppocr-v4-rec",
+    "ppocr-cls",
+    "silero-vad",
+    "silero-vad-op18-ifless",
+    "silero-vad-half",
+    "silero-vad-sequence",
+    "silero-vad-fixed",
+];
+
+#[test]
+fn the_triton_http_client_works_against_kiln_server() {
+    let python = repo_root().join(".cache/venv/bin/python");
+    assert!(
+        python.exists(),
+        "the project venv is missing (run `make testdata`)"
+    );
+    let root = tempfile::tempdir().expect("root");
+    for m in MODELS {
+        publish(root.path(), m, "1", &format!("corpus/models/{m}.onnx"));
+    }
+    let port = free_port();
+    let mut child = start_ready(root.path(), port, &["--drain-delay-s", "0"]);
+    let out = Command::new(&python)
+        .arg(repo_root().join("examples/server/tests/triton_client.py"))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(repo_root().join("testdata/corpus"))
+        .args(MODELS)
+        .output()
+        .expect("run the client suite");
+    let _ = child.kill();
+    let corpus: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("testdata/corpus/corpus.json")).expect("corpus"),
+    )
+    .expect("json");
+    let names: Vec<&str> = corpus["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(names, MODELS, "every corpus model is served here");
+    let _ = child.wait();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(out.status.success(), "tritonclient suite failed:\n{text}");
+    assert!(text.contains("all checks passed"), "{text}");
+}
