@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo demo-classify test check corpus header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
+.PHONY: help demo demo-classify test check corpus tools header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
 
 help:
 	@echo "make demo        a kiln pod on this machine: S3 + agent + server, load, hot swap (sets everything up)"
@@ -65,7 +65,7 @@ bench-models: testdata/bench/.stamp
 
 # Azurite (the Azure Storage emulator) for the agent's Azure tests, from the pinned lock file.
 NODE_DIR := $(ROOT)/.cache/node
-$(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.json
+$(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.json | tools
 	mkdir -p $(NODE_DIR)
 	cp scripts/azurite/package.json scripts/azurite/package-lock.json $(NODE_DIR)/
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
@@ -73,10 +73,16 @@ $(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.js
 
 azurite: $(NODE_DIR)/.stamp
 
-demo: ort model
+# Tools from Debian's packages that the tests and the demo run (installed when missing).
+DEBIAN_TOOLS := curl=curl valgrind=valgrind node=nodejs npm=npm readelf=binutils
+
+tools:
+	@scripts/ensure-tools.sh $(DEBIAN_TOOLS)
+
+demo: tools ort model $(VENV)/.stamp
 	cargo build --release -p kiln-agent -p kiln-example-server
 	cargo build --release -p kiln-benches --bin kiln-load
-	scripts/pod-demo.sh
+	PATH="$(VENV)/bin:$$PATH" scripts/pod-demo.sh
 
 demo-classify: ort model
 	cargo build --release -p kiln-example-classify
@@ -108,7 +114,7 @@ check:
 	cargo clippy --workspace --all-targets -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-test: ort testdata azurite k8s-check check deny
+test: tools ort testdata azurite k8s-check check deny
 	cargo test --workspace
 
 # The long reliability suites (RELIABILITY.md): the same tests `make test` runs as smoke

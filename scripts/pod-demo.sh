@@ -70,7 +70,7 @@ t0=$(now)
 RUST_LOG=warn "$bin/kiln-agent" run --config "$work/agent.yaml" >"$work/agent.log" 2>&1 & pids+=($!)
 wait_for "http://127.0.0.1:$agent_port/startupz" 120 "$!" "$work/agent.log"
 t1=$(now)
-echo "   /startupz 200 after $(printf '%.2f' "$(echo "$t1 - $t0" | bc)") s: fetched, sha256 computed, published atomically"
+echo "   /startupz 200 after $(printf '%.2f' "$(python3 -c "print($t1 - $t0)")") s: fetched, sha256 computed, published atomically"
 echo "== main container: kiln-server (starts only now, as the kubelet would)"
 RUST_LOG=warn "$bin/kiln-server" --root "$work/models" --listen "127.0.0.1:$port" --poll-ms 200 \
   --drain-delay-s 1 >"$work/server.log" 2>&1 & pids+=($!); server=$!
@@ -78,8 +78,8 @@ wait_for "http://127.0.0.1:$port/v2/health/live" 60 "$server" "$work/server.log"
 curl -s -o /dev/null -w "   live; /v2/health/ready: %{http_code} (loading and warming)\n" "http://127.0.0.1:$port/v2/health/ready" || true
 wait_for "http://127.0.0.1:$port/v2/health/ready" 120 "$server" "$work/server.log"
 t2=$(now)
-echo "   /v2/health/ready 200 after $(printf '%.2f' "$(echo "$t2 - $t1" | bc)") s more (load, verify, warm-up)"
-echo "   time to ready: $(printf '%.2f' "$(echo "$t2 - $t0" | bc)") s in all"
+echo "   /v2/health/ready 200 after $(printf '%.2f' "$(python3 -c "print($t2 - $t1)")") s more (load, verify, warm-up)"
+echo "   time to ready: $(printf '%.2f' "$(python3 -c "print($t2 - $t0)")") s in all"
 
 python3 - "$work/request.json" <<'PY'
 import json, sys
