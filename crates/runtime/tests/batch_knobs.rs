@@ -43,6 +43,28 @@ fn serve_with(
     handle
 }
 
+/// A loader for version `version` of the fake model: one instance, warm-up off.
+fn fake_version(
+    version: String,
+    seen: &Seen,
+) -> impl FnOnce() -> kiln::Result<kiln::batch::Loaded> {
+    let seen = Arc::clone(seen);
+    move || {
+        let spec = BatcherSpec {
+            model: "fake".into(),
+            version,
+            metadata: metadata(true),
+            max_input_elements: 1 << 20,
+            config: BatchConfig {
+                warmup: false,
+                ..BatchConfig::default()
+            },
+        };
+        let backends = vec![Box::new(Fake::new(&seen)) as Box<dyn Backend>];
+        Ok((spec, backends, "fake".into()))
+    }
+}
+
 fn serve(config: BatchConfig, seen: &Seen, gate: Option<Arc<Gate>>) -> ModelHandle {
     serve_with(config, &meter(), || {
         Box::new(Fake {
@@ -377,25 +399,8 @@ fn three_hundred_hot_swaps_under_load_keep_the_exported_series_constant() {
         })
     };
     let swap = |v: usize| {
-        let seen = Arc::clone(&seen);
-        h.load_with(&v.to_string(), move || {
-            let spec = BatcherSpec {
-                model: "fake".into(),
-                version: v.to_string(),
-                metadata: metadata(true),
-                max_input_elements: 1 << 20,
-                config: BatchConfig {
-                    warmup: false,
-                    ..BatchConfig::default()
-                },
-            };
-            Ok((
-                spec,
-                vec![Box::new(Fake::new(&seen)) as Box<dyn Backend>],
-                "fake".into(),
-            ))
-        })
-        .expect("swap");
+        h.load_with(&v.to_string(), fake_version(v.to_string(), &seen))
+            .expect("swap");
     };
     for v in 2..=10 {
         swap(v);
@@ -480,25 +485,8 @@ fn an_instance_that_cannot_continue_fails_the_model_instead_of_hanging_it() {
         Ok(_) => panic!("a broken version must not serve"),
     }
     // A new version loads over it and serves.
-    let seen2 = Arc::clone(&seen);
-    h.load_with("2", move || {
-        let spec = BatcherSpec {
-            model: "fake".into(),
-            version: "2".into(),
-            metadata: metadata(true),
-            max_input_elements: 1 << 20,
-            config: BatchConfig {
-                warmup: false,
-                ..BatchConfig::default()
-            },
-        };
-        Ok((
-            spec,
-            vec![Box::new(Fake::new(&seen2)) as Box<dyn Backend>],
-            "fake".into(),
-        ))
-    })
-    .expect("v2 loads over the broken version");
+    h.load_with("2", fake_version("2".into(), &seen))
+        .expect("v2 loads over the broken version");
     assert!(h.is_ready());
     let again = timed(&h, request(3, 1, 2));
     assert_own_rows(

@@ -21,19 +21,31 @@ struct Server {
     app: axum::Router,
 }
 
+/// A repository over `root` metered by the server's exporter, scanned once.
+fn scanned(
+    root: &std::path::Path,
+) -> (
+    Arc<Repository>,
+    kiln::ScanReport,
+    Arc<kiln_agent::metrics::PrometheusTelemetry>,
+) {
+    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let repo = Arc::new(Repository::new(
+        runtime(),
+        RepositoryConfig::new(root),
+        telemetry.meter(),
+    ));
+    let report = repo.scan().expect("scan");
+    (repo, report, telemetry)
+}
+
 fn server(config: ServerConfig) -> Server {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "3", "mlp.onnx");
     publish(root.path(), "int64", "1", "int64.onnx");
-    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
-    let meter = telemetry.meter();
-    let repo = Arc::new(Repository::new(
-        runtime(),
-        RepositoryConfig::new(root.path()),
-        meter.clone(),
-    ));
-    let report = repo.scan().expect("scan");
+    let (repo, report, telemetry) = scanned(root.path());
     assert!(report.failed.is_empty(), "{report:?}");
+    let meter = telemetry.meter();
     let state = Arc::new(AppState::new(repo, config, Some(telemetry), &meter));
     Server {
         root,
@@ -510,14 +522,8 @@ fn server_readiness_follows_the_policy_with_one_broken_model() {
     publish(root.path(), "int64", "1", "int64.onnx");
     publish(root.path(), "broken", "1", "mlp.onnx");
     corrupt(root.path(), "broken", "1");
-    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new().expect("exporter"));
+    let (repo, report, telemetry) = scanned(root.path());
     let meter = telemetry.meter();
-    let repo = Arc::new(Repository::new(
-        runtime(),
-        RepositoryConfig::new(root.path()),
-        meter.clone(),
-    ));
-    let report = repo.scan().expect("scan");
     assert_eq!(report.failed.len(), 1, "{report:?}");
     for (policy, want) in [
         ("all", StatusCode::SERVICE_UNAVAILABLE),
