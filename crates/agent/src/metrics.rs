@@ -1,6 +1,7 @@
 //! The agent's OpenTelemetry instruments (`kiln_agent_` prefix) and their Prometheus text
-//! export for `/metrics` (an `opentelemetry-prometheus` reader on a private registry). The
-//! exporter appends units and `_total`, so Prometheus sees `kiln_agent_downloaded_bytes_total`,
+//! export for `/metrics` (an `opentelemetry-prometheus` reader on a private registry).
+//! Instruments are named exactly as exported (unit and `_total` included; the exporter adds
+//! nothing, for the runtime's and the server's instruments too): `kiln_agent_downloaded_bytes_total`,
 //! `kiln_agent_download_duration_seconds`, `kiln_agent_retries_total{reason}`,
 //! `kiln_agent_verification_failures_total`, `kiln_agent_cache_hits_total`,
 //! `kiln_agent_unchanged_polls_total`, `kiln_agent_download_throughput_bytes_per_second`,
@@ -39,12 +40,12 @@ impl AgentMetrics {
     pub fn new(meter: &Meter, root: PathBuf) -> Self {
         Self {
             bytes: meter
-                .u64_counter("kiln_agent_downloaded")
+                .u64_counter("kiln_agent_downloaded_bytes_total")
                 .with_unit("By")
                 .with_description("Bytes downloaded")
                 .build(),
             duration: meter
-                .f64_histogram("kiln_agent_download_duration")
+                .f64_histogram("kiln_agent_download_duration_seconds")
                 .with_unit("s")
                 .with_description("Time to download and verify one file")
                 .with_boundaries(vec![
@@ -52,21 +53,21 @@ impl AgentMetrics {
                 ])
                 .build(),
             retries: meter
-                .u64_counter("kiln_agent_retries")
+                .u64_counter("kiln_agent_retries_total")
                 .with_description("Retried transient failures, by reason")
                 .build(),
             verification_failures: meter
-                .u64_counter("kiln_agent_verification_failures")
+                .u64_counter("kiln_agent_verification_failures_total")
                 .with_description("Downloads refused because digest or size did not match")
                 .build(),
             cache_hits: meter
-                .u64_counter("kiln_agent_cache_hits")
+                .u64_counter("kiln_agent_cache_hits_total")
                 .with_description(
                     "Syncs that found the version already published with the right digests",
                 )
                 .build(),
             unchanged_polls: meter
-                .u64_counter("kiln_agent_unchanged_polls")
+                .u64_counter("kiln_agent_unchanged_polls_total")
                 .with_description(
                     "Conditional HEADs (If-None-Match on the last ETag) the store answered 304 Not Modified",
                 )
@@ -77,7 +78,7 @@ impl AgentMetrics {
                 .with_description("1 when the model's current version is published")
                 .build(),
             throughput: meter
-                .f64_gauge("kiln_agent_download_throughput")
+                .f64_gauge("kiln_agent_download_throughput_bytes_per_second")
                 .with_unit("By/s")
                 .with_description("Throughput of the model's last completed file download, verification included")
                 .build(),
@@ -86,12 +87,12 @@ impl AgentMetrics {
                 .with_description("Share of the current download done")
                 .build(),
             last_success: meter
-                .f64_gauge("kiln_agent_last_success_timestamp")
+                .f64_gauge("kiln_agent_last_success_timestamp_seconds")
                 .with_unit("s")
                 .with_description("Unix time of the model's last successful sync")
                 .build(),
             _disk_free: meter
-                .u64_observable_gauge("kiln_agent_disk_free")
+                .u64_observable_gauge("kiln_agent_disk_free_bytes")
                 .with_unit("By")
                 .with_description("Free bytes on the model directory's filesystem")
                 .with_callback(move |obs| {
@@ -191,6 +192,11 @@ impl PrometheusTelemetry {
             .with_registry(registry.clone())
             .without_target_info()
             .scope_info_enabled(false)
+            // One naming rule for runtime, server and agent: every instrument is named with
+            // its unit and `_total` already (the names README documents, the same under OTLP),
+            // so the exporter must not append them again.
+            .without_units()
+            .without_counter_suffixes()
             .build()?;
         let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
             .with_reader(exporter)

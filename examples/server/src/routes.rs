@@ -99,11 +99,11 @@ impl HttpMetrics {
     fn new(meter: &Meter) -> Self {
         Self {
             requests: meter
-                .u64_counter("kiln_http_requests")
+                .u64_counter("kiln_http_requests_total")
                 .with_description("HTTP requests by route and status code")
                 .build(),
             duration: meter
-                .f64_histogram("kiln_http_request_duration")
+                .f64_histogram("kiln_http_request_duration_seconds")
                 .with_unit("s")
                 .with_description("HTTP request latency by route")
                 .build(),

@@ -560,3 +560,70 @@ fn server_readiness_follows_the_policy_with_one_broken_model() {
         }
     }
 }
+
+/// The Prometheus exposition uses exactly the names README documents: every runtime metric
+/// in README's metrics paragraph appears under its own name (histograms with `_bucket`,
+/// `_sum`, `_count`), and no name carries its unit or `_total` twice.
+#[test]
+fn exported_metric_names_are_the_documented_ones() {
+    let s = server(ServerConfig::default());
+    let body = infer_body(json!(vec![1; 16]), json!([1, 16]));
+    let (status, _, _) = call(&s, Method::POST, "/v2/models/mlp/infer", Some(body), &[]);
+    assert_eq!(status, StatusCode::OK);
+    // The batcher records a request's metrics just after answering it: scrape until they
+    // are there.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let (_, _, text) = call(&s, Method::GET, "/metrics", None, &[]);
+        let text = text.as_str().unwrap_or_default().to_owned();
+        if text.contains("kiln_request_duration_seconds_bucket")
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let exported: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for doubled in [
+        "_seconds_seconds",
+        "_bytes_bytes",
+        "_total_total",
+        "_rows_rows",
+    ] {
+        assert!(
+            !exported.iter().any(|n| n.contains(doubled)),
+            "a name carries its suffix twice ({doubled}): {exported:?}"
+        );
+    }
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
+    let start = readme
+        .find("- **Metrics** (OpenTelemetry API only")
+        .expect("metrics paragraph");
+    let paragraph = &readme[start..start + readme[start..].find("\n\n").expect("end")];
+    for name in paragraph
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| w.starts_with("kiln_"))
+        .map(|w| w.split('{').next().unwrap_or(w))
+    {
+        // Recorded only by padded batches, a checksum failure or a failed load.
+        if matches!(
+            name,
+            "kiln_batch_padding_ratio"
+                | "kiln_checksum_failures_total"
+                | "kiln_model_load_failures_total"
+        ) {
+            continue;
+        }
+        let bucket = format!("{name}_bucket");
+        assert!(
+            exported.contains(name) || exported.contains(bucket.as_str()),
+            "README documents {name}, the exposition has {exported:?}"
+        );
+    }
+}
