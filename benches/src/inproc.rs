@@ -134,29 +134,17 @@ pub fn pooled(sessions: Vec<Model>, b: &Bench, rows: usize, callers: usize) -> (
         }
     }
     let start = Instant::now();
-    let threads: Vec<_> = (0..callers)
-        .map(|i| {
-            let pool = Arc::clone(&pool);
-            let req = request(b, rows, i);
-            std::thread::spawn(move || {
-                let mut lat = Vec::new();
-                while start.elapsed() < secs() {
-                    let t = Instant::now();
-                    pool[i % pool.len()]
-                        .lock()
-                        .expect("model")
-                        .run(&req)
-                        .expect("run");
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let lat: Vec<Duration> = threads
-        .into_iter()
-        .flat_map(|t| t.join().expect("caller"))
-        .collect();
+    let lat = closed_loop(callers, |i| {
+        let pool = Arc::clone(&pool);
+        let req = request(b, rows, i);
+        move || {
+            pool[i % pool.len()]
+                .lock()
+                .expect("model")
+                .run(&req)
+                .expect("run");
+        }
+    });
     let n = lat.len();
     let point = summarize(lat, n * rows, start.elapsed());
     let pool = Arc::try_unwrap(pool).unwrap_or_else(|_| panic!("callers joined"));
@@ -208,28 +196,43 @@ pub fn through_kiln(
 /// pools call it), in a closed loop for `secs()`.
 pub fn through_kiln_threads(handle: &ModelHandle, b: &Bench, c: usize) -> Point {
     let start = Instant::now();
-    let threads: Vec<_> = (0..c)
+    let lat = closed_loop(c, |i| {
+        let h = handle.clone();
+        let req = request(b, 1, i);
+        move || {
+            h.infer_blocking(InferRequest::new(req.clone()))
+                .expect("infer");
+        }
+    });
+    let rows = lat.len();
+    summarize(lat, rows, start.elapsed())
+}
+
+/// `callers` OS threads, caller `i` running `make(i)` in a closed loop for `secs()`; every
+/// call's latency.
+fn closed_loop<F: FnMut() + Send + 'static>(
+    callers: usize,
+    make: impl Fn(usize) -> F,
+) -> Vec<Duration> {
+    let start = Instant::now();
+    let threads: Vec<_> = (0..callers)
         .map(|i| {
-            let h = handle.clone();
-            let req = request(b, 1, i);
+            let mut call = make(i);
             std::thread::spawn(move || {
                 let mut lat = Vec::new();
                 while start.elapsed() < secs() {
                     let t = Instant::now();
-                    h.infer_blocking(InferRequest::new(req.clone()))
-                        .expect("infer");
+                    call();
                     lat.push(t.elapsed());
                 }
                 lat
             })
         })
         .collect();
-    let lat: Vec<Duration> = threads
+    threads
         .into_iter()
         .flat_map(|t| t.join().expect("caller"))
-        .collect();
-    let rows = lat.len();
-    summarize(lat, rows, start.elapsed())
+        .collect()
 }
 
 /// Microseconds, rounded.
