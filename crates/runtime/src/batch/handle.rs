@@ -91,6 +91,17 @@ struct Inner {
     swap: Mutex<()>,
 }
 
+impl Inner {
+    /// `f` of the serving version, if one is loaded (under the read lock, briefly).
+    fn serving<T>(&self, f: impl FnOnce(&Serving) -> T) -> Option<T> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(f)
+    }
+}
+
 /// A cloneable handle to a served model.
 #[derive(Clone)]
 pub struct ModelHandle {
@@ -214,12 +225,7 @@ impl ModelHandle {
                 tracing::info!(model = %inner.name, version, elapsed_ms = started.elapsed().as_millis() as u64, "version serving");
                 // A version that broke between its start and the swap was not current when
                 // its hook ran: report it now.
-                let broke = inner
-                    .current
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .and_then(|s| s.batcher.broken());
+                let broke = inner.serving(|s| s.batcher.broken()).flatten();
                 if let Some(reason) = broke {
                     Self::mark_broken(inner, &reason);
                 }
@@ -266,11 +272,8 @@ impl ModelHandle {
         Box::new(move |reason: &str| {
             let Some(inner) = inner.upgrade() else { return };
             let serving_broke = inner
-                .current
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .is_some_and(|s| s.batcher.broken().is_some());
+                .serving(|s| s.batcher.broken().is_some())
+                .unwrap_or(false);
             if serving_broke {
                 Self::mark_broken(&inner, reason);
             }
@@ -305,32 +308,17 @@ impl ModelHandle {
 
     /// The serving version's label.
     pub fn current_version(&self) -> Option<String> {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|s| s.version.clone())
+        self.inner.serving(|s| s.version.clone())
     }
 
     /// The serving version's signature.
     pub fn metadata(&self) -> Option<ModelMetadata> {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|s| s.batcher.metadata().clone())
+        self.inner.serving(|s| s.batcher.metadata().clone())
     }
 
     /// The serving version's counters.
     pub fn stats(&self) -> Option<BatcherStats> {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|s| s.batcher.stats())
+        self.inner.serving(|s| s.batcher.stats())
     }
 
     /// A snapshot of the status.
@@ -396,22 +384,14 @@ impl ModelHandle {
 
     /// The batching settings of the serving version.
     pub fn config(&self) -> Option<BatchConfig> {
-        self.inner
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .map(|s| s.batcher.config().clone())
+        self.inner.serving(|s| s.batcher.config().clone())
     }
 
     /// Whether a version serves that has not broken.
     fn is_serving(&self) -> bool {
         self.inner
-            .current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-            .is_some_and(|s| s.batcher.broken().is_none())
+            .serving(|s| s.batcher.broken().is_none())
+            .unwrap_or(false)
     }
 
     /// Graceful shutdown: readiness goes false (`Draining`) first, then the serving version

@@ -124,7 +124,10 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, scra
             *scratch = Scratch::default();
             let msg = panic_message(panic.as_ref());
             tracing::error!(model = %shared.model, panic = %msg, requests = batch.len(), "batch panicked; its requests fail, the instance keeps serving");
-            batch.iter().map(|_| Err(lost(shared, &msg))).collect()
+            batch
+                .iter()
+                .map(|_| Err(lost(shared, format!("batch panicked: {msg}"))))
+                .collect()
         }
     };
     let compute = started.elapsed();
@@ -202,7 +205,10 @@ fn run(
     }))
     .unwrap_or_else(|panic| {
         *scratch = Scratch::default();
-        Err(lost(shared, &panic_message(panic.as_ref())))
+        Err(lost(
+            shared,
+            format!("stacked batch panicked: {}", panic_message(panic.as_ref())),
+        ))
     });
     match stacked {
         Ok(per_request) => per_request.into_iter().map(Ok).collect(),
@@ -249,19 +255,15 @@ pub(crate) fn run_guarded(
         Err(panic) => {
             let msg = panic_message(panic.as_ref());
             tracing::error!(model = %shared.model, panic = %msg, "backend panicked; the instance keeps serving");
-            Err(lost(shared, &format!("backend panicked: {msg}")))
+            Err(lost(shared, format!("backend panicked: {msg}")))
         }
     }
 }
 
-fn lost(shared: &Shared, reason: &str) -> Error {
+fn lost(shared: &Shared, reason: String) -> Error {
     Error::WorkerLost {
         model: shared.model.clone(),
-        reason: if reason.contains("panicked") {
-            reason.to_owned()
-        } else {
-            format!("panicked: {reason}")
-        },
+        reason,
     }
 }
 

@@ -57,11 +57,8 @@ impl Repository {
         let mut counted = models.values().filter(|e| e.unloaded.is_none());
         match policy {
             Readiness::All => {
-                let mut any = false;
-                counted.all(|e| {
-                    any = true;
-                    e.handle.is_ready()
-                }) && any
+                let counted: Vec<_> = counted.collect();
+                !counted.is_empty() && counted.iter().all(|e| e.handle.is_ready())
             }
             Readiness::Any => counted.any(|e| e.handle.is_ready()),
             Readiness::Listed(names) => names.iter().all(|n| {
