@@ -2,8 +2,11 @@
 """Security policy over rendered manifests (make k8s-check): every pod runs as non-root with
 the RuntimeDefault seccomp profile; every container and init container has no privilege
 escalation, a read-only root filesystem, no capabilities and is not privileged; every
-container but the agent mounts the model volume read-only; and kiln-server's repository
-(admin) endpoints are off, or on with an admin token.
+container but the agent mounts the model volume read-only; kiln-server's repository
+(admin) endpoints are off, or on with an admin token; and the pod's
+terminationGracePeriodSeconds exceeds kiln-server's whole shutdown budget
+(--shutdown-timeout-s, default 30 s; and at least --drain-delay-s), so a rollout never
+SIGKILLs a server that is still answering the requests routed to it.
 
 Usage: k8s-policy.py RENDERED.yaml   (exit 1 with one line per violation)
 """
@@ -18,6 +21,21 @@ def pod_spec(doc):
     if doc.get("kind") == "Pod":
         return doc.get("spec", {})
     return doc.get("spec", {}).get("template", {}).get("spec", {})
+
+
+def flag(args, name, default):
+    return float(args[args.index(name) + 1]) if name in args else default
+
+
+def shutdown_budget(cname, args, grace):
+    budget = flag(args, "--shutdown-timeout-s", 30.0)
+    delay = flag(args, "--drain-delay-s", 5.0)
+    if delay > budget:
+        return [f"{cname}: --drain-delay-s {delay} is longer than --shutdown-timeout-s {budget}"]
+    if grace <= budget:
+        return [f"{cname}: terminationGracePeriodSeconds {grace} must exceed the server's "
+                f"shutdown budget (--shutdown-timeout-s {budget})"]
+    return []
 
 
 def check(path):
@@ -57,6 +75,8 @@ def check(path):
             args = [str(a) for a in c.get("args", []) + c.get("command", [])]
             if "--admin" in args and "--admin-token-file" not in args:
                 errors.append(f"{cname}: --admin needs --admin-token-file (or leave it off)")
+            if "kiln-server" in str(c.get("image", "")):
+                errors += shutdown_budget(cname, args, spec.get("terminationGracePeriodSeconds", 30))
     if pods == 0:
         errors.append("no workload found")
     return errors

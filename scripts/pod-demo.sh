@@ -72,7 +72,7 @@ wait_for "http://127.0.0.1:$agent_port/startupz" 120 "$!" "$work/agent.log"
 t1=$(now)
 echo "   /startupz 200 after $(printf '%.2f' "$(python3 -c "print($t1 - $t0)")") s: fetched, sha256 computed, published atomically"
 echo "== main container: kiln-server (starts only now, as the kubelet would)"
-RUST_LOG=warn "$bin/kiln-server" --root "$work/models" --listen "127.0.0.1:$port" --poll-ms 200 \
+RUST_LOG=warn "$bin/kiln-server" --root "$work/models" --listen "127.0.0.1:$port" --grpc-listen off --poll-ms 200 \
   --drain-delay-s 1 >"$work/server.log" 2>&1 & pids+=($!); server=$!
 wait_for "http://127.0.0.1:$port/v2/health/live" 60 "$server" "$work/server.log"
 curl -s -o /dev/null -w "   live; /v2/health/ready: %{http_code} (loading and warming)\n" "http://127.0.0.1:$port/v2/health/ready" || true

@@ -11,9 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use opentelemetry::metrics::{
-    Counter, Gauge, Histogram, Meter, MeterProvider as _, ObservableGauge,
-};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, ObservableGauge};
 use opentelemetry::KeyValue;
 
 use crate::error::AgentError;
@@ -175,45 +173,5 @@ impl AgentMetrics {
     }
 }
 
-/// A meter provider whose metrics `/metrics` renders as Prometheus text.
-pub struct PrometheusTelemetry {
-    registry: prometheus::Registry,
-    provider: opentelemetry_sdk::metrics::SdkMeterProvider,
-}
-
-impl PrometheusTelemetry {
-    /// Sets up the registry, exporter and provider.
-    ///
-    /// # Errors
-    /// If the exporter cannot be registered.
-    pub fn new() -> Result<Self, opentelemetry_sdk::error::OTelSdkError> {
-        let registry = prometheus::Registry::new();
-        let exporter = opentelemetry_prometheus::exporter()
-            .with_registry(registry.clone())
-            .without_target_info()
-            .scope_info_enabled(false)
-            // One naming rule for runtime, server and agent: every instrument is named with
-            // its unit and `_total` already (the names README documents, the same under OTLP),
-            // so the exporter must not append them again.
-            .without_units()
-            .without_counter_suffixes()
-            .build()?;
-        let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
-            .with_reader(exporter)
-            .build();
-        Ok(Self { registry, provider })
-    }
-
-    /// A meter for the agent's instruments.
-    pub fn meter(&self) -> Meter {
-        self.provider.meter("kiln-agent")
-    }
-
-    /// The current metrics as Prometheus text.
-    pub fn render(&self) -> String {
-        use prometheus::Encoder as _;
-        let mut out = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
-    }
-}
+/// The exporter the server shares (in the runtime, feature `prometheus`).
+pub use kiln::prometheus::PrometheusTelemetry;

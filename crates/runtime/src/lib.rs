@@ -33,6 +33,7 @@
 //!   retrying failed ones with backoff; admin load and unload.
 //! - [`batch`]: dynamic batching, admission, deadlines, lifecycle and hot swap, metrics.
 //! - [`error`]: the crate's error type.
+//! - `prometheus` (feature `prometheus`): the Prometheus text exporter for these metrics.
 
 pub mod batch;
 pub mod checksum;
@@ -44,6 +45,8 @@ pub mod manifest;
 pub mod memory;
 pub mod metadata;
 pub mod model;
+#[cfg(feature = "prometheus")]
+pub mod prometheus;
 pub mod repository;
 pub mod runtime;
 pub mod tensor;

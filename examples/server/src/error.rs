@@ -65,6 +65,15 @@ impl From<kiln::Error> for ApiError {
     }
 }
 
+impl From<crate::protocol::InputError> for ApiError {
+    fn from(e: crate::protocol::InputError) -> Self {
+        match e {
+            crate::protocol::InputError::Invalid(m) => Self::bad_request(m),
+            crate::protocol::InputError::TooLarge(m) => Self::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (

@@ -8,15 +8,21 @@
 //! - [`error`]: one error type and its HTTP mapping (400, 404, 413, 429 + `Retry-After`, 503,
 //!   504).
 //! - [`mod@serve`]: the accept loop (header-read timeout, connection cap, graceful drain).
-//! - [`routes`]: the endpoints, readiness, admin endpoints, HTTP metrics.
-//! - `model_config` (private): `/v2/models/{m}/config` in Triton's schema.
+//! - [`routes`]: the REST endpoints, readiness, admin endpoints, HTTP metrics.
+//! - [`grpc`]: the same protocol over gRPC, and `grpc.health.v1`.
+//! - `infer` (private): the one inference path both protocols take.
+//! - `model_config` (private): a model's configuration in Triton's schema.
+//! - `stats` (private): Triton's statistics and repository index.
 
 pub mod config;
 pub mod error;
+pub mod grpc;
+mod infer;
 mod model_config;
 pub mod protocol;
 pub mod routes;
 pub mod serve;
+mod stats;
 
 pub use config::ModelSettings;
 pub use error::ApiError;

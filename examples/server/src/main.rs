@@ -1,126 +1,148 @@
 //! `kiln-server`: serves every model published under `--root` over the Open Inference
-//! Protocol v2 (REST).
+//! Protocol v2, REST on `--listen` and gRPC on `--grpc-listen` (`kiln-server --help` lists
+//! every flag with its environment variable and default).
 //!
-//! ```text
-//! kiln-server --root /models [--listen 0.0.0.0:8000] [--admin] [--max-body-mib 32]
-//!             [--drain-delay-s 5] [--poll-ms 2000] [--device cpu|auto|cuda|cuda:N]
-//!             [--config settings.yaml] [--admin-token-file FILE] [--header-timeout-s 10]
-//!             [--body-timeout-s 30] [--max-connections 4096]
-//!             [--ready-when all|any|listed:NAME,...]
-//! ```
-//! Environment overrides: `KILN_SERVER_ROOT`, `KILN_SERVER_LISTEN`. ONNX Runtime is found as
-//! the runtime documents (`KILN_ORT_DIR`, `ORT_DYLIB_PATH`, ...). SIGTERM or SIGINT: readiness
-//! turns false, after `--drain-delay-s` the listener stops and in-flight requests finish,
-//! then every model drains. `--config`: session and per-model batching settings
-//! ([`kiln_server::config`]). `--admin` turns the repository endpoints on: for loopback
-//! clients only, or for holders of the bearer token in `--admin-token-file`. Slow clients: the
-//! headers must arrive within `--header-timeout-s`, an inference body within `--body-timeout-s`.
-//! `--ready-when` ([`kiln::Readiness`]): `/v2/health/ready` is 200 when every model found
-//! serves (`all`, the default), when any does (`any`), or when the listed ones do.
+//! ONNX Runtime is found as the runtime documents (`KILN_ORT_DIR`, `ORT_DYLIB_PATH`, ...).
+//! Shutdown (SIGTERM or SIGINT) has one budget, `--shutdown-timeout-s`, that the pod's
+//! `terminationGracePeriodSeconds` must exceed: readiness turns false at once and inference
+//! goes on being served for `--drain-delay-s` (the endpoints controller is still routing
+//! here), then both listeners close and open connections finish their requests, then every
+//! model drains, each step within what is left of the budget.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
 use kiln::{Repository, RepositoryConfig, Runtime, RuntimeConfig};
 use kiln_server::{router, serve, AppState, ModelSettings, ServeOptions, ServerConfig};
 
+/// Serves every model published under a repository root over the Open Inference Protocol v2
+/// (KServe / Triton), REST and gRPC, with dynamic batching and hot swaps.
+#[derive(Debug, Parser)]
+#[command(name = "kiln-server", version)]
 struct Args {
-    root: String,
+    /// The model repository: `<root>/<model>/current` -> a verified version directory (what
+    /// kiln-agent publishes).
+    #[arg(long, env = "KILN_SERVER_ROOT")]
+    root: PathBuf,
+    /// REST (HTTP/1.1) address.
+    #[arg(long, env = "KILN_SERVER_LISTEN", default_value = "0.0.0.0:8000")]
     listen: String,
+    /// gRPC address (`GRPCInferenceService`, `grpc.health.v1`), or `off`.
+    #[arg(long, env = "KILN_SERVER_GRPC_LISTEN", default_value = "0.0.0.0:8001")]
+    grpc_listen: String,
+    /// Serve the repository endpoints (load, unload): to loopback clients, or to holders of
+    /// the `--admin-token-file` token.
+    #[arg(long, env = "KILN_SERVER_ADMIN")]
     admin: bool,
+    /// File holding the bearer token the repository endpoints require (16+ characters).
+    #[arg(long, env = "KILN_SERVER_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Largest request body (REST) or message (gRPC), MiB.
+    #[arg(long, env = "KILN_SERVER_MAX_BODY_MIB", default_value_t = 32)]
     max_body_mib: usize,
-    drain_delay: Duration,
-    poll: Duration,
+    /// After SIGTERM, how long inference goes on being served with readiness false, seconds.
+    #[arg(long, env = "KILN_SERVER_DRAIN_DELAY_S", default_value = "5", value_parser = seconds)]
+    drain_delay_s: Duration,
+    /// The whole shutdown's budget from SIGTERM to exit (drain delay, open connections, model
+    /// drain), seconds. The pod's terminationGracePeriodSeconds must be larger.
+    #[arg(long, env = "KILN_SERVER_SHUTDOWN_TIMEOUT_S", default_value = "30", value_parser = seconds)]
+    shutdown_timeout_s: Duration,
+    /// How often the repository is scanned for new versions, milliseconds.
+    #[arg(long, env = "KILN_SERVER_POLL_MS", default_value_t = 2000)]
+    poll_ms: u64,
+    /// Where models run: cpu, auto, cuda or cuda:N.
+    #[arg(long, env = "KILN_SERVER_DEVICE", default_value = "cpu")]
     device: kiln::Device,
-    settings: Option<String>,
-    admin_token_file: Option<String>,
-    serve: ServeOptions,
-    body_timeout: Duration,
+    /// Session and per-model batching settings (YAML).
+    #[arg(long, env = "KILN_SERVER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Longest a client may take to send a request's headers, seconds.
+    #[arg(long, env = "KILN_SERVER_HEADER_TIMEOUT_S", default_value = "10", value_parser = seconds)]
+    header_timeout_s: Duration,
+    /// Longest an inference body may take to arrive once its headers have, seconds.
+    #[arg(long, env = "KILN_SERVER_BODY_TIMEOUT_S", default_value = "30", value_parser = seconds)]
+    body_timeout_s: Duration,
+    /// Most connections served at once, per listener.
+    #[arg(long, env = "KILN_SERVER_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// When the server is ready: `all` models found serve, `any` does, or `listed:NAME,...`.
+    #[arg(long, env = "KILN_SERVER_READY_WHEN", default_value = "all")]
     ready_when: kiln::Readiness,
+    /// Log lines as text or as JSON objects (one per line).
+    #[arg(long, env = "KILN_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
-fn parse() -> Result<Args> {
-    let mut a = Args {
-        root: std::env::var("KILN_SERVER_ROOT").unwrap_or_default(),
-        listen: std::env::var("KILN_SERVER_LISTEN").unwrap_or_else(|_| "0.0.0.0:8000".into()),
-        admin: false,
-        max_body_mib: 32,
-        drain_delay: Duration::from_secs(5),
-        poll: Duration::from_millis(2000),
-        device: kiln::Device::Cpu,
-        settings: None,
-        admin_token_file: None,
-        serve: ServeOptions::default(),
-        body_timeout: Duration::from_secs(30),
-        ready_when: kiln::Readiness::All,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--root" => a.root = value()?,
-            "--config" => a.settings = Some(value()?),
-            "--admin-token-file" => a.admin_token_file = Some(value()?),
-            "--header-timeout-s" => {
-                a.serve.header_read_timeout =
-                    Duration::from_secs_f64(value()?.parse().context("--header-timeout-s")?)
-            }
-            "--body-timeout-s" => {
-                a.body_timeout =
-                    Duration::from_secs_f64(value()?.parse().context("--body-timeout-s")?)
-            }
-            "--max-connections" => {
-                a.serve.max_connections = value()?.parse().context("--max-connections")?
-            }
-            "--listen" => a.listen = value()?,
-            "--ready-when" => a.ready_when = value()?.parse().map_err(anyhow::Error::msg)?,
-            "--admin" => a.admin = true,
-            "--max-body-mib" => a.max_body_mib = value()?.parse().context("--max-body-mib")?,
-            "--drain-delay-s" => {
-                a.drain_delay = Duration::from_secs(value()?.parse().context("--drain-delay-s")?)
-            }
-            "--device" => a.device = value()?.parse().map_err(anyhow::Error::msg)?,
-            "--poll-ms" => a.poll = Duration::from_millis(value()?.parse().context("--poll-ms")?),
-            other => bail!("unknown argument {other:?} (see the crate docs for the flags)"),
-        }
-    }
-    if a.root.is_empty() {
-        bail!("--root (or KILN_SERVER_ROOT) is required: the model repository directory");
-    }
-    Ok(a)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A non-negative, finite number of seconds.
+fn seconds(raw: &str) -> Result<Duration, String> {
+    raw.trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .ok_or_else(|| format!("{raw:?} is not a number of seconds (0 or more)"))
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let args = parse()?;
-    let settings = match &args.settings {
-        Some(path) => Some(ModelSettings::from_file(path.as_ref())?),
-        None => None,
+    let args = Args::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .init(),
+    }
+    run(args)
+}
+
+fn read_token(path: &std::path::Path) -> Result<String> {
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("read the admin token file {}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        bail!(
+            "the admin token in {} is shorter than 16 characters",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+fn run(args: Args) -> Result<()> {
+    let settings = args
+        .config
+        .as_deref()
+        .map(ModelSettings::from_file)
+        .transpose()?;
+    let admin_token = args
+        .admin_token_file
+        .as_deref()
+        .map(read_token)
+        .transpose()?;
+    let grpc_listen = match args.grpc_listen.as_str() {
+        "off" | "" => None,
+        addr => Some(addr.to_owned()),
     };
-    let admin_token = match &args.admin_token_file {
-        Some(path) => {
-            let token = std::fs::read_to_string(path)
-                .with_context(|| format!("read the admin token file {path}"))?
-                .trim()
-                .to_owned();
-            if token.len() < 16 {
-                bail!("the admin token in {path} is shorter than 16 characters");
-            }
-            Some(token)
-        }
-        None => None,
-    };
-    let telemetry = Arc::new(kiln_agent::metrics::PrometheusTelemetry::new()?);
+    let budget = args.shutdown_timeout_s;
+    let delay = args.drain_delay_s.min(budget);
+    let telemetry = Arc::new(kiln::prometheus::PrometheusTelemetry::new()?);
     let meter = telemetry.meter();
     let runtime = Runtime::new(&RuntimeConfig::default())?;
     let mut config = RepositoryConfig::new(&args.root);
-    config.poll_interval = args.poll;
+    config.poll_interval = Duration::from_millis(args.poll_ms);
     if let Some(settings) = settings {
         settings.apply(&mut config);
     }
@@ -131,54 +153,117 @@ fn main() -> Result<()> {
         .watch(Arc::clone(&stop))
         .context("start the repository watcher")?;
     let state = Arc::new(AppState::new(
-        repo,
+        Arc::clone(&repo),
         ServerConfig {
             admin: args.admin,
             max_body_bytes: args.max_body_mib << 20,
             admin_token,
-            body_read_timeout: args.body_timeout,
+            body_read_timeout: args.body_timeout_s,
             ready_when: args.ready_when,
             ..ServerConfig::default()
         },
         Some(telemetry),
         &meter,
     ));
+    let options = ServeOptions {
+        header_read_timeout: args.header_timeout_s,
+        max_connections: args.max_connections,
+        // Open connections get what the drain delay leaves of the budget.
+        shutdown_grace: budget.saturating_sub(delay),
+        ..ServeOptions::default()
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+    let term_at = rt.block_on(async {
+        let rest = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("bind {}", args.listen))?;
-        tracing::info!(listen = %args.listen, root = %args.root, "serving");
-        let shutdown_state = Arc::clone(&state);
-        let shutdown = async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        tracing::error!(error = %e, "no SIGTERM handler; Ctrl-C only");
-                        let _ = tokio::signal::ctrl_c().await;
-                        return;
-                    }
-                };
+        let grpc = match grpc_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("bind {addr} (--grpc-listen)"))?,
+            ),
+            None => None,
+        };
+        tracing::info!(
+            rest = %rest.local_addr()?,
+            grpc = %grpc.as_ref().and_then(|l| l.local_addr().ok()).map_or("off".into(), |a| a.to_string()),
+            root = %args.root.display(),
+            "serving"
+        );
+        let (closing, _) = tokio::sync::watch::channel(false);
+        let closed = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|c| *c).await;
+        };
+        let rest = serve(
+            rest,
+            router(Arc::clone(&state)),
+            options.clone(),
+            closed(closing.subscribe()),
+        );
+        let grpc = {
+            let (state, options, done) = (Arc::clone(&state), options.clone(), closed(closing.subscribe()));
+            async move {
+                if let Some(listener) = grpc {
+                    serve(listener, kiln_server::grpc::router(state), options, done).await;
+                }
+            }
+        };
+        let signal = async {
+            terminated().await;
+            let at = Instant::now();
+            // Readiness first, so the endpoints controller stops routing here; requests
+            // already routed are served through the delay.
+            state.draining.store(true, Ordering::Relaxed);
+            tracing::info!(
+                delay_s = delay.as_secs_f64(),
+                budget_s = budget.as_secs_f64(),
+                "shutting down: not ready, still serving"
+            );
+            tokio::time::sleep(delay).await;
+            tracing::info!("closing the listeners");
+            let _ = closing.send(true);
+            at
+        };
+        let (at, (), ()) = tokio::join!(signal, rest, grpc);
+        anyhow::Ok(at)
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = watcher.join();
+    // The models drain within what is left of the budget (their queues are normally empty by
+    // now: every connection has finished or been cut).
+    let left = budget.saturating_sub(term_at.elapsed());
+    let (done, finished) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        for handle in repo.handles() {
+            handle.shutdown();
+        }
+        let _ = done.send(());
+    });
+    if finished.recv_timeout(left).is_err() {
+        tracing::warn!(
+            budget_s = budget.as_secs_f64(),
+            "models still draining when the shutdown budget ran out; exiting"
+        );
+    }
+    tracing::info!(took_s = term_at.elapsed().as_secs_f64(), "stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
             }
-            // Readiness first, so the endpoints controller stops sending; then drain.
-            shutdown_state.draining.store(true, Ordering::Relaxed);
-            tracing::info!(
-                delay_s = args.drain_delay.as_secs(),
-                "shutting down: not ready"
-            );
-            tokio::time::sleep(args.drain_delay).await;
-        };
-        serve(listener, router(state), args.serve, shutdown).await;
-        anyhow::Ok(())
-    })?;
-    stop.store(true, Ordering::Relaxed);
-    let _ = watcher.join();
-    tracing::info!("stopped");
-    Ok(())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no SIGTERM handler; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -214,20 +214,7 @@ pub fn to_tensor(
 ) -> Result<Tensor, InputError> {
     let name = &input.name;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
-    let shape = input
-        .shape
-        .iter()
-        .map(|&d| usize::try_from(d).map_err(|_| bad(format!("dim {d} is negative"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    let elements = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .filter(|&n| n <= max_elements)
-        .ok_or_else(|| {
-            InputError::TooLarge(format!(
-                "input `{name}`: shape {shape:?} is over the limit of {max_elements} elements"
-            ))
-        })?;
+    let (shape, elements) = checked_shape(name, &input.shape, max_elements)?;
     if let Some(bytes) = binary {
         return from_le_bytes(&input.datatype, shape, elements, bytes).map_err(bad);
     }
@@ -283,8 +270,38 @@ pub fn to_tensor(
     Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
 }
 
-/// A tensor from raw little-endian bytes (the binary-data extension).
-fn from_le_bytes(
+/// A request tensor's declared shape, checked before any of its data is looked at: no
+/// negative dim, and at most `max_elements` elements (so a huge declared shape costs nothing).
+/// Returns the dims and the element count.
+///
+/// # Errors
+/// [`InputError::Invalid`] for a negative dim, [`InputError::TooLarge`] over the limit.
+pub fn checked_shape(
+    name: &str,
+    dims: &[i64],
+    max_elements: usize,
+) -> Result<(Vec<usize>, usize), InputError> {
+    let shape = dims
+        .iter()
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| InputError::Invalid(format!("input `{name}`: dim {d} is negative")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let elements = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= max_elements)
+        .ok_or_else(|| {
+            InputError::TooLarge(format!(
+                "input `{name}`: shape {shape:?} is over the limit of {max_elements} elements"
+            ))
+        })?;
+    Ok((shape, elements))
+}
+
+/// A tensor from raw little-endian bytes (the binary-data extension, gRPC's raw contents).
+pub(crate) fn from_le_bytes(
     datatype: &str,
     shape: Vec<usize>,
     elements: usize,

@@ -21,7 +21,8 @@ use opentelemetry::KeyValue;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::protocol::{self, InferResponse, InputError, TensorMetadata, HEADER_LENGTH};
+use crate::infer;
+use crate::protocol::{self, InferResponse, TensorMetadata, HEADER_LENGTH};
 
 /// Request header with the request's deadline in milliseconds (queue wait and run).
 pub const TIMEOUT_HEADER: &str = "kiln-timeout-ms";
@@ -68,7 +69,7 @@ pub struct AppState {
     /// Settings.
     pub config: ServerConfig,
     /// Prometheus text for `/metrics`, if exported.
-    pub telemetry: Option<Arc<kiln_agent::metrics::PrometheusTelemetry>>,
+    pub telemetry: Option<Arc<kiln::prometheus::PrometheusTelemetry>>,
     http: HttpMetrics,
 }
 
@@ -77,7 +78,7 @@ impl AppState {
     pub fn new(
         repo: Arc<Repository>,
         config: ServerConfig,
-        telemetry: Option<Arc<kiln_agent::metrics::PrometheusTelemetry>>,
+        telemetry: Option<Arc<kiln::prometheus::PrometheusTelemetry>>,
         meter: &Meter,
     ) -> Self {
         Self {
@@ -132,7 +133,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v2/models/{model}/versions/{version}/config",
             get(crate::model_config::model_config_v),
         )
+        .route("/v2/models/stats", get(all_stats))
         .route("/v2/models/{model}/stats", get(model_stats))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(model_stats_v),
+        )
+        .route("/v2/repository/index", post(repository_index))
         .route(
             "/v2/models/{model}/versions/{version}/ready",
             get(model_ready_v),
@@ -175,7 +182,7 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
 
 /// 200 when not draining and the models `ready_when` names are loaded and warmed.
 async fn ready(State(s): State<Arc<AppState>>) -> StatusCode {
-    if !s.draining.load(Ordering::Relaxed) && s.repo.ready(&s.config.ready_when) {
+    if server_is_ready(&s) {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -186,7 +193,7 @@ async fn server_metadata() -> Json<serde_json::Value> {
     Json(json!({
         "name": "kiln",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["model_repository", "model_configuration", "binary_tensor_data"],
+        "extensions": EXTENSIONS,
     }))
 }
 
@@ -214,26 +221,26 @@ pub(crate) fn find(
     Ok(handle)
 }
 
-fn metadata(
+/// A model's v2 metadata, for either protocol.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Description {
+    pub(crate) name: String,
+    pub(crate) versions: Vec<String>,
+    pub(crate) platform: &'static str,
+    pub(crate) inputs: Vec<TensorMetadata>,
+    pub(crate) outputs: Vec<TensorMetadata>,
+}
+
+/// The metadata of `model` (its serving version's signature).
+pub(crate) fn describe(
     s: &AppState,
     model: &str,
     version: Option<&str>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Description, ApiError> {
     let handle = find(s, model, version)?;
-    let meta = handle.metadata().ok_or_else(|| {
-        let status = handle.status();
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "model `{model}` is not serving (state {}{})",
-                state_name(&status.state),
-                status
-                    .last_error
-                    .map(|e| format!("; last error: {e}"))
-                    .unwrap_or_default()
-            ),
-        )
-    })?;
+    let meta = handle
+        .metadata()
+        .ok_or_else(|| not_serving(model, &handle))?;
     let describe = |infos: &[kiln::TensorInfo]| -> Vec<TensorMetadata> {
         infos
             .iter()
@@ -244,35 +251,74 @@ fn metadata(
             })
             .collect()
     };
-    Ok(Json(json!({
-        "name": model,
-        "versions": handle.current_version().into_iter().collect::<Vec<_>>(),
-        "platform": "onnxruntime_onnx",
-        "inputs": describe(&meta.inputs),
-        "outputs": describe(&meta.outputs),
-    })))
+    Ok(Description {
+        name: model.to_owned(),
+        versions: handle.current_version().into_iter().collect(),
+        platform: "onnxruntime_onnx",
+        inputs: describe(&meta.inputs),
+        outputs: describe(&meta.outputs),
+    })
 }
+
+/// 503 for a model with no version serving, with its state and last error.
+pub(crate) fn not_serving(model: &str, handle: &ModelHandle) -> ApiError {
+    let status = handle.status();
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "model `{model}` is not serving (state {}{})",
+            state_name(&status.state),
+            status
+                .last_error
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        ),
+    )
+}
+
+/// Whether `model` (at `version`, if given) is ready for inference: loaded, warmed, serving
+/// that version, and the server not draining.
+pub(crate) fn model_is_ready(
+    s: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<bool, ApiError> {
+    let h = find(s, model, version)?;
+    Ok(h.is_ready() && !s.draining.load(Ordering::Relaxed))
+}
+
+/// Whether the server is ready: not draining, and the models `ready_when` names serve.
+pub(crate) fn server_is_ready(s: &AppState) -> bool {
+    !s.draining.load(Ordering::Relaxed) && s.repo.ready(&s.config.ready_when)
+}
+
+/// The extensions of the v2 protocol this server implements (`GET /v2`, gRPC
+/// `ServerMetadata`).
+pub(crate) const EXTENSIONS: [&str; 4] = [
+    "model_repository",
+    "model_configuration",
+    "statistics",
+    "binary_tensor_data",
+];
 
 async fn model_metadata(
     State(s): State<Arc<AppState>>,
     Path(model): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    metadata(&s, &model, None)
+) -> Result<Json<Description>, ApiError> {
+    describe(&s, &model, None).map(Json)
 }
 
 async fn model_metadata_v(
     State(s): State<Arc<AppState>>,
     Path((model, version)): Path<(String, String)>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    metadata(&s, &model, Some(&version))
+) -> Result<Json<Description>, ApiError> {
+    describe(&s, &model, Some(&version)).map(Json)
 }
 
 fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
-    match find(s, model, version) {
-        Ok(h) if h.is_ready() && !s.draining.load(Ordering::Relaxed) => {
-            Json(json!({"name": model, "ready": true})).into_response()
-        }
-        Ok(_) => (
+    match model_is_ready(s, model, version) {
+        Ok(true) => Json(json!({"name": model, "ready": true})).into_response(),
+        Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"name": model, "ready": false})),
         )
@@ -283,7 +329,7 @@ fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
 
 /// The lifecycle state's name (`loading`, `warming`, `ready`, `draining`, `unloaded`,
 /// `failed`); the reason of a failure is in `last_error`.
-fn state_name(state: &kiln::ModelState) -> &'static str {
+pub(crate) fn state_name(state: &kiln::ModelState) -> &'static str {
     use kiln::ModelState as S;
     match state {
         S::Loading => "loading",
@@ -295,25 +341,71 @@ fn state_name(state: &kiln::ModelState) -> &'static str {
     }
 }
 
-/// `GET /v2/models/{m}/stats` (after Triton's statistics extension, kiln's own counters): the
-/// model's lifecycle `state` and `last_error` (the last load failure, kept while an older
-/// version serves on), and the serving version's requests by outcome, batches, rows and the
-/// batch-size histogram (`{"rows": batches}`), since it was loaded. A model with no version
-/// serving (failed, unloaded) answers its state alone, `version` null. Monitoring should use
-/// `/metrics`; this is for people and benchmarks that need exact batch sizes.
+/// `GET /v2/models/{m}[/versions/{v}]/stats`: Triton's statistics (`model_stats`, what
+/// `get_inference_statistics` reads; see [`crate::stats`]) and, beside them, kiln's own
+/// counters for people and benchmarks that need exact batch sizes: the model's lifecycle
+/// `state` and `last_error` (the last load failure, kept while an older version serves on),
+/// and the serving version's requests by outcome, batches, rows and the batch-size histogram
+/// (`{"rows": batches}`), since it was loaded. A model with no version serving answers its
+/// state alone, `version` null and `model_stats` empty. Monitoring should use `/metrics`.
 async fn model_stats(
     State(s): State<Arc<AppState>>,
     Path(model): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let h = find(&s, &model, None)?;
+    stats_of(&s, &model, None)
+}
+
+async fn model_stats_v(
+    State(s): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    stats_of(&s, &model, Some(&version))
+}
+
+/// `GET /v2/models/stats`: every serving model's statistics, Triton's schema.
+async fn all_stats(State(s): State<Arc<AppState>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let stats = crate::stats::statistics(&s, None, None)?;
+    Ok(Json(crate::stats::statistics_json(&stats)))
+}
+
+/// `POST /v2/repository/index`: every model found, its version and state (Triton's schema;
+/// body `{"ready": true}` for the ready ones only).
+async fn repository_index(
+    State(s): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    #[derive(serde::Deserialize, Default)]
+    struct Query {
+        #[serde(default)]
+        ready: bool,
+    }
+    let query: Query = if body.iter().all(u8::is_ascii_whitespace) {
+        Query::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("malformed index request: {e}")))?
+    };
+    Ok(Json(crate::stats::index_json(&crate::stats::index(
+        &s,
+        query.ready,
+    ))))
+}
+
+fn stats_of(
+    s: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let h = find(s, model, version)?;
     let status = h.status();
+    let mut doc =
+        crate::stats::statistics_json(&crate::stats::statistics(s, Some(model), version)?);
+    doc["name"] = json!(model);
+    doc["state"] = json!(state_name(&status.state));
+    doc["last_error"] = json!(status.last_error);
     let Some(st) = h.stats() else {
-        return Ok(Json(json!({
-            "name": model,
-            "version": null,
-            "state": state_name(&status.state),
-            "last_error": status.last_error,
-        })));
+        doc["version"] = serde_json::Value::Null;
+        return Ok(Json(doc));
     };
     let sizes: serde_json::Map<String, serde_json::Value> = st
         .batch_sizes
@@ -322,21 +414,21 @@ async fn model_stats(
         .filter(|&(_, &n)| n > 0)
         .map(|(rows, &n)| (rows.to_string(), n.into()))
         .collect();
-    Ok(Json(json!({
-        "name": model,
-        "version": h.current_version(),
-        "state": state_name(&status.state),
-        "last_error": status.last_error,
-        "succeeded": st.succeeded,
-        "failed": st.failed,
-        "overloaded": st.overloaded,
-        "expired": st.expired,
-        "cancelled": st.cancelled,
-        "queued": st.queued,
-        "batches": st.batches,
-        "rows": st.rows,
-        "batch_sizes": sizes,
-    })))
+    for (key, value) in [
+        ("version", json!(h.current_version())),
+        ("succeeded", json!(st.succeeded)),
+        ("failed", json!(st.failed)),
+        ("overloaded", json!(st.overloaded)),
+        ("expired", json!(st.expired)),
+        ("cancelled", json!(st.cancelled)),
+        ("queued", json!(st.queued)),
+        ("batches", json!(st.batches)),
+        ("rows", json!(st.rows)),
+        ("batch_sizes", serde_json::Value::Object(sizes)),
+    ] {
+        doc[key] = value;
+    }
+    Ok(Json(doc))
 }
 
 async fn model_ready(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
@@ -410,50 +502,42 @@ async fn run(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Response, ApiError> {
-    if s.draining.load(Ordering::Relaxed) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        ));
-    }
-    let handle = find(s, model, version)?;
     let header_len = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("not text"));
-    let (request, inputs) = protocol::decode(body, header_len, s.config.max_input_elements)
-        .map_err(|e| match e {
-            InputError::Invalid(m) => ApiError::bad_request(m),
-            InputError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
-        })?;
-    let mut call = kiln::InferRequest::new(inputs);
-    if let Some(raw) = headers.get(TIMEOUT_HEADER) {
-        let ms: u64 = raw
-            .to_str()
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "{TIMEOUT_HEADER} must be a whole number of milliseconds"
-                ))
-            })?;
-        call = call.with_timeout(Duration::from_millis(ms));
-    }
-    let model_version = handle.current_version();
-    let outputs = handle.infer(call).await?;
-    let wanted: Vec<&str> = request.outputs.iter().map(|o| o.name.as_str()).collect();
-    if let Some(unknown) = wanted
-        .iter()
-        .find(|w| !outputs.iter().any(|(n, _)| n == *w))
-    {
-        return Err(ApiError::bad_request(format!(
-            "unknown output `{unknown}`; the outputs are {:?}",
-            outputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
-        )));
-    }
+    let (request, inputs) =
+        protocol::decode(body, header_len, s.config.max_input_elements).map_err(ApiError::from)?;
+    let timeout = match headers.get(TIMEOUT_HEADER) {
+        Some(raw) => Some(Duration::from_millis(
+            raw.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{TIMEOUT_HEADER} must be a whole number of milliseconds"
+                    ))
+                })?,
+        )),
+        None => None,
+    };
+    let call = infer::Call {
+        model,
+        version,
+        inputs,
+        outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
+        timeout,
+    };
+    let answer = match infer::run(s, call).await {
+        Ok(a) => a,
+        Err(e) => {
+            infer::log_failure("http", model, version, request.id.as_deref(), &e);
+            return Err(e);
+        }
+    };
     let mut tail = Vec::new();
-    let outputs = outputs
+    let outputs = answer
+        .outputs
         .into_iter()
-        .filter(|(n, _)| wanted.is_empty() || wanted.contains(&n.as_str()))
         .map(|(n, t)| {
             let binary = request.binary_output(&n);
             let (out, bytes) = protocol::output(n, &t, binary);
@@ -463,7 +547,7 @@ async fn run(
         .collect();
     let response = InferResponse {
         model_name: model.to_owned(),
-        model_version,
+        model_version: answer.version,
         id: request.id,
         outputs,
     };
@@ -493,6 +577,26 @@ async fn run(
 /// The repository endpoints' gate: off unless `--admin`; then a bearer token when one is
 /// configured, else loopback peers only.
 fn admin(s: &AppState, parts: &Parts) -> Result<(), ApiError> {
+    admit_admin(
+        s,
+        parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
+    )
+}
+
+/// The admin rule for both protocols: `authorization` is the request's `Authorization` value
+/// (HTTP header, gRPC metadata), `peer` the client's address.
+pub(crate) fn admit_admin(
+    s: &AppState,
+    authorization: Option<&str>,
+    peer: Option<SocketAddr>,
+) -> Result<(), ApiError> {
     let forbidden = |m: &str| Err(ApiError::new(StatusCode::FORBIDDEN, m.to_owned()));
     if !s.config.admin {
         return forbidden(
@@ -501,10 +605,7 @@ fn admin(s: &AppState, parts: &Parts) -> Result<(), ApiError> {
     }
     match &s.config.admin_token {
         Some(token) => {
-            let given = parts
-                .headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
+            let given = authorization
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or_default();
             if constant_time_eq(given.as_bytes(), token.as_bytes()) {
@@ -517,10 +618,7 @@ fn admin(s: &AppState, parts: &Parts) -> Result<(), ApiError> {
             }
         }
         None => {
-            let local = parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .is_some_and(|c| c.0.ip().is_loopback());
+            let local = peer.is_some_and(|p| p.ip().is_loopback());
             if local {
                 Ok(())
             } else {
@@ -538,6 +636,24 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Loads `model` on a blocking thread (loading reads, hashes and compiles the model).
+pub(crate) async fn load_model(s: &AppState, model: String) -> Result<(), ApiError> {
+    let repo = Arc::clone(&s.repo);
+    tokio::task::spawn_blocking(move || repo.load(&model))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(())
+}
+
+/// Drains and unloads `model` on a blocking thread (draining waits for its queue).
+pub(crate) async fn unload_model(s: &AppState, model: String) -> Result<(), ApiError> {
+    let repo = Arc::clone(&s.repo);
+    tokio::task::spawn_blocking(move || repo.unload(&model))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok(())
+}
+
 /// Loads the version the model's `current` names now, lifting an admin unload (the agent
 /// calls this after publishing): 200 once it serves, 404 for a model not published, the load
 /// error's status (500 for a corrupt or unloadable version) when it did not load.
@@ -547,11 +663,7 @@ async fn load(
     parts: Parts,
 ) -> Result<StatusCode, ApiError> {
     admin(&s, &parts)?;
-    let repo = Arc::clone(&s.repo);
-    tokio::task::spawn_blocking(move || repo.load(&model))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(ApiError::from)?;
+    load_model(&s, model).await?;
     Ok(StatusCode::OK)
 }
 
@@ -563,11 +675,7 @@ async fn unload(
     parts: Parts,
 ) -> Result<StatusCode, ApiError> {
     admin(&s, &parts)?;
-    let repo = Arc::clone(&s.repo);
-    tokio::task::spawn_blocking(move || repo.unload(&model))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        .map_err(ApiError::from)?;
+    unload_model(&s, model).await?;
     Ok(StatusCode::OK)
 }
 

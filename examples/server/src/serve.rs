@@ -1,9 +1,11 @@
-//! The accept loop. `axum::serve` sets no header-read timeout and no connection cap, so a
-//! client that trickles its request headers (slowloris) holds a connection and its task
-//! forever, and enough of them exhaust the process. Here every connection goes through
-//! hyper's HTTP/1 builder with a timer and a header-read timeout, at most `max_connections`
-//! are served at once (the rest wait in the kernel's backlog), the peer address is handed to
-//! the handlers (admin endpoints check it), and shutdown drains open connections gracefully.
+//! The accept loop, for REST and gRPC alike. `axum::serve` sets no header-read timeout and no
+//! connection cap, so a client that trickles its request headers (slowloris) holds a
+//! connection and its task forever, and enough of them exhaust the process. Here every
+//! connection goes through hyper's builder (HTTP/1.1, or HTTP/2 with prior knowledge, which
+//! is what gRPC clients speak) with a timer and a header-read timeout, at most
+//! `max_connections` are served at once (the rest wait in the kernel's backlog), the peer
+//! address is handed to the handlers (admin endpoints check it), and shutdown drains open
+//! connections gracefully (HTTP/2 ones with a GOAWAY).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,8 +14,8 @@ use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use axum::Router;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -30,6 +32,8 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// How long shutdown waits for open connections to finish. Default 30 s.
     pub shutdown_grace: Duration,
+    /// Most requests in flight at once on one HTTP/2 (gRPC) connection. Default 256.
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for ServeOptions {
@@ -38,6 +42,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
+            max_streams_per_connection: 256,
         }
     }
 }
@@ -80,10 +85,20 @@ pub async fn serve(
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             app.clone().oneshot(req.map(axum::body::Body::new))
         });
-        let conn = http1::Builder::new()
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(options.header_read_timeout)
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+            .header_read_timeout(options.header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(options.max_streams_per_connection)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {

@@ -1,6 +1,7 @@
 //! The `kiln-server` binary as a pod runs it: not ready until the published model is loaded
-//! and warmed, serves inference, and on SIGTERM turns readiness false first (while liveness
-//! and in-flight work continue), then exits 0.
+//! and warmed, serves inference, and on SIGTERM turns readiness false first while inference
+//! goes on being served through the drain delay (endpoints still route to the pod then), then
+//! closes the listener, and exits 0 within its shutdown budget.
 
 mod common;
 
@@ -39,8 +40,18 @@ fn ready_after_warm_up_serves_and_drains_on_sigterm() {
         http(port, "GET", "/v2/health/live", "").map(|(c, _)| c),
         Some(200)
     );
+    // Requests the endpoints still route here during the delay are answered, not refused.
+    for _ in 0..5 {
+        let (code, out) = http(port, "POST", "/v2/models/mlp/infer", &body).expect("infer");
+        assert_eq!(code, 200, "inference during the drain delay: {out}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let status = child.wait().expect("exit");
     assert!(status.success(), "graceful exit: {status:?}");
+    assert!(
+        http(port, "GET", "/v2/health/live", "").is_none(),
+        "the listener is closed after the delay"
+    );
 }
 
 fn start_server(root: &std::path::Path, port: u16) -> std::process::Child {
@@ -95,4 +106,40 @@ fn killed_during_a_hot_swap_it_restarts_on_the_last_good_version() {
     );
     child.kill().expect("kill");
     let _ = child.wait();
+}
+
+/// The whole shutdown fits one budget: a client holding a request open (its body trickling,
+/// well inside `--body-timeout-s`) does not keep the server past `--shutdown-timeout-s`.
+#[test]
+fn shutdown_is_bounded_by_its_budget_even_with_a_request_held_open() {
+    use std::io::Write as _;
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    let port = free_port();
+    let mut child = start_ready(
+        root.path(),
+        port,
+        &["--drain-delay-s", "1", "--shutdown-timeout-s", "3"],
+    );
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        held,
+        "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{{\"inputs\": ["
+    )
+    .expect("send the start of a request");
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = child.wait().expect("exit");
+    let took = sent.elapsed();
+    assert!(status.success(), "exit: {status:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(4500),
+        "shutdown took {took:?} with a budget of 3 s"
+    );
+    drop(held);
 }

@@ -1,7 +1,8 @@
-//! Triton's official HTTP client library (`tritonclient[http]`, pinned, in the project venv)
-//! against the real `kiln-server` binary serving the real-model corpus: every call a Triton
-//! user makes (health, metadata, model config, JSON and binary inference against Python
-//! onnxruntime's outputs, output selection, parsed errors) must work unchanged.
+//! Triton's official client libraries (`tritonclient[http,grpc]`, pinned, in the project venv)
+//! against the real `kiln-server` binary serving the real-model corpus, over REST and over
+//! gRPC: every call a Triton user makes (health, metadata, model config, JSON, binary, raw and
+//! typed inference against Python onnxruntime's outputs, output selection, statistics, the
+//! repository index, parsed errors, grpc.health.v1) must work unchanged.
 
 mod common;
 
@@ -24,7 +25,7 @@ const MODELS: [&str; 10] = [
 ];
 
 #[test]
-fn the_triton_http_client_works_against_kiln_server() {
+fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
     let python = repo_root().join(".cache/venv/bin/python");
     assert!(
         python.exists(),
@@ -34,15 +35,26 @@ fn the_triton_http_client_works_against_kiln_server() {
     for m in MODELS {
         publish(root.path(), m, "1", &format!("corpus/models/{m}.onnx"));
     }
-    let port = free_port();
-    let mut child = start_ready(root.path(), port, &["--drain-delay-s", "0"]);
-    let out = Command::new(&python)
-        .arg(repo_root().join("examples/server/tests/triton_client.py"))
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(repo_root().join("testdata/corpus"))
-        .args(MODELS)
-        .output()
-        .expect("run the client suite");
+    let (port, grpc) = (free_port(), free_port());
+    let grpc_listen = format!("127.0.0.1:{grpc}");
+    let mut child = start_ready(
+        root.path(),
+        port,
+        &["--drain-delay-s", "0", "--grpc-listen", &grpc_listen],
+    );
+    let suite = |script: &str, url: &str| {
+        Command::new(&python)
+            .arg(repo_root().join("examples/server/tests").join(script))
+            .arg(url)
+            .arg(repo_root().join("testdata/corpus"))
+            .args(MODELS)
+            .output()
+            .expect("run the client suite")
+    };
+    let outs = [
+        suite("triton_client.py", &format!("127.0.0.1:{port}")),
+        suite("triton_grpc.py", &grpc_listen),
+    ];
     let _ = child.kill();
     let corpus: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("testdata/corpus/corpus.json")).expect("corpus"),
@@ -56,12 +68,17 @@ fn the_triton_http_client_works_against_kiln_server() {
         .collect();
     assert_eq!(names, MODELS, "every corpus model is served here");
     let _ = child.wait();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
-    assert!(out.status.success(), "tritonclient suite failed:\n{text}");
-    assert!(text.contains("all checks passed"), "{text}");
+    for (out, suite) in outs.iter().zip(["HTTP", "gRPC"]) {
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{text}");
+        assert!(
+            out.status.success(),
+            "tritonclient {suite} suite failed:\n{text}"
+        );
+        assert!(text.contains("all checks passed"), "{suite}: {text}");
+    }
 }

@@ -80,12 +80,20 @@ pub(crate) fn free_port() -> u16 {
 }
 
 /// Starts the `kiln-server` binary on `root` at 127.0.0.1:`port` with `args` (after `--root`
-/// and `--listen`; `RUST_LOG=error` unless set) and waits until `/v2/health/ready` answers 200.
+/// and `--listen`; gRPC on a port of the kernel's choice unless `args` name
+/// `--grpc-listen`, so tests in parallel never collide on 8001; `RUST_LOG=error` unless set)
+/// and waits until `/v2/health/ready` answers 200.
 pub(crate) fn start_ready(root: &Path, port: u16, args: &[&str]) -> std::process::Child {
+    let grpc: &[&str] = if args.contains(&"--grpc-listen") {
+        &[]
+    } else {
+        &["--grpc-listen", "127.0.0.1:0"]
+    };
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-server"))
         .arg("--root")
         .arg(root)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(grpc)
         .args(args)
         .envs(ort_env())
         .env(

@@ -1,0 +1,46 @@
+//! The Open Inference Protocol over gRPC: KServe's `GRPCInferenceService` with Triton's
+//! model configuration, statistics and repository calls (`proto/inference.proto`), and
+//! `grpc.health.v1` for Kubernetes gRPC probes, so `tritonclient.grpc`, the Go and C++ clients
+//! and gRPC health checkers talk to kiln as they talk to Triton.
+//!
+//! The services are an axum `Router` ([`router`]) served by the same accept loop as REST
+//! ([`crate::serve`]: connection cap, header timeout, graceful drain), on their own port
+//! (`--grpc-listen`, 8001 like Triton's). Requests take the same inference path as REST
+//! ([`crate::infer`]), the same limits and the same error rule, mapped to gRPC codes in
+//! [`status`].
+//!
+//! # Layout
+//! - [`pb`]: the generated messages and service trait.
+//! - `service` (private): the calls.
+//! - `tensor` (private): typed contents and raw contents to and from kiln tensors.
+//! - [`status`]: errors to gRPC status codes; `grpc-timeout` to a deadline.
+//! - `health` (private): `grpc.health.v1`.
+
+use std::sync::Arc;
+
+use crate::routes::AppState;
+
+mod health;
+mod service;
+pub mod status;
+mod tensor;
+
+/// The messages and the service trait generated from `proto/inference.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+/// The gRPC services for `state` as a router for [`crate::serve`].
+pub fn router(state: Arc<AppState>) -> axum::Router {
+    let limit = state.config.max_body_bytes;
+    let inference = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+        service::Inference::new(Arc::clone(&state)),
+    )
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(usize::MAX);
+    let health = tonic_health::pb::health_server::HealthServer::new(health::Health::new(state));
+    tonic::service::Routes::new(inference)
+        .add_service(health)
+        .into_axum_router()
+}

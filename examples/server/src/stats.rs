@@ -1,0 +1,153 @@
+//! Triton's statistics and repository-index extensions, for both protocols: what
+//! `get_inference_statistics` and `get_model_repository_index` return, built from the runtime's
+//! counters and model states. kiln counts requests, batches and rows per batch size exactly;
+//! it does not time phases per request (the `ns` fields are 0): latency is in `/metrics`
+//! (`kiln_request_duration_seconds`, `kiln_queue_duration_seconds`, `kiln_compute_duration_seconds`).
+
+use kiln::ModelState;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::grpc::pb;
+use crate::routes::{find, AppState};
+
+/// Statistics of `model` (all models when `None`), of `version` if given (which must be the
+/// serving one). A model with no version serving has no entry.
+///
+/// # Errors
+/// An unknown model or version (404).
+pub(crate) fn statistics(
+    s: &AppState,
+    model: Option<&str>,
+    version: Option<&str>,
+) -> Result<Vec<pb::ModelStatistics>, ApiError> {
+    let handles = match model {
+        Some(m) => vec![find(s, m, version)?],
+        None => s.repo.handles(),
+    };
+    Ok(handles
+        .iter()
+        .filter_map(|h| {
+            let st = h.stats()?;
+            let count = |count: u64| Some(pb::StatisticDuration { count, ns: 0 });
+            Some(pb::ModelStatistics {
+                name: h.name().to_owned(),
+                version: h.current_version().unwrap_or_default(),
+                last_inference: 0,
+                inference_count: st.rows,
+                execution_count: st.batches,
+                inference_stats: Some(pb::InferStatistics {
+                    success: count(st.succeeded),
+                    fail: count(st.failed + st.expired + st.overloaded),
+                    queue: count(st.succeeded),
+                    compute_input: count(st.batches),
+                    compute_infer: count(st.batches),
+                    compute_output: count(st.batches),
+                }),
+                batch_stats: st
+                    .batch_sizes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &n)| n > 0)
+                    .map(|(rows, &n)| pb::InferBatchStatistics {
+                        batch_size: rows as u64,
+                        compute_input: count(n),
+                        compute_infer: count(n),
+                        compute_output: count(n),
+                    })
+                    .collect(),
+            })
+        })
+        .collect())
+}
+
+/// Triton's JSON form of statistics (`{"model_stats": [...]}`, 64-bit counts as numbers, as
+/// Triton's REST answers).
+pub(crate) fn statistics_json(stats: &[pb::ModelStatistics]) -> Value {
+    let d = |d: &Option<pb::StatisticDuration>| {
+        let d = d.unwrap_or_default();
+        json!({"count": d.count, "ns": d.ns})
+    };
+    let entries: Vec<Value> = stats
+        .iter()
+        .map(|m| {
+            let i = m.inference_stats.unwrap_or_default();
+            json!({
+                "name": m.name,
+                "version": m.version,
+                "last_inference": m.last_inference,
+                "inference_count": m.inference_count,
+                "execution_count": m.execution_count,
+                "inference_stats": {
+                    "success": d(&i.success),
+                    "fail": d(&i.fail),
+                    "queue": d(&i.queue),
+                    "compute_input": d(&i.compute_input),
+                    "compute_infer": d(&i.compute_infer),
+                    "compute_output": d(&i.compute_output),
+                },
+                "batch_stats": m.batch_stats.iter().map(|b| json!({
+                    "batch_size": b.batch_size,
+                    "compute_input": d(&b.compute_input),
+                    "compute_infer": d(&b.compute_infer),
+                    "compute_output": d(&b.compute_output),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "model_stats": entries })
+}
+
+/// Triton's name for a lifecycle state, and the reason for one that does not serve.
+fn triton_state(state: &ModelState, last_error: Option<String>) -> (&'static str, String) {
+    match state {
+        ModelState::Ready => ("READY", String::new()),
+        ModelState::Loading | ModelState::Warming => ("LOADING", String::new()),
+        ModelState::Draining => ("UNLOADING", String::new()),
+        ModelState::Unloaded => ("UNAVAILABLE", "unloaded".into()),
+        ModelState::Failed { .. } => ("UNAVAILABLE", last_error.unwrap_or_default()),
+    }
+}
+
+/// Every model found in the repository with its serving version and state (only the ready
+/// ones with `ready_only`).
+pub(crate) fn index(
+    s: &AppState,
+    ready_only: bool,
+) -> Vec<pb::repository_index_response::ModelIndex> {
+    let mut models: Vec<_> = s
+        .repo
+        .handles()
+        .iter()
+        .filter(|h| !ready_only || h.is_ready())
+        .map(|h| {
+            let status = h.status();
+            let (state, reason) = triton_state(&status.state, status.last_error);
+            pb::repository_index_response::ModelIndex {
+                name: h.name().to_owned(),
+                version: status.version.unwrap_or_default(),
+                state: state.to_owned(),
+                reason,
+            }
+        })
+        .collect();
+    models.sort_by(|a, b| a.name.cmp(&b.name));
+    models
+}
+
+/// Triton's JSON form of the index: an array of `{name, version, state, reason}`.
+pub(crate) fn index_json(models: &[pb::repository_index_response::ModelIndex]) -> Value {
+    models
+        .iter()
+        .map(|m| {
+            let mut e = json!({"name": m.name, "state": m.state});
+            if !m.version.is_empty() {
+                e["version"] = json!(m.version);
+            }
+            if !m.reason.is_empty() {
+                e["reason"] = json!(m.reason);
+            }
+            e
+        })
+        .collect()
+}

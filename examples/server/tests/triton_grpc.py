@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""Triton's own gRPC client (`tritonclient[grpc]`, pinned in scripts/requirements.txt) against
+a running kiln-server that serves the real-model corpus: health, server and model metadata,
+model config, inference with raw contents (what the client sends) and with typed contents
+(what KServe's clients send, through the client's own generated stub) compared to Python
+onnxruntime's golden outputs, output selection, statistics, the repository index, the admin
+rule, the gRPC status codes the client parses, and grpc.health.v1 as a Kubernetes probe
+calls it.
+
+Usage: triton_grpc.py HOST:PORT CORPUS_DIR MODEL [MODEL ...]
+Exits non-zero with a message on the first check that fails.
+"""
+import json
+import os
+import sys
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+DTYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32"}
+TYPED_FIELD = {"FP32": "fp32_contents", "INT64": "int64_contents", "INT32": "int_contents"}
+
+
+def load_golden(corpus, name):
+    with open(os.path.join(corpus, "golden", name + ".json")) as f:
+        doc = json.load(f)
+
+    def arr(t):
+        return np.array(t["data"], dtype=t["dtype"]).reshape(t["shape"])
+
+    return ({k: arr(v) for k, v in doc["inputs"].items()},
+            {k: arr(v) for k, v in doc["outputs"].items()})
+
+
+def check_close(model, name, got, want, tol):
+    assert got.shape == want.shape, f"{model}/{name}: shape {got.shape} != {want.shape}"
+    if want.dtype.kind == "f":
+        err = np.abs(got.astype(np.float64) - want) - (tol[0] + tol[1] * np.abs(want))
+        assert (err <= 0).all(), f"{model}/{name}: off by {err.max()} over tolerance"
+    else:
+        assert (got == want).all(), f"{model}/{name}: integers differ"
+
+
+def expect_error(code, call):
+    try:
+        call()
+    except InferenceServerException as e:
+        assert e.status() == f"StatusCode.{code}", (code, e.status(), e.message())
+        return e.message()
+    raise AssertionError(f"expected {code}, the call succeeded")
+
+
+def health(channel, service):
+    """grpc.health.v1.Health/Check, hand-encoded (HealthCheckRequest.service = 1, string;
+    HealthCheckResponse.status = 1, enum: 1 SERVING, 2 NOT_SERVING)."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check",
+                                request_serializer=lambda b: b,
+                                response_deserializer=lambda b: b)
+    name = service.encode()
+    reply = check(b"\x0a" + bytes([len(name)]) + name if name else b"", timeout=10)
+    return {b"\x08\x01": "SERVING", b"\x08\x02": "NOT_SERVING"}.get(reply, reply)
+
+
+def main():
+    url, corpus, models = sys.argv[1], sys.argv[2], sys.argv[3:]
+    with open(os.path.join(corpus, "corpus.json")) as f:
+        entries = {m["name"]: m for m in json.load(f)["models"]}
+    client = grpcclient.InferenceServerClient(url=url)
+    assert client.is_server_live(), "server not live"
+    assert client.is_server_ready(), "server not ready"
+    meta = client.get_server_metadata(as_json=True)
+    assert meta["name"] == "kiln", meta
+    for ext in ("model_repository", "model_configuration", "binary_tensor_data", "statistics"):
+        assert ext in meta["extensions"], meta
+
+    channel = grpc.insecure_channel(url)
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    assert health(channel, "") == "SERVING"
+    assert health(channel, "inference.GRPCInferenceService") == "SERVING"
+    assert health(channel, models[0]) == "SERVING"
+    try:
+        health(channel, "no-such-model")
+        raise AssertionError("an unknown service was healthy")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e
+
+    for model in models:
+        entry = entries[model]
+        tol = entry["tolerance"]
+        assert client.is_model_ready(model), f"{model} not ready"
+        md = client.get_model_metadata(model, as_json=True)
+        inputs, outputs = load_golden(corpus, model)
+        assert {i["name"] for i in md["inputs"]} == set(inputs), md
+        for i in md["inputs"]:
+            assert i["datatype"] == DTYPES[str(inputs[i["name"]].dtype)], (model, i)
+        cfg = client.get_model_config(model, as_json=True)["config"]
+        assert cfg["name"] == model and cfg["platform"] == "onnxruntime_onnx", cfg
+        batched = entry["batch"] > 0
+        assert (int(cfg.get("max_batch_size", 0)) > 0) == batched, cfg
+        for i in cfg["input"]:
+            rank = inputs[i["name"]].ndim - (1 if batched else 0)
+            assert len(i.get("dims", [])) == rank, (model, i)
+        assert bool(cfg.get("dynamic_batching")) == batched, cfg
+
+        # The client's own way: raw_input_contents in, raw_output_contents out.
+        req = req_for(inputs)
+        wanted = [grpcclient.InferRequestedOutput(n) for n in outputs]
+        result = client.infer(model, req, outputs=wanted, request_id=f"{model}-raw")
+        assert result.get_response().id == f"{model}-raw", result.get_response()
+        for name, want in outputs.items():
+            check_close(model, name, result.as_numpy(name), want, tol)
+
+        # Typed contents, as KServe's clients send them, through the generated stub.
+        typed = service_pb2.ModelInferRequest(model_name=model, id="typed")
+        for name, value in inputs.items():
+            dt = DTYPES[str(value.dtype)]
+            t = typed.inputs.add(name=name, datatype=dt, shape=list(value.shape))
+            getattr(t.contents, TYPED_FIELD[dt]).extend(value.reshape(-1).tolist())
+        reply = stub.ModelInfer(typed, timeout=120)
+        assert reply.id == "typed" and reply.model_name == model, reply
+        assert len(reply.raw_output_contents) == len(reply.outputs), reply
+        got = grpcclient.InferResult(reply)
+        for name, want in outputs.items():
+            check_close(model, name, got.as_numpy(name), want, tol)
+
+        # Only the first output: exactly that one comes back.
+        first = next(iter(outputs))
+        result = client.infer(model, req, outputs=[grpcclient.InferRequestedOutput(first)])
+        names = [o.name for o in result.get_response().outputs]
+        assert names == [first], names
+        check_close(model, first, result.as_numpy(first), outputs[first], tol)
+
+        # A wrong rank: INVALID_ARGUMENT naming the input.
+        name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
+        t = grpcclient.InferInput(name, [1] * (value.ndim + 1), DTYPES[str(value.dtype)])
+        t.set_data_from_numpy(value.reshape(-1)[:1].reshape([1] * (value.ndim + 1)))
+        others = []
+        for n, v in inputs.items():
+            if n != name:
+                o = grpcclient.InferInput(n, list(v.shape), DTYPES[str(v.dtype)])
+                o.set_data_from_numpy(v)
+                others.append(o)
+        msg = expect_error("INVALID_ARGUMENT", lambda: client.infer(model, [t] + others))
+        assert name in msg, msg
+
+        stats = client.get_inference_statistics(model, as_json=True)["model_stats"]
+        assert len(stats) == 1 and stats[0]["name"] == model, stats
+        assert int(stats[0]["inference_count"]) >= 3, stats
+        assert int(stats[0]["inference_stats"]["success"]["count"]) >= 3, stats
+        print(f"triton_grpc: {model} ok (metadata, config, raw, typed, outputs, errors, stats)")
+
+    index = client.get_model_repository_index(as_json=True)["models"]
+    assert sorted(m["name"] for m in index) == sorted(models), index
+    assert all(m["state"] == "READY" for m in index), index
+    msg = expect_error("NOT_FOUND", lambda: client.get_model_metadata("no-such-model"))
+    assert "no-such-model" in msg, msg
+    expect_error("NOT_FOUND", lambda: client.infer("no-such-model", req))
+    # The repository calls follow the REST admin rule: off without --admin.
+    expect_error("PERMISSION_DENIED", lambda: client.unload_model(models[0]))
+    # A client deadline reaches the server as grpc-timeout; a generous one is served.
+    inputs, outputs = load_golden(corpus, models[0])
+    result = client.infer(models[0], req_for(inputs), client_timeout=60)
+    first = next(iter(outputs))
+    check_close(models[0], first, result.as_numpy(first), outputs[first], entries[models[0]]["tolerance"])
+    print("triton_grpc: all checks passed")
+
+
+def req_for(inputs):
+    req = []
+    for name, value in inputs.items():
+        t = grpcclient.InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
+        t.set_data_from_numpy(value)
+        req.append(t)
+    return req
+
+
+if __name__ == "__main__":
+    main()
