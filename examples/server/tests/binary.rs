@@ -143,3 +143,47 @@ fn shutdown_is_bounded_by_its_budget_even_with_a_request_held_open() {
     );
     drop(held);
 }
+
+/// `--log-format json`: every line is a JSON object, and a failed inference request leaves
+/// one line naming its model, version, request id and status (a 4xx at debug, never at warn).
+#[test]
+fn json_logs_carry_one_line_per_failed_request() {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    let log_path = root.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = free_port();
+    let mut child = common::start_logging(
+        root.path(),
+        port,
+        &["--drain-delay-s", "0", "--log-format", "json"],
+        "info,kiln_server=debug",
+        log,
+    );
+    let bad = serde_json::json!({"id": "req-42", "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}).to_string();
+    let (code, _) = http(port, "POST", "/v2/models/mlp/infer", &bad).expect("infer");
+    assert_eq!(code, 400);
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let failed: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["id"] == "req-42")
+        .collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    let f = &failed[0];
+    assert_eq!(f["level"], "DEBUG", "{f}");
+    assert_eq!(
+        (&f["fields"]["model"], &f["fields"]["code"], &f["fields"]["protocol"]),
+        (&serde_json::json!("mlp"), &serde_json::json!(400), &serde_json::json!("http")),
+        "{f}"
+    );
+    assert!(
+        f["fields"]["error"].as_str().unwrap_or_default().contains("x"),
+        "{f}"
+    );
+}

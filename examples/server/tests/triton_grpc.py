@@ -160,6 +160,13 @@ def main():
     expect_error("NOT_FOUND", lambda: client.infer("no-such-model", req))
     # The repository calls follow the REST admin rule: off without --admin.
     expect_error("PERMISSION_DENIED", lambda: client.unload_model(models[0]))
+    # What kiln does not serve answers UNIMPLEMENTED, as a client expects.
+    expect_error("UNIMPLEMENTED", lambda: client.get_system_shared_memory_status())
+    # A message over --max-body-mib is refused before it is decoded.
+    name, value = next(iter(load_golden(corpus, models[0])[0].items()))
+    huge = grpcclient.InferInput(name, [33 << 18], "FP32")
+    huge.set_data_from_numpy(np.zeros(33 << 18, dtype=np.float32))
+    expect_error("RESOURCE_EXHAUSTED", lambda: client.infer(models[0], [huge]))
     # A client deadline reaches the server as grpc-timeout; a generous one is served.
     inputs, outputs = load_golden(corpus, models[0])
     result = client.infer(models[0], req_for(inputs), client_timeout=60)

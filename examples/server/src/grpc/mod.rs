@@ -43,4 +43,27 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     tonic::service::Routes::new(inference)
         .add_service(health)
         .into_axum_router()
+        .layer(axum::middleware::map_response(oversized_is_resource_exhausted))
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE; gRPC's own
+/// implementations (and so clients' retry and alerting rules) use RESOURCE_EXHAUSTED, the
+/// code REST's 413 maps to here. The refusal is a trailers-only response, so its status is
+/// in the headers.
+async fn oversized_is_resource_exhausted(
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    let h = response.headers();
+    let oversized = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            // Percent-encoded, as gRPC sends messages.
+            .is_some_and(|m| m.replace("%20", " ").contains("message length too large"));
+    if oversized {
+        response.headers_mut().insert(
+            "grpc-status",
+            axum::http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        );
+    }
+    response
 }

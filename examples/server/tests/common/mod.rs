@@ -84,6 +84,18 @@ pub(crate) fn free_port() -> u16 {
 /// `--grpc-listen`, so tests in parallel never collide on 8001; `RUST_LOG=error` unless set)
 /// and waits until `/v2/health/ready` answers 200.
 pub(crate) fn start_ready(root: &Path, port: u16, args: &[&str]) -> std::process::Child {
+    let level = std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into());
+    start_logging(root, port, args, &level, std::process::Stdio::null())
+}
+
+/// [`start_ready`] with the log level `rust_log` and the server's log (its stdout) to `log`.
+pub(crate) fn start_logging(
+    root: &Path,
+    port: u16,
+    args: &[&str],
+    rust_log: &str,
+    log: impl Into<std::process::Stdio>,
+) -> std::process::Child {
     let grpc: &[&str] = if args.contains(&"--grpc-listen") {
         &[]
     } else {
@@ -96,11 +108,8 @@ pub(crate) fn start_ready(root: &Path, port: u16, args: &[&str]) -> std::process
         .args(grpc)
         .args(args)
         .envs(ort_env())
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-        )
-        .stdout(std::process::Stdio::null())
+        .env("RUST_LOG", rust_log)
+        .stdout(log)
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("start kiln-server");
