@@ -25,7 +25,7 @@ help:
 	@echo "make test-cuda   the GPU test set (needs an NVIDIA GPU)"
 	@echo "make header      regenerate the C header crates/bindings/include/kiln.h"
 	@echo "make bench       all benchmarks (hash, overhead, batching, agent, peers); results in benches/RESULTS.md"
-	@echo "make bench-peers kiln-server vs FastAPI and BentoML on the same machine"
+	@echo "make bench-peers kiln-server vs FastAPI, BentoML and Triton on the same machine"
 
 ort:
 	@scripts/fetch-ort.sh cpu
@@ -74,7 +74,7 @@ $(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.js
 azurite: $(NODE_DIR)/.stamp
 
 # Tools from Debian's packages that the tests and the demo run (installed when missing).
-DEBIAN_TOOLS := curl=curl valgrind=valgrind node=nodejs npm=npm readelf=binutils
+DEBIAN_TOOLS := curl=curl valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey
 
 tools:
 	@scripts/ensure-tools.sh $(DEBIAN_TOOLS)
@@ -158,9 +158,20 @@ $(PEERS_VENV)/.stamp: benches/peers/requirements.txt
 	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benches/peers/requirements.txt
 	touch $@
 
-peers-venv: $(PEERS_VENV)/.stamp
+# The Triton Inference Server contender (`tritonserver` from the nvidia-pytriton wheel, its python
+# backend calling onnxruntime), in a venv of its own: the backend stub needs NumPy 1.x (see
+# benches/peers/triton-requirements.txt, complete and hash-pinned, so installed --no-deps).
+TRITON_VENV := $(ROOT)/.cache/triton-venv
+$(TRITON_VENV)/.stamp: benches/peers/triton-requirements.txt
+	python3 -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r benches/peers/triton-requirements.txt
+	touch $@
 
+peers-venv: $(PEERS_VENV)/.stamp $(TRITON_VENV)/.stamp
+
+# `hey` (Debian's package) is the external load generator of the peer benchmark's last table.
 bench-peers: ort testdata bench-models peers-venv
+	@scripts/ensure-tools.sh hey=hey
 	cargo build --release -p kiln-agent -p kiln-example-server
 	cargo bench -p kiln-benches --bench peers
 

@@ -5,19 +5,28 @@
 //! 2. **FastAPI** — the common Python setup (`benches/peers/fastapi_server.py`): FastAPI +
 //!    uvicorn + onnxruntime, one request per `run`;
 //! 3. **BentoML** — a Python server with adaptive batching (`benches/peers/bentoml_service.py`);
-//! 4. **in-process ceilings** — raw `session.run` at the best batch size, and the kiln library
+//! 4. **Triton** — the real Triton Inference Server (`tritonserver` from the nvidia-pytriton
+//!    wheel) serving the ONNX file as a Triton user does without Triton's onnxruntime backend:
+//!    a model repository written at bench time (`config.pbtxt` with the python backend,
+//!    dynamic batching, 2 `KIND_CPU` instances; `benches/peers/triton_model.py` as `model.py`,
+//!    one single-threaded onnxruntime session per instance);
+//! 5. **in-process ceilings** — raw `session.run` at the best batch size, and the kiln library
 //!    called in-process at concurrency 64 (what the HTTP layer costs).
 //!
 //! Same model file, same thread budget (two single-threaded ONNX Runtime sessions: kiln's 2
-//! instances, uvicorn's and BentoML's 2 worker processes, the raw pool's 2 sessions), same
-//! request (one row, the v2 JSON both kiln and FastAPI speak; BentoML's own JSON with the same
-//! numbers), same load generator (`kiln_benches::load`, closed loop at 1–128 and open loop at
-//! 50% and 90% of kiln's peak). Python access logs are off, as kiln writes none.
-//! Needs `make bench-peers` (release binaries, the Python venv from
-//! `benches/peers/requirements.txt`, the models). `KILN_BENCH_SECS` sets seconds per point
-//! (default 4), `KILN_BENCH_ONLY` a model label substring, `KILN_PEERS_ONLY` a contender
-//! (`kiln`, `fastapi`, `bentoml`). Results: `benches/RESULTS.md` (section `peers`) and
-//! `benches/plots/peers-*.svg`.
+//! instances, uvicorn's and BentoML's 2 worker processes, Triton's 2 instances, the raw pool's
+//! 2 sessions), same request (one row, the v2 JSON kiln, FastAPI and Triton speak; BentoML's
+//! own JSON with the same numbers), same load generator (`kiln_benches::load`, closed loop at
+//! 1–128 and open loop at 50% and 90% of kiln's peak). kiln's, FastAPI's and Triton's
+//! answers are checked against the in-process session's before they are timed. Python access
+//! logs are off, as kiln writes none. Last, an external load generator, `hey`, at concurrency 64 against kiln,
+//! FastAPI and Triton on the tabular MLP and the MobileNet-style CNN (same JSON body).
+//! Needs `make bench-peers` (release binaries, the Python venvs from
+//! `benches/peers/requirements.txt` and `benches/peers/triton-requirements.txt`, the models,
+//! `hey`). `KILN_BENCH_SECS` sets seconds per point (default 4), `KILN_HEY_SECS` seconds per
+//! `hey` run (default 10), `KILN_BENCH_ONLY` a model label substring, `KILN_PEERS_ONLY` a
+//! contender (`kiln`, `fastapi`, `bentoml`, `triton`). Results: `benches/RESULTS.md` (section
+//! `peers`) and `benches/plots/peers-*.svg`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -25,10 +34,13 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kiln::{BatchConfig, Model, ModelHandle, Runtime, RuntimeConfig, SessionConfig, TensorData};
+use kiln::{
+    BatchConfig, ElementType, Model, ModelHandle, Runtime, RuntimeConfig, SessionConfig, TensorData,
+};
 use kiln_benches::inproc::{self, Bench, Point};
 use kiln_benches::load::{self, Mode, Report, Target};
 use kiln_benches::svg::{render_scaled, Series};
@@ -44,6 +56,14 @@ const OPEN: [f64; 2] = [0.5, 0.9];
 const OPEN_CLIENTS: usize = 256;
 /// A request not answered (or, in open loop, not sent) this long after it was due fails.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// Triton's dynamic batcher: how long a request may wait for others to join its batch. 0
+/// (Triton's default) is kiln's greedy policy: a free instance takes whatever is queued. On
+/// the tabular MLP 100 µs cost Triton 40% at concurrency 1 and gained nothing at 64.
+const TRITON_QUEUE_DELAY_US: u64 = 0;
+/// The external load generator's clients, and the contenders and models it runs on.
+const HEY_CONCURRENCY: usize = 64;
+const HEY_KINDS: [Kind; 3] = [Kind::Kiln, Kind::FastApi, Kind::Triton];
+const HEY_MODELS: [&str; 2] = ["tabular MLP", "MobileNet-style"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -53,6 +73,7 @@ enum Kind {
     KilnBinary,
     FastApi,
     BentoMl,
+    Triton,
 }
 
 impl Kind {
@@ -62,6 +83,7 @@ impl Kind {
             Kind::KilnBinary => "kiln (binary)",
             Kind::FastApi => "FastAPI",
             Kind::BentoMl => "BentoML",
+            Kind::Triton => "Triton",
         }
     }
 
@@ -71,6 +93,7 @@ impl Kind {
             Kind::KilnBinary => "#9467bd",
             Kind::FastApi => "#d62728",
             Kind::BentoMl => "#2ca02c",
+            Kind::Triton => "#ff7f0e",
         }
     }
 }
@@ -82,11 +105,14 @@ struct Server {
     host: String,
     target: Target,
     stats_path: Option<String>,
+    /// Triton only: the python backend's shared-memory regions, `/dev/shm/<prefix>*`.
+    shm_prefix: Option<String>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SIGTERM to the whole group (uvicorn and BentoML fork workers), then SIGKILL.
+        // SIGTERM to the whole group (uvicorn and BentoML fork workers, Triton's backend
+        // stubs), then SIGKILL.
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill")
             .args(["-TERM", "--", &group])
@@ -104,6 +130,18 @@ impl Drop for Server {
             .stderr(Stdio::null())
             .status();
         let _ = self.child.wait();
+        // Triton removes its regions on a clean exit; a killed one leaves them.
+        if let Some(prefix) = &self.shm_prefix {
+            for e in std::fs::read_dir("/dev/shm")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if e.file_name().to_string_lossy().starts_with(prefix.as_str()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
     }
 }
 
@@ -122,7 +160,12 @@ struct Ctx {
     root: PathBuf,
     work: tempfile::TempDir,
     venv: PathBuf,
+    /// Triton's venv: the nvidia-pytriton wheel (server, python backend, stubs), onnxruntime.
+    triton_venv: PathBuf,
+    /// The running Triton's version (`GET /v2`), once one has started.
+    triton_version: OnceLock<String>,
     secs: Duration,
+    hey_secs: Duration,
 }
 
 fn free_port() -> Result<u16> {
@@ -263,7 +306,161 @@ fn publish(ctx: &Ctx, b: &Bench) -> Result<PathBuf> {
     Ok(models)
 }
 
-fn start(ctx: &Ctx, kind: Kind, b: &Bench, best_batch: usize) -> Result<Server> {
+/// Where the nvidia-pytriton wheel put Triton in a venv, and which Python its stub embeds.
+struct TritonDist {
+    /// `pytriton/tritonserver`: `bin/tritonserver`, `backends/python`,
+    /// `python_backend_stubs/X.Y/triton_python_backend_stub`.
+    dir: PathBuf,
+    /// `nvidia_pytriton.libs`: the libraries bundled with the server.
+    libs: PathBuf,
+    /// The venv's Python, `X.Y`: the stub built for it.
+    python: String,
+    /// Where that Python's `libpython` is, which the stub links.
+    libpython: String,
+}
+
+fn triton_dist(venv: &Path) -> Result<TritonDist> {
+    // `find_spec` locates the package without importing it (pytriton's Python API and its
+    // requirements are not installed, only the server it ships).
+    let out = Command::new(venv.join("bin/python"))
+        .args([
+            "-c",
+            "import importlib.util as u, sys, sysconfig; \
+             print(u.find_spec('pytriton').submodule_search_locations[0]); \
+             print(f'{sys.version_info[0]}.{sys.version_info[1]}'); \
+             print(sysconfig.get_config_var('LIBDIR') or '')",
+        ])
+        .output()
+        .with_context(|| format!("run {}/bin/python", venv.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let (Some(pkg), Some(python), Some(libpython)) = (lines.next(), lines.next(), lines.next())
+    else {
+        bail!(
+            "no nvidia-pytriton in {}: run `make bench-peers` ({})",
+            venv.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    };
+    let pkg = PathBuf::from(pkg);
+    let dist = TritonDist {
+        dir: pkg.join("tritonserver"),
+        libs: pkg.with_file_name("nvidia_pytriton.libs"),
+        python: python.into(),
+        libpython: libpython.into(),
+    };
+    if !dist.dir.join("bin/tritonserver").exists() {
+        bail!("{} has no bin/tritonserver", dist.dir.display());
+    }
+    Ok(dist)
+}
+
+/// Triton's name for an element type.
+fn triton_type(t: ElementType) -> Result<&'static str> {
+    Ok(match t {
+        ElementType::F32 => "TYPE_FP32",
+        ElementType::F64 => "TYPE_FP64",
+        ElementType::I64 => "TYPE_INT64",
+        ElementType::I32 => "TYPE_INT32",
+        ElementType::I8 => "TYPE_INT8",
+        ElementType::U8 => "TYPE_UINT8",
+        ElementType::Bool => "TYPE_BOOL",
+        other => bail!("no Triton type for {other:?}"),
+    })
+}
+
+/// `config.pbtxt` for `b`, as a Triton user writes it for an ONNX model served by the python
+/// backend: the model's inputs and outputs (batch dimension left to `max_batch_size`),
+/// dynamic batching, one `KIND_CPU` instance per session, each session single-threaded.
+fn triton_config(name: &str, meta: &kiln::ModelMetadata, max_batch: usize) -> Result<String> {
+    let batch = if meta.batch_dim { max_batch } else { 0 };
+    let skip = usize::from(meta.batch_dim);
+    let tensors = |ts: &[kiln::TensorInfo]| -> Result<String> {
+        let lines = ts
+            .iter()
+            .map(|t| {
+                let dims: Vec<String> = t
+                    .dims
+                    .iter()
+                    .skip(skip)
+                    .map(|d| d.unwrap_or(-1).to_string())
+                    .collect();
+                Ok(format!(
+                    "  {{ name: \"{}\", data_type: {}, dims: [ {} ] }}",
+                    t.name,
+                    triton_type(t.element_type)?,
+                    dims.join(", ")
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(lines.join(",\n"))
+    };
+    let batching = if batch > 0 {
+        format!("dynamic_batching {{ max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US} }}\n")
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "name: \"{name}\"\nbackend: \"python\"\nmax_batch_size: {batch}\n\
+         input [\n{}\n]\noutput [\n{}\n]\n\
+         instance_group [ {{ count: {SESSIONS}, kind: KIND_CPU }} ]\n{batching}\
+         parameters: {{ key: \"intra_op_threads\", value: {{ string_value: \"1\" }} }}\n",
+        tensors(&meta.inputs)?,
+        tensors(&meta.outputs)?
+    ))
+}
+
+/// Writes Triton's model repository for `b` (`<model>/config.pbtxt`, `<model>/1/model.py`,
+/// `<model>/1/model.onnx`) and a backend directory laid out as pytriton lays it (the python
+/// backend with the stub for the venv's Python). Returns (repository, backend directory).
+fn triton_repository(
+    ctx: &Ctx,
+    runtime: &Runtime,
+    dist: &TritonDist,
+    b: &Bench,
+    max_batch: usize,
+) -> Result<(PathBuf, PathBuf)> {
+    let name = model_name(b);
+    let base = ctx.work.path().join(format!("triton-{name}"));
+    let repo = base.join("models");
+    let version = repo.join(&name).join("1");
+    std::fs::create_dir_all(&version)?;
+    let file = ctx.root.join(b.file);
+    std::fs::copy(&file, version.join("model.onnx"))?;
+    std::fs::copy(
+        ctx.root.join("benches/peers/triton_model.py"),
+        version.join("model.py"),
+    )?;
+    let model = Model::load(runtime, &file, &inproc::options(&file, b)?)?;
+    std::fs::write(
+        repo.join(&name).join("config.pbtxt"),
+        triton_config(&name, model.metadata(), max_batch)?,
+    )?;
+    let backends = base.join("backends");
+    let python = backends.join("python");
+    std::fs::create_dir_all(&python)?;
+    let stub = format!(
+        "python_backend_stubs/{}/triton_python_backend_stub",
+        dist.python
+    );
+    for (from, to) in [
+        ("backends/python/libtriton_python.so", "libtriton_python.so"),
+        (
+            "backends/python/triton_python_backend_utils.py",
+            "triton_python_backend_utils.py",
+        ),
+        (stub.as_str(), "triton_python_backend_stub"),
+    ] {
+        let from = dist.dir.join(from);
+        if !from.exists() {
+            bail!("{} is missing", from.display());
+        }
+        std::os::unix::fs::symlink(&from, python.join(to))?;
+    }
+    Ok((repo, backends))
+}
+
+fn start(ctx: &Ctx, runtime: &Runtime, kind: Kind, b: &Bench, best_batch: usize) -> Result<Server> {
     let port = free_port()?;
     let host = format!("127.0.0.1:{port}");
     let name = model_name(b);
@@ -272,6 +469,7 @@ fn start(ctx: &Ctx, kind: Kind, b: &Bench, best_batch: usize) -> Result<Server> 
     let log = File::create(ctx.work.path().join(format!("{}-{name}.log", kind.label())))?;
     let model = ctx.root.join(b.file);
     let mut cmd;
+    let mut shm_prefix = None;
     let (ready, target, stats_path) = match kind {
         Kind::Kiln | Kind::KilnBinary => {
             let models = publish(ctx, b)?;
@@ -344,6 +542,42 @@ fn start(ctx: &Ctx, kind: Kind, b: &Bench, best_batch: usize) -> Result<Server> 
                 None,
             )
         }
+        Kind::Triton => {
+            let dist = triton_dist(&ctx.triton_venv)?;
+            let (repo, backends) = triton_repository(ctx, runtime, &dist, b, best_batch)?;
+            let prefix = format!("kiln-peers-{}-{port}-", std::process::id());
+            cmd = Command::new(dist.dir.join("bin/tritonserver"));
+            cmd.arg("--model-repository")
+                .arg(&repo)
+                .arg("--backend-directory")
+                .arg(&backends)
+                .arg("--backend-config")
+                .arg(format!("python,shm-region-prefix-name={prefix}"))
+                .args([
+                    "--http-address",
+                    "127.0.0.1",
+                    "--http-port",
+                    &port.to_string(),
+                ])
+                .args(["--allow-grpc", "false", "--allow-metrics", "false"])
+                .args(["--log-info", "false", "--exit-timeout-secs", "5"]);
+            // As pytriton runs it: the bundled libraries on the library path, the venv's
+            // `bin` first on PATH (the stub's embedded Python finds the venv, so numpy and
+            // onnxruntime, through the `python3` there), plus that Python's libpython.
+            let mut libs = vec![dist.libpython.clone(), dist.libs.display().to_string()];
+            libs.extend(std::env::var("LD_LIBRARY_PATH").ok());
+            libs.retain(|p| !p.is_empty());
+            let mut path = vec![ctx.triton_venv.join("bin").display().to_string()];
+            path.extend(std::env::var("PATH").ok());
+            cmd.env("LD_LIBRARY_PATH", libs.join(":"))
+                .env("PATH", path.join(":"));
+            shm_prefix = Some(prefix);
+            (
+                "/v2/health/ready".into(),
+                Target::json(&format!("http://{host}/v2/models/{name}/infer"), v2),
+                Some(format!("/v2/models/{name}/stats")),
+            )
+        }
     };
     let child = cmd
         .stdout(log.try_clone()?)
@@ -358,6 +592,7 @@ fn start(ctx: &Ctx, kind: Kind, b: &Bench, best_batch: usize) -> Result<Server> 
         host: host.clone(),
         target: target.map_err(anyhow::Error::msg)?,
         stats_path,
+        shm_prefix,
     };
     let until = Instant::now() + Duration::from_secs(180);
     loop {
@@ -386,7 +621,80 @@ fn start(ctx: &Ctx, kind: Kind, b: &Bench, best_batch: usize) -> Result<Server> 
     if r.ok == 0 || r.failed > 0 {
         bail!("{} warm-up failed: {:?}", kind.label(), r.failures);
     }
+    if kind == Kind::Triton {
+        let version = load::get(&host, "/v2", Duration::from_secs(5))
+            .ok()
+            .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(&body).ok())
+            .and_then(|v| v["version"].as_str().map(str::to_owned));
+        if let Some(v) = version {
+            let _ = ctx.triton_version.set(v);
+        }
+    }
     Ok(server)
+}
+
+/// Each output's numbers, by name.
+type Answer = Vec<(String, Vec<f64>)>;
+
+/// The in-process session's answer to the benchmark's one-row request.
+fn reference(runtime: &Runtime, b: &Bench) -> Result<Answer> {
+    let path = inproc::root().join(b.file);
+    let mut model = Model::load(runtime, &path, &inproc::options(&path, b)?)?;
+    model
+        .run(&inproc::request(b, 1, 0))?
+        .into_iter()
+        .map(|(name, t)| {
+            let v: Vec<f64> = match t.data() {
+                TensorData::F32(v) => v.iter().map(|&x| x.into()).collect(),
+                TensorData::F64(v) => v.clone(),
+                TensorData::I32(v) => v.iter().map(|&x| x.into()).collect(),
+                TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+                _ => bail!("output {name}: not a number type"),
+            };
+            Ok((name, v))
+        })
+        .collect()
+}
+
+/// Sends the timed request once to a v2 JSON contender and checks its answer against the
+/// in-process one (same outputs, every number within 1e-4 relative): a contender that
+/// answers wrongly is not timed. Returns the largest difference.
+fn check_answer(server: &Server, want: &Answer) -> Result<f64> {
+    let t = &server.target;
+    let (code, body) = load::post_json(&server.host, &t.path, &t.body, TIMEOUT)?;
+    let label = server.kind.label();
+    if code != 200 {
+        bail!(
+            "{label} answered {code}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).with_context(|| format!("{label}'s answer is not JSON"))?;
+    let mut worst = 0.0f64;
+    for (name, want) in want {
+        let got: Vec<f64> = v["outputs"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == name.as_str()))
+            .and_then(|o| o["data"].as_array())
+            .map(|d| d.iter().filter_map(serde_json::Value::as_f64).collect())
+            .with_context(|| format!("{label}'s answer has no output {name}"))?;
+        if got.len() != want.len() {
+            bail!(
+                "{label}: output {name} has {} numbers, expected {}",
+                got.len(),
+                want.len()
+            );
+        }
+        for (g, w) in got.iter().zip(want) {
+            let d = (g - w).abs();
+            if d > 1e-4 * w.abs().max(1.0) {
+                bail!("{label}: output {name} is {g}, expected {w} (in-process)");
+            }
+            worst = worst.max(d);
+        }
+    }
+    Ok(worst)
 }
 
 fn batch_sizes(server: &Server) -> BTreeMap<usize, u64> {
@@ -396,12 +704,21 @@ fn batch_sizes(server: &Server) -> BTreeMap<usize, u64> {
     load::get(&server.host, path, Duration::from_secs(5))
         .ok()
         .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(&body).ok())
-        .and_then(|v| {
-            v["batch_sizes"].as_object().map(|m| {
+        .and_then(|v| match server.kind {
+            // Triton's statistics: executions by batch size.
+            Kind::Triton => v["model_stats"][0]["batch_stats"].as_array().map(|a| {
+                a.iter()
+                    .filter_map(|s| {
+                        let size = usize::try_from(s["batch_size"].as_u64()?).ok()?;
+                        Some((size, s["compute_infer"]["count"].as_u64()?))
+                    })
+                    .collect()
+            }),
+            _ => v["batch_sizes"].as_object().map(|m| {
                 m.iter()
                     .filter_map(|(k, n)| Some((k.parse().ok()?, n.as_u64()?)))
                     .collect()
-            })
+            }),
         })
         .unwrap_or_default()
 }
@@ -498,6 +815,105 @@ fn in_process(runtime: &Runtime, b: &Bench) -> Result<(usize, Point, Point, f64)
     Ok((best.0, best.1, lib, best.1.rows_per_s / batch1.max(1e-9)))
 }
 
+/// What `hey` measured on one server.
+struct Hey {
+    kind: Kind,
+    rps: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    /// Answers with status 200.
+    ok: u64,
+    /// Other answers and errors (refused, timed out).
+    bad: u64,
+}
+
+/// `hey`'s command line for `url` with the body in `body`.
+fn hey_args(secs: Duration, body: &str, url: &str) -> Vec<String> {
+    let c = HEY_CONCURRENCY.to_string();
+    let z = format!("{}s", secs.as_secs());
+    let args = [
+        "-z",
+        &z,
+        "-c",
+        &c,
+        "-m",
+        "POST",
+        "-T",
+        "application/json",
+        "-D",
+        body,
+        url,
+    ];
+    args.into_iter().map(str::to_owned).collect()
+}
+
+/// Runs `hey`, an external load generator (Go, one goroutine per client, keep-alive), against
+/// `server` with the same JSON body as the built-in generator, and reads its summary.
+fn hey(ctx: &Ctx, server: &Server, name: &str) -> Result<Hey> {
+    let t = &server.target;
+    let body = ctx.work.path().join(format!("hey-{name}.json"));
+    std::fs::write(&body, &t.body)?;
+    let url = format!("http://{}{}", t.host, t.path);
+    let args = hey_args(ctx.hey_secs, &body.display().to_string(), &url);
+    println!("  $ hey {}", args.join(" "));
+    let out = Command::new("hey")
+        .args(&args)
+        .output()
+        .context("run hey (`make bench-peers` installs it)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("hey failed: {}{text}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_hey(server.kind, &text)
+}
+
+/// Reads `hey`'s summary: `Requests/sec:`, the latency distribution (`99% in 0.0123 secs`),
+/// the status codes (`[200]\t1234 responses`) and the errors (`[12]\tPost ...: refused`).
+fn parse_hey(kind: Kind, text: &str) -> Result<Hey> {
+    let secs_ms = |v: &str| {
+        v.trim()
+            .trim_end_matches("secs")
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .map(|s| s * 1e3)
+    };
+    let (mut rps, mut p50_ms, mut p99_ms, mut ok, mut bad) = (None, None, None, 0, 0);
+    let mut in_errors = false;
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = line.strip_prefix("50% in ") {
+            p50_ms = secs_ms(v);
+        } else if let Some(v) = line.strip_prefix("99% in ") {
+            p99_ms = secs_ms(v);
+        } else if line.starts_with("Error distribution:") {
+            in_errors = true;
+        } else if let Some((inside, tail)) = line.strip_prefix('[').and_then(|r| r.split_once(']'))
+        {
+            let count = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
+            if in_errors {
+                bad += count(inside);
+            } else if inside == "200" {
+                ok += count(tail.split_whitespace().next().unwrap_or(""));
+            } else {
+                bad += count(tail.split_whitespace().next().unwrap_or(""));
+            }
+        }
+    }
+    let Some(rps) = rps else {
+        bail!("no Requests/sec in hey's output:\n{text}");
+    };
+    Ok(Hey {
+        kind,
+        rps,
+        p50_ms,
+        p99_ms,
+        ok,
+        bad,
+    })
+}
+
 /// An open-loop point: the fraction of kiln's peak, the rate offered, what it measured.
 type OpenPoint = (f64, f64, Measured);
 
@@ -511,6 +927,9 @@ struct ModelResult {
     library: Point,
     closed: Vec<(Kind, Vec<Measured>)>,
     open: Vec<(Kind, Vec<OpenPoint>)>,
+    /// Largest difference of each v2 contender's answer from the in-process session's.
+    checked: Vec<(Kind, f64)>,
+    hey: Vec<Hey>,
 }
 
 fn bench_model(ctx: &Ctx, runtime: &Runtime, b: &Bench, kinds: &[Kind]) -> Result<ModelResult> {
@@ -521,11 +940,22 @@ fn bench_model(ctx: &Ctx, runtime: &Runtime, b: &Bench, kinds: &[Kind]) -> Resul
         "  ceiling {:.0} rows/s (batch {best_batch}), kiln library at 64: {:.0} rows/s",
         ceiling.rows_per_s, library.rows_per_s
     );
+    let want = reference(runtime, b)?;
     let mut closed = Vec::new();
     let mut open = Vec::new();
+    let mut checked = Vec::new();
+    let mut hey_runs = Vec::new();
     let mut peak = 0.0f64;
     for &kind in kinds {
-        let server = start(ctx, kind, b, best_batch)?;
+        let server = start(ctx, runtime, kind, b, best_batch)?;
+        if matches!(kind, Kind::Kiln | Kind::FastApi | Kind::Triton) {
+            let d = check_answer(&server, &want)?;
+            println!(
+                "  {}: same answer as the in-process session (largest difference {d:.1e})",
+                kind.label()
+            );
+            checked.push((kind, d));
+        }
         let points: Vec<Measured> = CONCURRENCY
             .iter()
             .map(|&c| measure(&server, Mode::Closed { concurrency: c }, ctx.secs))
@@ -549,6 +979,22 @@ fn bench_model(ctx: &Ctx, runtime: &Runtime, b: &Bench, kinds: &[Kind]) -> Resul
             .collect();
         closed.push((kind, points));
         open.push((kind, rates));
+        if HEY_KINDS.contains(&kind) && HEY_MODELS.contains(&b.label) {
+            match hey(ctx, &server, &model_name(b)) {
+                Ok(h) => {
+                    println!(
+                        "  {} hey c={HEY_CONCURRENCY}: {:.0} req/s, p99 {} ms, {} ok, {} not",
+                        kind.label(),
+                        h.rps,
+                        h.p99_ms.map_or("–".into(), |v| format!("{v:.1}")),
+                        h.ok,
+                        h.bad
+                    );
+                    hey_runs.push(h);
+                }
+                Err(e) => println!("  {}: hey not run: {e:#}", kind.label()),
+            }
+        }
         drop(server);
     }
     Ok(ModelResult {
@@ -560,6 +1006,8 @@ fn bench_model(ctx: &Ctx, runtime: &Runtime, b: &Bench, kinds: &[Kind]) -> Resul
         library,
         closed,
         open,
+        checked,
+        hey: hey_runs,
     })
 }
 
@@ -621,11 +1069,32 @@ fn report_model(r: &ModelResult) -> String {
             );
         }
     }
-    if let Some((_, points)) = r.closed.iter().find(|(k, _)| *k == Kind::Kiln) {
-        md += "\nkiln's batch sizes (closed loop):\n\n";
-        for (c, m) in CONCURRENCY.iter().zip(points) {
-            md += &format!("- concurrency {c}: {}\n", sizes(&m.batches));
+    for (kind, source) in [
+        (Kind::Kiln, "its `/stats`"),
+        (
+            Kind::Triton,
+            "Triton's statistics, executions by batch size",
+        ),
+    ] {
+        if let Some((_, points)) = r.closed.iter().find(|(k, _)| *k == kind) {
+            md += &format!(
+                "\n{}'s batch sizes (closed loop, {source}):\n\n",
+                kind.label()
+            );
+            for (c, m) in CONCURRENCY.iter().zip(points) {
+                md += &format!("- concurrency {c}: {}\n", sizes(&m.batches));
+            }
         }
+    }
+    if !r.checked.is_empty() {
+        md += &format!(
+            "\nAnswers checked against the in-process session before timing (largest difference): {}.\n",
+            r.checked
+                .iter()
+                .map(|(k, d)| format!("{} {d:.1e}", k.label()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     md += &format!("\n![{}](plots/{}.svg)\n\n", r.label, slug(&r.label));
     md
@@ -688,11 +1157,11 @@ fn plot(r: &ModelResult) -> String {
     )
 }
 
-fn python_versions(venv: &Path) -> String {
+fn python_versions(venv: &Path, packages: &str) -> String {
     let out = Command::new(venv.join("bin/python"))
         .args([
             "-c",
-            "import importlib.metadata as m, sys; print(f'Python {sys.version.split()[0]}, ' + ', '.join(f'{p} {m.version(p)}' for p in ['fastapi','uvicorn','bentoml','onnxruntime','numpy']))",
+            &format!("import importlib.metadata as m, sys; print(f'Python {{sys.version.split()[0]}}, ' + ', '.join(f'{{p}} {{m.version(p)}}' for p in [{packages}]))"),
         ])
         .output();
     out.ok()
@@ -708,27 +1177,45 @@ fn main() -> Result<()> {
     if !venv.join("bin/uvicorn").exists() {
         bail!("{} has no uvicorn: run `make bench-peers`", venv.display());
     }
+    let triton_venv = std::env::var_os("KILN_TRITON_VENV")
+        .map_or_else(|| root.join(".cache/triton-venv"), PathBuf::from);
     if std::env::var_os("KILN_BENCH_SECS").is_none() {
         std::env::set_var("KILN_BENCH_SECS", "4");
     }
+    let hey_secs = std::env::var("KILN_HEY_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     let ctx = Ctx {
         root: root.clone(),
         work: tempfile::Builder::new().prefix("kiln-peers").tempdir()?,
         venv,
+        triton_venv,
+        triton_version: OnceLock::new(),
         secs: inproc::secs(),
+        hey_secs: Duration::from_secs(hey_secs),
     };
     let runtime =
         Runtime::new(&RuntimeConfig::default()).context("ONNX Runtime (run `make ort`)")?;
     let only = std::env::var("KILN_BENCH_ONLY").ok();
     let only_peer = std::env::var("KILN_PEERS_ONLY").ok();
-    let kinds: Vec<Kind> = [Kind::Kiln, Kind::KilnBinary, Kind::FastApi, Kind::BentoMl]
-        .into_iter()
-        .filter(|k| {
-            only_peer
-                .as_deref()
-                .is_none_or(|o| k.label().eq_ignore_ascii_case(o))
-        })
-        .collect();
+    let kinds: Vec<Kind> = [
+        Kind::Kiln,
+        Kind::KilnBinary,
+        Kind::FastApi,
+        Kind::BentoMl,
+        Kind::Triton,
+    ]
+    .into_iter()
+    .filter(|k| {
+        only_peer
+            .as_deref()
+            .is_none_or(|o| k.label().eq_ignore_ascii_case(o))
+    })
+    .collect();
+    if kinds.contains(&Kind::Triton) {
+        triton_dist(&ctx.triton_venv)?;
+    }
     // The real model, the tabular MLP (most headroom) and the MobileNet-style CNN.
     let models: Vec<Bench> = inproc::models()
         .into_iter()
@@ -747,42 +1234,99 @@ fn main() -> Result<()> {
     }
 
     let mut summary = String::from(
-        "| model | headroom | kiln req/s | FastAPI req/s | kiln ÷ FastAPI | BentoML req/s | kiln ÷ BentoML | p99 ms kiln / FastAPI / BentoML | kiln library rows/s | HTTP ÷ in-process: JSON / binary |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "| model | headroom | kiln req/s | FastAPI req/s | kiln ÷ FastAPI | BentoML req/s | kiln ÷ BentoML | Triton req/s | kiln ÷ Triton | p99 ms kiln / FastAPI / BentoML / Triton | kiln library rows/s | HTTP ÷ in-process: JSON / binary |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in &results {
         let thr = |k| at64(r, k).map_or(0.0, |m| m.report.throughput());
         let p99 = |k| at64(r, k).map_or("–".into(), |m| ms(m.report.quantile(0.99)));
-        let (k, f, bm) = (thr(Kind::Kiln), thr(Kind::FastApi), thr(Kind::BentoMl));
+        let (k, f, bm, tr) = (
+            thr(Kind::Kiln),
+            thr(Kind::FastApi),
+            thr(Kind::BentoMl),
+            thr(Kind::Triton),
+        );
         let lib = r.library.rows_per_s.max(1e-9);
         summary += &format!(
-            "| {} | {:.1}× | {k:.0} | {f:.0} | **{:.1}×** | {bm:.0} | **{:.1}×** | {} / {} / {} | {:.0} | **{:.0}%** / **{:.0}%** |\n",
+            "| {} | {:.1}× | {k:.0} | {f:.0} | **{:.1}×** | {bm:.0} | **{:.1}×** | {tr:.0} | **{:.1}×** | {} / {} / {} / {} | {:.0} | **{:.0}%** / **{:.0}%** |\n",
             r.label,
             r.headroom,
             k / f.max(1e-9),
             k / bm.max(1e-9),
+            k / tr.max(1e-9),
             p99(Kind::Kiln),
             p99(Kind::FastApi),
             p99(Kind::BentoMl),
+            p99(Kind::Triton),
             r.library.rows_per_s,
             100.0 * k / lib,
             100.0 * thr(Kind::KilnBinary) / lib
         );
     }
+    let mut hey_table = String::new();
+    for r in &results {
+        let kiln = r.hey.iter().find(|h| h.kind == Kind::Kiln).map(|h| h.rps);
+        for h in &r.hey {
+            let opt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
+            hey_table += &format!(
+                "| {} | {} | {:.0} | {} | {} | {} / {} | {} |\n",
+                r.label,
+                h.kind.label(),
+                h.rps,
+                opt(h.p50_ms),
+                opt(h.p99_ms),
+                h.ok,
+                h.bad,
+                kiln.map_or("–".into(), |k| format!("{:.1}×", k / h.rps.max(1e-9)))
+            );
+        }
+    }
+    let hey_section = if hey_table.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "### An external load generator: `hey` at concurrency {HEY_CONCURRENCY}\n\n\
+             The same servers, settings and one-row v2 JSON body (written to a file), driven by \
+             `hey` (Debian's package) instead of the built-in generator, \
+             {:.0} s per run, right after that contender's points above. Command, per contender and model:\n\n\
+             `hey {}`\n\n\
+             | model | contender | req/s | p50 ms | p99 ms | answers 200 / other or failed | kiln ÷ this |\n|---|---|---|---|---|---|---|\n{hey_table}\n",
+            ctx.hey_secs.as_secs_f64(),
+            hey_args(
+                ctx.hey_secs,
+                "body.json",
+                "http://127.0.0.1:$PORT/v2/models/$MODEL/infer"
+            )
+            .join(" ")
+        )
+    };
+    let triton = if kinds.contains(&Kind::Triton) {
+        format!(
+            "; Triton {} (`tritonserver` from the nvidia-pytriton 0.7.0 wheel; its python backend: {})",
+            ctx.triton_version.get().map_or("unknown", String::as_str),
+            python_versions(&ctx.triton_venv, "'onnxruntime','numpy'")
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
         "## kiln against its peers (HTTP, CPU)\n\n\
-         Machine: {}. ONNX Runtime {} (kiln) / {}. {:.0} s per point. \
+         Machine: {}. ONNX Runtime {} (kiln) / {}{triton}. {:.0} s per point. \
          Command: `make bench-peers` (`cargo bench -p kiln-benches --bench peers`).\n\n\
          Every contender serves the same model file with the same thread budget: two single-threaded ONNX Runtime sessions \
          (kiln: 2 instances, greedy dynamic batching, `max_batch_size` = the best batch, requests in JSON and — \"kiln (binary)\" — in the v2 binary-data extension; FastAPI: uvicorn `--workers 2`, one request per `run`; \
-         BentoML: 2 workers, adaptive batching with the same `max_batch_size`, `max_latency_ms` 10000, `traffic.concurrency` = batch × workers). \
-         One row per request, JSON (the v2 protocol for kiln and FastAPI; BentoML's own JSON with the same numbers). \
+         BentoML: 2 workers, adaptive batching with the same `max_batch_size`, `max_latency_ms` 10000, `traffic.concurrency` = batch × workers; \
+         Triton: the real Triton Inference Server serving the ONNX file through its python backend, as one does without Triton's onnxruntime backend — \
+         a model repository with `config.pbtxt` (`backend: \"python\"`, the same `max_batch_size`, `dynamic_batching {{ max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US} }}`, \
+         `instance_group [{{ count: 2, kind: KIND_CPU }}]`) and `benches/peers/triton_model.py` as `model.py` (one single-threaded onnxruntime session per instance; each batch stacked, run once, split), \
+         HTTP only, Triton's default thread counts). \
+         One row per request, JSON (the v2 protocol for kiln, FastAPI and Triton; BentoML's own JSON with the same numbers). \
          The load generator (`benches/src/load.rs`, also `kiln-load`) is the same for all and shares the 2 cores with the server under test. \
          CPU µs / inference = the server processes' user + system CPU time ÷ answered requests.\n\n\
          ### Summary at concurrency 64\n\n{summary}\n\
-         Targets at concurrency 64: kiln ≥ 5× FastAPI with lower p99, ≥ 2× the best adaptive-batching Python server with lower p99, HTTP ≥ 80% of the in-process kiln library.\n\n{}",
+         Targets at concurrency 64: kiln ≥ 5× FastAPI with lower p99, ≥ 2× the best adaptive-batching Python server with lower p99, HTTP ≥ 80% of the in-process kiln library.\n\n{}{hey_section}",
         machine(),
         runtime.library().version,
-        python_versions(&ctx.venv),
+        python_versions(&ctx.venv, "'fastapi','uvicorn','bentoml','onnxruntime','numpy'"),
         ctx.secs.as_secs_f64(),
         results.iter().map(report_model).collect::<String>()
     );

@@ -275,12 +275,38 @@ impl<'a> Client<'a> {
 /// # Errors
 /// The connection fails or the answer is not HTTP.
 pub fn get(host: &str, path: &str, timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
+    once(
+        host,
+        &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        &[],
+        timeout,
+    )
+}
+
+/// One JSON `POST` on a fresh connection (`Connection: close`): the status code and body. For
+/// checking an answer around a run, not for load.
+///
+/// # Errors
+/// The connection fails or the answer is not HTTP.
+pub fn post_json(
+    host: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    once(host, &head, body, timeout)
+}
+
+fn once(host: &str, head: &str, body: &[u8], timeout: Duration) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(host)?;
     s.set_read_timeout(Some(timeout))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer");
