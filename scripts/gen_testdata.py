@@ -107,6 +107,28 @@ def int64_model(rng):
     )
 
 
+def dtypes_model(_rng):
+    """Every element type kiln serves beyond the common ones, through real kernels: float16
+    through Cast + Mul (y16 = 2 * h), bfloat16 and the 16/32/64-bit unsigned and int16 ones
+    through Identity. Its outputs are exact, so the Rust test needs no golden file."""
+    two = numpy_helper.from_array(np.array(2.0, np.float32), "two")
+    nodes = [
+        helper.make_node("Cast", ["h"], ["h32"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["h32", "two"], ["d32"]),
+        helper.make_node("Cast", ["d32"], ["y16"], to=TensorProto.FLOAT16),
+    ]
+    io = {"bf": TensorProto.BFLOAT16, "i16": TensorProto.INT16, "u16": TensorProto.UINT16,
+          "u32": TensorProto.UINT32, "u64": TensorProto.UINT64}
+    for name in io:
+        nodes.append(helper.make_node("Identity", [name], ["out_" + name]))
+    inputs = [helper.make_tensor_value_info("h", TensorProto.FLOAT16, ["batch", 4])]
+    outputs = [helper.make_tensor_value_info("y16", TensorProto.FLOAT16, ["batch", 4])]
+    for name, ty in io.items():
+        inputs.append(helper.make_tensor_value_info(name, ty, ["batch", 2]))
+        outputs.append(helper.make_tensor_value_info("out_" + name, ty, ["batch", 2]))
+    return make("dtypes", nodes, inputs, outputs, [two])
+
+
 def random_input(rng, inp):
     """An input tensor for `inp` (an onnxruntime NodeArg) with dynamic dims filled in."""
     dims = []
@@ -153,6 +175,9 @@ def main():
     for seed, (name, build) in enumerate(builders.items()):
         path = save(build(np.random.default_rng(seed)), out_dir, name)
         write_golden(path, os.path.join(out_dir, "golden", name + ".json"), 100 + seed)
+
+    # A model for every further element type (exact outputs: no golden file).
+    save(dtypes_model(None), out_dir, "dtypes")
 
     # Broken artifacts: a model cut in half, and bytes that are no protobuf at all.
     with open(os.path.join(out_dir, "mlp.onnx"), "rb") as f:

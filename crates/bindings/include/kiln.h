@@ -105,8 +105,20 @@ enum KilnDtype
   KILN_DTYPE_INT64 = 7,
   // Boolean, one byte per element (0 false, anything else true).
   KILN_DTYPE_BOOL = 9,
+  // Unsigned 16-bit integer.
+  KILN_DTYPE_UINT16 = 4,
+  // Signed 16-bit integer.
+  KILN_DTYPE_INT16 = 5,
+  // IEEE 754 half-precision float (2 bytes).
+  KILN_DTYPE_FLOAT16 = 10,
   // 64-bit float.
   KILN_DTYPE_FLOAT64 = 11,
+  // Unsigned 32-bit integer.
+  KILN_DTYPE_UINT32 = 12,
+  // Unsigned 64-bit integer.
+  KILN_DTYPE_UINT64 = 13,
+  // bfloat16 (2 bytes: the upper half of a float32).
+  KILN_DTYPE_BFLOAT16 = 16,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

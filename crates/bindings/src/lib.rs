@@ -22,6 +22,10 @@
 //! - [`infer`]: requests (inputs copied from caller buffers), blocking inference, results and
 //!   their tensors.
 
+// Tensors cross the C ABI in native byte order, which kiln reads and writes as little-endian.
+#[cfg(not(target_endian = "little"))]
+compile_error!("the C ABI passes tensors in native byte order and kiln assumes little-endian");
+
 pub mod infer;
 pub mod model;
 pub mod options;

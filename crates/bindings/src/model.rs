@@ -28,8 +28,20 @@ pub enum KilnDtype {
     Int64 = 7,
     /// Boolean, one byte per element (0 false, anything else true).
     Bool = 9,
+    /// Unsigned 16-bit integer.
+    Uint16 = 4,
+    /// Signed 16-bit integer.
+    Int16 = 5,
+    /// IEEE 754 half-precision float (2 bytes).
+    Float16 = 10,
     /// 64-bit float.
     Float64 = 11,
+    /// Unsigned 32-bit integer.
+    Uint32 = 12,
+    /// Unsigned 64-bit integer.
+    Uint64 = 13,
+    /// bfloat16 (2 bytes: the upper half of a float32).
+    Bfloat16 = 16,
 }
 
 impl KilnDtype {
@@ -42,6 +54,12 @@ impl KilnDtype {
             ElementType::I64 => Self::Int64,
             ElementType::Bool => Self::Bool,
             ElementType::F64 => Self::Float64,
+            ElementType::U16 => Self::Uint16,
+            ElementType::I16 => Self::Int16,
+            ElementType::F16 => Self::Float16,
+            ElementType::U32 => Self::Uint32,
+            ElementType::U64 => Self::Uint64,
+            ElementType::Bf16 => Self::Bfloat16,
             other => {
                 return Err(Failure::new(
                     KilnStatus::Internal,
@@ -60,6 +78,12 @@ impl KilnDtype {
             7 => ElementType::I64,
             9 => ElementType::Bool,
             11 => ElementType::F64,
+            4 => ElementType::U16,
+            5 => ElementType::I16,
+            10 => ElementType::F16,
+            12 => ElementType::U32,
+            13 => ElementType::U64,
+            16 => ElementType::Bf16,
             _ => {
                 return Err(Failure::invalid(format!(
                     "unknown dtype code {code}; use a KILN_DTYPE_* value"

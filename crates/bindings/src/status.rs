@@ -88,7 +88,8 @@ impl From<runtime::Error> for Failure {
             E::InvalidConfig { .. }
             | E::InvalidDigest { .. }
             | E::InvalidPriority { .. }
-            | E::TensorShape { .. } => S::InvalidArgument,
+            | E::TensorShape { .. }
+            | E::TensorBytes { .. } => S::InvalidArgument,
             E::Io { .. } => S::Io,
             E::ChecksumMismatch { .. }
             | E::SizeMismatch { .. }

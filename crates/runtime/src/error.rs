@@ -278,6 +278,19 @@ pub enum Error {
         len: usize,
     },
 
+    /// Raw tensor bytes do not match the shape and element type.
+    #[error("tensor data has {len} bytes but shape {shape:?} of {element_type} needs {}", expected.map_or_else(|| "more than fits in memory".to_owned(), |n| n.to_string()))]
+    TensorBytes {
+        /// The element type given.
+        element_type: crate::tensor::ElementType,
+        /// The shape given.
+        shape: Vec<usize>,
+        /// Bytes the shape needs (`None`: more than fits in memory).
+        expected: Option<usize>,
+        /// Bytes given.
+        len: usize,
+    },
+
     /// A tensor was read as the wrong element type.
     #[error("tensor holds {actual}, not {expected}")]
     TensorType {
@@ -480,6 +493,7 @@ impl Error {
             | Self::BatchMismatch { .. }
             | Self::BatchTooLarge { .. }
             | Self::TensorShape { .. }
+            | Self::TensorBytes { .. }
             | Self::TensorType { .. }
             | Self::InvalidPriority { .. } => ErrorKind::InvalidRequest,
             Self::InputTooLarge { .. } | Self::RequestTooLarge { .. } => ErrorKind::TooLarge,

@@ -30,6 +30,18 @@ pub enum ElementType {
     U8,
     /// Boolean.
     Bool,
+    /// Signed 16-bit integer.
+    I16,
+    /// Unsigned 16-bit integer.
+    U16,
+    /// Unsigned 32-bit integer.
+    U32,
+    /// Unsigned 64-bit integer.
+    U64,
+    /// IEEE 754 half-precision float ([`half::f16`]).
+    F16,
+    /// bfloat16 ([`half::bf16`]).
+    Bf16,
 }
 
 impl ElementType {
@@ -43,14 +55,21 @@ impl ElementType {
             Self::I8 => "int8",
             Self::U8 => "uint8",
             Self::Bool => "bool",
+            Self::I16 => "int16",
+            Self::U16 => "uint16",
+            Self::U32 => "uint32",
+            Self::U64 => "uint64",
+            Self::F16 => "float16",
+            Self::Bf16 => "bfloat16",
         }
     }
 
     /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
-            Self::F64 | Self::I64 => 8,
-            Self::F32 | Self::I32 => 4,
+            Self::F64 | Self::I64 | Self::U64 => 8,
+            Self::F32 | Self::I32 | Self::U32 => 4,
+            Self::I16 | Self::U16 | Self::F16 | Self::Bf16 => 2,
             Self::I8 | Self::U8 | Self::Bool => 1,
         }
     }
@@ -64,6 +83,12 @@ impl ElementType {
             TensorElementType::Int8 => Self::I8,
             TensorElementType::Uint8 => Self::U8,
             TensorElementType::Bool => Self::Bool,
+            TensorElementType::Int16 => Self::I16,
+            TensorElementType::Uint16 => Self::U16,
+            TensorElementType::Uint32 => Self::U32,
+            TensorElementType::Uint64 => Self::U64,
+            TensorElementType::Float16 => Self::F16,
+            TensorElementType::Bfloat16 => Self::Bf16,
             _ => return None,
         })
     }
@@ -87,6 +112,12 @@ pub enum TensorData {
     I8(Vec<i8>),
     U8(Vec<u8>),
     Bool(Vec<bool>),
+    I16(Vec<i16>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+    F16(Vec<half::f16>),
+    Bf16(Vec<half::bf16>),
 }
 
 /// Runs `$body` with `$v` bound to the inner `Vec` of any [`TensorData`] variant.
@@ -100,6 +131,12 @@ macro_rules! with_data {
             $crate::tensor::TensorData::I8($v) => $body,
             $crate::tensor::TensorData::U8($v) => $body,
             $crate::tensor::TensorData::Bool($v) => $body,
+            $crate::tensor::TensorData::I16($v) => $body,
+            $crate::tensor::TensorData::U16($v) => $body,
+            $crate::tensor::TensorData::U32($v) => $body,
+            $crate::tensor::TensorData::U64($v) => $body,
+            $crate::tensor::TensorData::F16($v) => $body,
+            $crate::tensor::TensorData::Bf16($v) => $body,
         }
     };
 }
@@ -137,6 +174,30 @@ macro_rules! with_element_type {
                 type $T = bool;
                 $body
             }
+            $crate::tensor::ElementType::I16 => {
+                type $T = i16;
+                $body
+            }
+            $crate::tensor::ElementType::U16 => {
+                type $T = u16;
+                $body
+            }
+            $crate::tensor::ElementType::U32 => {
+                type $T = u32;
+                $body
+            }
+            $crate::tensor::ElementType::U64 => {
+                type $T = u64;
+                $body
+            }
+            $crate::tensor::ElementType::F16 => {
+                type $T = half::f16;
+                $body
+            }
+            $crate::tensor::ElementType::Bf16 => {
+                type $T = half::bf16;
+                $body
+            }
         }
     };
 }
@@ -160,11 +221,22 @@ pub trait Element:
     /// Converts a configured value (such as a pad value) to this type (`as` semantics;
     /// non-zero is `true`).
     fn from_f64(v: f64) -> Self;
+    /// Reads one element from its little-endian bytes (`bytes.len()` is the element's size;
+    /// a bool is one byte, non-zero is `true`).
+    fn read_le(bytes: &[u8]) -> Self;
+    /// Appends this element's little-endian bytes.
+    fn write_le(self, out: &mut Vec<u8>);
 }
 
 macro_rules! element {
     (@cast $v:ident, bool) => { $v != 0.0 };
+    (@cast $v:ident, f16) => { half::f16::from_f64($v) };
+    (@cast $v:ident, bf16) => { half::bf16::from_f64($v) };
     (@cast $v:ident, $t:ty) => { $v as $t };
+    (@from_le $b:ident, bool) => { $b.first().is_some_and(|&b| b != 0) };
+    (@from_le $b:ident, $t:ty) => { <$t>::from_le_bytes($b.try_into().unwrap_or_default()) };
+    (@put_le $x:ident, $out:ident, bool) => { $out.push(u8::from($x)) };
+    (@put_le $x:ident, $out:ident, $t:ty) => { $out.extend_from_slice(&$x.to_le_bytes()) };
     ($($t:tt => $variant:ident),* $(,)?) => {$(
         impl Element for $t {
             const TYPE: ElementType = ElementType::$variant;
@@ -186,10 +258,20 @@ macro_rules! element {
             fn from_f64(v: f64) -> Self {
                 element!(@cast v, $t)
             }
+            fn read_le(bytes: &[u8]) -> Self {
+                element!(@from_le bytes, $t)
+            }
+            fn write_le(self, out: &mut Vec<u8>) {
+                element!(@put_le self, out, $t)
+            }
         }
     )*};
 }
-element!(f32 => F32, f64 => F64, i64 => I64, i32 => I32, i8 => I8, u8 => U8, bool => Bool);
+use half::{bf16, f16};
+element!(
+    f32 => F32, f64 => F64, i64 => I64, i32 => I32, i8 => I8, u8 => U8, bool => Bool,
+    i16 => I16, u16 => U16, u32 => U32, u64 => U64, f16 => F16, bf16 => Bf16,
+);
 
 /// A dense row-major tensor.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,6 +309,36 @@ impl Tensor {
         Ok(Self { shape, data })
     }
 
+    /// A tensor from raw little-endian row-major bytes (the v2 protocol's binary data and raw
+    /// contents, the C ABI's buffers).
+    ///
+    /// # Errors
+    /// [`Error::TensorBytes`] if `bytes` is not exactly `shape`'s elements of `ty`.
+    pub fn from_le_bytes(ty: ElementType, shape: Vec<usize>, bytes: &[u8]) -> Result<Self> {
+        let expected = shape
+            .iter()
+            .try_fold(ty.size(), |acc, &d| acc.checked_mul(d));
+        if expected != Some(bytes.len()) {
+            return Err(Error::TensorBytes {
+                element_type: ty,
+                shape,
+                expected,
+                len: bytes.len(),
+            });
+        }
+        let data = with_element_type!(ty, T => T::wrap(
+            bytes.chunks_exact(ty.size()).map(T::read_le).collect()
+        ));
+        Ok(Self { shape, data })
+    }
+
+    /// The data as raw little-endian row-major bytes (a bool is one byte, 0 or 1).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.byte_len());
+        with_data!(&self.data, v => v.iter().for_each(|x| x.write_le(&mut out)));
+        out
+    }
+
     /// A tensor from an `ndarray` array (any layout; copied to row-major).
     pub fn from_array<T: Element>(array: ndarray::ArrayD<T>) -> Self {
         let shape = array.shape().to_vec();
@@ -256,6 +368,12 @@ impl Tensor {
             TensorData::I8(_) => ElementType::I8,
             TensorData::U8(_) => ElementType::U8,
             TensorData::Bool(_) => ElementType::Bool,
+            TensorData::I16(_) => ElementType::I16,
+            TensorData::U16(_) => ElementType::U16,
+            TensorData::U32(_) => ElementType::U32,
+            TensorData::U64(_) => ElementType::U64,
+            TensorData::F16(_) => ElementType::F16,
+            TensorData::Bf16(_) => ElementType::Bf16,
         }
     }
 
@@ -352,5 +470,57 @@ mod tests {
             })
         ));
         assert_eq!(t.to_array::<i32>().expect("view"), a.t());
+    }
+
+    #[test]
+    fn every_element_type_round_trips_through_little_endian_bytes() {
+        let tensors = [
+            Tensor::new([2], vec![1.5f32, -2.0]),
+            Tensor::new([2], vec![1.5f64, -2.0]),
+            Tensor::new([2], vec![-7i64, 1 << 40]),
+            Tensor::new([2], vec![-7i32, 1 << 20]),
+            Tensor::new([2], vec![-7i8, 7]),
+            Tensor::new([2], vec![0u8, 255]),
+            Tensor::new([2], vec![true, false]),
+            Tensor::new([2], vec![-7i16, 300]),
+            Tensor::new([2], vec![7u16, 65535]),
+            Tensor::new([2], vec![7u32, u32::MAX]),
+            Tensor::new([2], vec![7u64, u64::MAX]),
+            Tensor::new(
+                [2],
+                vec![half::f16::from_f32(1.5), half::f16::from_f32(-2.0)],
+            ),
+            Tensor::new(
+                [2],
+                vec![half::bf16::from_f32(1.5), half::bf16::from_f32(-2.0)],
+            ),
+        ];
+        for t in tensors {
+            let t = t.expect("tensor");
+            let bytes = t.to_le_bytes();
+            assert_eq!(bytes.len(), t.byte_len(), "{t:?}");
+            let back = Tensor::from_le_bytes(t.element_type(), t.shape().to_vec(), &bytes)
+                .expect("decode");
+            assert_eq!(back, t);
+        }
+        // The half types are the IEEE / bfloat16 bit patterns, little-endian.
+        let h = Tensor::new([1], vec![half::f16::from_f32(1.0)]).expect("f16");
+        assert_eq!(h.to_le_bytes(), vec![0x00, 0x3c]);
+        let b = Tensor::new([1], vec![half::bf16::from_f32(1.0)]).expect("bf16");
+        assert_eq!(b.to_le_bytes(), vec![0x80, 0x3f]);
+        let short = Tensor::from_le_bytes(ElementType::F16, vec![2], &[0; 3]);
+        assert!(matches!(
+            short,
+            Err(Error::TensorBytes {
+                expected: Some(4),
+                len: 3,
+                ..
+            })
+        ));
+        let huge = Tensor::from_le_bytes(ElementType::U64, vec![usize::MAX, 2], &[]);
+        assert!(matches!(
+            huge,
+            Err(Error::TensorBytes { expected: None, .. })
+        ));
     }
 }

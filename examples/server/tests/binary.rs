@@ -178,12 +178,23 @@ fn json_logs_carry_one_line_per_failed_request() {
     let f = &failed[0];
     assert_eq!(f["level"], "DEBUG", "{f}");
     assert_eq!(
-        (&f["fields"]["model"], &f["fields"]["code"], &f["fields"]["protocol"]),
-        (&serde_json::json!("mlp"), &serde_json::json!(400), &serde_json::json!("http")),
+        (
+            &f["fields"]["model"],
+            &f["fields"]["code"],
+            &f["fields"]["protocol"]
+        ),
+        (
+            &serde_json::json!("mlp"),
+            &serde_json::json!(400),
+            &serde_json::json!("http")
+        ),
         "{f}"
     );
     assert!(
-        f["fields"]["error"].as_str().unwrap_or_default().contains("x"),
+        f["fields"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("x"),
         "{f}"
     );
 }

@@ -43,7 +43,9 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     tonic::service::Routes::new(inference)
         .add_service(health)
         .into_axum_router()
-        .layer(axum::middleware::map_response(oversized_is_resource_exhausted))
+        .layer(axum::middleware::map_response(
+            oversized_is_resource_exhausted,
+        ))
 }
 
 /// tonic refuses a message over the size limit with OUT_OF_RANGE; gRPC's own
