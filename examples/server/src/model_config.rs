@@ -25,6 +25,12 @@ pub(crate) fn data_type(ty: ElementType) -> DataType {
         ElementType::I8 => DataType::TypeInt8,
         ElementType::U8 => DataType::TypeUint8,
         ElementType::Bool => DataType::TypeBool,
+        ElementType::I16 => DataType::TypeInt16,
+        ElementType::U16 => DataType::TypeUint16,
+        ElementType::U32 => DataType::TypeUint32,
+        ElementType::U64 => DataType::TypeUint64,
+        ElementType::F16 => DataType::TypeFp16,
+        ElementType::Bf16 => DataType::TypeBf16,
         _ => DataType::TypeInvalid,
     }
 }

@@ -126,17 +126,42 @@ pub struct TensorMetadata {
 
 /// The protocol's name for an element type.
 pub fn datatype(ty: ElementType) -> &'static str {
-    match ty {
-        ElementType::F32 => "FP32",
-        ElementType::F64 => "FP64",
-        ElementType::I64 => "INT64",
-        ElementType::I32 => "INT32",
-        ElementType::I8 => "INT8",
-        ElementType::U8 => "UINT8",
-        ElementType::Bool => "BOOL",
-        _ => "UNKNOWN",
-    }
+    DATATYPES
+        .iter()
+        .find(|(_, t)| *t == ty)
+        .map_or("UNKNOWN", |(name, _)| name)
 }
+
+/// The element type of a protocol datatype, if kiln serves it (BYTES is not: ONNX string
+/// tensors are not served).
+pub fn element_type(datatype: &str) -> Option<ElementType> {
+    DATATYPES
+        .iter()
+        .find(|(name, _)| *name == datatype)
+        .map(|(_, t)| *t)
+}
+
+/// The datatypes kiln serves, for error messages.
+pub fn served_datatypes() -> String {
+    DATATYPES.map(|(name, _)| name).join(", ")
+}
+
+/// The v2 protocol's datatypes kiln serves, with their element types.
+const DATATYPES: [(&str, ElementType); 13] = [
+    ("FP32", ElementType::F32),
+    ("FP64", ElementType::F64),
+    ("FP16", ElementType::F16),
+    ("BF16", ElementType::Bf16),
+    ("INT64", ElementType::I64),
+    ("INT32", ElementType::I32),
+    ("INT16", ElementType::I16),
+    ("INT8", ElementType::I8),
+    ("UINT64", ElementType::U64),
+    ("UINT32", ElementType::U32),
+    ("UINT16", ElementType::U16),
+    ("UINT8", ElementType::U8),
+    ("BOOL", ElementType::Bool),
+];
 
 /// Decodes a whole inference request body: the JSON request and every input as a tensor.
 /// `header_len` is the binary extension's `Inference-Header-Content-Length` header, if sent:
@@ -263,8 +288,9 @@ pub fn to_tensor(
         ),
         other => {
             return Err(bad(format!(
-            "datatype {other:?} is not served; use FP32, FP64, INT64, INT32, INT8, UINT8 or BOOL"
-        )))
+                "datatype {other:?} is not served; use one of {}",
+                served_datatypes()
+            )))
         }
     };
     Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
@@ -304,59 +330,31 @@ pub fn checked_shape(
 pub(crate) fn from_le_bytes(
     datatype: &str,
     shape: Vec<usize>,
-    elements: usize,
+    _elements: usize,
     bytes: &[u8],
 ) -> Result<Tensor, String> {
-    let size = match datatype {
-        "FP64" | "INT64" => 8,
-        "FP32" | "INT32" => 4,
-        "INT8" | "UINT8" | "BOOL" => 1,
-        other => return Err(format!("datatype {other:?} is not served in binary")),
-    };
-    if bytes.len() != elements * size {
-        return Err(format!(
-            "has {} bytes of binary data but shape {shape:?} of {datatype} needs {}",
-            bytes.len(),
-            elements * size
-        ));
-    }
-    macro_rules! le {
-        ($t:ty) => {
-            bytes
-                .chunks_exact(size)
-                .map(|c| <$t>::from_le_bytes(c.try_into().unwrap_or_default()))
-                .collect()
-        };
-    }
-    let data = match datatype {
-        "FP32" => TensorData::F32(le!(f32)),
-        "FP64" => TensorData::F64(le!(f64)),
-        "INT64" => TensorData::I64(le!(i64)),
-        "INT32" => TensorData::I32(le!(i32)),
-        "INT8" => TensorData::I8(le!(i8)),
-        "UINT8" => TensorData::U8(bytes.to_vec()),
-        _ => TensorData::Bool(bytes.iter().map(|&b| b != 0).collect()),
-    };
-    Tensor::from_data(shape, data).map_err(|e| e.to_string())
+    let ty = element_type(datatype).ok_or_else(|| {
+        format!(
+            "datatype {datatype:?} is not served in binary (BYTES: string tensors are not served)"
+        )
+    })?;
+    Tensor::from_le_bytes(ty, shape, bytes).map_err(|e| match e {
+        kiln::Error::TensorBytes {
+            expected,
+            len,
+            shape,
+            ..
+        } => format!(
+            "has {len} bytes of binary data but shape {shape:?} of {datatype} needs {}",
+            expected.map_or_else(|| "more than fits in memory".to_owned(), |n| n.to_string())
+        ),
+        other => other.to_string(),
+    })
 }
 
 /// A tensor's data as raw little-endian bytes.
 pub fn to_le_bytes(tensor: &Tensor) -> Vec<u8> {
-    macro_rules! le {
-        ($v:expr) => {
-            $v.iter().flat_map(|x| x.to_le_bytes()).collect()
-        };
-    }
-    match tensor.data() {
-        TensorData::F32(v) => le!(v),
-        TensorData::F64(v) => le!(v),
-        TensorData::I64(v) => le!(v),
-        TensorData::I32(v) => le!(v),
-        TensorData::I8(v) => le!(v),
-        TensorData::U8(v) => v.clone(),
-        TensorData::Bool(v) => v.iter().map(|&b| u8::from(b)).collect(),
-        _ => Vec::new(),
-    }
+    tensor.to_le_bytes()
 }
 
 /// Why a request tensor was refused.

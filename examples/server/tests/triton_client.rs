@@ -35,6 +35,8 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
     for m in MODELS {
         publish(root.path(), m, "1", &format!("corpus/models/{m}.onnx"));
     }
+    // Beside the corpus, every further datatype (testdata/dtypes.onnx).
+    publish(root.path(), "dtypes", "1", "dtypes.onnx");
     let (port, grpc) = (free_port(), free_port());
     let grpc_listen = format!("127.0.0.1:{grpc}");
     let mut child = start_ready(
@@ -54,6 +56,11 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
     let outs = [
         suite("triton_client.py", &format!("127.0.0.1:{port}")),
         suite("triton_grpc.py", &grpc_listen),
+        Command::new(&python)
+            .arg(repo_root().join("examples/server/tests/triton_dtypes.py"))
+            .args([&format!("127.0.0.1:{port}"), &grpc_listen, "dtypes"])
+            .output()
+            .expect("run the datatype suite"),
     ];
     let _ = child.kill();
     let corpus: serde_json::Value = serde_json::from_str(
@@ -68,7 +75,7 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
         .collect();
     assert_eq!(names, MODELS, "every corpus model is served here");
     let _ = child.wait();
-    for (out, suite) in outs.iter().zip(["HTTP", "gRPC"]) {
+    for (out, suite) in outs.iter().zip(["HTTP", "gRPC", "datatypes"]) {
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

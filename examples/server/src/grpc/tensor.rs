@@ -113,10 +113,36 @@ fn to_tensor(
             count(contents.bool_contents.len())?;
             TensorData::Bool(contents.bool_contents)
         }
+        "INT16" => {
+            count(contents.int_contents.len())?;
+            narrow(&contents.int_contents, "int16", |x| {
+                i16::try_from(x).is_ok()
+            })?;
+            TensorData::I16(contents.int_contents.iter().map(|&x| x as i16).collect())
+        }
+        "UINT16" => {
+            count(contents.uint_contents.len())?;
+            if let Some(x) = contents.uint_contents.iter().find(|&&x| x > 65535) {
+                return Err(bad(format!("{x} is not a uint16")));
+            }
+            TensorData::U16(contents.uint_contents.iter().map(|&x| x as u16).collect())
+        }
+        "UINT32" => {
+            count(contents.uint_contents.len())?;
+            TensorData::U32(contents.uint_contents)
+        }
+        "UINT64" => {
+            count(contents.uint64_contents.len())?;
+            TensorData::U64(contents.uint64_contents)
+        }
+        "FP16" | "BF16" => return Err(bad(format!(
+            "{datatype} has no typed contents field in the protocol; send it in raw_input_contents"
+        ))),
         other => {
             return Err(bad(format!(
-            "datatype {other:?} is not served; use FP32, FP64, INT64, INT32, INT8, UINT8 or BOOL"
-        )))
+                "datatype {other:?} is not served; use one of {}",
+                protocol::served_datatypes()
+            )))
         }
     };
     let tensor = Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))?;

@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""Every further v2 datatype (FP16, BF16, INT16, UINT16, UINT32, UINT64) through Triton's own
+clients against a running kiln-server serving testdata/dtypes.onnx (y16 = 2 * h in float16,
+the other inputs returned unchanged by Identity): HTTP with JSON and binary data, gRPC with
+raw contents and (for the integer types) typed contents.
+
+Usage: triton_dtypes.py HTTP_HOST:PORT GRPC_HOST:PORT MODEL
+"""
+import sys
+
+import ml_dtypes
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+import grpc
+
+
+def inputs():
+    rows = 3
+    n = lambda k: np.arange(rows * k).reshape(rows, k)
+    return {
+        "h": ("FP16", (n(4) * 0.5).astype(np.float16)),
+        "bf": ("BF16", (-n(2)).astype(ml_dtypes.bfloat16)),
+        "i16": ("INT16", (-n(2) * 300).astype(np.int16)),
+        "u16": ("UINT16", (n(2) * 9000).astype(np.uint16)),
+        "u32": ("UINT32", (n(2).astype(np.uint32) << 20)),
+        "u64": ("UINT64", (n(2).astype(np.uint64) << 40)),
+    }
+
+
+def check(result, ins, how):
+    h = ins["h"][1]
+    y16 = result.as_numpy("y16")
+    assert y16.dtype == np.float16 and (y16 == h * 2).all(), (how, y16)
+    for name, (dt, value) in ins.items():
+        if name == "h":
+            continue
+        got = result.as_numpy("out_" + name)
+        assert got.shape == value.shape and (got.astype(np.float64) == value.astype(np.float64)).all(), (how, name, got, value)
+    print(f"triton_dtypes: {how} ok")
+
+
+def main():
+    http_url, grpc_url, model = sys.argv[1:4]
+    ins = inputs()
+    http = httpclient.InferenceServerClient(url=http_url)
+    md = http.get_model_metadata(model)
+    assert [i["datatype"] for i in md["inputs"]] == [dt for dt, _ in ins.values()], md
+    cfg = http.get_model_config(model)
+    assert [i["data_type"] for i in cfg["input"]] == ["TYPE_" + dt for dt, _ in ins.values()], cfg
+
+    for binary in (True, False):
+        req = []
+        for name, (dt, value) in ins.items():
+            t = httpclient.InferInput(name, list(value.shape), dt)
+            t.set_data_from_numpy(value, binary_data=binary or dt == "BF16")
+            req.append(t)
+        outs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ["y16"] + ["out_" + k for k in ins if k != "h"]]
+        check(http.infer(model, req, outputs=outs), ins, f"http {'binary' if binary else 'json'}")
+
+    g = grpcclient.InferenceServerClient(url=grpc_url)
+    req = []
+    for name, (dt, value) in ins.items():
+        t = grpcclient.InferInput(name, list(value.shape), dt)
+        t.set_data_from_numpy(value)
+        req.append(t)
+    check(g.infer(model, req), ins, "grpc raw")
+
+    # Typed contents for the integer types; FP16/BF16 have no typed field (raw only), and a
+    # request that tries gets INVALID_ARGUMENT.
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(grpc_url))
+    typed = service_pb2.ModelInferRequest(model_name=model)
+    field = {"INT16": "int_contents", "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents"}
+    for name, (dt, value) in ins.items():
+        t = typed.inputs.add(name=name, datatype=dt, shape=list(value.shape))
+        if dt in field:
+            getattr(t.contents, field[dt]).extend(value.reshape(-1).tolist())
+    try:
+        stub.ModelInfer(typed, timeout=30)
+        raise AssertionError("FP16 without contents was served")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+        assert "has 0 values" in e.details() or "raw_input_contents" in e.details(), e.details()
+    print("triton_dtypes: all checks passed")
+
+
+if __name__ == "__main__":
+    main()
