@@ -21,7 +21,7 @@ use opentelemetry::KeyValue;
 use serde_json::json;
 
 use crate::error::ApiError;
-use crate::protocol::{self, InferResponse, InputError, TensorMetadata, HEADER_LENGTH};
+use crate::protocol::{self, InferResponse, TensorMetadata, HEADER_LENGTH};
 
 /// Request header with the request's deadline in milliseconds (queue wait and run).
 pub const TIMEOUT_HEADER: &str = "kiln-timeout-ms";
@@ -70,6 +70,8 @@ pub struct AppState {
     /// Prometheus text for `/metrics`, if exported.
     pub telemetry: Option<Arc<kiln_agent::metrics::PrometheusTelemetry>>,
     http: HttpMetrics,
+    /// Request bodies decoded off the workers, two maximal bodies' worth at a time.
+    pub(crate) decoder: crate::decode::Decoder,
 }
 
 impl AppState {
@@ -81,6 +83,10 @@ impl AppState {
         meter: &Meter,
     ) -> Self {
         Self {
+            decoder: crate::decode::Decoder::new(
+                2 * config.max_body_bytes,
+                config.max_input_elements,
+            ),
             repo,
             draining: AtomicBool::new(false),
             config,
@@ -357,7 +363,7 @@ async fn infer(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(&s, body).await?;
-    run(&s, &model, None, &headers, &body).await
+    run(&s, &model, None, &headers, body).await
 }
 
 async fn infer_v(
@@ -367,7 +373,7 @@ async fn infer_v(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(&s, body).await?;
-    run(&s, &model, Some(&version), &headers, &body).await
+    run(&s, &model, Some(&version), &headers, body).await
 }
 
 /// The whole body, at most `max_body_bytes` (413 beyond, without reading the rest), within
@@ -376,7 +382,7 @@ async fn read_body(s: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limit = s.config.max_body_bytes;
     match tokio::time::timeout(
         s.config.body_read_timeout,
-        axum::body::to_bytes(body, limit),
+        crate::decode::collect(body, limit),
     )
     .await
     {
@@ -408,7 +414,7 @@ async fn run(
     model: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     if s.draining.load(Ordering::Relaxed) {
         return Err(ApiError::new(
@@ -420,11 +426,7 @@ async fn run(
     let header_len = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("not text"));
-    let (request, inputs) = protocol::decode(body, header_len, s.config.max_input_elements)
-        .map_err(|e| match e {
-            InputError::Invalid(m) => ApiError::bad_request(m),
-            InputError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
-        })?;
+    let (request, inputs) = s.decoder.decode(body, header_len).await?;
     let mut call = kiln::InferRequest::new(inputs);
     if let Some(raw) = headers.get(TIMEOUT_HEADER) {
         let ms: u64 = raw
@@ -456,7 +458,7 @@ async fn run(
         .filter(|(n, _)| wanted.is_empty() || wanted.contains(&n.as_str()))
         .map(|(n, t)| {
             let binary = request.binary_output(&n);
-            let (out, bytes) = protocol::output(n, &t, binary);
+            let (out, bytes) = protocol::output(n, t, binary);
             tail.extend(bytes.unwrap_or_default());
             out
         })
