@@ -1,10 +1,16 @@
-//! `kiln-server`: an Open Inference Protocol v2 server (the REST protocol of KServe and
-//! Triton) on `kiln-runtime`, serving every model published under a repository root (the
+//! `kiln-server`: an Open Inference Protocol v2 server (the REST and gRPC protocols of KServe
+//! and Triton) on `kiln-runtime`, serving every model published under a repository root (the
 //! directory `kiln-agent` fills), with dynamic batching and hot swaps from the runtime.
 //!
 //! # Layout
 //! - [`config`]: the model settings file (session and per-model batching).
 //! - [`protocol`]: the v2 JSON request/response types and their conversion to kiln tensors.
+//! - `json_data` (private): a tensor's JSON `data` read into a typed vector and written from
+//!   one, with no `serde_json::Value` per element.
+//! - `json_fields` (private): `parameters` and `shape` read without keeping what kiln does not
+//!   use.
+//! - `decode` (private): request bodies read into one buffer, then decoded off the tokio
+//!   workers within a memory budget.
 //! - [`error`]: one error type and its HTTP mapping (400, 404, 413, 429 + `Retry-After`, 503,
 //!   504).
 //! - [`mod@serve`]: the accept loop (header-read timeout, connection cap, graceful drain).
@@ -15,9 +21,12 @@
 //! - `stats` (private): Triton's statistics and repository index.
 
 pub mod config;
+mod decode;
 pub mod error;
 pub mod grpc;
 mod infer;
+mod json_data;
+mod json_fields;
 mod model_config;
 pub mod protocol;
 pub mod routes;

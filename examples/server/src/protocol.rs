@@ -3,27 +3,40 @@
 //!
 //! A request tensor's declared shape is checked (non-negative dims, element count under the
 //! limit) before its data is read, so a huge declared shape with a tiny body costs nothing.
-//! `data` may be flat or nested row-major, as the protocol allows. The binary-data extension
-//! is supported both ways: an input with `parameters.binary_data_size` takes its bytes (raw,
-//! little-endian, row-major) from the body after the JSON header, and an output asked for with
-//! `parameters.binary_data: true` (or every output, with the request parameter
-//! `binary_data_output: true`) is returned the same way.
+//! `data` may be flat or nested row-major, as the protocol allows; it is kept as raw JSON text
+//! while the request is parsed, then read straight into typed values once its shape and
+//! datatype are known, whatever the order of the fields (`json_data`), and `parameters` keep
+//! only what kiln reads (`json_fields`): a body costs its tensors and little more, never a
+//! `serde_json::Value` per element.
+//!
+//! The binary-data extension is supported both ways: an input with
+//! `parameters.binary_data_size` takes its bytes (raw, little-endian, row-major) from the body
+//! after the JSON header, and an output asked for with `parameters.binary_data: true` (or
+//! every output, with the request parameter `binary_data_output: true`) is returned the same
+//! way.
 
 use kiln::{ElementType, NamedTensors, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 
-/// `POST /v2/models/{m}/infer` body.
+pub use crate::json_data::Values;
+use crate::json_data::{self, Leaf, Refusal};
+use crate::json_fields;
+pub use crate::json_fields::{Parameters, MAX_DIMS};
+
+/// `POST /v2/models/{m}/infer` body; its inputs' `data` borrowed from the body as sent.
 #[derive(Debug, Deserialize)]
-pub struct InferRequest {
+pub struct InferRequest<'a> {
     /// Echoed in the response.
     #[serde(default)]
     pub id: Option<String>,
-    /// Request parameters (accepted, unused).
+    /// Request parameters (`binary_data_output` read, others skipped).
     #[serde(default)]
-    pub parameters: Option<Value>,
+    pub parameters: Parameters,
     /// Input tensors.
-    pub inputs: Vec<InputTensor>,
+    #[serde(borrow)]
+    pub inputs: Vec<InputTensor<'a>>,
     /// Outputs to return; all when empty.
     #[serde(default)]
     pub outputs: Vec<RequestedOutput>,
@@ -31,43 +44,60 @@ pub struct InferRequest {
 
 /// One input tensor.
 #[derive(Debug, Deserialize)]
-pub struct InputTensor {
+pub struct InputTensor<'a> {
     /// Input name.
     pub name: String,
-    /// Dims.
+    /// Dims, at most [`MAX_DIMS`].
+    #[serde(deserialize_with = "json_fields::dims")]
     pub shape: Vec<i64>,
     /// `FP32`, `FP64`, `INT64`, `INT32`, `INT8`, `UINT8` or `BOOL`.
     pub datatype: String,
-    /// Tensor parameters (accepted, unused).
+    /// Tensor parameters (`binary_data_size` read, others skipped).
     #[serde(default)]
-    pub parameters: Option<Value>,
-    /// The values, flat or nested, row-major (absent with binary data).
-    #[serde(default)]
-    pub data: Value,
+    pub parameters: Parameters,
+    /// The values as sent: JSON, flat or nested, row-major (absent with binary data).
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
 }
 
-impl InputTensor {
+impl InputTensor<'_> {
     /// The size of this input's binary data, if it is sent in binary.
     pub fn binary_size(&self) -> Option<usize> {
         self.parameters
-            .as_ref()?
-            .get("binary_data_size")?
-            .as_u64()
+            .binary_data_size
             .and_then(|n| usize::try_from(n).ok())
     }
 }
 
-impl InferRequest {
+impl InferRequest<'_> {
+    /// This request without its inputs' `data` (read into tensors by then), so that it no
+    /// longer borrows the body.
+    pub fn without_data(self) -> InferRequest<'static> {
+        InferRequest {
+            id: self.id,
+            parameters: self.parameters,
+            inputs: self
+                .inputs
+                .into_iter()
+                .map(|i| InputTensor {
+                    name: i.name,
+                    shape: i.shape,
+                    datatype: i.datatype,
+                    parameters: i.parameters,
+                    data: None,
+                })
+                .collect(),
+            outputs: self.outputs,
+        }
+    }
+
     /// Whether output `name` is wanted in binary.
     pub fn binary_output(&self, name: &str) -> bool {
-        let flag = |p: &Option<Value>, key: &str| {
-            p.as_ref().and_then(|p| p.get(key)).and_then(Value::as_bool)
-        };
         self.outputs
             .iter()
             .find(|o| o.name == name)
-            .and_then(|o| flag(&o.parameters, "binary_data"))
-            .or_else(|| flag(&self.parameters, "binary_data_output"))
+            .and_then(|o| o.parameters.binary_data)
+            .or(self.parameters.binary_data_output)
             .unwrap_or(false)
     }
 }
@@ -77,9 +107,9 @@ impl InferRequest {
 pub struct RequestedOutput {
     /// Output name.
     pub name: String,
-    /// Output parameters (accepted, unused).
+    /// Output parameters (`binary_data` read, others skipped).
     #[serde(default)]
-    pub parameters: Option<Value>,
+    pub parameters: Parameters,
 }
 
 /// The response body.
@@ -107,7 +137,7 @@ pub struct OutputTensor {
     pub shape: Vec<usize>,
     /// Flat row-major values (absent when sent in binary).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<Value>,
+    pub data: Option<Values>,
     /// `binary_data_size` when the data follows the JSON in binary.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub parameters: Option<Value>,
@@ -167,7 +197,11 @@ const DATATYPES: [(&str, ElementType); 13] = [
 /// `header_len` is the binary extension's `Inference-Header-Content-Length` header, if sent:
 /// the JSON is that many leading bytes and each input with `binary_data_size` takes its bytes,
 /// in order, from the rest, which must all be used. This is everything the server trusts
-/// from a client's body, in one function (fuzzed in `tests/fuzz.rs`).
+/// from a client's body, in one function (fuzzed in `tests/fuzz.rs`). The request comes back
+/// [without its data](InferRequest::without_data), which is in the tensors.
+///
+/// CPU-bound for a big body (some 8 ms per MiB of dense JSON, release build): the server calls
+/// it through `decode::Decoder`, off the tokio workers.
 ///
 /// # Errors
 /// [`InputError::Invalid`] (400) or [`InputError::TooLarge`] (413), with the message.
@@ -175,7 +209,7 @@ pub fn decode(
     body: &[u8],
     header_len: Option<&str>,
     max_elements: usize,
-) -> Result<(InferRequest, NamedTensors), InputError> {
+) -> Result<(InferRequest<'static>, NamedTensors), InputError> {
     let (json, mut binary) = match header_len {
         Some(raw) => {
             let n = raw
@@ -220,7 +254,7 @@ pub fn decode(
             binary.len()
         )));
     }
-    Ok((request, inputs))
+    Ok((request.without_data(), inputs))
 }
 
 /// Header of the binary-data extension: the JSON part's length; binary data follows it.
@@ -233,7 +267,7 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 /// # Errors
 /// [`InputError::Invalid`] (400) or [`InputError::TooLarge`] (413), with the message.
 pub fn to_tensor(
-    input: &InputTensor,
+    input: &InputTensor<'_>,
     binary: Option<&[u8]>,
     max_elements: usize,
 ) -> Result<Tensor, InputError> {
@@ -243,49 +277,21 @@ pub fn to_tensor(
     if let Some(bytes) = binary {
         return from_le_bytes(&input.datatype, shape, elements, bytes).map_err(bad);
     }
-    let mut flat = Vec::with_capacity(elements);
-    flatten(&input.data, &mut flat);
-    if flat.len() != elements {
-        return Err(bad(format!(
-            "has {} values but shape {shape:?} needs {elements}",
-            flat.len()
-        )));
-    }
-    macro_rules! ints {
-        ($t:ty, $variant:ident) => {
-            TensorData::$variant(
-                flat.iter()
-                    .map(|v| {
-                        v.as_i64()
-                            .and_then(|i| <$t>::try_from(i).ok())
-                            .ok_or_else(|| {
-                                bad(format!("{v} is not a {}", input.datatype.to_lowercase()))
-                            })
-                    })
-                    .collect::<Result<_, _>>()?,
-            )
-        };
-    }
-    let floats = || -> Result<Vec<f64>, InputError> {
-        flat.iter()
-            .map(|v| {
-                v.as_f64()
-                    .ok_or_else(|| bad(format!("{v} is not a number")))
-            })
-            .collect()
-    };
+    let raw = input.data.map_or("[]", RawValue::get);
     let data = match input.datatype.as_str() {
-        "FP32" => TensorData::F32(floats()?.into_iter().map(|x| x as f32).collect()),
-        "FP64" => TensorData::F64(floats()?),
-        "INT64" => ints!(i64, I64),
-        "INT32" => ints!(i32, I32),
-        "INT8" => ints!(i8, I8),
-        "UINT8" => ints!(u8, U8),
-        "BOOL" => TensorData::Bool(
-            flat.iter()
-                .map(|v| v.as_bool().ok_or_else(|| bad(format!("{v} is not a bool"))))
-                .collect::<Result<_, _>>()?,
-        ),
+        "FP32" => TensorData::F32(values(raw, &shape, elements).map_err(bad)?),
+        "FP64" => TensorData::F64(values(raw, &shape, elements).map_err(bad)?),
+        "INT64" => TensorData::I64(values(raw, &shape, elements).map_err(bad)?),
+        "INT32" => TensorData::I32(values(raw, &shape, elements).map_err(bad)?),
+        "INT8" => TensorData::I8(values(raw, &shape, elements).map_err(bad)?),
+        "UINT8" => TensorData::U8(values(raw, &shape, elements).map_err(bad)?),
+        "BOOL" => TensorData::Bool(values(raw, &shape, elements).map_err(bad)?),
+        "INT16" => TensorData::I16(values(raw, &shape, elements).map_err(bad)?),
+        "UINT16" => TensorData::U16(values(raw, &shape, elements).map_err(bad)?),
+        "UINT32" => TensorData::U32(values(raw, &shape, elements).map_err(bad)?),
+        "UINT64" => TensorData::U64(values(raw, &shape, elements).map_err(bad)?),
+        "FP16" => TensorData::F16(values(raw, &shape, elements).map_err(bad)?),
+        "BF16" => TensorData::Bf16(values(raw, &shape, elements).map_err(bad)?),
         other => {
             return Err(bad(format!(
                 "datatype {other:?} is not served; use one of {}",
@@ -324,6 +330,22 @@ pub fn checked_shape(
             ))
         })?;
     Ok((shape, elements))
+}
+
+/// The `elements` values of `shape` from the JSON text `raw`; the message says what is wrong.
+fn values<T: Leaf>(raw: &str, shape: &[usize], elements: usize) -> Result<Vec<T>, String> {
+    match json_data::read::<T>(raw, elements) {
+        Ok(v) if v.len() == elements => Ok(v),
+        Ok(v) => Err(format!(
+            "has {} values but shape {shape:?} needs {elements}",
+            v.len()
+        )),
+        Err(Refusal::TooMany) => Err(format!(
+            "has more than {elements} values but shape {shape:?} needs {elements}"
+        )),
+        Err(Refusal::NotA(value, wanted)) => Err(format!("{value} is not a {wanted}")),
+        Err(Refusal::Malformed(e)) => Err(format!("malformed data: {e}")),
+    }
 }
 
 /// A tensor from raw little-endian bytes (the binary-data extension, gRPC's raw contents).
@@ -366,44 +388,27 @@ pub enum InputError {
     TooLarge(String),
 }
 
-/// Appends the leaves of a (possibly nested) JSON array, row-major. serde_json's own depth
-/// limit (128) bounds the recursion.
-fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
-    match v {
-        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
-        leaf => out.push(leaf),
-    }
-}
-
 /// A kiln output as a response tensor: flat JSON data, or (with `binary`) its size in
 /// `parameters` and its bytes returned beside it.
-pub fn output(name: String, tensor: &Tensor, binary: bool) -> (OutputTensor, Option<Vec<u8>>) {
+pub fn output(name: String, tensor: Tensor, binary: bool) -> (OutputTensor, Option<Vec<u8>>) {
+    let datatype = datatype(tensor.element_type());
+    let shape = tensor.shape().to_vec();
     if binary {
-        let bytes = to_le_bytes(tensor);
+        let bytes = to_le_bytes(&tensor);
         let out = OutputTensor {
             name,
-            datatype: datatype(tensor.element_type()),
-            shape: tensor.shape().to_vec(),
+            datatype,
+            shape,
             data: None,
             parameters: Some(serde_json::json!({ "binary_data_size": bytes.len() })),
         };
         return (out, Some(bytes));
     }
-    let data = match tensor.data() {
-        TensorData::F32(v) => serde_json::json!(v),
-        TensorData::F64(v) => serde_json::json!(v),
-        TensorData::I64(v) => serde_json::json!(v),
-        TensorData::I32(v) => serde_json::json!(v),
-        TensorData::I8(v) => serde_json::json!(v),
-        TensorData::U8(v) => serde_json::json!(v),
-        TensorData::Bool(v) => serde_json::json!(v),
-        _ => Value::Null,
-    };
     let out = OutputTensor {
         name,
-        datatype: datatype(tensor.element_type()),
-        shape: tensor.shape().to_vec(),
-        data: Some(data),
+        datatype,
+        shape,
+        data: Some(Values(tensor.into_data())),
         parameters: None,
     };
     (out, None)
@@ -413,13 +418,16 @@ pub fn output(name: String, tensor: &Tensor, binary: bool) -> (OutputTensor, Opt
 mod tests {
     use super::*;
 
-    fn input(shape: Vec<i64>, datatype: &str, data: Value) -> InputTensor {
+    /// An input with `data` as its JSON text (none for `null`); leaked, as a test may.
+    fn input(shape: Vec<i64>, datatype: &str, data: Value) -> InputTensor<'static> {
+        let raw = (!data.is_null())
+            .then(|| &*Box::leak(serde_json::value::to_raw_value(&data).expect("raw")));
         InputTensor {
             name: "x".into(),
             shape,
             datatype: datatype.into(),
-            parameters: None,
-            data,
+            parameters: Parameters::default(),
+            data: raw,
         }
     }
 
@@ -439,6 +447,25 @@ mod tests {
         .expect("nested");
         assert_eq!(flat, nested);
         assert_eq!(flat.as_slice::<f32>().expect("f32"), &[1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn data_is_read_whatever_the_field_order_and_refused_past_the_shape() {
+        let body = br#"{"inputs":[{"data":[[1,2],[3,4]],"parameters":{"pad":[0,0]},"datatype":"INT64","shape":[2,2],"name":"x"}]}"#;
+        let (request, tensors) = decode(body, None, 100).expect("decoded");
+        assert!(request.inputs[0].data.is_none());
+        assert_eq!(tensors[0].1.as_slice::<i64>().expect("i64"), &[1, 2, 3, 4]);
+        let body =
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2,3,"x"]}]}"#;
+        assert!(matches!(
+            decode(body, None, 100),
+            Err(InputError::Invalid(m)) if m == "input `x`: has more than 2 values but shape [1, 2] needs 2"
+        ));
+        let body = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#;
+        assert!(matches!(
+            decode(body, None, 100),
+            Err(InputError::Invalid(m)) if m.contains("has 0 values but shape [1] needs 1")
+        ));
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct AppState {
     /// Prometheus text for `/metrics`, if exported.
     pub telemetry: Option<Arc<kiln::prometheus::PrometheusTelemetry>>,
     http: HttpMetrics,
+    /// Request bodies decoded off the workers, two maximal bodies' worth at a time.
+    pub(crate) decoder: crate::decode::Decoder,
 }
 
 impl AppState {
@@ -82,6 +84,10 @@ impl AppState {
         meter: &Meter,
     ) -> Self {
         Self {
+            decoder: crate::decode::Decoder::new(
+                2 * config.max_body_bytes,
+                config.max_input_elements,
+            ),
             repo,
             draining: AtomicBool::new(false),
             config,
@@ -449,7 +455,7 @@ async fn infer(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(&s, body).await?;
-    run(&s, &model, None, &headers, &body).await
+    run(&s, &model, None, &headers, body).await
 }
 
 async fn infer_v(
@@ -459,7 +465,7 @@ async fn infer_v(
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(&s, body).await?;
-    run(&s, &model, Some(&version), &headers, &body).await
+    run(&s, &model, Some(&version), &headers, body).await
 }
 
 /// The whole body, at most `max_body_bytes` (413 beyond, without reading the rest), within
@@ -468,7 +474,7 @@ async fn read_body(s: &AppState, body: Body) -> Result<Bytes, ApiError> {
     let limit = s.config.max_body_bytes;
     match tokio::time::timeout(
         s.config.body_read_timeout,
-        axum::body::to_bytes(body, limit),
+        crate::decode::collect(body, limit),
     )
     .await
     {
@@ -500,13 +506,12 @@ async fn run(
     model: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<Response, ApiError> {
     let header_len = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("not text"));
-    let (request, inputs) =
-        protocol::decode(body, header_len, s.config.max_input_elements).map_err(ApiError::from)?;
+    let (request, inputs) = s.decoder.decode(body, header_len).await?;
     let timeout = match headers.get(TIMEOUT_HEADER) {
         Some(raw) => Some(Duration::from_millis(
             raw.to_str()
@@ -540,7 +545,7 @@ async fn run(
         .into_iter()
         .map(|(n, t)| {
             let binary = request.binary_output(&n);
-            let (out, bytes) = protocol::output(n, &t, binary);
+            let (out, bytes) = protocol::output(n, t, binary);
             tail.extend(bytes.unwrap_or_default());
             out
         })

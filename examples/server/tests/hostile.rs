@@ -7,22 +7,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, http, ort_env, publish, start_ready};
-
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{free_port, http, ort_env, proc_status_mib, publish, start_ready, Server};
 
 fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
     let root = tempfile::tempdir().expect("root");
@@ -90,16 +78,6 @@ fn status(answer: &str) -> u16 {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
-}
-
-fn peak_rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 #[test]
@@ -239,7 +217,7 @@ fn hostile_bodies_get_clear_4xx_and_memory_stays_bounded() {
     assert_eq!(status(&answer), 400, "{answer}");
 
     good_request(port);
-    let peak = peak_rss_mib(server.child.id());
+    let peak = proc_status_mib(server.child.id(), "VmHWM:");
     assert!(peak < 512.0, "peak RSS {peak:.0} MiB");
     println!("peak RSS after the hostile inputs: {peak:.0} MiB");
 }

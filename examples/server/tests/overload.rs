@@ -19,7 +19,7 @@ use std::net::TcpStream;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::{free_port, http, publish, start_ready, swap};
+use common::{free_port, http, proc_status_mib, publish, start_ready, swap};
 use kiln_benches::load::{self, Mode, Target};
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -78,13 +78,7 @@ impl Server {
     }
 
     fn rss_mib(&self, field: &str) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix(field))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
+        proc_status_mib(self.child.id(), field)
     }
 
     fn stats(&self) -> serde_json::Value {

@@ -135,9 +135,11 @@ fn to_tensor(
             count(contents.uint64_contents.len())?;
             TensorData::U64(contents.uint64_contents)
         }
-        "FP16" | "BF16" => return Err(bad(format!(
+        "FP16" | "BF16" => {
+            return Err(bad(format!(
             "{datatype} has no typed contents field in the protocol; send it in raw_input_contents"
-        ))),
+        )))
+        }
         other => {
             return Err(bad(format!(
                 "datatype {other:?} is not served; use one of {}",

@@ -79,6 +79,20 @@ pub(crate) fn free_port() -> u16 {
         .port()
 }
 
+/// A started `kiln-server` process, killed when dropped (a failed assertion leaves none
+/// behind).
+pub(crate) struct Server {
+    pub(crate) child: std::process::Child,
+    pub(crate) port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Starts the `kiln-server` binary on `root` at 127.0.0.1:`port` with `args` (after `--root`
 /// and `--listen`; gRPC on a port of the kernel's choice unless `args` name
 /// `--grpc-listen`, so tests in parallel never collide on 8001; `RUST_LOG=error` unless set)
@@ -151,6 +165,18 @@ pub(crate) fn http(port: u16, method: &str, path: &str, body: &str) -> Option<(u
     s.read_to_string(&mut out).ok()?;
     let code = out.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, out.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+/// A memory figure of process `pid` in MiB: `field` is a line of `/proc/<pid>/status`, such
+/// as `"VmRSS:"` (resident now) or `"VmHWM:"` (peak resident); 0 if it cannot be read.
+pub(crate) fn proc_status_mib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 /// Flips one byte of `<root>/<model>/<version>/model.onnx`, so it no longer matches its

@@ -1,0 +1,195 @@
+//! Inference bodies read into one buffer, then decoded off the tokio workers within a memory
+//! budget.
+//!
+//! [`collect`] copies a body into a buffer sized from its `Content-Length` as it arrives, in
+//! small pieces between other tasks: `axum::body::to_bytes` keeps a list of chunks and copies
+//! them into one at the end, twice the body in memory and a 32 MiB copy in one go on a
+//! worker (probes then waited up to 110 ms, four bodies finishing at once on two CPUs).
+//!
+//! A maximal JSON body (32 MiB of `0,0,0,…`) takes a CPU about a quarter of a second to decode
+//! (release build) and becomes tensors twice its size (FP32). Decoded on a tokio worker, it
+//! stalls all that worker serves, liveness probes included; decoded for every client at once,
+//! its memory multiplies. So a body of [`INLINE_MAX_BYTES`] or more is decoded on tokio's
+//! blocking pool, once it holds permits for its size (in KiB) from a fixed budget and one of a
+//! fixed number of slots: at most that many bytes of bodies are being decoded at any moment
+//! (memory), on at most one thread fewer than there are CPUs, so the workers always keep one
+//! (with a decode on each of two CPUs, probes took up to 28 ms, against 8 ms). The rest wait,
+//! in arrival order (tokio's semaphores are fair), holding no thread. Smaller bodies decode
+//! inline: they hold a worker well under a millisecond, not worth a thread. The checks
+//! themselves are all in [`protocol::decode`].
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes, HttpBody as _};
+use axum::http::StatusCode;
+use kiln::NamedTensors;
+use tokio::sync::Semaphore;
+
+use crate::error::ApiError;
+use crate::protocol::{self, InferRequest, InputError};
+
+/// Bodies under this many bytes decode on the calling task: one of 64 KiB holds a worker for
+/// 0.15 ms (`0.123456789,…`) to 0.4 ms (`0,0,…`, the densest), a hop to the blocking pool
+/// and back costs about 35 µs (release build, two shared CPUs).
+pub(crate) const INLINE_MAX_BYTES: usize = 64 << 10;
+
+/// Decodes request bodies, at most `budget` bytes of them at a time.
+#[derive(Debug)]
+pub(crate) struct Decoder {
+    /// One permit per KiB of body being decoded.
+    permits: Arc<Semaphore>,
+    /// All the permits there are.
+    budget_kib: u32,
+    /// One permit per body being decoded off the workers: the CPUs less one, at least one.
+    slots: Arc<Semaphore>,
+    /// Largest element count of one input tensor (larger → 413).
+    max_elements: usize,
+}
+
+impl Decoder {
+    /// A decoder letting `budget_bytes` of bodies decode at once (at least one body of any
+    /// size: a body over the whole budget waits for all of it), on at most one thread fewer
+    /// than the CPUs this process may use, each input at most `max_elements` elements.
+    pub(crate) fn new(budget_bytes: usize, max_elements: usize) -> Self {
+        let budget_kib = u32::try_from(budget_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Self {
+            permits: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
+            slots: Arc::new(Semaphore::new(cpus.saturating_sub(1).max(1))),
+            max_elements,
+        }
+    }
+
+    /// [`protocol::decode`] of `body` (with the binary extension's `header_len`, if sent), on
+    /// a blocking thread once its share of the budget is free when the body is big, inline
+    /// when it is small.
+    ///
+    /// # Errors
+    /// 400 or 413 with [`protocol::decode`]'s message; 500 if decoding panicked.
+    pub(crate) async fn decode(
+        &self,
+        body: Bytes,
+        header_len: Option<&str>,
+    ) -> Result<(InferRequest<'static>, NamedTensors), ApiError> {
+        let max_elements = self.max_elements;
+        if body.len() < INLINE_MAX_BYTES {
+            return protocol::decode(&body, header_len, max_elements).map_err(refused);
+        }
+        let kib = u32::try_from(body.len().div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.budget_kib);
+        // Never closed, so acquiring cannot fail; memory first, then a thread.
+        let closed = |e: tokio::sync::AcquireError| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        };
+        let bytes = Arc::clone(&self.permits)
+            .acquire_many_owned(kib)
+            .await
+            .map_err(closed)?;
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(closed)?;
+        let header_len = header_len.map(str::to_owned);
+        tokio::task::spawn_blocking(move || {
+            let decoded = protocol::decode(&body, header_len.as_deref(), max_elements);
+            // The body and its share of the budget go as soon as the tensors are built.
+            drop((body, bytes, slot));
+            decoded
+        })
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("decoding the request body failed: {e}"),
+            )
+        })?
+        .map_err(refused)
+    }
+}
+
+/// The whole of `body`, at most `limit` bytes, in one buffer reserved up front for the size
+/// the body declares (at most `limit`).
+///
+/// # Errors
+/// The body failed, or was over `limit`: then the error's source is
+/// [`http_body_util::LengthLimitError`], as with `axum::body::to_bytes`.
+pub(crate) async fn collect(body: Body, limit: usize) -> Result<Bytes, axum::Error> {
+    use http_body_util::BodyExt as _;
+    let mut body = http_body_util::Limited::new(body, limit);
+    let declared = usize::try_from(body.size_hint().lower()).unwrap_or(limit);
+    let mut buf = Vec::with_capacity(declared.min(limit));
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.map_err(axum::Error::new)?.into_data() {
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// A refused body's status: 400 malformed, 413 over a size limit.
+fn refused(e: InputError) -> ApiError {
+    match e {
+        InputError::Invalid(m) => ApiError::bad_request(m),
+        InputError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(values: usize) -> Bytes {
+        let data = vec!["0"; values].join(",");
+        Bytes::from(format!(
+            r#"{{"inputs":[{{"name":"x","shape":[{values}],"datatype":"FP32","data":[{data}]}}]}}"#
+        ))
+    }
+
+    #[tokio::test]
+    async fn small_and_big_bodies_decode_alike_and_refusals_keep_their_status() {
+        let decoder = Decoder::new(1 << 20, 1 << 20);
+        for values in [4, 100_000] {
+            let (request, tensors) = decoder.decode(body(values), None).await.expect("decoded");
+            assert_eq!(request.inputs.len(), 1);
+            assert!(request.inputs[0].data.is_none());
+            assert_eq!(tensors[0].1.len(), values);
+        }
+        let bad = Bytes::from_static(
+            br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1]}]}"#,
+        );
+        let e = decoder.decode(bad, None).await.expect_err("refused");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        let decoder = Decoder::new(1 << 20, 10);
+        let e = decoder
+            .decode(body(100_000), None)
+            .await
+            .expect_err("refused");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            decoder.permits.available_permits(),
+            1024,
+            "permits returned"
+        );
+    }
+
+    #[tokio::test]
+    async fn bodies_are_collected_whole_and_refused_past_the_limit() {
+        // (Bodies in many chunks: tests/json_memory.rs, 32 MiB each.)
+        let body = Body::from("{\"inputs\": []}");
+        assert_eq!(collect(body, 64).await.expect("whole"), "{\"inputs\": []}");
+        let e = collect(Body::from(vec![b' '; 65]), 64)
+            .await
+            .expect_err("over");
+        let source = std::error::Error::source(&e).expect("source");
+        assert!(source.is::<http_body_util::LengthLimitError>(), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_over_the_whole_budget_still_decodes() {
+        let decoder = Decoder::new(100 << 10, 1 << 20);
+        let (_, tensors) = decoder.decode(body(200_000), None).await.expect("decoded");
+        assert_eq!(tensors[0].1.len(), 200_000);
+    }
+}

@@ -1,0 +1,258 @@
+//! Maximal JSON bodies against the real `kiln-server` binary at its default limits (32 MiB
+//! bodies, 16 Mi elements per input): four dense `0,0,0,…` bodies at once, with a declared
+//! shape that matches their data, with one smaller than their data, and as a parameter kiln
+//! does not read, while another connection polls `/v2/health/live`. The server's peak memory stays within 3× the bodies
+//! in flight, and every liveness probe answers within 100 ms (a decode on a tokio worker held
+//! them for seconds). On a shared machine the limit is raised by the machine's own worst
+//! stall over the same time, as a thread of this test that only sleeps sees it.
+//!
+//! The four bodies are sent whole but for their last byte, then finished together, so the
+//! server holds all four at once and decodes them as concurrently as it lets itself; the
+//! probes time that, from the last bytes to the last answer, not this test's own upload of
+//! 128 MiB over loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::{free_port, http, proc_status_mib, publish, start_ready, Server};
+
+/// The server's default `--max-body-mib`, in bytes.
+const MAX_BODY: usize = 32 << 20;
+/// Bodies sent at once.
+const CONCURRENT: usize = 4;
+/// The most a liveness probe may take (beyond the machine's own stalls).
+const PROBE_LIMIT: Duration = Duration::from_millis(100);
+
+/// A body just under [`MAX_BODY`]: `head`, as many `0` values as fit (`0,0,0,…`, two bytes
+/// a value, a multiple of 16 of them), `tail`; `parts` is given how many rows of 16 values
+/// that is and returns `(head, tail)`.
+fn dense_body(parts: impl Fn(usize) -> (String, &'static str)) -> String {
+    let (head, tail) = parts(usize::MAX);
+    let rows = (MAX_BODY - head.len() - tail.len()).div_ceil(2) / 16;
+    let (head, tail) = parts(rows);
+    let mut body = head;
+    body.push_str(&"0,".repeat(rows * 16));
+    body.pop();
+    body.push_str(tail);
+    assert!(body.len() <= MAX_BODY && body.len() > MAX_BODY - 64);
+    body
+}
+
+/// mlp's input `x` ([rows, 16], FP32) with shape `[rows, 16]` and `data` what follows.
+fn input_head(rows: usize) -> String {
+    format!(r#"{{"inputs":[{{"name":"x","shape":[{rows},16],"datatype":"FP32","data":["#)
+}
+
+/// POSTs `body` to mlp's infer, all but its last byte, then waits on `staged` (every sender
+/// and the test) before sending that byte; the status code and body of the answer.
+fn send_staged(port: u16, body: &str, staged: &Barrier) -> (u16, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    write!(
+        s,
+        "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .expect("head");
+    let (most, last) = body.as_bytes().split_at(body.len() - 1);
+    s.write_all(most).expect("body");
+    staged.wait();
+    s.write_all(last).expect("last byte");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("answer");
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned(),
+    )
+}
+
+/// `GET /v2/health/live` on the keep-alive connection `conn` (its own, so that a probe
+/// times the server, not the machine's TCP handshakes); the status code.
+fn probe_live(conn: &mut TcpStream) -> u16 {
+    conn.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("probe");
+    // The answer has no body: its head is all there is to read.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = conn.read(&mut buf).expect("probe answer");
+        assert!(n > 0, "the probe connection was closed");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 0"),
+        "{head}"
+    );
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one case measured.
+struct Figures {
+    baseline_mib: f64,
+    peak_mib: f64,
+    /// Liveness probe times, sorted.
+    probes: Vec<Duration>,
+    /// The longest a 1 ms sleep of this test overslept meanwhile: the machine's own stalls.
+    machine_stall: Duration,
+}
+
+impl Figures {
+    fn probe(&self, quantile: f64) -> Duration {
+        let at = ((self.probes.len().saturating_sub(1)) as f64 * quantile).round() as usize;
+        self.probes.get(at).copied().unwrap_or_default()
+    }
+}
+
+/// Runs `f` in a thread, over and over, until `done`; what each run returned.
+fn repeat<T: Send + 'static>(
+    done: &Arc<AtomicBool>,
+    mut f: impl FnMut() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Vec<T>> {
+    let done = Arc::clone(done);
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        while !done.load(Ordering::Relaxed) {
+            out.push(f());
+        }
+        out
+    })
+}
+
+/// Sends [`CONCURRENT`] copies of `body` at once to a fresh server while probing liveness;
+/// every answer must be `code` with `expect` in its body.
+fn run_case(body: &str, code: u16, expect: &str) -> Figures {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    let port = free_port();
+    let server = Server {
+        child: start_ready(root.path(), port, &["--drain-delay-s", "0"]),
+        port,
+    };
+    let small = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}]}).to_string();
+    let (warm, out) = http(port, "POST", "/v2/models/mlp/infer", &small).expect("warm-up");
+    assert_eq!(warm, 200, "{out}");
+    let pid = server.child.id();
+    let baseline_mib = proc_status_mib(pid, "VmHWM:");
+
+    let body = Arc::new(body.to_owned());
+    let staged = Arc::new(Barrier::new(CONCURRENT + 1));
+    let senders: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let (body, staged) = (Arc::clone(&body), Arc::clone(&staged));
+            std::thread::spawn(move || send_staged(port, &body, &staged))
+        })
+        .collect();
+    staged.wait();
+    let done = Arc::new(AtomicBool::new(false));
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("probe connection");
+    let prober = repeat(&done, move || {
+        let started = Instant::now();
+        assert_eq!(probe_live(&mut conn), 200, "liveness probe");
+        let took = started.elapsed();
+        std::thread::sleep(Duration::from_millis(10));
+        took
+    });
+    let sleeper = repeat(&done, || {
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_millis(1));
+        started.elapsed().saturating_sub(Duration::from_millis(1))
+    });
+    for sender in senders {
+        let (answered, out) = sender.join().expect("sender");
+        assert_eq!(answered, code, "{out}");
+        assert!(out.contains(expect), "{out}");
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut probes = prober.join().expect("prober");
+    probes.sort();
+    Figures {
+        baseline_mib,
+        peak_mib: proc_status_mib(pid, "VmHWM:"),
+        probes,
+        machine_stall: sleeper
+            .join()
+            .expect("sleeper")
+            .into_iter()
+            .max()
+            .unwrap_or_default(),
+    }
+}
+
+#[test]
+fn maximal_json_bodies_stay_within_three_times_their_size_and_liveness_answers() {
+    // Matching: the data fills the shape exactly, so it all decodes, and the model refuses
+    // the million-row request only after. Smaller: the shape holds 16 of the 16 Mi values.
+    // Padded: a valid one-row request, the zeros in a parameter kiln does not read.
+    let one_row = format!("{}{}", input_head(1), vec!["0.5"; 16].join(","));
+    let cases = [
+        (
+            "matching shape",
+            dense_body(|rows| (input_head(rows), "]}]}")),
+            400,
+            "max_batch_size",
+        ),
+        (
+            "smaller shape",
+            dense_body(|_| (input_head(1), "]}]}")),
+            400,
+            "values but shape [1, 16] needs 16",
+        ),
+        (
+            "padded parameters",
+            dense_body(|_| (format!(r#"{one_row}],"parameters":{{"pad":["#), "]}}]}")),
+            200,
+            r#""outputs""#,
+        ),
+    ];
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut failures = Vec::new();
+    for (case, body, code, expect) in &cases {
+        let f = run_case(body, *code, expect);
+        let in_flight_mib = (CONCURRENT * body.len()) as f64 / f64::from(1 << 20);
+        let bound = f.baseline_mib + 3.0 * in_flight_mib;
+        let (p99, max) = (f.probe(0.99), f.probe(1.0));
+        let limit = PROBE_LIMIT + f.machine_stall;
+        println!(
+            "{case}: {CONCURRENT} bodies of {:.1} MiB at once: peak RSS {:.0} MiB (baseline {:.0}, +{:.0}; bound {bound:.0}); \
+             {} liveness probes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (this machine's own worst stall meanwhile {:.1} ms)",
+            body.len() as f64 / f64::from(1 << 20),
+            f.peak_mib,
+            f.baseline_mib,
+            f.peak_mib - f.baseline_mib,
+            f.probes.len(),
+            ms(f.probe(0.5)),
+            ms(p99),
+            ms(max),
+            ms(f.machine_stall),
+        );
+        if f.peak_mib > bound {
+            failures.push(format!(
+                "{case}: peak RSS {:.0} MiB over {bound:.0} MiB",
+                f.peak_mib
+            ));
+        }
+        if max > limit {
+            failures.push(format!(
+                "{case}: a liveness probe took {:.0} ms, over {:.0} ms",
+                ms(max),
+                ms(limit)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
