@@ -4,9 +4,9 @@
 //! and gRPC health checkers talk to kiln as they talk to Triton.
 //!
 //! The services are an axum `Router` ([`router`]) served by the same accept loop as REST
-//! ([`crate::serve`]: connection cap, header timeout, graceful drain), on their own port
+//! ([`mod@crate::serve`]: connection cap, header timeout, graceful drain), on their own port
 //! (`--grpc-listen`, 8001 like Triton's). Requests take the same inference path as REST
-//! ([`crate::infer`]), the same limits and the same error rule, mapped to gRPC codes in
+//! (`crate::infer`), the same limits and the same error rule, mapped to gRPC codes in
 //! [`status`].
 //!
 //! # Layout
@@ -31,7 +31,7 @@ pub mod pb {
     tonic::include_proto!("inference");
 }
 
-/// The gRPC services for `state` as a router for [`crate::serve`].
+/// The gRPC services for `state` as a router for [`crate::serve()`].
 pub fn router(state: Arc<AppState>) -> axum::Router {
     let limit = state.config.max_body_bytes;
     let inference = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
