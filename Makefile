@@ -74,7 +74,7 @@ $(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.js
 azurite: $(NODE_DIR)/.stamp
 
 # Tools from Debian's packages that the tests and the demo run (installed when missing).
-DEBIAN_TOOLS := curl=curl valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey
+DEBIAN_TOOLS := curl=curl valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey h2load=nghttp2-client
 
 tools:
 	@scripts/ensure-tools.sh $(DEBIAN_TOOLS)
@@ -169,9 +169,10 @@ $(TRITON_VENV)/.stamp: benches/peers/triton-requirements.txt
 
 peers-venv: $(PEERS_VENV)/.stamp $(TRITON_VENV)/.stamp
 
-# `hey` (Debian's package) is the external load generator of the peer benchmark's last table.
-bench-peers: ort testdata bench-models peers-venv
-	@scripts/ensure-tools.sh hey=hey
+# `hey` (REST) and `h2load` (gRPC; Debian's nghttp2-client) are the external load generators of
+# the peer benchmark's last table; the project venv's grpcio checks each gRPC answer first.
+bench-peers: ort testdata bench-models peers-venv $(VENV)/.stamp
+	@scripts/ensure-tools.sh hey=hey h2load=nghttp2-client
 	cargo build --release -p kiln-agent -p kiln-example-server
 	cargo bench -p kiln-benches --bench peers
 

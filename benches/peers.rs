@@ -19,14 +19,17 @@
 //! own JSON with the same numbers), same load generator (`kiln_benches::load`, closed loop at
 //! 1–128 and open loop at 50% and 90% of kiln's peak). kiln's, FastAPI's and Triton's
 //! answers are checked against the in-process session's before they are timed. Python access
-//! logs are off, as kiln writes none. Last, an external load generator, `hey`, at concurrency 64 against kiln,
-//! FastAPI and Triton on the tabular MLP and the MobileNet-style CNN (same JSON body).
+//! logs are off, as kiln writes none. Last, external load generators at concurrency 64 on
+//! the tabular MLP and the MobileNet-style CNN (`kiln_benches::external`): `hey` for REST
+//! (kiln JSON and binary, FastAPI, Triton) and `h2load` for gRPC `ModelInfer` (kiln with raw
+//! and with typed contents, Triton with raw), each gRPC message checked first with a gRPC
+//! client.
 //! Needs `make bench-peers` (release binaries, the Python venvs from
-//! `benches/peers/requirements.txt` and `benches/peers/triton-requirements.txt`, the models,
-//! `hey`). `KILN_BENCH_SECS` sets seconds per point (default 4), `KILN_HEY_SECS` seconds per
-//! `hey` run (default 10), `KILN_BENCH_ONLY` a model label substring, `KILN_PEERS_ONLY` a
-//! contender (`kiln`, `fastapi`, `bentoml`, `triton`). Results: `benches/RESULTS.md` (section
-//! `peers`) and `benches/plots/peers-*.svg`.
+//! `benches/peers/requirements.txt` and `benches/peers/triton-requirements.txt`, the project
+//! venv's grpcio, the models, `hey`, `h2load`). `KILN_BENCH_SECS` sets seconds per point
+//! (default 4), `KILN_HEY_SECS` seconds per external run (default 10), `KILN_BENCH_ONLY` a
+//! model label substring, `KILN_PEERS_ONLY` a contender (`kiln`, `fastapi`, `bentoml`,
+//! `triton`). Results: `benches/RESULTS.md` (section `peers`) and `benches/plots/peers-*.svg`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -41,6 +44,7 @@ use anyhow::{bail, Context, Result};
 use kiln::{
     BatchConfig, ElementType, Model, ModelHandle, Runtime, RuntimeConfig, SessionConfig, TensorData,
 };
+use kiln_benches::external::{self, Answer, Run, Wire};
 use kiln_benches::inproc::{self, Bench, Point};
 use kiln_benches::load::{self, Mode, Report, Target};
 use kiln_benches::svg::{render_scaled, Series};
@@ -60,10 +64,8 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// (Triton's default) is kiln's greedy policy: a free instance takes whatever is queued. On
 /// the tabular MLP 100 µs cost Triton 40% at concurrency 1 and gained nothing at 64.
 const TRITON_QUEUE_DELAY_US: u64 = 0;
-/// The external load generator's clients, and the contenders and models it runs on.
-const HEY_CONCURRENCY: usize = 64;
-const HEY_KINDS: [Kind; 3] = [Kind::Kiln, Kind::FastApi, Kind::Triton];
-const HEY_MODELS: [&str; 2] = ["tabular MLP", "MobileNet-style"];
+/// The models the external load generators run on.
+const EXTERNAL_MODELS: [&str; 2] = ["tabular MLP", "MobileNet-style"];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kind {
@@ -87,6 +89,26 @@ impl Kind {
         }
     }
 
+    /// The external load generators' runs on this server: REST with its own body (hey), and
+    /// gRPC (h2load) on kiln's and Triton's gRPC ports. BentoML speaks neither protocol.
+    fn external(self) -> &'static [Wire] {
+        match self {
+            Kind::Kiln => &[Wire::RestJson, Wire::GrpcRaw, Wire::GrpcTyped],
+            Kind::KilnBinary => &[Wire::RestBinary],
+            Kind::FastApi => &[Wire::RestJson],
+            Kind::BentoMl => &[],
+            Kind::Triton => &[Wire::RestJson, Wire::GrpcRaw],
+        }
+    }
+
+    /// Its name in the external table: the server, whatever the wire.
+    fn server(self) -> &'static str {
+        match self {
+            Kind::KilnBinary => Kind::Kiln.label(),
+            k => k.label(),
+        }
+    }
+
     fn colour(self) -> &'static str {
         match self {
             Kind::Kiln => "#1f77b4",
@@ -104,6 +126,8 @@ struct Server {
     child: Child,
     host: String,
     target: Target,
+    /// kiln and Triton: the gRPC address, `host:port`.
+    grpc: Option<String>,
     stats_path: Option<String>,
     /// Triton only: the python backend's shared-memory regions, `/dev/shm/<prefix>*`.
     shm_prefix: Option<String>,
@@ -165,7 +189,11 @@ struct Ctx {
     /// The running Triton's version (`GET /v2`), once one has started.
     triton_version: OnceLock<String>,
     secs: Duration,
+    /// Seconds per external run (`KILN_HEY_SECS`).
     hey_secs: Duration,
+    /// The project venv's Python (grpcio, from scripts/requirements.txt): the gRPC client
+    /// that checks each message before h2load sends it.
+    client_python: PathBuf,
 }
 
 fn free_port() -> Result<u16> {
@@ -468,6 +496,7 @@ fn start(ctx: &Ctx, runtime: &Runtime, kind: Kind, b: &Bench, best_batch: usize)
     let peers = ctx.root.join("benches/peers");
     let log = File::create(ctx.work.path().join(format!("{}-{name}.log", kind.label())))?;
     let model = ctx.root.join(b.file);
+    let grpc = format!("127.0.0.1:{}", free_port()?);
     let mut cmd;
     let mut shm_prefix = None;
     let (ready, target, stats_path) = match kind {
@@ -483,7 +512,9 @@ fn start(ctx: &Ctx, runtime: &Runtime, kind: Kind, b: &Bench, best_batch: usize)
             cmd = Command::new(ctx.root.join("target/release/kiln-server"));
             cmd.arg("--root")
                 .arg(&models)
-                .args(["--listen", &host, "--poll-ms", "60000", "--config"])
+                // An explicit free gRPC port: the default 8001 may be taken.
+                .args(["--listen", &host, "--grpc-listen", &grpc])
+                .args(["--poll-ms", "60000", "--config"])
                 .arg(&settings)
                 .env("RUST_LOG", "warn");
             if std::env::var_os("KILN_ORT_DIR").is_none() {
@@ -559,7 +590,9 @@ fn start(ctx: &Ctx, runtime: &Runtime, kind: Kind, b: &Bench, best_batch: usize)
                     "--http-port",
                     &port.to_string(),
                 ])
-                .args(["--allow-grpc", "false", "--allow-metrics", "false"])
+                .args(["--allow-grpc", "true", "--grpc-address", "127.0.0.1"])
+                .args(["--grpc-port", grpc.rsplit(':').next().unwrap_or_default()])
+                .args(["--allow-metrics", "false"])
                 .args(["--log-info", "false", "--exit-timeout-secs", "5"]);
             // As pytriton runs it: the bundled libraries on the library path, the venv's
             // `bin` first on PATH (the stub's embedded Python finds the venv, so numpy and
@@ -591,6 +624,7 @@ fn start(ctx: &Ctx, runtime: &Runtime, kind: Kind, b: &Bench, best_batch: usize)
         child,
         host: host.clone(),
         target: target.map_err(anyhow::Error::msg)?,
+        grpc: matches!(kind, Kind::Kiln | Kind::KilnBinary | Kind::Triton).then_some(grpc),
         stats_path,
         shm_prefix,
     };
@@ -633,9 +667,6 @@ fn start(ctx: &Ctx, runtime: &Runtime, kind: Kind, b: &Bench, best_batch: usize)
     Ok(server)
 }
 
-/// Each output's numbers, by name.
-type Answer = Vec<(String, Vec<f64>)>;
-
 /// The in-process session's answer to the benchmark's one-row request.
 fn reference(runtime: &Runtime, b: &Bench) -> Result<Answer> {
     let path = inproc::root().join(b.file);
@@ -671,13 +702,32 @@ fn check_answer(server: &Server, want: &Answer) -> Result<f64> {
     }
     let v: serde_json::Value =
         serde_json::from_slice(&body).with_context(|| format!("{label}'s answer is not JSON"))?;
+    let got = v["outputs"]
+        .as_array()
+        .map(|o| {
+            o.iter()
+                .filter_map(|o| {
+                    let data = o["data"].as_array()?;
+                    Some((
+                        o["name"].as_str()?.to_owned(),
+                        data.iter().filter_map(serde_json::Value::as_f64).collect(),
+                    ))
+                })
+                .collect::<Answer>()
+        })
+        .unwrap_or_default();
+    compare(label, &got, want)
+}
+
+/// `got` against the in-process answer: the same outputs, every number within 1e-4
+/// relative. Returns the largest difference.
+fn compare(label: &str, got: &Answer, want: &Answer) -> Result<f64> {
     let mut worst = 0.0f64;
     for (name, want) in want {
-        let got: Vec<f64> = v["outputs"]
-            .as_array()
-            .and_then(|o| o.iter().find(|o| o["name"] == name.as_str()))
-            .and_then(|o| o["data"].as_array())
-            .map(|d| d.iter().filter_map(serde_json::Value::as_f64).collect())
+        let got = got
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
             .with_context(|| format!("{label}'s answer has no output {name}"))?;
         if got.len() != want.len() {
             bail!(
@@ -815,105 +865,6 @@ fn in_process(runtime: &Runtime, b: &Bench) -> Result<(usize, Point, Point, f64)
     Ok((best.0, best.1, lib, best.1.rows_per_s / batch1.max(1e-9)))
 }
 
-/// What `hey` measured on one server.
-struct Hey {
-    kind: Kind,
-    rps: f64,
-    p50_ms: Option<f64>,
-    p99_ms: Option<f64>,
-    /// Answers with status 200.
-    ok: u64,
-    /// Other answers and errors (refused, timed out).
-    bad: u64,
-}
-
-/// `hey`'s command line for `url` with the body in `body`.
-fn hey_args(secs: Duration, body: &str, url: &str) -> Vec<String> {
-    let c = HEY_CONCURRENCY.to_string();
-    let z = format!("{}s", secs.as_secs());
-    let args = [
-        "-z",
-        &z,
-        "-c",
-        &c,
-        "-m",
-        "POST",
-        "-T",
-        "application/json",
-        "-D",
-        body,
-        url,
-    ];
-    args.into_iter().map(str::to_owned).collect()
-}
-
-/// Runs `hey`, an external load generator (Go, one goroutine per client, keep-alive), against
-/// `server` with the same JSON body as the built-in generator, and reads its summary.
-fn hey(ctx: &Ctx, server: &Server, name: &str) -> Result<Hey> {
-    let t = &server.target;
-    let body = ctx.work.path().join(format!("hey-{name}.json"));
-    std::fs::write(&body, &t.body)?;
-    let url = format!("http://{}{}", t.host, t.path);
-    let args = hey_args(ctx.hey_secs, &body.display().to_string(), &url);
-    println!("  $ hey {}", args.join(" "));
-    let out = Command::new("hey")
-        .args(&args)
-        .output()
-        .context("run hey (`make bench-peers` installs it)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("hey failed: {}{text}", String::from_utf8_lossy(&out.stderr));
-    }
-    parse_hey(server.kind, &text)
-}
-
-/// Reads `hey`'s summary: `Requests/sec:`, the latency distribution (`99% in 0.0123 secs`),
-/// the status codes (`[200]\t1234 responses`) and the errors (`[12]\tPost ...: refused`).
-fn parse_hey(kind: Kind, text: &str) -> Result<Hey> {
-    let secs_ms = |v: &str| {
-        v.trim()
-            .trim_end_matches("secs")
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .map(|s| s * 1e3)
-    };
-    let (mut rps, mut p50_ms, mut p99_ms, mut ok, mut bad) = (None, None, None, 0, 0);
-    let mut in_errors = false;
-    for line in text.lines().map(str::trim) {
-        if let Some(v) = line.strip_prefix("Requests/sec:") {
-            rps = v.trim().parse::<f64>().ok();
-        } else if let Some(v) = line.strip_prefix("50% in ") {
-            p50_ms = secs_ms(v);
-        } else if let Some(v) = line.strip_prefix("99% in ") {
-            p99_ms = secs_ms(v);
-        } else if line.starts_with("Error distribution:") {
-            in_errors = true;
-        } else if let Some((inside, tail)) = line.strip_prefix('[').and_then(|r| r.split_once(']'))
-        {
-            let count = |v: &str| v.trim().parse::<u64>().unwrap_or(0);
-            if in_errors {
-                bad += count(inside);
-            } else if inside == "200" {
-                ok += count(tail.split_whitespace().next().unwrap_or(""));
-            } else {
-                bad += count(tail.split_whitespace().next().unwrap_or(""));
-            }
-        }
-    }
-    let Some(rps) = rps else {
-        bail!("no Requests/sec in hey's output:\n{text}");
-    };
-    Ok(Hey {
-        kind,
-        rps,
-        p50_ms,
-        p99_ms,
-        ok,
-        bad,
-    })
-}
-
 /// An open-loop point: the fraction of kiln's peak, the rate offered, what it measured.
 type OpenPoint = (f64, f64, Measured);
 
@@ -929,7 +880,8 @@ struct ModelResult {
     open: Vec<(Kind, Vec<OpenPoint>)>,
     /// Largest difference of each v2 contender's answer from the in-process session's.
     checked: Vec<(Kind, f64)>,
-    hey: Vec<Hey>,
+    /// The external load generators' runs, by server.
+    external: Vec<(Kind, Run)>,
 }
 
 fn bench_model(ctx: &Ctx, runtime: &Runtime, b: &Bench, kinds: &[Kind]) -> Result<ModelResult> {
@@ -944,7 +896,7 @@ fn bench_model(ctx: &Ctx, runtime: &Runtime, b: &Bench, kinds: &[Kind]) -> Resul
     let mut closed = Vec::new();
     let mut open = Vec::new();
     let mut checked = Vec::new();
-    let mut hey_runs = Vec::new();
+    let mut external_runs = Vec::new();
     let mut peak = 0.0f64;
     for &kind in kinds {
         let server = start(ctx, runtime, kind, b, best_batch)?;
@@ -979,20 +931,11 @@ fn bench_model(ctx: &Ctx, runtime: &Runtime, b: &Bench, kinds: &[Kind]) -> Resul
             .collect();
         closed.push((kind, points));
         open.push((kind, rates));
-        if HEY_KINDS.contains(&kind) && HEY_MODELS.contains(&b.label) {
-            match hey(ctx, &server, &model_name(b)) {
-                Ok(h) => {
-                    println!(
-                        "  {} hey c={HEY_CONCURRENCY}: {:.0} req/s, p99 {} ms, {} ok, {} not",
-                        kind.label(),
-                        h.rps,
-                        h.p99_ms.map_or("–".into(), |v| format!("{v:.1}")),
-                        h.ok,
-                        h.bad
-                    );
-                    hey_runs.push(h);
-                }
-                Err(e) => println!("  {}: hey not run: {e:#}", kind.label()),
+        if EXTERNAL_MODELS.contains(&b.label) {
+            for &wire in kind.external() {
+                let run = external_run(ctx, &server, b, wire, &want)
+                    .with_context(|| format!("{} {}", kind.label(), wire.label()))?;
+                external_runs.push((kind, run));
             }
         }
         drop(server);
@@ -1007,8 +950,33 @@ fn bench_model(ctx: &Ctx, runtime: &Runtime, b: &Bench, kinds: &[Kind]) -> Resul
         closed,
         open,
         checked,
-        hey: hey_runs,
+        external: external_runs,
     })
+}
+
+/// One external run on `server` (see [`external::run`]): its REST target, or the one-row
+/// `ModelInfer` message on its gRPC port; its counts from its statistics (kiln's own fields,
+/// Triton's `inference_stats`); the answer checked against the in-process one.
+fn external_run(ctx: &Ctx, server: &Server, b: &Bench, wire: Wire, want: &Answer) -> Result<Run> {
+    let job = external::Job {
+        label: format!("{} {}", server.kind.server(), wire.label()),
+        wire,
+        rest: &server.target,
+        grpc: server.grpc.as_deref(),
+        model: model_name(b),
+        inputs: inproc::request(b, 1, 0),
+        files: ctx
+            .work
+            .path()
+            .join(format!("{}-{}", server.kind.server(), model_name(b))),
+        secs: ctx.hey_secs,
+        python: &ctx.client_python,
+    };
+    let counts = || match &server.stats_path {
+        Some(path) => external::counts(&server.host, path, server.kind == Kind::Triton).map(Some),
+        None => Ok(None),
+    };
+    external::run(&job, &counts, &|got| compare(&job.label, got, want))
 }
 
 fn at64(r: &ModelResult, kind: Kind) -> Option<&Measured> {
@@ -1194,6 +1162,9 @@ fn main() -> Result<()> {
         triton_version: OnceLock::new(),
         secs: inproc::secs(),
         hey_secs: Duration::from_secs(hey_secs),
+        client_python: std::env::var_os("KILN_CLIENT_VENV")
+            .map_or_else(|| root.join(".cache/venv"), PathBuf::from)
+            .join("bin/python"),
     };
     let runtime =
         Runtime::new(&RuntimeConfig::default()).context("ONNX Runtime (run `make ort`)")?;
@@ -1262,43 +1233,17 @@ fn main() -> Result<()> {
             100.0 * thr(Kind::KilnBinary) / lib
         );
     }
-    let mut hey_table = String::new();
-    for r in &results {
-        let kiln = r.hey.iter().find(|h| h.kind == Kind::Kiln).map(|h| h.rps);
-        for h in &r.hey {
-            let opt = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.1}"));
-            hey_table += &format!(
-                "| {} | {} | {:.0} | {} | {} | {} / {} | {} |\n",
-                r.label,
-                h.kind.label(),
-                h.rps,
-                opt(h.p50_ms),
-                opt(h.p99_ms),
-                h.ok,
-                h.bad,
-                kiln.map_or("–".into(), |k| format!("{:.1}×", k / h.rps.max(1e-9)))
-            );
-        }
-    }
-    let hey_section = if hey_table.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "### An external load generator: `hey` at concurrency {HEY_CONCURRENCY}\n\n\
-             The same servers, settings and one-row v2 JSON body (written to a file), driven by \
-             `hey` (Debian's package) instead of the built-in generator, \
-             {:.0} s per run, right after that contender's points above. Command, per contender and model:\n\n\
-             `hey {}`\n\n\
-             | model | contender | req/s | p50 ms | p99 ms | answers 200 / other or failed | kiln ÷ this |\n|---|---|---|---|---|---|---|\n{hey_table}\n",
-            ctx.hey_secs.as_secs_f64(),
-            hey_args(
-                ctx.hey_secs,
-                "body.json",
-                "http://127.0.0.1:$PORT/v2/models/$MODEL/infer"
-            )
-            .join(" ")
-        )
-    };
+    let rows: Vec<external::Row> = results
+        .iter()
+        .flat_map(|r| {
+            r.external.iter().map(|(kind, run)| external::Row {
+                model: r.label.clone(),
+                contender: kind.server(),
+                run: run.clone(),
+            })
+        })
+        .collect();
+    let hey_section = external::section(ctx.hey_secs, &rows);
     let triton = if kinds.contains(&Kind::Triton) {
         format!(
             "; Triton {} (`tritonserver` from the nvidia-pytriton 0.7.0 wheel; its python backend: {})",
@@ -1318,7 +1263,7 @@ fn main() -> Result<()> {
          Triton: the real Triton Inference Server serving the ONNX file through its python backend, as one does without Triton's onnxruntime backend — \
          a model repository with `config.pbtxt` (`backend: \"python\"`, the same `max_batch_size`, `dynamic_batching {{ max_queue_delay_microseconds: {TRITON_QUEUE_DELAY_US} }}`, \
          `instance_group [{{ count: 2, kind: KIND_CPU }}]`) and `benches/peers/triton_model.py` as `model.py` (one single-threaded onnxruntime session per instance; each batch stacked, run once, split), \
-         HTTP only, Triton's default thread counts). \
+         HTTP and gRPC on (gRPC used only by the last table), Triton's default thread counts; kiln-server likewise serves gRPC on a port of its own). \
          One row per request, JSON (the v2 protocol for kiln, FastAPI and Triton; BentoML's own JSON with the same numbers). \
          The load generator (`benches/src/load.rs`, also `kiln-load`) is the same for all and shares the 2 cores with the server under test. \
          CPU µs / inference = the server processes' user + system CPU time ÷ answered requests.\n\n\

@@ -2,6 +2,7 @@
 //! helpers, and writing one bench's section into `benches/RESULTS.md` without touching the
 //! others.
 
+pub mod external;
 pub mod inproc;
 pub mod load;
 pub mod svg;
