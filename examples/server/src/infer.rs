@@ -8,7 +8,8 @@ use std::time::Duration;
 use kiln::NamedTensors;
 
 use crate::error::ApiError;
-use crate::routes::{find, AppState};
+use crate::models::find;
+use crate::routes::AppState;
 
 /// One inference call, decoded from either protocol.
 pub(crate) struct Call<'a> {

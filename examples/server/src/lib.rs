@@ -14,12 +14,15 @@
 //! - [`error`]: one error type and its HTTP mapping (400, 404, 413, 429 + `Retry-After`, 503,
 //!   504).
 //! - [`mod@serve`]: the accept loop (header-read timeout, connection cap, graceful drain).
-//! - [`routes`]: the REST endpoints, readiness, admin endpoints, HTTP metrics.
+//! - [`routes`]: the REST endpoints, HTTP metrics.
+//! - `models` (private): what both protocols ask about models (lookup, metadata, readiness).
+//! - `admin` (private): the repository endpoints and the one admin rule.
 //! - [`grpc`]: the same protocol over gRPC, and `grpc.health.v1`.
 //! - `infer` (private): the one inference path both protocols take.
 //! - `model_config` (private): a model's configuration in Triton's schema.
 //! - `stats` (private): Triton's statistics and repository index.
 
+mod admin;
 pub mod config;
 mod decode;
 pub mod error;
@@ -28,6 +31,7 @@ mod infer;
 mod json_data;
 mod json_fields;
 mod model_config;
+mod models;
 pub mod protocol;
 pub mod routes;
 pub mod serve;

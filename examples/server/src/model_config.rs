@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::grpc::pb::{self, model_instance_group::Kind, DataType};
-use crate::routes::{find, not_serving, AppState};
+use crate::models::{find, not_serving};
+use crate::routes::AppState;
 
 /// Triton's data type enum for an element type.
 pub(crate) fn data_type(ty: ElementType) -> DataType {

@@ -4,12 +4,18 @@
 //! it does not time phases per request (the `ns` fields are 0): latency is in `/metrics`
 //! (`kiln_request_duration_seconds`, `kiln_queue_duration_seconds`, `kiln_compute_duration_seconds`).
 
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::Json;
 use kiln::ModelState;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::grpc::pb;
-use crate::routes::{find, AppState};
+use crate::models::{find, state_name};
+use crate::routes::AppState;
 
 /// Statistics of `model` (all models when `None`), of `version` if given (which must be the
 /// serving one). A model with no version serving has no entry.
@@ -150,4 +156,96 @@ pub(crate) fn index_json(models: &[pb::repository_index_response::ModelIndex]) -
             e
         })
         .collect()
+}
+
+/// `GET /v2/models/{m}[/versions/{v}]/stats`: Triton's statistics (`model_stats`, what
+/// `get_inference_statistics` reads; see [`crate::stats`]) and, beside them, kiln's own
+/// counters for people and benchmarks that need exact batch sizes: the model's lifecycle
+/// `state` and `last_error` (the last load failure, kept while an older version serves on),
+/// and the serving version's requests by outcome, batches, rows and the batch-size histogram
+/// (`{"rows": batches}`), since it was loaded. A model with no version serving answers its
+/// state alone, `version` null and `model_stats` empty. Monitoring should use `/metrics`.
+pub(crate) async fn model_stats(
+    State(s): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    stats_of(&s, &model, None)
+}
+
+pub(crate) async fn model_stats_v(
+    State(s): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    stats_of(&s, &model, Some(&version))
+}
+
+/// `GET /v2/models/stats`: every serving model's statistics, Triton's schema.
+pub(crate) async fn all_stats(
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let stats = crate::stats::statistics(&s, None, None)?;
+    Ok(Json(crate::stats::statistics_json(&stats)))
+}
+
+/// `POST /v2/repository/index`: every model found, its version and state (Triton's schema;
+/// body `{"ready": true}` for the ready ones only).
+pub(crate) async fn repository_index(
+    State(s): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    #[derive(serde::Deserialize, Default)]
+    struct Query {
+        #[serde(default)]
+        ready: bool,
+    }
+    let query: Query = if body.iter().all(u8::is_ascii_whitespace) {
+        Query::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("malformed index request: {e}")))?
+    };
+    Ok(Json(crate::stats::index_json(&crate::stats::index(
+        &s,
+        query.ready,
+    ))))
+}
+
+fn stats_of(
+    s: &AppState,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let h = find(s, model, version)?;
+    let status = h.status();
+    let mut doc =
+        crate::stats::statistics_json(&crate::stats::statistics(s, Some(model), version)?);
+    doc["name"] = json!(model);
+    doc["state"] = json!(state_name(&status.state));
+    doc["last_error"] = json!(status.last_error);
+    let Some(st) = h.stats() else {
+        doc["version"] = serde_json::Value::Null;
+        return Ok(Json(doc));
+    };
+    let sizes: serde_json::Map<String, serde_json::Value> = st
+        .batch_sizes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &n)| n > 0)
+        .map(|(rows, &n)| (rows.to_string(), n.into()))
+        .collect();
+    for (key, value) in [
+        ("version", json!(h.current_version())),
+        ("succeeded", json!(st.succeeded)),
+        ("failed", json!(st.failed)),
+        ("overloaded", json!(st.overloaded)),
+        ("expired", json!(st.expired)),
+        ("cancelled", json!(st.cancelled)),
+        ("queued", json!(st.queued)),
+        ("batches", json!(st.batches)),
+        ("rows", json!(st.rows)),
+        ("batch_sizes", serde_json::Value::Object(sizes)),
+    ] {
+        doc[key] = value;
+    }
+    Ok(Json(doc))
 }

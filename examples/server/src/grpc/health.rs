@@ -12,7 +12,8 @@ use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
-use crate::routes::{model_is_ready, server_is_ready, AppState};
+use crate::models::{model_is_ready, server_is_ready};
+use crate::routes::AppState;
 
 /// How often `Watch` looks for a change.
 const WATCH_EVERY: Duration = Duration::from_millis(500);

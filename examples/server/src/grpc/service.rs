@@ -12,7 +12,7 @@ use super::pb::{self, grpc_inference_service_server::GrpcInferenceService};
 use super::{status, tensor};
 use crate::error::ApiError;
 use crate::infer;
-use crate::routes::{self, AppState};
+use crate::routes::AppState;
 
 pub(super) struct Inference {
     state: Arc<AppState>,
@@ -34,7 +34,7 @@ impl Inference {
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        routes::admit_admin(&self.state, authorization, peer).map_err(Status::from)
+        crate::admin::admit_admin(&self.state, authorization, peer).map_err(Status::from)
     }
 }
 
@@ -57,7 +57,7 @@ impl GrpcInferenceService for Inference {
         _: Request<pb::ServerReadyRequest>,
     ) -> Result<Response<pb::ServerReadyResponse>, Status> {
         Ok(Response::new(pb::ServerReadyResponse {
-            ready: routes::server_is_ready(&self.state),
+            ready: crate::models::server_is_ready(&self.state),
         }))
     }
 
@@ -66,7 +66,7 @@ impl GrpcInferenceService for Inference {
         request: Request<pb::ModelReadyRequest>,
     ) -> Result<Response<pb::ModelReadyResponse>, Status> {
         let r = request.into_inner();
-        let ready = routes::model_is_ready(&self.state, &r.name, version(&r.version))?;
+        let ready = crate::models::model_is_ready(&self.state, &r.name, version(&r.version))?;
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 
@@ -77,7 +77,10 @@ impl GrpcInferenceService for Inference {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: "kiln".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: routes::EXTENSIONS.iter().map(|e| (*e).to_owned()).collect(),
+            extensions: crate::models::EXTENSIONS
+                .iter()
+                .map(|e| (*e).to_owned())
+                .collect(),
         }))
     }
 
@@ -86,7 +89,7 @@ impl GrpcInferenceService for Inference {
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
         let r = request.into_inner();
-        let d = routes::describe(&self.state, &r.name, version(&r.version))?;
+        let d = crate::models::describe(&self.state, &r.name, version(&r.version))?;
         let tensors = |ts: Vec<crate::protocol::TensorMetadata>| {
             ts.into_iter()
                 .map(|t| pb::model_metadata_response::TensorMetadata {
@@ -185,7 +188,7 @@ impl GrpcInferenceService for Inference {
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         self.admin(&request)?;
-        routes::load_model(&self.state, request.into_inner().model_name).await?;
+        crate::admin::load_model(&self.state, request.into_inner().model_name).await?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -194,7 +197,7 @@ impl GrpcInferenceService for Inference {
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
         self.admin(&request)?;
-        routes::unload_model(&self.state, request.into_inner().model_name).await?;
+        crate::admin::unload_model(&self.state, request.into_inner().model_name).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }
