@@ -96,15 +96,22 @@ pub async fn serve(
             .max_concurrent_streams(options.max_streams_per_connection)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.watcher();
+        let first_bytes = options.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _slot = slot;
+            // The protocol detection below waits for the client's first bytes with no timer
+            // of its own: a client that connects and sends nothing must not hold the slot.
+            if !protocol_known(&stream, first_bytes).await {
+                tracing::debug!(%peer, "nothing to tell HTTP/1 from HTTP/2 within the header timeout; closed");
+                return;
+            }
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
-            drop(slot);
         });
     }
     drop(listener);
@@ -114,4 +121,22 @@ pub async fn serve(
             tracing::warn!(grace_s = options.shutdown_grace.as_secs(), "connections still open after the shutdown grace period");
         }
     }
+}
+
+/// Waits, at most `timeout`, until the client has sent enough to tell HTTP/1.1 from HTTP/2:
+/// the 24-byte HTTP/2 preface, or a byte that departs from it. False if it did not, or closed.
+async fn protocol_known(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let known = async {
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                // Part of the preface: `peek` answers at once until more arrives.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, known).await.unwrap_or(false)
 }

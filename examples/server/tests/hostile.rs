@@ -110,6 +110,40 @@ fn slow_clients_are_cut_off_and_others_are_served_meanwhile() {
     good_request(port);
 }
 
+/// Connections that send nothing, or a few bytes of the HTTP/2 preface and then nothing, on
+/// the REST and the gRPC port alike: each is closed within the header timeout (a silent
+/// connection used to be held for ever, waiting to tell HTTP/1 from HTTP/2).
+#[test]
+fn silent_and_trickling_connections_are_closed_on_both_ports() {
+    let grpc = free_port();
+    let grpc_listen = format!("127.0.0.1:{grpc}");
+    let (_root, server) = start(&["--header-timeout-s", "1", "--grpc-listen", &grpc_listen]);
+    let mut held = Vec::new();
+    for port in [server.port, grpc] {
+        for opening in [&b""[..], b"PRI * HTT"] {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.write_all(opening).expect("write");
+            held.push((port, opening.len(), s, std::time::Instant::now()));
+        }
+    }
+    good_request(server.port);
+    for (port, sent, mut s, since) in held {
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = Vec::new();
+        // EOF, or a reset (what the kernel sends when bytes the server never read are left).
+        let closed = match s.read_to_end(&mut buf) {
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(
+            closed && since.elapsed() < Duration::from_secs(5),
+            "port {port}, {sent} bytes sent: held open for {:?}",
+            since.elapsed()
+        );
+    }
+}
+
 #[test]
 fn hostile_bodies_get_clear_4xx_and_memory_stays_bounded() {
     let (_root, server) = start(&[]);
