@@ -560,7 +560,8 @@ fn start(ctx: &Ctx, runtime: &Runtime, kind: Kind, b: &Bench, best_batch: usize)
                 .env("KILN_PEER_MODEL", &model)
                 .env("KILN_PEER_THREADS", "1")
                 .env("KILN_PEER_WORKERS", SESSIONS.to_string())
-                .env("KILN_PEER_MAX_BATCH", best_batch.to_string())
+                // BentoML refuses a max_batch_size of 1 (a compute-bound model's best batch).
+                .env("KILN_PEER_MAX_BATCH", best_batch.max(2).to_string())
                 .env(
                     "KILN_PEER_DTYPE",
                     if b.int_tokens { "INT32" } else { "FP32" },
