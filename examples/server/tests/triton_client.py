@@ -11,31 +11,10 @@ import json
 import os
 import sys
 
-import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-DTYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32"}
-
-
-def load_golden(corpus, name):
-    with open(os.path.join(corpus, "golden", name + ".json")) as f:
-        doc = json.load(f)
-
-    def arr(t):
-        return np.array(t["data"], dtype=t["dtype"]).reshape(t["shape"])
-
-    return ({k: arr(v) for k, v in doc["inputs"].items()},
-            {k: arr(v) for k, v in doc["outputs"].items()})
-
-
-def check_close(model, name, got, want, tol):
-    assert got.shape == want.shape, f"{model}/{name}: shape {got.shape} != {want.shape}"
-    if want.dtype.kind == "f":
-        err = np.abs(got.astype(np.float64) - want) - (tol[0] + tol[1] * np.abs(want))
-        assert (err <= 0).all(), f"{model}/{name}: off by {err.max()} over tolerance"
-    else:
-        assert (got == want).all(), f"{model}/{name}: integers differ"
+from corpus_golden import DTYPES, check_close, load_golden
 
 
 def main():
