@@ -74,12 +74,6 @@ fn to_tensor(
             )))
         }
     };
-    let narrow = |v: &[i32], what: &str, fits: fn(i32) -> bool| -> Result<(), InputError> {
-        match v.iter().find(|&&x| !fits(x)) {
-            Some(x) => Err(bad(format!("{x} is not a {what}"))),
-            None => Ok(()),
-        }
-    };
     let data = match datatype.as_str() {
         "FP32" => {
             count(contents.fp32_contents.len())?;
@@ -99,15 +93,11 @@ fn to_tensor(
         }
         "INT8" => {
             count(contents.int_contents.len())?;
-            narrow(&contents.int_contents, "int8", |x| i8::try_from(x).is_ok())?;
-            TensorData::I8(contents.int_contents.iter().map(|&x| x as i8).collect())
+            TensorData::I8(narrow(&contents.int_contents, "int8").map_err(bad)?)
         }
         "UINT8" => {
             count(contents.uint_contents.len())?;
-            if let Some(x) = contents.uint_contents.iter().find(|&&x| x > 255) {
-                return Err(bad(format!("{x} is not a uint8")));
-            }
-            TensorData::U8(contents.uint_contents.iter().map(|&x| x as u8).collect())
+            TensorData::U8(narrow(&contents.uint_contents, "uint8").map_err(bad)?)
         }
         "BOOL" => {
             count(contents.bool_contents.len())?;
@@ -115,17 +105,11 @@ fn to_tensor(
         }
         "INT16" => {
             count(contents.int_contents.len())?;
-            narrow(&contents.int_contents, "int16", |x| {
-                i16::try_from(x).is_ok()
-            })?;
-            TensorData::I16(contents.int_contents.iter().map(|&x| x as i16).collect())
+            TensorData::I16(narrow(&contents.int_contents, "int16").map_err(bad)?)
         }
         "UINT16" => {
             count(contents.uint_contents.len())?;
-            if let Some(x) = contents.uint_contents.iter().find(|&&x| x > 65535) {
-                return Err(bad(format!("{x} is not a uint16")));
-            }
-            TensorData::U16(contents.uint_contents.iter().map(|&x| x as u16).collect())
+            TensorData::U16(narrow(&contents.uint_contents, "uint16").map_err(bad)?)
         }
         "UINT32" => {
             count(contents.uint_contents.len())?;
@@ -149,6 +133,18 @@ fn to_tensor(
     };
     let tensor = Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))?;
     Ok((name, tensor))
+}
+
+/// The protocol's 32-bit contents narrowed to the tensor's type, refusing the first value that
+/// does not fit (`300 is not a int8`).
+fn narrow<S: Copy + std::fmt::Display, T: TryFrom<S>>(
+    values: &[S],
+    what: &str,
+) -> Result<Vec<T>, String> {
+    values
+        .iter()
+        .map(|&x| T::try_from(x).map_err(|_| format!("{x} is not a {what}")))
+        .collect()
 }
 
 /// Whether typed contents carry any value (an empty `contents` beside raw bytes is fine).
