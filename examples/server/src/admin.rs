@@ -76,17 +76,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Loads `model` on a blocking thread (loading reads, hashes and compiles the model).
 pub(crate) async fn load_model(s: &AppState, model: String) -> Result<(), ApiError> {
-    let repo = Arc::clone(&s.repo);
-    tokio::task::spawn_blocking(move || repo.load(&model))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
-    Ok(())
+    on_repository(s, move |repo| repo.load(&model).map(drop)).await
 }
 
 /// Drains and unloads `model` on a blocking thread (draining waits for its queue).
 pub(crate) async fn unload_model(s: &AppState, model: String) -> Result<(), ApiError> {
+    on_repository(s, move |repo| repo.unload(&model)).await
+}
+
+/// Runs a repository change on a blocking thread, its error mapped as the runtime's errors are.
+async fn on_repository(
+    s: &AppState,
+    change: impl FnOnce(&kiln::Repository) -> kiln::Result<()> + Send + 'static,
+) -> Result<(), ApiError> {
     let repo = Arc::clone(&s.repo);
-    tokio::task::spawn_blocking(move || repo.unload(&model))
+    tokio::task::spawn_blocking(move || change(&repo))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
     Ok(())

@@ -275,7 +275,7 @@ pub fn to_tensor(
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
     let (shape, elements) = checked_shape(name, &input.shape, max_elements)?;
     if let Some(bytes) = binary {
-        return from_le_bytes(&input.datatype, shape, elements, bytes).map_err(bad);
+        return from_le_bytes(&input.datatype, shape, bytes).map_err(bad);
     }
     let raw = input.data.map_or("[]", RawValue::get);
     let data = match input.datatype.as_str() {
@@ -352,7 +352,6 @@ fn values<T: Leaf>(raw: &str, shape: &[usize], elements: usize) -> Result<Vec<T>
 pub(crate) fn from_le_bytes(
     datatype: &str,
     shape: Vec<usize>,
-    _elements: usize,
     bytes: &[u8],
 ) -> Result<Tensor, String> {
     let ty = element_type(datatype).ok_or_else(|| {
@@ -374,11 +373,6 @@ pub(crate) fn from_le_bytes(
     })
 }
 
-/// A tensor's data as raw little-endian bytes.
-pub fn to_le_bytes(tensor: &Tensor) -> Vec<u8> {
-    tensor.to_le_bytes()
-}
-
 /// Why a request tensor was refused.
 #[derive(Debug)]
 pub enum InputError {
@@ -394,7 +388,7 @@ pub fn output(name: String, tensor: Tensor, binary: bool) -> (OutputTensor, Opti
     let datatype = datatype(tensor.element_type());
     let shape = tensor.shape().to_vec();
     if binary {
-        let bytes = to_le_bytes(&tensor);
+        let bytes = tensor.to_le_bytes();
         let out = OutputTensor {
             name,
             datatype,
@@ -477,7 +471,7 @@ mod tests {
         )
         .expect("binary");
         assert_eq!(t.as_slice::<f32>().expect("f32"), &[1.5, -2.0]);
-        assert_eq!(to_le_bytes(&t), vec![0, 0, 192, 63, 0, 0, 0, 192]);
+        assert_eq!(t.to_le_bytes(), vec![0, 0, 192, 63, 0, 0, 0, 192]);
         assert!(matches!(
             to_tensor(&input(vec![3], "FP32", Value::Null), Some(&[0; 8]), 9),
             Err(InputError::Invalid(m)) if m.contains("8 bytes of binary data")

@@ -25,11 +25,7 @@ fn ready_after_warm_up_serves_and_drains_on_sigterm() {
     assert_eq!(code, 200, "{out}");
     assert!(out.contains("\"shape\":[2,4]"), "{out}");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    sigterm(&child);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
         http(port, "GET", "/v2/health/ready", "").map(|(c, _)| c),
@@ -129,11 +125,7 @@ fn shutdown_is_bounded_by_its_budget_even_with_a_request_held_open() {
     .expect("send the start of a request");
     std::thread::sleep(Duration::from_millis(200));
     let sent = std::time::Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    sigterm(&child);
     let status = child.wait().expect("exit");
     let took = sent.elapsed();
     assert!(status.success(), "exit: {status:?}");
@@ -197,4 +189,13 @@ fn json_logs_carry_one_line_per_failed_request() {
             .contains("x"),
         "{f}"
     );
+}
+
+/// Sends SIGTERM, as the kubelet does.
+fn sigterm(child: &std::process::Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
 }

@@ -61,7 +61,7 @@ fn to_tensor(
                 "has both typed contents and raw_input_contents; send one".into(),
             ));
         }
-        let tensor = protocol::from_le_bytes(&datatype, shape, elements, bytes).map_err(bad)?;
+        let tensor = protocol::from_le_bytes(&datatype, shape, bytes).map_err(bad)?;
         return Ok((name, tensor));
     }
     let contents = contents.unwrap_or_default();
@@ -168,7 +168,7 @@ pub(super) fn output(name: String, tensor: &Tensor) -> (InferOutputTensor, Bytes
         parameters: Default::default(),
         contents: None::<InferTensorContents>,
     };
-    (out, Bytes::from(protocol::to_le_bytes(tensor)))
+    (out, Bytes::from(tensor.to_le_bytes()))
 }
 
 #[cfg(test)]
