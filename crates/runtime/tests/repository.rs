@@ -284,3 +284,43 @@ fn a_current_missing_past_the_grace_period_unloads() {
     set_current(root.path(), "mlp", "1");
     assert_eq!(repo.scan().expect("scan").loaded, vec![pair("mlp", "1")]);
 }
+
+/// Readiness under `all` is never true while a model the first scan found has not loaded yet:
+/// models load one by one, and a model not reached yet must already count (it used to be
+/// absent until its turn, so `ready` flapped true after the first model and false again).
+#[test]
+fn readiness_counts_every_model_found_before_any_has_loaded() {
+    let root = tempfile::tempdir().expect("root");
+    for m in ["a", "b", "c", "d"] {
+        publish(
+            root.path(),
+            m,
+            "1",
+            "corpus/models/ppocr-v4-det.onnx",
+            false,
+        );
+    }
+    let repo = Arc::new(repo(root.path()));
+    let scanning = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (repo, scanning) = (Arc::clone(&repo), Arc::clone(&scanning));
+        std::thread::spawn(move || {
+            let mut early = Vec::new();
+            while scanning.load(std::sync::atomic::Ordering::Relaxed) {
+                if repo.ready(&kiln::Readiness::All) {
+                    early.push(repo.names().len());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            early
+        })
+    };
+    repo.scan().expect("scan");
+    scanning.store(false, std::sync::atomic::Ordering::Relaxed);
+    let early = watcher.join().expect("watcher");
+    assert!(
+        early.iter().all(|&n| n == 4),
+        "ready while only some of 4 models were known: {early:?}"
+    );
+    assert!(repo.ready(&kiln::Readiness::All));
+}

@@ -206,8 +206,20 @@ impl Repository {
             .filter(|n| layout::check_name("model", n).is_ok())
             .collect();
         names.sort();
-        for name in names {
-            let Some(current) = published::current(&root.join(&name)) else {
+        // Models load one by one below: every model found is registered first (its handle
+        // `Loading`), so readiness under `all` counts the ones not reached yet.
+        let published: Vec<(String, Option<Published>)> = names
+            .into_iter()
+            .map(|name| {
+                let current = published::current(&root.join(&name));
+                if current.is_some() {
+                    self.handle_or_new(&name);
+                }
+                (name, current)
+            })
+            .collect();
+        for (name, current) in published {
+            let Some(current) = current else {
                 if self.keep_without_current(&mut st, &name, now) {
                     found.insert(name);
                 }
