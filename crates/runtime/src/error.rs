@@ -130,6 +130,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A model's external data reference cannot be served: a location outside the model's
+    /// directory, or a model whose bytes cannot be scanned for references.
+    #[error("model {path}: external data {location:?}: {reason}")]
+    ExternalData {
+        /// The model file.
+        path: PathBuf,
+        /// The location as the model names it (empty when the scan itself failed).
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A manifest file exists but cannot be used.
     #[error("invalid manifest {path}: {reason}")]
     InvalidManifest {

@@ -40,6 +40,7 @@ pub mod checksum;
 pub mod config;
 pub mod device;
 pub mod error;
+mod external;
 pub mod layout;
 pub mod manifest;
 pub mod memory;

@@ -1,13 +1,15 @@
 //! A verified, loaded model and the single-request inference call.
 //!
 //! Loading reads the file once, hashes exactly the bytes it hands to ONNX Runtime
-//! (`commit_from_memory`), and refuses on a mismatch; then it registers the requested
+//! (`commit_from_memory`), and refuses on a mismatch (external data files the same way, see
+//! [`crate::external`]); then it registers the requested
 //! execution provider under the fallback policy, reads the signature, and reports where the
 //! graph really runs. [`Model::run`] takes `&mut self` because an `ort` session does: a model
 //! belongs to one worker thread (the batcher runs one per instance).
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ort::ep::{self, ExecutionProvider as _};
@@ -18,6 +20,7 @@ use crate::checksum::{read_and_hash, Checksum, Digest};
 use crate::config::{ModelOptions, OptimizationLevel, SessionConfig};
 use crate::device::{self, Device, Fallback, Provider, ProviderReport, ReportSource};
 use crate::error::{Error, Result};
+use crate::external::{self, ExternalFile};
 use crate::manifest::Manifest;
 use crate::metadata::ModelMetadata;
 use crate::runtime::Runtime;
@@ -29,6 +32,9 @@ pub type NamedTensors = Vec<(String, Tensor)>;
 /// A loaded model with one ONNX Runtime session.
 pub struct Model {
     session: Session,
+    /// The verified external data ONNX Runtime was given from memory; declared after the
+    /// session so it outlives it.
+    _external: Vec<Arc<[u8]>>,
     metadata: ModelMetadata,
     provider: ProviderReport,
     path: PathBuf,
@@ -92,7 +98,7 @@ impl Model {
                 .file_stem()
                 .map_or_else(|| "model".to_owned(), |s| s.to_string_lossy().into_owned()),
         };
-        let expected = expected_digest(path, &options.checksum)?;
+        let (expected, manifest) = expected_digest(path, &options.checksum)?;
         if let Some((_, Some(size))) = expected {
             let actual = std::fs::metadata(path)
                 .map_err(|source| Error::Io {
@@ -123,10 +129,18 @@ impl Model {
             }
         }
 
+        let external = external::load(
+            path,
+            &bytes,
+            &options.checksum,
+            &options.external_data,
+            manifest.as_ref(),
+        )?;
+
         let mut models = Vec::with_capacity(count);
         for _ in 0..count {
             let (session, requested_cuda, fallback_reason) =
-                open_session(runtime, &name, path, &bytes, options)?;
+                open_session(runtime, &name, path, &bytes, &external, options)?;
             let metadata = ModelMetadata::from_session(&name, &session)?;
             let provider = report(
                 runtime,
@@ -137,6 +151,7 @@ impl Model {
             );
             models.push(Self {
                 session,
+                _external: external.iter().map(|f| Arc::clone(&f.bytes)).collect(),
                 metadata,
                 provider,
                 path: path.to_owned(),
@@ -233,11 +248,15 @@ impl Model {
     }
 }
 
-/// The digest to check and, from a manifest, the size; `None` when waived.
-fn expected_digest(path: &Path, checksum: &Checksum) -> Result<Option<(Digest, Option<u64>)>> {
+/// A pinned digest and, from a manifest, the size.
+type Pinned = (Digest, Option<u64>);
+
+/// The digest to check and, from a manifest, the size (`None` when waived); and the manifest
+/// it came from, which also pins the model's external data.
+fn expected_digest(path: &Path, checksum: &Checksum) -> Result<(Option<Pinned>, Option<Manifest>)> {
     match checksum {
-        Checksum::Sha256(d) => Ok(Some((*d, None))),
-        Checksum::Skip => Ok(None),
+        Checksum::Sha256(d) => Ok((Some((*d, None)), None)),
+        Checksum::Skip => Ok((None, None)),
         Checksum::Manifest => {
             let required = |reason: String| Error::ChecksumRequired {
                 path: path.to_owned(),
@@ -264,7 +283,8 @@ fn expected_digest(path: &Path, checksum: &Checksum) -> Result<Option<(Digest, O
                     manifest_path.display()
                 ))
             })?;
-            Ok(Some((entry.sha256, Some(entry.size))))
+            let pinned = (entry.sha256, Some(entry.size));
+            Ok((Some(pinned), Some(manifest)))
         }
     }
 }
@@ -276,6 +296,7 @@ fn open_session(
     name: &str,
     path: &Path,
     bytes: &[u8],
+    external: &[ExternalFile],
     options: &ModelOptions,
 ) -> Result<(Session, Option<i32>, Option<String>)> {
     let cuda_id = match options.device {
@@ -294,7 +315,7 @@ fn open_session(
         let builder = base_builder(runtime, &options.session).map_err(invalid)?;
         match register_cuda(builder, device_id, options.session.cuda_tf32) {
             Ok(builder) => {
-                let session = commit(builder, bytes).map_err(invalid)?;
+                let session = commit(builder, bytes, external).map_err(invalid)?;
                 return Ok((session, Some(device_id), None));
             }
             Err(reason) if may_fall_back => {
@@ -311,7 +332,7 @@ fn open_session(
         }
     }
     let builder = base_builder(runtime, &options.session).map_err(invalid)?;
-    let session = commit(builder, bytes).map_err(invalid)?;
+    let session = commit(builder, bytes, external).map_err(invalid)?;
     Ok((session, None, fallback_reason))
 }
 
@@ -335,7 +356,12 @@ fn register_cuda(
 fn commit(
     mut builder: ort::session::builder::SessionBuilder,
     bytes: &[u8],
+    external: &[ExternalFile],
 ) -> ort::Result<Session> {
+    for file in external {
+        builder = builder
+            .with_external_initializer_file_in_memory(&file.location, Arc::clone(&file.bytes))?;
+    }
     builder.commit_from_memory(bytes)
 }
 

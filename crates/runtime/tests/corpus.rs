@@ -23,6 +23,8 @@ struct Entry {
     batch: usize,
     abs_tol: f64,
     rel_tol: f64,
+    /// Weights files beside the model (`external_data`), by location, with their digests.
+    external: Vec<(String, Digest)>,
 }
 
 fn corpus_dir() -> PathBuf {
@@ -46,6 +48,17 @@ fn entries() -> Vec<Entry> {
             batch: m["batch"].as_u64().expect("batch") as usize,
             abs_tol: m["tolerance"][0].as_f64().expect("abs"),
             rel_tol: m["tolerance"][1].as_f64().expect("rel"),
+            external: m["external_data"]
+                .as_object()
+                .map(|files| {
+                    files
+                        .iter()
+                        .map(|(f, d)| {
+                            (f.clone(), d.as_str().expect("digest").parse().expect("hex"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
         .collect()
 }
@@ -60,9 +73,12 @@ const CAP: usize = 1 << 22;
 
 fn serve(e: &Entry) -> ModelHandle {
     let handle = ModelHandle::new(e.name.clone(), opentelemetry::global::meter("kiln-corpus"));
-    let options = ModelOptions::new()
-        .with_checksum(Checksum::Sha256(e.sha256))
-        .with_max_input_elements(CAP);
+    let options = e.external.iter().fold(
+        ModelOptions::new()
+            .with_checksum(Checksum::Sha256(e.sha256))
+            .with_max_input_elements(CAP),
+        |o, (file, digest)| o.with_external_data_checksum(file, *digest),
+    );
     handle
         .load_model(
             &runtime(),
@@ -89,6 +105,7 @@ fn row(tensors: &NamedTensors, i: usize) -> NamedTensors {
                 TensorData::F32(v) => TensorData::F32(v[i * inner..(i + 1) * inner].to_vec()),
                 TensorData::I64(v) => TensorData::I64(v[i * inner..(i + 1) * inner].to_vec()),
                 TensorData::I32(v) => TensorData::I32(v[i * inner..(i + 1) * inner].to_vec()),
+                TensorData::F16(v) => TensorData::F16(v[i * inner..(i + 1) * inner].to_vec()),
                 other => panic!("row of {other:?} not handled"),
             };
             (n.clone(), Tensor::from_data(shape, data).expect("row"))
@@ -156,6 +173,7 @@ fn bad_requests(good: &NamedTensors) -> Vec<(&'static str, NamedTensors)> {
     let zero_dim = match first.data() {
         TensorData::F32(_) => Tensor::new(zero, Vec::<f32>::new()),
         TensorData::I64(_) => Tensor::new(zero, Vec::<i64>::new()),
+        TensorData::F16(_) => Tensor::new(zero, Vec::<half::f16>::new()),
         _ => Tensor::new(zero, Vec::<i32>::new()),
     }
     .expect("zero");
@@ -165,6 +183,7 @@ fn bad_requests(good: &NamedTensors) -> Vec<(&'static str, NamedTensors)> {
     let far_too_large = match first.data() {
         TensorData::F32(_) => Tensor::new(huge, vec![0f32; elements]),
         TensorData::I64(_) => Tensor::new(huge, vec![0i64; elements]),
+        TensorData::F16(_) => Tensor::new(huge, vec![half::f16::ZERO; elements]),
         _ => Tensor::new(huge, vec![0i32; elements]),
     }
     .expect("huge");

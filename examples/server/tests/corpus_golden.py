@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-DTYPES = {"float32": "FP32", "int64": "INT64", "int32": "INT32"}
+DTYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32"}
 
 
 def load_golden(corpus, name):

@@ -8,21 +8,27 @@ mod common;
 
 use std::process::Command;
 
-use common::{free_port, publish, repo_root, start_ready};
+use common::{free_port, publish, publish_with_data, repo_root, start_ready};
 
-/// Every model of the corpus (`testdata/corpus/corpus.json`), served by one server.
-const MODELS: [&str; 10] = [
-    "magika",
-    "nudenet-320n",
-    "ppocr-v4-det",
-    "ppocr-v4-rec",
-    "ppocr-cls",
-    "silero-vad",
-    "silero-vad-op18-ifless",
-    "silero-vad-half",
-    "silero-vad-sequence",
-    "silero-vad-fixed",
-];
+/// Every model of the corpus (`testdata/corpus/corpus.json`), with its external data files.
+fn corpus() -> Vec<(String, Vec<String>)> {
+    let corpus: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("testdata/corpus/corpus.json")).expect("corpus"),
+    )
+    .expect("json");
+    corpus["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| {
+            let data = m["external_data"]
+                .as_object()
+                .map(|d| d.keys().map(|f| format!("corpus/models/{f}")).collect())
+                .unwrap_or_default();
+            (m["name"].as_str().expect("name").to_owned(), data)
+        })
+        .collect()
+}
 
 #[test]
 fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
@@ -32,9 +38,19 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
         "the project venv is missing (run `make testdata`)"
     );
     let root = tempfile::tempdir().expect("root");
-    for m in MODELS {
-        publish(root.path(), m, "1", &format!("corpus/models/{m}.onnx"));
+    let models = corpus();
+    assert!(models.len() >= 16, "the corpus has every model");
+    for (m, data) in &models {
+        let data: Vec<&str> = data.iter().map(String::as_str).collect();
+        publish_with_data(
+            root.path(),
+            m,
+            "1",
+            &format!("corpus/models/{m}.onnx"),
+            &data,
+        );
     }
+    let names: Vec<&str> = models.iter().map(|(m, _)| m.as_str()).collect();
     // Beside the corpus, every further datatype (testdata/dtypes.onnx).
     publish(root.path(), "dtypes", "1", "dtypes.onnx");
     let (port, grpc) = (free_port(), free_port());
@@ -49,7 +65,7 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
             .arg(repo_root().join("examples/server/tests").join(script))
             .arg(url)
             .arg(repo_root().join("testdata/corpus"))
-            .args(MODELS)
+            .args(&names)
             .output()
             .expect("run the client suite")
     };
@@ -63,17 +79,6 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
             .expect("run the datatype suite"),
     ];
     let _ = child.kill();
-    let corpus: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("testdata/corpus/corpus.json")).expect("corpus"),
-    )
-    .expect("json");
-    let names: Vec<&str> = corpus["models"]
-        .as_array()
-        .expect("models")
-        .iter()
-        .filter_map(|m| m["name"].as_str())
-        .collect();
-    assert_eq!(names, MODELS, "every corpus model is served here");
     let _ = child.wait();
     for (out, suite) in outs.iter().zip(["HTTP", "gRPC", "datatypes"]) {
         let text = format!(

@@ -37,6 +37,7 @@ mod published;
 mod readiness;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
@@ -391,11 +392,24 @@ impl Repository {
                 reason: format!("expected exactly one .onnx file, found {}", models.len()),
             });
         };
-        let options = self
-            .config
-            .options
-            .clone()
-            .with_checksum(Checksum::Sha256(file.sha256));
+        // The manifest pins every file of the version: the model, and any external data
+        // it names (locations are relative to the model's own directory).
+        let base = Path::new(&file.path).parent().unwrap_or(Path::new(""));
+        let options = manifest
+            .files
+            .iter()
+            .filter(|f| f.path != file.path)
+            .filter_map(|f| {
+                let location = Path::new(&f.path).strip_prefix(base).ok()?;
+                Some((location.to_string_lossy().into_owned(), f.sha256))
+            })
+            .fold(
+                self.config
+                    .options
+                    .clone()
+                    .with_checksum(Checksum::Sha256(file.sha256)),
+                |o, (location, digest)| o.with_external_data_checksum(location, digest),
+            );
         let batch = self
             .config
             .per_model

@@ -71,6 +71,10 @@ fn tensor_from_json(v: &serde_json::Value) -> Tensor {
         "float32" => TensorData::F32(serde_json::from_value(data.clone()).expect("f32 data")),
         "int64" => TensorData::I64(serde_json::from_value(data.clone()).expect("i64 data")),
         "int32" => TensorData::I32(serde_json::from_value(data.clone()).expect("i32 data")),
+        "float16" => {
+            let values: Vec<f32> = serde_json::from_value(data.clone()).expect("f16 data");
+            TensorData::F16(values.into_iter().map(half::f16::from_f32).collect())
+        }
         other => panic!("golden dtype {other} not handled"),
     };
     Tensor::from_data(shape, td).expect("golden tensor")
@@ -112,16 +116,33 @@ pub fn assert_close(actual: &NamedTensors, expected: &NamedTensors, abs_tol: f64
         assert_eq!(got.shape(), want.shape(), "shape of {name}");
         match (got.data(), want.data()) {
             (TensorData::F32(g), TensorData::F32(w)) => {
-                for (i, (a, b)) in g.iter().zip(w).enumerate() {
-                    let tol = abs_tol + rel_tol * f64::from(b.abs());
-                    assert!(
-                        f64::from((a - b).abs()) <= tol,
-                        "{name}[{i}]: got {a}, want {b} (tolerance {tol})"
-                    );
-                }
+                close_floats(name, g.iter().copied(), w.iter().copied(), abs_tol, rel_tol);
             }
+            (TensorData::F16(g), TensorData::F16(w)) => close_floats(
+                name,
+                g.iter().map(|v| v.to_f32()),
+                w.iter().map(|v| v.to_f32()),
+                abs_tol,
+                rel_tol,
+            ),
             (g, w) => assert_eq!(g, w, "{name}"),
         }
+    }
+}
+
+fn close_floats(
+    name: &str,
+    got: impl Iterator<Item = f32>,
+    want: impl Iterator<Item = f32>,
+    abs_tol: f64,
+    rel_tol: f64,
+) {
+    for (i, (a, b)) in got.zip(want).enumerate() {
+        let tol = abs_tol + rel_tol * f64::from(b.abs());
+        assert!(
+            f64::from((a - b).abs()) <= tol,
+            "{name}[{i}]: got {a}, want {b} (tolerance {tol})"
+        );
     }
 }
 

@@ -32,10 +32,35 @@ pub(crate) fn runtime() -> Runtime {
 /// Publishes `testdata/<file>` as `<root>/<model>/<version>/model.onnx` with its manifest
 /// and `current` link, as the agent does.
 pub(crate) fn publish(root: &Path, model: &str, version: &str, file: &str) {
+    publish_with_data(root, model, version, file, &[]);
+}
+
+/// As [`publish`], with external data: each `testdata/<data>` file is copied beside the
+/// model under its own file name (the location the model names) and listed in the manifest.
+pub(crate) fn publish_with_data(
+    root: &Path,
+    model: &str,
+    version: &str,
+    file: &str,
+    data: &[&str],
+) {
     let dir = root.join(model).join(version);
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let bytes =
-        std::fs::read(repo_root().join("testdata").join(file)).expect("run `make testdata`");
+    let mut files = Vec::new();
+    let sources = std::iter::once(("model.onnx".to_owned(), file)).chain(data.iter().map(|d| {
+        let name = Path::new(d).file_name().expect("file name");
+        (name.to_string_lossy().into_owned(), *d)
+    }));
+    for (name, src) in sources {
+        let bytes =
+            std::fs::read(repo_root().join("testdata").join(src)).expect("run `make testdata`");
+        std::fs::write(dir.join(&name), &bytes).expect("copy");
+        files.push(ManifestFile {
+            path: name,
+            sha256: kiln::Digest::of(&bytes),
+            size: bytes.len() as u64,
+        });
+    }
     let manifest = Manifest {
         schema: kiln::manifest::SCHEMA,
         model: model.into(),
@@ -44,13 +69,8 @@ pub(crate) fn publish(root: &Path, model: &str, version: &str, file: &str) {
         etag: None,
         version_id: None,
         created: "2026-11-22T00:00:00Z".into(),
-        files: vec![ManifestFile {
-            path: "model.onnx".into(),
-            sha256: kiln::Digest::of(&bytes),
-            size: bytes.len() as u64,
-        }],
+        files,
     };
-    std::fs::write(dir.join("model.onnx"), &bytes).expect("model");
     std::fs::write(dir.join(kiln::layout::MANIFEST_FILE), manifest.to_json()).expect("manifest");
     std::os::unix::fs::symlink(version, root.join(model).join("current")).expect("current");
 }

@@ -1,0 +1,338 @@
+//! External data: models whose weights live in files beside the `.onnx` (what
+//! `onnx.save(..., save_as_external_data=True)` writes, and every model past protobuf's 2 GiB).
+//!
+//! kiln hands ONNX Runtime the model's bytes from memory, so ONNX Runtime has no directory to
+//! find such files in; and reading them itself would load bytes nobody verified. So the
+//! loader finds every file the graph names ([`locations`]: a scan of the protobuf wire format
+//! for `TensorProto.external_data` entries keyed `location`, through subgraphs, sparse
+//! tensors, functions and training graphs), refuses a location that is absolute or climbs out
+//! of the model's directory, reads each file once, checks its sha256 against a pinned digest
+//! (from [`crate::ModelOptions::with_external_data_checksum`] or the version's manifest), and
+//! gives ONNX Runtime exactly those bytes (`AddExternalInitializersFromMemory`). The buffers
+//! stay alive as long as the sessions made from them.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Component, Path};
+use std::sync::Arc;
+
+use crate::checksum::{Checksum, Digest};
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+
+/// One verified weights file, as ONNX Runtime will see it.
+#[derive(Clone)]
+pub(crate) struct ExternalFile {
+    /// The location exactly as the model names it.
+    pub location: String,
+    /// The file's verified bytes.
+    pub bytes: Arc<[u8]>,
+}
+
+/// Nesting past which a model is refused rather than scanned (subgraphs in subgraphs).
+const MAX_DEPTH: usize = 64;
+
+/// Reads, verifies and returns every external data file `model` (the bytes of `path`) names.
+/// `pins` maps locations to digests; with [`Checksum::Manifest`], `manifest` supplies them.
+pub(crate) fn load(
+    path: &Path,
+    model: &[u8],
+    checksum: &Checksum,
+    pins: &BTreeMap<String, Digest>,
+    manifest: Option<&Manifest>,
+) -> Result<Vec<ExternalFile>> {
+    let bad = |location: &str, reason: String| Error::ExternalData {
+        path: path.to_owned(),
+        location: location.to_owned(),
+        reason,
+    };
+    let names = locations(model).map_err(|reason| bad("", reason))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut files = Vec::with_capacity(names.len());
+    for location in names {
+        check_location(&location).map_err(|reason| bad(&location, reason))?;
+        let file = dir.join(&location);
+        let expected = match (checksum, pins.get(&location)) {
+            (_, Some(d)) => Some(*d),
+            (Checksum::Skip, None) => None,
+            (Checksum::Manifest, None) => {
+                let entry = manifest.and_then(|m| m.file(&location)).ok_or_else(|| {
+                    Error::ChecksumRequired {
+                        path: file.clone(),
+                        reason: format!(
+                            "the model's external data file {location:?} is not in the manifest"
+                        ),
+                    }
+                })?;
+                Some(entry.sha256)
+            }
+            (Checksum::Sha256(_), None) => {
+                return Err(Error::ChecksumRequired {
+                    path: file,
+                    reason: format!(
+                        "the model names external data {location:?}; pin its sha256 with \
+                         ModelOptions::with_external_data_checksum or load through a manifest"
+                    ),
+                })
+            }
+        };
+        let (bytes, digest) = read_shared(&file)?;
+        match expected {
+            Some(want) if want != digest => {
+                return Err(Error::ChecksumMismatch {
+                    path: file,
+                    expected: want,
+                    actual: digest,
+                })
+            }
+            Some(_) => {}
+            None => {
+                tracing::warn!(path = %file.display(), sha256 = %digest, "external data checksum skipped (Checksum::Skip)")
+            }
+        }
+        files.push(ExternalFile { location, bytes });
+    }
+    Ok(files)
+}
+
+/// A location must stay inside the model's directory: relative, without `..`.
+fn check_location(location: &str) -> std::result::Result<(), String> {
+    if location.is_empty() || location.contains('\0') {
+        return Err("empty or NUL location".into());
+    }
+    let p = Path::new(location);
+    if p.components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err("the location must be a relative path inside the model's directory".into());
+    }
+    Ok(())
+}
+
+/// Reads a whole file into one shared buffer and hashes it.
+fn read_shared(path: &Path) -> Result<(Arc<[u8]>, Digest)> {
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let size = file.metadata().map_err(io)?.len();
+    let len = usize::try_from(size).map_err(|_| {
+        io(std::io::Error::other(
+            "file too large for this address space",
+        ))
+    })?;
+    let mut buf: Arc<[u8]> = Arc::from(vec![0u8; len]);
+    let slot = Arc::get_mut(&mut buf).expect("a fresh Arc is unique");
+    file.read_exact(slot).map_err(io)?;
+    let mut probe = [0u8; 1];
+    if file.read(&mut probe).map_err(io)? != 0 {
+        return Err(io(std::io::Error::other(format!(
+            "file grew while being read ({size} bytes at open); is something still writing it?"
+        ))));
+    }
+    let digest = Digest::of(&buf);
+    Ok((buf, digest))
+}
+
+/// Every distinct external data location the model names, in first-seen order.
+///
+/// # Errors
+/// The bytes are not a well-formed protobuf, or nest deeper than [`MAX_DEPTH`].
+pub(crate) fn locations(model: &[u8]) -> std::result::Result<Vec<String>, String> {
+    let mut found = Vec::new();
+    walk(model, Message::Model, 0, &mut found)?;
+    let mut seen = std::collections::BTreeSet::new();
+    found.retain(|l| seen.insert(l.clone()));
+    Ok(found)
+}
+
+/// The ONNX messages on the way to a `TensorProto` (field numbers from onnx.proto3).
+#[derive(Clone, Copy)]
+enum Message {
+    Model,
+    Graph,
+    Node,
+    Attribute,
+    Tensor,
+    SparseTensor,
+    Function,
+    TrainingInfo,
+    StringEntry,
+}
+
+impl Message {
+    /// The message a length-delimited field of `self` holds, if it can lead to a tensor.
+    fn child(self, field: u64) -> Option<Message> {
+        use Message::*;
+        Some(match (self, field) {
+            (Model, 7) => Graph,
+            (Model, 20) => TrainingInfo,
+            (Model, 25) => Function,
+            (Graph, 1) | (Function, 7) => Node,
+            (Graph, 5) => Tensor,
+            (Graph, 15) => SparseTensor,
+            (Node, 5) => Attribute,
+            (Attribute, 5 | 10) | (SparseTensor, 1 | 2) => Tensor,
+            (Attribute, 6 | 11) | (TrainingInfo, 1 | 2) => Graph,
+            (Attribute, 22 | 23) => SparseTensor,
+            (Tensor, 13) => StringEntry,
+            _ => return None,
+        })
+    }
+}
+
+fn walk(
+    buf: &[u8],
+    message: Message,
+    depth: usize,
+    found: &mut Vec<String>,
+) -> std::result::Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("the model nests deeper than {MAX_DEPTH} levels"));
+    }
+    let mut r = Wire { buf, pos: 0 };
+    let (mut key, mut value) = (None, None);
+    while let Some((field, payload)) = r.field()? {
+        let Some(bytes) = payload else { continue };
+        match (message, field) {
+            (Message::StringEntry, 1) => key = Some(bytes),
+            (Message::StringEntry, 2) => value = Some(bytes),
+            _ => {
+                if let Some(child) = message.child(field) {
+                    walk(bytes, child, depth + 1, found)?;
+                }
+            }
+        }
+    }
+    if let (Some(b"location"), Some(v)) = (key, value) {
+        let location = std::str::from_utf8(v).map_err(|_| "a location is not UTF-8")?;
+        found.push(location.to_owned());
+    }
+    Ok(())
+}
+
+/// A field number and, for a length-delimited field, its bytes.
+type Field<'a> = (u64, Option<&'a [u8]>);
+
+/// A reader of the protobuf wire format: just enough to step over fields.
+struct Wire<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Wire<'a> {
+    fn varint(&mut self) -> std::result::Result<u64, String> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *self.buf.get(self.pos).ok_or("truncated varint")?;
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err("varint longer than 10 bytes".into())
+    }
+
+    fn skip(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.buf.len())
+            .ok_or("a field runs past the end of its message")?;
+        let bytes = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    /// The next field: its number and, for a length-delimited one, its bytes.
+    fn field(&mut self) -> std::result::Result<Option<Field<'a>>, String> {
+        if self.pos >= self.buf.len() {
+            return Ok(None);
+        }
+        let tag = self.varint()?;
+        let payload = match tag & 7 {
+            0 => {
+                self.varint()?;
+                None
+            }
+            1 => {
+                self.skip(8)?;
+                None
+            }
+            2 => {
+                let n = usize::try_from(self.varint()?).map_err(|_| "length too large")?;
+                Some(self.skip(n)?)
+            }
+            5 => {
+                self.skip(4)?;
+                None
+            }
+            w => return Err(format!("unsupported protobuf wire type {w}")),
+        };
+        Ok(Some((tag >> 3, payload)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn len_field(field: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut put = |mut v: u64| loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        };
+        put((field << 3) | 2);
+        put(bytes.len() as u64);
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn tensor_at(location: &str) -> Vec<u8> {
+        let entry = [len_field(1, b"location"), len_field(2, location.as_bytes())].concat();
+        [len_field(8, b"w"), len_field(13, &entry), vec![14 << 3, 1]].concat()
+    }
+
+    #[test]
+    fn finds_locations_in_initializers_and_subgraph_attributes() {
+        let sub = len_field(5, &tensor_at("inner.bin"));
+        let attr = len_field(6, &sub);
+        let node = len_field(5, &attr);
+        let graph = [
+            len_field(5, &tensor_at("weights.bin")),
+            len_field(5, &tensor_at("weights.bin")),
+            len_field(1, &node),
+        ]
+        .concat();
+        let model = [vec![8, 9], len_field(7, &graph)].concat();
+        assert_eq!(
+            locations(&model).expect("well formed"),
+            vec!["weights.bin".to_owned(), "inner.bin".to_owned()]
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_bytes_and_escaping_locations() {
+        assert!(locations(&[0x3a, 0x05, 1]).is_err(), "length past the end");
+        assert!(locations(&[0x0b]).is_err(), "group wire type");
+        assert!(check_location("../x").is_err());
+        assert!(check_location("/etc/passwd").is_err());
+        assert!(check_location("a/../../x").is_err());
+        assert!(check_location("").is_err());
+        assert!(check_location("sub/w.bin").is_ok());
+        // Deep nesting is refused, not a stack overflow.
+        let mut g = len_field(5, &tensor_at("x"));
+        for _ in 0..200 {
+            g = len_field(1, &len_field(5, &len_field(11, &g)));
+        }
+        assert!(locations(&len_field(7, &g)).is_err());
+    }
+}
