@@ -42,6 +42,7 @@ fn batcher(meter: &Meter) -> Result<ModelHandle> {
             inputs: vec![info("x")],
             outputs: vec![info("y")],
             batch_dim: true,
+            image_size: None,
         },
         max_input_elements: 1 << 20,
         config: BatchConfig {

@@ -30,6 +30,10 @@ pub struct ModelMetadata {
     /// Whether dim 0 of every input and output is dynamic, so requests can be stacked along
     /// it. A model with a fixed dim 0 runs one request at a time.
     pub batch_dim: bool,
+    /// The image size (height, width) the exporter recorded in the model's metadata
+    /// (Ultralytics' `imgsz`), if any: what the invented warm-up feeds an image input whose
+    /// height and width are dynamic.
+    pub image_size: Option<(usize, usize)>,
 }
 
 impl ModelMetadata {
@@ -65,11 +69,17 @@ impl ModelMetadata {
             .iter()
             .chain(&outputs)
             .all(|t| t.dims.first().is_some_and(Option::is_none));
+        let image_size = session
+            .metadata()
+            .ok()
+            .and_then(|m| m.custom("imgsz"))
+            .and_then(|v| parse_image_size(&v));
         Ok(Self {
             name: name.to_owned(),
             inputs,
             outputs,
             batch_dim,
+            image_size,
         })
     }
 
@@ -166,9 +176,34 @@ impl ModelMetadata {
     }
 }
 
+/// Reads an `imgsz` value: `[h, w]`, `(h, w)` or one number for both; sides of 1 to 8192.
+fn parse_image_size(v: &str) -> Option<(usize, usize)> {
+    let sides: Vec<usize> = v
+        .trim()
+        .trim_matches(|c| matches!(c, '[' | ']' | '(' | ')'))
+        .split(',')
+        .map(|p| p.trim().parse().ok().filter(|s| (1..=8192).contains(s)))
+        .collect::<Option<_>>()?;
+    match sides[..] {
+        [side] => Some((side, side)),
+        [h, w] => Some((h, w)),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_sizes_from_exporter_metadata() {
+        assert_eq!(parse_image_size("[320, 320]"), Some((320, 320)));
+        assert_eq!(parse_image_size("(480,640)"), Some((480, 640)));
+        assert_eq!(parse_image_size("640"), Some((640, 640)));
+        for bad in ["", "[]", "[0, 320]", "[1, 2, 3]", "big", "[99999, 1]"] {
+            assert_eq!(parse_image_size(bad), None, "{bad}");
+        }
+    }
 
     fn meta() -> ModelMetadata {
         ModelMetadata {
@@ -191,6 +226,7 @@ mod tests {
                 dims: vec![None],
             }],
             batch_dim: true,
+            image_size: None,
         }
     }
 

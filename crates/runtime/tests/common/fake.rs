@@ -122,6 +122,7 @@ pub fn metadata(batch_dim: bool) -> ModelMetadata {
             dims: vec![d0, None],
         }],
         batch_dim,
+        image_size: None,
     }
 }
 
