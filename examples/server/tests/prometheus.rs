@@ -73,7 +73,10 @@ fn query(port: u16, promql: &str) -> Vec<serde_json::Value> {
         http(port, "GET", &format!("/api/v1/query?query={encoded}"), "").expect("prometheus");
     assert_eq!(code, 200, "{promql}: {body}");
     let doc: serde_json::Value = serde_json::from_str(&body).expect("json");
-    doc["data"]["result"].as_array().cloned().unwrap_or_default()
+    doc["data"]["result"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The version `kiln-server` serves `mlp` from.
@@ -184,7 +187,10 @@ fn prometheus_scrapes_server_and_agent_and_answers_dashboard_and_autoscaler_quer
     let _prometheus = Killed(
         Command::new(prometheus)
             .arg(format!("--config.file={}", prom_config.display()))
-            .arg(format!("--storage.tsdb.path={}", data.path().join("tsdb").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.path().join("tsdb").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
