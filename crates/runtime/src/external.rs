@@ -32,6 +32,15 @@ pub(crate) struct ExternalFile {
 /// Nesting past which a model is refused rather than scanned (subgraphs in subgraphs).
 const MAX_DEPTH: usize = 64;
 
+/// What [`load`] found.
+pub(crate) struct Scanned {
+    /// Every verified external data file.
+    pub files: Vec<ExternalFile>,
+    /// Set when the model's bytes could not be scanned: the load must fail with it unless
+    /// ONNX Runtime refuses the bytes first.
+    pub unreadable: Option<Error>,
+}
+
 /// Reads, verifies and returns every external data file `model` (the bytes of `path`) names.
 /// `pins` maps locations to digests; with [`Checksum::Manifest`], `manifest` supplies them.
 pub(crate) fn load(
@@ -40,13 +49,23 @@ pub(crate) fn load(
     checksum: &Checksum,
     pins: &BTreeMap<String, Digest>,
     manifest: Option<&Manifest>,
-) -> Result<Vec<ExternalFile>> {
+) -> Result<Scanned> {
     let bad = |location: &str, reason: String| Error::ExternalData {
         path: path.to_owned(),
         location: location.to_owned(),
         reason,
     };
-    let names = locations(model).map_err(|reason| bad("", reason))?;
+    // Bytes the scan cannot read are left for ONNX Runtime to reject (its parse error is the
+    // one to report); the caller refuses them with this reason if ONNX Runtime accepts them.
+    let names = match locations(model) {
+        Ok(names) => names,
+        Err(reason) => {
+            return Ok(Scanned {
+                files: Vec::new(),
+                unreadable: Some(bad("", reason)),
+            })
+        }
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut files = Vec::with_capacity(names.len());
     for location in names {
@@ -92,7 +111,10 @@ pub(crate) fn load(
         }
         files.push(ExternalFile { location, bytes });
     }
-    Ok(files)
+    Ok(Scanned {
+        files,
+        unreadable: None,
+    })
 }
 
 /// A location must stay inside the model's directory: relative, without `..`.
@@ -246,6 +268,37 @@ impl<'a> Wire<'a> {
         Ok(bytes)
     }
 
+    /// Skips the fields of a group up to the end tag of `field`.
+    fn skip_group(&mut self, field: u64, depth: usize) -> std::result::Result<(), String> {
+        if depth > MAX_DEPTH {
+            return Err("groups nest too deep".into());
+        }
+        loop {
+            if self.pos >= self.buf.len() {
+                return Err("a group has no end".into());
+            }
+            let tag = self.varint()?;
+            match tag & 7 {
+                0 => {
+                    self.varint()?;
+                }
+                1 => {
+                    self.skip(8)?;
+                }
+                2 => {
+                    let n = usize::try_from(self.varint()?).map_err(|_| "length too large")?;
+                    self.skip(n)?;
+                }
+                3 => self.skip_group(tag >> 3, depth + 1)?,
+                4 if tag >> 3 == field => return Ok(()),
+                5 => {
+                    self.skip(4)?;
+                }
+                w => return Err(format!("unexpected protobuf wire type {w}")),
+            }
+        }
+    }
+
     /// The next field: its number and, for a length-delimited one, its bytes.
     fn field(&mut self) -> std::result::Result<Option<Field<'a>>, String> {
         if self.pos >= self.buf.len() {
@@ -269,7 +322,13 @@ impl<'a> Wire<'a> {
                 self.skip(4)?;
                 None
             }
-            w => return Err(format!("unsupported protobuf wire type {w}")),
+            // A group (deprecated, but protobuf parsers accept one in an unknown field):
+            // skipped to its end tag.
+            3 => {
+                self.skip_group(tag >> 3, 0)?;
+                None
+            }
+            w => return Err(format!("unexpected protobuf wire type {w}")),
         };
         Ok(Some((tag >> 3, payload)))
     }
@@ -322,7 +381,12 @@ mod tests {
     #[test]
     fn refuses_malformed_bytes_and_escaping_locations() {
         assert!(locations(&[0x3a, 0x05, 1]).is_err(), "length past the end");
-        assert!(locations(&[0x0b]).is_err(), "group wire type");
+        assert!(locations(&[0x0b]).is_err(), "a group without its end");
+        assert_eq!(
+            locations(&[0x0b, 0x08, 0x01, 0x0c]).expect("a skipped group"),
+            Vec::<String>::new()
+        );
+        assert!(locations(&[0x0c]).is_err(), "an end tag alone");
         assert!(check_location("../x").is_err());
         assert!(check_location("/etc/passwd").is_err());
         assert!(check_location("a/../../x").is_err());

@@ -129,7 +129,10 @@ impl Model {
             }
         }
 
-        let external = external::load(
+        let external::Scanned {
+            files: external,
+            mut unreadable,
+        } = external::load(
             path,
             &bytes,
             &options.checksum,
@@ -141,6 +144,10 @@ impl Model {
         for _ in 0..count {
             let (session, requested_cuda, fallback_reason) =
                 open_session(runtime, &name, path, &bytes, &external, options)?;
+            // ONNX Runtime took bytes kiln could not scan for external data references.
+            if let Some(e) = unreadable.take() {
+                return Err(e);
+            }
             let metadata = ModelMetadata::from_session(&name, &session)?;
             let provider = report(
                 runtime,

@@ -302,6 +302,36 @@ fn prometheus_scrapes_server_and_agent_and_answers_dashboard_and_autoscaler_quer
     let serving = query(prom_port, "kiln_model_version_info == 1");
     assert_eq!(serving.len(), 1, "{serving:?}");
 
+    // Every panel of the shipped Grafana dashboard returns data ($model: all models).
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("k8s/monitoring/dashboard.json"))
+            .expect("dashboard"),
+    )
+    .expect("dashboard json");
+    let mut panels = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"]
+                .as_str()
+                .expect("expr")
+                .replace("$__rate_interval", "10s")
+                .replace("$model", ".*");
+            let result = query(prom_port, &expr);
+            assert!(
+                !result.is_empty(),
+                "dashboard panel {:?} has no data: {expr}",
+                panel["title"]
+            );
+            panels += 1;
+        }
+    }
+    assert!(panels >= 15, "{panels} panel queries");
+    let models = query(prom_port, "kiln_queue_depth_requests");
+    assert!(
+        models.iter().all(|s| s["metric"]["model"] == "mlp"),
+        "{models:?}"
+    );
+
     // The expositions themselves pass Prometheus' own linter.
     let (_, server_text) = http(port, "GET", "/metrics", "").expect("server metrics");
     promtool_is_clean(&promtool, &server_text, "kiln-server");
