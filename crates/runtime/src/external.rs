@@ -144,8 +144,14 @@ fn read_shared(path: &Path) -> Result<(Arc<[u8]>, Digest)> {
             "file too large for this address space",
         ))
     })?;
-    let mut buf: Arc<[u8]> = Arc::from(vec![0u8; len]);
+    // Allocated once, at its final place (an Arc of a Vec would copy: twice the weights'
+    // size at the peak, for the models that are largest).
+    let mut buf = Arc::<[u8]>::new_uninit_slice(len);
     let slot = Arc::get_mut(&mut buf).expect("a fresh Arc is unique");
+    slot.fill(std::mem::MaybeUninit::new(0));
+    // SAFETY: every element was just initialised (to 0).
+    let mut buf = unsafe { buf.assume_init() };
+    let slot = Arc::get_mut(&mut buf).expect("still unique");
     file.read_exact(slot).map_err(io)?;
     let mut probe = [0u8; 1];
     if file.read(&mut probe).map_err(io)? != 0 {
