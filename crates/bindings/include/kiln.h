@@ -444,6 +444,10 @@ void kiln_model_options_free(struct KilnModelOptions *options);
 // - `version`: label of the loaded version (default "1").
 // - `sha256`: expected SHA-256 of the model file, 64 hex digits; the model loads only if it
 //   matches.
+// - `external_data_sha256`: `LOCATION=SHA256`, the expected SHA-256 of one external data
+//   file, by the location the model names (relative to its directory); set once per file.
+//   A model with external data loads only when every file is pinned so or listed in the
+//   manifest.
 // - `verify`: `manifest` (default: the digest comes from `kiln-manifest.json` beside the
 //   model) or `skip` (no verification; logged as a warning).
 // - `device`: `cpu` (default), `auto`, `cuda` or `cuda:N`. `fallback`: `fail` (default) or

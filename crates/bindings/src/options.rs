@@ -32,7 +32,8 @@ impl Default for KilnModelOptions {
 }
 
 /// The keys `kiln_model_options_set` accepts, for error messages.
-const KEYS: &str = "version, sha256, verify, device, fallback, intra_op_threads, \
+const KEYS: &str =
+    "version, sha256, external_data_sha256, verify, device, fallback, intra_op_threads, \
      inter_op_threads, cuda_tf32, max_input_elements, instances, max_batch_size, \
      preferred_batch_sizes, max_queue_delay_us, max_queue_requests, max_queue_bytes, \
      default_timeout_ms, priority_levels, warmup, drain_timeout_ms, spin_us";
@@ -55,6 +56,20 @@ impl KilnModelOptions {
                     Failure::invalid(format!("option `sha256`: {e}"))
                 })?;
                 self.model.checksum = Checksum::Sha256(digest);
+            }
+            "external_data_sha256" => {
+                let (location, hex) = value.split_once('=').ok_or_else(|| {
+                    bad(
+                        key,
+                        value,
+                        "`LOCATION=SHA256` (the location as the model names it)",
+                    )
+                })?;
+                let digest = hex.trim().parse().map_err(|e: runtime::Error| {
+                    Failure::invalid(format!("option `external_data_sha256`: {e}"))
+                })?;
+                self.model = std::mem::take(&mut self.model)
+                    .with_external_data_checksum(location.trim(), digest);
             }
             "verify" => {
                 self.model.checksum = match value {
@@ -158,6 +173,10 @@ pub unsafe extern "C" fn kiln_model_options_free(options: *mut KilnModelOptions)
 /// - `version`: label of the loaded version (default "1").
 /// - `sha256`: expected SHA-256 of the model file, 64 hex digits; the model loads only if it
 ///   matches.
+/// - `external_data_sha256`: `LOCATION=SHA256`, the expected SHA-256 of one external data
+///   file, by the location the model names (relative to its directory); set once per file.
+///   A model with external data loads only when every file is pinned so or listed in the
+///   manifest.
 /// - `verify`: `manifest` (default: the digest comes from `kiln-manifest.json` beside the
 ///   model) or `skip` (no verification; logged as a warning).
 /// - `device`: `cpu` (default), `auto`, `cuda` or `cuda:N`. `fallback`: `fail` (default) or

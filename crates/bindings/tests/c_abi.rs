@@ -252,7 +252,11 @@ fn bad_input_gets_status_codes_and_messages() {
         &exe,
         &refs(&dynamic_link(&lib)),
     );
-    let args = vec![testdata(""), sha256_of("mlp.onnx")];
+    let args = vec![
+        testdata(""),
+        sha256_of("mlp.onnx"),
+        sha256_of("corpus/models/nudenet-320n-external.onnx"),
+    ];
     let out = run(&exe, &args, None);
     assert!(out.status.success(), "bad-input checks failed");
     assert!(String::from_utf8_lossy(&out.stdout).contains("PASSED: 0 failure(s)"));

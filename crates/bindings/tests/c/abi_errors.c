@@ -3,9 +3,11 @@
  * message naming the problem, and nothing may crash or leak (run under valgrind by
  * tests/c_abi.rs).
  *
- *   abi_errors TESTDATA_DIR MLP_SHA256
+ *   abi_errors TESTDATA_DIR MLP_SHA256 EXTERNAL_MODEL_SHA256
  *
  * mlp.onnx: `x` float32 [batch, 16] -> `y` float32 [batch, 4].
+ * corpus/models/nudenet-320n-external.onnx: a model whose weights are external data
+ * (nudenet-320n-external.onnx.data); only its verification is exercised here.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,6 +90,26 @@ int main(int argc, char **argv) {
   EXPECT("load: instances 0", kiln_model_load(rt, "mlp", in(dir, "mlp.onnx"), opts, &model),
          KILN_STATUS_INVALID_ARGUMENT, "instances");
   if (model) { fprintf(stderr, "FAIL: a failed load wrote a model\n"); failures++; }
+
+  /* External data: the weights file must be pinned too, and must match (both refused before
+   * ONNX Runtime sees the model). */
+  if (argc > 3) {
+    KilnModelOptions *ext = NULL;
+    kiln_model_options_create(&ext);
+    kiln_model_options_set_sha256(ext, argv[3]);
+    EXPECT("options: external_data_sha256 format", kiln_model_options_set(ext, "external_data_sha256", "no-equals"),
+           KILN_STATUS_INVALID_ARGUMENT, "LOCATION=SHA256");
+    EXPECT("load: external data not pinned",
+           kiln_model_load(rt, "ext", in(dir, "corpus/models/nudenet-320n-external.onnx"), ext, &model),
+           KILN_STATUS_CHECKSUM_MISMATCH, "nudenet-320n-external.onnx.data");
+    char pin[256];
+    snprintf(pin, sizeof pin, "nudenet-320n-external.onnx.data=%s", zeros);
+    EXPECT("options: external_data_sha256", kiln_model_options_set(ext, "external_data_sha256", pin), KILN_STATUS_OK, NULL);
+    EXPECT("load: external data mismatch",
+           kiln_model_load(rt, "ext", in(dir, "corpus/models/nudenet-320n-external.onnx"), ext, &model),
+           KILN_STATUS_CHECKSUM_MISMATCH, zeros);
+    kiln_model_options_free(ext);
+  }
 
   /* A good load. */
   kiln_model_options_set(opts, "instances", "1");
