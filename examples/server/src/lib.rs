@@ -32,6 +32,7 @@ mod json_data;
 mod json_fields;
 mod model_config;
 mod models;
+pub mod plain;
 pub mod protocol;
 pub mod routes;
 pub mod serve;

@@ -26,8 +26,31 @@ use kiln_server::{router, serve, AppState, ModelSettings, ServeOptions, ServerCo
 struct Args {
     /// The model repository: `<root>/<model>/current` -> a verified version directory (what
     /// kiln-agent publishes).
-    #[arg(long, env = "KILN_SERVER_ROOT")]
-    root: PathBuf,
+    #[arg(
+        long,
+        env = "KILN_SERVER_ROOT",
+        required_unless_present = "model_dir",
+        conflicts_with = "model_dir"
+    )]
+    root: Option<PathBuf>,
+    /// Instead of a repository, one plain model directory (KServe's `/mnt/models`: one `.onnx`
+    /// file and its external data, no manifest); needs `--verify` or `--no-verify`.
+    #[arg(long, env = "KILN_SERVER_MODEL_DIR")]
+    model_dir: Option<PathBuf>,
+    /// The name `--model-dir`'s model is served under.
+    #[arg(long, env = "KILN_SERVER_MODEL_NAME", default_value = "model")]
+    model_name: String,
+    /// `--model-dir`'s expected digest: `sha256:<64 hex digits>` of the `.onnx` file.
+    #[arg(
+        long,
+        env = "KILN_SERVER_VERIFY",
+        requires = "model_dir",
+        conflicts_with = "no_verify"
+    )]
+    verify: Option<kiln_server::plain::Verify>,
+    /// Serve `--model-dir` without checking any digest (logged as a warning).
+    #[arg(long, env = "KILN_SERVER_NO_VERIFY", requires = "model_dir")]
+    no_verify: bool,
     /// REST (HTTP/1.1) address.
     #[arg(long, env = "KILN_SERVER_LISTEN", default_value = "0.0.0.0:8000")]
     listen: String,
@@ -140,8 +163,23 @@ fn run(args: Args) -> Result<()> {
     let delay = args.drain_delay_s.min(budget);
     let telemetry = Arc::new(kiln::prometheus::PrometheusTelemetry::new()?);
     let meter = telemetry.meter();
+    let root = match (&args.root, &args.model_dir) {
+        (Some(root), _) => root.clone(),
+        (None, Some(dir)) => {
+            let verify = match (&args.verify, args.no_verify) {
+                (Some(v), false) => v.clone(),
+                (None, true) => kiln_server::plain::Verify::Off,
+                _ => bail!(
+                    "--model-dir needs --verify sha256:<digest> of its .onnx file, or --no-verify to serve it unchecked"
+                ),
+            };
+            let scratch = std::env::temp_dir().join(format!("kiln-server-{}", std::process::id()));
+            kiln_server::plain::stage(dir, &args.model_name, &verify, &scratch)?
+        }
+        (None, None) => bail!("--root or --model-dir is required"),
+    };
     let runtime = Runtime::new(&RuntimeConfig::default())?;
-    let mut config = RepositoryConfig::new(&args.root);
+    let mut config = RepositoryConfig::new(&root);
     config.poll_interval = Duration::from_millis(args.poll_ms);
     if let Some(settings) = settings {
         settings.apply(&mut config);
@@ -190,7 +228,7 @@ fn run(args: Args) -> Result<()> {
         tracing::info!(
             rest = %rest.local_addr()?,
             grpc = %grpc.as_ref().and_then(|l| l.local_addr().ok()).map_or("off".into(), |a| a.to_string()),
-            root = %args.root.display(),
+            root = %root.display(),
             "serving"
         );
         let (closing, _) = tokio::sync::watch::channel(false);
@@ -247,6 +285,10 @@ fn run(args: Args) -> Result<()> {
             budget_s = budget.as_secs_f64(),
             "models still draining when the shutdown budget ran out; exiting"
         );
+    }
+    if args.model_dir.is_some() {
+        // The staged links and manifest (the model directory itself is untouched).
+        let _ = std::fs::remove_dir_all(&root);
     }
     tracing::info!(took_s = term_at.elapsed().as_secs_f64(), "stopped");
     Ok(())

@@ -1,0 +1,161 @@
+//! A plain model directory served as one model: KServe's layout, where the storage
+//! initializer copies the model into `/mnt/models` and writes no kiln manifest.
+//!
+//! kiln serves nothing unverified without being told to: `--model-dir` needs either
+//! `--verify sha256:<digest>` (the `.onnx` file must match, or it is never served) or an
+//! explicit `--no-verify` (logged as a warning). The directory is staged as a one-version
+//! repository in a scratch directory — links to the files, and a manifest holding the given
+//! digest (or, with `--no-verify`, the digests of the files as they are) — so the model goes
+//! through the same verified load, readiness and metrics as a published one. With `--verify`
+//! only the model file is pinned: a model with external data needs a manifest or
+//! `--no-verify`, and says so when it fails to load.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kiln::{Digest, Manifest, ManifestFile};
+
+/// How the plain model is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verify {
+    /// The `.onnx` file's expected sha256.
+    Sha256(Digest),
+    /// Not checked (the operator said so).
+    Off,
+}
+
+impl std::str::FromStr for Verify {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let hex = raw
+            .trim()
+            .strip_prefix("sha256:")
+            .ok_or_else(|| format!("{raw:?} is not sha256:<64 hex digits>"))?;
+        hex.parse()
+            .map(Verify::Sha256)
+            .map_err(|e: kiln::Error| e.to_string())
+    }
+}
+
+/// Version name of the staged model.
+const VERSION: &str = "1";
+
+/// Stages `dir` (exactly one `.onnx` file directly inside, plus any other regular files: its
+/// external data) as model `name` under `scratch`; returns the repository root to serve.
+///
+/// # Errors
+/// `dir` unreadable, holding no or several `.onnx` files, a bad model name, or the scratch
+/// directory not writable.
+pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<PathBuf> {
+    kiln::layout::check_name("model", name).context("--model-name")?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("read --model-dir {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    let models: Vec<&PathBuf> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .collect();
+    let [model] = models.as_slice() else {
+        bail!(
+            "--model-dir {} must hold exactly one .onnx file, found {}",
+            dir.display(),
+            models.len()
+        );
+    };
+    let version = scratch.join(name).join(VERSION);
+    std::fs::create_dir_all(&version)
+        .with_context(|| format!("create the scratch repository {}", version.display()))?;
+    let mut entries = Vec::new();
+    for file in &files {
+        let file_name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("a file name that is not UTF-8")?
+            .to_owned();
+        let size = std::fs::metadata(file)
+            .with_context(|| format!("stat {}", file.display()))?
+            .len();
+        let sha256 = match (verify, file == *model) {
+            (Verify::Sha256(d), true) => *d,
+            // Only the model is pinned: other files stay out of the manifest, so a model
+            // that needs them fails its load naming the unpinned file.
+            (Verify::Sha256(_), false) => continue,
+            (Verify::Off, _) => Digest::of(
+                &std::fs::read(file).with_context(|| format!("read {}", file.display()))?,
+            ),
+        };
+        // The model is staged as model.onnx (the only .onnx there); its external data keep
+        // their names, the locations the model names them by.
+        let path = if file == *model {
+            "model.onnx".to_owned()
+        } else {
+            file_name
+        };
+        let link = version.join(&path);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(file, &link)
+            .with_context(|| format!("link {}", link.display()))?;
+        entries.push(ManifestFile { path, sha256, size });
+    }
+    if *verify == Verify::Off {
+        tracing::warn!(model = name, dir = %dir.display(), "--no-verify: serving the model directory without checking any digest");
+    }
+    let manifest = Manifest {
+        schema: kiln::manifest::SCHEMA,
+        model: name.to_owned(),
+        version: VERSION.to_owned(),
+        source: Some(dir.display().to_string()),
+        etag: None,
+        version_id: None,
+        created: "1970-01-01T00:00:00Z".to_owned(),
+        files: entries,
+    };
+    std::fs::write(
+        version.join(kiln::layout::MANIFEST_FILE),
+        manifest.to_json(),
+    )
+    .context("write the staged manifest")?;
+    let current = scratch.join(name).join(kiln::layout::CURRENT_LINK);
+    let _ = std::fs::remove_file(&current);
+    std::os::unix::fs::symlink(VERSION, &current).context("link current")?;
+    Ok(scratch.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verify_takes_a_prefixed_digest_only() {
+        let hex = "ab".repeat(32);
+        assert!(matches!(
+            format!("sha256:{hex}").parse::<Verify>(),
+            Ok(Verify::Sha256(_))
+        ));
+        for bad in [hex.as_str(), "sha256:abc", "md5:00", ""] {
+            assert!(bad.parse::<Verify>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_directory_needs_exactly_one_model() {
+        let dir = tempfile::tempdir().expect("dir");
+        let scratch = tempfile::tempdir().expect("scratch");
+        let err = stage(dir.path(), "m", &Verify::Off, scratch.path()).expect_err("empty");
+        assert!(err.to_string().contains("exactly one .onnx"), "{err}");
+        std::fs::write(dir.path().join("a.onnx"), b"x").expect("a");
+        std::fs::write(dir.path().join("b.onnx"), b"y").expect("b");
+        let err = stage(dir.path(), "m", &Verify::Off, scratch.path()).expect_err("two");
+        assert!(err.to_string().contains("found 2"), "{err}");
+    }
+}

@@ -1,0 +1,275 @@
+//! `kiln-server --model-dir`: a plain model directory as KServe's storage initializer leaves
+//! it (`/mnt/models`, no kiln manifest). Served only when told how to check it: the right
+//! `--verify sha256:` serves, a wrong one never does, neither flag refuses to start, and
+//! `--no-verify` serves unchecked (with a warning). External data beside the model is served
+//! under `--no-verify` and refused, naming the unpinned file, under `--verify`. And the
+//! shipped KServe runtime (`k8s/kserve/`), its args and the example InferenceService's as KServe
+//! merges them, starts the real server on a plain directory and passes its own probes.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, http, ort_env, repo_root};
+
+struct Server(std::process::Child, tempfile::NamedTempFile);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Server {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.1.path()).unwrap_or_default()
+    }
+}
+
+fn start(dir: &std::path::Path, name: &str, verify: &[&str], port: u16) -> Server {
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+        .arg("--model-dir")
+        .arg(dir)
+        .args(["--model-name", name])
+        .args(verify)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--grpc-listen",
+            "off",
+        ])
+        .envs(ort_env())
+        .env("RUST_LOG", "info")
+        .stdout(log.reopen().expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kiln-server");
+    Server(child, log)
+}
+
+fn ready_within(port: u16, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if http(port, "GET", "/v2/health/ready", "").is_some_and(|(c, _)| c == 200) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn plain(files: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("dir");
+    for f in files {
+        let src = repo_root().join("testdata").join(f);
+        let name = src.file_name().expect("name").to_owned();
+        std::fs::copy(&src, dir.path().join(name)).expect("run `make testdata`");
+    }
+    dir
+}
+
+fn sha256(path: &std::path::Path) -> String {
+    kiln::Digest::of(&std::fs::read(path).expect("read")).to_string()
+}
+
+#[test]
+fn the_right_digest_serves_a_wrong_one_never_does() {
+    let dir = plain(&["mlp.onnx"]);
+    let digest = sha256(&dir.path().join("mlp.onnx"));
+    let port = free_port();
+    let server = start(
+        dir.path(),
+        "mlp",
+        &["--verify", &format!("sha256:{digest}")],
+        port,
+    );
+    assert!(
+        ready_within(port, Duration::from_secs(60)),
+        "{}",
+        server.log()
+    );
+    let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}]}).to_string();
+    let (code, out) = http(port, "POST", "/v2/models/mlp/infer", &body).expect("infer");
+    assert_eq!(code, 200, "{out}");
+    drop(server);
+
+    let port = free_port();
+    let wrong = "0".repeat(64);
+    let server = start(
+        dir.path(),
+        "mlp",
+        &["--verify", &format!("sha256:{wrong}")],
+        port,
+    );
+    assert!(
+        !ready_within(port, Duration::from_secs(3)),
+        "a wrong digest served"
+    );
+    assert_eq!(
+        http(port, "GET", "/v2/models/mlp/ready", "").map(|r| r.0),
+        Some(503)
+    );
+    assert!(
+        server.log().contains("checksum mismatch"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn without_a_verification_choice_the_server_does_not_start() {
+    let dir = plain(&["mlp.onnx"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+        .arg("--model-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "off"])
+        .envs(ort_env())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("--no-verify") && text.contains("--verify"),
+        "{text}"
+    );
+}
+
+#[test]
+fn no_verify_serves_unchecked_and_external_data_needs_it() {
+    let dir = plain(&[
+        "corpus/models/nudenet-320n-external.onnx",
+        "corpus/models/nudenet-320n-external.onnx.data",
+    ]);
+    let port = free_port();
+    let server = start(dir.path(), "detector", &["--no-verify"], port);
+    assert!(
+        ready_within(port, Duration::from_secs(120)),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("--no-verify"),
+        "the warning is logged"
+    );
+    drop(server);
+
+    // Only the model is pinned by --verify: the weights are not, and the load says so.
+    let digest = sha256(&dir.path().join("nudenet-320n-external.onnx"));
+    let port = free_port();
+    let server = start(
+        dir.path(),
+        "detector",
+        &["--verify", &format!("sha256:{digest}")],
+        port,
+    );
+    assert!(!ready_within(port, Duration::from_secs(3)));
+    assert!(
+        server.log().contains("nudenet-320n-external.onnx.data"),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn the_shipped_kserve_runtime_and_inference_service_start_the_server() {
+    let read = |f: &str| -> serde_yaml::Value {
+        serde_yaml::from_str(
+            &std::fs::read_to_string(repo_root().join("k8s/kserve").join(f)).expect("yaml"),
+        )
+        .expect("parse")
+    };
+    let runtime = read("clusterservingruntime.yaml");
+    let isvc = read("inferenceservice.yaml");
+    let container = &runtime["spec"]["containers"][0];
+    let model = &isvc["spec"]["predictor"]["model"];
+    assert_eq!(model["runtime"], runtime["metadata"]["name"]);
+    assert_eq!(
+        model["modelFormat"]["name"],
+        runtime["spec"]["supportedModelFormats"][0]["name"]
+    );
+    let name = isvc["metadata"]["name"].as_str().expect("name");
+    // /mnt/models as the storage initializer leaves it for this InferenceService.
+    let mnt = plain(&["real/magika.onnx"]);
+    let tmp = tempfile::tempdir().expect("TMPDIR");
+    let (port, grpc) = (free_port(), free_port());
+    let args: Vec<String> = container["args"]
+        .as_sequence()
+        .expect("runtime args")
+        .iter()
+        .chain(model["args"].as_sequence().expect("isvc args"))
+        .map(|a| {
+            a.as_str()
+                .expect("arg")
+                .replace("{{.Name}}", name)
+                .replace("/mnt/models", &mnt.path().display().to_string())
+                .replace(":8080", &format!(":{port}"))
+                .replace(":8081", &format!(":{grpc}"))
+                .replace("0.0.0.0", "127.0.0.1")
+        })
+        .collect();
+    let log = tempfile::NamedTempFile::new().expect("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+        .args(&args)
+        .envs(ort_env())
+        .env("TMPDIR", tmp.path())
+        .stdout(log.reopen().expect("log"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start kiln-server");
+    let server = Server(child, log);
+    let probe = |p: &str| -> String {
+        let get = &container[p]["httpGet"];
+        assert_eq!(get["port"].as_u64(), Some(8080), "{p} on the REST port");
+        get["path"].as_str().expect("path").to_owned()
+    };
+    let ready = probe("readinessProbe");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http(port, "GET", &ready, "").is_none_or(|(c, _)| c != 200) {
+        assert!(Instant::now() < deadline, "never ready: {}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        http(port, "GET", &probe("livenessProbe"), "").map(|r| r.0),
+        Some(200)
+    );
+    assert_eq!(
+        http(port, "GET", &format!("/v2/models/{name}/ready"), "").map(|r| r.0),
+        Some(200),
+        "the model is served under the InferenceService's name"
+    );
+    let scrape = runtime["spec"]["annotations"]["prometheus.kserve.io/path"]
+        .as_str()
+        .expect("scrape path");
+    assert_eq!(http(port, "GET", scrape, "").map(|r| r.0), Some(200));
+    // A pod's stop: SIGTERM, then the server cleans up and exits 0 within its budget.
+    let mut server = server;
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}: {}", server.log());
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("tmp")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        // (ONNX Runtime itself leaves a `.ses` session file in TMPDIR.)
+        .filter(|n| n.starts_with("kiln-server"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "the staged repository is removed at exit: {left:?}"
+    );
+}
