@@ -301,6 +301,13 @@ fn prometheus_scrapes_server_and_agent_and_answers_dashboard_and_autoscaler_quer
     // Exactly one version serves, and it is not the first.
     let serving = query(prom_port, "kiln_model_version_info == 1");
     assert_eq!(serving.len(), 1, "{serving:?}");
+    // The provider gauge follows the serving version only: the retired one has no series.
+    let providers = query(prom_port, "kiln_model_provider_info");
+    assert_eq!(providers.len(), 1, "{providers:?}");
+    assert_eq!(
+        providers[0]["metric"]["version"], serving[0]["metric"]["version"],
+        "{providers:?}"
+    );
 
     // Every panel of the shipped Grafana dashboard returns data ($model: all models).
     let dashboard: serde_json::Value = serde_json::from_str(
