@@ -93,22 +93,6 @@ fn value(sample: &serde_json::Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// The `kiln_` names a README paragraph starting with `marker` lists.
-fn documented(marker: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
-    let start = readme.find(marker).expect("metrics paragraph");
-    let paragraph = &readme[start..start + readme[start..].find("\n\n").expect("end")];
-    let mut names: Vec<String> = paragraph
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .filter(|w| w.starts_with("kiln_"))
-        .map(|w| w.split('{').next().unwrap_or(w).to_owned())
-        .collect();
-    names.dedup();
-    names
-}
-
 fn promtool_is_clean(promtool: &str, exposition: &str, what: &str) {
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
@@ -247,9 +231,9 @@ fn prometheus_scrapes_server_and_agent_and_answers_dashboard_and_autoscaler_quer
     assert!(up.iter().all(|s| value(s) == 1.0), "{up:?}");
 
     // Every documented name has data, as documented (histograms through their series).
-    let mut names = documented("- **Metrics** (OpenTelemetry API only");
+    let mut names = common::documented_metrics("- **Metrics** (OpenTelemetry API only");
     names.extend(
-        documented("- Metrics (`/metrics`, Prometheus text")
+        common::documented_metrics("- Metrics (`/metrics`, Prometheus text")
             .into_iter()
             // Counters of events this run does not cause (no retry, no verification
             // failure, no 304 from a file source, no cache hit) have no series yet.

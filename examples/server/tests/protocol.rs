@@ -600,18 +600,8 @@ fn exported_metric_names_are_the_documented_ones() {
             "a name carries its suffix twice ({doubled}): {exported:?}"
         );
     }
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
-    let start = readme
-        .find("- **Metrics** (OpenTelemetry API only")
-        .expect("metrics paragraph");
-    let paragraph = &readme[start..start + readme[start..].find("\n\n").expect("end")];
-    for name in paragraph
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .filter(|w| w.starts_with("kiln_"))
-        .map(|w| w.split('{').next().unwrap_or(w))
-    {
+    for name in common::documented_metrics("- **Metrics** (OpenTelemetry API only") {
+        let name = name.as_str();
         // Recorded only by padded batches, a checksum failure or a failed load.
         if matches!(
             name,

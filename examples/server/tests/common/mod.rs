@@ -208,3 +208,20 @@ pub(crate) fn corrupt(root: &Path, model: &str, version: &str) {
     bytes[mid] ^= 0x55;
     std::fs::write(&path, bytes).expect("corrupt");
 }
+
+/// The metric names (`kiln_...`, labels dropped) README's paragraph starting with `marker`
+/// lists, in order.
+pub(crate) fn documented_metrics(marker: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README");
+    let start = readme.find(marker).expect("metrics paragraph");
+    let paragraph = &readme[start..start + readme[start..].find("\n\n").expect("end")];
+    let mut names: Vec<String> = paragraph
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|w| w.starts_with("kiln_"))
+        .map(|w| w.split('{').next().unwrap_or(w).to_owned())
+        .collect();
+    names.dedup();
+    names
+}
