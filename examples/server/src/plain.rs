@@ -49,6 +49,10 @@ const VERSION: &str = "1";
 /// directory not writable.
 pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<PathBuf> {
     kiln::layout::check_name("model", name).context("--model-name")?;
+    // Absolute, so the staged links resolve from the scratch directory.
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("--model-dir {}", dir.display()))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("read --model-dir {}", dir.display()))?
         .filter_map(|e| e.ok())
