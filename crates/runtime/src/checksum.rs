@@ -152,14 +152,28 @@ pub fn read_and_hash(path: &Path) -> Result<(ModelBytes, Digest)> {
     let mut map = memmap2::MmapMut::map_anon(len).map_err(io_err)?;
     // Advice only: without transparent huge pages the read is slower, not wrong.
     let _ = map.advise(memmap2::Advice::HugePage);
-    let (filled, digest) = pipelined(&mut file, &mut map).map_err(io_err)?;
+    let digest = fill_and_hash(path, &mut file, &mut map)?;
+    Ok((ModelBytes(Storage::Anon(map, len)), digest))
+}
+
+/// Fills all of `buf` (sized to the file at open) from `file`, hashing while it reads.
+///
+/// # Errors
+/// [`Error::Io`] if the read fails, or the file ends early or goes on past `buf`.
+pub(crate) fn fill_and_hash(path: &Path, file: &mut File, buf: &mut [u8]) -> Result<Digest> {
+    let io_err = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let size = buf.len();
+    let (filled, digest) = pipelined(file, buf).map_err(io_err)?;
     let mut probe = [0u8; 1];
-    if filled != len || read_some(&mut file, &mut probe).map_err(io_err)? != 0 {
+    if filled != size || read_some(file, &mut probe).map_err(io_err)? != 0 {
         return Err(io_err(std::io::Error::other(format!(
             "file changed size while being read ({size} bytes at open); is something still writing it?"
         ))));
     }
-    Ok((ModelBytes(Storage::Anon(map, len)), digest))
+    Ok(digest)
 }
 
 /// Fills `buf` from `file` on this thread while a scoped thread hashes each filled chunk.

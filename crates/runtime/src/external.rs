@@ -12,7 +12,6 @@
 //! stay alive as long as the sessions made from them.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
@@ -152,14 +151,7 @@ fn read_shared(path: &Path) -> Result<(Arc<[u8]>, Digest)> {
     // SAFETY: every element was just initialised (to 0).
     let mut buf = unsafe { buf.assume_init() };
     let slot = Arc::get_mut(&mut buf).expect("still unique");
-    file.read_exact(slot).map_err(io)?;
-    let mut probe = [0u8; 1];
-    if file.read(&mut probe).map_err(io)? != 0 {
-        return Err(io(std::io::Error::other(format!(
-            "file grew while being read ({size} bytes at open); is something still writing it?"
-        ))));
-    }
-    let digest = Digest::of(&buf);
+    let digest = crate::checksum::fill_and_hash(path, &mut file, slot)?;
     Ok((buf, digest))
 }
 

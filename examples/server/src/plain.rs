@@ -94,9 +94,7 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
             // Only the model is pinned: other files stay out of the manifest, so a model
             // that needs them fails its load naming the unpinned file.
             (Verify::Sha256(_), false) => continue,
-            (Verify::Off, _) => Digest::of(
-                &std::fs::read(file).with_context(|| format!("read {}", file.display()))?,
-            ),
+            (Verify::Off, _) => kiln::checksum::read_and_hash(file)?.1,
         };
         // The model is staged as model.onnx (the only .onnx there); its external data keep
         // their names, the locations the model names them by.
