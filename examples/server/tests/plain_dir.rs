@@ -28,26 +28,32 @@ impl Server {
     }
 }
 
-fn start(dir: &std::path::Path, name: &str, verify: &[&str], port: u16) -> Server {
+/// Starts `kiln-server` with `args` (and `TMPDIR` when given), its log (stdout) kept.
+fn spawn(args: &[String], tmpdir: Option<&std::path::Path>) -> Server {
     let log = tempfile::NamedTempFile::new().expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
-        .arg("--model-dir")
-        .arg(dir)
-        .args(["--model-name", name])
-        .args(verify)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--grpc-listen",
-            "off",
-        ])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-server"));
+    cmd.args(args)
         .envs(ort_env())
         .env("RUST_LOG", "info")
         .stdout(log.reopen().expect("log"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kiln-server");
-    Server(child, log)
+        .stderr(Stdio::null());
+    if let Some(tmp) = tmpdir {
+        cmd.env("TMPDIR", tmp);
+    }
+    Server(cmd.spawn().expect("start kiln-server"), log)
+}
+
+fn start(dir: &std::path::Path, name: &str, verify: &[&str], port: u16) -> Server {
+    let mut args = vec![
+        "--model-dir".to_owned(),
+        dir.display().to_string(),
+        "--model-name".to_owned(),
+        name.to_owned(),
+    ];
+    args.extend(verify.iter().map(|v| (*v).to_owned()));
+    args.extend(["--listen".to_owned(), format!("127.0.0.1:{port}")]);
+    args.extend(["--grpc-listen".to_owned(), "off".to_owned()]);
+    spawn(&args, None)
 }
 
 fn ready_within(port: u16, limit: Duration) -> bool {
@@ -210,16 +216,7 @@ fn the_shipped_kserve_runtime_and_inference_service_start_the_server() {
                 .replace("0.0.0.0", "127.0.0.1")
         })
         .collect();
-    let log = tempfile::NamedTempFile::new().expect("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
-        .args(&args)
-        .envs(ort_env())
-        .env("TMPDIR", tmp.path())
-        .stdout(log.reopen().expect("log"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start kiln-server");
-    let server = Server(child, log);
+    let server = spawn(&args, Some(tmp.path()));
     let probe = |p: &str| -> String {
         let get = &container[p]["httpGet"];
         assert_eq!(get["port"].as_u64(), Some(8080), "{p} on the REST port");
