@@ -129,6 +129,33 @@ def dtypes_model(_rng):
     return make("dtypes", nodes, inputs, outputs, [two])
 
 
+def strings_model(_rng):
+    """String tensors (the v2 protocol's BYTES) through real kernels: `text` [batch, 3] comes
+    back as `echo` (Identity) and as `ids` (ai.onnx.ml LabelEncoder: "cat" 1, "dog" 2,
+    "ünïcödé" 3, anything else -1), and an int64 `n` is turned into the strings `label`
+    (LabelEncoder the other way: 1 "one", 2 "two", else "other"). Exact outputs: no golden
+    file."""
+    keys = ["cat", "dog", "ünïcödé"]
+    nodes = [
+        helper.make_node("Identity", ["text"], ["echo"]),
+        helper.make_node("LabelEncoder", ["text"], ["ids"], domain="ai.onnx.ml",
+                         keys_strings=keys, values_int64s=[1, 2, 3], default_int64=-1),
+        helper.make_node("LabelEncoder", ["n"], ["label"], domain="ai.onnx.ml",
+                         keys_int64s=[1, 2], values_strings=["one", "two"], default_string="other"),
+    ]
+    text = TensorProto.STRING
+    graph = helper.make_graph(
+        nodes, "strings",
+        [helper.make_tensor_value_info("text", text, ["batch", 3]),
+         helper.make_tensor_value_info("n", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("echo", text, ["batch", 3]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", 3]),
+         helper.make_tensor_value_info("label", text, ["batch", 1])],
+    )
+    opsets = OPSET + [helper.make_opsetid("ai.onnx.ml", 3)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="kiln-gen")
+
+
 def random_input(rng, inp):
     """An input tensor for `inp` (an onnxruntime NodeArg) with dynamic dims filled in."""
     dims = []
@@ -178,6 +205,7 @@ def main():
 
     # A model for every further element type (exact outputs: no golden file).
     save(dtypes_model(None), out_dir, "dtypes")
+    save(strings_model(None), out_dir, "strings")
 
     # Broken artifacts: a model cut in half, and bytes that are no protobuf at all.
     with open(os.path.join(out_dir, "mlp.onnx"), "rb") as f:

@@ -39,7 +39,11 @@ fn tensor_from_bytes(ty: ElementType, shape: Vec<usize>, bytes: &[u8]) -> FfiRes
 }
 
 /// The tensor's data as raw bytes, without copying.
-fn tensor_bytes(tensor: &Tensor) -> (*const c_void, usize) {
+///
+/// # Errors
+/// A string tensor: it has no C form (a model with string inputs or outputs does not load
+/// through the C ABI, so none reaches here).
+fn tensor_bytes(tensor: &Tensor) -> FfiResult<(*const c_void, usize)> {
     let ptr = match tensor.data() {
         TensorData::F32(v) => v.as_ptr().cast(),
         TensorData::F64(v) => v.as_ptr().cast(),
@@ -56,9 +60,14 @@ fn tensor_bytes(tensor: &Tensor) -> (*const c_void, usize) {
         // IEEE half and bfloat16 bit patterns, two bytes each.
         TensorData::F16(v) => v.as_ptr().cast(),
         TensorData::Bf16(v) => v.as_ptr().cast(),
-        _ => std::ptr::null(),
+        _ => {
+            return Err(Failure::new(
+                KilnStatus::InvalidArgument,
+                format!("{} tensors have no C form", tensor.element_type()),
+            ))
+        }
     };
-    (ptr, tensor.byte_len())
+    Ok((ptr, tensor.byte_len()))
 }
 
 /// Creates an empty request and writes it to `out`.
@@ -380,7 +389,7 @@ pub unsafe extern "C" fn kiln_tensor_data(
         let len_out = out_ptr(byte_len, "byte_len")?;
         // SAFETY: NULL or live by contract.
         let t = unsafe { borrow(tensor, "tensor") }?;
-        let (ptr, len) = tensor_bytes(&t.tensor);
+        let (ptr, len) = tensor_bytes(&t.tensor)?;
         // SAFETY: both checked writable.
         unsafe {
             write(data_out, ptr);
@@ -403,7 +412,7 @@ mod tests {
         )
         .expect("f32");
         assert_eq!(t.as_slice::<f32>().expect("f32"), &[1.5, -2.0]);
-        let (ptr, len) = tensor_bytes(&t);
+        let (ptr, len) = tensor_bytes(&t).expect("f32 has a C form");
         assert_eq!(len, 8);
         assert!(!ptr.is_null());
         let b = tensor_from_bytes(ElementType::Bool, vec![3], &[0, 1, 7]).expect("bool");

@@ -89,7 +89,8 @@ impl From<runtime::Error> for Failure {
             | E::InvalidDigest { .. }
             | E::InvalidPriority { .. }
             | E::TensorShape { .. }
-            | E::TensorBytes { .. } => S::InvalidArgument,
+            | E::TensorBytes { .. }
+            | E::TensorString { .. } => S::InvalidArgument,
             E::Io { .. } => S::Io,
             E::ChecksumMismatch { .. }
             | E::SizeMismatch { .. }

@@ -303,6 +303,17 @@ pub enum Error {
         len: usize,
     },
 
+    /// A string tensor's data is not what a string tensor can hold: byte form that does not
+    /// parse (each element a 4-byte little-endian length, then that many bytes), text that
+    /// is not UTF-8, or a NUL byte (ONNX Runtime's strings end at one).
+    #[error("string tensor element {index}: {reason}")]
+    TensorString {
+        /// The element (row-major) at fault, or the count read when the data ran out.
+        index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A tensor was read as the wrong element type.
     #[error("tensor holds {actual}, not {expected}")]
     TensorType {
@@ -506,6 +517,7 @@ impl Error {
             | Self::BatchTooLarge { .. }
             | Self::TensorShape { .. }
             | Self::TensorBytes { .. }
+            | Self::TensorString { .. }
             | Self::TensorType { .. }
             | Self::InvalidPriority { .. } => ErrorKind::InvalidRequest,
             Self::InputTooLarge { .. } | Self::RequestTooLarge { .. } => ErrorKind::TooLarge,

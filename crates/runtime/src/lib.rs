@@ -62,4 +62,4 @@ pub use metadata::{ModelMetadata, TensorInfo};
 pub use model::{Model, NamedTensors};
 pub use repository::{LoadOutcome, Readiness, Repository, RepositoryConfig, ScanReport};
 pub use runtime::{LibraryInfo, Runtime, RuntimeConfig, ThreadPoolConfig};
-pub use tensor::{Element, ElementType, Tensor, TensorData};
+pub use tensor::{Element, ElementType, Item, Tensor, TensorData};

@@ -237,17 +237,32 @@ impl Model {
             Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
             let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
-            let value: SessionInputValue<'_> = with_data!(tensor.data(), v => TensorRef::from_array_view((shape, v.as_slice())).map_err(inference)?.into());
+            let value: SessionInputValue<'_> = with_data!(
+                tensor.data(),
+                v => TensorRef::from_array_view((shape, v.as_slice())).map_err(inference)?.into(),
+                // ONNX Runtime copies strings into its own (there is no view of them).
+                strings v => ort::value::Tensor::from_string_array((shape, v.as_slice()))
+                    .map_err(inference)?
+                    .into()
+            );
             values.push((Cow::Borrowed(name.as_str()), value));
         }
         let outputs = self.session.run(values).map_err(inference)?;
         let mut out = Vec::with_capacity(self.metadata.outputs.len());
         for info in &self.metadata.outputs {
             let value = &outputs[info.name.as_str()];
+            let dims = |shape: &ort::value::Shape| -> Vec<usize> {
+                shape
+                    .iter()
+                    .map(|&d| usize::try_from(d).unwrap_or(0))
+                    .collect()
+            };
             let tensor = with_element_type!(info.element_type, T => {
                 let (shape, data) = value.try_extract_tensor::<T>().map_err(inference)?;
-                let dims: Vec<usize> = shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
-                Tensor::new(dims, data.to_vec())?
+                Tensor::new(dims(shape), data.to_vec())?
+            }, strings => {
+                let (shape, data) = value.try_extract_strings().map_err(inference)?;
+                Tensor::new(dims(shape), data)?
             });
             out.push((info.name.clone(), tensor));
         }

@@ -42,6 +42,8 @@ pub enum ElementType {
     F16,
     /// bfloat16 ([`half::bf16`]).
     Bf16,
+    /// UTF-8 strings (ONNX `string`; the v2 protocol's `BYTES`).
+    String,
 }
 
 impl ElementType {
@@ -61,12 +63,15 @@ impl ElementType {
             Self::U64 => "uint64",
             Self::F16 => "float16",
             Self::Bf16 => "bfloat16",
+            Self::String => "string",
         }
     }
 
-    /// Bytes per element.
+    /// Bytes per element; 0 for strings, whose elements have no fixed size (their byte form,
+    /// [`Tensor::to_le_bytes`], is each string's 4-byte length and bytes).
     pub fn size(self) -> usize {
         match self {
+            Self::String => 0,
             Self::F64 | Self::I64 | Self::U64 => 8,
             Self::F32 | Self::I32 | Self::U32 => 4,
             Self::I16 | Self::U16 | Self::F16 | Self::Bf16 => 2,
@@ -89,6 +94,7 @@ impl ElementType {
             TensorElementType::Uint64 => Self::U64,
             TensorElementType::Float16 => Self::F16,
             TensorElementType::Bfloat16 => Self::Bf16,
+            TensorElementType::String => Self::String,
             _ => return None,
         })
     }
@@ -118,11 +124,16 @@ pub enum TensorData {
     U64(Vec<u64>),
     F16(Vec<half::f16>),
     Bf16(Vec<half::bf16>),
+    String(Vec<String>),
 }
 
-/// Runs `$body` with `$v` bound to the inner `Vec` of any [`TensorData`] variant.
+/// Runs `$body` with `$v` bound to the inner `Vec` of any [`TensorData`] variant; with a
+/// `strings` arm, the string variant runs that arm instead (for bodies that need a number).
 macro_rules! with_data {
     ($data:expr, $v:ident => $body:expr) => {
+        $crate::tensor::with_data!($data, $v => $body, strings $v => $body)
+    };
+    ($data:expr, $v:ident => $body:expr, strings $s:ident => $sbody:expr) => {
         match $data {
             $crate::tensor::TensorData::F32($v) => $body,
             $crate::tensor::TensorData::F64($v) => $body,
@@ -137,14 +148,23 @@ macro_rules! with_data {
             $crate::tensor::TensorData::U64($v) => $body,
             $crate::tensor::TensorData::F16($v) => $body,
             $crate::tensor::TensorData::Bf16($v) => $body,
+            $crate::tensor::TensorData::String($s) => $sbody,
         }
     };
 }
 pub(crate) use with_data;
 
-/// Runs `$body` with the type alias `$T` bound to the Rust type of an [`ElementType`].
+/// Runs `$body` with the type alias `$T` bound to the Rust type of an [`ElementType`]
+/// (`String` for strings); with a `strings` arm, strings run that arm instead (for bodies
+/// that need an [`Element`]).
 macro_rules! with_element_type {
     ($ty:expr, $T:ident => $body:expr) => {
+        $crate::tensor::with_element_type!($ty, $T => $body, strings => {
+            type $T = String;
+            $body
+        })
+    };
+    ($ty:expr, $T:ident => $body:expr, strings => $sbody:expr) => {
         match $ty {
             $crate::tensor::ElementType::F32 => {
                 type $T = f32;
@@ -198,15 +218,14 @@ macro_rules! with_element_type {
                 type $T = half::bf16;
                 $body
             }
+            $crate::tensor::ElementType::String => $sbody,
         }
     };
 }
 pub(crate) use with_element_type;
 
-/// A Rust type that can be a tensor element.
-pub trait Element:
-    ort::value::PrimitiveTensorElementType + Copy + fmt::Debug + Send + Sync + 'static
-{
+/// A Rust type a tensor can hold: every [`Element`] and `String`.
+pub trait Item: Clone + fmt::Debug + Default + Send + Sync + 'static {
     /// Its element type.
     const TYPE: ElementType;
     /// Wraps a vector of this type.
@@ -219,8 +238,12 @@ pub trait Element:
     /// `data` itself when it holds another type.
     fn unwrap(data: TensorData) -> std::result::Result<Vec<Self>, TensorData>;
     /// Converts a configured value (such as a pad value) to this type (`as` semantics;
-    /// non-zero is `true`).
+    /// non-zero is `true`; a string is always empty).
     fn from_f64(v: f64) -> Self;
+}
+
+/// A number type that can be a tensor element: what ONNX Runtime reads in place.
+pub trait Element: Item + ort::value::PrimitiveTensorElementType + Copy {
     /// Reads one element from its little-endian bytes (`bytes.len()` is the element's size;
     /// a bool is one byte, non-zero is `true`).
     fn read_le(bytes: &[u8]) -> Self;
@@ -228,17 +251,9 @@ pub trait Element:
     fn write_le(self, out: &mut Vec<u8>);
 }
 
-macro_rules! element {
-    (@cast $v:ident, bool) => { $v != 0.0 };
-    (@cast $v:ident, f16) => { half::f16::from_f64($v) };
-    (@cast $v:ident, bf16) => { half::bf16::from_f64($v) };
-    (@cast $v:ident, $t:ty) => { $v as $t };
-    (@from_le $b:ident, bool) => { $b.first().is_some_and(|&b| b != 0) };
-    (@from_le $b:ident, $t:ty) => { <$t>::from_le_bytes($b.try_into().unwrap_or_default()) };
-    (@put_le $x:ident, $out:ident, bool) => { $out.push(u8::from($x)) };
-    (@put_le $x:ident, $out:ident, $t:ty) => { $out.extend_from_slice(&$x.to_le_bytes()) };
-    ($($t:tt => $variant:ident),* $(,)?) => {$(
-        impl Element for $t {
+macro_rules! item {
+    ($t:ty => $variant:ident, |$v:ident| $cast:expr) => {
+        impl Item for $t {
             const TYPE: ElementType = ElementType::$variant;
             fn wrap(data: Vec<Self>) -> TensorData {
                 TensorData::$variant(data)
@@ -255,9 +270,26 @@ macro_rules! element {
                     other => Err(other),
                 }
             }
-            fn from_f64(v: f64) -> Self {
-                element!(@cast v, $t)
+            fn from_f64($v: f64) -> Self {
+                $cast
             }
+        }
+    };
+}
+item!(String => String, |_v| String::new());
+
+macro_rules! element {
+    (@cast $v:ident, bool) => { $v != 0.0 };
+    (@cast $v:ident, f16) => { half::f16::from_f64($v) };
+    (@cast $v:ident, bf16) => { half::bf16::from_f64($v) };
+    (@cast $v:ident, $t:ty) => { $v as $t };
+    (@from_le $b:ident, bool) => { $b.first().is_some_and(|&b| b != 0) };
+    (@from_le $b:ident, $t:ty) => { <$t>::from_le_bytes($b.try_into().unwrap_or_default()) };
+    (@put_le $x:ident, $out:ident, bool) => { $out.push(u8::from($x)) };
+    (@put_le $x:ident, $out:ident, $t:ty) => { $out.extend_from_slice(&$x.to_le_bytes()) };
+    ($($t:tt => $variant:ident),* $(,)?) => {$(
+        item!($t => $variant, |v| element!(@cast v, $t));
+        impl Element for $t {
             fn read_le(bytes: &[u8]) -> Self {
                 element!(@from_le bytes, $t)
             }
@@ -284,15 +316,17 @@ impl Tensor {
     /// A tensor of `shape` holding `data` (row-major).
     ///
     /// # Errors
-    /// [`Error::TensorShape`] if `data.len()` is not the product of `shape`.
-    pub fn new<T: Element>(shape: impl Into<Vec<usize>>, data: Vec<T>) -> Result<Self> {
+    /// [`Error::TensorShape`] if `data.len()` is not the product of `shape`;
+    /// [`Error::TensorString`] for a string with a NUL byte.
+    pub fn new<T: Item>(shape: impl Into<Vec<usize>>, data: Vec<T>) -> Result<Self> {
         Self::from_data(shape.into(), T::wrap(data))
     }
 
     /// A tensor from already wrapped data.
     ///
     /// # Errors
-    /// [`Error::TensorShape`] if the data length is not the product of `shape`.
+    /// [`Error::TensorShape`] if the data length is not the product of `shape`;
+    /// [`Error::TensorString`] for a string with a NUL byte.
     pub fn from_data(shape: Vec<usize>, data: TensorData) -> Result<Self> {
         let expected = shape
             .iter()
@@ -306,46 +340,61 @@ impl Tensor {
                 len,
             });
         }
+        if let TensorData::String(v) = &data {
+            if let Some(index) = v.iter().position(|s| s.as_bytes().contains(&0)) {
+                return Err(nul_byte(index));
+            }
+        }
         Ok(Self { shape, data })
     }
 
     /// A tensor from raw little-endian row-major bytes (the v2 protocol's binary data and raw
-    /// contents, the C ABI's buffers).
+    /// contents, the C ABI's buffers). Strings are each a 4-byte little-endian length and
+    /// that many bytes of UTF-8, as the protocol's `BYTES`.
     ///
     /// # Errors
-    /// [`Error::TensorBytes`] if `bytes` is not exactly `shape`'s elements of `ty`.
+    /// [`Error::TensorBytes`] if `bytes` is not exactly `shape`'s elements of `ty`;
+    /// [`Error::TensorString`] for string bytes that do not parse, are not UTF-8 or hold a
+    /// NUL.
     pub fn from_le_bytes(ty: ElementType, shape: Vec<usize>, bytes: &[u8]) -> Result<Self> {
-        let expected = shape
-            .iter()
-            .try_fold(ty.size(), |acc, &d| acc.checked_mul(d));
-        if expected != Some(bytes.len()) {
-            return Err(Error::TensorBytes {
-                element_type: ty,
-                shape,
-                expected,
-                len: bytes.len(),
-            });
-        }
-        let data = with_element_type!(ty, T => T::wrap(
-            bytes.chunks_exact(ty.size()).map(T::read_le).collect()
-        ));
-        Ok(Self { shape, data })
+        let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let data = with_element_type!(ty, T => {
+            if count.and_then(|n| n.checked_mul(ty.size())) != Some(bytes.len()) {
+                return Err(Error::TensorBytes {
+                    element_type: ty,
+                    shape,
+                    expected: count.and_then(|n| n.checked_mul(ty.size())),
+                    len: bytes.len(),
+                });
+            }
+            T::wrap(bytes.chunks_exact(ty.size()).map(T::read_le).collect())
+        }, strings => TensorData::String(read_strings(bytes, count.unwrap_or(usize::MAX))?));
+        // Strings: a count other than the shape's is refused here.
+        Self::from_data(shape, data)
     }
 
-    /// The data as raw little-endian row-major bytes (a bool is one byte, 0 or 1).
+    /// The data as raw little-endian row-major bytes (a bool is one byte, 0 or 1; a string
+    /// its 4-byte little-endian length and its bytes).
     pub fn to_le_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.byte_len());
-        with_data!(&self.data, v => v.iter().for_each(|x| x.write_le(&mut out)));
+        with_data!(&self.data, v => v.iter().for_each(|x| x.write_le(&mut out)), strings v => {
+            for s in v {
+                // A string over 4 GiB cannot be in a tensor: its request would be refused
+                // long before (body and element limits).
+                out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+        });
         out
     }
 
     /// A tensor from an `ndarray` array (any layout; copied to row-major).
-    pub fn from_array<T: Element>(array: ndarray::ArrayD<T>) -> Self {
+    pub fn from_array<T: Item>(array: ndarray::ArrayD<T>) -> Self {
         let shape = array.shape().to_vec();
         let data = if array.is_standard_layout() {
             array.into_raw_vec_and_offset().0
         } else {
-            array.iter().copied().collect()
+            array.iter().cloned().collect()
         };
         Self {
             shape,
@@ -374,6 +423,7 @@ impl Tensor {
             TensorData::U64(_) => ElementType::U64,
             TensorData::F16(_) => ElementType::F16,
             TensorData::Bf16(_) => ElementType::Bf16,
+            TensorData::String(_) => ElementType::String,
         }
     }
 
@@ -387,9 +437,12 @@ impl Tensor {
         self.len() == 0
     }
 
-    /// Size of the data in bytes.
+    /// Size of the data in bytes (of strings, their byte form: [`Tensor::to_le_bytes`]).
     pub fn byte_len(&self) -> usize {
-        self.len() * self.element_type().size()
+        match &self.data {
+            TensorData::String(v) => v.iter().map(|s| 4 + s.len()).sum(),
+            _ => self.len() * self.element_type().size(),
+        }
     }
 
     /// The data, wrapped.
@@ -406,7 +459,7 @@ impl Tensor {
     ///
     /// # Errors
     /// [`Error::TensorType`] if the tensor holds another type.
-    pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
+    pub fn as_slice<T: Item>(&self) -> Result<&[T]> {
         T::view(&self.data).ok_or(Error::TensorType {
             expected: T::TYPE,
             actual: self.element_type(),
@@ -417,7 +470,7 @@ impl Tensor {
     ///
     /// # Errors
     /// [`Error::TensorType`] if the tensor holds another type.
-    pub fn to_array<T: Element>(&self) -> Result<ndarray::ArrayViewD<'_, T>> {
+    pub fn to_array<T: Item>(&self) -> Result<ndarray::ArrayViewD<'_, T>> {
         let data = self.as_slice::<T>()?;
         // The constructor checked that the data length matches the shape.
         ndarray::ArrayViewD::from_shape(self.shape.as_slice(), data).map_err(|_| {
@@ -428,6 +481,44 @@ impl Tensor {
             }
         })
     }
+}
+
+fn nul_byte(index: usize) -> Error {
+    Error::TensorString {
+        index,
+        reason: "holds a NUL byte, where ONNX Runtime would cut it short".into(),
+    }
+}
+
+/// At most `count` strings from their byte form (each a 4-byte little-endian length and that
+/// many bytes); bytes left after them are an error.
+fn read_strings(mut bytes: &[u8], count: usize) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(count.min(bytes.len() / 4));
+    while !bytes.is_empty() {
+        if out.len() == count {
+            return Err(Error::TensorString {
+                index: count,
+                reason: format!("{} bytes follow the shape's {count} strings", bytes.len()),
+            });
+        }
+        let index = out.len();
+        let bad = |reason: String| Error::TensorString { index, reason };
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad(format!("{} bytes left, not a 4-byte length", bytes.len())))?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if rest.len() < len {
+            return Err(bad(format!(
+                "its length says {len} bytes but {} are left",
+                rest.len()
+            )));
+        }
+        let (text, rest) = rest.split_at(len);
+        let text = std::str::from_utf8(text).map_err(|e| bad(format!("not UTF-8: {e}")))?;
+        out.push(text.to_owned());
+        bytes = rest;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

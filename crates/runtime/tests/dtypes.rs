@@ -143,3 +143,108 @@ fn batched_requests_are_split_back_exactly() {
     let stats = handle.stats().expect("stats");
     assert!(stats.batches < 8, "the requests were batched: {stats:?}");
 }
+
+/// A `strings.onnx` request of `rows` rows: `text` [rows, 3] and `n` [rows, 1].
+fn strings_request(rows: usize, seed: usize) -> NamedTensors {
+    let words = ["cat", "dog", "ünïcödé", "", "other words", "猫"];
+    let text: Vec<String> = (0..rows * 3)
+        .map(|i| words[(i + seed) % words.len()].to_owned())
+        .collect();
+    let n: Vec<i64> = (0..rows).map(|i| ((i + seed) % 3) as i64).collect();
+    vec![
+        ("text".into(), Tensor::new([rows, 3], text).expect("text")),
+        ("n".into(), Tensor::new([rows, 1], n).expect("n")),
+    ]
+}
+
+/// What `strings.onnx` must answer: `echo` = text, `ids` its LabelEncoder codes, `label` the
+/// names of `n`.
+fn check_strings(inputs: &NamedTensors, outputs: &NamedTensors) {
+    let out = |name: &str| &outputs.iter().find(|(n, _)| n == name).expect(name).1;
+    let text = inputs[0].1.as_slice::<String>().expect("text");
+    assert_eq!(out("echo"), &inputs[0].1);
+    assert_eq!(out("echo").element_type(), ElementType::String);
+    let ids: Vec<i64> = text
+        .iter()
+        .map(|t| match t.as_str() {
+            "cat" => 1,
+            "dog" => 2,
+            "ünïcödé" => 3,
+            _ => -1,
+        })
+        .collect();
+    assert_eq!(out("ids").as_slice::<i64>().expect("ids"), &ids[..]);
+    let labels: Vec<&str> = inputs[1]
+        .1
+        .as_slice::<i64>()
+        .expect("n")
+        .iter()
+        .map(|n| match n {
+            1 => "one",
+            2 => "two",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(
+        out("label").as_slice::<String>().expect("label"),
+        &labels[..]
+    );
+    assert_eq!(out("label").shape(), inputs[1].1.shape());
+}
+
+#[test]
+fn string_tensors_in_and_out_one_at_a_time_and_batched() {
+    let mut model = load("strings.onnx", ModelOptions::new());
+    assert_eq!(model.metadata().inputs[0].element_type, ElementType::String);
+    let inputs = strings_request(2, 0);
+    check_strings(&inputs, &model.run(&inputs).expect("runs"));
+
+    let file = "strings.onnx";
+    let handle = ModelHandle::new("strings", opentelemetry::global::meter("kiln-tests"));
+    let options = ModelOptions::new().with_checksum(Checksum::Sha256(sha256_of(&testdata(file))));
+    let config = BatchConfig {
+        instances: 1,
+        max_batch_size: 16,
+        max_queue_delay_us: 20_000,
+        ..BatchConfig::default()
+    };
+    handle
+        .load_model(&runtime(), testdata(file), "1", &options, &config)
+        .expect("serves (warm-up with invented strings included)");
+    let requests: Vec<NamedTensors> = (0..8).map(|i| strings_request(1 + i % 3, i)).collect();
+    std::thread::scope(|s| {
+        let answers: Vec<_> = requests
+            .iter()
+            .map(|r| {
+                let handle = handle.clone();
+                s.spawn(move || handle.infer_blocking(kiln::InferRequest::new(r.clone())))
+            })
+            .collect();
+        for (r, a) in requests.iter().zip(answers) {
+            check_strings(r, &a.join().expect("thread").expect("answered"));
+        }
+    });
+    let stats = handle.stats().expect("stats");
+    assert!(stats.batches < 8, "the requests were batched: {stats:?}");
+}
+
+#[test]
+fn strings_ort_cannot_hold_are_refused_when_the_tensor_is_made() {
+    let e = Tensor::new([1], vec!["a\0b".to_owned()]).expect_err("NUL");
+    assert!(
+        matches!(e, kiln::Error::TensorString { index: 0, .. }),
+        "{e}"
+    );
+    let bytes = Tensor::new([2], vec!["é".to_owned(), String::new()])
+        .expect("strings")
+        .to_le_bytes();
+    assert_eq!(bytes, [2, 0, 0, 0, 0xc3, 0xa9, 0, 0, 0, 0]);
+    let back = Tensor::from_le_bytes(ElementType::String, vec![2], &bytes).expect("back");
+    assert_eq!(back.as_slice::<String>().expect("strings"), &["é", ""]);
+    let e = Tensor::from_le_bytes(ElementType::String, vec![1], &[1, 0, 0, 0, 0xff])
+        .expect_err("not UTF-8");
+    assert!(
+        matches!(e, kiln::Error::TensorString { index: 0, .. }),
+        "{e}"
+    );
+}

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use axum::body::{Body, Bytes, HttpBody as _};
 use axum::http::StatusCode;
 use kiln::NamedTensors;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 use crate::protocol::{self, InferRequest};
@@ -77,36 +77,60 @@ impl Decoder {
         if body.len() < INLINE_MAX_BYTES {
             return protocol::decode(&body, header_len, max_elements).map_err(ApiError::from);
         }
-        let kib = u32::try_from(body.len().div_ceil(1024))
-            .unwrap_or(u32::MAX)
-            .min(self.budget_kib);
-        // Never closed, so acquiring cannot fail; memory first, then a thread.
-        let closed = |e: tokio::sync::AcquireError| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-        };
-        let bytes = Arc::clone(&self.permits)
-            .acquire_many_owned(kib)
-            .await
-            .map_err(closed)?;
+        let bytes = self.reserve(body.len()).await?;
+        let header_len = header_len.map(str::to_owned);
+        self.off_workers(move || {
+            let decoded = protocol::decode(&body, header_len.as_deref(), max_elements);
+            // The body and its share of the budget go as soon as the tensors are built.
+            drop((body, bytes));
+            decoded
+        })
+        .await?
+        .map_err(ApiError::from)
+    }
+
+    /// Runs `work` on tokio's blocking pool once one of the decode slots is free (a slot per
+    /// decode thread, waited for in arrival order).
+    ///
+    /// # Errors
+    /// 500 if `work` panicked.
+    pub(crate) async fn off_workers<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let internal = |m: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m);
         let slot = Arc::clone(&self.slots)
             .acquire_owned()
             .await
-            .map_err(closed)?;
-        let header_len = header_len.map(str::to_owned);
+            .map_err(|e| internal(e.to_string()))?;
         tokio::task::spawn_blocking(move || {
-            let decoded = protocol::decode(&body, header_len.as_deref(), max_elements);
-            // The body and its share of the budget go as soon as the tensors are built.
-            drop((body, bytes, slot));
-            decoded
+            let done = work();
+            drop(slot);
+            done
         })
         .await
         .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("decoding the request body failed: {e}"),
-            )
-        })?
-        .map_err(ApiError::from)
+            internal(format!(
+                "decoding or encoding on a decode thread failed: {e}"
+            ))
+        })
+    }
+
+    /// `len` bytes' share of the budget (all of it for more than the whole budget), waited
+    /// for in arrival order and held until the returned permit is dropped. The gRPC door
+    /// holds one per big message from its arrival until it is answered
+    /// (`crate::grpc::budget`).
+    ///
+    /// # Errors
+    /// None in practice (the semaphore is never closed): 500 if it were.
+    pub(crate) async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit, ApiError> {
+        let kib = u32::try_from(len.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.budget_kib);
+        Arc::clone(&self.permits)
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 }
 

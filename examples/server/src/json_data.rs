@@ -43,6 +43,10 @@ pub(crate) trait Leaf: Sized {
     fn from_bool(_: bool) -> Option<Self> {
         None
     }
+    /// From a JSON string.
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
 }
 
 macro_rules! floats {
@@ -111,6 +115,21 @@ impl Leaf for bool {
     }
     fn from_bool(v: bool) -> Option<Self> {
         Some(v)
+    }
+}
+
+/// BYTES: JSON strings, as Triton's clients send them (ONNX Runtime's strings end at a NUL,
+/// so one holding a NUL is refused).
+impl Leaf for String {
+    const WANTED: &'static str = "string without NUL";
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_str(v: &str) -> Option<Self> {
+        (!v.contains('\0')).then(|| v.to_owned())
     }
 }
 
@@ -212,7 +231,7 @@ impl<'de, T: Leaf> Visitor<'de> for Flatten<'_, T> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.leaf(None, || {
+        self.leaf(T::from_str(v), || {
             let mut shown: String = v.chars().take(32).collect();
             if shown.len() < v.len() {
                 shown.push('…');
@@ -251,6 +270,7 @@ impl Serialize for Values {
             TensorData::U64(v) => s.collect_seq(v),
             TensorData::F16(v) => s.collect_seq(v.iter().map(|&x| x.to_f64())),
             TensorData::Bf16(v) => s.collect_seq(v.iter().map(|&x| x.to_f64())),
+            TensorData::String(v) => s.collect_seq(v),
             _ => s.serialize_unit(),
         }
     }

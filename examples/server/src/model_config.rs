@@ -32,6 +32,7 @@ pub(crate) fn data_type(ty: ElementType) -> DataType {
         ElementType::U64 => DataType::TypeUint64,
         ElementType::F16 => DataType::TypeFp16,
         ElementType::Bf16 => DataType::TypeBf16,
+        ElementType::String => DataType::TypeString,
         _ => DataType::TypeInvalid,
     }
 }

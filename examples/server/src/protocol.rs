@@ -162,8 +162,7 @@ pub fn datatype(ty: ElementType) -> &'static str {
         .map_or("UNKNOWN", |(name, _)| name)
 }
 
-/// The element type of a protocol datatype, if kiln serves it (BYTES is not: ONNX string
-/// tensors are not served).
+/// The element type of a protocol datatype, if kiln serves it (BYTES is ONNX's string).
 pub fn element_type(datatype: &str) -> Option<ElementType> {
     DATATYPES
         .iter()
@@ -177,7 +176,7 @@ pub fn served_datatypes() -> String {
 }
 
 /// The v2 protocol's datatypes kiln serves, with their element types.
-const DATATYPES: [(&str, ElementType); 13] = [
+const DATATYPES: [(&str, ElementType); 14] = [
     ("FP32", ElementType::F32),
     ("FP64", ElementType::F64),
     ("FP16", ElementType::F16),
@@ -191,6 +190,7 @@ const DATATYPES: [(&str, ElementType); 13] = [
     ("UINT16", ElementType::U16),
     ("UINT8", ElementType::U8),
     ("BOOL", ElementType::Bool),
+    ("BYTES", ElementType::String),
 ];
 
 /// Decodes a whole inference request body: the JSON request and every input as a tensor.
@@ -292,6 +292,7 @@ pub fn to_tensor(
         "UINT64" => TensorData::U64(values(raw, &shape, elements).map_err(bad)?),
         "FP16" => TensorData::F16(values(raw, &shape, elements).map_err(bad)?),
         "BF16" => TensorData::Bf16(values(raw, &shape, elements).map_err(bad)?),
+        "BYTES" => TensorData::String(values(raw, &shape, elements).map_err(bad)?),
         other => {
             return Err(bad(format!(
                 "datatype {other:?} is not served; use one of {}",
@@ -356,7 +357,8 @@ pub(crate) fn from_le_bytes(
 ) -> Result<Tensor, String> {
     let ty = element_type(datatype).ok_or_else(|| {
         format!(
-            "datatype {datatype:?} is not served in binary (BYTES: string tensors are not served)"
+            "datatype {datatype:?} is not served; use one of {}",
+            served_datatypes()
         )
     })?;
     Tensor::from_le_bytes(ty, shape, bytes).map_err(|e| match e {
@@ -503,11 +505,57 @@ mod tests {
         ))
         .contains("300 is not a int8"));
         assert!(msg(to_tensor(
-            &input(vec![1], "BYTES", serde_json::json!(["a"])),
+            &input(vec![1], "STRING", serde_json::json!(["a"])),
             None,
             9
         ))
         .contains("not served"));
+        // BYTES: JSON strings, never numbers, never a NUL; binary is length-prefixed.
+        let t = to_tensor(
+            &input(vec![2], "BYTES", serde_json::json!([["cat"], [""]])),
+            None,
+            9,
+        )
+        .expect("strings");
+        assert_eq!(t.as_slice::<String>().expect("strings"), &["cat", ""]);
+        assert!(msg(to_tensor(
+            &input(vec![1], "BYTES", serde_json::json!([1])),
+            None,
+            9
+        ))
+        .contains("1 is not a string"));
+        assert!(msg(to_tensor(
+            &input(vec![1], "BYTES", serde_json::json!(["a\u{0}b"])),
+            None,
+            9
+        ))
+        .contains("is not a string without NUL"));
+        let binary = to_tensor(
+            &input(vec![2], "BYTES", Value::Null),
+            Some(&[3, 0, 0, 0, b'c', b'a', b't', 0, 0, 0, 0]),
+            9,
+        )
+        .expect("binary");
+        assert_eq!(binary, t);
+        for (bytes, says) in [
+            (
+                &[3, 0, 0, 0, b'c', b'a'][..],
+                "its length says 3 bytes but 2 are left",
+            ),
+            (&[1, 0, 0, 0, 0xff, 0, 0, 0, 0][..], "not UTF-8"),
+            (
+                &[0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+                "1 bytes follow the shape's 2 strings",
+            ),
+            (&[0, 0, 0][..], "not a 4-byte length"),
+        ] {
+            let m = msg(to_tensor(
+                &input(vec![2], "BYTES", Value::Null),
+                Some(bytes),
+                9,
+            ));
+            assert!(m.contains(says), "{m}");
+        }
         // A huge declared shape is refused before the (tiny) data is looked at.
         assert!(matches!(
             to_tensor(

@@ -71,6 +71,7 @@ pub struct AppState {
     /// Prometheus text for `/metrics`, if exported.
     pub telemetry: Option<Arc<kiln::prometheus::PrometheusTelemetry>>,
     http: HttpMetrics,
+    pub(crate) grpc: crate::grpc::metrics::GrpcMetrics,
     /// Request bodies decoded off the workers, two maximal bodies' worth at a time.
     pub(crate) decoder: crate::decode::Decoder,
 }
@@ -93,6 +94,7 @@ impl AppState {
             config,
             telemetry,
             http: HttpMetrics::new(meter),
+            grpc: crate::grpc::metrics::GrpcMetrics::new(meter),
         }
     }
 }
@@ -338,11 +340,17 @@ async fn run(
         }
     };
     let mut tail = Vec::new();
+    // Values written as JSON text: past the decoder's inline size, written on a decode
+    // thread (a big output as JSON holds a CPU for milliseconds).
+    let mut json_values = 0;
     let outputs = answer
         .outputs
         .into_iter()
         .map(|(n, t)| {
             let binary = request.binary_output(&n);
+            if !binary {
+                json_values += t.len();
+            }
             let (out, bytes) = protocol::output(n, t, binary);
             tail.extend(bytes.unwrap_or_default());
             out
@@ -354,11 +362,21 @@ async fn run(
         id: request.id,
         outputs,
     };
-    if tail.is_empty() {
-        return Ok(Json(response).into_response());
+    let encode = move || serde_json::to_vec(&response);
+    // Some 4 bytes of text a value, at the least.
+    let mut body = if json_values * 4 >= crate::decode::INLINE_MAX_BYTES {
+        s.decoder.off_workers(encode).await?
+    } else {
+        encode()
     }
-    let mut body = serde_json::to_vec(&response)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if tail.is_empty() {
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response());
+    }
     let json_len = body.len();
     body.extend(tail);
     Ok((

@@ -51,8 +51,9 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
         );
     }
     let names: Vec<&str> = models.iter().map(|(m, _)| m.as_str()).collect();
-    // Beside the corpus, every further datatype (testdata/dtypes.onnx).
+    // Beside the corpus, every further datatype (testdata/dtypes.onnx, strings.onnx).
     publish(root.path(), "dtypes", "1", "dtypes.onnx");
+    publish(root.path(), "strings", "1", "strings.onnx");
     let (port, grpc) = (free_port(), free_port());
     let grpc_listen = format!("127.0.0.1:{grpc}");
     let mut child = start_ready(
@@ -74,7 +75,12 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
         suite("triton_grpc.py", &grpc_listen),
         Command::new(&python)
             .arg(repo_root().join("examples/server/tests/triton_dtypes.py"))
-            .args([&format!("127.0.0.1:{port}"), &grpc_listen, "dtypes"])
+            .args([
+                &format!("127.0.0.1:{port}"),
+                &grpc_listen,
+                "dtypes",
+                "strings",
+            ])
             .output()
             .expect("run the datatype suite"),
     ];

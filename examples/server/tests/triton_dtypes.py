@@ -2,9 +2,11 @@
 """Every further v2 datatype (FP16, BF16, INT16, UINT16, UINT32, UINT64) through Triton's own
 clients against a running kiln-server serving testdata/dtypes.onnx (y16 = 2 * h in float16,
 the other inputs returned unchanged by Identity): HTTP with JSON and binary data, gRPC with
-raw contents and (for the integer types) typed contents.
+raw contents and (for the integer types) typed contents. Then BYTES against
+testdata/strings.onnx (`echo` = text, `ids` = LabelEncoder of text, `label` = LabelEncoder of
+the int64 `n`), every way a Triton client sends strings.
 
-Usage: triton_dtypes.py HTTP_HOST:PORT GRPC_HOST:PORT MODEL
+Usage: triton_dtypes.py HTTP_HOST:PORT GRPC_HOST:PORT MODEL STRINGS_MODEL
 """
 import sys
 
@@ -82,7 +84,70 @@ def main():
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
         assert "has 0 values" in e.details() or "raw_input_contents" in e.details(), e.details()
+    strings(http, g, stub, sys.argv[4])
     print("triton_dtypes: all checks passed")
+
+
+def strings(http, g, stub, model):
+    """BYTES in and out: HTTP JSON and binary, gRPC raw and typed `bytes_contents`; text
+    that is not UTF-8 is refused by name."""
+    text = np.array([["cat", "x", "ünïcödé"], ["dog", "", "cat"]], dtype=np.object_)
+    n = np.array([[1], [5]], dtype=np.int64)
+    ids = np.array([[1, -1, 3], [2, -1, 1]], dtype=np.int64)
+    label = np.array([[b"one"], [b"other"]], dtype=np.object_)
+    md = http.get_model_metadata(model)
+    assert [(i["name"], i["datatype"]) for i in md["inputs"]] == [("text", "BYTES"), ("n", "INT64")], md
+    cfg = http.get_model_config(model)
+    assert cfg["input"][0]["data_type"] == "TYPE_STRING", cfg
+    encoded = np.vectorize(lambda s: s.encode("utf-8"), otypes=[np.object_])(text)
+
+    # tritonclient gives BYTES read from JSON as str, from binary or gRPC as bytes (as with
+    # Triton itself).
+    as_bytes = np.vectorize(lambda s: s if isinstance(s, bytes) else s.encode("utf-8"), otypes=[np.object_])
+
+    def check(result, how):
+        echo = as_bytes(result.as_numpy("echo"))
+        assert echo.shape == text.shape and (echo == encoded).all(), (how, echo)
+        assert (result.as_numpy("ids") == ids).all(), (how, result.as_numpy("ids"))
+        assert (as_bytes(result.as_numpy("label")) == label).all(), (how, result.as_numpy("label"))
+        print(f"triton_dtypes: BYTES {how} ok")
+
+    for binary in (True, False):
+        req = [httpclient.InferInput("text", [2, 3], "BYTES"), httpclient.InferInput("n", [2, 1], "INT64")]
+        req[0].set_data_from_numpy(text, binary_data=binary)
+        req[1].set_data_from_numpy(n, binary_data=binary)
+        outs = [httpclient.InferRequestedOutput(o, binary_data=binary) for o in ("echo", "ids", "label")]
+        check(http.infer(model, req, outputs=outs), f"http {'binary' if binary else 'json'}")
+    req = [grpcclient.InferInput("text", [2, 3], "BYTES"), grpcclient.InferInput("n", [2, 1], "INT64")]
+    req[0].set_data_from_numpy(text)
+    req[1].set_data_from_numpy(n)
+    check(g.infer(model, req), "grpc raw")
+
+    typed = service_pb2.ModelInferRequest(model_name=model)
+    t = typed.inputs.add(name="text", datatype="BYTES", shape=[2, 3])
+    t.contents.bytes_contents.extend(encoded.reshape(-1).tolist())
+    t = typed.inputs.add(name="n", datatype="INT64", shape=[2, 1])
+    t.contents.int64_contents.extend(n.reshape(-1).tolist())
+    answer = stub.ModelInfer(typed, timeout=30)
+    names = [o.name for o in answer.outputs]
+    raw = dict(zip(names, answer.raw_output_contents))
+    # Triton's raw BYTES: each element a 4-byte little-endian length and its bytes.
+    want = b"".join(len(s).to_bytes(4, "little") + s for s in encoded.reshape(-1))
+    assert raw["echo"] == want, raw["echo"]
+    print("triton_dtypes: BYTES grpc typed ok")
+
+    bad = service_pb2.ModelInferRequest(model_name=model)
+    t = bad.inputs.add(name="text", datatype="BYTES", shape=[2, 3])
+    t.contents.bytes_contents.extend([b"ok", b"\xff\xfe", b"", b"", b"", b""])
+    t = bad.inputs.add(name="n", datatype="INT64", shape=[2, 1])
+    t.contents.int64_contents.extend([1, 2])
+    try:
+        stub.ModelInfer(bad, timeout=30)
+        raise AssertionError("text that is not UTF-8 was served")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+        assert "text" in e.details() and "UTF-8" in e.details(), e.details()
+    print("triton_dtypes: BYTES refusals ok")
 
 
 if __name__ == "__main__":

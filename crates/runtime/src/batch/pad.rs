@@ -4,7 +4,7 @@
 //! declare output shapes that lie) is an error, never a panic on an instance thread.
 
 use crate::error::{Error, Result};
-use crate::tensor::{with_element_type, Element, Tensor};
+use crate::tensor::{with_element_type, Item, Tensor};
 
 /// Pads `tensor` along `dim` to `len` with `value` (`len` at least the tensor's own length).
 pub(crate) fn pad(tensor: &Tensor, dim: usize, len: usize, value: f64) -> Result<Tensor> {
@@ -21,7 +21,7 @@ fn around(shape: &[usize], dim: usize) -> Option<(usize, usize, usize)> {
     ))
 }
 
-fn pad_typed<T: Element>(tensor: &Tensor, dim: usize, len: usize, value: T) -> Result<Tensor> {
+fn pad_typed<T: Item>(tensor: &Tensor, dim: usize, len: usize, value: T) -> Result<Tensor> {
     let shape = tensor.shape();
     let bad = || Error::TensorShape {
         shape: shape.to_vec(),
@@ -37,7 +37,7 @@ fn pad_typed<T: Element>(tensor: &Tensor, dim: usize, len: usize, value: T) -> R
     let mut out = Vec::with_capacity(outer * len * inner);
     for o in 0..outer {
         out.extend_from_slice(&data[o * block..(o + 1) * block]);
-        out.resize(out.len() + (len - own) * inner, value);
+        out.resize(out.len() + (len - own) * inner, value.clone());
     }
     let mut new_shape = shape.to_vec();
     new_shape[dim] = len;
@@ -70,7 +70,7 @@ pub(crate) fn trim(
     }
 }
 
-fn trim_typed<T: Element>(
+fn trim_typed<T: Item>(
     tensor: &Tensor,
     dim: usize,
     (outer, full, inner): (usize, usize, usize),

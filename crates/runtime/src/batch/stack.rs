@@ -9,7 +9,7 @@ use super::pad::{pad, trim};
 use super::settings::Padding;
 use crate::error::{Error, Result};
 use crate::model::NamedTensors;
-use crate::tensor::{with_element_type, Element, Tensor, TensorData};
+use crate::tensor::{with_element_type, Item, Tensor, TensorData};
 
 /// Each request's own length of the padded dim, and the `(output, dim)`s trimmed back to it.
 type Trim = (Vec<usize>, Vec<(usize, usize)>);
@@ -147,7 +147,7 @@ impl Scratch {
     }
 }
 
-fn concat_typed<T: Element>(parts: &[&Tensor], spare: Option<TensorData>) -> Result<Tensor> {
+fn concat_typed<T: Item>(parts: &[&Tensor], spare: Option<TensorData>) -> Result<Tensor> {
     let total: usize = parts.iter().map(|t| t.len()).sum();
     let mut data = match spare.map(T::unwrap) {
         Some(Ok(mut v)) => {
@@ -196,7 +196,7 @@ fn split(model: &str, outputs: NamedTensors, rows: &[usize]) -> Result<Vec<Named
     Ok(per_request)
 }
 
-fn split_typed<T: Element>(tensor: &Tensor, rows: &[usize]) -> Result<Vec<Tensor>> {
+fn split_typed<T: Item>(tensor: &Tensor, rows: &[usize]) -> Result<Vec<Tensor>> {
     let data = tensor.as_slice::<T>()?;
     let inner: usize = tensor.shape()[1..].iter().product();
     let mut offset = 0;

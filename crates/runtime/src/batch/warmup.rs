@@ -18,7 +18,7 @@ use super::shared::Shared;
 use super::worker::run_guarded;
 use crate::error::{Error, Result};
 use crate::model::NamedTensors;
-use crate::tensor::{with_element_type, Element, ElementType, Tensor};
+use crate::tensor::{with_element_type, ElementType, Item, Tensor};
 
 /// What an instance runs before it serves.
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ fn run_sample(shared: &Shared, backend: &mut dyn Backend, sample: &WarmupSample)
 }
 
 /// `n` values of a configured warm-up input.
-fn values<T: Element>(data: WarmupData, n: usize, seed: u64) -> Vec<T> {
+fn values<T: Item>(data: WarmupData, n: usize, seed: u64) -> Vec<T> {
     match data {
         WarmupData::Zero => vec![T::from_f64(0.0); n],
         WarmupData::Random => {

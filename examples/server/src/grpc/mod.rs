@@ -15,12 +15,17 @@
 //! - `tensor` (private): typed contents and raw contents to and from kiln tensors.
 //! - [`status`]: errors to gRPC status codes; `grpc-timeout` to a deadline.
 //! - `health` (private): `grpc.health.v1`.
+//! - `budget` (private): big messages within the REST decoder's memory budget, and within
+//!   `--body-timeout-s`.
+//! - `metrics` (private): `kiln_grpc_requests_total` and `kiln_grpc_request_duration_seconds`.
 
 use std::sync::Arc;
 
 use crate::routes::AppState;
 
+mod budget;
 mod health;
+pub(crate) mod metrics;
 mod service;
 pub mod status;
 mod tensor;
@@ -39,13 +44,20 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     )
     .max_decoding_message_size(limit)
     .max_encoding_message_size(usize::MAX);
-    let health = tonic_health::pb::health_server::HealthServer::new(health::Health::new(state));
+    let health =
+        tonic_health::pb::health_server::HealthServer::new(health::Health::new(Arc::clone(&state)));
     tonic::service::Routes::new(inference)
         .add_service(health)
         .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            budget::reserve,
+        ))
         .layer(axum::middleware::map_response(
             oversized_is_resource_exhausted,
         ))
+        // Outermost: counts every answer as the client gets it.
+        .layer(axum::middleware::from_fn_with_state(state, metrics::record))
 }
 
 /// tonic refuses a message over the size limit with OUT_OF_RANGE; gRPC's own

@@ -121,11 +121,20 @@ impl GrpcInferenceService for Inference {
             infer::log_failure("grpc", &model, version.as_deref(), id.as_deref(), &e);
             Status::from(e)
         };
-        let inputs = tensor::inputs(
-            r.inputs,
-            r.raw_input_contents,
-            self.state.config.max_input_elements,
-        )
+        let max_elements = self.state.config.max_input_elements;
+        let raw_len: usize = r.raw_input_contents.iter().map(|b| b.len()).sum();
+        let (typed, raw) = (r.inputs, r.raw_input_contents);
+        // Big raw contents become tensors on a decode thread, as big REST bodies do (typed
+        // contents are already decoded by prost: their conversion moves the vectors).
+        let inputs = if raw_len >= crate::decode::INLINE_MAX_BYTES {
+            self.state
+                .decoder
+                .off_workers(move || tensor::inputs(typed, raw, max_elements))
+                .await
+                .map_err(fail)?
+        } else {
+            tensor::inputs(typed, raw, max_elements)
+        }
         .map_err(|e| fail(e.into()))?;
         let call = infer::Call {
             model: &model,

@@ -119,6 +119,21 @@ fn to_tensor(
             count(contents.uint64_contents.len())?;
             TensorData::U64(contents.uint64_contents)
         }
+        "BYTES" => {
+            count(contents.bytes_contents.len())?;
+            let strings = contents
+                .bytes_contents
+                .into_iter()
+                .enumerate()
+                .map(|(i, b)| {
+                    String::from_utf8(b).map_err(|e| {
+                        format!("bytes_contents[{i}] is not UTF-8: {}", e.utf8_error())
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(bad)?;
+            TensorData::String(strings)
+        }
         "FP16" | "BF16" => {
             return Err(bad(format!(
             "{datatype} has no typed contents field in the protocol; send it in raw_input_contents"
@@ -222,6 +237,31 @@ mod tests {
     }
 
     #[test]
+    fn bytes_are_strings_typed_or_raw_and_come_back_length_prefixed() {
+        let typed = inputs(
+            vec![input(
+                vec![2],
+                "BYTES",
+                InferTensorContents {
+                    bytes_contents: vec![b"cat".to_vec(), Vec::new()],
+                    ..Default::default()
+                },
+            )],
+            Vec::new(),
+            9,
+        )
+        .expect("typed");
+        let wire: &[u8] = &[3, 0, 0, 0, b'c', b'a', b't', 0, 0, 0, 0];
+        let mut raw_input = input(vec![2], "BYTES", InferTensorContents::default());
+        raw_input.contents = None;
+        let raw = inputs(vec![raw_input], vec![Bytes::copy_from_slice(wire)], 9).expect("raw");
+        assert_eq!(typed, raw);
+        let (out, bytes) = output("y".into(), &raw[0].1);
+        assert_eq!(out.datatype, "BYTES");
+        assert_eq!(&bytes[..], wire);
+    }
+
+    #[test]
     fn bad_inputs_are_refused_with_the_reason() {
         let ints = |v: Vec<i32>| InferTensorContents {
             int_contents: v,
@@ -246,11 +286,27 @@ mod tests {
         ))
         .contains("negative"));
         assert!(message(inputs(
-            vec![input(vec![1], "BYTES", ints(vec![]))],
+            vec![input(vec![1], "STRING", ints(vec![]))],
             vec![],
             9
         ))
         .contains("not served"));
+        let bytes = |v: Vec<&[u8]>| InferTensorContents {
+            bytes_contents: v.into_iter().map(<[u8]>::to_vec).collect(),
+            ..Default::default()
+        };
+        assert!(message(inputs(
+            vec![input(vec![2], "BYTES", bytes(vec![b"ok", b"\xff"]))],
+            vec![],
+            9
+        ))
+        .contains("bytes_contents[1] is not UTF-8"));
+        assert!(message(inputs(
+            vec![input(vec![1], "BYTES", bytes(vec![b"a\0b"]))],
+            vec![],
+            9
+        ))
+        .contains("NUL"));
         assert!(matches!(
             inputs(
                 vec![input(vec![1 << 40, 1 << 40], "INT32", ints(vec![]))],

@@ -1,0 +1,271 @@
+//! The gRPC door on the wire, against the real `kiln-server` binary, with an HTTP/2 client
+//! that sets `grpc-timeout` itself and never gives up on its own: so what is seen is what the
+//! server answered, not the client's timer.
+//!
+//! - A deadline that passes while the request waits in the queue is answered
+//!   `DEADLINE_EXCEEDED` by the server, on time.
+//! - Every call is counted in `kiln_grpc_requests_total{service,method,code}` and timed in
+//!   `kiln_grpc_request_duration_seconds`; a method kiln does not serve adds no series.
+//! - Many maximal messages at once stay within the decode budget: the server's peak memory
+//!   grows by about the budget, not by the messages sent.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut as _, Bytes, BytesMut};
+use common::{free_port, http, proc_status_mib, publish, start_ready, Server};
+use http_body_util::{BodyExt as _, Full};
+use kiln_server::grpc::pb;
+use prost::Message as _;
+
+const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// What a call was answered.
+struct Answer {
+    grpc_status: Option<String>,
+    grpc_message: String,
+    message: Bytes,
+}
+
+/// A unary gRPC call of `path` with `message`, with `grpc-timeout` if given, waited for
+/// without a client deadline (120 s cap).
+async fn call(port: u16, path: &str, message: &[u8], timeout: Option<&str>) -> Answer {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(8 << 20)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut framed = BytesMut::with_capacity(message.len() + 5);
+    framed.put_u8(0);
+    framed.put_u32(u32::try_from(message.len()).expect("size"));
+    framed.extend_from_slice(message);
+    let mut request = hyper::Request::post(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(t) = timeout {
+        request = request.header("grpc-timeout", t);
+    }
+    let request = request.body(Full::new(framed.freeze())).expect("request");
+    let response = tokio::time::timeout(Duration::from_secs(120), async {
+        let response = sender.send_request(request).await.expect("response");
+        let headers = response.headers().clone();
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        (headers, trailers, collected.to_bytes())
+    })
+    .await
+    .expect("the server answers within 120 s");
+    let (headers, trailers, body) = response;
+    let field = |name: &str| {
+        trailers
+            .get(name)
+            .or_else(|| headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Answer {
+        grpc_status: field("grpc-status"),
+        grpc_message: field("grpc-message").unwrap_or_default(),
+        message: if body.len() >= 5 {
+            body.slice(5..)
+        } else {
+            Bytes::new()
+        },
+    }
+}
+
+/// A `ModelInfer` of mlp (`x`: [rows, 16] FP32) with raw contents.
+fn mlp_request(rows: usize) -> Vec<u8> {
+    let raw: Vec<u8> = (0..rows * 16)
+        .flat_map(|i| ((i % 7) as f32 * 0.25).to_le_bytes())
+        .collect();
+    pb::ModelInferRequest {
+        model_name: "mlp".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![i64::try_from(rows).expect("rows"), 16],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw.into()],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// The value of the first `/metrics` sample whose line starts with `name` and holds every
+/// one of `labels`.
+fn sample(port: u16, name: &str, labels: &[&str]) -> Option<f64> {
+    let (_, text) = http(port, "GET", "/metrics", "")?;
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|w| l.contains(w)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_deadline_is_answered_by_the_server_and_every_call_is_counted() {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    // A lone request waits the whole queue delay for company: 3 s.
+    let settings = root.path().join("settings.yaml");
+    std::fs::write(
+        &settings,
+        "models:\n  mlp: {max_batch_size: 8, max_queue_delay_us: 3000000}\n",
+    )
+    .expect("settings");
+    let (port, grpc) = (free_port(), free_port());
+    let grpc_listen = format!("127.0.0.1:{grpc}");
+    let settings_arg = settings.to_string_lossy().into_owned();
+    let _server = Server {
+        child: start_ready(
+            root.path(),
+            port,
+            &["--grpc-listen", &grpc_listen, "--config", &settings_arg],
+        ),
+        port,
+    };
+
+    // The client allows 300 ms and waits for the server to say so.
+    let started = Instant::now();
+    let answer = call(grpc, INFER, &mlp_request(1), Some("300m")).await;
+    let took = started.elapsed();
+    assert_eq!(
+        answer.grpc_status.as_deref(),
+        Some("4"),
+        "DEADLINE_EXCEEDED, not {:?}: {}",
+        answer.grpc_status,
+        answer.grpc_message
+    );
+    assert!(
+        took >= Duration::from_millis(290) && took < Duration::from_millis(2500),
+        "answered at the deadline, not after the queue delay: {took:?}"
+    );
+
+    // Without a deadline the same request is served (after the delay), and answered.
+    let answer = call(grpc, INFER, &mlp_request(1), None).await;
+    assert_eq!(
+        answer.grpc_status.as_deref(),
+        Some("0"),
+        "{}",
+        answer.grpc_message
+    );
+    let response = pb::ModelInferResponse::decode(answer.message).expect("response message");
+    assert_eq!(response.raw_output_contents.len(), response.outputs.len());
+
+    // A method nobody serves, twice, under two names.
+    for m in ["/inference.GRPCInferenceService/Nope", "/x.Y/Z"] {
+        let answer = call(grpc, m, &[], None).await;
+        assert_eq!(answer.grpc_status.as_deref(), Some("12"), "UNIMPLEMENTED");
+    }
+    // A malformed timeout: refused before the model is asked.
+    let answer = call(grpc, INFER, &mlp_request(1), Some("soon")).await;
+    assert_eq!(answer.grpc_status.as_deref(), Some("3"), "INVALID_ARGUMENT");
+
+    let infer = [
+        "service=\"inference.GRPCInferenceService\"",
+        "method=\"ModelInfer\"",
+    ];
+    let count = |code: &str| {
+        let code = format!("code=\"{code}\"");
+        let labels = [infer[0], infer[1], code.as_str()];
+        sample(port, "kiln_grpc_requests_total", &labels)
+    };
+    assert_eq!(count("DeadlineExceeded"), Some(1.0));
+    assert_eq!(count("OK"), Some(1.0));
+    assert_eq!(count("InvalidArgument"), Some(1.0));
+    assert_eq!(
+        sample(
+            port,
+            "kiln_grpc_requests_total",
+            &["method=\"unknown\"", "code=\"Unimplemented\""]
+        ),
+        Some(2.0),
+        "one series for every unknown method"
+    );
+    let (_, text) = http(port, "GET", "/metrics", "").expect("metrics");
+    assert!(
+        !text.contains("Nope") && !text.contains("x.Y"),
+        "no series per invented method"
+    );
+    assert_eq!(
+        sample(port, "kiln_grpc_request_duration_seconds_count", &infer),
+        Some(3.0)
+    );
+    // Every request metric README names for the server is exported under that name.
+    let (_, text) = http(port, "GET", "/metrics", "").expect("metrics");
+    let names = common::documented_metrics("`/metrics`: runtime");
+    assert!(names.len() >= 4, "{names:?}");
+    for name in names {
+        assert!(
+            text.lines().any(|l| l.starts_with(&name)),
+            "README names {name}, /metrics has none"
+        );
+    }
+}
+
+/// The server's default `--max-body-mib`, in bytes: its gRPC message limit too.
+const MAX_MESSAGE: usize = 32 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_maximal_messages_at_once_stay_within_the_decode_budget() {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    // Each message is one request of half a million rows, run whole.
+    let settings = root.path().join("settings.yaml");
+    std::fs::write(
+        &settings,
+        "models:\n  mlp: {max_batch_size: 1048576, instances: 1}\n",
+    )
+    .expect("settings");
+    let settings_arg = settings.to_string_lossy().into_owned();
+    let (port, grpc) = (free_port(), free_port());
+    let grpc_listen = format!("127.0.0.1:{grpc}");
+    let server = Server {
+        child: start_ready(
+            root.path(),
+            port,
+            &["--grpc-listen", &grpc_listen, "--config", &settings_arg],
+        ),
+        port,
+    };
+    let pid = server.child.id();
+    // Just under the limit: rows of 16 FP32 values, 64 bytes each.
+    let rows = (MAX_MESSAGE - 4096) / 64;
+    let message = Bytes::from(mlp_request(rows));
+    assert!(message.len() < MAX_MESSAGE);
+    let before = proc_status_mib(pid, "VmRSS:");
+    const CONCURRENT: usize = 16;
+    let calls: Vec<_> = (0..CONCURRENT)
+        .map(|_| {
+            let message = message.clone();
+            tokio::spawn(async move { call(grpc, INFER, &message, None).await })
+        })
+        .collect();
+    for c in calls {
+        let answer = c.await.expect("call");
+        assert_eq!(
+            answer.grpc_status.as_deref(),
+            Some("0"),
+            "{}",
+            answer.grpc_message
+        );
+    }
+    let peak = proc_status_mib(pid, "VmHWM:");
+    let grown = peak - before;
+    // The budget is two maximal messages (64 MiB); a message held is its bytes, its tensor
+    // and the batch stacked from it (three times the budget), with the allocator's slack and
+    // a flow-control window per waiting call: four times the budget. Without the budget the
+    // sixteen grow it by some 600 MiB.
+    let budget_mib = 2.0 * MAX_MESSAGE as f64 / f64::from(1 << 20);
+    let limit = 4.0 * budget_mib;
+    let sent = CONCURRENT as f64 * message.len() as f64 / f64::from(1 << 20);
+    eprintln!("grpc memory: {CONCURRENT} calls of {sent:.0} MiB in all: RSS {before:.0} MiB, peak {peak:.0} MiB (+{grown:.0}, limit +{limit:.0})");
+    assert!(grown < limit, "peak grew {grown:.0} MiB (limit {limit:.0})");
+}
