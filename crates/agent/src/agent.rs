@@ -11,6 +11,7 @@ use kiln::{Manifest, ManifestFile};
 use serde::Serialize;
 
 use crate::config::{Checked, File, Model};
+use crate::disk::blocking;
 use crate::error::{AgentError, Result};
 use crate::fetch;
 use crate::metrics::AgentMetrics;
@@ -63,6 +64,9 @@ pub struct Agent {
     /// `(model, file)` → the metadata the store gave last time, so later polls ask
     /// conditionally (`If-None-Match` on its ETag).
     seen: Mutex<std::collections::HashMap<(String, String), object_store::ObjectMeta>>,
+    /// `(model, label)` → the directory new bytes under that label were published as (a
+    /// version directory is never rewritten), so later syncs find them.
+    renamed: Mutex<std::collections::HashMap<(String, String), String>>,
 }
 
 impl Agent {
@@ -83,6 +87,14 @@ impl Agent {
             if e.file_name().to_string_lossy().starts_with("stage-") {
                 let _ = std::fs::remove_dir_all(e.path());
             }
+        }
+        let names: Vec<&str> = config.models.iter().map(|m| m.name.as_str()).collect();
+        let removed = publish::sweep_partials(&config.root, publish::Sweep::Unconfigured(&names));
+        if !removed.is_empty() {
+            tracing::info!(
+                ?removed,
+                "partial downloads no configured model owns removed"
+            );
         }
         let status = config
             .models
@@ -106,6 +118,7 @@ impl Agent {
             metrics,
             verified: Mutex::default(),
             seen: Mutex::default(),
+            renamed: Mutex::default(),
         }
     }
 
@@ -196,30 +209,58 @@ impl Agent {
         }
     }
 
-    /// Whether `version` of `model` is already published with the right digests (then it is
-    /// made current and counted as a cache hit). Files are re-hashed the first time this process
-    /// sees the version (after a restart, or with a node cache mounted at the root), not on
-    /// every later sync.
-    fn reuse_published(&self, model: &Model, version: &str) -> Result<bool> {
-        let root = &self.config.root;
-        let key = (model.name.clone(), version.to_owned());
+    /// The directory `version` of `model` is already published in with the right digests, if
+    /// any (then it is made current and counted as a cache hit): `version` itself, or the
+    /// fresh name this process published new bytes of that label under. Files are re-hashed
+    /// (on a blocking thread) the first time this process sees the version (after a restart,
+    /// or with a node cache mounted at the root), not on every later sync.
+    async fn reuse_published(&self, model: &Model, version: &str) -> Result<Option<String>> {
+        let root = self.config.root.clone();
+        let name = self
+            .renamed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(model.name.clone(), version.to_owned()))
+            .cloned()
+            .unwrap_or_else(|| version.to_owned());
+        let key = (model.name.clone(), name.clone());
         let known = self
             .verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&key);
-        let manifest_there = root
-            .join(&model.name)
-            .join(version)
-            .join(kiln::layout::MANIFEST_FILE)
-            .is_file();
-        let reuse = (known && manifest_there) || publish::already_published(root, model, version)?;
-        if reuse {
-            publish::point_current(&root.join(&model.name), version)?;
-            self.metrics.cache_hit(&model.name);
-            self.remember(model, version);
+        let (m, n) = (model.clone(), name.clone());
+        let reuse = blocking(move || {
+            let manifest_there = root
+                .join(&m.name)
+                .join(&n)
+                .join(kiln::layout::MANIFEST_FILE)
+                .is_file();
+            let reuse = (known && manifest_there) || publish::already_published(&root, &m, &n)?;
+            if reuse {
+                publish::point_current(&root.join(&m.name), &n)?;
+            }
+            Ok::<_, AgentError>(reuse)
+        })
+        .await??;
+        if !reuse {
+            return Ok(None);
         }
-        Ok(reuse)
+        self.metrics.cache_hit(&model.name);
+        self.remember(model, &name);
+        Ok(Some(name))
+    }
+
+    /// Removes `model`'s partial downloads but `keep`'s.
+    fn sweep(&self, model: &Model, keep: Option<&str>) {
+        let scope = publish::Sweep::Model {
+            model: &model.name,
+            keep,
+        };
+        let removed = publish::sweep_partials(&self.config.root, scope);
+        if !removed.is_empty() {
+            tracing::info!(model = %model.name, ?removed, "stale partial downloads removed");
+        }
     }
 
     fn remember(&self, model: &Model, version: &str) {
@@ -235,8 +276,8 @@ impl Agent {
         // A configured version already published with the right digests needs nothing from
         // the store (a restart, or a node cache at the root, even with the store down).
         if let Some(v) = &model.version {
-            if self.reuse_published(model, v)? {
-                return Ok((v.clone(), false));
+            if let Some(name) = self.reuse_published(model, v).await? {
+                return Ok((name, false));
             }
         }
         let source = Source::open(model, i, &self.config.retry)?;
@@ -246,10 +287,12 @@ impl Agent {
             None if model.is_listed() => listing_version(&files, &metas),
             None => derive_version(&metas[0].1, model),
         };
-        if self.reuse_published(model, &version)? {
-            return Ok((version, false));
+        if let Some(name) = self.reuse_published(model, &version).await? {
+            return Ok((name, false));
         }
 
+        // Partials of any other version (an object that changed since) are never resumed.
+        self.sweep(model, Some(&version));
         let needed: u64 = metas.iter().map(|(_, m)| m.size).sum();
         let staging = publish::staging_root(root)?;
         if let Some(available) = fetch::free_bytes(&staging) {
@@ -267,18 +310,33 @@ impl Agent {
             .download_all(model, &source, &files, &metas, &stage, &version)
             .await;
         match result {
-            Ok(manifest) => {
-                publish::publish(root, &stage, &manifest)?;
-                self.remember(model, &version);
-                let removed =
-                    publish::collect_garbage(&root.join(&model.name), self.config.keep_versions);
+            Ok(mut manifest) => {
+                let (r, keep) = (root.clone(), self.config.keep_versions);
+                let published = blocking(move || {
+                    let name = publish::publish(&r, &stage, &mut manifest)?;
+                    let removed = publish::collect_garbage(&r.join(&manifest.model), keep);
+                    Ok::<_, AgentError>((name, removed))
+                })
+                .await?;
+                self.sweep(model, None);
+                let (name, removed) = published?;
+                if name != version {
+                    tracing::info!(model = %model.name, label = version, version = name, "new bytes under a published version's name: published under a new name");
+                    self.renamed
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert((model.name.clone(), version.clone()), name.clone());
+                }
+                self.remember(model, &name);
                 if !removed.is_empty() {
                     tracing::info!(model = %model.name, ?removed, "old versions removed");
                 }
-                Ok((version, true))
+                Ok((name, true))
             }
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&stage);
+                // What can be resumed stays; what cannot (a discarded download) goes.
+                self.sweep(model, Some(&version));
                 Err(e)
             }
         }

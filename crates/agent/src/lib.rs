@@ -5,6 +5,7 @@
 //! - [`config`]: YAML configuration + environment overrides, validated once.
 //! - [`redact`]: keeping credentials and signed URLs out of logs and errors.
 //! - [`store`]: opening S3 / GCS / Azure / HTTP / local stores via `object_store`.
+//! - `disk` (private): the one blocking boundary (hashing, writing, fsync on the blocking pool).
 //! - [`fetch`](self): streamed, hashed, retried downloads (private).
 //! - [`writer`](self): hashing and writing a stream on its own thread, flushing early (private).
 //! - [`parts`]: parallel ranged downloads with a resume journal, for large objects.
@@ -18,6 +19,7 @@
 
 pub mod agent;
 pub mod config;
+mod disk;
 pub mod error;
 mod fetch;
 pub mod gpu;

@@ -47,11 +47,15 @@ fn real_main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    match mode {
+    let result = match mode {
         "fetch" => rt.block_on(fetch(config)),
         "run" => rt.block_on(run(config)),
         other => anyhow::bail!("unknown mode {other:?}; {usage}"),
-    }
+    };
+    // A hash or write still running on the blocking pool is not waited for: what it leaves
+    // is staging, removed or resumed at the next start.
+    rt.shutdown_timeout(std::time::Duration::from_millis(200));
+    result
 }
 
 async fn fetch(config: kiln_agent::Checked) -> Result<()> {

@@ -6,11 +6,15 @@
 //! The digest is computed in order as the finished prefix grows (each part is hashed right
 //! after it and every part before it are on disk, read back from the page cache), so
 //! verification needs no separate pass over the file once the last part lands.
+//!
+//! Every write, `fsync` and hash runs on tokio's blocking pool, never on the task: a model's
+//! hash must not stall the other models' syncs, the status endpoints or SIGTERM.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use kiln::Digest;
@@ -18,6 +22,7 @@ use object_store::path::Path as StorePath;
 use object_store::{GetRange, ObjectMeta, ObjectStore};
 use sha2::{Digest as _, Sha256};
 
+use crate::disk::blocking;
 use crate::error::{AgentError, Result};
 use crate::fetch::{classify, pinned};
 use crate::metrics::AgentMetrics;
@@ -31,32 +36,41 @@ pub struct PartPlan {
     pub parallelism: usize,
 }
 
-/// The journal: the object identity it belongs to, then one finished part index per line.
+/// The journal: the object identity and part size it belongs to, then one finished part
+/// index per line.
 fn journal_path(partial: &Path) -> PathBuf {
     let mut p = partial.as_os_str().to_owned();
     p.push(".journal");
     PathBuf::from(p)
 }
 
-fn identity(meta: &ObjectMeta) -> String {
+/// A journal's first line: what its parts mean. This object (size, ETag, version id,
+/// location) cut into parts of `part_size` bytes: a restart with another `part_size_kib`, or
+/// another object under the same name, must not map old parts onto other ranges.
+pub fn journal_identity(meta: &ObjectMeta, part_size: u64) -> String {
     format!(
-        "size={} etag={} version={}",
+        "size={} etag={} version={} part_size={part_size} location={}",
         meta.size,
         meta.e_tag.as_deref().unwrap_or("-"),
-        meta.version.as_deref().unwrap_or("-")
+        meta.version.as_deref().unwrap_or("-"),
+        meta.location,
     )
 }
 
-/// Parts already finished for this exact object, per the journal (empty if none or stale).
-fn load_journal(journal: &Path, meta: &ObjectMeta) -> BTreeSet<u64> {
+/// Parts already finished for this exact object and part size, per the journal (empty if
+/// none or stale; an index past the object's last part is ignored).
+fn load_journal(journal: &Path, identity: &str, parts: u64) -> BTreeSet<u64> {
     let Ok(text) = std::fs::read_to_string(journal) else {
         return BTreeSet::new();
     };
     let mut lines = text.lines();
-    if lines.next() != Some(identity(meta).as_str()) {
+    if lines.next() != Some(identity) {
         return BTreeSet::new();
     }
-    lines.filter_map(|l| l.trim().parse().ok()).collect()
+    lines
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|&p| p < parts)
+        .collect()
 }
 
 /// Downloads `location` into `partial` in parts, resuming from its journal; returns the digest
@@ -75,49 +89,29 @@ pub(crate) async fn download_parts(
 ) -> Result<(Digest, u64)> {
     let io = |p: &Path| AgentError::io(p.to_owned());
     let journal = journal_path(partial);
-    let mut done = load_journal(&journal, meta);
-    if done.is_empty() {
-        // Fresh start: a new identity line, a preallocated file.
-        std::fs::write(&journal, format!("{}\n", identity(meta))).map_err(io(&journal))?;
-        let f = std::fs::File::create(partial).map_err(io(partial))?;
-        f.set_len(meta.size).map_err(io(partial))?;
-    } else {
+    let part_size = plan.part_size.max(1);
+    let parts = meta.size.div_ceil(part_size);
+    let id = journal_identity(meta, part_size);
+    let (file, mut progress) = {
+        let (journal, partial, size) = (journal.clone(), partial.to_owned(), meta.size);
+        blocking(move || Progress::open(&journal, &partial, &id, parts, part_size, size)).await??
+    };
+    if !progress.done.is_empty() {
         tracing::info!(
             model,
-            parts_done = done.len(),
+            parts_done = progress.done.len(),
             "resuming a download from its journal"
         );
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(partial)
-        .map_err(io(partial))?;
-    let part_size = plan.part_size.max(1);
-    let parts = meta.size.div_ceil(part_size);
-    let todo: Vec<u64> = (0..parts).filter(|p| !done.contains(p)).collect();
-    let resumed_bytes: u64 = done
+    let todo: Vec<u64> = (0..parts).filter(|p| !progress.done.contains(p)).collect();
+    let mut downloaded: u64 = progress
+        .done
         .iter()
         .map(|&p| part_len(p, part_size, meta.size))
         .sum();
-    let mut downloaded = resumed_bytes;
-
-    // Hash the finished prefix as it grows.
-    let mut frontier = Frontier {
-        next: 0,
-        parts,
-        part_size,
-        size: meta.size,
-        hasher: Sha256::new(),
-    };
-    let mut journal_file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&journal)
-        .map_err(io(&journal))?;
-    frontier.advance(&file, partial, &done)?;
 
     let mut fetches = futures::stream::iter(todo.into_iter().map(|p| {
-        let file = &file;
+        let file = Arc::clone(&file);
         async move {
             let start = p * part_size;
             let end = (start + part_size).min(meta.size);
@@ -137,12 +131,12 @@ pub(crate) async fn download_parts(
                         transient: true,
                     });
                 }
-                file.write_all_at(&chunk, offset)
-                    .map_err(|e| AgentError::Io {
-                        path: partial.to_owned(),
-                        source: e,
-                    })?;
-                offset += chunk.len() as u64;
+                let len = chunk.len() as u64;
+                let file = Arc::clone(&file);
+                blocking(move || file.write_all_at(&chunk, offset))
+                    .await?
+                    .map_err(io(partial))?;
+                offset += len;
             }
             if offset != end {
                 return Err(AgentError::Store {
@@ -159,31 +153,96 @@ pub(crate) async fn download_parts(
 
     while let Some(result) = fetches.next().await {
         let p = result?;
-        file.sync_data().map_err(io(partial))?;
-        writeln!(journal_file, "{p}")
-            .and_then(|()| journal_file.sync_data())
-            .map_err(io(&journal))?;
-        done.insert(p);
-        downloaded += part_len(p, part_size, meta.size);
-        metrics.downloaded(
-            model,
-            part_len(p, part_size, meta.size),
-            downloaded,
-            meta.size,
-        );
-        frontier.advance(&file, partial, &done)?;
+        let file = Arc::clone(&file);
+        let path = partial.to_owned();
+        progress =
+            blocking(move || progress.finished(&file, &path, p).map(|()| progress)).await??;
+        let len = part_len(p, part_size, meta.size);
+        downloaded += len;
+        metrics.downloaded(model, len, downloaded, meta.size);
     }
     drop(fetches);
-    file.sync_all().map_err(io(partial))?;
-    let _ = std::fs::remove_file(&journal);
-    Ok((
-        Digest::from_bytes(frontier.hasher.finalize().into()),
-        meta.size,
-    ))
+    let path = partial.to_owned();
+    let digest = blocking(move || {
+        file.sync_all().map_err(AgentError::io(&path))?;
+        let _ = std::fs::remove_file(&progress.journal_path);
+        Ok::<_, AgentError>(Digest::from_bytes(
+            progress.frontier.hasher.finalize().into(),
+        ))
+    })
+    .await??;
+    Ok((digest, meta.size))
 }
 
+/// A ranged download's state on disk: the finished parts, the journal they are appended to,
+/// and the hash of the finished prefix.
+struct Progress {
+    done: BTreeSet<u64>,
+    journal: std::fs::File,
+    journal_path: PathBuf,
+    frontier: Frontier,
+}
+
+impl Progress {
+    /// Opens (or, when its journal is missing or another object's, starts) a download into
+    /// `partial`: the preallocated file and the journal, and the prefix already hashed.
+    fn open(
+        journal_path: &Path,
+        partial: &Path,
+        identity: &str,
+        parts: u64,
+        part_size: u64,
+        size: u64,
+    ) -> Result<(Arc<std::fs::File>, Self)> {
+        let io = |p: &Path| AgentError::io(p.to_owned());
+        let done = load_journal(journal_path, identity, parts);
+        if done.is_empty() {
+            // Fresh start: a new identity line, a preallocated file.
+            std::fs::write(journal_path, format!("{identity}\n")).map_err(io(journal_path))?;
+            let f = std::fs::File::create(partial).map_err(io(partial))?;
+            f.set_len(size).map_err(io(partial))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(partial)
+            .map_err(io(partial))?;
+        let journal = std::fs::OpenOptions::new()
+            .append(true)
+            .open(journal_path)
+            .map_err(io(journal_path))?;
+        let mut frontier = Frontier {
+            next: 0,
+            parts,
+            part_size,
+            size,
+            hasher: Sha256::new(),
+        };
+        frontier.advance(&file, partial, &done)?;
+        let progress = Self {
+            done,
+            journal,
+            journal_path: journal_path.to_owned(),
+            frontier,
+        };
+        Ok((Arc::new(file), progress))
+    }
+
+    /// Part `p` is on disk: made durable, journaled, and hashed if the prefix reaches it.
+    fn finished(&mut self, file: &std::fs::File, partial: &Path, p: u64) -> Result<()> {
+        file.sync_data().map_err(AgentError::io(partial))?;
+        writeln!(self.journal, "{p}")
+            .and_then(|()| self.journal.sync_data())
+            .map_err(AgentError::io(&self.journal_path))?;
+        self.done.insert(p);
+        self.frontier.advance(file, partial, &self.done)
+    }
+}
+
+/// Bytes of part `p` (0 for an index past the end, never an underflow).
 fn part_len(p: u64, part_size: u64, size: u64) -> u64 {
-    (size - p * part_size).min(part_size)
+    size.saturating_sub(p.saturating_mul(part_size))
+        .min(part_size)
 }
 
 /// The in-order hash of the finished prefix of a ranged download.
@@ -227,4 +286,57 @@ impl Frontier {
 pub(crate) fn discard(partial: &Path) {
     let _ = std::fs::remove_file(partial);
     let _ = std::fs::remove_file(journal_path(partial));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(size: u64) -> ObjectMeta {
+        ObjectMeta {
+            location: StorePath::from("m/model.onnx"),
+            last_modified: Default::default(),
+            size,
+            e_tag: Some("\"e1\"".into()),
+            version: None,
+        }
+    }
+
+    #[test]
+    fn a_journal_belongs_to_one_object_and_one_part_size() {
+        let dir = tempfile::tempdir().expect("dir");
+        let journal = dir.path().join("j");
+        let m = meta(10 << 20);
+        let id = journal_identity(&m, 1 << 20);
+        std::fs::write(&journal, format!("{id}\n0\n3\n99\n")).expect("journal");
+        assert_eq!(
+            load_journal(&journal, &id, 10),
+            BTreeSet::from([0, 3]),
+            "indices past the last part are ignored"
+        );
+        // A restart with another part size: parts 0 and 3 mean other ranges now.
+        assert!(load_journal(&journal, &journal_identity(&m, 4 << 20), 3).is_empty());
+        // Another object under the same name, or another location.
+        let mut changed = m.clone();
+        changed.e_tag = Some("\"e2\"".into());
+        assert!(load_journal(&journal, &journal_identity(&changed, 1 << 20), 10).is_empty());
+        let mut moved = m.clone();
+        moved.location = StorePath::from("n/model.onnx");
+        assert!(load_journal(&journal, &journal_identity(&moved, 1 << 20), 10).is_empty());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parts_cover_the_object_exactly(size in 0u64..1 << 40, part in 1u64..1 << 30, extra in 0u64..4) {
+            let parts = size.div_ceil(part);
+            let total: u64 = (0..parts).map(|p| part_len(p, part, size)).sum();
+            proptest::prop_assert_eq!(total, size);
+            if parts > 0 {
+                proptest::prop_assert!(part_len(parts - 1, part, size) > 0);
+            }
+            // Past the end: nothing, never an underflow.
+            proptest::prop_assert_eq!(part_len(parts + extra, part, size), 0);
+            proptest::prop_assert_eq!(part_len(u64::MAX, part, size), 0);
+        }
+    }
 }

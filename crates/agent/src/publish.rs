@@ -1,7 +1,9 @@
 //! Publishing into the shared directory so that readers only ever see complete, verified
 //! versions: files are staged under `<root>/.kiln/`, the manifest written last, the version
 //! directory renamed into place (atomic on one filesystem), then `current` replaced by renaming
-//! a new symlink over it. A version already published with the right digests is kept as is.
+//! a new symlink over it. A version already published with the right digests is kept as is;
+//! a version directory is never rewritten (new bytes under a used name get a new name).
+//! Everything here blocks on the filesystem: the agent calls it on blocking threads.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -20,15 +22,84 @@ pub(crate) fn staging_root(root: &Path) -> Result<PathBuf> {
 }
 
 /// Where a file's download lives until it is verified: a path fixed by model, version and
-/// file, so a restarted agent finds its partial download and journal again.
+/// file (`.kiln/parts/<model>/<version>/<file>.partial`), so a restarted agent finds its
+/// partial download and journal again, and [`sweep_partials`] can tell whose it is.
 pub(crate) fn partial_path(root: &Path, model: &str, version: &str, file: &str) -> Result<PathBuf> {
-    let dir = staging_root(root)?.join("parts");
+    let dir = parts_root(root)?.join(model).join(version);
     std::fs::create_dir_all(&dir).map_err(AgentError::io(&dir))?;
     let flat: String = file
         .chars()
         .map(|c| if c == '/' { '_' } else { c })
         .collect();
-    Ok(dir.join(format!("{model}--{version}--{flat}.partial")))
+    Ok(dir.join(format!("{flat}.partial")))
+}
+
+fn parts_root(root: &Path) -> Result<PathBuf> {
+    Ok(staging_root(root)?.join("parts"))
+}
+
+/// Removes partial downloads (and their journals) no plan owns: with `model`, every version
+/// of that model's but `keep` (a download to resume); without, every model's not in
+/// `models` (a model taken out of the configuration), and anything else under `parts/` (the
+/// flat names of older agents). Partials would otherwise stay until the `emptyDir`'s
+/// `sizeLimit` evicts the pod. Returns what was removed.
+pub(crate) fn sweep_partials(root: &Path, scope: Sweep<'_>) -> Vec<PathBuf> {
+    let Ok(parts) = parts_root(root) else {
+        return Vec::new();
+    };
+    let dir = match scope {
+        Sweep::Model { model, .. } => parts.join(model),
+        Sweep::Unconfigured(_) => parts,
+    };
+    let mut removed = Vec::new();
+    for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = e.file_name();
+        if name.to_str().is_some_and(|n| scope.keeps(n)) && e.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let path = e.path();
+        let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if gone.is_ok() {
+            removed.push(path);
+        }
+    }
+    // A kept version with nothing left to resume, then a model with nothing: no directory.
+    if let Sweep::Model { keep: Some(v), .. } = scope {
+        let _ = std::fs::remove_dir(dir.join(v));
+    }
+    if matches!(scope, Sweep::Model { .. }) {
+        let _ = std::fs::remove_dir(&dir);
+    }
+    removed
+}
+
+/// Whose partial downloads [`sweep_partials`] looks at.
+#[derive(Clone, Copy)]
+pub(crate) enum Sweep<'a> {
+    /// One model's: every version but `keep`.
+    Model {
+        /// The model.
+        model: &'a str,
+        /// The version whose partials stay, if any.
+        keep: Option<&'a str>,
+    },
+    /// Every model's not named here.
+    Unconfigured(&'a [&'a str]),
+}
+
+impl Sweep<'_> {
+    /// Whether the directory `name` (a version, or a model) stays.
+    fn keeps(&self, name: &str) -> bool {
+        match self {
+            Self::Model { keep, .. } => *keep == Some(name),
+            Self::Unconfigured(models) => models.contains(&name),
+        }
+    }
 }
 
 /// A fresh staging directory for one version.
@@ -102,32 +173,66 @@ pub(crate) fn already_published(root: &Path, model: &Model, version: &str) -> Re
     Ok(true)
 }
 
-/// Writes the manifest into the stage, moves the stage to `<root>/<model>/<version>` and
-/// points `current` at it. A stale, incomplete directory of the same version is moved aside
-/// first (into staging, then removed).
-pub(crate) fn publish(root: &Path, stage: &Path, manifest: &Manifest) -> Result<PathBuf> {
+/// Publishes the stage as a version of `manifest.model` and points `current` at it; returns
+/// the version directory's name. A version directory is never rewritten: when
+/// `<model>/<version>` exists already (other bytes under a reused label: a store that
+/// reuses version ids, a node cache holding anything), the stage is published as
+/// `<version>-<content digest prefix>` instead, or, if that directory already holds exactly
+/// these files (re-hashed), `current` moves to it and the stage is dropped. `current` moves
+/// once, from one complete directory to another; a reader never sees it dangle.
+pub(crate) fn publish(root: &Path, stage: &Path, manifest: &mut Manifest) -> Result<String> {
+    let model_dir = root.join(&manifest.model);
+    std::fs::create_dir_all(&model_dir).map_err(AgentError::io(&model_dir))?;
+    if model_dir.join(&manifest.version).exists() {
+        let fresh = format!("{}-{}", manifest.version, &content_digest(manifest)[..12]);
+        if holds_exactly(&model_dir.join(&fresh), manifest) {
+            let _ = std::fs::remove_dir_all(stage);
+            point_current(&model_dir, &fresh)?;
+            return Ok(fresh);
+        }
+        manifest.version = if model_dir.join(&fresh).exists() {
+            // The same digest prefix, other files: astronomically unlikely, still no rewrite.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!("{fresh}-{nanos}")
+        } else {
+            fresh
+        };
+    }
     let manifest_tmp = stage.join(format!(".{MANIFEST_FILE}.tmp"));
     std::fs::write(&manifest_tmp, manifest.to_json()).map_err(AgentError::io(&manifest_tmp))?;
     sync_file(&manifest_tmp)?;
     std::fs::rename(&manifest_tmp, stage.join(MANIFEST_FILE)).map_err(AgentError::io(stage))?;
     sync_dir(stage)?;
-
-    let model_dir = root.join(&manifest.model);
-    std::fs::create_dir_all(&model_dir).map_err(AgentError::io(&model_dir))?;
     let target = model_dir.join(&manifest.version);
-    if target.exists() {
-        let aside = staging_root(root)?.join(format!(
-            "stale-{}-{}-{}",
-            manifest.model,
-            manifest.version,
-            std::process::id()
-        ));
-        std::fs::rename(&target, &aside).map_err(AgentError::io(&target))?;
-        let _ = std::fs::remove_dir_all(&aside);
-    }
+    // Onto a name that does not exist: a directory is renamed into place whole, or not at all.
     std::fs::rename(stage, &target).map_err(AgentError::io(&target))?;
     point_current(&model_dir, &manifest.version)?;
-    Ok(target)
+    Ok(manifest.version.clone())
+}
+
+/// A digest of a manifest's files (paths, digests, sizes): what a version holds.
+pub(crate) fn content_digest(manifest: &Manifest) -> String {
+    let mut files: Vec<_> = manifest.files.iter().collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut identity = Vec::new();
+    for f in files {
+        identity.extend_from_slice(format!("{}\0{}\0{}\n", f.path, f.sha256, f.size).as_bytes());
+    }
+    kiln::Digest::of(&identity).to_string()
+}
+
+/// Whether `dir` is a published version holding exactly `manifest`'s files, re-hashed.
+fn holds_exactly(dir: &Path, manifest: &Manifest) -> bool {
+    let Ok(Some((_, there))) = Manifest::read_in(dir) else {
+        return false;
+    };
+    content_digest(&there) == content_digest(manifest)
+        && there
+            .files
+            .iter()
+            .all(|f| hash_file(&dir.join(&f.path)).is_ok_and(|(d, n)| d == f.sha256 && n == f.size))
 }
 
 /// Atomically points `<model_dir>/current` at `version` (a new link renamed over the old).

@@ -382,7 +382,7 @@ fn large_objects_download_in_parallel_parts_and_resume_from_the_journal() {
         "throughput of the last download:\n{metrics}"
     );
     assert!(
-        !partial.exists() && !parts_dir.join("m--1--model.onnx.partial.journal").exists(),
+        !partial.exists() && !parts_dir.join("m/1/model.onnx.partial.journal").exists(),
         "partial and journal gone after publish"
     );
 }
@@ -426,18 +426,14 @@ fn stage_resume(root: &Path, file: &Path, content: &[u8], parts: &[usize]) -> Pa
             .await
             .expect("head")
     });
-    let parts_dir = root.join(".kiln/parts");
+    let parts_dir = root.join(".kiln/parts/m/1");
     std::fs::create_dir_all(&parts_dir).expect("mkdir");
-    let partial = parts_dir.join("m--1--model.onnx.partial");
+    let partial = parts_dir.join("model.onnx.partial");
     std::fs::write(&partial, content).expect("partial");
-    let identity = format!(
-        "size={} etag={} version=-",
-        meta.size,
-        meta.e_tag.as_deref().unwrap_or("-")
-    );
+    let identity = kiln_agent::parts::journal_identity(&meta, 256 * 1024);
     let done: String = parts.iter().map(|p| format!("{p}\n")).collect();
     std::fs::write(
-        parts_dir.join("m--1--model.onnx.partial.journal"),
+        parts_dir.join("model.onnx.partial.journal"),
         format!("{identity}\n{done}"),
     )
     .expect("journal");
@@ -610,7 +606,7 @@ fn an_http_server_dying_mid_download_is_resumed_by_the_restarted_agent() {
     );
     let journal = std::fs::read_to_string(
         root.path()
-            .join(".kiln/parts/m--1--model.bin.partial.journal"),
+            .join(".kiln/parts/m/1/model.bin.partial.journal"),
     )
     .expect("journal kept");
     assert_eq!(
@@ -1187,9 +1183,9 @@ fn the_disk_filling_up_mid_download_is_a_clear_error_and_publishes_nothing() {
     let src = tempfile::tempdir().expect("src");
     let root = tempfile::tempdir().expect("root");
     let file = blob(src.path(), "model.onnx", 3_000_000, 6);
-    let parts = root.path().join(".kiln/parts");
+    let parts = root.path().join(".kiln/parts/m/1");
     std::fs::create_dir_all(&parts).expect("parts dir");
-    let partial = parts.join("m--1--model.onnx.partial");
+    let partial = parts.join("model.onnx.partial");
     std::os::unix::fs::symlink(full, &partial).expect("link to /dev/full");
     let yaml = format!(
         "root: {}\nreserve_bytes: 0\nretry: {{max_attempts: 3, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: m\n    version: \"1\"\n    source: file://{}\n    sha256: {}\n",

@@ -74,7 +74,17 @@ pub(crate) fn leftovers(root: &Path) -> Vec<String> {
         .into_iter()
         .filter(|n| n != "parts")
         .collect();
-    out.extend(list(root.join(".kiln/parts")));
+    // Partials live in `parts/<model>/<version>/`: every file there, by its path.
+    let mut dirs = vec![root.join(".kiln/parts")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(e.path());
+            } else if let Ok(rel) = e.path().strip_prefix(root) {
+                out.push(rel.display().to_string());
+            }
+        }
+    }
     out
 }
 

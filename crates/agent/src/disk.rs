@@ -1,0 +1,24 @@
+//! The agent's one blocking boundary: every hash, write, `fsync`, rename and re-verification
+//! of published bytes runs on tokio's blocking pool through [`blocking`], never on an async
+//! task. A multi-GiB hash on a task would stall every other model's sync, the status
+//! endpoints and the SIGTERM handler sharing that worker; on the pool it stalls nothing, and
+//! the process can stop without waiting for it (`main` shuts the runtime down with a short
+//! timeout: what a stopped hash or write leaves is staging, which the next start removes or
+//! resumes).
+
+use crate::error::{AgentError, Result};
+
+/// Runs blocking filesystem work on tokio's blocking pool and waits for it.
+///
+/// # Errors
+/// [`AgentError::Io`] if the work panicked (or the runtime is shutting down).
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AgentError::Io {
+            path: std::path::PathBuf::new(),
+            source: std::io::Error::other(format!("a file task failed: {e}")),
+        })
+}

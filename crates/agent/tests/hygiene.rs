@@ -1,0 +1,169 @@
+//! What the agent leaves behind and what it never touches: partial downloads no plan owns are
+//! removed (at start and after each sync), a published version directory is never rewritten
+//! (new bytes under a used name get a new directory, `current` moves once), and re-verifying
+//! published bytes runs off the async path (a current-thread runtime keeps ticking).
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{agent, blob, rt, sha};
+
+fn yaml(root: &Path, file: &Path, version: &str) -> String {
+    format!(
+        "root: {}\nreserve_bytes: 0\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: m\n    version: \"{version}\"\n    source: file://{}\n    sha256: {}\n",
+        root.display(),
+        file.display(),
+        sha(file)
+    )
+}
+
+fn touch(path: &Path) {
+    std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+    std::fs::write(path, b"half a download").expect("partial");
+}
+
+#[test]
+fn partials_no_plan_owns_are_removed_at_start_and_after_a_sync() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 300_000, 1);
+    let parts = root.path().join(".kiln/parts");
+    // A model no longer configured, an older agent's flat name, and another version of the
+    // configured model (its object changed: that download is never resumed).
+    let unconfigured = parts.join("gone/7/model.onnx.partial");
+    let flat = parts.join("m--old--model.onnx.partial");
+    let other_version = parts.join("m/old/model.onnx.partial");
+    let other_journal = parts.join("m/old/model.onnx.partial.journal");
+    for p in [&unconfigured, &flat, &other_version, &other_journal] {
+        touch(p);
+    }
+    let a = agent(&yaml(root.path(), &file, "1"));
+    assert!(
+        !unconfigured.exists() && !flat.exists(),
+        "removed at start: {:?}",
+        common::leftovers(root.path())
+    );
+    let r = rt().block_on(a.sync_once());
+    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+    assert!(!other_version.exists() && !other_journal.exists());
+    assert!(
+        common::leftovers(root.path()).is_empty(),
+        "{:?}",
+        common::leftovers(root.path())
+    );
+}
+
+#[test]
+fn new_bytes_under_a_published_version_name_get_a_new_directory() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 200_000, 1);
+    let first = std::fs::read(&file).expect("v1 bytes");
+    let r = rt().block_on(agent(&yaml(root.path(), &file, "1")).sync_once());
+    assert_eq!(r[0].1.as_deref().ok(), Some("1"));
+    let v1 = root.path().join("m/1");
+    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&v1).expect("v1"));
+
+    // Other bytes, the same configured version label.
+    blob(src.path(), "model.onnx", 200_000, 2);
+    let config = yaml(root.path(), &file, "1");
+    let a = agent(&config);
+    let r = rt().block_on(a.sync_once());
+    let name = r[0].1.as_ref().expect("published").clone();
+    assert!(name.starts_with("1-") && name.len() == 14, "{name}");
+    assert_eq!(
+        std::fs::read(v1.join("model.onnx")).expect("v1 kept"),
+        first,
+        "the published directory was not rewritten"
+    );
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&v1).expect("v1")),
+        inode
+    );
+    assert_eq!(
+        std::fs::read_link(root.path().join("m/current")).expect("current"),
+        Path::new(&name)
+    );
+    assert_eq!(
+        std::fs::read(root.path().join("m").join(&name).join("model.onnx")).expect("new"),
+        std::fs::read(&file).expect("v2 bytes")
+    );
+    let manifest = kiln::Manifest::read_in(&root.path().join("m").join(&name))
+        .expect("read")
+        .expect("manifest");
+    assert_eq!(manifest.1.version, name, "the manifest names its directory");
+
+    // The same agent finds them again without a download; a restarted one re-verifies the
+    // new directory and publishes nothing more.
+    let again = rt().block_on(a.sync_once());
+    assert_eq!(again[0].1.as_deref().ok(), Some(name.as_str()));
+    assert!(!a.status().lock().expect("status")["m"].downloaded);
+    let restarted = rt().block_on(agent(&config).sync_once());
+    assert_eq!(restarted[0].1.as_deref().ok(), Some(name.as_str()));
+    let dirs = std::fs::read_dir(root.path().join("m"))
+        .expect("ls")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().is_dir() && !e.path().is_symlink())
+        })
+        .count();
+    assert_eq!(dirs, 2, "no third directory");
+    assert!(common::leftovers(root.path()).is_empty());
+}
+
+#[test]
+fn re_verifying_published_bytes_does_not_stall_the_runtime() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 32 << 20, 3);
+    let config = yaml(root.path(), &file, "1");
+    let r = rt().block_on(agent(&config).sync_once());
+    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+
+    // A restarted agent re-hashes the published 32 MiB before trusting it; on a runtime with
+    // one thread, a hash on the task would stop everything else for all that time.
+    let a = agent(&config);
+    let one = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let ticks = Arc::new(AtomicU64::new(0));
+    let running = Arc::new(AtomicBool::new(true));
+    let (during, took) = one.block_on(async {
+        let (ticks2, running2) = (Arc::clone(&ticks), Arc::clone(&running));
+        let ticker = tokio::spawn(async move {
+            while running2.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                ticks2.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // The ticker is running before the sync starts.
+        while ticks.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let started = Instant::now();
+        let before = ticks.load(Ordering::Relaxed);
+        let r = a.sync_once().await;
+        let during = ticks.load(Ordering::Relaxed) - before;
+        let took = started.elapsed();
+        assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+        running.store(false, Ordering::Relaxed);
+        ticker.await.expect("ticker");
+        (during, took)
+    });
+    eprintln!("re-verify: {took:?}, {during} ticks of 5 ms meanwhile");
+    assert!(
+        !a.status().lock().expect("status")["m"].downloaded,
+        "reused, not downloaded"
+    );
+    // Every 5 ms if nothing stalls; a quarter of that on a loaded machine.
+    let expected = took.as_millis() as u64 / 5 / 4;
+    assert!(
+        during >= expected.max(1),
+        "the runtime stalled: {during} ticks in a {took:?} sync (at least {expected} expected)"
+    );
+}
