@@ -154,7 +154,18 @@ impl Agent {
                 Phase::Fetching
             };
         });
-        let result = self.sync_model(i, model).await;
+        let mut result = self.sync_model(i, model).await;
+        if matches!(result, Err(AgentError::Changed { .. })) {
+            // The object changed between HEAD and GET: its new metadata (a new version), not
+            // another try pinned to the old ETag. Once per sync: a store changing it faster
+            // than it downloads is reported, and tried again at the next poll.
+            tracing::info!(model = %model.name, "the object changed during the download; reading its metadata again");
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|(m, _), _| *m != model.name);
+            result = self.sync_model(i, model).await;
+        }
         match &result {
             Ok((version, downloaded)) => {
                 tracing::info!(model = %model.name, version, downloaded, "published");

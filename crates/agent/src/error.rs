@@ -123,7 +123,9 @@ impl AgentError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Store { transient, .. } => *transient,
-            Self::Changed { .. } => true,
+            // Retrying the same pinned request cannot succeed: the sync reads the object's
+            // metadata again instead (`Agent::sync_and_record`).
+            Self::Changed { .. } => false,
             Self::Io { source, .. } => source.kind() == std::io::ErrorKind::Interrupted,
             _ => false,
         }

@@ -167,3 +167,60 @@ fn re_verifying_published_bytes_does_not_stall_the_runtime() {
         "the runtime stalled: {during} ticks in a {took:?} sync (at least {expected} expected)"
     );
 }
+
+#[test]
+fn an_object_replaced_between_head_and_get_is_read_again_not_retried_stale() {
+    use axum::http::{header, HeaderMap, Method, StatusCode};
+    let root = tempfile::tempdir().expect("root");
+    // Generation 1 until its first GET, which finds generation 2 in its place (412 to the
+    // GET pinned to generation 1's ETag, as S3 answers).
+    let generation = Arc::new(AtomicU64::new(1));
+    let g = Arc::clone(&generation);
+    let handler = move |method: Method, headers: HeaderMap| {
+        let g = Arc::clone(&g);
+        async move {
+            let mut now = g.load(Ordering::SeqCst);
+            if method == Method::GET && now == 1 {
+                now = 2;
+                g.store(2, Ordering::SeqCst);
+            }
+            let etag = format!("\"g{now}\"");
+            let body = vec![now as u8; 1000 + now as usize];
+            let mut h = HeaderMap::new();
+            h.insert(header::ETAG, etag.parse().expect("etag"));
+            h.insert(
+                header::LAST_MODIFIED,
+                "Sun, 22 Nov 2026 12:00:00 GMT".parse().expect("date"),
+            );
+            h.insert(header::CONTENT_LENGTH, body.len().into());
+            if headers.get(header::IF_MATCH).is_some_and(|v| *v != *etag) {
+                h.insert(header::CONTENT_LENGTH, 0.into());
+                return (StatusCode::PRECONDITION_FAILED, h, Vec::new());
+            }
+            let body = if method == Method::HEAD {
+                Vec::new()
+            } else {
+                body
+            };
+            (StatusCode::OK, h, body)
+        }
+    };
+    let server_rt = rt();
+    let app = axum::Router::new().route(
+        "/files/model.bin",
+        axum::routing::get(handler.clone()).head(handler),
+    );
+    let addr = common::serve(&server_rt, app);
+    let yaml = format!(
+        "root: {}\nreserve_bytes: 0\nretry: {{max_attempts: 3, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: m\n    source: http://{addr}/files/model.bin\n    verify: false\n    store: {{allow_http: \"true\"}}\n",
+        root.path().display()
+    );
+    let r = rt().block_on(agent(&yaml).sync_once());
+    let version = r[0].1.as_ref().expect("the new object is published");
+    assert_eq!(version, "g2");
+    assert_eq!(
+        std::fs::read(root.path().join("m/g2/model.bin")).expect("published"),
+        vec![2u8; 1002]
+    );
+    assert!(common::leftovers(root.path()).is_empty());
+}

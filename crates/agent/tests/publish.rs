@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{agent, agent_with_metrics, blob, http_request, leftovers, listening, rt, sha, Moto};
+use common::{
+    agent, agent_with_metrics, blob, http_request, leftovers, listening, rt, serve, sha, Moto,
+};
 use kiln::Digest;
 use kiln_agent::{Agent, AgentConfig, AgentError, Phase};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -792,17 +794,6 @@ fn a_corrupted_object_keeps_readyz_at_503_and_counts_a_verification_failure() {
 }
 
 /// Serves `app` on a free loopback port from `rt`; returns the address.
-fn serve(rt: &tokio::runtime::Runtime, app: axum::Router) -> std::net::SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    listener.set_nonblocking(true).expect("nonblocking");
-    rt.spawn(async move {
-        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
-        axum::serve(l, app).await.expect("serve");
-    });
-    addr
-}
-
 #[test]
 fn a_listed_prefix_publishes_what_it_holds_and_refuses_symlinks() {
     let src = tempfile::tempdir().expect("src");

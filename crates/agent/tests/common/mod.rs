@@ -207,3 +207,15 @@ pub(crate) fn content(version: u8) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Serves `app` on a loopback port on `rt`.
+pub(crate) fn serve(rt: &tokio::runtime::Runtime, app: axum::Router) -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    listener.set_nonblocking(true).expect("nonblocking");
+    rt.spawn(async move {
+        let l = tokio::net::TcpListener::from_std(listener).expect("listener");
+        axum::serve(l, app).await.expect("serve");
+    });
+    addr
+}
