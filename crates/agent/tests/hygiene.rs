@@ -224,3 +224,70 @@ fn an_object_replaced_between_head_and_get_is_read_again_not_retried_stale() {
     );
     assert!(common::leftovers(root.path()).is_empty());
 }
+
+#[test]
+fn sigterm_is_answered_within_a_second_mid_hash_and_mid_download() {
+    use std::process::{Command, Stdio};
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    // Big enough that hashing it takes seconds in a debug build.
+    let file = blob(src.path(), "model.onnx", 64 << 20, 4);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let config = root.path().join("agent.yaml");
+    let text = format!(
+        "{}listen: 127.0.0.1:{port}\ninterval_s: 60\n",
+        yaml(&root.path().join("models"), &file, "1")
+    );
+    std::fs::write(&config, text).expect("config");
+    let stop_after = |what: &str, wait: Duration| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kiln-agent");
+        std::thread::sleep(wait);
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "{what}: still working when signalled"
+        );
+        let sent = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let deadline = sent + Duration::from_secs(10);
+        let exited = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no exit 10 s after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let took = sent.elapsed();
+        eprintln!("{what}: exited {took:?} after SIGTERM ({exited})");
+        assert!(
+            took < Duration::from_secs(1),
+            "{what}: {took:?} after SIGTERM"
+        );
+    };
+    // Mid-download: nothing published yet, the 64 MiB are being fetched and hashed.
+    stop_after("mid-download", Duration::from_millis(400));
+    assert!(
+        !root.path().join("models/m/current").exists(),
+        "nothing published by a stopped download"
+    );
+    // Publish it, then stop a restarted agent while it re-hashes the published bytes.
+    let r = rt().block_on(agent(&std::fs::read_to_string(&config).expect("config")).sync_once());
+    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
+    stop_after("mid-hash", Duration::from_millis(400));
+}
