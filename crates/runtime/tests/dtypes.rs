@@ -112,10 +112,9 @@ fn one_request_at_a_time() {
     }
 }
 
-#[test]
-fn batched_requests_are_split_back_exactly() {
-    let file = "dtypes.onnx";
-    let handle = ModelHandle::new("dtypes", opentelemetry::global::meter("kiln-tests"));
+/// `file` served by a batcher (one instance, batches of up to 16 within 20 ms).
+fn batched(file: &str, name: &str) -> ModelHandle {
+    let handle = ModelHandle::new(name, opentelemetry::global::meter("kiln-tests"));
     let options = ModelOptions::new().with_checksum(Checksum::Sha256(sha256_of(&testdata(file))));
     let config = BatchConfig {
         instances: 1,
@@ -125,7 +124,13 @@ fn batched_requests_are_split_back_exactly() {
     };
     handle
         .load_model(&runtime(), testdata(file), "1", &options, &config)
-        .expect("serves");
+        .expect("serves (warm-up with invented inputs included)");
+    handle
+}
+
+#[test]
+fn batched_requests_are_split_back_exactly() {
+    let handle = batched("dtypes.onnx", "dtypes");
     let requests: Vec<NamedTensors> = (0..8).map(|i| request(1 + i % 3, i as u16)).collect();
     std::thread::scope(|s| {
         let answers: Vec<_> = requests
@@ -199,18 +204,7 @@ fn string_tensors_in_and_out_one_at_a_time_and_batched() {
     let inputs = strings_request(2, 0);
     check_strings(&inputs, &model.run(&inputs).expect("runs"));
 
-    let file = "strings.onnx";
-    let handle = ModelHandle::new("strings", opentelemetry::global::meter("kiln-tests"));
-    let options = ModelOptions::new().with_checksum(Checksum::Sha256(sha256_of(&testdata(file))));
-    let config = BatchConfig {
-        instances: 1,
-        max_batch_size: 16,
-        max_queue_delay_us: 20_000,
-        ..BatchConfig::default()
-    };
-    handle
-        .load_model(&runtime(), testdata(file), "1", &options, &config)
-        .expect("serves (warm-up with invented strings included)");
+    let handle = batched("strings.onnx", "strings");
     let requests: Vec<NamedTensors> = (0..8).map(|i| strings_request(1 + i % 3, i)).collect();
     std::thread::scope(|s| {
         let answers: Vec<_> = requests

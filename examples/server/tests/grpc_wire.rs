@@ -109,28 +109,31 @@ fn sample(port: u16, name: &str, labels: &[&str]) -> Option<f64> {
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expiring_deadline_is_answered_by_the_server_and_every_call_is_counted() {
+/// `kiln-server` serving mlp with the model settings `settings` (YAML), gRPC on its own
+/// port: the server (killed when dropped), its REST port and its gRPC port. The root goes
+/// with the server's lifetime.
+fn serve_mlp(settings: &str) -> (tempfile::TempDir, Server, u16) {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
-    // A lone request waits the whole queue delay for company: 3 s.
-    let settings = root.path().join("settings.yaml");
-    std::fs::write(
-        &settings,
-        "models:\n  mlp: {max_batch_size: 8, max_queue_delay_us: 3000000}\n",
-    )
-    .expect("settings");
+    let path = root.path().join("settings.yaml");
+    std::fs::write(&path, settings).expect("settings");
+    let path = path.to_string_lossy().into_owned();
     let (port, grpc) = (free_port(), free_port());
     let grpc_listen = format!("127.0.0.1:{grpc}");
-    let settings_arg = settings.to_string_lossy().into_owned();
-    let _server = Server {
-        child: start_ready(
-            root.path(),
-            port,
-            &["--grpc-listen", &grpc_listen, "--config", &settings_arg],
-        ),
+    let child = start_ready(
+        root.path(),
         port,
-    };
+        &["--grpc-listen", &grpc_listen, "--config", &path],
+    );
+    (root, Server { child, port }, grpc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_deadline_is_answered_by_the_server_and_every_call_is_counted() {
+    // A lone request waits the whole queue delay for company: 3 s.
+    let (_root, server, grpc) =
+        serve_mlp("models:\n  mlp: {max_batch_size: 8, max_queue_delay_us: 3000000}\n");
+    let port = server.port;
 
     // The client allows 300 ms and waits for the server to say so.
     let started = Instant::now();
@@ -215,26 +218,9 @@ const MAX_MESSAGE: usize = 32 << 20;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_maximal_messages_at_once_stay_within_the_decode_budget() {
-    let root = tempfile::tempdir().expect("root");
-    publish(root.path(), "mlp", "1", "mlp.onnx");
     // Each message is one request of half a million rows, run whole.
-    let settings = root.path().join("settings.yaml");
-    std::fs::write(
-        &settings,
-        "models:\n  mlp: {max_batch_size: 1048576, instances: 1}\n",
-    )
-    .expect("settings");
-    let settings_arg = settings.to_string_lossy().into_owned();
-    let (port, grpc) = (free_port(), free_port());
-    let grpc_listen = format!("127.0.0.1:{grpc}");
-    let server = Server {
-        child: start_ready(
-            root.path(),
-            port,
-            &["--grpc-listen", &grpc_listen, "--config", &settings_arg],
-        ),
-        port,
-    };
+    let (_root, server, grpc) =
+        serve_mlp("models:\n  mlp: {max_batch_size: 1048576, instances: 1}\n");
     let pid = server.child.id();
     // Just under the limit: rows of 16 FP32 values, 64 bytes each.
     let rows = (MAX_MESSAGE - 4096) / 64;
