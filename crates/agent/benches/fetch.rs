@@ -1,7 +1,10 @@
-//! The agent fetching a large object from a local S3 server (`moto_server` on 127.0.0.1),
-//! against `curl` on a presigned URL and `aws s3 cp` of the same object in the same run:
-//! throughput (the agent's includes verification and the atomic publish) and the agent's peak
-//! RSS. Run: `make bench-agent`. `KILN_BENCH_AGENT_MIB` sets the size (default 1024).
+//! The agent fetching a large object from local S3 servers (`moto_server`, whose range GETs
+//! are slow, and `s3s-fs`, whose parallel ranges are fast) on 127.0.0.1, against `curl` on a
+//! presigned URL and `aws s3 cp` of the same object in the same run, each way the agent can
+//! move it (one stream, parts streamed in order, ranged parts, and `transfer: auto`, which
+//! measures and chooses): throughput (the agent's includes verification and the atomic
+//! publish) and the agent's peak RSS. Run: `make bench-agent`. `KILN_BENCH_AGENT_MIB` sets
+//! the size (default 1024).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -163,6 +166,32 @@ fn main() -> Result<()> {
     Ok(())
 }
 
+/// The agent's ways of fetching the object: (table label, `parallel_threshold_mib`,
+/// `transfer`). The sha256 is always computed while the bytes arrive, and the result is
+/// verified and published atomically.
+const AGENT_WAYS: [(&str, &str, &str); 4] = [
+    (
+        "one stream, below the part threshold (hashed while written; not resumable)",
+        "100000",
+        "auto",
+    ),
+    (
+        "one stream in 16 MiB journaled parts (`transfer: stream`, resumable)",
+        "1",
+        "stream",
+    ),
+    (
+        "4 parallel 16 MiB ranged parts (`transfer: ranged`, resumable)",
+        "1",
+        "ranged",
+    ),
+    (
+        "`transfer: auto` (measures both on the first parts, continues the faster; resumable)",
+        "1",
+        "auto",
+    ),
+];
+
 fn run(mib: usize, server: &Server) -> Result<String> {
     let endpoint = format!("http://127.0.0.1:{}", server.port);
     let store = Arc::new(
@@ -208,6 +237,7 @@ fn run(mib: usize, server: &Server) -> Result<String> {
     let scratch = tempfile::tempdir()?;
 
     let mut runs = Vec::new();
+    let mut chosen = Vec::new();
     let mut peak_rss_kib = 0u64;
     for round in 0..2 {
         // curl on a presigned URL, to a file.
@@ -246,79 +276,111 @@ fn run(mib: usize, server: &Server) -> Result<String> {
             .filter(|s| s.success())
             .map(|_| t.elapsed());
         std::fs::remove_file(scratch.path().join("aws.bin")).ok();
-        // The agent, fetch mode, verified and published: one stream, then 4 x 16 MiB parts.
+        // The agent, fetch mode, verified and published, each way a large object can travel.
         let mut agent_times = Vec::new();
-        for threshold in ["100000", "1"] {
-            let root = scratch.path().join(format!("root{round}-{threshold}"));
+        for (k, (_, threshold, transfer)) in AGENT_WAYS.iter().enumerate() {
+            let root = scratch.path().join(format!("root{round}-{k}"));
             std::fs::create_dir_all(&root)?;
             let cfg = scratch.path().join("agent.yaml");
             std::fs::write(
                 &cfg,
                 format!(
-                    "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: {threshold}\ntermination_log: {}/termination-log\nmodels:\n  - name: big\n    version: \"1\"\n    source: s3://bench/big/model.bin\n    sha256: {digest}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: test}}\n",
+                    "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: {threshold}\ntransfer: {transfer}\ntermination_log: {}/termination-log\nmodels:\n  - name: big\n    version: \"1\"\n    source: s3://bench/big/model.bin\n    sha256: {digest}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: test}}\n",
                     root.display(),
                     scratch.path().display()
                 ),
             )?;
+            let log = scratch.path().join("agent.log");
             let t = Instant::now();
             let (status, rss) = run_measuring_rss(
                 Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
                     .args(["fetch", "--config"])
                     .arg(&cfg)
-                    .env("RUST_LOG", "warn"),
+                    .env("RUST_LOG", "warn,kiln_agent::transfer=info")
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log)?),
             )?;
             agent_times.push(t.elapsed());
             peak_rss_kib = peak_rss_kib.max(rss);
             if !status.success() {
-                bail!("agent failed");
+                bail!("agent failed: {}", std::fs::read_to_string(&log)?);
+            }
+            // What `auto` measured and chose.
+            if let Some(line) = std::fs::read_to_string(&log)?
+                .lines()
+                .find(|l| l.contains("transfer measured"))
+            {
+                let field = |name: &str| {
+                    line.split(&format!("{name}="))
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .map(|v| v.trim_matches('"').to_owned())
+                        .unwrap_or_default()
+                };
+                chosen.push(format!(
+                    "round {}: {} (one stream {} MiB/s, ranged {} MiB/s)",
+                    round + 1,
+                    field("mode"),
+                    field("stream_mib_per_s"),
+                    field("ranged_mib_per_s")
+                ));
             }
             std::fs::remove_dir_all(&root).ok();
         }
-        runs.push((curl, aws, agent_times[0], agent_times[1]));
+        runs.push((curl, aws, agent_times));
     }
     let rss_mib = peak_rss_kib as f64 / 1024.0;
-    type Run = (Duration, Option<Duration>, Duration, Duration);
-    let best = |f: fn(&Run) -> Option<Duration>| runs.iter().filter_map(f).min();
-    let (curl, aws, agent, ranged) = (
-        best(|r| Some(r.0)),
-        best(|r| r.1),
-        best(|r| Some(r.2)),
-        best(|r| Some(r.3)),
-    );
+    type Run = (Duration, Option<Duration>, Vec<Duration>);
+    let best = |f: &dyn Fn(&Run) -> Option<Duration>| runs.iter().filter_map(f).min();
+    let curl = best(&|r| Some(r.0));
+    let aws = best(&|r| r.1);
+    let agents: Vec<Option<Duration>> = (0..AGENT_WAYS.len())
+        .map(|k| best(&|r| r.2.get(k).copied()))
+        .collect();
     let rate = |d: Option<Duration>| {
         d.map_or("n/a".to_owned(), |d| {
             format!("{:.0} MiB/s", bytes / d.as_secs_f64() / 1048576.0)
         })
     };
-    let ratio = |d: Option<Duration>| match (d, agent) {
-        (Some(d), Some(a)) => format!("{:.2}", d.as_secs_f64() / a.as_secs_f64()),
+    let secs =
+        |d: Option<Duration>| d.map_or("n/a".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()));
+    // Throughput ratios to the best client (curl or aws) in the same run.
+    let client = [curl, aws].into_iter().flatten().min();
+    let of_best = |d: Option<Duration>| match (d, client) {
+        (Some(d), Some(c)) => format!("{:.2}", c.as_secs_f64() / d.as_secs_f64()),
         _ => "n/a".into(),
     };
-    let body = format!(
+    let mut body = format!(
         "### Server: `{}` on 127.0.0.1 ({})\n\n\
-         | client | time | throughput | agent (one stream) ÷ client, throughput |\n|---|---|---|---|\n\
-         | `curl` on a presigned URL (to a file) | {:.2} s | {} | {} |\n\
-         | `aws s3 cp` | {} | {} | {} |\n\
-         | `kiln-agent fetch`, one stream (sha256 while downloading, published atomically) | {:.2} s | {} | 1.00 |\n\
-         | `kiln-agent fetch`, 4 parallel 16 MiB ranged parts (resumable) | {:.2} s | {} | {} |\n\n\
-         Agent peak RSS (`VmHWM`, polled every 20 ms): **{rss_mib:.0} MiB** (target ≤ 64 MiB). \
-         Throughput target: agent ≥ 0.8× the best client.\n\n",
+         | client | time | throughput | throughput ÷ best client's |\n|---|---|---|---|\n\
+         | `curl` on a presigned URL (to a file) | {} | {} | {} |\n\
+         | `aws s3 cp` | {} | {} | {} |\n",
         server.label,
         server.about,
-        curl.map_or(0.0, |d| d.as_secs_f64()),
+        secs(curl),
         rate(curl),
-        ratio(curl),
-        aws.map_or("n/a".into(), |d| format!("{:.2} s", d.as_secs_f64())),
+        of_best(curl),
+        secs(aws),
         rate(aws),
-        ratio(aws),
-        agent.map_or(0.0, |d| d.as_secs_f64()),
-        rate(agent),
-        ranged.map_or(0.0, |d| d.as_secs_f64()),
-        rate(ranged),
-        match (ranged, curl) {
-            (Some(r), Some(c)) => format!("{:.2} of curl", c.as_secs_f64() / r.as_secs_f64()),
-            _ => "n/a".into(),
-        },
+        of_best(aws),
     );
+    for ((label, _, _), d) in AGENT_WAYS.iter().zip(&agents) {
+        body.push_str(&format!(
+            "| `kiln-agent fetch`, {label} | {} | {} | {} |\n",
+            secs(*d),
+            rate(*d),
+            of_best(*d)
+        ));
+    }
+    body.push_str(&format!(
+        "\n`transfer: auto` chose: {}.\n\n\
+         Agent peak RSS (`VmHWM`, polled every 20 ms): **{rss_mib:.0} MiB** (target ≤ 64 MiB). \
+         Throughput target: agent (`auto`) ≥ 0.8× the best client.\n\n",
+        if chosen.is_empty() {
+            "nothing measured".to_owned()
+        } else {
+            chosen.join("; ")
+        }
+    ));
     Ok(body)
 }

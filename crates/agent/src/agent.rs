@@ -11,14 +11,16 @@ use kiln::{Manifest, ManifestFile};
 use serde::Serialize;
 
 use crate::config::{Checked, File, Model};
-use crate::disk::blocking;
+use crate::disk::{self, blocking};
 use crate::error::{AgentError, Result};
-use crate::fetch;
+use crate::fetch::{self, ObjectFetch};
 use crate::metrics::AgentMetrics;
 use crate::parts;
 use crate::publish;
 use crate::redact;
+use crate::retry::with_retries;
 use crate::store::Source;
+use crate::transfer::{self, TransferChoice};
 
 /// Where a model is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -45,6 +47,9 @@ pub struct ModelStatus {
     pub error: Option<String>,
     /// Whether the last sync downloaded (false: it was already published).
     pub downloaded: bool,
+    /// How the model's large objects travel (one stream or ranged parts) and why; absent
+    /// until one at least `parallel_threshold_mib` large was downloaded.
+    pub transfer: Option<TransferChoice>,
 }
 
 /// A file's store path and metadata.
@@ -107,6 +112,7 @@ impl Agent {
                         version: None,
                         error: None,
                         downloaded: false,
+                        transfer: None,
                     },
                 )
             })
@@ -134,15 +140,21 @@ impl Agent {
 
     /// Syncs every model once; returns each model's result (errors are also in the status).
     pub async fn sync_once(&self) -> Vec<(String, Result<String>)> {
-        use futures::StreamExt;
         // Models sync concurrently up to `max_concurrent_models`; with `parallelism` parts each,
-        // that bounds the connections to the stores.
-        let limit = self.config.max_concurrent_models;
-        futures::stream::iter(self.config.models.iter().enumerate())
-            .map(|(i, model)| async move { (model.name.clone(), self.sync_and_record(i, model).await) })
-            .buffered(limit)
-            .collect()
-            .await
+        // that bounds the connections to the stores. (A semaphore rather than
+        // `StreamExt::buffered` over a closure: that closure's borrowed argument keeps the
+        // future from being `Send`, so `kiln_agent::run` could not be spawned.)
+        let permits = tokio::sync::Semaphore::new(self.config.max_concurrent_models);
+        let permits = &permits;
+        let mut syncs = Vec::with_capacity(self.config.models.len());
+        for (i, model) in self.config.models.iter().enumerate() {
+            syncs.push(async move {
+                // Never closed, so a permit always comes.
+                let _permit = permits.acquire().await;
+                (model.name.clone(), self.sync_and_record(i, model).await)
+            });
+        }
+        futures::future::join_all(syncs).await
     }
 
     /// Syncs one model and records the outcome in its status and metrics.
@@ -183,12 +195,10 @@ impl Agent {
                 }
                 let (version, downloaded) = (version.clone(), *downloaded);
                 self.set(&model.name, move |s| {
-                    *s = ModelStatus {
-                        phase: Phase::Published,
-                        version: Some(version),
-                        error: None,
-                        downloaded,
-                    };
+                    s.phase = Phase::Published;
+                    s.version = Some(version);
+                    s.error = None;
+                    s.downloaded = downloaded;
                 });
             }
             Err(e) => {
@@ -262,6 +272,19 @@ impl Agent {
         Ok(Some(name))
     }
 
+    /// The way `model`'s large objects travel, when it is settled (configured or measured).
+    fn known_transfer(&self, model: &str) -> Option<transfer::Mode> {
+        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let choice = status.get(model)?.transfer.as_ref()?;
+        choice.settled().then_some(choice.mode)
+    }
+
+    /// Keeps a transfer choice for `/status`, later downloads and the metrics.
+    fn record_transfer(&self, model: &str, choice: TransferChoice) {
+        self.metrics.transfer(model, &choice);
+        self.set(model, move |s| s.transfer = Some(choice));
+    }
+
     /// Removes `model`'s partial downloads but `keep`'s.
     fn sweep(&self, model: &Model, keep: Option<&str>) {
         let scope = publish::Sweep::Model {
@@ -305,8 +328,9 @@ impl Agent {
         // Partials of any other version (an object that changed since) are never resumed.
         self.sweep(model, Some(&version));
         let needed: u64 = metas.iter().map(|(_, m)| m.size).sum();
-        let staging = publish::staging_root(root)?;
-        if let Some(available) = fetch::free_bytes(&staging) {
+        let r = root.clone();
+        let staging = blocking(move || publish::staging_root(&r)).await??;
+        if let Some(available) = blocking(move || disk::free_bytes(&staging)).await? {
             if available < needed.saturating_add(self.config.reserve_bytes) {
                 return Err(AgentError::DiskFull {
                     model: model.name.clone(),
@@ -316,7 +340,8 @@ impl Agent {
                 });
             }
         }
-        let stage = publish::new_stage(root, &model.name, &version)?;
+        let (r, name, v) = (root.clone(), model.name.clone(), version.clone());
+        let stage = blocking(move || publish::new_stage(&r, &name, &v)).await??;
         let result = self
             .download_all(model, &source, &files, &metas, &stage, &version)
             .await;
@@ -363,17 +388,16 @@ impl Agent {
             } else {
                 None
             };
-            let listed =
-                fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
-                    fetch::list(
-                        source.store.as_ref(),
-                        &source.prefix,
-                        &model.name,
-                        &url,
-                        local.as_deref(),
-                    )
-                })
-                .await?;
+            let listed = with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
+                fetch::list(
+                    source.store.as_ref(),
+                    &source.prefix,
+                    &model.name,
+                    &url,
+                    local.as_deref(),
+                )
+            })
+            .await?;
             tracing::info!(model = %model.name, files = listed.len(), "prefix listed");
             let files = listed
                 .iter()
@@ -401,7 +425,7 @@ impl Agent {
                 .get(&key)
                 .cloned();
             let (meta, unchanged) =
-                fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
+                with_retries(&self.config.retry, &model.name, &self.metrics, |_| {
                     fetch::head_since(
                         source.store.as_ref(),
                         &loc,
@@ -445,38 +469,35 @@ impl Agent {
         let mut files = Vec::with_capacity(wanted.len());
         for (f, (loc, meta)) in wanted.iter().zip(metas) {
             let dest = stage.join(&f.path);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(AgentError::io(parent))?;
-            }
             let partial = publish::partial_path(&self.config.root, &model.name, version, &f.path)?;
+            let (d, p) = (dest.clone(), partial.clone());
+            blocking(move || {
+                for dir in [d.parent(), p.parent()].into_iter().flatten() {
+                    std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
+                }
+                Ok::<_, AgentError>(())
+            })
+            .await??;
             let url = format!("{}{}", model.base, f.path);
+            let object = ObjectFetch {
+                store: source.store.as_ref(),
+                location: loc,
+                meta,
+                model: &model.name,
+                url: &url,
+                metrics: &self.metrics,
+            };
             let started = std::time::Instant::now();
             let ranged = meta.size >= self.config.parallel_threshold && meta.size > 0;
+            let record = |choice: TransferChoice| self.record_transfer(&model.name, choice);
             let (digest, size) =
-                fetch::with_retries(&self.config.retry, &model.name, &self.metrics, |_| async {
+                with_retries(&self.config.retry, &model.name, &self.metrics, |_| async {
                     if ranged {
-                        parts::download_parts(
-                            source.store.as_ref(),
-                            loc,
-                            meta,
-                            &partial,
-                            self.config.parts,
-                            &model.name,
-                            &url,
-                            &self.metrics,
-                        )
-                        .await
+                        let known = self.known_transfer(&model.name);
+                        transfer::download(object, &partial, self.config.parts, known, &record)
+                            .await
                     } else {
-                        fetch::download(
-                            source.store.as_ref(),
-                            loc,
-                            meta,
-                            &partial,
-                            &model.name,
-                            &url,
-                            &self.metrics,
-                        )
-                        .await
+                        object.download(&partial).await
                     }
                 })
                 .await?;
@@ -503,7 +524,10 @@ impl Agent {
                     });
                 }
             }
-            std::fs::rename(&partial, &dest).map_err(AgentError::io(&dest))?;
+            let d = dest.clone();
+            blocking(move || std::fs::rename(&partial, &d))
+                .await?
+                .map_err(AgentError::io(&dest))?;
             files.push(ManifestFile {
                 path: f.path.clone(),
                 sha256: digest,

@@ -116,6 +116,21 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
+    /// The health and status endpoints cannot listen (`listen`, `KILN_AGENT_LISTEN`).
+    #[error("cannot listen on {addr}: {source}; choose a free `listen` address")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics exporter could not be set up.
+    #[error("the metrics exporter could not be set up: {detail}")]
+    Telemetry {
+        /// What the exporter said.
+        detail: String,
+    },
 }
 
 impl AgentError {

@@ -1,6 +1,8 @@
-//! Downloading one object: pinned to the version seen by HEAD (`if_match` on its ETag),
-//! streamed to a `.partial` file while it is hashed (no second pass), retried with exponential
-//! backoff and full jitter on transient failures, failing fast on what retrying cannot fix.
+//! Talking to the store about one model's objects: HEAD (conditional on the last ETag), listing
+//! a prefix (every key checked before it becomes a path), and downloading one object as one
+//! stream, pinned to the version seen by HEAD (`if_match` on its ETag) and hashed while it is
+//! written (no second pass). [`ObjectFetch`] is the one value that names an object to fetch;
+//! ranged downloads (`parts`) take the same value. Retrying is `retry`'s.
 
 use std::path::Path;
 use std::time::Duration;
@@ -8,42 +10,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use kiln::Digest;
 use object_store::path::Path as StorePath;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, GetResult, ObjectMeta, ObjectStore, ObjectStoreExt};
 
-use crate::config::RetrySettings;
+use crate::disk::write_error;
 use crate::error::{AgentError, Result};
 use crate::metrics::AgentMetrics;
 use crate::redact;
+use crate::retry::classify;
 use crate::writer::DiskWriter;
-
-/// Maps an object-store failure to what it means for the agent.
-pub(crate) fn classify(e: object_store::Error, model: &str, url: &str) -> AgentError {
-    use object_store::Error as E;
-    let (model, url) = (model.to_owned(), redact::url(url));
-    match e {
-        E::NotFound { .. } => AgentError::NotFound { model, url },
-        E::PermissionDenied { source, .. } | E::Unauthenticated { source, .. } => {
-            AgentError::Denied {
-                model,
-                url,
-                detail: redact::text(&source.to_string()),
-            }
-        }
-        E::Precondition { .. } | E::NotModified { .. } => AgentError::Changed { model, url },
-        E::Generic { source, .. } => AgentError::Store {
-            model,
-            url,
-            detail: redact::text(&source.to_string()),
-            transient: true,
-        },
-        other => AgentError::Store {
-            model,
-            url,
-            detail: redact::text(&other.to_string()),
-            transient: false,
-        },
-    }
-}
 
 /// HEAD of one object.
 pub(crate) async fn head(
@@ -159,193 +133,99 @@ pub(crate) async fn list(
     Ok(out)
 }
 
-/// Streams `location` (pinned to `meta`'s ETag and version) into `dest`, hashing as it goes.
-/// Returns the digest and byte count. On failure the partial file is removed.
-pub(crate) async fn download(
-    store: &dyn ObjectStore,
-    location: &StorePath,
-    meta: &ObjectMeta,
-    dest: &Path,
-    model: &str,
-    url: &str,
-    metrics: &AgentMetrics,
-) -> Result<(Digest, u64)> {
-    let result = stream_to(store, location, meta, dest, model, url, metrics).await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(dest).await;
-    }
-    result
+/// One object to fetch: where it is, which version of it (the metadata HEAD saw), and whose
+/// it is (the model and URL that errors, logs and metrics name; the URL is redacted wherever
+/// it is shown).
+#[derive(Clone, Copy)]
+pub(crate) struct ObjectFetch<'a> {
+    /// The store.
+    pub(crate) store: &'a dyn ObjectStore,
+    /// The object's path in the store.
+    pub(crate) location: &'a StorePath,
+    /// Its metadata: size, ETag and version id every GET is pinned to.
+    pub(crate) meta: &'a ObjectMeta,
+    /// The model it belongs to.
+    pub(crate) model: &'a str,
+    /// Its URL (for errors and logs; redacted there).
+    pub(crate) url: &'a str,
+    /// Where bytes and progress are counted.
+    pub(crate) metrics: &'a AgentMetrics,
 }
 
-/// GET options pinned to the object version `meta` describes (its ETag and version id), so
-/// every byte of a download, or of all its parts, comes from one version of the object.
-pub(crate) fn pinned(meta: &ObjectMeta, range: Option<GetRange>) -> GetOptions {
-    GetOptions {
-        if_match: meta.e_tag.clone(),
-        version: meta.version.clone(),
-        range,
-        ..GetOptions::default()
+impl ObjectFetch<'_> {
+    /// The object's size in bytes.
+    pub(crate) fn size(&self) -> u64 {
+        self.meta.size
     }
-}
 
-async fn stream_to(
-    store: &dyn ObjectStore,
-    location: &StorePath,
-    meta: &ObjectMeta,
-    dest: &Path,
-    model: &str,
-    url: &str,
-    metrics: &AgentMetrics,
-) -> Result<(Digest, u64)> {
-    let got = store
-        .get_opts(location, pinned(meta, None))
-        .await
-        .map_err(|e| classify(e, model, url))?;
-    let mut stream = got.into_stream();
-    let mut writer = DiskWriter::create(dest).map_err(|e| write_error(e, dest, model))?;
-    let mut bytes = 0u64;
-    let started = std::time::Instant::now();
-    let (mut logged_at, mut logged_tenth) = (started, 0u64);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| classify(e, model, url))?;
-        let len = chunk.len() as u64;
-        if writer.write(chunk).await.is_err() {
-            // The writer stopped on an error: `finish` below reports it.
-            break;
-        }
-        bytes += len;
-        metrics.downloaded(model, len, bytes, meta.size);
-        // Progress lines every 10% or 5 s: readable in non-TTY container logs.
-        let tenth = (bytes * 10).checked_div(meta.size).unwrap_or(10);
-        if tenth > logged_tenth || logged_at.elapsed() >= Duration::from_secs(5) {
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            tracing::info!(model, url = %redact::url(url), bytes, total = meta.size, mib_per_s = format!("{:.1}", bytes as f64 / secs / 1048576.0), "download progress");
-            (logged_at, logged_tenth) = (std::time::Instant::now(), tenth);
+    /// What a failed store call means for this object.
+    pub(crate) fn fail(&self, e: object_store::Error) -> AgentError {
+        classify(e, self.model, self.url)
+    }
+
+    /// A transient store error about this object (the server broke the protocol mid-way).
+    pub(crate) fn broken(&self, detail: String) -> AgentError {
+        AgentError::Store {
+            model: self.model.to_owned(),
+            url: redact::url(self.url),
+            detail,
+            transient: true,
         }
     }
-    writer
-        .finish()
-        .await
-        .map_err(|e| write_error(e, dest, model))
-}
 
-/// A full disk is its own error (not a retry), everything else is I/O.
-fn write_error(e: std::io::Error, dest: &Path, model: &str) -> AgentError {
-    if e.raw_os_error() == Some(nix::libc::ENOSPC) {
-        let dir = dest.parent().unwrap_or(dest).to_owned();
-        let available = free_bytes(&dir).unwrap_or(0);
-        AgentError::DiskFull {
-            model: model.to_owned(),
-            dir,
-            needed: 0,
-            available,
-        }
-    } else {
-        AgentError::Io {
-            path: dest.to_owned(),
-            source: e,
-        }
-    }
-}
-
-/// Free bytes on the filesystem holding `dir` (for unprivileged writers).
-pub(crate) fn free_bytes(dir: &Path) -> Option<u64> {
-    let s = nix::sys::statvfs::statvfs(dir).ok()?;
-    Some(s.blocks_available().saturating_mul(s.fragment_size()))
-}
-
-/// Runs `attempt` until it succeeds, fails with a non-transient error, or attempts run out;
-/// sleeps an exponential backoff with full jitter in between.
-pub(crate) async fn with_retries<T, F, Fut>(
-    settings: &RetrySettings,
-    model: &str,
-    metrics: &AgentMetrics,
-    mut attempt: F,
-) -> Result<T>
-where
-    F: FnMut(u32) -> Fut,
-    Fut: std::future::Future<Output = Result<T>>,
-{
-    let mut n = 0;
-    loop {
-        n += 1;
-        match attempt(n).await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && n < settings.max_attempts => {
-                metrics.retry(model, &e);
-                let delay = backoff(settings, n);
-                tracing::warn!(model, attempt = n, error = %e, retry_in_ms = delay.as_millis() as u64, "transient failure; retrying");
-                tokio::time::sleep(delay).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Full-jitter backoff for attempt `n` (1-based): uniform in `[0, min(max, initial·2^(n-1))]`.
-pub(crate) fn backoff(settings: &RetrySettings, n: u32) -> Duration {
-    let cap = settings
-        .initial_backoff_ms
-        .saturating_mul(1u64 << (n - 1).min(20))
-        .min(settings.max_backoff_ms);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let mut x = u64::from(nanos) ^ (u64::from(n) << 32) ^ 0x9E37_79B9_7F4A_7C15;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    Duration::from_millis(if cap == 0 { 0 } else { x % (cap + 1) })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_stays_within_its_cap() {
-        let s = RetrySettings {
-            max_attempts: 10,
-            initial_backoff_ms: 100,
-            max_backoff_ms: 1000,
+    /// A GET of `range` (the whole object with `None`), pinned to the version `meta` describes
+    /// (its ETag and version id), so every byte of a download, or of all its parts, comes
+    /// from one version of the object.
+    pub(crate) async fn get(&self, range: Option<std::ops::Range<u64>>) -> Result<GetResult> {
+        let options = GetOptions {
+            if_match: self.meta.e_tag.clone(),
+            version: self.meta.version.clone(),
+            range: range.map(GetRange::Bounded),
+            ..GetOptions::default()
         };
-        for n in 1..=10 {
-            let cap = (100u64 << (n - 1)).min(1000);
-            for _ in 0..50 {
-                assert!(backoff(&s, n) <= Duration::from_millis(cap), "attempt {n}");
-            }
-        }
+        self.store
+            .get_opts(self.location, options)
+            .await
+            .map_err(|e| self.fail(e))
     }
 
-    #[test]
-    fn store_errors_map_to_fail_fast_or_retry() {
-        let nf = classify(
-            object_store::Error::NotFound {
-                path: "p".into(),
-                source: "x".into(),
-            },
-            "m",
-            "s3://b/p?sig=1",
-        );
-        assert!(matches!(&nf, AgentError::NotFound { url, .. } if !url.contains("sig=1")));
-        assert!(!nf.is_transient());
-        let denied = classify(
-            object_store::Error::PermissionDenied {
-                path: "p".into(),
-                source: "403".into(),
-            },
-            "m",
-            "s3://b/p",
-        );
-        assert!(!denied.is_transient());
-        let generic = classify(
-            object_store::Error::Generic {
-                store: "S3",
-                source: "connection reset".into(),
-            },
-            "m",
-            "s3://b/p",
-        );
-        assert!(generic.is_transient());
+    /// Streams the object into `dest`, hashing as it goes. Returns the digest and byte count.
+    /// On failure the partial file is removed.
+    pub(crate) async fn download(&self, dest: &Path) -> Result<(Digest, u64)> {
+        let result = self.stream_to(dest).await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(dest).await;
+        }
+        result
+    }
+
+    async fn stream_to(&self, dest: &Path) -> Result<(Digest, u64)> {
+        let (model, url, total) = (self.model, self.url, self.meta.size);
+        let mut stream = self.get(None).await?.into_stream();
+        let mut writer = DiskWriter::create(dest).map_err(|e| write_error(e, dest, model))?;
+        let mut bytes = 0u64;
+        let started = std::time::Instant::now();
+        let (mut logged_at, mut logged_tenth) = (started, 0u64);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.fail(e))?;
+            let len = chunk.len() as u64;
+            if writer.write(chunk).await.is_err() {
+                // The writer stopped on an error: `finish` below reports it.
+                break;
+            }
+            bytes += len;
+            self.metrics.downloaded(model, len, bytes, total);
+            // Progress lines every 10% or 5 s: readable in non-TTY container logs.
+            let tenth = (bytes * 10).checked_div(total).unwrap_or(10);
+            if tenth > logged_tenth || logged_at.elapsed() >= Duration::from_secs(5) {
+                let secs = started.elapsed().as_secs_f64().max(1e-3);
+                tracing::info!(model, url = %redact::url(url), bytes, total, mib_per_s = format!("{:.1}", bytes as f64 / secs / 1048576.0), "download progress");
+                (logged_at, logged_tenth) = (std::time::Instant::now(), tenth);
+            }
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| write_error(e, dest, model))
     }
 }

@@ -80,48 +80,15 @@ async fn fetch(config: kiln_agent::Checked) -> Result<()> {
     anyhow::bail!("{reason}")
 }
 
+/// SIGTERM (the kubelet) or SIGINT.
 async fn run(config: kiln_agent::Checked) -> Result<()> {
-    let listen = config.listen;
-    let interval = config.interval;
-    let main_ready = config.main_ready_url.clone();
-    let telemetry = std::sync::Arc::new(
-        kiln_agent::metrics::PrometheusTelemetry::new().context("metrics exporter")?,
-    );
-    let agent = Agent::with_meter(config, &telemetry.meter());
-    let _gpu = kiln_agent::gpu::GpuMetrics::register(&telemetry.meter());
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    let state = kiln_agent::server::ServerState {
-        status: agent.status(),
-        main_ready,
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let stop = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
     };
-    let app = kiln_agent::server::router_with(state, Some(telemetry));
-    // Endpoints run on their own task: they never wait for a download.
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("SIGTERM handler")?;
-    loop {
-        tokio::select! {
-            _ = agent.sync_once() => {}
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-        let Some(wait) = interval else {
-            // Publish once, then only serve health until told to stop.
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            break;
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
-    tracing::info!("stopping");
-    server.abort();
-    Ok(())
+    Ok(kiln_agent::run(config, stop).await?)
 }

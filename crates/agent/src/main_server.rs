@@ -1,37 +1,42 @@
 //! Talking to the main container (our server or an existing one such as Triton or a KServe
 //! runtime): its readiness URL can gate `/readyz`, so one probe covers the pod, and after a new
 //! version is published its load endpoint (`POST /v2/repository/models/{model}/load`, as Triton
-//! and KServe servers accept) can be called. The main container is on the pod's loopback, so a
-//! minimal HTTP/1.1 client over a TCP socket is enough (plain `http://` only).
+//! and KServe servers accept) can be called. The main container is on the pod's loopback
+//! (plain `http://`); the client is `reqwest` (already in the tree through `object_store`),
+//! with no proxy (a pod's `HTTP_PROXY` must not route loopback calls) and one timeout per call.
 
+use std::sync::OnceLock;
 use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long one call to the main container may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// One client for every call (its connection pool is reused across probes).
+fn client() -> Option<&'static reqwest::Client> {
+    static CLIENT: OnceLock<Option<reqwest::Client>> = OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(TIMEOUT)
+                .no_proxy()
+                .build()
+                .map_err(|e| tracing::error!(error = %e, "cannot build the main-container client"))
+                .ok()
+        })
+        .as_ref()
+}
+
 /// Sends `method url` with an empty body; returns the HTTP status, or `None` if the server did
 /// not answer in time or not with HTTP.
 pub async fn call(method: &str, url: &url::Url) -> Option<u16> {
-    let host = url.host_str()?.to_owned();
-    let port = url.port_or_known_default()?;
-    let path = match url.query() {
-        Some(q) => format!("{}?{q}", url.path()),
-        None => url.path().to_owned(),
-    };
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .ok()?;
-        let request = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut head = vec![0u8; 64];
-        let n = stream.read(&mut head).await.ok()?;
-        let line = String::from_utf8_lossy(&head[..n]).into_owned();
-        line.strip_prefix("HTTP/1.")?.get(2..5)?.parse().ok()
-    };
-    tokio::time::timeout(TIMEOUT, exchange).await.ok().flatten()
+    let method = reqwest::Method::from_bytes(method.as_bytes()).ok()?;
+    let response = client()?
+        .request(method, url.as_str())
+        .header(reqwest::header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .ok()?;
+    Some(response.status().as_u16())
 }
 
 /// Whether the main container's readiness URL answers 2xx.

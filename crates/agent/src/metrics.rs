@@ -6,6 +6,7 @@
 //! `kiln_agent_verification_failures_total`, `kiln_agent_cache_hits_total`,
 //! `kiln_agent_unchanged_polls_total`, `kiln_agent_download_throughput_bytes_per_second`,
 //! `kiln_agent_model_ready{version,digest}`, `kiln_agent_progress_ratio`,
+//! `kiln_agent_transfer_throughput_bytes_per_second{mode}`,
 //! `kiln_agent_last_success_timestamp_seconds` and `kiln_agent_disk_free_bytes`.
 
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ pub struct AgentMetrics {
     ready_versions: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
     progress: Gauge<f64>,
     throughput: Gauge<f64>,
+    transfer: Gauge<f64>,
     last_success: Gauge<f64>,
     _disk_free: ObservableGauge<u64>,
 }
@@ -80,6 +82,11 @@ impl AgentMetrics {
                 .with_unit("By/s")
                 .with_description("Throughput of the model's last completed file download, verification included")
                 .build(),
+            transfer: meter
+                .f64_gauge("kiln_agent_transfer_throughput_bytes_per_second")
+                .with_unit("By/s")
+                .with_description("What `transfer: auto` measured on the model's store: one stream (mode=stream) and parallel ranged parts (mode=ranged)")
+                .build(),
             progress: meter
                 .f64_gauge("kiln_agent_progress_ratio")
                 .with_description("Share of the current download done")
@@ -94,7 +101,7 @@ impl AgentMetrics {
                 .with_unit("By")
                 .with_description("Free bytes on the model directory's filesystem")
                 .with_callback(move |obs| {
-                    if let Some(free) = crate::fetch::free_bytes(&root) {
+                    if let Some(free) = crate::disk::free_bytes(&root) {
                         obs.observe(free, &[]);
                     }
                 })
@@ -115,6 +122,30 @@ impl AgentMetrics {
         self.duration.record(took.as_secs_f64(), &attrs);
         self.throughput
             .record(bytes as f64 / took.as_secs_f64().max(1e-6), &attrs);
+    }
+
+    pub(crate) fn transfer(&self, model: &str, choice: &crate::transfer::TransferChoice) {
+        let rates = [
+            (
+                crate::transfer::Mode::Stream,
+                choice.stream_bytes_per_second,
+            ),
+            (
+                crate::transfer::Mode::Ranged,
+                choice.ranged_bytes_per_second,
+            ),
+        ];
+        for (mode, rate) in rates {
+            if let Some(rate) = rate {
+                self.transfer.record(
+                    rate,
+                    &[
+                        KeyValue::new("model", model.to_owned()),
+                        KeyValue::new("mode", mode.name()),
+                    ],
+                );
+            }
+        }
     }
 
     pub(crate) fn retry(&self, model: &str, error: &AgentError) {

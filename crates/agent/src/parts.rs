@@ -1,40 +1,24 @@
-//! Large objects: parallel ranged GETs pinned to one object version (`if_match` on the ETag),
-//! written in place into a preallocated `.partial` file, with a journal of finished parts that
-//! survives a container restart (the `emptyDir` does), so a restarted agent continues where it
-//! stopped. Memory is bounded by `parallelism` streams, not by the object's size.
-//!
-//! The digest is computed in order as the finished prefix grows (each part is hashed right
-//! after it and every part before it are on disk, read back from the page cache), so
-//! verification needs no separate pass over the file once the last part lands.
+//! A large object's bytes on disk, in parts: a preallocated `.partial` file written in place,
+//! a journal of finished parts that survives a container restart (the `emptyDir` does), so a
+//! restarted agent continues where it stopped, and the digest computed in order as the
+//! finished prefix grows (each part is hashed right after it and every part before it are on
+//! disk, read back from the page cache), so verification needs no separate pass over the file
+//! once the last part lands. How the parts travel (ranged GETs or one stream) is `transfer`'s.
 //!
 //! Every write, `fsync` and hash runs on tokio's blocking pool, never on the task: a model's
 //! hash must not stall the other models' syncs, the status endpoints or SIGTERM.
 
 use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::StreamExt;
 use kiln::Digest;
-use object_store::path::Path as StorePath;
-use object_store::{GetRange, ObjectMeta, ObjectStore};
+use object_store::ObjectMeta;
 use sha2::{Digest as _, Sha256};
 
-use crate::disk::blocking;
 use crate::error::{AgentError, Result};
-use crate::fetch::{classify, pinned};
-use crate::metrics::AgentMetrics;
-
-/// How big objects are fetched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PartPlan {
-    /// Bytes per part.
-    pub part_size: u64,
-    /// Parts in flight.
-    pub parallelism: usize,
-}
+use crate::fetch::ObjectFetch;
 
 /// The journal: the object identity and part size it belongs to, then one finished part
 /// index per line.
@@ -73,111 +57,11 @@ fn load_journal(journal: &Path, identity: &str, parts: u64) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Downloads `location` into `partial` in parts, resuming from its journal; returns the digest
-/// and size. The journal is removed on success; on failure both files stay for the next try
-/// (a digest mismatch removes them: those bytes are not worth resuming).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn download_parts(
-    store: &dyn ObjectStore,
-    location: &StorePath,
-    meta: &ObjectMeta,
-    partial: &Path,
-    plan: PartPlan,
-    model: &str,
-    url: &str,
-    metrics: &AgentMetrics,
-) -> Result<(Digest, u64)> {
-    let io = |p: &Path| AgentError::io(p.to_owned());
-    let journal = journal_path(partial);
-    let part_size = plan.part_size.max(1);
-    let parts = meta.size.div_ceil(part_size);
-    let id = journal_identity(meta, part_size);
-    let (file, mut progress) = {
-        let (journal, partial, size) = (journal.clone(), partial.to_owned(), meta.size);
-        blocking(move || Progress::open(&journal, &partial, &id, parts, part_size, size)).await??
-    };
-    if !progress.done.is_empty() {
-        tracing::info!(
-            model,
-            parts_done = progress.done.len(),
-            "resuming a download from its journal"
-        );
-    }
-    let todo: Vec<u64> = (0..parts).filter(|p| !progress.done.contains(p)).collect();
-    let mut downloaded: u64 = progress
-        .done
-        .iter()
-        .map(|&p| part_len(p, part_size, meta.size))
-        .sum();
-
-    let mut fetches = futures::stream::iter(todo.into_iter().map(|p| {
-        let file = Arc::clone(&file);
-        async move {
-            let start = p * part_size;
-            let end = (start + part_size).min(meta.size);
-            let got = store
-                .get_opts(location, pinned(meta, Some(GetRange::Bounded(start..end))))
-                .await
-                .map_err(|e| classify(e, model, url))?;
-            let mut stream = got.into_stream();
-            let mut offset = start;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|e| classify(e, model, url))?;
-                if offset + chunk.len() as u64 > end {
-                    return Err(AgentError::Store {
-                        model: model.to_owned(),
-                        url: crate::redact::url(url),
-                        detail: "server sent more bytes than the range asked for".into(),
-                        transient: true,
-                    });
-                }
-                let len = chunk.len() as u64;
-                let file = Arc::clone(&file);
-                blocking(move || file.write_all_at(&chunk, offset))
-                    .await?
-                    .map_err(io(partial))?;
-                offset += len;
-            }
-            if offset != end {
-                return Err(AgentError::Store {
-                    model: model.to_owned(),
-                    url: crate::redact::url(url),
-                    detail: format!("part {p} ended at byte {offset}, expected {end}"),
-                    transient: true,
-                });
-            }
-            Ok::<u64, AgentError>(p)
-        }
-    }))
-    .buffer_unordered(plan.parallelism.max(1));
-
-    while let Some(result) = fetches.next().await {
-        let p = result?;
-        let file = Arc::clone(&file);
-        let path = partial.to_owned();
-        progress =
-            blocking(move || progress.finished(&file, &path, p).map(|()| progress)).await??;
-        let len = part_len(p, part_size, meta.size);
-        downloaded += len;
-        metrics.downloaded(model, len, downloaded, meta.size);
-    }
-    drop(fetches);
-    let path = partial.to_owned();
-    let digest = blocking(move || {
-        file.sync_all().map_err(AgentError::io(&path))?;
-        let _ = std::fs::remove_file(&progress.journal_path);
-        Ok::<_, AgentError>(Digest::from_bytes(
-            progress.frontier.hasher.finalize().into(),
-        ))
-    })
-    .await??;
-    Ok((digest, meta.size))
-}
-
-/// A ranged download's state on disk: the finished parts, the journal they are appended to,
+/// A download in parts' state on disk: the finished parts, the journal they are appended to,
 /// and the hash of the finished prefix.
-struct Progress {
-    done: BTreeSet<u64>,
+pub(crate) struct Progress {
+    /// Parts on disk, durable and journaled.
+    pub(crate) done: BTreeSet<u64>,
     journal: std::fs::File,
     journal_path: PathBuf,
     frontier: Frontier,
@@ -186,14 +70,18 @@ struct Progress {
 impl Progress {
     /// Opens (or, when its journal is missing or another object's, starts) a download into
     /// `partial`: the preallocated file and the journal, and the prefix already hashed.
-    fn open(
-        journal_path: &Path,
+    /// The journal lives beside `partial`; `identity` is [`journal_identity`]'s line.
+    ///
+    /// # Errors
+    /// [`AgentError::Io`] creating, opening or reading the files.
+    pub(crate) fn open(
         partial: &Path,
         identity: &str,
         parts: u64,
         part_size: u64,
         size: u64,
     ) -> Result<(Arc<std::fs::File>, Self)> {
+        let journal_path = &journal_path(partial);
         let io = |p: &Path| AgentError::io(p.to_owned());
         let done = load_journal(journal_path, identity, parts);
         if done.is_empty() {
@@ -240,7 +128,7 @@ impl Progress {
 }
 
 /// Bytes of part `p` (0 for an index past the end, never an underflow).
-fn part_len(p: u64, part_size: u64, size: u64) -> u64 {
+pub(crate) fn part_len(p: u64, part_size: u64, size: u64) -> u64 {
     size.saturating_sub(p.saturating_mul(part_size))
         .min(part_size)
 }
@@ -282,6 +170,138 @@ impl Frontier {
     }
 }
 
+/// Finishes parts one at a time on the blocking pool ([`Progress::finished`]: `fsync`,
+/// journal, prefix hash) while the caller goes on fetching: finishing part `p` waits only for
+/// part `p - 1`'s finish, never for the network.
+pub(crate) struct Finisher<'a> {
+    held: Held,
+    file: Arc<std::fs::File>,
+    partial: PathBuf,
+    fetch: ObjectFetch<'a>,
+    part_size: u64,
+    /// Bytes on disk so far (for progress metrics).
+    downloaded: u64,
+}
+
+/// Where the progress is: here, or inside the blocking task finishing a part.
+enum Held {
+    Ready(Box<Progress>),
+    Busy(tokio::task::JoinHandle<Result<Progress>>),
+    /// A finish failed (its error was returned once).
+    Failed,
+}
+
+impl<'a> Finisher<'a> {
+    /// Opens (or resumes) `fetch`'s object into `partial`, in parts of `part_size` bytes.
+    ///
+    /// # Errors
+    /// [`AgentError::Io`] creating or reading the partial file or its journal.
+    pub(crate) async fn open(
+        fetch: ObjectFetch<'a>,
+        partial: &Path,
+        part_size: u64,
+    ) -> Result<Finisher<'a>> {
+        let size = fetch.size();
+        let parts = size.div_ceil(part_size);
+        let id = journal_identity(fetch.meta, part_size);
+        let path = partial.to_owned();
+        let (file, progress) =
+            crate::disk::blocking(move || Progress::open(&path, &id, parts, part_size, size))
+                .await??;
+        let downloaded = progress
+            .done
+            .iter()
+            .map(|&p| part_len(p, part_size, size))
+            .sum();
+        Ok(Self {
+            held: Held::Ready(Box::new(progress)),
+            file,
+            partial: partial.to_owned(),
+            fetch,
+            part_size,
+            downloaded,
+        })
+    }
+
+    /// The partial file, for writing parts into.
+    pub(crate) fn file(&self) -> &Arc<std::fs::File> {
+        &self.file
+    }
+
+    /// The partial file's path (for errors).
+    pub(crate) fn path(&self) -> &Path {
+        &self.partial
+    }
+
+    /// Parts not finished yet, in order.
+    ///
+    /// # Errors
+    /// A previous finish's error.
+    pub(crate) async fn todo(&mut self) -> Result<Vec<u64>> {
+        let progress = self.take().await?;
+        let parts = self.fetch.size().div_ceil(self.part_size);
+        let todo = (0..parts).filter(|p| !progress.done.contains(p)).collect();
+        self.held = Held::Ready(Box::new(progress));
+        Ok(todo)
+    }
+
+    /// Part `p`'s bytes are all written: make it durable, journal and hash it, in the
+    /// background.
+    ///
+    /// # Errors
+    /// The previous part's finish failed.
+    pub(crate) async fn finish(&mut self, p: u64) -> Result<()> {
+        let mut progress = self.take().await?;
+        let (file, path) = (Arc::clone(&self.file), self.partial.clone());
+        self.held = Held::Busy(tokio::task::spawn_blocking(move || {
+            progress.finished(&file, &path, p).map(|()| progress)
+        }));
+        let len = part_len(p, self.part_size, self.fetch.size());
+        self.downloaded += len;
+        self.fetch
+            .metrics
+            .downloaded(self.fetch.model, len, self.downloaded, self.fetch.size());
+        Ok(())
+    }
+
+    /// Waits for the last finish; then the progress is settled (whatever the caller's outcome:
+    /// no background write outlives the attempt).
+    ///
+    /// # Errors
+    /// A finish failed.
+    pub(crate) async fn settle(mut self) -> Result<(Arc<std::fs::File>, Progress)> {
+        let progress = self.take().await?;
+        Ok((self.file, progress))
+    }
+
+    async fn take(&mut self) -> Result<Progress> {
+        match std::mem::replace(&mut self.held, Held::Failed) {
+            Held::Ready(p) => Ok(*p),
+            Held::Busy(job) => job.await.map_err(|e| AgentError::Io {
+                path: self.partial.clone(),
+                source: std::io::Error::other(format!("finishing a part failed: {e}")),
+            })?,
+            Held::Failed => Err(AgentError::Io {
+                path: self.partial.clone(),
+                source: std::io::Error::other("an earlier part failed to finish"),
+            }),
+        }
+    }
+}
+
+impl Progress {
+    /// The digest of the whole object, once every part is finished: the file made durable and
+    /// the journal removed (nothing is left to resume).
+    ///
+    /// # Errors
+    /// [`AgentError::Io`] from the final `fsync`.
+    pub(crate) fn complete(self, file: &std::fs::File, partial: &Path) -> Result<Digest> {
+        file.sync_all().map_err(AgentError::io(partial))?;
+        let _ = std::fs::remove_file(&self.journal_path);
+        Ok(Digest::from_bytes(self.frontier.hasher.finalize().into()))
+    }
+}
+
 /// Removes a partial download and its journal (after a digest mismatch).
 pub(crate) fn discard(partial: &Path) {
     let _ = std::fs::remove_file(partial);
@@ -291,6 +311,7 @@ pub(crate) fn discard(partial: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object_store::path::Path as StorePath;
 
     fn meta(size: u64) -> ObjectMeta {
         ObjectMeta {

@@ -8,9 +8,10 @@ use std::time::Duration;
 use object_store::path::Path as StorePath;
 use object_store::ObjectStore;
 
-use crate::config::{Model, RetrySettings};
+use crate::config::Model;
 use crate::error::{AgentError, Result};
 use crate::redact;
+use crate::retry::RetrySettings;
 
 /// An opened store and the path of the model's prefix inside it.
 pub struct Source {
@@ -18,18 +19,6 @@ pub struct Source {
     pub store: Arc<dyn ObjectStore>,
     /// The prefix inside the store (may be empty).
     pub prefix: StorePath,
-}
-
-/// Whether `key` is a store option object_store accepts for `scheme` (`file` takes none).
-pub(crate) fn known_option(scheme: &str, key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    match scheme {
-        "s3" | "s3a" => k.parse::<object_store::aws::AmazonS3ConfigKey>().is_ok(),
-        "gs" => k.parse::<object_store::gcp::GoogleConfigKey>().is_ok(),
-        "az" | "abfs" | "abfss" => k.parse::<object_store::azure::AzureConfigKey>().is_ok(),
-        "http" | "https" => k.parse::<object_store::ClientConfigKey>().is_ok(),
-        _ => false,
-    }
 }
 
 impl Source {

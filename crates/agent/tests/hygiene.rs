@@ -291,3 +291,107 @@ fn sigterm_is_answered_within_a_second_mid_hash_and_mid_download() {
     assert!(r[0].1.is_ok(), "{:?}", r[0].1);
     stop_after("mid-hash", Duration::from_millis(400));
 }
+
+#[test]
+fn two_slow_models_sync_in_about_the_time_of_one() {
+    // Each GET's body takes about 0.6 s (12 chunks, 50 ms apart): two models synced one
+    // after the other would take 1.2 s.
+    let server_rt = rt();
+    let handler = |method: axum::http::Method| async move {
+        use axum::http::header;
+        use futures::StreamExt;
+        let headers = [
+            (header::ETAG, "\"e1\"".to_owned()),
+            (
+                header::LAST_MODIFIED,
+                "Sun, 22 Nov 2026 12:00:00 GMT".to_owned(),
+            ),
+            (header::CONTENT_LENGTH, (12 * 1000).to_string()),
+        ];
+        if method == axum::http::Method::HEAD {
+            return (headers, axum::body::Body::empty());
+        }
+        let chunks = futures::stream::iter(0..12).then(|i: u8| async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![i; 1000]))
+        });
+        (headers, axum::body::Body::from_stream(chunks))
+    };
+    let app = axum::Router::new()
+        .route("/a/model.bin", axum::routing::get(handler).head(handler))
+        .route("/b/model.bin", axum::routing::get(handler).head(handler));
+    let addr = common::serve(&server_rt, app);
+    let sync = |names: &[&str]| {
+        let root = tempfile::tempdir().expect("root");
+        let mut yaml = format!(
+            "root: {}\nreserve_bytes: 0\nmax_concurrent_models: 2\nmodels:\n",
+            root.path().display()
+        );
+        for n in names {
+            yaml.push_str(&format!("  - name: {n}\n    source: http://{addr}/{n}/model.bin\n    verify: false\n    store: {{allow_http: \"true\"}}\n"));
+        }
+        let a = agent(&yaml);
+        let t = Instant::now();
+        let r = rt().block_on(a.sync_once());
+        assert!(r.iter().all(|(_, r)| r.is_ok()), "{r:?}");
+        t.elapsed()
+    };
+    let one = sync(&["a"]);
+    let two = sync(&["a", "b"]);
+    eprintln!("one model {one:?}, two models {two:?}");
+    assert!(
+        two.as_secs_f64() < one.as_secs_f64() * 1.5,
+        "two models took {two:?}, one {one:?}: they did not sync concurrently"
+    );
+}
+
+#[test]
+fn run_serves_the_endpoints_until_its_shutdown_future_resolves() {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let file = blob(src.path(), "model.onnx", 4096, 9);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let text = format!(
+        "{}listen: 127.0.0.1:{port}\ninterval_s: 60\n",
+        yaml(root.path(), &file, "1")
+    );
+    let config = kiln_agent::AgentConfig::from_yaml(&text)
+        .expect("yaml")
+        .check()
+        .expect("valid");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runtime = rt();
+    let running = runtime.spawn(kiln_agent::run(config, async move {
+        let _ = stopped.await;
+    }));
+    let get = |path: &str| {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .ok()
+            .map(|s| common::http_request(s, "GET", path))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get("/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+        assert!(
+            Instant::now() < deadline,
+            "never ready: {:?}",
+            get("/status")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = get("/status").expect("status");
+    assert!(status.contains("\"phase\":\"published\""), "{status}");
+    assert!(get("/metrics").is_some_and(|m| m.contains("kiln_agent_model_ready")));
+    let sent = Instant::now();
+    stop.send(()).expect("running");
+    let result = runtime.block_on(running).expect("no panic");
+    assert!(result.is_ok(), "{result:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "stopped {:?} after the shutdown future resolved",
+        sent.elapsed()
+    );
+    assert!(get("/livez").is_none(), "the endpoints are gone");
+}

@@ -597,7 +597,7 @@ fn an_http_server_dying_mid_download_is_resumed_by_the_restarted_agent() {
     let fuse = Arc::new(AtomicI64::new(3)); // three parts, then the server "dies"
     let addr = range_server(&server_rt, Arc::new(body.clone()), Arc::clone(&fuse));
     let yaml = format!(
-        "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: 1\npart_size_kib: 256\nparallelism: 1\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: m\n    version: \"1\"\n    source: http://{addr}/files/model.bin\n    sha256: {digest}\n    store: {{allow_http: \"true\"}}\n",
+        "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: 1\npart_size_kib: 256\nparallelism: 1\ntransfer: ranged\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: m\n    version: \"1\"\n    source: http://{addr}/files/model.bin\n    sha256: {digest}\n    store: {{allow_http: \"true\"}}\n",
         root.path().display()
     );
     let first = rt().block_on(agent(&yaml).sync_once());

@@ -1,0 +1,473 @@
+//! How a large object travels: `parallelism` ranged GETs at once, or one GET streamed in order,
+//! both pinned to one object version (`if_match` on the ETag) and both writing whole parts into
+//! the same preallocated, journaled partial file (`parts`), so either resumes after a restart.
+//!
+//! Which is faster depends on the store, not on the object: some serve a range GET far slower
+//! than a plain stream (moto re-reads the object for each range: 23 vs 499 MiB/s in
+//! `benches/RESULTS.md`), others serve parallel ranges far faster than one connection
+//! (`s3s-fs`: 293 vs 155 MiB/s). With `transfer: auto` the first large download of a model
+//! measures both on its own bytes and continues the faster way, losing no byte to the
+//! measurement:
+//!
+//! 1. one GET streams the first parts of the object in order; its rate is taken over the first
+//!    part, from the first byte (the request's start-up is paid once by a stream);
+//! 2. while that stream waits (unread), the next `parallelism` parts past its end are fetched
+//!    as ranged GETs at once; their rate is the bytes over the wall time, request start-up
+//!    included (ranged parts pay it for every part);
+//! 3. ranged parts are chosen only if they moved bytes [`RANGED_MARGIN`] times faster; else
+//!    the waiting stream simply goes on. Later downloads of the model use the choice.
+//!
+//! The choice and both rates are in `/status` and in
+//! `kiln_agent_transfer_throughput_bytes_per_second{model,mode}`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use kiln::Digest;
+use serde::Serialize;
+
+use crate::config::{PartPlan, Transfer};
+use crate::disk::{blocking, write_error};
+use crate::error::Result;
+use crate::fetch::ObjectFetch;
+use crate::parts::{part_len, Finisher};
+
+/// How a large object moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// One GET, streamed in order.
+    Stream,
+    /// Parallel ranged GETs.
+    Ranged,
+}
+
+impl Mode {
+    /// The mode's name in `/status` and in metric labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Ranged => "ranged",
+        }
+    }
+}
+
+/// How a model's large objects are fetched, and why: what `/status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TransferChoice {
+    /// The way used.
+    pub mode: Mode,
+    /// `configured` (`transfer: ranged|stream`), `measured` (`auto`, both rates below), or
+    /// `too few parts to measure` (`auto` on an object with fewer than `parallelism + 2`
+    /// parts left: ranged, and measured on a later, larger download).
+    pub reason: &'static str,
+    /// One stream's measured rate, bytes per second (`measured` only).
+    pub stream_bytes_per_second: Option<f64>,
+    /// Ranged parts' measured rate, bytes per second (`measured` only).
+    pub ranged_bytes_per_second: Option<f64>,
+}
+
+impl TransferChoice {
+    /// Whether later downloads can reuse this choice without measuring again.
+    pub fn settled(&self) -> bool {
+        self.reason != TOO_FEW
+    }
+}
+
+const TOO_FEW: &str = "too few parts to measure";
+
+/// Ranged parts are chosen only if they move bytes this many times faster than one stream:
+/// below that, one connection to the store is worth more than a small gain.
+pub const RANGED_MARGIN: f64 = 1.2;
+
+/// Whether ranged parts beat one stream by [`RANGED_MARGIN`] (rates in bytes per second).
+pub fn prefer_ranged(stream: f64, ranged: f64) -> bool {
+    ranged > stream * RANGED_MARGIN
+}
+
+/// Downloads `fetch`'s object into `partial` in parts of `plan.part_size`, resuming from its
+/// journal, the way `plan.transfer` says (`known`: the model's earlier choice, for `auto`).
+/// Every choice made is passed to `record`. Returns the digest and size. The journal is
+/// removed on success; on failure both files stay for the next try.
+///
+/// # Errors
+/// Store errors (transient ones are retried by the caller), [`AgentError::DiskFull`],
+/// [`AgentError::Io`].
+pub(crate) async fn download(
+    fetch: ObjectFetch<'_>,
+    partial: &Path,
+    plan: PartPlan,
+    known: Option<Mode>,
+    record: &(dyn Fn(TransferChoice) + Sync),
+) -> Result<(Digest, u64)> {
+    let part_size = plan.part_size.max(1);
+    let mut fin = Finisher::open(fetch, partial, part_size).await?;
+    let todo = fin.todo().await?;
+    if todo.len() as u64 != fetch.size().div_ceil(part_size) {
+        tracing::info!(
+            model = fetch.model,
+            parts_left = todo.len(),
+            "resuming a download from its journal"
+        );
+    }
+    let moved = Move {
+        fetch,
+        part_size,
+        parallelism: plan.parallelism.max(1),
+    };
+    let result = moved
+        .all(&mut fin, &todo, plan.transfer, known, record)
+        .await;
+    // Whatever happened, no finish runs on after this attempt.
+    let settled = fin.settle().await;
+    result?;
+    let (file, progress) = settled?;
+    let path = partial.to_owned();
+    let digest = blocking(move || progress.complete(&file, &path)).await??;
+    Ok((digest, fetch.size()))
+}
+
+/// One object's parts on their way.
+#[derive(Clone, Copy)]
+struct Move<'a> {
+    fetch: ObjectFetch<'a>,
+    part_size: u64,
+    parallelism: usize,
+}
+
+impl Move<'_> {
+    /// Moves every part in `todo` (sorted), choosing the way first.
+    async fn all(
+        &self,
+        fin: &mut Finisher<'_>,
+        todo: &[u64],
+        transfer: Transfer,
+        known: Option<Mode>,
+        record: &(dyn Fn(TransferChoice) + Sync),
+    ) -> Result<()> {
+        let configured = |mode| TransferChoice {
+            mode,
+            reason: "configured",
+            stream_bytes_per_second: None,
+            ranged_bytes_per_second: None,
+        };
+        let mode = match (transfer, known) {
+            (Transfer::Ranged, _) => {
+                record(configured(Mode::Ranged));
+                Mode::Ranged
+            }
+            (Transfer::Stream, _) => {
+                record(configured(Mode::Stream));
+                Mode::Stream
+            }
+            (Transfer::Auto, Some(mode)) => mode,
+            (Transfer::Auto, None) => {
+                // The probe needs a contiguous run: two parts for the stream, `parallelism`
+                // for the ranged GETs past it.
+                let run = todo
+                    .iter()
+                    .zip(todo.first().map_or(0, |&f| f)..)
+                    .take_while(|(&p, want)| p == *want)
+                    .count();
+                if run >= self.parallelism + 2 {
+                    return self.probe(fin, todo, run, record).await;
+                }
+                record(TransferChoice {
+                    mode: Mode::Ranged,
+                    reason: TOO_FEW,
+                    stream_bytes_per_second: None,
+                    ranged_bytes_per_second: None,
+                });
+                Mode::Ranged
+            }
+        };
+        match mode {
+            Mode::Ranged => self.ranged(fin, todo, true).await.map(drop),
+            Mode::Stream => self.stream(fin, todo).await,
+        }
+    }
+
+    /// Measures one stream against ranged parts on the first `run` parts of `todo` (all
+    /// contiguous), records the choice and moves everything the faster way.
+    async fn probe(
+        &self,
+        fin: &mut Finisher<'_>,
+        todo: &[u64],
+        run: usize,
+        record: &(dyn Fn(TransferChoice) + Sync),
+    ) -> Result<()> {
+        let (head, tail, rest) = (
+            &todo[..run - self.parallelism],
+            &todo[run - self.parallelism..run],
+            &todo[run..],
+        );
+        let (first, last) = (head[0], head[head.len() - 1]);
+        let mut stream = PartStream::open(*self, fin, first, last + 1).await?;
+        let Some(p) = stream.next_part().await? else {
+            return Err(self
+                .fetch
+                .broken("the stream ended before its first part".into()));
+        };
+        let stream_rate = part_len(p, self.part_size, self.fetch.size()) as f64
+            / stream.since_first_byte().max(1e-6);
+        fin.finish(p).await?;
+
+        let started = Instant::now();
+        let fetched = self.ranged(fin, tail, false).await?;
+        let bytes: u64 = tail
+            .iter()
+            .map(|&p| part_len(p, self.part_size, self.fetch.size()))
+            .sum();
+        let ranged_rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-6);
+        for p in fetched {
+            fin.finish(p).await?;
+        }
+        let mode = if prefer_ranged(stream_rate, ranged_rate) {
+            Mode::Ranged
+        } else {
+            Mode::Stream
+        };
+        tracing::info!(
+            model = self.fetch.model,
+            mode = mode.name(),
+            stream_mib_per_s = format!("{:.1}", stream_rate / 1048576.0),
+            ranged_mib_per_s = format!("{:.1}", ranged_rate / 1048576.0),
+            parallelism = self.parallelism,
+            "transfer measured on this store"
+        );
+        record(TransferChoice {
+            mode,
+            reason: "measured",
+            stream_bytes_per_second: Some(stream_rate),
+            ranged_bytes_per_second: Some(ranged_rate),
+        });
+        match mode {
+            Mode::Stream => {
+                while let Some(p) = stream.next_part().await? {
+                    fin.finish(p).await?;
+                }
+                self.stream(fin, rest).await
+            }
+            Mode::Ranged => {
+                drop(stream);
+                let left: Vec<u64> = head[1..].iter().chain(rest).copied().collect();
+                self.ranged(fin, &left, true).await.map(drop)
+            }
+        }
+    }
+
+    /// Fetches `parts` as ranged GETs, `parallelism` at a time. With `finish`, each part is
+    /// finished as it lands and nothing is returned; without, the caller finishes the
+    /// returned parts (so a measurement does not include the `fsync`s).
+    async fn ranged(
+        &self,
+        fin: &mut Finisher<'_>,
+        parts: &[u64],
+        finish: bool,
+    ) -> Result<Vec<u64>> {
+        let (file, path) = (Arc::clone(fin.file()), fin.path().to_owned());
+        // Indices by value: a closure taking `&u64` would keep this future from being `Send`.
+        let mut fetches = futures::stream::iter(parts.iter().copied().map(|p| {
+            let (file, path) = (Arc::clone(&file), path.clone());
+            async move {
+                let mut one = PartStream::start(*self, file, path, p, p + 1).await?;
+                one.next_part()
+                    .await?
+                    .ok_or_else(|| self.fetch.broken(format!("part {p} had no bytes")))
+            }
+        }))
+        .buffer_unordered(self.parallelism);
+        let mut unfinished = Vec::new();
+        while let Some(result) = fetches.next().await {
+            let p = result?;
+            if finish {
+                fin.finish(p).await?;
+            } else {
+                unfinished.push(p);
+            }
+        }
+        Ok(unfinished)
+    }
+
+    /// Fetches `parts` (sorted) with one GET per contiguous run, streamed in order.
+    async fn stream(&self, fin: &mut Finisher<'_>, parts: &[u64]) -> Result<()> {
+        let mut rest = parts;
+        while let Some(&first) = rest.first() {
+            let run = rest
+                .iter()
+                .zip(first..)
+                .take_while(|(&p, want)| p == *want)
+                .count();
+            let mut stream = PartStream::open(*self, fin, first, first + run as u64).await?;
+            while let Some(p) = stream.next_part().await? {
+                fin.finish(p).await?;
+            }
+            rest = &rest[run..];
+        }
+        Ok(())
+    }
+}
+
+/// Below this many buffered bytes a part's chunks are collected before one blocking write.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// One GET over parts `next..end` (contiguous), written part by part into the partial file.
+struct PartStream<'a> {
+    moved: Move<'a>,
+    file: Arc<std::fs::File>,
+    path: std::path::PathBuf,
+    body: BoxStream<'static, object_store::Result<Bytes>>,
+    /// Bytes received past the part being written (they belong to the next one).
+    carry: Option<Bytes>,
+    next: u64,
+    end: u64,
+    /// The next byte expected.
+    offset: u64,
+    first_byte: Option<Instant>,
+}
+
+impl<'a> PartStream<'a> {
+    async fn open(moved: Move<'a>, fin: &Finisher<'_>, next: u64, end: u64) -> Result<Self> {
+        Self::start(
+            moved,
+            Arc::clone(fin.file()),
+            fin.path().to_owned(),
+            next,
+            end,
+        )
+        .await
+    }
+
+    async fn start(
+        moved: Move<'a>,
+        file: Arc<std::fs::File>,
+        path: std::path::PathBuf,
+        next: u64,
+        end: u64,
+    ) -> Result<Self> {
+        let size = moved.fetch.size();
+        let from = next.saturating_mul(moved.part_size).min(size);
+        let to = end.saturating_mul(moved.part_size).min(size);
+        let body = moved.fetch.get(Some(from..to)).await?.into_stream();
+        Ok(Self {
+            moved,
+            file,
+            path,
+            body,
+            carry: None,
+            next,
+            end,
+            offset: from,
+            first_byte: None,
+        })
+    }
+
+    /// Seconds since this stream's first byte arrived.
+    fn since_first_byte(&self) -> f64 {
+        self.first_byte.map_or(0.0, |t| t.elapsed().as_secs_f64())
+    }
+
+    /// Reads the next whole part onto disk (not yet durable: the caller finishes it); `None`
+    /// when every part of the stream is written.
+    async fn next_part(&mut self) -> Result<Option<u64>> {
+        let fetch = self.moved.fetch;
+        if self.next >= self.end {
+            return Ok(None);
+        }
+        let p = self.next;
+        let part_end = (p + 1)
+            .saturating_mul(self.moved.part_size)
+            .min(fetch.size());
+        let mut batch: Vec<Bytes> = Vec::new();
+        let (mut batch_len, mut batch_at) = (0usize, self.offset);
+        while self.offset < part_end {
+            let mut chunk = match self.carry.take() {
+                Some(c) => c,
+                None => match self.body.next().await {
+                    Some(c) => c.map_err(|e| fetch.fail(e))?,
+                    None => {
+                        return Err(fetch.broken(format!(
+                            "part {p} ended at byte {}, expected {part_end}",
+                            self.offset
+                        )))
+                    }
+                },
+            };
+            self.first_byte.get_or_insert_with(Instant::now);
+            let take = (part_end - self.offset).min(chunk.len() as u64) as usize;
+            if take < chunk.len() {
+                self.carry = Some(chunk.split_off(take));
+            }
+            self.offset += take as u64;
+            batch_len += chunk.len();
+            batch.push(chunk);
+            if batch_len >= WRITE_BATCH || self.offset == part_end {
+                self.write(std::mem::take(&mut batch), batch_at).await?;
+                (batch_len, batch_at) = (0, self.offset);
+            }
+        }
+        self.next += 1;
+        if self.next == self.end {
+            let extra = match self.carry.take() {
+                Some(c) => !c.is_empty(),
+                None => match self.body.next().await {
+                    Some(Ok(c)) => !c.is_empty(),
+                    Some(Err(e)) => return Err(fetch.fail(e)),
+                    None => false,
+                },
+            };
+            if extra {
+                return Err(fetch.broken("server sent more bytes than the range asked for".into()));
+            }
+        }
+        Ok(Some(p))
+    }
+
+    /// Writes `chunks` at `at` on the blocking pool (the future holds no reference to the
+    /// stream, which is not `Sync`).
+    fn write(
+        &self,
+        chunks: Vec<Bytes>,
+        at: u64,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'a {
+        use std::os::unix::fs::FileExt;
+        let (file, path, model) = (
+            Arc::clone(&self.file),
+            self.path.clone(),
+            self.moved.fetch.model,
+        );
+        async move {
+            blocking(move || {
+                let mut at = at;
+                for c in chunks {
+                    file.write_all_at(&c, at)?;
+                    at += c.len() as u64;
+                }
+                Ok(())
+            })
+            .await?
+            .map_err(|e| write_error(e, &path, model))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranged_parts_must_win_by_the_margin() {
+        // moto in benches/RESULTS.md: ranged 23 MiB/s, one stream 499 MiB/s.
+        assert!(!prefer_ranged(499.0, 23.0));
+        // s3s-fs: ranged 293 MiB/s, one stream 155 MiB/s.
+        assert!(prefer_ranged(155.0, 293.0));
+        // Equal, or a gain under the margin: one connection.
+        assert!(!prefer_ranged(100.0, 100.0));
+        assert!(!prefer_ranged(100.0, 119.0));
+        assert!(prefer_ranged(100.0, 121.0));
+    }
+}
