@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help demo demo-classify test check corpus tools header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
+.PHONY: help install wheel package demo demo-classify test check corpus tools header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
 
 help:
 	@echo "make demo        a kiln pod on this machine: S3 + agent + server, load, hot swap (sets everything up)"
@@ -24,6 +24,8 @@ help:
 	@echo "make testdata    generate test models and golden outputs"
 	@echo "make test-cuda   the GPU test set (needs an NVIDIA GPU)"
 	@echo "make header      regenerate the C header crates/bindings/include/kiln.h"
+	@echo "make install PREFIX=/usr/local  libkiln.so/.a, kiln.h and kiln.pc (pkg-config) for C, C++ and Go"
+	@echo "make wheel       the Python package (kiln-onnx, import kiln) with libkiln inside: target/wheels/"
 	@echo "make bench       all benchmarks (hash, overhead, batching, agent, peers); results in benches/RESULTS.md"
 	@echo "make bench-peers kiln-server vs FastAPI, BentoML and Triton on the same machine"
 
@@ -74,7 +76,7 @@ $(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.js
 azurite: $(NODE_DIR)/.stamp
 
 # Tools from Debian's packages that the tests and the demo run (installed when missing).
-DEBIAN_TOOLS := curl=curl valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey h2load=nghttp2-client prometheus=prometheus promtool=prometheus
+DEBIAN_TOOLS := curl=curl pkg-config=pkgconf go=golang-go valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey h2load=nghttp2-client prometheus=prometheus promtool=prometheus
 
 tools:
 	@scripts/ensure-tools.sh $(DEBIAN_TOOLS)
@@ -87,6 +89,20 @@ demo: tools ort model $(VENV)/.stamp
 demo-classify: ort model
 	cargo build --release -p kiln-example-classify
 	scripts/demo.sh
+
+# libkiln for C, C++ and Go callers: libkiln.so.<ABI major> (+ the libkiln.so link), libkiln.a,
+# kiln.h and kiln.pc under $(PREFIX) (staged under $(DESTDIR) when set), so that
+# `pkg-config --cflags --libs kiln` builds a program against it.
+PREFIX ?= /usr/local
+install:
+	cargo build --release -p kiln-ffi
+	scripts/install-libkiln.sh --from $(ROOT)/target/release --prefix $(PREFIX) $(if $(DESTDIR),--destdir $(DESTDIR))
+
+# The Python package `kiln-onnx` (import `kiln`, python/kiln) as a wheel with libkiln inside:
+# target/wheels/kiln_onnx-<version>-py3-none-linux_<arch>.whl, for `pip install`.
+wheel:
+	cargo build --release -p kiln-ffi
+	python3 scripts/build-wheel.py --lib $(ROOT)/target/release/libkiln.so --out $(ROOT)/target/wheels
 
 # Regenerate crates/bindings/include/kiln.h from the FFI crate (a test checks it is current).
 header:
@@ -130,10 +146,17 @@ k8s-check: $(VENV)/.stamp $(VENV)/.kubectl-stamp
 check:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p kiln --no-default-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 test: tools ort testdata azurite k8s-check check deny
 	cargo test --workspace
+	$(MAKE) package
+
+# The publishable crates (kiln, kiln-agent, kiln-ffi) as `cargo publish` would upload them:
+# packaged (metadata, README, LICENSE, the file list) and built from their packages alone.
+package:
+	cargo package -p kiln -p kiln-agent -p kiln-ffi --allow-dirty
 
 # The long reliability suites (RELIABILITY.md): the same tests `make test` runs as smoke
 # versions, at full size: 100 injected store faults, 100 SIGKILLs of the agent, 10x overload
@@ -146,7 +169,7 @@ RELIABILITY_ENV := PROPTEST_CASES=200000 KILN_RELIABILITY_FAULTS=100 KILN_RELIAB
 reliability: ort testdata deny
 	@mkdir -p .cache
 	set -o pipefail; $(RELIABILITY_ENV) cargo test --release \
-	  -p kiln-runtime --test fuzz --test swap_memory -p kiln-agent --test fuzz --test faults --test kill --test secrets \
+	  -p kiln --test fuzz --test swap_memory -p kiln-agent --test fuzz --test faults --test kill --test secrets \
 	  -p kiln-example-server --test fuzz --test hostile --test overload --test binary \
 	  -p kiln-ffi --test c_abi \
 	  -- --nocapture --test-threads 1 2>&1 | tee .cache/reliability.log
@@ -165,7 +188,7 @@ deny: $(CARGO_DENY)
 	  || echo "deny: advisories check unavailable offline (the RustSec database could not be fetched)"
 
 test-cuda: ort-gpu testdata
-	KILN_ORT_DIR=$(ORT_GPU_DIR) KILN_TEST_CUDA=1 cargo test -p kiln-runtime --test cuda -- --include-ignored --nocapture
+	KILN_ORT_DIR=$(ORT_GPU_DIR) KILN_TEST_CUDA=1 cargo test -p kiln --test cuda -- --include-ignored --nocapture
 
 bench: bench-hash bench-overhead bench-batching bench-agent bench-peers
 

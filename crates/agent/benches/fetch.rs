@@ -297,8 +297,9 @@ fn run(mib: usize, server: &Server) -> Result<String> {
                     .args(["fetch", "--config"])
                     .arg(&cfg)
                     .env("RUST_LOG", "warn,kiln_agent::transfer=info")
-                    .stdout(Stdio::null())
-                    .stderr(std::fs::File::create(&log)?),
+                    // The agent logs to stdout; its error (if any) goes to stderr.
+                    .stdout(std::fs::File::create(&log)?)
+                    .stderr(Stdio::null()),
             )?;
             agent_times.push(t.elapsed());
             peak_rss_kib = peak_rss_kib.max(rss);
@@ -318,11 +319,16 @@ fn run(mib: usize, server: &Server) -> Result<String> {
                         .unwrap_or_default()
                 };
                 chosen.push(format!(
-                    "round {}: {} (one stream {} MiB/s, ranged {} MiB/s)",
+                    "round {}: {} (one stream {} MiB/s, ranged {} MiB/s{})",
                     round + 1,
                     field("mode"),
                     field("stream_mib_per_s"),
-                    field("ranged_mib_per_s")
+                    field("ranged_mib_per_s"),
+                    if field("ranged_stopped_early") == "true" {
+                        ", stopped early"
+                    } else {
+                        ""
+                    }
                 ));
             }
             std::fs::remove_dir_all(&root).ok();

@@ -204,7 +204,11 @@ impl Agent {
             Err(e) => {
                 let msg = redact::text(&e.to_string());
                 tracing::error!(model = %model.name, error = %msg, "sync failed");
-                let still = current_version(&self.config.root, &model.name);
+                let (root, name) = (self.config.root.clone(), model.name.clone());
+                let still = blocking(move || current_version(&root, &name))
+                    .await
+                    .ok()
+                    .flatten();
                 self.set(&model.name, move |s| {
                     s.phase = if still.is_some() {
                         Phase::Published
@@ -286,12 +290,21 @@ impl Agent {
     }
 
     /// Removes `model`'s partial downloads but `keep`'s.
-    fn sweep(&self, model: &Model, keep: Option<&str>) {
-        let scope = publish::Sweep::Model {
-            model: &model.name,
-            keep,
-        };
-        let removed = publish::sweep_partials(&self.config.root, scope);
+    async fn sweep(&self, model: &Model, keep: Option<&str>) {
+        let (root, name, keep) = (
+            self.config.root.clone(),
+            model.name.clone(),
+            keep.map(str::to_owned),
+        );
+        let removed = blocking(move || {
+            let scope = publish::Sweep::Model {
+                model: &name,
+                keep: keep.as_deref(),
+            };
+            publish::sweep_partials(&root, scope)
+        })
+        .await
+        .unwrap_or_default();
         if !removed.is_empty() {
             tracing::info!(model = %model.name, ?removed, "stale partial downloads removed");
         }
@@ -326,7 +339,7 @@ impl Agent {
         }
 
         // Partials of any other version (an object that changed since) are never resumed.
-        self.sweep(model, Some(&version));
+        self.sweep(model, Some(&version)).await;
         let needed: u64 = metas.iter().map(|(_, m)| m.size).sum();
         let r = root.clone();
         let staging = blocking(move || publish::staging_root(&r)).await??;
@@ -354,7 +367,7 @@ impl Agent {
                     Ok::<_, AgentError>((name, removed))
                 })
                 .await?;
-                self.sweep(model, None);
+                self.sweep(model, None).await;
                 let (name, removed) = published?;
                 if name != version {
                     tracing::info!(model = %model.name, label = version, version = name, "new bytes under a published version's name: published under a new name");
@@ -370,9 +383,9 @@ impl Agent {
                 Ok((name, true))
             }
             Err(e) => {
-                let _ = std::fs::remove_dir_all(&stage);
+                let _ = blocking(move || std::fs::remove_dir_all(&stage)).await;
                 // What can be resumed stays; what cannot (a discarded download) goes.
-                self.sweep(model, Some(&version));
+                self.sweep(model, Some(&version)).await;
                 Err(e)
             }
         }
@@ -469,13 +482,18 @@ impl Agent {
         let mut files = Vec::with_capacity(wanted.len());
         for (f, (loc, meta)) in wanted.iter().zip(metas) {
             let dest = stage.join(&f.path);
-            let partial = publish::partial_path(&self.config.root, &model.name, version, &f.path)?;
-            let (d, p) = (dest.clone(), partial.clone());
-            blocking(move || {
-                for dir in [d.parent(), p.parent()].into_iter().flatten() {
+            let (root, d, name, v, path) = (
+                self.config.root.clone(),
+                dest.clone(),
+                model.name.clone(),
+                version.to_owned(),
+                f.path.clone(),
+            );
+            let partial = blocking(move || {
+                if let Some(dir) = d.parent() {
                     std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
                 }
-                Ok::<_, AgentError>(())
+                publish::partial_path(&root, &name, &v, &path)
             })
             .await??;
             let url = format!("{}{}", model.base, f.path);
@@ -504,7 +522,8 @@ impl Agent {
             self.metrics.file_done(&model.name, size, started.elapsed());
             if size != meta.size {
                 self.metrics.verification_failure(&model.name);
-                parts::discard(&partial);
+                let p = partial.clone();
+                let _ = blocking(move || parts::discard(&p)).await;
                 return Err(AgentError::SizeMismatch {
                     model: model.name.clone(),
                     path: f.path.clone(),
@@ -515,7 +534,8 @@ impl Agent {
             if let Some(want) = f.sha256 {
                 if want != digest {
                     self.metrics.verification_failure(&model.name);
-                    parts::discard(&partial);
+                    let p = partial.clone();
+                    let _ = blocking(move || parts::discard(&p)).await;
                     return Err(AgentError::DigestMismatch {
                         model: model.name.clone(),
                         path: f.path.clone(),

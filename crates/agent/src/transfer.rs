@@ -15,14 +15,18 @@
 //!    as ranged GETs at once; their rate is the bytes over the wall time, request start-up
 //!    included (ranged parts pay it for every part);
 //! 3. ranged parts are chosen only if they moved bytes [`RANGED_MARGIN`] times faster; else
-//!    the waiting stream simply goes on. Later downloads of the model use the choice.
+//!    the waiting stream simply goes on. Ranged parts still running when they can no longer
+//!    win (their bytes over the stream's rate × the margin) are stopped, and the stream's
+//!    next GET takes their parts: a store with slow range GETs costs the probe no more than
+//!    those bytes at the stream's rate. Later downloads of the model use the choice.
 //!
 //! The choice and both rates are in `/status` and in
 //! `kiln_agent_transfer_throughput_bytes_per_second{model,mode}`.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -61,9 +65,11 @@ impl Mode {
 pub struct TransferChoice {
     /// The way used.
     pub mode: Mode,
-    /// `configured` (`transfer: ranged|stream`), `measured` (`auto`, both rates below), or
-    /// `too few parts to measure` (`auto` on an object with fewer than `parallelism + 2`
-    /// parts left: ranged, and measured on a later, larger download).
+    /// `configured` (`transfer: ranged|stream`), `measured` (`auto`, both rates below),
+    /// `measured; ranged parts stopped early, slower than one stream` (they could no longer
+    /// win, so they were not waited for: their rate is what they moved until then), or `too
+    /// few parts to measure` (`auto` on an object with fewer than `parallelism + 2` parts
+    /// left: ranged, and measured on a later, larger download).
     pub reason: &'static str,
     /// One stream's measured rate, bytes per second (`measured` only).
     pub stream_bytes_per_second: Option<f64>,
@@ -79,6 +85,7 @@ impl TransferChoice {
 }
 
 const TOO_FEW: &str = "too few parts to measure";
+const STOPPED: &str = "measured; ranged parts stopped early, slower than one stream";
 
 /// Ranged parts are chosen only if they move bytes this many times faster than one stream:
 /// below that, one connection to the store is worth more than a small gain.
@@ -118,6 +125,7 @@ pub(crate) async fn download(
         fetch,
         part_size,
         parallelism: plan.parallelism.max(1),
+        counted: None,
     };
     let result = moved
         .all(&mut fin, &todo, plan.transfer, known, record)
@@ -137,6 +145,8 @@ struct Move<'a> {
     fetch: ObjectFetch<'a>,
     part_size: u64,
     parallelism: usize,
+    /// Counts the bytes received (while measuring ranged parts).
+    counted: Option<&'a AtomicU64>,
 }
 
 impl Move<'_> {
@@ -155,6 +165,10 @@ impl Move<'_> {
             stream_bytes_per_second: None,
             ranged_bytes_per_second: None,
         };
+        if todo.is_empty() {
+            // Every part is journaled already (stopped between the last part and the end).
+            return Ok(());
+        }
         let mode = match (transfer, known) {
             (Transfer::Ranged, _) => {
                 record(configured(Mode::Ranged));
@@ -216,20 +230,39 @@ impl Move<'_> {
             / stream.since_first_byte().max(1e-6);
         fin.finish(p).await?;
 
-        let started = Instant::now();
-        let fetched = self.ranged(fin, tail, false).await?;
+        // Ranged parts win only if they finish within this budget; past it they cannot, and
+        // are stopped (on a store whose range GETs are slow the probe costs no more than the
+        // stream would have taken for the same bytes, ×1.2).
         let bytes: u64 = tail
             .iter()
             .map(|&p| part_len(p, self.part_size, self.fetch.size()))
             .sum();
-        let ranged_rate = bytes as f64 / started.elapsed().as_secs_f64().max(1e-6);
-        for p in fetched {
-            fin.finish(p).await?;
-        }
-        let mode = if prefer_ranged(stream_rate, ranged_rate) {
-            Mode::Ranged
-        } else {
-            Mode::Stream
+        let budget = Duration::try_from_secs_f64(bytes as f64 / (stream_rate * RANGED_MARGIN))
+            .unwrap_or(Duration::MAX);
+        let received = AtomicU64::new(0);
+        let counting = Move {
+            counted: Some(&received),
+            ..*self
+        };
+        let started = Instant::now();
+        let probed = tokio::time::timeout(budget, counting.ranged(fin, tail, false)).await;
+        let ranged_rate =
+            received.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64().max(1e-6);
+        let (mode, stopped, left_over) = match probed {
+            Ok(fetched) => {
+                for p in fetched? {
+                    fin.finish(p).await?;
+                }
+                let mode = if prefer_ranged(stream_rate, ranged_rate) {
+                    Mode::Ranged
+                } else {
+                    Mode::Stream
+                };
+                (mode, false, Vec::new())
+            }
+            // Slower than one stream by the margin at least: the probed parts go with the
+            // stream's next GET.
+            Err(_) => (Mode::Stream, true, tail.to_vec()),
         };
         tracing::info!(
             model = self.fetch.model,
@@ -237,11 +270,12 @@ impl Move<'_> {
             stream_mib_per_s = format!("{:.1}", stream_rate / 1048576.0),
             ranged_mib_per_s = format!("{:.1}", ranged_rate / 1048576.0),
             parallelism = self.parallelism,
+            ranged_stopped_early = stopped,
             "transfer measured on this store"
         );
         record(TransferChoice {
             mode,
-            reason: "measured",
+            reason: if stopped { STOPPED } else { "measured" },
             stream_bytes_per_second: Some(stream_rate),
             ranged_bytes_per_second: Some(ranged_rate),
         });
@@ -250,7 +284,8 @@ impl Move<'_> {
                 while let Some(p) = stream.next_part().await? {
                     fin.finish(p).await?;
                 }
-                self.stream(fin, rest).await
+                let left: Vec<u64> = left_over.iter().chain(rest).copied().collect();
+                self.stream(fin, &left).await
             }
             Mode::Ranged => {
                 drop(stream);
@@ -398,6 +433,9 @@ impl<'a> PartStream<'a> {
                 },
             };
             self.first_byte.get_or_insert_with(Instant::now);
+            if let Some(counter) = self.moved.counted {
+                counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
             let take = (part_end - self.offset).min(chunk.len() as u64) as usize;
             if take < chunk.len() {
                 self.carry = Some(chunk.split_off(take));

@@ -134,18 +134,12 @@ fn yaml(root: &std::path::Path, addr: std::net::SocketAddr, body: &[u8], extra: 
     )
 }
 
-#[test]
-fn a_store_with_slow_range_gets_is_read_as_one_stream() {
+/// One sync of [`object`] from a store behaving as `how`, with `transfer: auto`: checks what
+/// is published and returns the choice, the GETs' ranges and the metrics text.
+fn auto_sync(how: Behaviour) -> (kiln_agent::transfer::TransferChoice, Vec<String>, String) {
     let body = object();
     let server_rt = rt();
-    let (addr, gets, _) = store(
-        &server_rt,
-        Arc::new(body.clone()),
-        Behaviour {
-            range_delay: Duration::from_millis(300),
-            ..Behaviour::default()
-        },
-    );
+    let (addr, gets, _) = store(&server_rt, Arc::new(body.clone()), how);
     let root = tempfile::tempdir().expect("root");
     let (agent, telemetry) = agent_with_metrics(&yaml(root.path(), addr, &body, ""));
     let r = rt().block_on(agent.sync_once());
@@ -154,23 +148,52 @@ fn a_store_with_slow_range_gets_is_read_as_one_stream() {
         std::fs::read(root.path().join("m/1/model.bin")).expect("published"),
         body
     );
-    let status = agent.status().lock().expect("status")["m"].clone();
-    let choice = status.transfer.expect("a measured choice");
+    assert!(common::leftovers(root.path()).is_empty());
+    let choice = agent.status().lock().expect("status")["m"]
+        .transfer
+        .clone()
+        .expect("a choice");
+    assert!(choice.reason.starts_with("measured"), "{choice:?}");
+    let gets = gets.lock().expect("gets").clone();
+    (choice, gets, telemetry.render())
+}
+
+#[test]
+fn a_store_with_slow_range_gets_is_read_as_one_stream() {
+    let (choice, gets, text) = auto_sync(Behaviour {
+        range_delay: Duration::from_millis(300),
+        ..Behaviour::default()
+    });
     assert_eq!(
         choice.mode,
         kiln_agent::transfer::Mode::Stream,
         "{choice:?}"
     );
-    assert_eq!(choice.reason, "measured");
     assert!(
         choice.stream_bytes_per_second > choice.ranged_bytes_per_second,
         "{choice:?}"
     );
-    // One stream over parts 0..9 and the four probed ranged parts 9..13: every byte once.
-    let gets = gets.lock().expect("gets").clone();
-    assert_eq!(gets.len(), 5, "{gets:?}");
-    assert_eq!(gets[0], format!("bytes=0-{}", 9 * 65_536 - 1));
-    let text = telemetry.render();
+    // One stream over parts 0..9; ranged GETs of parts 9..13 were started and stopped (each
+    // answer waits 300 ms, far past what one stream needs for those bytes), and the stream's
+    // next GET took those parts.
+    assert_eq!(
+        choice.reason, "measured; ranged parts stopped early, slower than one stream",
+        "{choice:?}"
+    );
+    let size = 12 * 65_536 + 777;
+    assert_eq!(gets[0], format!("bytes=0-{}", 9 * 65_536 - 1), "{gets:?}");
+    assert_eq!(
+        gets.last(),
+        Some(&format!("bytes={}-{}", 9 * 65_536, size - 1)),
+        "{gets:?}"
+    );
+    let probes: Vec<String> = (9..13)
+        .map(|p| format!("bytes={}-{}", p * 65_536, ((p + 1) * 65_536).min(size) - 1))
+        .collect();
+    assert!(
+        gets[1..gets.len() - 1].iter().all(|g| probes.contains(g)),
+        "only the probed parts in between: {gets:?}"
+    );
     for mode in ["stream", "ranged"] {
         assert!(
             text.contains(&format!(
@@ -179,34 +202,15 @@ fn a_store_with_slow_range_gets_is_read_as_one_stream() {
             "{text}"
         );
     }
-    assert!(common::leftovers(root.path()).is_empty());
 }
 
 #[test]
 fn a_store_that_limits_each_connection_is_read_in_ranged_parts() {
-    let body = object();
-    let server_rt = rt();
-    let (addr, gets, _) = store(
-        &server_rt,
-        Arc::new(body.clone()),
-        Behaviour {
-            // About 8 KiB per 10 ms per connection: four connections move four times that.
-            chunk_gap: Duration::from_millis(10),
-            ..Behaviour::default()
-        },
-    );
-    let root = tempfile::tempdir().expect("root");
-    let (agent, _telemetry) = agent_with_metrics(&yaml(root.path(), addr, &body, ""));
-    let r = rt().block_on(agent.sync_once());
-    assert!(r[0].1.is_ok(), "{:?}", r[0].1);
-    assert_eq!(
-        std::fs::read(root.path().join("m/1/model.bin")).expect("published"),
-        body
-    );
-    let choice = agent.status().lock().expect("status")["m"]
-        .transfer
-        .clone()
-        .expect("a measured choice");
+    let (choice, gets, _) = auto_sync(Behaviour {
+        // About 8 KiB per 10 ms per connection: four connections move four times that.
+        chunk_gap: Duration::from_millis(10),
+        ..Behaviour::default()
+    });
     assert_eq!(
         choice.mode,
         kiln_agent::transfer::Mode::Ranged,
@@ -214,7 +218,6 @@ fn a_store_that_limits_each_connection_is_read_in_ranged_parts() {
     );
     // The stream (abandoned after its first part), the four probed parts, then the eight
     // parts left, one GET each.
-    let gets = gets.lock().expect("gets").clone();
     assert_eq!(gets.len(), 1 + 4 + 8, "{gets:?}");
 }
 

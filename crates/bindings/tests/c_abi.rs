@@ -3,86 +3,12 @@
 //! and the freshly built `libkiln.so` (installed under its soname) or `libkiln.a`, run, and
 //! run clean under valgrind (no error, no leak).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
-/// The repository root.
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// `target/<profile>` holding a freshly built `libkiln.so` and `libkiln.a`.
-///
-/// `cargo test` builds no cdylib or staticlib for integration tests, so the first call runs
-/// `cargo build -p kiln-ffi` for this test's profile (cargo holds no lock while tests run;
-/// an up-to-date library makes it a no-op).
-fn artifacts() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps")
-            .to_owned();
-        let profile = match dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => "dev".to_owned(),
-            Some(other) => other.to_owned(),
-        };
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "kiln-ffi", "--profile", &profile])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("run cargo build -p kiln-ffi");
-        assert!(
-            out.status.success(),
-            "cargo build -p kiln-ffi failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-}
-
-/// Where the programs find ONNX Runtime: the caller's ORT_DYLIB_PATH / KILN_ORT_DIR when set
-/// (as `make test` does), else the CPU library `make ort` provisions.
-fn ort_env() -> Vec<(&'static str, PathBuf)> {
-    let configured = ["ORT_DYLIB_PATH", "KILN_ORT_DIR"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
-    if configured {
-        Vec::new()
-    } else {
-        vec![("KILN_ORT_DIR", root().join(".cache/ort/cpu"))]
-    }
-}
-
-fn testdata(name: &str) -> String {
-    let path = root().join("testdata").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make testdata`",
-        path.display()
-    );
-    path.to_string_lossy().into_owned()
-}
-
-fn sha256_of(name: &str) -> String {
-    let bytes = std::fs::read(testdata(name)).expect("read test model");
-    runtime::Digest::of(&bytes).to_string()
-}
-
-/// A temporary "installation": `lib/libkiln.so.<major>` with the `libkiln.so` link a linker
-/// wants, as a package would lay it out.
-fn install(dir: &Path) -> PathBuf {
-    let lib = dir.join("lib");
-    std::fs::create_dir_all(&lib).expect("lib dir");
-    let versioned = format!("libkiln.so.{}", kiln_major());
-    std::fs::copy(artifacts().join("libkiln.so"), lib.join(&versioned))
-        .expect("copy libkiln.so (built by cargo for this test)");
-    std::os::unix::fs::symlink(&versioned, lib.join("libkiln.so")).expect("symlink");
-    lib
-}
+use common::{install, ort_env, pkg_config, root, sha256_of, testdata};
 
 /// The ABI major version, read from the header the way a C program sees it.
 fn kiln_major() -> u32 {
@@ -95,14 +21,17 @@ fn kiln_major() -> u32 {
         .expect("KILN_ABI_MAJOR in the header")
 }
 
-/// Compiles `source` with warnings as errors; `link` are the trailing linker arguments.
-fn compile(source: &Path, out: &Path, link: &[&str]) {
+/// Compiles `source` with warnings as errors against the header in `include` (the repository's
+/// with `None`); `link` are the trailing linker arguments.
+fn compile(source: &Path, out: &Path, include: Option<&[String]>, link: &[&str]) {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let include = root().join("crates/bindings/include");
+    let repo_include = vec![format!(
+        "-I{}",
+        root().join("crates/bindings/include").display()
+    )];
     let output = Command::new(&cc)
         .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
-        .arg("-I")
-        .arg(&include)
+        .args(include.unwrap_or(&repo_include))
         .arg(source)
         .arg("-o")
         .arg(out)
@@ -199,11 +128,22 @@ fn example_runs_from_8_threads_batches_and_matches_single_runs() {
             "soname: {text}"
         );
     }
+    // Built as a user would: `cc infer.c $(pkg-config --cflags --libs kiln)`, against the
+    // installed header and library.
     let exe = dir.path().join("infer");
+    let cflags = pkg_config(dir.path(), &["--cflags"]);
+    assert_eq!(
+        cflags,
+        [format!("-I{}", dir.path().join("include").display())]
+    );
+    let mut link = pkg_config(dir.path(), &["--libs"]);
+    link.extend(["-lpthread", "-lm"].map(str::to_owned));
+    link.push(format!("-Wl,-rpath,{}", lib.display()));
     compile(
         &root().join("examples/c/infer.c"),
         &exe,
-        &refs(&dynamic_link(&lib)),
+        Some(&cflags),
+        &refs(&link),
     );
     let out = run(&exe, &example_args(32, 10_000), None);
     assert!(out.status.success(), "the example failed");
@@ -225,18 +165,20 @@ fn example_runs_from_8_threads_batches_and_matches_single_runs() {
 #[test]
 fn example_links_statically() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let lib = install(dir.path());
     let exe = dir.path().join("infer-static");
-    let archive = artifacts().join("libkiln.a");
+    // The archive itself, then what `pkg-config --static` says it needs from the system.
+    let mut link = vec![lib.join("libkiln.a").display().to_string()];
+    link.extend(
+        pkg_config(dir.path(), &["--static", "--libs-only-l"])
+            .into_iter()
+            .filter(|l| l != "-lkiln"),
+    );
     compile(
         &root().join("examples/c/infer.c"),
         &exe,
-        &[
-            archive.to_str().expect("UTF-8 path"),
-            "-lpthread",
-            "-ldl",
-            "-lm",
-            "-lgcc_s",
-        ],
+        Some(&pkg_config(dir.path(), &["--cflags"])),
+        &refs(&link),
     );
     let out = run(&exe, &example_args(2, 10_000), None);
     assert!(out.status.success(), "the statically linked example failed");
@@ -250,6 +192,7 @@ fn bad_input_gets_status_codes_and_messages() {
     compile(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/abi_errors.c"),
         &exe,
+        None,
         &refs(&dynamic_link(&lib)),
     );
     let args = vec![
@@ -281,7 +224,7 @@ fn example_is_clean_under_address_sanitizer() {
         "-fno-omit-frame-pointer".to_owned(),
     ];
     link.extend(dynamic_link(&lib));
-    compile(&root().join("examples/c/infer.c"), &exe, &refs(&link));
+    compile(&root().join("examples/c/infer.c"), &exe, None, &refs(&link));
     let out = Command::new(&exe)
         .args(example_args(8, 30_000))
         .env(
@@ -320,7 +263,7 @@ fn python_thread_pool_is_batched_through_ctypes() {
         .arg(lib.join(format!("libkiln.so.{}", kiln_major())))
         .arg(testdata("real/magika.onnx"))
         .arg(sha256_of("real/magika.onnx"))
-        .env("PYTHONPATH", root().join("examples/python"))
+        .env("PYTHONPATH", root().join("python"))
         .envs(ort_env())
         .output()
         .expect("run the Python example");

@@ -1,4 +1,4 @@
-//! The one error type of `kiln-runtime`.
+//! The one error type of `kiln`.
 //!
 //! Every variant carries the context a caller needs to act (model, input name, expected and
 //! actual values, path, digest) and its message says what to change. Load-time errors never
@@ -40,7 +40,7 @@ fn list_attempts(attempts: &[LibraryAttempt]) -> String {
     attempts.iter().map(|a| format!("\n  - {a}")).collect()
 }
 
-/// Everything that can go wrong in `kiln-runtime`.
+/// Everything that can go wrong in `kiln`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

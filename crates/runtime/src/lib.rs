@@ -1,4 +1,4 @@
-//! `kiln` (package `kiln-runtime`): verified ONNX model loading and inference on ONNX Runtime.
+//! `kiln`: verified ONNX model loading and inference on ONNX Runtime.
 //!
 //! A model loads only after the SHA-256 of the exact bytes handed to ONNX Runtime matches the
 //! digest the caller gives, or the one in the `kiln-manifest.json` beside it; verification is
@@ -51,6 +51,13 @@ pub mod prometheus;
 pub mod repository;
 pub mod runtime;
 pub mod tensor;
+
+// The crates whose types appear in kiln's public signatures, so callers name the same
+// versions without adding them: `kiln::ndarray::ArrayD`, `kiln::half::f16`,
+// `kiln::otel::metrics::Meter`.
+pub use half;
+pub use ndarray;
+pub use opentelemetry as otel;
 
 pub use batch::{BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus};
 pub use checksum::{Checksum, Digest};

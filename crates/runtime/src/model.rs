@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ort::ep::{self, ExecutionProvider as _};
 use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
@@ -358,11 +357,23 @@ fn open_session(
     Ok((session, None, fallback_reason))
 }
 
+/// Without the `cuda` feature the CUDA execution provider is not compiled in.
+#[cfg(not(feature = "cuda"))]
+fn register_cuda(
+    _builder: ort::session::builder::SessionBuilder,
+    _device_id: i32,
+    _tf32: Option<bool>,
+) -> std::result::Result<ort::session::builder::SessionBuilder, String> {
+    Err("kiln was built without its `cuda` feature (enable it: it is on by default)".to_owned())
+}
+
+#[cfg(feature = "cuda")]
 fn register_cuda(
     builder: ort::session::builder::SessionBuilder,
     device_id: i32,
     tf32: Option<bool>,
 ) -> std::result::Result<ort::session::builder::SessionBuilder, String> {
+    use ort::ep::{self, ExecutionProvider as _};
     if !ep::CUDA::is_available().unwrap_or(false) {
         return Err("this ONNX Runtime build has no CUDA execution provider (use the onnxruntime-gpu library)".to_owned());
     }

@@ -1,5 +1,5 @@
 //! `kiln-server`: an Open Inference Protocol v2 server (the REST and gRPC protocols of KServe
-//! and Triton) on `kiln-runtime`, serving every model published under a repository root (the
+//! and Triton) on the `kiln` library, serving every model published under a repository root (the
 //! directory `kiln-agent` fills), with dynamic batching and hot swaps from the runtime.
 //!
 //! # Layout

@@ -298,7 +298,7 @@ fn soak_at_70_percent_with_hot_swaps_fails_nothing() {
         total.versions
     );
     // Over a full-size soak, resident memory stays within 5% of its first-slice value (a
-    // short run sees allocator noise; `tests/swap_memory.rs` in kiln-runtime covers swaps).
+    // short run sees allocator noise; `tests/swap_memory.rs` in the kiln crate covers swaps).
     if soak_s >= 600 {
         assert!(
             growth < 5.0,

@@ -1,45 +1,155 @@
 """kiln from Python through libkiln's C ABI (ctypes): numpy arrays in, numpy arrays out.
 
-    from kiln import Runtime, Model
-    runtime = Runtime("path/to/libkiln.so")            # ONNX Runtime found via KILN_ORT_DIR etc.
-    model = Model(runtime, "model.onnx", sha256="...", max_batch_size=32)
+    import kiln
+    runtime = kiln.Runtime()                             # the libkiln in this wheel; ONNX Runtime via KILN_ORT_DIR etc.
+    model = kiln.Model(runtime, "model.onnx", sha256="...", max_batch_size=32)
     outputs = model.infer({"x": np.zeros((1, 16), np.float32)})
+    outputs = await model.infer_async({"x": ...})      # from asyncio, on a thread
 
 `Model.infer` is thread-safe and releases the GIL while it waits (ctypes does), so calls from a
-thread pool run concurrently and the scheduler batches them together. Errors raise
-`KilnError` with the status name and the library's message.
+thread pool run concurrently and the scheduler batches them together. Inputs are read in place
+from C-contiguous arrays (libkiln copies them once, into its batch); each output is copied once
+into a fresh, writable array. Errors raise a `KilnError` subclass per status
+(`ChecksumMismatch`, `Overloaded`, `DeadlineExceeded`, ...) with the library's message.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
+import functools
 import os
+from concurrent.futures import Executor
 from ctypes import POINTER, byref, c_char_p, c_int32, c_size_t, c_uint32, c_uint64, c_void_p
 
 import numpy as np
+
+__version__ = "0.1.0"
 
 # KILN_DTYPE_* (ONNX TensorProto numbers) <-> numpy.
 _TO_CODE = {
     np.dtype(np.float32): 1,
     np.dtype(np.uint8): 2,
     np.dtype(np.int8): 3,
+    np.dtype(np.uint16): 4,
+    np.dtype(np.int16): 5,
     np.dtype(np.int32): 6,
     np.dtype(np.int64): 7,
     np.dtype(np.bool_): 9,
+    np.dtype(np.float16): 10,
     np.dtype(np.float64): 11,
+    np.dtype(np.uint32): 12,
+    np.dtype(np.uint64): 13,
 }
 _FROM_CODE = {code: dtype for dtype, code in _TO_CODE.items()}
 _STATES = ["loading", "warming", "ready", "draining", "unloaded", "failed"]
 
 
 class KilnError(Exception):
-    """A kiln call failed: `status` is the KILN_STATUS_* value, `name` its short name."""
+    """A kiln call failed: `status` is the KILN_STATUS_* value, `name` its short name,
+    `message` the library's explanation. Each status has its own subclass."""
+
+    status = -1
 
     def __init__(self, status: int, name: str, message: str):
         super().__init__(f"{name} ({status}): {message}")
         self.status = status
         self.name = name
         self.message = message
+
+
+class InvalidArgument(KilnError):
+    """KILN_STATUS_INVALID_ARGUMENT: a bad option, dtype code or buffer size."""
+
+    status = 1
+
+
+class LibraryNotFound(KilnError):
+    """KILN_STATUS_LIBRARY_NOT_FOUND: ONNX Runtime was not found (the message lists where)."""
+
+    status = 3
+
+
+class KilnIOError(KilnError):
+    """KILN_STATUS_IO: a model file is missing or unreadable."""
+
+    status = 4
+
+
+class ChecksumMismatch(KilnError):
+    """KILN_STATUS_CHECKSUM_MISMATCH: the model's bytes are not the pinned ones."""
+
+    status = 5
+
+
+class InvalidModel(KilnError):
+    """KILN_STATUS_INVALID_MODEL: ONNX Runtime refused the model."""
+
+    status = 6
+
+
+class ProviderUnavailable(KilnError):
+    """KILN_STATUS_PROVIDER_UNAVAILABLE: the requested device (CUDA) cannot be used."""
+
+    status = 7
+
+
+class UnknownInput(KilnError):
+    """KILN_STATUS_UNKNOWN_INPUT: the model has no input of that name."""
+
+    status = 8
+
+
+class DtypeMismatch(KilnError):
+    """KILN_STATUS_DTYPE_MISMATCH: an input's element type is not the model's."""
+
+    status = 9
+
+
+class ShapeMismatch(KilnError):
+    """KILN_STATUS_SHAPE_MISMATCH: an input's shape does not fit the model's."""
+
+    status = 10
+
+
+class TooLarge(KilnError):
+    """KILN_STATUS_TOO_LARGE: more rows or elements than the model admits."""
+
+    status = 11
+
+
+class Overloaded(KilnError):
+    """KILN_STATUS_OVERLOADED: the queue is full; retry later."""
+
+    status = 12
+
+
+class DeadlineExceeded(KilnError):
+    """KILN_STATUS_DEADLINE_EXCEEDED: the request's deadline passed."""
+
+    status = 13
+
+
+class Unavailable(KilnError):
+    """KILN_STATUS_UNAVAILABLE: the model is unloaded."""
+
+    status = 14
+
+
+class InferenceFailed(KilnError):
+    """KILN_STATUS_INFERENCE_FAILED: ONNX Runtime failed while running."""
+
+    status = 15
+
+
+_ERRORS: dict[int, type[KilnError]] = {
+    cls.status: cls
+    for cls in (
+        InvalidArgument, LibraryNotFound, KilnIOError, ChecksumMismatch, InvalidModel,
+        ProviderUnavailable, UnknownInput, DtypeMismatch, ShapeMismatch, TooLarge, Overloaded,
+        DeadlineExceeded, Unavailable, InferenceFailed,
+    )
+}
 
 
 class _Lib:
@@ -96,15 +206,21 @@ class _Lib:
         if status != 0:
             message = self.lib.kiln_last_error().decode("utf-8", "replace")
             name = self.lib.kiln_status_name(status).decode()
-            raise KilnError(status, name, message)
+            raise _ERRORS.get(status, KilnError)(status, name, message)
 
 
 def _default_library() -> str:
+    """The libkiln shipped in this package (the wheel's `kiln/_lib/`), else `KILN_LIBRARY`,
+    else the system loader's `libkiln.so.0`."""
+    bundled = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_lib", "libkiln.so.0")
+    if os.path.exists(bundled):
+        return bundled
     return os.environ.get("KILN_LIBRARY", "libkiln.so.0")
 
 
 class Runtime:
-    """The loaded libkiln and ONNX Runtime (`ort_library`: optional path to libonnxruntime)."""
+    """The loaded libkiln and ONNX Runtime (`library`: optional path to libkiln, default the
+    bundled one; `ort_library`: optional path to libonnxruntime, default KILN_ORT_DIR etc.)."""
 
     def __init__(self, library: str | None = None, ort_library: str | None = None):
         self._lib = _Lib(library or _default_library())
@@ -207,10 +323,25 @@ class Model:
             self._lib.check(L.kiln_tensor_shape(tensor, byref(dims), byref(rank)))
             self._lib.check(L.kiln_tensor_data(tensor, byref(data), byref(nbytes)))
             shape = tuple(dims[d] for d in range(rank.value))
-            raw = ctypes.string_at(data, nbytes.value) if nbytes.value else b""
-            # string_at copied the bytes: the array owns its memory after the result is freed.
-            outputs[name.value.decode()] = np.frombuffer(raw, dtype=_FROM_CODE[dtype.value]).reshape(shape)
+            # One copy, straight into a fresh array that outlives the result.
+            array = np.empty(shape, dtype=_FROM_CODE[dtype.value])
+            if array.nbytes != nbytes.value:
+                raise InvalidArgument(1, "invalid argument", f"output {name.value!r}: {nbytes.value} bytes for shape {shape}")
+            if nbytes.value:
+                ctypes.memmove(array.ctypes.data, data, nbytes.value)
+            outputs[name.value.decode()] = array
         return outputs
+
+    async def infer_async(
+        self,
+        inputs: dict[str, np.ndarray],
+        timeout_ms: int = 0,
+        executor: Executor | None = None,
+    ) -> dict[str, np.ndarray]:
+        """`infer` from asyncio: runs on `executor` (the loop's default thread pool when None),
+        so the event loop keeps running; concurrent awaits are batched like threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(executor, functools.partial(self.infer, inputs, timeout_ms))
 
     def state(self) -> str:
         s = c_uint32()

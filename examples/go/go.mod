@@ -1,0 +1,3 @@
+module kiln.example/kiln
+
+go 1.19
