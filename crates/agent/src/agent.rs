@@ -276,14 +276,7 @@ impl Agent {
         Ok(Some(name))
     }
 
-    /// The way `model`'s large objects travel, when it is settled (configured or measured).
-    fn known_transfer(&self, model: &str) -> Option<transfer::Mode> {
-        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let choice = status.get(model)?.transfer.as_ref()?;
-        choice.settled().then_some(choice.mode)
-    }
-
-    /// Keeps a transfer choice for `/status`, later downloads and the metrics.
+    /// Shows a transfer choice in `/status` and the metrics.
     fn record_transfer(&self, model: &str, choice: TransferChoice) {
         self.metrics.transfer(model, &choice);
         self.set(model, move |s| s.transfer = Some(choice));
@@ -511,9 +504,7 @@ impl Agent {
             let (digest, size) =
                 with_retries(&self.config.retry, &model.name, &self.metrics, |_| async {
                     if ranged {
-                        let known = self.known_transfer(&model.name);
-                        transfer::download(object, &partial, self.config.parts, known, &record)
-                            .await
+                        transfer::download(object, &partial, self.config.parts, &record).await
                     } else {
                         object.download(&partial).await
                     }

@@ -47,10 +47,11 @@ pub struct AgentConfig {
     /// Parts in flight per object. Default 4. Memory use is bounded by this, not object size.
     #[serde(default = "default_parallelism")]
     pub parallelism: usize,
-    /// How objects of at least `parallel_threshold_mib` travel: `auto` (default) measures the
-    /// first part as one stream and the next `parallelism` parts as ranged GETs, and continues
-    /// the way that moved bytes faster on this store (ranged parts must beat one stream by
-    /// 20%); `ranged` always uses `parallelism` ranged parts; `stream` always uses one stream.
+    /// How objects of at least `parallel_threshold_mib` travel: `auto` (default) measures, on
+    /// each such download, its first part as one stream and the next `parallelism` parts as
+    /// ranged GETs (stopped once they can no longer win), and continues the way that moved
+    /// bytes faster on this store (ranged parts must beat one stream by 20%); `ranged` always
+    /// uses `parallelism` ranged parts; `stream` always uses one stream.
     /// Every mode writes in parts with the resume journal, so each resumes after a restart.
     /// Some stores serve range GETs far slower than one stream (moto: 23 vs 499 MiB/s),
     /// others far faster (s3s-fs: 293 vs 155 MiB/s). The choice and both rates are shown in
@@ -58,7 +59,7 @@ pub struct AgentConfig {
     #[serde(default)]
     pub transfer: Transfer,
     /// Models synced at the same time. Default 2. Connections to the stores are at most this
-    /// times `parallelism`.
+    /// times `parallelism` (plus one per model while `transfer: auto` measures).
     #[serde(default = "default_concurrent_models")]
     pub max_concurrent_models: usize,
     /// The main container, when the agent should consult or notify it.

@@ -3,7 +3,8 @@
 //! version is published its load endpoint (`POST /v2/repository/models/{model}/load`, as Triton
 //! and KServe servers accept) can be called. The main container is on the pod's loopback
 //! (plain `http://`); the client is `reqwest` (already in the tree through `object_store`),
-//! with no proxy (a pod's `HTTP_PROXY` must not route loopback calls) and one timeout per call.
+//! with no proxy (a pod's `HTTP_PROXY` must not route loopback calls), no redirects (a 3xx is
+//! not ready) and one timeout per call.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -19,6 +20,12 @@ fn client() -> Option<&'static reqwest::Client> {
             reqwest::Client::builder()
                 .timeout(TIMEOUT)
                 .no_proxy()
+                // A redirect is an answer, not a place to go (off the loopback, or a POST
+                // turned into a GET).
+                .redirect(reqwest::redirect::Policy::none())
+                // No idle connection kept: one would belong to the runtime that opened it,
+                // and `run` may be called in more than one.
+                .pool_max_idle_per_host(0)
                 .build()
                 .map_err(|e| tracing::error!(error = %e, "cannot build the main-container client"))
                 .ok()

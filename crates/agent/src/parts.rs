@@ -42,12 +42,15 @@ pub fn journal_identity(meta: &ObjectMeta, part_size: u64) -> String {
 }
 
 /// Parts already finished for this exact object and part size, per the journal (empty if
-/// none or stale; an index past the object's last part is ignored).
+/// none or stale; an index past the object's last part is ignored, and so is a last line
+/// without its newline: a crash cut it).
 fn load_journal(journal: &Path, identity: &str, parts: u64) -> BTreeSet<u64> {
     let Ok(text) = std::fs::read_to_string(journal) else {
         return BTreeSet::new();
     };
-    let mut lines = text.lines();
+    let mut lines = text
+        .split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'));
     if lines.next() != Some(identity) {
         return BTreeSet::new();
     }
@@ -83,11 +86,32 @@ impl Progress {
     ) -> Result<(Arc<std::fs::File>, Self)> {
         let journal_path = &journal_path(partial);
         let io = |p: &Path| AgentError::io(p.to_owned());
-        let done = load_journal(journal_path, identity, parts);
+        // The journal's parts count only with the file they describe, at its full size.
+        let intact = std::fs::metadata(partial).is_ok_and(|m| m.is_file() && m.len() == size);
+        let done = if intact {
+            load_journal(journal_path, identity, parts)
+        } else {
+            BTreeSet::new()
+        };
+        // The journal rewritten from what was read (atomically): a line torn by a crash is
+        // gone, so the next append cannot join it (`1` + `2` read as part 12).
+        let mut text = format!("{identity}\n");
+        for p in &done {
+            text.push_str(&format!("{p}\n"));
+        }
+        let tmp = journal_path.with_extension("journal.tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|()| std::fs::rename(&tmp, journal_path))
+            .map_err(io(journal_path))?;
         if done.is_empty() {
-            // Fresh start: a new identity line, a preallocated file.
-            std::fs::write(journal_path, format!("{identity}\n")).map_err(io(journal_path))?;
-            let f = std::fs::File::create(partial).map_err(io(partial))?;
+            // Fresh start: a new file (a new inode, so a write still in flight from an
+            // abandoned attempt lands in the old, unlinked one), preallocated.
+            match std::fs::remove_file(partial) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(partial)(e)),
+                _ => {}
+            }
+            let f = std::fs::File::create_new(partial).map_err(io(partial))?;
             f.set_len(size).map_err(io(partial))?;
         }
         let file = std::fs::OpenOptions::new()
@@ -119,7 +143,10 @@ impl Progress {
     /// Part `p` is on disk: made durable, journaled, and hashed if the prefix reaches it.
     fn finished(&mut self, file: &std::fs::File, partial: &Path, p: u64) -> Result<()> {
         file.sync_data().map_err(AgentError::io(partial))?;
-        writeln!(self.journal, "{p}")
+        // One write per line: a crash leaves a whole line or a torn one that the next open
+        // drops, never half a number followed by the next.
+        self.journal
+            .write_all(format!("{p}\n").as_bytes())
             .and_then(|()| self.journal.sync_data())
             .map_err(AgentError::io(&self.journal_path))?;
         self.done.insert(p);
@@ -304,8 +331,9 @@ impl Progress {
 
 /// Removes a partial download and its journal (after a digest mismatch).
 pub(crate) fn discard(partial: &Path) {
-    let _ = std::fs::remove_file(partial);
+    // The journal first: a journal without its file is never left to describe nothing.
     let _ = std::fs::remove_file(journal_path(partial));
+    let _ = std::fs::remove_file(partial);
 }
 
 #[cfg(test)]
@@ -344,6 +372,33 @@ mod tests {
         let mut moved = m.clone();
         moved.location = StorePath::from("n/model.onnx");
         assert!(load_journal(&journal, &journal_identity(&moved, 1 << 20), 10).is_empty());
+    }
+
+    #[test]
+    fn a_line_torn_by_a_crash_is_dropped_and_cannot_join_the_next() {
+        let dir = tempfile::tempdir().expect("dir");
+        let partial = dir.path().join("f.partial");
+        let m = meta(4 << 10);
+        let id = journal_identity(&m, 1 << 10);
+        std::fs::write(&partial, vec![7u8; 4 << 10]).expect("partial");
+        // Part 0 finished; the crash cut "1\n" after its digit.
+        std::fs::write(journal_path(&partial), format!("{id}\n0\n1")).expect("journal");
+        let (file, mut progress) =
+            Progress::open(&partial, &id, 4, 1 << 10, 4 << 10).expect("open");
+        assert_eq!(
+            progress.done,
+            BTreeSet::from([0]),
+            "the torn line is not a part"
+        );
+        progress
+            .finished(&file, &partial, 2)
+            .expect("finish part 2");
+        let text = std::fs::read_to_string(journal_path(&partial)).expect("journal");
+        assert_eq!(text, format!("{id}\n0\n2\n"), "no `12`");
+        // A journal whose file is gone (or of another size) describes nothing.
+        std::fs::remove_file(&partial).expect("rm");
+        let (_file, progress) = Progress::open(&partial, &id, 4, 1 << 10, 4 << 10).expect("fresh");
+        assert!(progress.done.is_empty());
     }
 
     proptest::proptest! {

@@ -39,6 +39,12 @@ impl Source {
             max_retries: 2,
             retry_timeout: Duration::from_secs(30),
         };
+        // Practically no limit on a whole request (object_store's default is 30 s, from
+        // connecting to the body's end: one stream of a multi-GiB object would never finish),
+        // but one on silence: a connection that delivers nothing for a minute is dead. Set
+        // as options (each builder keeps its own other defaults); a model's `timeout` and
+        // `read_timeout` store options still override them.
+        const CLIENT: [(&str, &str); 2] = [("timeout", "24h"), ("read_timeout", "60s")];
         let bad = |reason: String| AgentError::Config {
             field: format!("models[{i}].store"),
             reason: redact::text(&reason),
@@ -48,6 +54,10 @@ impl Source {
                 let mut b = $builder
                     .with_url(url.as_str())
                     .with_retry(client_retry.clone());
+                for (k, v) in CLIENT {
+                    let key: $key = k.parse().map_err(|_| bad(format!("client option {k}")))?;
+                    b = b.with_config(key, v);
+                }
                 for (k, v) in &model.store {
                     let key: $key = k
                         .to_ascii_lowercase()
@@ -85,6 +95,11 @@ impl Source {
                 let mut b = object_store::http::HttpBuilder::new()
                     .with_url(root)
                     .with_retry(client_retry.clone());
+                for (k, v) in CLIENT {
+                    let key: object_store::ClientConfigKey =
+                        k.parse().map_err(|_| bad(format!("client option {k}")))?;
+                    b = b.with_config(key, v);
+                }
                 for (k, v) in &model.store {
                     let key: object_store::ClientConfigKey = k
                         .to_ascii_lowercase()

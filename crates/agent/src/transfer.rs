@@ -5,20 +5,25 @@
 //! Which is faster depends on the store, not on the object: some serve a range GET far slower
 //! than a plain stream (moto re-reads the object for each range: 23 vs 499 MiB/s in
 //! `benches/RESULTS.md`), others serve parallel ranges far faster than one connection
-//! (`s3s-fs`: 293 vs 155 MiB/s). With `transfer: auto` the first large download of a model
-//! measures both on its own bytes and continues the faster way, losing no byte to the
-//! measurement:
+//! (`s3s-fs`: 293 vs 155 MiB/s). With `transfer: auto` each large download measures both on
+//! its own bytes and continues the faster way, losing no byte to the measurement:
 //!
 //! 1. one GET streams the first parts of the object in order; its rate is taken over the first
 //!    part, from the first byte (the request's start-up is paid once by a stream);
-//! 2. while that stream waits (unread), the next `parallelism` parts past its end are fetched
-//!    as ranged GETs at once; their rate is the bytes over the wall time, request start-up
-//!    included (ranged parts pay it for every part);
-//! 3. ranged parts are chosen only if they moved bytes [`RANGED_MARGIN`] times faster; else
-//!    the waiting stream simply goes on. Ranged parts still running when they can no longer
-//!    win (their bytes over the stream's rate × the margin) are stopped, and the stream's
-//!    next GET takes their parts: a store with slow range GETs costs the probe no more than
-//!    those bytes at the stream's rate. Later downloads of the model use the choice.
+//! 2. while that stream waits (unread), one part past its end is fetched by a ranged GET
+//!    alone (the scout); if `parallelism` GETs at its rate could not beat the stream by
+//!    [`RANGED_MARGIN`], it is stopped and the stream goes on: a store whose every range GET
+//!    is expensive (moto reads the whole object for each) is asked for one range, not many;
+//! 3. else the next `parallelism` parts are fetched as ranged GETs at once; their rate is the
+//!    bytes over the wall time, request start-up included (ranged parts pay it for every
+//!    part), and they are chosen only if they moved bytes [`RANGED_MARGIN`] times faster than
+//!    the stream. If they can no longer (still running after their bytes' time at the
+//!    stream's rate ÷ the margin), they are stopped; the stream goes on, and its next GET
+//!    takes the parts that were stopped.
+//!
+//! Every large download (and every retry of one) measures again: the probe costs almost
+//! nothing either way, and a choice kept from an unlucky measurement (a retried 503 during
+//! it) would otherwise stick. While it runs a model holds `parallelism + 1` connections.
 //!
 //! The choice and both rates are in `/status` and in
 //! `kiln_agent_transfer_throughput_bytes_per_second{model,mode}`.
@@ -68,20 +73,13 @@ pub struct TransferChoice {
     /// `configured` (`transfer: ranged|stream`), `measured` (`auto`, both rates below),
     /// `measured; ranged parts stopped early, slower than one stream` (they could no longer
     /// win, so they were not waited for: their rate is what they moved until then), or `too
-    /// few parts to measure` (`auto` on an object with fewer than `parallelism + 2` parts
-    /// left: ranged, and measured on a later, larger download).
+    /// few parts to measure` (`auto` on an object with fewer than `parallelism + 3` whole
+    /// parts left: ranged).
     pub reason: &'static str,
     /// One stream's measured rate, bytes per second (`measured` only).
     pub stream_bytes_per_second: Option<f64>,
     /// Ranged parts' measured rate, bytes per second (`measured` only).
     pub ranged_bytes_per_second: Option<f64>,
-}
-
-impl TransferChoice {
-    /// Whether later downloads can reuse this choice without measuring again.
-    pub fn settled(&self) -> bool {
-        self.reason != TOO_FEW
-    }
 }
 
 const TOO_FEW: &str = "too few parts to measure";
@@ -97,7 +95,8 @@ pub fn prefer_ranged(stream: f64, ranged: f64) -> bool {
 }
 
 /// Downloads `fetch`'s object into `partial` in parts of `plan.part_size`, resuming from its
-/// journal, the way `plan.transfer` says (`known`: the model's earlier choice, for `auto`).
+/// journal, the way `plan.transfer` says (`auto`: measured on this download's own first
+/// parts, every time: a store's behaviour can change, and the probe costs almost nothing).
 /// Every choice made is passed to `record`. Returns the digest and size. The journal is
 /// removed on success; on failure both files stay for the next try.
 ///
@@ -108,7 +107,6 @@ pub(crate) async fn download(
     fetch: ObjectFetch<'_>,
     partial: &Path,
     plan: PartPlan,
-    known: Option<Mode>,
     record: &(dyn Fn(TransferChoice) + Sync),
 ) -> Result<(Digest, u64)> {
     let part_size = plan.part_size.max(1);
@@ -127,9 +125,7 @@ pub(crate) async fn download(
         parallelism: plan.parallelism.max(1),
         counted: None,
     };
-    let result = moved
-        .all(&mut fin, &todo, plan.transfer, known, record)
-        .await;
+    let result = moved.all(&mut fin, &todo, plan.transfer, record).await;
     // Whatever happened, no finish runs on after this attempt.
     let settled = fin.settle().await;
     result?;
@@ -156,7 +152,6 @@ impl Move<'_> {
         fin: &mut Finisher<'_>,
         todo: &[u64],
         transfer: Transfer,
-        known: Option<Mode>,
         record: &(dyn Fn(TransferChoice) + Sync),
     ) -> Result<()> {
         let configured = |mode| TransferChoice {
@@ -169,25 +164,32 @@ impl Move<'_> {
             // Every part is journaled already (stopped between the last part and the end).
             return Ok(());
         }
-        let mode = match (transfer, known) {
-            (Transfer::Ranged, _) => {
+        let mode = match transfer {
+            Transfer::Ranged => {
                 record(configured(Mode::Ranged));
                 Mode::Ranged
             }
-            (Transfer::Stream, _) => {
+            Transfer::Stream => {
                 record(configured(Mode::Stream));
                 Mode::Stream
             }
-            (Transfer::Auto, Some(mode)) => mode,
-            (Transfer::Auto, None) => {
-                // The probe needs a contiguous run: two parts for the stream, `parallelism`
-                // for the ranged GETs past it.
-                let run = todo
+            Transfer::Auto => {
+                // The probe needs a contiguous run: two parts for the stream, one whole part
+                // for a first ranged GET and `parallelism` for the ranged GETs past it (the object's short last part
+                // would make them look slower than they are: it stays out).
+                let mut run = todo
                     .iter()
                     .zip(todo.first().map_or(0, |&f| f)..)
                     .take_while(|(&p, want)| p == *want)
                     .count();
-                if run >= self.parallelism + 2 {
+                let size = self.fetch.size();
+                if run > 0
+                    && todo[run - 1] == size.div_ceil(self.part_size) - 1
+                    && part_len(todo[run - 1], self.part_size, size) < self.part_size
+                {
+                    run -= 1;
+                }
+                if run >= self.parallelism + 3 {
                     return self.probe(fin, todo, run, record).await;
                 }
                 record(TransferChoice {
@@ -214,9 +216,11 @@ impl Move<'_> {
         run: usize,
         record: &(dyn Fn(TransferChoice) + Sync),
     ) -> Result<()> {
-        let (head, tail, rest) = (
-            &todo[..run - self.parallelism],
-            &todo[run - self.parallelism..run],
+        let n = self.parallelism;
+        let (head, scout, tail, rest) = (
+            &todo[..run - n - 1],
+            &todo[run - n - 1..run - n],
+            &todo[run - n..run],
             &todo[run..],
         );
         let (first, last) = (head[0], head[head.len() - 1]);
@@ -230,39 +234,35 @@ impl Move<'_> {
             / stream.since_first_byte().max(1e-6);
         fin.finish(p).await?;
 
-        // Ranged parts win only if they finish within this budget; past it they cannot, and
-        // are stopped (on a store whose range GETs are slow the probe costs no more than the
-        // stream would have taken for the same bytes, ×1.2).
-        let bytes: u64 = tail
-            .iter()
-            .map(|&p| part_len(p, self.part_size, self.fetch.size()))
-            .sum();
-        let budget = Duration::try_from_secs_f64(bytes as f64 / (stream_rate * RANGED_MARGIN))
-            .unwrap_or(Duration::MAX);
-        let received = AtomicU64::new(0);
-        let counting = Move {
-            counted: Some(&received),
-            ..*self
-        };
-        let started = Instant::now();
-        let probed = tokio::time::timeout(budget, counting.ranged(fin, tail, false)).await;
-        let ranged_rate =
-            received.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64().max(1e-6);
-        let (mode, stopped, left_over) = match probed {
-            Ok(fetched) => {
-                for p in fetched? {
-                    fin.finish(p).await?;
+        // First one ranged GET alone (the scout): ranged parts can only win if `parallelism`
+        // of them at its rate beat the stream. A store whose range GETs are slow (each costing
+        // it a read of the whole object, as moto's) is then asked for one range, not
+        // `parallelism`, before the stream goes on.
+        let scout_bytes = self.bytes_of(scout);
+        let scouted = self
+            .measure(
+                fin,
+                scout,
+                scout_bytes as f64 * n as f64 / (stream_rate * RANGED_MARGIN),
+            )
+            .await?;
+        let (mode, stopped, left_over, ranged_rate) = match scouted {
+            Err(rate) => (Mode::Stream, true, [scout, tail].concat(), rate),
+            Ok(_) => {
+                // Then `parallelism` at once: they win only if they finish within their
+                // bytes' time at the stream's rate / the margin; past it they are stopped.
+                let bytes = self.bytes_of(tail) as f64;
+                match self
+                    .measure(fin, tail, bytes / (stream_rate * RANGED_MARGIN))
+                    .await?
+                {
+                    Err(rate) => (Mode::Stream, true, tail.to_vec(), rate),
+                    Ok(rate) if prefer_ranged(stream_rate, rate) => {
+                        (Mode::Ranged, false, Vec::new(), rate)
+                    }
+                    Ok(rate) => (Mode::Stream, false, Vec::new(), rate),
                 }
-                let mode = if prefer_ranged(stream_rate, ranged_rate) {
-                    Mode::Ranged
-                } else {
-                    Mode::Stream
-                };
-                (mode, false, Vec::new())
             }
-            // Slower than one stream by the margin at least: the probed parts go with the
-            // stream's next GET.
-            Err(_) => (Mode::Stream, true, tail.to_vec()),
         };
         tracing::info!(
             model = self.fetch.model,
@@ -292,6 +292,44 @@ impl Move<'_> {
                 let left: Vec<u64> = head[1..].iter().chain(rest).copied().collect();
                 self.ranged(fin, &left, true).await.map(drop)
             }
+        }
+    }
+
+    /// Bytes of `parts`.
+    fn bytes_of(&self, parts: &[u64]) -> u64 {
+        parts
+            .iter()
+            .map(|&p| part_len(p, self.part_size, self.fetch.size()))
+            .sum()
+    }
+
+    /// Fetches `parts` as ranged GETs at once within `budget_s` seconds: `Ok(rate)` (bytes
+    /// per second, each request's start-up included; the parts finished) when they made it,
+    /// `Err(rate)` (what they moved until then) when they were stopped, unfinished.
+    async fn measure(
+        &self,
+        fin: &mut Finisher<'_>,
+        parts: &[u64],
+        budget_s: f64,
+    ) -> Result<std::result::Result<f64, f64>> {
+        let budget = Duration::try_from_secs_f64(budget_s).unwrap_or(Duration::MAX);
+        let received = AtomicU64::new(0);
+        let counting = Move {
+            counted: Some(&received),
+            ..*self
+        };
+        let started = Instant::now();
+        let fetched = tokio::time::timeout(budget, counting.ranged(fin, parts, false)).await;
+        let rate =
+            received.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64().max(1e-6);
+        match fetched {
+            Ok(done) => {
+                for p in done? {
+                    fin.finish(p).await?;
+                }
+                Ok(Ok(rate))
+            }
+            Err(_) => Ok(Err(rate)),
         }
     }
 

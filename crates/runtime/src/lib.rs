@@ -66,7 +66,7 @@ pub use device::{Device, Fallback, Provider, ProviderReport, ReportSource};
 pub use error::{Error, ErrorKind, LibraryAttempt, Result};
 pub use manifest::{Manifest, ManifestFile};
 pub use metadata::{ModelMetadata, TensorInfo};
-pub use model::{Model, NamedTensors};
+pub use model::{ByName, Model, NamedTensors};
 pub use repository::{LoadOutcome, Readiness, Repository, RepositoryConfig, ScanReport};
 pub use runtime::{LibraryInfo, Runtime, RuntimeConfig, ThreadPoolConfig};
 pub use tensor::{Element, ElementType, Item, Tensor, TensorData};

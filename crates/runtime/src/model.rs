@@ -28,6 +28,26 @@ use crate::tensor::{with_data, with_element_type, Tensor};
 /// A request's or response's named tensors.
 pub type NamedTensors = Vec<(String, Tensor)>;
 
+/// Finding a tensor by name in [`NamedTensors`] (`outputs.by_name("scores")`).
+pub trait ByName {
+    /// The tensor named `name`, if any.
+    fn by_name(&self, name: &str) -> Option<&Tensor>;
+
+    /// Takes the tensor named `name` out, if any (no copy; the others keep their order).
+    fn take_by_name(&mut self, name: &str) -> Option<Tensor>;
+}
+
+impl ByName for NamedTensors {
+    fn by_name(&self, name: &str) -> Option<&Tensor> {
+        self.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    fn take_by_name(&mut self, name: &str) -> Option<Tensor> {
+        let i = self.iter().position(|(n, _)| n == name)?;
+        Some(self.remove(i).1)
+    }
+}
+
 /// A loaded model with one ONNX Runtime session.
 pub struct Model {
     session: Session,

@@ -388,13 +388,38 @@ impl Tensor {
         out
     }
 
-    /// A tensor from an `ndarray` array (any layout; copied to row-major).
-    pub fn from_array<T: Item>(array: ndarray::ArrayD<T>) -> Self {
+    /// A tensor from an owned `ndarray` array of any dimension: its buffer is taken as it
+    /// is when the array is row-major and covers the whole buffer (no copy), else the
+    /// elements are copied in row-major order (a transposed or sliced array).
+    pub fn from_array<T: Item, D: ndarray::Dimension>(array: ndarray::Array<T, D>) -> Self {
         let shape = array.shape().to_vec();
+        let len = array.len();
         let data = if array.is_standard_layout() {
-            array.into_raw_vec_and_offset().0
+            match array.into_raw_vec_and_offset() {
+                // The whole buffer, from its start: the elements in order.
+                (raw, Some(0) | None) if raw.len() == len => raw,
+                // A slice of a larger buffer (`slice_move`): only its elements.
+                (raw, offset) => {
+                    let start = offset.unwrap_or(0);
+                    raw.into_iter().skip(start).take(len).collect()
+                }
+            }
         } else {
             array.iter().cloned().collect()
+        };
+        Self {
+            shape,
+            data: T::wrap(data),
+        }
+    }
+
+    /// A tensor from an `ndarray` view of any dimension and layout: the elements are copied
+    /// once, in row-major order (the batcher's stacking is then the only other copy).
+    pub fn from_view<T: Item, D: ndarray::Dimension>(view: ndarray::ArrayView<'_, T, D>) -> Self {
+        let shape = view.shape().to_vec();
+        let data = match view.as_slice() {
+            Some(contiguous) => contiguous.to_vec(),
+            None => view.iter().cloned().collect(),
         };
         Self {
             shape,
@@ -483,6 +508,20 @@ impl Tensor {
     }
 }
 
+impl<T: Item, D: ndarray::Dimension> From<ndarray::Array<T, D>> for Tensor {
+    /// [`Tensor::from_array`].
+    fn from(array: ndarray::Array<T, D>) -> Self {
+        Self::from_array(array)
+    }
+}
+
+impl<T: Item, D: ndarray::Dimension> From<ndarray::ArrayView<'_, T, D>> for Tensor {
+    /// [`Tensor::from_view`].
+    fn from(view: ndarray::ArrayView<'_, T, D>) -> Self {
+        Self::from_view(view)
+    }
+}
+
 fn nul_byte(index: usize) -> Error {
     Error::TensorString {
         index,
@@ -524,6 +563,47 @@ fn read_strings(mut bytes: &[u8], count: usize) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrays_and_views_of_any_dimension_and_layout_become_row_major_tensors() {
+        use ndarray::{s, Array2};
+        let a = Array2::from_shape_vec((3, 2), (0..6).collect::<Vec<i32>>()).expect("array");
+        // Owned, row-major: taken as is.
+        let t = Tensor::from(a.clone());
+        assert_eq!(
+            (t.shape(), t.as_slice::<i32>().expect("i32")),
+            (&[3, 2][..], &[0, 1, 2, 3, 4, 5][..])
+        );
+        // Owned, a slice of a larger buffer: only its elements.
+        let t = Tensor::from(a.clone().slice_move(s![1.., ..]));
+        assert_eq!(
+            (t.shape(), t.as_slice::<i32>().expect("i32")),
+            (&[2, 2][..], &[2, 3, 4, 5][..])
+        );
+        // Owned, transposed: copied in row-major order.
+        let t = Tensor::from(a.clone().reversed_axes());
+        assert_eq!(
+            (t.shape(), t.as_slice::<i32>().expect("i32")),
+            (&[2, 3][..], &[0, 2, 4, 1, 3, 5][..])
+        );
+        // Views, contiguous and strided.
+        let t = Tensor::from(a.view());
+        assert_eq!(t.as_slice::<i32>().expect("i32"), &[0, 1, 2, 3, 4, 5]);
+        let t = Tensor::from(a.slice(s![.., 1]));
+        assert_eq!(
+            (t.shape(), t.as_slice::<i32>().expect("i32")),
+            (&[3][..], &[1, 3, 5][..])
+        );
+        // And back.
+        assert_eq!(
+            t.to_array::<i32>()
+                .expect("view")
+                .iter()
+                .copied()
+                .collect::<Vec<_>>(),
+            vec![1, 3, 5]
+        );
+    }
 
     #[test]
     fn constructor_checks_the_shape() {
