@@ -297,6 +297,7 @@ fn run(mib: usize, server: &Server) -> Result<String> {
                     .args(["fetch", "--config"])
                     .arg(&cfg)
                     .env("RUST_LOG", "warn,kiln_agent::transfer=info")
+                    .env("KILN_AGENT_LOG_FORMAT", "json")
                     // The agent logs to stdout; its error (if any) goes to stderr.
                     .stdout(std::fs::File::create(&log)?)
                     .stderr(Stdio::null()),
@@ -306,17 +307,15 @@ fn run(mib: usize, server: &Server) -> Result<String> {
             if !status.success() {
                 bail!("agent failed: {}", std::fs::read_to_string(&log)?);
             }
-            // What `auto` measured and chose.
-            if let Some(line) = std::fs::read_to_string(&log)?
+            // What `auto` measured and chose (the agent's JSON log line).
+            let measured = std::fs::read_to_string(&log)?
                 .lines()
-                .find(|l| l.contains("transfer measured"))
-            {
-                let field = |name: &str| {
-                    line.split(&format!("{name}="))
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .map(|v| v.trim_matches('"').to_owned())
-                        .unwrap_or_default()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["fields"]["message"] == "transfer measured on this store");
+            if let Some(v) = measured {
+                let field = |name: &str| match &v["fields"][name] {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
                 };
                 chosen.push(format!(
                     "round {}: {} (one stream {} MiB/s, ranged {} MiB/s{})",
@@ -325,7 +324,7 @@ fn run(mib: usize, server: &Server) -> Result<String> {
                     field("stream_mib_per_s"),
                     field("ranged_mib_per_s"),
                     if field("ranged_stopped_early") == "true" {
-                        ", stopped early"
+                        ", ranged GETs stopped early"
                     } else {
                         ""
                     }

@@ -278,7 +278,15 @@ impl Agent {
 
     /// Shows a transfer choice in `/status` and the metrics.
     fn record_transfer(&self, model: &str, choice: TransferChoice) {
-        self.metrics.transfer(model, &choice);
+        let rates = [
+            (transfer::Mode::Stream, choice.stream_bytes_per_second),
+            (transfer::Mode::Ranged, choice.ranged_bytes_per_second),
+        ];
+        for (mode, rate) in rates {
+            if let Some(rate) = rate {
+                self.metrics.transfer_rate(model, mode.name(), rate);
+            }
+        }
         self.set(model, move |s| s.transfer = Some(choice));
     }
 

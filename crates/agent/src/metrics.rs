@@ -124,28 +124,15 @@ impl AgentMetrics {
             .record(bytes as f64 / took.as_secs_f64().max(1e-6), &attrs);
     }
 
-    pub(crate) fn transfer(&self, model: &str, choice: &crate::transfer::TransferChoice) {
-        let rates = [
-            (
-                crate::transfer::Mode::Stream,
-                choice.stream_bytes_per_second,
-            ),
-            (
-                crate::transfer::Mode::Ranged,
-                choice.ranged_bytes_per_second,
-            ),
-        ];
-        for (mode, rate) in rates {
-            if let Some(rate) = rate {
-                self.transfer.record(
-                    rate,
-                    &[
-                        KeyValue::new("model", model.to_owned()),
-                        KeyValue::new("mode", mode.name()),
-                    ],
-                );
-            }
-        }
+    /// What `transfer: auto` measured for `mode` (`stream` or `ranged`), bytes per second.
+    pub(crate) fn transfer_rate(&self, model: &str, mode: &'static str, rate: f64) {
+        self.transfer.record(
+            rate,
+            &[
+                KeyValue::new("model", model.to_owned()),
+                KeyValue::new("mode", mode),
+            ],
+        );
     }
 
     pub(crate) fn retry(&self, model: &str, error: &AgentError) {

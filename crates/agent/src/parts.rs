@@ -202,6 +202,8 @@ impl Frontier {
 /// part `p - 1`'s finish, never for the network.
 pub(crate) struct Finisher<'a> {
     held: Held,
+    /// Parts finished: from the journal, and by this attempt.
+    finished: BTreeSet<u64>,
     file: Arc<std::fs::File>,
     partial: PathBuf,
     fetch: ObjectFetch<'a>,
@@ -241,6 +243,7 @@ impl<'a> Finisher<'a> {
             .map(|&p| part_len(p, part_size, size))
             .sum();
         Ok(Self {
+            finished: progress.done.clone(),
             held: Held::Ready(Box::new(progress)),
             file,
             partial: partial.to_owned(),
@@ -272,6 +275,11 @@ impl<'a> Finisher<'a> {
         Ok(todo)
     }
 
+    /// Whether part `p` is finished (journaled, or handed to [`Finisher::finish`]).
+    pub(crate) fn is_finished(&self, p: u64) -> bool {
+        self.finished.contains(&p)
+    }
+
     /// Part `p`'s bytes are all written: make it durable, journal and hash it, in the
     /// background.
     ///
@@ -279,6 +287,7 @@ impl<'a> Finisher<'a> {
     /// The previous part's finish failed.
     pub(crate) async fn finish(&mut self, p: u64) -> Result<()> {
         let mut progress = self.take().await?;
+        self.finished.insert(p);
         let (file, path) = (Arc::clone(&self.file), self.partial.clone());
         self.held = Held::Busy(tokio::task::spawn_blocking(move || {
             progress.finished(&file, &path, p).map(|()| progress)

@@ -8,8 +8,9 @@
 //! (`s3s-fs`: 293 vs 155 MiB/s). With `transfer: auto` each large download measures both on
 //! its own bytes and continues the faster way, losing no byte to the measurement:
 //!
-//! 1. one GET streams the first parts of the object in order; its rate is taken over the first
-//!    part, from the first byte (the request's start-up is paid once by a stream);
+//! 1. one GET streams the object in order (a plain GET of the whole object on a fresh
+//!    download); its rate is taken over the first part, from the first byte (the request's
+//!    start-up is paid once by a stream);
 //! 2. while that stream waits (unread), one part past its end is fetched by a ranged GET
 //!    alone (the scout); if `parallelism` GETs at its rate could not beat the stream by
 //!    [`RANGED_MARGIN`], it is stopped and the stream goes on: a store whose every range GET
@@ -18,8 +19,9 @@
 //!    bytes over the wall time, request start-up included (ranged parts pay it for every
 //!    part), and they are chosen only if they moved bytes [`RANGED_MARGIN`] times faster than
 //!    the stream. If they can no longer (still running after their bytes' time at the
-//!    stream's rate ÷ the margin), they are stopped; the stream goes on, and its next GET
-//!    takes the parts that were stopped.
+//!    stream's rate ÷ the margin), they are stopped. When the stream is kept it simply goes
+//!    on to its end, over the probed parts too (no second request; those that finished are
+//!    written again with the same bytes).
 //!
 //! Every large download (and every retry of one) measures again: the probe costs almost
 //! nothing either way, and a choice kept from an unlucky measurement (a retried 503 during
@@ -177,11 +179,7 @@ impl Move<'_> {
                 // The probe needs a contiguous run: two parts for the stream, one whole part
                 // for a first ranged GET and `parallelism` for the ranged GETs past it (the object's short last part
                 // would make them look slower than they are: it stays out).
-                let mut run = todo
-                    .iter()
-                    .zip(todo.first().map_or(0, |&f| f)..)
-                    .take_while(|(&p, want)| p == *want)
-                    .count();
+                let mut run = contiguous(todo);
                 let size = self.fetch.size();
                 if run > 0
                     && todo[run - 1] == size.div_ceil(self.part_size) - 1
@@ -217,14 +215,18 @@ impl Move<'_> {
         record: &(dyn Fn(TransferChoice) + Sync),
     ) -> Result<()> {
         let n = self.parallelism;
-        let (head, scout, tail, rest) = (
+        let (head, scout, tail, after) = (
             &todo[..run - n - 1],
             &todo[run - n - 1..run - n],
             &todo[run - n..run],
             &todo[run..],
         );
-        let (first, last) = (head[0], head[head.len() - 1]);
-        let mut stream = PartStream::open(*self, fin, first, last + 1).await?;
+        // The stream covers the whole contiguous run (the short last part too): if it is
+        // chosen, it goes on through the probed parts (writing again the bytes of those that
+        // finished, the same bytes) rather than paying a second request; on a fresh download
+        // it is a plain GET of the whole object.
+        let full = contiguous(todo);
+        let mut stream = PartStream::open(*self, fin, todo[0], todo[full - 1] + 1).await?;
         let Some(p) = stream.next_part().await? else {
             return Err(self
                 .fetch
@@ -246,8 +248,8 @@ impl Move<'_> {
                 scout_bytes as f64 * n as f64 / (stream_rate * RANGED_MARGIN),
             )
             .await?;
-        let (mode, stopped, left_over, ranged_rate) = match scouted {
-            Err(rate) => (Mode::Stream, true, [scout, tail].concat(), rate),
+        let (mode, stopped, ranged_rate) = match scouted {
+            Err(rate) => (Mode::Stream, true, rate),
             Ok(_) => {
                 // Then `parallelism` at once: they win only if they finish within their
                 // bytes' time at the stream's rate / the margin; past it they are stopped.
@@ -256,11 +258,9 @@ impl Move<'_> {
                     .measure(fin, tail, bytes / (stream_rate * RANGED_MARGIN))
                     .await?
                 {
-                    Err(rate) => (Mode::Stream, true, tail.to_vec(), rate),
-                    Ok(rate) if prefer_ranged(stream_rate, rate) => {
-                        (Mode::Ranged, false, Vec::new(), rate)
-                    }
-                    Ok(rate) => (Mode::Stream, false, Vec::new(), rate),
+                    Err(rate) => (Mode::Stream, true, rate),
+                    Ok(rate) if prefer_ranged(stream_rate, rate) => (Mode::Ranged, false, rate),
+                    Ok(rate) => (Mode::Stream, false, rate),
                 }
             }
         };
@@ -282,14 +282,15 @@ impl Move<'_> {
         match mode {
             Mode::Stream => {
                 while let Some(p) = stream.next_part().await? {
-                    fin.finish(p).await?;
+                    if !fin.is_finished(p) {
+                        fin.finish(p).await?;
+                    }
                 }
-                let left: Vec<u64> = left_over.iter().chain(rest).copied().collect();
-                self.stream(fin, &left).await
+                self.stream(fin, &todo[full..]).await
             }
             Mode::Ranged => {
                 drop(stream);
-                let left: Vec<u64> = head[1..].iter().chain(rest).copied().collect();
+                let left: Vec<u64> = head[1..].iter().chain(after).copied().collect();
                 self.ranged(fin, &left, true).await.map(drop)
             }
         }
@@ -370,11 +371,7 @@ impl Move<'_> {
     async fn stream(&self, fin: &mut Finisher<'_>, parts: &[u64]) -> Result<()> {
         let mut rest = parts;
         while let Some(&first) = rest.first() {
-            let run = rest
-                .iter()
-                .zip(first..)
-                .take_while(|(&p, want)| p == *want)
-                .count();
+            let run = contiguous(rest);
             let mut stream = PartStream::open(*self, fin, first, first + run as u64).await?;
             while let Some(p) = stream.next_part().await? {
                 fin.finish(p).await?;
@@ -383,6 +380,15 @@ impl Move<'_> {
         }
         Ok(())
     }
+}
+
+/// How many of `parts` (sorted) form a contiguous run from the first.
+fn contiguous(parts: &[u64]) -> usize {
+    parts
+        .iter()
+        .zip(parts.first().map_or(0, |&f| f)..)
+        .take_while(|(&p, want)| p == *want)
+        .count()
 }
 
 /// Below this many buffered bytes a part's chunks are collected before one blocking write.
@@ -425,7 +431,9 @@ impl<'a> PartStream<'a> {
         let size = moved.fetch.size();
         let from = next.saturating_mul(moved.part_size).min(size);
         let to = end.saturating_mul(moved.part_size).min(size);
-        let body = moved.fetch.get(Some(from..to)).await?.into_stream();
+        // The whole object is a plain GET (some stores serve one far faster than a range).
+        let range = (from > 0 || to < size).then_some(from..to);
+        let body = moved.fetch.get(range).await?.into_stream();
         Ok(Self {
             moved,
             file,

@@ -60,6 +60,11 @@ pub use ndarray;
 pub use opentelemetry as otel;
 
 pub use batch::{BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus};
+
+/// README's Rust examples compile (`cargo test --doc`): docs match the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;
 pub use checksum::{Checksum, Digest};
 pub use config::{ModelOptions, OptimizationLevel, SessionConfig};
 pub use device::{Device, Fallback, Provider, ProviderReport, ReportSource};
