@@ -9,8 +9,8 @@
 //! its own bytes and continues the faster way, losing no byte to the measurement:
 //!
 //! 1. one GET streams the object in order (a plain GET of the whole object on a fresh
-//!    download); its rate is taken over the first part, from the first byte (the request's
-//!    start-up is paid once by a stream);
+//!    download); its rate is taken over the first two parts, from the first byte (the
+//!    request's start-up is paid once by a stream);
 //! 2. while that stream waits (unread), one part past its end is fetched by a ranged GET
 //!    alone (the scout); if `parallelism` GETs at its rate could not beat the stream by
 //!    [`RANGED_MARGIN`], it is stopped and the stream goes on: a store whose every range GET
@@ -227,14 +227,19 @@ impl Move<'_> {
         // it is a plain GET of the whole object.
         let full = contiguous(todo);
         let mut stream = PartStream::open(*self, fin, todo[0], todo[full - 1] + 1).await?;
-        let Some(p) = stream.next_part().await? else {
-            return Err(self
-                .fetch
-                .broken("the stream ended before its first part".into()));
-        };
-        let stream_rate = part_len(p, self.part_size, self.fetch.size()) as f64
-            / stream.since_first_byte().max(1e-6);
-        fin.finish(p).await?;
+        // Its rate over its first two parts (the head has two at least): one part alone can
+        // read high, served from buffers filled before it was read.
+        let mut streamed = 0;
+        for _ in 0..2 {
+            let Some(p) = stream.next_part().await? else {
+                return Err(self
+                    .fetch
+                    .broken("the stream ended before its first parts".into()));
+            };
+            streamed += part_len(p, self.part_size, self.fetch.size());
+            fin.finish(p).await?;
+        }
+        let stream_rate = streamed as f64 / stream.since_first_byte().max(1e-6);
 
         // First one ranged GET alone (the scout): ranged parts can only win if `parallelism`
         // of them at its rate beat the stream. A store whose range GETs are slow (each costing
@@ -290,7 +295,7 @@ impl Move<'_> {
             }
             Mode::Ranged => {
                 drop(stream);
-                let left: Vec<u64> = head[1..].iter().chain(after).copied().collect();
+                let left: Vec<u64> = head[2..].iter().chain(after).copied().collect();
                 self.ranged(fin, &left, true).await.map(drop)
             }
         }
