@@ -53,8 +53,8 @@ pub struct AgentConfig {
     /// bytes faster on this store (ranged parts must beat one stream by 20%); `ranged` always
     /// uses `parallelism` ranged parts; `stream` always uses one stream.
     /// Every mode writes in parts with the resume journal, so each resumes after a restart.
-    /// Some stores serve range GETs far slower than one stream (moto: 23 vs 499 MiB/s),
-    /// others far faster (s3s-fs: 293 vs 155 MiB/s). The choice and both rates are shown in
+    /// Some stores serve ranged parts far slower than one stream (moto: 21 vs 316 MiB/s),
+    /// others far faster (s3s-fs: 204 vs 130 MiB/s; `benches/RESULTS.md`). The choice and both rates are shown in
     /// `/status` and `kiln_agent_transfer_throughput_bytes_per_second{mode}`.
     #[serde(default)]
     pub transfer: Transfer,
