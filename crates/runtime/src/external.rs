@@ -66,6 +66,9 @@ pub(crate) fn load(
         }
     };
     let dir = path.parent().unwrap_or(Path::new("."));
+    // The directory the model file really is in (through any link to it): every external
+    // file must resolve inside it.
+    let real_dir = real_parent(path)?;
     let mut files = Vec::with_capacity(names.len());
     for location in names {
         check_location(&location).map_err(|reason| bad(&location, reason))?;
@@ -94,7 +97,8 @@ pub(crate) fn load(
                 })
             }
         };
-        let (bytes, digest) = read_shared(&file)?;
+        let real = resolve_inside(&file, &real_dir).map_err(|reason| bad(&location, reason))?;
+        let (bytes, digest) = read_shared(&real)?;
         match expected {
             Some(want) if want != digest => {
                 return Err(Error::ChecksumMismatch {
@@ -116,7 +120,8 @@ pub(crate) fn load(
     })
 }
 
-/// A location must stay inside the model's directory: relative, without `..`.
+/// A location must stay inside the model's directory: relative, without `..` (links are
+/// checked where the file is resolved, `resolve_inside`).
 fn check_location(location: &str) -> std::result::Result<(), String> {
     if location.is_empty() || location.contains('\0') {
         return Err("empty or NUL location".into());
@@ -128,6 +133,31 @@ fn check_location(location: &str) -> std::result::Result<(), String> {
         return Err("the location must be a relative path inside the model's directory".into());
     }
     Ok(())
+}
+
+/// The real directory of the model file at `path`, links resolved.
+fn real_parent(path: &Path) -> Result<std::path::PathBuf> {
+    let real = std::fs::canonicalize(path).map_err(|source| Error::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(real.parent().unwrap_or(Path::new("/")).to_owned())
+}
+
+/// `file` with its links resolved, if that stays inside `real_dir`: a symbolic link out of
+/// the model's directory (the ONNX external-data symlink CVEs) is refused before it is read;
+/// a link to another name inside it (a staged `--model-dir`, KServe's `/mnt/models`) is not.
+/// A missing file is left to the read, which names it.
+fn resolve_inside(file: &Path, real_dir: &Path) -> std::result::Result<std::path::PathBuf, String> {
+    match std::fs::canonicalize(file) {
+        Ok(real) if real.starts_with(real_dir) => Ok(real),
+        Ok(real) => Err(format!(
+            "resolves through a symbolic link to {}, outside the model's directory {}",
+            real.display(),
+            real_dir.display()
+        )),
+        Err(_) => Ok(file.to_owned()),
+    }
 }
 
 /// Reads a whole file into one shared buffer and hashes it.

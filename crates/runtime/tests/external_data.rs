@@ -137,6 +137,43 @@ fn a_location_outside_the_model_directory_is_refused_unread() {
     }
 }
 
+#[test]
+fn weights_behind_a_symlink_out_of_the_model_directory_are_refused_unread() {
+    // The weights file is a symbolic link to a file elsewhere (here the real weights, so even
+    // their digest matches): the location names a file inside the directory, but what would be
+    // read is not. Refused, with verification on and with it waived (`Checksum::Skip`, where
+    // nothing else would stop ONNX Runtime from being fed an arbitrary file).
+    let (dir, model) = copy();
+    let outside = tempfile::tempdir().expect("tmp");
+    let target = outside.path().join(DATA);
+    std::fs::rename(dir.path().join(DATA), &target).expect("move the weights out");
+    std::os::unix::fs::symlink(&target, dir.path().join(DATA)).expect("symlink");
+    let waived = ModelOptions::new()
+        .with_checksum(Checksum::Skip)
+        .with_external_data_checksum(DATA, sha256_of(&target));
+    let verified = ModelOptions::new()
+        .with_checksum(Checksum::Sha256(sha256_of(&model)))
+        .with_external_data_checksum(DATA, sha256_of(&target));
+    for options in [waived, verified] {
+        let err =
+            Model::load(&runtime(), &model, &options).expect_err("a link out of the directory");
+        assert!(
+            matches!(&err, Error::ExternalData { location, .. } if location == DATA),
+            "{err}"
+        );
+    }
+    // A link that stays inside the model's (real) directory is only another name: accepted
+    // (a staged `--model-dir`, or KServe's /mnt/models, link every file to where it lives).
+    let staged = tempfile::tempdir().expect("tmp");
+    for f in [MODEL, DATA] {
+        std::os::unix::fs::symlink(dir.path().join(f), staged.path().join(f)).expect("link");
+    }
+    std::fs::remove_file(dir.path().join(DATA)).expect("rm link");
+    std::fs::copy(&target, dir.path().join(DATA)).expect("weights back");
+    let model = staged.path().join(MODEL);
+    Model::load(&runtime(), &model, &pinned(&model)).expect("links to the real directory load");
+}
+
 fn replace_all(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(haystack.len());
     let mut i = 0;
