@@ -343,8 +343,9 @@ impl Agent {
         self.sweep(model, Some(&version)).await;
         let needed: u64 = metas.iter().map(|(_, m)| m.size).sum();
         let r = root.clone();
-        let staging = blocking(move || publish::staging_root(&r)).await??;
-        if let Some(available) = blocking(move || disk::free_bytes(&staging)).await? {
+        let free =
+            blocking(move || publish::staging_root(&r).map(|s| disk::free_bytes(&s))).await??;
+        if let Some(available) = free {
             if available < needed.saturating_add(self.config.reserve_bytes) {
                 return Err(AgentError::DiskFull {
                     model: model.name.clone(),

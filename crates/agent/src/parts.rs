@@ -264,15 +264,9 @@ impl<'a> Finisher<'a> {
     }
 
     /// Parts not finished yet, in order.
-    ///
-    /// # Errors
-    /// A previous finish's error.
-    pub(crate) async fn todo(&mut self) -> Result<Vec<u64>> {
-        let progress = self.take().await?;
+    pub(crate) fn todo(&self) -> Vec<u64> {
         let parts = self.fetch.size().div_ceil(self.part_size);
-        let todo = (0..parts).filter(|p| !progress.done.contains(p)).collect();
-        self.held = Held::Ready(Box::new(progress));
-        Ok(todo)
+        (0..parts).filter(|p| !self.is_finished(*p)).collect()
     }
 
     /// Whether part `p` is finished (journaled, or handed to [`Finisher::finish`]).

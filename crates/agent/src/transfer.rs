@@ -113,7 +113,7 @@ pub(crate) async fn download(
 ) -> Result<(Digest, u64)> {
     let part_size = plan.part_size.max(1);
     let mut fin = Finisher::open(fetch, partial, part_size).await?;
-    let todo = fin.todo().await?;
+    let todo = fin.todo();
     if todo.len() as u64 != fetch.size().div_ceil(part_size) {
         tracing::info!(
             model = fetch.model,
@@ -156,29 +156,18 @@ impl Move<'_> {
         transfer: Transfer,
         record: &(dyn Fn(TransferChoice) + Sync),
     ) -> Result<()> {
-        let configured = |mode| TransferChoice {
-            mode,
-            reason: "configured",
-            stream_bytes_per_second: None,
-            ranged_bytes_per_second: None,
-        };
         if todo.is_empty() {
             // Every part is journaled already (stopped between the last part and the end).
             return Ok(());
         }
-        let mode = match transfer {
-            Transfer::Ranged => {
-                record(configured(Mode::Ranged));
-                Mode::Ranged
-            }
-            Transfer::Stream => {
-                record(configured(Mode::Stream));
-                Mode::Stream
-            }
+        let (mode, reason) = match transfer {
+            Transfer::Ranged => (Mode::Ranged, "configured"),
+            Transfer::Stream => (Mode::Stream, "configured"),
             Transfer::Auto => {
                 // The probe needs a contiguous run: two parts for the stream, one whole part
-                // for a first ranged GET and `parallelism` for the ranged GETs past it (the object's short last part
-                // would make them look slower than they are: it stays out).
+                // for a first ranged GET and `parallelism` for the ranged GETs past it (the
+                // object's short last part would make them look slower than they are: it
+                // stays out).
                 let mut run = contiguous(todo);
                 let size = self.fetch.size();
                 if run > 0
@@ -190,15 +179,16 @@ impl Move<'_> {
                 if run >= self.parallelism + 3 {
                     return self.probe(fin, todo, run, record).await;
                 }
-                record(TransferChoice {
-                    mode: Mode::Ranged,
-                    reason: TOO_FEW,
-                    stream_bytes_per_second: None,
-                    ranged_bytes_per_second: None,
-                });
-                Mode::Ranged
+                (Mode::Ranged, TOO_FEW)
             }
         };
+        // Chosen without measuring: no rates.
+        record(TransferChoice {
+            mode,
+            reason,
+            stream_bytes_per_second: None,
+            ranged_bytes_per_second: None,
+        });
         match mode {
             Mode::Ranged => self.ranged(fin, todo, true).await.map(drop),
             Mode::Stream => self.stream(fin, todo).await,

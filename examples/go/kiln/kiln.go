@@ -140,20 +140,21 @@ type Tensor struct {
 
 // Float32Tensor makes a float32 tensor from values (copied).
 func Float32Tensor(name string, shape []int64, values []float32) Tensor {
-	data := make([]byte, 4*len(values))
-	if len(values) > 0 {
-		copy(data, unsafe.Slice((*byte)(unsafe.Pointer(&values[0])), len(data)))
-	}
-	return Tensor{Name: name, DType: Float32, Shape: shape, Data: data}
+	return Tensor{Name: name, DType: Float32, Shape: shape, Data: rawBytes(values)}
 }
 
 // Int32Tensor makes an int32 tensor from values (copied).
 func Int32Tensor(name string, shape []int64, values []int32) Tensor {
+	return Tensor{Name: name, DType: Int32, Shape: shape, Data: rawBytes(values)}
+}
+
+// rawBytes copies 4-byte values into their native-order bytes.
+func rawBytes[T float32 | int32](values []T) []byte {
 	data := make([]byte, 4*len(values))
 	if len(values) > 0 {
 		copy(data, unsafe.Slice((*byte)(unsafe.Pointer(&values[0])), len(data)))
 	}
-	return Tensor{Name: name, DType: Int32, Shape: shape, Data: data}
+	return data
 }
 
 // Float32s reads a float32 tensor's values (copied).
