@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help install wheel package demo demo-classify test check corpus tools header azurite s3s-fs k8s-check ort ort-gpu model testdata bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
+.PHONY: help install wheel package demo demo-classify test check corpus tools header azurite s3s-fs k8s-check ort ort-gpu model testdata signing-tools bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
 
 help:
 	@echo "make demo        a kiln pod on this machine: S3 + agent + server, load, hot swap (sets everything up)"
@@ -41,6 +41,15 @@ model:
 $(VENV)/.stamp: scripts/requirements.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+	touch $@
+
+# OpenSSF model signing (`model_signing`), for the signature tests: its own venv, complete and
+# hash-pinned (its protobuf and cryptography pins differ from the client libraries').
+SIGNING_VENV := $(ROOT)/.cache/venv-signing
+signing-tools: $(SIGNING_VENV)/.stamp
+$(SIGNING_VENV)/.stamp: scripts/signing-requirements.txt
+	python3 -m venv $(SIGNING_VENV)
+	$(SIGNING_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r scripts/signing-requirements.txt
 	touch $@
 
 testdata/.stamp: scripts/gen_testdata.py scripts/fetch-model.sh $(VENV)/.stamp
@@ -146,17 +155,23 @@ k8s-check: $(VENV)/.stamp $(VENV)/.kubectl-stamp
 check:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo clippy -p kiln --no-default-features -- -D warnings
+	cargo clippy -p kiln-onnx --no-default-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-test: tools ort testdata azurite k8s-check check deny
+test: tools ort testdata signing-tools azurite k8s-check check deny
 	cargo test --workspace
 	$(MAKE) package
 
-# The publishable crates (kiln, kiln-agent, kiln-ffi) as `cargo publish` would upload them:
-# packaged (metadata, README, LICENSE, the file list) and built from their packages alone.
+# The publishable crates (kiln-onnx, kiln-agent, kiln-ffi) as `cargo publish` would upload them:
+# packaged (metadata, README, LICENSE, the file list) and built from their packages alone
+# (kiln with feature `http` too: its build script compiles the packaged .proto).
+# The verification builds kiln-agent and kiln-ffi against kiln-onnx as a registry package
+# (name and version), and cargo never rebuilds a registry package it built before: its
+# extracted sources and its artifacts are removed first, so a second run verifies today's code.
 package:
-	cargo package -p kiln -p kiln-agent -p kiln-ffi --allow-dirty
+	rm -rf target/package $(wildcard $(or $(CARGO_HOME),$(HOME)/.cargo)/registry/src/-*/kiln-onnx-* $(or $(CARGO_HOME),$(HOME)/.cargo)/registry/src/-*/kiln-agent-* $(or $(CARGO_HOME),$(HOME)/.cargo)/registry/src/-*/kiln-ffi-*)
+	cargo clean --quiet -p kiln-onnx
+	cargo package -p kiln-onnx -p kiln-agent -p kiln-ffi --allow-dirty --features kiln-onnx/http
 
 # The long reliability suites (RELIABILITY.md): the same tests `make test` runs as smoke
 # versions, at full size: 100 injected store faults, 100 SIGKILLs of the agent, 10x overload
@@ -169,7 +184,7 @@ RELIABILITY_ENV := PROPTEST_CASES=200000 KILN_RELIABILITY_FAULTS=100 KILN_RELIAB
 reliability: ort testdata deny
 	@mkdir -p .cache
 	set -o pipefail; $(RELIABILITY_ENV) cargo test --release \
-	  -p kiln --test fuzz --test swap_memory -p kiln-agent --test fuzz --test faults --test kill --test secrets \
+	  -p kiln-onnx --test fuzz --test swap_memory -p kiln-agent --test fuzz --test faults --test kill --test secrets \
 	  -p kiln-example-server --test fuzz --test hostile --test overload --test binary \
 	  -p kiln-ffi --test c_abi \
 	  -- --nocapture --test-threads 1 2>&1 | tee .cache/reliability.log
@@ -188,7 +203,7 @@ deny: $(CARGO_DENY)
 	  || echo "deny: advisories check unavailable offline (the RustSec database could not be fetched)"
 
 test-cuda: ort-gpu testdata
-	KILN_ORT_DIR=$(ORT_GPU_DIR) KILN_TEST_CUDA=1 cargo test -p kiln --test cuda -- --include-ignored --nocapture
+	KILN_ORT_DIR=$(ORT_GPU_DIR) KILN_TEST_CUDA=1 cargo test -p kiln-onnx --test cuda -- --include-ignored --nocapture
 
 bench: bench-hash bench-overhead bench-batching bench-agent bench-peers
 

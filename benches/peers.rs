@@ -41,9 +41,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use kiln::{
-    BatchConfig, ElementType, Model, ModelHandle, Runtime, RuntimeConfig, SessionConfig, TensorData,
-};
+use kiln::{BatchConfig, ElementType, Model, ModelHandle, Runtime, RuntimeConfig, SessionConfig};
 use kiln_benches::external::{self, Answer, Run, Wire};
 use kiln_benches::inproc::{self, Bench, Point};
 use kiln_benches::load::{self, Mode, Report, Target};
@@ -216,12 +214,12 @@ fn bodies(b: &Bench) -> Result<Bodies> {
     let req = inproc::request(b, 1, 0);
     let t = &req[0].1;
     let (datatype, flat, raw): (&str, Vec<serde_json::Value>, Vec<u8>) = match t.data() {
-        TensorData::F32(v) => (
+        kiln::TensorSlice::F32(v) => (
             "FP32",
             v.iter().map(|&x| x.into()).collect(),
             v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         ),
-        TensorData::I32(v) => (
+        kiln::TensorSlice::I32(v) => (
             "INT32",
             v.iter().map(|&x| x.into()).collect(),
             v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -677,10 +675,10 @@ fn reference(runtime: &Runtime, b: &Bench) -> Result<Answer> {
         .into_iter()
         .map(|(name, t)| {
             let v: Vec<f64> = match t.data() {
-                TensorData::F32(v) => v.iter().map(|&x| x.into()).collect(),
-                TensorData::F64(v) => v.clone(),
-                TensorData::I32(v) => v.iter().map(|&x| x.into()).collect(),
-                TensorData::I64(v) => v.iter().map(|&x| x as f64).collect(),
+                kiln::TensorSlice::F32(v) => v.iter().map(|&x| x.into()).collect(),
+                kiln::TensorSlice::F64(v) => v.to_vec(),
+                kiln::TensorSlice::I32(v) => v.iter().map(|&x| x.into()).collect(),
+                kiln::TensorSlice::I64(v) => v.iter().map(|&x| x as f64).collect(),
                 _ => bail!("output {name}: not a number type"),
             };
             Ok((name, v))

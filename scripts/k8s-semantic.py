@@ -30,7 +30,7 @@ CLIENT_LABEL = ("kiln-client", "true")
 OWN_LABELS = {"app.kubernetes.io/name", "app.kubernetes.io/part-of", "app.kubernetes.io/instance"}
 
 # What each program serves, by port, as its flags in these manifests set it up: probes and
-# scrapes must hit one of these paths. (kiln-server: examples/server/src/routes.rs; kiln-agent:
+# scrapes must hit one of these paths. (kiln-server: crates/runtime/src/http/routes.rs; kiln-agent:
 # crates/agent/src/health.rs; Triton: its documented HTTP and metrics endpoints.)
 SERVES = {
     "kiln-server": {8000: {"/v2/health/live", "/v2/health/ready", "/metrics"}},

@@ -5,7 +5,7 @@
 //!   and the v2 binary-data extension;
 //! - `h2load` (nghttp2, HTTP/2) for gRPC unary `ModelInfer` calls: a POST of one
 //!   length-prefixed protobuf message (built here with prost from the server's own types,
-//!   [`kiln_server::grpc::pb`]) with `content-type: application/grpc` and `te: trailers`.
+//!   [`kiln::http::grpc::pb`]) with `content-type: application/grpc` and `te: trailers`.
 //!
 //! h2load sees only the HTTP status, and a gRPC error is a 200 with `grpc-status` ≠ 0 in the
 //! trailers. So the message is first sent once by a real gRPC client ([`grpc_call`]: grpcio,
@@ -23,8 +23,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use kiln::{NamedTensors, TensorData};
-use kiln_server::grpc::pb;
+use kiln::http::grpc::pb;
+use kiln::NamedTensors;
 use pb::model_infer_request::InferInputTensor;
 use prost::Message;
 
@@ -233,20 +233,20 @@ pub fn infer_request(
     for (name, t) in inputs {
         let mut contents = pb::InferTensorContents::default();
         let (datatype, bytes): (&str, Vec<u8>) = match t.data() {
-            TensorData::F32(v) => {
-                contents.fp32_contents = v.clone();
+            kiln::TensorSlice::F32(v) => {
+                contents.fp32_contents = v.to_vec();
                 ("FP32", v.iter().flat_map(|x| x.to_le_bytes()).collect())
             }
-            TensorData::F64(v) => {
-                contents.fp64_contents = v.clone();
+            kiln::TensorSlice::F64(v) => {
+                contents.fp64_contents = v.to_vec();
                 ("FP64", v.iter().flat_map(|x| x.to_le_bytes()).collect())
             }
-            TensorData::I32(v) => {
-                contents.int_contents = v.clone();
+            kiln::TensorSlice::I32(v) => {
+                contents.int_contents = v.to_vec();
                 ("INT32", v.iter().flat_map(|x| x.to_le_bytes()).collect())
             }
-            TensorData::I64(v) => {
-                contents.int64_contents = v.clone();
+            kiln::TensorSlice::I64(v) => {
+                contents.int64_contents = v.to_vec();
                 ("INT64", v.iter().flat_map(|x| x.to_le_bytes()).collect())
             }
             _ => bail!("input {name}: the bench sends FP32, FP64, INT32 or INT64"),
@@ -741,8 +741,8 @@ time for request:      1.00ms     9.00ms     5.00ms      1.00ms    70.00%
 
     #[test]
     fn frame_and_request() {
-        let t =
-            kiln::Tensor::from_data(vec![1, 2], TensorData::F32(vec![0.5, 1.0])).expect("tensor");
+        let t = kiln::Tensor::from_data(vec![1, 2], kiln::TensorData::F32(vec![0.5, 1.0]))
+            .expect("tensor");
         let inputs = vec![("x".to_owned(), t)];
         let raw = infer_request("m", &inputs, false).expect("raw");
         assert_eq!(raw.raw_input_contents[0].len(), 8);

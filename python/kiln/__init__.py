@@ -42,6 +42,33 @@ _TO_CODE = {
     np.dtype(np.uint64): 13,
 }
 _FROM_CODE = {code: dtype for dtype, code in _TO_CODE.items()}
+# KILN_DTYPE_STRING: numpy `str`/`bytes`/object arrays in, object arrays of `str` out (as
+# onnxruntime's Python API answers); in the C buffer each element is a 4-byte little-endian
+# length and its UTF-8 bytes.
+_STRING = 8
+_FROM_CODE[_STRING] = np.dtype(object)
+
+
+def _encode_strings(name: str, array: np.ndarray) -> bytes:
+    parts = []
+    for item in array.reshape(-1):
+        if isinstance(item, str):
+            item = item.encode()
+        elif not isinstance(item, bytes):
+            raise TypeError(f"input {name!r}: a string tensor holds {type(item).__name__}, not str or bytes")
+        parts.append(len(item).to_bytes(4, "little") + item)
+    return b"".join(parts)
+
+
+def _decode_strings(buffer: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    items, at = [], 0
+    while at < len(buffer):
+        n = int.from_bytes(buffer[at:at + 4], "little")
+        items.append(buffer[at + 4:at + 4 + n].decode())
+        at += 4 + n
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out.reshape(shape)
 _STATES = ["loading", "warming", "ready", "draining", "unloaded", "failed"]
 
 
@@ -186,6 +213,10 @@ class _Lib:
                 [h, c_char_p, c_uint32, POINTER(ctypes.c_int64), c_size_t, c_void_p, c_size_t],
                 c_uint32,
             ),
+            "kiln_request_add_input_borrowed": (
+                [h, c_char_p, c_uint32, POINTER(ctypes.c_int64), c_size_t, c_void_p, c_size_t],
+                c_uint32,
+            ),
             "kiln_model_infer": ([h, h, c_uint64, POINTER(h)], c_uint32),
             "kiln_result_free": ([h], None),
             "kiln_result_count": ([h, POINTER(c_size_t)], c_uint32),
@@ -285,20 +316,36 @@ class Model:
         return out
 
     def infer(self, inputs: dict[str, np.ndarray], timeout_ms: int = 0) -> dict[str, np.ndarray]:
-        """Runs one request (blocking; thread-safe). Returns fresh numpy arrays."""
+        """Runs one request (blocking; thread-safe). Returns fresh numpy arrays.
+
+        Numeric inputs are read in place (borrowed, not copied): do not write to an input
+        array from another thread while this call runs."""
         L = self._lib.lib
         request = c_void_p()
         self._lib.check(L.kiln_request_create(byref(request)))
         result = c_void_p()
+        lent = []
         try:
             for name, array in inputs.items():
+                array = np.asarray(array)
+                shape = (ctypes.c_int64 * array.ndim)(*array.shape)
+                if array.dtype.kind in "USO":
+                    buffer = _encode_strings(name, array)
+                    self._lib.check(
+                        L.kiln_request_add_input(
+                            request, name.encode(), _STRING, shape, array.ndim, buffer, len(buffer),
+                        )
+                    )
+                    continue
                 array = np.ascontiguousarray(array)
                 code = _TO_CODE.get(array.dtype)
                 if code is None:
                     raise TypeError(f"input {name!r}: dtype {array.dtype} is not supported by kiln")
-                shape = (ctypes.c_int64 * array.ndim)(*array.shape)
+                # Borrowed, not copied: the batcher reads the array in place (copied once,
+                # into its batch buffer); `lent` keeps it alive until the call returns.
+                lent.append(array)
                 self._lib.check(
-                    L.kiln_request_add_input(
+                    L.kiln_request_add_input_borrowed(
                         request, name.encode(), code, shape, array.ndim,
                         array.ctypes.data_as(c_void_p), array.nbytes,
                     )
@@ -323,6 +370,9 @@ class Model:
             self._lib.check(L.kiln_tensor_shape(tensor, byref(dims), byref(rank)))
             self._lib.check(L.kiln_tensor_data(tensor, byref(data), byref(nbytes)))
             shape = tuple(dims[d] for d in range(rank.value))
+            if dtype.value == _STRING:
+                outputs[name.value.decode()] = _decode_strings(ctypes.string_at(data, nbytes.value), shape)
+                continue
             # One copy, straight into a fresh array that outlives the result.
             array = np.empty(shape, dtype=_FROM_CODE[dtype.value])
             if array.nbytes != nbytes.value:

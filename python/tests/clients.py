@@ -1,14 +1,15 @@
 """The installed `kiln-onnx` wheel from a 16-thread pool and from asyncio, against the real
 model (magika: `bytes` int32 [batch, 2048] -> `target_label` float32 [batch, 214]).
 
-    python clients.py MODEL.onnx SHA256
+    python clients.py MODEL.onnx SHA256 STRINGS.onnx STRINGS_SHA256
 
 Run by crates/bindings/tests/python.rs in a fresh venv where only numpy and the wheel are
 installed (and from a directory outside the repository, so `import kiln` is the wheel's).
 Checks: the bundled libkiln is the one loaded; every answer from 16 threads and from 64
 concurrent awaits equals the same input run alone; requests were batched (so the GIL was
 released while they waited); outputs are fresh writable arrays; each failure raises its own
-exception class. Prints `python clients: ok` and exits 0, else raises.
+exception class; string tensors (testdata/strings.onnx) go in as numpy str/bytes arrays and
+come back as object arrays of str. Prints `python clients: ok` and exits 0, else raises.
 """
 
 import asyncio
@@ -22,7 +23,7 @@ import kiln
 
 
 def main() -> None:
-    path, sha256 = sys.argv[1:3]
+    path, sha256, strings_path, strings_sha256 = sys.argv[1:5]
     assert "site-packages" in kiln.__file__, f"kiln imported from {kiln.__file__}, not the wheel"
     bundled = os.path.join(os.path.dirname(kiln.__file__), "_lib", "libkiln.so.0")
     assert os.path.exists(bundled), "the wheel carries no libkiln"
@@ -78,6 +79,19 @@ def main() -> None:
     raises(kiln.ChecksumMismatch, lambda: kiln.Model(runtime, path, sha256="0" * 64))
     raises(kiln.KilnIOError, lambda: kiln.Model(runtime, path + ".missing", sha256=sha256))
     model.close()
+
+    # String tensors (strings.onnx: `text` [batch, 3] -> `echo`, `ids`; `n` -> `label`).
+    strings = kiln.Model(runtime, strings_path, name="strings", sha256=strings_sha256)
+    assert strings.inputs[0][1] == np.dtype(object), strings.inputs
+    text = np.array([["cat", "dog", "ünïcödé"], ["bird", "", "cat"]])
+    out = strings.infer({"text": text, "n": np.array([[1], [7]], np.int64)})
+    assert out["echo"].dtype == object and out["echo"].tolist() == text.tolist(), out["echo"]
+    assert out["ids"].tolist() == [[1, 2, 3], [-1, -1, 1]], out["ids"]
+    assert out["label"].tolist() == [["one"], ["other"]], out["label"]
+    as_bytes = strings.infer({"text": np.array([[b"dog", b"cat", b"x"]], dtype=object), "n": np.array([[2]], np.int64)})
+    assert as_bytes["ids"].tolist() == [[2, 1, -1]] and as_bytes["label"].tolist() == [["two"]], as_bytes
+    raises(kiln.InvalidArgument, lambda: strings.infer({"text": np.array([["a\0b", "c", "d"]]), "n": np.array([[1]], np.int64)}))
+    strings.close()
     print("batch sizes (threads):", threads_batched, "(awaits):", {n: c for n, c in grew.items() if c})
     print("python clients: ok")
 

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use kiln::signing::SignatureError;
 use kiln::{Manifest, ManifestFile};
 use serde::Serialize;
 
@@ -239,7 +240,12 @@ impl Agent {
     /// fresh name this process published new bytes of that label under. Files are re-hashed
     /// (on a blocking thread) the first time this process sees the version (after a restart,
     /// or with a node cache mounted at the root), not on every later sync.
-    async fn reuse_published(&self, model: &Model, version: &str) -> Result<Option<String>> {
+    async fn reuse_published(
+        &self,
+        model: &Model,
+        version: &str,
+        signer: Option<&str>,
+    ) -> Result<Option<String>> {
         let root = self.config.root.clone();
         let name = self
             .renamed
@@ -254,14 +260,15 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(&key);
-        let (m, n) = (model.clone(), name.clone());
+        let (m, n, who) = (model.clone(), name.clone(), signer.map(str::to_owned));
         let reuse = blocking(move || {
             let manifest_there = root
                 .join(&m.name)
                 .join(&n)
                 .join(kiln::layout::MANIFEST_FILE)
                 .is_file();
-            let reuse = (known && manifest_there) || publish::already_published(&root, &m, &n)?;
+            let reuse = (known && manifest_there)
+                || publish::already_published(&root, &m, &n, who.as_deref())?;
             if reuse {
                 publish::point_current(&root.join(&m.name), &n)?;
             }
@@ -322,20 +329,42 @@ impl Agent {
     async fn sync_model(&self, i: usize, model: &Model) -> Result<(String, bool)> {
         let root = &self.config.root;
         // A configured version already published with the right digests needs nothing from
-        // the store (a restart, or a node cache at the root, even with the store down).
-        if let Some(v) = &model.version {
-            if let Some(name) = self.reuse_published(model, v).await? {
+        // the store (a restart, or a node cache at the root, even with the store down). Not a
+        // signed one: its bundle is verified at every sync, before anything on disk is used.
+        if let (Some(v), None) = (&model.version, &model.signature) {
+            if let Some(name) = self.reuse_published(model, v, None).await? {
                 return Ok((name, false));
             }
         }
         let source = Source::open(model, i, &self.config.retry)?;
         let (files, metas) = self.locate(model, &source).await?;
+        // A listed prefix's version covers everything listed (a signed model's bundle too, so
+        // another bundle is another version).
         let version = match &model.version {
             Some(v) => v.clone(),
             None if model.is_listed() => listing_version(&files, &metas),
             None => derive_version(&metas[0].1, model),
         };
-        if let Some(name) = self.reuse_published(model, &version).await? {
+        let signed_model;
+        let (model, files, metas, signer) = match &model.signature {
+            Some(signature) => {
+                let (files, metas, signer) = self
+                    .check_signature(model, &source, signature, files, metas)
+                    .await?;
+                // From here the model is its signed files with their signed digests: a version
+                // already published is reused only if its files are exactly those bytes.
+                signed_model = Model {
+                    files: files.clone(),
+                    ..model.clone()
+                };
+                (&signed_model, files, metas, Some(signer))
+            }
+            None => (model, files, metas, None),
+        };
+        if let Some(name) = self
+            .reuse_published(model, &version, signer.as_deref())
+            .await?
+        {
             return Ok((name, false));
         }
 
@@ -362,6 +391,7 @@ impl Agent {
             .await;
         match result {
             Ok(mut manifest) => {
+                manifest.signer = signer;
                 let (r, keep) = (root.clone(), self.config.keep_versions);
                 let published = blocking(move || {
                     let name = publish::publish(&r, &stage, &mut manifest)?;
@@ -391,6 +421,46 @@ impl Agent {
                 Err(e)
             }
         }
+    }
+
+    /// A signed model's listing narrowed to the signed files, each with its signed digest,
+    /// and the signer: the bundle is taken out of the listing, fetched and verified first.
+    async fn check_signature(
+        &self,
+        model: &Model,
+        source: &Source,
+        signature: &crate::signature::Signature,
+        mut files: Vec<File>,
+        mut metas: Vec<Located>,
+    ) -> Result<(Vec<File>, Vec<Located>, String)> {
+        let refused = |e: SignatureError| crate::signature::refused(&self.metrics, &model.name, e);
+        let at = files
+            .iter()
+            .position(|f| f.path == signature.bundle)
+            .ok_or_else(|| {
+                refused(SignatureError::Malformed(format!(
+                    "no `{}` under the source",
+                    signature.bundle
+                )))
+            })?;
+        files.remove(at);
+        let (location, meta) = metas.remove(at);
+        let url = format!("{}{}", model.base, signature.bundle);
+        let object = ObjectFetch {
+            store: source.store.as_ref(),
+            location: &location,
+            meta: &meta,
+            model: &model.name,
+            url: &url,
+            metrics: &self.metrics,
+        };
+        let bundle = crate::signature::fetch_bundle(object, &self.config.retry).await?;
+        let signed = crate::signature::verify(bundle, signature.trust.clone())
+            .await?
+            .map_err(refused)?;
+        let (files, metas) = crate::signature::narrow(&signed, files, metas).map_err(refused)?;
+        tracing::info!(model = %model.name, signer = %signed.signer, files = files.len(), "signature verified");
+        Ok((files, metas, signed.signer))
     }
 
     /// The files to fetch and their metadata: the configured files (a HEAD each, sizes
@@ -521,7 +591,7 @@ impl Agent {
                 .await?;
             self.metrics.file_done(&model.name, size, started.elapsed());
             if size != meta.size {
-                self.metrics.verification_failure(&model.name);
+                self.metrics.verification_failure(&model.name, "size");
                 let p = partial.clone();
                 let _ = blocking(move || parts::discard(&p)).await;
                 return Err(AgentError::SizeMismatch {
@@ -533,7 +603,7 @@ impl Agent {
             }
             if let Some(want) = f.sha256 {
                 if want != digest {
-                    self.metrics.verification_failure(&model.name);
+                    self.metrics.verification_failure(&model.name, "digest");
                     let p = partial.clone();
                     let _ = blocking(move || parts::discard(&p)).await;
                     return Err(AgentError::DigestMismatch {
@@ -562,6 +632,7 @@ impl Agent {
             source: Some(redact::url(model.base.as_str())),
             etag: first.e_tag.clone(),
             version_id: first.version.clone(),
+            signer: None,
             created: publish::rfc3339_now(),
             files,
         })

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use crate::error::{AgentError, Result};
 use crate::redact;
 pub use crate::retry::RetrySettings;
+pub use crate::signature::{Signature, SignatureSpec};
 
 /// Schemes the agent fetches from.
 pub const SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "abfs", "abfss", "https", "file"];
@@ -184,6 +185,10 @@ pub struct ModelSpec {
     /// keys that name a secret are redacted in every log line and error.
     #[serde(default)]
     pub store: BTreeMap<String, String>,
+    /// An OpenSSF model-signing bundle under the `source` prefix and the trust root it must
+    /// verify against: the bundle then lists the files and their digests (no `files`).
+    #[serde(default)]
+    pub signature: Option<SignatureSpec>,
 }
 
 fn yes() -> bool {
@@ -208,6 +213,7 @@ impl std::fmt::Debug for ModelSpec {
             .field("files", &self.files)
             .field("verify", &self.verify)
             .field("store", &store)
+            .field("signature", &self.signature)
             .finish()
     }
 }
@@ -241,6 +247,8 @@ pub struct Model {
     pub verify: bool,
     /// Store options (secrets included; never logged).
     pub store: BTreeMap<String, String>,
+    /// The signature the files must carry, if any.
+    pub signature: Option<Signature>,
 }
 
 impl std::fmt::Debug for Model {
@@ -252,13 +260,14 @@ impl std::fmt::Debug for Model {
             .field("files", &self.files)
             .field("verify", &self.verify)
             .field("store", &shown(&self.store))
+            .field("signature", &self.signature)
             .finish()
     }
 }
 
 impl Model {
     /// Whether the files come from listing the prefix at each sync (a prefix source with no
-    /// `files` and `verify: false`).
+    /// `files`: with a `signature`, or with `verify: false`).
     pub fn is_listed(&self) -> bool {
         self.files.is_empty()
     }
@@ -471,12 +480,31 @@ impl AgentConfig {
                     None => Ok(None),
                 }
             };
+            let signature = match &m.signature {
+                Some(spec) => {
+                    if !m.verify {
+                        return Err(bad(
+                            field("verify"),
+                            "a signed model is always verified; remove `verify: false`".into(),
+                        ));
+                    }
+                    if !m.source.ends_with('/')
+                        || !m.files.is_empty()
+                        || m.sha256.is_some()
+                        || m.size.is_some()
+                    {
+                        return Err(bad(field("signature"), "a signed model's source is the prefix holding its files and the bundle (ending in `/`), with no `files`, `sha256` or `size`: the bundle lists them".into()));
+                    }
+                    Some(spec.check(&field("signature"))?)
+                }
+                None => None,
+            };
             let (base, files) = if m.files.is_empty() {
                 if m.source.ends_with('/') {
-                    if m.verify {
+                    if m.verify && signature.is_none() {
                         return Err(bad(
                             field("files"),
-                            "a prefix source needs `files`, each with its sha256 (or `verify: false` to publish whatever the prefix lists)".into(),
+                            "a prefix source needs `files`, each with its sha256, or a `signature` (or `verify: false` to publish whatever the prefix lists)".into(),
                         ));
                     }
                     // Listed at each sync; every key is checked before it becomes a path.
@@ -535,6 +563,7 @@ impl AgentConfig {
                 files,
                 verify: m.verify,
                 store: m.store.clone(),
+                signature,
             });
         }
         Ok(Checked {

@@ -70,6 +70,16 @@ pub enum AgentError {
         /// Digest of the downloaded bytes.
         actual: Digest,
     },
+    /// The model's signature bundle was refused, or the files are not the signed ones
+    /// (nothing is published; a version already serving stays).
+    #[error("{model}: signature refused: {source}")]
+    Signature {
+        /// Model name.
+        model: String,
+        /// What failed.
+        #[source]
+        source: kiln::signing::SignatureError,
+    },
     /// The size differs from the configured or advertised size.
     #[error("{model}: {path} is {actual} bytes, expected {expected}")]
     SizeMismatch {

@@ -12,6 +12,7 @@
 //! - `writer` (private): hashing and writing a stream on its own thread, flushing early.
 //! - [`parts`]: a large object's partial file, resume journal and in-order digest.
 //! - [`transfer`]: how a large object travels (ranged parts or one stream, measured).
+//! - [`signature`]: signed models (OpenSSF model-signing bundles) narrowed to the signed set.
 //! - [`publish`](self): staging, manifest, atomic rename, `current` swap (private).
 //! - [`agent`]: syncing every model; status.
 //! - [`run()`]: the sidecar's life (endpoints, syncs, polling) until a shutdown future resolves.
@@ -35,6 +36,7 @@ pub mod redact;
 mod retry;
 mod run;
 pub mod server;
+pub mod signature;
 pub mod store;
 pub mod transfer;
 mod writer;

@@ -3,7 +3,7 @@
 //! Instruments are named exactly as exported (unit and `_total` included; the exporter adds
 //! nothing, for the runtime's and the server's instruments too): `kiln_agent_downloaded_bytes_total`,
 //! `kiln_agent_download_duration_seconds`, `kiln_agent_retries_total{reason}`,
-//! `kiln_agent_verification_failures_total`, `kiln_agent_cache_hits_total`,
+//! `kiln_agent_verification_failures_total{reason}`, `kiln_agent_cache_hits_total`,
 //! `kiln_agent_unchanged_polls_total`, `kiln_agent_download_throughput_bytes_per_second`,
 //! `kiln_agent_model_ready{version,digest}`, `kiln_agent_progress_ratio`,
 //! `kiln_agent_transfer_throughput_bytes_per_second{mode}`,
@@ -58,7 +58,9 @@ impl AgentMetrics {
                 .build(),
             verification_failures: meter
                 .u64_counter("kiln_agent_verification_failures_total")
-                .with_description("Downloads refused because digest or size did not match")
+                .with_description(
+                    "Downloads refused because digest, size or signature did not match, by reason",
+                )
                 .build(),
             cache_hits: meter
                 .u64_counter("kiln_agent_cache_hits_total")
@@ -150,9 +152,16 @@ impl AgentMetrics {
         );
     }
 
-    pub(crate) fn verification_failure(&self, model: &str) {
-        self.verification_failures
-            .add(1, &[KeyValue::new("model", model.to_owned())]);
+    /// A download or signature refused: `reason` is `size`, `digest`, or a signature's
+    /// [`kiln::signing::SignatureError::reason`].
+    pub(crate) fn verification_failure(&self, model: &str, reason: &'static str) {
+        self.verification_failures.add(
+            1,
+            &[
+                KeyValue::new("model", model.to_owned()),
+                KeyValue::new("reason", reason),
+            ],
+        );
     }
 
     pub(crate) fn unchanged_poll(&self, model: &str) {

@@ -135,7 +135,15 @@ pub(crate) fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
 
 /// Whether `<root>/<model>/<version>` is published with every configured file at the
 /// configured digest (re-hashed: a node cache mounted at the root may hold anything).
-pub(crate) fn already_published(root: &Path, model: &Model, version: &str) -> Result<bool> {
+///
+/// With `signer` (a signed model, `model.files` its signed set), the version must also hold
+/// exactly those files and have been published as signed by the same signer.
+pub(crate) fn already_published(
+    root: &Path,
+    model: &Model,
+    version: &str,
+    signer: Option<&str>,
+) -> Result<bool> {
     let dir = layout::version_dir(root, &model.name, version).map_err(|e| AgentError::Config {
         field: "version".into(),
         reason: e.to_string(),
@@ -156,6 +164,11 @@ pub(crate) fn already_published(root: &Path, model: &Model, version: &str) -> Re
             .collect()
     };
     if wanted.is_empty() {
+        return Ok(false);
+    }
+    if signer.is_some()
+        && (manifest.signer.as_deref() != signer || manifest.files.len() != wanted.len())
+    {
         return Ok(false);
     }
     for (path, sha256) in wanted {
@@ -229,6 +242,7 @@ fn holds_exactly(dir: &Path, manifest: &Manifest) -> bool {
         return false;
     };
     content_digest(&there) == content_digest(manifest)
+        && there.signer == manifest.signer
         && there
             .files
             .iter()

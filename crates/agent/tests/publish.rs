@@ -778,7 +778,7 @@ fn a_corrupted_object_keeps_readyz_at_503_and_counts_a_verification_failure() {
     assert!(
         telemetry
             .render()
-            .contains("kiln_agent_verification_failures_total{model=\"m\"} 1"),
+            .contains("kiln_agent_verification_failures_total{model=\"m\",reason=\"digest\"} 1"),
         "{}",
         telemetry.render()
     );

@@ -27,8 +27,8 @@
 // ABI major version: bumped on any incompatible change (it is the soname's number).
 #define KILN_ABI_MAJOR 0
 
-// ABI minor version: bumped when functions or status codes are added.
-#define KILN_ABI_MINOR 1
+// ABI minor version: bumped when functions, status codes or dtype codes are added.
+#define KILN_ABI_MINOR 3
 
 // What a kiln function did. Values are part of the ABI: they never change, new ones are only
 // appended.
@@ -119,6 +119,10 @@ enum KilnDtype
   KILN_DTYPE_UINT64 = 13,
   // bfloat16 (2 bytes: the upper half of a float32).
   KILN_DTYPE_BFLOAT16 = 16,
+  // UTF-8 strings (ONNX `STRING`; the v2 protocol's `BYTES`). In a buffer each element is
+  // a 4-byte little-endian length and that many bytes, as Triton's C API lays out `BYTES`
+  // (no NUL terminator; a NUL byte inside is refused, ONNX Runtime would cut it short).
+  KILN_DTYPE_STRING = 8,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -182,7 +186,7 @@ typedef struct KilnModel KilnModel;
 // delay, queue of 1024 requests, warm-up on).
 typedef struct KilnModelOptions KilnModelOptions;
 
-// A request being built: named input tensors and a priority.
+// A request being built: named inputs and a priority.
 typedef struct KilnRequest KilnRequest;
 
 // The outputs of one inference, in the model's output order.
@@ -217,12 +221,15 @@ void kiln_request_free(struct KilnRequest *request);
 
 // Adds input `name`: a tensor of `dtype` (a `KILN_DTYPE_*` value) and `shape` (`rank`
 // dims; dim 0 is the rows this request contributes to a batch), copied from `data`
-// (`byte_len` bytes, row-major, native byte order; `bool` one byte per element). The caller
-// keeps ownership of every buffer; the request holds its own copy.
+// (`byte_len` bytes, row-major, native byte order; `bool` one byte per element;
+// `KILN_DTYPE_STRING` each element a 4-byte little-endian length and that many bytes of
+// UTF-8, as Triton's `BYTES`). The caller keeps ownership of every buffer; the request holds
+// its own copy.
 //
-// Errors: `KILN_STATUS_INVALID_ARGUMENT` for an unknown dtype code, a negative dim, or a
-// `byte_len` that does not match the shape; `KILN_STATUS_NULL_POINTER`. Names, dtypes and
-// shapes are checked against the model when the request runs.
+// Errors: `KILN_STATUS_INVALID_ARGUMENT` for an unknown dtype code, a negative dim, a
+// `byte_len` that does not match the shape, or strings that are not UTF-8, hold a NUL or
+// are not the shape's count; `KILN_STATUS_NULL_POINTER`. Names, dtypes and shapes are
+// checked against the model when the request runs.
 //
 // # Safety
 // `request` is NULL or a live request not in use elsewhere; `name` is a NUL-terminated
@@ -235,6 +242,29 @@ KilnStatus kiln_request_add_input(struct KilnRequest *request,
                                   size_t rank,
                                   const void *data,
                                   size_t byte_len);
+
+// Adds input `name` as `kiln_request_add_input` does, but borrows `data` instead of copying
+// it: every `kiln_model_infer` of this request reads the buffer in place (the batcher copies
+// it once, into its batch buffer, or not at all when the batch holds this request alone).
+// Not for strings (`KILN_DTYPE_STRING`: use `kiln_request_add_input`). A buffer not aligned
+// to its element size, and any `bool` buffer, is read through one copy (a padded
+// variable-length input is copied twice: padded, then stacked).
+//
+// Ownership: the caller keeps the buffer and must keep it valid and unchanged until the last
+// `kiln_model_infer` with this request has returned (it returns only once the batcher no
+// longer reads the buffer). Errors: as `kiln_request_add_input`, and
+// `KILN_STATUS_INVALID_ARGUMENT` for a string input.
+//
+// # Safety
+// As `kiln_request_add_input`, and `data` (`byte_len` bytes) stays valid and unchanged while
+// the request may run, as above.
+KilnStatus kiln_request_add_input_borrowed(struct KilnRequest *request,
+                                           const char *name,
+                                           uint32_t dtype,
+                                           const int64_t *shape,
+                                           size_t rank,
+                                           const void *data,
+                                           size_t byte_len);
 
 // Sets the request's priority level (0, the default, is the highest; levels go up to the
 // model's `priority_levels` - 1, checked when it runs).
@@ -310,9 +340,10 @@ KilnStatus kiln_tensor_dtype(const struct KilnTensor *tensor, uint32_t *out);
 // `tensor` is NULL or a live tensor; `dims` and `rank` are writable.
 KilnStatus kiln_tensor_shape(const struct KilnTensor *tensor, const int64_t **dims, size_t *rank);
 
-// Writes a pointer to a tensor's data (row-major, native byte order) and its size in
-// bytes. The data is owned by the tensor (and so by its result): read it, copy it, do not
-// free it or write to it.
+// Writes a pointer to a tensor's data (row-major, native byte order; a string tensor's
+// elements each a 4-byte little-endian length and that many bytes of UTF-8, no NUL
+// terminator) and its size in bytes. The data is owned by the tensor (and so by its
+// result): read it, copy it, do not free it or write to it.
 //
 // # Safety
 // `tensor` is NULL or a live tensor; `data` and `byte_len` are writable.

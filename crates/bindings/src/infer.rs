@@ -1,12 +1,16 @@
-//! Requests (inputs copied from caller buffers), blocking inference, and results.
+//! Requests (inputs copied from caller buffers, or borrowed for the length of each call),
+//! blocking inference, and results.
 //!
 //! Inference is blocking and thread-safe: callers on many threads submit to the same model
-//! and the scheduler batches them together; each caller gets back its own rows.
+//! and the scheduler batches them together; each caller gets back its own rows. Inputs reach
+//! the batcher as views (`kiln::TensorView`): a request's own copies are not copied again, and
+//! borrowed buffers are read in place — copied once, into the batch buffer (twice when a
+//! variable-length dimension is padded), or not at all when the request runs alone.
 
 use std::ffi::{c_char, c_void, CString};
 use std::time::Duration;
 
-use runtime::{ElementType, InferRequest, Tensor, TensorData};
+use runtime::{ElementType, Tensor, TensorSlice, TensorView, ViewRequest};
 
 use crate::model::{model_arg, KilnDtype, KilnModel};
 use crate::status::{
@@ -14,17 +18,119 @@ use crate::status::{
     FfiResult, KilnStatus,
 };
 
-/// A request being built: named input tensors and a priority.
+/// A request being built: named inputs and a priority.
 #[derive(Default)]
 pub struct KilnRequest {
-    inputs: Vec<(String, Tensor)>,
+    inputs: Vec<(String, Input)>,
     priority: usize,
+}
+
+/// One input of a request.
+enum Input {
+    /// The request's own copy.
+    Owned(Tensor),
+    /// The caller's buffer, read in place by each `kiln_model_infer` (checked when added:
+    /// `byte_len` is the shape's elements of `ty`, never a string).
+    Borrowed {
+        ty: ElementType,
+        shape: Vec<usize>,
+        data: *const c_void,
+        byte_len: usize,
+    },
+}
+
+impl Input {
+    /// The input as a view for one call.
+    ///
+    /// # Safety
+    /// A borrowed buffer is valid and unchanged for `'a` (the caller's contract on
+    /// `kiln_request_add_input_borrowed`).
+    unsafe fn view(&self) -> FfiResult<TensorView<'_>> {
+        match self {
+            Self::Owned(t) => Ok(TensorView::of(t)),
+            Self::Borrowed {
+                ty,
+                shape,
+                data,
+                byte_len,
+            } => {
+                // SAFETY: forwarded contract.
+                let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), *byte_len) };
+                // Read in place when the buffer is aligned for its type (and not bool); else
+                // through one copy.
+                // SAFETY: forwarded contract; `bytes` is the shape's elements of `ty`.
+                match unsafe { typed(*ty, bytes) } {
+                    Some(slice) => Ok(TensorView::from_slice(shape.clone(), slice)?),
+                    None => Ok(TensorView::from(tensor_from_bytes(
+                        *ty,
+                        shape.clone(),
+                        bytes,
+                    )?)),
+                }
+            }
+        }
+    }
+}
+
+/// `bytes` as a slice of `ty`'s elements, if aligned and not bool.
+///
+/// # Safety
+/// `bytes.len()` is a multiple of `ty`'s size; `ty` is not a string.
+unsafe fn typed(ty: ElementType, bytes: &[u8]) -> Option<TensorSlice<'_>> {
+    macro_rules! cast {
+        ($t:ty, $variant:ident) => {{
+            let ptr = bytes.as_ptr();
+            if ptr.align_offset(std::mem::align_of::<$t>()) != 0 {
+                return None;
+            }
+            let len = bytes.len() / std::mem::size_of::<$t>();
+            // SAFETY: aligned, `len` whole elements of a plain numeric type (every bit
+            // pattern valid), borrowed for `bytes`' lifetime.
+            TensorSlice::$variant(unsafe { std::slice::from_raw_parts(ptr.cast::<$t>(), len) })
+        }};
+    }
+    Some(match ty {
+        ElementType::F32 => cast!(f32, F32),
+        ElementType::F64 => cast!(f64, F64),
+        ElementType::I64 => cast!(i64, I64),
+        ElementType::I32 => cast!(i32, I32),
+        ElementType::I8 => cast!(i8, I8),
+        ElementType::U8 => cast!(u8, U8),
+        ElementType::I16 => cast!(i16, I16),
+        ElementType::U16 => cast!(u16, U16),
+        ElementType::U32 => cast!(u32, U32),
+        ElementType::U64 => cast!(u64, U64),
+        ElementType::F16 => cast!(runtime::half::f16, F16),
+        ElementType::Bf16 => cast!(runtime::half::bf16, Bf16),
+        // Bools are always copied: a Rust bool must be 0 or 1, and a byte the caller changed
+        // after a check could be neither.
+        _ => return None,
+    })
 }
 
 /// A tensor owned by the library (an output in a `KilnResult`).
 pub struct KilnTensor {
     tensor: Tensor,
     dims: Vec<i64>,
+    /// A string tensor's buffer form (length-prefixed elements), made once when the result
+    /// is: `kiln_tensor_data` hands out a pointer into it. Empty for other types.
+    strings: Vec<u8>,
+}
+
+impl KilnTensor {
+    fn new(tensor: Tensor) -> Self {
+        let dims = tensor.shape().iter().map(|&d| d as i64).collect();
+        let strings = if tensor.element_type() == ElementType::String {
+            tensor.to_le_bytes()
+        } else {
+            Vec::new()
+        };
+        Self {
+            tensor,
+            dims,
+            strings,
+        }
+    }
 }
 
 /// The outputs of one inference, in the model's output order.
@@ -38,31 +144,33 @@ fn tensor_from_bytes(ty: ElementType, shape: Vec<usize>, bytes: &[u8]) -> FfiRes
     Ok(Tensor::from_le_bytes(ty, shape, bytes)?)
 }
 
-/// The tensor's data as raw bytes, without copying.
+/// The tensor's data as raw bytes, without copying (a string tensor's is its buffer form,
+/// made with the result).
 ///
 /// # Errors
-/// A string tensor: it has no C form (a model with string inputs or outputs does not load
-/// through the C ABI, so none reaches here).
-fn tensor_bytes(tensor: &Tensor) -> FfiResult<(*const c_void, usize)> {
+/// An element type added to the runtime after this ABI (none today).
+fn tensor_bytes(t: &KilnTensor) -> FfiResult<(*const c_void, usize)> {
+    let tensor = &t.tensor;
     let ptr = match tensor.data() {
-        TensorData::F32(v) => v.as_ptr().cast(),
-        TensorData::F64(v) => v.as_ptr().cast(),
-        TensorData::I64(v) => v.as_ptr().cast(),
-        TensorData::I32(v) => v.as_ptr().cast(),
-        TensorData::I8(v) => v.as_ptr().cast(),
-        TensorData::U8(v) => v.as_ptr().cast(),
+        TensorSlice::F32(v) => v.as_ptr().cast(),
+        TensorSlice::F64(v) => v.as_ptr().cast(),
+        TensorSlice::I64(v) => v.as_ptr().cast(),
+        TensorSlice::I32(v) => v.as_ptr().cast(),
+        TensorSlice::I8(v) => v.as_ptr().cast(),
+        TensorSlice::U8(v) => v.as_ptr().cast(),
         // Rust's bool is one byte, 0 or 1: the same as the C ABI's.
-        TensorData::Bool(v) => v.as_ptr().cast(),
-        TensorData::I16(v) => v.as_ptr().cast(),
-        TensorData::U16(v) => v.as_ptr().cast(),
-        TensorData::U32(v) => v.as_ptr().cast(),
-        TensorData::U64(v) => v.as_ptr().cast(),
+        TensorSlice::Bool(v) => v.as_ptr().cast(),
+        TensorSlice::I16(v) => v.as_ptr().cast(),
+        TensorSlice::U16(v) => v.as_ptr().cast(),
+        TensorSlice::U32(v) => v.as_ptr().cast(),
+        TensorSlice::U64(v) => v.as_ptr().cast(),
         // IEEE half and bfloat16 bit patterns, two bytes each.
-        TensorData::F16(v) => v.as_ptr().cast(),
-        TensorData::Bf16(v) => v.as_ptr().cast(),
+        TensorSlice::F16(v) => v.as_ptr().cast(),
+        TensorSlice::Bf16(v) => v.as_ptr().cast(),
+        TensorSlice::String(_) => return Ok((t.strings.as_ptr().cast(), t.strings.len())),
         _ => {
             return Err(Failure::new(
-                KilnStatus::InvalidArgument,
+                KilnStatus::Internal,
                 format!("{} tensors have no C form", tensor.element_type()),
             ))
         }
@@ -100,12 +208,15 @@ pub unsafe extern "C" fn kiln_request_free(request: *mut KilnRequest) {
 
 /// Adds input `name`: a tensor of `dtype` (a `KILN_DTYPE_*` value) and `shape` (`rank`
 /// dims; dim 0 is the rows this request contributes to a batch), copied from `data`
-/// (`byte_len` bytes, row-major, native byte order; `bool` one byte per element). The caller
-/// keeps ownership of every buffer; the request holds its own copy.
+/// (`byte_len` bytes, row-major, native byte order; `bool` one byte per element;
+/// `KILN_DTYPE_STRING` each element a 4-byte little-endian length and that many bytes of
+/// UTF-8, as Triton's `BYTES`). The caller keeps ownership of every buffer; the request holds
+/// its own copy.
 ///
-/// Errors: `KILN_STATUS_INVALID_ARGUMENT` for an unknown dtype code, a negative dim, or a
-/// `byte_len` that does not match the shape; `KILN_STATUS_NULL_POINTER`. Names, dtypes and
-/// shapes are checked against the model when the request runs.
+/// Errors: `KILN_STATUS_INVALID_ARGUMENT` for an unknown dtype code, a negative dim, a
+/// `byte_len` that does not match the shape, or strings that are not UTF-8, hold a NUL or
+/// are not the shape's count; `KILN_STATUS_NULL_POINTER`. Names, dtypes and shapes are
+/// checked against the model when the request runs.
 ///
 /// # Safety
 /// `request` is NULL or a live request not in use elsewhere; `name` is a NUL-terminated
@@ -122,40 +233,127 @@ pub unsafe extern "C" fn kiln_request_add_input(
     byte_len: usize,
 ) -> KilnStatus {
     guard(|| {
-        // SAFETY: NULL or live and unshared by contract.
-        let request = unsafe { borrow_mut(request, "request") }?;
-        // SAFETY: NUL-terminated by contract.
-        let name = unsafe { text(name, "name") }?.to_owned();
-        let ty = KilnDtype::element_type(dtype)?;
-        let dims: &[i64] = if rank == 0 {
-            &[]
-        } else if shape.is_null() {
-            return Err(Failure::new(KilnStatus::NullPointer, "`shape` is NULL"));
-        } else {
-            // SAFETY: `shape` has `rank` readable values by contract.
-            unsafe { std::slice::from_raw_parts(shape, rank) }
-        };
-        let shape = dims
-            .iter()
-            .map(|&d| {
-                usize::try_from(d).map_err(|_| {
-                    Failure::invalid(format!("input `{name}`: dim {d} of {dims:?} is negative"))
-                })
-            })
-            .collect::<FfiResult<Vec<_>>>()?;
-        let bytes: &[u8] = if byte_len == 0 {
-            &[]
-        } else if data.is_null() {
-            return Err(Failure::new(KilnStatus::NullPointer, "`data` is NULL"));
-        } else {
-            // SAFETY: `data` has `byte_len` readable bytes by contract.
-            unsafe { std::slice::from_raw_parts(data.cast::<u8>(), byte_len) }
-        };
+        // SAFETY: forwarded contract.
+        let (request, name, ty, shape, bytes) =
+            unsafe { input_args(request, name, dtype, shape, rank, data, byte_len) }?;
         let tensor = tensor_from_bytes(ty, shape, bytes)
             .map_err(|e| Failure::new(e.status, format!("input `{name}`: {}", e.message)))?;
-        request.inputs.push((name, tensor));
+        request.inputs.push((name, Input::Owned(tensor)));
         Ok(())
     })
+}
+
+/// Adds input `name` as `kiln_request_add_input` does, but borrows `data` instead of copying
+/// it: every `kiln_model_infer` of this request reads the buffer in place (the batcher copies
+/// it once, into its batch buffer, or not at all when the batch holds this request alone).
+/// Not for strings (`KILN_DTYPE_STRING`: use `kiln_request_add_input`). A buffer not aligned
+/// to its element size, and any `bool` buffer, is read through one copy (a padded
+/// variable-length input is copied twice: padded, then stacked).
+///
+/// Ownership: the caller keeps the buffer and must keep it valid and unchanged until the last
+/// `kiln_model_infer` with this request has returned (it returns only once the batcher no
+/// longer reads the buffer). Errors: as `kiln_request_add_input`, and
+/// `KILN_STATUS_INVALID_ARGUMENT` for a string input.
+///
+/// # Safety
+/// As `kiln_request_add_input`, and `data` (`byte_len` bytes) stays valid and unchanged while
+/// the request may run, as above.
+#[no_mangle]
+pub unsafe extern "C" fn kiln_request_add_input_borrowed(
+    request: *mut KilnRequest,
+    name: *const c_char,
+    dtype: u32,
+    shape: *const i64,
+    rank: usize,
+    data: *const c_void,
+    byte_len: usize,
+) -> KilnStatus {
+    guard(|| {
+        // SAFETY: forwarded contract.
+        let (request, name, ty, shape, bytes) =
+            unsafe { input_args(request, name, dtype, shape, rank, data, byte_len) }?;
+        if ty == ElementType::String {
+            return Err(Failure::invalid(format!(
+                "input `{name}`: string inputs cannot be borrowed; use kiln_request_add_input"
+            )));
+        }
+        // The sizes are checked now, so a bad one fails here, not at each inference.
+        let expected = shape
+            .iter()
+            .try_fold(ty.size(), |acc, &d| acc.checked_mul(d));
+        if expected != Some(bytes.len()) {
+            return Err(Failure::invalid(format!(
+                "input `{name}`: {} bytes for shape {shape:?} of {ty} ({} expected)",
+                bytes.len(),
+                expected.map_or_else(|| "more than fits in memory".to_owned(), |n| n.to_string())
+            )));
+        }
+        request.inputs.push((
+            name,
+            Input::Borrowed {
+                ty,
+                shape,
+                data: bytes.as_ptr().cast(),
+                byte_len: bytes.len(),
+            },
+        ));
+        Ok(())
+    })
+}
+
+/// `kiln_request_add_input*`'s arguments, checked: the request, the input's name, element
+/// type, shape and bytes.
+type InputArgs<'a> = (
+    &'a mut KilnRequest,
+    String,
+    ElementType,
+    Vec<usize>,
+    &'a [u8],
+);
+
+/// The arguments both `kiln_request_add_input*` take, checked.
+///
+/// # Safety
+/// As `kiln_request_add_input`.
+unsafe fn input_args<'a>(
+    request: *mut KilnRequest,
+    name: *const c_char,
+    dtype: u32,
+    shape: *const i64,
+    rank: usize,
+    data: *const c_void,
+    byte_len: usize,
+) -> FfiResult<InputArgs<'a>> {
+    // SAFETY: NULL or live and unshared by contract.
+    let request = unsafe { borrow_mut(request, "request") }?;
+    // SAFETY: NUL-terminated by contract.
+    let name = unsafe { text(name, "name") }?.to_owned();
+    let ty = KilnDtype::element_type(dtype)?;
+    let dims: &[i64] = if rank == 0 {
+        &[]
+    } else if shape.is_null() {
+        return Err(Failure::new(KilnStatus::NullPointer, "`shape` is NULL"));
+    } else {
+        // SAFETY: `shape` has `rank` readable values by contract.
+        unsafe { std::slice::from_raw_parts(shape, rank) }
+    };
+    let shape = dims
+        .iter()
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| {
+                Failure::invalid(format!("input `{name}`: dim {d} of {dims:?} is negative"))
+            })
+        })
+        .collect::<FfiResult<Vec<_>>>()?;
+    let bytes: &[u8] = if byte_len == 0 {
+        &[]
+    } else if data.is_null() {
+        return Err(Failure::new(KilnStatus::NullPointer, "`data` is NULL"));
+    } else {
+        // SAFETY: `data` has `byte_len` readable bytes by contract.
+        unsafe { std::slice::from_raw_parts(data.cast::<u8>(), byte_len) }
+    };
+    Ok((request, name, ty, shape, bytes))
 }
 
 /// Sets the request's priority level (0, the default, is the highest; levels go up to the
@@ -206,19 +404,26 @@ pub unsafe extern "C" fn kiln_model_infer(
         let model = unsafe { model_arg(model) }?;
         // SAFETY: NULL or live by contract.
         let request = unsafe { borrow(request, "request") }?;
-        let mut call = InferRequest::new(request.inputs.clone()).with_priority(request.priority);
+        let views = request
+            .inputs
+            .iter()
+            // SAFETY: borrowed buffers are valid and unchanged during this call (the caller's
+            // contract on `kiln_request_add_input_borrowed`).
+            .map(|(name, input)| Ok((name.clone(), unsafe { input.view() }?)))
+            .collect::<FfiResult<Vec<_>>>()?;
+        let mut call = ViewRequest::new(views).with_priority(request.priority);
         if timeout_ms > 0 {
             call = call.with_timeout(Duration::from_millis(timeout_ms));
         }
-        let outputs = model.handle.infer_blocking(call)?;
+        // Returns only once the batcher no longer reads the request's buffers.
+        let outputs = model.handle.infer_view_blocking(call)?;
         let outputs = outputs
             .into_iter()
             .map(|(name, tensor)| {
                 let name = CString::new(name).map_err(|_| {
                     Failure::new(KilnStatus::InvalidModel, "an output name holds NUL")
                 })?;
-                let dims = tensor.shape().iter().map(|&d| d as i64).collect();
-                Ok((name, KilnTensor { tensor, dims }))
+                Ok((name, KilnTensor::new(tensor)))
             })
             .collect::<FfiResult<_>>()?;
         // SAFETY: checked writable.
@@ -372,9 +577,10 @@ pub unsafe extern "C" fn kiln_tensor_shape(
     })
 }
 
-/// Writes a pointer to a tensor's data (row-major, native byte order) and its size in
-/// bytes. The data is owned by the tensor (and so by its result): read it, copy it, do not
-/// free it or write to it.
+/// Writes a pointer to a tensor's data (row-major, native byte order; a string tensor's
+/// elements each a 4-byte little-endian length and that many bytes of UTF-8, no NUL
+/// terminator) and its size in bytes. The data is owned by the tensor (and so by its
+/// result): read it, copy it, do not free it or write to it.
 ///
 /// # Safety
 /// `tensor` is NULL or a live tensor; `data` and `byte_len` are writable.
@@ -389,7 +595,7 @@ pub unsafe extern "C" fn kiln_tensor_data(
         let len_out = out_ptr(byte_len, "byte_len")?;
         // SAFETY: NULL or live by contract.
         let t = unsafe { borrow(tensor, "tensor") }?;
-        let (ptr, len) = tensor_bytes(&t.tensor)?;
+        let (ptr, len) = tensor_bytes(t)?;
         // SAFETY: both checked writable.
         unsafe {
             write(data_out, ptr);
@@ -412,13 +618,35 @@ mod tests {
         )
         .expect("f32");
         assert_eq!(t.as_slice::<f32>().expect("f32"), &[1.5, -2.0]);
-        let (ptr, len) = tensor_bytes(&t).expect("f32 has a C form");
+        let (ptr, len) = tensor_bytes(&KilnTensor::new(t.clone())).expect("f32 has a C form");
         assert_eq!(len, 8);
         assert!(!ptr.is_null());
         let b = tensor_from_bytes(ElementType::Bool, vec![3], &[0, 1, 7]).expect("bool");
         assert_eq!(b.as_slice::<bool>().expect("bool"), &[false, true, true]);
         let i = tensor_from_bytes(ElementType::I64, vec![1, 1], &7i64.to_ne_bytes()).expect("i64");
         assert_eq!(i.as_slice::<i64>().expect("i64"), &[7]);
+    }
+
+    #[test]
+    fn strings_are_length_prefixed_both_ways_and_bad_ones_are_refused() {
+        let bytes = [&3u32.to_le_bytes()[..], b"cat", &0u32.to_le_bytes()].concat();
+        let t = tensor_from_bytes(ElementType::String, vec![2], &bytes).expect("strings");
+        assert_eq!(t.as_slice::<String>().expect("strings"), &["cat", ""]);
+        let out = KilnTensor::new(t);
+        let (ptr, len) = tensor_bytes(&out).expect("strings have a C form");
+        // SAFETY: `ptr` points to `len` bytes owned by `out`, alive here.
+        assert_eq!(
+            unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) },
+            &bytes[..]
+        );
+        let nul = [&2u32.to_le_bytes()[..], b"a\0"].concat();
+        let e = tensor_from_bytes(ElementType::String, vec![1], &nul).expect_err("NUL");
+        assert!(e.message.contains("NUL"), "{}", e.message);
+        let bad = [&2u32.to_le_bytes()[..], &[0xff, 0xfe]].concat();
+        let e = tensor_from_bytes(ElementType::String, vec![1], &bad).expect_err("not UTF-8");
+        assert_eq!(e.status, KilnStatus::InvalidArgument, "{}", e.message);
+        let e = tensor_from_bytes(ElementType::String, vec![3], &bytes).expect_err("count");
+        assert_eq!(e.status, KilnStatus::InvalidArgument, "{}", e.message);
     }
 
     #[test]

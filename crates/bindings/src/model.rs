@@ -42,6 +42,10 @@ pub enum KilnDtype {
     Uint64 = 13,
     /// bfloat16 (2 bytes: the upper half of a float32).
     Bfloat16 = 16,
+    /// UTF-8 strings (ONNX `STRING`; the v2 protocol's `BYTES`). In a buffer each element is
+    /// a 4-byte little-endian length and that many bytes, as Triton's C API lays out `BYTES`
+    /// (no NUL terminator; a NUL byte inside is refused, ONNX Runtime would cut it short).
+    String = 8,
 }
 
 impl KilnDtype {
@@ -60,6 +64,8 @@ impl KilnDtype {
             ElementType::U32 => Self::Uint32,
             ElementType::U64 => Self::Uint64,
             ElementType::Bf16 => Self::Bfloat16,
+            ElementType::String => Self::String,
+            // Element types added to the runtime later get a code when the ABI gains them.
             other => {
                 return Err(Failure::new(
                     KilnStatus::Internal,
@@ -84,6 +90,7 @@ impl KilnDtype {
             12 => ElementType::U32,
             13 => ElementType::U64,
             16 => ElementType::Bf16,
+            8 => ElementType::String,
             _ => {
                 return Err(Failure::invalid(format!(
                     "unknown dtype code {code}; use a KILN_DTYPE_* value"

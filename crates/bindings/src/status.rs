@@ -95,6 +95,7 @@ impl From<runtime::Error> for Failure {
             E::ChecksumMismatch { .. }
             | E::SizeMismatch { .. }
             | E::ChecksumRequired { .. }
+            | E::Signature { .. }
             | E::InvalidManifest { .. } => S::ChecksumMismatch,
             E::InvalidModel { .. } | E::UnsupportedModel { .. } => S::InvalidModel,
             E::ProviderUnavailable { .. } => S::ProviderUnavailable,

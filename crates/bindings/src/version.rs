@@ -2,5 +2,5 @@
 
 /// ABI major version: bumped on any incompatible change (it is the soname's number).
 pub const KILN_ABI_MAJOR: u32 = 0;
-/// ABI minor version: bumped when functions or status codes are added.
-pub const KILN_ABI_MINOR: u32 = 1;
+/// ABI minor version: bumped when functions, status codes or dtype codes are added.
+pub const KILN_ABI_MINOR: u32 = 3;

@@ -212,6 +212,69 @@ fn bad_input_gets_status_codes_and_messages() {
 }
 
 #[test]
+fn string_tensors_cross_the_abi_batched_from_8_threads_and_bad_buffers_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = install(dir.path());
+    let exe = dir.path().join("strings");
+    let mut link = dynamic_link(&lib);
+    link.push("-lpthread".into());
+    compile(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/strings.c"),
+        &exe,
+        None,
+        &refs(&link),
+    );
+    let args = vec![testdata(""), sha256_of("strings.onnx")];
+    let out = run(&exe, &args, None);
+    assert!(
+        out.status.success(),
+        "string tensors through the C ABI failed"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("PASSED: 0 failure(s)"), "{stdout}");
+    // Every request answered, and concurrent ones shared batches.
+    let batches: u64 = stdout
+        .split("160 requests in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no `160 requests in N batches` line: {stdout}"));
+    assert!(
+        batches < 160,
+        "{batches} batches for 160 requests: nothing was batched"
+    );
+}
+
+#[test]
+fn borrowed_inputs_are_read_in_place_batched_from_8_threads_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let lib = install(dir.path());
+    let exe = dir.path().join("borrowed");
+    let mut link = dynamic_link(&lib);
+    link.push("-lpthread".into());
+    compile(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/borrowed.c"),
+        &exe,
+        None,
+        &refs(&link),
+    );
+    let args = vec![testdata(""), sha256_of("mlp.onnx")];
+    let out = run(&exe, &args, None);
+    assert!(
+        out.status.success(),
+        "borrowed inputs through the C ABI failed"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("PASSED: 0 failure(s)"), "{stdout}");
+
+    let Some(valgrind) = valgrind() else { return };
+    let out = run(&exe, &args, Some(&valgrind));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "valgrind found errors or leaks");
+    assert!(stderr.contains("ERROR SUMMARY: 0 errors"), "{stderr}");
+}
+
+#[test]
 fn example_is_clean_under_address_sanitizer() {
     // The 8-thread example under AddressSanitizer and LeakSanitizer (fast enough for every
     // CI run; valgrind, 20-50x slower on a real model, covers the bad-input program above,

@@ -34,6 +34,8 @@ fn go_package_batches_32_goroutines_and_types_its_errors() {
         .env("GOPROXY", "off")
         .env("KILN_GO_MODEL", testdata("real/magika.onnx"))
         .env("KILN_GO_SHA256", sha256_of("real/magika.onnx"))
+        .env("KILN_GO_STRINGS", testdata("strings.onnx"))
+        .env("KILN_GO_STRINGS_SHA256", sha256_of("strings.onnx"))
         .envs(ort_env())
         .output()
         .expect("run go test");

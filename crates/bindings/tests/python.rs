@@ -76,6 +76,8 @@ fn the_wheel_installs_into_a_fresh_venv_and_serves_threads_and_asyncio() {
             .arg(root().join("python/tests/clients.py"))
             .arg(testdata("real/magika.onnx"))
             .arg(sha256_of("real/magika.onnx"))
+            .arg(testdata("strings.onnx"))
+            .arg(sha256_of("strings.onnx"))
             .current_dir(dir.path())
             .env_remove("PYTHONPATH")
             .env_remove("KILN_LIBRARY")

@@ -91,6 +91,7 @@ impl<'de> serde::Deserialize<'de> for Digest {
 
 /// Where the expected digest of a model comes from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Checksum {
     /// The caller states the digest.
     Sha256(Digest),
@@ -100,7 +101,40 @@ pub enum Checksum {
     Manifest,
     /// Do not verify. Logged as a warning at every load.
     Skip,
+    /// An OpenSSF model-signing bundle that the trust root must have signed: the model's
+    /// directory must hold exactly the signed files (the bundle itself, and the paths the
+    /// bundle's signer ignored, left out), and the model and its external data must be the
+    /// signed bytes.
+    Signature(SignatureCheck),
 }
+
+/// A signature bundle and its trust root, for [`Checksum::Signature`].
+#[derive(Debug, Clone)]
+pub struct SignatureCheck {
+    /// The bundle (`model.sig`); a relative path is relative to the model's directory.
+    pub bundle: std::path::PathBuf,
+    /// What must have signed it.
+    pub trust: std::sync::Arc<crate::signing::Trust>,
+}
+
+impl SignatureCheck {
+    /// `bundle` signed by `trust`.
+    pub fn new(bundle: impl Into<std::path::PathBuf>, trust: crate::signing::Trust) -> Self {
+        Self {
+            bundle: bundle.into(),
+            trust: std::sync::Arc::new(trust),
+        }
+    }
+}
+
+impl PartialEq for SignatureCheck {
+    /// The same bundle path and the same trust root value.
+    fn eq(&self, other: &Self) -> bool {
+        self.bundle == other.bundle && std::sync::Arc::ptr_eq(&self.trust, &other.trust)
+    }
+}
+
+impl Eq for SignatureCheck {}
 
 /// A model file's bytes, read once.
 pub struct ModelBytes(Storage);

@@ -107,6 +107,17 @@ pub enum Error {
         actual: Digest,
     },
 
+    /// The model's signature bundle was refused, or its directory is not what was signed;
+    /// nothing was loaded.
+    #[error("signature check failed for {path}: {source}")]
+    Signature {
+        /// The model file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: crate::signing::SignatureError,
+    },
+
     /// The file's size differs from the size its manifest records; nothing was loaded.
     #[error("size mismatch for {path}: manifest says {expected} bytes, file has {actual}")]
     SizeMismatch {

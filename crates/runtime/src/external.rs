@@ -76,12 +76,13 @@ pub(crate) fn load(
         let expected = match (checksum, pins.get(&location)) {
             (_, Some(d)) => Some(*d),
             (Checksum::Skip, None) => None,
-            (Checksum::Manifest, None) => {
+            (Checksum::Manifest | Checksum::Signature(_), None) => {
                 let entry = manifest.and_then(|m| m.file(&location)).ok_or_else(|| {
                     Error::ChecksumRequired {
                         path: file.clone(),
                         reason: format!(
-                            "the model's external data file {location:?} is not in the manifest"
+                            "the model's external data file {location:?} is not in the manifest \
+                             or signature"
                         ),
                     }
                 })?;

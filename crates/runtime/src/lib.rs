@@ -31,16 +31,22 @@
 //! - [`model`]: a loaded model and single-request inference.
 //! - [`repository`]: serves every model published under a root, hot-swapping versions,
 //!   retrying failed ones with backoff; admin load and unload.
+//! - [`signing`]: OpenSSF model-signing bundles verified against a key or CA certificates.
 //! - [`batch`]: dynamic batching, admission, deadlines, lifecycle and hot swap, metrics.
 //! - [`error`]: the crate's error type.
 //! - `prometheus` (feature `prometheus`): the Prometheus text exporter for these metrics.
+//! - `http` (feature `http`): the Open Inference Protocol v2 (REST and gRPC) as axum routers
+//!   a service mounts, and the accept loop `kiln-server` serves them with.
 
 pub mod batch;
+mod borrowed;
 pub mod checksum;
 pub mod config;
 pub mod device;
 pub mod error;
 mod external;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod layout;
 pub mod manifest;
 pub mod memory;
@@ -50,6 +56,7 @@ pub mod model;
 pub mod prometheus;
 pub mod repository;
 pub mod runtime;
+pub mod signing;
 pub mod tensor;
 
 // The crates whose types appear in kiln's public signatures, so callers name the same
@@ -59,13 +66,15 @@ pub use half;
 pub use ndarray;
 pub use opentelemetry as otel;
 
-pub use batch::{BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus};
+pub use batch::{BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus, ViewRequest};
+pub use borrowed::TensorView;
 
-/// README's Rust examples compile (`cargo test --doc`): docs match the API.
-#[cfg(doctest)]
+/// README's Rust examples compile (`cargo test --workspace --doc`, where `kiln-server` turns
+/// feature `http` on for the `kiln::http` example): docs match the API.
+#[cfg(all(doctest, feature = "http"))]
 #[doc = include_str!("../../../README.md")]
 struct ReadmeExamples;
-pub use checksum::{Checksum, Digest};
+pub use checksum::{Checksum, Digest, SignatureCheck};
 pub use config::{ModelOptions, OptimizationLevel, SessionConfig};
 pub use device::{Device, Fallback, Provider, ProviderReport, ReportSource};
 pub use error::{Error, ErrorKind, LibraryAttempt, Result};
@@ -74,4 +83,4 @@ pub use metadata::{ModelMetadata, TensorInfo};
 pub use model::{ByName, Model, NamedTensors};
 pub use repository::{LoadOutcome, Readiness, Repository, RepositoryConfig, ScanReport};
 pub use runtime::{LibraryInfo, Runtime, RuntimeConfig, ThreadPoolConfig};
-pub use tensor::{Element, ElementType, Item, Tensor, TensorData};
+pub use tensor::{Element, ElementType, Item, Tensor, TensorData, TensorSlice};

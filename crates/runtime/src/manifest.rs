@@ -12,12 +12,14 @@
 //!   "etag": "\"9b2cf535f27731c974343645a3985328\"",
 //!   "version_id": null,
 //!   "created": "2026-11-22T12:00:00Z",
+//!   "signer": "key sha256:54fce93a…",
 //!   "files": [
 //!     { "path": "model.onnx", "sha256": "<64 hex>", "size": 3163737 }
 //!   ]
 //! }
 //! ```
 //!
+//! `signer` is present only when the agent verified a signature bundle for the version.
 //! `path` is relative to the manifest's directory and may not leave it. `source` never holds
 //! credentials or signed query strings (the agent strips them before writing).
 
@@ -53,6 +55,10 @@ pub struct Manifest {
     pub version_id: Option<String>,
     /// When the version was published, RFC 3339 UTC.
     pub created: String,
+    /// Who signed the files, when the agent verified an OpenSSF model-signing bundle for
+    /// them (`key sha256:<hint>` or `certificate <subject> (issuer <issuer>)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
     /// Every file of the version.
     pub files: Vec<ManifestFile>,
 }
@@ -142,6 +148,7 @@ mod tests {
             source: Some("s3://b/m/1/".into()),
             etag: None,
             version_id: None,
+            signer: None,
             created: "2026-11-22T12:00:00Z".into(),
             files: vec![ManifestFile {
                 path: "model.onnx".into(),

@@ -23,7 +23,7 @@ use crate::external::{self, ExternalFile};
 use crate::manifest::Manifest;
 use crate::metadata::ModelMetadata;
 use crate::runtime::Runtime;
-use crate::tensor::{with_data, with_element_type, Tensor};
+use crate::tensor::{with_element_type, with_slice, Tensor};
 
 /// A request's or response's named tensors.
 pub type NamedTensors = Vec<(String, Tensor)>;
@@ -158,6 +158,14 @@ impl Model {
             &options.external_data,
             manifest.as_ref(),
         )?;
+        // A signed directory: every signed file the loader did not read is checked too.
+        if let (Checksum::Signature(_), Some(signed)) = (&options.checksum, &manifest) {
+            crate::signing::dir::check_unread(
+                path,
+                signed,
+                external.iter().map(|f| f.location.as_str()),
+            )?;
+        }
 
         let mut models = Vec::with_capacity(count);
         for _ in 0..count {
@@ -244,6 +252,23 @@ impl Model {
         self.run_validated(inputs)
     }
 
+    /// [`Model::run`] over inputs borrowed from the caller (`ndarray` views, slices): handed
+    /// to ONNX Runtime where they lie, with no copy (a view not in standard layout is copied
+    /// once, when it becomes a [`TensorView`](crate::TensorView); strings are copied by ONNX
+    /// Runtime itself).
+    ///
+    /// # Errors
+    /// As [`Model::run`]; [`Error::TensorString`] for a string with a NUL byte.
+    pub fn run_views(
+        &mut self,
+        inputs: &[(String, crate::borrowed::TensorView<'_>)],
+    ) -> Result<NamedTensors> {
+        let scope = crate::borrowed::Scope::new();
+        // SAFETY: `inputs` outlives `scope`; the lent tensors are dropped before it ends.
+        let lent = unsafe { crate::borrowed::lend_all(&scope, inputs)? };
+        self.run(&lent)
+    }
+
     /// Runs inputs that were already validated (the batcher validates each request at
     /// admission; a stacked batch may legitimately exceed the per-request element cap).
     pub(crate) fn run_validated(&mut self, inputs: &[(String, Tensor)]) -> Result<NamedTensors> {
@@ -256,11 +281,11 @@ impl Model {
             Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
             let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
-            let value: SessionInputValue<'_> = with_data!(
+            let value: SessionInputValue<'_> = with_slice!(
                 tensor.data(),
-                v => TensorRef::from_array_view((shape, v.as_slice())).map_err(inference)?.into(),
+                v => TensorRef::from_array_view((shape, v)).map_err(inference)?.into(),
                 // ONNX Runtime copies strings into its own (there is no view of them).
-                strings v => ort::value::Tensor::from_string_array((shape, v.as_slice()))
+                strings v => ort::value::Tensor::from_string_array((shape, v))
                     .map_err(inference)?
                     .into()
             );
@@ -298,7 +323,7 @@ fn expected_digest(path: &Path, checksum: &Checksum) -> Result<(Option<Pinned>, 
     match checksum {
         Checksum::Sha256(d) => Ok((Some((*d, None)), None)),
         Checksum::Skip => Ok((None, None)),
-        Checksum::Manifest => {
+        Checksum::Manifest | Checksum::Signature(_) => {
             let required = |reason: String| Error::ChecksumRequired {
                 path: path.to_owned(),
                 reason,
@@ -311,13 +336,19 @@ fn expected_digest(path: &Path, checksum: &Checksum) -> Result<(Option<Pinned>, 
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            let (manifest_path, manifest) = Manifest::read_in(dir)?.ok_or_else(|| {
-                required(format!(
-                    "no {} in {}",
-                    crate::layout::MANIFEST_FILE,
-                    dir.display()
-                ))
-            })?;
+            let (manifest_path, manifest) = match checksum {
+                Checksum::Signature(check) => (
+                    check.bundle.clone(),
+                    crate::signing::dir::signed_manifest(path, check)?,
+                ),
+                _ => Manifest::read_in(dir)?.ok_or_else(|| {
+                    required(format!(
+                        "no {} in {}",
+                        crate::layout::MANIFEST_FILE,
+                        dir.display()
+                    ))
+                })?,
+            };
             let entry = manifest.file(&file).ok_or_else(|| {
                 required(format!(
                     "{} does not list {file:?}",

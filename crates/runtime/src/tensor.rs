@@ -127,32 +127,112 @@ pub enum TensorData {
     String(Vec<String>),
 }
 
-/// Runs `$body` with `$v` bound to the inner `Vec` of any [`TensorData`] variant; with a
-/// `strings` arm, the string variant runs that arm instead (for bodies that need a number).
-macro_rules! with_data {
+/// A tensor's elements, borrowed: one variant per [`ElementType`] ([`Tensor::data`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub enum TensorSlice<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+    I64(&'a [i64]),
+    I32(&'a [i32]),
+    I8(&'a [i8]),
+    U8(&'a [u8]),
+    Bool(&'a [bool]),
+    I16(&'a [i16]),
+    U16(&'a [u16]),
+    U32(&'a [u32]),
+    U64(&'a [u64]),
+    F16(&'a [half::f16]),
+    Bf16(&'a [half::bf16]),
+    String(&'a [String]),
+}
+
+/// Runs `$body` with `$v` bound to the slice of any [`TensorSlice`] variant; with a `strings`
+/// arm, the string variant runs that arm instead (for bodies that need a number).
+macro_rules! with_slice {
     ($data:expr, $v:ident => $body:expr) => {
-        $crate::tensor::with_data!($data, $v => $body, strings $v => $body)
+        $crate::tensor::with_slice!($data, $v => $body, strings $v => $body)
     };
     ($data:expr, $v:ident => $body:expr, strings $s:ident => $sbody:expr) => {
         match $data {
-            $crate::tensor::TensorData::F32($v) => $body,
-            $crate::tensor::TensorData::F64($v) => $body,
-            $crate::tensor::TensorData::I64($v) => $body,
-            $crate::tensor::TensorData::I32($v) => $body,
-            $crate::tensor::TensorData::I8($v) => $body,
-            $crate::tensor::TensorData::U8($v) => $body,
-            $crate::tensor::TensorData::Bool($v) => $body,
-            $crate::tensor::TensorData::I16($v) => $body,
-            $crate::tensor::TensorData::U16($v) => $body,
-            $crate::tensor::TensorData::U32($v) => $body,
-            $crate::tensor::TensorData::U64($v) => $body,
-            $crate::tensor::TensorData::F16($v) => $body,
-            $crate::tensor::TensorData::Bf16($v) => $body,
-            $crate::tensor::TensorData::String($s) => $sbody,
+            $crate::tensor::TensorSlice::F32($v) => $body,
+            $crate::tensor::TensorSlice::F64($v) => $body,
+            $crate::tensor::TensorSlice::I64($v) => $body,
+            $crate::tensor::TensorSlice::I32($v) => $body,
+            $crate::tensor::TensorSlice::I8($v) => $body,
+            $crate::tensor::TensorSlice::U8($v) => $body,
+            $crate::tensor::TensorSlice::Bool($v) => $body,
+            $crate::tensor::TensorSlice::I16($v) => $body,
+            $crate::tensor::TensorSlice::U16($v) => $body,
+            $crate::tensor::TensorSlice::U32($v) => $body,
+            $crate::tensor::TensorSlice::U64($v) => $body,
+            $crate::tensor::TensorSlice::F16($v) => $body,
+            $crate::tensor::TensorSlice::Bf16($v) => $body,
+            $crate::tensor::TensorSlice::String($s) => $sbody,
         }
     };
 }
-pub(crate) use with_data;
+pub(crate) use with_slice;
+
+impl TensorData {
+    /// The elements, borrowed.
+    pub fn as_slice(&self) -> TensorSlice<'_> {
+        match self {
+            Self::F32(v) => TensorSlice::F32(v),
+            Self::F64(v) => TensorSlice::F64(v),
+            Self::I64(v) => TensorSlice::I64(v),
+            Self::I32(v) => TensorSlice::I32(v),
+            Self::I8(v) => TensorSlice::I8(v),
+            Self::U8(v) => TensorSlice::U8(v),
+            Self::Bool(v) => TensorSlice::Bool(v),
+            Self::I16(v) => TensorSlice::I16(v),
+            Self::U16(v) => TensorSlice::U16(v),
+            Self::U32(v) => TensorSlice::U32(v),
+            Self::U64(v) => TensorSlice::U64(v),
+            Self::F16(v) => TensorSlice::F16(v),
+            Self::Bf16(v) => TensorSlice::Bf16(v),
+            Self::String(v) => TensorSlice::String(v),
+        }
+    }
+}
+
+impl TensorSlice<'_> {
+    /// The element type.
+    pub fn element_type(&self) -> ElementType {
+        match self {
+            Self::F32(_) => ElementType::F32,
+            Self::F64(_) => ElementType::F64,
+            Self::I64(_) => ElementType::I64,
+            Self::I32(_) => ElementType::I32,
+            Self::I8(_) => ElementType::I8,
+            Self::U8(_) => ElementType::U8,
+            Self::Bool(_) => ElementType::Bool,
+            Self::I16(_) => ElementType::I16,
+            Self::U16(_) => ElementType::U16,
+            Self::U32(_) => ElementType::U32,
+            Self::U64(_) => ElementType::U64,
+            Self::F16(_) => ElementType::F16,
+            Self::Bf16(_) => ElementType::Bf16,
+            Self::String(_) => ElementType::String,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        with_slice!(self, v => v.len())
+    }
+
+    /// Whether there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// An owned copy.
+    pub fn to_owned_data(&self) -> TensorData {
+        with_slice!(self, v => Item::wrap(v.to_vec()))
+    }
+}
 
 /// Runs `$body` with the type alias `$T` bound to the Rust type of an [`ElementType`]
 /// (`String` for strings); with a `strings` arm, strings run that arm instead (for bodies
@@ -224,14 +304,23 @@ macro_rules! with_element_type {
 }
 pub(crate) use with_element_type;
 
-/// A Rust type a tensor can hold: every [`Element`] and `String`.
-pub trait Item: Clone + fmt::Debug + Default + Send + Sync + 'static {
+mod sealed {
+    /// Only kiln's element types are tensor items.
+    pub trait Sealed {}
+}
+
+/// A Rust type a tensor can hold: every [`Element`] and `String` (sealed: kiln's types only).
+pub trait Item: sealed::Sealed + Clone + fmt::Debug + Default + Send + Sync + 'static {
     /// Its element type.
     const TYPE: ElementType;
     /// Wraps a vector of this type.
     fn wrap(data: Vec<Self>) -> TensorData;
     /// Borrows the vector if `data` holds this type.
     fn view(data: &TensorData) -> Option<&[Self]>;
+    /// Wraps a slice of this type.
+    fn wrap_slice(data: &[Self]) -> TensorSlice<'_>;
+    /// The slice if `data` holds this type.
+    fn slice(data: TensorSlice<'_>) -> Option<&[Self]>;
     /// Takes the vector back out if `data` holds this type (else returns `data`).
     ///
     /// # Errors
@@ -253,6 +342,7 @@ pub trait Element: Item + ort::value::PrimitiveTensorElementType + Copy {
 
 macro_rules! item {
     ($t:ty => $variant:ident, |$v:ident| $cast:expr) => {
+        impl sealed::Sealed for $t {}
         impl Item for $t {
             const TYPE: ElementType = ElementType::$variant;
             fn wrap(data: Vec<Self>) -> TensorData {
@@ -261,6 +351,15 @@ macro_rules! item {
             fn view(data: &TensorData) -> Option<&[Self]> {
                 match data {
                     TensorData::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+            fn wrap_slice(data: &[Self]) -> TensorSlice<'_> {
+                TensorSlice::$variant(data)
+            }
+            fn slice(data: TensorSlice<'_>) -> Option<&[Self]> {
+                match data {
+                    TensorSlice::$variant(v) => Some(v),
                     _ => None,
                 }
             }
@@ -305,11 +404,38 @@ element!(
     i16 => I16, u16 => U16, u32 => U32, u64 => U64, f16 => F16, bf16 => Bf16,
 );
 
-/// A dense row-major tensor.
-#[derive(Debug, Clone, PartialEq)]
+/// A dense row-major tensor. Its elements are shared, not copied, when it is cloned; inside
+/// a borrowing call ([`Model::run_views`](crate::Model::run_views),
+/// [`ModelHandle::infer_view_blocking`](crate::ModelHandle::infer_view_blocking)) they may be
+/// the caller's memory.
+#[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
-    data: TensorData,
+    storage: Storage,
+}
+
+/// Where a tensor's elements are.
+#[derive(Clone)]
+enum Storage {
+    /// Its own, shared between clones.
+    Owned(std::sync::Arc<TensorData>),
+    /// The caller's, for the length of a borrowing call.
+    Borrowed(crate::borrowed::Borrowed),
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tensor")
+            .field("shape", &self.shape)
+            .field("data", &self.data())
+            .finish()
+    }
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.data() == other.data()
+    }
 }
 
 impl Tensor {
@@ -332,7 +458,7 @@ impl Tensor {
             .iter()
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
             .unwrap_or(usize::MAX);
-        let len = with_data!(&data, v => v.len());
+        let len = data.as_slice().len();
         if expected != len {
             return Err(Error::TensorShape {
                 shape,
@@ -340,12 +466,29 @@ impl Tensor {
                 len,
             });
         }
-        if let TensorData::String(v) = &data {
-            if let Some(index) = v.iter().position(|s| s.as_bytes().contains(&0)) {
-                return Err(nul_byte(index));
-            }
+        check_strings(data.as_slice())?;
+        Ok(Self {
+            shape,
+            storage: Storage::Owned(std::sync::Arc::new(data)),
+        })
+    }
+
+    /// A tensor over `data`'s memory, held by `token`.
+    ///
+    /// # Safety
+    /// `data` must stay valid and unchanged until `token` and every clone of it (each tensor
+    /// made from it, and their clones) are dropped: the caller waits for that before its
+    /// borrow ends ([`crate::borrowed::Scope`]).
+    pub(crate) unsafe fn borrowed(
+        shape: Vec<usize>,
+        data: TensorSlice<'_>,
+        token: crate::borrowed::Token,
+    ) -> Self {
+        Self {
+            shape,
+            // SAFETY: forwarded contract.
+            storage: Storage::Borrowed(unsafe { crate::borrowed::Borrowed::new(data, token) }),
         }
-        Ok(Self { shape, data })
     }
 
     /// A tensor from raw little-endian row-major bytes (the v2 protocol's binary data and raw
@@ -377,7 +520,7 @@ impl Tensor {
     /// its 4-byte little-endian length and its bytes).
     pub fn to_le_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.byte_len());
-        with_data!(&self.data, v => v.iter().for_each(|x| x.write_le(&mut out)), strings v => {
+        with_slice!(self.data(), v => v.iter().for_each(|x| x.write_le(&mut out)), strings v => {
             for s in v {
                 // A string over 4 GiB cannot be in a tensor: its request would be refused
                 // long before (body and element limits).
@@ -409,12 +552,14 @@ impl Tensor {
         };
         Self {
             shape,
-            data: T::wrap(data),
+            storage: Storage::Owned(std::sync::Arc::new(T::wrap(data))),
         }
     }
 
     /// A tensor from an `ndarray` view of any dimension and layout: the elements are copied
-    /// once, in row-major order (the batcher's stacking is then the only other copy).
+    /// once, in row-major order. To run a view without this copy, use a
+    /// [`TensorView`](crate::TensorView) with [`Model::run_views`](crate::Model::run_views) or
+    /// [`ModelHandle::infer_view_blocking`](crate::ModelHandle::infer_view_blocking).
     pub fn from_view<T: Item, D: ndarray::Dimension>(view: ndarray::ArrayView<'_, T, D>) -> Self {
         let shape = view.shape().to_vec();
         let data = match view.as_slice() {
@@ -423,7 +568,7 @@ impl Tensor {
         };
         Self {
             shape,
-            data: T::wrap(data),
+            storage: Storage::Owned(std::sync::Arc::new(T::wrap(data))),
         }
     }
 
@@ -434,27 +579,12 @@ impl Tensor {
 
     /// The element type.
     pub fn element_type(&self) -> ElementType {
-        match &self.data {
-            TensorData::F32(_) => ElementType::F32,
-            TensorData::F64(_) => ElementType::F64,
-            TensorData::I64(_) => ElementType::I64,
-            TensorData::I32(_) => ElementType::I32,
-            TensorData::I8(_) => ElementType::I8,
-            TensorData::U8(_) => ElementType::U8,
-            TensorData::Bool(_) => ElementType::Bool,
-            TensorData::I16(_) => ElementType::I16,
-            TensorData::U16(_) => ElementType::U16,
-            TensorData::U32(_) => ElementType::U32,
-            TensorData::U64(_) => ElementType::U64,
-            TensorData::F16(_) => ElementType::F16,
-            TensorData::Bf16(_) => ElementType::Bf16,
-            TensorData::String(_) => ElementType::String,
-        }
+        self.data().element_type()
     }
 
     /// Number of elements.
     pub fn len(&self) -> usize {
-        with_data!(&self.data, v => v.len())
+        self.data().len()
     }
 
     /// Whether the tensor has no elements.
@@ -464,20 +594,40 @@ impl Tensor {
 
     /// Size of the data in bytes (of strings, their byte form: [`Tensor::to_le_bytes`]).
     pub fn byte_len(&self) -> usize {
-        match &self.data {
-            TensorData::String(v) => v.iter().map(|s| 4 + s.len()).sum(),
+        match self.data() {
+            TensorSlice::String(v) => v.iter().map(|s| 4 + s.len()).sum(),
             _ => self.len() * self.element_type().size(),
         }
     }
 
-    /// The data, wrapped.
-    pub fn data(&self) -> &TensorData {
-        &self.data
+    /// The elements, borrowed.
+    pub fn data(&self) -> TensorSlice<'_> {
+        match &self.storage {
+            Storage::Owned(data) => data.as_slice(),
+            Storage::Borrowed(b) => b.slice(),
+        }
     }
 
-    /// Its elements, taking them out of the tensor.
+    /// Its elements, taking them out of the tensor (copied only if they are shared with a
+    /// clone or borrowed).
     pub fn into_data(self) -> TensorData {
-        self.data
+        match self.storage {
+            Storage::Owned(data) => {
+                std::sync::Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone())
+            }
+            Storage::Borrowed(b) => b.slice().to_owned_data(),
+        }
+    }
+
+    /// The tensor with elements of its own (copied if they are a borrowing call's).
+    pub(crate) fn into_owned(self) -> Self {
+        match self.storage {
+            Storage::Owned(_) => self,
+            Storage::Borrowed(b) => Self {
+                storage: Storage::Owned(std::sync::Arc::new(b.slice().to_owned_data())),
+                shape: self.shape,
+            },
+        }
     }
 
     /// The flat data as `T`.
@@ -485,7 +635,7 @@ impl Tensor {
     /// # Errors
     /// [`Error::TensorType`] if the tensor holds another type.
     pub fn as_slice<T: Item>(&self) -> Result<&[T]> {
-        T::view(&self.data).ok_or(Error::TensorType {
+        T::slice(self.data()).ok_or(Error::TensorType {
             expected: T::TYPE,
             actual: self.element_type(),
         })
@@ -520,6 +670,16 @@ impl<T: Item, D: ndarray::Dimension> From<ndarray::ArrayView<'_, T, D>> for Tens
     fn from(view: ndarray::ArrayView<'_, T, D>) -> Self {
         Self::from_view(view)
     }
+}
+
+/// Strings ONNX Runtime would cut short (a NUL byte) are refused.
+pub(crate) fn check_strings(data: TensorSlice<'_>) -> Result<()> {
+    if let TensorSlice::String(v) = data {
+        if let Some(index) = v.iter().position(|s| s.as_bytes().contains(&0)) {
+            return Err(nul_byte(index));
+        }
+    }
+    Ok(())
 }
 
 fn nul_byte(index: usize) -> Error {

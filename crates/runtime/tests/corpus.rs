@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use common::{assert_close, repo_root, runtime};
 use kiln::{
     BatchConfig, Checksum, Digest, ErrorKind, InferRequest, ModelHandle, ModelOptions,
-    NamedTensors, Tensor, TensorData,
+    NamedTensors, Tensor, TensorData, TensorSlice,
 };
 
 /// One corpus entry.
@@ -102,10 +102,10 @@ fn row(tensors: &NamedTensors, i: usize) -> NamedTensors {
             let mut shape = t.shape().to_vec();
             shape[0] = 1;
             let data = match t.data() {
-                TensorData::F32(v) => TensorData::F32(v[i * inner..(i + 1) * inner].to_vec()),
-                TensorData::I64(v) => TensorData::I64(v[i * inner..(i + 1) * inner].to_vec()),
-                TensorData::I32(v) => TensorData::I32(v[i * inner..(i + 1) * inner].to_vec()),
-                TensorData::F16(v) => TensorData::F16(v[i * inner..(i + 1) * inner].to_vec()),
+                TensorSlice::F32(v) => TensorData::F32(v[i * inner..(i + 1) * inner].to_vec()),
+                TensorSlice::I64(v) => TensorData::I64(v[i * inner..(i + 1) * inner].to_vec()),
+                TensorSlice::I32(v) => TensorData::I32(v[i * inner..(i + 1) * inner].to_vec()),
+                TensorSlice::F16(v) => TensorData::F16(v[i * inner..(i + 1) * inner].to_vec()),
                 other => panic!("row of {other:?} not handled"),
             };
             (n.clone(), Tensor::from_data(shape, data).expect("row"))
@@ -160,20 +160,20 @@ fn bad_requests(good: &NamedTensors) -> Vec<(&'static str, NamedTensors)> {
     let shape = first.shape().to_vec();
     let n = first.len();
     let wrong_dtype = match first.data() {
-        TensorData::F32(_) => Tensor::new(shape.clone(), vec![1i64; n]),
+        TensorSlice::F32(_) => Tensor::new(shape.clone(), vec![1i64; n]),
         _ => Tensor::new(shape.clone(), vec![1f32; n]),
     }
     .expect("dtype");
     let mut ranked = shape.clone();
     ranked.push(1);
-    let wrong_rank = Tensor::from_data(ranked, first.data().clone()).expect("rank");
+    let wrong_rank = Tensor::from_data(ranked, first.data().to_owned_data()).expect("rank");
     let mut zero = shape.clone();
     let last = zero.len() - 1;
     zero[last] = 0;
     let zero_dim = match first.data() {
-        TensorData::F32(_) => Tensor::new(zero, Vec::<f32>::new()),
-        TensorData::I64(_) => Tensor::new(zero, Vec::<i64>::new()),
-        TensorData::F16(_) => Tensor::new(zero, Vec::<half::f16>::new()),
+        TensorSlice::F32(_) => Tensor::new(zero, Vec::<f32>::new()),
+        TensorSlice::I64(_) => Tensor::new(zero, Vec::<i64>::new()),
+        TensorSlice::F16(_) => Tensor::new(zero, Vec::<half::f16>::new()),
         _ => Tensor::new(zero, Vec::<i32>::new()),
     }
     .expect("zero");
@@ -181,9 +181,9 @@ fn bad_requests(good: &NamedTensors) -> Vec<(&'static str, NamedTensors)> {
     huge[last] = CAP / (n / shape[last]).max(1) + shape[last];
     let elements: usize = huge.iter().product();
     let far_too_large = match first.data() {
-        TensorData::F32(_) => Tensor::new(huge, vec![0f32; elements]),
-        TensorData::I64(_) => Tensor::new(huge, vec![0i64; elements]),
-        TensorData::F16(_) => Tensor::new(huge, vec![half::f16::ZERO; elements]),
+        TensorSlice::F32(_) => Tensor::new(huge, vec![0f32; elements]),
+        TensorSlice::I64(_) => Tensor::new(huge, vec![0i64; elements]),
+        TensorSlice::F16(_) => Tensor::new(huge, vec![half::f16::ZERO; elements]),
         _ => Tensor::new(huge, vec![0i32; elements]),
     }
     .expect("huge");

@@ -66,6 +66,7 @@ fn a_manifest_that_lists_the_weights_pins_them() {
         source: None,
         etag: None,
         version_id: None,
+        signer: None,
         created: "2026-12-02T00:00:00Z".into(),
         files,
     };

@@ -47,6 +47,7 @@ fn manifest() -> impl Strategy<Value = Manifest> {
             source: Some("s3://bucket/key".into()),
             etag: None,
             version_id: None,
+            signer: None,
             created: "2026-11-23T00:00:00Z".into(),
             files: files
                 .into_iter()

@@ -23,6 +23,7 @@ fn publish(dir: &Path, file: &str, entry: Option<ManifestFile>) -> std::path::Pa
         source: Some("file:///testdata/mlp.onnx".into()),
         etag: None,
         version_id: None,
+        signer: None,
         created: "2026-11-22T00:00:00Z".into(),
         files: entry.into_iter().collect(),
     };

@@ -125,12 +125,14 @@ const (
 	Int8    DType = 3
 	Int32   DType = 6
 	Int64   DType = 7
+	String  DType = 8
 	Bool    DType = 9
 	Float64 DType = 11
 )
 
 // Tensor is a named tensor: its element type, shape (dim 0: rows) and row-major bytes in
-// native byte order.
+// native byte order (a String tensor's elements each a 4-byte little-endian length and that
+// many bytes of UTF-8, as Triton's BYTES).
 type Tensor struct {
 	Name  string
 	DType DType
@@ -155,6 +157,41 @@ func rawBytes[T float32 | int32](values []T) []byte {
 		copy(data, unsafe.Slice((*byte)(unsafe.Pointer(&values[0])), len(data)))
 	}
 	return data
+}
+
+// StringTensor makes a string tensor from values (UTF-8, no NUL byte; copied).
+func StringTensor(name string, shape []int64, values []string) Tensor {
+	size := 0
+	for _, v := range values {
+		size += 4 + len(v)
+	}
+	data := make([]byte, 0, size)
+	for _, v := range values {
+		n := uint32(len(v))
+		data = append(data, byte(n), byte(n>>8), byte(n>>16), byte(n>>24))
+		data = append(data, v...)
+	}
+	return Tensor{Name: name, DType: String, Shape: shape, Data: data}
+}
+
+// Strings reads a string tensor's values.
+func (t Tensor) Strings() ([]string, error) {
+	if t.DType != String {
+		return nil, fmt.Errorf("kiln: tensor %q is dtype %d, not string", t.Name, t.DType)
+	}
+	var out []string
+	for data := t.Data; len(data) > 0; {
+		if len(data) < 4 {
+			return nil, fmt.Errorf("kiln: tensor %q: a string's length is cut short", t.Name)
+		}
+		n := uint64(data[0]) | uint64(data[1])<<8 | uint64(data[2])<<16 | uint64(data[3])<<24
+		if uint64(len(data)-4) < n {
+			return nil, fmt.Errorf("kiln: tensor %q: a string runs past the data", t.Name)
+		}
+		out = append(out, string(data[4:4+n]))
+		data = data[4+n:]
+	}
+	return out, nil
 }
 
 // Float32s reads a float32 tensor's values (copied).

@@ -1,7 +1,8 @@
 package kiln
 
 // Run by crates/bindings/tests/go.rs (make test), which installs libkiln, points cgo at it
-// through pkg-config and sets KILN_GO_MODEL / KILN_GO_SHA256 to the real magika model.
+// through pkg-config and sets KILN_GO_MODEL / KILN_GO_SHA256 to the real magika model and
+// KILN_GO_STRINGS / KILN_GO_STRINGS_SHA256 to testdata/strings.onnx.
 
 import (
 	"errors"
@@ -165,4 +166,50 @@ func describe(err error) string {
 		return "no error"
 	}
 	return err.Error()
+}
+
+// String tensors both ways (strings.onnx: `text` string [batch, 3] -> `echo` (Identity) and
+// `ids` int64 (LabelEncoder: "cat" 1, "dog" 2, "ünïcödé" 3, else -1); `n` int64 [batch, 1] ->
+// `label` string (1 "one", 2 "two", else "other")), and a NUL inside a string refused.
+func TestStringTensors(t *testing.T) {
+	rt, err := NewRuntime("")
+	if err != nil {
+		t.Fatalf("runtime: %v", err)
+	}
+	defer rt.Close()
+	m, err := rt.Load("strings", os.Getenv("KILN_GO_STRINGS"), Options{SHA256: os.Getenv("KILN_GO_STRINGS_SHA256")})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer m.Close()
+	text := []string{"cat", "dog", "ünïcödé", "bird", "", "cat"}
+	n := Tensor{Name: "n", DType: Int64, Shape: []int64{2, 1}, Data: []byte{1, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0}}
+	out, err := m.Infer([]Tensor{StringTensor("text", []int64{2, 3}, text), n}, 10*time.Second)
+	if err != nil {
+		t.Fatalf("infer: %v", err)
+	}
+	echo, err := out["echo"].Strings()
+	if err != nil || strings.Join(echo, "|") != strings.Join(text, "|") {
+		t.Fatalf("echo = %q (%v), want %q", echo, err, text)
+	}
+	label, err := out["label"].Strings()
+	if err != nil || len(label) != 2 || label[0] != "one" || label[1] != "other" {
+		t.Fatalf("label = %q (%v)", label, err)
+	}
+	ids := out["ids"].Data
+	want := []int64{1, 2, 3, -1, -1, 1}
+	for i, w := range want {
+		got := int64(0)
+		for b := 7; b >= 0; b-- {
+			got = got<<8 | int64(ids[8*i+b])
+		}
+		if got != w {
+			t.Fatalf("ids[%d] = %d, want %d", i, got, w)
+		}
+	}
+	_, err = m.Infer([]Tensor{StringTensor("text", []int64{1, 3}, []string{"a\x00b", "c", "d"}), {Name: "n", DType: Int64, Shape: []int64{1, 1}, Data: make([]byte, 8)}}, time.Second)
+	var e *Error
+	if !errors.As(err, &e) || e.Status != StatusInvalidArgument || !strings.Contains(e.Message, "NUL") {
+		t.Fatalf("a NUL inside a string: %v", err)
+	}
 }

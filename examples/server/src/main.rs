@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use kiln::http::{router, serve, AppState, ServeOptions, ServerConfig};
 use kiln::{Repository, RepositoryConfig, Runtime, RuntimeConfig};
-use kiln_server::{router, serve, AppState, ModelSettings, ServeOptions, ServerConfig};
+use kiln_server::ModelSettings;
 
 /// Serves every model published under a repository root over the Open Inference Protocol v2
 /// (KServe / Triton), REST and gRPC, with dynamic batching and hot swaps.
@@ -51,6 +52,31 @@ struct Args {
     /// Serve `--model-dir` without checking any digest (logged as a warning).
     #[arg(long, env = "KILN_SERVER_NO_VERIFY", requires = "model_dir")]
     no_verify: bool,
+    /// `--model-dir`'s OpenSSF model-signing bundle (`model.sig`; relative to the directory),
+    /// verified against `--trust-public-key` or `--trust-ca-certificates`: the directory must
+    /// hold exactly the signed files, each with its signed digest.
+    #[arg(
+        long,
+        env = "KILN_SERVER_SIGNATURE",
+        requires = "model_dir",
+        conflicts_with_all = ["verify", "no_verify"]
+    )]
+    signature: Option<PathBuf>,
+    /// The public key (PEM, ECDSA P-256/P-384) `--signature` must be signed by.
+    #[arg(
+        long,
+        env = "KILN_SERVER_TRUST_PUBLIC_KEY",
+        requires = "signature",
+        conflicts_with = "trust_ca_certificates"
+    )]
+    trust_public_key: Option<PathBuf>,
+    /// CA certificates (PEM) `--signature`'s certificate chain must lead to.
+    #[arg(
+        long,
+        env = "KILN_SERVER_TRUST_CA_CERTIFICATES",
+        requires = "signature"
+    )]
+    trust_ca_certificates: Option<PathBuf>,
     /// REST (HTTP/1.1) address.
     #[arg(long, env = "KILN_SERVER_LISTEN", default_value = "0.0.0.0:8000")]
     listen: String,
@@ -166,11 +192,22 @@ fn run(args: Args) -> Result<()> {
     let root = match (&args.root, &args.model_dir) {
         (Some(root), _) => root.clone(),
         (None, Some(dir)) => {
-            let verify = match (&args.verify, args.no_verify) {
-                (Some(v), false) => v.clone(),
-                (None, true) => kiln_server::plain::Verify::Off,
+            let verify = match (&args.verify, args.no_verify, &args.signature) {
+                (Some(v), false, None) => v.clone(),
+                (None, true, None) => kiln_server::plain::Verify::Off,
+                (None, false, Some(bundle)) => {
+                    let trust = match (&args.trust_public_key, &args.trust_ca_certificates) {
+                        (Some(k), None) => kiln::signing::Trust::public_key_file(k)?,
+                        (None, Some(c)) => kiln::signing::Trust::ca_certificates_file(c)?,
+                        _ => bail!("--signature needs --trust-public-key or --trust-ca-certificates"),
+                    };
+                    kiln_server::plain::Verify::Signature {
+                        bundle: bundle.clone(),
+                        trust,
+                    }
+                }
                 _ => bail!(
-                    "--model-dir needs --verify sha256:<digest> of its .onnx file, or --no-verify to serve it unchecked"
+                    "--model-dir needs --verify sha256:<digest> of its .onnx file, --signature with a trust root, or --no-verify to serve it unchecked"
                 ),
             };
             let scratch = std::env::temp_dir().join(format!("kiln-server-{}", std::process::id()));
@@ -245,12 +282,12 @@ fn run(args: Args) -> Result<()> {
             let (state, options, done) = (Arc::clone(&state), options.clone(), closed(closing.subscribe()));
             async move {
                 if let Some(listener) = grpc {
-                    serve(listener, kiln_server::grpc::router(state), options, done).await;
+                    serve(listener, kiln::http::grpc::router(state), options, done).await;
                 }
             }
         };
         let signal = async {
-            terminated().await;
+            kiln::http::terminated().await;
             let at = Instant::now();
             // Readiness first, so the endpoints controller stops routing here; requests
             // already routed are served through the delay.
@@ -292,20 +329,4 @@ fn run(args: Args) -> Result<()> {
     }
     tracing::info!(took_s = term_at.elapsed().as_secs_f64(), "stopped");
     Ok(())
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn terminated() {
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "no SIGTERM handler; Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -7,8 +7,11 @@
 //! repository in a scratch directory — links to the files, and a manifest holding the given
 //! digest (or, with `--no-verify`, the digests of the files as they are) — so the model goes
 //! through the same verified load, readiness and metrics as a published one. With `--verify`
-//! only the model file is pinned: a model with external data needs a manifest or
-//! `--no-verify`, and says so when it fails to load.
+//! only the model file is pinned: a model with external data needs a manifest, a signature or
+//! `--no-verify`, and says so when it fails to load. With `--signature` (an OpenSSF
+//! model-signing bundle and `--trust-public-key` or `--trust-ca-certificates`) the bundle is
+//! verified, the directory must hold exactly the signed files, and every file is pinned to its
+//! signed digest (checked again as the model loads).
 
 use std::path::{Path, PathBuf};
 
@@ -16,10 +19,17 @@ use anyhow::{bail, Context, Result};
 use kiln::{Digest, Manifest, ManifestFile};
 
 /// How the plain model is checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Verify {
     /// The `.onnx` file's expected sha256.
     Sha256(Digest),
+    /// An OpenSSF model-signing bundle over the directory, and what must have signed it.
+    Signature {
+        /// The bundle (relative paths are relative to the model directory).
+        bundle: PathBuf,
+        /// The trust root.
+        trust: kiln::signing::Trust,
+    },
     /// Not checked (the operator said so).
     Off,
 }
@@ -65,6 +75,24 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
         })
         .collect();
     files.sort();
+    let signed = match verify {
+        Verify::Signature { bundle, trust } => {
+            let bundle = dir.join(bundle);
+            let signed = kiln::signing::verify_file(&bundle, trust)
+                .with_context(|| format!("--signature {}", bundle.display()))?;
+            files.retain(|f| *f != bundle);
+            let names: Vec<String> = files
+                .iter()
+                .filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+                .collect();
+            signed
+                .check_file_set(names.iter().map(String::as_str))
+                .with_context(|| format!("--model-dir {}", dir.display()))?;
+            tracing::info!(model = name, signer = %signed.signer, "signature verified");
+            Some(signed)
+        }
+        _ => None,
+    };
     let models: Vec<&PathBuf> = files
         .iter()
         .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
@@ -94,6 +122,24 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
             // Only the model is pinned: other files stay out of the manifest, so a model
             // that needs them fails its load naming the unpinned file.
             (Verify::Sha256(_), false) => continue,
+            (Verify::Signature { .. }, is_model) => {
+                let Some(signed) = signed.as_ref().and_then(|s| s.files.get(&file_name)) else {
+                    // A path the signer ignored (`.git`, ...): not served.
+                    continue;
+                };
+                // The model is checked as it loads; every other file (external data, and
+                // files only the caller reads) is checked here.
+                if !is_model {
+                    let (_, digest) = kiln::checksum::read_and_hash(file)?;
+                    if digest != *signed {
+                        bail!(
+                            "{} is not what was signed: sha256 {digest}, signed {signed}",
+                            file.display()
+                        );
+                    }
+                }
+                *signed
+            }
             (Verify::Off, _) => kiln::checksum::read_and_hash(file)?.1,
         };
         // The model is staged as model.onnx (the only .onnx there); its external data keep
@@ -109,7 +155,7 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
             .with_context(|| format!("link {}", link.display()))?;
         entries.push(ManifestFile { path, sha256, size });
     }
-    if *verify == Verify::Off {
+    if matches!(verify, Verify::Off) {
         tracing::warn!(model = name, dir = %dir.display(), "--no-verify: serving the model directory without checking any digest");
     }
     let manifest = Manifest {
@@ -119,6 +165,7 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
         source: Some(dir.display().to_string()),
         etag: None,
         version_id: None,
+        signer: signed.map(|s| s.signer),
         created: "1970-01-01T00:00:00Z".to_owned(),
         files: entries,
     };

@@ -149,7 +149,7 @@ fn json_logs_carry_one_line_per_failed_request() {
         root.path(),
         port,
         &["--drain-delay-s", "0", "--log-format", "json"],
-        "info,kiln_server=debug",
+        "info,kiln::http=debug",
         log,
     );
     let bad = serde_json::json!({"id": "req-42", "inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}).to_string();

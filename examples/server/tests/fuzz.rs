@@ -1,5 +1,5 @@
 //! Property-based fuzzing of everything the server decodes from a client's body
-//! ([`kiln_server::protocol::decode`]: v2 JSON tensors and the binary-data extension).
+//! ([`kiln::http::protocol::decode`]: v2 JSON tensors and the binary-data extension).
 //! Arbitrary bytes, JSON-shaped garbage and mutated valid requests must give a tensor or an
 //! `InputError`, never a panic, an allocation the shape merely claims, or a tensor whose
 //! data disagrees with its shape. Valid requests decode to exactly what was encoded.
@@ -8,8 +8,7 @@
 //! with `PROPTEST_CASES` raised (see RELIABILITY.md). A failure is saved by proptest under
 //! `tests/fuzz.proptest-regressions` and replayed first on every later run.
 
-use kiln::TensorData;
-use kiln_server::protocol::{decode, InputError};
+use kiln::http::protocol::{decode, InputError};
 use proptest::prelude::*;
 
 const MAX_ELEMENTS: usize = 1 << 16;
@@ -155,7 +154,7 @@ proptest! {
                 let t = &tensors[0].1;
                 let n = t.len();
                 prop_assert_eq!(t.shape().iter().product::<usize>(), n);
-                if let TensorData::I64(v) = t.data() {
+                if let kiln::TensorSlice::I64(v) = t.data() {
                     prop_assert_eq!(v.len(), n);
                 }
             }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut as _, Bytes, BytesMut};
 use common::{free_port, http, proc_status_mib, publish, start_ready, Server};
 use http_body_util::{BodyExt as _, Full};
-use kiln_server::grpc::pb;
+use kiln::http::grpc::pb;
 use prost::Message as _;
 
 const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";

@@ -2,7 +2,9 @@
 //! it (`/mnt/models`, no kiln manifest). Served only when told how to check it: the right
 //! `--verify sha256:` serves, a wrong one never does, neither flag refuses to start, and
 //! `--no-verify` serves unchecked (with a warning). External data beside the model is served
-//! under `--no-verify` and refused, naming the unpinned file, under `--verify`. And the
+//! under `--no-verify` and refused, naming the unpinned file, under `--verify`; a directory
+//! signed with the real `model_signing` serves with its external data under `--signature`,
+//! and a flipped graph or weight byte or an unsigned extra file never does. And the
 //! shipped KServe runtime (`k8s/kserve/`), its args and the example InferenceService's as KServe
 //! merges them, starts the real server on a plain directory and passes its own probes.
 
@@ -128,19 +130,26 @@ fn the_right_digest_serves_a_wrong_one_never_does() {
 #[test]
 fn without_a_verification_choice_the_server_does_not_start() {
     let dir = plain(&["mlp.onnx"]);
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
-        .arg("--model-dir")
-        .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "off"])
-        .envs(ort_env())
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stderr);
+    let text = refused_to_start(dir.path(), &[]);
     assert!(
         text.contains("--no-verify") && text.contains("--verify"),
         "{text}"
     );
+}
+
+/// Runs `kiln-server --model-dir dir` with `args`, which must refuse to start; returns what
+/// it said on stderr.
+fn refused_to_start(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+        .arg("--model-dir")
+        .arg(dir)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--grpc-listen", "off"])
+        .envs(ort_env())
+        .output()
+        .expect("run");
+    assert!(!out.status.success(), "started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]
@@ -269,4 +278,106 @@ fn the_shipped_kserve_runtime_and_inference_service_start_the_server() {
         left.is_empty(),
         "the staged repository is removed at exit: {left:?}"
     );
+}
+
+/// Signs `dir` with a fresh key using the real `model_signing` (`make signing-tools`); the
+/// bundle is written to `dir/model.sig`. Returns the public key's path (in `keys`).
+fn sign_dir(dir: &std::path::Path, keys: &std::path::Path) -> std::path::PathBuf {
+    let venv = repo_root().join(".cache/venv-signing/bin");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("run");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(Command::new(venv.join("python"))
+        .arg(repo_root().join("scripts/signing-fixture.py"))
+        .arg("key")
+        .arg(keys));
+    let bundle = keys.join("model.sig");
+    run(Command::new(venv.join("model_signing"))
+        .args(["sign", "key", "--private_key"])
+        .arg(keys.join("key.pem"))
+        .arg("--signature")
+        .arg(&bundle)
+        .arg(dir));
+    std::fs::copy(&bundle, dir.join("model.sig")).expect("bundle into the directory");
+    keys.join("key.pub")
+}
+
+#[test]
+fn a_signed_directory_serves_with_its_external_data_and_tampering_never_does() {
+    let dir = plain(&[
+        "corpus/models/nudenet-320n-external.onnx",
+        "corpus/models/nudenet-320n-external.onnx.data",
+    ]);
+    let keys = tempfile::tempdir().expect("keys");
+    let key = sign_dir(dir.path(), keys.path());
+    let signed = |port| {
+        start(
+            dir.path(),
+            "detector",
+            &[
+                "--signature",
+                "model.sig",
+                "--trust-public-key",
+                &key.to_string_lossy(),
+            ],
+            port,
+        )
+    };
+    let port = free_port();
+    let server = signed(port);
+    assert!(
+        ready_within(port, Duration::from_secs(60)),
+        "{}",
+        server.log()
+    );
+    assert!(
+        server.log().contains("signature verified"),
+        "{}",
+        server.log()
+    );
+    drop(server);
+
+    // A flipped byte in the graph: refused as it loads, never served.
+    let graph = dir.path().join("nudenet-320n-external.onnx");
+    let original = std::fs::read(&graph).expect("graph");
+    let mut flipped = original.clone();
+    flipped[original.len() / 2] ^= 1;
+    std::fs::write(&graph, &flipped).expect("flip");
+    let port = free_port();
+    let server = signed(port);
+    assert!(
+        !ready_within(port, Duration::from_secs(3)),
+        "a tampered graph served"
+    );
+    assert!(
+        server.log().contains("checksum mismatch"),
+        "{}",
+        server.log()
+    );
+    drop(server);
+    std::fs::write(&graph, &original).expect("restore");
+
+    // A flipped byte in the external weights, or a file the signer never saw: the server does
+    // not start, naming the file.
+    let key_arg = key.to_string_lossy();
+    let refused = |needle: &str| {
+        let args = ["--signature", "model.sig", "--trust-public-key", &key_arg];
+        let text = refused_to_start(dir.path(), &args);
+        assert!(text.contains(needle), "{needle}: {text}");
+    };
+    let data = dir.path().join("nudenet-320n-external.onnx.data");
+    let original = std::fs::read(&data).expect("data");
+    let mut flipped = original.clone();
+    flipped[original.len() / 2] ^= 1;
+    std::fs::write(&data, &flipped).expect("flip");
+    refused("is not what was signed");
+    std::fs::write(&data, &original).expect("restore");
+
+    std::fs::write(dir.path().join("extra.onnx.data"), b"x").expect("extra");
+    refused("extra.onnx.data");
 }

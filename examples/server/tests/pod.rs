@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{http, repo_root, runtime};
+use kiln::http::{router, AppState, ServerConfig};
 use kiln::{Repository, RepositoryConfig};
 use kiln_agent::{Agent, AgentConfig};
-use kiln_server::{router, AppState, ServerConfig};
 use object_store::{ObjectStoreExt, PutPayload};
 
 struct Moto(Child);

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use common::{corrupt, publish, repo_root, runtime, swap};
+use kiln::http::{router, AppState, ServerConfig, TIMEOUT_HEADER};
 use kiln::{Repository, RepositoryConfig};
-use kiln_server::{router, AppState, ServerConfig, TIMEOUT_HEADER};
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
 

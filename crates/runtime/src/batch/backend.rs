@@ -8,6 +8,9 @@ use crate::model::{Model, NamedTensors};
 /// `run` takes `&mut self` and needs no lock.
 pub trait Backend: Send + 'static {
     /// Runs `inputs` (in the model's input order) and returns every output in graph order.
+    /// The inputs may be a caller's borrowed memory
+    /// ([`ModelHandle::infer_view_blocking`](super::ModelHandle::infer_view_blocking)): keep no
+    /// clone of them past the call (the caller waits until it is dropped).
     ///
     /// # Errors
     /// Whatever the backend reports; the batcher retries a failed batch request by request.

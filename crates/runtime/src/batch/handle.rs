@@ -16,7 +16,7 @@ use super::backend::Backend;
 use super::batcher::{Batcher, BatcherSpec};
 use super::config::BatchConfig;
 use super::metrics::Metrics;
-use super::request::InferRequest;
+use super::request::{InferRequest, ViewRequest};
 use super::shared::BatcherStats;
 use crate::config::ModelOptions;
 use crate::error::{Error, Result};
@@ -380,6 +380,37 @@ impl ModelHandle {
     pub fn infer_blocking(&self, request: InferRequest) -> Result<NamedTensors> {
         let (rx, batcher) = self.submit_on(request)?;
         batcher.answer_blocking(rx)
+    }
+
+    /// [`ModelHandle::infer_blocking`] over inputs borrowed from the caller (`ndarray` views,
+    /// slices): the batcher reads them where they lie, so each is copied once, into the batch
+    /// buffer (twice when the model pads a variable-length dimension and lengths differ:
+    /// padded, then stacked) — or not at all when the request runs alone. Not from inside an
+    /// async runtime's worker (as `infer_blocking`).
+    ///
+    /// Returns only once the batcher no longer holds the inputs: it drops a request's inputs
+    /// when it has run, failed or dropped it (a deadline's end or a shutdown included), even
+    /// if this thread unwinds. A custom [`Backend`] that keeps a clone of an
+    /// input past its `run` holds the caller here until it drops it; an output that is an
+    /// input itself (an echo) is copied before it is returned.
+    ///
+    /// # Errors
+    /// As [`ModelHandle::infer`]; [`Error::TensorString`] for a string with a NUL byte.
+    pub fn infer_view_blocking(&self, request: ViewRequest<'_>) -> Result<NamedTensors> {
+        // Declared before the lent tensors: dropped after them, it waits for every one the
+        // batcher still holds.
+        let scope = crate::borrowed::Scope::new();
+        // SAFETY: `request` (and the memory its views borrow) outlives `scope`, which does not
+        // end before every lent tensor is dropped.
+        let inputs = unsafe { crate::borrowed::lend_all(&scope, &request.inputs)? };
+        let mut lent = InferRequest::new(inputs).with_priority(request.priority);
+        lent.deadline = request.deadline;
+        let outputs = self.infer_blocking(lent)?;
+        // An answer must not hold the caller's memory past this call (nor `scope` wait on it).
+        Ok(outputs
+            .into_iter()
+            .map(|(name, tensor)| (name, tensor.into_owned()))
+            .collect())
     }
 
     /// The batching settings of the serving version.

@@ -45,6 +45,41 @@ impl InferRequest {
     }
 }
 
+/// An inference request over inputs borrowed from the caller, for
+/// [`ModelHandle::infer_view_blocking`](super::ModelHandle::infer_view_blocking).
+#[derive(Debug, Clone)]
+pub struct ViewRequest<'a> {
+    /// Named inputs; dim 0 holds the request's rows.
+    pub inputs: Vec<(String, crate::borrowed::TensorView<'a>)>,
+    /// As [`InferRequest::deadline`].
+    pub deadline: Option<Instant>,
+    /// As [`InferRequest::priority`].
+    pub priority: usize,
+}
+
+impl<'a> ViewRequest<'a> {
+    /// A request over these inputs, no deadline of its own, priority 0.
+    pub fn new(inputs: Vec<(String, crate::borrowed::TensorView<'a>)>) -> Self {
+        Self {
+            inputs,
+            deadline: None,
+            priority: 0,
+        }
+    }
+
+    /// Sets a deadline `timeout` from now.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = Some(Instant::now() + timeout);
+        self
+    }
+
+    /// Sets the priority level (0 is the highest).
+    pub fn with_priority(mut self, priority: usize) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
 impl From<NamedTensors> for InferRequest {
     fn from(inputs: NamedTensors) -> Self {
         Self::new(inputs)

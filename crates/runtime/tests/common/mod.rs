@@ -7,7 +7,8 @@ pub mod fake;
 use std::path::{Path, PathBuf};
 
 use kiln::{
-    Checksum, Digest, Model, ModelOptions, NamedTensors, Runtime, RuntimeConfig, Tensor, TensorData,
+    Checksum, Digest, Model, ModelOptions, NamedTensors, Runtime, RuntimeConfig, Tensor,
+    TensorData, TensorSlice,
 };
 
 /// The repository root.
@@ -115,10 +116,10 @@ pub fn assert_close(actual: &NamedTensors, expected: &NamedTensors, abs_tol: f64
             .unwrap_or_else(|| panic!("output {name} missing"));
         assert_eq!(got.shape(), want.shape(), "shape of {name}");
         match (got.data(), want.data()) {
-            (TensorData::F32(g), TensorData::F32(w)) => {
+            (TensorSlice::F32(g), TensorSlice::F32(w)) => {
                 close_floats(name, g.iter().copied(), w.iter().copied(), abs_tol, rel_tol);
             }
-            (TensorData::F16(g), TensorData::F16(w)) => close_floats(
+            (TensorSlice::F16(g), TensorSlice::F16(w)) => close_floats(
                 name,
                 g.iter().map(|v| v.to_f32()),
                 w.iter().map(|v| v.to_f32()),
@@ -160,6 +161,7 @@ pub fn publish(root: &Path, model: &str, version: &str, file: &str, corrupt: boo
         source: Some(format!("file://{}", src.display())),
         etag: None,
         version_id: None,
+        signer: None,
         created: "2026-11-22T00:00:00Z".into(),
         files: vec![kiln::ManifestFile {
             path: "model.onnx".into(),

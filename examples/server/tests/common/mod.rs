@@ -68,6 +68,7 @@ pub(crate) fn publish_with_data(
         source: None,
         etag: None,
         version_id: None,
+        signer: None,
         created: "2026-11-22T00:00:00Z".into(),
         files,
     };

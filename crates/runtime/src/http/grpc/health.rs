@@ -1,0 +1,89 @@
+//! `grpc.health.v1`, what Kubernetes' gRPC probes and gRPC load balancers call. The service
+//! `""` (and `inference.GRPCInferenceService`) is the server's readiness, the same rule as
+//! `/v2/health/ready` (`--ready-when`, false while draining); a model's name is that model's
+//! readiness. Computed at each call, never cached, so a probe cannot see a stale answer.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
+
+use crate::http::models::{model_is_ready, server_is_ready};
+use crate::http::routes::AppState;
+
+/// How often `Watch` looks for a change.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+pub(super) struct Health {
+    state: Arc<AppState>,
+}
+
+impl Health {
+    pub(super) fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+/// The status of `service`, or `None` for a service (model) this server does not know.
+fn status(s: &AppState, service: &str) -> Option<ServingStatus> {
+    let up = |ready: bool| {
+        if ready {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        }
+    };
+    match service {
+        "" | "inference.GRPCInferenceService" => Some(up(server_is_ready(s))),
+        model => model_is_ready(s, model, None).ok().map(up),
+    }
+}
+
+fn answer(status: ServingStatus) -> HealthCheckResponse {
+    HealthCheckResponse {
+        status: status.into(),
+    }
+}
+
+#[tonic::async_trait]
+impl tonic_health::pb::health_server::Health for Health {
+    async fn check(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<HealthCheckResponse>, Status> {
+        let service = request.into_inner().service;
+        match status(&self.state, &service) {
+            Some(s) => Ok(Response::new(answer(s))),
+            None => Err(Status::not_found(format!("unknown service `{service}`"))),
+        }
+    }
+
+    type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
+
+    /// The current status at once, then each change, until the client goes away.
+    async fn watch(
+        &self,
+        request: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let service = request.into_inner().service;
+        let state = Arc::clone(&self.state);
+        let stream = futures::stream::unfold(None, move |last: Option<ServingStatus>| {
+            let state = Arc::clone(&state);
+            let service = service.clone();
+            async move {
+                loop {
+                    let now = status(&state, &service).unwrap_or(ServingStatus::ServiceUnknown);
+                    if last != Some(now) {
+                        return Some((Ok(answer(now)), Some(now)));
+                    }
+                    tokio::time::sleep(WATCH_EVERY).await;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

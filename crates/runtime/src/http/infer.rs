@@ -1,0 +1,87 @@
+//! The one inference path of both protocols. REST (`routes`) and gRPC (`grpc`) differ only in
+//! how a request's tensors arrive and how the answer is written; finding the model, checking
+//! the version, the deadline, running, choosing the outputs asked for and logging a failure
+//! are here, once, so the two cannot drift apart.
+
+use std::time::Duration;
+
+use crate::NamedTensors;
+
+use crate::http::error::ApiError;
+use crate::http::models::find;
+use crate::http::routes::AppState;
+
+/// One inference call, decoded from either protocol.
+pub(crate) struct Call<'a> {
+    /// The model's name.
+    pub(crate) model: &'a str,
+    /// The version asked for, if one was (it must be the one serving).
+    pub(crate) version: Option<&'a str>,
+    /// Input tensors.
+    pub(crate) inputs: NamedTensors,
+    /// Outputs asked for; every output when empty.
+    pub(crate) outputs: Vec<String>,
+    /// The client's deadline (`kiln-timeout-ms`, gRPC's `grpc-timeout`), if it set one.
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// What answered a call.
+pub(crate) struct Answer {
+    /// The version that served the call.
+    pub(crate) version: Option<String>,
+    /// The outputs asked for, in the model's order.
+    pub(crate) outputs: NamedTensors,
+}
+
+/// Runs `call` on its model. Inference is served while the server drains (readiness is false
+/// then, so no new traffic is routed here, but requests already routed are answered): only
+/// the listener closing ends it.
+///
+/// # Errors
+/// Unknown model or version (404), a version not serving (503), the runtime's errors mapped
+/// as [`ApiError::from`] does, an unknown output asked for (400).
+pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
+    let handle = find(s, call.model, call.version)?;
+    let mut request = crate::InferRequest::new(call.inputs);
+    if let Some(timeout) = call.timeout {
+        request = request.with_timeout(timeout);
+    }
+    let version = handle.current_version();
+    let outputs = handle.infer(request).await?;
+    if let Some(unknown) = call
+        .outputs
+        .iter()
+        .find(|w| !outputs.iter().any(|(n, _)| n == *w))
+    {
+        return Err(ApiError::bad_request(format!(
+            "unknown output `{unknown}`; the outputs are {:?}",
+            outputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        )));
+    }
+    let outputs = outputs
+        .into_iter()
+        .filter(|(n, _)| call.outputs.is_empty() || call.outputs.contains(n))
+        .collect();
+    Ok(Answer { version, outputs })
+}
+
+/// One log line for a failed inference request: client errors (4xx) at debug, server-side
+/// ones (5xx: not serving, deadline, a model that failed) at warn (an overload's 429s are
+/// counted in the metrics, not logged above debug: a flood must not flood the log too), with the model, version and
+/// request id, so a failure can be found without turning every request's logging on.
+pub(crate) fn log_failure(
+    protocol: &'static str,
+    model: &str,
+    version: Option<&str>,
+    id: Option<&str>,
+    error: &ApiError,
+) {
+    let code = error.status.as_u16();
+    let version = version.unwrap_or("");
+    let id = id.unwrap_or("");
+    if error.status.is_server_error() {
+        tracing::warn!(protocol, model, version, id, code, error = %error.message, "inference request failed");
+    } else {
+        tracing::debug!(protocol, model, version, id, code, error = %error.message, "inference request refused");
+    }
+}

@@ -1,0 +1,356 @@
+//! A tensor's JSON `data`, read straight into a typed vector and written straight from one.
+//!
+//! Why not `serde_json::Value`: a `Value` is 32 bytes per element (its tree around 16 times
+//! the text of `0,0,0,…`), so one 32 MiB body took some 850 MB to decode, and a big output as
+//! many again to encode. Here [`read`] parses the raw text of `data` once its shape and
+//! datatype are known, flattening nested arrays row-major as it goes into a `Vec` sized for the
+//! declared element count (never more than the text itself could hold), and stops at the first
+//! value past that count or the first value of the wrong kind; serde_json's recursion limit
+//! (128) still bounds nesting. [`Values`] writes a tensor's data as one flat array with no
+//! copy.
+
+use std::fmt;
+
+use crate::TensorData;
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde::{Serialize, Serializer};
+
+/// Why [`read`] refused the data.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// More values than the limit.
+    TooMany,
+    /// A value that is not a `T` (the value as JSON, abridged, and what was wanted).
+    NotA(String, &'static str),
+    /// Nesting over serde_json's limit, a number out of range, or text that is not JSON.
+    Malformed(serde_json::Error),
+}
+
+/// One element type's reading of JSON leaves, as `serde_json::Value::as_i64` /
+/// `as_f64` / `as_bool` read them.
+pub(crate) trait Leaf: Sized {
+    /// What a wrong value is "not a" in messages (`300 is not a int8`).
+    const WANTED: &'static str;
+    /// From an integer (JSON integers below zero).
+    fn from_i64(v: i64) -> Option<Self>;
+    /// From an integer (JSON integers from zero).
+    fn from_u64(v: u64) -> Option<Self>;
+    /// From a JSON number with a fraction or an exponent.
+    fn from_f64(_: f64) -> Option<Self> {
+        None
+    }
+    /// From `true` / `false`.
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+    /// From a JSON string.
+    fn from_str(_: &str) -> Option<Self> {
+        None
+    }
+}
+
+macro_rules! floats {
+    ($($t:ty),*) => {$(
+        impl Leaf for $t {
+            const WANTED: &'static str = "number";
+            // As `Value::as_f64`, then narrowed: the nearest value, as before.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+            fn from_i64(v: i64) -> Option<Self> { Some(v as f64 as $t) }
+            #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+            fn from_u64(v: u64) -> Option<Self> { Some(v as f64 as $t) }
+            #[allow(clippy::cast_possible_truncation)]
+            fn from_f64(v: f64) -> Option<Self> { Some(v as $t) }
+        }
+    )*};
+}
+floats!(f32, f64);
+
+macro_rules! halves {
+    ($($t:ty),*) => {$(
+        impl Leaf for $t {
+            const WANTED: &'static str = "number";
+            // The nearest half-precision value, as for FP32.
+            #[allow(clippy::cast_precision_loss)]
+            fn from_i64(v: i64) -> Option<Self> { Some(<$t>::from_f64(v as f64)) }
+            #[allow(clippy::cast_precision_loss)]
+            fn from_u64(v: u64) -> Option<Self> { Some(<$t>::from_f64(v as f64)) }
+            fn from_f64(v: f64) -> Option<Self> { Some(<$t>::from_f64(v)) }
+        }
+    )*};
+}
+halves!(half::f16, half::bf16);
+
+macro_rules! ints {
+    ($($t:ty => $wanted:literal),*) => {$(
+        impl Leaf for $t {
+            const WANTED: &'static str = $wanted;
+            fn from_i64(v: i64) -> Option<Self> { <$t>::try_from(v).ok() }
+            // As `Value::as_i64`: an integer over `i64::MAX` is refused for every type.
+            fn from_u64(v: u64) -> Option<Self> {
+                i64::try_from(v).ok().and_then(|v| <$t>::try_from(v).ok())
+            }
+        }
+    )*};
+}
+ints!(i64 => "int64", i32 => "int32", i16 => "int16", i8 => "int8", u32 => "uint32", u16 => "uint16", u8 => "uint8");
+
+/// UINT64 takes the whole unsigned range (past `i64::MAX` too).
+impl Leaf for u64 {
+    const WANTED: &'static str = "uint64";
+    fn from_i64(v: i64) -> Option<Self> {
+        u64::try_from(v).ok()
+    }
+    fn from_u64(v: u64) -> Option<Self> {
+        Some(v)
+    }
+}
+
+impl Leaf for bool {
+    const WANTED: &'static str = "bool";
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_bool(v: bool) -> Option<Self> {
+        Some(v)
+    }
+}
+
+/// BYTES: JSON strings, as Triton's clients send them (ONNX Runtime's strings end at a NUL,
+/// so one holding a NUL is refused).
+impl Leaf for String {
+    const WANTED: &'static str = "string without NUL";
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_str(v: &str) -> Option<Self> {
+        (!v.contains('\0')).then(|| v.to_owned())
+    }
+}
+
+/// The leaves of `raw` (one JSON value: an array nested any way, or a single leaf), row-major,
+/// as `T`s; at most `limit` of them.
+///
+/// # Errors
+/// [`Refusal::TooMany`] at the first value past `limit`, [`Refusal::NotA`] at the first value
+/// that is not a `T`, [`Refusal::Malformed`] for nesting deeper than 128 or a number out of
+/// range.
+pub(crate) fn read<T: Leaf>(raw: &str, limit: usize) -> Result<Vec<T>, Refusal> {
+    // Each value takes at least one byte and a comma, so the text bounds the count too: a
+    // shape that overstates its data reserves no more than the data could fill.
+    let mut out = Vec::with_capacity(limit.min(raw.len().div_ceil(2)));
+    let mut refusal = None;
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let flatten = Flatten {
+        out: &mut out,
+        limit,
+        refusal: &mut refusal,
+    };
+    match flatten.deserialize(&mut de).and_then(|()| de.end()) {
+        Ok(()) => Ok(out),
+        Err(e) => Err(refusal.unwrap_or(Refusal::Malformed(e))),
+    }
+}
+
+/// The seed (and visitor) that appends one JSON value's leaves to `out`. A refusal is kept in
+/// `refusal` and the parse stopped with a blank serde error, so the caller can tell our reason
+/// from serde_json's.
+struct Flatten<'v, T> {
+    out: &'v mut Vec<T>,
+    limit: usize,
+    refusal: &'v mut Option<Refusal>,
+}
+
+impl<T: Leaf> Flatten<'_, T> {
+    fn leaf<E: de::Error>(self, value: Option<T>, shown: impl FnOnce() -> String) -> Result<(), E> {
+        if self.out.len() == self.limit {
+            *self.refusal = Some(Refusal::TooMany);
+            return Err(E::custom("refused"));
+        }
+        match value {
+            Some(v) => {
+                self.out.push(v);
+                Ok(())
+            }
+            None => {
+                *self.refusal = Some(Refusal::NotA(shown(), T::WANTED));
+                Err(E::custom("refused"))
+            }
+        }
+    }
+}
+
+impl<'de, T: Leaf> DeserializeSeed<'de> for Flatten<'_, T> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de, T: Leaf> Visitor<'de> for Flatten<'_, T> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an array of {}s", T::WANTED)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let Flatten {
+            out,
+            limit,
+            refusal,
+        } = self;
+        while let Some(()) = seq.next_element_seed(Flatten {
+            out: &mut *out,
+            limit,
+            refusal: &mut *refusal,
+        })? {}
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.leaf(T::from_i64(v), || v.to_string())
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.leaf(T::from_u64(v), || v.to_string())
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.leaf(T::from_f64(v), || serde_json::Value::from(v).to_string())
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
+        self.leaf(T::from_bool(v), || v.to_string())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.leaf(T::from_str(v), || {
+            let mut shown: String = v.chars().take(32).collect();
+            if shown.len() < v.len() {
+                shown.push('…');
+            }
+            serde_json::Value::from(shown).to_string()
+        })
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.leaf(None, || "null".to_owned())
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        self.leaf(None, || "an object".to_owned())
+    }
+}
+
+/// A tensor's data as one flat JSON array, written from the typed values (FP32 widened to
+/// f64, as `serde_json::Value` writes it; NaN and infinities as `null`).
+#[derive(Debug)]
+pub struct Values(pub TensorData);
+
+impl Serialize for Values {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            TensorData::F32(v) => s.collect_seq(v.iter().map(|&x| f64::from(x))),
+            TensorData::F64(v) => s.collect_seq(v),
+            TensorData::I64(v) => s.collect_seq(v),
+            TensorData::I32(v) => s.collect_seq(v),
+            TensorData::I8(v) => s.collect_seq(v),
+            TensorData::U8(v) => s.collect_seq(v),
+            TensorData::Bool(v) => s.collect_seq(v),
+            TensorData::I16(v) => s.collect_seq(v),
+            TensorData::U16(v) => s.collect_seq(v),
+            TensorData::U32(v) => s.collect_seq(v),
+            TensorData::U64(v) => s.collect_seq(v),
+            TensorData::F16(v) => s.collect_seq(v.iter().map(|&x| x.to_f64())),
+            TensorData::Bf16(v) => s.collect_seq(v.iter().map(|&x| x.to_f64())),
+            TensorData::String(v) => s.collect_seq(v),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nested_flat_and_irregular_arrays_read_row_major() {
+        let read = |raw: &str| read::<i64>(raw, 9).expect(raw);
+        assert_eq!(read("[1,2,3,4]"), [1, 2, 3, 4]);
+        assert_eq!(read("[[1,2],[3,4]]"), [1, 2, 3, 4]);
+        assert_eq!(read("[[1],2,[[3]],[],4]"), [1, 2, 3, 4]);
+        assert_eq!(read("7"), [7]);
+        assert!(read("[]").is_empty());
+    }
+
+    #[test]
+    fn values_are_read_as_value_read_them() {
+        assert_eq!(
+            read::<f32>("[1, -2, 1.5, 1e3]", 9).expect("f32"),
+            [1.0, -2.0, 1.5, 1e3]
+        );
+        assert_eq!(read::<u8>("[0, 255]", 9).expect("u8"), [0, 255]);
+        assert_eq!(
+            read::<bool>("[true, false]", 9).expect("bool"),
+            [true, false]
+        );
+        fn not_a<T: fmt::Debug>(r: Result<Vec<T>, Refusal>) -> String {
+            match r {
+                Err(Refusal::NotA(v, w)) => format!("{v} is not a {w}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(not_a(read::<i8>("[1, 300]", 9)), "300 is not a int8");
+        assert_eq!(not_a(read::<i64>("[1.0]", 9)), "1.0 is not a int64");
+        assert_eq!(
+            not_a(read::<i64>("[18446744073709551615]", 9)),
+            "18446744073709551615 is not a int64"
+        );
+        assert_eq!(not_a(read::<f32>("[null]", 9)), "null is not a number");
+        assert_eq!(not_a(read::<f32>("[\"1\"]", 9)), "\"1\" is not a number");
+        assert_eq!(not_a(read::<bool>("[1]", 9)), "1 is not a bool");
+        assert_eq!(
+            not_a(read::<f64>("[{\"a\": 1}]", 9)),
+            "an object is not a number"
+        );
+    }
+
+    #[test]
+    fn reading_stops_at_the_limit_and_at_bad_json() {
+        assert!(matches!(read::<f32>("[1,2,3]", 2), Err(Refusal::TooMany)));
+        assert!(matches!(
+            read::<f32>("[[1,2],[3]]", 2),
+            Err(Refusal::TooMany)
+        ));
+        assert_eq!(read::<f32>("[1,2]", 2).expect("at the limit").capacity(), 2);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(matches!(read::<f32>(&deep, 9), Err(Refusal::Malformed(_))));
+        assert!(matches!(
+            read::<f64>("[1e999]", 9),
+            Err(Refusal::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_shape_that_overstates_its_data_reserves_only_what_the_text_holds() {
+        assert!(read::<f64>("[1,2]", 1 << 24).expect("two").capacity() <= 3);
+    }
+
+    #[test]
+    fn values_write_as_value_wrote_them() {
+        let json = |d| serde_json::to_string(&Values(d)).expect("json");
+        let old = |v: serde_json::Value| v.to_string();
+        let f = vec![0.1f32, -2.5, f32::NAN, f32::INFINITY];
+        assert_eq!(json(TensorData::F32(f.clone())), old(serde_json::json!(f)));
+        assert_eq!(json(TensorData::F64(vec![0.1, f64::NAN])), "[0.1,null]");
+        assert_eq!(json(TensorData::I64(vec![-1, 2])), "[-1,2]");
+        assert_eq!(json(TensorData::U8(vec![0, 255])), "[0,255]");
+        assert_eq!(json(TensorData::Bool(vec![true, false])), "[true,false]");
+    }
+}

@@ -1,0 +1,569 @@
+//! Open Inference Protocol v2 JSON: request and response bodies, and the conversion between
+//! their tensors and kiln's.
+//!
+//! A request tensor's declared shape is checked (non-negative dims, element count under the
+//! limit) before its data is read, so a huge declared shape with a tiny body costs nothing.
+//! `data` may be flat or nested row-major, as the protocol allows; it is kept as raw JSON text
+//! while the request is parsed, then read straight into typed values once its shape and
+//! datatype are known, whatever the order of the fields (`json_data`), and `parameters` keep
+//! only what kiln reads (`json_fields`): a body costs its tensors and little more, never a
+//! `serde_json::Value` per element.
+//!
+//! The binary-data extension is supported both ways: an input with
+//! `parameters.binary_data_size` takes its bytes (raw, little-endian, row-major) from the body
+//! after the JSON header, and an output asked for with `parameters.binary_data: true` (or
+//! every output, with the request parameter `binary_data_output: true`) is returned the same
+//! way.
+
+use crate::{ElementType, NamedTensors, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+pub use crate::http::json_data::Values;
+use crate::http::json_data::{self, Leaf, Refusal};
+use crate::http::json_fields;
+pub use crate::http::json_fields::{Parameters, MAX_DIMS};
+
+/// `POST /v2/models/{m}/infer` body; its inputs' `data` borrowed from the body as sent.
+#[derive(Debug, Deserialize)]
+pub struct InferRequest<'a> {
+    /// Echoed in the response.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Request parameters (`binary_data_output` read, others skipped).
+    #[serde(default)]
+    pub parameters: Parameters,
+    /// Input tensors.
+    #[serde(borrow)]
+    pub inputs: Vec<InputTensor<'a>>,
+    /// Outputs to return; all when empty.
+    #[serde(default)]
+    pub outputs: Vec<RequestedOutput>,
+}
+
+/// One input tensor.
+#[derive(Debug, Deserialize)]
+pub struct InputTensor<'a> {
+    /// Input name.
+    pub name: String,
+    /// Dims, at most [`MAX_DIMS`].
+    #[serde(deserialize_with = "json_fields::dims")]
+    pub shape: Vec<i64>,
+    /// `FP32`, `FP64`, `INT64`, `INT32`, `INT8`, `UINT8` or `BOOL`.
+    pub datatype: String,
+    /// Tensor parameters (`binary_data_size` read, others skipped).
+    #[serde(default)]
+    pub parameters: Parameters,
+    /// The values as sent: JSON, flat or nested, row-major (absent with binary data).
+    #[serde(borrow, default)]
+    pub data: Option<&'a RawValue>,
+}
+
+impl InputTensor<'_> {
+    /// The size of this input's binary data, if it is sent in binary.
+    pub fn binary_size(&self) -> Option<usize> {
+        self.parameters
+            .binary_data_size
+            .and_then(|n| usize::try_from(n).ok())
+    }
+}
+
+impl InferRequest<'_> {
+    /// This request without its inputs' `data` (read into tensors by then), so that it no
+    /// longer borrows the body.
+    pub fn without_data(self) -> InferRequest<'static> {
+        InferRequest {
+            id: self.id,
+            parameters: self.parameters,
+            inputs: self
+                .inputs
+                .into_iter()
+                .map(|i| InputTensor {
+                    name: i.name,
+                    shape: i.shape,
+                    datatype: i.datatype,
+                    parameters: i.parameters,
+                    data: None,
+                })
+                .collect(),
+            outputs: self.outputs,
+        }
+    }
+
+    /// Whether output `name` is wanted in binary.
+    pub fn binary_output(&self, name: &str) -> bool {
+        self.outputs
+            .iter()
+            .find(|o| o.name == name)
+            .and_then(|o| o.parameters.binary_data)
+            .or(self.parameters.binary_data_output)
+            .unwrap_or(false)
+    }
+}
+
+/// An output the caller wants.
+#[derive(Debug, Deserialize)]
+pub struct RequestedOutput {
+    /// Output name.
+    pub name: String,
+    /// Output parameters (`binary_data` read, others skipped).
+    #[serde(default)]
+    pub parameters: Parameters,
+}
+
+/// The response body.
+#[derive(Debug, Serialize)]
+pub struct InferResponse {
+    /// Model name.
+    pub model_name: String,
+    /// The version that answered.
+    pub model_version: Option<String>,
+    /// The request's `id`, if it had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Output tensors.
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// One output tensor.
+#[derive(Debug, Serialize)]
+pub struct OutputTensor {
+    /// Output name.
+    pub name: String,
+    /// Protocol datatype.
+    pub datatype: &'static str,
+    /// Dims.
+    pub shape: Vec<usize>,
+    /// Flat row-major values (absent when sent in binary).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Values>,
+    /// `binary_data_size` when the data follows the JSON in binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+}
+
+/// A tensor's description in model metadata.
+#[derive(Debug, Serialize)]
+pub struct TensorMetadata {
+    /// Name.
+    pub name: String,
+    /// Protocol datatype.
+    pub datatype: &'static str,
+    /// Dims, -1 for dynamic.
+    pub shape: Vec<i64>,
+}
+
+/// The protocol's name for an element type.
+pub fn datatype(ty: ElementType) -> &'static str {
+    DATATYPES
+        .iter()
+        .find(|(_, t)| *t == ty)
+        .map_or("UNKNOWN", |(name, _)| name)
+}
+
+/// The element type of a protocol datatype, if kiln serves it (BYTES is ONNX's string).
+pub fn element_type(datatype: &str) -> Option<ElementType> {
+    DATATYPES
+        .iter()
+        .find(|(name, _)| *name == datatype)
+        .map(|(_, t)| *t)
+}
+
+/// The datatypes kiln serves, for error messages.
+pub fn served_datatypes() -> String {
+    DATATYPES.map(|(name, _)| name).join(", ")
+}
+
+/// The v2 protocol's datatypes kiln serves, with their element types.
+const DATATYPES: [(&str, ElementType); 14] = [
+    ("FP32", ElementType::F32),
+    ("FP64", ElementType::F64),
+    ("FP16", ElementType::F16),
+    ("BF16", ElementType::Bf16),
+    ("INT64", ElementType::I64),
+    ("INT32", ElementType::I32),
+    ("INT16", ElementType::I16),
+    ("INT8", ElementType::I8),
+    ("UINT64", ElementType::U64),
+    ("UINT32", ElementType::U32),
+    ("UINT16", ElementType::U16),
+    ("UINT8", ElementType::U8),
+    ("BOOL", ElementType::Bool),
+    ("BYTES", ElementType::String),
+];
+
+/// Decodes a whole inference request body: the JSON request and every input as a tensor.
+/// `header_len` is the binary extension's `Inference-Header-Content-Length` header, if sent:
+/// the JSON is that many leading bytes and each input with `binary_data_size` takes its bytes,
+/// in order, from the rest, which must all be used. This is everything the server trusts
+/// from a client's body, in one function (fuzzed in `tests/fuzz.rs`). The request comes back
+/// [without its data](InferRequest::without_data), which is in the tensors.
+///
+/// CPU-bound for a big body (some 8 ms per MiB of dense JSON, release build): the server calls
+/// it through `decode::Decoder`, off the tokio workers.
+///
+/// # Errors
+/// [`InputError::Invalid`] (400) or [`InputError::TooLarge`] (413), with the message.
+pub fn decode(
+    body: &[u8],
+    header_len: Option<&str>,
+    max_elements: usize,
+) -> Result<(InferRequest<'static>, NamedTensors), InputError> {
+    let (json, mut binary) = match header_len {
+        Some(raw) => {
+            let n = raw
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n <= body.len())
+                .ok_or_else(|| {
+                    InputError::Invalid(format!(
+                        "{HEADER_LENGTH} must be a byte count within the body ({} bytes)",
+                        body.len()
+                    ))
+                })?;
+            body.split_at(n)
+        }
+        None => (body, &[][..]),
+    };
+    let request: InferRequest = serde_json::from_slice(json)
+        .map_err(|e| InputError::Invalid(format!("malformed request body: {e}")))?;
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in &request.inputs {
+        let bytes = match input.binary_size() {
+            Some(n) if n <= binary.len() => {
+                let (now, rest) = binary.split_at(n);
+                binary = rest;
+                Some(now)
+            }
+            Some(n) => {
+                return Err(InputError::Invalid(format!(
+                    "input `{}`: binary_data_size {n} is more than the {} bytes left in the body",
+                    input.name,
+                    binary.len()
+                )))
+            }
+            None => None,
+        };
+        inputs.push((input.name.clone(), to_tensor(input, bytes, max_elements)?));
+    }
+    if !binary.is_empty() {
+        return Err(InputError::Invalid(format!(
+            "{} bytes of binary data belong to no input (binary_data_size)",
+            binary.len()
+        )));
+    }
+    Ok((request.without_data(), inputs))
+}
+
+/// Header of the binary-data extension: the JSON part's length; binary data follows it.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// Converts one request tensor, refusing (with a message naming the input) a bad shape, a
+/// shape over `max_elements`, a datatype kiln does not serve, a value count that does not
+/// match the shape, and values out of the datatype's range.
+///
+/// # Errors
+/// [`InputError::Invalid`] (400) or [`InputError::TooLarge`] (413), with the message.
+pub fn to_tensor(
+    input: &InputTensor<'_>,
+    binary: Option<&[u8]>,
+    max_elements: usize,
+) -> Result<Tensor, InputError> {
+    let name = &input.name;
+    let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
+    let (shape, elements) = checked_shape(name, &input.shape, max_elements)?;
+    if let Some(bytes) = binary {
+        return from_le_bytes(&input.datatype, shape, bytes).map_err(bad);
+    }
+    let raw = input.data.map_or("[]", RawValue::get);
+    let data = match input.datatype.as_str() {
+        "FP32" => TensorData::F32(values(raw, &shape, elements).map_err(bad)?),
+        "FP64" => TensorData::F64(values(raw, &shape, elements).map_err(bad)?),
+        "INT64" => TensorData::I64(values(raw, &shape, elements).map_err(bad)?),
+        "INT32" => TensorData::I32(values(raw, &shape, elements).map_err(bad)?),
+        "INT8" => TensorData::I8(values(raw, &shape, elements).map_err(bad)?),
+        "UINT8" => TensorData::U8(values(raw, &shape, elements).map_err(bad)?),
+        "BOOL" => TensorData::Bool(values(raw, &shape, elements).map_err(bad)?),
+        "INT16" => TensorData::I16(values(raw, &shape, elements).map_err(bad)?),
+        "UINT16" => TensorData::U16(values(raw, &shape, elements).map_err(bad)?),
+        "UINT32" => TensorData::U32(values(raw, &shape, elements).map_err(bad)?),
+        "UINT64" => TensorData::U64(values(raw, &shape, elements).map_err(bad)?),
+        "FP16" => TensorData::F16(values(raw, &shape, elements).map_err(bad)?),
+        "BF16" => TensorData::Bf16(values(raw, &shape, elements).map_err(bad)?),
+        "BYTES" => TensorData::String(values(raw, &shape, elements).map_err(bad)?),
+        other => {
+            return Err(bad(format!(
+                "datatype {other:?} is not served; use one of {}",
+                served_datatypes()
+            )))
+        }
+    };
+    Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
+}
+
+/// A request tensor's declared shape, checked before any of its data is looked at: no
+/// negative dim, and at most `max_elements` elements (so a huge declared shape costs nothing).
+/// Returns the dims and the element count.
+///
+/// # Errors
+/// [`InputError::Invalid`] for a negative dim, [`InputError::TooLarge`] over the limit.
+pub fn checked_shape(
+    name: &str,
+    dims: &[i64],
+    max_elements: usize,
+) -> Result<(Vec<usize>, usize), InputError> {
+    let shape = dims
+        .iter()
+        .map(|&d| {
+            usize::try_from(d)
+                .map_err(|_| InputError::Invalid(format!("input `{name}`: dim {d} is negative")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let elements = shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= max_elements)
+        .ok_or_else(|| {
+            InputError::TooLarge(format!(
+                "input `{name}`: shape {shape:?} is over the limit of {max_elements} elements"
+            ))
+        })?;
+    Ok((shape, elements))
+}
+
+/// The `elements` values of `shape` from the JSON text `raw`; the message says what is wrong.
+fn values<T: Leaf>(raw: &str, shape: &[usize], elements: usize) -> Result<Vec<T>, String> {
+    match json_data::read::<T>(raw, elements) {
+        Ok(v) if v.len() == elements => Ok(v),
+        Ok(v) => Err(format!(
+            "has {} values but shape {shape:?} needs {elements}",
+            v.len()
+        )),
+        Err(Refusal::TooMany) => Err(format!(
+            "has more than {elements} values but shape {shape:?} needs {elements}"
+        )),
+        Err(Refusal::NotA(value, wanted)) => Err(format!("{value} is not a {wanted}")),
+        Err(Refusal::Malformed(e)) => Err(format!("malformed data: {e}")),
+    }
+}
+
+/// A tensor from raw little-endian bytes (the binary-data extension, gRPC's raw contents).
+pub(crate) fn from_le_bytes(
+    datatype: &str,
+    shape: Vec<usize>,
+    bytes: &[u8],
+) -> Result<Tensor, String> {
+    let ty = element_type(datatype).ok_or_else(|| {
+        format!(
+            "datatype {datatype:?} is not served; use one of {}",
+            served_datatypes()
+        )
+    })?;
+    Tensor::from_le_bytes(ty, shape, bytes).map_err(|e| match e {
+        crate::Error::TensorBytes {
+            expected,
+            len,
+            shape,
+            ..
+        } => format!(
+            "has {len} bytes of binary data but shape {shape:?} of {datatype} needs {}",
+            expected.map_or_else(|| "more than fits in memory".to_owned(), |n| n.to_string())
+        ),
+        other => other.to_string(),
+    })
+}
+
+/// Why a request tensor was refused.
+#[derive(Debug)]
+pub enum InputError {
+    /// Malformed (400).
+    Invalid(String),
+    /// Over the size limit (413).
+    TooLarge(String),
+}
+
+/// A kiln output as a response tensor: flat JSON data, or (with `binary`) its size in
+/// `parameters` and its bytes returned beside it.
+pub fn output(name: String, tensor: Tensor, binary: bool) -> (OutputTensor, Option<Vec<u8>>) {
+    let datatype = datatype(tensor.element_type());
+    let shape = tensor.shape().to_vec();
+    if binary {
+        let bytes = tensor.to_le_bytes();
+        let out = OutputTensor {
+            name,
+            datatype,
+            shape,
+            data: None,
+            parameters: Some(serde_json::json!({ "binary_data_size": bytes.len() })),
+        };
+        return (out, Some(bytes));
+    }
+    let out = OutputTensor {
+        name,
+        datatype,
+        shape,
+        data: Some(Values(tensor.into_data())),
+        parameters: None,
+    };
+    (out, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An input with `data` as its JSON text (none for `null`); leaked, as a test may.
+    fn input(shape: Vec<i64>, datatype: &str, data: Value) -> InputTensor<'static> {
+        let raw = (!data.is_null())
+            .then(|| &*Box::leak(serde_json::value::to_raw_value(&data).expect("raw")));
+        InputTensor {
+            name: "x".into(),
+            shape,
+            datatype: datatype.into(),
+            parameters: Parameters::default(),
+            data: raw,
+        }
+    }
+
+    #[test]
+    fn nested_and_flat_data_give_the_same_tensor() {
+        let flat = to_tensor(
+            &input(vec![2, 2], "FP32", serde_json::json!([1, 2, 3, 4])),
+            None,
+            100,
+        )
+        .expect("flat");
+        let nested = to_tensor(
+            &input(vec![2, 2], "FP32", serde_json::json!([[1, 2], [3, 4]])),
+            None,
+            100,
+        )
+        .expect("nested");
+        assert_eq!(flat, nested);
+        assert_eq!(flat.as_slice::<f32>().expect("f32"), &[1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn data_is_read_whatever_the_field_order_and_refused_past_the_shape() {
+        let body = br#"{"inputs":[{"data":[[1,2],[3,4]],"parameters":{"pad":[0,0]},"datatype":"INT64","shape":[2,2],"name":"x"}]}"#;
+        let (request, tensors) = decode(body, None, 100).expect("decoded");
+        assert!(request.inputs[0].data.is_none());
+        assert_eq!(tensors[0].1.as_slice::<i64>().expect("i64"), &[1, 2, 3, 4]);
+        let body =
+            br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2,3,"x"]}]}"#;
+        assert!(matches!(
+            decode(body, None, 100),
+            Err(InputError::Invalid(m)) if m == "input `x`: has more than 2 values but shape [1, 2] needs 2"
+        ));
+        let body = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#;
+        assert!(matches!(
+            decode(body, None, 100),
+            Err(InputError::Invalid(m)) if m.contains("has 0 values but shape [1] needs 1")
+        ));
+    }
+
+    #[test]
+    fn binary_data_round_trips() {
+        let t = to_tensor(
+            &input(vec![2], "FP32", Value::Null),
+            Some(&[0, 0, 192, 63, 0, 0, 0, 192]),
+            9,
+        )
+        .expect("binary");
+        assert_eq!(t.as_slice::<f32>().expect("f32"), &[1.5, -2.0]);
+        assert_eq!(t.to_le_bytes(), vec![0, 0, 192, 63, 0, 0, 0, 192]);
+        assert!(matches!(
+            to_tensor(&input(vec![3], "FP32", Value::Null), Some(&[0; 8]), 9),
+            Err(InputError::Invalid(m)) if m.contains("8 bytes of binary data")
+        ));
+    }
+
+    #[test]
+    fn bad_tensors_are_refused_with_the_reason() {
+        let msg = |r: Result<Tensor, InputError>| match r {
+            Err(InputError::Invalid(m)) => m,
+            other => panic!("{other:?}"),
+        };
+        assert!(msg(to_tensor(
+            &input(vec![3], "FP32", serde_json::json!([1, 2])),
+            None,
+            9
+        ))
+        .contains("has 2 values but shape [3] needs 3"));
+        assert!(msg(to_tensor(
+            &input(vec![-1], "FP32", serde_json::json!([])),
+            None,
+            9
+        ))
+        .contains("negative"));
+        assert!(msg(to_tensor(
+            &input(vec![1], "INT8", serde_json::json!([300])),
+            None,
+            9
+        ))
+        .contains("300 is not a int8"));
+        assert!(msg(to_tensor(
+            &input(vec![1], "STRING", serde_json::json!(["a"])),
+            None,
+            9
+        ))
+        .contains("not served"));
+        // BYTES: JSON strings, never numbers, never a NUL; binary is length-prefixed.
+        let t = to_tensor(
+            &input(vec![2], "BYTES", serde_json::json!([["cat"], [""]])),
+            None,
+            9,
+        )
+        .expect("strings");
+        assert_eq!(t.as_slice::<String>().expect("strings"), &["cat", ""]);
+        assert!(msg(to_tensor(
+            &input(vec![1], "BYTES", serde_json::json!([1])),
+            None,
+            9
+        ))
+        .contains("1 is not a string"));
+        assert!(msg(to_tensor(
+            &input(vec![1], "BYTES", serde_json::json!(["a\u{0}b"])),
+            None,
+            9
+        ))
+        .contains("is not a string without NUL"));
+        let binary = to_tensor(
+            &input(vec![2], "BYTES", Value::Null),
+            Some(&[3, 0, 0, 0, b'c', b'a', b't', 0, 0, 0, 0]),
+            9,
+        )
+        .expect("binary");
+        assert_eq!(binary, t);
+        for (bytes, says) in [
+            (
+                &[3, 0, 0, 0, b'c', b'a'][..],
+                "its length says 3 bytes but 2 are left",
+            ),
+            (&[1, 0, 0, 0, 0xff, 0, 0, 0, 0][..], "not UTF-8"),
+            (
+                &[0, 0, 0, 0, 0, 0, 0, 0, 0][..],
+                "1 bytes follow the shape's 2 strings",
+            ),
+            (&[0, 0, 0][..], "not a 4-byte length"),
+        ] {
+            let m = msg(to_tensor(
+                &input(vec![2], "BYTES", Value::Null),
+                Some(bytes),
+                9,
+            ));
+            assert!(m.contains(says), "{m}");
+        }
+        // A huge declared shape is refused before the (tiny) data is looked at.
+        assert!(matches!(
+            to_tensor(
+                &input(vec![1 << 40, 1 << 40], "FP32", serde_json::json!([1])),
+                None,
+                1000
+            ),
+            Err(InputError::TooLarge(_))
+        ));
+    }
+}

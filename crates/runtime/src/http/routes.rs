@@ -1,0 +1,416 @@
+//! The v2 REST endpoints. Health and metadata never go through an inference queue; inference
+//! runs on the runtime's batcher threads, awaited here, so request handling never blocks a
+//! tokio worker. What they answer comes from `models`, `stats`, `model_config` and `admin`,
+//! shared with gRPC.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::Repository;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry::KeyValue;
+use serde_json::json;
+
+use crate::http::error::ApiError;
+use crate::http::infer;
+use crate::http::models::{describe, model_is_ready, server_is_ready, Description, EXTENSIONS};
+use crate::http::protocol::{self, InferResponse, HEADER_LENGTH};
+
+/// Request header with the request's deadline in milliseconds (queue wait and run).
+pub const TIMEOUT_HEADER: &str = "kiln-timeout-ms";
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Whether `POST /v2/repository/models/{m}/load|unload` are served (else 403).
+    pub admin: bool,
+    /// Largest request body, bytes (larger → 413).
+    pub max_body_bytes: usize,
+    /// Largest element count of one input tensor (larger → 413).
+    pub max_input_elements: usize,
+    /// With `admin`: the bearer token the repository endpoints require. Without one they
+    /// answer loopback peers only (the agent in the same pod), 403 to anyone else.
+    pub admin_token: Option<String>,
+    /// Longest an inference request's body may take to arrive once its headers have
+    /// (larger → 408), so a client trickling its body cannot hold a request forever.
+    pub body_read_timeout: Duration,
+    /// When `/v2/health/ready` answers 200 (and `--ready-when`): every model (default), any
+    /// model, or the listed ones. Per-model readiness is always exact.
+    pub ready_when: crate::Readiness,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            admin: false,
+            max_body_bytes: 32 << 20,
+            max_input_elements: 16 << 20,
+            admin_token: None,
+            body_read_timeout: Duration::from_secs(30),
+            ready_when: crate::Readiness::All,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    /// The served models.
+    pub repo: Arc<Repository>,
+    /// Set on SIGTERM: readiness fails first, then new inference is refused with 503.
+    pub draining: AtomicBool,
+    /// Settings.
+    pub config: ServerConfig,
+    /// Prometheus text for `/metrics`, if exported.
+    pub telemetry: Option<Arc<crate::prometheus::PrometheusTelemetry>>,
+    http: HttpMetrics,
+    pub(crate) grpc: crate::http::grpc::metrics::GrpcMetrics,
+    /// Request bodies decoded off the workers, two maximal bodies' worth at a time.
+    pub(crate) decoder: crate::http::decode::Decoder,
+}
+
+impl AppState {
+    /// State for `repo`, recording HTTP metrics on `meter`.
+    pub fn new(
+        repo: Arc<Repository>,
+        config: ServerConfig,
+        telemetry: Option<Arc<crate::prometheus::PrometheusTelemetry>>,
+        meter: &Meter,
+    ) -> Self {
+        Self {
+            decoder: crate::http::decode::Decoder::new(
+                2 * config.max_body_bytes,
+                config.max_input_elements,
+            ),
+            repo,
+            draining: AtomicBool::new(false),
+            config,
+            telemetry,
+            http: HttpMetrics::new(meter),
+            grpc: crate::http::grpc::metrics::GrpcMetrics::new(meter),
+        }
+    }
+}
+
+struct HttpMetrics {
+    requests: Counter<u64>,
+    duration: Histogram<f64>,
+}
+
+impl HttpMetrics {
+    fn new(meter: &Meter) -> Self {
+        Self {
+            requests: meter
+                .u64_counter("kiln_http_requests_total")
+                .with_description("HTTP requests by route and status code")
+                .build(),
+            duration: meter
+                .f64_histogram("kiln_http_request_duration_seconds")
+                .with_unit("s")
+                .with_description("HTTP request latency by route")
+                .build(),
+        }
+    }
+}
+
+/// The router for `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2", get(server_metadata))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(model_metadata_v),
+        )
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route(
+            "/v2/models/{model}/config",
+            get(crate::http::model_config::model_config),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(crate::http::model_config::model_config_v),
+        )
+        .route("/v2/models/stats", get(crate::http::stats::all_stats))
+        .route(
+            "/v2/models/{model}/stats",
+            get(crate::http::stats::model_stats),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(crate::http::stats::model_stats_v),
+        )
+        .route(
+            "/v2/repository/index",
+            post(crate::http::stats::repository_index),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(model_ready_v),
+        )
+        .route("/v2/models/{model}/infer", post(infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(infer_v))
+        .route(
+            "/v2/repository/models/{model}/load",
+            post(crate::http::admin::load),
+        )
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(crate::http::admin::unload),
+        )
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            record,
+        ))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Counts every request by route and status code, and times it.
+async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let route = KeyValue::new("route", route);
+    state.http.requests.add(
+        1,
+        &[
+            route.clone(),
+            KeyValue::new("code", i64::from(response.status().as_u16())),
+        ],
+    );
+    state
+        .http
+        .duration
+        .record(started.elapsed().as_secs_f64(), &[route]);
+    response
+}
+
+/// 200 when not draining and the models `ready_when` names are loaded and warmed.
+async fn ready(State(s): State<Arc<AppState>>) -> StatusCode {
+    if server_is_ready(&s) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+async fn server_metadata() -> Json<serde_json::Value> {
+    Json(json!({
+        "name": "kiln",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    }))
+}
+
+async fn model_metadata(
+    State(s): State<Arc<AppState>>,
+    Path(model): Path<String>,
+) -> Result<Json<Description>, ApiError> {
+    describe(&s, &model, None).map(Json)
+}
+
+async fn model_metadata_v(
+    State(s): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<Json<Description>, ApiError> {
+    describe(&s, &model, Some(&version)).map(Json)
+}
+
+fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
+    match model_is_ready(s, model, version) {
+        Ok(true) => Json(json!({"name": model, "ready": true})).into_response(),
+        Ok(false) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"name": model, "ready": false})),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn model_ready(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    readiness(&s, &model, None)
+}
+
+async fn model_ready_v(
+    State(s): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    readiness(&s, &model, Some(&version))
+}
+
+async fn infer(
+    State(s): State<Arc<AppState>>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&s, body).await?;
+    run(&s, &model, None, &headers, body).await
+}
+
+async fn infer_v(
+    State(s): State<Arc<AppState>>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&s, body).await?;
+    run(&s, &model, Some(&version), &headers, body).await
+}
+
+/// The whole body, at most `max_body_bytes` (413 beyond, without reading the rest), within
+/// `body_read_timeout` (408).
+async fn read_body(s: &AppState, body: Body) -> Result<Bytes, ApiError> {
+    let limit = s.config.max_body_bytes;
+    match tokio::time::timeout(
+        s.config.body_read_timeout,
+        crate::http::decode::collect(body, limit),
+    )
+    .await
+    {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
+            Err(if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("request body over the {limit}-byte limit"),
+                )
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            })
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                s.config.body_read_timeout.as_secs_f64()
+            ),
+        )),
+    }
+}
+
+async fn run(
+    s: &AppState,
+    model: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let header_len = headers
+        .get(HEADER_LENGTH)
+        .map(|v| v.to_str().unwrap_or("not text"));
+    let (request, inputs) = s.decoder.decode(body, header_len).await?;
+    let timeout = match headers.get(TIMEOUT_HEADER) {
+        Some(raw) => Some(Duration::from_millis(
+            raw.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{TIMEOUT_HEADER} must be a whole number of milliseconds"
+                    ))
+                })?,
+        )),
+        None => None,
+    };
+    let call = infer::Call {
+        model,
+        version,
+        inputs,
+        outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
+        timeout,
+    };
+    let answer = match infer::run(s, call).await {
+        Ok(a) => a,
+        Err(e) => {
+            infer::log_failure("http", model, version, request.id.as_deref(), &e);
+            return Err(e);
+        }
+    };
+    let mut tail = Vec::new();
+    // Values written as JSON text: past the decoder's inline size, written on a decode
+    // thread (a big output as JSON holds a CPU for milliseconds).
+    let mut json_values = 0;
+    let outputs = answer
+        .outputs
+        .into_iter()
+        .map(|(n, t)| {
+            let binary = request.binary_output(&n);
+            if !binary {
+                json_values += t.len();
+            }
+            let (out, bytes) = protocol::output(n, t, binary);
+            tail.extend(bytes.unwrap_or_default());
+            out
+        })
+        .collect();
+    let response = InferResponse {
+        model_name: model.to_owned(),
+        model_version: answer.version,
+        id: request.id,
+        outputs,
+    };
+    let encode = move || serde_json::to_vec(&response);
+    // Some 4 bytes of text a value, at the least.
+    let mut body = if json_values * 4 >= crate::http::decode::INLINE_MAX_BYTES {
+        s.decoder.off_workers(encode).await?
+    } else {
+        encode()
+    }
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if tail.is_empty() {
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response());
+    }
+    let json_len = body.len();
+    body.extend(tail);
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            ),
+            (
+                axum::http::HeaderName::from_static(HEADER_LENGTH),
+                json_len.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    match &s.telemetry {
+        Some(t) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4",
+            )],
+            t.render(),
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}

@@ -1,0 +1,159 @@
+//! The accept loop, for REST and gRPC alike. `axum::serve` sets no header-read timeout and no
+//! connection cap, so a client that trickles its request headers (slowloris) holds a
+//! connection and its task forever, and enough of them exhaust the process. Here every
+//! connection goes through hyper's builder (HTTP/1.1, or HTTP/2 with prior knowledge, which
+//! is what gRPC clients speak) with a timer and a header-read timeout, at most
+//! `max_connections` are served at once (the rest wait in the kernel's backlog), the peer
+//! address is handed to the handlers (admin endpoints check it), and shutdown drains open
+//! connections gracefully (HTTP/2 ones with a GOAWAY).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt as _;
+
+/// Connection-level limits.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Longest a client may take to send a request's headers (the first request's, and each
+    /// next one's on a keep-alive connection) before the connection is closed. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Most connections served at once. Default 4096.
+    pub max_connections: usize,
+    /// How long shutdown waits for open connections to finish. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Most requests in flight at once on one HTTP/2 (gRPC) connection. Default 256.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(30),
+            max_streams_per_connection: 256,
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, then stops accepting and waits up to
+/// `shutdown_grace` for open connections (keep-alive ones are closed after their current
+/// request).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            s = Arc::clone(&slots).acquire_owned() => match s {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let service = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(options.max_streams_per_connection)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let watcher = graceful.watcher();
+        let first_bytes = options.header_read_timeout;
+        tokio::spawn(async move {
+            let _slot = slot;
+            // The protocol detection below waits for the client's first bytes with no timer
+            // of its own: a client that connects and sends nothing must not hold the slot.
+            if !protocol_known(&stream, first_bytes).await {
+                tracing::debug!(%peer, "nothing to tell HTTP/1 from HTTP/2 within the header timeout; closed");
+                return;
+            }
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(options.shutdown_grace) => {
+            tracing::warn!(grace_s = options.shutdown_grace.as_secs(), "connections still open after the shutdown grace period");
+        }
+    }
+}
+
+/// Waits, at most `timeout`, until the client has sent enough to tell HTTP/1.1 from HTTP/2:
+/// the 24-byte HTTP/2 preface, or a byte that departs from it. False if it did not, or closed.
+async fn protocol_known(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut buf = [0u8; 24];
+    let known = async {
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == PREFACE.len() || buf[..n] != PREFACE[..n] => return true,
+                // Part of the preface: `peek` answers at once until more arrives.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, known).await.unwrap_or(false)
+}
+/// Resolves on SIGTERM (what the kubelet sends) or SIGINT: the `shutdown` future a service
+/// passes to [`serve()`], after setting [`AppState::draining`](crate::http::AppState) and
+/// waiting out its drain delay.
+pub async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "no SIGTERM handler; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
