@@ -85,7 +85,7 @@ $(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.js
 azurite: $(NODE_DIR)/.stamp
 
 # Tools from Debian's packages that the tests and the demo run (installed when missing).
-DEBIAN_TOOLS := curl=curl pkg-config=pkgconf go=golang-go valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey h2load=nghttp2-client prometheus=prometheus promtool=prometheus
+DEBIAN_TOOLS := curl=curl pkg-config=pkgconf go=golang-go valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey h2load=nghttp2-client prometheus=prometheus promtool=prometheus docker-registry=docker-registry skopeo=skopeo
 
 tools:
 	@scripts/ensure-tools.sh $(DEBIAN_TOOLS)
@@ -239,7 +239,7 @@ $(S3S_FS):
 
 s3s-fs: $(S3S_FS)
 
-bench-agent: s3s-fs
+bench-agent: tools s3s-fs
 	cargo bench -p kiln-agent --bench fetch
 
 bench-hash:

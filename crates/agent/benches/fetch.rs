@@ -17,6 +17,9 @@ use kiln_benches::{machine, write_section};
 use object_store::signer::Signer;
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 
+#[path = "fetch/oci.rs"]
+mod oci;
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -114,6 +117,10 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
+    // `KILN_BENCH_AGENT_ONLY=oci` measures the registry table alone.
+    if std::env::var("KILN_BENCH_AGENT_ONLY").is_ok_and(|v| v == "oci") {
+        return oci_section(mib);
+    }
     let mut body = format!(
         "## Agent: fetching a {mib} MiB object from local S3\n\n\
          Machine: {}. Best of 2 runs each, alternated. Command: `make bench-agent` \
@@ -163,6 +170,20 @@ fn main() -> Result<()> {
     );
     println!("{body}");
     write_section("agent-fetch", &body)?;
+    oci_section(mib)
+}
+
+/// The registry table, in its own section of RESULTS.md.
+fn oci_section(mib: usize) -> Result<()> {
+    let body = format!(
+        "## Agent: pulling a {mib} MiB model from a local OCI registry\n\n\
+         Machine: {}. Best of 2 runs each, alternated. Command: `make bench-agent` \
+         (`cargo bench -p kiln-agent --bench fetch`; `KILN_BENCH_AGENT_ONLY=oci` for this table alone).\n\n{}",
+        machine(),
+        oci::run(mib)?
+    );
+    println!("{body}");
+    write_section("agent-fetch-oci", &body)?;
     Ok(())
 }
 
@@ -277,61 +298,10 @@ fn run(mib: usize, server: &Server) -> Result<String> {
             .map(|_| t.elapsed());
         std::fs::remove_file(scratch.path().join("aws.bin")).ok();
         // The agent, fetch mode, verified and published, each way a large object can travel.
-        let mut agent_times = Vec::new();
-        for (k, (_, threshold, transfer)) in AGENT_WAYS.iter().enumerate() {
-            let root = scratch.path().join(format!("root{round}-{k}"));
-            std::fs::create_dir_all(&root)?;
-            let cfg = scratch.path().join("agent.yaml");
-            std::fs::write(
-                &cfg,
-                format!(
-                    "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: {threshold}\ntransfer: {transfer}\ntermination_log: {}/termination-log\nmodels:\n  - name: big\n    version: \"1\"\n    source: s3://bench/big/model.bin\n    sha256: {digest}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: test}}\n",
-                    root.display(),
-                    scratch.path().display()
-                ),
-            )?;
-            let log = scratch.path().join("agent.log");
-            let t = Instant::now();
-            let (status, rss) = run_measuring_rss(
-                Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
-                    .args(["fetch", "--config"])
-                    .arg(&cfg)
-                    .env("RUST_LOG", "warn,kiln_agent::transfer=info")
-                    .env("KILN_AGENT_LOG_FORMAT", "json")
-                    // The agent logs to stdout; its error (if any) goes to stderr.
-                    .stdout(std::fs::File::create(&log)?)
-                    .stderr(Stdio::null()),
-            )?;
-            agent_times.push(t.elapsed());
-            peak_rss_kib = peak_rss_kib.max(rss);
-            if !status.success() {
-                bail!("agent failed: {}", std::fs::read_to_string(&log)?);
-            }
-            // What `auto` measured and chose (the agent's JSON log line).
-            let measured = std::fs::read_to_string(&log)?
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|v| v["fields"]["message"] == "transfer measured on this store");
-            if let Some(v) = measured {
-                let field = |name: &str| match &v["fields"][name] {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                chosen.push(format!(
-                    "round {}: {} (one stream {} MiB/s, ranged {} MiB/s{})",
-                    round + 1,
-                    field("mode"),
-                    field("stream_mib_per_s"),
-                    field("ranged_mib_per_s"),
-                    if field("ranged_stopped_early") == "true" {
-                        ", ranged GETs stopped early"
-                    } else {
-                        ""
-                    }
-                ));
-            }
-            std::fs::remove_dir_all(&root).ok();
-        }
+        let model = format!("    version: \"1\"\n    source: s3://bench/big/model.bin\n    sha256: {digest}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: test}}\n");
+        let (agent_times, rss, choices) = run_agent_ways(scratch.path(), round, &model)?;
+        peak_rss_kib = peak_rss_kib.max(rss);
+        chosen.extend(choices);
         runs.push((curl, aws, agent_times));
     }
     let rss_mib = peak_rss_kib as f64 / 1024.0;
@@ -388,4 +358,71 @@ fn run(mib: usize, server: &Server) -> Result<String> {
         }
     ));
     Ok(body)
+}
+
+/// `kiln-agent fetch` once each way of [`AGENT_WAYS`] for the model `model` (its YAML lines
+/// after `name: big`), in `scratch`: each way's time, the peak RSS, and what `auto` measured
+/// and chose (from the agent's JSON log line), labelled with `round`.
+fn run_agent_ways(
+    scratch: &std::path::Path,
+    round: usize,
+    model: &str,
+) -> Result<(Vec<Duration>, u64, Vec<String>)> {
+    let mut times = Vec::new();
+    let mut peak_rss_kib = 0u64;
+    let mut chosen = Vec::new();
+    for (k, (_, threshold, transfer)) in AGENT_WAYS.iter().enumerate() {
+        let root = scratch.join(format!("root{round}-{k}"));
+        std::fs::create_dir_all(&root)?;
+        let cfg = scratch.join("agent.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "root: {}\nreserve_bytes: 0\nparallel_threshold_mib: {threshold}\ntransfer: {transfer}\ntermination_log: {}/termination-log\nmodels:\n  - name: big\n{model}",
+                root.display(),
+                scratch.display()
+            ),
+        )?;
+        let log = scratch.join("agent.log");
+        let t = Instant::now();
+        let (status, rss) = run_measuring_rss(
+            Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
+                .args(["fetch", "--config"])
+                .arg(&cfg)
+                .env("RUST_LOG", "warn,kiln_agent::transfer=info")
+                .env("KILN_AGENT_LOG_FORMAT", "json")
+                // The agent logs to stdout; its error (if any) goes to stderr.
+                .stdout(std::fs::File::create(&log)?)
+                .stderr(Stdio::null()),
+        )?;
+        times.push(t.elapsed());
+        peak_rss_kib = peak_rss_kib.max(rss);
+        if !status.success() {
+            bail!("agent failed: {}", std::fs::read_to_string(&log)?);
+        }
+        let measured = std::fs::read_to_string(&log)?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["fields"]["message"] == "transfer measured on this store");
+        if let Some(v) = measured {
+            let field = |name: &str| match &v["fields"][name] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            chosen.push(format!(
+                "round {}: {} (one stream {} MiB/s, ranged {} MiB/s{})",
+                round + 1,
+                field("mode"),
+                field("stream_mib_per_s"),
+                field("ranged_mib_per_s"),
+                if field("ranged_stopped_early") == "true" {
+                    ", ranged GETs stopped early"
+                } else {
+                    ""
+                }
+            ));
+        }
+        std::fs::remove_dir_all(&root).ok();
+    }
+    Ok((times, peak_rss_kib, chosen))
 }

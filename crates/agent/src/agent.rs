@@ -340,10 +340,15 @@ impl Agent {
         let (files, metas) = self.locate(model, &source).await?;
         // A listed prefix's version covers everything listed (a signed model's bundle too, so
         // another bundle is another version).
-        let version = match &model.version {
-            Some(v) => v.clone(),
-            None if model.is_listed() => listing_version(&files, &metas),
-            None => derive_version(&metas[0].1, model),
+        let version = match (
+            &model.version,
+            source.oci.as_ref().and_then(|o| o.manifest_digest()),
+        ) {
+            (Some(v), _) => v.clone(),
+            // An OCI artifact's version is its manifest's digest: a moved tag is a new version.
+            (None, Some(manifest)) => format!("sha256-{}", &manifest.to_string()[..16]),
+            (None, None) if model.is_listed() => listing_version(&files, &metas),
+            (None, None) => derive_version(&metas[0].1, model),
         };
         let signed_model;
         let (model, files, metas, signer) = match &model.signature {
@@ -384,10 +389,21 @@ impl Agent {
                 });
             }
         }
+        // What archive layers may unpack to: the free space beyond the downloads and reserve.
+        let unpack_budget = free.map_or(u64::MAX, |available| {
+            available.saturating_sub(needed.saturating_add(self.config.reserve_bytes))
+        });
         let (r, name, v) = (root.clone(), model.name.clone(), version.clone());
         let stage = blocking(move || publish::new_stage(&r, &name, &v)).await??;
         let result = self
-            .download_all(model, &source, &files, &metas, &stage, &version)
+            .download_all(
+                model,
+                &source,
+                (&files, &metas),
+                &stage,
+                &version,
+                unpack_budget,
+            )
             .await;
         match result {
             Ok(mut manifest) => {
@@ -466,6 +482,32 @@ impl Agent {
     /// The files to fetch and their metadata: the configured files (a HEAD each, sizes
     /// checked), or what the prefix lists (every key checked before it becomes a path).
     async fn locate(&self, model: &Model, source: &Source) -> Result<(Vec<File>, Vec<Located>)> {
+        if let Some(oci) = &source.oci {
+            let url = model.base.to_string();
+            let (manifest, layers) =
+                with_retries(&self.config.retry, &model.name, &self.metrics, |_| async {
+                    oci.resolve()
+                        .await
+                        .map_err(|e| crate::retry::classify(e, &model.name, &url))
+                })
+                .await?;
+            tracing::info!(model = %model.name, manifest = %manifest, layers = layers.len(), "OCI manifest read");
+            let mut files = Vec::with_capacity(layers.len());
+            let mut metas = Vec::with_capacity(layers.len());
+            for layer in layers {
+                let location = crate::oci::store::blob_path(&layer.digest);
+                let meta = crate::oci::store::meta(&location, &layer.digest, layer.size);
+                metas.push((location, meta));
+                // Content-addressed: the layer's digest is what its bytes must hash to.
+                files.push(File {
+                    path: layer.path,
+                    sha256: Some(layer.digest),
+                    size: Some(layer.size),
+                    unpack: layer.unpack,
+                });
+            }
+            return Ok((files, metas));
+        }
         if model.is_listed() {
             let url = model.base.to_string();
             let local = if model.base.scheme() == "file" {
@@ -490,6 +532,7 @@ impl Agent {
                     path: path.clone(),
                     sha256: None,
                     size: Some(meta.size),
+                    unpack: None,
                 })
                 .collect();
             let metas = listed
@@ -542,16 +585,18 @@ impl Agent {
         Ok((model.files.clone(), metas))
     }
 
+    /// Downloads every file (and unpacks every archive layer) into `stage`; `unpack_budget`
+    /// bounds the bytes archives may unpack to.
     async fn download_all(
         &self,
         model: &Model,
         source: &Source,
-        wanted: &[File],
-        metas: &[Located],
+        (wanted, metas): (&[File], &[Located]),
         stage: &Path,
         version: &str,
+        mut unpack_budget: u64,
     ) -> Result<Manifest> {
-        let mut files = Vec::with_capacity(wanted.len());
+        let mut files = std::collections::BTreeMap::new();
         for (f, (loc, meta)) in wanted.iter().zip(metas) {
             let dest = stage.join(&f.path);
             let (root, d, name, v, path) = (
@@ -561,8 +606,9 @@ impl Agent {
                 version.to_owned(),
                 f.path.clone(),
             );
+            let unpacked = f.unpack.is_some();
             let partial = blocking(move || {
-                if let Some(dir) = d.parent() {
+                if let Some(dir) = d.parent().filter(|_| !unpacked) {
                     std::fs::create_dir_all(dir).map_err(AgentError::io(dir))?;
                 }
                 publish::partial_path(&root, &name, &v, &path)
@@ -614,27 +660,66 @@ impl Agent {
                     });
                 }
             }
+            if let Some(spec) = f.unpack.clone() {
+                let st = stage.to_owned();
+                let mut unpacked = std::mem::take(&mut files);
+                let (result, unpacked, left) = blocking(move || {
+                    let r = crate::oci::unpack::unpack(
+                        &partial,
+                        &st,
+                        &spec,
+                        &mut unpacked,
+                        &mut unpack_budget,
+                    );
+                    // The archive itself is never published; a refused one is not resumed.
+                    parts::discard(&partial);
+                    (r, unpacked, unpack_budget)
+                })
+                .await?;
+                (files, unpack_budget) = (unpacked, left);
+                if let Err(e) = result {
+                    self.metrics.verification_failure(&model.name, "archive");
+                    return Err(AgentError::Archive {
+                        model: model.name.clone(),
+                        layer: meta.e_tag.clone().unwrap_or_default(),
+                        detail: e.to_string(),
+                    });
+                }
+                continue;
+            }
             let d = dest.clone();
             blocking(move || std::fs::rename(&partial, &d))
                 .await?
                 .map_err(AgentError::io(&dest))?;
-            files.push(ManifestFile {
-                path: f.path.clone(),
-                sha256: digest,
-                size,
+            files.insert(
+                f.path.clone(),
+                ManifestFile {
+                    path: f.path.clone(),
+                    sha256: digest,
+                    size,
+                },
+            );
+        }
+        if files.is_empty() {
+            return Err(AgentError::NotFound {
+                model: model.name.clone(),
+                url: redact::url(model.base.as_str()),
             });
         }
         let first = &metas[0].1;
+        let oci = source.oci.as_ref().and_then(|o| o.manifest_digest());
         Ok(Manifest {
             schema: kiln::manifest::SCHEMA,
             model: model.name.clone(),
             version: version.to_owned(),
             source: Some(redact::url(model.base.as_str())),
-            etag: first.e_tag.clone(),
+            etag: oci
+                .map(|d| format!("sha256:{d}"))
+                .or_else(|| first.e_tag.clone()),
             version_id: first.version.clone(),
             signer: None,
             created: publish::rfc3339_now(),
-            files,
+            files: files.into_values().collect(),
         })
     }
 }

@@ -16,7 +16,13 @@ pub use crate::retry::RetrySettings;
 pub use crate::signature::{Signature, SignatureSpec};
 
 /// Schemes the agent fetches from.
-pub const SCHEMES: [&str; 8] = ["s3", "s3a", "gs", "az", "abfs", "abfss", "https", "file"];
+pub const SCHEMES: [&str; 9] = [
+    "s3", "s3a", "gs", "az", "abfs", "abfss", "https", "file", "oci",
+];
+
+/// The store options an `oci://` source takes: a docker config file with the registry's
+/// credentials (absent: anonymous pulls), and `allow_http` for a registry without TLS.
+pub const OCI_OPTIONS: [&str; 2] = ["docker_config", "allow_http"];
 
 /// The configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -149,6 +155,7 @@ pub(crate) fn known_option(scheme: &str, key: &str) -> bool {
         "gs" => k.parse::<object_store::gcp::GoogleConfigKey>().is_ok(),
         "az" | "abfs" | "abfss" => k.parse::<object_store::azure::AzureConfigKey>().is_ok(),
         "http" | "https" => k.parse::<object_store::ClientConfigKey>().is_ok(),
+        "oci" => OCI_OPTIONS.contains(&k.as_str()),
         _ => false,
     }
 }
@@ -282,6 +289,9 @@ pub struct File {
     pub sha256: Option<Digest>,
     /// Expected size.
     pub size: Option<u64>,
+    /// An archive layer of an OCI source, unpacked into the version instead of published as
+    /// a file (`path` then only names its download).
+    pub unpack: Option<crate::oci::Unpack>,
 }
 
 /// The validated configuration.
@@ -480,6 +490,13 @@ impl AgentConfig {
                     None => Ok(None),
                 }
             };
+            let oci = url.scheme() == "oci";
+            if oci {
+                crate::oci::Reference::parse(&m.source).map_err(|e| bad(field("source"), e))?;
+                if !m.files.is_empty() || m.sha256.is_some() || m.size.is_some() || !m.verify {
+                    return Err(bad(field("source"), "an oci:// source takes no `files`, `sha256`, `size` or `verify: false`: the manifest names the layers and every layer is checked against its digest (pin the manifest with @sha256:…)".into()));
+                }
+            }
             let signature = match &m.signature {
                 Some(spec) => {
                     if !m.verify {
@@ -488,7 +505,7 @@ impl AgentConfig {
                             "a signed model is always verified; remove `verify: false`".into(),
                         ));
                     }
-                    if !m.source.ends_with('/')
+                    if !(m.source.ends_with('/') || oci)
                         || !m.files.is_empty()
                         || m.sha256.is_some()
                         || m.size.is_some()
@@ -499,7 +516,16 @@ impl AgentConfig {
                 }
                 None => None,
             };
-            let (base, files) = if m.files.is_empty() {
+            let (base, files) = if oci {
+                // The layers are named by the manifest at each sync.
+                let base = if m.source.ends_with('/') {
+                    url.clone()
+                } else {
+                    url::Url::parse(&format!("{}/", m.source))
+                        .map_err(|e| bad(field("source"), e.to_string()))?
+                };
+                (base, Vec::new())
+            } else if m.files.is_empty() {
                 if m.source.ends_with('/') {
                     if m.verify && signature.is_none() {
                         return Err(bad(
@@ -524,6 +550,7 @@ impl AgentConfig {
                             path: file,
                             sha256: digest(&m.sha256, field("sha256"))?,
                             size: m.size,
+                            unpack: None,
                         }],
                     )
                 }
@@ -549,6 +576,7 @@ impl AgentConfig {
                         path: f.path.clone(),
                         sha256: digest(&f.sha256, format!("models[{i}].files[{j}].sha256"))?,
                         size: f.size,
+                        unpack: None,
                     });
                 }
                 (base, files)

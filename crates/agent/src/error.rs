@@ -80,6 +80,16 @@ pub enum AgentError {
         #[source]
         source: kiln::signing::SignatureError,
     },
+    /// An OCI archive layer that cannot be unpacked safely (nothing of it is published).
+    #[error("{model}: layer {layer} refused: {detail}")]
+    Archive {
+        /// Model name.
+        model: String,
+        /// The layer's digest.
+        layer: String,
+        /// What is wrong with it.
+        detail: String,
+    },
     /// The size differs from the configured or advertised size.
     #[error("{model}: {path} is {actual} bytes, expected {expected}")]
     SizeMismatch {

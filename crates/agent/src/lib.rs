@@ -30,6 +30,7 @@ mod fetch;
 pub mod gpu;
 pub mod main_server;
 pub mod metrics;
+pub mod oci;
 pub mod parts;
 mod publish;
 pub mod redact;

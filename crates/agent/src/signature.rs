@@ -128,15 +128,31 @@ pub(crate) fn narrow<M>(
     metas: Vec<M>,
 ) -> std::result::Result<(Vec<File>, Vec<M>), SignatureError> {
     signed.check_file_set(files.iter().map(|f| f.path.as_str()))?;
-    Ok(files
-        .into_iter()
-        .zip(metas)
-        .filter(|(f, _)| !signed.is_ignored(&f.path))
-        .map(|(mut f, m)| {
-            f.sha256 = signed.files.get(&f.path).copied();
-            (f, m)
-        })
-        .unzip())
+    let mut kept = (
+        Vec::with_capacity(files.len()),
+        Vec::with_capacity(files.len()),
+    );
+    for (mut f, m) in files.into_iter().zip(metas) {
+        if signed.is_ignored(&f.path) {
+            continue;
+        }
+        let want = signed.files.get(&f.path).copied();
+        // A content-addressed source (an OCI layer) already names the file's digest: one that
+        // is not the signed digest is refused before a byte of it is downloaded.
+        if let (Some(known), Some(want)) = (f.sha256, want) {
+            if known != want {
+                return Err(SignatureError::Digest {
+                    path: f.path,
+                    actual: known,
+                    signed: want,
+                });
+            }
+        }
+        f.sha256 = want;
+        kept.0.push(f);
+        kept.1.push(m);
+    }
+    Ok(kept)
 }
 
 /// Fetches the bundle's bytes (at most [`MAX_BUNDLE_BYTES`]).

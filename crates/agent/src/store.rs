@@ -19,6 +19,8 @@ pub struct Source {
     pub store: Arc<dyn ObjectStore>,
     /// The prefix inside the store (may be empty).
     pub prefix: StorePath,
+    /// The same store as an OCI repository (an `oci://` source): its manifest names the files.
+    pub(crate) oci: Option<Arc<crate::oci::store::OciStore>>,
 }
 
 impl Source {
@@ -112,6 +114,23 @@ impl Source {
                     url.path(),
                 )
             }
+            "oci" => {
+                let reference = crate::oci::Reference::parse(url.as_str()).map_err(bad)?;
+                let plain_http = model.store.get("allow_http").is_some_and(|v| v == "true");
+                let docker_config = model
+                    .store
+                    .get("docker_config")
+                    .map(std::path::PathBuf::from);
+                let registry =
+                    crate::oci::client::Registry::new(reference, plain_http, docker_config)
+                        .map_err(|e| bad(e.to_string()))?;
+                let oci = Arc::new(crate::oci::store::OciStore::new(registry));
+                return Ok(Self {
+                    store: oci.clone(),
+                    prefix: StorePath::default(),
+                    oci: Some(oci),
+                });
+            }
             "file" => {
                 if !model.store.is_empty() {
                     return Err(bad("file:// sources take no store options".into()));
@@ -124,7 +143,11 @@ impl Source {
             other => return Err(bad(format!("unsupported scheme {other:?}"))),
         };
         let prefix = StorePath::from_url_path(prefix).map_err(|e| bad(e.to_string()))?;
-        Ok(Self { store, prefix })
+        Ok(Self {
+            store,
+            prefix,
+            oci: None,
+        })
     }
 
     /// The store path of a file relative to the prefix.

@@ -23,8 +23,9 @@ fn the_readme_agent_config_is_valid() {
     let checked = config
         .check()
         .unwrap_or_else(|e| panic!("README's agent YAML is invalid: {e}"));
-    assert_eq!(checked.models.len(), 4);
+    assert_eq!(checked.models.len(), 5);
     assert!(checked.models[3].signature.is_some());
+    assert_eq!(checked.models[4].base.scheme(), "oci");
 }
 
 /// Every agent configuration the manifests ship (`k8s/base`, each overlay's) is one the agent

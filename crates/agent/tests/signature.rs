@@ -8,55 +8,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
+use common::signing::{fixture, repo_root, sign};
 use common::{agent_with_metrics, rt, Moto};
 use kiln_agent::{AgentConfig, AgentError, Phase};
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
 const SECRET: &str = "SIGNINGTESTSECRET42";
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn venv() -> PathBuf {
-    let v = repo_root().join(".cache/venv-signing/bin");
-    assert!(
-        v.join("model_signing").exists(),
-        "{} is missing: run `make signing-tools`",
-        v.display()
-    );
-    v
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn fixture(out: &Path, args: &[&str]) {
-    run(Command::new(venv().join("python"))
-        .arg(repo_root().join("scripts/signing-fixture.py"))
-        .args(&args[..1])
-        .arg(out)
-        .args(&args[1..]));
-}
-
-fn sign(dir: &Path, bundle: &Path, method: &[&str]) {
-    run(Command::new(venv().join("model_signing"))
-        .arg("sign")
-        .args(method)
-        .arg("--signature")
-        .arg(bundle)
-        .arg(dir));
-}
 
 /// A model directory: the MLP and a labels file.
 fn model_dir(at: &Path, name: &str, model: &str) -> PathBuf {

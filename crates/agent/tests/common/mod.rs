@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub(crate) mod proxy;
+pub(crate) mod signing;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
