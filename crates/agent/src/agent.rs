@@ -375,7 +375,10 @@ impl Agent {
 
         // Partials of any other version (an object that changed since) are never resumed.
         self.sweep(model, Some(&version)).await;
-        let needed: u64 = metas.iter().map(|(_, m)| m.size).sum();
+        // Sizes are the store's (or a manifest's) word: summed without wrapping.
+        let needed = metas
+            .iter()
+            .fold(0u64, |sum, (_, m)| sum.saturating_add(m.size));
         let r = root.clone();
         let free =
             blocking(move || publish::staging_root(&r).map(|s| disk::free_bytes(&s))).await??;
@@ -594,8 +597,12 @@ impl Agent {
         (wanted, metas): (&[File], &[Located]),
         stage: &Path,
         version: &str,
-        mut unpack_budget: u64,
+        unpack_budget: u64,
     ) -> Result<Manifest> {
+        let mut budget = crate::oci::unpack::Budget {
+            bytes: unpack_budget,
+            entries: crate::oci::unpack::MAX_ENTRIES,
+        };
         let mut files = std::collections::BTreeMap::new();
         for (f, (loc, meta)) in wanted.iter().zip(metas) {
             let dest = stage.join(&f.path);
@@ -663,20 +670,16 @@ impl Agent {
             if let Some(spec) = f.unpack.clone() {
                 let st = stage.to_owned();
                 let mut unpacked = std::mem::take(&mut files);
+                let mut left = budget;
                 let (result, unpacked, left) = blocking(move || {
-                    let r = crate::oci::unpack::unpack(
-                        &partial,
-                        &st,
-                        &spec,
-                        &mut unpacked,
-                        &mut unpack_budget,
-                    );
+                    let r =
+                        crate::oci::unpack::unpack(&partial, &st, &spec, &mut unpacked, &mut left);
                     // The archive itself is never published; a refused one is not resumed.
                     parts::discard(&partial);
-                    (r, unpacked, unpack_budget)
+                    (r, unpacked, left)
                 })
                 .await?;
-                (files, unpack_budget) = (unpacked, left);
+                (files, budget) = (unpacked, left);
                 if let Err(e) = result {
                     self.metrics.verification_failure(&model.name, "archive");
                     return Err(AgentError::Archive {
@@ -699,6 +702,18 @@ impl Agent {
                     size,
                 },
             );
+        }
+        if wanted.iter().any(|f| f.unpack.is_some()) {
+            // What archives left on disk is exactly what the manifest will list.
+            let (st, listed) = (stage.to_owned(), files.clone());
+            if let Err(e) = blocking(move || crate::oci::unpack::check_stage(&st, &listed)).await? {
+                self.metrics.verification_failure(&model.name, "archive");
+                return Err(AgentError::Archive {
+                    model: model.name.clone(),
+                    layer: "(all layers)".into(),
+                    detail: e.to_string(),
+                });
+            }
         }
         if files.is_empty() {
             return Err(AgentError::NotFound {

@@ -209,6 +209,14 @@ impl ObjectFetch<'_> {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| self.fail(e))?;
             let len = chunk.len() as u64;
+            if bytes + len > total {
+                // More than the object's size: not written (a store cannot fill the volume
+                // past what was checked against the free space).
+                let _ = writer.finish().await;
+                return Err(self.broken(format!(
+                    "the store sent more than the {total} bytes announced"
+                )));
+            }
             if writer.write(chunk).await.is_err() {
                 // The writer stopped on an error: `finish` below reports it.
                 break;

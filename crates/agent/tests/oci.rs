@@ -556,6 +556,21 @@ fn hostile_layers_publish_nothing_and_the_serving_version_stays() {
             tar(&[Entry::File("models/kiln-manifest.json", b"{}")]),
         ),
         ("not a tar", b"this is not a tar archive at all".repeat(40)),
+        (
+            "manifest's temporary file",
+            tar(&[Entry::File("models/.kiln-manifest.json.tmp", b"{}")]),
+        ),
+        (
+            "a directory under the manifest's name",
+            tar(&[Entry::File("models/kiln-manifest.json/x", b"{}")]),
+        ),
+        (
+            "a whiteout of nothing",
+            tar(&[
+                Entry::File("models/sub/a", b"a"),
+                Entry::File("models/sub/.wh.", b""),
+            ]),
+        ),
     ];
     assert_eq!(
         hostile[5].0, "manifest",
@@ -607,7 +622,7 @@ fn hostile_layers_publish_nothing_and_the_serving_version_stays() {
         .as_ref()
         .expect_err("title")
         .to_string();
-    assert!(err.contains("relative path"), "{err}");
+    assert!(err.contains("relative path inside the version"), "{err}");
     assert_eq!(current_version(&root_dir), v1);
 
     // A blob whose bytes changed on the registry's disk: refused by its digest.
@@ -987,4 +1002,46 @@ fn bearer_tokens_come_from_the_registry_token_service() {
     );
     // One token for the manifest and every blob request.
     assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[test]
+fn image_layers_apply_as_the_oci_layer_spec_says() {
+    let rt = rt();
+    let registry = Registry::start(None);
+    let push = Pusher::new(&registry);
+    let lower = tar(&[
+        Entry::File("models/keep.txt", b"keep"),
+        Entry::File("models/d/old.txt", b"old"),
+        Entry::File("models/f", b"a file, then a directory"),
+        Entry::File("models/x/y.txt", b"a directory, then a file"),
+        Entry::File("models/dup.txt", b"first"),
+    ]);
+    let upper = tar(&[
+        // Written before the opaque whiteout in the same layer: kept (whiteouts hide only
+        // lower layers).
+        Entry::File("models/d/new.txt", b"new"),
+        Entry::File("models/d/.wh..wh..opq", b""),
+        Entry::Dir("models/f/"),
+        Entry::File("models/f/inner.txt", b"inner"),
+        Entry::File("models/x", b"x is a file now"),
+        // The same file under a second spelling is the same file.
+        Entry::File("models//./dup.txt", b"second"),
+    ]);
+    rt.block_on(push.tar_image("models/layers", "v1", &[lower, upper], false));
+    let root = tempfile::tempdir().expect("root");
+    let source = format!("oci://127.0.0.1:{}/models/layers:v1", registry.port);
+    let agent = common::agent(&config(root.path(), &source, ""));
+    let results = rt.block_on(agent.sync_once());
+    results[0].1.as_ref().expect("published");
+    let d = |b: &[u8]| Digest::of(b).to_string();
+    assert_eq!(
+        published(root.path()),
+        vec![
+            ("d/new.txt".to_owned(), d(b"new")),
+            ("dup.txt".to_owned(), d(b"second")),
+            ("f/inner.txt".to_owned(), d(b"inner")),
+            ("keep.txt".to_owned(), d(b"keep")),
+            ("x".to_owned(), d(b"x is a file now")),
+        ]
+    );
 }

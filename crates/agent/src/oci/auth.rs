@@ -73,11 +73,12 @@ pub(crate) fn credentials_for(
     let Some((_, entry)) = parsed.auths.iter().find(|(k, _)| key_host(k) == wanted) else {
         return Ok(None);
     };
-    if let Some(token) = &entry.identitytoken {
-        return Ok(Some(Credentials {
-            username: entry.username.clone().unwrap_or_else(|| "<token>".into()),
-            password: token.clone(),
-        }));
+    if entry.identitytoken.is_some() {
+        // An OAuth refresh token (`docker login` to some cloud registries) is exchanged, not
+        // sent as a password; kiln does not do that exchange.
+        return Err(format!(
+            "the docker config's entry for {registry} holds an identity token (OAuth refresh token), which kiln does not exchange; give a username and password (or a registry token as the password)"
+        ));
     }
     if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
         return Ok(Some(Credentials {

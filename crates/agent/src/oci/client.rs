@@ -18,6 +18,12 @@ use super::Reference;
 /// The manifest media types asked for, most specific first.
 pub(crate) const MANIFEST_TYPES: &str = "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json";
 
+/// The longest a manifest or token request may take, start to end.
+const SMALL_REQUEST: Duration = Duration::from_secs(60);
+/// The longest a blob request may take (a multi-GiB stream); a minute without a byte ends it
+/// sooner (the client's read timeout).
+const BLOB_REQUEST: Duration = Duration::from_secs(24 * 3600);
+
 /// The most bytes a manifest may have (the distribution spec's registries accept 4 MiB).
 const MANIFEST_LIMIT: usize = 4 << 20;
 
@@ -141,6 +147,13 @@ impl Registry {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
+        // Only the registry's own challenge is answered: a 401 from where a redirect led (a
+        // CDN, a storage host) gets no credentials.
+        if !self.is_registry(response.url()) {
+            return Err(RegistryError::Denied(format!(
+                "{what}: a redirect target asked for credentials; none are sent there"
+            )));
+        }
         let challenge = response
             .headers()
             .get(WWW_AUTHENTICATE)
@@ -179,6 +192,13 @@ impl Registry {
         Ok(response)
     }
 
+    /// Whether `url` is on the registry itself (scheme, host and port).
+    fn is_registry(&self, url: &reqwest::Url) -> bool {
+        let origin = url.origin().ascii_serialization();
+        origin == self.base
+            || url::Url::parse(&self.base).is_ok_and(|b| b.origin().ascii_serialization() == origin)
+    }
+
     fn basic(&self) -> Option<HeaderValue> {
         let c = self.credentials()?;
         let encoded = base64::engine::general_purpose::STANDARD
@@ -199,13 +219,17 @@ impl Registry {
         let mut realm_url = url::Url::parse(realm).map_err(|_| {
             RegistryError::Protocol(format!("{what}: the token realm is not a URL"))
         })?;
-        if !matches!(realm_url.scheme(), "https" | "http") {
+        // Credentials travel to the token service in clear only if the registry itself is
+        // plain http (a test or in-cluster registry); an https registry's realm must be https.
+        let plain_ok = self.base.starts_with("http://");
+        if !(realm_url.scheme() == "https" || (plain_ok && realm_url.scheme() == "http")) {
             return Err(RegistryError::Protocol(format!(
-                "{what}: the token realm is not http(s)"
+                "{what}: the token realm is not https"
             )));
         }
-        let scope =
-            scope.unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));
+        // Pull access to this repository, whatever scope the challenge names.
+        let _ = scope;
+        let scope = format!("repository:{}:pull", self.reference.repository);
         {
             let mut query = realm_url.query_pairs_mut();
             query.append_pair("scope", &scope);
@@ -213,7 +237,7 @@ impl Registry {
                 query.append_pair("service", s);
             }
         }
-        let mut request = self.http.get(realm_url);
+        let mut request = self.http.get(realm_url).timeout(SMALL_REQUEST);
         if let Some(c) = self.credentials() {
             request = request.basic_auth(&c.username, Some(&c.password));
         }
@@ -256,6 +280,7 @@ impl Registry {
             .send(&what, || {
                 self.http
                     .get(&url)
+                    .timeout(SMALL_REQUEST)
                     .header(ACCEPT, HeaderValue::from_static(MANIFEST_TYPES))
             })
             .await?;
@@ -299,7 +324,10 @@ impl Registry {
         let method = if head { Method::HEAD } else { Method::GET };
         let response = self
             .send(&what, || {
-                let mut r = self.http.request(method.clone(), &url);
+                let mut r = self
+                    .http
+                    .request(method.clone(), &url)
+                    .timeout(BLOB_REQUEST);
                 if let Some(range) = &range {
                     r = r.header(
                         RANGE,

@@ -16,6 +16,26 @@ pub(crate) mod unpack;
 
 pub use manifest::Unpack;
 
+/// Whether `path` may name a published file: canonical (no empty, `.` or `..` segment, no
+/// backslash or NUL: one file has one name, so the manifest and the disk cannot disagree) and
+/// not the manifest kiln writes or its temporary file (any path under them either).
+pub(crate) fn check_path(path: &str) -> Result<(), &'static str> {
+    let canonical = !path.is_empty()
+        && !path.contains(['\\', '\0'])
+        && path
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..");
+    if !canonical || !kiln::layout::is_contained_relative(path) {
+        return Err("is not a canonical relative path inside the version");
+    }
+    let first = path.split('/').next().unwrap_or_default();
+    let manifest = kiln::layout::MANIFEST_FILE;
+    if first.starts_with(manifest) || first.starts_with(&format!(".{manifest}")) {
+        return Err("would collide with the manifest kiln writes");
+    }
+    Ok(())
+}
+
 /// A parsed `oci://` source: where the registry is, which repository, which manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {
@@ -48,7 +68,12 @@ impl Reference {
         {
             return Err(format!("{registry:?} is not a registry host[:port]"));
         }
-        let (repository, reference) = if let Some((repo, digest)) = path.split_once('@') {
+        let (repository, reference) = if let Some((named, digest)) = path.split_once('@') {
+            // `repo:tag@sha256:…`: the digest decides, as in every OCI client.
+            let repo = match named.rsplit_once(':') {
+                Some((r, tag)) if !tag.contains('/') => r,
+                _ => named,
+            };
             let hex = digest
                 .strip_prefix("sha256:")
                 .ok_or("a digest reference is @sha256:<64 hex digits>")?;
@@ -87,6 +112,11 @@ impl Reference {
                 "{repository:?} is not a repository name (lowercase letters, digits, `._-`, `/` between components)"
             ));
         }
+        // Docker Hub's API lives on another host than its name.
+        let registry = match registry {
+            "docker.io" | "index.docker.io" => "registry-1.docker.io",
+            other => other,
+        };
         Ok(Self {
             registry: registry.to_owned(),
             repository: repository.to_owned(),
@@ -131,6 +161,35 @@ mod tests {
         let d = format!("sha256:{}", "ab".repeat(32));
         let r = Reference::parse(&format!("oci://reg.example/m@{d}")).expect("test value");
         assert!(r.is_digest());
+        let tagged =
+            Reference::parse(&format!("oci://reg.example/m:v1@{d}")).expect("tag and digest");
+        assert_eq!(
+            (tagged.repository.as_str(), tagged.reference.as_str()),
+            ("m", d.as_str())
+        );
+        let hub = Reference::parse("oci://docker.io/library/m:v1").expect("hub");
+        assert_eq!(hub.registry, "registry-1.docker.io");
+        for bad in [
+            "a//b",
+            "./a",
+            "a/./b",
+            "a/../b",
+            "kiln-manifest.json",
+            ".kiln-manifest.json.tmp",
+            "kiln-manifest.json/x",
+            "a\\b",
+            "",
+        ] {
+            assert!(check_path(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "model.onnx",
+            "sub/dir/w.bin",
+            "sub/kiln-manifest.json",
+            ".hidden",
+        ] {
+            assert!(check_path(good).is_ok(), "{good:?}");
+        }
         assert_eq!(r.to_string(), format!("oci://reg.example/m@{d}"));
         for bad in [
             "oci://reg",

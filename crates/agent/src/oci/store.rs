@@ -29,6 +29,8 @@ pub(crate) struct OciStore {
     registry: Arc<Registry>,
     /// The digest of the manifest `resolve` read last.
     resolved: std::sync::Mutex<Option<kiln::Digest>>,
+    /// Whether the warning about a registry ignoring `Range` was logged.
+    warned: std::sync::atomic::AtomicBool,
     /// Each layer's size as the manifest gives it (for a registry that sends no length).
     sizes: std::sync::Mutex<std::collections::HashMap<kiln::Digest, u64>>,
 }
@@ -93,6 +95,7 @@ impl OciStore {
             registry: Arc::new(registry),
             resolved: std::sync::Mutex::new(None),
             sizes: Default::default(),
+            warned: Default::default(),
         }
     }
 
@@ -220,8 +223,34 @@ impl ObjectStore for OciStore {
             ));
         };
         let served = match (&range, partial) {
-            (Some(r), true) => r.clone(),
-            (Some(r), false) => r.start.min(total)..r.end.min(total),
+            (Some(r), true) => {
+                // The 206 must be the range asked for, to the byte.
+                let given = response
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('/').next())
+                    .and_then(|v| v.split_once('-'))
+                    .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)));
+                if given != Some((r.start, r.end.saturating_sub(1))) {
+                    return Err(store_error(
+                        RegistryError::Transient(format!(
+                            "asked for bytes {}-{}, the registry answered another range",
+                            r.start,
+                            r.end.saturating_sub(1)
+                        )),
+                        &path,
+                    ));
+                }
+                r.clone()
+            }
+            (Some(r), false) => {
+                if !self.warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::warn!(registry = %self.registry.reference().registry, "the registry ignores Range requests: each ranged part reads the blob from its start; set `transfer: stream` for its models");
+                }
+                r.start.min(total)..r.end.min(total)
+            }
             (None, _) => 0..total,
         };
         let body: BoxStream<'static, object_store::Result<Bytes>> = if options.head {
@@ -281,26 +310,33 @@ fn read_only(operation: &str) -> object_store::Error {
     }
 }
 
-/// The bytes `range` of a stream that starts at offset 0.
+/// The bytes `range` of a stream that starts at offset 0; it ends (dropping the response)
+/// once the range is through.
 fn cut(
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     range: Range<u64>,
 ) -> BoxStream<'static, object_store::Result<Bytes>> {
-    let mut at = 0u64;
-    stream
-        .filter_map(move |chunk| {
-            let out = match chunk {
-                Err(e) => Some(Err(e)),
-                Ok(bytes) => {
-                    let (start, end) = (at, at + bytes.len() as u64);
-                    at = end;
-                    let (s, e) = (start.max(range.start), end.min(range.end));
-                    (s < e).then(|| Ok(bytes.slice((s - start) as usize..(e - start) as usize)))
+    futures::stream::unfold((stream, 0u64), move |(mut inner, mut at)| {
+        let range = range.clone();
+        async move {
+            while at < range.end {
+                match inner.next().await? {
+                    Err(e) => return Some((Err(e), (inner, range.end))),
+                    Ok(bytes) => {
+                        let (start, end) = (at, at + bytes.len() as u64);
+                        at = end;
+                        let (s, e) = (start.max(range.start), end.min(range.end));
+                        if s < e {
+                            let part = bytes.slice((s - start) as usize..(e - start) as usize);
+                            return Some((Ok(part), (inner, at)));
+                        }
+                    }
                 }
-            };
-            futures::future::ready(out)
-        })
-        .boxed()
+            }
+            None
+        }
+    })
+    .boxed()
 }
 
 #[cfg(test)]
