@@ -1045,3 +1045,87 @@ fn image_layers_apply_as_the_oci_layer_spec_says() {
         ]
     );
 }
+
+/// Runs the `kiln-agent fetch` binary on `yaml` with every log level on; returns everything it
+/// wrote (stdout, stderr, the termination log) and whether it succeeded.
+fn fetch_at_trace(root: &Path, yaml: &str) -> (bool, String) {
+    let config = root.join("agent.yaml");
+    let log = root.join("termination-log");
+    std::fs::write(
+        &config,
+        format!("termination_log: {}\n{yaml}", log.display()),
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln-agent"))
+        .args(["fetch", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "trace")
+        .output()
+        .expect("run kiln-agent");
+    let mut all = String::from_utf8_lossy(&out.stdout).into_owned();
+    all.push_str(&String::from_utf8_lossy(&out.stderr));
+    all.push_str(&std::fs::read_to_string(&log).unwrap_or_default());
+    (out.status.success(), all)
+}
+
+#[test]
+fn registry_credentials_and_tokens_never_reach_a_log_line_at_trace_level() {
+    let rt = rt();
+    let registry = Registry::start(Some(("kiln", PASSWORD)));
+    let mut push = Pusher::new(&registry);
+    push.auth = Some(("kiln".into(), PASSWORD.into()));
+    rt.block_on(push.artifact("private/m", "v1", &[("model.onnx", b"private model")]));
+    let open = Registry::start(None);
+    rt.block_on(Pusher::new(&open).artifact("private/m", "v1", &[("model.onnx", b"token model")]));
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let gate = token_gate(&rt, open.port, issued);
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    let secrets = [
+        PASSWORD.to_owned(),
+        b64(&format!("kiln:{PASSWORD}")),
+        "BEARERTOKEN5150".to_owned(),
+        "WRONGPASSWORD99".to_owned(),
+        b64("kiln:WRONGPASSWORD99"),
+    ];
+    let cases = [
+        (format!("127.0.0.1:{}", registry.port), PASSWORD, true),
+        (
+            format!("127.0.0.1:{}", registry.port),
+            "WRONGPASSWORD99",
+            false,
+        ),
+        (gate.to_string(), PASSWORD, true),
+    ];
+    for (host, password, succeeds) in cases {
+        let root = tempfile::tempdir().expect("root");
+        let docker = root.path().join("config.json");
+        std::fs::write(
+            &docker,
+            format!(
+                r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#,
+                b64(&format!("kiln:{password}"))
+            ),
+        )
+        .expect("docker config");
+        let yaml = format!(
+            "root: {}\nreserve_bytes: 0\nretry: {{max_attempts: 2, initial_backoff_ms: 1, max_backoff_ms: 2}}\nmodels:\n  - name: m\n    source: oci://{host}/private/m:v1\n    store: {{allow_http: \"true\", docker_config: {}}}\n",
+            root.path().join("models").display(),
+            docker.display()
+        );
+        std::fs::create_dir_all(root.path().join("models")).expect("models");
+        let (ok, logs) = fetch_at_trace(root.path(), &yaml);
+        assert_eq!(
+            ok,
+            succeeds,
+            "{host} with {password}:\n{}",
+            &logs[logs.len().saturating_sub(3000)..]
+        );
+        assert!(logs.lines().count() > 20, "trace logging was on");
+        for s in &secrets {
+            assert!(
+                !logs.contains(s.as_str()),
+                "a secret reached the logs ({host})"
+            );
+        }
+    }
+}
