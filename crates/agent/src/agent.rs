@@ -705,8 +705,14 @@ impl Agent {
         }
         if wanted.iter().any(|f| f.unpack.is_some()) {
             // What archives left on disk is exactly what the manifest will list.
-            let (st, listed) = (stage.to_owned(), files.clone());
-            if let Err(e) = blocking(move || crate::oci::unpack::check_stage(&st, &listed)).await? {
+            let st = stage.to_owned();
+            let (checked, listed) = blocking(move || {
+                let r = crate::oci::unpack::check_stage(&st, &files);
+                (r, files)
+            })
+            .await?;
+            files = listed;
+            if let Err(e) = checked {
                 self.metrics.verification_failure(&model.name, "archive");
                 return Err(AgentError::Archive {
                     model: model.name.clone(),

@@ -66,7 +66,9 @@ pub use half;
 pub use ndarray;
 pub use opentelemetry as otel;
 
-pub use batch::{BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus, ViewRequest};
+pub use batch::{
+    BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus, RequestOf, ViewRequest,
+};
 pub use borrowed::TensorView;
 
 /// README's Rust examples compile (`cargo test --workspace --doc`, where `kiln-server` turns

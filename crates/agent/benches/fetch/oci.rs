@@ -74,7 +74,7 @@ pub(crate) fn run(mib: usize) -> Result<String> {
         c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
     }
     let size = bytes.len();
-    let (layer, config_digest) = rt.block_on(async {
+    let layer = rt.block_on(async {
         let layer = push(&base, "bench/big", bytes).await?;
         let config = push(&base, "bench/big", b"{}".to_vec()).await?;
         let manifest = serde_json::json!({
@@ -93,9 +93,8 @@ pub(crate) fn run(mib: usize) -> Result<String> {
         if put.status().as_u16() != 201 {
             bail!("manifest: {}", put.status());
         }
-        anyhow::Ok((layer, config))
+        anyhow::Ok(layer)
     })?;
-    let _ = config_digest;
     let scratch = tempfile::tempdir()?;
     let timed = |cmd: &mut Command| -> Option<Duration> {
         let t = Instant::now();

@@ -166,11 +166,10 @@ impl Registry {
                     self.reference.registry
                 ))
             })?,
-            Some(Challenge::Bearer {
-                realm,
-                service,
-                scope,
-            }) => self.token(what, &realm, service, scope).await?,
+            // Pull access to this repository is asked for, whatever scope the challenge names.
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                self.token(what, &realm, service).await?
+            }
             None => {
                 return Err(RegistryError::Denied(format!(
                     "{what}: 401 without a challenge this client understands"
@@ -214,7 +213,6 @@ impl Registry {
         what: &str,
         realm: &str,
         service: Option<String>,
-        scope: Option<String>,
     ) -> Result<HeaderValue, RegistryError> {
         let mut realm_url = url::Url::parse(realm).map_err(|_| {
             RegistryError::Protocol(format!("{what}: the token realm is not a URL"))
@@ -227,8 +225,6 @@ impl Registry {
                 "{what}: the token realm is not https"
             )));
         }
-        // Pull access to this repository, whatever scope the challenge names.
-        let _ = scope;
         let scope = format!("repository:{}:pull", self.reference.repository);
         {
             let mut query = realm_url.query_pairs_mut();

@@ -194,13 +194,12 @@ pub(crate) fn unpack(
             continue;
         }
         let name = name(&raw, &spec.subtree).map_err(unsafe_entry)?;
-        if name == Name::Skip {
-            continue;
+        if name != Name::Skip {
+            budget.entries = budget
+                .entries
+                .checked_sub(1)
+                .ok_or_else(|| UnpackError::TooLarge(format!("{MAX_ENTRIES} entries")))?;
         }
-        if budget.entries == 0 {
-            return Err(UnpackError::TooLarge(format!("{MAX_ENTRIES} entries")));
-        }
-        budget.entries -= 1;
         let path = match name {
             Name::Skip => continue,
             Name::Whiteout(gone) | Name::Opaque(gone) => {

@@ -41,5 +41,5 @@ pub use batcher::BatcherSpec;
 pub use config::BatchConfig;
 pub use handle::{Loaded, ModelHandle, ModelState, ModelStatus};
 pub use metrics::Outcome;
-pub use request::{InferRequest, ViewRequest};
+pub use request::{InferRequest, RequestOf, ViewRequest};
 pub use shared::BatcherStats;
