@@ -61,10 +61,13 @@ pub mod tensor;
 
 // The crates whose types appear in kiln's public signatures, so callers name the same
 // versions without adding them: `kiln::ndarray::ArrayD`, `kiln::half::f16`,
-// `kiln::otel::metrics::Meter`.
+// `kiln::otel::metrics::Meter`, `kiln::tokio::sync::oneshot::Receiver` (what
+// `ModelHandle::submit` returns) and `kiln::tokio::net::TcpListener` (what `kiln::http::serve`
+// takes).
 pub use half;
 pub use ndarray;
 pub use opentelemetry as otel;
+pub use tokio;
 
 pub use batch::{
     BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus, RequestOf, ViewRequest,

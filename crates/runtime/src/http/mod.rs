@@ -68,5 +68,9 @@ mod stats;
 /// the same axum version) without naming another.
 pub use axum;
 pub use error::ApiError;
+/// The tonic and prost the gRPC service is built with: `grpc::status` takes and returns tonic
+/// types and the `grpc::pb` messages are prost messages.
+pub use prost;
 pub use routes::{router, AppState, ServerConfig, TIMEOUT_HEADER};
 pub use serve::{serve, terminated, ServeOptions};
+pub use tonic;
