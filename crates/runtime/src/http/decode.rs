@@ -1,9 +1,9 @@
 //! Inference bodies read into one buffer, then decoded off the tokio workers within a memory
 //! budget.
 //!
-//! [`collect`] copies a body into a buffer sized from its `Content-Length` as it arrives, in
-//! small pieces between other tasks: `axum::body::to_bytes` keeps a list of chunks and copies
-//! them into one at the end, twice the body in memory and a 32 MiB copy in one go on a
+//! [`Decoder::collect`] copies a body into a buffer sized from its `Content-Length` (kept from
+//! an earlier body when one is, `body_pool`) as it arrives, in small pieces between other
+//! tasks: `axum::body::to_bytes` keeps a list of chunks and copies them into one at the end, twice the body in memory and a 32 MiB copy in one go on a
 //! worker (probes then waited up to 110 ms, four bodies finishing at once on two CPUs).
 //!
 //! A maximal JSON body (32 MiB of `0,0,0,…`) takes a CPU about a quarter of a second to decode
@@ -22,10 +22,11 @@
 use std::sync::Arc;
 
 use crate::NamedTensors;
-use axum::body::{Body, Bytes, HttpBody as _};
+use axum::body::{Body, HttpBody as _};
 use axum::http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::http::body_pool::{BodyPool, PooledBody};
 use crate::http::error::ApiError;
 use crate::http::protocol::{self, InferRequest};
 
@@ -34,9 +35,12 @@ use crate::http::protocol::{self, InferRequest};
 /// and back costs about 35 µs (release build, two shared CPUs).
 pub(crate) const INLINE_MAX_BYTES: usize = 64 << 10;
 
-/// Decodes request bodies, at most `budget` bytes of them at a time.
+/// Reads request bodies into kept buffers and decodes them, at most `budget` bytes of them
+/// at a time.
 #[derive(Debug)]
 pub(crate) struct Decoder {
+    /// Buffers for the bodies (`body_pool`).
+    bodies: Arc<BodyPool>,
     /// One permit per KiB of body being decoded.
     permits: Arc<Semaphore>,
     /// All the permits there are.
@@ -55,6 +59,7 @@ impl Decoder {
         let budget_kib = u32::try_from(budget_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Self {
+            bodies: Arc::default(),
             permits: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
             slots: Arc::new(Semaphore::new(decode_threads(cpus))),
@@ -68,19 +73,21 @@ impl Decoder {
     ///
     /// # Errors
     /// 400 or 413 with [`protocol::decode`]'s message; 500 if decoding panicked.
-    pub(crate) async fn decode(
+    pub(crate) async fn decode<B: AsRef<[u8]> + Send + 'static>(
         &self,
-        body: Bytes,
+        body: B,
         header_len: Option<&str>,
     ) -> Result<(InferRequest<'static>, NamedTensors), ApiError> {
         let max_elements = self.max_elements;
-        if body.len() < INLINE_MAX_BYTES {
-            return protocol::decode(&body, header_len, max_elements).map_err(ApiError::from);
+        let len = body.as_ref().len();
+        if len < INLINE_MAX_BYTES {
+            return protocol::decode(body.as_ref(), header_len, max_elements)
+                .map_err(ApiError::from);
         }
-        let bytes = self.reserve(body.len()).await?;
+        let bytes = self.reserve(len).await?;
         let header_len = header_len.map(str::to_owned);
         self.off_workers(move || {
-            let decoded = protocol::decode(&body, header_len.as_deref(), max_elements);
+            let decoded = protocol::decode(body.as_ref(), header_len.as_deref(), max_elements);
             // The body and its share of the budget go as soon as the tensors are built.
             drop((body, bytes));
             decoded
@@ -134,23 +141,29 @@ impl Decoder {
     }
 }
 
-/// The whole of `body`, at most `limit` bytes, in one buffer reserved up front for the size
-/// the body declares (at most `limit`).
-///
-/// # Errors
-/// The body failed, or was over `limit`: then the error's source is
-/// [`http_body_util::LengthLimitError`], as with `axum::body::to_bytes`.
-pub(crate) async fn collect(body: Body, limit: usize) -> Result<Bytes, axum::Error> {
-    use http_body_util::BodyExt as _;
-    let mut body = http_body_util::Limited::new(body, limit);
-    let declared = usize::try_from(body.size_hint().lower()).unwrap_or(limit);
-    let mut buf = Vec::with_capacity(declared.min(limit));
-    while let Some(frame) = body.frame().await {
-        if let Ok(data) = frame.map_err(axum::Error::new)?.into_data() {
-            buf.extend_from_slice(&data);
+impl Decoder {
+    /// The whole of `body`, at most `limit` bytes, in one buffer with room for the size the
+    /// body declares (at most `limit`), kept for another body once this one is dropped.
+    ///
+    /// # Errors
+    /// The body failed, or was over `limit`: then the error's source is
+    /// [`http_body_util::LengthLimitError`], as with `axum::body::to_bytes`.
+    pub(crate) async fn collect(
+        &self,
+        body: Body,
+        limit: usize,
+    ) -> Result<PooledBody, axum::Error> {
+        use http_body_util::BodyExt as _;
+        let mut body = http_body_util::Limited::new(body, limit);
+        let declared = usize::try_from(body.size_hint().lower()).unwrap_or(limit);
+        let mut buf = self.bodies.take(declared.min(limit));
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.map_err(axum::Error::new)?.into_data() {
+                buf.extend_from_slice(&data);
+            }
         }
+        Ok(buf)
     }
-    Ok(Bytes::from(buf))
 }
 
 /// Decode threads for `cpus` CPUs: every CPU but one, so the workers keep one for probes and
@@ -168,6 +181,7 @@ fn decode_threads(cpus: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Bytes;
 
     fn body(values: usize) -> Bytes {
         let data = vec!["0"; values].join(",");
@@ -206,9 +220,12 @@ mod tests {
     #[tokio::test]
     async fn bodies_are_collected_whole_and_refused_past_the_limit() {
         // (Bodies in many chunks: tests/json_memory.rs, 32 MiB each.)
+        let decoder = Decoder::new(1 << 20, 1 << 20);
         let body = Body::from("{\"inputs\": []}");
-        assert_eq!(collect(body, 64).await.expect("whole"), "{\"inputs\": []}");
-        let e = collect(Body::from(vec![b' '; 65]), 64)
+        let whole = decoder.collect(body, 64).await.expect("whole");
+        assert_eq!(&*whole, b"{\"inputs\": []}");
+        let e = decoder
+            .collect(Body::from(vec![b' '; 65]), 64)
             .await
             .expect_err("over");
         let source = std::error::Error::source(&e).expect("source");

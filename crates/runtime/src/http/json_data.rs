@@ -11,6 +11,7 @@
 
 use std::fmt;
 
+use crate::http::json_numbers::{self, Decimal, Number};
 use crate::TensorData;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
@@ -47,10 +48,26 @@ pub(crate) trait Leaf: Sized {
     fn from_str(_: &str) -> Option<Self> {
         None
     }
+    /// Whether [`json_numbers::read`] may read arrays of this type (numbers only).
+    const NUMERIC: bool = true;
+    /// From a number [`json_numbers::read`] scanned, as the `visit_*` serde_json would call
+    /// reads it (`None`: not a `T`, and serde gives the reason).
+    #[inline]
+    fn from_number(n: Number<'_>) -> Option<Self> {
+        match n {
+            Number::U64(v) => Self::from_u64(v),
+            Number::I64(v) => Self::from_i64(v),
+            Number::Decimal(text) => Self::from_decimal(text),
+        }
+    }
+    /// From a number serde_json reads as `f64` (only floats take one).
+    fn from_decimal(_: Decimal<'_>) -> Option<Self> {
+        None
+    }
 }
 
 macro_rules! floats {
-    ($($t:ty),*) => {$(
+    ($($t:ty => $to:ident),*) => {$(
         impl Leaf for $t {
             const WANTED: &'static str = "number";
             // As `Value::as_f64`, then narrowed: the nearest value, as before.
@@ -60,10 +77,12 @@ macro_rules! floats {
             fn from_u64(v: u64) -> Option<Self> { Some(v as f64 as $t) }
             #[allow(clippy::cast_possible_truncation)]
             fn from_f64(v: f64) -> Option<Self> { Some(v as $t) }
+            #[inline]
+            fn from_decimal(d: Decimal<'_>) -> Option<Self> { d.$to() }
         }
     )*};
 }
-floats!(f32, f64);
+floats!(f32 => to_f32, f64 => to_f64);
 
 macro_rules! halves {
     ($($t:ty),*) => {$(
@@ -75,6 +94,7 @@ macro_rules! halves {
             #[allow(clippy::cast_precision_loss)]
             fn from_u64(v: u64) -> Option<Self> { Some(<$t>::from_f64(v as f64)) }
             fn from_f64(v: f64) -> Option<Self> { Some(<$t>::from_f64(v)) }
+            fn from_decimal(d: Decimal<'_>) -> Option<Self> { d.to_f64().map(<$t>::from_f64) }
         }
     )*};
 }
@@ -107,6 +127,7 @@ impl Leaf for u64 {
 
 impl Leaf for bool {
     const WANTED: &'static str = "bool";
+    const NUMERIC: bool = false;
     fn from_i64(_: i64) -> Option<Self> {
         None
     }
@@ -122,6 +143,7 @@ impl Leaf for bool {
 /// so one holding a NUL is refused).
 impl Leaf for String {
     const WANTED: &'static str = "string without NUL";
+    const NUMERIC: bool = false;
     fn from_i64(_: i64) -> Option<Self> {
         None
     }
@@ -141,6 +163,16 @@ impl Leaf for String {
 /// that is not a `T`, [`Refusal::Malformed`] for nesting deeper than 128 or a number out of
 /// range.
 pub(crate) fn read<T: Leaf>(raw: &str, limit: usize) -> Result<Vec<T>, Refusal> {
+    if T::NUMERIC {
+        if let Some(values) = json_numbers::read(raw, limit) {
+            return Ok(values);
+        }
+    }
+    read_with_serde(raw, limit)
+}
+
+/// [`read`] through serde's visitor: every refusal, and whatever the fast path left.
+fn read_with_serde<T: Leaf>(raw: &str, limit: usize) -> Result<Vec<T>, Refusal> {
     // Each value takes at least one byte and a comma, so the text bounds the count too: a
     // shape that overstates its data reserves no more than the data could fill.
     let mut out = Vec::with_capacity(limit.min(raw.len().div_ceil(2)));
@@ -352,5 +384,155 @@ mod tests {
         assert_eq!(json(TensorData::I64(vec![-1, 2])), "[-1,2]");
         assert_eq!(json(TensorData::U8(vec![0, 255])), "[0,255]");
         assert_eq!(json(TensorData::Bool(vec![true, false])), "[true,false]");
+    }
+
+    /// What the fast path gives, if anything, must be what serde gives, bit for bit.
+    fn agree<T: Leaf + fmt::Debug>(raw: &str, bits: impl Fn(&T) -> u64) {
+        if let Some(fast) = json_numbers::read::<T>(raw, 1 << 20) {
+            let slow = read_with_serde::<T>(raw, 1 << 20)
+                .unwrap_or_else(|e| panic!("{raw}: fast {fast:?}, serde {e:?}"));
+            let (fast, slow): (Vec<u64>, Vec<u64>) = (
+                fast.iter().map(&bits).collect(),
+                slow.iter().map(&bits).collect(),
+            );
+            assert_eq!(fast, slow, "{raw}");
+        }
+    }
+
+    /// `agree` for every numeric type.
+    fn agree_all(raw: &str) {
+        agree::<f32>(raw, |v| u64::from(v.to_bits()));
+        agree::<f64>(raw, |v| v.to_bits());
+        agree::<half::f16>(raw, |v| u64::from(v.to_bits()));
+        agree::<half::bf16>(raw, |v| u64::from(v.to_bits()));
+        agree::<i64>(raw, |&v| v as u64);
+        agree::<u64>(raw, |&v| v);
+        agree::<i32>(raw, |&v| v as u64);
+        agree::<u32>(raw, |&v| u64::from(v));
+        agree::<i16>(raw, |&v| v as u64);
+        agree::<u16>(raw, |&v| u64::from(v));
+        agree::<i8>(raw, |&v| v as u64);
+        agree::<u8>(raw, |&v| u64::from(v));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// FP32 values as clients write them (widened to f64, shortest form): the fast
+        /// path takes every one and reads it as serde does.
+        #[test]
+        fn fp32_as_clients_write_them_is_read_fast_and_as_serde_reads_it(
+            v in proptest::collection::vec(proptest::num::f32::NORMAL | proptest::num::f32::SUBNORMAL | proptest::num::f32::ZERO, 0..64),
+            spaced in proptest::bool::ANY,
+        ) {
+            let raw = serde_json::to_string(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()).expect("json");
+            let raw = if spaced { raw.replace(',', ", ") } else { raw };
+            let fast = json_numbers::read::<f32>(&raw, v.len()).expect("the fast path takes it");
+            proptest::prop_assert_eq!(
+                fast.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                v.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            agree_all(&raw);
+        }
+
+        /// Any number JSON allows, of any length and exponent.
+        #[test]
+        fn any_json_number_is_read_as_serde_reads_it(
+            negative in proptest::bool::ANY,
+            int in "(0|[1-9][0-9]{0,24})",
+            frac in proptest::option::of("[0-9]{1,24}"),
+            exp in proptest::option::of((proptest::sample::select(vec!["e", "E"]), proptest::sample::select(vec!["", "+", "-"]), 0u32..400)),
+        ) {
+            let mut raw = String::new();
+            if negative { raw.push('-'); }
+            raw.push_str(&int);
+            if let Some(f) = frac { raw.push('.'); raw.push_str(&f); }
+            if let Some((e, sign, n)) = exp { raw.push_str(&format!("{e}{sign}{n}")); }
+            agree_all(&raw);
+            agree_all(&format!("[{raw}, [{raw}], -1, 0]"));
+        }
+
+        /// Integers at and past every type's edges.
+        #[test]
+        fn integers_are_read_as_serde_reads_them(v in proptest::num::i64::ANY, u in proptest::num::u64::ANY, small in -70_000i64..70_000) {
+            agree_all(&format!("[{v},{u},{small}]"));
+        }
+
+        /// Nesting and whitespace anywhere JSON allows it.
+        #[test]
+        fn nesting_and_whitespace_are_read_as_serde_reads_them(
+            tokens in proptest::collection::vec(0u8..6, 0..40),
+            ws in proptest::collection::vec(proptest::sample::select(vec!["", " ", "\n", "\t", "\r", "  "]), 40),
+        ) {
+            // A random walk over arrays: open, close, number; commas where they belong.
+            let mut raw = String::from("[");
+            let (mut depth, mut first) = (1, true);
+            for (i, t) in tokens.iter().enumerate() {
+                raw.push_str(ws[i]);
+                match t {
+                    0 if depth < 8 => { if !first { raw.push(','); } raw.push('['); depth += 1; first = true; }
+                    1 if depth > 1 => { raw.push(']'); depth -= 1; first = false; }
+                    _ => { if !first { raw.push(','); } raw.push_str(&format!("{}", i as f64 * 0.25 - 3.0)); first = false; }
+                }
+            }
+            raw.push_str(&"]".repeat(depth));
+            agree_all(&raw);
+            proptest::prop_assert!(json_numbers::read::<f32>(&raw, 1 << 20).is_some(), "{}", raw);
+        }
+    }
+
+    #[test]
+    fn what_the_fast_path_leaves_to_serde_is_refused_or_read_as_before() {
+        for raw in [
+            "",
+            " ",
+            "[",
+            "]",
+            "[1,]",
+            "[,1]",
+            "[1 2]",
+            "[[1]",
+            "[1]]",
+            "1 1",
+            "[01]",
+            "[1.]",
+            "[-]",
+            "[+1]",
+            "[.5]",
+            "[1e]",
+            "[NaN]",
+            "[Infinity]",
+            "[true]",
+            "[\"1\"]",
+            "[null]",
+            "[1,2",
+            "[1]x",
+            "[1e999]",
+            "[-1e999]",
+            "[{}]",
+            "[1,-0]",
+            "[1e-400]",
+            "[123456789012345678901234567890]",
+            "[0.1234567890123456789012345]",
+            // Around the halfway point between the f32s 1 and 1 + 2^-23 (1 + 2^-24, an f64).
+            "[1.0000000596046447]",
+            "[1.0000000596046448]",
+            "[1.00000005960464478]",
+            "[1.0000000596046446]",
+            "[-1.0000000596046448]",
+            "[3.4028235677973366e38]",
+        ] {
+            agree_all(raw);
+            // The same refusals, and the same readings, as ever.
+            let fast_or_serde = format!("{:?}", read::<f32>(raw, 9));
+            let serde = format!("{:?}", read_with_serde::<f32>(raw, 9));
+            assert_eq!(fast_or_serde, serde, "{raw}");
+        }
+        let deep = format!("{}1{}", "[".repeat(127), "]".repeat(127));
+        assert_eq!(
+            format!("{:?}", read::<f32>(&deep, 9)),
+            format!("{:?}", read_with_serde::<f32>(&deep, 9))
+        );
+        assert!(matches!(read::<f32>("[1,2,3]", 2), Err(Refusal::TooMany)));
     }
 }

@@ -35,10 +35,12 @@
 //! - [`protocol`]: the v2 JSON request/response types and their conversion to kiln tensors.
 //! - `json_data` (private): a tensor's JSON `data` read into a typed vector and written from
 //!   one, with no `serde_json::Value` per element.
+//! - `json_numbers` (private): its fast path, arrays of numbers scanned without serde.
 //! - `json_fields` (private): `parameters` and `shape` read without keeping what kiln does not
 //!   use.
 //! - `decode` (private): request bodies read into one buffer, then decoded off the tokio
 //!   workers within a memory budget.
+//! - `body_pool` (private): the buffers bodies are read into, kept for the next body.
 //! - [`error`]: one error type and its HTTP mapping (400, 404, 413, 429 + `Retry-After`, 503,
 //!   504).
 //! - [`mod@serve`]: the accept loop (header-read timeout, connection cap, graceful drain).
@@ -51,12 +53,14 @@
 //! - `stats` (private): Triton's statistics and repository index.
 
 mod admin;
+mod body_pool;
 mod decode;
 pub mod error;
 pub mod grpc;
 mod infer;
 mod json_data;
 mod json_fields;
+mod json_numbers;
 mod model_config;
 mod models;
 pub mod protocol;

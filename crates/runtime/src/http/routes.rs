@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::Repository;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -19,6 +19,7 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 use serde_json::json;
 
+use crate::http::body_pool::PooledBody;
 use crate::http::error::ApiError;
 use crate::http::infer;
 use crate::http::models::{describe, model_is_ready, server_is_ready, Description, EXTENSIONS};
@@ -276,14 +277,9 @@ async fn infer_v(
 
 /// The whole body, at most `max_body_bytes` (413 beyond, without reading the rest), within
 /// `body_read_timeout` (408).
-async fn read_body(s: &AppState, body: Body) -> Result<Bytes, ApiError> {
+async fn read_body(s: &AppState, body: Body) -> Result<PooledBody, ApiError> {
     let limit = s.config.max_body_bytes;
-    match tokio::time::timeout(
-        s.config.body_read_timeout,
-        crate::http::decode::collect(body, limit),
-    )
-    .await
-    {
+    match tokio::time::timeout(s.config.body_read_timeout, s.decoder.collect(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
         Ok(Err(e)) => {
             let too_large = std::error::Error::source(&e)
@@ -312,7 +308,7 @@ async fn run(
     model: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: Bytes,
+    body: PooledBody,
 ) -> Result<Response, ApiError> {
     let header_len = headers
         .get(HEADER_LENGTH)

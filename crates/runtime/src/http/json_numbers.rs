@@ -1,0 +1,345 @@
+//! The fast path of [`json_data::read`](super::json_data::read): arrays of JSON numbers
+//! scanned byte by byte, without serde.
+//!
+//! Why: an image of 3×64×64 floats is 12,288 numbers, about 240 KB of JSON as Python's
+//! `json.dumps` writes FP32 values (`0.12345678918063641`). Read through serde's visitor
+//! (one `next_element_seed`, one `deserialize_any` and one `visit_*` call per value, then a
+//! correctly rounded `f64` narrowed) it cost about 50 ns a value, more CPU than the model;
+//! this scanner takes about 28 ns (release build, this project's 2-core VM): eight digits at
+//! a time (SWAR), and for FP32 a shortcut to the same `f32` (see [`Decimal::to_f32`]). It
+//! accepts only what it is sure of — nested arrays of numbers in JSON's grammar, each becoming
+//! a `T` exactly as serde's reading gives it — and answers `None` for anything else (a
+//! string, `null`, an object, malformed text, a value that is not a `T`, too many values,
+//! deep nesting, a number out of range), so the caller reads the text again through serde,
+//! which gives the same values and the same refusals as it always did. Only refused or
+//! unusual bodies pay for two reads.
+
+use super::json_data::Leaf;
+
+/// How deep the scanner nests before leaving the text to serde (whose limit is 128).
+const MAX_DEPTH: usize = 100;
+
+/// A JSON number as serde_json hands it to a visitor.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Number<'a> {
+    /// An integer from zero (`visit_u64`).
+    U64(u64),
+    /// An integer below zero (`visit_i64`).
+    I64(i64),
+    /// Anything else serde_json reads as `f64` (a fraction, an exponent, `-0`, an integer
+    /// of 20 digits or more or below `i64::MIN`).
+    Decimal(Decimal<'a>),
+}
+
+/// The leaves of `raw` as `T`s, row-major, if they are all numbers that are `T`s, at most
+/// `limit` of them; `None` when serde must decide.
+pub(crate) fn read<T: Leaf>(raw: &str, limit: usize) -> Option<Vec<T>> {
+    let b = raw.as_bytes();
+    let mut out = Vec::with_capacity(limit.min(raw.len().div_ceil(2)));
+    let mut depth = 0usize;
+    let mut i = skip_ws(b, 0);
+    'value: loop {
+        // A value is expected here (or, right after `[`, the `]` of an empty array).
+        match *b.get(i)? {
+            b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return None;
+                }
+                i = skip_ws(b, i + 1);
+                if b.get(i) != Some(&b']') {
+                    continue 'value;
+                }
+                i += 1;
+                depth -= 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let (n, end) = number(raw, i)?;
+                if out.len() == limit {
+                    return None;
+                }
+                out.push(T::from_number(n)?);
+                i = end;
+            }
+            _ => return None,
+        }
+        // After a value: `,` and the next one, or `]` closing an array, or the end.
+        loop {
+            i = skip_ws(b, i);
+            if depth == 0 {
+                return (i == b.len()).then_some(out);
+            }
+            match *b.get(i)? {
+                b',' => {
+                    i = skip_ws(b, i + 1);
+                    continue 'value;
+                }
+                b']' => {
+                    i += 1;
+                    depth -= 1;
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The index of the first byte from `i` that is not JSON whitespace.
+#[inline]
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The number starting at `b[start]` (a `-` or a digit) in JSON's grammar
+/// (`-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`), and the index after it.
+#[inline]
+fn number(raw: &str, start: usize) -> Option<(Number<'_>, usize)> {
+    let b = raw.as_bytes();
+    let negative = b[start] == b'-';
+    let mut i = start + usize::from(negative);
+    // Every digit, integer part and fraction, accumulated while there are at most 19 of
+    // them after the leading zeros (19 digits always fit a u64).
+    let mut digits = Digits::default();
+    let int_start = i;
+    i = digits.take(b, i);
+    let int_digits = i - int_start;
+    if int_digits == 0 || (int_digits > 1 && b[int_start] == b'0') {
+        return None;
+    }
+    let mut integer = true;
+    let mut exp10: i64 = 0;
+    if b.get(i) == Some(&b'.') {
+        integer = false;
+        let from = i + 1;
+        i = digits.take(b, from);
+        if i == from {
+            return None;
+        }
+        exp10 -= i64::try_from(i - from).ok()?;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        integer = false;
+        i += 1;
+        let sign = match b.get(i) {
+            Some(b'-') => -1,
+            Some(b'+') => 1,
+            _ => 0,
+        };
+        i += usize::from(sign != 0);
+        let from = i;
+        let mut e: i64 = 0;
+        while let Some(&d @ b'0'..=b'9') = b.get(i) {
+            e = (e * 10 + i64::from(d - b'0')).min(1 << 40);
+            i += 1;
+        }
+        if i == from {
+            return None;
+        }
+        exp10 += if sign < 0 { -e } else { e };
+    }
+    // ASCII digits, signs, `.` and `e`: char boundaries both ends.
+    let text = raw.get(start..i)?;
+    let n = match (integer && int_digits <= 19, negative) {
+        (true, false) => Number::U64(digits.value),
+        // `-0` is `-0.0` to serde_json; below `i64::MIN` it is a float too.
+        (true, true) if digits.value != 0 && digits.value <= i64::MIN.unsigned_abs() => {
+            Number::I64(0i64.wrapping_sub_unsigned(digits.value))
+        }
+        _ => Number::Decimal(Decimal {
+            text,
+            negative,
+            mantissa: digits.value,
+            exp10: i32::try_from(exp10).ok().filter(|_| !digits.lost),
+        }),
+    };
+    Some((n, i))
+}
+
+/// The significant digits of a number, as one integer.
+#[derive(Debug, Default)]
+struct Digits {
+    /// The digits read so far, at most 19 of them (leading zeros add nothing).
+    value: u64,
+    /// Whether a digit did not fit.
+    lost: bool,
+}
+
+impl Digits {
+    /// Reads the run of digits at `b[i..]`; returns the index after it.
+    #[inline]
+    fn take(&mut self, b: &[u8], mut i: usize) -> usize {
+        // Eight at a time while eight more fit in 19 digits.
+        while self.value < 100_000_000_000 {
+            match b.get(i..i + 8).and_then(eight_digits) {
+                Some(v) => {
+                    self.value = self.value * 100_000_000 + v;
+                    i += 8;
+                }
+                None => break,
+            }
+        }
+        while let Some(&d @ b'0'..=b'9') = b.get(i) {
+            if self.value < 1_000_000_000_000_000_000 {
+                self.value = self.value * 10 + u64::from(d - b'0');
+            } else {
+                self.lost = true;
+            }
+            i += 1;
+        }
+        i
+    }
+}
+
+/// The value of eight ASCII digits, if `b` is eight ASCII digits (SWAR, as in Lemire's
+/// fast_float: no branch per digit).
+#[inline]
+fn eight_digits(b: &[u8]) -> Option<u64> {
+    let v = u64::from_le_bytes(b.try_into().ok()?);
+    // Every byte in b'0'..=b'9': adding 0x46 leaves the top bit clear, subtracting 0x30 too.
+    let all_digits = (v.wrapping_add(0x4646_4646_4646_4646)
+        | v.wrapping_sub(0x3030_3030_3030_3030))
+        & 0x8080_8080_8080_8080
+        == 0;
+    if !all_digits {
+        return None;
+    }
+    let v = v - 0x3030_3030_3030_3030;
+    let v = v * 10 + (v >> 8);
+    let v1 = (v & 0x0000_00FF_0000_00FF).wrapping_mul(0x000F_4240_0000_0064);
+    let v2 = ((v >> 16) & 0x0000_00FF_0000_00FF).wrapping_mul(0x0000_2710_0000_0001);
+    Some(u64::from((v1.wrapping_add(v2) >> 32) as u32))
+}
+
+/// A number serde_json reads as `f64`: its text, and its value as `mantissa × 10^exp10`
+/// when every digit was kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Decimal<'a> {
+    /// The number as sent.
+    pub(crate) text: &'a str,
+    /// A leading `-`.
+    negative: bool,
+    /// Its significant digits.
+    mantissa: u64,
+    /// The power of ten they are scaled by; `None` if a digit was lost or it is out of range.
+    exp10: Option<i32>,
+}
+
+/// Powers of ten an `f64` holds exactly.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+impl Decimal<'_> {
+    /// The nearest `f64`, as `str::parse` (and serde_json with `float_roundtrip`) gives it;
+    /// `None` when out of range.
+    #[inline]
+    pub(crate) fn to_f64(self) -> Option<f64> {
+        match self.exact_f64() {
+            Some(v) => Some(v),
+            None => self.text.parse::<f64>().ok().filter(|v| v.is_finite()),
+        }
+    }
+
+    /// The `f32` nearest the `f64` nearest this number (the `f64` narrowed, as serde's
+    /// reading does); `None` when out of range.
+    #[inline]
+    pub(crate) fn to_f32(self) -> Option<f32> {
+        #[allow(clippy::cast_possible_truncation)]
+        match self.narrowed_f32() {
+            Some(v) => Some(v),
+            None => self.to_f64().map(|v| v as f32),
+        }
+    }
+
+    /// Clinger's fast path: a mantissa an `f64` holds exactly, scaled by a power of ten it
+    /// holds exactly, is one correctly rounded multiplication or division.
+    fn exact_f64(self) -> Option<f64> {
+        match self.scaled()? {
+            (v, true) => Some(v),
+            (_, false) => None,
+        }
+    }
+
+    /// The mantissa (rounded to an `f64`) scaled by an exact power of ten, and whether that
+    /// is exact (Clinger: the mantissa fits 53 bits); `None` if digits were lost or the
+    /// power is past 10^22. With sign.
+    #[allow(clippy::cast_precision_loss)]
+    #[inline]
+    fn scaled(self) -> Option<(f64, bool)> {
+        let e = self.exp10?;
+        let pow = *POW10.get(e.unsigned_abs() as usize)?;
+        let m = self.mantissa as f64;
+        let v = if e < 0 { m / pow } else { m * pow };
+        Some((if self.negative { -v } else { v }, self.mantissa < 1 << 53))
+    }
+
+    /// A mantissa of up to 19 digits (rounded to an `f64`) scaled by an exact power of ten is
+    /// within two units in the last place of the nearest `f64`. Narrowed to an `f32`, that
+    /// is the same `f32` as the nearest `f64` narrowed, unless the bits the narrowing drops lie
+    /// within a few units of the halfway point between two `f32`s (then `None`: the slow path
+    /// decides), or the value is outside the `f32`s' normal range.
+    #[allow(clippy::cast_possible_truncation)]
+    #[inline]
+    fn narrowed_f32(self) -> Option<f32> {
+        let (v, exact) = self.scaled()?;
+        if exact {
+            return Some(v as f32);
+        }
+        // f32's normal range (2^-126 up to 2^128), with a margin for the error.
+        if !(1.2e-38..=3.4e38).contains(&v.abs()) {
+            return None;
+        }
+        // The 29 bits of the f64 significand below an f32's 24; halfway is 1 << 28.
+        let dropped = v.to_bits() & ((1 << 29) - 1);
+        if dropped.abs_diff(1 << 28) <= 8 {
+            return None;
+        }
+        Some(v as f32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Decimal` of `text` (compared by its text).
+    fn dec(text: &str) -> Number<'_> {
+        match number(text, 0) {
+            Some((Number::Decimal(d), _)) => Number::Decimal(d),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn numbers_are_told_apart_as_serde_json_tells_them() {
+        fn n(s: &str) -> Option<(Number<'_>, usize)> {
+            number(s, 0)
+        }
+        assert_eq!(n("0"), Some((Number::U64(0), 1)));
+        assert_eq!(n("12,"), Some((Number::U64(12), 2)));
+        assert_eq!(n("-7]"), Some((Number::I64(-7), 2)));
+        assert_eq!(n("-0"), Some((dec("-0"), 2)));
+        assert_eq!(n("-9223372036854775808"), Some((Number::I64(i64::MIN), 20)));
+        assert_eq!(
+            n("-9223372036854775809"),
+            Some((dec("-9223372036854775809"), 20))
+        );
+        assert_eq!(
+            n("18446744073709551615"),
+            Some((dec("18446744073709551615"), 20))
+        );
+        assert_eq!(
+            n("9999999999999999999"),
+            Some((Number::U64(9_999_999_999_999_999_999), 19))
+        );
+        assert_eq!(n("1.5e-3 "), Some((dec("1.5e-3"), 6)));
+        assert_eq!(n("2E+10"), Some((dec("2E+10"), 5)));
+        for bad in ["-", "01", "-01", "1.", ".5", "1e", "1e+", "-a", "1.e5"] {
+            assert_eq!(n(bad).filter(|&(_, end)| end == bad.len()), None, "{bad}");
+        }
+    }
+}
