@@ -136,4 +136,21 @@ mod tests {
         drop(many);
         assert_eq!(pool.kept(), KEEP_BUFFERS, "at most KEEP_BUFFERS kept");
     }
+
+    #[test]
+    fn readme_states_the_bounds() {
+        let readme = include_str!("../../../../README.md")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let stated = format!(
+            "bodies of {} KiB to {} MiB land in buffers kept for the next request \
+             (at most {}, so up to {} MiB",
+            MMAP_THRESHOLD >> 10,
+            KEEP_MAX_BYTES >> 20,
+            KEEP_BUFFERS,
+            (KEEP_BUFFERS * KEEP_MAX_BYTES) >> 20
+        );
+        assert!(readme.contains(&stated), "README should say: {stated}");
+    }
 }

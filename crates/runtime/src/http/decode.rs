@@ -3,8 +3,9 @@
 //!
 //! [`Decoder::collect`] copies a body into a buffer sized from its `Content-Length` (kept from
 //! an earlier body when one is, `body_pool`) as it arrives, in small pieces between other
-//! tasks: `axum::body::to_bytes` keeps a list of chunks and copies them into one at the end, twice the body in memory and a 32 MiB copy in one go on a
-//! worker (probes then waited up to 110 ms, four bodies finishing at once on two CPUs).
+//! tasks: `axum::body::to_bytes` keeps a list of chunks and copies them into one at the end,
+//! twice the body in memory and a 32 MiB copy in one go on a worker (probes then waited up to
+//! 110 ms, four bodies finishing at once on two CPUs).
 //!
 //! A maximal JSON body (32 MiB of `0,0,0,…`) takes a CPU about a quarter of a second to decode
 //! (release build) and becomes tensors twice its size (FP32). Decoded on a tokio worker, it

@@ -6,8 +6,10 @@
 //! datatype are known, flattening nested arrays row-major as it goes into a `Vec` sized for the
 //! declared element count (never more than the text itself could hold), and stops at the first
 //! value past that count or the first value of the wrong kind; serde_json's recursion limit
-//! (128) still bounds nesting. [`Values`] writes a tensor's data as one flat array with no
-//! copy.
+//! (128) still bounds nesting. Arrays of numbers take the fast path first (`json_numbers`, a
+//! scanner of our own, about twice as fast); serde's visitor reads whatever it leaves, so the
+//! values and the refusals are serde's either way. [`Values`] writes a tensor's data as one
+//! flat array with no copy.
 
 use std::fmt;
 
@@ -157,6 +159,8 @@ impl Leaf for String {
 
 /// The leaves of `raw` (one JSON value: an array nested any way, or a single leaf), row-major,
 /// as `T`s; at most `limit` of them.
+///
+/// Numeric types try [`json_numbers::read`] first; serde decides the rest.
 ///
 /// # Errors
 /// [`Refusal::TooMany`] at the first value past `limit`, [`Refusal::NotA`] at the first value
@@ -422,10 +426,16 @@ mod tests {
         /// path takes every one and reads it as serde does.
         #[test]
         fn fp32_as_clients_write_them_is_read_fast_and_as_serde_reads_it(
-            v in proptest::collection::vec(proptest::num::f32::NORMAL | proptest::num::f32::SUBNORMAL | proptest::num::f32::ZERO, 0..64),
+            v in proptest::collection::vec(
+                proptest::num::f32::NORMAL
+                    | proptest::num::f32::SUBNORMAL
+                    | proptest::num::f32::ZERO,
+                0..64,
+            ),
             spaced in proptest::bool::ANY,
         ) {
-            let raw = serde_json::to_string(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()).expect("json");
+            let wide: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+            let raw = serde_json::to_string(&wide).expect("json");
             let raw = if spaced { raw.replace(',', ", ") } else { raw };
             let fast = json_numbers::read::<f32>(&raw, v.len()).expect("the fast path takes it");
             proptest::prop_assert_eq!(
@@ -441,7 +451,11 @@ mod tests {
             negative in proptest::bool::ANY,
             int in "(0|[1-9][0-9]{0,24})",
             frac in proptest::option::of("[0-9]{1,24}"),
-            exp in proptest::option::of((proptest::sample::select(vec!["e", "E"]), proptest::sample::select(vec!["", "+", "-"]), 0u32..400)),
+            exp in proptest::option::of((
+                proptest::sample::select(vec!["e", "E"]),
+                proptest::sample::select(vec!["", "+", "-"]),
+                0u32..400,
+            )),
         ) {
             let mut raw = String::new();
             if negative { raw.push('-'); }
@@ -454,7 +468,11 @@ mod tests {
 
         /// Integers at and past every type's edges.
         #[test]
-        fn integers_are_read_as_serde_reads_them(v in proptest::num::i64::ANY, u in proptest::num::u64::ANY, small in -70_000i64..70_000) {
+        fn integers_are_read_as_serde_reads_them(
+            v in proptest::num::i64::ANY,
+            u in proptest::num::u64::ANY,
+            small in -70_000i64..70_000,
+        ) {
             agree_all(&format!("[{v},{u},{small}]"));
         }
 
@@ -462,7 +480,10 @@ mod tests {
         #[test]
         fn nesting_and_whitespace_are_read_as_serde_reads_them(
             tokens in proptest::collection::vec(0u8..6, 0..40),
-            ws in proptest::collection::vec(proptest::sample::select(vec!["", " ", "\n", "\t", "\r", "  "]), 40),
+            ws in proptest::collection::vec(
+                proptest::sample::select(vec!["", " ", "\n", "\t", "\r", "  "]),
+                40,
+            ),
         ) {
             // A random walk over arrays: open, close, number; commas where they belong.
             let mut raw = String::from("[");
@@ -470,9 +491,22 @@ mod tests {
             for (i, t) in tokens.iter().enumerate() {
                 raw.push_str(ws[i]);
                 match t {
-                    0 if depth < 8 => { if !first { raw.push(','); } raw.push('['); depth += 1; first = true; }
+                    0 if depth < 8 => {
+                        if !first {
+                            raw.push(',');
+                        }
+                        raw.push('[');
+                        depth += 1;
+                        first = true;
+                    }
                     1 if depth > 1 => { raw.push(']'); depth -= 1; first = false; }
-                    _ => { if !first { raw.push(','); } raw.push_str(&format!("{}", i as f64 * 0.25 - 3.0)); first = false; }
+                    _ => {
+                        if !first {
+                            raw.push(',');
+                        }
+                        raw.push_str(&format!("{}", i as f64 * 0.25 - 3.0));
+                        first = false;
+                    }
                 }
             }
             raw.push_str(&"]".repeat(depth));

@@ -36,6 +36,7 @@
 //! - `json_data` (private): a tensor's JSON `data` read into a typed vector and written from
 //!   one, with no `serde_json::Value` per element.
 //! - `json_numbers` (private): its fast path, arrays of numbers scanned without serde.
+//! - `json_cut` (private): the inputs' `data` arrays found and left out of serde's parse.
 //! - `json_fields` (private): `parameters` and `shape` read without keeping what kiln does not
 //!   use.
 //! - `decode` (private): request bodies read into one buffer, then decoded off the tokio
@@ -58,6 +59,7 @@ mod decode;
 pub mod error;
 pub mod grpc;
 mod infer;
+mod json_cut;
 mod json_data;
 mod json_fields;
 mod json_numbers;

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::http::json_cut;
 pub use crate::http::json_data::Values;
 use crate::http::json_data::{self, Leaf, Refusal};
 use crate::http::json_fields;
@@ -210,6 +211,16 @@ pub fn decode(
     header_len: Option<&str>,
     max_elements: usize,
 ) -> Result<(InferRequest<'static>, NamedTensors), InputError> {
+    decode_with(body, header_len, max_elements, true)
+}
+
+/// [`decode`], with or without `json_cut` (tests compare the two).
+fn decode_with(
+    body: &[u8],
+    header_len: Option<&str>,
+    max_elements: usize,
+    cut_data: bool,
+) -> Result<(InferRequest<'static>, NamedTensors), InputError> {
     let (json, mut binary) = match header_len {
         Some(raw) => {
             let n = raw
@@ -227,10 +238,19 @@ pub fn decode(
         }
         None => (body, &[][..]),
     };
-    let request: InferRequest = serde_json::from_slice(json)
+    // The inputs' data arrays out of serde's way (`json_cut`), read from `json` below.
+    let cut = json_cut::cut(json).filter(|_| cut_data);
+    let request: InferRequest = serde_json::from_slice(cut.as_ref().map_or(json, |c| &c.json))
         .map_err(|e| InputError::Invalid(format!("malformed request body: {e}")))?;
     let mut inputs = Vec::with_capacity(request.inputs.len());
-    for input in &request.inputs {
+    // The cut arrays, in input order: one pass over them alongside the inputs.
+    let mut cut_arrays = cut.iter().flat_map(|c| &c.data).peekable();
+    for (index, input) in request.inputs.iter().enumerate() {
+        let mut cut_data = None;
+        while let Some((_, span)) = cut_arrays.next_if(|(i, _)| *i <= index) {
+            // ASCII, checked by the cut.
+            cut_data = std::str::from_utf8(&json[span.clone()]).ok();
+        }
         let bytes = match input.binary_size() {
             Some(n) if n <= binary.len() => {
                 let (now, rest) = binary.split_at(n);
@@ -246,7 +266,8 @@ pub fn decode(
             }
             None => None,
         };
-        inputs.push((input.name.clone(), to_tensor(input, bytes, max_elements)?));
+        let raw = cut_data.or_else(|| input.data.map(RawValue::get));
+        inputs.push((input.name.clone(), tensor(input, raw, bytes, max_elements)?));
     }
     if !binary.is_empty() {
         return Err(InputError::Invalid(format!(
@@ -271,13 +292,23 @@ pub fn to_tensor(
     binary: Option<&[u8]>,
     max_elements: usize,
 ) -> Result<Tensor, InputError> {
+    tensor(input, input.data.map(RawValue::get), binary, max_elements)
+}
+
+/// [`to_tensor`] with the values' JSON text `raw` (its `data`, or what `json_cut` cut out).
+fn tensor(
+    input: &InputTensor<'_>,
+    raw: Option<&str>,
+    binary: Option<&[u8]>,
+    max_elements: usize,
+) -> Result<Tensor, InputError> {
     let name = &input.name;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
     let (shape, elements) = checked_shape(name, &input.shape, max_elements)?;
     if let Some(bytes) = binary {
         return from_le_bytes(&input.datatype, shape, bytes).map_err(bad);
     }
-    let raw = input.data.map_or("[]", RawValue::get);
+    let raw = raw.unwrap_or("[]");
     let data = match input.datatype.as_str() {
         "FP32" => TensorData::F32(values(raw, &shape, elements).map_err(bad)?),
         "FP64" => TensorData::F64(values(raw, &shape, elements).map_err(bad)?),
@@ -565,5 +596,111 @@ mod tests {
             ),
             Err(InputError::TooLarge(_))
         ));
+    }
+
+    /// What `decode` gives with `json_cut` and without it, as text (refusals by kind).
+    fn both_ways(body: &str, header_len: Option<&str>) -> (String, String) {
+        let show = |r: Result<(InferRequest<'static>, NamedTensors), InputError>| match r {
+            Ok(ok) => format!("{ok:?}"),
+            Err(InputError::Invalid(_)) => "invalid".to_owned(),
+            Err(e) => format!("{e:?}"),
+        };
+        (
+            show(decode_with(body.as_bytes(), header_len, 1 << 20, true)),
+            show(decode_with(body.as_bytes(), header_len, 1 << 20, false)),
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        /// Requests of any field order, spacing, nesting and parameters decode the same with
+        /// the data arrays cut out of serde's parse as without.
+        #[test]
+        fn requests_decode_the_same_with_the_data_cut_out(
+            inputs in proptest::collection::vec((
+                proptest::sample::select(vec!["FP32", "INT64", "UINT8", "BOOL", "BYTES", "FP16"]),
+                proptest::collection::vec(-300i64..300, 0..12),
+                0usize..4,
+                proptest::bool::ANY,
+                proptest::bool::ANY,
+            ), 0..4),
+            sp in proptest::sample::select(vec!["", " ", "\n  ", "\t"]),
+            id in proptest::option::of("[a-z\\]\\[\"\\\\{}:,]{0,6}"),
+            noise in proptest::bool::ANY,
+        ) {
+            let mut members = Vec::new();
+            if let Some(id) = &id {
+                members.push(format!("\"id\":{sp}{}", Value::from(id.as_str())));
+            }
+            if noise {
+                members.push(format!(
+                    "\"parameters\":{sp}{{\"inputs\":[{{\"data\":[1,2]}}],{sp}\"x\":[true,null,-1.5e3]}}"
+                ));
+            }
+            let mut tensors = Vec::new();
+            for (i, (datatype, values, rows, nested, data_first)) in inputs.iter().enumerate() {
+                let n = values.len();
+                let shape = if *rows > 0 && n % rows == 0 { vec![*rows, n / rows] } else { vec![n] };
+                let data = if *nested && shape.len() == 2 {
+                    Value::from(values.chunks(shape[1].max(1)).map(|c| Value::from(c.to_vec())).collect::<Vec<_>>())
+                } else {
+                    Value::from(values.clone())
+                };
+                let data = if *datatype == "BOOL" {
+                    Value::from(values.iter().map(|v| v % 2 == 0).collect::<Vec<_>>())
+                } else {
+                    data
+                };
+                let fields = [
+                    format!("\"name\":{sp}\"in{i}\""),
+                    format!("\"shape\":{sp}{}", Value::from(shape.clone())),
+                    format!("\"datatype\":{sp}\"{datatype}\""),
+                ];
+                let data = format!("\"data\":{sp}{}", data.to_string().replace(',', &format!(",{sp}")));
+                let mut all: Vec<String> = fields.to_vec();
+                if *data_first { all.insert(0, data); } else { all.push(data); }
+                tensors.push(format!("{{{sp}{}{sp}}}", all.join(&format!(",{sp}"))));
+            }
+            members.push(format!("\"inputs\":{sp}[{}]", tensors.join(&format!(",{sp}"))));
+            members.push(format!("\"outputs\":{sp}[{{\"name\":\"data\"}}]"));
+            let body = format!("{sp}{{{sp}{}{sp}}}{sp}", members.join(&format!(",{sp}")));
+            proptest::prop_assert_eq!(
+                json_cut::cut(body.as_bytes()).is_some(),
+                !inputs.is_empty(),
+                "{}", body
+            );
+            let (with, without) = both_ways(&body, None);
+            proptest::prop_assert_eq!(with, without, "{}", body);
+        }
+    }
+
+    #[test]
+    fn bodies_the_cut_would_change_decode_as_before() {
+        for body in [
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}], "inputs": []}"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1], "data": [2]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1,,2]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, true]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2, 3]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "INT8", "data": [1, 300]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [[1], [2]]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1e999]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}], "x": }"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}, 5]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]"#,
+            r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2], "parameters": {"binary_data_size": 8}}]}"#,
+        ] {
+            let (with, without) = both_ways(body, None);
+            assert_eq!(with, without, "{body}");
+        }
+        // The binary extension: the JSON part is cut, the binary part read as before.
+        let mut body = br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1.5]}, {"name": "b", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]}"#.to_vec();
+        let len = body.len().to_string();
+        body.extend(2.5f32.to_le_bytes());
+        let with = decode_with(&body, Some(&len), 9, true).expect("decoded");
+        let without = decode_with(&body, Some(&len), 9, false).expect("decoded");
+        assert_eq!(format!("{with:?}"), format!("{without:?}"));
     }
 }
