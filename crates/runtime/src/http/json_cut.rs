@@ -12,9 +12,9 @@
 //! Sure or nothing: a key with an escape, an array holding a `"` (strings, objects) or bytes
 //! that are not ASCII, nesting past [`MAX_DEPTH`], or anything else that is not the structure
 //! this walk expects gives `None`, and serde parses the body as it always did. The copy differs
-//! from the body only inside arrays found bracket-balanced and free of strings, so the request
-//! is refused or read as before; only the message for malformed text inside a `data` array
-//! changes (it names the input, as any refusal of its values does).
+//! from the body only inside arrays found bracket-balanced and free of strings, and each of
+//! those is read (and so checked) before a request is accepted; a request refused this way is
+//! decoded again without the cut (`protocol::decode`), so refusals read exactly as before.
 
 use std::ops::Range;
 

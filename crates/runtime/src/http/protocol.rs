@@ -211,7 +211,13 @@ pub fn decode(
     header_len: Option<&str>,
     max_elements: usize,
 ) -> Result<(InferRequest<'static>, NamedTensors), InputError> {
-    decode_with(body, header_len, max_elements, true)
+    match decode_with(body, header_len, max_elements, true) {
+        Ok(decoded) => Ok(decoded),
+        // A refusal is decided by the plain parse, so it reads exactly as it always did: with
+        // the data cut out, a check that comes first (a shape over the limit, binary data)
+        // could answer for a body whose `data` text serde refuses. Refusals cost two parses.
+        Err(_) => decode_with(body, header_len, max_elements, false),
+    }
 }
 
 /// [`decode`], with or without `json_cut` (tests compare the two).
@@ -266,8 +272,16 @@ fn decode_with(
             }
             None => None,
         };
+        if cut_data.is_some() && bytes.is_some() {
+            // Binary data and a `data` array: the array would go unread (and unchecked).
+            return Err(InputError::Invalid("both data and binary data".into()));
+        }
         let raw = cut_data.or_else(|| input.data.map(RawValue::get));
         inputs.push((input.name.clone(), tensor(input, raw, bytes, max_elements)?));
+    }
+    if cut_arrays.next().is_some() {
+        // An array cut from an input serde did not see: not the structure the cut walked.
+        return Err(InputError::Invalid("data of no input".into()));
     }
     if !binary.is_empty() {
         return Err(InputError::Invalid(format!(
@@ -600,13 +614,9 @@ mod tests {
 
     /// What `decode` gives with `json_cut` and without it, as text (refusals by kind).
     fn both_ways(body: &str, header_len: Option<&str>) -> (String, String) {
-        let show = |r: Result<(InferRequest<'static>, NamedTensors), InputError>| match r {
-            Ok(ok) => format!("{ok:?}"),
-            Err(InputError::Invalid(_)) => "invalid".to_owned(),
-            Err(e) => format!("{e:?}"),
-        };
+        let show = |r: Result<(InferRequest<'static>, NamedTensors), InputError>| format!("{r:?}");
         (
-            show(decode_with(body.as_bytes(), header_len, 1 << 20, true)),
+            show(decode(body.as_bytes(), header_len, 1 << 20)),
             show(decode_with(body.as_bytes(), header_len, 1 << 20, false)),
         )
     }
@@ -694,6 +704,32 @@ mod tests {
         ] {
             let (with, without) = both_ways(body, None);
             assert_eq!(with, without, "{body}");
+        }
+        // Checks that come before the data is read answer as they did when serde refused the
+        // whole body first (413 was 400), and a data array beside binary data is still
+        // checked (was accepted).
+        for body in [
+            r#"{"inputs": [{"name": "x", "shape": [99999999999], "datatype": "FP32", "data": [oops]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [99999999999], "datatype": "FP32", "data": [1]}, {"name": "y", "shape": [1], "datatype": "FP32", "data": [1,,]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [-1], "datatype": "FP32", "data": [}{]}]}"#,
+            r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP99", "data": [oops]}]}"#,
+        ] {
+            let (with, without) = both_ways(body, None);
+            assert_eq!(with, without, "{body}");
+            assert!(with.contains("malformed request body"), "{with}");
+        }
+        for data in ["[oops]", "[1,,]", "[}{]", "[1]"] {
+            let mut body = format!(
+                r#"{{"inputs":[{{"name":"x","shape":[1],"datatype":"FP32","parameters":{{"binary_data_size":4}},"data":{data}}}]}}"#
+            )
+            .into_bytes();
+            let len = body.len().to_string();
+            body.extend(1f32.to_le_bytes());
+            assert_eq!(
+                format!("{:?}", decode(&body, Some(&len), 9)),
+                format!("{:?}", decode_with(&body, Some(&len), 9, false)),
+                "{data}"
+            );
         }
         // The binary extension: the JSON part is cut, the binary part read as before.
         let mut body = br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1.5]}, {"name": "b", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]}"#.to_vec();
