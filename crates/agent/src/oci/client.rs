@@ -280,16 +280,9 @@ impl Registry {
                     .header(ACCEPT, HeaderValue::from_static(MANIFEST_TYPES))
             })
             .await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound(format!(
-                "no manifest {reference} in {}",
-                self.reference.repository
-            )));
-        }
-        if !status.is_success() {
-            return Err(status_error(&what, status));
-        }
+        let response = answered(response, &what, || {
+            format!("no manifest {reference} in {}", self.reference.repository)
+        })?;
         let media_type = response
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -333,17 +326,26 @@ impl Registry {
                 r
             })
             .await?;
-        let status = response.status();
-        if status == StatusCode::NOT_FOUND {
-            return Err(RegistryError::NotFound(format!(
-                "{what} is not in {}",
-                self.reference.repository
-            )));
-        }
-        if !status.is_success() {
-            return Err(status_error(&what, status));
-        }
+        answered(response, &what, || {
+            format!("{what} is not in {}", self.reference.repository)
+        })
+    }
+}
+
+/// `response` if it succeeded; else [`RegistryError::NotFound`] (with `not_found`'s message)
+/// for a 404, [`status_error`] for any other status.
+fn answered(
+    response: reqwest::Response,
+    what: &str,
+    not_found: impl FnOnce() -> String,
+) -> Result<reqwest::Response, RegistryError> {
+    let status = response.status();
+    if status == StatusCode::NOT_FOUND {
+        Err(RegistryError::NotFound(not_found()))
+    } else if status.is_success() {
         Ok(response)
+    } else {
+        Err(status_error(what, status))
     }
 }
 

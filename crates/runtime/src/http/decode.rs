@@ -140,9 +140,7 @@ impl Decoder {
             .await
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
-}
 
-impl Decoder {
     /// The whole of `body`, at most `limit` bytes, in one buffer with room for the size the
     /// body declares (at most `limit`), kept for another body once this one is dropped.
     ///
