@@ -170,7 +170,11 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, scra
             Err(e) => Outcome::of(e),
         };
         timings.push((p.enqueued, outcome));
-        let _ = p.reply.send(result);
+        // The inputs go before the answer: a caller that holds memory budget for its
+        // request (the server's decode budget) hands it on only once they are freed.
+        let Pending { inputs, reply, .. } = p;
+        drop(inputs);
+        let _ = reply.send(result);
     }
     let answered = Instant::now();
     // Metrics after the answers: off the callers' latency path; successes counted once.
