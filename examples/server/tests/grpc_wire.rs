@@ -8,13 +8,18 @@
 //!   `kiln_grpc_request_duration_seconds`; a method kiln does not serve adds no series.
 //! - Many maximal messages at once stay within the decode budget: the server's peak memory
 //!   grows by about the budget, not by the messages sent.
+//! - Maximal messages of typed contents (as `tritonclient` sends them by default) are
+//!   decoded off the tokio workers, liveness probes answering meanwhile, and never into more
+//!   values than their shapes hold.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
-use common::{free_port, http, proc_status_mib, publish, start_ready, Server};
+use common::{
+    free_port, http, proc_status_mib, publish, start_ready, Liveness, Server, PROBE_LIMIT,
+};
 use http_body_util::{BodyExt as _, Full};
 use kiln::http::grpc::pb;
 use prost::Message as _;
@@ -259,4 +264,97 @@ async fn many_maximal_messages_at_once_stay_within_the_decode_budget() {
     let sent = CONCURRENT as f64 * message.len() as f64 / f64::from(1 << 20);
     eprintln!("grpc memory: {CONCURRENT} calls of {sent:.0} MiB in all: RSS {before:.0} MiB, peak {peak:.0} MiB (+{grown:.0}, limit +{limit:.0})");
     assert!(grown < limit, "peak grew {grown:.0} MiB (limit {limit:.0})");
+}
+
+/// A `ModelInfer` of mlp's input `x` with typed `contents`.
+fn typed_request(datatype: &str, shape: Vec<i64>, contents: pb::InferTensorContents) -> Bytes {
+    pb::ModelInferRequest {
+        model_name: "mlp".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "x".into(),
+            datatype: datatype.into(),
+            shape,
+            contents: Some(contents),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec()
+    .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn maximal_typed_contents_decode_off_the_workers_and_within_their_shapes() {
+    let (_root, server, grpc) = serve_mlp("models:\n  mlp: {max_batch_size: 64}\n");
+    let pid = server.child.id();
+    let before = proc_status_mib(pid, "VmHWM:");
+    // More values than the shape holds: INT64 zeros, a byte each on the wire and eight in
+    // a vector (decoded by prost on a tokio worker, they held 8x the message each).
+    let zeros = MAX_MESSAGE - 4096;
+    let overfull = typed_request(
+        "INT64",
+        vec![1, 16],
+        pb::InferTensorContents {
+            int64_contents: vec![0; zeros],
+            ..Default::default()
+        },
+    );
+    // Just the shape's values: decoded whole, then refused by the batcher (max_batch_size).
+    let rows = (MAX_MESSAGE - 4096) / 64;
+    let matching = typed_request(
+        "FP32",
+        vec![i64::try_from(rows).expect("rows"), 16],
+        pb::InferTensorContents {
+            fp32_contents: vec![0.5; rows * 16],
+            ..Default::default()
+        },
+    );
+    const CONCURRENT: usize = 4;
+    let mut sent = 0.0f64;
+    for (message, expect) in [
+        (
+            overfull,
+            format!("has {zeros} values but shape [1, 16] needs 16"),
+        ),
+        (
+            matching,
+            format!("request has {rows} rows, over max_batch_size 64"),
+        ),
+    ] {
+        assert!(message.len() < MAX_MESSAGE);
+        sent = sent.max(CONCURRENT as f64 * message.len() as f64 / f64::from(1 << 20));
+        let liveness = Liveness::watch(server.port);
+        let calls: Vec<_> = (0..CONCURRENT)
+            .map(|_| {
+                let message = message.clone();
+                tokio::spawn(async move { call(grpc, INFER, &message, None).await })
+            })
+            .collect();
+        for c in calls {
+            let answer = c.await.expect("call");
+            assert_eq!(answer.grpc_status.as_deref(), Some("3"), "INVALID_ARGUMENT");
+            let said = answer.grpc_message.replace("%20", " ");
+            assert!(said.contains(&expect), "{said}");
+        }
+        let (probes, stall) = liveness.stop();
+        let worst = probes.last().copied().unwrap_or_default();
+        eprintln!(
+            "grpc typed: {CONCURRENT} calls of {:.0} MiB: {} liveness probes, max {:.1} ms (this machine's own worst stall meanwhile {:.1} ms)",
+            message.len() as f64 / f64::from(1 << 20),
+            probes.len(),
+            worst.as_secs_f64() * 1e3,
+            stall.as_secs_f64() * 1e3
+        );
+        assert!(
+            worst <= PROBE_LIMIT + stall,
+            "a liveness probe took {worst:?} while the messages were decoded"
+        );
+    }
+    // Held at most as a JSON body is: three times what was sent at once.
+    let grown = proc_status_mib(pid, "VmHWM:") - before;
+    eprintln!(
+        "grpc typed: peak grew {grown:.0} MiB (limit {:.0})",
+        3.0 * sent
+    );
+    assert!(grown < 3.0 * sent, "peak grew {grown:.0} MiB");
 }

@@ -15,18 +15,17 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{free_port, http, proc_status_mib, publish, start_ready, Server};
+use common::{
+    free_port, http, proc_status_mib, publish, start_ready, Liveness, Server, PROBE_LIMIT,
+};
 
 /// The server's default `--max-body-mib`, in bytes.
 const MAX_BODY: usize = 32 << 20;
 /// Bodies sent at once.
 const CONCURRENT: usize = 4;
-/// The most a liveness probe may take (beyond the machine's own stalls).
-const PROBE_LIMIT: Duration = Duration::from_millis(100);
 
 /// A body just under [`MAX_BODY`]: `head`, as many `0` values as fit (`0,0,0,…`, two bytes
 /// a value, a multiple of 16 of them), `tail`; `parts` is given how many rows of 16 values
@@ -77,30 +76,6 @@ fn send_staged(port: u16, body: &str, staged: &Barrier) -> (u16, String) {
     )
 }
 
-/// `GET /v2/health/live` on the keep-alive connection `conn` (its own, so that a probe
-/// times the server, not the machine's TCP handshakes); the status code.
-fn probe_live(conn: &mut TcpStream) -> u16 {
-    conn.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("probe");
-    // The answer has no body: its head is all there is to read.
-    let mut head = Vec::new();
-    let mut buf = [0u8; 512];
-    while !head.ends_with(b"\r\n\r\n") {
-        let n = conn.read(&mut buf).expect("probe answer");
-        assert!(n > 0, "the probe connection was closed");
-        head.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(
-        head.to_ascii_lowercase().contains("content-length: 0"),
-        "{head}"
-    );
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 /// What one case measured.
 struct Figures {
     baseline_mib: f64,
@@ -116,21 +91,6 @@ impl Figures {
         let at = ((self.probes.len().saturating_sub(1)) as f64 * quantile).round() as usize;
         self.probes.get(at).copied().unwrap_or_default()
     }
-}
-
-/// Runs `f` in a thread, over and over, until `done`; what each run returned.
-fn repeat<T: Send + 'static>(
-    done: &Arc<AtomicBool>,
-    mut f: impl FnMut() -> T + Send + 'static,
-) -> std::thread::JoinHandle<Vec<T>> {
-    let done = Arc::clone(done);
-    std::thread::spawn(move || {
-        let mut out = Vec::new();
-        while !done.load(Ordering::Relaxed) {
-            out.push(f());
-        }
-        out
-    })
 }
 
 /// Sends [`CONCURRENT`] copies of `body` at once to a fresh server while probing liveness;
@@ -158,38 +118,18 @@ fn run_case(body: &str, code: u16, expect: &str) -> Figures {
         })
         .collect();
     staged.wait();
-    let done = Arc::new(AtomicBool::new(false));
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("probe connection");
-    let prober = repeat(&done, move || {
-        let started = Instant::now();
-        assert_eq!(probe_live(&mut conn), 200, "liveness probe");
-        let took = started.elapsed();
-        std::thread::sleep(Duration::from_millis(10));
-        took
-    });
-    let sleeper = repeat(&done, || {
-        let started = Instant::now();
-        std::thread::sleep(Duration::from_millis(1));
-        started.elapsed().saturating_sub(Duration::from_millis(1))
-    });
+    let liveness = Liveness::watch(port);
     for sender in senders {
         let (answered, out) = sender.join().expect("sender");
         assert_eq!(answered, code, "{out}");
         assert!(out.contains(expect), "{out}");
     }
-    done.store(true, Ordering::Relaxed);
-    let mut probes = prober.join().expect("prober");
-    probes.sort();
+    let (probes, machine_stall) = liveness.stop();
     Figures {
         baseline_mib,
         peak_mib: proc_status_mib(pid, "VmHWM:"),
         probes,
-        machine_stall: sleeper
-            .join()
-            .expect("sleeper")
-            .into_iter()
-            .max()
-            .unwrap_or_default(),
+        machine_stall,
     }
 }
 

@@ -200,6 +200,92 @@ pub(crate) fn proc_status_mib(pid: u32, field: &str) -> f64 {
         / 1024.0
 }
 
+/// The most a liveness probe may take while the server decodes big requests (beyond the
+/// machine's own stalls, [`Liveness`]).
+pub(crate) const PROBE_LIMIT: Duration = Duration::from_millis(100);
+
+/// `GET /v2/health/live` over and over on a keep-alive connection of its own (so that a
+/// probe times the server, not the machine's TCP handshakes), and a thread that only sleeps
+/// 1 ms at a time (what it oversleeps is the machine's own stall), until [`Liveness::stop`].
+pub(crate) struct Liveness {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    prober: std::thread::JoinHandle<Vec<Duration>>,
+    sleeper: std::thread::JoinHandle<Vec<Duration>>,
+}
+
+impl Liveness {
+    /// Starts probing the server on `port`.
+    pub(crate) fn watch(port: u16) -> Self {
+        use std::time::Instant;
+        let done = std::sync::Arc::default();
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).expect("probe connection");
+        let prober = repeat(&done, move || {
+            let started = Instant::now();
+            assert_eq!(probe_live(&mut conn), 200, "liveness probe");
+            let took = started.elapsed();
+            std::thread::sleep(Duration::from_millis(10));
+            took
+        });
+        let sleeper = repeat(&done, || {
+            let started = Instant::now();
+            std::thread::sleep(Duration::from_millis(1));
+            started.elapsed().saturating_sub(Duration::from_millis(1))
+        });
+        Self {
+            done,
+            prober,
+            sleeper,
+        }
+    }
+
+    /// The probes' times, sorted, and the machine's own worst stall meanwhile.
+    pub(crate) fn stop(self) -> (Vec<Duration>, Duration) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut probes = self.prober.join().expect("prober");
+        probes.sort();
+        let stall = self.sleeper.join().expect("sleeper");
+        (probes, stall.into_iter().max().unwrap_or_default())
+    }
+}
+
+/// Runs `f` in a thread, over and over, until `done`; what each run returned.
+fn repeat<T: Send + 'static>(
+    done: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut f: impl FnMut() -> T + Send + 'static,
+) -> std::thread::JoinHandle<Vec<T>> {
+    let done = std::sync::Arc::clone(done);
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            out.push(f());
+        }
+        out
+    })
+}
+
+/// `GET /v2/health/live` on the keep-alive connection `conn`; the status code.
+fn probe_live(conn: &mut TcpStream) -> u16 {
+    conn.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("probe");
+    // The answer has no body: its head is all there is to read.
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = conn.read(&mut buf).expect("probe answer");
+        assert!(n > 0, "the probe connection was closed");
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 0"),
+        "{head}"
+    );
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Flips one byte of `<root>/<model>/<version>/model.onnx`, so it no longer matches its
 /// manifest (a torn or bad download).
 pub(crate) fn corrupt(root: &Path, model: &str, version: &str) {

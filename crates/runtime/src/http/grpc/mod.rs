@@ -10,7 +10,8 @@
 //! [`status`].
 //!
 //! # Layout
-//! - [`pb`]: the generated messages and service trait.
+//! - [`pb`]: the generated messages; `services` (private): the generated service trait.
+//! - `message` (private): `ModelInfer`'s request, walked and decoded off the workers.
 //! - `service` (private): the calls.
 //! - `tensor` (private): typed contents and raw contents to and from kiln tensors.
 //! - [`status`]: errors to gRPC status codes; `grpc-timeout` to a deadline.
@@ -25,21 +26,29 @@ use crate::http::routes::AppState;
 
 mod budget;
 mod health;
+mod message;
 pub(crate) mod metrics;
 mod service;
 pub mod status;
 mod tensor;
 
-/// The messages and the service trait generated from `proto/inference.proto`.
+/// The messages generated from `proto/inference.proto`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("inference");
 }
 
+/// The service trait and server generated from `proto/inference.proto`, on [`pb`]'s
+/// messages but for `ModelInfer`'s request, a [`message::ModelInferMessage`].
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+mod services {
+    include!(concat!(env!("OUT_DIR"), "/services/inference.rs"));
+}
+
 /// The gRPC services for `state` as a router for [`crate::http::serve()`].
 pub fn router(state: Arc<AppState>) -> axum::Router {
     let limit = state.config.max_body_bytes;
-    let inference = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+    let inference = services::grpc_inference_service_server::GrpcInferenceServiceServer::new(
         service::Inference::new(Arc::clone(&state)),
     )
     .max_decoding_message_size(limit)

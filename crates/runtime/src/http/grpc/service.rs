@@ -8,7 +8,9 @@ use std::sync::Arc;
 use axum::extract::ConnectInfo;
 use tonic::{Request, Response, Status};
 
-use super::pb::{self, grpc_inference_service_server::GrpcInferenceService};
+use super::message::ModelInferMessage;
+use super::pb;
+use super::services::grpc_inference_service_server::GrpcInferenceService;
 use super::{status, tensor};
 use crate::http::error::ApiError;
 use crate::http::infer;
@@ -110,37 +112,43 @@ impl GrpcInferenceService for Inference {
 
     async fn model_infer(
         &self,
-        request: Request<pb::ModelInferRequest>,
+        request: Request<ModelInferMessage>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let timeout = status::timeout(request.metadata())?;
-        let r = request.into_inner();
-        let model = r.model_name;
-        let version = version(&r.model_version).map(str::to_owned);
-        let id = (!r.id.is_empty()).then_some(r.id);
+        let message = request.into_inner();
+        let max_elements = self.state.config.max_input_elements;
+        let big = message.len() >= crate::http::decode::INLINE_MAX_BYTES;
+        // Walked, decoded and made tensors in one go, on a decode thread for a big message as
+        // for a big REST body (raw contents and typed contents' vectors are moved, not copied).
+        let unpack = move || {
+            message.decode(max_elements).map(|r| {
+                let inputs = tensor::inputs(r.inputs, r.raw_input_contents, max_elements);
+                (r.model_name, r.model_version, r.id, r.outputs, inputs)
+            })
+        };
+        let unpacked = if big {
+            self.state.decoder.off_workers(unpack).await
+        } else {
+            Ok(unpack())
+        };
+        let (model, model_version, id, outputs, inputs) = unpacked
+            .and_then(|u| u.map_err(ApiError::from))
+            .map_err(|e| {
+                // Not even the model's name could be read.
+                infer::log_failure("grpc", "", None, None, &e);
+                Status::from(e)
+            })?;
+        let version = version(&model_version).map(str::to_owned);
+        let id = (!id.is_empty()).then_some(id);
         let fail = |e: ApiError| {
             infer::log_failure("grpc", &model, version.as_deref(), id.as_deref(), &e);
             Status::from(e)
         };
-        let max_elements = self.state.config.max_input_elements;
-        let raw_len: usize = r.raw_input_contents.iter().map(|b| b.len()).sum();
-        let (typed, raw) = (r.inputs, r.raw_input_contents);
-        // Big raw contents become tensors on a decode thread, as big REST bodies do (typed
-        // contents are already decoded by prost: their conversion moves the vectors).
-        let inputs = if raw_len >= crate::http::decode::INLINE_MAX_BYTES {
-            self.state
-                .decoder
-                .off_workers(move || tensor::inputs(typed, raw, max_elements))
-                .await
-                .map_err(fail)?
-        } else {
-            tensor::inputs(typed, raw, max_elements)
-        }
-        .map_err(|e| fail(e.into()))?;
         let call = infer::Call {
             model: &model,
             version: version.as_deref(),
-            inputs,
-            outputs: r.outputs.into_iter().map(|o| o.name).collect(),
+            inputs: inputs.map_err(|e| fail(e.into()))?,
+            outputs: outputs.into_iter().map(|o| o.name).collect(),
             timeout,
         };
         let answer = infer::run(&self.state, call).await.map_err(fail)?;

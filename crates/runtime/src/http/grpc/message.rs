@@ -1,0 +1,608 @@
+//! `ModelInfer`'s request kept as the bytes that arrived, and decoded where and when kiln
+//! chooses, after a walk that bounds what decoding it allocates.
+//!
+//! tonic decodes a call's message with prost on the tokio worker that read it, before the
+//! service sees it. For `ModelInfer` that is every tensor's typed contents, and prost
+//! allocates whatever the message holds before anything compares it with a shape. A 29 MiB
+//! message of `int64_contents` zeros (one byte each on the wire, eight in the vector) for an
+//! input of shape `[1]` held 229 MiB, four such calls raised the server's peak by 511 MiB,
+//! and liveness probes waited up to 542 ms while the workers decoded them (release build).
+//! Protobuf's empty entries are two bytes on the wire and a hundred or so in memory too: a
+//! message of nothing but empty `inputs` would be some fifty times its size.
+//!
+//! So the generated service takes `ModelInfer`'s request as a [`ModelInferMessage`], whose
+//! `prost::Message` decoding keeps the received bytes (a slice of tonic's buffer, no copy).
+//! [`ModelInferMessage::decode`], on a decode thread for a big message, first walks the
+//! message's structure without decoding a value (`check`): it refuses an input whose typed
+//! contents hold more values than its shape's element count, a shape of more than
+//! [`MAX_DIMS`] dims, and more than [`MAX_TENSORS`] inputs, requested outputs or raw
+//! contents, or [`MAX_PARAMETERS`] parameters in all. Then prost decodes what is left, into
+//! at most the shapes' values.
+
+use std::fmt;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::encoding::{self, decode_key, decode_varint, encode_key, encode_varint};
+use prost::encoding::{skip_field, DecodeContext, WireType};
+use prost::{DecodeError, Message};
+
+use crate::http::grpc::pb;
+use crate::http::json_fields::MAX_DIMS;
+use crate::http::protocol::{checked_shape, InputError};
+
+/// The most inputs, requested outputs, or raw contents entries a request may name.
+pub(crate) const MAX_TENSORS: usize = 4096;
+
+/// The most parameters a request may carry, its own, its inputs' and its outputs' together.
+pub(crate) const MAX_PARAMETERS: usize = 4096;
+
+/// The deepest a message may nest groups (as prost's own limit).
+const MAX_DEPTH: u32 = 100;
+
+/// A `ModelInferRequest` as received: its bytes, decoded by [`Self::decode`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub(crate) struct ModelInferMessage {
+    bytes: Bytes,
+}
+
+impl ModelInferMessage {
+    /// The message's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The request, once the walk found nothing that decoding would blow up; raw contents
+    /// stay slices of the received bytes.
+    ///
+    /// # Errors
+    /// [`InputError::Invalid`] for a malformed message, more typed values than an input's
+    /// shape holds, too many dims, tensors or parameters; [`InputError::TooLarge`] for a
+    /// shape over `max_elements`.
+    pub(crate) fn decode(self, max_elements: usize) -> Result<pb::ModelInferRequest, InputError> {
+        check(&self.bytes, max_elements)?;
+        pb::ModelInferRequest::decode(self.bytes).map_err(|e| malformed(&e.to_string()))
+    }
+}
+
+impl fmt::Debug for ModelInferMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModelInferMessage({} bytes)", self.bytes.len())
+    }
+}
+
+impl Message for ModelInferMessage {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        buf.put_slice(&self.bytes);
+    }
+
+    /// One field, kept as its key and value bytes after those held (reached only when the
+    /// message is merged as part of another; [`Self::merge`] takes a whole one at once).
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: WireType,
+        buf: &mut impl Buf,
+        ctx: DecodeContext,
+    ) -> Result<(), DecodeError> {
+        let mut field = BytesMut::new();
+        encode_key(tag, wire_type, &mut field);
+        match wire_type {
+            WireType::Varint => {
+                let mut v = 0;
+                encoding::uint64::merge(wire_type, &mut v, buf, ctx)?;
+                encode_varint(v, &mut field);
+            }
+            WireType::SixtyFourBit => {
+                let mut v = 0;
+                encoding::fixed64::merge(wire_type, &mut v, buf, ctx)?;
+                field.put_u64_le(v);
+            }
+            WireType::ThirtyTwoBit => {
+                let mut v = 0;
+                encoding::fixed32::merge(wire_type, &mut v, buf, ctx)?;
+                field.put_u32_le(v);
+            }
+            WireType::LengthDelimited => {
+                let mut v = Bytes::new();
+                encoding::bytes::merge(wire_type, &mut v, buf, ctx)?;
+                encode_varint(v.len() as u64, &mut field);
+                field.put(v);
+            }
+            // Groups are deprecated and no field of this message: skipped, as prost skips
+            // unknown fields.
+            WireType::StartGroup | WireType::EndGroup => {
+                return skip_field(wire_type, tag, buf, ctx)
+            }
+        }
+        self.append(field.freeze());
+        Ok(())
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+    }
+
+    /// The whole of `buf`, unread: its fields are walked and decoded later, by
+    /// [`Self::decode`]. From a `Bytes` buffer (tonic's) this is a slice, not a copy.
+    fn merge(&mut self, mut buf: impl Buf) -> Result<(), DecodeError> {
+        let more = buf.copy_to_bytes(buf.remaining());
+        self.append(more);
+        Ok(())
+    }
+}
+
+impl ModelInferMessage {
+    /// Protobuf merges a message sent in parts as if they had come as one.
+    fn append(&mut self, more: Bytes) {
+        if self.bytes.is_empty() {
+            self.bytes = more;
+        } else {
+            let mut all = BytesMut::with_capacity(self.bytes.len() + more.len());
+            all.put_slice(&self.bytes);
+            all.put_slice(&more);
+            self.bytes = all.freeze();
+        }
+    }
+}
+
+fn malformed(what: &str) -> InputError {
+    InputError::Invalid(format!(
+        "the ModelInferRequest message is malformed: {what}"
+    ))
+}
+
+/// One field's value, unread.
+enum Value<'a> {
+    Varint(u64),
+    Fixed,
+    Bytes(&'a [u8]),
+    /// A group, skipped.
+    Group,
+}
+
+/// The fields of one message's bytes, in order.
+struct Fields<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { rest: bytes }
+    }
+
+    fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, InputError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let bad = |e: DecodeError| malformed(&e.to_string());
+        let (tag, wire_type) = decode_key(&mut self.rest).map_err(bad)?;
+        let value = match wire_type {
+            WireType::Varint => Value::Varint(decode_varint(&mut self.rest).map_err(bad)?),
+            WireType::SixtyFourBit => {
+                self.take(8)?;
+                Value::Fixed
+            }
+            WireType::ThirtyTwoBit => {
+                self.take(4)?;
+                Value::Fixed
+            }
+            WireType::LengthDelimited => {
+                let len = decode_varint(&mut self.rest).map_err(bad)?;
+                Value::Bytes(self.take(usize::try_from(len).unwrap_or(usize::MAX))?)
+            }
+            WireType::StartGroup => {
+                self.skip_group(tag, 1)?;
+                Value::Group
+            }
+            WireType::EndGroup => return Err(malformed("a group ends that did not start")),
+        };
+        Ok(Some((tag, value)))
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], InputError> {
+        if self.rest.len() < n {
+            return Err(malformed("a field runs past the end of the message"));
+        }
+        let (taken, rest) = self.rest.split_at(n);
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    /// Skips a group's fields up to its end (`tag`'s `EndGroup`).
+    fn skip_group(&mut self, tag: u32, depth: u32) -> Result<(), InputError> {
+        if depth > MAX_DEPTH {
+            return Err(malformed("groups nested too deep"));
+        }
+        loop {
+            if self.rest.is_empty() {
+                return Err(malformed("a group does not end"));
+            }
+            let (inner, wire_type) =
+                decode_key(&mut self.rest).map_err(|e| malformed(&e.to_string()))?;
+            match wire_type {
+                WireType::EndGroup if inner == tag => return Ok(()),
+                WireType::EndGroup => return Err(malformed("a group ends that did not start")),
+                WireType::StartGroup => self.skip_group(inner, depth + 1)?,
+                WireType::Varint => {
+                    decode_varint(&mut self.rest).map_err(|e| malformed(&e.to_string()))?;
+                }
+                WireType::SixtyFourBit => {
+                    self.take(8)?;
+                }
+                WireType::ThirtyTwoBit => {
+                    self.take(4)?;
+                }
+                WireType::LengthDelimited => {
+                    let len =
+                        decode_varint(&mut self.rest).map_err(|e| malformed(&e.to_string()))?;
+                    self.take(usize::try_from(len).unwrap_or(usize::MAX))?;
+                }
+            }
+        }
+    }
+}
+
+/// What the walk counts across the whole request.
+#[derive(Default)]
+struct Counts {
+    inputs: usize,
+    outputs: usize,
+    raw: usize,
+    parameters: usize,
+}
+
+impl Counts {
+    fn over(&self) -> Result<(), InputError> {
+        let too_many = |n: usize, what: &str, max: usize| {
+            (n > max).then(|| {
+                InputError::Invalid(format!(
+                    "a request has at most {max} {what}; this one has more"
+                ))
+            })
+        };
+        let first = too_many(self.inputs, "inputs", MAX_TENSORS)
+            .or_else(|| too_many(self.outputs, "requested outputs", MAX_TENSORS))
+            .or_else(|| too_many(self.raw, "raw_input_contents entries", MAX_TENSORS))
+            .or_else(|| too_many(self.parameters, "parameters", MAX_PARAMETERS));
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Walks a `ModelInferRequest`'s bytes: the checks in the module doc, on the counts that
+/// decoding it would allocate, before anything is decoded.
+fn check(message: &[u8], max_elements: usize) -> Result<(), InputError> {
+    let mut counts = Counts::default();
+    let mut fields = Fields::new(message);
+    while let Some((tag, value)) = fields.next()? {
+        match (tag, value) {
+            (4, _) => counts.parameters += 1,
+            (5, Value::Bytes(input)) => {
+                counts.inputs += 1;
+                counts.over()?;
+                check_input(input, max_elements, &mut counts)?;
+            }
+            (6, Value::Bytes(output)) => {
+                counts.outputs += 1;
+                let mut fields = Fields::new(output);
+                while let Some((tag, _)) = fields.next()? {
+                    if tag == 2 {
+                        counts.parameters += 1;
+                    }
+                }
+            }
+            (7, _) => counts.raw += 1,
+            _ => {}
+        }
+        counts.over()?;
+    }
+    Ok(())
+}
+
+/// One `InferInputTensor`: its shape (as the decoder will check it) and its typed contents'
+/// value counts against the shape's element count.
+fn check_input(input: &[u8], max_elements: usize, counts: &mut Counts) -> Result<(), InputError> {
+    let mut name: &[u8] = &[];
+    let mut dims: Vec<i64> = Vec::new();
+    // Values per `InferTensorContents` field (1 bool … 8 bytes); repeated contents merge.
+    let mut values = [0usize; 9];
+    let mut fields = Fields::new(input);
+    while let Some((tag, value)) = fields.next()? {
+        match (tag, value) {
+            (1, Value::Bytes(n)) => name = n,
+            (3, Value::Varint(d)) => {
+                dims.push(d as i64);
+                over_dims(name, dims.len())?;
+            }
+            (3, Value::Bytes(mut packed)) => {
+                while !packed.is_empty() {
+                    let d = decode_varint(&mut packed).map_err(|e| malformed(&e.to_string()))?;
+                    dims.push(d as i64);
+                    over_dims(name, dims.len())?;
+                }
+            }
+            (4, _) => {
+                counts.parameters += 1;
+                counts.over()?;
+            }
+            (5, Value::Bytes(contents)) => count_contents(contents, &mut values)?,
+            _ => {}
+        }
+    }
+    let name = String::from_utf8_lossy(name);
+    let (shape, elements) = checked_shape(&name, &dims, max_elements)?;
+    match values.iter().copied().max() {
+        Some(n) if n > elements => Err(InputError::Invalid(format!(
+            "input `{name}`: has {n} values but shape {shape:?} needs {elements}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+fn over_dims(name: &[u8], dims: usize) -> Result<(), InputError> {
+    if dims > MAX_DIMS {
+        let name = String::from_utf8_lossy(name);
+        return Err(InputError::Invalid(format!(
+            "input `{name}`: a shape has at most {MAX_DIMS} dims"
+        )));
+    }
+    Ok(())
+}
+
+/// Adds an `InferTensorContents`' values to `values`, by field, packed or not.
+fn count_contents(contents: &[u8], values: &mut [usize; 9]) -> Result<(), InputError> {
+    let mut fields = Fields::new(contents);
+    while let Some((tag, value)) = fields.next()? {
+        let n = match (tag, value) {
+            // bool, int, int64, uint, uint64: a packed run holds one value per byte that
+            // ends a varint (its top bit clear).
+            (1..=5, Value::Bytes(packed)) => packed.iter().filter(|&&b| b < 0x80).count(),
+            (1..=5, Value::Varint(_)) | (6 | 7, Value::Fixed) | (8, Value::Bytes(_)) => 1,
+            (6, Value::Bytes(packed)) => packed.len() / 4,
+            (7, Value::Bytes(packed)) => packed.len() / 8,
+            _ => 0,
+        };
+        if let Some(slot) = values.get_mut(tag as usize) {
+            *slot += n;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+    use pb::InferTensorContents;
+
+    fn input(name: &str, shape: &[i64], contents: InferTensorContents) -> InferInputTensor {
+        InferInputTensor {
+            name: name.into(),
+            datatype: "INT64".into(),
+            shape: shape.to_vec(),
+            parameters: Default::default(),
+            contents: Some(contents),
+        }
+    }
+
+    fn message(inputs: Vec<InferInputTensor>) -> ModelInferMessage {
+        let request = pb::ModelInferRequest {
+            model_name: "m".into(),
+            inputs,
+            ..Default::default()
+        };
+        ModelInferMessage::decode_from(&request.encode_to_vec())
+    }
+
+    impl ModelInferMessage {
+        fn decode_from(bytes: &[u8]) -> Self {
+            <Self as Message>::decode(Bytes::copy_from_slice(bytes)).expect("kept")
+        }
+    }
+
+    fn refusal(r: Result<pb::ModelInferRequest, InputError>) -> String {
+        match r.expect_err("refused") {
+            InputError::Invalid(m) | InputError::TooLarge(m) => m,
+        }
+    }
+
+    #[test]
+    fn a_valid_request_decodes_as_prost_decodes_it() {
+        let request = pb::ModelInferRequest {
+            model_name: "m".into(),
+            model_version: "2".into(),
+            id: "abc".into(),
+            inputs: vec![input(
+                "x",
+                &[2, 3],
+                InferTensorContents {
+                    int64_contents: vec![0, -1, 300, i64::MAX, i64::MIN, 7],
+                    ..Default::default()
+                },
+            )],
+            outputs: vec![InferRequestedOutputTensor {
+                name: "y".into(),
+                parameters: Default::default(),
+            }],
+            raw_input_contents: vec![Bytes::from_static(b"\x01\x02")],
+            ..Default::default()
+        };
+        let bytes = request.encode_to_vec();
+        let kept = ModelInferMessage::decode_from(&bytes);
+        assert_eq!(kept.len(), bytes.len());
+        assert_eq!(kept.encode_to_vec(), bytes, "kept as received");
+        assert_eq!(kept.decode(1 << 20).expect("decoded"), request);
+    }
+
+    #[test]
+    fn more_values_than_the_shape_holds_are_refused_before_decoding() {
+        // Packed (as every client sends) and one by one (as proto2 writers may).
+        let packed = InferTensorContents {
+            int64_contents: vec![0; 1000],
+            ..Default::default()
+        };
+        let m = refusal(message(vec![input("x", &[1], packed)]).decode(1 << 20));
+        assert_eq!(m, "input `x`: has 1000 values but shape [1] needs 1");
+
+        let mut one_by_one = input("x", &[2], InferTensorContents::default()).encode_to_vec();
+        let mut contents = Vec::new();
+        for _ in 0..3 {
+            encode_key(3, WireType::Varint, &mut contents);
+            encode_varint(5, &mut contents);
+        }
+        encode_key(5, WireType::LengthDelimited, &mut one_by_one);
+        encode_varint(contents.len() as u64, &mut one_by_one);
+        one_by_one.extend_from_slice(&contents);
+        let mut request = Vec::new();
+        encode_key(5, WireType::LengthDelimited, &mut request);
+        encode_varint(one_by_one.len() as u64, &mut request);
+        request.extend_from_slice(&one_by_one);
+        let m = refusal(ModelInferMessage::decode_from(&request).decode(1 << 20));
+        assert_eq!(m, "input `x`: has 3 values but shape [2] needs 2");
+
+        // Every typed field counts, the datatype's or not; fixed-width ones by their size.
+        for contents in [
+            InferTensorContents {
+                fp32_contents: vec![0.5; 5],
+                ..Default::default()
+            },
+            InferTensorContents {
+                fp64_contents: vec![0.5; 5],
+                ..Default::default()
+            },
+            InferTensorContents {
+                bool_contents: vec![true; 5],
+                ..Default::default()
+            },
+            InferTensorContents {
+                uint64_contents: vec![u64::MAX; 5],
+                ..Default::default()
+            },
+            InferTensorContents {
+                bytes_contents: vec![Vec::new(); 5],
+                ..Default::default()
+            },
+        ] {
+            let m = refusal(message(vec![input("x", &[4], contents)]).decode(1 << 20));
+            assert_eq!(m, "input `x`: has 5 values but shape [4] needs 4");
+        }
+    }
+
+    #[test]
+    fn shapes_are_checked_as_the_decoder_checks_them() {
+        let m = refusal(
+            message(vec![input("x", &[1 << 20, 1 << 20], Default::default())]).decode(1 << 20),
+        );
+        assert!(m.contains("over the limit of 1048576 elements"), "{m}");
+        let m = refusal(message(vec![input("x", &[-1], Default::default())]).decode(16));
+        assert!(m.contains("dim -1 is negative"), "{m}");
+        let m =
+            refusal(message(vec![input("x", &[1; MAX_DIMS + 1], Default::default())]).decode(16));
+        assert_eq!(m, format!("input `x`: a shape has at most {MAX_DIMS} dims"));
+        // At the limits: fine.
+        let ok = message(vec![input(
+            "x",
+            &[1; MAX_DIMS],
+            InferTensorContents {
+                int64_contents: vec![3],
+                ..Default::default()
+            },
+        )]);
+        assert!(ok.decode(16).is_ok());
+    }
+
+    #[test]
+    fn empty_entries_are_counted_not_allocated() {
+        // Two bytes each on the wire.
+        let empty = |tag: u32, n: usize| {
+            let mut bytes = Vec::new();
+            for _ in 0..n {
+                encode_key(tag, WireType::LengthDelimited, &mut bytes);
+                encode_varint(0, &mut bytes);
+            }
+            bytes
+        };
+        for (tag, what) in [
+            (5, "inputs"),
+            (6, "requested outputs"),
+            (7, "raw_input_contents entries"),
+            (4, "parameters"),
+        ] {
+            let at_limit = empty(tag, MAX_TENSORS);
+            let bytes = empty(tag, MAX_TENSORS + 1);
+            let m = refusal(ModelInferMessage::decode_from(&bytes).decode(16));
+            assert!(m.contains(what) && m.contains("at most 4096"), "{m}");
+            // At the limit the walk lets it through (prost or inference may still refuse it).
+            let walked = check(&at_limit, 16);
+            assert!(walked.is_ok(), "{tag}");
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_refused_by_the_walk() {
+        for (bytes, why) in [
+            (&b"\x2a\x05ab"[..], "past the end"),
+            (&b"\x2a"[..], "invalid varint"),
+            (&b"\x0c"[..], "did not start"),
+            (&b"\x0b\x08\x01"[..], "does not end"),
+            (
+                &b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"[..],
+                "varint",
+            ),
+        ] {
+            let m = refusal(ModelInferMessage::decode_from(bytes).decode(16));
+            assert!(
+                m.starts_with("the ModelInferRequest message is malformed"),
+                "{m}"
+            );
+            assert!(m.to_lowercase().contains(why), "{why}: {m}");
+        }
+        // Groups of unknown fields are skipped, as prost skips them.
+        let mut bytes = vec![0x7b, 0x08, 0x01, 0x7c];
+        bytes.extend(message(vec![]).encode_to_vec());
+        let r = ModelInferMessage::decode_from(&bytes)
+            .decode(16)
+            .expect("decoded");
+        assert_eq!(r.model_name, "m");
+    }
+
+    #[test]
+    fn parts_merge_as_one_message() {
+        let a = pb::ModelInferRequest {
+            model_name: "m".into(),
+            ..Default::default()
+        };
+        let b = pb::ModelInferRequest {
+            id: "i".into(),
+            ..Default::default()
+        };
+        let mut kept = ModelInferMessage::decode_from(&a.encode_to_vec());
+        kept.merge(Bytes::from(b.encode_to_vec())).expect("merged");
+        let r = kept.decode(16).expect("decoded");
+        assert_eq!((r.model_name.as_str(), r.id.as_str()), ("m", "i"));
+
+        // As a field of another message: field by field.
+        let mut outer = Vec::new();
+        let inner = a.encode_to_vec();
+        encode_varint(inner.len() as u64, &mut outer);
+        outer.extend_from_slice(&inner);
+        let kept = ModelInferMessage::decode_length_delimited(&outer[..]).expect("decoded");
+        assert_eq!(kept.decode(16).expect("decoded").model_name, "m");
+    }
+
+    #[test]
+    fn readme_states_the_limits() {
+        let readme = include_str!("../../../../../README.md")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let stated = format!(
+            "a shape of more than {MAX_DIMS} dims, more than {MAX_TENSORS} inputs, requested \
+             outputs or raw contents entries, or {MAX_PARAMETERS} parameters in all are refused"
+        );
+        assert!(readme.contains(&stated), "README should say: {stated}");
+    }
+}
