@@ -7,7 +7,8 @@
 //! peeks at its gRPC frame header (compressed flag and 4-byte big-endian length) and, for a
 //! message of [`crate::http::decode::INLINE_MAX_BYTES`] or more, takes that many bytes' share of the
 //! REST decoder's budget, waiting in arrival order. The share is held until the call is
-//! answered: the message, then the tensors made from it, are in memory all that time. Small
+//! answered, and by the message's decode until it is done even if the call is cancelled
+//! (`Share`): the message, then the tensors made from it, are in memory all that time. Small
 //! messages take no share (as small REST bodies).
 //!
 //! The message must also arrive within `--body-timeout-s` of the call's headers, as a REST
@@ -38,7 +39,7 @@ pub(super) async fn reserve(
     next: Next,
 ) -> Response {
     let timeout = state.config.body_read_timeout;
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
     let mut body = Timed::new(body, timeout);
     let head = match peek(&mut body).await {
         Ok(head) => head,
@@ -51,7 +52,11 @@ pub(super) async fn reserve(
     let len = message_len(&head);
     let share = if len >= crate::http::decode::INLINE_MAX_BYTES {
         match state.decoder.reserve(len).await {
-            Ok(share) => Some(share),
+            Ok(permit) => {
+                let share = Share(Arc::new(permit));
+                parts.extensions.insert(share.clone());
+                Some(share)
+            }
             Err(e) => return tonic::Status::from(e).into_http::<Body>().into_response(),
         }
     } else {
@@ -62,6 +67,12 @@ pub(super) async fn reserve(
     drop(share);
     response
 }
+
+/// A big message's share of the decode budget (in the call's extensions): held here until
+/// the call is answered, and by whatever decodes the message until that is done, so a call
+/// cancelled mid-decode does not free the share of memory its decode goes on filling.
+#[derive(Clone)]
+pub(super) struct Share(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 
 /// The declared length of the first message, from the start of the body (0 if the body
 /// ended before its frame header: tonic then answers the malformed call itself).

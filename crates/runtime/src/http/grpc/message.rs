@@ -14,16 +14,18 @@
 //! `prost::Message` decoding keeps the received bytes (a slice of tonic's buffer, no copy).
 //! [`ModelInferMessage::decode`], on a decode thread for a big message, first walks the
 //! message's structure without decoding a value (`check`): it refuses an input whose typed
-//! contents hold more values than its shape's element count, a shape of more than
+//! contents, all their fields together (prost allocates every one, kiln reads the
+//! datatype's), hold more values than its shape's element count, a shape of more than
 //! [`MAX_DIMS`] dims, and more than [`MAX_TENSORS`] inputs, requested outputs or raw
-//! contents, or [`MAX_PARAMETERS`] parameters in all. Then prost decodes what is left, into
-//! at most the shapes' values.
+//! contents, or [`MAX_PARAMETERS`] parameters in all. Then prost decodes it, into at most
+//! the shapes' values: 8 bytes each at most, 24 and the string's own for `bytes_contents`
+//! (`max_input_elements` bounds a shape).
 
 use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::encoding::{self, decode_key, decode_varint, encode_key, encode_varint};
-use prost::encoding::{skip_field, DecodeContext, WireType};
+use prost::encoding::{check_wire_type, skip_field, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
 use crate::http::grpc::pb;
@@ -42,13 +44,24 @@ const MAX_DEPTH: u32 = 100;
 /// A `ModelInferRequest` as received: its bytes, decoded by [`Self::decode`].
 #[derive(Clone, Default, PartialEq, Eq)]
 pub(crate) struct ModelInferMessage {
-    bytes: Bytes,
+    /// The message's bytes in the order they came: one slice of tonic's buffer for a call's
+    /// message; a field each when merged field by field.
+    parts: Vec<Bytes>,
+}
+
+/// Who a request was for, as far as the walk read it before refusing it (for the log line).
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub(crate) model: String,
+    pub(crate) version: String,
+    pub(crate) id: String,
+    pub(crate) error: InputError,
 }
 
 impl ModelInferMessage {
     /// The message's size in bytes.
     pub(crate) fn len(&self) -> usize {
-        self.bytes.len()
+        self.parts.iter().map(Bytes::len).sum()
     }
 
     /// The request, once the walk found nothing that decoding would blow up; raw contents
@@ -57,26 +70,41 @@ impl ModelInferMessage {
     /// # Errors
     /// [`InputError::Invalid`] for a malformed message, more typed values than an input's
     /// shape holds, too many dims, tensors or parameters; [`InputError::TooLarge`] for a
-    /// shape over `max_elements`.
-    pub(crate) fn decode(self, max_elements: usize) -> Result<pb::ModelInferRequest, InputError> {
-        check(&self.bytes, max_elements)?;
-        pb::ModelInferRequest::decode(self.bytes).map_err(|e| malformed(&e.to_string()))
+    /// shape over `max_elements`; with the model, version and id the walk read.
+    pub(crate) fn decode(self, max_elements: usize) -> Result<pb::ModelInferRequest, Refused> {
+        let bytes = match <[Bytes; 1]>::try_from(self.parts) {
+            Ok([one]) => one,
+            Err(parts) => parts.concat().into(),
+        };
+        let mut header = Header::default();
+        let checked = check(&bytes, max_elements, &mut header);
+        let refused = |error| Refused {
+            model: String::from_utf8_lossy(header.model).into_owned(),
+            version: String::from_utf8_lossy(header.version).into_owned(),
+            id: String::from_utf8_lossy(header.id).into_owned(),
+            error,
+        };
+        checked.map_err(refused)?;
+        pb::ModelInferRequest::decode(bytes.clone()).map_err(|e| refused(malformed(&e.to_string())))
     }
 }
 
 impl fmt::Debug for ModelInferMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ModelInferMessage({} bytes)", self.bytes.len())
+        write!(f, "ModelInferMessage({} bytes)", self.len())
     }
 }
 
 impl Message for ModelInferMessage {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.bytes);
+        for part in &self.parts {
+            buf.put_slice(part);
+        }
     }
 
-    /// One field, kept as its key and value bytes after those held (reached only when the
-    /// message is merged as part of another; [`Self::merge`] takes a whole one at once).
+    /// One field, kept as its key and value (reached only when the message is merged as part
+    /// of another; [`Self::merge`] takes a whole one at once). As prost's own decoding: an
+    /// unknown field is dropped, a known one of the wrong wire type refused.
     fn merge_field(
         &mut self,
         tag: u32,
@@ -84,68 +112,36 @@ impl Message for ModelInferMessage {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
+        if !(1..=7).contains(&tag) {
+            return skip_field(wire_type, tag, buf, ctx);
+        }
+        // Every field of the message is length-delimited.
+        check_wire_type(WireType::LengthDelimited, wire_type)?;
+        let mut value = Bytes::new();
+        encoding::bytes::merge(wire_type, &mut value, buf, ctx)?;
         let mut field = BytesMut::new();
         encode_key(tag, wire_type, &mut field);
-        match wire_type {
-            WireType::Varint => {
-                let mut v = 0;
-                encoding::uint64::merge(wire_type, &mut v, buf, ctx)?;
-                encode_varint(v, &mut field);
-            }
-            WireType::SixtyFourBit => {
-                let mut v = 0;
-                encoding::fixed64::merge(wire_type, &mut v, buf, ctx)?;
-                field.put_u64_le(v);
-            }
-            WireType::ThirtyTwoBit => {
-                let mut v = 0;
-                encoding::fixed32::merge(wire_type, &mut v, buf, ctx)?;
-                field.put_u32_le(v);
-            }
-            WireType::LengthDelimited => {
-                let mut v = Bytes::new();
-                encoding::bytes::merge(wire_type, &mut v, buf, ctx)?;
-                encode_varint(v.len() as u64, &mut field);
-                field.put(v);
-            }
-            // Groups are deprecated and no field of this message: skipped, as prost skips
-            // unknown fields.
-            WireType::StartGroup | WireType::EndGroup => {
-                return skip_field(wire_type, tag, buf, ctx)
-            }
-        }
-        self.append(field.freeze());
+        encode_varint(value.len() as u64, &mut field);
+        self.parts.push(field.freeze());
+        self.parts.push(value);
         Ok(())
     }
 
     fn encoded_len(&self) -> usize {
-        self.bytes.len()
+        self.len()
     }
 
     fn clear(&mut self) {
-        self.bytes.clear();
+        self.parts.clear();
     }
 
     /// The whole of `buf`, unread: its fields are walked and decoded later, by
-    /// [`Self::decode`]. From a `Bytes` buffer (tonic's) this is a slice, not a copy.
+    /// [`Self::decode`]. From a `Bytes` buffer (tonic's) this is a slice, not a copy; a
+    /// message sent in parts merges as if it had come as one.
     fn merge(&mut self, mut buf: impl Buf) -> Result<(), DecodeError> {
         let more = buf.copy_to_bytes(buf.remaining());
-        self.append(more);
+        self.parts.push(more);
         Ok(())
-    }
-}
-
-impl ModelInferMessage {
-    /// Protobuf merges a message sent in parts as if they had come as one.
-    fn append(&mut self, more: Bytes) {
-        if self.bytes.is_empty() {
-            self.bytes = more;
-        } else {
-            let mut all = BytesMut::with_capacity(self.bytes.len() + more.len());
-            all.put_slice(&self.bytes);
-            all.put_slice(&more);
-            self.bytes = all.freeze();
-        }
     }
 }
 
@@ -272,13 +268,28 @@ impl Counts {
     }
 }
 
+/// The request's own fields, as the walk last saw them.
+#[derive(Default)]
+struct Header<'a> {
+    model: &'a [u8],
+    version: &'a [u8],
+    id: &'a [u8],
+}
+
 /// Walks a `ModelInferRequest`'s bytes: the checks in the module doc, on the counts that
 /// decoding it would allocate, before anything is decoded.
-fn check(message: &[u8], max_elements: usize) -> Result<(), InputError> {
+fn check<'a>(
+    message: &'a [u8],
+    max_elements: usize,
+    header: &mut Header<'a>,
+) -> Result<(), InputError> {
     let mut counts = Counts::default();
     let mut fields = Fields::new(message);
     while let Some((tag, value)) = fields.next()? {
         match (tag, value) {
+            (1, Value::Bytes(b)) => header.model = b,
+            (2, Value::Bytes(b)) => header.version = b,
+            (3, Value::Bytes(b)) => header.id = b,
             (4, _) => counts.parameters += 1,
             (5, Value::Bytes(input)) => {
                 counts.inputs += 1;
@@ -303,12 +314,13 @@ fn check(message: &[u8], max_elements: usize) -> Result<(), InputError> {
 }
 
 /// One `InferInputTensor`: its shape (as the decoder will check it) and its typed contents'
-/// value counts against the shape's element count.
+/// values, in all its typed fields together, against the shape's element count.
 fn check_input(input: &[u8], max_elements: usize, counts: &mut Counts) -> Result<(), InputError> {
     let mut name: &[u8] = &[];
     let mut dims: Vec<i64> = Vec::new();
-    // Values per `InferTensorContents` field (1 bool … 8 bytes); repeated contents merge.
-    let mut values = [0usize; 9];
+    // Typed values, every `InferTensorContents` field and occurrence together: only the
+    // datatype's field is read, but prost allocates them all.
+    let mut values = 0usize;
     let mut fields = Fields::new(input);
     while let Some((tag, value)) = fields.next()? {
         match (tag, value) {
@@ -328,18 +340,18 @@ fn check_input(input: &[u8], max_elements: usize, counts: &mut Counts) -> Result
                 counts.parameters += 1;
                 counts.over()?;
             }
-            (5, Value::Bytes(contents)) => count_contents(contents, &mut values)?,
+            (5, Value::Bytes(contents)) => values += count_contents(contents)?,
             _ => {}
         }
     }
     let name = String::from_utf8_lossy(name);
     let (shape, elements) = checked_shape(&name, &dims, max_elements)?;
-    match values.iter().copied().max() {
-        Some(n) if n > elements => Err(InputError::Invalid(format!(
-            "input `{name}`: has {n} values but shape {shape:?} needs {elements}"
-        ))),
-        _ => Ok(()),
+    if values > elements {
+        return Err(InputError::Invalid(format!(
+            "input `{name}`: has {values} values but shape {shape:?} needs {elements}"
+        )));
     }
+    Ok(())
 }
 
 fn over_dims(name: &[u8], dims: usize) -> Result<(), InputError> {
@@ -352,11 +364,12 @@ fn over_dims(name: &[u8], dims: usize) -> Result<(), InputError> {
     Ok(())
 }
 
-/// Adds an `InferTensorContents`' values to `values`, by field, packed or not.
-fn count_contents(contents: &[u8], values: &mut [usize; 9]) -> Result<(), InputError> {
+/// An `InferTensorContents`' values, every field's, packed or not.
+fn count_contents(contents: &[u8]) -> Result<usize, InputError> {
+    let mut values = 0;
     let mut fields = Fields::new(contents);
     while let Some((tag, value)) = fields.next()? {
-        let n = match (tag, value) {
+        values += match (tag, value) {
             // bool, int, int64, uint, uint64: a packed run holds one value per byte that
             // ends a varint (its top bit clear).
             (1..=5, Value::Bytes(packed)) => packed.iter().filter(|&&b| b < 0x80).count(),
@@ -365,11 +378,8 @@ fn count_contents(contents: &[u8], values: &mut [usize; 9]) -> Result<(), InputE
             (7, Value::Bytes(packed)) => packed.len() / 8,
             _ => 0,
         };
-        if let Some(slot) = values.get_mut(tag as usize) {
-            *slot += n;
-        }
     }
-    Ok(())
+    Ok(values)
 }
 
 #[cfg(test)]
@@ -403,8 +413,8 @@ mod tests {
         }
     }
 
-    fn refusal(r: Result<pb::ModelInferRequest, InputError>) -> String {
-        match r.expect_err("refused") {
+    fn refusal(r: Result<pb::ModelInferRequest, Refused>) -> String {
+        match r.expect_err("refused").error {
             InputError::Invalid(m) | InputError::TooLarge(m) => m,
         }
     }
@@ -463,7 +473,15 @@ mod tests {
         let m = refusal(ModelInferMessage::decode_from(&request).decode(1 << 20));
         assert_eq!(m, "input `x`: has 3 values but shape [2] needs 2");
 
-        // Every typed field counts, the datatype's or not; fixed-width ones by their size.
+        // Every typed field counts, the datatype's or not, all together; fixed-width ones by
+        // their size.
+        let two_fields = InferTensorContents {
+            int64_contents: vec![1; 3],
+            bytes_contents: vec![Vec::new(); 3],
+            ..Default::default()
+        };
+        let m = refusal(message(vec![input("x", &[4], two_fields)]).decode(1 << 20));
+        assert_eq!(m, "input `x`: has 6 values but shape [4] needs 4");
         for contents in [
             InferTensorContents {
                 fp32_contents: vec![0.5; 5],
@@ -489,6 +507,35 @@ mod tests {
             let m = refusal(message(vec![input("x", &[4], contents)]).decode(1 << 20));
             assert_eq!(m, "input `x`: has 5 values but shape [4] needs 4");
         }
+    }
+
+    #[test]
+    fn a_refusal_says_which_request_it_was() {
+        let mut request = pb::ModelInferRequest {
+            model_name: "m".into(),
+            model_version: "3".into(),
+            id: "abc".into(),
+            inputs: vec![input("x", &[-1], Default::default())],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let refused = ModelInferMessage::decode_from(&request)
+            .decode(16)
+            .expect_err("refused");
+        assert_eq!(
+            (
+                refused.model.as_str(),
+                refused.version.as_str(),
+                refused.id.as_str()
+            ),
+            ("m", "3", "abc")
+        );
+        // Malformed after the header: prost's refusal, the header still read.
+        request.push(0x2a);
+        let refused = ModelInferMessage::decode_from(&request)
+            .decode(16)
+            .expect_err("refused");
+        assert_eq!(refused.model, "m");
     }
 
     #[test]
@@ -536,7 +583,7 @@ mod tests {
             let m = refusal(ModelInferMessage::decode_from(&bytes).decode(16));
             assert!(m.contains(what) && m.contains("at most 4096"), "{m}");
             // At the limit the walk lets it through (prost or inference may still refuse it).
-            let walked = check(&at_limit, 16);
+            let walked = check(&at_limit, 16, &mut Header::default());
             assert!(walked.is_ok(), "{tag}");
         }
     }
@@ -591,6 +638,21 @@ mod tests {
         outer.extend_from_slice(&inner);
         let kept = ModelInferMessage::decode_length_delimited(&outer[..]).expect("decoded");
         assert_eq!(kept.decode(16).expect("decoded").model_name, "m");
+
+        // Field by field, as prost would: an unknown group dropped, a known field as a group
+        // refused.
+        let with_group = |tag: u8| {
+            let mut inner = vec![(tag << 3) | 3, 0x08, 0x01, (tag << 3) | 4];
+            inner.extend(a.encode_to_vec());
+            let mut outer = Vec::new();
+            encode_varint(inner.len() as u64, &mut outer);
+            outer.extend_from_slice(&inner);
+            ModelInferMessage::decode_length_delimited(&outer[..])
+        };
+        let kept = with_group(15).expect("unknown group dropped");
+        assert_eq!(kept.encode_to_vec(), a.encode_to_vec());
+        let e = with_group(5).expect_err("inputs as a group");
+        assert!(e.to_string().contains("invalid wire type"), "{e}");
     }
 
     #[test]

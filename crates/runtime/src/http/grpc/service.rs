@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::extract::ConnectInfo;
 use tonic::{Request, Response, Status};
 
+use super::budget::Share;
 use super::message::ModelInferMessage;
 use super::pb;
 use super::services::grpc_inference_service_server::GrpcInferenceService;
@@ -115,29 +116,41 @@ impl GrpcInferenceService for Inference {
         request: Request<ModelInferMessage>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let timeout = status::timeout(request.metadata())?;
+        let share = request.extensions().get::<Share>().cloned();
         let message = request.into_inner();
         let max_elements = self.state.config.max_input_elements;
         let big = message.len() >= crate::http::decode::INLINE_MAX_BYTES;
         // Walked, decoded and made tensors in one go, on a decode thread for a big message as
-        // for a big REST body (raw contents and typed contents' vectors are moved, not copied).
+        // for a big REST body (raw contents and typed contents' vectors are moved, not copied),
+        // holding the message's share of the budget until done.
         let unpack = move || {
-            message.decode(max_elements).map(|r| {
+            let unpacked = message.decode(max_elements).map(|r| {
                 let inputs = tensor::inputs(r.inputs, r.raw_input_contents, max_elements);
                 (r.model_name, r.model_version, r.id, r.outputs, inputs)
-            })
+            });
+            drop(share);
+            unpacked
         };
         let unpacked = if big {
             self.state.decoder.off_workers(unpack).await
         } else {
             Ok(unpack())
         };
-        let (model, model_version, id, outputs, inputs) = unpacked
-            .and_then(|u| u.map_err(ApiError::from))
-            .map_err(|e| {
-                // Not even the model's name could be read.
+        let (model, model_version, id, outputs, inputs) = match unpacked {
+            Ok(Ok(unpacked)) => unpacked,
+            Ok(Err(refused)) => {
+                let e = ApiError::from(refused.error);
+                let version = version(&refused.version);
+                let id = (!refused.id.is_empty()).then_some(refused.id.as_str());
+                infer::log_failure("grpc", &refused.model, version, id, &e);
+                return Err(Status::from(e));
+            }
+            // A decode thread failed: nothing of the request was read.
+            Err(e) => {
                 infer::log_failure("grpc", "", None, None, &e);
-                Status::from(e)
-            })?;
+                return Err(Status::from(e));
+            }
+        };
         let version = version(&model_version).map(str::to_owned);
         let id = (!id.is_empty()).then_some(id);
         let fail = |e: ApiError| {
