@@ -86,6 +86,21 @@ async fn call(port: u16, path: &str, message: &[u8], timeout: Option<&str>) -> A
     }
 }
 
+/// `n` `ModelInfer` calls of `message` at once, each on its own connection; their answers.
+async fn infer_at_once(port: u16, message: &Bytes, n: usize) -> Vec<Answer> {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let message = message.clone();
+            tokio::spawn(async move { call(port, INFER, &message, None).await })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for c in calls {
+        answers.push(c.await.expect("call"));
+    }
+    answers
+}
+
 /// A `ModelInfer` of mlp (`x`: [rows, 16] FP32) with raw contents.
 fn mlp_request(rows: usize) -> Vec<u8> {
     let raw: Vec<u8> = (0..rows * 16)
@@ -238,14 +253,7 @@ async fn many_maximal_messages_at_once_stay_within_the_decode_budget() {
     assert!(message.len() < MAX_MESSAGE);
     let before = proc_status_mib(pid, "VmRSS:");
     const CONCURRENT: usize = 16;
-    let calls: Vec<_> = (0..CONCURRENT)
-        .map(|_| {
-            let message = message.clone();
-            tokio::spawn(async move { call(grpc, INFER, &message, None).await })
-        })
-        .collect();
-    for c in calls {
-        let answer = c.await.expect("call");
+    for answer in infer_at_once(grpc, &message, CONCURRENT).await {
         assert_eq!(
             answer.grpc_status.as_deref(),
             Some("0"),
@@ -324,14 +332,7 @@ async fn maximal_typed_contents_decode_off_the_workers_and_within_their_shapes()
         assert!(message.len() < MAX_MESSAGE);
         sent = sent.max(CONCURRENT as f64 * message.len() as f64 / f64::from(1 << 20));
         let liveness = Liveness::watch(server.port);
-        let calls: Vec<_> = (0..CONCURRENT)
-            .map(|_| {
-                let message = message.clone();
-                tokio::spawn(async move { call(grpc, INFER, &message, None).await })
-            })
-            .collect();
-        for c in calls {
-            let answer = c.await.expect("call");
+        for answer in infer_at_once(grpc, &message, CONCURRENT).await {
             assert_eq!(answer.grpc_status.as_deref(), Some("3"), "INVALID_ARGUMENT");
             let said = answer.grpc_message.replace("%20", " ");
             assert!(said.contains(&expect), "{said}");
