@@ -80,3 +80,14 @@ pub use prost;
 pub use routes::{router, AppState, ServerConfig, TIMEOUT_HEADER};
 pub use serve::{serve, terminated, ServeOptions};
 pub use tonic;
+
+/// Asserts that README says `stated` (runs of whitespace read as one space): a limit README
+/// gives is the constant's value.
+#[cfg(test)]
+pub(crate) fn assert_readme_states(stated: &str) {
+    let readme = include_str!("../../../../README.md")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(readme.contains(stated), "README should say: {stated}");
+}

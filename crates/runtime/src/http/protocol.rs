@@ -245,7 +245,7 @@ fn decode_with(
         None => (body, &[][..]),
     };
     // The inputs' data arrays out of serde's way (`json_cut`), read from `json` below.
-    let cut = json_cut::cut(json).filter(|_| cut_data);
+    let cut = cut_data.then(|| json_cut::cut(json)).flatten();
     let request: InferRequest = serde_json::from_slice(cut.as_ref().map_or(json, |c| &c.json))
         .map_err(|e| InputError::Invalid(format!("malformed request body: {e}")))?;
     let mut inputs = Vec::with_capacity(request.inputs.len());

@@ -158,6 +158,8 @@ enum Value<'a> {
     Bytes(&'a [u8]),
     /// A group, skipped.
     Group,
+    /// A group's end.
+    End,
 }
 
 /// The fields of one message's bytes, in order.
@@ -171,13 +173,20 @@ impl<'a> Fields<'a> {
     }
 
     fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, InputError> {
+        match self.field(0)? {
+            Some((_, Value::End)) => Err(malformed("a group ends that did not start")),
+            field => Ok(field),
+        }
+    }
+
+    /// The next field at group depth `depth` (a group's end is [`Value::End`]).
+    fn field(&mut self, depth: u32) -> Result<Option<(u32, Value<'a>)>, InputError> {
         if self.rest.is_empty() {
             return Ok(None);
         }
-        let bad = |e: DecodeError| malformed(&e.to_string());
-        let (tag, wire_type) = decode_key(&mut self.rest).map_err(bad)?;
+        let (tag, wire_type) = decode_key(&mut self.rest).map_err(|e| malformed(&e.to_string()))?;
         let value = match wire_type {
-            WireType::Varint => Value::Varint(decode_varint(&mut self.rest).map_err(bad)?),
+            WireType::Varint => Value::Varint(varint(&mut self.rest)?),
             WireType::SixtyFourBit => {
                 self.take(8)?;
                 Value::Fixed
@@ -187,14 +196,14 @@ impl<'a> Fields<'a> {
                 Value::Fixed
             }
             WireType::LengthDelimited => {
-                let len = decode_varint(&mut self.rest).map_err(bad)?;
+                let len = varint(&mut self.rest)?;
                 Value::Bytes(self.take(usize::try_from(len).unwrap_or(usize::MAX))?)
             }
             WireType::StartGroup => {
-                self.skip_group(tag, 1)?;
+                self.skip_group(tag, depth + 1)?;
                 Value::Group
             }
-            WireType::EndGroup => return Err(malformed("a group ends that did not start")),
+            WireType::EndGroup => Value::End,
         };
         Ok(Some((tag, value)))
     }
@@ -214,32 +223,19 @@ impl<'a> Fields<'a> {
             return Err(malformed("groups nested too deep"));
         }
         loop {
-            if self.rest.is_empty() {
-                return Err(malformed("a group does not end"));
-            }
-            let (inner, wire_type) =
-                decode_key(&mut self.rest).map_err(|e| malformed(&e.to_string()))?;
-            match wire_type {
-                WireType::EndGroup if inner == tag => return Ok(()),
-                WireType::EndGroup => return Err(malformed("a group ends that did not start")),
-                WireType::StartGroup => self.skip_group(inner, depth + 1)?,
-                WireType::Varint => {
-                    decode_varint(&mut self.rest).map_err(|e| malformed(&e.to_string()))?;
-                }
-                WireType::SixtyFourBit => {
-                    self.take(8)?;
-                }
-                WireType::ThirtyTwoBit => {
-                    self.take(4)?;
-                }
-                WireType::LengthDelimited => {
-                    let len =
-                        decode_varint(&mut self.rest).map_err(|e| malformed(&e.to_string()))?;
-                    self.take(usize::try_from(len).unwrap_or(usize::MAX))?;
-                }
+            match self.field(depth)? {
+                None => return Err(malformed("a group does not end")),
+                Some((end, Value::End)) if end == tag => return Ok(()),
+                Some((_, Value::End)) => return Err(malformed("a group ends that did not start")),
+                Some(_) => {}
             }
         }
     }
+}
+
+/// A varint from the front of `bytes`.
+fn varint(bytes: &mut &[u8]) -> Result<u64, InputError> {
+    decode_varint(bytes).map_err(|e| malformed(&e.to_string()))
 }
 
 /// What the walk counts across the whole request.
@@ -331,7 +327,7 @@ fn check_input(input: &[u8], max_elements: usize, counts: &mut Counts) -> Result
             }
             (3, Value::Bytes(mut packed)) => {
                 while !packed.is_empty() {
-                    let d = decode_varint(&mut packed).map_err(|e| malformed(&e.to_string()))?;
+                    let d = varint(&mut packed)?;
                     dims.push(d as i64);
                     over_dims(name, dims.len())?;
                 }
@@ -657,14 +653,10 @@ mod tests {
 
     #[test]
     fn readme_states_the_limits() {
-        let readme = include_str!("../../../../../README.md")
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
         let stated = format!(
             "a shape of more than {MAX_DIMS} dims, more than {MAX_TENSORS} inputs, requested \
              outputs or raw contents entries, or {MAX_PARAMETERS} parameters in all are refused"
         );
-        assert!(readme.contains(&stated), "README should say: {stated}");
+        crate::http::assert_readme_states(&stated);
     }
 }
