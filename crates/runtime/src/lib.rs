@@ -52,6 +52,7 @@ pub mod manifest;
 pub mod memory;
 pub mod metadata;
 pub mod model;
+mod ort_strings;
 #[cfg(feature = "prometheus")]
 pub mod prometheus;
 pub mod repository;

@@ -285,16 +285,21 @@ impl Model {
                 tensor.data(),
                 v => TensorRef::from_array_view((shape, v)).map_err(inference)?.into(),
                 // ONNX Runtime copies strings into its own (there is no view of them).
-                strings v => ort::value::Tensor::from_string_array((shape, v))
-                    .map_err(inference)?
-                    .into()
+                strings v => crate::ort_strings::to_ort(&shape, v).map_err(inference)?.into()
             );
             values.push((Cow::Borrowed(name.as_str()), value));
         }
-        let outputs = self.session.run(values).map_err(inference)?;
+        let mut outputs = self.session.run(values).map_err(inference)?;
         let mut out = Vec::with_capacity(self.metadata.outputs.len());
         for info in &self.metadata.outputs {
-            let value = &outputs[info.name.as_str()];
+            // Taken out and dropped once copied: ONNX Runtime's copy of each output goes
+            // before the next is copied (a string tensor's is 32 bytes an element).
+            let value = outputs.remove(info.name.as_str()).ok_or_else(|| {
+                inference(ort::Error::new(format!(
+                    "ONNX Runtime returned no output {:?}",
+                    info.name
+                )))
+            })?;
             let dims = |shape: &ort::value::Shape| -> Vec<usize> {
                 shape
                     .iter()
@@ -305,7 +310,7 @@ impl Model {
                 let (shape, data) = value.try_extract_tensor::<T>().map_err(inference)?;
                 Tensor::new(dims(shape), data.to_vec())?
             }, strings => {
-                let (shape, data) = value.try_extract_strings().map_err(inference)?;
+                let (shape, data) = crate::ort_strings::from_ort(&value).map_err(inference)?;
                 Tensor::new(dims(shape), data)?
             });
             out.push((info.name.clone(), tensor));
