@@ -11,6 +11,8 @@
 //! - Maximal messages of typed contents (as `tritonclient` sends them by default) are
 //!   decoded off the tokio workers, liveness probes answering meanwhile, and never into more
 //!   values than their shapes hold.
+//! - Compressed messages (gzip, deflate) are inflated within the message limit: a bomb is
+//!   `RESOURCE_EXHAUSTED` without the memory it claims, a corrupt one `INVALID_ARGUMENT`.
 
 mod common;
 
@@ -36,6 +38,19 @@ struct Answer {
 /// A unary gRPC call of `path` with `message`, with `grpc-timeout` if given, waited for
 /// without a client deadline (120 s cap).
 async fn call(port: u16, path: &str, message: &[u8], timeout: Option<&str>) -> Answer {
+    let headers: Vec<(&str, &str)> = timeout.map(|t| ("grpc-timeout", t)).into_iter().collect();
+    call_framed(port, path, message, false, &headers).await
+}
+
+/// A unary gRPC call of `path` with `message` (its frame's compressed flag `compressed`) and
+/// the extra `headers`, waited for without a client deadline (120 s cap).
+async fn call_framed(
+    port: u16,
+    path: &str,
+    message: &[u8],
+    compressed: bool,
+    headers: &[(&str, &str)],
+) -> Answer {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -48,14 +63,14 @@ async fn call(port: u16, path: &str, message: &[u8], timeout: Option<&str>) -> A
             .expect("h2 handshake");
     tokio::spawn(conn);
     let mut framed = BytesMut::with_capacity(message.len() + 5);
-    framed.put_u8(0);
+    framed.put_u8(u8::from(compressed));
     framed.put_u32(u32::try_from(message.len()).expect("size"));
     framed.extend_from_slice(message);
     let mut request = hyper::Request::post(format!("http://127.0.0.1:{port}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
-    if let Some(t) = timeout {
-        request = request.header("grpc-timeout", t);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
     }
     let request = request.body(Full::new(framed.freeze())).expect("request");
     let response = tokio::time::timeout(Duration::from_secs(120), async {
@@ -358,4 +373,103 @@ async fn maximal_typed_contents_decode_off_the_workers_and_within_their_shapes()
         3.0 * sent
     );
     assert!(grown < 3.0 * sent, "peak grew {grown:.0} MiB");
+}
+
+/// `data` in `coding` ("gzip" or "deflate", the zlib format), as gRPC compresses a message.
+fn compress(coding: &str, data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let level = flate2::Compression::default();
+    if coding == "gzip" {
+        let mut w = flate2::write::GzEncoder::new(Vec::new(), level);
+        w.write_all(data).expect("gzip");
+        w.finish().expect("gzip")
+    } else {
+        let mut w = flate2::write::ZlibEncoder::new(Vec::new(), level);
+        w.write_all(data).expect("zlib");
+        w.finish().expect("zlib")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_messages_are_inflated_within_the_message_limit() {
+    let (_root, server, grpc) = serve_mlp("models:\n  mlp: {max_batch_size: 65536}\n");
+    let pid = server.child.id();
+    let ok = |a: &Answer| {
+        assert_eq!(a.grpc_status.as_deref(), Some("0"), "{}", a.grpc_message);
+    };
+    // Small, inflating past the inline size (off the workers), and big compressed (within
+    // the budget): each answered as the same message sent plain.
+    for rows in [2, 4_000, 60_000] {
+        let mut plain = mlp_request(rows);
+        if rows > 10_000 {
+            // Noise in the low bits, so that it stays over 64 KiB compressed.
+            let mut request = pb::ModelInferRequest::decode(&plain[..]).expect("request");
+            let mut state = 0x2545_f491_u32;
+            let raw: Vec<u8> = (0..rows * 16)
+                .flat_map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    (f32::from(state as u16) / 65536.0).to_le_bytes()
+                })
+                .collect();
+            request.raw_input_contents = vec![raw.into()];
+            plain = request.encode_to_vec();
+            assert!(compress("gzip", &plain).len() > 64 << 10);
+        }
+        let want = call(grpc, INFER, &plain, None).await;
+        ok(&want);
+        for coding in ["gzip", "deflate"] {
+            let packed = compress(coding, &plain);
+            let got = call_framed(grpc, INFER, &packed, true, &[("grpc-encoding", coding)]).await;
+            ok(&got);
+            assert_eq!(got.message, want.message, "{rows} rows in {coding}");
+        }
+    }
+    let before = proc_status_mib(pid, "VmRSS:");
+    // A bomb: 256 MiB of zeros in about 256 KiB of gzip, eight at once.
+    let bomb = Bytes::from(compress("gzip", &vec![0u8; 256 << 20]));
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let bomb = bomb.clone();
+            tokio::spawn(async move {
+                call_framed(grpc, INFER, &bomb, true, &[("grpc-encoding", "gzip")]).await
+            })
+        })
+        .collect();
+    for c in calls {
+        let a = c.await.expect("call");
+        assert_eq!(a.grpc_status.as_deref(), Some("8"), "{}", a.grpc_message);
+        assert!(a.grpc_message.contains("inflates"), "{}", a.grpc_message);
+    }
+    let grown = proc_status_mib(pid, "VmHWM:") - before;
+    // Each inflates to the 32 MiB limit and stops; the budget lets two at a time.
+    assert!(grown < 256.0, "eight bombs grew the peak by {grown:.0} MiB");
+    eprintln!("grpc bombs: eight 256 MiB gzip messages, peak +{grown:.0} MiB");
+    // Left uncompressed under the call's coding, as gRPC's implementations send a message
+    // compressing would not shrink.
+    let a = call_framed(
+        grpc,
+        INFER,
+        &mlp_request(1),
+        false,
+        &[("grpc-encoding", "gzip")],
+    )
+    .await;
+    ok(&a);
+    // Not what its coding says.
+    let a = call_framed(
+        grpc,
+        INFER,
+        b"not gzip at all",
+        true,
+        &[("grpc-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(a.grpc_status.as_deref(), Some("3"), "{}", a.grpc_message);
+    // A coding kiln does not inflate: tonic's UNIMPLEMENTED.
+    let a = call_framed(grpc, INFER, b"x", true, &[("grpc-encoding", "snappy")]).await;
+    assert_eq!(a.grpc_status.as_deref(), Some("12"), "{}", a.grpc_message);
+    // Served on.
+    ok(&call(grpc, INFER, &mlp_request(1), None).await);
 }

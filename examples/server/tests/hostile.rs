@@ -299,3 +299,60 @@ fn admin_endpoints_answer_loopback_or_a_token_only() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `data` gzip-compressed.
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    w.write_all(data).expect("gzip");
+    w.finish().expect("gzip")
+}
+
+#[test]
+fn compressed_bodies_inflate_within_the_limit_and_bad_ones_are_refused() {
+    let (_root, server) = start(&[]);
+    let port = server.port;
+    // `body` sent with `Content-Encoding: coding` and `Accept-Encoding: accept`: the answer's
+    // status and head (lower case).
+    let post = |coding: &str, accept: &str, body: &[u8]| -> (u16, String) {
+        let head = format!(
+            "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Encoding: {coding}\r\nAccept-Encoding: {accept}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let answer = raw(port, &head, body, Duration::from_secs(20)).expect("answered");
+        let head = answer.split_once("\r\n\r\n").map_or("", |(h, _)| h);
+        (status(&answer), head.to_ascii_lowercase())
+    };
+    let request = |rows: usize| {
+        serde_json::json!({"inputs": [{"name": "x", "shape": [rows, 16], "datatype": "FP32",
+            "data": vec![0.25; rows * 16]}]})
+        .to_string()
+    };
+
+    // gzip in; a small answer goes back plain, a big one in gzip to a client that asks.
+    let (code, head) = post("gzip", "gzip", &gzip(request(1).as_bytes()));
+    assert_eq!(code, 200, "{head}");
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    let (code, head) = post("gzip", "deflate;q=0, gzip", &gzip(request(32).as_bytes()));
+    assert_eq!(code, 200, "{head}");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let (code, head) = post("identity", "identity", request(32).as_bytes());
+    assert_eq!(code, 200, "{head}");
+    assert!(!head.contains("content-encoding"), "{head}");
+
+    // A bomb: 64 MiB of spaces in 64 KiB of gzip, against the 1 MiB limit.
+    let before = proc_status_mib(server.child.id(), "VmRSS:");
+    let (code, head) = post("gzip", "gzip", &gzip(&vec![b' '; 64 << 20]));
+    assert_eq!(code, 413, "{head}");
+    let grown = proc_status_mib(server.child.id(), "VmHWM:") - before;
+    assert!(grown < 64.0, "a bomb grew the peak by {grown:.0} MiB");
+    // Not gzip; codings kiln does not read (one unknown, two stacked).
+    let (code, head) = post("gzip", "gzip", b"{\"inputs\": []}");
+    assert_eq!(code, 400, "{head}");
+    for coding in ["br", "gzip, gzip"] {
+        let (code, head) = post(coding, "gzip", &gzip(request(1).as_bytes()));
+        assert_eq!(code, 415, "{coding}: {head}");
+    }
+    good_request(port);
+}

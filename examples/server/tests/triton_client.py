@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Triton's own HTTP client (`tritonclient[http]`, pinned in scripts/requirements.txt) against
 a running kiln-server that serves the real-model corpus: health, server and model metadata,
-model config, inference with JSON and with binary tensors compared to Python onnxruntime's
-golden outputs, output selection with binary_data, and the errors the client parses.
+model config, inference with JSON and with binary tensors (plain, and gzip and deflate both
+ways) compared to Python onnxruntime's golden outputs, output selection with binary_data, and
+the errors the client parses.
 
 Usage: triton_client.py HOST:PORT CORPUS_DIR MODEL [MODEL ...]
 Exits non-zero with a message on the first check that fails.
@@ -46,14 +47,18 @@ def main():
             rank = inputs[i["name"]].ndim - (1 if batched else 0)
             assert len(i["dims"]) == rank, (model, i)
 
-        for binary in (False, True):
+        # JSON and binary data, plain and compressed both ways (the client's
+        # request_compression_algorithm / response_compression_algorithm, as Triton serves).
+        for binary, coding in ((False, None), (True, None), (False, "gzip"), (True, "deflate")):
             req = []
             for name, value in inputs.items():
                 t = httpclient.InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
                 t.set_data_from_numpy(value, binary_data=binary)
                 req.append(t)
             wanted = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs]
-            result = client.infer(model, req, outputs=wanted, request_id=f"{model}-{binary}")
+            result = client.infer(model, req, outputs=wanted, request_id=f"{model}-{binary}",
+                                  request_compression_algorithm=coding,
+                                  response_compression_algorithm=coding)
             assert result.get_response()["id"] == f"{model}-{binary}", result.get_response()
             for name, want in outputs.items():
                 check_close(model, name, result.as_numpy(name), want, tol)
@@ -87,7 +92,7 @@ def main():
         except InferenceServerException as e:
             assert e.status() == "400", (model, e.status(), e.message())
             assert name in e.message(), e.message()
-        print(f"triton_client: {model} ok (metadata, config, JSON, binary, outputs, errors)")
+        print(f"triton_client: {model} ok (metadata, config, JSON, binary, compressed, outputs, errors)")
 
     try:
         client.get_model_metadata("no-such-model")

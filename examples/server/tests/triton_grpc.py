@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Triton's own gRPC client (`tritonclient[grpc]`, pinned in scripts/requirements.txt) against
 a running kiln-server that serves the real-model corpus: health, server and model metadata,
-model config, inference with raw contents (what the client sends) and with typed contents
-(what KServe's clients send, through the client's own generated stub) compared to Python
-onnxruntime's golden outputs, output selection, statistics, the repository index, the admin
-rule, the gRPC status codes the client parses, and grpc.health.v1 as a Kubernetes probe
-calls it.
+model config, inference with raw contents (what the client sends; plain, gzip and deflate)
+and with typed contents (what KServe's clients send, through the client's own generated stub)
+compared to Python onnxruntime's golden outputs, output selection, statistics, the repository
+index, the admin rule, the gRPC status codes the client parses, and grpc.health.v1 as a
+Kubernetes probe calls it.
 
 Usage: triton_grpc.py HOST:PORT CORPUS_DIR MODEL [MODEL ...]
 Exits non-zero with a message on the first check that fails.
@@ -96,6 +96,11 @@ def main():
         assert result.get_response().id == f"{model}-raw", result.get_response()
         for name, want in outputs.items():
             check_close(model, name, result.as_numpy(name), want, tol)
+        # The message compressed (the client's compression_algorithm), as Triton accepts it.
+        for coding in ("gzip", "deflate"):
+            result = client.infer(model, req, outputs=wanted, compression_algorithm=coding)
+            for name, want in outputs.items():
+                check_close(model, name, result.as_numpy(name), want, tol)
 
         # Typed contents, as KServe's clients send them, through the generated stub.
         # (FP16 has no typed field in the protocol: raw only.)
@@ -136,7 +141,7 @@ def main():
         assert len(stats) == 1 and stats[0]["name"] == model, stats
         assert int(stats[0]["inference_count"]) >= 3, stats
         assert int(stats[0]["inference_stats"]["success"]["count"]) >= 3, stats
-        print(f"triton_grpc: {model} ok (metadata, config, raw, typed, outputs, errors, stats)")
+        print(f"triton_grpc: {model} ok (metadata, config, raw, compressed, typed, outputs, errors, stats)")
 
     index = client.get_model_repository_index(as_json=True)["models"]
     assert set(models) <= {m["name"] for m in index}, index
@@ -153,6 +158,10 @@ def main():
     huge = grpcclient.InferInput(name, [33 << 18], "FP32")
     huge.set_data_from_numpy(np.zeros(33 << 18, dtype=np.float32))
     expect_error("RESOURCE_EXHAUSTED", lambda: client.infer(models[0], [huge]))
+    # ... and so is one that inflates past it (33 MiB of zeros gzip to some 33 KiB).
+    msg = expect_error("RESOURCE_EXHAUSTED",
+                       lambda: client.infer(models[0], [huge], compression_algorithm="gzip"))
+    assert "inflates past" in msg, msg
     # A client deadline reaches the server as grpc-timeout; a generous one is served.
     inputs, outputs = load_golden(corpus, models[0])
     result = client.infer(models[0], req_for(inputs), client_timeout=60)

@@ -28,6 +28,7 @@ use axum::http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::body_pool::{BodyPool, PooledBody};
+use crate::http::compression::{Coding, Inflate};
 use crate::http::error::ApiError;
 use crate::http::protocol::{self, InferRequest};
 
@@ -95,6 +96,51 @@ impl Decoder {
         })
         .await?
         .map_err(ApiError::from)
+    }
+
+    /// [`Decoder::decode`] of a body sent in `coding` (`Content-Encoding`), inflated to at most
+    /// `limit` bytes first. A small body that inflates to under [`INLINE_MAX_BYTES`] is
+    /// inflated and decoded inline, as any small body; any other is inflated and decoded on a
+    /// decode thread holding `limit` bytes' share of the budget, the most it may inflate to
+    /// (its compressed size says nothing of that).
+    ///
+    /// # Errors
+    /// As [`Decoder::decode`]; 413 past `limit` inflated, 400 for a body not in `coding`.
+    pub(crate) async fn decode_encoded<B: AsRef<[u8]> + Send + 'static>(
+        &self,
+        body: B,
+        coding: Option<Coding>,
+        header_len: Option<&str>,
+        limit: usize,
+    ) -> Result<(InferRequest<'static>, NamedTensors), ApiError> {
+        let Some(coding) = coding else {
+            return self.decode(body, header_len).await;
+        };
+        let max_elements = self.max_elements;
+        if body.as_ref().len() < INLINE_MAX_BYTES {
+            match coding.inflate(body.as_ref(), (INLINE_MAX_BYTES - 1).min(limit)) {
+                Ok(plain) => {
+                    return protocol::decode(&plain, header_len, max_elements)
+                        .map_err(ApiError::from)
+                }
+                // Inflates past the inline size: inflated again below, off the workers.
+                Err(Inflate::TooLarge { .. }) if limit >= INLINE_MAX_BYTES => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let bytes = self.reserve(limit).await?;
+        let header_len = header_len.map(str::to_owned);
+        self.off_workers(move || {
+            let plain = coding.inflate(body.as_ref(), limit);
+            drop(body);
+            let decoded = plain.map_err(ApiError::from).and_then(|plain| {
+                protocol::decode(&plain, header_len.as_deref(), max_elements)
+                    .map_err(ApiError::from)
+            });
+            drop(bytes);
+            decoded
+        })
+        .await?
     }
 
     /// Runs `work` on tokio's blocking pool once one of the decode slots is free (a slot per
@@ -229,6 +275,36 @@ mod tests {
             .expect_err("over");
         let source = std::error::Error::source(&e).expect("source");
         assert!(source.is::<http_body_util::LengthLimitError>(), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compressed_bodies_decode_inline_or_off_the_workers_within_the_limit() {
+        let decoder = Decoder::new(1 << 20, 1 << 20);
+        for values in [4, 100_000] {
+            let packed = Coding::Gzip.compress(&body(values));
+            assert!(packed.len() < INLINE_MAX_BYTES);
+            let (_, tensors) = decoder
+                .decode_encoded(packed, Some(Coding::Gzip), None, 1 << 20)
+                .await
+                .expect("decoded");
+            assert_eq!(tensors[0].1.len(), values);
+        }
+        let packed = Coding::Deflate.compress(&body(100_000));
+        let e = decoder
+            .decode_encoded(packed, Some(Coding::Deflate), None, 100_000)
+            .await
+            .expect_err("past the limit");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let e = decoder
+            .decode_encoded(body(4), Some(Coding::Gzip), None, 1 << 20)
+            .await
+            .expect_err("not gzip");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            decoder.permits.available_permits(),
+            1024,
+            "permits returned"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

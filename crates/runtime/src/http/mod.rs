@@ -42,6 +42,8 @@
 //! - `decode` (private): request bodies read into one buffer, then decoded off the tokio
 //!   workers within a memory budget.
 //! - `body_pool` (private): the buffers bodies are read into, kept for the next body.
+//! - `compression` (private): gzip and deflate request and response bodies, as Triton's
+//!   clients send and ask for them.
 //! - [`error`]: one error type and its HTTP mapping (400, 404, 413, 429 + `Retry-After`, 503,
 //!   504).
 //! - [`mod@serve`]: the accept loop (header-read timeout, connection cap, graceful drain).
@@ -55,6 +57,7 @@
 
 mod admin;
 mod body_pool;
+mod compression;
 mod decode;
 pub mod error;
 pub mod grpc;

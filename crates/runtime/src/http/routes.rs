@@ -20,6 +20,7 @@ use opentelemetry::KeyValue;
 use serde_json::json;
 
 use crate::http::body_pool::PooledBody;
+use crate::http::compression;
 use crate::http::error::ApiError;
 use crate::http::infer;
 use crate::http::models::{describe, model_is_ready, server_is_ready, Description, EXTENSIONS};
@@ -313,7 +314,11 @@ async fn run(
     let header_len = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("not text"));
-    let (request, inputs) = s.decoder.decode(body, header_len).await?;
+    let coding = compression::request_coding(headers)?;
+    let (request, inputs) = s
+        .decoder
+        .decode_encoded(body, coding, header_len, s.config.max_body_bytes)
+        .await?;
     let timeout = match headers.get(TIMEOUT_HEADER) {
         Some(raw) => Some(Duration::from_millis(
             raw.to_str()
@@ -364,38 +369,64 @@ async fn run(
         id: request.id,
         outputs,
     };
-    let encode = move || serde_json::to_vec(&response);
-    // Some 4 bytes of text a value, at the least.
-    let mut body = if json_values * 4 >= crate::http::decode::INLINE_MAX_BYTES {
+    // Compressed when the client asks (`Accept-Encoding`) and the answer is worth it.
+    let coding = compression::response_coding(headers);
+    let tail_len = tail.len();
+    let encode = move || {
+        let mut body = serde_json::to_vec(&response)?;
+        let json_len = body.len();
+        body.extend(tail);
+        let body = match coding {
+            Some(c) if body.len() >= COMPRESS_MIN_BYTES => (c.compress(&body), Some(c)),
+            _ => (body, None),
+        };
+        Ok::<_, serde_json::Error>((body, json_len))
+    };
+    // Some 4 bytes of text a value, at the least; compressing costs about what writing does.
+    let work = json_values * 4 + if coding.is_some() { tail_len } else { 0 };
+    let ((body, coded), json_len) = if work >= crate::http::decode::INLINE_MAX_BYTES {
         s.decoder.off_workers(encode).await?
     } else {
         encode()
     }
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    if tail.is_empty() {
-        return Ok((
+    let mut response = if tail_len == 0 {
+        (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             body,
         )
-            .into_response());
+            .into_response()
+    } else {
+        (
+            [
+                (
+                    axum::http::header::CONTENT_TYPE,
+                    "application/octet-stream".to_owned(),
+                ),
+                (
+                    axum::http::HeaderName::from_static(HEADER_LENGTH),
+                    json_len.to_string(),
+                ),
+            ],
+            body,
+        )
+            .into_response()
+    };
+    let h = response.headers_mut();
+    h.insert(
+        axum::http::header::VARY,
+        axum::http::HeaderValue::from_static("accept-encoding"),
+    );
+    if let Some(c) = coded {
+        h.insert(axum::http::header::CONTENT_ENCODING, compression::header(c));
     }
-    let json_len = body.len();
-    body.extend(tail);
-    Ok((
-        [
-            (
-                axum::http::header::CONTENT_TYPE,
-                "application/octet-stream".to_owned(),
-            ),
-            (
-                axum::http::HeaderName::from_static(HEADER_LENGTH),
-                json_len.to_string(),
-            ),
-        ],
-        body,
-    )
-        .into_response())
+    Ok(response)
 }
+
+/// Answers smaller than this go uncompressed even to a client that accepts gzip (Go's HTTP
+/// client asks for it on every request): a gzip header and trailer are 18 bytes, and a
+/// compressor's set-up costs more than sending a small answer as it is.
+pub(crate) const COMPRESS_MIN_BYTES: usize = 1024;
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     match &s.telemetry {

@@ -13,6 +13,7 @@
 //!
 //! The message must also arrive within `--body-timeout-s` of the call's headers, as a REST
 //! body must: a client trickling its message cannot hold a share (or a stream) forever.
+//! A compressed message is inflated here first (`compressed`), under the same rules.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -30,7 +31,7 @@ use tokio::time::{Instant, Sleep};
 use crate::http::routes::AppState;
 
 /// Bytes of a gRPC frame header: a compressed flag and a big-endian `u32` length.
-const FRAME_HEADER: usize = 5;
+pub(super) const FRAME_HEADER: usize = 5;
 
 /// Holds a big message's share of the decode budget from its arrival until its answer.
 pub(super) async fn reserve(
@@ -44,11 +45,35 @@ pub(super) async fn reserve(
     let head = match peek(&mut body).await {
         Ok(head) => head,
         Err(e) => {
-            return tonic::Status::deadline_exceeded(e.to_string())
-                .into_http::<Body>()
-                .into_response()
+            return accepting(
+                tonic::Status::deadline_exceeded(e.to_string())
+                    .into_http::<Body>()
+                    .into_response(),
+            )
         }
     };
+    // A compressed message is inflated here, within the budget, not by tonic on a worker.
+    let coding = super::compressed::coding(&parts.headers);
+    if coding.is_some() && head.first() != Some(&1) {
+        // A message the client left uncompressed (gRPC's implementations do when compressing
+        // would not shrink it) under a call's coding: tonic, not told of the coding, would
+        // refuse the call for the header alone.
+        parts.headers.remove(super::compressed::ENCODING);
+    }
+    if let (Some(1), Some(coding)) = (head.first(), coding) {
+        let (body, permit) =
+            match super::compressed::inflate(&state, &mut parts, body, &head, coding).await {
+                Ok(inflated) => inflated,
+                Err(status) => return accepting(status.into_http::<Body>().into_response()),
+            };
+        let share = permit.map(|p| Share(Arc::new(p)));
+        if let Some(share) = &share {
+            parts.extensions.insert(share.clone());
+        }
+        let response = next.run(Request::from_parts(parts, body)).await;
+        drop(share);
+        return accepting(response);
+    }
     let len = message_len(&head);
     let share = if len >= crate::http::decode::INLINE_MAX_BYTES {
         match state.decoder.reserve(len).await {
@@ -57,7 +82,7 @@ pub(super) async fn reserve(
                 parts.extensions.insert(share.clone());
                 Some(share)
             }
-            Err(e) => return tonic::Status::from(e).into_http::<Body>().into_response(),
+            Err(e) => return accepting(tonic::Status::from(e).into_http::<Body>().into_response()),
         }
     } else {
         None
@@ -65,6 +90,15 @@ pub(super) async fn reserve(
     body.head = (!head.is_empty()).then(|| head.into());
     let response = next.run(Request::from_parts(parts, Body::new(body))).await;
     drop(share);
+    accepting(response)
+}
+
+/// `response` telling the client the message codings kiln inflates (`grpc-accept-encoding`).
+fn accepting(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        "grpc-accept-encoding",
+        axum::http::HeaderValue::from_static(crate::http::compression::ACCEPTED),
+    );
     response
 }
 
@@ -76,7 +110,7 @@ pub(super) struct Share(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermi
 
 /// The declared length of the first message, from the start of the body (0 if the body
 /// ended before its frame header: tonic then answers the malformed call itself).
-fn message_len(head: &[u8]) -> usize {
+pub(super) fn message_len(head: &[u8]) -> usize {
     match head.get(1..FRAME_HEADER) {
         Some(b) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
         None => 0,
@@ -102,7 +136,7 @@ async fn peek(body: &mut Timed) -> Result<Vec<u8>, axum::Error> {
 
 /// A request body that fails once `deadline` passes before it has ended, with the bytes
 /// [`peek`] took given back first.
-struct Timed {
+pub(super) struct Timed {
     head: Option<Bytes>,
     inner: Body,
     deadline: Pin<Box<Sleep>>,

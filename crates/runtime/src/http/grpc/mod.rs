@@ -18,6 +18,8 @@
 //! - `health` (private): `grpc.health.v1`.
 //! - `budget` (private): big messages within the REST decoder's memory budget, and within
 //!   `--body-timeout-s`.
+//! - `compressed` (private): gzip and deflate messages inflated within that budget, off the
+//!   workers, before tonic reads them.
 //! - `metrics` (private): `kiln_grpc_requests_total` and `kiln_grpc_request_duration_seconds`.
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use std::sync::Arc;
 use crate::http::routes::AppState;
 
 mod budget;
+mod compressed;
 mod health;
 mod message;
 pub(crate) mod metrics;

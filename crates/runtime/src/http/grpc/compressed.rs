@@ -1,0 +1,139 @@
+//! gRPC messages sent compressed (`grpc-encoding: gzip` or `deflate`, the frame's compressed
+//! flag set), as `tritonclient.grpc` sends them with `compression_algorithm`, inflated before
+//! tonic reads the call.
+//!
+//! tonic inflates what it is told to accept, but on the tokio worker that reads the call and
+//! outside the decode budget: a 32 KiB gzip message can inflate to 32 MiB. So the message is
+//! inflated here, by [`crate::http::compression`] with the REST bodies' rules — to at most
+//! the message limit, inline when it stays under the inline size, else on a decode thread
+//! holding a whole message limit's share of the budget until the call is answered — and
+//! handed to tonic as the uncompressed message it would have made of it. Other codings are
+//! left to tonic, which answers `UNIMPLEMENTED` naming the ones it accepts.
+
+use axum::body::{Body, Bytes};
+use axum::http::request::Parts;
+use axum::http::HeaderMap;
+
+use crate::http::compression::{Coding, Inflate};
+use crate::http::decode::INLINE_MAX_BYTES;
+use crate::http::routes::AppState;
+
+/// The header naming a gRPC message's coding.
+pub(super) const ENCODING: &str = "grpc-encoding";
+
+/// The coding of the call's messages, if kiln inflates it (gzip, deflate).
+pub(super) fn coding(headers: &HeaderMap) -> Option<Coding> {
+    let name = headers.get(ENCODING)?.to_str().ok()?;
+    Coding::parse(name).ok().flatten()
+}
+
+/// The call's first message (`body`, its frame header already read into `head`), inflated
+/// and framed as an uncompressed message, with `grpc-encoding` taken out of `parts`; and the
+/// budget share it holds, if big.
+///
+/// # Errors
+/// The status to answer: `INVALID_ARGUMENT` for a message that is not what its coding says
+/// or a body that is not one whole message, `RESOURCE_EXHAUSTED` past the message limit,
+/// `DEADLINE_EXCEEDED` if it did not arrive in time.
+pub(super) async fn inflate(
+    state: &AppState,
+    parts: &mut Parts,
+    body: super::budget::Timed,
+    head: &[u8],
+    coding: Coding,
+) -> Result<(Body, Option<tokio::sync::OwnedSemaphorePermit>), tonic::Status> {
+    use http_body_util::BodyExt as _;
+    let limit = state.config.max_body_bytes;
+    let len = super::budget::message_len(head);
+    if len > limit {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "compressed message of {len} bytes is over the {limit}-byte limit"
+        )));
+    }
+    // The compressed bytes, at most the limit: a big one's share is taken first.
+    let mut share = None;
+    if len >= INLINE_MAX_BYTES {
+        share = Some(reserve(state, limit).await?);
+    }
+    let rest = http_body_util::Limited::new(body, len + super::budget::FRAME_HEADER + 1)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                tonic::Status::invalid_argument("the request holds more than one message")
+            } else {
+                tonic::Status::deadline_exceeded(e.to_string())
+            }
+        })?
+        .to_bytes();
+    let mut frame = Vec::with_capacity(head.len() + rest.len());
+    frame.extend_from_slice(head);
+    frame.extend_from_slice(&rest);
+    drop(rest);
+    let Some(message) = frame.get(super::budget::FRAME_HEADER..) else {
+        return Err(tonic::Status::invalid_argument(
+            "the request ended inside its message's frame header",
+        ));
+    };
+    if message.len() != len {
+        return Err(tonic::Status::invalid_argument(format!(
+            "the request's message holds {} bytes, its frame header says {len}",
+            message.len()
+        )));
+    }
+    let status = |e: Inflate| match e {
+        Inflate::TooLarge { limit } => tonic::Status::resource_exhausted(format!(
+            "message inflates past the {limit}-byte limit"
+        )),
+        Inflate::Corrupt(m) => tonic::Status::invalid_argument(format!("message is {m}")),
+    };
+    let inline = if share.is_none() {
+        match coding.inflate(message, (INLINE_MAX_BYTES - 1).min(limit)) {
+            Ok(plain) => Some(plain),
+            // Inflates past the inline size: again below, off the workers, within the budget.
+            Err(Inflate::TooLarge { .. }) if limit >= INLINE_MAX_BYTES => None,
+            Err(e) => return Err(status(e)),
+        }
+    } else {
+        None
+    };
+    let plain = match inline {
+        Some(plain) => plain,
+        None => {
+            if share.is_none() {
+                share = Some(reserve(state, limit).await?);
+            }
+            state
+                .decoder
+                .off_workers(move || {
+                    let plain = coding.inflate(&frame[super::budget::FRAME_HEADER..], limit);
+                    drop(frame);
+                    plain
+                })
+                .await
+                .map_err(tonic::Status::from)?
+                .map_err(status)?
+        }
+    };
+    parts.headers.remove(ENCODING);
+    let plain_len = u32::try_from(plain.len())
+        .map_err(|_| status(Inflate::TooLarge { limit }))?
+        .to_be_bytes();
+    let header =
+        Bytes::copy_from_slice(&[0, plain_len[0], plain_len[1], plain_len[2], plain_len[3]]);
+    let chunks: Vec<Result<Bytes, std::convert::Infallible>> =
+        vec![Ok(header), Ok(Bytes::from(plain))];
+    Ok((Body::from_stream(futures::stream::iter(chunks)), share))
+}
+
+/// `len` bytes' share of the decode budget, as a status on failure.
+async fn reserve(
+    state: &AppState,
+    len: usize,
+) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
+    state
+        .decoder
+        .reserve(len)
+        .await
+        .map_err(tonic::Status::from)
+}
