@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help install wheel package demo demo-classify test check corpus tools header azurite s3s-fs k8s-check ort ort-gpu model testdata signing-tools bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers peers-venv reliability deny clean
+.PHONY: help install wheel package demo demo-classify test check corpus tools header azurite s3s-fs k8s-check ort ort-gpu model testdata signing-tools bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers bench-server-ab peers-venv reliability deny clean
 
 help:
 	@echo "make demo        a kiln pod on this machine: S3 + agent + server, load, hot swap (sets everything up)"
@@ -28,6 +28,7 @@ help:
 	@echo "make wheel       the Python package (kiln-onnx, import kiln) with libkiln inside: target/wheels/"
 	@echo "make bench       all benchmarks (hash, overhead, batching, agent, peers); results in benches/RESULTS.md"
 	@echo "make bench-peers kiln-server vs FastAPI, BentoML and Triton on the same machine"
+	@echo "make bench-server-ab BASELINE=<rev>  kiln-server's REST rate now against an older revision's (hey)"
 
 ort:
 	@scripts/fetch-ort.sh cpu
@@ -231,6 +232,12 @@ bench-peers: ort testdata bench-models peers-venv $(VENV)/.stamp
 	@scripts/ensure-tools.sh hey=hey h2load=nghttp2-client
 	cargo build --release -p kiln-agent -p kiln-example-server
 	cargo bench -p kiln-benches --bench peers
+
+# kiln-server today against kiln-server at BASELINE (default: the main issue 16 was filed
+# against), the same MLP, body and `hey` run, turn about.
+bench-server-ab: ort testdata bench-models
+	@scripts/ensure-tools.sh hey=hey curl=curl
+	benches/server-ab.sh
 
 # s3s-fs (S3 over a local directory, cheap range GETs) for the agent benchmark's second table.
 S3S_FS := $(ROOT)/.cache/tools/bin/s3s-fs

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# REST throughput of kiln-server today against kiln-server at an older revision, same machine,
+# same run: `make bench-server-ab` (BASELINE=<rev>, ROUNDS=<n>).
+#
+# Why: issue 16 asks for "REST requests per second on the MLP ≥ 2× today's" (today's = the
+# main the issue was filed against). An absolute figure from another machine says little on
+# these noisy shared VMs; the two binaries measured turn about in one run do.
+#
+# What: both binaries serve the tabular MLP (testdata/bench/tabular_mlp.onnx, published by
+# kiln-agent with its sha256, the settings `make bench-peers` gives kiln: 2 single-threaded
+# instances, max_batch_size 128), and `hey -z 10s -c 64` sends them the same one-row v2 JSON
+# body as `make bench-peers` (32 FP32 values). The rounds alternate baseline and current;
+# the verdict compares medians. Every answer must be a 200. The section between the
+# server-ab markers of benches/RESULTS.md is rewritten with the machine and the command.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BASELINE=${BASELINE:-b7d61a8}
+ROUNDS=${ROUNDS:-5}
+SECS=${SECS:-10}
+export KILN_ORT_DIR=${KILN_ORT_DIR:-$ROOT/.cache/ort/cpu}
+cd "$ROOT"
+
+rev=$(git rev-parse --short "$BASELINE^{commit}")
+tree=$ROOT/target/server-ab/$rev
+if [[ ! -x $ROOT/target/server-ab/bin-$rev/kiln-server ]]; then
+  echo "building kiln-server at $rev (a worktree under target/server-ab; once)" >&2
+  rm -rf "$tree"
+  git worktree prune
+  git worktree add --detach -f "$tree" "$rev" >/dev/null
+  (cd "$tree" && CARGO_TARGET_DIR=$ROOT/target/server-ab/target \
+    cargo build --release -q -p kiln-example-server)
+  mkdir -p "$ROOT/target/server-ab/bin-$rev"
+  cp "$ROOT/target/server-ab/target/release/kiln-server" "$ROOT/target/server-ab/bin-$rev/"
+  git worktree remove --force "$tree"
+fi
+cargo build --release -q -p kiln-example-server -p kiln-agent
+
+work=$(mktemp -d)
+pid=
+cleanup() {
+  [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+model=$ROOT/testdata/bench/tabular_mlp.onnx
+sha=$(sha256sum "$model" | cut -d' ' -f1)
+printf 'root: %s\nreserve_bytes: 0\nmodels:\n  - name: tabular_mlp\n    source: file://%s\n    sha256: %s\n' \
+  "$work/models" "$model" "$sha" >"$work/agent.yaml"
+mkdir -p "$work/models"
+RUST_LOG=warn target/release/kiln-agent fetch --config "$work/agent.yaml" >/dev/null
+printf 'session: {intra_op_threads: 1}\nbatch: {instances: 2, max_batch_size: 128, max_queue_requests: 4096}\n' \
+  >"$work/settings.yaml"
+# The one-row request of `make bench-peers` (benches/src/inproc.rs `request(b, 1, 0)`): f32
+# values written as serde_json writes them (shortest round-trip repr of the f64).
+python3 - "$work/body.json" <<'EOF'
+import json, struct, sys
+f32 = lambda x: struct.unpack('f', struct.pack('f', x))[0]
+data = [f32(f32((i * 7) % 101) / 101.0) for i in range(32)]
+body = {"inputs": [{"name": "x", "shape": [1, 32], "datatype": "FP32", "data": data}]}
+open(sys.argv[1], "w").write(json.dumps(body, separators=(",", ":")))
+EOF
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# run <label> <binary>: one hey run against a fresh server; appends
+# "label req/s p99_ms ok other cpu_us_per_request".
+run() {
+  local label=$1 bin=$2 port extra=()
+  port=$(free_port)
+  # Today's server also serves gRPC (default port 8001, which may be taken).
+  if "$bin" --help 2>/dev/null | grep -q -- --grpc-listen; then
+    extra=(--grpc-listen "127.0.0.1:$(free_port)")
+  fi
+  RUST_LOG=warn "$bin" --root "$work/models" --listen "127.0.0.1:$port" --poll-ms 60000 \
+    --config "$work/settings.yaml" "${extra[@]}" >"$work/$label.log" 2>&1 &
+  pid=$!
+  local url=http://127.0.0.1:$port/v2/models/tabular_mlp
+  for _ in $(seq 300); do
+    curl -sf "$url/ready" >/dev/null && break
+    sleep 0.1
+  done
+  curl -sf "$url/ready" >/dev/null || { cat "$work/$label.log" >&2; exit 1; }
+  # The answer is checked once before the load (a wrong answer fast is no figure).
+  curl -sf -X POST -H 'content-type: application/json' --data-binary @"$work/body.json" "$url/infer" \
+    | python3 -c 'import json,sys; o=json.load(sys.stdin)["outputs"][0]; assert o["shape"]==[1,8], o' 
+  local t0 t1
+  t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  hey -z "${SECS}s" -c 64 -m POST -T application/json -D "$work/body.json" "$url/infer" >"$work/hey.txt"
+  t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+  python3 - "$label" "$work/hey.txt" "$((t1 - t0))" >>"$work/rows.txt" <<'EOF'
+import re, sys
+t = open(sys.argv[2]).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+p99 = float(re.search(r"99%+ in ([\d.]+) secs", t).group(1)) * 1000
+codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", t)}
+ok = codes.pop(200, 0)
+other = sum(codes.values()) + len(re.findall(r"^\s+\[\d+\]\s+.*error", t, re.M))
+# The server's user + system CPU over the run (clock ticks of 10 ms) per answered request.
+cpu_us = int(sys.argv[3]) * 10_000 / max(ok, 1)
+print(sys.argv[1], f"{rps:.0f}", f"{p99:.1f}", ok, other, f"{cpu_us:.0f}")
+EOF
+  tail -1 "$work/rows.txt" >&2
+}
+
+for r in $(seq "$ROUNDS"); do
+  run "$rev" "target/server-ab/bin-$rev/kiln-server"
+  run current target/release/kiln-server
+done
+
+head=$(git rev-parse --short HEAD)
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
+python3 - "$work/rows.txt" "$rev" "$head" "$(nproc)" "$cpu" "$BASELINE" "$ROUNDS" "$SECS" \
+  >"$work/section.md" <<'EOF'
+import statistics, sys
+rows_file, rev, head, cores, cpu, baseline, rounds, secs = sys.argv[1:]
+rows = [l.split() for l in open(rows_file)]
+bad = [r for r in rows if int(r[4]) != 0]
+by = {}
+for label, rps, p, ok, other, c in rows:
+    by.setdefault(label, []).append((float(rps), float(p), float(c)))
+med = {k: statistics.median(r[0] for r in v) for k, v in by.items()}
+p99 = {k: statistics.median(r[1] for r in v) for k, v in by.items()}
+cpu_us = {k: statistics.median(r[2] for r in v) for k, v in by.items()}
+print("## kiln-server REST today against an older revision (tabular MLP, `hey`)\n")
+print(f"Machine: {cpu}, {cores} cores. Command: `make bench-server-ab BASELINE={baseline} ROUNDS={rounds}` "
+      f"(`benches/server-ab.sh`): kiln-server at `{rev}` and at `{head}` (this run's HEAD) serve the tabular MLP "
+      "with `make bench-peers`' settings (2 single-threaded instances, max_batch_size 128); "
+      f"`hey -z {secs}s -c 64` sends each the same one-row v2 JSON body; the rounds alternate the two "
+      "binaries, a fresh server per round; every answer was a 200. Server CPU = the server process's "
+      "user + system time over the run ÷ answers (`/proc/<pid>/stat`); `hey` shares the same cores." if not bad else "SOME ANSWERS FAILED")
+print()
+print("| round | binary | req/s | p99 ms | server CPU µs / request | answers 200 / other |")
+print("|---|---|---|---|---|---|")
+count = {}
+for label, rps, p, ok, other, c in rows:
+    count[label] = count.get(label, 0) + 1
+    name = f"`{rev}`" if label == rev else f"`{head}`"
+    print(f"| {count[label]} | {name} | {rps} | {p} | {c} | {ok} / {other} |")
+print()
+print(f"Medians: `{rev}` {med[rev]:.0f} req/s, p99 {p99[rev]:.1f} ms, {cpu_us[rev]:.0f} µs of server CPU per request; "
+      f"`{head}` {med['current']:.0f} req/s, p99 {p99['current']:.1f} ms, {cpu_us['current']:.0f} µs: "
+      f"**{med['current'] / med[rev]:.2f}× the requests per second**, "
+      f"{cpu_us[rev] / cpu_us['current']:.2f}× fewer CPU µs per request.")
+if bad:
+    sys.exit(1)
+EOF
+cat "$work/section.md"
+python3 - "$ROOT/benches/RESULTS.md" "$work/section.md" <<'EOF'
+import sys
+path, section = sys.argv[1], open(sys.argv[2]).read()
+text = open(path).read()
+start, end = "<!-- server-ab:start -->", "<!-- server-ab:end -->"
+block = f"{start}\n{section}{end}"
+if start in text:
+    a, b = text.index(start), text.index(end) + len(end)
+    text = text[:a] + block + text[b:]
+else:
+    text = text.rstrip("\n") + "\n\n" + block + "\n"
+open(path, "w").write(text)
+EOF
