@@ -2,8 +2,8 @@
 """Triton's own HTTP client (`tritonclient[http]`, pinned in scripts/requirements.txt) against
 a running kiln-server that serves the real-model corpus: health, server and model metadata,
 model config, inference with JSON and with binary tensors (plain, and gzip and deflate both
-ways) compared to Python onnxruntime's golden outputs, output selection with binary_data, and
-the errors the client parses.
+ways) compared to Python onnxruntime's golden outputs, output selection with binary_data, the
+request's timeout parameter, and the errors the client parses.
 
 Usage: triton_client.py HOST:PORT CORPUS_DIR MODEL [MODEL ...]
 Exits non-zero with a message on the first check that fails.
@@ -104,6 +104,23 @@ def main():
         client.is_model_ready("no-such-model")
     except InferenceServerException:
         pass
+    # The request's own timeout (Triton's schedule-policy parameter, in microseconds) is its
+    # deadline: 1 µs has passed before the request is queued (504); a minute is served.
+    model = models[0]
+    inputs, outputs = load_golden(corpus, model)
+    req = []
+    for name, value in inputs.items():
+        t = httpclient.InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
+        t.set_data_from_numpy(value, binary_data=True)
+        req.append(t)
+    try:
+        client.infer(model, req, timeout=1)
+        raise AssertionError("a request past its timeout was served")
+    except InferenceServerException as e:
+        assert e.status() == "504", (e.status(), e.message())
+    result = client.infer(model, req, timeout=60_000_000)
+    first = next(iter(outputs))
+    check_close(model, first, result.as_numpy(first), outputs[first], entries[model]["tolerance"])
     print("triton_client: all checks passed")
 
 

@@ -4,7 +4,7 @@ a running kiln-server that serves the real-model corpus: health, server and mode
 model config, inference with raw contents (what the client sends; plain, gzip and deflate)
 and with typed contents (what KServe's clients send, through the client's own generated stub)
 compared to Python onnxruntime's golden outputs, output selection, statistics, the repository
-index, the admin rule, the gRPC status codes the client parses, and grpc.health.v1 as a
+index, deadlines (grpc-timeout and the request's timeout parameter), the admin rule, the gRPC status codes the client parses, and grpc.health.v1 as a
 Kubernetes probe calls it.
 
 Usage: triton_grpc.py HOST:PORT CORPUS_DIR MODEL [MODEL ...]
@@ -166,6 +166,12 @@ def main():
     inputs, outputs = load_golden(corpus, models[0])
     result = client.infer(models[0], req_for(inputs), client_timeout=60)
     first = next(iter(outputs))
+    check_close(models[0], first, result.as_numpy(first), outputs[first], entries[models[0]]["tolerance"])
+    # The request's own timeout (Triton's schedule-policy parameter, in microseconds) is its
+    # deadline too: 1 µs has passed before the request is queued; a minute is served.
+    msg = expect_error("DEADLINE_EXCEEDED", lambda: client.infer(models[0], req_for(inputs), timeout=1))
+    assert "deadline" in msg, msg
+    result = client.infer(models[0], req_for(inputs), timeout=60_000_000)
     check_close(models[0], first, result.as_numpy(first), outputs[first], entries[models[0]]["tolerance"])
     print("triton_grpc: all checks passed")
 

@@ -21,8 +21,19 @@ pub(crate) struct Call<'a> {
     pub(crate) inputs: NamedTensors,
     /// Outputs asked for; every output when empty.
     pub(crate) outputs: Vec<String>,
-    /// The client's deadline (`kiln-timeout-ms`, gRPC's `grpc-timeout`), if it set one.
+    /// The client's deadline ([`deadline`]), if it set one.
     pub(crate) timeout: Option<Duration>,
+}
+
+/// A request's deadline: the earlier of the transport's (`kiln-timeout-ms`, gRPC's
+/// `grpc-timeout`) and the request's own `timeout` parameter, in microseconds, 0 for none
+/// (Triton's schedule-policy parameter, which `tritonclient`'s `infer(timeout=…)` sends).
+pub(crate) fn deadline(transport: Option<Duration>, timeout_us: Option<u64>) -> Option<Duration> {
+    let parameter = timeout_us.filter(|&us| us > 0).map(Duration::from_micros);
+    match (transport, parameter) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// What answered a call.
@@ -83,5 +94,25 @@ pub(crate) fn log_failure(
         tracing::warn!(protocol, model, version, id, code, error = %error.message, "inference request failed");
     } else {
         tracing::debug!(protocol, model, version, id, code, error = %error.message, "inference request refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deadline_is_the_earlier_of_the_transport_and_the_timeout_parameter() {
+        let ms = Duration::from_millis;
+        assert_eq!(deadline(None, None), None);
+        assert_eq!(deadline(None, Some(0)), None, "0 is no timeout");
+        assert_eq!(
+            deadline(None, Some(1500)),
+            Some(Duration::from_micros(1500))
+        );
+        assert_eq!(deadline(Some(ms(5)), None), Some(ms(5)));
+        assert_eq!(deadline(Some(ms(5)), Some(2000)), Some(ms(2)));
+        assert_eq!(deadline(Some(ms(1)), Some(2000)), Some(ms(1)));
+        assert_eq!(deadline(Some(ms(1)), Some(0)), Some(ms(1)));
     }
 }

@@ -52,6 +52,9 @@ pub struct Parameters {
     pub binary_data: Option<bool>,
     /// The request's `binary_data_output`: return every output in binary.
     pub binary_data_output: Option<bool>,
+    /// The request's `timeout`, in microseconds (Triton's schedule-policy parameter, what
+    /// `tritonclient`'s `infer(timeout=…)` sends): its deadline; 0 is none.
+    pub timeout: Option<u64>,
 }
 
 impl<'de> Deserialize<'de> for Parameters {
@@ -79,6 +82,7 @@ impl<'de> Visitor<'de> for ParametersVisitor {
                 Key::BinaryDataOutput => {
                     p.binary_data_output = map.next_value::<Scalar>()?.bool();
                 }
+                Key::Timeout => p.timeout = map.next_value::<Scalar>()?.u64(),
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -121,6 +125,7 @@ enum Key {
     BinaryDataSize,
     BinaryData,
     BinaryDataOutput,
+    Timeout,
     Other,
 }
 
@@ -137,6 +142,7 @@ impl<'de> Deserialize<'de> for Key {
                     "binary_data_size" => Key::BinaryDataSize,
                     "binary_data" => Key::BinaryData,
                     "binary_data_output" => Key::BinaryDataOutput,
+                    "timeout" => Key::Timeout,
                     _ => Key::Other,
                 })
             }
@@ -214,12 +220,13 @@ mod tests {
         let p = |json: &str| serde_json::from_str::<Parameters>(json).expect(json);
         assert_eq!(
             p(
-                r#"{"binary_data_size": 8, "pad": [[1, 2], {"a": "b"}], "binary_data": true, "binary_data_output": false}"#
+                r#"{"binary_data_size": 8, "pad": [[1, 2], {"a": "b"}], "binary_data": true, "binary_data_output": false, "timeout": 1500}"#
             ),
             Parameters {
                 binary_data_size: Some(8),
                 binary_data: Some(true),
                 binary_data_output: Some(false),
+                timeout: Some(1500),
             }
         );
         // Of another type: absent, as `as_u64` / `as_bool` saw it; the last repeat wins.

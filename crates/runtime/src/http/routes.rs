@@ -337,7 +337,7 @@ async fn run(
         version,
         inputs,
         outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
-        timeout,
+        timeout: infer::deadline(timeout, request.parameters.timeout),
     };
     let answer = match infer::run(s, call).await {
         Ok(a) => a,

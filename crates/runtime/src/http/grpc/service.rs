@@ -125,8 +125,25 @@ impl GrpcInferenceService for Inference {
         // holding the message's share of the budget until done.
         let unpack = move || {
             let unpacked = message.decode(max_elements).map(|r| {
+                let timeout_us = match r
+                    .parameters
+                    .get("timeout")
+                    .and_then(|p| p.parameter_choice.as_ref())
+                {
+                    Some(pb::infer_parameter::ParameterChoice::Int64Param(us)) => {
+                        u64::try_from(*us).ok()
+                    }
+                    _ => None,
+                };
                 let inputs = tensor::inputs(r.inputs, r.raw_input_contents, max_elements);
-                (r.model_name, r.model_version, r.id, r.outputs, inputs)
+                (
+                    r.model_name,
+                    r.model_version,
+                    r.id,
+                    r.outputs,
+                    inputs,
+                    timeout_us,
+                )
             });
             drop(share);
             unpacked
@@ -136,7 +153,7 @@ impl GrpcInferenceService for Inference {
         } else {
             Ok(unpack())
         };
-        let (model, model_version, id, outputs, inputs) = match unpacked {
+        let (model, model_version, id, outputs, inputs, timeout_us) = match unpacked {
             Ok(Ok(unpacked)) => unpacked,
             Ok(Err(refused)) => {
                 let e = ApiError::from(refused.error);
@@ -162,7 +179,7 @@ impl GrpcInferenceService for Inference {
             version: version.as_deref(),
             inputs: inputs.map_err(|e| fail(e.into()))?,
             outputs: outputs.into_iter().map(|o| o.name).collect(),
-            timeout,
+            timeout: infer::deadline(timeout, timeout_us),
         };
         let answer = infer::run(&self.state, call).await.map_err(fail)?;
         let (outputs, raw_output_contents) = answer
