@@ -289,17 +289,29 @@ impl Model {
             );
             values.push((Cow::Borrowed(name.as_str()), value));
         }
-        let mut outputs = self.session.run(values).map_err(inference)?;
+        // Owned, each taken out and dropped once copied, so ONNX Runtime has each output's
+        // memory back (for its arena, or freed) before the next is copied; a string tensor's
+        // is 32 bytes an element. (`SessionOutputs::remove` hands out another reference and
+        // keeps the value.)
+        let mut outputs: Vec<(&str, Option<ort::value::DynValue>)> = self
+            .session
+            .run(values)
+            .map_err(inference)?
+            .into_iter()
+            .map(|(name, value)| (name, Some(value)))
+            .collect();
         let mut out = Vec::with_capacity(self.metadata.outputs.len());
         for info in &self.metadata.outputs {
-            // Taken out and dropped once copied: ONNX Runtime's copy of each output goes
-            // before the next is copied (a string tensor's is 32 bytes an element).
-            let value = outputs.remove(info.name.as_str()).ok_or_else(|| {
-                inference(ort::Error::new(format!(
-                    "ONNX Runtime returned no output {:?}",
-                    info.name
-                )))
-            })?;
+            let value = outputs
+                .iter_mut()
+                .find(|(name, _)| *name == info.name)
+                .and_then(|(_, value)| value.take())
+                .ok_or_else(|| {
+                    inference(ort::Error::new(format!(
+                        "ONNX Runtime returned no output {:?}",
+                        info.name
+                    )))
+                })?;
             let dims = |shape: &ort::value::Shape| -> Vec<usize> {
                 shape
                     .iter()

@@ -166,33 +166,44 @@ pub(crate) fn request_coding(headers: &HeaderMap) -> Result<Option<Coding>, ApiE
     Coding::parse(text).map_err(|name| unsupported(&name))
 }
 
-/// The coding to answer in: the first of gzip and deflate the client's `Accept-Encoding`
-/// accepts (`q` above 0; `*` is gzip), in the client's order; `None` for none (or `identity`
-/// only).
+/// The coding to answer in: of gzip and deflate, the one the client's `Accept-Encoding`
+/// gives the higher `q` (named, or through `*` when not named; gzip on a tie); `None` when
+/// both are at 0 or not accepted (`identity` only, or nothing asked).
 pub(crate) fn response_coding(headers: &HeaderMap) -> Option<Coding> {
-    headers
+    let (mut gzip, mut deflate, mut any) = (None, None, None);
+    let items = headers
         .get_all(axum::http::header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|item| {
-            let mut parts = item.split(';');
-            let name = parts.next()?.trim();
-            let refused = parts.any(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.trim().parse::<f32>().ok())
-                    .is_some_and(|q| q <= 0.0)
-            });
-            if refused {
-                return None;
-            }
-            if name == "*" {
-                return Some(Coding::Gzip);
-            }
-            Coding::parse(name).ok().flatten()
-        })
-        .next()
+        .flat_map(|v| v.split(','));
+    for item in items {
+        let mut parts = item.split(';');
+        let name = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let q = parts
+            .find_map(|p| {
+                let (k, v) = p.split_once('=')?;
+                k.trim()
+                    .eq_ignore_ascii_case("q")
+                    .then(|| v.trim().parse::<f32>().ok())?
+            })
+            .filter(|q| q.is_finite())
+            .unwrap_or(1.0);
+        match name.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(q),
+            "deflate" => deflate = Some(q),
+            "*" => any = Some(q),
+            _ => {}
+        }
+    }
+    let gzip = gzip.or(any).unwrap_or(0.0);
+    let deflate = deflate.or(any).unwrap_or(0.0);
+    if gzip <= 0.0 && deflate <= 0.0 {
+        None
+    } else if deflate > gzip {
+        Some(Coding::Deflate)
+    } else {
+        Some(Coding::Gzip)
+    }
 }
 
 /// `Content-Encoding` for `coding`.
@@ -273,8 +284,14 @@ mod tests {
         }
         let accept = |v: &str| response_coding(&headers("accept-encoding", v));
         assert_eq!(accept("gzip"), Some(Coding::Gzip));
-        assert_eq!(accept("br, deflate;q=0.5, gzip"), Some(Coding::Deflate));
+        assert_eq!(accept("deflate"), Some(Coding::Deflate));
+        assert_eq!(accept("br, deflate;q=0.5, gzip"), Some(Coding::Gzip));
+        assert_eq!(accept("deflate, gzip;q=0.5"), Some(Coding::Deflate));
         assert_eq!(accept("gzip;q=0, deflate"), Some(Coding::Deflate));
+        assert_eq!(accept("GZIP;Q=0, deflate"), Some(Coding::Deflate));
+        assert_eq!(accept("gzip;q=0, *"), Some(Coding::Deflate));
+        assert_eq!(accept("gzip;q=0, deflate;q=0"), None);
+        assert_eq!(accept("*;q=0"), None);
         assert_eq!(accept("identity"), None);
         assert_eq!(accept("*"), Some(Coding::Gzip));
         assert_eq!(accept("br"), None);

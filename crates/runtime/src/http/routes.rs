@@ -347,16 +347,20 @@ async fn run(
         }
     };
     let mut tail = Vec::new();
-    // Values written as JSON text: past the decoder's inline size, written on a decode
-    // thread (a big output as JSON holds a CPU for milliseconds).
-    let mut json_values = 0;
+    // Bytes of JSON text to write (some 4 a value at the least, a string's own besides):
+    // past the decoder's inline size, written on a decode thread (a big output as JSON holds
+    // a CPU for milliseconds).
+    let mut json_bytes = 0;
     let outputs = answer
         .outputs
         .into_iter()
         .map(|(n, t)| {
             let binary = request.binary_output(&n);
             if !binary {
-                json_values += t.len();
+                json_bytes += t.len() * 4;
+                if let crate::TensorSlice::String(v) = t.data() {
+                    json_bytes += v.iter().map(String::len).sum::<usize>();
+                }
             }
             let (out, bytes) = protocol::output(n, t, binary);
             tail.extend(bytes.unwrap_or_default());
@@ -382,8 +386,8 @@ async fn run(
         };
         Ok::<_, serde_json::Error>((body, json_len))
     };
-    // Some 4 bytes of text a value, at the least; compressing costs about what writing does.
-    let work = json_values * 4 + if coding.is_some() { tail_len } else { 0 };
+    // Compressing costs about what writing does, binary outputs included.
+    let work = json_bytes + if coding.is_some() { tail_len } else { 0 };
     let ((body, coded), json_len) = if work >= crate::http::decode::INLINE_MAX_BYTES {
         s.decoder.off_workers(encode).await?
     } else {

@@ -61,12 +61,11 @@ pub(super) async fn reserve(
         parts.headers.remove(super::compressed::ENCODING);
     }
     if let (Some(1), Some(coding)) = (head.first(), coding) {
-        let (body, permit) =
+        let (body, share) =
             match super::compressed::inflate(&state, &mut parts, body, &head, coding).await {
                 Ok(inflated) => inflated,
                 Err(status) => return accepting(status.into_http::<Body>().into_response()),
             };
-        let share = permit.map(|p| Share(Arc::new(p)));
         if let Some(share) = &share {
             parts.extensions.insert(share.clone());
         }
@@ -78,7 +77,7 @@ pub(super) async fn reserve(
     let share = if len >= crate::http::decode::INLINE_MAX_BYTES {
         match state.decoder.reserve(len).await {
             Ok(permit) => {
-                let share = Share(Arc::new(permit));
+                let share = Share::new(permit);
                 parts.extensions.insert(share.clone());
                 Some(share)
             }
@@ -107,6 +106,18 @@ fn accepting(mut response: Response) -> Response {
 /// cancelled mid-decode does not free the share of memory its decode goes on filling.
 #[derive(Clone)]
 pub(super) struct Share(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+
+impl Share {
+    /// The share `permit` is.
+    pub(super) fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(permit))
+    }
+}
+
+/// The request's message did not arrive within `--body-timeout-s` (what [`Timed`] fails with).
+#[derive(Debug, thiserror::Error)]
+#[error("the request message did not arrive within {0} s")]
+pub(super) struct Late(f64);
 
 /// The declared length of the first message, from the start of the body (0 if the body
 /// ended before its frame header: tonic then answers the malformed call itself).
@@ -179,10 +190,7 @@ impl HttpBody for Timed {
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     self.ended = true;
-                    let limit = self.limit.as_secs_f64();
-                    Poll::Ready(Some(Err(axum::Error::new(format!(
-                        "the request message did not arrive within {limit} s"
-                    )))))
+                    Poll::Ready(Some(Err(axum::Error::new(Late(self.limit.as_secs_f64())))))
                 }
                 Poll::Pending => Poll::Pending,
             },

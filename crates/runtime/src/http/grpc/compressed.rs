@@ -14,6 +14,7 @@ use axum::body::{Body, Bytes};
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
 
+use super::budget::{message_len, Late, Share, Timed, FRAME_HEADER};
 use crate::http::compression::{Coding, Inflate};
 use crate::http::decode::INLINE_MAX_BYTES;
 use crate::http::routes::AppState;
@@ -29,52 +30,61 @@ pub(super) fn coding(headers: &HeaderMap) -> Option<Coding> {
 
 /// The call's first message (`body`, its frame header already read into `head`), inflated
 /// and framed as an uncompressed message, with `grpc-encoding` taken out of `parts`; and the
-/// budget share it holds, if big.
+/// budget share it holds, if big (held by the inflate too until it is done, even if the call
+/// is cancelled meanwhile).
 ///
 /// # Errors
 /// The status to answer: `INVALID_ARGUMENT` for a message that is not what its coding says
 /// or a body that is not one whole message, `RESOURCE_EXHAUSTED` past the message limit,
-/// `DEADLINE_EXCEEDED` if it did not arrive in time.
+/// `DEADLINE_EXCEEDED` if it did not arrive in time, `CANCELLED` if the body failed.
 pub(super) async fn inflate(
     state: &AppState,
     parts: &mut Parts,
-    body: super::budget::Timed,
+    mut body: Timed,
     head: &[u8],
     coding: Coding,
-) -> Result<(Body, Option<tokio::sync::OwnedSemaphorePermit>), tonic::Status> {
+) -> Result<(Body, Option<Share>), tonic::Status> {
     use http_body_util::BodyExt as _;
     let limit = state.config.max_body_bytes;
-    let len = super::budget::message_len(head);
+    let Some(first) = head.get(FRAME_HEADER..) else {
+        return Err(tonic::Status::invalid_argument(
+            "the request ended inside its message's frame header",
+        ));
+    };
+    let len = message_len(head);
     if len > limit {
         return Err(tonic::Status::resource_exhausted(format!(
             "compressed message of {len} bytes is over the {limit}-byte limit"
         )));
     }
-    // The compressed bytes, at most the limit: a big one's share is taken first.
+    let too_long = || {
+        tonic::Status::invalid_argument(format!(
+            "the request holds more than the {len} bytes its message's frame header declares"
+        ))
+    };
+    // A big message's share is taken before it is read (its inflated size is unknown: the
+    // most it may be); it is read into one buffer of its declared size.
     let mut share = None;
     if len >= INLINE_MAX_BYTES {
         share = Some(reserve(state, limit).await?);
     }
-    let rest = http_body_util::Limited::new(body, len + super::budget::FRAME_HEADER + 1)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                tonic::Status::invalid_argument("the request holds more than one message")
-            } else {
-                tonic::Status::deadline_exceeded(e.to_string())
+    if first.len() > len {
+        return Err(too_long());
+    }
+    let mut message = Vec::with_capacity(len);
+    message.extend_from_slice(first);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match e.into_inner().downcast::<Late>() {
+            Ok(late) => tonic::Status::deadline_exceeded(late.to_string()),
+            Err(e) => tonic::Status::cancelled(format!("reading the request: {e}")),
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if message.len() + data.len() > len {
+                return Err(too_long());
             }
-        })?
-        .to_bytes();
-    let mut frame = Vec::with_capacity(head.len() + rest.len());
-    frame.extend_from_slice(head);
-    frame.extend_from_slice(&rest);
-    drop(rest);
-    let Some(message) = frame.get(super::budget::FRAME_HEADER..) else {
-        return Err(tonic::Status::invalid_argument(
-            "the request ended inside its message's frame header",
-        ));
-    };
+            message.extend_from_slice(&data);
+        }
+    }
     if message.len() != len {
         return Err(tonic::Status::invalid_argument(format!(
             "the request's message holds {} bytes, its frame header says {len}",
@@ -88,7 +98,7 @@ pub(super) async fn inflate(
         Inflate::Corrupt(m) => tonic::Status::invalid_argument(format!("message is {m}")),
     };
     let inline = if share.is_none() {
-        match coding.inflate(message, (INLINE_MAX_BYTES - 1).min(limit)) {
+        match coding.inflate(&message, (INLINE_MAX_BYTES - 1).min(limit)) {
             Ok(plain) => Some(plain),
             // Inflates past the inline size: again below, off the workers, within the budget.
             Err(Inflate::TooLarge { .. }) if limit >= INLINE_MAX_BYTES => None,
@@ -100,14 +110,15 @@ pub(super) async fn inflate(
     let plain = match inline {
         Some(plain) => plain,
         None => {
-            if share.is_none() {
-                share = Some(reserve(state, limit).await?);
-            }
+            let held = match &share {
+                Some(held) => held.clone(),
+                None => share.insert(reserve(state, limit).await?).clone(),
+            };
             state
                 .decoder
                 .off_workers(move || {
-                    let plain = coding.inflate(&frame[super::budget::FRAME_HEADER..], limit);
-                    drop(frame);
+                    let plain = coding.inflate(&message, limit);
+                    drop((message, held));
                     plain
                 })
                 .await
@@ -127,13 +138,11 @@ pub(super) async fn inflate(
 }
 
 /// `len` bytes' share of the decode budget, as a status on failure.
-async fn reserve(
-    state: &AppState,
-    len: usize,
-) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
-    state
+async fn reserve(state: &AppState, len: usize) -> Result<Share, tonic::Status> {
+    let permit = state
         .decoder
         .reserve(len)
         .await
-        .map_err(tonic::Status::from)
+        .map_err(tonic::Status::from)?;
+    Ok(Share::new(permit))
 }
