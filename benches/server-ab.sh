@@ -36,13 +36,8 @@ if [[ ! -x $ROOT/target/server-ab/bin-$rev/kiln-server ]]; then
 fi
 cargo build --release -q -p kiln-example-server -p kiln-agent
 
-work=$(mktemp -d)
-pid=
-cleanup() {
-  [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/server-lib.sh
+source "$ROOT/benches/server-lib.sh"
 
 model=$ROOT/testdata/bench/tabular_mlp.onnx
 sha=$(sha256sum "$model" | cut -d' ' -f1)
@@ -62,8 +57,6 @@ body = {"inputs": [{"name": "x", "shape": [1, 32], "datatype": "FP32", "data": d
 open(sys.argv[1], "w").write(json.dumps(body, separators=(",", ":")))
 EOF
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # run <label> <binary>: one hey run against a fresh server; appends
 # "label req/s p99_ms ok other cpu_us_per_request".
 run() {
@@ -73,15 +66,9 @@ run() {
   if "$bin" --help 2>/dev/null | grep -q -- --grpc-listen; then
     extra=(--grpc-listen "127.0.0.1:$(free_port)")
   fi
-  RUST_LOG=warn "$bin" --root "$work/models" --listen "127.0.0.1:$port" --poll-ms 60000 \
-    --config "$work/settings.yaml" "${extra[@]}" >"$work/$label.log" 2>&1 &
-  pid=$!
   local url=http://127.0.0.1:$port/v2/models/tabular_mlp
-  for _ in $(seq 300); do
-    curl -sf "$url/ready" >/dev/null && break
-    sleep 0.1
-  done
-  curl -sf "$url/ready" >/dev/null || { cat "$work/$label.log" >&2; exit 1; }
+  start_server "$url/ready" "$work/$label.log" "$bin" --root "$work/models" \
+    --listen "127.0.0.1:$port" --poll-ms 60000 --config "$work/settings.yaml" "${extra[@]}"
   # The answer is checked once before the load (a wrong answer fast is no figure).
   curl -sf -X POST -H 'content-type: application/json' --data-binary @"$work/body.json" "$url/infer" \
     | python3 -c 'import json,sys; o=json.load(sys.stdin)["outputs"][0]; assert o["shape"]==[1,8], o' 
@@ -89,7 +76,7 @@ run() {
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   hey -z "${SECS}s" -c 64 -m POST -T application/json -D "$work/body.json" "$url/infer" >"$work/hey.txt"
   t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+  stop_server
   python3 - "$label" "$work/hey.txt" "$((t1 - t0))" >>"$work/rows.txt" <<'EOF'
 import re, sys
 t = open(sys.argv[2]).read()

@@ -21,13 +21,8 @@ PY=$ROOT/.cache/venv/bin/python
 bins=("$@")
 [[ ${#bins[@]} -gt 0 ]] || bins=("$ROOT/target/release/kiln-server")
 
-work=$(mktemp -d)
-pid=
-cleanup() {
-  [[ -n $pid ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=benches/server-lib.sh
+source "$ROOT/benches/server-lib.sh"
 
 mkdir -p "$work/cat" "$work/echo"
 cp "$ROOT/testdata/strings.onnx" "$work/echo/model.onnx"
@@ -60,24 +55,19 @@ EOF
 # One request of any size runs whole (no warm-up at that size).
 printf 'session: {intra_op_threads: 1}\nbatch: {instances: 2, max_batch_size: 3000000, warmup: false}\n' \
   >"$work/settings.yaml"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(free_port)
 
 printf '| binary | request | body MiB | status | seconds | peak RSS MiB | peak ÷ body |\n|---|---|---|---|---|---|---|\n'
 for bin in "${bins[@]}"; do
   for case in cat echo; do
-    RUST_LOG=warn "$bin" --model-dir "$work/$case" --model-name "$case" --no-verify \
-      --listen "127.0.0.1:$port" --grpc-listen off --config "$work/settings.yaml" \
-      >"$work/server.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 300); do
-      curl -sf "127.0.0.1:$port/v2/health/ready" >/dev/null && break
-      sleep 0.1
-    done
+    start_server "127.0.0.1:$port/v2/health/ready" "$work/server.log" "$bin" \
+      --model-dir "$work/$case" --model-name "$case" --no-verify --listen "127.0.0.1:$port" \
+      --grpc-listen off --config "$work/settings.yaml"
     read -r code secs < <(curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -X POST \
       -H 'content-type: application/json' --data-binary @"$work/$case.json" \
       "127.0.0.1:$port/v2/models/$case/infer")
     peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
+    stop_server
     body=$(stat -c %s "$work/$case.json")
     python3 -c "import sys; b,p=int(sys.argv[1]),int(sys.argv[2])*1024; print(f'| {sys.argv[3]} | {sys.argv[4]} | {b/2**20:.1f} | {sys.argv[5]} | {sys.argv[6]} | {p/2**20:.0f} | {p/b:.1f}× |')" \
       "$body" "$peak_kib" "$bin" "$case" "$code" "$secs"

@@ -300,6 +300,12 @@ impl Model {
             .into_iter()
             .map(|(name, value)| (name, Some(value)))
             .collect();
+        let dims = |shape: &ort::value::Shape| -> Vec<usize> {
+            shape
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(0))
+                .collect()
+        };
         let mut out = Vec::with_capacity(self.metadata.outputs.len());
         for info in &self.metadata.outputs {
             let value = outputs
@@ -312,12 +318,6 @@ impl Model {
                         info.name
                     )))
                 })?;
-            let dims = |shape: &ort::value::Shape| -> Vec<usize> {
-                shape
-                    .iter()
-                    .map(|&d| usize::try_from(d).unwrap_or(0))
-                    .collect()
-            };
             let tensor = with_element_type!(info.element_type, T => {
                 let (shape, data) = value.try_extract_tensor::<T>().map_err(inference)?;
                 Tensor::new(dims(shape), data.to_vec())?

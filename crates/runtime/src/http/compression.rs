@@ -16,6 +16,7 @@ use std::io::Read as _;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 
+use crate::http::decode::INLINE_MAX_BYTES;
 use crate::http::error::ApiError;
 
 /// A content coding kiln reads and writes.
@@ -73,6 +74,27 @@ impl Coding {
         .unwrap_or_default()
     }
 
+    /// `data` inflated inline when it is small and stays under the inline size
+    /// ([`INLINE_MAX_BYTES`]); `Ok(None)` when it is or does not (then inflate it whole, at
+    /// most `limit`, off the workers: a compressed size says nothing of the inflated one).
+    ///
+    /// # Errors
+    /// As [`Coding::inflate`], for a small body.
+    pub(crate) fn inflate_small(
+        self,
+        data: &[u8],
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, Inflate> {
+        if data.len() >= INLINE_MAX_BYTES {
+            return Ok(None);
+        }
+        match self.inflate(data, (INLINE_MAX_BYTES - 1).min(limit)) {
+            Ok(plain) => Ok(Some(plain)),
+            Err(Inflate::TooLarge { .. }) if limit >= INLINE_MAX_BYTES => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// `data` inflated, at most `limit` bytes of it.
     ///
     /// # Errors
@@ -109,6 +131,20 @@ impl Coding {
     }
 }
 
+/// Answers smaller than this go uncompressed even to a client that accepts gzip (Go's HTTP
+/// client asks for it on every request): a gzip header and trailer are 18 bytes, and a
+/// compressor's set-up costs more than sending a small answer as it is.
+pub(crate) const COMPRESS_MIN_BYTES: usize = 1024;
+
+/// An answer's `body` in `coding` when the client asked for one and the answer is worth it,
+/// and the coding it is in.
+pub(crate) fn answer(coding: Option<Coding>, body: Vec<u8>) -> (Vec<u8>, Option<Coding>) {
+    match coding {
+        Some(c) if body.len() >= COMPRESS_MIN_BYTES => (c.compress(&body), Some(c)),
+        _ => (body, None),
+    }
+}
+
 /// Whether `data` starts with a zlib header (RFC 1950: deflate method, a window of at most
 /// 32 KiB, and a check that makes the first two bytes a multiple of 31).
 fn zlib_header(data: &[u8]) -> bool {
@@ -137,9 +173,9 @@ impl From<Inflate> for ApiError {
         match e {
             Inflate::TooLarge { limit } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body inflates past the {limit}-byte limit"),
+                format!("the request inflates past the {limit}-byte limit"),
             ),
-            Inflate::Corrupt(m) => ApiError::bad_request(format!("request body is {m}")),
+            Inflate::Corrupt(m) => ApiError::bad_request(format!("the request is {m}")),
         }
     }
 }
@@ -300,7 +336,7 @@ mod tests {
 
     #[test]
     fn readme_states_the_codings_and_the_smallest_answer_compressed() {
-        let min_kib = crate::http::routes::COMPRESS_MIN_BYTES >> 10;
+        let min_kib = COMPRESS_MIN_BYTES >> 10;
         crate::http::assert_readme_states(&format!(
             "An inference answer of {min_kib} KiB or more is compressed (gzip or deflate, fastest level)"
         ));

@@ -28,7 +28,7 @@ use axum::http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::body_pool::{BodyPool, PooledBody};
-use crate::http::compression::{Coding, Inflate};
+use crate::http::compression::Coding;
 use crate::http::error::ApiError;
 use crate::http::protocol::{self, InferRequest};
 
@@ -117,16 +117,8 @@ impl Decoder {
             return self.decode(body, header_len).await;
         };
         let max_elements = self.max_elements;
-        if body.as_ref().len() < INLINE_MAX_BYTES {
-            match coding.inflate(body.as_ref(), (INLINE_MAX_BYTES - 1).min(limit)) {
-                Ok(plain) => {
-                    return protocol::decode(&plain, header_len, max_elements)
-                        .map_err(ApiError::from)
-                }
-                // Inflates past the inline size: inflated again below, off the workers.
-                Err(Inflate::TooLarge { .. }) if limit >= INLINE_MAX_BYTES => {}
-                Err(e) => return Err(e.into()),
-            }
+        if let Some(plain) = coding.inflate_small(body.as_ref(), limit)? {
+            return protocol::decode(&plain, header_len, max_elements).map_err(ApiError::from);
         }
         let bytes = self.reserve(limit).await?;
         let header_len = header_len.map(str::to_owned);

@@ -380,11 +380,7 @@ async fn run(
         let mut body = serde_json::to_vec(&response)?;
         let json_len = body.len();
         body.extend(tail);
-        let body = match coding {
-            Some(c) if body.len() >= COMPRESS_MIN_BYTES => (c.compress(&body), Some(c)),
-            _ => (body, None),
-        };
-        Ok::<_, serde_json::Error>((body, json_len))
+        Ok::<_, serde_json::Error>((compression::answer(coding, body), json_len))
     };
     // Compressing costs about what writing does, binary outputs included.
     let work = json_bytes + if coding.is_some() { tail_len } else { 0 };
@@ -394,29 +390,19 @@ async fn run(
         encode()
     }
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let mut response = if tail_len == 0 {
-        (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response()
+    let content_type = if tail_len == 0 {
+        "application/json"
     } else {
-        (
-            [
-                (
-                    axum::http::header::CONTENT_TYPE,
-                    "application/octet-stream".to_owned(),
-                ),
-                (
-                    axum::http::HeaderName::from_static(HEADER_LENGTH),
-                    json_len.to_string(),
-                ),
-            ],
-            body,
-        )
-            .into_response()
+        "application/octet-stream"
     };
+    let mut response = ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response();
     let h = response.headers_mut();
+    if tail_len > 0 {
+        h.insert(
+            axum::http::HeaderName::from_static(HEADER_LENGTH),
+            axum::http::HeaderValue::from(json_len),
+        );
+    }
     h.insert(
         axum::http::header::VARY,
         axum::http::HeaderValue::from_static("accept-encoding"),
@@ -426,11 +412,6 @@ async fn run(
     }
     Ok(response)
 }
-
-/// Answers smaller than this go uncompressed even to a client that accepts gzip (Go's HTTP
-/// client asks for it on every request): a gzip header and trailer are 18 bytes, and a
-/// compressor's set-up costs more than sending a small answer as it is.
-pub(crate) const COMPRESS_MIN_BYTES: usize = 1024;
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     match &s.telemetry {

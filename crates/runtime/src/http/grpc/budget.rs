@@ -44,13 +44,7 @@ pub(super) async fn reserve(
     let mut body = Timed::new(body, timeout);
     let head = match peek(&mut body).await {
         Ok(head) => head,
-        Err(e) => {
-            return accepting(
-                tonic::Status::deadline_exceeded(e.to_string())
-                    .into_http::<Body>()
-                    .into_response(),
-            )
-        }
+        Err(e) => return refused(tonic::Status::deadline_exceeded(e.to_string())),
     };
     // A compressed message is inflated here, within the budget, not by tonic on a worker.
     let coding = super::compressed::coding(&parts.headers);
@@ -60,36 +54,38 @@ pub(super) async fn reserve(
         // refuse the call for the header alone.
         parts.headers.remove(super::compressed::ENCODING);
     }
-    if let (Some(1), Some(coding)) = (head.first(), coding) {
-        let (body, share) =
+    let (body, share) = match (head.first(), coding) {
+        (Some(1), Some(coding)) => {
             match super::compressed::inflate(&state, &mut parts, body, &head, coding).await {
                 Ok(inflated) => inflated,
-                Err(status) => return accepting(status.into_http::<Body>().into_response()),
-            };
-        if let Some(share) = &share {
-            parts.extensions.insert(share.clone());
-        }
-        let response = next.run(Request::from_parts(parts, body)).await;
-        drop(share);
-        return accepting(response);
-    }
-    let len = message_len(&head);
-    let share = if len >= crate::http::decode::INLINE_MAX_BYTES {
-        match state.decoder.reserve(len).await {
-            Ok(permit) => {
-                let share = Share::new(permit);
-                parts.extensions.insert(share.clone());
-                Some(share)
+                Err(status) => return refused(status),
             }
-            Err(e) => return accepting(tonic::Status::from(e).into_http::<Body>().into_response()),
         }
-    } else {
-        None
+        _ => {
+            let len = message_len(&head);
+            let share = if len >= crate::http::decode::INLINE_MAX_BYTES {
+                match Share::take(&state, len).await {
+                    Ok(share) => Some(share),
+                    Err(status) => return refused(status),
+                }
+            } else {
+                None
+            };
+            body.head = (!head.is_empty()).then(|| head.into());
+            (Body::new(body), share)
+        }
     };
-    body.head = (!head.is_empty()).then(|| head.into());
-    let response = next.run(Request::from_parts(parts, Body::new(body))).await;
+    if let Some(share) = &share {
+        parts.extensions.insert(share.clone());
+    }
+    let response = next.run(Request::from_parts(parts, body)).await;
     drop(share);
     accepting(response)
+}
+
+/// The call refused with `status`, before tonic saw it.
+fn refused(status: tonic::Status) -> Response {
+    accepting(status.into_http::<Body>().into_response())
 }
 
 /// `response` telling the client the message codings kiln inflates (`grpc-accept-encoding`).
@@ -108,9 +104,13 @@ fn accepting(mut response: Response) -> Response {
 pub(super) struct Share(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
 
 impl Share {
-    /// The share `permit` is.
-    pub(super) fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        Self(Arc::new(permit))
+    /// `len` bytes' share of the decode budget, waited for in arrival order.
+    ///
+    /// # Errors
+    /// As [`crate::http::decode::Decoder::reserve`], as a status.
+    pub(super) async fn take(state: &AppState, len: usize) -> Result<Self, tonic::Status> {
+        let permit = state.decoder.reserve(len).await?;
+        Ok(Self(Arc::new(permit)))
     }
 }
 

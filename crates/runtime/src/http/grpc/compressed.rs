@@ -17,6 +17,7 @@ use axum::http::HeaderMap;
 use super::budget::{message_len, Late, Share, Timed, FRAME_HEADER};
 use crate::http::compression::{Coding, Inflate};
 use crate::http::decode::INLINE_MAX_BYTES;
+use crate::http::error::ApiError;
 use crate::http::routes::AppState;
 
 /// The header naming a gRPC message's coding.
@@ -66,7 +67,7 @@ pub(super) async fn inflate(
     // most it may be); it is read into one buffer of its declared size.
     let mut share = None;
     if len >= INLINE_MAX_BYTES {
-        share = Some(reserve(state, limit).await?);
+        share = Some(Share::take(state, limit).await?);
     }
     if first.len() > len {
         return Err(too_long());
@@ -91,28 +92,14 @@ pub(super) async fn inflate(
             message.len()
         )));
     }
-    let status = |e: Inflate| match e {
-        Inflate::TooLarge { limit } => tonic::Status::resource_exhausted(format!(
-            "message inflates past the {limit}-byte limit"
-        )),
-        Inflate::Corrupt(m) => tonic::Status::invalid_argument(format!("message is {m}")),
-    };
-    let inline = if share.is_none() {
-        match coding.inflate(&message, (INLINE_MAX_BYTES - 1).min(limit)) {
-            Ok(plain) => Some(plain),
-            // Inflates past the inline size: again below, off the workers, within the budget.
-            Err(Inflate::TooLarge { .. }) if limit >= INLINE_MAX_BYTES => None,
-            Err(e) => return Err(status(e)),
-        }
-    } else {
-        None
-    };
-    let plain = match inline {
+    // REST's mapping: 413 is RESOURCE_EXHAUSTED, 400 INVALID_ARGUMENT.
+    let status = |e: Inflate| tonic::Status::from(ApiError::from(e));
+    let plain = match coding.inflate_small(&message, limit).map_err(status)? {
         Some(plain) => plain,
         None => {
             let held = match &share {
                 Some(held) => held.clone(),
-                None => share.insert(reserve(state, limit).await?).clone(),
+                None => share.insert(Share::take(state, limit).await?).clone(),
             };
             state
                 .decoder
@@ -135,14 +122,4 @@ pub(super) async fn inflate(
     let chunks: Vec<Result<Bytes, std::convert::Infallible>> =
         vec![Ok(header), Ok(Bytes::from(plain))];
     Ok((Body::from_stream(futures::stream::iter(chunks)), share))
-}
-
-/// `len` bytes' share of the decode budget, as a status on failure.
-async fn reserve(state: &AppState, len: usize) -> Result<Share, tonic::Status> {
-    let permit = state
-        .decoder
-        .reserve(len)
-        .await
-        .map_err(tonic::Status::from)?;
-    Ok(Share::new(permit))
 }

@@ -125,16 +125,7 @@ impl GrpcInferenceService for Inference {
         // holding the message's share of the budget until done.
         let unpack = move || {
             let unpacked = message.decode(max_elements).map(|r| {
-                let timeout_us = match r
-                    .parameters
-                    .get("timeout")
-                    .and_then(|p| p.parameter_choice.as_ref())
-                {
-                    Some(pb::infer_parameter::ParameterChoice::Int64Param(us)) => {
-                        u64::try_from(*us).ok()
-                    }
-                    _ => None,
-                };
+                let timeout_us = timeout_parameter(&r.parameters);
                 let inputs = tensor::inputs(r.inputs, r.raw_input_contents, max_elements);
                 (
                     r.model_name,
@@ -246,5 +237,16 @@ impl GrpcInferenceService for Inference {
         self.admin(&request)?;
         crate::http::admin::unload_model(&self.state, request.into_inner().model_name).await?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// The request's `timeout` parameter, in microseconds, as `tritonclient` sends it (an
+/// `int64_param`); a negative one or of another type is none.
+fn timeout_parameter(
+    parameters: &std::collections::HashMap<String, pb::InferParameter>,
+) -> Option<u64> {
+    match parameters.get("timeout")?.parameter_choice.as_ref()? {
+        pb::infer_parameter::ParameterChoice::Int64Param(us) => u64::try_from(*us).ok(),
+        _ => None,
     }
 }
