@@ -12,7 +12,7 @@ ORT_GPU_DIR := $(ROOT)/.cache/ort/gpu
 # Where kiln finds libonnxruntime.so (see crates/runtime/src/runtime.rs for the search order).
 export KILN_ORT_DIR ?= $(ORT_CPU_DIR)
 
-.PHONY: help install wheel package demo demo-classify test check corpus tools header azurite s3s-fs k8s-check ort ort-gpu model testdata signing-tools bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers bench-server-ab peers-venv reliability deny clean
+.PHONY: help install wheel package demo demo-classify test check corpus tools header azurite s3s-fs k8s-check ort ort-gpu model testdata signing-tools kserve-client bench-models test-cuda bench bench-hash bench-overhead bench-batching bench-agent bench-peers bench-server-ab peers-venv reliability deny clean
 
 help:
 	@echo "make demo        a kiln pod on this machine: S3 + agent + server, load, hot swap (sets everything up)"
@@ -51,6 +51,16 @@ signing-tools: $(SIGNING_VENV)/.stamp
 $(SIGNING_VENV)/.stamp: scripts/signing-requirements.txt
 	python3 -m venv $(SIGNING_VENV)
 	$(SIGNING_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r scripts/signing-requirements.txt
+	touch $@
+
+# KServe's Python SDK (`kserve`: InferenceRESTClient, InferenceGRPCClient), for the KServe client
+# tests: its own venv, complete and hash-pinned (its numpy and grpcio pins differ from the project
+# venv's, and it pulls in a model server's worth of packages the other tests do not need).
+KSERVE_VENV := $(ROOT)/.cache/kserve-venv
+kserve-client: $(KSERVE_VENV)/.stamp
+$(KSERVE_VENV)/.stamp: scripts/kserve-requirements.txt
+	python3 -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r scripts/kserve-requirements.txt
 	touch $@
 
 testdata/.stamp: scripts/gen_testdata.py scripts/fetch-model.sh $(VENV)/.stamp
@@ -159,7 +169,7 @@ check:
 	cargo clippy -p kiln-onnx --no-default-features -- -D warnings
 	RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
-test: tools ort testdata signing-tools azurite k8s-check check deny
+test: tools ort testdata signing-tools kserve-client azurite k8s-check check deny
 	cargo test --workspace
 	$(MAKE) package
 

@@ -8,27 +8,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{free_port, publish, publish_with_data, repo_root, start_ready};
-
-/// Every model of the corpus (`testdata/corpus/corpus.json`), with its external data files.
-fn corpus() -> Vec<(String, Vec<String>)> {
-    let corpus: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("testdata/corpus/corpus.json")).expect("corpus"),
-    )
-    .expect("json");
-    corpus["models"]
-        .as_array()
-        .expect("models")
-        .iter()
-        .map(|m| {
-            let data = m["external_data"]
-                .as_object()
-                .map(|d| d.keys().map(|f| format!("corpus/models/{f}")).collect())
-                .unwrap_or_default();
-            (m["name"].as_str().expect("name").to_owned(), data)
-        })
-        .collect()
-}
+use common::{free_port, publish, publish_corpus, repo_root, start_ready};
 
 #[test]
 fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
@@ -38,19 +18,8 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
         "the project venv is missing (run `make testdata`)"
     );
     let root = tempfile::tempdir().expect("root");
-    let models = corpus();
-    assert!(models.len() >= 16, "the corpus has every model");
-    for (m, data) in &models {
-        let data: Vec<&str> = data.iter().map(String::as_str).collect();
-        publish_with_data(
-            root.path(),
-            m,
-            "1",
-            &format!("corpus/models/{m}.onnx"),
-            &data,
-        );
-    }
-    let names: Vec<&str> = models.iter().map(|(m, _)| m.as_str()).collect();
+    let names = publish_corpus(root.path());
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
     // Beside the corpus, every further datatype (testdata/dtypes.onnx, strings.onnx).
     publish(root.path(), "dtypes", "1", "dtypes.onnx");
     publish(root.path(), "strings", "1", "strings.onnx");

@@ -126,7 +126,7 @@ impl HttpMetrics {
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
-        .route("/v2/health/live", get(|| async { StatusCode::OK }))
+        .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
         .route("/v2/models/{model}", get(model_metadata))
@@ -202,13 +202,23 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
     response
 }
 
-/// 200 when not draining and the models `ready_when` names are loaded and warmed.
-async fn ready(State(s): State<Arc<AppState>>) -> StatusCode {
-    if server_is_ready(&s) {
+/// 200 `{"live": true}` while the process serves. The protocol needs only the status code
+/// (Triton's clients read nothing else); KServe's clients read the body KServe's own server
+/// sends, and fail on an empty one.
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({"live": true}))
+}
+
+/// 200 `{"ready": true}` when not draining and the models `ready_when` names are loaded and
+/// warmed; else 503 `{"ready": false}`.
+async fn ready(State(s): State<Arc<AppState>>) -> Response {
+    let ready = server_is_ready(&s);
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    }
+    };
+    (status, Json(json!({ "ready": ready }))).into_response()
 }
 
 async fn server_metadata() -> Json<serde_json::Value> {

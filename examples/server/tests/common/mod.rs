@@ -29,6 +29,38 @@ pub(crate) fn runtime() -> Runtime {
     Runtime::new(&config).expect("ONNX Runtime (run `make ort`)")
 }
 
+/// Every model of the real-model corpus (`testdata/corpus/corpus.json`), with its external
+/// data files.
+pub(crate) fn corpus() -> Vec<(String, Vec<String>)> {
+    let corpus: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("testdata/corpus/corpus.json")).expect("corpus"),
+    )
+    .expect("json");
+    corpus["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| {
+            let data = m["external_data"]
+                .as_object()
+                .map(|d| d.keys().map(|f| format!("corpus/models/{f}")).collect())
+                .unwrap_or_default();
+            (m["name"].as_str().expect("name").to_owned(), data)
+        })
+        .collect()
+}
+
+/// Publishes every corpus model under `root` as version 1; returns their names.
+pub(crate) fn publish_corpus(root: &Path) -> Vec<String> {
+    let models = corpus();
+    assert!(models.len() >= 16, "the corpus has every model");
+    for (m, data) in &models {
+        let data: Vec<&str> = data.iter().map(String::as_str).collect();
+        publish_with_data(root, m, "1", &format!("corpus/models/{m}.onnx"), &data);
+    }
+    models.into_iter().map(|(m, _)| m).collect()
+}
+
 /// Publishes `testdata/<file>` as `<root>/<model>/<version>/model.onnx` with its manifest
 /// and `current` link, as the agent does.
 pub(crate) fn publish(root: &Path, model: &str, version: &str, file: &str) {

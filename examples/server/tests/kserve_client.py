@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""KServe's own Python SDK clients (`kserve`: InferenceRESTClient with the v2 protocol and
+InferenceGRPCClient, pinned in scripts/kserve-requirements.txt) against a running kiln-server
+that serves the real-model corpus and testdata/strings.onnx: the health calls (which read
+KServe's JSON bodies, `{"live": true}` and `{"ready": true}`), model readiness, inference with
+JSON and with binary tensors over REST and with typed and raw contents over gRPC compared to
+Python onnxruntime's golden outputs, output selection, BYTES both ways, and the errors each
+client raises. This is what a KServe transformer, an InferenceGraph step or a user's script
+calls a v2 predictor with.
+
+Usage: kserve_client.py HTTP_HOST:PORT GRPC_HOST:PORT CORPUS_DIR STRINGS_MODEL MODEL [MODEL ...]
+Exits non-zero with a message on the first check that fails.
+"""
+import asyncio
+import json
+import os
+import sys
+
+import grpc
+import httpx
+import numpy as np
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+from kserve.protocol.infer_type import RequestedOutput
+
+from corpus_golden import DTYPES, check_close, load_golden
+
+
+def request(model, inputs, binary, outputs=None, request_id=None):
+    items = []
+    for name, value in inputs.items():
+        t = InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
+        t.set_data_from_numpy(value, binary_data=binary)
+        items.append(t)
+    wanted = None
+    if outputs is not None:
+        wanted = [RequestedOutput(n, parameters={"binary_data": binary}) for n in outputs]
+    return InferRequest(model_name=model, infer_inputs=items, request_outputs=wanted,
+                        request_id=request_id)
+
+
+def outputs_of(response):
+    return {o.name: o.as_numpy() for o in response.outputs}
+
+
+async def rest_suite(rest, base, corpus, entries, models):
+    assert await rest.is_server_live(base) is True, "REST: server not live"
+    assert await rest.is_server_ready(base) is True, "REST: server not ready"
+    assert await rest.is_model_ready(base, "no-such-model") is False, "REST: unknown model ready"
+    for model in models:
+        tol = entries[model]["tolerance"]
+        assert await rest.is_model_ready(base, model) is True, f"REST: {model} not ready"
+        inputs, outputs = load_golden(corpus, model)
+        # KServe's REST client refuses FP16 in JSON itself ("use the binary data format").
+        fp16 = any(v.dtype == np.float16 for v in inputs.values())
+        for binary in ((True,) if fp16 else (False, True)):
+            rid = f"{model}-{binary}"
+            got = await rest.infer(base, request(model, inputs, binary, list(outputs), rid),
+                                   model_name=model)
+            assert got.id == rid, (model, got.id)
+            got = outputs_of(got)
+            assert set(got) == set(outputs), (model, set(got))
+            for name, want in outputs.items():
+                check_close(model, name, got[name], want, tol)
+        # Only the first output, as binary data.
+        first = next(iter(outputs))
+        got = await rest.infer(base, request(model, inputs, True, [first]), model_name=model)
+        assert [o.name for o in got.outputs] == [first], [o.name for o in got.outputs]
+        check_close(model, first, got.outputs[0].as_numpy(), outputs[first], tol)
+        # A wrong rank: HTTPStatusError carrying the server's 400 and its message.
+        name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
+        bad = dict(inputs)
+        bad[name] = value.reshape(-1)[:1].reshape([1] * (value.ndim + 1))
+        try:
+            await rest.infer(base, request(model, bad, True), model_name=model)
+            raise AssertionError(f"REST: {model}: a wrong rank was served")
+        except httpx.HTTPStatusError as e:
+            assert e.response.status_code == 400, (model, e.response.status_code, str(e))
+            assert name in str(e), str(e)
+        print(f"kserve_client: REST {model} ok (ready, JSON, binary, outputs, errors)")
+    model = models[0]
+    inputs, _ = load_golden(corpus, model)
+    try:
+        await rest.infer(base, request("no-such-model", inputs, True), model_name="no-such-model")
+        raise AssertionError("REST: an unknown model answered")
+    except httpx.HTTPStatusError as e:
+        assert e.response.status_code == 404, (e.response.status_code, str(e))
+        assert "no-such-model" in str(e), str(e)
+
+
+async def grpc_suite(g, corpus, entries, models):
+    assert await g.is_server_live() is True, "gRPC: server not live"
+    assert await g.is_server_ready() is True, "gRPC: server not ready"
+    for model in models:
+        tol = entries[model]["tolerance"]
+        assert await g.is_model_ready(model) is True, f"gRPC: {model} not ready"
+        inputs, outputs = load_golden(corpus, model)
+        # binary_data=False sends typed contents (fp32_contents, int64_contents, ...);
+        # True sends raw_input_contents. KServe's client has no typed field for FP16.
+        fp16 = any(v.dtype == np.float16 for v in inputs.values())
+        for binary in ((True,) if fp16 else (False, True)):
+            rid = f"{model}-{binary}"
+            got = await g.infer(request(model, inputs, binary, request_id=rid))
+            assert got.id == rid, (model, got.id)
+            got = outputs_of(got)
+            assert set(got) == set(outputs), (model, set(got))
+            for name, want in outputs.items():
+                check_close(model, name, got[name], want, tol)
+        first = next(iter(outputs))
+        got = await g.infer(request(model, inputs, True, [first]))
+        assert [o.name for o in got.outputs] == [first], [o.name for o in got.outputs]
+        check_close(model, first, got.outputs[0].as_numpy(), outputs[first], tol)
+        name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
+        bad = dict(inputs)
+        bad[name] = value.reshape(-1)[:1].reshape([1] * (value.ndim + 1))
+        try:
+            await g.infer(request(model, bad, True))
+            raise AssertionError(f"gRPC: {model}: a wrong rank was served")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (model, e.code(), e.details())
+            assert name in e.details(), e.details()
+        print(f"kserve_client: gRPC {model} ok (ready, typed, raw, outputs, errors)")
+    inputs, _ = load_golden(corpus, models[0])
+    try:
+        await g.infer(request("no-such-model", inputs, True))
+        raise AssertionError("gRPC: an unknown model answered")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND, (e.code(), e.details())
+
+
+async def strings_suite(rest, base, g, model):
+    """BYTES in and out (testdata/strings.onnx: `echo` = text, `ids` = LabelEncoder of text,
+    `label` = LabelEncoder of the int64 `n`), JSON and binary over REST, typed and raw over
+    gRPC."""
+    text = np.array([["cat", "x", "ünïcödé"], ["dog", "", "cat"]], dtype=np.object_)
+    n = np.array([[1], [7]], dtype=np.int64)
+    ids = [[1, -1, 3], [2, -1, 1]]
+
+    def req(binary):
+        a = InferInput("text", [2, 3], "BYTES")
+        a.set_data_from_numpy(text, binary_data=binary)
+        b = InferInput("n", [2, 1], "INT64")
+        b.set_data_from_numpy(n, binary_data=binary)
+        outs = [RequestedOutput(o, parameters={"binary_data": binary})
+                for o in ("echo", "ids", "label")]
+        return InferRequest(model_name=model, infer_inputs=[a, b], request_outputs=outs)
+
+    def text_of(v):
+        return [[s.decode() if isinstance(s, bytes) else s for s in row] for row in v.tolist()]
+
+    for how, call in [("REST JSON", lambda: rest.infer(base, req(False), model_name=model)),
+                      ("REST binary", lambda: rest.infer(base, req(True), model_name=model)),
+                      ("gRPC typed", lambda: g.infer(req(False))),
+                      ("gRPC raw", lambda: g.infer(req(True)))]:
+        got = outputs_of(await call())
+        assert text_of(got["echo"]) == text.tolist(), (how, got["echo"])
+        assert got["ids"].tolist() == ids, (how, got["ids"])
+        assert text_of(got["label"]) == [["one"], ["other"]], (how, got["label"])
+    print(f"kserve_client: BYTES ok (REST JSON and binary, gRPC typed and raw)")
+
+
+async def main():
+    http_url, grpc_url, corpus, strings, models = (sys.argv[1], sys.argv[2], sys.argv[3],
+                                                   sys.argv[4], sys.argv[5:])
+    with open(os.path.join(corpus, "corpus.json")) as f:
+        entries = {m["name"]: m for m in json.load(f)["models"]}
+    base = f"http://{http_url}"
+    rest = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
+    g = InferenceGRPCClient(grpc_url, timeout=120)
+    try:
+        await rest_suite(rest, base, corpus, entries, models)
+        await grpc_suite(g, corpus, entries, models)
+        await strings_suite(rest, base, g, strings)
+    finally:
+        await rest.close()
+        await g.close()
+    print("kserve_client: all checks passed")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
