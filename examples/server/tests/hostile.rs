@@ -353,6 +353,12 @@ fn compressed_bodies_inflate_within_the_limit_and_bad_ones_are_refused() {
     for coding in ["br", "gzip, gzip"] {
         let (code, head) = post(coding, "gzip", &gzip(request(1).as_bytes()));
         assert_eq!(code, 415, "{coding}: {head}");
+        // RFC 7694: a 415 for a coding names the codings the server reads.
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("accept-encoding: gzip, deflate"),
+            "{coding}: {head}"
+        );
     }
     good_request(port);
 }

@@ -27,7 +27,8 @@ def main():
     assert client.is_server_ready(), "server not ready"
     meta = client.get_server_metadata()
     assert meta["name"] == "kiln", meta
-    for ext in ("model_repository", "model_configuration", "binary_tensor_data"):
+    for ext in ("model_repository", "model_configuration", "binary_tensor_data",
+                "schedule_policy"):
         assert ext in meta["extensions"], meta
 
     for model in models:

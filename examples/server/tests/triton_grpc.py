@@ -57,7 +57,8 @@ def main():
     assert client.is_server_ready(), "server not ready"
     meta = client.get_server_metadata(as_json=True)
     assert meta["name"] == "kiln", meta
-    for ext in ("model_repository", "model_configuration", "binary_tensor_data", "statistics"):
+    for ext in ("model_repository", "model_configuration", "binary_tensor_data", "statistics",
+                "schedule_policy"):
         assert ext in meta["extensions"], meta
 
     channel = grpc.insecure_channel(url, options=[("grpc.max_receive_message_length", 64 << 20)])

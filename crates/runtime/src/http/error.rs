@@ -1,8 +1,9 @@
 //! The server's one error type and its HTTP mapping: validation → 400, unknown model → 404,
-//! oversized → 413, overloaded → 429 with `Retry-After`, not serving or shutting down → 503,
-//! deadline → 504. The body is `{"error": "..."}`, as the protocol specifies.
+//! oversized → 413, a body coding kiln does not read → 415 with `Accept-Encoding`,
+//! overloaded → 429 with `Retry-After`, not serving or shutting down → 503, deadline → 504.
+//! The body is `{"error": "..."}`, as the protocol specifies.
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// An HTTP error with the message the client sees.
@@ -87,6 +88,14 @@ impl IntoResponse for ApiError {
             if let Ok(v) = s.to_string().parse() {
                 response.headers_mut().insert(header::RETRY_AFTER, v);
             }
+        }
+        // kiln's one 415 is a request body in a coding it does not read; RFC 7694 has the
+        // answer name the codings it does.
+        if self.status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            response.headers_mut().insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static(crate::http::compression::ACCEPTED),
+            );
         }
         response
     }

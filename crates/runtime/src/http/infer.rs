@@ -23,6 +23,8 @@ pub(crate) struct Call<'a> {
     pub(crate) outputs: Vec<String>,
     /// The client's deadline ([`deadline`]), if it set one.
     pub(crate) timeout: Option<Duration>,
+    /// The request's `priority` parameter, Triton's numbering ([`level`]).
+    pub(crate) priority: Option<u64>,
 }
 
 /// A request's deadline: the earlier of the transport's (`kiln-timeout-ms`, gRPC's
@@ -33,6 +35,17 @@ pub(crate) fn deadline(transport: Option<Duration>, timeout_us: Option<u64>) -> 
     match (transport, parameter) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
+    }
+}
+
+/// The queue level (0 the highest) of a request whose `priority` parameter is `priority`, for
+/// a model with `levels` priority levels. Triton's rule: 1 is the highest level and
+/// `levels` the lowest; 0, no parameter, or a number past the lowest level is the default
+/// level, which in kiln is the highest (a client lowers its own requests, as batch jobs do).
+pub(crate) fn level(priority: Option<u64>, levels: usize) -> usize {
+    match priority.and_then(|p| usize::try_from(p).ok()) {
+        Some(p) if (1..=levels).contains(&p) => p - 1,
+        _ => 0,
     }
 }
 
@@ -56,6 +69,10 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
     let mut request = crate::InferRequest::new(call.inputs);
     if let Some(timeout) = call.timeout {
         request = request.with_timeout(timeout);
+    }
+    if call.priority.is_some_and(|p| p > 1) {
+        let levels = handle.config().map_or(1, |c| c.priority_levels);
+        request = request.with_priority(level(call.priority, levels));
     }
     let version = handle.current_version();
     let outputs = handle.infer(request).await?;
@@ -100,6 +117,18 @@ pub(crate) fn log_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn triton_priorities_map_to_queue_levels() {
+        assert_eq!(level(None, 2), 0);
+        assert_eq!(level(Some(0), 2), 0, "0 is the default level");
+        assert_eq!(level(Some(1), 2), 0, "1 is the highest");
+        assert_eq!(level(Some(2), 2), 1);
+        assert_eq!(level(Some(3), 2), 0, "past the lowest: the default level");
+        assert_eq!(level(Some(u64::MAX), 16), 0);
+        assert_eq!(level(Some(16), 16), 15);
+        assert_eq!(level(Some(2), 1), 0);
+    }
 
     #[test]
     fn the_deadline_is_the_earlier_of_the_transport_and_the_timeout_parameter() {

@@ -55,6 +55,9 @@ pub struct Parameters {
     /// The request's `timeout`, in microseconds (Triton's schedule-policy parameter, what
     /// `tritonclient`'s `infer(timeout=…)` sends): its deadline; 0 is none.
     pub timeout: Option<u64>,
+    /// The request's `priority` (Triton's schedule-policy parameter, what `tritonclient`'s
+    /// `infer(priority=…)` sends): 1 is the highest level, 0 the default.
+    pub priority: Option<u64>,
 }
 
 impl<'de> Deserialize<'de> for Parameters {
@@ -83,6 +86,7 @@ impl<'de> Visitor<'de> for ParametersVisitor {
                     p.binary_data_output = map.next_value::<Scalar>()?.bool();
                 }
                 Key::Timeout => p.timeout = map.next_value::<Scalar>()?.u64(),
+                Key::Priority => p.priority = map.next_value::<Scalar>()?.u64(),
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -126,6 +130,7 @@ enum Key {
     BinaryData,
     BinaryDataOutput,
     Timeout,
+    Priority,
     Other,
 }
 
@@ -143,6 +148,7 @@ impl<'de> Deserialize<'de> for Key {
                     "binary_data" => Key::BinaryData,
                     "binary_data_output" => Key::BinaryDataOutput,
                     "timeout" => Key::Timeout,
+                    "priority" => Key::Priority,
                     _ => Key::Other,
                 })
             }
@@ -220,13 +226,14 @@ mod tests {
         let p = |json: &str| serde_json::from_str::<Parameters>(json).expect(json);
         assert_eq!(
             p(
-                r#"{"binary_data_size": 8, "pad": [[1, 2], {"a": "b"}], "binary_data": true, "binary_data_output": false, "timeout": 1500}"#
+                r#"{"binary_data_size": 8, "pad": [[1, 2], {"a": "b"}], "binary_data": true, "binary_data_output": false, "timeout": 1500, "priority": 2}"#
             ),
             Parameters {
                 binary_data_size: Some(8),
                 binary_data: Some(true),
                 binary_data_output: Some(false),
                 timeout: Some(1500),
+                priority: Some(2),
             }
         );
         // Of another type: absent, as `as_u64` / `as_bool` saw it; the last repeat wins.

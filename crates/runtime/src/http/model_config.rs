@@ -99,6 +99,8 @@ pub(crate) fn config(
                 .collect(),
             max_queue_delay_microseconds: batch.max_queue_delay_us,
             priority_levels: batch.priority_levels as u64,
+            // Triton numbers levels from 1; kiln's default level is its highest (0).
+            default_priority_level: 1,
             default_queue_policy: Some(pb::ModelQueuePolicy {
                 default_timeout_microseconds: batch.default_timeout_ms.saturating_mul(1000),
                 max_queue_size: u32::try_from(batch.max_queue_requests).unwrap_or(u32::MAX),
@@ -136,6 +138,7 @@ pub(crate) fn to_json(c: &pb::ModelConfig) -> Value {
             "preferred_batch_size": b.preferred_batch_size,
             "max_queue_delay_microseconds": b.max_queue_delay_microseconds.to_string(),
             "priority_levels": b.priority_levels.to_string(),
+            "default_priority_level": b.default_priority_level.to_string(),
             "default_queue_policy": {
                 "default_timeout_microseconds": policy.default_timeout_microseconds.to_string(),
                 "max_queue_size": policy.max_queue_size,

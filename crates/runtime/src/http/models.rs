@@ -108,12 +108,13 @@ pub(crate) fn server_is_ready(s: &AppState) -> bool {
 }
 
 /// The extensions of the v2 protocol this server implements (`GET /v2`, gRPC
-/// `ServerMetadata`).
-pub(crate) const EXTENSIONS: [&str; 4] = [
+/// `ServerMetadata`); `schedule_policy` is the request's `priority` and `timeout` parameters.
+pub(crate) const EXTENSIONS: [&str; 5] = [
     "model_repository",
     "model_configuration",
     "statistics",
     "binary_tensor_data",
+    "schedule_policy",
 ];
 
 /// The lifecycle state's name (`loading`, `warming`, `ready`, `draining`, `unloaded`,

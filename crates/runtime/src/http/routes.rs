@@ -348,6 +348,7 @@ async fn run(
         inputs,
         outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
         timeout: infer::deadline(timeout, request.parameters.timeout),
+        priority: request.parameters.priority,
     };
     let answer = match infer::run(s, call).await {
         Ok(a) => a,

@@ -125,7 +125,8 @@ impl GrpcInferenceService for Inference {
         // holding the message's share of the budget until done.
         let unpack = move || {
             let unpacked = message.decode(max_elements).map(|r| {
-                let timeout_us = timeout_parameter(&r.parameters);
+                let timeout_us = u64_parameter(&r.parameters, "timeout");
+                let priority = u64_parameter(&r.parameters, "priority");
                 let inputs = tensor::inputs(r.inputs, r.raw_input_contents, max_elements);
                 (
                     r.model_name,
@@ -133,7 +134,7 @@ impl GrpcInferenceService for Inference {
                     r.id,
                     r.outputs,
                     inputs,
-                    timeout_us,
+                    (timeout_us, priority),
                 )
             });
             drop(share);
@@ -144,7 +145,7 @@ impl GrpcInferenceService for Inference {
         } else {
             Ok(unpack())
         };
-        let (model, model_version, id, outputs, inputs, timeout_us) = match unpacked {
+        let (model, model_version, id, outputs, inputs, (timeout_us, priority)) = match unpacked {
             Ok(Ok(unpacked)) => unpacked,
             Ok(Err(refused)) => {
                 let e = ApiError::from(refused.error);
@@ -171,6 +172,7 @@ impl GrpcInferenceService for Inference {
             inputs: inputs.map_err(|e| fail(e.into()))?,
             outputs: outputs.into_iter().map(|o| o.name).collect(),
             timeout: infer::deadline(timeout, timeout_us),
+            priority,
         };
         let answer = infer::run(&self.state, call).await.map_err(fail)?;
         let (outputs, raw_output_contents) = answer
@@ -240,13 +242,48 @@ impl GrpcInferenceService for Inference {
     }
 }
 
-/// The request's `timeout` parameter, in microseconds, as `tritonclient` sends it (an
-/// `int64_param`); a negative one or of another type is none.
-fn timeout_parameter(
+/// A request's whole-number parameter: `timeout` (microseconds) comes from `tritonclient` as
+/// an `int64_param`, `priority` as a `uint64_param`; either kind is read, a negative one or
+/// one of another type is none.
+fn u64_parameter(
     parameters: &std::collections::HashMap<String, pb::InferParameter>,
+    name: &str,
 ) -> Option<u64> {
-    match parameters.get("timeout")?.parameter_choice.as_ref()? {
-        pb::infer_parameter::ParameterChoice::Int64Param(us) => u64::try_from(*us).ok(),
+    match parameters.get(name)?.parameter_choice.as_ref()? {
+        pb::infer_parameter::ParameterChoice::Int64Param(v) => u64::try_from(*v).ok(),
+        pb::infer_parameter::ParameterChoice::Uint64Param(v) => Some(*v),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pb::infer_parameter::ParameterChoice as P;
+
+    #[test]
+    fn whole_number_parameters_are_read_from_int64_and_uint64() {
+        let params = |choice: P| {
+            std::collections::HashMap::from([(
+                "priority".to_owned(),
+                pb::InferParameter {
+                    parameter_choice: Some(choice),
+                },
+            )])
+        };
+        assert_eq!(
+            u64_parameter(&params(P::Uint64Param(2)), "priority"),
+            Some(2)
+        );
+        assert_eq!(
+            u64_parameter(&params(P::Int64Param(1500)), "priority"),
+            Some(1500)
+        );
+        assert_eq!(u64_parameter(&params(P::Int64Param(-1)), "priority"), None);
+        assert_eq!(
+            u64_parameter(&params(P::DoubleParam(2.0)), "priority"),
+            None
+        );
+        assert_eq!(u64_parameter(&params(P::Uint64Param(2)), "timeout"), None);
     }
 }
