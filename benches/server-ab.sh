@@ -10,7 +10,10 @@
 # kiln-agent with its sha256, the settings `make bench-peers` gives kiln: 2 single-threaded
 # instances, max_batch_size 128), and `hey -z 10s -c 64` sends them the same one-row v2 JSON
 # body as `make bench-peers` (32 FP32 values). The rounds alternate baseline and current;
-# the verdict compares medians. Every answer must be a 200. The section between the
+# the verdict compares medians. Every answer must be a 200. Each round also runs
+# `http-floor` (benches/src/bin/http-floor.rs): kiln's HTTP stack answering today's answer
+# with nothing behind it, the most any server on this stack could give with `hey` on the
+# same cores; and each run reports the CPU `hey` itself spent per request. The section between the
 # server-ab markers of benches/RESULTS.md is rewritten with the machine and the command.
 set -euo pipefail
 
@@ -35,6 +38,7 @@ if [[ ! -x $ROOT/target/server-ab/bin-$rev/kiln-server ]]; then
   git worktree remove --force "$tree"
 fi
 cargo build --release -q -p kiln-example-server -p kiln-agent
+cargo build --release -q -p kiln-benches --bin http-floor
 
 # shellcheck source=benches/server-lib.sh
 source "$ROOT/benches/server-lib.sh"
@@ -57,27 +61,38 @@ body = {"inputs": [{"name": "x", "shape": [1, 32], "datatype": "FP32", "data": d
 open(sys.argv[1], "w").write(json.dumps(body, separators=(",", ":")))
 EOF
 
-# run <label> <binary>: one hey run against a fresh server; appends
-# "label req/s p99_ms ok other cpu_us_per_request".
+# run <label> <binary>: one hey run against a fresh server (kiln-server, or http-floor for
+# the label `floor`); appends "label req/s p99_ms ok other cpu_us_per_request
+# hey_cpu_us_per_request".
 run() {
   local label=$1 bin=$2 port extra=()
   port=$(free_port)
-  # Today's server also serves gRPC (default port 8001, which may be taken).
-  if "$bin" --help 2>/dev/null | grep -q -- --grpc-listen; then
-    extra=(--grpc-listen "127.0.0.1:$(free_port)")
-  fi
   local url=http://127.0.0.1:$port/v2/models/tabular_mlp
-  start_server "$url/ready" "$work/$label.log" "$bin" --root "$work/models" \
-    --listen "127.0.0.1:$port" --poll-ms 60000 --config "$work/settings.yaml" "${extra[@]}"
+  if [[ $label == floor ]]; then
+    start_server "$url/ready" "$work/$label.log" "$bin" "127.0.0.1:$port" "$work/answer-current.json"
+  else
+    # Today's server also serves gRPC (default port 8001, which may be taken).
+    if "$bin" --help 2>/dev/null | grep -q -- --grpc-listen; then
+      extra=(--grpc-listen "127.0.0.1:$(free_port)")
+    fi
+    start_server "$url/ready" "$work/$label.log" "$bin" --root "$work/models" \
+      --listen "127.0.0.1:$port" --poll-ms 60000 --config "$work/settings.yaml" "${extra[@]}"
+  fi
   # The answer is checked once before the load (a wrong answer fast is no figure).
   curl -sf -X POST -H 'content-type: application/json' --data-binary @"$work/body.json" "$url/infer" \
-    | python3 -c 'import json,sys; o=json.load(sys.stdin)["outputs"][0]; assert o["shape"]==[1,8], o' 
+    >"$work/answer-$label.json"
+  python3 -c 'import json,sys; o=json.load(open(sys.argv[1]))["outputs"][0]; assert o["shape"]==[1,8], o' \
+    "$work/answer-$label.json"
   local t0 t1
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  hey -z "${SECS}s" -c 64 -m POST -T application/json -D "$work/body.json" "$url/infer" >"$work/hey.txt"
+  # hey's own user + system CPU seconds, from its rusage.
+  python3 -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[2:], check=True, stdout=open(sys.argv[1], "w"))
+r = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.ru_utime + r.ru_stime)' "$work/hey.txt" \
+    hey -z "${SECS}s" -c 64 -m POST -T application/json -D "$work/body.json" "$url/infer" >"$work/hey-cpu.txt"
   t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   stop_server
-  python3 - "$label" "$work/hey.txt" "$((t1 - t0))" >>"$work/rows.txt" <<'EOF'
+  python3 - "$label" "$work/hey.txt" "$((t1 - t0))" "$(cat "$work/hey-cpu.txt")" >>"$work/rows.txt" <<'EOF'
 import re, sys
 t = open(sys.argv[2]).read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
@@ -87,7 +102,8 @@ ok = codes.pop(200, 0)
 other = sum(codes.values()) + len(re.findall(r"^\s+\[\d+\]\s+.*error", t, re.M))
 # The server's user + system CPU over the run (clock ticks of 10 ms) per answered request.
 cpu_us = int(sys.argv[3]) * 10_000 / max(ok, 1)
-print(sys.argv[1], f"{rps:.0f}", f"{p99:.1f}", ok, other, f"{cpu_us:.0f}")
+hey_us = float(sys.argv[4]) * 1e6 / max(ok, 1)
+print(sys.argv[1], f"{rps:.0f}", f"{p99:.1f}", ok, other, f"{cpu_us:.0f}", f"{hey_us:.0f}")
 EOF
   tail -1 "$work/rows.txt" >&2
 }
@@ -95,6 +111,7 @@ EOF
 for r in $(seq "$ROUNDS"); do
   run "$rev" "target/server-ab/bin-$rev/kiln-server"
   run current target/release/kiln-server
+  run floor target/release/http-floor
 done
 
 head=$(git rev-parse --short HEAD)
@@ -106,31 +123,37 @@ rows_file, rev, head, cores, cpu, baseline, rounds, secs = sys.argv[1:]
 rows = [l.split() for l in open(rows_file)]
 bad = [r for r in rows if int(r[4]) != 0]
 by = {}
-for label, rps, p, ok, other, c in rows:
-    by.setdefault(label, []).append((float(rps), float(p), float(c)))
-med = {k: statistics.median(r[0] for r in v) for k, v in by.items()}
-p99 = {k: statistics.median(r[1] for r in v) for k, v in by.items()}
-cpu_us = {k: statistics.median(r[2] for r in v) for k, v in by.items()}
+for label, rps, p, ok, other, c, h in rows:
+    by.setdefault(label, []).append((float(rps), float(p), float(c), float(h)))
+med, p99, cpu_us, hey_us = ({k: statistics.median(r[i] for r in v) for k, v in by.items()}
+                            for i in range(4))
+names = {rev: f"`{rev}`", "current": f"`{head}`", "floor": "HTTP floor"}
 print("## kiln-server REST today against an older revision (tabular MLP, `hey`)\n")
 print(f"Machine: {cpu}, {cores} cores. Command: `make bench-server-ab BASELINE={baseline} ROUNDS={rounds}` "
       f"(`benches/server-ab.sh`): kiln-server at `{rev}` and at `{head}` (this run's HEAD) serve the tabular MLP "
       "with `make bench-peers`' settings (2 single-threaded instances, max_batch_size 128); "
-      f"`hey -z {secs}s -c 64` sends each the same one-row v2 JSON body; the rounds alternate the two "
-      "binaries, a fresh server per round; every answer was a 200. Server CPU = the server process's "
-      "user + system time over the run ÷ answers (`/proc/<pid>/stat`); `hey` shares the same cores." if not bad else "SOME ANSWERS FAILED")
+      f"`hey -z {secs}s -c 64` sends each the same one-row v2 JSON body; the rounds alternate the "
+      "binaries, a fresh server per round; every answer was a 200. **HTTP floor**: `http-floor` "
+      "(`benches/src/bin/http-floor.rs`), kiln's accept loop and HTTP stack answering today's answer "
+      "bytes with no decoding, model or hand-off behind them: the most a server on this stack gets with "
+      "`hey` on the same cores. Server CPU = the server process's user + system time over the run ÷ "
+      "answers (`/proc/<pid>/stat`); `hey` CPU = hey's own (its rusage) ÷ answers." if not bad else "SOME ANSWERS FAILED")
 print()
-print("| round | binary | req/s | p99 ms | server CPU µs / request | answers 200 / other |")
-print("|---|---|---|---|---|---|")
+print("| round | binary | req/s | p99 ms | server CPU µs / request | `hey` CPU µs / request | answers 200 / other |")
+print("|---|---|---|---|---|---|---|")
 count = {}
-for label, rps, p, ok, other, c in rows:
+for label, rps, p, ok, other, c, h in rows:
     count[label] = count.get(label, 0) + 1
-    name = f"`{rev}`" if label == rev else f"`{head}`"
-    print(f"| {count[label]} | {name} | {rps} | {p} | {c} | {ok} / {other} |")
+    print(f"| {count[label]} | {names[label]} | {rps} | {p} | {c} | {h} | {ok} / {other} |")
 print()
-print(f"Medians: `{rev}` {med[rev]:.0f} req/s, p99 {p99[rev]:.1f} ms, {cpu_us[rev]:.0f} µs of server CPU per request; "
-      f"`{head}` {med['current']:.0f} req/s, p99 {p99['current']:.1f} ms, {cpu_us['current']:.0f} µs: "
-      f"**{med['current'] / med[rev]:.2f}× the requests per second**, "
-      f"{cpu_us[rev] / cpu_us['current']:.2f}× fewer CPU µs per request.")
+print("Medians: " + "; ".join(
+    f"{names[k]} {med[k]:.0f} req/s, p99 {p99[k]:.1f} ms, {cpu_us[k]:.0f} µs of server CPU and "
+    f"{hey_us[k]:.0f} µs of `hey` CPU per request" for k in (rev, "current", "floor")) + ". "
+      f"**Today {med['current'] / med[rev]:.2f}× the requests per second of `{rev}`**, "
+      f"server CPU {cpu_us['current']:.0f} vs {cpu_us[rev]:.0f} µs per request. The HTTP floor is "
+      f"{med['floor'] / med[rev]:.2f}× `{rev}`'s rate: twice `{rev}`'s rate would be "
+      f"{2 * med[rev] / med['floor']:.2f}× what kiln's HTTP stack alone answers here; today's server "
+      f"reaches {med['current'] / med['floor']:.0%} of the floor.")
 if bad:
     sys.exit(1)
 EOF
