@@ -9,9 +9,12 @@
 # - `cat`: 5.1 M strings "cat" into a LabelEncoder (string features in, int64 ids out, what
 #   skl2onnx makes of a categorical column), a model built here with the project venv's onnx;
 # - `echo`: testdata/strings.onnx, 8.7 M empty strings echoed back (Identity) beside two
-#   LabelEncoders.
-# Prints the body size, the answer's status and time (curl), and the server's peak RSS
-# (VmHWM). Give several binaries (an older build first) to compare them in one run.
+#   LabelEncoders;
+# - `text`: 270 k sentences of 40-200 bytes (mean ~115) into the same LabelEncoder as `cat`:
+#   free text, where the bytes of each string outweigh the per-element costs.
+# Prints the body size, the answer's status and time (curl), the server's peak RSS (VmHWM),
+# and peak ÷ body both whole and over the idle server's RSS (what the request added). Give
+# several binaries (an older build first) to compare them in one run.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,7 +27,7 @@ bins=("$@")
 # shellcheck source=benches/server-lib.sh
 source "$ROOT/benches/server-lib.sh"
 
-mkdir -p "$work/cat" "$work/echo"
+mkdir -p "$work/cat" "$work/echo" "$work/text"
 cp "$ROOT/testdata/strings.onnx" "$work/echo/model.onnx"
 "$PY" - "$work" <<'EOF'
 import sys
@@ -39,6 +42,7 @@ g = helper.make_graph(
 m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)])
 m.ir_version = 8
 onnx.save(m, f"{work}/cat/model.onnx")
+onnx.save(m, f"{work}/text/model.onnx")
 n = 1_700_000
 with open(f"{work}/cat.json", "w") as f:
     f.write('{"inputs":[{"name":"text","shape":[%d,3],"datatype":"BYTES","data":[' % n)
@@ -51,25 +55,33 @@ with open(f"{work}/echo.json", "w") as f:
     f.write(']},{"name":"n","shape":[%d,1],"datatype":"INT64","data":[' % n)
     f.write(",".join(["0"] * n))
     f.write("]}]}")
+words = "the quick brown fox jumps over a lazy dog while kiln serves onnx models fast".split()
+n = 90_000
+with open(f"{work}/text.json", "w") as f:
+    f.write('{"inputs":[{"name":"text","shape":[%d,3],"datatype":"BYTES","data":[' % n)
+    f.write(",".join('"%s"' % " ".join(words[(i * 7 + j) % len(words)] for j in range(6 + i % 30))
+                     for i in range(3 * n)))
+    f.write("]}]}")
 EOF
 # One request of any size runs whole (no warm-up at that size).
 printf 'session: {intra_op_threads: 1}\nbatch: {instances: 2, max_batch_size: 3000000, warmup: false}\n' \
   >"$work/settings.yaml"
 port=$(free_port)
 
-printf '| binary | request | body MiB | status | seconds | peak RSS MiB | peak ÷ body |\n|---|---|---|---|---|---|---|\n'
+printf '| binary | request | body MiB | status | seconds | peak RSS MiB | peak ÷ body | (peak − idle) ÷ body |\n|---|---|---|---|---|---|---|---|\n'
 for bin in "${bins[@]}"; do
-  for case in cat echo; do
+  for case in cat echo text; do
     start_server "127.0.0.1:$port/v2/health/ready" "$work/server.log" "$bin" \
       --model-dir "$work/$case" --model-name "$case" --no-verify --listen "127.0.0.1:$port" \
       --grpc-listen off --config "$work/settings.yaml"
+    idle_kib=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
     read -r code secs < <(curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -X POST \
       -H 'content-type: application/json' --data-binary @"$work/$case.json" \
       "127.0.0.1:$port/v2/models/$case/infer")
     peak_kib=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
     stop_server
     body=$(stat -c %s "$work/$case.json")
-    python3 -c "import sys; b,p=int(sys.argv[1]),int(sys.argv[2])*1024; print(f'| {sys.argv[3]} | {sys.argv[4]} | {b/2**20:.1f} | {sys.argv[5]} | {sys.argv[6]} | {p/2**20:.0f} | {p/b:.1f}× |')" \
-      "$body" "$peak_kib" "$bin" "$case" "$code" "$secs"
+    python3 -c "import sys; b,p,i=int(sys.argv[1]),int(sys.argv[2])*1024,int(sys.argv[7])*1024; print(f'| {sys.argv[3]} | {sys.argv[4]} | {b/2**20:.1f} | {sys.argv[5]} | {sys.argv[6]} | {p/2**20:.0f} | {p/b:.1f}× | {(p-i)/b:.1f}× |')" \
+      "$body" "$peak_kib" "$bin" "$case" "$code" "$secs" "$idle_kib"
   done
 done
