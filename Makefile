@@ -59,6 +59,7 @@ $(SIGNING_VENV)/.stamp: scripts/signing-requirements.txt
 KSERVE_VENV := $(ROOT)/.cache/kserve-venv
 kserve-client: $(KSERVE_VENV)/.stamp
 $(KSERVE_VENV)/.stamp: scripts/kserve-requirements.txt
+	rm -rf $(KSERVE_VENV)
 	python3 -m venv $(KSERVE_VENV)
 	$(KSERVE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r scripts/kserve-requirements.txt
 	touch $@

@@ -38,6 +38,23 @@ def request(model, inputs, binary, outputs=None, request_id=None):
                         request_id=request_id)
 
 
+def check_answer(model, response, rid, outputs, tol):
+    """`response` is the answer to request `rid`: every output, each equal to onnxruntime's."""
+    assert response.id == rid, (model, response.id)
+    got = outputs_of(response)
+    assert set(got) == set(outputs), (model, set(got))
+    for name, want in outputs.items():
+        check_close(model, name, got[name], want, tol)
+
+
+def wrong_rank(inputs):
+    """The name of an input and `inputs` with that one given one dim too many."""
+    name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
+    bad = dict(inputs)
+    bad[name] = value.reshape(-1)[:1].reshape([1] * (value.ndim + 1))
+    return name, bad
+
+
 def outputs_of(response):
     return {o.name: o.as_numpy() for o in response.outputs}
 
@@ -56,20 +73,14 @@ async def rest_suite(rest, base, corpus, entries, models):
             rid = f"{model}-{binary}"
             got = await rest.infer(base, request(model, inputs, binary, list(outputs), rid),
                                    model_name=model)
-            assert got.id == rid, (model, got.id)
-            got = outputs_of(got)
-            assert set(got) == set(outputs), (model, set(got))
-            for name, want in outputs.items():
-                check_close(model, name, got[name], want, tol)
+            check_answer(model, got, rid, outputs, tol)
         # Only the first output, as binary data.
         first = next(iter(outputs))
         got = await rest.infer(base, request(model, inputs, True, [first]), model_name=model)
         assert [o.name for o in got.outputs] == [first], [o.name for o in got.outputs]
         check_close(model, first, got.outputs[0].as_numpy(), outputs[first], tol)
         # A wrong rank: HTTPStatusError carrying the server's 400 and its message.
-        name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
-        bad = dict(inputs)
-        bad[name] = value.reshape(-1)[:1].reshape([1] * (value.ndim + 1))
+        name, bad = wrong_rank(inputs)
         try:
             await rest.infer(base, request(model, bad, True), model_name=model)
             raise AssertionError(f"REST: {model}: a wrong rank was served")
@@ -100,18 +111,12 @@ async def grpc_suite(g, corpus, entries, models):
         for binary in ((True,) if fp16 else (False, True)):
             rid = f"{model}-{binary}"
             got = await g.infer(request(model, inputs, binary, request_id=rid))
-            assert got.id == rid, (model, got.id)
-            got = outputs_of(got)
-            assert set(got) == set(outputs), (model, set(got))
-            for name, want in outputs.items():
-                check_close(model, name, got[name], want, tol)
+            check_answer(model, got, rid, outputs, tol)
         first = next(iter(outputs))
         got = await g.infer(request(model, inputs, True, [first]))
         assert [o.name for o in got.outputs] == [first], [o.name for o in got.outputs]
         check_close(model, first, got.outputs[0].as_numpy(), outputs[first], tol)
-        name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
-        bad = dict(inputs)
-        bad[name] = value.reshape(-1)[:1].reshape([1] * (value.ndim + 1))
+        name, bad = wrong_rank(inputs)
         try:
             await g.infer(request(model, bad, True))
             raise AssertionError(f"gRPC: {model}: a wrong rank was served")

@@ -11,64 +11,34 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{free_port, publish, publish_corpus, repo_root, start_ready};
+use common::{repo_root, run_checks, venv_python, CorpusServer};
 
 #[test]
 fn the_kserve_rest_and_grpc_clients_work_against_kiln_server() {
-    let python = repo_root().join(".cache/kserve-venv/bin/python");
-    assert!(
-        python.exists(),
-        "the KServe client venv is missing (run `make kserve-client`)"
-    );
-    let root = tempfile::tempdir().expect("root");
-    let names = publish_corpus(root.path());
-    publish(root.path(), "strings", "1", "strings.onnx");
-    let (port, grpc) = (free_port(), free_port());
-    let grpc_listen = format!("127.0.0.1:{grpc}");
-    let mut child = start_ready(
-        root.path(),
-        port,
-        &["--drain-delay-s", "0", "--grpc-listen", &grpc_listen],
-    );
+    let python = venv_python("kserve-venv", "kserve-client");
+    let server = CorpusServer::start();
     let corpus = repo_root().join("testdata/corpus");
-    let clients = Command::new(&python)
-        .arg(repo_root().join("examples/server/tests/kserve_client.py"))
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(&grpc_listen)
-        .arg(&corpus)
-        .arg("strings")
-        .args(&names)
-        .output()
-        .expect("run the KServe client suite");
-    let transformer = Command::new(&python)
-        .arg(repo_root().join("examples/server/tests/kserve_transformer.py"))
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(&grpc_listen)
-        .arg(&corpus)
-        .arg("magika")
-        .output()
-        .expect("run the KServe transformer checks");
-    let _ = child.kill();
-    let _ = child.wait();
-    let results: Vec<_> = [(clients, "client"), (transformer, "transformer")]
-        .into_iter()
-        .map(|(out, suite)| {
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            eprintln!("{text}");
-            (
-                out.status.success() && text.contains("all checks passed"),
-                suite,
-                text,
-            )
-        })
-        .collect();
-    for (passed, suite, text) in results {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> =
+        vec![&server.rest, &server.grpc, &corpus, &"strings"];
+    args.extend(
+        server
+            .names
+            .iter()
+            .map(|n| n as &dyn AsRef<std::ffi::OsStr>),
+    );
+    let results = [
+        ("client", run_checks(&python, "kserve_client.py", &args)),
+        (
+            "transformer",
+            run_checks(
+                &python,
+                "kserve_transformer.py",
+                &[&server.rest, &server.grpc, &corpus, &"magika"],
+            ),
+        ),
+    ];
+    drop(server);
+    for (suite, (passed, text)) in results {
         assert!(passed, "KServe {suite} suite failed:\n{text}");
     }
 }

@@ -113,14 +113,11 @@ fn infer_body(data: Value, shape: Value) -> String {
 #[test]
 fn health_metadata_and_readiness() {
     let s = server(ServerConfig::default());
-    assert_eq!(
-        call(&s, Method::GET, "/v2/health/live", None, &[]).0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(&s, Method::GET, "/v2/health/ready", None, &[]).0,
-        StatusCode::OK
-    );
+    // The bodies KServe's clients read (Triton's read only the status).
+    let (status, _, live) = call(&s, Method::GET, "/v2/health/live", None, &[]);
+    assert_eq!((status, live), (StatusCode::OK, json!({"live": true})));
+    let (status, _, ready) = call(&s, Method::GET, "/v2/health/ready", None, &[]);
+    assert_eq!((status, ready), (StatusCode::OK, json!({"ready": true})));
     let (status, _, meta) = call(&s, Method::GET, "/v2", None, &[]);
     assert_eq!(
         (status, meta["name"].as_str()),
@@ -171,14 +168,13 @@ fn health_metadata_and_readiness() {
     // Shutting down: readiness goes false first; inference routed here is still served (only
     // the listener closing ends it), liveness stays.
     s.state.draining.store(true, Ordering::Relaxed);
+    let (status, _, ready) = call(&s, Method::GET, "/v2/health/ready", None, &[]);
     assert_eq!(
-        call(&s, Method::GET, "/v2/health/ready", None, &[]).0,
-        StatusCode::SERVICE_UNAVAILABLE
+        (status, ready),
+        (StatusCode::SERVICE_UNAVAILABLE, json!({"ready": false}))
     );
-    assert_eq!(
-        call(&s, Method::GET, "/v2/health/live", None, &[]).0,
-        StatusCode::OK
-    );
+    let (status, _, live) = call(&s, Method::GET, "/v2/health/live", None, &[]);
+    assert_eq!((status, live), (StatusCode::OK, json!({"live": true})));
     let body = infer_body(json!(vec![0.5; 16]), json!([1, 16]));
     assert_eq!(
         call(&s, Method::POST, "/v2/models/mlp/infer", Some(body), &[]).0,

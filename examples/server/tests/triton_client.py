@@ -44,6 +44,9 @@ def main():
         assert cfg["name"] == model and cfg["platform"] == "onnxruntime_onnx", cfg
         batched = entry["batch"] > 0
         assert (cfg["max_batch_size"] > 0) == batched, cfg
+        if batched:
+            # Triton numbers priority levels from 1; kiln's default level is its highest.
+            assert cfg["dynamic_batching"]["default_priority_level"] == "1", cfg
         for i in cfg["input"]:
             rank = inputs[i["name"]].ndim - (1 if batched else 0)
             assert len(i["dims"]) == rank, (model, i)

@@ -89,6 +89,9 @@ def main():
             rank = inputs[i["name"]].ndim - (1 if batched else 0)
             assert len(i.get("dims", [])) == rank, (model, i)
         assert bool(cfg.get("dynamic_batching")) == batched, cfg
+        if batched:
+            # The client's JSON of the ModelConfig message (uint64 as a string).
+            assert cfg["dynamic_batching"]["default_priority_level"] == "1", cfg
 
         # The client's own way: raw_input_contents in, raw_output_contents out.
         req = req_for(inputs)

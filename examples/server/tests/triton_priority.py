@@ -25,7 +25,7 @@ def scenario(name, send):
     """Runs blocker, low, high through `send(rows, priority, done)`; returns done times."""
     done, started = {}, time.monotonic()
     threads = []
-    for label, n, priority, pause in (("blocker", 128, 0, 0.15), ("low", 64, 2, 0.05),
+    for label, n, priority, pause in (("blocker", 256, 0, 0.4), ("low", 64, 2, 0.1),
                                       ("high", 1, 1, 0.0)):
         def run(label=label, n=n, priority=priority):
             send(rows(n), priority)

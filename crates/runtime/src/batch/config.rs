@@ -34,7 +34,10 @@ pub struct BatchConfig {
     /// Priority levels (0 is the highest). Default 2.
     pub priority_levels: usize,
     /// Share of batches guaranteed to lower priority levels while higher ones have work, so
-    /// they are not starved (0 < share ≤ 0.5). Default 0.1: at least every 10th batch.
+    /// they are not starved (0 < share ≤ 0.5). Default 0.1: at least every 10th batch, to the
+    /// lower level whose oldest request has waited longest — once it has waited at least as
+    /// long as the highest level's oldest, so a lower level is never served sooner than first
+    /// come, first served would.
     pub low_priority_share: f64,
     /// Run warm-up batches on every instance before reporting Ready, so out-of-memory and
     /// slow first runs happen before traffic. Default true. Without `warmup_samples`, kiln

@@ -7,7 +7,9 @@
 //! 1. Requests whose deadline passed or whose caller went away are removed as they are met
 //!    (and by [`Queue::expire`], which the deadline timer calls).
 //! 2. Level: the highest priority with work, except that every `low_period`-th batch goes to
-//!    a lower level that has work, so low priority gets a bounded share and never starves.
+//!    the lower level whose oldest request has waited longest, if it has waited at least as
+//!    long as the highest level's oldest: low priority gets a bounded share and never starves,
+//!    yet is never served sooner than first come, first served would.
 //! 3. The oldest request of that level opens the batch; later requests of the same level with
 //!    the same non-batch dims (shape bucket) join in FIFO order while their rows fit in
 //!    `max_rows`. Requests of other buckets keep their place.
@@ -77,7 +79,8 @@ pub(crate) struct Policy {
     pub(crate) preferred: Vec<usize>,
     /// Queue delay (zero: greedy).
     pub(crate) delay: Duration,
-    /// Every this many batches, a lower priority level with work is served.
+    /// Every this many batches, a lower priority level with work may be served (its oldest
+    /// request must have waited at least as long as the top level's oldest).
     pub(crate) low_period: usize,
 }
 
@@ -196,7 +199,11 @@ impl Queue {
         false
     }
 
-    /// The level to serve, applying the low-priority share.
+    /// The level to serve, applying the low-priority share: every `period`-th batch goes to
+    /// the lower level whose front request has waited longest, if it has waited at least as
+    /// long as the top level's front one. So a lower level is never starved, and never served
+    /// sooner than first come, first served would serve it: asking for a lower priority
+    /// cannot jump a backlog of default requests.
     fn pick_level(
         &mut self,
         now: Instant,
@@ -207,19 +214,17 @@ impl Queue {
             .filter(|&l| self.clean_front(l, now, dropped))
             .collect();
         let top = *live.first()?;
-        match live.get(1) {
-            Some(&lower) if self.since_low + 1 >= period => {
-                self.since_low = 0;
-                Some(lower)
-            }
-            Some(_) => {
-                self.since_low += 1;
-                Some(top)
-            }
-            None => {
-                self.since_low = 0;
-                Some(top)
-            }
+        let front = |l: usize| self.levels[l].front().map(|p| p.enqueued);
+        let Some(lower) = live[1..].iter().copied().min_by_key(|&l| front(l)) else {
+            self.since_low = 0;
+            return Some(top);
+        };
+        if self.since_low + 1 >= period && front(lower) <= front(top) {
+            self.since_low = 0;
+            Some(lower)
+        } else {
+            self.since_low += 1;
+            Some(top)
         }
     }
 
@@ -512,6 +517,63 @@ mod tests {
         assert_eq!(b.len(), 4);
     }
 
+    /// Takes batches until the queue is empty; the ids in the order they ran.
+    fn run_order(q: &mut Queue, pol: &Policy) -> Vec<usize> {
+        let (mut order, mut dropped) = (Vec::new(), Vec::new());
+        while !q.is_empty() {
+            let Take::Batch(b) = q.take(Instant::now(), pol, 1, &mut dropped) else {
+                panic!("greedy policy must return a batch")
+            };
+            order.extend(b.iter().map(id));
+        }
+        order
+    }
+
+    #[test]
+    fn a_lower_level_never_overtakes_an_older_request() {
+        // Asking for a lower priority must never get a request served sooner than first come,
+        // first served would: the low level's share goes to it only when its oldest request
+        // has waited longer than the top level's oldest.
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut q = Queue::new(2);
+        let mut keep = Vec::new();
+        for (i, prio, at) in [(0, 0, 0), (1, 0, 1), (2, 0, 2), (3, 1, 5), (4, 0, 6)] {
+            let (p, rx) = pending(i, 1, 0, prio, t0 + ms(at));
+            q.push(p);
+            keep.push(rx);
+        }
+        let mut pol = policy(1, vec![]);
+        pol.low_period = 2;
+        assert_eq!(run_order(&mut q, &pol), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn every_lower_level_gets_the_share_oldest_first() {
+        // With three levels, the share goes to the lower level whose request has waited
+        // longest, not always to the second level.
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut q = Queue::new(3);
+        let mut keep = Vec::new();
+        let mut push = |q: &mut Queue, i: usize, prio: usize, at: u64| {
+            let (p, rx) = pending(i, 1, 0, prio, t0 + ms(at));
+            q.push(p);
+            keep.push(rx);
+        };
+        push(&mut q, 0, 2, 0);
+        for i in 1..=4 {
+            push(&mut q, i, 1, i as u64);
+        }
+        for i in 5..=8 {
+            push(&mut q, i, 0, 10 + i as u64);
+        }
+        let mut pol = policy(1, vec![]);
+        pol.low_period = 2;
+        let order = run_order(&mut q, &pol);
+        assert_eq!(&order[..2], &[5, 0], "{order:?}");
+    }
+
     #[test]
     fn waiting_out_the_delay_does_not_use_up_the_low_priority_share() {
         let now = Instant::now();
@@ -584,20 +646,22 @@ mod tests {
     }
 
     proptest! {
-        /// Under any mix of sizes, buckets and priorities: nothing lost or duplicated, each
-        /// batch within max rows and of one bucket and level, FIFO kept within a bucket and
-        /// level, and low priority served within its bounded share.
+        /// Under any mix of sizes, buckets and three priority levels (requests arriving a
+        /// microsecond apart, in order): nothing lost or duplicated, each batch within max
+        /// rows and of one bucket and level, FIFO kept within a bucket and level, a lower
+        /// level served within its bounded share whenever its oldest request is at least as
+        /// old as the top level's, and never ahead of an older top-level request.
         #[test]
         fn batches_keep_every_invariant(
-            reqs in proptest::collection::vec((1usize..=4, 0usize..3, 0usize..2), 1..120),
+            reqs in proptest::collection::vec((1usize..=4, 0usize..3, 0usize..3), 1..120),
             max_rows in 4usize..=12,
             preferred in proptest::collection::vec(1usize..=4, 0..3),
         ) {
             let now = Instant::now();
-            let mut q = Queue::new(2);
+            let mut q = Queue::new(3);
             let mut receivers = Vec::new();
             for (i, &(rows, key, prio)) in reqs.iter().enumerate() {
-                let (p, rx) = pending(i, rows, key, prio, now);
+                let (p, rx) = pending(i, rows, key, prio, now + Duration::from_micros(i as u64));
                 q.push(p);
                 receivers.push(rx);
             }
@@ -607,7 +671,9 @@ mod tests {
             let mut high_streak = 0;
             let mut dropped = Vec::new();
             while !q.is_empty() {
-                let low_waiting = q.levels[1].len();
+                let top_front = q.levels[0].front().map(|p| p.enqueued);
+                let low_front = q.levels[1..].iter().filter_map(|l| l.front().map(|p| p.enqueued)).min();
+                let low_due = low_front.is_some_and(|l| top_front.is_none_or(|t| l <= t));
                 let Take::Batch(b) = q.take(now, &pol, 1, &mut dropped) else { panic!("greedy policy must return a batch") };
                 prop_assert!(!b.is_empty());
                 let rows: usize = b.iter().map(|p| p.rows).sum();
@@ -622,7 +688,10 @@ mod tests {
                     let last = last_per_bucket.insert((level, key.clone()), i);
                     prop_assert!(last.is_none_or(|l| l < i), "FIFO broken in bucket");
                 }
-                if level == 0 && low_waiting > 0 { high_streak += 1 } else { high_streak = 0 }
+                if level > 0 {
+                    prop_assert!(top_front.is_none_or(|t| b[0].enqueued <= t), "a lower level overtook an older request");
+                }
+                if level == 0 && low_due { high_streak += 1 } else { high_streak = 0 }
                 prop_assert!(high_streak < pol.low_period, "low priority starved for {} batches", high_streak);
             }
             prop_assert!(dropped.is_empty());

@@ -2,7 +2,8 @@
 //! not use: `parameters` (as a `serde_json::Value`, a 32 MiB array hidden in one cost as much
 //! as the same array in `data` did) and `shape` (8 bytes a dim, twice over).
 //!
-//! [`Parameters`] keeps the three parameters kiln reads and skips every other one unread;
+//! [`Parameters`] keeps the parameters kiln reads (`binary_data_size`, `binary_data`,
+//! `binary_data_output`, `timeout`, `priority`) and skips every other one unread;
 //! [`dims`] stops a shape at [`MAX_DIMS`].
 
 use std::fmt;

@@ -32,7 +32,8 @@ pub struct InferRequest<'a> {
     /// Echoed in the response.
     #[serde(default)]
     pub id: Option<String>,
-    /// Request parameters (`binary_data_output` read, others skipped).
+    /// Request parameters (`binary_data_output`, `timeout` and `priority` read, others
+    /// skipped).
     #[serde(default)]
     pub parameters: Parameters,
     /// Input tensors.

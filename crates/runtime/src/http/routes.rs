@@ -202,9 +202,9 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
     response
 }
 
-/// 200 `{"live": true}` while the process serves. The protocol needs only the status code
-/// (Triton's clients read nothing else); KServe's clients read the body KServe's own server
-/// sends, and fail on an empty one.
+/// 200 `{"live": true}` while the process serves. The protocol's answer is the status code
+/// alone (Triton's clients read nothing else, and Triton sends no body); KServe's clients
+/// read the body KServe's own server sends, and fail on an empty one, so kiln sends it.
 async fn live() -> Json<serde_json::Value> {
     Json(json!({"live": true}))
 }

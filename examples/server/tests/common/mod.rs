@@ -61,6 +61,84 @@ pub(crate) fn publish_corpus(root: &Path) -> Vec<String> {
     models.into_iter().map(|(m, _)| m).collect()
 }
 
+/// kiln-server serving every corpus model beside `dtypes` and `strings` (testdata), REST and
+/// gRPC on free ports, killed when dropped.
+pub(crate) struct CorpusServer {
+    child: std::process::Child,
+    /// REST `127.0.0.1:PORT`.
+    pub(crate) rest: String,
+    /// gRPC `127.0.0.1:PORT`.
+    pub(crate) grpc: String,
+    /// The corpus models' names.
+    pub(crate) names: Vec<String>,
+    _root: tempfile::TempDir,
+}
+
+impl CorpusServer {
+    pub(crate) fn start() -> Self {
+        let root = tempfile::tempdir().expect("root");
+        let names = publish_corpus(root.path());
+        publish(root.path(), "dtypes", "1", "dtypes.onnx");
+        publish(root.path(), "strings", "1", "strings.onnx");
+        let (port, grpc) = (free_port(), free_port());
+        let grpc = format!("127.0.0.1:{grpc}");
+        let child = start_ready(
+            root.path(),
+            port,
+            &["--drain-delay-s", "0", "--grpc-listen", &grpc],
+        );
+        Self {
+            child,
+            rest: format!("127.0.0.1:{port}"),
+            grpc,
+            names,
+            _root: root,
+        }
+    }
+}
+
+impl Drop for CorpusServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The Python of `venv` (under `.cache/`), asserted present (`make` target `target` makes it).
+pub(crate) fn venv_python(venv: &str, target: &str) -> std::path::PathBuf {
+    let python = repo_root().join(".cache").join(venv).join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing (run `make {target}`)",
+        python.display()
+    );
+    python
+}
+
+/// Runs a check script of `examples/server/tests` with `python` and `args`: its output
+/// (stdout, then stderr; also printed) and whether it passed (exit 0 and "all checks passed").
+pub(crate) fn run_checks(
+    python: &Path,
+    script: &str,
+    args: &[&dyn AsRef<std::ffi::OsStr>],
+) -> (bool, String) {
+    let out = std::process::Command::new(python)
+        .arg(repo_root().join("examples/server/tests").join(script))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    (
+        out.status.success() && text.contains("all checks passed"),
+        text,
+    )
+}
+
 /// Publishes `testdata/<file>` as `<root>/<model>/<version>/model.onnx` with its manifest
 /// and `current` link, as the agent does.
 pub(crate) fn publish(root: &Path, model: &str, version: &str, file: &str) {
