@@ -10,7 +10,10 @@
 //! A compressed body says nothing reliable about its inflated size (a 32 KiB gzip member can
 //! inflate to 32 MiB), so inflating stops at the body limit (413 / `RESOURCE_EXHAUSTED`
 //! past it), and a body that inflates past the inline size is inflated and decoded on the
-//! decode threads holding a whole body limit's share of the budget (`decode.rs`).
+//! decode threads holding a share of the budget: a REST body in gzip the size its trailer
+//! names (inflating stops there; a trailer that understated it costs a second inflate under
+//! a whole share), any other a whole body limit's share (`decode.rs`). A gRPC message takes
+//! its whole share before it is read, while its size is unknown (`grpc/compressed.rs`).
 
 use std::io::Read as _;
 
@@ -95,21 +98,28 @@ impl Coding {
         }
     }
 
+    /// The inflated size gzip's trailer names (`ISIZE`, mod 2^32, of the last member only):
+    /// a hint, not a promise — a body of several members, or one that lies, inflates to more
+    /// (or fails its check). None for deflate, which names no size.
+    pub(crate) fn size_hint(self, data: &[u8]) -> Option<usize> {
+        match self {
+            Self::Gzip => {
+                let t = data.get(data.len().checked_sub(4)?..)?;
+                usize::try_from(u32::from_le_bytes([t[0], t[1], t[2], t[3]])).ok()
+            }
+            Self::Deflate => None,
+        }
+    }
+
     /// `data` inflated, at most `limit` bytes of it.
     ///
     /// # Errors
     /// [`Inflate::TooLarge`] past `limit`; [`Inflate::Corrupt`] for data that is not this
     /// coding (or ends early).
     pub(crate) fn inflate(self, data: &[u8], limit: usize) -> Result<Vec<u8>, Inflate> {
-        // gzip's trailer gives the inflated size (mod 2^32): room for it, within the limit.
-        let hint = match self {
-            Self::Gzip => data
-                .len()
-                .checked_sub(4)
-                .and_then(|at| data.get(at..))
-                .map_or(0, |t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) as usize),
-            Self::Deflate => data.len().saturating_mul(4),
-        };
+        let hint = self
+            .size_hint(data)
+            .unwrap_or_else(|| data.len().saturating_mul(4));
         let mut out = Vec::with_capacity(hint.min(limit));
         let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
         let read = match self {

@@ -28,7 +28,7 @@ use axum::http::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::http::body_pool::{BodyPool, PooledBody};
-use crate::http::compression::Coding;
+use crate::http::compression::{Coding, Inflate};
 use crate::http::error::ApiError;
 use crate::http::protocol::{self, InferRequest};
 
@@ -101,8 +101,10 @@ impl Decoder {
     /// [`Decoder::decode`] of a body sent in `coding` (`Content-Encoding`), inflated to at most
     /// `limit` bytes first. A small body that inflates to under [`INLINE_MAX_BYTES`] is
     /// inflated and decoded inline, as any small body; any other is inflated and decoded on a
-    /// decode thread holding `limit` bytes' share of the budget, the most it may inflate to
-    /// (its compressed size says nothing of that).
+    /// decode thread holding a share of the budget: of the size a gzip trailer names when that
+    /// is under `limit` (inflating stops there), else — deflate, or a trailer that
+    /// understated it — of `limit`, the most it may inflate to (its compressed size says
+    /// nothing of that).
     ///
     /// # Errors
     /// As [`Decoder::decode`]; 413 past `limit` inflated, 400 for a body not in `coding`.
@@ -120,8 +122,35 @@ impl Decoder {
         if let Some(plain) = coding.inflate_small(body.as_ref(), limit)? {
             return protocol::decode(&plain, header_len, max_elements).map_err(ApiError::from);
         }
-        let bytes = self.reserve(limit).await?;
         let header_len = header_len.map(str::to_owned);
+        // The share of the size gzip's trailer names, when under the limit, so compressed
+        // bodies do not each hold a whole limit's share; inflating stops there, and a trailer
+        // that understated it (several members, or a lie) gives the body back to be inflated
+        // again under a whole share.
+        let mut body = body;
+        if let Some(hint) = coding.size_hint(body.as_ref()).filter(|&h| h < limit) {
+            let bytes = self.reserve(hint).await?;
+            let header_len = header_len.clone();
+            let tried = self
+                .off_workers(move || match coding.inflate(body.as_ref(), hint) {
+                    Err(Inflate::TooLarge { .. }) => Err(body),
+                    plain => {
+                        drop(body);
+                        let decoded = plain.map_err(ApiError::from).and_then(|plain| {
+                            protocol::decode(&plain, header_len.as_deref(), max_elements)
+                                .map_err(ApiError::from)
+                        });
+                        drop(bytes);
+                        Ok(decoded)
+                    }
+                })
+                .await?;
+            match tried {
+                Ok(decoded) => return decoded,
+                Err(returned) => body = returned,
+            }
+        }
+        let bytes = self.reserve(limit).await?;
         self.off_workers(move || {
             let plain = coding.inflate(body.as_ref(), limit);
             drop(body);
@@ -219,6 +248,7 @@ fn decode_threads(cpus: usize) -> usize {
 mod tests {
     use super::*;
     use axum::body::Bytes;
+    use std::time::Duration;
 
     fn body(values: usize) -> Bytes {
         let data = vec!["0"; values].join(",");
@@ -295,6 +325,50 @@ mod tests {
         assert_eq!(
             decoder.permits.available_permits(),
             1024,
+            "permits returned"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_gzip_body_holds_the_share_its_trailer_names_and_falls_back_when_it_understates() {
+        // A 4 MiB budget, 2 MiB bodies, 3.5 MiB of it held by other requests: a whole body
+        // limit's share would wait for them; the ~200 KB this body's gzip trailer names fits.
+        let decoder = Decoder::new(4 << 20, 1 << 20);
+        let held = decoder.reserve((7 << 20) / 2).await.expect("held");
+        let plain = body(100_000);
+        let packed = Coding::Gzip.compress(&plain);
+        assert!(packed.len() < INLINE_MAX_BYTES && plain.len() > INLINE_MAX_BYTES);
+        let (_, tensors) = tokio::time::timeout(
+            Duration::from_secs(10),
+            decoder.decode_encoded(packed, Some(Coding::Gzip), None, 2 << 20),
+        )
+        .await
+        .expect("waited for a whole body limit's share")
+        .expect("decoded");
+        assert_eq!(tensors[0].1.len(), 100_000);
+        drop(held);
+        // Two gzip members: the trailer names the last one's size only, so the first inflate
+        // stops short and the body is inflated again under a whole share.
+        let half = plain.len() / 2;
+        let mut members = Coding::Gzip.compress(&plain[..half]);
+        members.extend(Coding::Gzip.compress(&plain[half..]));
+        let (_, tensors) = decoder
+            .decode_encoded(members, Some(Coding::Gzip), None, 2 << 20)
+            .await
+            .expect("decoded");
+        assert_eq!(tensors[0].1.len(), 100_000);
+        // A trailer that overstates it is no reason to wait either: at most the limit.
+        let mut over = Coding::Gzip.compress(&plain);
+        let n = over.len();
+        over[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = decoder
+            .decode_encoded(over, Some(Coding::Gzip), None, 2 << 20)
+            .await
+            .expect_err("a trailer that does not match is corrupt");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(
+            decoder.permits.available_permits(),
+            4096,
             "permits returned"
         );
     }
