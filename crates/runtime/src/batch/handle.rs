@@ -418,6 +418,13 @@ impl ModelHandle {
         self.inner.serving(|s| s.batcher.config().clone())
     }
 
+    /// The serving version's priority levels, without copying its settings (warm-up samples
+    /// included) as [`ModelHandle::config`] does: read per request that names a priority.
+    #[cfg(feature = "http")]
+    pub(crate) fn priority_levels(&self) -> Option<usize> {
+        self.inner.serving(|s| s.batcher.config().priority_levels)
+    }
+
     /// Whether a version serves that has not broken.
     fn is_serving(&self) -> bool {
         self.inner

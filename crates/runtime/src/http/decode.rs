@@ -123,17 +123,18 @@ impl Decoder {
             return protocol::decode(&plain, header_len, max_elements).map_err(ApiError::from);
         }
         let header_len = header_len.map(str::to_owned);
-        // The share of the size gzip's trailer names, when under the limit, so compressed
-        // bodies do not each hold a whole limit's share; inflating stops there, and a trailer
-        // that understated it (several members, or a lie) gives the body back to be inflated
-        // again under a whole share.
+        // First the share of the size gzip's trailer names, when under the limit, so
+        // compressed bodies do not each hold a whole limit's share; inflating stops there, and
+        // a trailer that understated it (several members, or a lie) gives the body back to be
+        // inflated again under a whole share.
+        let hint = coding.size_hint(body.as_ref()).filter(|&h| h < limit);
         let mut body = body;
-        if let Some(hint) = coding.size_hint(body.as_ref()).filter(|&h| h < limit) {
-            let bytes = self.reserve(hint).await?;
+        for cap in hint.into_iter().chain([limit]) {
+            let bytes = self.reserve(cap).await?;
             let header_len = header_len.clone();
-            let tried = self
-                .off_workers(move || match coding.inflate(body.as_ref(), hint) {
-                    Err(Inflate::TooLarge { .. }) => Err(body),
+            let attempt = self
+                .off_workers(move || match coding.inflate(body.as_ref(), cap) {
+                    Err(Inflate::TooLarge { .. }) if cap < limit => Err(body),
                     plain => {
                         drop(body);
                         let decoded = plain.map_err(ApiError::from).and_then(|plain| {
@@ -145,23 +146,13 @@ impl Decoder {
                     }
                 })
                 .await?;
-            match tried {
+            match attempt {
                 Ok(decoded) => return decoded,
                 Err(returned) => body = returned,
             }
         }
-        let bytes = self.reserve(limit).await?;
-        self.off_workers(move || {
-            let plain = coding.inflate(body.as_ref(), limit);
-            drop(body);
-            let decoded = plain.map_err(ApiError::from).and_then(|plain| {
-                protocol::decode(&plain, header_len.as_deref(), max_elements)
-                    .map_err(ApiError::from)
-            });
-            drop(bytes);
-            decoded
-        })
-        .await?
+        // (The last attempt's cap is the limit, which answers past it itself.)
+        Err(Inflate::TooLarge { limit }.into())
     }
 
     /// Runs `work` on tokio's blocking pool once one of the decode slots is free (a slot per

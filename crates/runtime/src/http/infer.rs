@@ -71,7 +71,7 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         request = request.with_timeout(timeout);
     }
     if call.priority.is_some_and(|p| p > 1) {
-        let levels = handle.config().map_or(1, |c| c.priority_levels);
+        let levels = handle.priority_levels().unwrap_or(1);
         request = request.with_priority(level(call.priority, levels));
     }
     let version = handle.current_version();
