@@ -1,7 +1,8 @@
 //! Maximal JSON bodies against the real `kiln-server` binary at its default limits (32 MiB
 //! bodies, 16 Mi elements per input): four dense `0,0,0,…` bodies at once, with a declared
 //! shape that matches their data, with one smaller than their data, and as a parameter kiln
-//! does not read, while another connection polls `/v2/health/live`. The server's peak memory stays within 3× the bodies
+//! does not read, and as KServe v1 rows (bare and named), while another connection polls
+//! `/v2/health/live`. The server's peak memory stays within 3× the bodies
 //! in flight, and every liveness probe answers within 100 ms (a decode on a tokio worker held
 //! them for seconds). On a shared machine the limit is raised by the machine's own worst
 //! stall over the same time, as a thread of this test that only sleeps sees it.
@@ -47,15 +48,31 @@ fn input_head(rows: usize) -> String {
     format!(r#"{{"inputs":[{{"name":"x","shape":[{rows},16],"datatype":"FP32","data":["#)
 }
 
-/// POSTs `body` to mlp's infer, all but its last byte, then waits on `staged` (every sender
-/// and the test) before sending that byte; the status code and body of the answer.
-fn send_staged(port: u16, body: &str, staged: &Barrier) -> (u16, String) {
+/// KServe v1 rows for mlp just under [`MAX_BODY`]: `{"instances": [...]}` of rows of 16
+/// zeros, each bare or (`named`) as `{"x": row}`.
+fn v1_body(named: bool) -> String {
+    let row = format!("[{}]", vec!["0"; 16].join(","));
+    let item = if named {
+        format!(r#"{{"x":{row}}}"#)
+    } else {
+        row
+    };
+    let (head, tail) = (r#"{"instances":["#, "]}");
+    let n = (MAX_BODY - head.len() - tail.len() + 1) / (item.len() + 1);
+    let body = format!("{head}{}{tail}", vec![item; n].join(","));
+    assert!(body.len() <= MAX_BODY && body.len() > MAX_BODY - 64);
+    body
+}
+
+/// POSTs `body` to `path`, all but its last byte, then waits on `staged` (every sender and
+/// the test) before sending that byte; the status code and body of the answer.
+fn send_staged(port: u16, path: &str, body: &str, staged: &Barrier) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(120)))
         .expect("timeout");
     write!(
         s,
-        "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .expect("head");
@@ -93,9 +110,9 @@ impl Figures {
     }
 }
 
-/// Sends [`CONCURRENT`] copies of `body` at once to a fresh server while probing liveness;
-/// every answer must be `code` with `expect` in its body.
-fn run_case(body: &str, code: u16, expect: &str) -> Figures {
+/// Sends [`CONCURRENT`] copies of `body` to `path` at once on a fresh server while probing
+/// liveness; every answer must be `code` with `expect` in its body.
+fn run_case(path: &'static str, body: &str, code: u16, expect: &str) -> Figures {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
     let port = free_port();
@@ -114,7 +131,7 @@ fn run_case(body: &str, code: u16, expect: &str) -> Figures {
     let senders: Vec<_> = (0..CONCURRENT)
         .map(|_| {
             let (body, staged) = (Arc::clone(&body), Arc::clone(&staged));
-            std::thread::spawn(move || send_staged(port, &body, &staged))
+            std::thread::spawn(move || send_staged(port, path, &body, &staged))
         })
         .collect();
     staged.wait();
@@ -138,31 +155,40 @@ fn maximal_json_bodies_stay_within_three_times_their_size_and_liveness_answers()
     // Matching: the data fills the shape exactly, so it all decodes, and the model refuses
     // the million-row request only after. Smaller: the shape holds 16 of the 16 Mi values.
     // Padded: a valid one-row request, the zeros in a parameter kiln does not read.
+    // KServe v1: the same zeros as rows, bare and named (`{"x": row}`), refused by the model
+    // after decoding, as the matching shape is.
     let one_row = format!("{}{}", input_head(1), vec!["0.5"; 16].join(","));
+    let v2 = "/v2/models/mlp/infer";
+    let v1 = "/v1/models/mlp:predict";
     let cases = [
         (
+            v2,
             "matching shape",
             dense_body(|rows| (input_head(rows), "]}]}")),
             400,
             "max_batch_size",
         ),
         (
+            v2,
             "smaller shape",
             dense_body(|_| (input_head(1), "]}]}")),
             400,
             "values but shape [1, 16] needs 16",
         ),
         (
+            v2,
             "padded parameters",
             dense_body(|_| (format!(r#"{one_row}],"parameters":{{"pad":["#), "]}}]}")),
             200,
             r#""outputs""#,
         ),
+        (v1, "v1 rows", v1_body(false), 400, "max_batch_size"),
+        (v1, "v1 named rows", v1_body(true), 400, "max_batch_size"),
     ];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut failures = Vec::new();
-    for (case, body, code, expect) in &cases {
-        let f = run_case(body, *code, expect);
+    for (path, case, body, code, expect) in &cases {
+        let f = run_case(path, body, *code, expect);
         let in_flight_mib = (CONCURRENT * body.len()) as f64 / f64::from(1 << 20);
         let bound = f.baseline_mib + 3.0 * in_flight_mib;
         let (p99, max) = (f.probe(0.99), f.probe(1.0));

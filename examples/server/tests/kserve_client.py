@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
 """KServe's own Python SDK clients (`kserve`: InferenceRESTClient with the v2 protocol and
-InferenceGRPCClient, pinned in scripts/kserve-requirements.txt) against a running kiln-server
+with the v1 protocol, and InferenceGRPCClient, pinned in scripts/kserve-requirements.txt)
+against a running kiln-server
 that serves the real-model corpus and testdata/strings.onnx: the health calls (which read
 KServe's JSON bodies, `{"live": true}` and `{"ready": true}`), model readiness, inference with
 JSON and with binary tensors over REST and with typed and raw contents over gRPC compared to
 Python onnxruntime's golden outputs, output selection, BYTES both ways, and the errors each
 client raises. This is what a KServe transformer, an InferenceGraph step or a user's script
-calls a v2 predictor with.
+calls a v2 predictor with. The v1 suite sends each corpus model whose inputs all have a batch
+dim its golden rows as `{"instances": [...]}` and checks `{"predictions": [...]}` row by row
+against the same outputs (v1 liveness `GET /`, model readiness, BYTES, the errors).
 
 Usage: kserve_client.py HTTP_HOST:PORT GRPC_HOST:PORT CORPUS_DIR STRINGS_MODEL MODEL [MODEL ...]
 Exits non-zero with a message on the first check that fails.
@@ -132,6 +135,94 @@ async def grpc_suite(g, corpus, entries, models):
         assert e.code() == grpc.StatusCode.NOT_FOUND, (e.code(), e.details())
 
 
+def v1_plan(meta, inputs):
+    """For a model described by kiln's v2 `meta`, with golden `inputs`: the number of rows, and
+    which outputs are one row per instance (kiln's rule: every output of a model whose dim 0
+    is dynamic everywhere, or an output whose declared dim 0 is the row count); None when the
+    inputs cannot be sent as v1 rows (a scalar input, inputs of different dim 0, a fixed dim 0
+    that is not the row count) or an output could not be split between several rows."""
+    if any(v.ndim == 0 for v in inputs.values()):
+        return None
+    rows = {v.shape[0] for v in inputs.values()}
+    if len(rows) != 1:
+        return None
+    rows = rows.pop()
+    declared = {t["name"]: t["shape"] for t in meta["inputs"] + meta["outputs"]}
+    if any(declared[n][0] not in (-1, rows) for n in inputs):
+        return None
+    batch_dim = all(s and s[0] == -1 for s in declared.values())
+    split = {t["name"]: batch_dim or t["shape"][:1] == [rows] for t in meta["outputs"]}
+    if rows > 1 and not all(split.values()):
+        return None
+    return rows, split
+
+
+async def v1_suite(v1, base, corpus, entries, models):
+    """KServe's REST client with protocol="v1": what a KServe transformer's default predictor
+    call (`--predictor_protocol v1`) and InferenceGraph steps on v1 send."""
+    assert await v1.is_server_live(base) is True, "v1: server not live (GET /)"
+    try:
+        await v1.is_model_ready(base, "no-such-model")
+        raise AssertionError("v1: an unknown model's readiness answered")
+    except httpx.HTTPStatusError as e:
+        assert e.response.status_code == 404, (e.response.status_code, str(e))
+    served = 0
+    for model in models:
+        tol = entries[model]["tolerance"]
+        async with httpx.AsyncClient() as h:
+            meta = (await h.get(f"{base}/v2/models/{model}")).json()
+        inputs, outputs = load_golden(corpus, model)
+        plan = v1_plan(meta, inputs)
+        if plan is None:
+            print(f"kserve_client: v1 {model} skipped (its inputs are not rows)")
+            continue
+        rows, split = plan
+        assert await v1.is_model_ready(base, model) is True, f"v1: {model} not ready"
+        if len(inputs) == 1:
+            (only,) = inputs.values()
+            instances = [only[i].tolist() for i in range(rows)]
+        else:
+            instances = [{n: v[i].tolist() for n, v in inputs.items()} for i in range(rows)]
+        got = await v1.infer(base, {"instances": instances}, model_name=model)
+        predictions = got["predictions"]
+        assert len(predictions) == rows, (model, len(predictions))
+        for i, p in enumerate(predictions):
+            if len(outputs) > 1:
+                assert set(p) == set(outputs), (model, set(p))
+            for name, want in outputs.items():
+                value = p[name] if len(outputs) > 1 else p
+                want = want[i] if split[name] else want
+                check_close(model, name, np.array(value, dtype=want.dtype), want, tol)
+        served += 1
+        print(f"kserve_client: v1 {model} ok ({rows} instance(s), {len(outputs)} output(s))")
+    assert served >= 5, f"v1: only {served} corpus models could be sent as rows"
+    # A ragged instance and a missing input: 400s carrying kiln's reason.
+    for body, why in [({"instances": [[[1.0, 2.0], [3.0]]]}, "not a tensor"),
+                      ({"instances": [{"no-such-input": [1]}]}, "unknown input")]:
+        try:
+            await v1.infer(base, body, model_name=models[0])
+            raise AssertionError(f"v1: {body} was served")
+        except httpx.HTTPStatusError as e:
+            assert e.response.status_code == 400, (e.response.status_code, str(e))
+            assert why in str(e), str(e)
+    try:
+        await v1.infer(base, {"instances": [[1]]}, model_name="no-such-model")
+        raise AssertionError("v1: an unknown model answered")
+    except httpx.HTTPStatusError as e:
+        assert e.response.status_code == 404, (e.response.status_code, str(e))
+
+
+async def v1_strings_suite(v1, base, model):
+    """BYTES over v1: objects naming both inputs, strings in and out."""
+    got = await v1.infer(base, {"instances": [{"text": ["cat", "x", "ünïcödé"], "n": [1]},
+                                              {"text": ["dog", "", "cat"], "n": [7]}]},
+                         model_name=model)
+    assert got["predictions"] == [
+        {"echo": ["cat", "x", "ünïcödé"], "ids": [1, -1, 3], "label": ["one"]},
+        {"echo": ["dog", "", "cat"], "ids": [2, -1, 1], "label": ["other"]}], got
+    print("kserve_client: v1 BYTES ok")
+
+
 async def strings_suite(rest, base, g, model):
     """BYTES in and out (testdata/strings.onnx: `echo` = text, `ids` = LabelEncoder of text,
     `label` = LabelEncoder of the int64 `n`), JSON and binary over REST, typed and raw over
@@ -170,13 +261,17 @@ async def main():
         entries = {m["name"]: m for m in json.load(f)["models"]}
     base = f"http://{http_url}"
     rest = InferenceRESTClient(RESTConfig(protocol="v2", timeout=120))
+    v1 = InferenceRESTClient(RESTConfig(protocol="v1", timeout=120))
     g = InferenceGRPCClient(grpc_url, timeout=120)
     try:
         await rest_suite(rest, base, corpus, entries, models)
+        await v1_suite(v1, base, corpus, entries, models)
         await grpc_suite(g, corpus, entries, models)
         await strings_suite(rest, base, g, strings)
+        await v1_strings_suite(v1, base, strings)
     finally:
         await rest.close()
+        await v1.close()
         await g.close()
     print("kserve_client: all checks passed")
 

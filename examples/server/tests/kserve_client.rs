@@ -1,13 +1,14 @@
-//! KServe's own Python SDK clients (`kserve` 0.21: `InferenceRESTClient` with the v2 protocol
-//! and `InferenceGRPCClient`, pinned in `scripts/kserve-requirements.txt`, in their own venv)
-//! against the real `kiln-server` binary serving the real-model corpus and BYTES tensors:
-//! what a KServe transformer, an InferenceGraph step or a user's script calls a v2 predictor
-//! with. The health calls read KServe's JSON bodies (`{"live": true}`, `{"ready": true}`),
-//! inference is compared with Python onnxruntime's outputs, errors must be the codes the
-//! clients raise. Then a real KServe transformer (`kserve.ModelServer`, a pass-through
-//! `kserve.Model`, `--enable_predictor_health_check`) with kiln as its predictor, over v2 REST
-//! and grpc-v2 (`kserve_transformer.py`): its readiness follows kiln's, its inferences reach
-//! kiln through KServe's own predictor call.
+//! KServe's own Python SDK clients (`kserve` 0.21: `InferenceRESTClient` with the v2 and the
+//! v1 protocol, and `InferenceGRPCClient`, pinned in `scripts/kserve-requirements.txt`, in
+//! their own venv) against the real `kiln-server` binary serving the real-model corpus and
+//! BYTES tensors: what a KServe transformer, an InferenceGraph step or a user's script calls
+//! a predictor with. The health calls read KServe's JSON bodies (`{"live": true}`,
+//! `{"ready": true}`, v1's `{"status": "alive"}`), inference is compared with Python
+//! onnxruntime's outputs (v1: the golden rows as `instances`, row by row), errors must be the
+//! codes the clients raise. Then a real KServe transformer (`kserve.ModelServer`, a
+//! pass-through `kserve.Model`, `--enable_predictor_health_check`) with kiln as its
+//! predictor, over v1 REST (its default), v2 REST and grpc-v2 (`kserve_transformer.py`): its
+//! readiness follows kiln's, its inferences reach kiln through KServe's own predictor call.
 
 mod common;
 

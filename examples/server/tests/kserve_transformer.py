@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """A real KServe transformer (`kserve.ModelServer` with a pass-through `kserve.Model`, as
-KServe runs one in front of a predictor) with kiln-server as its predictor, over the v2 REST
-protocol and over grpc-v2, with `--enable_predictor_health_check`: the transformer's own
-readiness asks kiln's (`is_server_ready`, `is_model_ready`), and an inference sent to the
-transformer reaches kiln through KServe's own predictor call (`Model.predict`) and comes back
-equal to Python onnxruntime's outputs.
+KServe runs one in front of a predictor) with kiln-server as its predictor, over the v1 REST
+protocol (the transformer's default `--predictor_protocol`), the v2 REST protocol and
+grpc-v2, with `--enable_predictor_health_check`: the transformer's own readiness asks kiln's
+(v1: liveness at `GET /` and `GET /v1/models/{m}`; v2: `is_server_ready`, `is_model_ready`),
+and an inference sent to the transformer reaches kiln through KServe's own predictor call
+(`Model.predict`) and comes back equal to Python onnxruntime's outputs.
 
 Usage: kserve_transformer.py HTTP_HOST:PORT GRPC_HOST:PORT CORPUS_DIR MODEL
 (with --serve ...: the transformer process itself, started by the checks).
@@ -87,18 +88,34 @@ def check(protocol, predictor, corpus, model):
         code, doc = get(f"{base}/v2/models/{model}/ready")
         assert code == 200 and doc == {"name": model, "ready": True}, (protocol, code, doc)
         inputs, outputs = load_golden(corpus, model)
-        body = {"inputs": [{"name": n, "shape": list(v.shape), "datatype": DTYPES[str(v.dtype)],
-                            "data": v.flatten().tolist()} for n, v in inputs.items()]}
-        req = urllib.request.Request(f"{base}/v2/models/{model}/infer",
-                                     data=json.dumps(body).encode(),
+        if protocol == "v1":
+            # One input with a batch dim, one or more outputs one row per instance.
+            (only,) = inputs.values()
+            body = {"instances": [row.tolist() for row in only]}
+            url = f"{base}/v1/models/{model}:predict"
+        else:
+            body = {"inputs": [{"name": n, "shape": list(v.shape),
+                                "datatype": DTYPES[str(v.dtype)], "data": v.flatten().tolist()}
+                               for n, v in inputs.items()]}
+            url = f"{base}/v2/models/{model}/infer"
+        req = urllib.request.Request(url, data=json.dumps(body).encode(),
                                      headers={"content-type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as r:
-            got = {o["name"]: o for o in json.loads(r.read())["outputs"]}
-        assert set(got) == set(outputs), (protocol, set(got))
-        for name, want in outputs.items():
-            o = got[name]
-            check_close(model, name, np.array(o["data"], dtype=want.dtype).reshape(o["shape"]),
-                        want, tol)
+            answer = json.loads(r.read())
+        if protocol == "v1":
+            predictions = answer["predictions"]
+            assert len(predictions) == len(only), (protocol, len(predictions))
+            for i, p in enumerate(predictions):
+                for name, want in outputs.items():
+                    value = p[name] if len(outputs) > 1 else p
+                    check_close(model, name, np.array(value, dtype=want.dtype), want[i], tol)
+        else:
+            got = {o["name"]: o for o in answer["outputs"]}
+            assert set(got) == set(outputs), (protocol, set(got))
+            for name, want in outputs.items():
+                o = got[name]
+                check_close(model, name,
+                            np.array(o["data"], dtype=want.dtype).reshape(o["shape"]), want, tol)
         print(f"kserve_transformer: {protocol} ok (health through the predictor, inference)")
     finally:
         proc.terminate()
@@ -114,6 +131,7 @@ def main():
         serve()
         return
     http_url, grpc_url, corpus, model = sys.argv[1:5]
+    check("v1", http_url, corpus, model)
     check("v2", http_url, corpus, model)
     check("grpc-v2", grpc_url, corpus, model)
     print("kserve_transformer: all checks passed")

@@ -246,6 +246,28 @@ fn the_shipped_kserve_runtime_and_inference_service_start_the_server() {
         Some(200),
         "the model is served under the InferenceService's name"
     );
+    // Every REST protocol the runtime declares answers for the model (KServe picks a runtime
+    // by them: an InferenceService naming none is v1).
+    let protocols: Vec<&str> = runtime["spec"]["protocolVersions"]
+        .as_sequence()
+        .expect("protocolVersions")
+        .iter()
+        .filter_map(serde_yaml::Value::as_str)
+        .collect();
+    assert!(
+        protocols.contains(&"v1") && protocols.contains(&"v2"),
+        "{protocols:?}"
+    );
+    for (protocol, path) in [
+        ("v1", format!("/v1/models/{name}")),
+        ("v2", format!("/v2/models/{name}/ready")),
+    ] {
+        assert_eq!(
+            http(port, "GET", &path, "").map(|r| r.0),
+            Some(200),
+            "{protocol}: {path}"
+        );
+    }
     let scrape = runtime["spec"]["annotations"]["prometheus.kserve.io/path"]
         .as_str()
         .expect("scrape path");

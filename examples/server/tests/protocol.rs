@@ -1,4 +1,4 @@
-//! The v2 protocol end to end, in process: a repository with the real test models published
+//! The v2 protocol (and KServe's v1 beside it) end to end, in process: a repository with the real test models published
 //! as the agent publishes them, the router driven request by request. Every endpoint and every
 //! error mapping the server documents.
 
@@ -178,6 +178,133 @@ fn health_metadata_and_readiness() {
     let body = infer_body(json!(vec![0.5; 16]), json!([1, 16]));
     assert_eq!(
         call(&s, Method::POST, "/v2/models/mlp/infer", Some(body), &[]).0,
+        StatusCode::OK
+    );
+}
+
+/// KServe's v1 protocol beside v2: liveness at `/`, the model list and readiness, rows in as
+/// `instances` and out as `predictions` equal to v2's answer for the same tensor (gzip bodies
+/// too), the deadline header, and each refusal with its status.
+#[test]
+fn kserve_v1_predicts_rows_and_maps_its_errors() {
+    let s = server(ServerConfig::default());
+    let get = |uri: &str| {
+        let (status, _, v) = call(&s, Method::GET, uri, None, &[]);
+        (status, v)
+    };
+    assert_eq!(get("/"), (StatusCode::OK, json!({"status": "alive"})));
+    assert_eq!(
+        get("/v1/models"),
+        (StatusCode::OK, json!({"models": ["int64", "mlp"]}))
+    );
+    assert_eq!(
+        get("/v1/models/mlp"),
+        (StatusCode::OK, json!({"name": "mlp", "ready": true}))
+    );
+    assert_eq!(get("/v1/models/nope").0, StatusCode::NOT_FOUND);
+
+    let rows: Vec<Vec<f32>> = (0..3)
+        .map(|r| (0..16).map(|i| (r * 16 + i) as f32 / 64.0).collect())
+        .collect();
+    let v2 = infer_body(json!(rows.concat()), json!([3, 16]));
+    let (status, _, want) = call(&s, Method::POST, "/v2/models/mlp/infer", Some(v2), &[]);
+    assert_eq!(status, StatusCode::OK, "{want}");
+    let y = &want["outputs"][0];
+    let width = y["shape"][1].as_u64().expect("width") as usize;
+    let want_rows: Vec<Value> = y["data"]
+        .as_array()
+        .expect("data")
+        .chunks(width)
+        .map(|c| Value::Array(c.to_vec()))
+        .collect();
+    let body = json!({"instances": rows}).to_string();
+    let predict = "/v1/models/mlp:predict";
+    let (status, headers, got) = call(&s, Method::POST, predict, Some(body.clone()), &[]);
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+    assert_eq!(got, json!({ "predictions": want_rows }));
+    // Compressed, as any body.
+    let gz = {
+        use std::io::Write as _;
+        let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        w.write_all(body.as_bytes()).expect("gzip");
+        w.finish().expect("gzip")
+    };
+    let req = Request::post(predict)
+        .header(header::CONTENT_ENCODING, "gzip")
+        .body(Body::from(gz))
+        .expect("request");
+    let (status, bytes) = rt().block_on(async {
+        let r = s.app.clone().oneshot(req).await.expect("response");
+        let status = r.status();
+        (
+            status,
+            axum::body::to_bytes(r.into_body(), usize::MAX)
+                .await
+                .expect("body"),
+        )
+    });
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(serde_json::from_slice::<Value>(&bytes).expect("json"), got);
+
+    let refused = |uri: &str, body: &str, headers: &[(&str, &str)]| {
+        let (status, _, v) = call(&s, Method::POST, uri, Some(body.to_owned()), headers);
+        (status, v["error"].as_str().unwrap_or_default().to_owned())
+    };
+    let one = json!({"instances": [rows[0]]}).to_string();
+    for (uri, body, headers, status, says) in [
+        (
+            predict,
+            "{\"instances\": [[1, 2], [3]]}",
+            &[][..],
+            400,
+            "instance 1 has shape [1]",
+        ),
+        (
+            predict,
+            "{\"instances\": [[1, 2]]}",
+            &[],
+            400,
+            "must have shape",
+        ),
+        (predict, "{\"instances\": []}", &[], 400, "empty"),
+        (predict, "{\"inputs\": [[1]]}", &[], 400, "v2"),
+        (
+            predict,
+            "{\"instances\": [{\"z\": [1]}]}",
+            &[],
+            400,
+            "unknown input `z`",
+        ),
+        (
+            predict,
+            &one,
+            &[(TIMEOUT_HEADER, "soon")][..],
+            400,
+            "milliseconds",
+        ),
+        ("/v1/models/nope:predict", &one, &[], 404, "unknown model"),
+        ("/v1/models/mlp:explain", &one, &[], 501, "explainer"),
+        ("/v1/models/mlp", &one, &[], 404, ":predict"),
+        ("/v1/models/mlp:classify", &one, &[], 404, ":predict"),
+    ] {
+        let (got, message) = refused(uri, body, headers);
+        assert_eq!(got.as_u16(), status, "{uri} {body}: {message}");
+        assert!(message.contains(says), "{uri} {body}: {message}");
+    }
+
+    // Draining: the model reads not ready (503, as KServe's own server answers), predictions
+    // routed here are still served.
+    s.state.draining.store(true, Ordering::Relaxed);
+    assert_eq!(
+        get("/v1/models/mlp"),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"name": "mlp", "ready": false})
+        )
+    );
+    assert_eq!(
+        call(&s, Method::POST, predict, Some(one), &[]).0,
         StatusCode::OK
     );
 }

@@ -18,7 +18,8 @@
 //! rate (with a decode on each of two CPUs, probes took up to 28 ms, against 8 ms). The rest wait,
 //! in arrival order (tokio's semaphores are fair), holding no thread. Smaller bodies decode
 //! inline: they hold a worker well under a millisecond, not worth a thread. The checks
-//! themselves are all in [`protocol::decode`].
+//! themselves are all in the protocol's reader the decoder runs ([`protocol::decode`] for
+//! v2, `v1_json::decode` for KServe's v1).
 
 use std::sync::Arc;
 
@@ -69,45 +70,11 @@ impl Decoder {
         }
     }
 
-    /// [`protocol::decode`] of `body` (with the binary extension's `header_len`, if sent), on
-    /// a blocking thread once its share of the budget is free when the body is big, inline
-    /// when it is small.
+    /// [`protocol::decode`] of `body` (with the binary extension's `header_len`, if sent) sent
+    /// in `coding`, as [`Decoder::parse_encoded`] runs it.
     ///
     /// # Errors
-    /// 400 or 413 with [`protocol::decode`]'s message; 500 if decoding panicked.
-    pub(crate) async fn decode<B: AsRef<[u8]> + Send + 'static>(
-        &self,
-        body: B,
-        header_len: Option<&str>,
-    ) -> Result<(InferRequest<'static>, NamedTensors), ApiError> {
-        let max_elements = self.max_elements;
-        let len = body.as_ref().len();
-        if len < INLINE_MAX_BYTES {
-            return protocol::decode(body.as_ref(), header_len, max_elements)
-                .map_err(ApiError::from);
-        }
-        let bytes = self.reserve(len).await?;
-        let header_len = header_len.map(str::to_owned);
-        self.off_workers(move || {
-            let decoded = protocol::decode(body.as_ref(), header_len.as_deref(), max_elements);
-            // The body and its share of the budget go as soon as the tensors are built.
-            drop((body, bytes));
-            decoded
-        })
-        .await?
-        .map_err(ApiError::from)
-    }
-
-    /// [`Decoder::decode`] of a body sent in `coding` (`Content-Encoding`), inflated to at most
-    /// `limit` bytes first. A small body that inflates to under [`INLINE_MAX_BYTES`] is
-    /// inflated and decoded inline, as any small body; any other is inflated and decoded on a
-    /// decode thread holding a share of the budget: of the size a gzip trailer names when that
-    /// is under `limit` (inflating stops there), else — deflate, or a trailer that
-    /// understated it — of `limit`, the most it may inflate to (its compressed size says
-    /// nothing of that).
-    ///
-    /// # Errors
-    /// As [`Decoder::decode`]; 413 past `limit` inflated, 400 for a body not in `coding`.
+    /// As [`Decoder::parse_encoded`].
     pub(crate) async fn decode_encoded<B: AsRef<[u8]> + Send + 'static>(
         &self,
         body: B,
@@ -115,14 +82,82 @@ impl Decoder {
         header_len: Option<&str>,
         limit: usize,
     ) -> Result<(InferRequest<'static>, NamedTensors), ApiError> {
-        let Some(coding) = coding else {
-            return self.decode(body, header_len).await;
-        };
+        self.parse_encoded(body, coding, limit, self.v2(header_len))
+            .await
+    }
+
+    /// The v2 protocol's reading of a body: [`protocol::decode`] with `header_len`.
+    fn v2(
+        &self,
+        header_len: Option<&str>,
+    ) -> impl Fn(&[u8]) -> Result<(InferRequest<'static>, NamedTensors), ApiError> + Clone + Send + 'static
+    {
         let max_elements = self.max_elements;
-        if let Some(plain) = coding.inflate_small(body.as_ref(), limit)? {
-            return protocol::decode(&plain, header_len, max_elements).map_err(ApiError::from);
-        }
         let header_len = header_len.map(str::to_owned);
+        move |body: &[u8]| {
+            protocol::decode(body, header_len.as_deref(), max_elements).map_err(ApiError::from)
+        }
+    }
+
+    /// Largest element count of one input tensor.
+    pub(crate) fn max_elements(&self) -> usize {
+        self.max_elements
+    }
+
+    /// `read` of `body` (a protocol's whole reading of a request: the v2 JSON, KServe's v1
+    /// instances), on a blocking thread once its share of the budget is free when the body is
+    /// big, inline when it is small.
+    ///
+    /// # Errors
+    /// `read`'s; 500 if it panicked.
+    pub(crate) async fn parse<B, T, R>(&self, body: B, read: R) -> Result<T, ApiError>
+    where
+        B: AsRef<[u8]> + Send + 'static,
+        T: Send + 'static,
+        R: Fn(&[u8]) -> Result<T, ApiError> + Send + 'static,
+    {
+        let len = body.as_ref().len();
+        if len < INLINE_MAX_BYTES {
+            return read(body.as_ref());
+        }
+        let bytes = self.reserve(len).await?;
+        self.off_workers(move || {
+            let decoded = read(body.as_ref());
+            // The body and its share of the budget go as soon as the tensors are built.
+            drop((body, bytes));
+            decoded
+        })
+        .await?
+    }
+
+    /// [`Decoder::parse`] of a body sent in `coding` (`Content-Encoding`), inflated to at most
+    /// `limit` bytes first. A small body that inflates to under [`INLINE_MAX_BYTES`] is
+    /// inflated and read inline, as any small body; any other is inflated and read on a
+    /// decode thread holding a share of the budget: of the size a gzip trailer names when that
+    /// is under `limit` (inflating stops there), else — deflate, or a trailer that
+    /// understated it — of `limit`, the most it may inflate to (its compressed size says
+    /// nothing of that).
+    ///
+    /// # Errors
+    /// As [`Decoder::parse`]; 413 past `limit` inflated, 400 for a body not in `coding`.
+    pub(crate) async fn parse_encoded<B, T, R>(
+        &self,
+        body: B,
+        coding: Option<Coding>,
+        limit: usize,
+        read: R,
+    ) -> Result<T, ApiError>
+    where
+        B: AsRef<[u8]> + Send + 'static,
+        T: Send + 'static,
+        R: Fn(&[u8]) -> Result<T, ApiError> + Clone + Send + 'static,
+    {
+        let Some(coding) = coding else {
+            return self.parse(body, read).await;
+        };
+        if let Some(plain) = coding.inflate_small(body.as_ref(), limit)? {
+            return read(&plain);
+        }
         // First the share of the size gzip's trailer names, when under the limit, so
         // compressed bodies do not each hold a whole limit's share; inflating stops there, and
         // a trailer that understated it (several members, or a lie) gives the body back to be
@@ -131,16 +166,13 @@ impl Decoder {
         let mut body = body;
         for cap in hint.into_iter().chain([limit]) {
             let bytes = self.reserve(cap).await?;
-            let header_len = header_len.clone();
+            let read = read.clone();
             let attempt = self
                 .off_workers(move || match coding.inflate(body.as_ref(), cap) {
                     Err(Inflate::TooLarge { .. }) if cap < limit => Err(body),
                     plain => {
                         drop(body);
-                        let decoded = plain.map_err(ApiError::from).and_then(|plain| {
-                            protocol::decode(&plain, header_len.as_deref(), max_elements)
-                                .map_err(ApiError::from)
-                        });
+                        let decoded = plain.map_err(ApiError::from).and_then(|plain| read(&plain));
                         drop(bytes);
                         Ok(decoded)
                     }
@@ -240,6 +272,18 @@ mod tests {
     use super::*;
     use axum::body::Bytes;
     use std::time::Duration;
+
+    impl Decoder {
+        /// [`Decoder::decode_encoded`] of a plain body.
+        async fn decode<B: AsRef<[u8]> + Send + 'static>(
+            &self,
+            body: B,
+            header_len: Option<&str>,
+        ) -> Result<(InferRequest<'static>, NamedTensors), ApiError> {
+            self.decode_encoded(body, None, header_len, usize::MAX)
+                .await
+        }
+    }
 
     fn body(values: usize) -> Bytes {
         let data = vec!["0"; values].join(",");

@@ -54,6 +54,9 @@
 //! - `infer` (private): the one inference path both protocols take.
 //! - `model_config` (private): a model's configuration in Triton's schema.
 //! - `stats` (private): Triton's statistics and repository index.
+//! - `v1` (private): KServe's v1 protocol (`/v1/models/{m}:predict`, `GET /`), what a KServe
+//!   transformer calls its predictor with by default; `v1_json` (private): its row-format
+//!   bodies as tensors and back.
 
 mod admin;
 mod body_pool;
@@ -72,6 +75,8 @@ pub mod protocol;
 pub mod routes;
 pub mod serve;
 mod stats;
+mod v1;
+mod v1_json;
 
 /// The axum these routers are built with: mount them on a `kiln::http::axum::Router` (or
 /// the same axum version) without naming another.

@@ -324,28 +324,7 @@ fn tensor(
         return from_le_bytes(&input.datatype, shape, bytes).map_err(bad);
     }
     let raw = raw.unwrap_or("[]");
-    let data = match input.datatype.as_str() {
-        "FP32" => TensorData::F32(values(raw, &shape, elements).map_err(bad)?),
-        "FP64" => TensorData::F64(values(raw, &shape, elements).map_err(bad)?),
-        "INT64" => TensorData::I64(values(raw, &shape, elements).map_err(bad)?),
-        "INT32" => TensorData::I32(values(raw, &shape, elements).map_err(bad)?),
-        "INT8" => TensorData::I8(values(raw, &shape, elements).map_err(bad)?),
-        "UINT8" => TensorData::U8(values(raw, &shape, elements).map_err(bad)?),
-        "BOOL" => TensorData::Bool(values(raw, &shape, elements).map_err(bad)?),
-        "INT16" => TensorData::I16(values(raw, &shape, elements).map_err(bad)?),
-        "UINT16" => TensorData::U16(values(raw, &shape, elements).map_err(bad)?),
-        "UINT32" => TensorData::U32(values(raw, &shape, elements).map_err(bad)?),
-        "UINT64" => TensorData::U64(values(raw, &shape, elements).map_err(bad)?),
-        "FP16" => TensorData::F16(values(raw, &shape, elements).map_err(bad)?),
-        "BF16" => TensorData::Bf16(values(raw, &shape, elements).map_err(bad)?),
-        "BYTES" => TensorData::String(values(raw, &shape, elements).map_err(bad)?),
-        other => {
-            return Err(bad(format!(
-                "datatype {other:?} is not served; use one of {}",
-                served_datatypes()
-            )))
-        }
-    };
+    let data = typed_data(&input.datatype, &[raw], &shape, elements).map_err(bad)?;
     Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
 }
 
@@ -379,19 +358,67 @@ pub fn checked_shape(
     Ok((shape, elements))
 }
 
-/// The `elements` values of `shape` from the JSON text `raw`; the message says what is wrong.
-fn values<T: Leaf>(raw: &str, shape: &[usize], elements: usize) -> Result<Vec<T>, String> {
-    match json_data::read::<T>(raw, elements) {
-        Ok(v) if v.len() == elements => Ok(v),
-        Ok(v) => Err(format!(
+/// The `elements` values of `shape`, of the v2 `datatype`, from the JSON texts `raws` in turn
+/// (one `data` array; KServe v1's instances, one per row, each already known to hold its
+/// share); the message says what is wrong.
+pub(crate) fn typed_data(
+    datatype: &str,
+    raws: &[&str],
+    shape: &[usize],
+    elements: usize,
+) -> Result<TensorData, String> {
+    Ok(match datatype {
+        "FP32" => TensorData::F32(values(raws, shape, elements)?),
+        "FP64" => TensorData::F64(values(raws, shape, elements)?),
+        "INT64" => TensorData::I64(values(raws, shape, elements)?),
+        "INT32" => TensorData::I32(values(raws, shape, elements)?),
+        "INT8" => TensorData::I8(values(raws, shape, elements)?),
+        "UINT8" => TensorData::U8(values(raws, shape, elements)?),
+        "BOOL" => TensorData::Bool(values(raws, shape, elements)?),
+        "INT16" => TensorData::I16(values(raws, shape, elements)?),
+        "UINT16" => TensorData::U16(values(raws, shape, elements)?),
+        "UINT32" => TensorData::U32(values(raws, shape, elements)?),
+        "UINT64" => TensorData::U64(values(raws, shape, elements)?),
+        "FP16" => TensorData::F16(values(raws, shape, elements)?),
+        "BF16" => TensorData::Bf16(values(raws, shape, elements)?),
+        "BYTES" => TensorData::String(values(raws, shape, elements)?),
+        other => {
+            return Err(format!(
+                "datatype {other:?} is not served; use one of {}",
+                served_datatypes()
+            ))
+        }
+    })
+}
+
+/// The `elements` values of `shape` from the JSON texts `raws`, read in turn into one vector.
+fn values<T: Leaf>(raws: &[&str], shape: &[usize], elements: usize) -> Result<Vec<T>, String> {
+    let mut out: Vec<T> = Vec::new();
+    for raw in raws {
+        let left = elements - out.len();
+        let read = match json_data::read::<T>(raw, left) {
+            Ok(v) => v,
+            Err(Refusal::TooMany) => {
+                return Err(format!(
+                    "has more than {elements} values but shape {shape:?} needs {elements}"
+                ))
+            }
+            Err(Refusal::NotA(value, wanted)) => return Err(format!("{value} is not a {wanted}")),
+            Err(Refusal::Malformed(e)) => return Err(format!("malformed data: {e}")),
+        };
+        if out.is_empty() {
+            out = read;
+        } else {
+            out.extend(read);
+        }
+    }
+    if out.len() == elements {
+        Ok(out)
+    } else {
+        Err(format!(
             "has {} values but shape {shape:?} needs {elements}",
-            v.len()
-        )),
-        Err(Refusal::TooMany) => Err(format!(
-            "has more than {elements} values but shape {shape:?} needs {elements}"
-        )),
-        Err(Refusal::NotA(value, wanted)) => Err(format!("{value} is not a {wanted}")),
-        Err(Refusal::Malformed(e)) => Err(format!("malformed data: {e}")),
+            out.len()
+        ))
     }
 }
 

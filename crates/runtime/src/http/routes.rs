@@ -171,6 +171,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(crate::http::admin::unload),
         )
         .route("/metrics", get(metrics))
+        .merge(crate::http::v1::routes())
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             record,
@@ -243,7 +244,9 @@ async fn model_metadata_v(
     describe(&s, &model, Some(&version)).map(Json)
 }
 
-fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
+/// A model's readiness (v2's `/ready`, v1's `GET /v1/models/{m}`): 200 `{"name", "ready":
+/// true}`, 503 with `false`, or the lookup's error.
+pub(crate) fn readiness(s: &AppState, model: &str, version: Option<&str>) -> Response {
     match model_is_ready(s, model, version) {
         Ok(true) => Json(json!({"name": model, "ready": true})).into_response(),
         Ok(false) => (
@@ -288,7 +291,7 @@ async fn infer_v(
 
 /// The whole body, at most `max_body_bytes` (413 beyond, without reading the rest), within
 /// `body_read_timeout` (408).
-async fn read_body(s: &AppState, body: Body) -> Result<PooledBody, ApiError> {
+pub(crate) async fn read_body(s: &AppState, body: Body) -> Result<PooledBody, ApiError> {
     let limit = s.config.max_body_bytes;
     match tokio::time::timeout(s.config.body_read_timeout, s.decoder.collect(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
@@ -329,19 +332,7 @@ async fn run(
         .decoder
         .decode_encoded(body, coding, header_len, s.config.max_body_bytes)
         .await?;
-    let timeout = match headers.get(TIMEOUT_HEADER) {
-        Some(raw) => Some(Duration::from_millis(
-            raw.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "{TIMEOUT_HEADER} must be a whole number of milliseconds"
-                    ))
-                })?,
-        )),
-        None => None,
-    };
+    let timeout = transport_timeout(headers)?;
     let call = infer::Call {
         model,
         version,
@@ -358,9 +349,6 @@ async fn run(
         }
     };
     let mut tail = Vec::new();
-    // Bytes of JSON text to write (some 4 a value at the least, a string's own besides):
-    // past the decoder's inline size, written on a decode thread (a big output as JSON holds
-    // a CPU for milliseconds).
     let mut json_bytes = 0;
     let outputs = answer
         .outputs
@@ -368,10 +356,7 @@ async fn run(
         .map(|(n, t)| {
             let binary = request.binary_output(&n);
             if !binary {
-                json_bytes += t.len() * 4;
-                if let crate::TensorSlice::String(v) = t.data() {
-                    json_bytes += v.iter().map(String::len).sum::<usize>();
-                }
+                json_bytes += json_size(&t);
             }
             let (out, bytes) = protocol::output(n, t, binary);
             tail.extend(bytes.unwrap_or_default());
@@ -384,44 +369,121 @@ async fn run(
         id: request.id,
         outputs,
     };
-    // Compressed when the client asks (`Accept-Encoding`) and the answer is worth it.
-    let coding = compression::response_coding(headers);
     let tail_len = tail.len();
-    let encode = move || {
+    let written = write_answer(s, headers, json_bytes, tail_len, move || {
         let mut body = serde_json::to_vec(&response)?;
         let json_len = body.len();
         body.extend(tail);
-        Ok::<_, serde_json::Error>((compression::answer(coding, body), json_len))
-    };
-    // Compressing costs about what writing does, binary outputs included.
-    let work = json_bytes + if coding.is_some() { tail_len } else { 0 };
-    let ((body, coded), json_len) = if work >= crate::http::decode::INLINE_MAX_BYTES {
-        s.decoder.off_workers(encode).await?
-    } else {
-        encode()
-    }
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        Ok((body, json_len))
+    })
+    .await?;
     let content_type = if tail_len == 0 {
         "application/json"
     } else {
         "application/octet-stream"
     };
-    let mut response = ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response();
-    let h = response.headers_mut();
+    let json_len = written.json_len;
+    let mut response = written.response(content_type);
     if tail_len > 0 {
-        h.insert(
+        response.headers_mut().insert(
             axum::http::HeaderName::from_static(HEADER_LENGTH),
             axum::http::HeaderValue::from(json_len),
         );
     }
-    h.insert(
-        axum::http::header::VARY,
-        axum::http::HeaderValue::from_static("accept-encoding"),
-    );
-    if let Some(c) = coded {
-        h.insert(axum::http::header::CONTENT_ENCODING, compression::header(c));
-    }
     Ok(response)
+}
+
+/// The client's deadline from the `kiln-timeout-ms` header, if it sent one.
+///
+/// # Errors
+/// 400 for a value that is not a whole number of milliseconds.
+pub(crate) fn transport_timeout(headers: &HeaderMap) -> Result<Option<Duration>, ApiError> {
+    headers
+        .get(TIMEOUT_HEADER)
+        .map(|raw| {
+            raw.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .map(Duration::from_millis)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "{TIMEOUT_HEADER} must be a whole number of milliseconds"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// The least bytes of JSON text `t` takes to write: some 4 a value, a string's own besides.
+pub(crate) fn json_size(t: &crate::Tensor) -> usize {
+    let strings = match t.data() {
+        crate::TensorSlice::String(v) => v.iter().map(String::len).sum::<usize>(),
+        _ => 0,
+    };
+    t.len() * 4 + strings
+}
+
+/// An answer's body, written and maybe compressed.
+pub(crate) struct Written {
+    body: Vec<u8>,
+    coded: Option<compression::Coding>,
+    /// Bytes of JSON at its start (the rest is binary data).
+    json_len: usize,
+}
+
+impl Written {
+    /// The response: `content_type`, `Vary: accept-encoding`, and `Content-Encoding` when
+    /// compressed.
+    pub(crate) fn response(self, content_type: &'static str) -> Response {
+        let mut response = (
+            [(axum::http::header::CONTENT_TYPE, content_type)],
+            self.body,
+        )
+            .into_response();
+        let h = response.headers_mut();
+        h.insert(
+            axum::http::header::VARY,
+            axum::http::HeaderValue::from_static("accept-encoding"),
+        );
+        if let Some(c) = self.coded {
+            h.insert(axum::http::header::CONTENT_ENCODING, compression::header(c));
+        }
+        response
+    }
+}
+
+/// An answer's body from `write` (its JSON, then `tail_len` bytes of binary data; it returns
+/// the body and the JSON's length), compressed when the client asks (`Accept-Encoding`) and
+/// the answer is worth it. Written on a decode thread when the work is big: `json_bytes` of
+/// JSON text to write (a big output as JSON holds a CPU for milliseconds), plus the tail when
+/// compressing (compressing costs about what writing does).
+///
+/// # Errors
+/// 500 if writing failed or panicked.
+pub(crate) async fn write_answer(
+    s: &AppState,
+    headers: &HeaderMap,
+    json_bytes: usize,
+    tail_len: usize,
+    write: impl FnOnce() -> serde_json::Result<(Vec<u8>, usize)> + Send + 'static,
+) -> Result<Written, ApiError> {
+    let coding = compression::response_coding(headers);
+    let encode = move || {
+        let (body, json_len) = write()?;
+        let (body, coded) = compression::answer(coding, body);
+        Ok::<_, serde_json::Error>(Written {
+            body,
+            coded,
+            json_len,
+        })
+    };
+    let work = json_bytes + if coding.is_some() { tail_len } else { 0 };
+    if work >= crate::http::decode::INLINE_MAX_BYTES {
+        s.decoder.off_workers(encode).await?
+    } else {
+        encode()
+    }
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

@@ -1,0 +1,133 @@
+//! KServe's v1 REST protocol, beside v2: what a KServe transformer calls its predictor with
+//! by default (`--predictor_protocol v1`), and what KServe's SDK client sends with
+//! `RESTConfig(protocol="v1")`.
+//!
+//! - `GET /` answers `{"status": "alive"}`: v1 has no server readiness, so KServe's
+//!   transformer health check reads this liveness instead.
+//! - `GET /v1/models` lists the models: `{"models": [...]}`.
+//! - `GET /v1/models/{m}` is the model's readiness: 200 `{"name", "ready": true}`, or 503
+//!   `{"ready": false}` (loading, failed, draining), 404 for an unknown model.
+//! - `POST /v1/models/{m}:predict` takes `{"instances": [...]}` and answers
+//!   `{"predictions": [...]}` (`v1_json` says how rows become tensors and back), through the
+//!   same inference path, limits, deadline header, compression and errors as v2
+//!   (`{"error": "..."}`, which is also v1's). `:explain` answers 501: kiln has no explainer.
+//!
+//! A path parameter cannot end in a literal suffix in this router, so `{m}:predict` is the
+//! model segment split at its last `:` (a model name holding a `:` still works).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::http::error::ApiError;
+use crate::http::models::{find, not_serving};
+use crate::http::routes::{read_body, readiness, transport_timeout, write_answer, AppState};
+use crate::http::{compression, infer, routes, v1_json};
+
+/// The v1 routes, for [`routes::router`] to merge.
+pub(crate) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/", get(live))
+        .route("/v1/models", get(list))
+        .route("/v1/models/{model}", get(ready).post(verb))
+}
+
+/// KServe's liveness body.
+async fn live() -> Json<serde_json::Value> {
+    Json(json!({"status": "alive"}))
+}
+
+async fn list(State(s): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(json!({"models": s.repo.names()}))
+}
+
+async fn ready(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Response {
+    readiness(&s, &model, None)
+}
+
+/// `POST /v1/models/{m}:predict` (or `:explain`, 501).
+async fn verb(
+    State(s): State<Arc<AppState>>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    match target.rsplit_once(':') {
+        Some((model, "predict")) => predict(&s, model, &headers, body).await,
+        Some((_, "explain")) => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "kiln serves no explainer: only :predict",
+        )),
+        _ => Err(ApiError::not_found(format!(
+            "no such v1 endpoint: POST /v1/models/{target}; predictions are POST \
+             /v1/models/{{model}}:predict"
+        ))),
+    }
+}
+
+async fn predict(
+    s: &AppState,
+    model: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let handle = find(s, model, None)?;
+    let meta = Arc::new(
+        handle
+            .metadata()
+            .ok_or_else(|| not_serving(model, &handle))?,
+    );
+    let body = read_body(s, body).await?;
+    let coding = compression::request_coding(headers)?;
+    let max_elements = s.decoder.max_elements();
+    let signature = Arc::clone(&meta);
+    let (inputs, rows) = s
+        .decoder
+        .parse_encoded(body, coding, s.config.max_body_bytes, move |b: &[u8]| {
+            v1_json::decode(b, &signature, max_elements).map_err(ApiError::from)
+        })
+        .await?;
+    let call = infer::Call {
+        model,
+        version: None,
+        inputs,
+        outputs: Vec::new(),
+        timeout: transport_timeout(headers)?,
+        priority: None,
+    };
+    let failed = |e: ApiError| {
+        infer::log_failure("v1", model, None, None, &e);
+        e
+    };
+    let answer = infer::run(s, call).await.map_err(failed)?;
+    let per_row = v1_json::per_row(&meta, &answer.outputs, rows).map_err(|(ours, m)| {
+        failed(if ours {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+        } else {
+            ApiError::bad_request(m)
+        })
+    })?;
+    let json_bytes = answer
+        .outputs
+        .iter()
+        .map(|(_, t)| routes::json_size(t))
+        .sum();
+    let predictions = v1_json::Predictions {
+        outputs: answer.outputs,
+        per_row,
+        rows,
+    };
+    let written = write_answer(s, headers, json_bytes, 0, move || {
+        let body = serde_json::to_vec(&predictions)?;
+        let len = body.len();
+        Ok((body, len))
+    })
+    .await?;
+    Ok(written.response("application/json"))
+}
