@@ -473,3 +473,39 @@ async fn compressed_messages_are_inflated_within_the_message_limit() {
     // Served on.
     ok(&call(grpc, INFER, &mlp_request(1), None).await);
 }
+
+/// A compressed message holds, until its call is answered, the share of the decode budget
+/// its inflated size takes, as the same message sent plain does: not the whole message
+/// limit's it takes while inflating (its inflated size is unknown until then), which let only
+/// two compressed calls be in the server at a time, so they could never batch with more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_calls_batch_together_as_plain_ones_do() {
+    // Every call waits up to 1 s for company: calls in the server together share a batch.
+    let (_root, server, grpc) =
+        serve_mlp("models:\n  mlp: {max_batch_size: 65536, max_queue_delay_us: 1000000}\n");
+    // 4,000 rows: 256 KB inflated (over the inline size), a few KB of gzip.
+    let packed = Bytes::from(compress("gzip", &mlp_request(4_000)));
+    assert!(packed.len() < 64 << 10);
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let packed = packed.clone();
+            tokio::spawn(async move {
+                call_framed(grpc, INFER, &packed, true, &[("grpc-encoding", "gzip")]).await
+            })
+        })
+        .collect();
+    for c in calls {
+        let a = c.await.expect("call");
+        assert_eq!(a.grpc_status.as_deref(), Some("0"), "{}", a.grpc_message);
+    }
+    let (_, stats) = http(server.port, "GET", "/v2/models/mlp/stats", "").expect("stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
+    let m = &stats["model_stats"][0];
+    assert_eq!(m["inference_count"], 32_000, "{m}");
+    let executions = m["execution_count"].as_u64().expect("execution_count");
+    assert!(
+        executions <= 2,
+        "eight compressed calls sent at once ran in {executions} batches: they were not in \
+         the server together"
+    );
+}

@@ -136,7 +136,7 @@ impl Decoder {
     /// decode thread holding a share of the budget: of the size a gzip trailer names when that
     /// is under `limit` (inflating stops there), else — deflate, or a trailer that
     /// understated it — of `limit`, the most it may inflate to (its compressed size says
-    /// nothing of that).
+    /// nothing of that); once inflated, it is read holding only its inflated size's share.
     ///
     /// # Errors
     /// As [`Decoder::parse`]; 413 past `limit` inflated, 400 for a body not in `coding`.
@@ -165,13 +165,17 @@ impl Decoder {
         let hint = coding.size_hint(body.as_ref()).filter(|&h| h < limit);
         let mut body = body;
         for cap in hint.into_iter().chain([limit]) {
-            let bytes = self.reserve(cap).await?;
+            let mut bytes = self.reserve(cap).await?;
             let read = read.clone();
             let attempt = self
                 .off_workers(move || match coding.inflate(body.as_ref(), cap) {
                     Err(Inflate::TooLarge { .. }) if cap < limit => Err(body),
                     plain => {
                         drop(body);
+                        // Decoded holding the inflated size's share, not the cap's.
+                        if let Ok(plain) = &plain {
+                            shrink(&mut bytes, plain.len());
+                        }
                         let decoded = plain.map_err(ApiError::from).and_then(|plain| read(&plain));
                         drop(bytes);
                         Ok(decoded)
@@ -252,6 +256,16 @@ impl Decoder {
             }
         }
         Ok(buf)
+    }
+}
+
+/// Gives back what `share` (a [`Decoder::reserve`] permit) holds beyond `len` bytes' share:
+/// once a compressed body or message is inflated, what it holds is its inflated size, not the
+/// most it might have been.
+pub(crate) fn shrink(share: &mut OwnedSemaphorePermit, len: usize) {
+    let keep = len.div_ceil(1024);
+    if let Some(excess) = share.num_permits().checked_sub(keep).filter(|&n| n > 0) {
+        drop(share.split(excess));
     }
 }
 
@@ -362,6 +376,22 @@ mod tests {
             1024,
             "permits returned"
         );
+    }
+
+    #[tokio::test]
+    async fn a_share_shrinks_to_what_an_inflated_body_holds_and_never_grows() {
+        let decoder = Decoder::new(4 << 20, 1 << 20);
+        let mut share = decoder.reserve(2 << 20).await.expect("share");
+        assert_eq!(decoder.permits.available_permits(), 2048);
+        shrink(&mut share, 100 << 10);
+        assert_eq!(share.num_permits(), 100);
+        assert_eq!(decoder.permits.available_permits(), 4096 - 100);
+        shrink(&mut share, 3 << 20);
+        assert_eq!(share.num_permits(), 100, "a bigger size takes nothing more");
+        shrink(&mut share, 0);
+        assert_eq!(share.num_permits(), 0);
+        drop(share);
+        assert_eq!(decoder.permits.available_permits(), 4096);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

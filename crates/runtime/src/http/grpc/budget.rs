@@ -101,7 +101,7 @@ fn accepting(mut response: Response) -> Response {
 /// the call is answered, and by whatever decodes the message until that is done, so a call
 /// cancelled mid-decode does not free the share of memory its decode goes on filling.
 #[derive(Clone)]
-pub(super) struct Share(#[allow(dead_code)] Arc<tokio::sync::OwnedSemaphorePermit>);
+pub(super) struct Share(Arc<tokio::sync::OwnedSemaphorePermit>);
 
 impl Share {
     /// `len` bytes' share of the decode budget, waited for in arrival order.
@@ -111,6 +111,14 @@ impl Share {
     pub(super) async fn take(state: &AppState, len: usize) -> Result<Self, tonic::Status> {
         let permit = state.decoder.reserve(len).await?;
         Ok(Self(Arc::new(permit)))
+    }
+
+    /// Gives back what the share holds beyond `len` bytes' (`decode::shrink`), when nothing
+    /// else holds it now.
+    pub(super) fn shrink(&mut self, len: usize) {
+        if let Some(permit) = Arc::get_mut(&mut self.0) {
+            crate::http::decode::shrink(permit, len);
+        }
     }
 }
 

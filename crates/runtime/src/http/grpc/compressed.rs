@@ -6,7 +6,8 @@
 //! outside the decode budget: a 32 KiB gzip message can inflate to 32 MiB. So the message is
 //! inflated here, by [`crate::http::compression`] with the REST bodies' rules — to at most
 //! the message limit, inline when it stays under the inline size, else on a decode thread
-//! holding a whole message limit's share of the budget until the call is answered — and
+//! holding a whole message limit's share of the budget while it inflates, then its inflated
+//! size's until the call is answered (as the same message sent plain) — and
 //! handed to tonic as the uncompressed message it would have made of it. Other codings are
 //! left to tonic, which answers `UNIMPLEMENTED` naming the ones it accepts.
 
@@ -113,6 +114,11 @@ pub(super) async fn inflate(
                 .map_err(status)?
         }
     };
+    // Held from here until the call is answered: the inflated message's share, as the same
+    // message sent plain holds, not the most it might have inflated to.
+    if let Some(share) = share.as_mut() {
+        share.shrink(plain.len());
+    }
     parts.headers.remove(ENCODING);
     let plain_len = u32::try_from(plain.len())
         .map_err(|_| status(Inflate::TooLarge { limit }))?
