@@ -1,7 +1,8 @@
 //! Maximal JSON bodies against the real `kiln-server` binary at its default limits (32 MiB
 //! bodies, 16 Mi elements per input): four dense `0,0,0,…` bodies at once, with a declared
 //! shape that matches their data, with one smaller than their data, and as a parameter kiln
-//! does not read, and as KServe v1 rows (bare and named), while another connection polls
+//! does not read, and as KServe v1 instances (rows bare and named, named scalars), while
+//! another connection polls
 //! `/v2/health/live`. The server's peak memory stays within 3× the bodies
 //! in flight, and every liveness probe answers within 100 ms (a decode on a tokio worker held
 //! them for seconds). On a shared machine the limit is raised by the machine's own worst
@@ -48,18 +49,29 @@ fn input_head(rows: usize) -> String {
     format!(r#"{{"inputs":[{{"name":"x","shape":[{rows},16],"datatype":"FP32","data":["#)
 }
 
-/// KServe v1 rows for mlp just under [`MAX_BODY`]: `{"instances": [...]}` of rows of 16
-/// zeros, each bare or (`named`) as `{"x": row}`.
-fn v1_body(named: bool) -> String {
-    let row = format!("[{}]", vec!["0"; 16].join(","));
+/// KServe v1 instances for mlp just under [`MAX_BODY`]: `{"instances": [...]}` of `row`
+/// each, bare or (`named`) as `{"x": row}`.
+fn v1_body(row: &str, named: bool) -> String {
     let item = if named {
         format!(r#"{{"x":{row}}}"#)
     } else {
-        row
+        row.to_owned()
     };
     let (head, tail) = (r#"{"instances":["#, "]}");
     let n = (MAX_BODY - head.len() - tail.len() + 1) / (item.len() + 1);
     let body = format!("{head}{}{tail}", vec![item; n].join(","));
+    assert!(body.len() <= MAX_BODY && body.len() > MAX_BODY - 64);
+    body
+}
+
+/// One KServe v1 instance just under [`MAX_BODY`] naming distinct inputs mlp does not have
+/// (`{"a0000000":0,"a0000001":0,…}`).
+fn many_names() -> String {
+    let (head, tail) = (r#"{"instances":[{"#, "}]}");
+    let item = |k: usize| format!(r#""a{k:07}":0"#);
+    let n = (MAX_BODY - head.len() - tail.len() + 1) / (item(0).len() + 1);
+    let names: Vec<String> = (0..n).map(item).collect();
+    let body = format!("{head}{}{tail}", names.join(","));
     assert!(body.len() <= MAX_BODY && body.len() > MAX_BODY - 64);
     body
 }
@@ -159,6 +171,7 @@ fn maximal_json_bodies_stay_within_three_times_their_size_and_liveness_answers()
     // after decoding, as the matching shape is.
     let one_row = format!("{}{}", input_head(1), vec!["0.5"; 16].join(","));
     let v2 = "/v2/models/mlp/infer";
+    let zeros = format!("[{}]", vec!["0"; 16].join(","));
     let v1 = "/v1/models/mlp:predict";
     let cases = [
         (
@@ -182,8 +195,24 @@ fn maximal_json_bodies_stay_within_three_times_their_size_and_liveness_answers()
             200,
             r#""outputs""#,
         ),
-        (v1, "v1 rows", v1_body(false), 400, "max_batch_size"),
-        (v1, "v1 named rows", v1_body(true), 400, "max_batch_size"),
+        (v1, "v1 rows", v1_body(&zeros, false), 400, "max_batch_size"),
+        (
+            v1,
+            "v1 named rows",
+            v1_body(&zeros, true),
+            400,
+            "max_batch_size",
+        ),
+        // The densest named form: one value an instance, refused for its rank after decoding.
+        (
+            v1,
+            "v1 named scalars",
+            v1_body("0", true),
+            400,
+            "must have shape",
+        ),
+        // One instance naming millions of inputs the model does not have.
+        (v1, "v1 unknown names", many_names(), 400, "unknown input"),
     ];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut failures = Vec::new();

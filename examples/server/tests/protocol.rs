@@ -285,12 +285,32 @@ fn kserve_v1_predicts_rows_and_maps_its_errors() {
         ),
         ("/v1/models/nope:predict", &one, &[], 404, "unknown model"),
         ("/v1/models/mlp:explain", &one, &[], 501, "explainer"),
+        ("/v1/models/nope:explain", &one, &[], 404, "unknown model"),
         ("/v1/models/mlp", &one, &[], 404, ":predict"),
         ("/v1/models/mlp:classify", &one, &[], 404, ":predict"),
     ] {
         let (got, message) = refused(uri, body, headers);
         assert_eq!(got.as_u16(), status, "{uri} {body}: {message}");
         assert!(message.contains(says), "{uri} {body}: {message}");
+    }
+
+    // Predictions are counted apart from the readiness polls sharing their path.
+    let (_, _, metrics) = call(&s, Method::GET, "/metrics", None, &[]);
+    let metrics = metrics.as_str().unwrap_or_default().to_owned();
+    for (route, code) in [
+        ("/v1/models/{model}:predict", "200"),
+        ("/v1/models/{model}:predict", "400"),
+        ("/v1/models/{model}", "200"),
+        ("/v1/models/{model}:explain", "501"),
+    ] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("kiln_http_requests_total")
+                    && l.contains(&format!("route=\"{route}\""))
+                    && l.contains(&format!("code=\"{code}\""))),
+            "no {route} {code} in:\n{metrics}"
+        );
     }
 
     // Draining: the model reads not ready (503, as KServe's own server answers), predictions

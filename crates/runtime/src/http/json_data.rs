@@ -50,9 +50,9 @@ pub(crate) trait Leaf: Sized {
     fn from_str(_: &str) -> Option<Self> {
         None
     }
-    /// Whether [`json_numbers::read`] may read arrays of this type (numbers only).
+    /// Whether [`json_numbers::read_into`] may read arrays of this type (numbers only).
     const NUMERIC: bool = true;
-    /// From a number [`json_numbers::read`] scanned, as the `visit_*` serde_json would call
+    /// From a number [`json_numbers::read_into`] scanned, as the `visit_*` serde_json would call
     /// reads it (`None`: not a `T`, and serde gives the reason).
     #[inline]
     fn from_number(n: Number<'_>) -> Option<Self> {
@@ -160,35 +160,47 @@ impl Leaf for String {
 /// The leaves of `raw` (one JSON value: an array nested any way, or a single leaf), row-major,
 /// as `T`s; at most `limit` of them.
 ///
-/// Numeric types try [`json_numbers::read`] first; serde decides the rest.
+/// Numeric types try [`json_numbers::read_into`] first; serde decides the rest.
 ///
 /// # Errors
 /// [`Refusal::TooMany`] at the first value past `limit`, [`Refusal::NotA`] at the first value
 /// that is not a `T`, [`Refusal::Malformed`] for nesting deeper than 128 or a number out of
 /// range.
+#[cfg(test)]
 pub(crate) fn read<T: Leaf>(raw: &str, limit: usize) -> Result<Vec<T>, Refusal> {
-    if T::NUMERIC {
-        if let Some(values) = json_numbers::read(raw, limit) {
-            return Ok(values);
-        }
-    }
-    read_with_serde(raw, limit)
+    let mut out = Vec::with_capacity(capacity(raw, limit));
+    read_into(raw, limit, &mut out).map(|()| out)
 }
 
-/// [`read`] through serde's visitor: every refusal, and whatever the fast path left.
-fn read_with_serde<T: Leaf>(raw: &str, limit: usize) -> Result<Vec<T>, Refusal> {
-    // Each value takes at least one byte and a comma, so the text bounds the count too: a
-    // shape that overstates its data reserves no more than the data could fill.
-    let mut out = Vec::with_capacity(limit.min(raw.len().div_ceil(2)));
+/// The room to reserve for at most `limit` values of the text `raw`: each value takes at
+/// least one byte and a comma, so the text bounds the count too, and a shape that overstates
+/// its data reserves no more than the data could fill.
+pub(crate) fn capacity(raw: &str, limit: usize) -> usize {
+    limit.min(raw.len().div_ceil(2))
+}
+
+/// [`read`], appending to `out` (at most `limit` values).
+///
+/// # Errors
+/// As [`read`]'s; `out` then holds some of the values.
+pub(crate) fn read_into<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Result<(), Refusal> {
+    if T::NUMERIC && json_numbers::read_into(raw, limit, out).is_some() {
+        return Ok(());
+    }
+    read_with_serde(raw, limit, out)
+}
+
+/// [`read_into`] through serde's visitor: every refusal, and whatever the fast path left.
+fn read_with_serde<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Result<(), Refusal> {
     let mut refusal = None;
     let mut de = serde_json::Deserializer::from_str(raw);
     let flatten = Flatten {
-        out: &mut out,
-        limit,
+        limit: out.len() + limit,
+        out,
         refusal: &mut refusal,
     };
     match flatten.deserialize(&mut de).and_then(|()| de.end()) {
-        Ok(()) => Ok(out),
+        Ok(()) => Ok(()),
         Err(e) => Err(refusal.unwrap_or(Refusal::Malformed(e))),
     }
 }
@@ -390,10 +402,16 @@ mod tests {
         assert_eq!(json(TensorData::Bool(vec![true, false])), "[true,false]");
     }
 
+    /// [`read_with_serde`] into a new vector.
+    fn serde_read<T: Leaf>(raw: &str, limit: usize) -> Result<Vec<T>, Refusal> {
+        let mut out = Vec::new();
+        read_with_serde(raw, limit, &mut out).map(|()| out)
+    }
+
     /// What the fast path gives, if anything, must be what serde gives, bit for bit.
     fn agree<T: Leaf + fmt::Debug>(raw: &str, bits: impl Fn(&T) -> u64) {
         if let Some(fast) = json_numbers::read::<T>(raw, 1 << 20) {
-            let slow = read_with_serde::<T>(raw, 1 << 20)
+            let slow = serde_read::<T>(raw, 1 << 20)
                 .unwrap_or_else(|e| panic!("{raw}: fast {fast:?}, serde {e:?}"));
             let (fast, slow): (Vec<u64>, Vec<u64>) = (
                 fast.iter().map(&bits).collect(),
@@ -559,13 +577,13 @@ mod tests {
             agree_all(raw);
             // The same refusals, and the same readings, as ever.
             let fast_or_serde = format!("{:?}", read::<f32>(raw, 9));
-            let serde = format!("{:?}", read_with_serde::<f32>(raw, 9));
+            let serde = format!("{:?}", serde_read::<f32>(raw, 9));
             assert_eq!(fast_or_serde, serde, "{raw}");
         }
         let deep = format!("{}1{}", "[".repeat(127), "]".repeat(127));
         assert_eq!(
             format!("{:?}", read::<f32>(&deep, 9)),
-            format!("{:?}", read_with_serde::<f32>(&deep, 9))
+            format!("{:?}", serde_read::<f32>(&deep, 9))
         );
         assert!(matches!(read::<f32>("[1,2,3]", 2), Err(Refusal::TooMany)));
     }

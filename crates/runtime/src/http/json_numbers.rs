@@ -33,9 +33,27 @@ pub(crate) enum Number<'a> {
 
 /// The leaves of `raw` as `T`s, row-major, if they are all numbers that are `T`s, at most
 /// `limit` of them; `None` when serde must decide.
+#[cfg(test)]
 pub(crate) fn read<T: Leaf>(raw: &str, limit: usize) -> Option<Vec<T>> {
-    let b = raw.as_bytes();
     let mut out = Vec::with_capacity(limit.min(raw.len().div_ceil(2)));
+    read_into(raw, limit, &mut out).map(|()| out)
+}
+
+/// [`read`], appending to `out` (at most `limit` values); `None`, and `out` as it was, when
+/// serde must decide.
+pub(crate) fn read_into<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Option<()> {
+    let start = out.len();
+    let read = scan(raw, start + limit, out);
+    if read.is_none() {
+        out.truncate(start);
+    }
+    read
+}
+
+/// [`read_into`]'s scan, `out` holding at most `limit` values in all.
+#[inline]
+fn scan<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Option<()> {
+    let b = raw.as_bytes();
     let mut depth = 0usize;
     let mut i = skip_ws(b, 0);
     'value: loop {
@@ -67,7 +85,7 @@ pub(crate) fn read<T: Leaf>(raw: &str, limit: usize) -> Option<Vec<T>> {
         loop {
             i = skip_ws(b, i);
             if depth == 0 {
-                return (i == b.len()).then_some(out);
+                return (i == b.len()).then_some(());
             }
             match *b.get(i)? {
                 b',' => {

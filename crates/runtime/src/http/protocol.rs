@@ -324,7 +324,15 @@ fn tensor(
         return from_le_bytes(&input.datatype, shape, bytes).map_err(bad);
     }
     let raw = raw.unwrap_or("[]");
-    let data = typed_data(&input.datatype, &[raw], &shape, elements).map_err(bad)?;
+    let reserve = json_data::capacity(raw, elements);
+    let data = typed_data(
+        &input.datatype,
+        &mut |each| each(raw),
+        &shape,
+        elements,
+        reserve,
+    )
+    .map_err(bad)?;
     Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
 }
 
@@ -358,30 +366,38 @@ pub fn checked_shape(
     Ok((shape, elements))
 }
 
-/// The `elements` values of `shape`, of the v2 `datatype`, from the JSON texts `raws` in turn
-/// (one `data` array; KServe v1's instances, one per row, each already known to hold its
-/// share); the message says what is wrong.
+/// JSON texts of values, handed in turn to the function it is given: one input's `data`, or
+/// its value in each of KServe v1's instances, one per row. Passed this way, the texts of a
+/// million rows are found as they are read, never held in a list.
+pub(crate) type Texts<'t> =
+    dyn FnMut(&mut dyn FnMut(&str) -> Result<(), String>) -> Result<(), String> + 't;
+
+/// The `elements` values of `shape`, of the v2 `datatype`, from `texts` in turn, into a vector
+/// with room for `reserve` (the caller's bound: never more than the texts can hold); the
+/// message says what is wrong.
 pub(crate) fn typed_data(
     datatype: &str,
-    raws: &[&str],
+    texts: &mut Texts<'_>,
     shape: &[usize],
     elements: usize,
+    reserve: usize,
 ) -> Result<TensorData, String> {
+    let (t, s, n, r) = (texts, shape, elements, reserve);
     Ok(match datatype {
-        "FP32" => TensorData::F32(values(raws, shape, elements)?),
-        "FP64" => TensorData::F64(values(raws, shape, elements)?),
-        "INT64" => TensorData::I64(values(raws, shape, elements)?),
-        "INT32" => TensorData::I32(values(raws, shape, elements)?),
-        "INT8" => TensorData::I8(values(raws, shape, elements)?),
-        "UINT8" => TensorData::U8(values(raws, shape, elements)?),
-        "BOOL" => TensorData::Bool(values(raws, shape, elements)?),
-        "INT16" => TensorData::I16(values(raws, shape, elements)?),
-        "UINT16" => TensorData::U16(values(raws, shape, elements)?),
-        "UINT32" => TensorData::U32(values(raws, shape, elements)?),
-        "UINT64" => TensorData::U64(values(raws, shape, elements)?),
-        "FP16" => TensorData::F16(values(raws, shape, elements)?),
-        "BF16" => TensorData::Bf16(values(raws, shape, elements)?),
-        "BYTES" => TensorData::String(values(raws, shape, elements)?),
+        "FP32" => TensorData::F32(values(t, s, n, r)?),
+        "FP64" => TensorData::F64(values(t, s, n, r)?),
+        "INT64" => TensorData::I64(values(t, s, n, r)?),
+        "INT32" => TensorData::I32(values(t, s, n, r)?),
+        "INT8" => TensorData::I8(values(t, s, n, r)?),
+        "UINT8" => TensorData::U8(values(t, s, n, r)?),
+        "BOOL" => TensorData::Bool(values(t, s, n, r)?),
+        "INT16" => TensorData::I16(values(t, s, n, r)?),
+        "UINT16" => TensorData::U16(values(t, s, n, r)?),
+        "UINT32" => TensorData::U32(values(t, s, n, r)?),
+        "UINT64" => TensorData::U64(values(t, s, n, r)?),
+        "FP16" => TensorData::F16(values(t, s, n, r)?),
+        "BF16" => TensorData::Bf16(values(t, s, n, r)?),
+        "BYTES" => TensorData::String(values(t, s, n, r)?),
         other => {
             return Err(format!(
                 "datatype {other:?} is not served; use one of {}",
@@ -391,27 +407,23 @@ pub(crate) fn typed_data(
     })
 }
 
-/// The `elements` values of `shape` from the JSON texts `raws`, read in turn into one vector.
-fn values<T: Leaf>(raws: &[&str], shape: &[usize], elements: usize) -> Result<Vec<T>, String> {
-    let mut out: Vec<T> = Vec::new();
-    for raw in raws {
-        let left = elements - out.len();
-        let read = match json_data::read::<T>(raw, left) {
-            Ok(v) => v,
-            Err(Refusal::TooMany) => {
-                return Err(format!(
-                    "has more than {elements} values but shape {shape:?} needs {elements}"
-                ))
+/// The `elements` values of `shape` from `texts`, read in turn into one vector.
+fn values<T: Leaf>(
+    texts: &mut Texts<'_>,
+    shape: &[usize],
+    elements: usize,
+    reserve: usize,
+) -> Result<Vec<T>, String> {
+    let mut out: Vec<T> = Vec::with_capacity(reserve);
+    texts(&mut |raw| {
+        json_data::read_into(raw, elements - out.len(), &mut out).map_err(|refusal| match refusal {
+            Refusal::TooMany => {
+                format!("has more than {elements} values but shape {shape:?} needs {elements}")
             }
-            Err(Refusal::NotA(value, wanted)) => return Err(format!("{value} is not a {wanted}")),
-            Err(Refusal::Malformed(e)) => return Err(format!("malformed data: {e}")),
-        };
-        if out.is_empty() {
-            out = read;
-        } else {
-            out.extend(read);
-        }
-    }
+            Refusal::NotA(value, wanted) => format!("{value} is not a {wanted}"),
+            Refusal::Malformed(e) => format!("malformed data: {e}"),
+        })
+    })?;
     if out.len() == elements {
         Ok(out)
     } else {

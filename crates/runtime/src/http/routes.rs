@@ -180,6 +180,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The route a response is counted under when its matched path is not enough to tell it
+/// apart (v1's `{m}:predict` shares `/v1/models/{model}` with the model's readiness).
+#[derive(Clone, Copy)]
+pub(crate) struct RouteLabel(pub(crate) &'static str);
+
 /// Counts every request by route and status code, and times it.
 async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let route = request
@@ -188,6 +193,10 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
     let response = next.run(request).await;
+    let route = match response.extensions().get::<RouteLabel>() {
+        Some(label) => label.0.to_owned(),
+        None => route,
+    };
     let route = KeyValue::new("route", route);
     state.http.requests.add(
         1,

@@ -6,11 +6,12 @@
 //!   transformer health check reads this liveness instead.
 //! - `GET /v1/models` lists the models: `{"models": [...]}`.
 //! - `GET /v1/models/{m}` is the model's readiness: 200 `{"name", "ready": true}`, or 503
-//!   `{"ready": false}` (loading, failed, draining), 404 for an unknown model.
+//!   `{"name", "ready": false}` (loading, failed, draining), 404 for an unknown model.
 //! - `POST /v1/models/{m}:predict` takes `{"instances": [...]}` and answers
 //!   `{"predictions": [...]}` (`v1_json` says how rows become tensors and back), through the
 //!   same inference path, limits, deadline header, compression and errors as v2
-//!   (`{"error": "..."}`, which is also v1's). `:explain` answers 501: kiln has no explainer.
+//!   (`{"error": "..."}`, which is also v1's). `:explain` answers 501 (404 for an unknown
+//!   model): kiln has no explainer.
 //!
 //! A path parameter cannot end in a literal suffix in this router, so `{m}:predict` is the
 //! model segment split at its last `:` (a model name holding a `:` still works).
@@ -20,15 +21,17 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
 use crate::http::error::ApiError;
 use crate::http::models::{find, not_serving};
-use crate::http::routes::{read_body, readiness, transport_timeout, write_answer, AppState};
-use crate::http::{compression, infer, routes, v1_json};
+use crate::http::routes::{
+    read_body, readiness, transport_timeout, write_answer, AppState, RouteLabel,
+};
+use crate::http::{compression, infer, v1_json};
 
 /// The v1 routes, for [`routes::router`] to merge.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
@@ -51,24 +54,40 @@ async fn ready(State(s): State<Arc<AppState>>, Path(model): Path<String>) -> Res
     readiness(&s, &model, None)
 }
 
-/// `POST /v1/models/{m}:predict` (or `:explain`, 501).
+/// `POST /v1/models/{m}:predict` (or `:explain`, 501), counted in the HTTP metrics under a
+/// route of its own (`/v1/models/{model}:predict`), apart from the readiness polls that share
+/// its path.
 async fn verb(
     State(s): State<Arc<AppState>>,
     Path(target): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Response, ApiError> {
-    match target.rsplit_once(':') {
-        Some((model, "predict")) => predict(&s, model, &headers, body).await,
-        Some((_, "explain")) => Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "kiln serves no explainer: only :predict",
-        )),
-        _ => Err(ApiError::not_found(format!(
-            "no such v1 endpoint: POST /v1/models/{target}; predictions are POST \
-             /v1/models/{{model}}:predict"
-        ))),
-    }
+) -> Response {
+    let (route, answer) = match target.rsplit_once(':') {
+        Some((model, "predict")) => (
+            "/v1/models/{model}:predict",
+            predict(&s, model, &headers, body).await,
+        ),
+        Some((model, "explain")) => (
+            "/v1/models/{model}:explain",
+            find(&s, model, None).and_then(|_| {
+                Err(ApiError::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "kiln serves no explainer: only :predict",
+                ))
+            }),
+        ),
+        _ => (
+            "/v1/models/{model}",
+            Err(ApiError::not_found(format!(
+                "no such v1 endpoint: POST /v1/models/{target}; predictions are POST \
+                 /v1/models/{{model}}:predict"
+            ))),
+        ),
+    };
+    let mut response = answer.into_response();
+    response.extensions_mut().insert(RouteLabel(route));
+    response
 }
 
 async fn predict(
@@ -113,16 +132,9 @@ async fn predict(
             ApiError::bad_request(m)
         })
     })?;
-    let json_bytes = answer
-        .outputs
-        .iter()
-        .map(|(_, t)| routes::json_size(t))
-        .sum();
-    let predictions = v1_json::Predictions {
-        outputs: answer.outputs,
-        per_row,
-        rows,
-    };
+    let predictions = v1_json::Predictions::new(answer.outputs, per_row, rows)
+        .map_err(|m| failed(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)))?;
+    let json_bytes = predictions.json_size();
     let written = write_answer(s, headers, json_bytes, 0, move || {
         let body = serde_json::to_vec(&predictions)?;
         let len = body.len();

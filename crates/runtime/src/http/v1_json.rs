@@ -20,10 +20,7 @@
 //! - Values are read by the same readers as v2 `data` (`json_data`, so the same refusals and
 //!   the same numbers) and written as v2 writes them (FP32 widened to `f64`; NaN as `null`).
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-
-use serde::de::{self, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -49,8 +46,8 @@ struct Predict<'a> {
 ///
 /// Memory: a model with one input takes the whole `instances` array as its tensor's nested
 /// values, read once as v2 reads `data`. Objects are walked once to check their names and
-/// shapes, then once per input to read its values; only one input's references to its
-/// instances' texts (16 bytes an instance) are held at a time.
+/// shapes, then once per input to read its values straight into its tensor, sized from the
+/// first walk: nothing per instance is kept between instances.
 ///
 /// # Errors
 /// [`InputError::Invalid`] (400) for a body that is not `{"instances": [...]}` with at least one
@@ -69,7 +66,12 @@ pub(crate) fn decode(
     let request: Predict =
         serde_json::from_slice(body).map_err(|e| bad(format!("malformed request body: {e}")))?;
     let instances = match (request.instances, request.inputs) {
-        (Some(i), _) => i.get(),
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "the body has both `instances` and `inputs`: send the rows as `instances`".into(),
+            ))
+        }
+        (Some(i), None) => i.get(),
         (None, Some(_)) => {
             return Err(bad(
                 "the v1 protocol here takes rows (`instances`); for whole tensors use the v2 \
@@ -91,14 +93,14 @@ pub(crate) fn decode(
     if let [only] = &meta.inputs[..] {
         if !first.starts_with('{') {
             // The rows stacked are the array itself.
-            let shape = shape_of(instances).map_err(|m| {
+            let shape = shape_of(instances, MAX_DIMS).map_err(|m| {
                 // Refused: the first instance at fault, named (a second walk, on this path
                 // only).
                 let named = same_shapes(instances, &only.name).err();
                 named.unwrap_or_else(|| bad(format!("input `{}`: `instances` {m}", only.name)))
             })?;
             let rows = shape[0];
-            let tensor = stacked(only, &[instances], shape, max_elements)?;
+            let tensor = stacked(only, shape, max_elements, &mut |each| each(instances))?;
             return Ok((vec![(only.name.clone(), tensor)], rows));
         }
     }
@@ -106,22 +108,11 @@ pub(crate) fn decode(
     // Walk 1: every instance an object naming exactly the inputs, each input one shape.
     let mut rows_shapes: Vec<Option<Vec<usize>>> = vec![None; names.len()];
     let rows = each_instance(instances, |i, text| {
-        let named: BTreeMap<Cow<'_, str>, &RawValue> =
-            serde_json::from_str(text).map_err(|_| {
-                bad(format!(
-                    "instance {i}: the model's inputs are {names:?}; with more than one, each \
-                     instance is an object naming them"
-                ))
-            })?;
-        if let Some(unknown) = named.keys().find(|k| !names.contains(&k.as_ref())) {
-            return Err(bad(format!(
-                "instance {i}: unknown input `{unknown}`; the inputs are {names:?}"
-            )));
-        }
-        for (j, name) in names.iter().enumerate() {
-            let value = named
-                .get(*name)
-                .ok_or_else(|| bad(format!("instance {i}: input `{name}` is missing")))?;
+        let values = named(text, &names).map_err(|m| bad(format!("instance {i}: {m}")))?;
+        for (j, value) in values.iter().enumerate() {
+            let name = names[j];
+            let value =
+                value.ok_or_else(|| bad(format!("instance {i}: input `{name}` is missing")))?;
             same_shape(&mut rows_shapes[j], name, i, value.get())?;
         }
         Ok(())
@@ -131,26 +122,101 @@ pub(crate) fn decode(
         .inputs
         .iter()
         .zip(rows_shapes)
-        .map(|(info, row)| {
-            let mut raws = Vec::with_capacity(rows);
-            each_instance(instances, |_, text| {
-                let named: BTreeMap<Cow<'_, str>, &RawValue> =
-                    serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-                if let Some(v) = named.get(info.name.as_str()) {
-                    raws.push(v.get());
-                }
-                Ok(())
-            })?;
-            let shape = std::iter::once(rows)
+        .enumerate()
+        .map(|(j, (info, row))| {
+            let shape: Vec<usize> = std::iter::once(rows)
                 .chain(row.unwrap_or_default())
                 .collect();
-            Ok((
-                info.name.clone(),
-                stacked(info, &raws, shape, max_elements)?,
-            ))
+            let mut texts = |each: &mut dyn FnMut(&str) -> Result<(), String>| {
+                each_instance(instances, |_, text| {
+                    let values = named(text, &names).map_err(bad)?;
+                    match values[j] {
+                        Some(value) => each(value.get()).map_err(bad),
+                        None => Ok(()),
+                    }
+                })
+                .map(drop)
+                .map_err(|e| match e {
+                    InputError::Invalid(m) | InputError::TooLarge(m) => m,
+                })
+            };
+            let tensor = stacked(info, shape, max_elements, &mut texts)?;
+            Ok((info.name.clone(), tensor))
         })
         .collect::<Result<_, InputError>>()?;
     Ok((tensors, rows))
+}
+
+/// An instance object's values, by the index of their input in `names`: each key looked up
+/// as it is read (never kept), an unknown or repeated one refused at once.
+///
+/// # Errors
+/// What is wrong with the instance, as a message.
+fn named<'a>(text: &'a str, names: &[&str]) -> Result<Vec<Option<&'a RawValue>>, String> {
+    struct Named<'n> {
+        names: &'n [&'n str],
+        refusal: Option<String>,
+    }
+    /// A key's input index; the key itself (shortened) when it names none.
+    struct Key<'n>(&'n [&'n str]);
+    impl<'de> DeserializeSeed<'de> for Key<'_> {
+        type Value = Result<usize, String>;
+        fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Key<'_> {
+        type Value = Result<usize, String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an input's name")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(self
+                .0
+                .iter()
+                .position(|n| *n == v)
+                .ok_or_else(|| v.chars().take(64).collect()))
+        }
+    }
+    impl<'de> Visitor<'de> for &mut Named<'_> {
+        type Value = Vec<Option<&'de RawValue>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an object naming the inputs")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut values = vec![None; self.names.len()];
+            while let Some(key) = map.next_key_seed(Key(self.names))? {
+                let refusal = match key {
+                    Ok(j) if values[j].is_none() => {
+                        values[j] = Some(map.next_value::<&'de RawValue>()?);
+                        continue;
+                    }
+                    Ok(j) => format!("input `{}` is named twice", self.names[j]),
+                    Err(key) if key == "b64" => "binary values (`{\"b64\": …}`) are not served: \
+                                                 kiln's BYTES are UTF-8 strings, sent as JSON \
+                                                 strings"
+                        .to_owned(),
+                    Err(key) => {
+                        format!("unknown input `{key}`; the inputs are {:?}", self.names)
+                    }
+                };
+                self.refusal = Some(refusal);
+                return Err(de::Error::custom(""));
+            }
+            Ok(values)
+        }
+    }
+    let mut visitor = Named {
+        names,
+        refusal: None,
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_map(&mut de, &mut visitor).map_err(|_| {
+        visitor
+            .refusal
+            .take()
+            .unwrap_or_else(|| format!("not an object naming the model's inputs {names:?}"))
+    })
 }
 
 /// Checks that each instance of the one input `name` is a tensor of instance 0's shape.
@@ -163,7 +229,7 @@ fn same_shapes(instances: &str, name: &str) -> Result<(), InputError> {
 }
 
 /// Checks that `text`, instance `i`'s value of input `name`, is a tensor of the shape `row`
-/// holds (instance 0's, kept there by its call).
+/// holds (instance 0's, kept there by its call), of at most [`MAX_DIMS`] dims once stacked.
 ///
 /// # Errors
 /// What is wrong, naming the input and the instance.
@@ -174,7 +240,7 @@ fn same_shape(
     text: &str,
 ) -> Result<(), InputError> {
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: instance {i} {m}"));
-    let shape = shape_of(text).map_err(bad)?;
+    let shape = shape_of(text, MAX_DIMS - 1).map_err(bad)?;
     match row {
         None => *row = Some(shape),
         Some(row) if *row != shape => {
@@ -188,12 +254,14 @@ fn same_shape(
     Ok(())
 }
 
-/// The tensor of `shape` (the instances stacked) whose values are the texts `raws` in turn.
+/// The tensor of `shape` (the instances stacked) whose values are `texts` in turn. The shape
+/// was read from the texts themselves, so they hold exactly its values: their vector is
+/// reserved whole, once.
 fn stacked(
     info: &TensorInfo,
-    raws: &[&str],
     shape: Vec<usize>,
     max_elements: usize,
+    texts: &mut protocol::Texts<'_>,
 ) -> Result<Tensor, InputError> {
     let name = &info.name;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
@@ -204,8 +272,9 @@ fn stacked(
     let (shape, elements) = protocol::checked_shape(name, &dims, max_elements)?;
     let data = protocol::typed_data(
         protocol::datatype(info.element_type),
-        raws,
+        texts,
         &shape,
+        elements,
         elements,
     )
     .map_err(bad)?;
@@ -258,8 +327,8 @@ fn each_instance<'a>(
 ///
 /// # Errors
 /// Why it is not a tensor, as a phrase after "instance N": ragged arrays, values at different
-/// depths, an object, nesting past [`MAX_DIMS`].
-fn shape_of(raw: &str) -> Result<Vec<usize>, String> {
+/// depths, an object, nesting past `max_rank` arrays.
+fn shape_of(raw: &str, max_rank: usize) -> Result<Vec<usize>, String> {
     let b = raw.as_bytes();
     // The length of the arrays at each depth, once one has closed there.
     let mut dims: Vec<Option<usize>> = Vec::new();
@@ -280,8 +349,8 @@ fn shape_of(raw: &str) -> Result<Vec<usize>, String> {
                 if leaf_depth.is_some_and(|d| open.len() >= d) {
                     return Err(ragged());
                 }
-                if open.len() == MAX_DIMS {
-                    return Err(format!("nests more than {MAX_DIMS} arrays deep"));
+                if open.len() == max_rank {
+                    return Err(format!("nests more than {max_rank} arrays deep"));
                 }
                 if let Some(n) = open.last_mut() {
                     *n += 1;
@@ -395,11 +464,77 @@ pub(crate) fn per_row(
 /// The v1 answer: `{"predictions": [...]}`, one per instance (see the module doc).
 pub(crate) struct Predictions {
     /// The outputs, in the model's order.
-    pub(crate) outputs: NamedTensors,
+    outputs: NamedTensors,
     /// [`per_row`] of each.
-    pub(crate) per_row: Vec<bool>,
+    per_row: Vec<bool>,
     /// The number of instances.
-    pub(crate) rows: usize,
+    rows: usize,
+    /// The JSON arrays writing them takes.
+    arrays: usize,
+}
+
+/// Nested arrays past an answer's values and rows that it may take to write: a tensor with a
+/// zero dim holds no values, yet `[1, 1000000000, 0]` nests a billion empty arrays.
+const SPARE_ARRAYS: usize = 1 << 20;
+
+impl Predictions {
+    /// The answer of `outputs` to `rows` instances, split as `per_row` says.
+    ///
+    /// # Errors
+    /// An output whose nested arrays would far outnumber its values (the message).
+    pub(crate) fn new(
+        outputs: NamedTensors,
+        per_row: Vec<bool>,
+        rows: usize,
+    ) -> Result<Self, String> {
+        let mut arrays = rows;
+        let mut values = 0usize;
+        for ((name, t), &split) in outputs.iter().zip(&per_row) {
+            let shape = t.shape();
+            let nested = if split {
+                rows.saturating_mul(nested_arrays(&shape[1.min(shape.len())..]))
+            } else {
+                nested_arrays(shape)
+            };
+            arrays = arrays.saturating_add(nested);
+            values = values.saturating_add(t.len());
+            if arrays > values.saturating_add(rows).saturating_add(SPARE_ARRAYS) {
+                return Err(format!(
+                    "output `{name}` of shape {shape:?} would be written as {nested} nested \
+                     JSON arrays holding {} values",
+                    t.len()
+                ));
+            }
+        }
+        Ok(Self {
+            outputs,
+            per_row,
+            rows,
+            arrays,
+        })
+    }
+
+    /// The least bytes of JSON text the answer takes (`routes::json_size` of the values, and
+    /// the brackets and commas of its arrays).
+    pub(crate) fn json_size(&self) -> usize {
+        self.outputs
+            .iter()
+            .map(|(_, t)| crate::http::routes::json_size(t))
+            .sum::<usize>()
+            .saturating_add(self.arrays.saturating_mul(3))
+    }
+}
+
+/// The arrays writing a tensor of `shape` as nested arrays takes: one, then one per element of
+/// each dim but the last, nested (`[[1,2],[3,4]]`: three).
+fn nested_arrays(shape: &[usize]) -> usize {
+    let mut arrays = 0usize;
+    let mut outer = 1usize;
+    for &d in shape {
+        arrays = arrays.saturating_add(outer);
+        outer = outer.saturating_mul(d);
+    }
+    arrays
 }
 
 impl Serialize for Predictions {
@@ -558,6 +693,10 @@ mod tests {
         }
     }
 
+    fn shape_of(raw: &str) -> Result<Vec<usize>, String> {
+        super::shape_of(raw, MAX_DIMS)
+    }
+
     fn refusal(r: Result<(NamedTensors, usize), InputError>) -> String {
         match r {
             Err(InputError::Invalid(m) | InputError::TooLarge(m)) => m,
@@ -660,7 +799,20 @@ mod tests {
         assert!(m(r#"{"instances": [[[1], 2]]}"#, &one).contains("not a tensor"));
         assert!(m(r#"{"instances": [[1.5]]}"#, &one).contains("1.5 is not a int32"));
         assert!(m(r#"{"instances": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}"#, &one).contains("limit"));
-        assert!(m(r#"{"instances": [1]}"#, &two).contains("object naming them"));
+        assert!(m(r#"{"instances": [1]}"#, &two).contains("instance 0: not an object naming"));
+        assert!(m(r#"{"instances": [{"a": 1, "b": 2}, 3]}"#, &two).contains("instance 1: not"));
+        assert!(m(r#"{"instances": [{"a": 1, "a": 2, "b": 3}]}"#, &two).contains("named twice"));
+        assert!(m(r#"{"instances": [{"b64": "AAAA"}]}"#, &one).contains("UTF-8 strings"));
+        assert!(m(r#"{"instances": [[1]], "inputs": [[1]]}"#, &one).contains("both"));
+        // Escaped names are names.
+        assert!(decode(br#"{"instances": [{"\u0061": 1, "b": 2}]}"#, &two, 8).is_ok());
+        // Stacked, an instance gains a dim: one of MAX_DIMS dims is one too many.
+        let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let named = |n: usize| format!(r#"{{"instances": [{{"x": {}}}]}}"#, deep(n));
+        assert!(m(&named(MAX_DIMS), &one).contains("deep"));
+        assert!(decode(named(MAX_DIMS - 1).as_bytes(), &one, 8).is_ok());
+        let bare = |n: usize| format!(r#"{{"instances": {}}}"#, deep(n));
+        assert!(m(&bare(MAX_DIMS + 1), &one).contains("deep"));
         assert!(m(r#"{"instances": [{"a": 1}]}"#, &two).contains("`b` is missing"));
         assert!(
             m(r#"{"instances": [{"a": 1, "b": 2, "c": 3}]}"#, &two).contains("unknown input `c`")
@@ -689,12 +841,8 @@ mod tests {
         let split = per_row(&batched, &outputs, 2).expect("per row");
         assert_eq!(split, [true, true]);
         let text = |outputs: NamedTensors, per_row: Vec<bool>, rows: usize| {
-            serde_json::to_string(&Predictions {
-                outputs,
-                per_row,
-                rows,
-            })
-            .expect("json")
+            serde_json::to_string(&Predictions::new(outputs, per_row, rows).expect("size"))
+                .expect("json")
         };
         assert_eq!(
             text(outputs.clone(), split.clone(), 2),
@@ -735,6 +883,21 @@ mod tests {
         assert_eq!(text(s, vec![true], 1), r#"{"predictions":[[3.0,4.0]]}"#);
         let scalar = vec![("s".to_owned(), f(vec![], vec![0.5]))];
         assert_eq!(text(scalar, vec![false], 1), r#"{"predictions":[0.5]}"#);
+        // Zero dims: empty arrays, as many as the dims before them make, within reason.
+        let empty = |shape: Vec<usize>| vec![("e".to_owned(), f(shape, vec![]))];
+        assert_eq!(
+            text(empty(vec![2, 3, 0]), vec![true], 2),
+            r#"{"predictions":[[[],[],[]],[[],[],[]]]}"#
+        );
+        let p = Predictions::new(empty(vec![2, 3, 0]), vec![true], 2).expect("small");
+        assert_eq!(p.arrays, 2 + 2 * 4);
+        let m = Predictions::new(empty(vec![1, 1 << 30, 0]), vec![true], 1)
+            .err()
+            .expect("a billion empty arrays");
+        assert!(m.contains("nested JSON arrays"), "{m}");
+        assert_eq!(nested_arrays(&[2, 2]), 3);
+        assert_eq!(nested_arrays(&[]), 0);
+        assert_eq!(nested_arrays(&[usize::MAX, usize::MAX, 2]), usize::MAX);
     }
 
     /// Any JSON value as `instances` (strings with brackets, quotes and escapes, objects,
