@@ -14,6 +14,8 @@
 //! The message must also arrive within `--body-timeout-s` of the call's headers, as a REST
 //! body must: a client trickling its message cannot hold a share (or a stream) forever.
 //! A compressed message is inflated here first (`compressed`), under the same rules.
+//! `ModelStreamInfer` is passed through untouched: its messages arrive for as long as the
+//! stream lasts, and `stream` budgets each as it is read.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -30,6 +32,9 @@ use tokio::time::{Instant, Sleep};
 
 use crate::http::routes::AppState;
 
+/// The streaming call, whose messages `reserve` leaves to `stream`.
+const STREAM_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
 /// Bytes of a gRPC frame header: a compressed flag and a big-endian `u32` length.
 pub(super) const FRAME_HEADER: usize = 5;
 
@@ -39,6 +44,11 @@ pub(super) async fn reserve(
     request: Request,
     next: Next,
 ) -> Response {
+    if request.uri().path() == STREAM_PATH {
+        // A stream's messages come and go for as long as the client keeps it open: each is
+        // budgeted as it is read (`stream`), and none is inflated here.
+        return accepting(next.run(request).await);
+    }
     let timeout = state.config.body_read_timeout;
     let (mut parts, body) = request.into_parts();
     let mut body = Timed::new(body, timeout);

@@ -13,6 +13,7 @@
 //! - [`pb`]: the generated messages; `services` (private): the generated service trait.
 //! - `message` (private): `ModelInfer`'s request, walked and decoded off the workers.
 //! - `service` (private): the calls.
+//! - `stream` (private): `ModelStreamInfer`, the same inference path over one stream.
 //! - `tensor` (private): typed contents and raw contents to and from kiln tensors.
 //! - [`status`]: errors to gRPC status codes; `grpc-timeout` to a deadline.
 //! - `health` (private): `grpc.health.v1`.
@@ -33,6 +34,7 @@ mod message;
 pub(crate) mod metrics;
 mod service;
 pub mod status;
+mod stream;
 mod tensor;
 
 /// The messages generated from `proto/inference.proto`.

@@ -4,6 +4,9 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::extract::ConnectInfo;
 use tonic::{Request, Response, Status};
@@ -12,7 +15,7 @@ use super::budget::Share;
 use super::message::ModelInferMessage;
 use super::pb;
 use super::services::grpc_inference_service_server::GrpcInferenceService;
-use super::{status, tensor};
+use super::{status, stream, tensor};
 use crate::http::error::ApiError;
 use crate::http::infer;
 use crate::http::routes::AppState;
@@ -44,6 +47,88 @@ impl Inference {
 /// An empty version field means "the serving one", as in the protocol.
 fn version(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
+}
+
+/// One `ModelInfer` request, from either door (a unary call, or one message of a stream):
+/// walked, decoded and made tensors in one go (on a decode thread for a big message, as for
+/// a big REST body, holding its budget `share` until done), run within `timeout`, answered.
+///
+/// # Errors
+/// The request's refusal or failure, as a status (and logged as `infer::log_failure` does).
+pub(super) async fn infer_message(
+    state: &AppState,
+    message: ModelInferMessage,
+    share: Option<Share>,
+    timeout: Option<Duration>,
+) -> Result<pb::ModelInferResponse, Status> {
+    let max_elements = state.config.max_input_elements;
+    let big = message.len() >= crate::http::decode::INLINE_MAX_BYTES;
+    // Raw contents and typed contents' vectors are moved, not copied.
+    let unpack = move || {
+        let unpacked = message.decode(max_elements).map(|r| {
+            let timeout_us = u64_parameter(&r.parameters, "timeout");
+            let priority = u64_parameter(&r.parameters, "priority");
+            let inputs = tensor::inputs(r.inputs, r.raw_input_contents, max_elements);
+            (
+                r.model_name,
+                r.model_version,
+                r.id,
+                r.outputs,
+                inputs,
+                (timeout_us, priority),
+            )
+        });
+        drop(share);
+        unpacked
+    };
+    let unpacked = if big {
+        state.decoder.off_workers(unpack).await
+    } else {
+        Ok(unpack())
+    };
+    let (model, model_version, id, outputs, inputs, (timeout_us, priority)) = match unpacked {
+        Ok(Ok(unpacked)) => unpacked,
+        Ok(Err(refused)) => {
+            let e = ApiError::from(refused.error);
+            let version = version(&refused.version);
+            let id = (!refused.id.is_empty()).then_some(refused.id.as_str());
+            infer::log_failure("grpc", &refused.model, version, id, &e);
+            return Err(Status::from(e));
+        }
+        // A decode thread failed: nothing of the request was read.
+        Err(e) => {
+            infer::log_failure("grpc", "", None, None, &e);
+            return Err(Status::from(e));
+        }
+    };
+    let version = version(&model_version).map(str::to_owned);
+    let id = (!id.is_empty()).then_some(id);
+    let fail = |e: ApiError| {
+        infer::log_failure("grpc", &model, version.as_deref(), id.as_deref(), &e);
+        Status::from(e)
+    };
+    let call = infer::Call {
+        model: &model,
+        version: version.as_deref(),
+        inputs: inputs.map_err(|e| fail(e.into()))?,
+        outputs: outputs.into_iter().map(|o| o.name).collect(),
+        timeout: infer::deadline(timeout, timeout_us),
+        priority,
+    };
+    let answer = infer::run(state, call).await.map_err(fail)?;
+    let (outputs, raw_output_contents) = answer
+        .outputs
+        .into_iter()
+        .map(|(name, t)| tensor::output(name, &t))
+        .unzip();
+    Ok(pb::ModelInferResponse {
+        model_name: model,
+        model_version: answer.version.unwrap_or_default(),
+        id: id.unwrap_or_default(),
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents,
+    })
 }
 
 #[tonic::async_trait]
@@ -117,77 +202,23 @@ impl GrpcInferenceService for Inference {
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let timeout = status::timeout(request.metadata())?;
         let share = request.extensions().get::<Share>().cloned();
-        let message = request.into_inner();
-        let max_elements = self.state.config.max_input_elements;
-        let big = message.len() >= crate::http::decode::INLINE_MAX_BYTES;
-        // Walked, decoded and made tensors in one go, on a decode thread for a big message as
-        // for a big REST body (raw contents and typed contents' vectors are moved, not copied),
-        // holding the message's share of the budget until done.
-        let unpack = move || {
-            let unpacked = message.decode(max_elements).map(|r| {
-                let timeout_us = u64_parameter(&r.parameters, "timeout");
-                let priority = u64_parameter(&r.parameters, "priority");
-                let inputs = tensor::inputs(r.inputs, r.raw_input_contents, max_elements);
-                (
-                    r.model_name,
-                    r.model_version,
-                    r.id,
-                    r.outputs,
-                    inputs,
-                    (timeout_us, priority),
-                )
-            });
-            drop(share);
-            unpacked
-        };
-        let unpacked = if big {
-            self.state.decoder.off_workers(unpack).await
-        } else {
-            Ok(unpack())
-        };
-        let (model, model_version, id, outputs, inputs, (timeout_us, priority)) = match unpacked {
-            Ok(Ok(unpacked)) => unpacked,
-            Ok(Err(refused)) => {
-                let e = ApiError::from(refused.error);
-                let version = version(&refused.version);
-                let id = (!refused.id.is_empty()).then_some(refused.id.as_str());
-                infer::log_failure("grpc", &refused.model, version, id, &e);
-                return Err(Status::from(e));
-            }
-            // A decode thread failed: nothing of the request was read.
-            Err(e) => {
-                infer::log_failure("grpc", "", None, None, &e);
-                return Err(Status::from(e));
-            }
-        };
-        let version = version(&model_version).map(str::to_owned);
-        let id = (!id.is_empty()).then_some(id);
-        let fail = |e: ApiError| {
-            infer::log_failure("grpc", &model, version.as_deref(), id.as_deref(), &e);
-            Status::from(e)
-        };
-        let call = infer::Call {
-            model: &model,
-            version: version.as_deref(),
-            inputs: inputs.map_err(|e| fail(e.into()))?,
-            outputs: outputs.into_iter().map(|o| o.name).collect(),
-            timeout: infer::deadline(timeout, timeout_us),
-            priority,
-        };
-        let answer = infer::run(&self.state, call).await.map_err(fail)?;
-        let (outputs, raw_output_contents) = answer
-            .outputs
-            .into_iter()
-            .map(|(name, t)| tensor::output(name, &t))
-            .unzip();
-        Ok(Response::new(pb::ModelInferResponse {
-            model_name: model,
-            model_version: answer.version.unwrap_or_default(),
-            id: id.unwrap_or_default(),
-            parameters: Default::default(),
-            outputs,
-            raw_output_contents,
-        }))
+        infer_message(&self.state, request.into_inner(), share, timeout)
+            .await
+            .map(Response::new)
+    }
+
+    type ModelStreamInferStream = stream::Responses;
+
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<ModelInferMessage>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let deadline = status::timeout(request.metadata())?.map(|t| Instant::now() + t);
+        Ok(Response::new(stream::serve(
+            Arc::clone(&self.state),
+            request.into_inner(),
+            deadline,
+        )))
     }
 
     async fn model_config(
