@@ -509,3 +509,185 @@ async fn compressed_calls_batch_together_as_plain_ones_do() {
          the server together"
     );
 }
+
+/// The request body of a stream: each message sent on `tx` goes out as a data frame; dropping
+/// `tx` half-closes the stream.
+struct Frames(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|m| m.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A `ModelStreamInfer` call opened on its own connection: where to send framed messages, and
+/// the response (its headers arrived).
+async fn open_stream(
+    port: u16,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    hyper::Response<hyper::body::Incoming>,
+) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let request = hyper::Request::post(format!(
+        "http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelStreamInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(Frames(rx))
+    .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    (tx, response)
+}
+
+/// A gRPC frame of `message`.
+fn framed(message: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(message.len() + 5);
+    b.put_u8(0);
+    b.put_u32(u32::try_from(message.len()).expect("size"));
+    b.extend_from_slice(message);
+    b.freeze()
+}
+
+/// mlp's one-row request with `id`.
+fn mlp_with_id(id: &str) -> Vec<u8> {
+    let mut request = pb::ModelInferRequest::decode(&mlp_request(1)[..]).expect("request");
+    request.id = id.into();
+    request.encode_to_vec()
+}
+
+/// Every answer of a stream until it ends, and its final `grpc-status`.
+async fn read_stream(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> (Vec<pb::ModelStreamInferResponse>, Option<String>) {
+    let mut body = response.into_body();
+    let (mut buf, mut answers, mut status) = (BytesMut::new(), Vec::new(), None);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.expect("frame");
+        if let Some(trailers) = frame.trailers_ref() {
+            status = trailers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+        }
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+        }
+        while buf.len() >= 5 {
+            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+            if buf.len() < 5 + len {
+                break;
+            }
+            let message = buf.split_to(5 + len);
+            answers
+                .push(pb::ModelStreamInferResponse::decode(&message[5..]).expect("stream answer"));
+        }
+    }
+    (answers, status)
+}
+
+/// mlp's successful inferences so far (`/v2/models/mlp/stats`).
+fn successes(port: u16) -> u64 {
+    let (_, stats) = http(port, "GET", "/v2/models/mlp/stats", "").expect("stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
+    stats["model_stats"][0]["inference_stats"]["success"]["count"]
+        .as_u64()
+        .expect("success count")
+}
+
+/// A stream's requests are answered in the order they came, each marked final; a message the
+/// stream cannot read ends it with its status only after the requests before it are
+/// answered; and a client that goes away takes its requests with it, as a dropped unary call
+/// does, instead of leaving them to run (and fill the model's queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_answers_in_order_ends_after_its_answers_and_goes_with_its_client() {
+    // Every request waits up to 1.5 s for company: requests sent together are in flight
+    // together.
+    let (_root, server, grpc) =
+        serve_mlp("models:\n  mlp: {max_batch_size: 64, max_queue_delay_us: 1500000}\n");
+    let (tx, response) = open_stream(grpc).await;
+    for k in 0..3 {
+        tx.send(framed(&mlp_with_id(&k.to_string())))
+            .await
+            .expect("send");
+    }
+    // A frame declaring more than the message limit.
+    tx.send(Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]))
+        .await
+        .expect("send");
+    let (answers, status) = tokio::time::timeout(Duration::from_secs(60), read_stream(response))
+        .await
+        .expect("the stream ends");
+    let ids: Vec<&str> = answers
+        .iter()
+        .map(|a| a.infer_response.as_ref().map_or("", |r| r.id.as_str()))
+        .collect();
+    assert_eq!(ids, ["0", "1", "2"], "{answers:?}");
+    for a in &answers {
+        assert!(a.error_message.is_empty(), "{}", a.error_message);
+        let final_flag =
+            &a.infer_response.as_ref().expect("response").parameters["triton_final_response"];
+        assert_eq!(
+            final_flag.parameter_choice,
+            Some(pb::infer_parameter::ParameterChoice::BoolParam(true))
+        );
+    }
+    assert_eq!(status.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+    drop(tx);
+
+    // Eight requests, then the client goes away while they wait for company.
+    let before = successes(server.port);
+    let (tx, response) = open_stream(grpc).await;
+    for k in 0..8 {
+        tx.send(framed(&mlp_with_id(&format!("gone-{k}"))))
+            .await
+            .expect("send");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop((tx, response));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        successes(server.port),
+        before,
+        "the requests of a stream whose client went away ran"
+    );
+
+    // The server drains (SIGTERM): the request in flight is answered, then the stream ends
+    // UNAVAILABLE, so the client opens a new one elsewhere instead of holding the pod.
+    let (tx, response) = open_stream(grpc).await;
+    tx.send(framed(&mlp_with_id("last"))).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let (answers, status) = tokio::time::timeout(Duration::from_secs(20), read_stream(response))
+        .await
+        .expect("the stream ends while the server drains");
+    assert_eq!(answers.len(), 1, "{answers:?}");
+    assert_eq!(
+        answers[0].infer_response.as_ref().map(|r| r.id.as_str()),
+        Some("last")
+    );
+    assert_eq!(status.as_deref(), Some("14"), "UNAVAILABLE");
+    drop(tx);
+}

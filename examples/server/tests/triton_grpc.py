@@ -185,46 +185,51 @@ def main():
 
 def stream_suite(client, corpus, entries, models):
     """ModelStreamInfer through the client's own streaming API (start_stream,
-    async_stream_infer): every corpus model on one stream, answers matched by id and compared
-    to onnxruntime's; a bad request answered with its error while the stream goes on; and
-    requests sent together on a stream batched together."""
+    async_stream_infer): every corpus model on one stream, answered in request order (as
+    Triton answers a stream) and each marked final, equal to onnxruntime's; a bad request
+    answered with its error, in its place, while the stream goes on; and requests sent
+    together on a stream batched together."""
     answers = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
-    sent = {}
+    sent = []
     for model in models:
         inputs, outputs = load_golden(corpus, model)
         rid = f"{model}-stream"
         client.async_stream_infer(model, req_for(inputs), request_id=rid,
                                   outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
-        sent[rid] = (model, outputs)
-    # A wrong rank, between good requests: an error on the stream, which goes on.
+        sent.append((rid, model, outputs))
+        if len(sent) == 2:
+            # A wrong rank, between good requests: an error on the stream, which goes on.
+            inputs, _ = load_golden(corpus, models[0])
+            name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
+            bad = grpcclient.InferInput(name, [1] * (value.ndim + 1), DTYPES[str(value.dtype)])
+            bad.set_data_from_numpy(value.reshape(-1)[:1].reshape([1] * (value.ndim + 1)))
+            client.async_stream_infer(models[0], [bad], request_id="bad")
+            sent.append(("bad", None, None))
+    for rid, model, outputs in sent:
+        result, error = answers.get(timeout=120)
+        if model is None:
+            assert result is None and name in error.message(), (rid, result, error)
+            continue
+        assert error is None, (rid, error)
+        response = result.get_response()
+        assert response.id == rid, f"answered {response.id} where {rid} was due"
+        assert response.parameters["triton_final_response"].bool_param, response.parameters
+        for out, want in outputs.items():
+            check_close(model, out, result.as_numpy(out), want, entries[model]["tolerance"])
+    # Many at once of one model, the stream otherwise idle: they batch together.
     inputs, _ = load_golden(corpus, models[0])
-    name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
-    bad = grpcclient.InferInput(name, [1] * (value.ndim + 1), DTYPES[str(value.dtype)])
-    bad.set_data_from_numpy(value.reshape(-1)[:1].reshape([1] * (value.ndim + 1)))
-    client.async_stream_infer(models[0], [bad], request_id="bad")
-    # Many at once of one model: they batch together.
     before = client.get_inference_statistics(models[0], as_json=True)["model_stats"][0]
     burst = 32
     for k in range(burst):
         client.async_stream_infer(models[0], req_for(inputs), request_id=f"burst-{k}")
-    errors, burst_seen = [], 0
-    for _ in range(len(sent) + 1 + burst):
+    got = []
+    for _ in range(burst):
         result, error = answers.get(timeout=120)
-        if error is not None:
-            errors.append(error)
-            continue
-        rid = result.get_response().id
-        if rid.startswith("burst-"):
-            burst_seen += 1
-            continue
-        model, outputs = sent.pop(rid)
-        for out, want in outputs.items():
-            check_close(model, out, result.as_numpy(out), want, entries[model]["tolerance"])
+        assert error is None, error
+        got.append(result.get_response().id)
     client.stop_stream()
-    assert not sent, f"no answer on the stream for {sorted(sent)}"
-    assert burst_seen == burst, burst_seen
-    assert len(errors) == 1 and name in errors[0].message(), [e.message() for e in errors]
+    assert got == [f"burst-{k}" for k in range(burst)], got
     after = client.get_inference_statistics(models[0], as_json=True)["model_stats"][0]
     runs = int(after["execution_count"]) - int(before["execution_count"])
     assert runs < burst, f"{burst} requests sent together on a stream ran in {runs} batches"

@@ -49,18 +49,28 @@ fn version(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
 }
 
+/// A `ModelInfer` request that failed: its status, and what names the request (as far as it
+/// was read), which a stream's answer carries so the client knows which request failed.
+pub(super) struct Failure {
+    pub(super) status: Status,
+    pub(super) model: String,
+    pub(super) version: String,
+    pub(super) id: String,
+}
+
 /// One `ModelInfer` request, from either door (a unary call, or one message of a stream):
 /// walked, decoded and made tensors in one go (on a decode thread for a big message, as for
 /// a big REST body, holding its budget `share` until done), run within `timeout`, answered.
 ///
 /// # Errors
-/// The request's refusal or failure, as a status (and logged as `infer::log_failure` does).
+/// The request's refusal or failure (logged as `infer::log_failure` does), with what names
+/// the request as far as it was read.
 pub(super) async fn infer_message(
     state: &AppState,
     message: ModelInferMessage,
     share: Option<Share>,
     timeout: Option<Duration>,
-) -> Result<pb::ModelInferResponse, Status> {
+) -> Result<pb::ModelInferResponse, Failure> {
     let max_elements = state.config.max_input_elements;
     let big = message.len() >= crate::http::decode::INLINE_MAX_BYTES;
     // Raw contents and typed contents' vectors are moved, not copied.
@@ -90,22 +100,36 @@ pub(super) async fn infer_message(
         Ok(Ok(unpacked)) => unpacked,
         Ok(Err(refused)) => {
             let e = ApiError::from(refused.error);
-            let version = version(&refused.version);
             let id = (!refused.id.is_empty()).then_some(refused.id.as_str());
-            infer::log_failure("grpc", &refused.model, version, id, &e);
-            return Err(Status::from(e));
+            infer::log_failure("grpc", &refused.model, version(&refused.version), id, &e);
+            return Err(Failure {
+                status: Status::from(e),
+                model: refused.model,
+                version: refused.version,
+                id: refused.id,
+            });
         }
         // A decode thread failed: nothing of the request was read.
         Err(e) => {
             infer::log_failure("grpc", "", None, None, &e);
-            return Err(Status::from(e));
+            return Err(Failure {
+                status: Status::from(e),
+                model: String::new(),
+                version: String::new(),
+                id: String::new(),
+            });
         }
     };
     let version = version(&model_version).map(str::to_owned);
     let id = (!id.is_empty()).then_some(id);
     let fail = |e: ApiError| {
         infer::log_failure("grpc", &model, version.as_deref(), id.as_deref(), &e);
-        Status::from(e)
+        Failure {
+            status: Status::from(e),
+            model: model.clone(),
+            version: model_version.clone(),
+            id: id.clone().unwrap_or_default(),
+        }
     };
     let call = infer::Call {
         model: &model,
@@ -205,6 +229,7 @@ impl GrpcInferenceService for Inference {
         infer_message(&self.state, request.into_inner(), share, timeout)
             .await
             .map(Response::new)
+            .map_err(|f| f.status)
     }
 
     type ModelStreamInferStream = stream::Responses;

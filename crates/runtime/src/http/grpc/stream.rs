@@ -4,120 +4,206 @@
 //!
 //! Each request read from the stream takes the unary call's path
 //! ([`service::infer_message`]): the same decode, budget share, limits, deadline, priority and
-//! errors. Its answer goes back on the stream as soon as it is ready, so the requests of one
-//! stream run (and batch) together and the client matches answers by their `id`. A request
-//! that fails is answered with its `error_message`, and the stream goes on, as Triton does.
+//! errors. The requests in flight run together (and batch together); their answers go back in
+//! the order the requests came, as Triton sends them, each with
+//! `triton_final_response: true` (one answer per request). A request that fails is answered
+//! with its `error_message` and its id, model and version, and the stream goes on.
 //!
-//! Bounds, so one stream cannot take the server:
-//! - At most [`IN_FLIGHT`] of a stream's requests are in the server at once. The next message
-//!   is read only when one of them has been answered and its answer handed to the stream (a
-//!   bounded channel): a client sending faster than it reads stalls its own stream.
-//! - A message of 64 KiB or more waits for its share of the decode budget before the next
-//!   message is read, and holds it until it is answered, as a unary call's does.
+//! One task per stream owns everything the stream started:
+//! - At most [`IN_FLIGHT`] of a stream's requests are in the server at once; the next message
+//!   is read only when there is room, and answers are handed over one at a time (a bounded
+//!   channel): a client sending faster than it reads stalls its own stream.
+//! - A client that goes away (or cancels) takes its requests with it: the ones still running
+//!   are aborted, as a dropped unary call's are, so they do not fill the model's queue.
+//! - A message the stream cannot read (over `--max-body-mib`, malformed) ends the stream with
+//!   its status, after the answers of the requests already in flight.
+//! - Once the server drains (SIGTERM), a stream reads no more requests: it answers those in
+//!   flight, then ends with UNAVAILABLE, so the client opens a new stream elsewhere instead
+//!   of holding the pod to its shutdown budget.
 //! - The stream's `grpc-timeout`, if the client set one, is a deadline for every request on
 //!   it (with each request's own `timeout` parameter, whichever is earlier).
+//! - A message of 64 KiB or more waits for its share of the decode budget before the next
+//!   message is read, and holds it until decoded. Unlike a unary call's, a stream message is
+//!   read whole by tonic before its share can be taken: each stream may hold one message
+//!   beyond the budget (at most `--max-body-mib`), and `--body-timeout-s` does not apply to
+//!   a stream's messages.
 //! - Compressed streams are not served: tonic answers UNIMPLEMENTED, since kiln inflates
 //!   messages itself, within the budget, only for unary calls (`compressed`).
 
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::Status;
 
 use super::budget::Share;
 use super::message::ModelInferMessage;
 use super::pb;
-use super::service;
+use super::service::{self, Failure};
 use crate::http::decode::INLINE_MAX_BYTES;
 use crate::http::routes::AppState;
 
 /// The most requests of one stream in the server at once.
 pub(super) const IN_FLIGHT: usize = 64;
 
-/// Answers handed over but not yet taken by the stream.
-const ANSWERS_WAITING: usize = 4;
+/// How often a stream waiting for its next request looks whether the server is draining.
+const DRAIN_CHECK: Duration = Duration::from_millis(250);
 
-/// The answers of a stream, in the order they are ready.
+/// The answers of a stream, in the order of its requests.
 pub(super) type Responses =
     Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
 
-/// Serves the requests of `inbound` until the client closes it (or goes away), each within
-/// `deadline` if one is set; their answers.
+/// Serves the requests of `inbound` until the client closes it or goes away, or the server
+/// drains, each within `deadline` if one is set; their answers.
 pub(super) fn serve(
     state: Arc<AppState>,
-    mut inbound: tonic::Streaming<ModelInferMessage>,
+    inbound: tonic::Streaming<ModelInferMessage>,
     deadline: Option<Instant>,
 ) -> Responses {
-    // Answers wait here only briefly (tonic takes them as HTTP/2 lets it); one waiting to be
-    // handed over keeps its request's slot, so a client that stops reading holds at most
-    // `IN_FLIGHT` answers and this few more.
-    let (tx, rx) = mpsc::channel(ANSWERS_WAITING);
-    tokio::spawn(async move {
-        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-        loop {
-            let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-                break;
-            };
-            let next = tokio::select! {
-                next = inbound.message() => next,
-                () = tx.closed() => break,
-            };
-            let message = match next {
-                Ok(Some(message)) => message,
-                // The client has sent all its requests: the answers still due go on.
-                Ok(None) => break,
-                Err(status) => {
-                    let _ = tx.send(Err(status)).await;
-                    break;
-                }
-            };
-            let share = if message.len() >= INLINE_MAX_BYTES {
-                match Share::take(&state, message.len()).await {
-                    Ok(share) => Some(share),
-                    Err(status) => {
-                        if tx.send(Ok(failed(&status))).await.is_err() {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            } else {
-                None
-            };
-            let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let (state, tx) = (Arc::clone(&state), tx.clone());
-            tokio::spawn(async move {
-                // Run as a task of its own, so that even a request whose handling panicked
-                // is answered: a client waits for every request it sent.
-                let run = tokio::spawn(async move {
-                    service::infer_message(&state, message, share, timeout).await
-                });
-                let answer = match run.await {
-                    Ok(Ok(response)) => pb::ModelStreamInferResponse {
-                        error_message: String::new(),
-                        infer_response: Some(response),
-                    },
-                    Ok(Err(status)) => failed(&status),
-                    Err(e) => failed(&Status::internal(format!("the request failed: {e}"))),
-                };
-                // A client gone away takes no answer.
-                let _ = tx.send(Ok(answer)).await;
-                drop(slot);
-            });
-        }
-    });
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(run(state, inbound, deadline, tx));
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|answer| (answer, rx))
     }))
 }
 
-/// A request's failure as Triton reports it on a stream: its message, no response.
-fn failed(status: &Status) -> pb::ModelStreamInferResponse {
+/// What ends a stream's reading.
+enum End {
+    /// The client has sent all its requests.
+    Closed,
+    /// The client went away: nothing more is answered.
+    Gone,
+    /// The stream ends with this status once the requests in flight are answered.
+    Status(Status),
+}
+
+/// The stream's task: reads requests while there is room, runs each as a task of the stream's
+/// own set, and hands their answers over in request order.
+async fn run(
+    state: Arc<AppState>,
+    mut inbound: tonic::Streaming<ModelInferMessage>,
+    deadline: Option<Instant>,
+    tx: mpsc::Sender<Result<pb::ModelStreamInferResponse, Status>>,
+) {
+    // Dropped (the client gone, or the task ending), the set aborts what is still running.
+    let mut running = JoinSet::new();
+    // Which request each task answers, by its sequence number.
+    let mut seq_of = HashMap::new();
+    let mut done = BTreeMap::new();
+    let (mut read, mut sent) = (0u64, 0u64);
+    let mut end = None;
+    let mut drain_check = tokio::time::interval(DRAIN_CHECK);
+    loop {
+        // Hand over the answers that are next in order.
+        while let Some(answer) = done.remove(&sent) {
+            if tx.send(Ok(answer)).await.is_err() {
+                return;
+            }
+            sent += 1;
+        }
+        if end.is_some() && running.is_empty() {
+            break;
+        }
+        let room = end.is_none() && running.len() < IN_FLIGHT;
+        tokio::select! {
+            next = inbound.message(), if room => match next {
+                Ok(Some(message)) => {
+                    let share = if message.len() >= INLINE_MAX_BYTES {
+                        match Share::take(&state, message.len()).await {
+                            Ok(share) => Some(share),
+                            Err(status) => {
+                                end = Some(End::Status(status));
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                    let state = Arc::clone(&state);
+                    let task = running.spawn(async move {
+                        service::infer_message(&state, message, share, timeout).await
+                    });
+                    seq_of.insert(task.id(), read);
+                    read += 1;
+                }
+                Ok(None) => end = Some(End::Closed),
+                Err(status) => end = Some(End::Status(oversized(status))),
+            },
+            Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
+                let (id, answer) = match finished {
+                    Ok((id, answer)) => (id, answer),
+                    // A request whose handling panicked is still answered: its client waits
+                    // for it.
+                    Err(e) => (e.id(), Err(Failure {
+                        status: Status::internal(format!("the request failed: {e}")),
+                        model: String::new(),
+                        version: String::new(),
+                        id: String::new(),
+                    })),
+                };
+                if let Some(seq) = seq_of.remove(&id) {
+                    done.insert(seq, answer_of(answer));
+                }
+            },
+            () = tx.closed() => end = Some(End::Gone),
+            _ = drain_check.tick(), if end.is_none() => {
+                if state.draining.load(Ordering::Relaxed) {
+                    end = Some(End::Status(Status::unavailable(
+                        "the server is shutting down: open a new stream",
+                    )));
+                }
+            }
+        }
+        if matches!(end, Some(End::Gone)) {
+            return;
+        }
+    }
+    if let Some(End::Status(status)) = end {
+        let _ = tx.send(Err(status)).await;
+    }
+}
+
+/// A request's answer on the stream: its response or its failure, marked final.
+fn answer_of(answer: Result<pb::ModelInferResponse, Failure>) -> pb::ModelStreamInferResponse {
+    let (error_message, mut response) = match answer {
+        Ok(response) => (String::new(), response),
+        // As Triton does, the failed request's id, model and version, so that the client
+        // knows which request failed.
+        Err(f) => (
+            f.status.message().to_owned(),
+            pb::ModelInferResponse {
+                model_name: f.model,
+                model_version: f.version,
+                id: f.id,
+                ..Default::default()
+            },
+        ),
+    };
+    response.parameters.insert(
+        "triton_final_response".to_owned(),
+        pb::InferParameter {
+            parameter_choice: Some(pb::infer_parameter::ParameterChoice::BoolParam(true)),
+        },
+    );
     pb::ModelStreamInferResponse {
-        error_message: status.message().to_owned(),
-        infer_response: None,
+        error_message,
+        infer_response: Some(response),
+    }
+}
+
+/// tonic's refusal of a message over the size limit (OUT_OF_RANGE) as the unary call's:
+/// RESOURCE_EXHAUSTED.
+fn oversized(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
     }
 }
