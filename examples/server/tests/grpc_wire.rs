@@ -691,3 +691,56 @@ async fn a_stream_answers_in_order_ends_after_its_answers_and_goes_with_its_clie
     assert_eq!(status.as_deref(), Some("14"), "UNAVAILABLE");
     drop(tx);
 }
+
+/// Maximal messages sent on many streams at once stay within the decode budget too: a stream's
+/// message takes its share before any of it is read, as a unary call's does (it was read whole
+/// first, each open stream holding one beyond the budget).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maximal_messages_on_many_streams_stay_within_the_decode_budget() {
+    let rows = (MAX_MESSAGE - 4096) / 64;
+    let (_root, server, grpc) = serve_mlp(&format!(
+        "models:\n  mlp: {{max_batch_size: {rows}, instances: 1}}\n"
+    ));
+    let pid = server.child.id();
+    let message = framed(&mlp_request(rows));
+    let before = proc_status_mib(pid, "VmRSS:");
+    const STREAMS: usize = 16;
+    let streams: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let message = message.clone();
+            tokio::spawn(async move {
+                let (tx, response) = open_stream(grpc).await;
+                // The message, then the end of the stream's requests.
+                let send = tokio::spawn(async move {
+                    for chunk in message.chunks(1 << 20) {
+                        if tx.send(Bytes::copy_from_slice(chunk)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                let read = read_stream(response).await;
+                send.await.expect("sender");
+                read
+            })
+        })
+        .collect();
+    for s in streams {
+        let (answers, status) = tokio::time::timeout(Duration::from_secs(240), s)
+            .await
+            .expect("each stream ends")
+            .expect("stream task");
+        assert_eq!(status.as_deref(), Some("0"));
+        assert_eq!(answers.len(), 1);
+        assert!(
+            answers[0].error_message.is_empty(),
+            "{}",
+            answers[0].error_message
+        );
+    }
+    let peak = proc_status_mib(pid, "VmHWM:");
+    let grown = peak - before;
+    // As for unary calls: four times the budget of two maximal messages.
+    let limit = 4.0 * 2.0 * MAX_MESSAGE as f64 / f64::from(1 << 20);
+    eprintln!("grpc streams memory: {STREAMS} streams of one maximal message: RSS {before:.0} MiB, peak {peak:.0} MiB (+{grown:.0}, limit +{limit:.0})");
+    assert!(grown < limit, "peak grew {grown:.0} MiB (limit {limit:.0})");
+}

@@ -14,8 +14,8 @@
 //! The message must also arrive within `--body-timeout-s` of the call's headers, as a REST
 //! body must: a client trickling its message cannot hold a share (or a stream) forever.
 //! A compressed message is inflated here first (`compressed`), under the same rules.
-//! `ModelStreamInfer` is passed through untouched: its messages arrive for as long as the
-//! stream lasts, and `stream` budgets each as it is read.
+//! `ModelStreamInfer`'s body is metered instead (`metered`): its messages arrive for as long
+//! as the stream lasts, each taking its share as it arrives.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -46,8 +46,16 @@ pub(super) async fn reserve(
 ) -> Response {
     if request.uri().path() == STREAM_PATH {
         // A stream's messages come and go for as long as the client keeps it open: each is
-        // budgeted as it is read (`stream`), and none is inflated here.
-        return accepting(next.run(request).await);
+        // budgeted and timed as it arrives (`metered`), and none is inflated here.
+        let (mut parts, body) = request.into_parts();
+        let shares = super::metered::Shares::default();
+        parts.extensions.insert(shares.clone());
+        let body = Body::new(super::metered::Metered::new(
+            body,
+            Arc::clone(&state),
+            shares,
+        ));
+        return accepting(next.run(Request::from_parts(parts, body)).await);
     }
     let timeout = state.config.body_read_timeout;
     let (mut parts, body) = request.into_parts();

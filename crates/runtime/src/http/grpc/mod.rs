@@ -19,6 +19,8 @@
 //! - `health` (private): `grpc.health.v1`.
 //! - `budget` (private): big messages within the REST decoder's memory budget, and within
 //!   `--body-timeout-s`.
+//! - `metered` (private): a stream's messages within that budget and `--body-timeout-s`, as
+//!   they arrive.
 //! - `compressed` (private): gzip and deflate messages inflated within that budget, off the
 //!   workers, before tonic reads them.
 //! - `metrics` (private): `kiln_grpc_requests_total` and `kiln_grpc_request_duration_seconds`.
@@ -31,6 +33,7 @@ mod budget;
 mod compressed;
 mod health;
 mod message;
+mod metered;
 pub(crate) mod metrics;
 mod service;
 pub mod status;

@@ -15,7 +15,7 @@ use super::budget::Share;
 use super::message::ModelInferMessage;
 use super::pb;
 use super::services::grpc_inference_service_server::GrpcInferenceService;
-use super::{status, stream, tensor};
+use super::{metered, status, stream, tensor};
 use crate::http::error::ApiError;
 use crate::http::infer;
 use crate::http::routes::AppState;
@@ -239,9 +239,15 @@ impl GrpcInferenceService for Inference {
         request: Request<tonic::Streaming<ModelInferMessage>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let deadline = status::timeout(request.metadata())?.map(|t| Instant::now() + t);
+        let shares = request
+            .extensions()
+            .get::<metered::Shares>()
+            .cloned()
+            .unwrap_or_default();
         Ok(Response::new(stream::serve(
             Arc::clone(&self.state),
             request.into_inner(),
+            shares,
             deadline,
         )))
     }

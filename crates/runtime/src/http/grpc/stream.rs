@@ -22,11 +22,9 @@
 //!   of holding the pod to its shutdown budget.
 //! - The stream's `grpc-timeout`, if the client set one, is a deadline for every request on
 //!   it (with each request's own `timeout` parameter, whichever is earlier).
-//! - A message of 64 KiB or more waits for its share of the decode budget before the next
-//!   message is read, and holds it until decoded. Unlike a unary call's, a stream message is
-//!   read whole by tonic before its share can be taken: each stream may hold one message
-//!   beyond the budget (at most `--max-body-mib`), and `--body-timeout-s` does not apply to
-//!   a stream's messages.
+//! - A message of 64 KiB or more takes its share of the decode budget before any of it is
+//!   read (`metered`), and holds it until answered, as a unary call's; each message must
+//!   arrive within `--body-timeout-s` once it has begun.
 //! - Compressed streams are not served: tonic answers UNIMPLEMENTED, since kiln inflates
 //!   messages itself, within the budget, only for unary calls (`compressed`).
 
@@ -42,11 +40,10 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::Status;
 
-use super::budget::Share;
 use super::message::ModelInferMessage;
+use super::metered::Shares;
 use super::pb;
 use super::service::{self, Failure};
-use crate::http::decode::INLINE_MAX_BYTES;
 use crate::http::routes::AppState;
 
 /// The most requests of one stream in the server at once.
@@ -64,10 +61,11 @@ pub(super) type Responses =
 pub(super) fn serve(
     state: Arc<AppState>,
     inbound: tonic::Streaming<ModelInferMessage>,
+    shares: Shares,
     deadline: Option<Instant>,
 ) -> Responses {
     let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(run(state, inbound, deadline, tx));
+    tokio::spawn(run(state, inbound, shares, deadline, tx));
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|answer| (answer, rx))
     }))
@@ -88,6 +86,7 @@ enum End {
 async fn run(
     state: Arc<AppState>,
     mut inbound: tonic::Streaming<ModelInferMessage>,
+    shares: Shares,
     deadline: Option<Instant>,
     tx: mpsc::Sender<Result<pb::ModelStreamInferResponse, Status>>,
 ) {
@@ -114,21 +113,18 @@ async fn run(
         tokio::select! {
             next = inbound.message(), if room => match next {
                 Ok(Some(message)) => {
-                    let share = if message.len() >= INLINE_MAX_BYTES {
-                        match Share::take(&state, message.len()).await {
-                            Ok(share) => Some(share),
-                            Err(status) => {
-                                end = Some(End::Status(status));
-                                continue;
-                            }
-                        }
-                    } else {
-                        None
-                    };
+                    // Taken as the message arrived (`metered`), in message order.
+                    let share = shares.take();
                     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                     let state = Arc::clone(&state);
                     let task = running.spawn(async move {
-                        service::infer_message(&state, message, share, timeout).await
+                        // Held until answered, as a unary call's: the message, then its
+                        // tensors and the batch stacked from them, are in memory all that
+                        // time.
+                        let held = share.clone();
+                        let answer = service::infer_message(&state, message, share, timeout).await;
+                        drop(held);
+                        answer
                     });
                     seq_of.insert(task.id(), read);
                     read += 1;

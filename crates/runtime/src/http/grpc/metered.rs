@@ -1,0 +1,286 @@
+//! A stream's messages within the decode budget, and within `--body-timeout-s`, as they
+//! arrive.
+//!
+//! A unary call's one message takes its budget share before tonic reads it (`budget`). A
+//! stream's messages come one after another for as long as the client keeps it open, and
+//! tonic reads each whole before the service sees it; taking the share only then would let
+//! every open stream hold a message (up to `--max-body-mib`) beyond the budget. So the
+//! stream's request body is [`Metered`]: it reads the gRPC frame headers as the bytes pass,
+//! and passes no byte of a message of [`INLINE_MAX_BYTES`] or more until that message's share
+//! is taken (waiting in arrival order with every other big message; HTTP/2 flow control holds
+//! the client meanwhile). The shares go, in message order, into [`Shares`], where `stream`
+//! takes each with its message, to hold until it is decoded. Small messages take none, as
+//! small unary messages. From its frame header (or, for a big one, from its share), a message
+//! must arrive whole within `--body-timeout-s`; a stream waiting between messages waits as
+//! long as the client likes, holding nothing.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use hyper::body::{Body as HttpBody, Frame};
+use tokio::time::Sleep;
+
+use super::budget::{Share, FRAME_HEADER};
+use crate::http::decode::INLINE_MAX_BYTES;
+use crate::http::routes::AppState;
+
+/// The shares a stream's messages took as they arrived, oldest first: `None` for a small
+/// message.
+#[derive(Clone, Default)]
+pub(super) struct Shares(Arc<Mutex<VecDeque<Option<Share>>>>);
+
+impl Shares {
+    fn push(&self, share: Option<Share>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_back(share);
+    }
+
+    /// The share of the oldest message not yet taken (`None` if it is small, or if none is
+    /// left).
+    pub(super) fn take(&self) -> Option<Share> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+            .flatten()
+    }
+}
+
+/// A share being waited for.
+type Taking = Pin<Box<dyn Future<Output = Result<Share, tonic::Status>> + Send>>;
+
+/// The gRPC frame headers in a byte stream, read as the bytes pass.
+#[derive(Default)]
+struct Walker {
+    /// The frame header being read, and how many of its bytes are in.
+    header: [u8; FRAME_HEADER],
+    header_len: usize,
+    /// Bytes of the current message still to pass.
+    remaining: usize,
+}
+
+/// What a walk over some bytes found.
+struct Step {
+    /// What may pass now.
+    pass: Bytes,
+    /// The rest, held until the big message found is let through.
+    rest: Option<Bytes>,
+    /// Small messages whose headers passed, in order, before anything else found.
+    small: usize,
+    /// The length of a big message whose header ends `pass`.
+    big: Option<usize>,
+}
+
+impl Walker {
+    /// Walks `data`: stops after the header of a message of [`INLINE_MAX_BYTES`] or more.
+    fn walk(&mut self, data: Bytes) -> Step {
+        let (mut i, mut small) = (0, 0);
+        while i < data.len() {
+            if self.remaining > 0 {
+                let n = self.remaining.min(data.len() - i);
+                self.remaining -= n;
+                i += n;
+                continue;
+            }
+            let n = (FRAME_HEADER - self.header_len).min(data.len() - i);
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&data[i..i + n]);
+            self.header_len += n;
+            i += n;
+            if self.header_len < FRAME_HEADER {
+                continue;
+            }
+            self.header_len = 0;
+            let h = self.header;
+            self.remaining = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+            if self.remaining >= INLINE_MAX_BYTES {
+                return Step {
+                    pass: data.slice(..i),
+                    rest: (i < data.len()).then(|| data.slice(i..)),
+                    small,
+                    big: Some(self.remaining),
+                };
+            }
+            small += 1;
+        }
+        Step {
+            pass: data,
+            rest: None,
+            small,
+            big: None,
+        }
+    }
+
+    /// Whether a message (or its header) is partly through.
+    fn mid_message(&self) -> bool {
+        self.remaining > 0 || self.header_len > 0
+    }
+}
+
+/// A stream's request body, metered (see the module doc).
+pub(super) struct Metered {
+    inner: Body,
+    state: Arc<AppState>,
+    shares: Shares,
+    limit: Duration,
+    walker: Walker,
+    /// Bytes received and not yet passed on (held while a share is waited for).
+    held: Option<Bytes>,
+    taking: Option<Taking>,
+    /// When the message being read must have arrived.
+    arrival: Option<Pin<Box<Sleep>>>,
+}
+
+impl Metered {
+    pub(super) fn new(inner: Body, state: Arc<AppState>, shares: Shares) -> Self {
+        let limit = state.config.body_read_timeout;
+        Self {
+            inner,
+            state,
+            shares,
+            limit,
+            walker: Walker::default(),
+            held: None,
+            taking: None,
+            arrival: None,
+        }
+    }
+}
+
+impl HttpBody for Metered {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        loop {
+            if let Some(taking) = self.taking.as_mut() {
+                let share = match taking.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(share) => share,
+                };
+                self.taking = None;
+                match share {
+                    // Its arrival is timed from now.
+                    Ok(share) => self.shares.push(Some(share)),
+                    Err(status) => return Poll::Ready(Some(Err(Box::new(status)))),
+                }
+            }
+            if let Some(data) = self.held.take() {
+                let step = self.walker.walk(data);
+                for _ in 0..step.small {
+                    self.shares.push(None);
+                }
+                self.held = step.rest;
+                if let Some(len) = step.big {
+                    let state = Arc::clone(&self.state);
+                    self.taking = Some(Box::pin(async move { Share::take(&state, len).await }));
+                    self.arrival = None;
+                } else if !self.walker.mid_message() {
+                    self.arrival = None;
+                }
+                if !step.pass.is_empty() {
+                    return Poll::Ready(Some(Ok(Frame::data(step.pass))));
+                }
+                continue;
+            }
+            if self.walker.mid_message() && self.arrival.is_none() {
+                let limit = self.limit;
+                self.arrival = Some(Box::pin(tokio::time::sleep(limit)));
+            }
+            return match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => {
+                        self.held = Some(data);
+                        continue;
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => match self.arrival.as_mut().map(|a| a.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => {
+                        self.arrival = None;
+                        Poll::Ready(Some(Err(Box::new(tonic::Status::deadline_exceeded(
+                            format!(
+                                "a stream message did not arrive within {} s",
+                                self.limit.as_secs_f64()
+                            ),
+                        )))))
+                    }
+                    _ => Poll::Pending,
+                },
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame of `len` bytes (their content does not matter to the walk).
+    fn frame(len: usize) -> Vec<u8> {
+        let mut f = vec![0u8];
+        f.extend_from_slice(&u32::try_from(len).expect("len").to_be_bytes());
+        f.resize(FRAME_HEADER + len, 7);
+        f
+    }
+
+    /// Walks `bytes` cut into `cut`-byte chunks, letting each big message through at once:
+    /// the bytes passed, and the messages seen in order (`Some(len)` for a big one).
+    fn walk(bytes: &[u8], cut: usize) -> (Vec<u8>, Vec<Option<usize>>) {
+        let mut w = Walker::default();
+        let (mut passed, mut seen) = (Vec::new(), Vec::new());
+        for chunk in bytes.chunks(cut) {
+            let mut data = Some(Bytes::copy_from_slice(chunk));
+            while let Some(d) = data.take() {
+                let step = w.walk(d);
+                passed.extend_from_slice(&step.pass);
+                seen.extend(std::iter::repeat_n(None, step.small));
+                if let Some(len) = step.big {
+                    seen.push(Some(len));
+                }
+                data = step.rest;
+            }
+        }
+        assert!(!w.mid_message());
+        (passed, seen)
+    }
+
+    #[test]
+    fn headers_split_anywhere_are_found_and_only_big_messages_wait() {
+        let big = INLINE_MAX_BYTES + 3;
+        let stream: Vec<u8> = [frame(10), frame(big), frame(0), frame(big), frame(1)].concat();
+        for cut in [1, 2, 4, 5, 7, 1000, 1 << 20] {
+            let (passed, seen) = walk(&stream, cut);
+            assert_eq!(passed, stream, "cut {cut}");
+            assert_eq!(seen, [None, Some(big), None, Some(big), None], "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_big_header_stops_the_walk_before_its_message() {
+        let big = INLINE_MAX_BYTES;
+        let bytes = [frame(3), frame(big)].concat();
+        let mut w = Walker::default();
+        let step = w.walk(Bytes::from(bytes.clone()));
+        assert_eq!(
+            step.pass.len(),
+            8 + FRAME_HEADER,
+            "the small message and the big header"
+        );
+        assert_eq!(step.small, 1);
+        assert_eq!(step.big, Some(big));
+        assert_eq!(step.rest.map(|r| r.len()), Some(big));
+        assert!(w.mid_message());
+    }
+}
