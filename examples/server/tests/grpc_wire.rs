@@ -744,3 +744,46 @@ async fn maximal_messages_on_many_streams_stay_within_the_decode_budget() {
     eprintln!("grpc streams memory: {STREAMS} streams of one maximal message: RSS {before:.0} MiB, peak {peak:.0} MiB (+{grown:.0}, limit +{limit:.0})");
     assert!(grown < limit, "peak grew {grown:.0} MiB (limit {limit:.0})");
 }
+
+/// A stream message that stops arriving partway is cut at `--body-timeout-s`, as a unary
+/// call's: DEADLINE_EXCEEDED, after the answers already due. A stream idle between messages
+/// is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_message_that_stops_arriving_is_cut_at_the_body_timeout() {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    let (port, grpc) = (free_port(), free_port());
+    let grpc_listen = format!("127.0.0.1:{grpc}");
+    let _server = Server {
+        child: start_ready(
+            root.path(),
+            port,
+            &["--grpc-listen", &grpc_listen, "--body-timeout-s", "1"],
+        ),
+        port,
+    };
+    let (tx, response) = open_stream(grpc).await;
+    tx.send(framed(&mlp_with_id("first"))).await.expect("send");
+    // Idle between messages for longer than the body timeout: nothing happens.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tx.send(framed(&mlp_with_id("second"))).await.expect("send");
+    // Then a big message's header and a little of it, and nothing more.
+    let big = framed(&mlp_request(2_000));
+    tx.send(big.slice(..4096)).await.expect("send");
+    let started = std::time::Instant::now();
+    let (answers, status) = tokio::time::timeout(Duration::from_secs(20), read_stream(response))
+        .await
+        .expect("the stream ends");
+    let ids: Vec<&str> = answers
+        .iter()
+        .map(|a| a.infer_response.as_ref().map_or("", |r| r.id.as_str()))
+        .collect();
+    assert_eq!(ids, ["first", "second"]);
+    assert_eq!(status.as_deref(), Some("4"), "DEADLINE_EXCEEDED");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(tx);
+}
