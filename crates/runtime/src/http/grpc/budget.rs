@@ -32,7 +32,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::http::routes::AppState;
 
-/// The streaming call, whose messages `reserve` leaves to `stream`.
+/// The streaming call, whose body `reserve` meters (`metered`) instead of reserving for one
+/// message.
 const STREAM_PATH: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
 
 /// Bytes of a gRPC frame header: a compressed flag and a big-endian `u32` length.
