@@ -116,6 +116,31 @@ async fn infer_at_once(port: u16, message: &Bytes, n: usize) -> Vec<Answer> {
     answers
 }
 
+/// `n` `ModelInfer` calls of the gzip message `packed` at once, each on its own connection;
+/// their answers.
+async fn gzip_at_once(port: u16, packed: &Bytes, n: usize) -> Vec<Answer> {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let packed = packed.clone();
+            tokio::spawn(async move {
+                call_framed(port, INFER, &packed, true, &[("grpc-encoding", "gzip")]).await
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(n);
+    for c in calls {
+        answers.push(c.await.expect("call"));
+    }
+    answers
+}
+
+/// mlp's statistics (`/v2/models/mlp/stats`, Triton's schema).
+fn mlp_stats(port: u16) -> serde_json::Value {
+    let (_, stats) = http(port, "GET", "/v2/models/mlp/stats", "").expect("stats");
+    let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
+    stats["model_stats"][0].clone()
+}
+
 /// A `ModelInfer` of mlp (`x`: [rows, 16] FP32) with raw contents.
 fn mlp_request(rows: usize) -> Vec<u8> {
     let raw: Vec<u8> = (0..rows * 16)
@@ -429,16 +454,7 @@ async fn compressed_messages_are_inflated_within_the_message_limit() {
     let before = proc_status_mib(pid, "VmRSS:");
     // A bomb: 256 MiB of zeros in about 256 KiB of gzip, eight at once.
     let bomb = Bytes::from(compress("gzip", &vec![0u8; 256 << 20]));
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let bomb = bomb.clone();
-            tokio::spawn(async move {
-                call_framed(grpc, INFER, &bomb, true, &[("grpc-encoding", "gzip")]).await
-            })
-        })
-        .collect();
-    for c in calls {
-        let a = c.await.expect("call");
+    for a in gzip_at_once(grpc, &bomb, 8).await {
         assert_eq!(a.grpc_status.as_deref(), Some("8"), "{}", a.grpc_message);
         assert!(a.grpc_message.contains("inflates"), "{}", a.grpc_message);
     }
@@ -486,21 +502,10 @@ async fn compressed_calls_batch_together_as_plain_ones_do() {
     // 4,000 rows: 256 KB inflated (over the inline size), a few KB of gzip.
     let packed = Bytes::from(compress("gzip", &mlp_request(4_000)));
     assert!(packed.len() < 64 << 10);
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let packed = packed.clone();
-            tokio::spawn(async move {
-                call_framed(grpc, INFER, &packed, true, &[("grpc-encoding", "gzip")]).await
-            })
-        })
-        .collect();
-    for c in calls {
-        let a = c.await.expect("call");
+    for a in gzip_at_once(grpc, &packed, 8).await {
         assert_eq!(a.grpc_status.as_deref(), Some("0"), "{}", a.grpc_message);
     }
-    let (_, stats) = http(server.port, "GET", "/v2/models/mlp/stats", "").expect("stats");
-    let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
-    let m = &stats["model_stats"][0];
+    let m = &mlp_stats(server.port);
     assert_eq!(m["inference_count"], 32_000, "{m}");
     let executions = m["execution_count"].as_u64().expect("execution_count");
     assert!(
@@ -603,11 +608,17 @@ async fn read_stream(
     (answers, status)
 }
 
+/// The request ids a stream's answers carry, in order.
+fn answered_ids(answers: &[pb::ModelStreamInferResponse]) -> Vec<&str> {
+    answers
+        .iter()
+        .map(|a| a.infer_response.as_ref().map_or("", |r| r.id.as_str()))
+        .collect()
+}
+
 /// mlp's successful inferences so far (`/v2/models/mlp/stats`).
 fn successes(port: u16) -> u64 {
-    let (_, stats) = http(port, "GET", "/v2/models/mlp/stats", "").expect("stats");
-    let stats: serde_json::Value = serde_json::from_str(&stats).expect("json");
-    stats["model_stats"][0]["inference_stats"]["success"]["count"]
+    mlp_stats(port)["inference_stats"]["success"]["count"]
         .as_u64()
         .expect("success count")
 }
@@ -635,10 +646,7 @@ async fn a_stream_answers_in_order_ends_after_its_answers_and_goes_with_its_clie
     let (answers, status) = tokio::time::timeout(Duration::from_secs(60), read_stream(response))
         .await
         .expect("the stream ends");
-    let ids: Vec<&str> = answers
-        .iter()
-        .map(|a| a.infer_response.as_ref().map_or("", |r| r.id.as_str()))
-        .collect();
+    let ids = answered_ids(&answers);
     assert_eq!(ids, ["0", "1", "2"], "{answers:?}");
     for a in &answers {
         assert!(a.error_message.is_empty(), "{}", a.error_message);
@@ -774,10 +782,7 @@ async fn a_stream_message_that_stops_arriving_is_cut_at_the_body_timeout() {
     let (answers, status) = tokio::time::timeout(Duration::from_secs(20), read_stream(response))
         .await
         .expect("the stream ends");
-    let ids: Vec<&str> = answers
-        .iter()
-        .map(|a| a.infer_response.as_ref().map_or("", |r| r.id.as_str()))
-        .collect();
+    let ids = answered_ids(&answers);
     assert_eq!(ids, ["first", "second"]);
     assert_eq!(status.as_deref(), Some("4"), "DEADLINE_EXCEEDED");
     assert!(

@@ -58,6 +58,18 @@ pub(super) struct Failure {
     pub(super) id: String,
 }
 
+impl Failure {
+    /// A failure before anything naming the request was read.
+    pub(super) fn unnamed(status: Status) -> Self {
+        Self {
+            status,
+            model: String::new(),
+            version: String::new(),
+            id: String::new(),
+        }
+    }
+}
+
 /// One `ModelInfer` request, from either door (a unary call, or one message of a stream):
 /// walked, decoded and made tensors in one go (on a decode thread for a big message, as for
 /// a big REST body, holding its budget `share` until done), run within `timeout`, answered.
@@ -112,12 +124,7 @@ pub(super) async fn infer_message(
         // A decode thread failed: nothing of the request was read.
         Err(e) => {
             infer::log_failure("grpc", "", None, None, &e);
-            return Err(Failure {
-                status: Status::from(e),
-                model: String::new(),
-                version: String::new(),
-                id: String::new(),
-            });
+            return Err(Failure::unnamed(Status::from(e)));
         }
     };
     let version = version(&model_version).map(str::to_owned);

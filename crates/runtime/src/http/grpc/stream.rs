@@ -137,12 +137,12 @@ async fn run(
                     Ok((id, answer)) => (id, answer),
                     // A request whose handling panicked is still answered: its client waits
                     // for it.
-                    Err(e) => (e.id(), Err(Failure {
-                        status: Status::internal(format!("the request failed: {e}")),
-                        model: String::new(),
-                        version: String::new(),
-                        id: String::new(),
-                    })),
+                    Err(e) => (
+                        e.id(),
+                        Err(Failure::unnamed(Status::internal(format!(
+                            "the request failed: {e}"
+                        )))),
+                    ),
                 };
                 if let Some(seq) = seq_of.remove(&id) {
                     done.insert(seq, answer_of(answer));
