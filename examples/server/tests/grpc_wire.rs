@@ -13,6 +13,7 @@
 //!   values than their shapes hold.
 //! - Compressed messages (gzip, deflate) are inflated within the message limit: a bomb is
 //!   `RESOURCE_EXHAUSTED` without the memory it claims, a corrupt one `INVALID_ARGUMENT`.
+//!   So are a compressed stream's, each as it arrives, whatever chunks its frames come in.
 
 mod common;
 
@@ -428,18 +429,7 @@ async fn compressed_messages_are_inflated_within_the_message_limit() {
         let mut plain = mlp_request(rows);
         if rows > 10_000 {
             // Noise in the low bits, so that it stays over 64 KiB compressed.
-            let mut request = pb::ModelInferRequest::decode(&plain[..]).expect("request");
-            let mut state = 0x2545_f491_u32;
-            let raw: Vec<u8> = (0..rows * 16)
-                .flat_map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 17;
-                    state ^= state << 5;
-                    (f32::from(state as u16) / 65536.0).to_le_bytes()
-                })
-                .collect();
-            request.raw_input_contents = vec![raw.into()];
-            plain = request.encode_to_vec();
+            plain = noisy_mlp_request(rows);
             assert!(compress("gzip", &plain).len() > 64 << 10);
         }
         let want = call(grpc, INFER, &plain, None).await;
@@ -541,6 +531,17 @@ async fn open_stream(
     tokio::sync::mpsc::Sender<Bytes>,
     hyper::Response<hyper::body::Incoming>,
 ) {
+    open_stream_with(port, &[]).await
+}
+
+/// [`open_stream`] with the extra request `headers`.
+async fn open_stream_with(
+    port: u16,
+    headers: &[(&str, &str)],
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    hyper::Response<hyper::body::Incoming>,
+) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -551,21 +552,28 @@ async fn open_stream(
             .expect("h2 handshake");
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let request = hyper::Request::post(format!(
+    let mut request = hyper::Request::post(format!(
         "http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelStreamInfer"
     ))
     .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(Frames(rx))
-    .expect("request");
+    .header("te", "trailers");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Frames(rx)).expect("request");
     let response = sender.send_request(request).await.expect("response");
     (tx, response)
 }
 
 /// A gRPC frame of `message`.
 fn framed(message: &[u8]) -> Bytes {
+    framed_as(message, false)
+}
+
+/// A gRPC frame of `message`, its compressed flag `compressed`.
+fn framed_as(message: &[u8], compressed: bool) -> Bytes {
     let mut b = BytesMut::with_capacity(message.len() + 5);
-    b.put_u8(0);
+    b.put_u8(u8::from(compressed));
     b.put_u32(u32::try_from(message.len()).expect("size"));
     b.extend_from_slice(message);
     b.freeze()
@@ -573,8 +581,29 @@ fn framed(message: &[u8]) -> Bytes {
 
 /// mlp's one-row request with `id`.
 fn mlp_with_id(id: &str) -> Vec<u8> {
-    let mut request = pb::ModelInferRequest::decode(&mlp_request(1)[..]).expect("request");
+    with_id(&mlp_request(1), id)
+}
+
+/// The `ModelInfer` request `message` with `id`.
+fn with_id(message: &[u8], id: &str) -> Vec<u8> {
+    let mut request = pb::ModelInferRequest::decode(message).expect("request");
     request.id = id.into();
+    request.encode_to_vec()
+}
+
+/// mlp's request of `rows` rows of noise (low bits too), so that it stays big compressed.
+fn noisy_mlp_request(rows: usize) -> Vec<u8> {
+    let mut request = pb::ModelInferRequest::decode(&mlp_request(rows)[..]).expect("request");
+    let mut state = 0x2545_f491_u32;
+    let raw: Vec<u8> = (0..rows * 16)
+        .flat_map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            (f32::from(state as u16) / 65536.0).to_le_bytes()
+        })
+        .collect();
+    request.raw_input_contents = vec![raw.into()];
     request.encode_to_vec()
 }
 
@@ -791,4 +820,111 @@ async fn a_stream_message_that_stops_arriving_is_cut_at_the_body_timeout() {
         started.elapsed()
     );
     drop(tx);
+}
+
+/// A stream sent compressed (`grpc-encoding`, as `tritonclient.grpc`'s `start_stream` sends
+/// with `compression_algorithm`) is served as the same stream sent plain: each message is
+/// inflated within the budget and the message limit, whatever chunks its bytes come in; one
+/// left uncompressed under the coding is read as it is; a bomb ends the stream
+/// RESOURCE_EXHAUSTED after the answers due, without the memory it claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_streams_are_inflated_within_the_budget() {
+    let (_root, server, grpc) = serve_mlp("models:\n  mlp: {max_batch_size: 65536}\n");
+    let pid = server.child.id();
+    // Small, inflating past the inline size (off the workers), big compressed (its share
+    // taken before it is read), and plain under the coding; each also sent alone, unary and
+    // plain, for the answer it must get.
+    let plains = [
+        with_id(&mlp_request(2), "small"),
+        with_id(&mlp_request(4_000), "inflates"),
+        with_id(&noisy_mlp_request(60_000), "big"),
+        with_id(&mlp_request(3), "plain"),
+    ];
+    let mut wanted = Vec::new();
+    for plain in &plains {
+        let a = call(grpc, INFER, plain, None).await;
+        assert_eq!(a.grpc_status.as_deref(), Some("0"), "{}", a.grpc_message);
+        wanted.push(pb::ModelInferResponse::decode(a.message).expect("answer"));
+    }
+    for coding in ["gzip", "deflate"] {
+        // Each frame whole, or its header cut after 3 bytes (the rest of it with its message).
+        for split in [false, true] {
+            let mut sent = Vec::new();
+            for (k, plain) in plains.iter().enumerate() {
+                let frame = if k == 3 {
+                    framed(plain)
+                } else {
+                    framed_as(&compress(coding, plain), true)
+                };
+                if split {
+                    sent.push(frame.slice(..3));
+                    sent.push(frame.slice(3..));
+                } else {
+                    sent.push(frame);
+                }
+            }
+            let (tx, response) = open_stream_with(grpc, &[("grpc-encoding", coding)]).await;
+            let send = tokio::spawn(async move {
+                // (A stream refused at once takes no more.)
+                for chunk in sent {
+                    if tx.send(chunk).await.is_err() {
+                        return tx;
+                    }
+                }
+                // Then one that is not what its coding says: the stream ends INVALID_ARGUMENT.
+                let _ = tx.send(framed_as(b"not compressed at all", true)).await;
+                tx
+            });
+            let (answers, status) =
+                tokio::time::timeout(Duration::from_secs(120), read_stream(response))
+                    .await
+                    .expect("the stream ends");
+            drop(send.await.expect("sender"));
+            assert_eq!(status.as_deref(), Some("3"), "{coding}, split {split}");
+            assert_eq!(
+                answers.len(),
+                plains.len(),
+                "{coding}, split {split}: {answers:?}"
+            );
+            for (got, want) in answers.iter().zip(&wanted) {
+                assert!(got.error_message.is_empty(), "{}", got.error_message);
+                let got = got.infer_response.as_ref().expect("response");
+                assert_eq!(got.id, want.id, "{coding}, split {split}");
+                assert_eq!(
+                    got.raw_output_contents, want.raw_output_contents,
+                    "{coding}, split {split}: {}",
+                    want.id
+                );
+            }
+        }
+    }
+    // Bombs: 256 MiB of zeros in about 256 KiB of gzip, on eight streams at once, after a
+    // request each.
+    let before = proc_status_mib(pid, "VmRSS:");
+    let bomb = framed_as(&compress("gzip", &vec![0u8; 256 << 20]), true);
+    let first = framed_as(&compress("gzip", &mlp_with_id("before")), true);
+    let streams: Vec<_> = (0..8)
+        .map(|_| {
+            let (bomb, first) = (bomb.clone(), first.clone());
+            tokio::spawn(async move {
+                let (tx, response) = open_stream_with(grpc, &[("grpc-encoding", "gzip")]).await;
+                let _ = tx.send(first).await;
+                let _ = tx.send(bomb).await;
+                let ended = read_stream(response).await;
+                drop(tx);
+                ended
+            })
+        })
+        .collect();
+    for s in streams {
+        let (answers, status) = tokio::time::timeout(Duration::from_secs(120), s)
+            .await
+            .expect("each stream ends")
+            .expect("stream task");
+        assert_eq!(answered_ids(&answers), ["before"]);
+        assert_eq!(status.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+    }
+    let grown = proc_status_mib(pid, "VmHWM:") - before;
+    eprintln!("grpc stream bombs: eight 256 MiB gzip messages, peak +{grown:.0} MiB");
+    assert!(grown < 256.0, "eight bombs grew the peak by {grown:.0} MiB");
 }

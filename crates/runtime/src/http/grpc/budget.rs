@@ -15,7 +15,8 @@
 //! body must: a client trickling its message cannot hold a share (or a stream) forever.
 //! A compressed message is inflated here first (`compressed`), under the same rules.
 //! `ModelStreamInfer`'s body is metered instead (`metered`): its messages arrive for as long
-//! as the stream lasts, each taking its share as it arrives.
+//! as the stream lasts, each taking its share (and, compressed, being inflated) as it
+//! arrives.
 
 use std::future::Future as _;
 use std::pin::Pin;
@@ -47,14 +48,19 @@ pub(super) async fn reserve(
 ) -> Response {
     if request.uri().path() == STREAM_PATH {
         // A stream's messages come and go for as long as the client keeps it open: each is
-        // budgeted and timed as it arrives (`metered`), and none is inflated here.
+        // budgeted, timed and inflated as it arrives (`metered`).
         let (mut parts, body) = request.into_parts();
         let shares = super::metered::Shares::default();
         parts.extensions.insert(shares.clone());
+        let coding = super::compressed::coding(&parts.headers);
+        if coding.is_some() {
+            parts.headers.remove(super::compressed::ENCODING);
+        }
         let body = Body::new(super::metered::Metered::new(
             body,
             Arc::clone(&state),
             shares,
+            coding,
         ));
         return accepting(next.run(Request::from_parts(parts, body)).await);
     }
@@ -144,7 +150,7 @@ impl Share {
 /// The request's message did not arrive within `--body-timeout-s` (what [`Timed`] fails with).
 #[derive(Debug, thiserror::Error)]
 #[error("the request message did not arrive within {0} s")]
-pub(super) struct Late(f64);
+pub(super) struct Late(pub(super) f64);
 
 /// The declared length of the first message, from the start of the body (0 if the body
 /// ended before its frame header: tonic then answers the malformed call itself).

@@ -10,6 +10,10 @@
 //! size's until the call is answered (as the same message sent plain) — and
 //! handed to tonic as the uncompressed message it would have made of it. Other codings are
 //! left to tonic, which answers `UNIMPLEMENTED` naming the ones it accepts.
+//!
+//! A unary call's one message is inflated by [`inflate`]; each compressed message of a
+//! stream, as it arrives, by [`stream_message`] (for `metered`, which frames it anew), under
+//! the same rules and with the same [`inflate_message`].
 
 use axum::body::{Body, Bytes};
 use axum::http::request::Parts;
@@ -93,12 +97,34 @@ pub(super) async fn inflate(
             message.len()
         )));
     }
-    // REST's mapping: 413 is RESOURCE_EXHAUSTED, 400 INVALID_ARGUMENT.
+    let plain = inflate_message(state, message, coding, &mut share).await?;
+    parts.headers.remove(ENCODING);
+    let chunks: Vec<Result<Bytes, std::convert::Infallible>> =
+        vec![Ok(plain_header(plain.len())), Ok(Bytes::from(plain))];
+    Ok((Body::from_stream(futures::stream::iter(chunks)), share))
+}
+
+/// `message` (a whole compressed message, read) inflated to at most the message limit:
+/// inline when it stays under the inline size, else on a decode thread holding a whole
+/// message limit's share of the budget (`share`, taken here if the caller took none) while it
+/// inflates; then `share` is shrunk to the inflated message's size, to be held until its call
+/// is answered, as the same message sent plain holds.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` for a message that is not what its coding says, `RESOURCE_EXHAUSTED`
+/// past the message limit (REST's 400 and 413), or the budget's refusal.
+pub(super) async fn inflate_message(
+    state: &AppState,
+    message: Vec<u8>,
+    coding: Coding,
+    share: &mut Option<Share>,
+) -> Result<Vec<u8>, tonic::Status> {
+    let limit = state.config.max_body_bytes;
     let status = |e: Inflate| tonic::Status::from(ApiError::from(e));
     let plain = match coding.inflate_small(&message, limit).map_err(status)? {
         Some(plain) => plain,
         None => {
-            let held = match &share {
+            let held = match share {
                 Some(held) => held.clone(),
                 None => share.insert(Share::take(state, limit).await?).clone(),
             };
@@ -114,18 +140,106 @@ pub(super) async fn inflate(
                 .map_err(status)?
         }
     };
-    // Held from here until the call is answered: the inflated message's share, as the same
-    // message sent plain holds, not the most it might have inflated to.
+    // A frame's length is 32 bits, whatever the limit.
+    if u32::try_from(plain.len()).is_err() {
+        return Err(status(Inflate::TooLarge { limit }));
+    }
     if let Some(share) = share.as_mut() {
         share.shrink(plain.len());
     }
-    parts.headers.remove(ENCODING);
-    let plain_len = u32::try_from(plain.len())
-        .map_err(|_| status(Inflate::TooLarge { limit }))?
-        .to_be_bytes();
-    let header =
-        Bytes::copy_from_slice(&[0, plain_len[0], plain_len[1], plain_len[2], plain_len[3]]);
-    let chunks: Vec<Result<Bytes, std::convert::Infallible>> =
-        vec![Ok(header), Ok(Bytes::from(plain))];
-    Ok((Body::from_stream(futures::stream::iter(chunks)), share))
+    Ok(plain)
+}
+
+/// The frame header of an uncompressed message of `len` bytes (under 4 GiB, as
+/// [`inflate_message`] answers).
+pub(super) fn plain_header(len: usize) -> Bytes {
+    let len = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+    Bytes::copy_from_slice(&[0, len[0], len[1], len[2], len[3]])
+}
+
+/// What [`stream_message`] gives back: the stream's body, the bytes it read past the message,
+/// and the message inflated with the budget share it holds, if any.
+pub(super) type Inflated = (
+    Body,
+    Option<Bytes>,
+    Result<(Vec<u8>, Option<Share>), tonic::Status>,
+);
+
+/// A stream's compressed message of `len` bytes (its frame header read), whose first bytes are
+/// `rest` and the others still in `body`: read within `--body-timeout-s` of its budget share
+/// (a whole message limit's, taken before it is read if it is big, as [`inflate`] takes it),
+/// and inflated by [`inflate_message`].
+pub(super) async fn stream_message(
+    state: std::sync::Arc<AppState>,
+    mut body: Body,
+    rest: Option<Bytes>,
+    len: usize,
+    coding: Coding,
+) -> Inflated {
+    let limit = state.config.max_body_bytes;
+    if len > limit {
+        let status = tonic::Status::resource_exhausted(format!(
+            "compressed message of {len} bytes is over the {limit}-byte limit"
+        ));
+        return (body, None, Err(status));
+    }
+    let mut share = None;
+    if len >= INLINE_MAX_BYTES {
+        match Share::take(&state, limit).await {
+            Ok(taken) => share = Some(taken),
+            Err(status) => return (body, None, Err(status)),
+        }
+    }
+    let timeout = state.config.body_read_timeout;
+    let read = tokio::time::timeout(timeout, read_exact(&mut body, rest, len)).await;
+    let (message, past) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(status)) => return (body, None, Err(status)),
+        Err(_) => {
+            let late = Late(timeout.as_secs_f64());
+            return (
+                body,
+                None,
+                Err(tonic::Status::deadline_exceeded(late.to_string())),
+            );
+        }
+    };
+    let plain = inflate_message(&state, message, coding, &mut share).await;
+    (body, past, plain.map(|plain| (plain, share)))
+}
+
+/// The `len` bytes that start with `rest` and go on in `body`, and what was read past them.
+///
+/// # Errors
+/// `INVALID_ARGUMENT` if the body ends first, `CANCELLED` if it fails.
+async fn read_exact(
+    body: &mut Body,
+    mut rest: Option<Bytes>,
+    len: usize,
+) -> Result<(Vec<u8>, Option<Bytes>), tonic::Status> {
+    use http_body_util::BodyExt as _;
+    let mut message = Vec::with_capacity(len);
+    while message.len() < len {
+        let data = match rest.take() {
+            Some(data) => data,
+            None => match body.frame().await {
+                Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
+                Some(Err(e)) => {
+                    return Err(tonic::Status::cancelled(format!("reading the stream: {e}")))
+                }
+                None => {
+                    return Err(tonic::Status::invalid_argument(format!(
+                        "the stream ended inside a message of {len} bytes"
+                    )))
+                }
+            },
+        };
+        let need = len - message.len();
+        if data.len() > need {
+            message.extend_from_slice(&data[..need]);
+            return Ok((message, Some(data.slice(need..))));
+        }
+        message.extend_from_slice(&data);
+    }
+    Ok((message, None))
 }

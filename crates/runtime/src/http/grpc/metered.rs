@@ -13,6 +13,12 @@
 //! small unary messages. From its frame header (or, for a big one, from its share), a message
 //! must arrive whole within `--body-timeout-s`; a stream waiting between messages waits as
 //! long as the client likes, holding nothing.
+//!
+//! A stream sent compressed (`grpc-encoding` gzip or deflate) has each compressed message
+//! taken out of the bytes here, inflated within the budget (`compressed::stream_message`,
+//! the unary call's rules) and passed on framed as the uncompressed message it is; tonic,
+//! not told of the coding, reads only plain messages. A message left uncompressed under the
+//! coding (the frame's flag clear) passes as any other.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -26,6 +32,8 @@ use hyper::body::{Body as HttpBody, Frame};
 use tokio::time::Sleep;
 
 use super::budget::{Share, FRAME_HEADER};
+use super::compressed::{self, Inflated};
+use crate::http::compression::Coding;
 use crate::http::decode::INLINE_MAX_BYTES;
 use crate::http::routes::AppState;
 
@@ -56,12 +64,19 @@ impl Shares {
 /// A share being waited for.
 type Taking = Pin<Box<dyn Future<Output = Result<Share, tonic::Status>> + Send>>;
 
+/// A compressed message being read and inflated (it holds the stream's body meanwhile).
+type Inflating = Pin<Box<dyn Future<Output = Inflated> + Send>>;
+
 /// The gRPC frame headers in a byte stream, read as the bytes pass.
 #[derive(Default)]
 struct Walker {
+    /// Whether compressed messages are taken out (the stream has a coding kiln inflates).
+    inflates: bool,
     /// The frame header being read, and how many of its bytes are in.
     header: [u8; FRAME_HEADER],
     header_len: usize,
+    /// Whether that header's compressed flag is set (and taken out): none of it passes.
+    compressed: bool,
     /// Bytes of the current message still to pass.
     remaining: usize,
 }
@@ -76,18 +91,37 @@ struct Step {
     small: usize,
     /// The length of a big message whose header ends `pass`.
     big: Option<usize>,
+    /// The length of a compressed message whose header (not passed) ends the walk: its bytes
+    /// begin `rest`, and are not walked.
+    compressed: Option<usize>,
 }
 
 impl Walker {
-    /// Walks `data`: stops after the header of a message of [`INLINE_MAX_BYTES`] or more.
+    fn new(inflates: bool) -> Self {
+        Self {
+            inflates,
+            ..Self::default()
+        }
+    }
+
+    /// Walks `data`: stops after the header of a message of [`INLINE_MAX_BYTES`] or more, or
+    /// of a compressed message to take out.
     fn walk(&mut self, data: Bytes) -> Step {
         let (mut i, mut small) = (0, 0);
+        // Where the header of a compressed message starts in `data` (0 if it began in an
+        // earlier chunk): nothing from there passes. The flag is the header's first byte, so
+        // no byte of a compressed message's header has passed before it is known.
+        let mut held_from = self.compressed.then_some(0);
         while i < data.len() {
             if self.remaining > 0 {
                 let n = self.remaining.min(data.len() - i);
                 self.remaining -= n;
                 i += n;
                 continue;
+            }
+            if self.header_len == 0 {
+                self.compressed = self.inflates && data[i] == 1;
+                held_from = self.compressed.then_some(i);
             }
             let n = (FRAME_HEADER - self.header_len).min(data.len() - i);
             self.header[self.header_len..self.header_len + n].copy_from_slice(&data[i..i + n]);
@@ -98,22 +132,36 @@ impl Walker {
             }
             self.header_len = 0;
             let h = self.header;
-            self.remaining = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-            if self.remaining >= INLINE_MAX_BYTES {
+            let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+            let rest = (i < data.len()).then(|| data.slice(i..));
+            if self.compressed {
+                self.compressed = false;
+                return Step {
+                    pass: data.slice(..held_from.unwrap_or(0)),
+                    rest,
+                    small,
+                    big: None,
+                    compressed: Some(len),
+                };
+            }
+            self.remaining = len;
+            if len >= INLINE_MAX_BYTES {
                 return Step {
                     pass: data.slice(..i),
-                    rest: (i < data.len()).then(|| data.slice(i..)),
+                    rest,
                     small,
-                    big: Some(self.remaining),
+                    big: Some(len),
+                    compressed: None,
                 };
             }
             small += 1;
         }
         Step {
-            pass: data,
+            pass: data.slice(..held_from.unwrap_or(data.len())),
             rest: None,
             small,
             big: None,
+            compressed: None,
         }
     }
 
@@ -135,20 +183,36 @@ pub(super) struct Metered {
     taking: Option<Taking>,
     /// When the message being read must have arrived.
     arrival: Option<Pin<Box<Sleep>>>,
+    /// The stream's coding, when its compressed messages are inflated here.
+    coding: Option<Coding>,
+    /// The compressed message being read and inflated, which holds `inner` meanwhile.
+    inflating: Option<Inflating>,
+    /// An inflated message, to pass after its frame header.
+    inflated: Option<Bytes>,
 }
 
 impl Metered {
-    pub(super) fn new(inner: Body, state: Arc<AppState>, shares: Shares) -> Self {
+    /// `inner` metered; its compressed messages inflated if `coding` is given (the call's
+    /// `grpc-encoding` then taken out, so that tonic reads plain messages only).
+    pub(super) fn new(
+        inner: Body,
+        state: Arc<AppState>,
+        shares: Shares,
+        coding: Option<Coding>,
+    ) -> Self {
         let limit = state.config.body_read_timeout;
         Self {
             inner,
             state,
             shares,
             limit,
-            walker: Walker::default(),
+            walker: Walker::new(coding.is_some()),
             held: None,
             taking: None,
             arrival: None,
+            coding,
+            inflating: None,
+            inflated: None,
         }
     }
 }
@@ -162,6 +226,27 @@ impl HttpBody for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         loop {
+            if let Some(plain) = self.inflated.take() {
+                return Poll::Ready(Some(Ok(Frame::data(plain))));
+            }
+            if let Some(inflating) = self.inflating.as_mut() {
+                let (inner, past, inflated) = match inflating.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(done) => done,
+                };
+                self.inflating = None;
+                self.inner = inner;
+                self.held = past;
+                return match inflated {
+                    Ok((plain, share)) => {
+                        self.shares.push(share);
+                        let header = compressed::plain_header(plain.len());
+                        self.inflated = Some(Bytes::from(plain));
+                        Poll::Ready(Some(Ok(Frame::data(header))))
+                    }
+                    Err(status) => Poll::Ready(Some(Err(Box::new(status)))),
+                };
+            }
             if let Some(taking) = self.taking.as_mut() {
                 let share = match taking.as_mut().poll(cx) {
                     Poll::Pending => return Poll::Pending,
@@ -180,7 +265,17 @@ impl HttpBody for Metered {
                     self.shares.push(None);
                 }
                 self.held = step.rest;
-                if let Some(len) = step.big {
+                if let (Some(len), Some(coding)) = (step.compressed, self.coding) {
+                    // Read and inflated by its own future, which holds the body meanwhile
+                    // (and times the message's arrival itself).
+                    let state = Arc::clone(&self.state);
+                    let inner = std::mem::replace(&mut self.inner, Body::empty());
+                    let rest = self.held.take();
+                    self.inflating = Some(Box::pin(compressed::stream_message(
+                        state, inner, rest, len, coding,
+                    )));
+                    self.arrival = None;
+                } else if let Some(len) = step.big {
                     let state = Arc::clone(&self.state);
                     self.taking = Some(Box::pin(async move { Share::take(&state, len).await }));
                     self.arrival = None;
@@ -235,25 +330,53 @@ mod tests {
         f
     }
 
-    /// Walks `bytes` cut into `cut`-byte chunks, letting each big message through at once:
-    /// the bytes passed, and the messages seen in order (`Some(len)` for a big one).
-    fn walk(bytes: &[u8], cut: usize) -> (Vec<u8>, Vec<Option<usize>>) {
-        let mut w = Walker::default();
+    /// Walks `bytes` cut into `cut`-byte chunks, taking compressed messages out if `inflates`,
+    /// letting each big message through at once: the bytes passed, and the messages seen in
+    /// order (`Big(len)`, `Small`, `Compressed(len)`).
+    fn walk(bytes: &[u8], cut: usize, inflates: bool) -> (Vec<u8>, Vec<Seen>) {
+        let mut w = Walker::new(inflates);
         let (mut passed, mut seen) = (Vec::new(), Vec::new());
+        // Bytes of a compressed message still to skip (as `stream_message` reads them).
+        let mut skip = 0;
         for chunk in bytes.chunks(cut) {
             let mut data = Some(Bytes::copy_from_slice(chunk));
-            while let Some(d) = data.take() {
+            while let Some(mut d) = data.take() {
+                let n = skip.min(d.len());
+                skip -= n;
+                d = d.slice(n..);
+                if d.is_empty() {
+                    break;
+                }
                 let step = w.walk(d);
                 passed.extend_from_slice(&step.pass);
-                seen.extend(std::iter::repeat_n(None, step.small));
+                seen.extend(std::iter::repeat_n(Seen::Small, step.small));
                 if let Some(len) = step.big {
-                    seen.push(Some(len));
+                    seen.push(Seen::Big(len));
+                }
+                if let Some(len) = step.compressed {
+                    seen.push(Seen::Compressed(len));
+                    skip = len;
                 }
                 data = step.rest;
             }
         }
         assert!(!w.mid_message());
+        assert_eq!(skip, 0);
         (passed, seen)
+    }
+
+    #[derive(Clone, Debug, PartialEq)]
+    enum Seen {
+        Small,
+        Big(usize),
+        Compressed(usize),
+    }
+
+    /// A compressed frame of `len` bytes.
+    fn packed(len: usize) -> Vec<u8> {
+        let mut f = frame(len);
+        f[0] = 1;
+        f
     }
 
     #[test]
@@ -261,9 +384,46 @@ mod tests {
         let big = INLINE_MAX_BYTES + 3;
         let stream: Vec<u8> = [frame(10), frame(big), frame(0), frame(big), frame(1)].concat();
         for cut in [1, 2, 4, 5, 7, 1000, 1 << 20] {
-            let (passed, seen) = walk(&stream, cut);
+            for inflates in [false, true] {
+                let (passed, seen) = walk(&stream, cut, inflates);
+                assert_eq!(passed, stream, "cut {cut}");
+                let want = [Seen::Small, Seen::Big(big), Seen::Small, Seen::Big(big)];
+                assert_eq!(seen[..4], want, "cut {cut}");
+                assert_eq!(seen[4..], [Seen::Small], "cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn compressed_messages_are_taken_out_whole_headers_and_all() {
+        let big = INLINE_MAX_BYTES + 3;
+        let parts = [
+            frame(10),
+            packed(7),
+            frame(big),
+            packed(big),
+            packed(0),
+            frame(1),
+        ];
+        let stream = parts.concat();
+        let plain: Vec<u8> = [&parts[0], &parts[2], &parts[5]]
+            .map(|p| p.to_vec())
+            .concat();
+        for cut in [1, 2, 3, 5, 6, 11, 1000, 1 << 20] {
+            let (passed, seen) = walk(&stream, cut, true);
+            assert_eq!(passed, plain, "cut {cut}");
+            let want = [
+                Seen::Small,
+                Seen::Compressed(7),
+                Seen::Big(big),
+                Seen::Compressed(big),
+                Seen::Compressed(0),
+                Seen::Small,
+            ];
+            assert_eq!(seen, want, "cut {cut}");
+            // Without a coding, a compressed flag is tonic's to refuse: it passes.
+            let (passed, _) = walk(&stream, cut, false);
             assert_eq!(passed, stream, "cut {cut}");
-            assert_eq!(seen, [None, Some(big), None, Some(big), None], "cut {cut}");
         }
     }
 

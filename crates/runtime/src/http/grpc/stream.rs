@@ -25,8 +25,9 @@
 //! - A message of 64 KiB or more takes its share of the decode budget before any of it is
 //!   read (`metered`), and holds it until answered, as a unary call's; each message must
 //!   arrive within `--body-timeout-s` once it has begun.
-//! - Compressed streams are not served: tonic answers UNIMPLEMENTED, since kiln inflates
-//!   messages itself, within the budget, only for unary calls (`compressed`).
+//! - A stream sent compressed (gzip, deflate) has each compressed message inflated as it
+//!   arrives, within the budget and the message limit (`metered`, `compressed`), as a unary
+//!   call's message; answers go back uncompressed, as unary answers do.
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
