@@ -19,7 +19,7 @@
 //! in arrival order (tokio's semaphores are fair), holding no thread. Smaller bodies decode
 //! inline: they hold a worker well under a millisecond, not worth a thread. The checks
 //! themselves are all in the protocol's reader the decoder runs ([`protocol::decode`] for
-//! v2, `v1_json::decode` for KServe's v1).
+//! v2, `v1::request::decode` for KServe's v1).
 
 use std::sync::Arc;
 

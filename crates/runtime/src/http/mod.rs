@@ -55,8 +55,7 @@
 //! - `model_config` (private): a model's configuration in Triton's schema.
 //! - `stats` (private): Triton's statistics and repository index.
 //! - `v1` (private): KServe's v1 protocol (`/v1/models/{m}:predict`, `GET /`), what a KServe
-//!   transformer calls its predictor with by default; `v1_json` (private): its row-format
-//!   bodies as tensors and back.
+//!   transformer calls its predictor with by default, its bodies as tensors and back.
 
 mod admin;
 mod body_pool;
@@ -76,7 +75,6 @@ pub mod routes;
 pub mod serve;
 mod stats;
 mod v1;
-mod v1_json;
 
 /// The axum these routers are built with: mount them on a `kiln::http::axum::Router` (or
 /// the same axum version) without naming another.

@@ -8,7 +8,8 @@
 //! - `GET /v1/models/{m}` is the model's readiness: 200 `{"name", "ready": true}`, or 503
 //!   `{"name", "ready": false}` (loading, failed, draining), 404 for an unknown model.
 //! - `POST /v1/models/{m}:predict` takes `{"instances": [...]}` and answers
-//!   `{"predictions": [...]}` (`v1_json` says how rows become tensors and back), through the
+//!   `{"predictions": [...]}` (`request` says how rows become tensors, `answer` how tensors
+//!   become predictions), through the
 //!   same inference path, limits, deadline header, compression and errors as v2
 //!   (`{"error": "..."}`, which is also v1's). `:explain` answers 501 (404 for an unknown
 //!   model): kiln has no explainer.
@@ -31,7 +32,11 @@ use crate::http::models::{find, not_serving};
 use crate::http::routes::{
     read_body, readiness, transport_timeout, write_answer, AppState, RouteLabel,
 };
-use crate::http::{compression, infer, v1_json};
+use crate::http::{compression, infer};
+
+mod answer;
+mod request;
+mod shape;
 
 /// The v1 routes, for [`routes::router`] to merge.
 pub(crate) fn routes() -> Router<Arc<AppState>> {
@@ -109,7 +114,7 @@ async fn predict(
     let (inputs, rows) = s
         .decoder
         .parse_encoded(body, coding, s.config.max_body_bytes, move |b: &[u8]| {
-            v1_json::decode(b, &signature, max_elements).map_err(ApiError::from)
+            request::decode(b, &signature, max_elements).map_err(ApiError::from)
         })
         .await?;
     let call = infer::Call {
@@ -125,14 +130,14 @@ async fn predict(
         e
     };
     let answer = infer::run(s, call).await.map_err(failed)?;
-    let per_row = v1_json::per_row(&meta, &answer.outputs, rows).map_err(|(ours, m)| {
+    let per_row = answer::per_row(&meta, &answer.outputs, rows).map_err(|(ours, m)| {
         failed(if ours {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
         } else {
             ApiError::bad_request(m)
         })
     })?;
-    let predictions = v1_json::Predictions::new(answer.outputs, per_row, rows)
+    let predictions = answer::Predictions::new(answer.outputs, per_row, rows)
         .map_err(|m| failed(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)))?;
     let json_bytes = predictions.json_size();
     let written = write_answer(s, headers, json_bytes, 0, move || {
@@ -142,4 +147,32 @@ async fn predict(
     })
     .await?;
     Ok(written.response("application/json"))
+}
+
+/// Model signatures for the tests of the v1 modules.
+#[cfg(test)]
+pub(crate) mod testing {
+    use crate::{ElementType, ModelMetadata, TensorInfo};
+
+    pub(crate) fn info(name: &str, element_type: ElementType, dims: &[Option<i64>]) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            element_type,
+            dims: dims.to_vec(),
+        }
+    }
+
+    pub(crate) fn meta(inputs: Vec<TensorInfo>, outputs: Vec<TensorInfo>) -> ModelMetadata {
+        let batch_dim = inputs
+            .iter()
+            .chain(&outputs)
+            .all(|t| t.dims.first().is_some_and(Option::is_none));
+        ModelMetadata {
+            name: "m".into(),
+            inputs,
+            outputs,
+            batch_dim,
+            image_size: None,
+        }
+    }
 }

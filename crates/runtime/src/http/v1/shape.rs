@@ -1,0 +1,138 @@
+//! The shape of a JSON value read as a tensor — its arrays' lengths, outermost first — found
+//! by one scan of its text, before any value is read: v1 bodies name no shapes, so the shape
+//! is what the nesting says, and a ragged value is refused with where it is ragged rather than
+//! padded or flattened.
+
+/// The shape of one JSON value (valid JSON, as serde found it): its arrays' lengths, outermost
+/// first; `[]` for a scalar.
+///
+/// # Errors
+/// Why it is not a tensor, as a phrase after "instance N": ragged arrays, values at different
+/// depths, an object, nesting past `max_rank` arrays.
+pub(super) fn shape_of(raw: &str, max_rank: usize) -> Result<Vec<usize>, String> {
+    let b = raw.as_bytes();
+    // The length of the arrays at each depth, once one has closed there.
+    let mut dims: Vec<Option<usize>> = Vec::new();
+    // The values counted so far in each array open now, outermost first.
+    let mut open: Vec<usize> = Vec::new();
+    // The depth of the values (numbers, strings, literals), once one is seen.
+    let mut leaf_depth = None;
+    let ragged = || {
+        "is not a tensor: its arrays at one depth differ in length, or its values are at \
+         different depths"
+            .to_owned()
+    };
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        match c {
+            b' ' | b'\n' | b'\r' | b'\t' | b',' => i += 1,
+            b'[' => {
+                if leaf_depth.is_some_and(|d| open.len() >= d) {
+                    return Err(ragged());
+                }
+                if open.len() == max_rank {
+                    return Err(format!("nests more than {max_rank} arrays deep"));
+                }
+                if let Some(n) = open.last_mut() {
+                    *n += 1;
+                }
+                open.push(0);
+                i += 1;
+            }
+            b']' => {
+                let n = open.pop().ok_or_else(ragged)?;
+                let depth = open.len();
+                if dims.len() <= depth {
+                    dims.resize(depth + 1, None);
+                }
+                match dims[depth] {
+                    Some(d) if d != n => return Err(ragged()),
+                    Some(_) => {}
+                    None => dims[depth] = Some(n),
+                }
+                i += 1;
+            }
+            b'{' => {
+                return Err(
+                    "holds an object: tensor values are numbers, booleans or strings".to_owned(),
+                )
+            }
+            _ => {
+                let depth = open.len();
+                if dims.len() > depth || leaf_depth.is_some_and(|d| d != depth) {
+                    return Err(ragged());
+                }
+                leaf_depth = Some(depth);
+                if let Some(n) = open.last_mut() {
+                    *n += 1;
+                }
+                i = leaf_end(b, i);
+            }
+        }
+    }
+    // Values sit below the innermost arrays, if any were seen.
+    if leaf_depth.is_some_and(|d| d != dims.len()) {
+        return Err(ragged());
+    }
+    Ok(dims.into_iter().map(Option::unwrap_or_default).collect())
+}
+
+/// The index after the value (a string or a literal) starting at `b[i]`.
+fn leaf_end(b: &[u8], mut i: usize) -> usize {
+    if b[i] == b'"' {
+        i += 1;
+        while let Some(&c) = b.get(i) {
+            match c {
+                b'\\' => i += 2,
+                b'"' => return i + 1,
+                _ => i += 1,
+            }
+        }
+        return i;
+    }
+    while let Some(&c) = b.get(i) {
+        if matches!(c, b',' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::http::json_fields::MAX_DIMS;
+
+    fn shape_of(raw: &str) -> Result<Vec<usize>, String> {
+        super::shape_of(raw, MAX_DIMS)
+    }
+
+    #[test]
+    fn shapes_are_read_from_the_nesting_and_ragged_values_are_refused() {
+        assert_eq!(shape_of("3"), Ok(vec![]));
+        assert_eq!(shape_of("\"a,]b\\\"[\""), Ok(vec![]));
+        assert_eq!(shape_of("[1, 2, 3]"), Ok(vec![3]));
+        assert_eq!(shape_of("[[1,2],[3,4],[5,6]]"), Ok(vec![3, 2]));
+        assert_eq!(shape_of("[[\"[\", \"]\"]]"), Ok(vec![1, 2]));
+        assert_eq!(shape_of("[]"), Ok(vec![0]));
+        assert_eq!(shape_of("[[],[]]"), Ok(vec![2, 0]));
+        assert_eq!(shape_of("[[[1e-3]],[[true]]]"), Ok(vec![2, 1, 1]));
+        for ragged in [
+            "[[1,2],[3]]",
+            "[[1],2]",
+            "[1,[2]]",
+            "[[],1]",
+            "[[],[[]]]",
+            "[[[]],[]]",
+            "[[1,2],[3,4,5,6]]",
+            "[[1,2],[3],[4,5,6]]",
+        ] {
+            assert!(shape_of(ragged).is_err(), "{ragged}");
+        }
+        assert!(shape_of("[{\"a\":1}]")
+            .expect_err("object")
+            .contains("object"));
+        let deep = format!("{}1{}", "[".repeat(MAX_DIMS + 1), "]".repeat(MAX_DIMS + 1));
+        assert!(shape_of(&deep).expect_err("deep").contains("deep"));
+    }
+}
