@@ -1,7 +1,7 @@
 //! Maximal JSON bodies against the real `kiln-server` binary at its default limits (32 MiB
 //! bodies, 16 Mi elements per input): four dense `0,0,0,…` bodies at once, with a declared
 //! shape that matches their data, with one smaller than their data, and as a parameter kiln
-//! does not read, and as KServe v1 instances (rows bare and named, named scalars), while
+//! does not read, and as KServe v1 instances (rows bare and named, named scalars) and columns, while
 //! another connection polls
 //! `/v2/health/live`. The server's peak memory stays within 3× the bodies
 //! in flight, and every liveness probe answers within 100 ms (a decode on a tokio worker held
@@ -57,7 +57,12 @@ fn v1_body(row: &str, named: bool) -> String {
     } else {
         row.to_owned()
     };
-    let (head, tail) = (r#"{"instances":["#, "]}");
+    repeated(r#"{"instances":["#, &item, "]}")
+}
+
+/// `head`, then `item` repeated (comma-separated) as often as fits, then `tail`: just under
+/// [`MAX_BODY`].
+fn repeated(head: &str, item: &str, tail: &str) -> String {
     let n = (MAX_BODY - head.len() - tail.len() + 1) / (item.len() + 1);
     let body = format!("{head}{}{tail}", vec![item; n].join(","));
     assert!(body.len() <= MAX_BODY && body.len() > MAX_BODY - 64);
@@ -167,8 +172,8 @@ fn maximal_json_bodies_stay_within_three_times_their_size_and_liveness_answers()
     // Matching: the data fills the shape exactly, so it all decodes, and the model refuses
     // the million-row request only after. Smaller: the shape holds 16 of the 16 Mi values.
     // Padded: a valid one-row request, the zeros in a parameter kiln does not read.
-    // KServe v1: the same zeros as rows, bare and named (`{"x": row}`), refused by the model
-    // after decoding, as the matching shape is.
+    // KServe v1: the same zeros as rows, bare and named (`{"x": row}`), and as columns,
+    // refused by the model after decoding, as the matching shape is.
     let one_row = format!("{}{}", input_head(1), vec!["0.5"; 16].join(","));
     let v2 = "/v2/models/mlp/infer";
     let zeros = format!("[{}]", vec!["0"; 16].join(","));
@@ -210,6 +215,14 @@ fn maximal_json_bodies_stay_within_three_times_their_size_and_liveness_answers()
             v1_body("0", true),
             400,
             "must have shape",
+        ),
+        // TensorFlow Serving's columns: the same rows as one named tensor.
+        (
+            v1,
+            "v1 columns",
+            repeated(r#"{"inputs":{"x":["#, &zeros, "]}}"),
+            400,
+            "max_batch_size",
         ),
         // One instance naming millions of inputs the model does not have.
         (v1, "v1 unknown names", many_names(), 400, "unknown input"),

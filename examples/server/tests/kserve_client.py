@@ -9,12 +9,15 @@ Python onnxruntime's golden outputs, output selection, BYTES both ways, and the 
 client raises. This is what a KServe transformer, an InferenceGraph step or a user's script
 calls a v2 predictor with. The v1 suite sends each corpus model whose inputs all have a batch
 dim its golden rows as `{"instances": [...]}` and checks `{"predictions": [...]}` row by row
-against the same outputs (v1 liveness `GET /`, model readiness, BYTES, the errors).
+against the same outputs, then every corpus model's whole tensors as TensorFlow Serving's
+columns, `{"inputs": ...}` answered `{"outputs": ...}` (v1 liveness `GET /`, model readiness,
+BYTES as strings and as binary values, the errors).
 
 Usage: kserve_client.py HTTP_HOST:PORT GRPC_HOST:PORT CORPUS_DIR STRINGS_MODEL MODEL [MODEL ...]
 Exits non-zero with a message on the first check that fails.
 """
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -196,6 +199,7 @@ async def v1_suite(v1, base, corpus, entries, models):
         served += 1
         print(f"kserve_client: v1 {model} ok ({rows} instance(s), {len(outputs)} output(s))")
     assert served >= 5, f"v1: only {served} corpus models could be sent as rows"
+    await v1_columns_suite(v1, base, corpus, entries, models)
     # A ragged instance and a missing input: 400s carrying kiln's reason.
     for body, why in [({"instances": [[[1.0, 2.0], [3.0]]]}, "not a tensor"),
                       ({"instances": [{"no-such-input": [1]}]}, "unknown input")]:
@@ -212,15 +216,49 @@ async def v1_suite(v1, base, corpus, entries, models):
         assert e.response.status_code == 404, (e.response.status_code, str(e))
 
 
+async def v1_columns_suite(v1, base, corpus, entries, models):
+    """TensorFlow Serving's columnar form over v1, `{"inputs": ...}` answered
+    `{"outputs": ...}`: each input's whole tensor by name (or bare, for a one-input model), so
+    every corpus model can be sent, those whose inputs are not rows (a recurrent model's state,
+    a scalar sample rate) too; each output compared whole with onnxruntime's."""
+    for model in models:
+        tol = entries[model]["tolerance"]
+        inputs, outputs = load_golden(corpus, model)
+        if len(inputs) == 1:
+            (only,) = inputs.values()
+            body = {"inputs": only.tolist()}
+        else:
+            body = {"inputs": {n: v.tolist() for n, v in inputs.items()}}
+        got = (await v1.infer(base, body, model_name=model))["outputs"]
+        if len(outputs) > 1:
+            assert set(got) == set(outputs), (model, set(got))
+        for name, want in outputs.items():
+            value = got[name] if len(outputs) > 1 else got
+            check_close(model, name, np.array(value, dtype=want.dtype), want, tol)
+        print(f"kserve_client: v1 columns {model} ok ({len(inputs)} input(s), "
+              f"{len(outputs)} output(s))")
+
+
 async def v1_strings_suite(v1, base, model):
-    """BYTES over v1: objects naming both inputs, strings in and out."""
-    got = await v1.infer(base, {"instances": [{"text": ["cat", "x", "ünïcödé"], "n": [1]},
-                                              {"text": ["dog", "", "cat"], "n": [7]}]},
-                         model_name=model)
-    assert got["predictions"] == [
-        {"echo": ["cat", "x", "ünïcödé"], "ids": [1, -1, 3], "label": ["one"]},
-        {"echo": ["dog", "", "cat"], "ids": [2, -1, 1], "label": ["other"]}], got
-    print("kserve_client: v1 BYTES ok")
+    """BYTES over v1: objects naming both inputs, strings in and out, as JSON strings and as
+    TensorFlow Serving's binary values ({"b64": ...}), as rows and as columns."""
+    def b64(s):
+        return {"b64": base64.b64encode(s.encode()).decode()}
+
+    want = [{"echo": ["cat", "x", "ünïcödé"], "ids": [1, -1, 3], "label": ["one"]},
+            {"echo": ["dog", "", "cat"], "ids": [2, -1, 1], "label": ["other"]}]
+    for binary in (False, True):
+        text = [["cat", "x", "ünïcödé"], ["dog", "", "cat"]]
+        if binary:
+            text = [[b64(s) for s in row] for row in text]
+        got = await v1.infer(base, {"instances": [{"text": text[0], "n": [1]},
+                                                  {"text": text[1], "n": [7]}]},
+                             model_name=model)
+        assert got["predictions"] == want, (binary, got)
+        got = await v1.infer(base, {"inputs": {"text": text, "n": [[1], [7]]}},
+                             model_name=model)
+        assert got["outputs"] == {k: [w[k] for w in want] for k in want[0]}, (binary, got)
+    print("kserve_client: v1 BYTES ok (strings and binary values, rows and columns)")
 
 
 async def strings_suite(rest, base, g, model):

@@ -184,7 +184,8 @@ fn health_metadata_and_readiness() {
 
 /// KServe's v1 protocol beside v2: liveness at `/`, the model list and readiness, rows in as
 /// `instances` and out as `predictions` equal to v2's answer for the same tensor (gzip bodies
-/// too), the deadline header, and each refusal with its status.
+/// too), TensorFlow Serving's columns (`inputs` in, `outputs` out), the deadline header, and
+/// each refusal with its status.
 #[test]
 fn kserve_v1_predicts_rows_and_maps_its_errors() {
     let s = server(ServerConfig::default());
@@ -223,6 +224,11 @@ fn kserve_v1_predicts_rows_and_maps_its_errors() {
     assert_eq!(status, StatusCode::OK, "{got}");
     assert_eq!(headers[header::CONTENT_TYPE], "application/json");
     assert_eq!(got, json!({ "predictions": want_rows }));
+    // TensorFlow Serving's columns: the whole tensor in, the whole output back.
+    let columns = json!({"inputs": rows}).to_string();
+    let (status, _, whole) = call(&s, Method::POST, predict, Some(columns), &[]);
+    assert_eq!(status, StatusCode::OK, "{whole}");
+    assert_eq!(whole, json!({ "outputs": want_rows }));
     // Compressed, as any body.
     let gz = {
         use std::io::Write as _;
@@ -268,7 +274,14 @@ fn kserve_v1_predicts_rows_and_maps_its_errors() {
             "must have shape",
         ),
         (predict, "{\"instances\": []}", &[], 400, "empty"),
-        (predict, "{\"inputs\": [[1]]}", &[], 400, "v2"),
+        (predict, "{\"inputs\": [[1]]}", &[], 400, "must have shape"),
+        (
+            predict,
+            "{\"inputs\": {\"z\": [[1]]}}",
+            &[],
+            400,
+            "unknown input `z`",
+        ),
         (
             predict,
             "{\"instances\": [{\"z\": [1]}]}",

@@ -13,10 +13,21 @@
 
 use std::fmt;
 
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+
 use crate::http::json_numbers::{self, Decimal, Number};
 use crate::TensorData;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::{Serialize, Serializer};
+
+/// Binary values' base64: the standard alphabet, padded or not (TensorFlow Serving's clients
+/// pad; others may not).
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
 
 /// Why [`read`] refused the data.
 #[derive(Debug)]
@@ -64,6 +75,13 @@ pub(crate) trait Leaf: Sized {
     }
     /// From a number serde_json reads as `f64` (only floats take one).
     fn from_decimal(_: Decimal<'_>) -> Option<Self> {
+        None
+    }
+    /// Whether a binary value, TensorFlow Serving's `{"b64": "..."}`, is read (as
+    /// [`Leaf::from_binary`] of its bytes).
+    const BINARY: bool = false;
+    /// From a binary value's bytes.
+    fn from_binary(_: Vec<u8>) -> Option<Self> {
         None
     }
 }
@@ -155,6 +173,44 @@ impl Leaf for String {
     fn from_str(v: &str) -> Option<Self> {
         (!v.contains('\0')).then(|| v.to_owned())
     }
+}
+
+/// BYTES in KServe's v1 protocol (TensorFlow Serving's): JSON strings, or binary values
+/// `{"b64": "..."}` (standard base64, padded or not) whose bytes are UTF-8 text, as kiln's
+/// strings are; neither with a NUL.
+pub(crate) struct Binary(pub(crate) String);
+
+impl Leaf for Binary {
+    const WANTED: &'static str = "string without NUL (or {\"b64\": ...} of one)";
+    const NUMERIC: bool = false;
+    const BINARY: bool = true;
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
+    fn from_str(v: &str) -> Option<Self> {
+        <String as Leaf>::from_str(v).map(Self)
+    }
+    fn from_binary(v: Vec<u8>) -> Option<Self> {
+        String::from_utf8(v)
+            .ok()
+            .filter(|v| !v.contains('\0'))
+            .map(Self)
+    }
+}
+
+/// The text of a binary value's `b64` member: `Some` if `map` is exactly `{"b64": "<text>"}`
+/// (its key read, escaped or not), `None` for any other object.
+fn binary_text<'de, A: de::MapAccess<'de>>(map: &mut A) -> Result<Option<String>, A::Error> {
+    if map.next_key::<std::borrow::Cow<'de, str>>()?.as_deref() != Some("b64") {
+        return Ok(None);
+    }
+    let Ok(text) = map.next_value::<String>() else {
+        return Ok(None);
+    };
+    Ok(map.next_key::<de::IgnoredAny>()?.is_none().then_some(text))
 }
 
 /// The leaves of `raw` (one JSON value: an array nested any way, or a single leaf), row-major,
@@ -292,7 +348,22 @@ impl<'de, T: Leaf> Visitor<'de> for Flatten<'_, T> {
         self.leaf(None, || "null".to_owned())
     }
 
-    fn visit_map<A: de::MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        if T::BINARY {
+            if let Some(text) = binary_text(&mut map)? {
+                let bytes = BASE64.decode(&text).ok();
+                return self.leaf(bytes.and_then(T::from_binary), || {
+                    let mut shown: String = text.chars().take(32).collect();
+                    if shown.len() < text.len() {
+                        shown.push('…');
+                    }
+                    format!(
+                        "{{\"b64\": {}}} (base64 of UTF-8 text)",
+                        serde_json::Value::from(shown)
+                    )
+                });
+            }
+        }
         self.leaf(None, || "an object".to_owned())
     }
 }

@@ -408,7 +408,7 @@ pub(crate) fn typed_data(
 }
 
 /// The `elements` values of `shape` from `texts`, read in turn into one vector.
-fn values<T: Leaf>(
+pub(crate) fn values<T: Leaf>(
     texts: &mut Texts<'_>,
     shape: &[usize],
     elements: usize,

@@ -1,5 +1,5 @@
-//! KServe's v1 answers (TensorFlow Serving's row format) from kiln tensors:
-//! `{"predictions": [...]}`, one per instance.
+//! KServe's v1 answers (TensorFlow Serving's) from kiln tensors: `{"predictions": [...]}`,
+//! one per instance, to rows; `{"outputs": ...}`, each output whole, to columns.
 //!
 //! - Prediction `i` is row `i` of each output — of an output that is one row per instance:
 //!   every output of a model whose dim 0 is its batch (kiln batches those), or one whose
@@ -7,8 +7,11 @@
 //!   answered whole, to a request of one instance; more instances are refused, since their
 //!   rows cannot be told apart. With one output a prediction is its value; with several, an
 //!   object by output name, as TensorFlow Serving writes them.
+//! - Columns are answered as TensorFlow Serving answers them: `{"outputs": …}` with the one
+//!   output's whole tensor, or an object of every output's by name.
 //! - Values are written as v2 writes them (FP32 widened to `f64`; NaN as `null`), straight from
-//!   the tensors, nested as their shapes say.
+//!   the tensors, nested as their shapes say. A `BYTES` output whose name ends in `_bytes` is
+//!   written as binary values, `{"b64": "..."}`, as TensorFlow Serving writes them.
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
@@ -59,8 +62,11 @@ pub(crate) fn per_row(
         .collect()
 }
 
-/// The v1 answer: `{"predictions": [...]}`, one per instance (see the module doc).
+/// The v1 answer: `{"predictions": [...]}`, one per instance, or `{"outputs": ...}` (see the
+/// module doc).
 pub(crate) struct Predictions {
+    /// Whether the answer is to columns: `{"outputs": ...}`.
+    columns: bool,
     /// The outputs, in the model's order.
     outputs: NamedTensors,
     /// [`per_row`] of each.
@@ -105,11 +111,23 @@ impl Predictions {
             }
         }
         Ok(Self {
+            columns: false,
             outputs,
             per_row,
             rows,
             arrays,
         })
+    }
+
+    /// The answer of `outputs` to columns: each whole.
+    ///
+    /// # Errors
+    /// As [`Predictions::new`]'s.
+    pub(crate) fn columns(outputs: NamedTensors) -> Result<Self, String> {
+        let whole = vec![false; outputs.len()];
+        let mut answer = Self::new(outputs, whole, 1)?;
+        answer.columns = true;
+        Ok(answer)
     }
 
     /// The least bytes of JSON text the answer takes (`routes::json_size` of the values, and
@@ -138,13 +156,17 @@ fn nested_arrays(shape: &[usize]) -> usize {
 impl Serialize for Predictions {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(1))?;
-        map.serialize_entry(
-            "predictions",
-            &Rows {
-                p: self,
-                rows: self.rows,
-            },
-        )?;
+        if self.columns {
+            map.serialize_entry("outputs", &Prediction { p: self, row: 0 })?;
+        } else {
+            map.serialize_entry(
+                "predictions",
+                &Rows {
+                    p: self,
+                    rows: self.rows,
+                },
+            )?;
+        }
         map.end()
     }
 }
@@ -172,6 +194,7 @@ impl Serialize for Prediction<'_> {
         let part = |j: usize| Part {
             tensor: &self.p.outputs[j].1,
             row: self.p.per_row[j].then_some(self.row),
+            binary: self.p.outputs[j].0.ends_with("_bytes"),
         };
         if self.p.outputs.len() == 1 {
             return part(0).serialize(s);
@@ -186,10 +209,12 @@ impl Serialize for Prediction<'_> {
     }
 }
 
-/// Row `row` of a tensor (without its dim 0), or the whole tensor, as nested arrays.
+/// Row `row` of a tensor (without its dim 0), or the whole tensor, as nested arrays; its
+/// strings as binary values if `binary`.
 struct Part<'a> {
     tensor: &'a Tensor,
     row: Option<usize>,
+    binary: bool,
 }
 
 impl Serialize for Part<'_> {
@@ -204,21 +229,24 @@ impl Serialize for Part<'_> {
             None => (shape, 0..self.tensor.len()),
         };
         let data: TensorSlice<'_> = self.tensor.data();
-        with_slice!(data, v => Nested { values: v.get(range).unwrap_or_default(), shape }.serialize(s))
+        let binary = self.binary;
+        with_slice!(data, v => Nested { values: v.get(range).unwrap_or_default(), shape, binary }.serialize(s))
     }
 }
 
-/// Values laid out row-major as `shape`, written as nested arrays.
+/// Values laid out row-major as `shape`, written as nested arrays (strings as binary values
+/// if `binary`).
 struct Nested<'a, T> {
     values: &'a [T],
     shape: &'a [usize],
+    binary: bool,
 }
 
 impl<T: JsonValue> Serialize for Nested<'_, T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.shape.split_first() {
             None => match self.values.first() {
-                Some(v) => v.write(s),
+                Some(v) => v.write(s, self.binary),
                 None => s.serialize_unit(),
             },
             Some((&n, rest)) => {
@@ -230,6 +258,7 @@ impl<T: JsonValue> Serialize for Nested<'_, T> {
                             .get(k * step..(k + 1) * step)
                             .unwrap_or_default(),
                         shape: rest,
+                        binary: self.binary,
                     }
                 }))
             }
@@ -237,26 +266,44 @@ impl<T: JsonValue> Serialize for Nested<'_, T> {
     }
 }
 
-/// One element as JSON, as v2's `data` writes it ([`protocol::Values`]).
+/// One element as JSON, as v2's `data` writes it ([`protocol::Values`]); a string as a binary
+/// value (`{"b64": "..."}`) if `binary`.
+///
+/// [`protocol::Values`]: crate::http::protocol::Values
 trait JsonValue {
-    fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error>;
+    fn write<S: Serializer>(&self, s: S, binary: bool) -> Result<S::Ok, S::Error>;
 }
 
 macro_rules! as_is {
     ($($t:ty),*) => {$(
         impl JsonValue for $t {
-            fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            fn write<S: Serializer>(&self, s: S, _: bool) -> Result<S::Ok, S::Error> {
                 self.serialize(s)
             }
         }
     )*};
 }
-as_is!(f64, i64, i32, i8, u8, bool, i16, u16, u32, u64, String);
+as_is!(f64, i64, i32, i8, u8, bool, i16, u16, u32, u64);
+
+impl JsonValue for String {
+    fn write<S: Serializer>(&self, s: S, binary: bool) -> Result<S::Ok, S::Error> {
+        if !binary {
+            return self.serialize(s);
+        }
+        use base64::Engine as _;
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry(
+            "b64",
+            &base64::engine::general_purpose::STANDARD.encode(self),
+        )?;
+        map.end()
+    }
+}
 
 macro_rules! widened {
     ($($t:ty),*) => {$(
         impl JsonValue for $t {
-            fn write<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            fn write<S: Serializer>(&self, s: S, _: bool) -> Result<S::Ok, S::Error> {
                 s.serialize_f64(f64::from(*self))
             }
         }
@@ -349,5 +396,42 @@ mod tests {
         assert_eq!(nested_arrays(&[2, 2]), 3);
         assert_eq!(nested_arrays(&[]), 0);
         assert_eq!(nested_arrays(&[usize::MAX, usize::MAX, 2]), usize::MAX);
+    }
+
+    #[test]
+    fn columns_are_answered_whole_and_bytes_outputs_as_binary_values() {
+        let f = |shape: Vec<usize>, v: Vec<f32>| {
+            Tensor::from_data(shape, TensorData::F32(v)).expect("tensor")
+        };
+        let text = |p: Predictions| serde_json::to_string(&p).expect("json");
+        let p = vec![("p".to_owned(), f(vec![2, 2], vec![0.5, 0.25, 1.0, 0.0]))];
+        assert_eq!(
+            text(Predictions::columns(p.clone()).expect("one")),
+            r#"{"outputs":[[0.5,0.25],[1.0,0.0]]}"#
+        );
+        let two = vec![p[0].clone(), ("s".to_owned(), f(vec![], vec![2.0]))];
+        assert_eq!(
+            text(Predictions::columns(two).expect("two")),
+            r#"{"outputs":{"p":[[0.5,0.25],[1.0,0.0]],"s":2.0}}"#
+        );
+        let strings = |name: &str| {
+            let v = vec!["cat".to_owned(), "é".to_owned()];
+            vec![(
+                name.to_owned(),
+                Tensor::from_data(vec![2], TensorData::String(v)).expect("s"),
+            )]
+        };
+        assert_eq!(
+            text(Predictions::new(strings("label_bytes"), vec![true], 2).expect("rows")),
+            r#"{"predictions":[{"b64":"Y2F0"},{"b64":"w6k="}]}"#
+        );
+        assert_eq!(
+            text(Predictions::columns(strings("label_bytes")).expect("columns")),
+            r#"{"outputs":[{"b64":"Y2F0"},{"b64":"w6k="}]}"#
+        );
+        assert_eq!(
+            text(Predictions::columns(strings("label")).expect("plain")),
+            r#"{"outputs":["cat","é"]}"#
+        );
     }
 }

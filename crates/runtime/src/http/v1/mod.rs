@@ -8,8 +8,9 @@
 //! - `GET /v1/models/{m}` is the model's readiness: 200 `{"name", "ready": true}`, or 503
 //!   `{"name", "ready": false}` (loading, failed, draining), 404 for an unknown model.
 //! - `POST /v1/models/{m}:predict` takes `{"instances": [...]}` and answers
-//!   `{"predictions": [...]}` (`request` says how rows become tensors, `answer` how tensors
-//!   become predictions), through the
+//!   `{"predictions": [...]}`, or TensorFlow Serving's columns, `{"inputs": ...}`, answered
+//!   `{"outputs": ...}` (`request` says how rows and columns become tensors, `answer` how
+//!   tensors become predictions), through the
 //!   same inference path, limits, deadline header, compression and errors as v2
 //!   (`{"error": "..."}`, which is also v1's). `:explain` answers 501 (404 for an unknown
 //!   model): kiln has no explainer.
@@ -111,7 +112,7 @@ async fn predict(
     let coding = compression::request_coding(headers)?;
     let max_elements = s.decoder.max_elements();
     let signature = Arc::clone(&meta);
-    let (inputs, rows) = s
+    let (inputs, form) = s
         .decoder
         .parse_encoded(body, coding, s.config.max_body_bytes, move |b: &[u8]| {
             request::decode(b, &signature, max_elements).map_err(ApiError::from)
@@ -130,15 +131,20 @@ async fn predict(
         e
     };
     let answer = infer::run(s, call).await.map_err(failed)?;
-    let per_row = answer::per_row(&meta, &answer.outputs, rows).map_err(|(ours, m)| {
-        failed(if ours {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
-        } else {
-            ApiError::bad_request(m)
-        })
-    })?;
-    let predictions = answer::Predictions::new(answer.outputs, per_row, rows)
-        .map_err(|m| failed(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)))?;
+    let too_big = |m| failed(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m));
+    let predictions = match form {
+        request::Form::Rows(rows) => {
+            let per_row = answer::per_row(&meta, &answer.outputs, rows).map_err(|(ours, m)| {
+                failed(if ours {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+                } else {
+                    ApiError::bad_request(m)
+                })
+            })?;
+            answer::Predictions::new(answer.outputs, per_row, rows).map_err(too_big)?
+        }
+        request::Form::Columns => answer::Predictions::columns(answer.outputs).map_err(too_big)?,
+    };
     let json_bytes = predictions.json_size();
     let written = write_answer(s, headers, json_bytes, 0, move || {
         let body = serde_json::to_vec(&predictions)?;

@@ -1,5 +1,5 @@
-//! KServe's v1 protocol requests (TensorFlow Serving's row format) as kiln tensors:
-//! `{"instances": [...]}` in.
+//! KServe's v1 protocol requests (TensorFlow Serving's) as kiln tensors: rows,
+//! `{"instances": [...]}`, or columns, `{"inputs": ...}`.
 //!
 //! Why: the v1 protocol is what a KServe transformer calls its predictor with unless told
 //! otherwise (`--predictor_protocol` defaults to `v1`), and what KServe's own predictors and
@@ -11,69 +11,144 @@
 //!   scalar); a model with several takes objects naming every input (`{"x": …, "mask": …}`).
 //! - An instance must be rectangular, and every instance of an input the same shape: a
 //!   ragged one is refused with its shape, not padded.
+//! - TensorFlow Serving's columnar form sends each input's whole tensor instead
+//!   (`{"inputs": {"x": …, "state": …}}`, or `{"inputs": …}` for one input), so inputs that are
+//!   not rows (a recurrent model's state, a scalar) can be sent too; it is answered in kind
+//!   (`answer`).
 //! - Values are read by the same readers as v2 `data` (`json_data`, so the same refusals and
-//!   the same numbers).
+//!   the same numbers). A `BYTES` value may also be a binary value, `{"b64": "..."}`
+//!   (TensorFlow Serving's), whose bytes must be UTF-8 text, as kiln's strings are.
+//!
+//! `inputs` as a list is the columnar form of a one-input model, whose tensor is the list,
+//! so it is the same tensor KServe's own predictors (which read a list `inputs` as
+//! `instances`) make of it; only the answer's key differs (`outputs`, as TensorFlow Serving
+//! answers columns).
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::shape::shape_of;
+use super::shape::{is_binary, shape_of};
+use crate::http::json_data::Binary;
 use crate::http::json_fields::MAX_DIMS;
 use crate::http::protocol::{self, InputError};
-use crate::{ModelMetadata, NamedTensors, Tensor, TensorInfo};
+use crate::{ElementType, ModelMetadata, NamedTensors, Tensor, TensorData, TensorInfo};
 
-/// A v1 predict request: the rows, as one text. Other fields (`signature_name`, `parameters`)
-/// are not read.
+/// A v1 predict request: the rows, or the whole tensors, as one text. Other fields
+/// (`signature_name`, `parameters`) are not read.
 #[derive(Deserialize)]
 struct Predict<'a> {
     #[serde(borrow, default)]
     instances: Option<&'a RawValue>,
-    /// TensorFlow Serving's columnar form, refused by name.
+    /// TensorFlow Serving's columnar form.
     #[serde(borrow, default)]
     inputs: Option<&'a RawValue>,
 }
 
+/// What a v1 predict request sent, which says how it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `{"instances": [...]}`, this many: answered `{"predictions": [...]}`, one per instance.
+    Rows(usize),
+    /// `{"inputs": ...}`, TensorFlow Serving's columnar form: each input's whole tensor,
+    /// answered `{"outputs": ...}` with each output's whole tensor.
+    Columns,
+}
+
 /// The input tensors of a v1 predict `body` for the model `meta` describes, each at most
-/// `max_elements` elements, and the number of instances.
+/// `max_elements` elements, and the form they came in.
+///
+/// - `{"instances": [...]}`: rows, stacked into one tensor per input (see the module doc).
+/// - `{"inputs": {"x": …, "mask": …}}`: TensorFlow Serving's columnar form, each input's whole
+///   tensor by name (its dim 0 is the batch, if it has one: inputs of other shapes, such as a
+///   recurrent model's state, can be sent only this way); `{"inputs": …}`, not an object, for a
+///   model with one input.
 ///
 /// Memory: a model with one input takes the whole `instances` array as its tensor's nested
-/// values, read once as v2 reads `data`. Objects are walked once to check their names and
-/// shapes, then once per input to read its values straight into its tensor, sized from the
-/// first walk: nothing per instance is kept between instances.
+/// values, read once as v2 reads `data`; so are columns. Objects are walked once to check
+/// their names and shapes, then once per input to read its values straight into its tensor,
+/// sized from the first walk: nothing per instance is kept between instances.
 ///
 /// # Errors
-/// [`InputError::Invalid`] (400) for a body that is not `{"instances": [...]}` with at least one
-/// instance, an instance that does not name the inputs, a ragged instance or instances of
-/// different shapes, values that are not the input's type; [`InputError::TooLarge`] (413) for an
-/// input over `max_elements`.
+/// [`InputError::Invalid`] (400) for a body that is neither form (or both), no instances, an
+/// instance or a column object that does not name the inputs, a ragged instance or instances
+/// of different shapes, values that are not the input's type; [`InputError::TooLarge`] (413)
+/// for an input over `max_elements`.
 pub(crate) fn decode(
     body: &[u8],
     meta: &ModelMetadata,
     max_elements: usize,
-) -> Result<(NamedTensors, usize), InputError> {
+) -> Result<(NamedTensors, Form), InputError> {
     let bad = |m: String| InputError::Invalid(m);
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(bad("malformed request body: not a JSON object".into()));
     }
     let request: Predict =
         serde_json::from_slice(body).map_err(|e| bad(format!("malformed request body: {e}")))?;
-    let instances = match (request.instances, request.inputs) {
-        (Some(_), Some(_)) => {
-            return Err(bad(
-                "the body has both `instances` and `inputs`: send the rows as `instances`".into(),
-            ))
+    match (request.instances, request.inputs) {
+        (Some(_), Some(_)) => Err(bad(
+            "the body has both `instances` (rows) and `inputs` (columns): send one".into(),
+        )),
+        (Some(instances), None) => {
+            rows(instances.get(), meta, max_elements).map(|(t, n)| (t, Form::Rows(n)))
         }
-        (Some(i), None) => i.get(),
-        (None, Some(_)) => {
-            return Err(bad(
-                "the v1 protocol here takes rows (`instances`); for whole tensors use the v2 \
-                 protocol (POST /v2/models/{model}/infer)"
-                    .into(),
-            ))
+        (None, Some(inputs)) => {
+            columns(inputs.get(), meta, max_elements).map(|t| (t, Form::Columns))
         }
-        (None, None) => return Err(bad("the body must be {\"instances\": [...]}".into())),
+        (None, None) => Err(bad(
+            "the body must be {\"instances\": [...]} (rows) or {\"inputs\": ...} (columns)".into(),
+        )),
+    }
+}
+
+/// The tensors of TensorFlow Serving's columnar `inputs`: an object naming every input's
+/// whole tensor, or (not an object, or a binary value) the one input's.
+fn columns(
+    inputs: &str,
+    meta: &ModelMetadata,
+    max_elements: usize,
+) -> Result<NamedTensors, InputError> {
+    let whole = |info: &TensorInfo, text: &str| {
+        let shape = shape_of(text, MAX_DIMS)
+            .map_err(|m| InputError::Invalid(format!("input `{}`: `inputs` {m}", info.name)))?;
+        let tensor = stacked(info, shape, max_elements, &mut |each| each(text))?;
+        Ok((info.name.clone(), tensor))
     };
+    if !inputs.starts_with('{') || is_binary(inputs) {
+        return match &meta.inputs[..] {
+            [only] => Ok(vec![whole(only, inputs)?]),
+            many => Err(InputError::Invalid(format!(
+                "the model has {} inputs: name each in `inputs`, {{\"{}\": …}}",
+                many.len(),
+                many.iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\": …, \"")
+            ))),
+        };
+    }
+    let names: Vec<&str> = meta.inputs.iter().map(|t| t.name.as_str()).collect();
+    let values =
+        named(inputs, &names).map_err(|m| InputError::Invalid(format!("`inputs`: {m}")))?;
+    meta.inputs
+        .iter()
+        .zip(values)
+        .map(|(info, value)| {
+            let value = value.ok_or_else(|| {
+                InputError::Invalid(format!("`inputs`: input `{}` is missing", info.name))
+            })?;
+            whole(info, value.get())
+        })
+        .collect()
+}
+
+/// The tensors of `instances`, rows stacked (see the module doc), and how many rows.
+fn rows(
+    instances: &str,
+    meta: &ModelMetadata,
+    max_elements: usize,
+) -> Result<(NamedTensors, usize), InputError> {
+    let bad = |m: String| InputError::Invalid(m);
     let Some(inner) = instances.strip_prefix('[') else {
         return Err(bad(
             "`instances` must be an array, one instance per row".into()
@@ -84,7 +159,7 @@ pub(crate) fn decode(
         return Err(bad("`instances` is empty: send one instance per row".into()));
     }
     if let [only] = &meta.inputs[..] {
-        if !first.starts_with('{') {
+        if !first.starts_with('{') || is_binary(first) {
             // The rows stacked are the array itself.
             let shape = shape_of(instances, MAX_DIMS).map_err(|m| {
                 // Refused: the first instance at fault, named (a second walk, on this path
@@ -185,10 +260,11 @@ fn named<'a>(text: &'a str, names: &[&str]) -> Result<Vec<Option<&'a RawValue>>,
                         continue;
                     }
                     Ok(j) => format!("input `{}` is named twice", self.names[j]),
-                    Err(key) if key == "b64" => "binary values (`{\"b64\": …}`) are not served: \
-                                                 kiln's BYTES are UTF-8 strings, sent as JSON \
-                                                 strings"
-                        .to_owned(),
+                    Err(key) if key == "b64" => format!(
+                        "a binary value ({{\"b64\": …}}) where an object naming the inputs \
+                         {:?} belongs",
+                        self.names
+                    ),
                     Err(key) => {
                         format!("unknown input `{key}`; the inputs are {:?}", self.names)
                     }
@@ -263,14 +339,20 @@ fn stacked(
         .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
         .collect();
     let (shape, elements) = protocol::checked_shape(name, &dims, max_elements)?;
-    let data = protocol::typed_data(
-        protocol::datatype(info.element_type),
-        texts,
-        &shape,
-        elements,
-        elements,
-    )
-    .map_err(bad)?;
+    let data = if info.element_type == ElementType::String {
+        // Strings may come as binary values too (TensorFlow Serving's `{"b64": …}`).
+        let binary = protocol::values::<Binary>(texts, &shape, elements, elements).map_err(bad)?;
+        TensorData::String(binary.into_iter().map(|b| b.0).collect())
+    } else {
+        protocol::typed_data(
+            protocol::datatype(info.element_type),
+            texts,
+            &shape,
+            elements,
+            elements,
+        )
+        .map_err(bad)?
+    };
     Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
 }
 
@@ -322,7 +404,7 @@ mod tests {
     use crate::tensor::TensorSlice;
     use crate::ElementType;
 
-    fn refusal(r: Result<(NamedTensors, usize), InputError>) -> String {
+    fn refusal(r: Result<(NamedTensors, Form), InputError>) -> String {
         match r {
             Err(InputError::Invalid(m) | InputError::TooLarge(m)) => m,
             Ok(t) => panic!("accepted: {t:?}"),
@@ -335,9 +417,9 @@ mod tests {
             vec![info("x", ElementType::F32, &[None, Some(2)])],
             vec![info("y", ElementType::F32, &[None])],
         );
-        let (t, rows) =
+        let (t, form) =
             decode(br#"{"instances": [[1, 2.5], [3, 4]]}"#, &one, 100).expect("decoded");
-        assert_eq!(rows, 2);
+        assert_eq!(form, Form::Rows(2));
         assert_eq!(t[0].0, "x");
         assert_eq!(t[0].1.shape(), [2, 2]);
         assert_eq!(t[0].1.data(), TensorSlice::F32(&[1.0, 2.5, 3.0, 4.0][..]));
@@ -384,7 +466,6 @@ mod tests {
         let m = |body: &str, meta: &ModelMetadata| refusal(decode(body.as_bytes(), meta, 8));
         assert!(m("[1]", &one).contains("malformed"));
         assert!(m(r#"{"instances": []}"#, &one).contains("empty"));
-        assert!(m(r#"{"inputs": [[1]]}"#, &one).contains("v2"));
         assert!(m(r#"{"instances": 3}"#, &one).contains("must be an array"));
         assert!(m("{}", &one).contains("instances"));
         let s = m(r#"{"instances": [[1, 2], [3]]}"#, &one);
@@ -398,7 +479,8 @@ mod tests {
         assert!(m(r#"{"instances": [1]}"#, &two).contains("instance 0: not an object naming"));
         assert!(m(r#"{"instances": [{"a": 1, "b": 2}, 3]}"#, &two).contains("instance 1: not"));
         assert!(m(r#"{"instances": [{"a": 1, "a": 2, "b": 3}]}"#, &two).contains("named twice"));
-        assert!(m(r#"{"instances": [{"b64": "AAAA"}]}"#, &one).contains("UTF-8 strings"));
+        assert!(m(r#"{"instances": [{"b64": "AAAA"}]}"#, &one).contains("is not a int32"));
+        assert!(m(r#"{"instances": [{"b64": "AAAA"}]}"#, &two).contains("binary value"));
         assert!(m(r#"{"instances": [[1]], "inputs": [[1]]}"#, &one).contains("both"));
         // Escaped names are names.
         assert!(decode(br#"{"instances": [{"\u0061": 1, "b": 2}]}"#, &two, 8).is_ok());
@@ -426,6 +508,7 @@ mod tests {
             (-3i64..3).prop_map(serde_json::Value::from),
             (-2.0f64..2.0).prop_map(serde_json::Value::from),
             "[\\[\\]{}\",\\\\a x]{0,4}".prop_map(serde_json::Value::from),
+            "[A-Za-z0-9+/=!]{0,8}".prop_map(|t| serde_json::json!({ "b64": t })),
         ];
         leaf.prop_recursive(4, 48, 4, |inner| {
             prop_oneof![
@@ -434,6 +517,98 @@ mod tests {
                     .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    /// The `instances` of a body made by the proptest.
+    fn body_value(body: &str) -> serde_json::Value {
+        let body: serde_json::Value = serde_json::from_str(body).expect("json");
+        body["instances"].clone()
+    }
+
+    #[test]
+    fn columns_are_whole_tensors_by_name() {
+        let two = meta(
+            vec![
+                info("x", ElementType::F32, &[Some(1), Some(2)]),
+                info("state", ElementType::F32, &[Some(2)]),
+            ],
+            vec![],
+        );
+        let (t, form) = decode(
+            br#"{"inputs": {"state": [0.5, 1], "x": [[1, 2]]}}"#,
+            &two,
+            100,
+        )
+        .expect("two");
+        assert_eq!(form, Form::Columns);
+        assert_eq!((t[0].0.as_str(), t[0].1.shape()), ("x", &[1, 2][..]));
+        assert_eq!((t[1].0.as_str(), t[1].1.shape()), ("state", &[2][..]));
+        assert_eq!(t[1].1.data(), TensorSlice::F32(&[0.5, 1.0][..]));
+        // One input: its value, bare; a list is its whole tensor, a scalar a scalar.
+        let one = meta(vec![info("x", ElementType::F32, &[None, Some(2)])], vec![]);
+        let (t, _) = decode(br#"{"inputs": [[1, 2.5], [3, 4]]}"#, &one, 100).expect("list");
+        assert_eq!(t[0].1.shape(), [2, 2]);
+        let scalar = meta(vec![info("s", ElementType::I64, &[])], vec![]);
+        let (t, _) = decode(br#"{"inputs": 7}"#, &scalar, 100).expect("scalar");
+        assert_eq!(t[0].1.shape(), [0usize; 0]);
+        assert_eq!(t[0].1.data(), TensorSlice::I64(&[7][..]));
+        let m = |body: &str, meta: &ModelMetadata| refusal(decode(body.as_bytes(), meta, 8));
+        let s = m(r#"{"inputs": [[1, 2]]}"#, &two);
+        assert!(
+            s.contains(r#"2 inputs: name each in `inputs`, {"x": …, "state": …}"#),
+            "{s}"
+        );
+        assert!(m(r#"{"inputs": {"x": [[1, 2]]}}"#, &two).contains("`state` is missing"));
+        let s = m(
+            r#"{"inputs": {"x": [[1, 2]], "state": [1, 2], "z": 1}}"#,
+            &two,
+        );
+        assert!(s.contains("unknown input `z`"), "{s}");
+        let s = m(r#"{"inputs": {"x": [[1], [2, 3]], "state": [1, 2]}}"#, &two);
+        assert!(s.contains("input `x`: `inputs` is not a tensor"), "{s}");
+        assert!(m(r#"{"inputs": [[1, 2, 3], [4, 5, 6], [7, 8, 9]]}"#, &one).contains("limit"));
+        assert!(m(r#"{"inputs": {"x": [[1, "a"]], "state": [1, 2]}}"#, &two).contains("\"a\""));
+    }
+
+    #[test]
+    fn binary_values_are_strings_of_their_bytes() {
+        let text = meta(vec![info("t", ElementType::String, &[None])], vec![]);
+        let strings = |body: &str, meta: &ModelMetadata| {
+            let (t, _) = decode(body.as_bytes(), meta, 100).expect("decoded");
+            match t[t.len() - 1].1.data() {
+                TensorSlice::String(v) => v.to_vec(),
+                other => panic!("{other:?}"),
+            }
+        };
+        // Padded or not, spaced or not, beside plain strings.
+        let body = r#"{"instances": [{"b64": "Y2F0"}, "dog", { "b64" : "w7w" }, {"b64": "w7w="}]}"#;
+        assert_eq!(strings(body, &text), ["cat", "dog", "ü", "ü"]);
+        assert_eq!(strings(r#"{"inputs": [{"b64": "Y2F0"}]}"#, &text), ["cat"]);
+        assert_eq!(
+            strings(
+                r#"{"inputs": {"b64": "Y2F0"}}"#,
+                &meta(vec![info("t", ElementType::String, &[])], vec![])
+            ),
+            ["cat"]
+        );
+        let named = meta(
+            vec![
+                info("ids", ElementType::I64, &[None]),
+                info("t", ElementType::String, &[None, None]),
+            ],
+            vec![],
+        );
+        let body = r#"{"instances": [{"ids": 1, "t": [{"b64": "Y2F0"}, "x"]}]}"#;
+        assert_eq!(strings(body, &named), ["cat", "x"]);
+        let m = |body: &str| refusal(decode(body.as_bytes(), &text, 8));
+        // Not UTF-8, a NUL, not base64: refused, saying what a binary value must hold.
+        for b64 in ["/w==", "AA==", "!!"] {
+            let s = m(&format!(r#"{{"instances": [{{"b64": "{b64}"}}]}}"#));
+            assert!(s.contains("base64 of UTF-8 text"), "{s}");
+        }
+        // An object with more than `b64` is no binary value.
+        assert!(m(r#"{"instances": [{"b64": "Y2F0", "x": 1}]}"#).contains("naming the inputs"));
+        assert!(m(r#"{"instances": ["a", {"b64": "Y2F0", "x": 1}]}"#).contains("object"));
     }
 
     proptest::proptest! {
@@ -453,10 +628,19 @@ mod tests {
             let instances = if wrap { serde_json::Value::from(vec![instances]) } else { instances };
             let body = serde_json::json!({ "instances": instances }).to_string();
             for m in [&one, &two] {
-                if let Ok((tensors, rows)) = decode(body.as_bytes(), m, 1 << 12) {
+                if let Ok((tensors, form)) = decode(body.as_bytes(), m, 1 << 12) {
                     proptest::prop_assert_eq!(tensors.len(), m.inputs.len());
                     for (_, t) in &tensors {
-                        proptest::prop_assert_eq!(t.shape()[0], rows);
+                        proptest::prop_assert_eq!(Form::Rows(t.shape()[0]), form);
+                        proptest::prop_assert_eq!(t.len(), t.shape().iter().product::<usize>());
+                    }
+                }
+                // The same value as columns: whole tensors, or refused.
+                let body = serde_json::json!({ "inputs": body_value(&body) }).to_string();
+                if let Ok((tensors, form)) = decode(body.as_bytes(), m, 1 << 12) {
+                    proptest::prop_assert_eq!(form, Form::Columns);
+                    proptest::prop_assert_eq!(tensors.len(), m.inputs.len());
+                    for (_, t) in &tensors {
                         proptest::prop_assert_eq!(t.len(), t.shape().iter().product::<usize>());
                     }
                 }

@@ -1,14 +1,14 @@
 //! The shape of a JSON value read as a tensor — its arrays' lengths, outermost first — found
 //! by one scan of its text, before any value is read: v1 bodies name no shapes, so the shape
 //! is what the nesting says, and a ragged value is refused with where it is ragged rather than
-//! padded or flattened.
+//! padded or flattened. TensorFlow Serving's binary value, `{"b64": "..."}`, is one value.
 
 /// The shape of one JSON value (valid JSON, as serde found it): its arrays' lengths, outermost
 /// first; `[]` for a scalar.
 ///
 /// # Errors
 /// Why it is not a tensor, as a phrase after "instance N": ragged arrays, values at different
-/// depths, an object, nesting past `max_rank` arrays.
+/// depths, an object (other than a binary value), nesting past `max_rank` arrays.
 pub(super) fn shape_of(raw: &str, max_rank: usize) -> Result<Vec<usize>, String> {
     let b = raw.as_bytes();
     // The length of the arrays at each depth, once one has closed there.
@@ -52,9 +52,11 @@ pub(super) fn shape_of(raw: &str, max_rank: usize) -> Result<Vec<usize>, String>
                 }
                 i += 1;
             }
-            b'{' => {
+            b'{' if binary_end(b, i).is_none() => {
                 return Err(
-                    "holds an object: tensor values are numbers, booleans or strings".to_owned(),
+                    "holds an object: tensor values are numbers, booleans, strings \
+                            or binary values ({\"b64\": \"...\"})"
+                        .to_owned(),
                 )
             }
             _ => {
@@ -77,8 +79,38 @@ pub(super) fn shape_of(raw: &str, max_rank: usize) -> Result<Vec<usize>, String>
     Ok(dims.into_iter().map(Option::unwrap_or_default).collect())
 }
 
-/// The index after the value (a string or a literal) starting at `b[i]`.
+/// Whether `text` (valid JSON) starts with a binary value, `{"b64": "..."}`.
+pub(super) fn is_binary(text: &str) -> bool {
+    binary_end(text.as_bytes(), 0).is_some()
+}
+
+/// The index after the binary value `{"b64": "..."}` starting at `b[i]` (valid JSON), if that
+/// is what starts there; `None` for any other value.
+fn binary_end(b: &[u8], i: usize) -> Option<usize> {
+    let blank = |mut i: usize| {
+        while b.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let expect = |i: usize, what: &[u8]| b.get(i..i + what.len()).filter(|t| *t == what).map(drop);
+    expect(i, b"{")?;
+    let i = blank(i + 1);
+    expect(i, b"\"b64\"")?;
+    let i = blank(i + 5);
+    expect(i, b":")?;
+    let i = blank(i + 1);
+    expect(i, b"\"")?;
+    let i = blank(leaf_end(b, i));
+    expect(i, b"}")?;
+    Some(i + 1)
+}
+
+/// The index after the value (a string, a literal or a binary value) starting at `b[i]`.
 fn leaf_end(b: &[u8], mut i: usize) -> usize {
+    if let Some(end) = binary_end(b, i) {
+        return end;
+    }
     if b[i] == b'"' {
         i += 1;
         while let Some(&c) = b.get(i) {
@@ -132,6 +164,24 @@ mod tests {
         assert!(shape_of("[{\"a\":1}]")
             .expect_err("object")
             .contains("object"));
+        // Binary values are values; other objects are not.
+        assert_eq!(shape_of(r#"{"b64": "Y2F0"}"#), Ok(vec![]));
+        assert_eq!(
+            shape_of(r#"[[{ "b64" : "a}\"" }, "x"], [{"b64":""}, 1]]"#),
+            Ok(vec![2, 2])
+        );
+        assert!(super::is_binary(r#"{"b64": "Y2F0"} ,"#));
+        for object in [
+            r#"[{"b64": "Y2F0", "x": 1}]"#,
+            r#"[{"b64": 1}]"#,
+            r#"[{"x": "Y2F0"}]"#,
+            r#"[{}]"#,
+        ] {
+            assert!(
+                shape_of(object).expect_err(object).contains("object"),
+                "{object}"
+            );
+        }
         let deep = format!("{}1{}", "[".repeat(MAX_DIMS + 1), "]".repeat(MAX_DIMS + 1));
         assert!(shape_of(&deep).expect_err("deep").contains("deep"));
     }
