@@ -27,3 +27,26 @@ def check_close(model, name, got, want, tol):
         assert (err <= 0).all(), f"{model}/{name}: off by {err.max()} over tolerance"
     else:
         assert (got == want).all(), f"{model}/{name}: integers differ"
+
+
+def check_classes(model, name, got, want, tol, batched, k):
+    """Triton's classification extension: `got` (BYTES, "value:index") must be the top `k`
+    classes of the golden output `want`, highest first: per row of dim 0 for a batched model
+    (each row's other elements flattened), of the whole output otherwise, `k` cut to the
+    classes there are. Each value is within the model's tolerance (and the six decimals
+    Triton writes) of the golden value at its index and of the golden value of that rank, so
+    equal values may come in either order."""
+    per_row = batched and want.ndim > 0
+    rows = want.reshape(want.shape[0], -1) if per_row else want.reshape(1, -1)
+    kk = min(k, rows.shape[1])
+    shape = (rows.shape[0], kk) if per_row else (kk,)
+    assert got.shape == shape, f"{model}/{name}: classes of shape {got.shape}, not {shape}"
+    for r, row in enumerate(rows.astype(np.float64)):
+        ranked = np.sort(row)[::-1][:kk]
+        for j, s in enumerate(got.reshape(rows.shape[0], kk)[r]):
+            text = s.decode() if isinstance(s, bytes) else s
+            value, index = text.split(":")
+            value, index = float(value), int(index)
+            slack = tol[0] + tol[1] * abs(ranked[j]) + 1e-6
+            assert abs(value - ranked[j]) <= slack, f"{model}/{name}: class {j} is {text}"
+            assert abs(row[index] - value) <= slack, f"{model}/{name}: {text} vs {row[index]}"

@@ -2,8 +2,9 @@
 """Triton's own HTTP client (`tritonclient[http]`, pinned in scripts/requirements.txt) against
 a running kiln-server that serves the real-model corpus: health, server and model metadata,
 model config, inference with JSON and with binary tensors (plain, and gzip and deflate both
-ways) compared to Python onnxruntime's golden outputs, output selection with binary_data, the
-request's timeout parameter, and the errors the client parses.
+ways) compared to Python onnxruntime's golden outputs, output selection with binary_data,
+Triton's classification extension (class_count), the request's timeout parameter, and the
+errors the client parses.
 
 Usage: triton_client.py HOST:PORT CORPUS_DIR MODEL [MODEL ...]
 Exits non-zero with a message on the first check that fails.
@@ -15,7 +16,7 @@ import sys
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from corpus_golden import DTYPES, check_close, load_golden
+from corpus_golden import DTYPES, check_classes, check_close, load_golden
 
 
 def main():
@@ -28,7 +29,7 @@ def main():
     meta = client.get_server_metadata()
     assert meta["name"] == "kiln", meta
     for ext in ("model_repository", "model_configuration", "binary_tensor_data",
-                "schedule_policy"):
+                "schedule_policy", "classification"):
         assert ext in meta["extensions"], meta
 
     for model in models:
@@ -79,6 +80,17 @@ def main():
         assert names == [first], names
         check_close(model, first, result.as_numpy(first), outputs[first], tol)
 
+        # Triton's classification extension (class_count): the first output's top classes,
+        # as JSON and as binary data, beside the other outputs' values.
+        for binary in (False, True):
+            wanted = [httpclient.InferRequestedOutput(first, binary_data=binary, class_count=3)]
+            wanted += [httpclient.InferRequestedOutput(n, binary_data=binary)
+                       for n in list(outputs)[1:]]
+            result = client.infer(model, req, outputs=wanted)
+            check_classes(model, first, result.as_numpy(first), outputs[first], tol, batched, 3)
+            for name in list(outputs)[1:]:
+                check_close(model, name, result.as_numpy(name), outputs[name], tol)
+
         # A bad shape: the client raises with the server's 400 and message.
         name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
         bad = value.reshape(-1)[: max(value.size - 1, 1)]
@@ -96,7 +108,8 @@ def main():
         except InferenceServerException as e:
             assert e.status() == "400", (model, e.status(), e.message())
             assert name in e.message(), e.message()
-        print(f"triton_client: {model} ok (metadata, config, JSON, binary, compressed, outputs, errors)")
+        print(f"triton_client: {model} ok (metadata, config, JSON, binary, compressed, outputs, "
+              "classes, errors)")
 
     try:
         client.get_model_metadata("no-such-model")

@@ -3,7 +3,8 @@
 a running kiln-server that serves the real-model corpus: health, server and model metadata,
 model config, inference with raw contents (what the client sends; plain, gzip and deflate)
 and with typed contents (what KServe's clients send, through the client's own generated stub)
-compared to Python onnxruntime's golden outputs, output selection, statistics, the repository
+compared to Python onnxruntime's golden outputs, output selection, Triton's classification
+extension (class_count), statistics, the repository
 index, deadlines (grpc-timeout and the request's timeout parameter), the admin rule, the gRPC
 status codes the client parses, grpc.health.v1 as a Kubernetes probe calls it, and streaming
 inference (ModelStreamInfer) through the client's start_stream / async_stream_infer, plain and
@@ -23,7 +24,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from corpus_golden import DTYPES, check_close, load_golden
+from corpus_golden import DTYPES, check_classes, check_close, load_golden
 
 TYPED_FIELD = {"FP32": "fp32_contents", "INT64": "int64_contents", "INT32": "int_contents"}
 
@@ -61,7 +62,7 @@ def main():
     meta = client.get_server_metadata(as_json=True)
     assert meta["name"] == "kiln", meta
     for ext in ("model_repository", "model_configuration", "binary_tensor_data", "statistics",
-                "schedule_policy"):
+                "schedule_policy", "classification"):
         assert ext in meta["extensions"], meta
 
     channel = grpc.insecure_channel(url, options=[("grpc.max_receive_message_length", 64 << 20)])
@@ -131,6 +132,15 @@ def main():
         assert names == [first], names
         check_close(model, first, result.as_numpy(first), outputs[first], tol)
 
+        # Triton's classification extension (class_count): the first output's top classes,
+        # beside the other outputs' values.
+        wanted = [grpcclient.InferRequestedOutput(first, class_count=3)]
+        wanted += [grpcclient.InferRequestedOutput(n) for n in list(outputs)[1:]]
+        result = client.infer(model, req, outputs=wanted)
+        check_classes(model, first, result.as_numpy(first), outputs[first], tol, batched, 3)
+        for name in list(outputs)[1:]:
+            check_close(model, name, result.as_numpy(name), outputs[name], tol)
+
         # A wrong rank: INVALID_ARGUMENT naming the input.
         name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
         t = grpcclient.InferInput(name, [1] * (value.ndim + 1), DTYPES[str(value.dtype)])
@@ -148,7 +158,8 @@ def main():
         assert len(stats) == 1 and stats[0]["name"] == model, stats
         assert int(stats[0]["inference_count"]) >= 3, stats
         assert int(stats[0]["inference_stats"]["success"]["count"]) >= 3, stats
-        print(f"triton_grpc: {model} ok (metadata, config, raw, compressed, typed, outputs, errors, stats)")
+        print(f"triton_grpc: {model} ok (metadata, config, raw, compressed, typed, outputs, classes, "
+              "errors, stats)")
 
     index = client.get_model_repository_index(as_json=True)["models"]
     assert set(models) <= {m["name"] for m in index}, index

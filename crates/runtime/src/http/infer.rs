@@ -1,12 +1,13 @@
 //! The one inference path of both protocols. REST (`routes`) and gRPC (`grpc`) differ only in
 //! how a request's tensors arrive and how the answer is written; finding the model, checking
-//! the version, the deadline, running, choosing the outputs asked for and logging a failure
-//! are here, once, so the two cannot drift apart.
+//! the version, the deadline, running, choosing the outputs asked for (and classifying them,
+//! `classify`) and logging a failure are here, once, so the two cannot drift apart.
 
 use std::time::Duration;
 
 use crate::NamedTensors;
 
+use crate::http::classify;
 use crate::http::error::ApiError;
 use crate::http::models::find;
 use crate::http::routes::AppState;
@@ -20,11 +21,20 @@ pub(crate) struct Call<'a> {
     /// Input tensors.
     pub(crate) inputs: NamedTensors,
     /// Outputs asked for; every output when empty.
-    pub(crate) outputs: Vec<String>,
+    pub(crate) outputs: Vec<Wanted>,
     /// The client's deadline ([`deadline`]), if it set one.
     pub(crate) timeout: Option<Duration>,
     /// The request's `priority` parameter, Triton's numbering ([`level`]).
     pub(crate) priority: Option<u64>,
+}
+
+/// An output a call asks for.
+pub(crate) struct Wanted {
+    /// Its name.
+    pub(crate) name: String,
+    /// Its `classification` parameter: its top classes instead of its values
+    /// ([`classify::top_k`]).
+    pub(crate) classes: Option<u64>,
 }
 
 /// A request's deadline: the earlier of the transport's (`kiln-timeout-ms`, gRPC's
@@ -75,22 +85,36 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         request = request.with_priority(level(call.priority, levels));
     }
     let version = handle.current_version();
+    let batched = handle.metadata().is_some_and(|m| m.batch_dim);
     let outputs = handle.infer(request).await?;
     if let Some(unknown) = call
         .outputs
         .iter()
-        .find(|w| !outputs.iter().any(|(n, _)| n == *w))
+        .find(|w| !outputs.iter().any(|(n, _)| *n == w.name))
     {
         return Err(ApiError::bad_request(format!(
-            "unknown output `{unknown}`; the outputs are {:?}",
+            "unknown output `{}`; the outputs are {:?}",
+            unknown.name,
             outputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
         )));
     }
-    let outputs = outputs
-        .into_iter()
-        .filter(|(n, _)| call.outputs.is_empty() || call.outputs.contains(n))
-        .collect();
-    Ok(Answer { version, outputs })
+    let mut answered = Vec::with_capacity(outputs.len());
+    for (name, tensor) in outputs {
+        let wanted = call.outputs.iter().find(|w| w.name == name);
+        if !call.outputs.is_empty() && wanted.is_none() {
+            continue;
+        }
+        let tensor = match wanted.and_then(|w| w.classes) {
+            Some(k) => classify::top_k(&tensor, k, batched)
+                .map_err(|m| ApiError::bad_request(format!("output `{name}`: {m}")))?,
+            None => tensor,
+        };
+        answered.push((name, tensor));
+    }
+    Ok(Answer {
+        version,
+        outputs: answered,
+    })
 }
 
 /// One log line for a failed inference request: client errors (4xx) at debug, server-side

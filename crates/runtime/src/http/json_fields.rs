@@ -3,7 +3,8 @@
 //! as the same array in `data` did) and `shape` (8 bytes a dim, twice over).
 //!
 //! [`Parameters`] keeps the parameters kiln reads (`binary_data_size`, `binary_data`,
-//! `binary_data_output`, `timeout`, `priority`) and skips every other one unread;
+//! `binary_data_output`, `timeout`, `priority`, `classification`) and skips every other one
+//! unread;
 //! [`dims`] stops a shape at [`MAX_DIMS`].
 
 use std::fmt;
@@ -59,6 +60,9 @@ pub struct Parameters {
     /// The request's `priority` (Triton's schedule-policy parameter, what `tritonclient`'s
     /// `infer(priority=…)` sends): 1 is the highest level, 0 the default.
     pub priority: Option<u64>,
+    /// An output's `classification`: answer its top classes instead of its values (Triton's
+    /// classification extension, what `tritonclient`'s `class_count` sends).
+    pub classification: Option<u64>,
 }
 
 impl<'de> Deserialize<'de> for Parameters {
@@ -88,6 +92,7 @@ impl<'de> Visitor<'de> for ParametersVisitor {
                 }
                 Key::Timeout => p.timeout = map.next_value::<Scalar>()?.u64(),
                 Key::Priority => p.priority = map.next_value::<Scalar>()?.u64(),
+                Key::Classification => p.classification = map.next_value::<Scalar>()?.u64(),
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -132,6 +137,7 @@ enum Key {
     BinaryDataOutput,
     Timeout,
     Priority,
+    Classification,
     Other,
 }
 
@@ -150,6 +156,7 @@ impl<'de> Deserialize<'de> for Key {
                     "binary_data_output" => Key::BinaryDataOutput,
                     "timeout" => Key::Timeout,
                     "priority" => Key::Priority,
+                    "classification" => Key::Classification,
                     _ => Key::Other,
                 })
             }
@@ -227,7 +234,7 @@ mod tests {
         let p = |json: &str| serde_json::from_str::<Parameters>(json).expect(json);
         assert_eq!(
             p(
-                r#"{"binary_data_size": 8, "pad": [[1, 2], {"a": "b"}], "binary_data": true, "binary_data_output": false, "timeout": 1500, "priority": 2}"#
+                r#"{"binary_data_size": 8, "pad": [[1, 2], {"a": "b"}], "binary_data": true, "binary_data_output": false, "timeout": 1500, "priority": 2, "classification": 3}"#
             ),
             Parameters {
                 binary_data_size: Some(8),
@@ -235,6 +242,7 @@ mod tests {
                 binary_data_output: Some(false),
                 timeout: Some(1500),
                 priority: Some(2),
+                classification: Some(3),
             }
         );
         // Of another type: absent, as `as_u64` / `as_bool` saw it; the last repeat wins.

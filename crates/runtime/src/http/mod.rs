@@ -59,6 +59,7 @@
 
 mod admin;
 mod body_pool;
+mod classify;
 mod compression;
 mod decode;
 pub mod error;

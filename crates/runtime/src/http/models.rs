@@ -108,13 +108,15 @@ pub(crate) fn server_is_ready(s: &AppState) -> bool {
 }
 
 /// The extensions of the v2 protocol this server implements (`GET /v2`, gRPC
-/// `ServerMetadata`); `schedule_policy` is the request's `priority` and `timeout` parameters.
-pub(crate) const EXTENSIONS: [&str; 5] = [
+/// `ServerMetadata`); `schedule_policy` is the request's `priority` and `timeout` parameters,
+/// `classification` an output's (`classify`).
+pub(crate) const EXTENSIONS: [&str; 6] = [
     "model_repository",
     "model_configuration",
     "statistics",
     "binary_tensor_data",
     "schedule_policy",
+    "classification",
 ];
 
 /// The lifecycle state's name (`loading`, `warming`, `ready`, `draining`, `unloaded`,

@@ -346,7 +346,14 @@ async fn run(
         model,
         version,
         inputs,
-        outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
+        outputs: request
+            .outputs
+            .iter()
+            .map(|o| infer::Wanted {
+                name: o.name.clone(),
+                classes: o.parameters.classification,
+            })
+            .collect(),
         timeout: infer::deadline(timeout, request.parameters.timeout),
         priority: request.parameters.priority,
     };

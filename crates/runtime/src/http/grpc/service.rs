@@ -142,7 +142,13 @@ pub(super) async fn infer_message(
         model: &model,
         version: version.as_deref(),
         inputs: inputs.map_err(|e| fail(e.into()))?,
-        outputs: outputs.into_iter().map(|o| o.name).collect(),
+        outputs: outputs
+            .into_iter()
+            .map(|o| infer::Wanted {
+                classes: u64_parameter(&o.parameters, "classification"),
+                name: o.name,
+            })
+            .collect(),
         timeout: infer::deadline(timeout, timeout_us),
         priority,
     };

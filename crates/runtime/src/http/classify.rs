@@ -1,0 +1,225 @@
+//! Triton's classification extension: an output asked for with the parameter
+//! `classification: k` (what `tritonclient`'s `InferRequestedOutput(name, class_count=k)`
+//! sends, over REST and gRPC) is answered as its top `k` classes instead of its values.
+//!
+//! As Triton answers it: a `BYTES` tensor of strings `"<value>:<index>"`, highest value first,
+//! compared in the output's own type; `[rows, k]` for a model that batches (each row of dim 0
+//! classified over its remaining elements, flattened), `[k]` for the whole output of one that
+//! does not; `k` cut to the classes there are. The value is written as Triton writes it (C++'s
+//! `std::to_string`: six decimals for floats, plain integers). Where Triton leaves it open,
+//! kiln decides: equal values rank by index (Triton's sort is unstable), NaN ranks last, and
+//! FP16 and BF16 outputs are classified too (Triton refuses them). `BOOL` and `BYTES` outputs
+//! have no order and are refused. kiln has no label files, so no `:<label>` follows.
+
+use std::cmp::Ordering;
+
+use crate::tensor::TensorSlice;
+use crate::{Tensor, TensorData};
+
+/// The most class strings one output is answered with: each costs some 60 bytes held (against
+/// 4 for an FP32 value), so `classification` on a big output must not multiply its memory.
+pub(crate) const MAX_CLASSES: usize = 1 << 20;
+
+/// An element type classes can be ranked by.
+trait Ranked: Copy {
+    /// `a` before `b` when it is the higher class (NaN last).
+    fn rank(a: Self, b: Self) -> Ordering;
+    /// The value as Triton writes it.
+    fn text(self) -> String;
+}
+
+macro_rules! integers {
+    ($($t:ty),*) => {$(
+        impl Ranked for $t {
+            fn rank(a: Self, b: Self) -> Ordering {
+                b.cmp(&a)
+            }
+            fn text(self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+integers!(u8, u16, u32, u64, i8, i16, i32, i64);
+
+macro_rules! floats {
+    ($($t:ty),*) => {$(
+        impl Ranked for $t {
+            fn rank(a: Self, b: Self) -> Ordering {
+                let (a, b) = (f64::from(a), f64::from(b));
+                match (a.is_nan(), b.is_nan()) {
+                    (false, false) => b.partial_cmp(&a).unwrap_or(Ordering::Equal),
+                    (a_nan, b_nan) => a_nan.cmp(&b_nan),
+                }
+            }
+            fn text(self) -> String {
+                let v = f64::from(self);
+                if v.is_nan() {
+                    "nan".to_owned()
+                } else {
+                    // C's `%f`, which `std::to_string` uses: "inf" and "-inf" as they are.
+                    format!("{v:.6}")
+                }
+            }
+        }
+    )*};
+}
+floats!(f32, f64, half::f16, half::bf16);
+
+/// The top `k` classes of `tensor` (see the module doc): per row of dim 0 if `batched`.
+///
+/// # Errors
+/// A message for an output whose type has no order (`BOOL`, `BYTES`), a `k` of 0, or an
+/// answer of more than [`MAX_CLASSES`] strings.
+pub(crate) fn top_k(tensor: &Tensor, k: u64, batched: bool) -> Result<Tensor, String> {
+    let shape = tensor.shape();
+    let (rows, per) = match shape.split_first() {
+        Some((&rows, rest)) if batched => (rows, rest.iter().product::<usize>()),
+        _ => (1, tensor.len()),
+    };
+    if k == 0 {
+        return Err("`classification` must ask for at least 1 class".to_owned());
+    }
+    let k = usize::try_from(k).unwrap_or(usize::MAX).min(per);
+    if rows.saturating_mul(k) > MAX_CLASSES {
+        return Err(format!(
+            "`classification` asks for {k} classes of each of {rows} rows; at most \
+             {MAX_CLASSES} are answered"
+        ));
+    }
+    let classes = match tensor.data() {
+        TensorSlice::F32(v) => ranked(v, per, k),
+        TensorSlice::F64(v) => ranked(v, per, k),
+        TensorSlice::F16(v) => ranked(v, per, k),
+        TensorSlice::Bf16(v) => ranked(v, per, k),
+        TensorSlice::I64(v) => ranked(v, per, k),
+        TensorSlice::I32(v) => ranked(v, per, k),
+        TensorSlice::I16(v) => ranked(v, per, k),
+        TensorSlice::I8(v) => ranked(v, per, k),
+        TensorSlice::U64(v) => ranked(v, per, k),
+        TensorSlice::U32(v) => ranked(v, per, k),
+        TensorSlice::U16(v) => ranked(v, per, k),
+        TensorSlice::U8(v) => ranked(v, per, k),
+        TensorSlice::Bool(_) | TensorSlice::String(_) => {
+            return Err(format!(
+                "no classes can be ranked in an output of type {}",
+                crate::http::protocol::datatype(tensor.element_type())
+            ))
+        }
+    };
+    let shape = if batched && !shape.is_empty() {
+        vec![rows, k]
+    } else {
+        vec![k]
+    };
+    Tensor::from_data(shape, TensorData::String(classes)).map_err(|e| e.to_string())
+}
+
+/// The top `k` classes of each `per` values of `values`, as Triton's strings, row after row.
+fn ranked<T: Ranked>(values: &[T], per: usize, k: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    if per == 0 || k == 0 {
+        return out;
+    }
+    // Each row's indices, reused: the k highest are selected, then sorted (equal values by
+    // index), without sorting the whole row.
+    let mut order: Vec<usize> = Vec::with_capacity(per);
+    for row in values.chunks(per) {
+        order.clear();
+        order.extend(0..row.len());
+        let by_rank = |&a: &usize, &b: &usize| T::rank(row[a], row[b]).then(a.cmp(&b));
+        if k < order.len() {
+            order.select_nth_unstable_by(k - 1, by_rank);
+            order.truncate(k);
+        }
+        order.sort_unstable_by(by_rank);
+        out.extend(order.iter().map(|&i| format!("{}:{i}", row[i].text())));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes(t: &Tensor) -> (Vec<usize>, Vec<String>) {
+        match t.data() {
+            TensorSlice::String(v) => (t.shape().to_vec(), v.to_vec()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_highest_come_first_as_triton_writes_them() {
+        // Triton's own example: [1.1, 3.3, 0.5, 2.4], top 2.
+        let t =
+            Tensor::from_data(vec![4], TensorData::F32(vec![1.1, 3.3, 0.5, 2.4])).expect("tensor");
+        let (shape, v) = classes(&top_k(&t, 2, false).expect("top 2"));
+        assert_eq!(shape, [2]);
+        assert_eq!(v, ["3.300000:1", "2.400000:3"]);
+        // Batched: per row, over the rest flattened; k cut to the classes there are.
+        let t = Tensor::from_data(vec![2, 1, 3], TensorData::I64(vec![5, 9, 7, 0, -2, 4]))
+            .expect("tensor");
+        let (shape, v) = classes(&top_k(&t, 5, true).expect("rows"));
+        assert_eq!(shape, [2, 3]);
+        assert_eq!(v, ["9:1", "7:2", "5:0", "4:2", "0:0", "-2:1"]);
+        // Not batched: the whole output is one row.
+        let (shape, v) = classes(&top_k(&t, 1, false).expect("whole"));
+        assert_eq!((shape, v), (vec![1], vec!["9:1".to_owned()]));
+    }
+
+    #[test]
+    fn ties_rank_by_index_and_nan_last() {
+        let t = Tensor::from_data(
+            vec![5],
+            TensorData::F64(vec![0.5, f64::NAN, 0.5, f64::INFINITY, -1.0]),
+        )
+        .expect("tensor");
+        let (_, v) = classes(&top_k(&t, 5, false).expect("all"));
+        assert_eq!(
+            v,
+            ["inf:3", "0.500000:0", "0.500000:2", "-1.000000:4", "nan:1"]
+        );
+        let t = Tensor::from_data(
+            vec![3],
+            TensorData::F16(vec![
+                half::f16::from_f32(0.25),
+                half::f16::from_f32(2.0),
+                half::f16::from_f32(1.0),
+            ]),
+        )
+        .expect("tensor");
+        assert_eq!(
+            classes(&top_k(&t, 2, false).expect("fp16")).1,
+            ["2.000000:1", "1.000000:2"]
+        );
+    }
+
+    #[test]
+    fn what_cannot_be_ranked_or_would_be_too_many_is_refused() {
+        let b = Tensor::from_data(vec![2], TensorData::Bool(vec![true, false])).expect("bool");
+        assert!(top_k(&b, 1, false).expect_err("bool").contains("BOOL"));
+        let f = Tensor::from_data(vec![2], TensorData::F32(vec![1.0, 2.0])).expect("f32");
+        assert!(top_k(&f, 0, false)
+            .expect_err("zero")
+            .contains("at least 1"));
+        assert_eq!(classes(&top_k(&f, u64::MAX, false).expect("all")).0, [2]);
+        let big = Tensor::from_data(
+            vec![MAX_CLASSES + 1],
+            TensorData::U8(vec![0; MAX_CLASSES + 1]),
+        )
+        .expect("big");
+        assert!(top_k(&big, u64::MAX, false)
+            .expect_err("too many")
+            .contains("at most"));
+        assert_eq!(
+            classes(&top_k(&big, 3, false).expect("three")).1,
+            ["0:0", "0:1", "0:2"]
+        );
+        assert_eq!(MAX_CLASSES, 1_048_576);
+        crate::http::assert_readme_states("an answer of more than 1,048,576 classes");
+        // Empty rows: no classes.
+        let e = Tensor::from_data(vec![2, 0], TensorData::F32(vec![])).expect("empty");
+        assert_eq!(classes(&top_k(&e, 3, true).expect("empty")).0, [2, 0]);
+    }
+}
