@@ -898,6 +898,19 @@ async fn compressed_streams_are_inflated_within_the_budget() {
             }
         }
     }
+    // Cut inside a compressed message's frame header: INVALID_ARGUMENT after the answer due,
+    // not a clean end (the header's first bytes are held, never passed to tonic).
+    let (tx, response) = open_stream_with(grpc, &[("grpc-encoding", "gzip")]).await;
+    tx.send(framed_as(&compress("gzip", &mlp_with_id("whole")), true))
+        .await
+        .expect("send");
+    tx.send(Bytes::from_static(&[1, 0, 0])).await.expect("send");
+    drop(tx);
+    let (answers, status) = tokio::time::timeout(Duration::from_secs(60), read_stream(response))
+        .await
+        .expect("the stream ends");
+    assert_eq!(answered_ids(&answers), ["whole"]);
+    assert_eq!(status.as_deref(), Some("3"), "INVALID_ARGUMENT");
     // Bombs: 256 MiB of zeros in about 256 KiB of gzip, on eight streams at once, after a
     // request each.
     let before = proc_status_mib(pid, "VmRSS:");

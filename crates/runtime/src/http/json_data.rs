@@ -20,7 +20,7 @@ use base64::Engine as _;
 use crate::http::json_numbers::{self, Decimal, Number};
 use crate::TensorData;
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Binary values' base64: the standard alphabet, padded or not (TensorFlow Serving's clients
 /// pad; others may not).
@@ -38,6 +38,8 @@ pub(crate) enum Refusal {
     NotA(String, &'static str),
     /// Nesting over serde_json's limit, a number out of range, or text that is not JSON.
     Malformed(serde_json::Error),
+    /// A binary value that does not hold what its element takes (the whole message).
+    Binary(String),
 }
 
 /// One element type's reading of JSON leaves, as `serde_json::Value::as_i64` /
@@ -202,15 +204,39 @@ impl Leaf for Binary {
 }
 
 /// The text of a binary value's `b64` member: `Some` if `map` is exactly `{"b64": "<text>"}`
-/// (its key read, escaped or not), `None` for any other object.
-fn binary_text<'de, A: de::MapAccess<'de>>(map: &mut A) -> Result<Option<String>, A::Error> {
-    if map.next_key::<std::borrow::Cow<'de, str>>()?.as_deref() != Some("b64") {
-        return Ok(None);
+/// (its key read, escaped or not), `None` for any other object. The text is borrowed from the
+/// body unless it holds escapes: a 32 MiB value is not copied whole before it is decoded.
+fn binary_text<'de, A: de::MapAccess<'de>>(map: &mut A) -> Result<Option<Text<'de>>, A::Error> {
+    match map.next_key::<Text<'de>>()? {
+        Some(key) if key.0 == "b64" => {}
+        _ => return Ok(None),
     }
-    let Ok(text) = map.next_value::<String>() else {
+    let Ok(text) = map.next_value::<Text<'de>>() else {
         return Ok(None);
     };
     Ok(map.next_key::<de::IgnoredAny>()?.is_none().then_some(text))
+}
+
+/// A JSON string, borrowed from the text it was read from when it has no escapes.
+struct Text<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(v.into()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(v.to_owned().into()))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// The leaves of `raw` (one JSON value: an array nested any way, or a single leaf), row-major,
@@ -350,18 +376,28 @@ impl<'de, T: Leaf> Visitor<'de> for Flatten<'_, T> {
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         if T::BINARY {
-            if let Some(text) = binary_text(&mut map)? {
-                let bytes = BASE64.decode(&text).ok();
-                return self.leaf(bytes.and_then(T::from_binary), || {
+            if let Some(Text(text)) = binary_text(&mut map)? {
+                let shown = || {
                     let mut shown: String = text.chars().take(32).collect();
                     if shown.len() < text.len() {
                         shown.push('…');
                     }
-                    format!(
-                        "{{\"b64\": {}}} (base64 of UTF-8 text)",
-                        serde_json::Value::from(shown)
-                    )
-                });
+                    format!("{{\"b64\": {}}}", serde_json::Value::from(shown))
+                };
+                let why = match BASE64.decode(text.as_bytes()) {
+                    Err(e) => format!("{} is not base64: {e}", shown()),
+                    Ok(bytes) => match T::from_binary(bytes) {
+                        Some(v) => return self.leaf(Some(v), String::new),
+                        None => format!(
+                            "{} does not hold UTF-8 text without NUL: kiln's BYTES tensors hold \
+                             text, so binary data (an image's bytes, say) is sent as a UINT8 \
+                             tensor",
+                            shown()
+                        ),
+                    },
+                };
+                *self.refusal = Some(Refusal::Binary(why));
+                return Err(de::Error::custom("refused"));
             }
         }
         self.leaf(None, || "an object".to_owned())

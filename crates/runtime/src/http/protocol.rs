@@ -422,6 +422,7 @@ pub(crate) fn values<T: Leaf>(
             }
             Refusal::NotA(value, wanted) => format!("{value} is not a {wanted}"),
             Refusal::Malformed(e) => format!("malformed data: {e}"),
+            Refusal::Binary(why) => why,
         })
     })?;
     if out.len() == elements {

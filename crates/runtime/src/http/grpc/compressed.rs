@@ -211,7 +211,8 @@ pub(super) async fn stream_message(
 /// The `len` bytes that start with `rest` and go on in `body`, and what was read past them.
 ///
 /// # Errors
-/// `INVALID_ARGUMENT` if the body ends first, `CANCELLED` if it fails.
+/// `INVALID_ARGUMENT` if the body ends first, `UNAVAILABLE` if it fails (not `CANCELLED`,
+/// which tonic takes for the stream's clean end: the message would be lost unsaid).
 async fn read_exact(
     body: &mut Body,
     mut rest: Option<Bytes>,
@@ -225,7 +226,9 @@ async fn read_exact(
             None => match body.frame().await {
                 Some(Ok(frame)) => frame.into_data().unwrap_or_default(),
                 Some(Err(e)) => {
-                    return Err(tonic::Status::cancelled(format!("reading the stream: {e}")))
+                    return Err(tonic::Status::unavailable(format!(
+                        "reading the stream: {e}"
+                    )))
                 }
                 None => {
                     return Err(tonic::Status::invalid_argument(format!(
@@ -241,5 +244,6 @@ async fn read_exact(
         }
         message.extend_from_slice(&data);
     }
-    Ok((message, None))
+    // An empty message reads nothing: what was given is all past it.
+    Ok((message, rest))
 }

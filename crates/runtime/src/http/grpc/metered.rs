@@ -300,6 +300,14 @@ impl HttpBody for Metered {
                     Err(frame) => Poll::Ready(Some(Ok(frame))),
                 },
                 Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+                // The start of a compressed message's header is held here, not passed: tonic
+                // would see a clean end where the stream was cut inside a frame header.
+                Poll::Ready(None) if self.walker.compressed => {
+                    self.walker.compressed = false;
+                    Poll::Ready(Some(Err(Box::new(tonic::Status::invalid_argument(
+                        "the stream ended inside a message's frame header",
+                    )))))
+                }
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => match self.arrival.as_mut().map(|a| a.as_mut().poll(cx)) {
                     Some(Poll::Ready(())) => {

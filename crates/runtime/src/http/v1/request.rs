@@ -602,9 +602,25 @@ mod tests {
         assert_eq!(strings(body, &named), ["cat", "x"]);
         let m = |body: &str| refusal(decode(body.as_bytes(), &text, 8));
         // Not UTF-8, a NUL, not base64: refused, saying what a binary value must hold.
-        for b64 in ["/w==", "AA==", "!!"] {
+        for (b64, says) in [
+            ("/w==", "does not hold UTF-8 text"),
+            ("AA==", "without NUL"),
+            ("!!", "is not base64"),
+        ] {
             let s = m(&format!(r#"{{"instances": [{{"b64": "{b64}"}}]}}"#));
-            assert!(s.contains("base64 of UTF-8 text"), "{s}");
+            assert!(s.contains(says), "{s}");
+        }
+        // An escaped key is the same key, first or not, whatever the input is called.
+        let body = r#"{"instances": ["a", {"\u0062\u0036\u0034": "Y2F0"}]}"#;
+        assert_eq!(strings(body, &text), ["a", "cat"]);
+        let body = r#"{"instances": [{"\u0062\u0036\u0034": "Y2F0"}]}"#;
+        assert_eq!(strings(body, &text), ["cat"]);
+        let named_b64 = meta(vec![info("b64", ElementType::String, &[])], vec![]);
+        for body in [
+            r#"{"inputs": {"b64": "Y2F0"}}"#,
+            r#"{"inputs": {"\u0062\u0036\u0034": "Y2F0"}}"#,
+        ] {
+            assert_eq!(strings(body, &named_b64), ["cat"], "{body}");
         }
         // An object with more than `b64` is no binary value.
         assert!(m(r#"{"instances": [{"b64": "Y2F0", "x": 1}]}"#).contains("naming the inputs"));

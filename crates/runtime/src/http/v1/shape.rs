@@ -96,8 +96,17 @@ fn binary_end(b: &[u8], i: usize) -> Option<usize> {
     let expect = |i: usize, what: &[u8]| b.get(i..i + what.len()).filter(|t| *t == what).map(drop);
     expect(i, b"{")?;
     let i = blank(i + 1);
-    expect(i, b"\"b64\"")?;
-    let i = blank(i + 5);
+    expect(i, b"\"")?;
+    let key_end = leaf_end(b, i);
+    let key = &b[i..key_end];
+    // The key as serde reads it: escaped (`"\u0062\u0036\u0034"`) it is still `b64`.
+    let b64 = key == b"\"b64\""
+        || (key.contains(&b'\\')
+            && serde_json::from_slice::<String>(key).is_ok_and(|k| k == "b64"));
+    if !b64 {
+        return None;
+    }
+    let i = blank(key_end);
     expect(i, b":")?;
     let i = blank(i + 1);
     expect(i, b"\"")?;
@@ -171,6 +180,8 @@ mod tests {
             Ok(vec![2, 2])
         );
         assert!(super::is_binary(r#"{"b64": "Y2F0"} ,"#));
+        assert!(super::is_binary(r#"{"\u0062\u0036\u0034": "Y2F0"}"#));
+        assert!(!super::is_binary(r#"{"b\u0036": "Y2F0"}"#));
         for object in [
             r#"[{"b64": "Y2F0", "x": 1}]"#,
             r#"[{"b64": 1}]"#,
