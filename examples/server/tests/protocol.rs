@@ -425,6 +425,10 @@ fn every_error_maps_to_its_status_with_a_message() {
         ("/v2/models/mlp/infer", json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "INT32", "data": vec![1; 16]}]}).to_string(), StatusCode::BAD_REQUEST, "must be float32"),
         ("/v2/models/mlp/infer", json!({"inputs": [{"name": "z", "shape": [1, 16], "datatype": "FP32", "data": vec![1; 16]}]}).to_string(), StatusCode::BAD_REQUEST, "unknown input `z`"),
         ("/v2/models/mlp/infer", json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![1; 16]}], "outputs": [{"name": "q"}]}).to_string(), StatusCode::BAD_REQUEST, "unknown output `q`"),
+        // A classification that is not a whole number is refused, not taken for absent: the
+        // answer's type and shape hang on it.
+        ("/v2/models/mlp/infer", json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![1; 16]}], "outputs": [{"name": "y", "parameters": {"classification": -1}}]}).to_string(), StatusCode::BAD_REQUEST, "output `y`: `classification` must be a whole number"),
+        ("/v2/models/mlp/infer", json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![1; 16]}], "outputs": [{"name": "y", "parameters": {"classification": "2"}}]}).to_string(), StatusCode::BAD_REQUEST, "whole number"),
         ("/v2/models/mlp/infer", infer_body(json!([1]), json!([1000000, 1000000])), StatusCode::PAYLOAD_TOO_LARGE, "over the limit"),
         ("/v2/models/mlp/infer", infer_body(json!(vec![0.25; 40000]), json!([2500, 16])), StatusCode::PAYLOAD_TOO_LARGE, ""),
         ("/v2/models/ghost/infer", infer_body(json!(vec![1; 16]), json!([1, 16])), StatusCode::NOT_FOUND, "unknown model `ghost`"),

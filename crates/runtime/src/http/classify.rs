@@ -12,6 +12,7 @@
 //! have no order and are refused. kiln has no label files, so no `:<label>` follows.
 
 use std::cmp::Ordering;
+use std::collections::BinaryHeap;
 
 use crate::tensor::TensorSlice;
 use crate::{Tensor, TensorData};
@@ -19,6 +20,10 @@ use crate::{Tensor, TensorData};
 /// The most class strings one output is answered with: each costs some 60 bytes held (against
 /// 4 for an FP32 value), so `classification` on a big output must not multiply its memory.
 pub(crate) const MAX_CLASSES: usize = 1 << 20;
+
+/// Outputs of fewer elements are ranked where the answer is made; bigger ones on a decode
+/// thread (ranking reads every element).
+pub(crate) const INLINE_ELEMENTS: usize = 16 << 10;
 
 /// An element type classes can be ranked by.
 trait Ranked: Copy {
@@ -55,7 +60,8 @@ macro_rules! floats {
             fn text(self) -> String {
                 let v = f64::from(self);
                 if v.is_nan() {
-                    "nan".to_owned()
+                    // As glibc's `%f` writes it.
+                    if v.is_sign_negative() { "-nan" } else { "nan" }.to_owned()
                 } else {
                     // C's `%f`, which `std::to_string` uses: "inf" and "-inf" as they are.
                     format!("{v:.6}")
@@ -69,17 +75,16 @@ floats!(f32, f64, half::f16, half::bf16);
 /// The top `k` classes of `tensor` (see the module doc): per row of dim 0 if `batched`.
 ///
 /// # Errors
-/// A message for an output whose type has no order (`BOOL`, `BYTES`), a `k` of 0, or an
-/// answer of more than [`MAX_CLASSES`] strings.
+/// A message for an output whose type has no order (`BOOL`, `BYTES`), or an answer of more
+/// than [`MAX_CLASSES`] strings. (A `k` of 0 is no classification: the caller's to skip.)
 pub(crate) fn top_k(tensor: &Tensor, k: u64, batched: bool) -> Result<Tensor, String> {
     let shape = tensor.shape();
+    // Triton's rule: a batch of 0 rows is classified as the whole (empty) output.
+    let batched = batched && shape.first().is_some_and(|&rows| rows > 0);
     let (rows, per) = match shape.split_first() {
         Some((&rows, rest)) if batched => (rows, rest.iter().product::<usize>()),
         _ => (1, tensor.len()),
     };
-    if k == 0 {
-        return Err("`classification` must ask for at least 1 class".to_owned());
-    }
     let k = usize::try_from(k).unwrap_or(usize::MAX).min(per);
     if rows.saturating_mul(k) > MAX_CLASSES {
         return Err(format!(
@@ -107,36 +112,65 @@ pub(crate) fn top_k(tensor: &Tensor, k: u64, batched: bool) -> Result<Tensor, St
             ))
         }
     };
-    let shape = if batched && !shape.is_empty() {
-        vec![rows, k]
-    } else {
-        vec![k]
-    };
+    let shape = if batched { vec![rows, k] } else { vec![k] };
     Tensor::from_data(shape, TensorData::String(classes)).map_err(|e| e.to_string())
 }
 
 /// The top `k` classes of each `per` values of `values`, as Triton's strings, row after row.
+/// Each row is read once into a heap of its best `k` so far: memory is the answer's, not the
+/// row's.
 fn ranked<T: Ranked>(values: &[T], per: usize, k: usize) -> Vec<String> {
     let mut out = Vec::new();
-    if per == 0 || k == 0 {
+    if values.is_empty() || per == 0 || k == 0 {
         return out;
     }
-    // Each row's indices, reused: the k highest are selected, then sorted (equal values by
-    // index), without sorting the whole row.
-    let mut order: Vec<usize> = Vec::with_capacity(per);
+    let mut best: BinaryHeap<Class<T>> = BinaryHeap::with_capacity(k + 1);
     for row in values.chunks(per) {
-        order.clear();
-        order.extend(0..row.len());
-        let by_rank = |&a: &usize, &b: &usize| T::rank(row[a], row[b]).then(a.cmp(&b));
-        if k < order.len() {
-            order.select_nth_unstable_by(k - 1, by_rank);
-            order.truncate(k);
+        for (index, &value) in row.iter().enumerate() {
+            let class = Class { value, index };
+            if best.len() < k {
+                best.push(class);
+            } else if best.peek().is_some_and(|worst| class < *worst) {
+                best.pop();
+                best.push(class);
+            }
         }
-        order.sort_unstable_by(by_rank);
-        out.extend(order.iter().map(|&i| format!("{}:{i}", row[i].text())));
+        out.extend(
+            std::mem::take(&mut best)
+                .into_sorted_vec()
+                .into_iter()
+                .map(|c| format!("{}:{}", c.value.text(), c.index)),
+        );
     }
     out
 }
+
+/// One class of a row, ordered by rank: the higher class is the lesser (so a max-heap's top is
+/// the worst kept), equal values by index.
+struct Class<T> {
+    value: T,
+    index: usize,
+}
+
+impl<T: Ranked> Ord for Class<T> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        T::rank(self.value, other.value).then(self.index.cmp(&other.index))
+    }
+}
+
+impl<T: Ranked> PartialOrd for Class<T> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<T: Ranked> PartialEq for Class<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl<T: Ranked> Eq for Class<T> {}
 
 #[cfg(test)]
 mod tests {
@@ -171,15 +205,29 @@ mod tests {
     #[test]
     fn ties_rank_by_index_and_nan_last() {
         let t = Tensor::from_data(
-            vec![5],
-            TensorData::F64(vec![0.5, f64::NAN, 0.5, f64::INFINITY, -1.0]),
+            vec![6],
+            TensorData::F64(vec![0.5, f64::NAN, 0.5, f64::INFINITY, -1.0, -f64::NAN]),
         )
         .expect("tensor");
-        let (_, v) = classes(&top_k(&t, 5, false).expect("all"));
+        let (_, v) = classes(&top_k(&t, 6, false).expect("all"));
         assert_eq!(
             v,
-            ["inf:3", "0.500000:0", "0.500000:2", "-1.000000:4", "nan:1"]
+            [
+                "inf:3",
+                "0.500000:0",
+                "0.500000:2",
+                "-1.000000:4",
+                "nan:1",
+                "-nan:5"
+            ]
         );
+        // The best k of many, as a full sort ranks them.
+        let many: Vec<f32> = (0..1000u32)
+            .map(|i| ((i * 7919) % 1000) as f32 / 10.0)
+            .collect();
+        let t = Tensor::from_data(vec![1000], TensorData::F32(many)).expect("many");
+        let (_, v) = classes(&top_k(&t, 3, false).expect("top 3"));
+        assert_eq!(v, ["99.900002:321", "99.800003:642", "99.699997:963"]);
         let t = Tensor::from_data(
             vec![3],
             TensorData::F16(vec![
@@ -200,9 +248,7 @@ mod tests {
         let b = Tensor::from_data(vec![2], TensorData::Bool(vec![true, false])).expect("bool");
         assert!(top_k(&b, 1, false).expect_err("bool").contains("BOOL"));
         let f = Tensor::from_data(vec![2], TensorData::F32(vec![1.0, 2.0])).expect("f32");
-        assert!(top_k(&f, 0, false)
-            .expect_err("zero")
-            .contains("at least 1"));
+        assert_eq!(classes(&top_k(&f, 0, false).expect("zero")).0, [0]);
         assert_eq!(classes(&top_k(&f, u64::MAX, false).expect("all")).0, [2]);
         let big = Tensor::from_data(
             vec![MAX_CLASSES + 1],
@@ -218,8 +264,10 @@ mod tests {
         );
         assert_eq!(MAX_CLASSES, 1_048_576);
         crate::http::assert_readme_states("an answer of more than 1,048,576 classes");
-        // Empty rows: no classes.
+        // Empty rows: no classes; no rows: the whole (empty) output, as Triton.
         let e = Tensor::from_data(vec![2, 0], TensorData::F32(vec![])).expect("empty");
         assert_eq!(classes(&top_k(&e, 3, true).expect("empty")).0, [2, 0]);
+        let none = Tensor::from_data(vec![0, 5], TensorData::F32(vec![])).expect("no rows");
+        assert_eq!(classes(&top_k(&none, 3, true).expect("no rows")).0, [0]);
     }
 }

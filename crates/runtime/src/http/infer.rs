@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use crate::NamedTensors;
+use crate::{NamedTensors, Tensor};
 
 use crate::http::classify;
 use crate::http::error::ApiError;
+use crate::http::json_fields::Classes;
 use crate::http::models::find;
 use crate::http::routes::AppState;
 
@@ -34,7 +35,7 @@ pub(crate) struct Wanted {
     pub(crate) name: String,
     /// Its `classification` parameter: its top classes instead of its values
     /// ([`classify::top_k`]).
-    pub(crate) classes: Option<u64>,
+    pub(crate) classes: Option<Classes>,
 }
 
 /// A request's deadline: the earlier of the transport's (`kiln-timeout-ms`, gRPC's
@@ -85,7 +86,6 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         request = request.with_priority(level(call.priority, levels));
     }
     let version = handle.current_version();
-    let batched = handle.metadata().is_some_and(|m| m.batch_dim);
     let outputs = handle.infer(request).await?;
     if let Some(unknown) = call
         .outputs
@@ -105,9 +105,16 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
             continue;
         }
         let tensor = match wanted.and_then(|w| w.classes) {
-            Some(k) => classify::top_k(&tensor, k, batched)
-                .map_err(|m| ApiError::bad_request(format!("output `{name}`: {m}")))?,
-            None => tensor,
+            None | Some(Classes::Count(0)) => tensor,
+            Some(Classes::Count(k)) => {
+                let batched = handle.metadata().is_some_and(|m| m.batch_dim);
+                classes(s, &name, tensor, k, batched).await?
+            }
+            Some(Classes::Invalid) => {
+                return Err(ApiError::bad_request(format!(
+                    "output `{name}`: `classification` must be a whole number of classes"
+                )))
+            }
         };
         answered.push((name, tensor));
     }
@@ -115,6 +122,30 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         version,
         outputs: answered,
     })
+}
+
+/// The top `k` classes of output `name`'s `tensor` ([`classify::top_k`]), ranked on a decode
+/// thread when the output is big: ranking reads every element.
+///
+/// # Errors
+/// 400 with what cannot be classified.
+async fn classes(
+    s: &AppState,
+    name: &str,
+    tensor: Tensor,
+    k: u64,
+    batched: bool,
+) -> Result<Tensor, ApiError> {
+    let refused = {
+        let name = name.to_owned();
+        move |m: String| ApiError::bad_request(format!("output `{name}`: {m}"))
+    };
+    if tensor.len() < classify::INLINE_ELEMENTS {
+        return classify::top_k(&tensor, k, batched).map_err(refused);
+    }
+    s.decoder
+        .off_workers(move || classify::top_k(&tensor, k, batched).map_err(refused))
+        .await?
 }
 
 /// One log line for a failed inference request: client errors (4xx) at debug, server-side

@@ -62,7 +62,17 @@ pub struct Parameters {
     pub priority: Option<u64>,
     /// An output's `classification`: answer its top classes instead of its values (Triton's
     /// classification extension, what `tritonclient`'s `class_count` sends).
-    pub classification: Option<u64>,
+    pub classification: Option<Classes>,
+}
+
+/// An output's `classification` parameter, as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Classes {
+    /// A whole number of classes (0: none asked for, the output's values).
+    Count(u64),
+    /// Anything else (a negative or fractional number, a string, …): refused, not taken for
+    /// absent, since the answer's type and shape hang on it.
+    Invalid,
 }
 
 impl<'de> Deserialize<'de> for Parameters {
@@ -92,7 +102,10 @@ impl<'de> Visitor<'de> for ParametersVisitor {
                 }
                 Key::Timeout => p.timeout = map.next_value::<Scalar>()?.u64(),
                 Key::Priority => p.priority = map.next_value::<Scalar>()?.u64(),
-                Key::Classification => p.classification = map.next_value::<Scalar>()?.u64(),
+                Key::Classification => {
+                    let count = map.next_value::<Scalar>()?.u64();
+                    p.classification = Some(count.map_or(Classes::Invalid, Classes::Count));
+                }
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -242,7 +255,7 @@ mod tests {
                 binary_data_output: Some(false),
                 timeout: Some(1500),
                 priority: Some(2),
-                classification: Some(3),
+                classification: Some(Classes::Count(3)),
             }
         );
         // Of another type: absent, as `as_u64` / `as_bool` saw it; the last repeat wins.
@@ -259,6 +272,11 @@ mod tests {
             assert_eq!(p(json), Parameters::default(), "{json}");
         }
         assert!(serde_json::from_str::<Parameters>(r#"{"binary_data_size": }"#).is_err());
+        // But a classification of another type is there, and refused later.
+        for json in ["-1", "3.0", "\"3\"", "true", "null"] {
+            let given = format!(r#"{{"classification": {json}}}"#);
+            assert_eq!(p(&given).classification, Some(Classes::Invalid), "{json}");
+        }
     }
 
     #[test]

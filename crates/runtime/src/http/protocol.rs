@@ -24,7 +24,7 @@ use crate::http::json_cut;
 pub use crate::http::json_data::Values;
 use crate::http::json_data::{self, Leaf, Refusal};
 use crate::http::json_fields;
-pub use crate::http::json_fields::{Parameters, MAX_DIMS};
+pub use crate::http::json_fields::{Classes, Parameters, MAX_DIMS};
 
 /// `POST /v2/models/{m}/infer` body; its inputs' `data` borrowed from the body as sent.
 #[derive(Debug, Deserialize)]

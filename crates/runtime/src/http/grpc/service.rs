@@ -18,6 +18,7 @@ use super::services::grpc_inference_service_server::GrpcInferenceService;
 use super::{metered, status, stream, tensor};
 use crate::http::error::ApiError;
 use crate::http::infer;
+use crate::http::json_fields::Classes;
 use crate::http::routes::AppState;
 
 pub(super) struct Inference {
@@ -145,7 +146,7 @@ pub(super) async fn infer_message(
         outputs: outputs
             .into_iter()
             .map(|o| infer::Wanted {
-                classes: u64_parameter(&o.parameters, "classification"),
+                classes: classes_parameter(&o.parameters),
                 name: o.name,
             })
             .collect(),
@@ -331,10 +332,42 @@ fn u64_parameter(
     }
 }
 
+/// An output's `classification` parameter: a whole number of classes from `int64_param` (at
+/// least 0) or `uint64_param`; any other value is refused, as Triton refuses it.
+fn classes_parameter(
+    parameters: &std::collections::HashMap<String, pb::InferParameter>,
+) -> Option<Classes> {
+    use pb::infer_parameter::ParameterChoice as P;
+    let given = parameters.get("classification")?;
+    Some(match given.parameter_choice {
+        Some(P::Int64Param(v)) => u64::try_from(v).map_or(Classes::Invalid, Classes::Count),
+        Some(P::Uint64Param(v)) => Classes::Count(v),
+        _ => Classes::Invalid,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use pb::infer_parameter::ParameterChoice as P;
+
+    #[test]
+    fn a_classification_is_a_whole_number_or_refused() {
+        let of = |choice: Option<P>| {
+            classes_parameter(&std::collections::HashMap::from([(
+                "classification".to_owned(),
+                pb::InferParameter {
+                    parameter_choice: choice,
+                },
+            )]))
+        };
+        assert_eq!(of(Some(P::Int64Param(3))), Some(Classes::Count(3)));
+        assert_eq!(of(Some(P::Uint64Param(2))), Some(Classes::Count(2)));
+        assert_eq!(of(Some(P::Int64Param(-1))), Some(Classes::Invalid));
+        assert_eq!(of(Some(P::StringParam("3".into()))), Some(Classes::Invalid));
+        assert_eq!(of(None), Some(Classes::Invalid));
+        assert_eq!(classes_parameter(&Default::default()), None);
+    }
 
     #[test]
     fn whole_number_parameters_are_read_from_int64_and_uint64() {
