@@ -21,10 +21,6 @@ use crate::{Tensor, TensorData};
 /// 4 for an FP32 value), so `classification` on a big output must not multiply its memory.
 pub(crate) const MAX_CLASSES: usize = 1 << 20;
 
-/// Outputs of fewer elements are ranked where the answer is made; bigger ones on a decode
-/// thread (ranking reads every element).
-pub(crate) const INLINE_ELEMENTS: usize = 16 << 10;
-
 /// An element type classes can be ranked by.
 trait Ranked: Copy {
     /// `a` before `b` when it is the higher class (NaN last).

@@ -140,7 +140,8 @@ async fn classes(
         let name = name.to_owned();
         move |m: String| ApiError::bad_request(format!("output `{name}`: {m}"))
     };
-    if tensor.len() < classify::INLINE_ELEMENTS {
+    // The decoder's rule for bodies: under the inline size here, bigger on a decode thread.
+    if tensor.byte_len() < crate::http::decode::INLINE_MAX_BYTES {
         return classify::top_k(&tensor, k, batched).map_err(refused);
     }
     s.decoder

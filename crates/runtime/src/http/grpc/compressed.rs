@@ -51,29 +51,19 @@ pub(super) async fn inflate(
     coding: Coding,
 ) -> Result<(Body, Option<Share>), tonic::Status> {
     use http_body_util::BodyExt as _;
-    let limit = state.config.max_body_bytes;
     let Some(first) = head.get(FRAME_HEADER..) else {
         return Err(tonic::Status::invalid_argument(
             "the request ended inside its message's frame header",
         ));
     };
     let len = message_len(head);
-    if len > limit {
-        return Err(tonic::Status::resource_exhausted(format!(
-            "compressed message of {len} bytes is over the {limit}-byte limit"
-        )));
-    }
     let too_long = || {
         tonic::Status::invalid_argument(format!(
             "the request holds more than the {len} bytes its message's frame header declares"
         ))
     };
-    // A big message's share is taken before it is read (its inflated size is unknown: the
-    // most it may be); it is read into one buffer of its declared size.
-    let mut share = None;
-    if len >= INLINE_MAX_BYTES {
-        share = Some(Share::take(state, limit).await?);
-    }
+    // It is read into one buffer of its declared size.
+    let mut share = reserve(state, len).await?;
     if first.len() > len {
         return Err(too_long());
     }
@@ -102,6 +92,25 @@ pub(super) async fn inflate(
     let chunks: Vec<Result<Bytes, std::convert::Infallible>> =
         vec![Ok(plain_header(plain.len())), Ok(Bytes::from(plain))];
     Ok((Body::from_stream(futures::stream::iter(chunks)), share))
+}
+
+/// What a compressed message of `len` bytes holds before it is read: a whole message limit's
+/// share of the budget if it is big (its inflated size is unknown until then: the most it may
+/// be), none if it is small.
+///
+/// # Errors
+/// `RESOURCE_EXHAUSTED` for a message over the limit, compressed; the budget's refusal.
+async fn reserve(state: &AppState, len: usize) -> Result<Option<Share>, tonic::Status> {
+    let limit = state.config.max_body_bytes;
+    if len > limit {
+        return Err(tonic::Status::resource_exhausted(format!(
+            "compressed message of {len} bytes is over the {limit}-byte limit"
+        )));
+    }
+    if len < INLINE_MAX_BYTES {
+        return Ok(None);
+    }
+    Share::take(state, limit).await.map(Some)
 }
 
 /// `message` (a whole compressed message, read) inflated to at most the message limit:
@@ -176,20 +185,10 @@ pub(super) async fn stream_message(
     len: usize,
     coding: Coding,
 ) -> Inflated {
-    let limit = state.config.max_body_bytes;
-    if len > limit {
-        let status = tonic::Status::resource_exhausted(format!(
-            "compressed message of {len} bytes is over the {limit}-byte limit"
-        ));
-        return (body, None, Err(status));
-    }
-    let mut share = None;
-    if len >= INLINE_MAX_BYTES {
-        match Share::take(&state, limit).await {
-            Ok(taken) => share = Some(taken),
-            Err(status) => return (body, None, Err(status)),
-        }
-    }
+    let mut share = match reserve(&state, len).await {
+        Ok(share) => share,
+        Err(status) => return (body, None, Err(status)),
+    };
     let timeout = state.config.body_read_timeout;
     let read = tokio::time::timeout(timeout, read_exact(&mut body, rest, len)).await;
     let (message, past) = match read {

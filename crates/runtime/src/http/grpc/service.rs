@@ -325,25 +325,26 @@ fn u64_parameter(
     parameters: &std::collections::HashMap<String, pb::InferParameter>,
     name: &str,
 ) -> Option<u64> {
-    match parameters.get(name)?.parameter_choice.as_ref()? {
+    whole_number(parameters.get(name)?)
+}
+
+/// An output's `classification` parameter: a whole number of classes ([`whole_number`]); any
+/// other value is refused, as Triton refuses it, not taken for absent.
+fn classes_parameter(
+    parameters: &std::collections::HashMap<String, pb::InferParameter>,
+) -> Option<Classes> {
+    let given = parameters.get("classification")?;
+    Some(whole_number(given).map_or(Classes::Invalid, Classes::Count))
+}
+
+/// A parameter's value as a whole number: an `int64_param` of at least 0, or a
+/// `uint64_param`.
+fn whole_number(parameter: &pb::InferParameter) -> Option<u64> {
+    match parameter.parameter_choice.as_ref()? {
         pb::infer_parameter::ParameterChoice::Int64Param(v) => u64::try_from(*v).ok(),
         pb::infer_parameter::ParameterChoice::Uint64Param(v) => Some(*v),
         _ => None,
     }
-}
-
-/// An output's `classification` parameter: a whole number of classes from `int64_param` (at
-/// least 0) or `uint64_param`; any other value is refused, as Triton refuses it.
-fn classes_parameter(
-    parameters: &std::collections::HashMap<String, pb::InferParameter>,
-) -> Option<Classes> {
-    use pb::infer_parameter::ParameterChoice as P;
-    let given = parameters.get("classification")?;
-    Some(match given.parameter_choice {
-        Some(P::Int64Param(v)) => u64::try_from(v).map_or(Classes::Invalid, Classes::Count),
-        Some(P::Uint64Param(v)) => Classes::Count(v),
-        _ => Classes::Invalid,
-    })
 }
 
 #[cfg(test)]
