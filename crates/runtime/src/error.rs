@@ -371,11 +371,11 @@ pub enum Error {
     },
 
     /// A request's inputs are larger than the whole queue may hold (HTTP 413).
-    #[error("model {model}: request has {bytes} bytes of input, over max_queue_bytes {limit}")]
+    #[error("model {model}: request holds {bytes} bytes of input in memory, over max_queue_bytes {limit}")]
     RequestTooLarge {
         /// Model name.
         model: String,
-        /// Input bytes in the request.
+        /// Input bytes the request holds in memory (`Tensor::memory_len`).
         bytes: usize,
         /// The queue's byte capacity.
         limit: usize,

@@ -600,6 +600,26 @@ impl Tensor {
         }
     }
 
+    /// Bytes the elements hold in memory: [`Tensor::byte_len`] for numbers; for strings, each
+    /// element's `String` and its heap block (sized as glibc's `malloc` sizes it: 8 bytes of
+    /// header, 16-byte steps, 32 at least), however short the text. The batcher counts a
+    /// queued request's inputs this way against `max_queue_bytes`.
+    pub fn memory_len(&self) -> usize {
+        match self.data() {
+            TensorSlice::String(v) => v
+                .iter()
+                .map(|s| {
+                    let block = match s.capacity() {
+                        0 => 0,
+                        n => (n + 8).next_multiple_of(16).max(32),
+                    };
+                    std::mem::size_of::<String>() + block
+                })
+                .sum(),
+            _ => self.byte_len(),
+        }
+    }
+
     /// The elements, borrowed.
     pub fn data(&self) -> TensorSlice<'_> {
         match &self.storage {
@@ -763,6 +783,17 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![1, 3, 5]
         );
+    }
+
+    #[test]
+    fn memory_counts_each_string_and_its_heap_block() {
+        let strings = ["", "cat", &"x".repeat(30)].map(str::to_owned);
+        let t = Tensor::new([3], strings.to_vec()).expect("strings");
+        assert_eq!(t.byte_len(), 4 + 7 + 34);
+        // 24 a `String`; blocks: none, 32 (the least), 30 + 8 rounded up to 48.
+        assert_eq!(t.memory_len(), 3 * 24 + 32 + 48);
+        let f = Tensor::new([2, 3], vec![0f32; 6]).expect("floats");
+        assert_eq!(f.memory_len(), f.byte_len());
     }
 
     #[test]

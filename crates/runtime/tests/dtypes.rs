@@ -114,16 +114,31 @@ fn one_request_at_a_time() {
 
 /// `file` served by a batcher (one instance, batches of up to 16 within 20 ms).
 fn batched(file: &str, name: &str) -> ModelHandle {
-    let handle = ModelHandle::new(name, opentelemetry::global::meter("kiln-tests"));
-    let options = ModelOptions::new().with_checksum(Checksum::Sha256(sha256_of(&testdata(file))));
-    let config = BatchConfig {
+    batched_with(
+        file,
+        name,
+        &BatchConfig {
+            max_queue_delay_us: 20_000,
+            ..batch16()
+        },
+    )
+}
+
+/// One instance, batches of up to 16.
+fn batch16() -> BatchConfig {
+    BatchConfig {
         instances: 1,
         max_batch_size: 16,
-        max_queue_delay_us: 20_000,
         ..BatchConfig::default()
-    };
+    }
+}
+
+/// `file` served by a batcher set up as `config` says.
+fn batched_with(file: &str, name: &str, config: &BatchConfig) -> ModelHandle {
+    let handle = ModelHandle::new(name, opentelemetry::global::meter("kiln-tests"));
+    let options = ModelOptions::new().with_checksum(Checksum::Sha256(sha256_of(&testdata(file))));
     handle
-        .load_model(&runtime(), testdata(file), "1", &options, &config)
+        .load_model(&runtime(), testdata(file), "1", &options, config)
         .expect("serves (warm-up with invented inputs included)");
     handle
 }
@@ -239,5 +254,36 @@ fn strings_ort_cannot_hold_are_refused_when_the_tensor_is_made() {
     assert!(
         matches!(e, kiln::Error::TensorString { index: 0, .. }),
         "{e}"
+    );
+}
+
+#[test]
+fn queued_strings_count_what_they_hold_in_memory_not_their_wire_size() {
+    // 48 "cat"s and 16 int64s: 464 bytes as the binary extension sends them (4 + 3 a
+    // string), but 48 × (a 24-byte `String` + its heap block) in the queue, over a 1 KiB
+    // limit: `max_queue_bytes` bounds the memory the queue holds.
+    let config = BatchConfig {
+        max_queue_bytes: 1024,
+        ..batch16()
+    };
+    let handle = batched_with("strings.onnx", "strings", &config);
+    let text = Tensor::new([16, 3], vec!["cat".to_owned(); 48]).expect("text");
+    let n = Tensor::new([16, 1], vec![1i64; 16]).expect("n");
+    assert_eq!(text.byte_len() + n.byte_len(), 464);
+    let inputs: NamedTensors = vec![("text".into(), text), ("n".into(), n)];
+    let e = handle
+        .infer_blocking(kiln::InferRequest::new(inputs))
+        .expect_err("over max_queue_bytes");
+    assert!(
+        matches!(e, kiln::Error::RequestTooLarge { bytes, limit: 1024, .. } if bytes > 48 * 24),
+        "{e}"
+    );
+    // The same request with one row fits and is answered.
+    let one = strings_request(1, 0);
+    check_strings(
+        &one,
+        &handle
+            .infer_blocking(kiln::InferRequest::new(one.clone()))
+            .expect("fits"),
     );
 }

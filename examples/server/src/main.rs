@@ -93,6 +93,14 @@ struct Args {
     /// Largest request body (REST) or message (gRPC), MiB.
     #[arg(long, env = "KILN_SERVER_MAX_BODY_MIB", default_value_t = 32)]
     max_body_mib: usize,
+    /// Most strings (`BYTES` elements) one request may hold, its inputs together (REST and
+    /// gRPC): each costs kiln and ONNX Runtime 56 bytes or more however short.
+    #[arg(
+        long,
+        env = "KILN_SERVER_MAX_STRING_ELEMENTS",
+        default_value = "1048576"
+    )]
+    max_string_elements: std::num::NonZeroUsize,
     /// After SIGTERM, how long inference goes on being served with readiness false, seconds.
     #[arg(long, env = "KILN_SERVER_DRAIN_DELAY_S", default_value = "5", value_parser = seconds)]
     drain_delay_s: Duration,
@@ -232,6 +240,7 @@ fn run(args: Args) -> Result<()> {
         ServerConfig {
             admin: args.admin,
             max_body_bytes: args.max_body_mib << 20,
+            max_string_elements: args.max_string_elements.get(),
             admin_token,
             body_read_timeout: args.body_timeout_s,
             ready_when: args.ready_when,

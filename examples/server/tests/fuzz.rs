@@ -8,18 +8,29 @@
 //! with `PROPTEST_CASES` raised (see RELIABILITY.md). A failure is saved by proptest under
 //! `tests/fuzz.proptest-regressions` and replayed first on every later run.
 
-use kiln::http::protocol::{decode, InputError};
+use kiln::http::protocol::{decode, InputError, Limits};
 use proptest::prelude::*;
 
 const MAX_ELEMENTS: usize = 1 << 16;
+/// Of a string input: fewer, so random shapes reach that limit too.
+const MAX_STRINGS: usize = 1 << 10;
+const LIMITS: Limits = Limits {
+    elements: MAX_ELEMENTS,
+    strings: MAX_STRINGS,
+};
 
 fn check(body: &[u8], header: Option<&str>) {
-    match decode(body, header, MAX_ELEMENTS) {
+    match decode(body, header, LIMITS) {
         Ok((request, tensors)) => {
             assert_eq!(request.inputs.len(), tensors.len());
             for (_, t) in &tensors {
                 assert_eq!(t.shape().iter().product::<usize>(), t.len());
-                assert!(t.len() <= MAX_ELEMENTS);
+                let limit = if t.element_type() == kiln::ElementType::String {
+                    MAX_STRINGS
+                } else {
+                    MAX_ELEMENTS
+                };
+                assert!(t.len() <= limit);
             }
         }
         Err(InputError::Invalid(m) | InputError::TooLarge(m)) => assert!(!m.is_empty()),
@@ -148,7 +159,7 @@ proptest! {
 
     #[test]
     fn valid_requests_decode_exactly_and_mismatches_are_refused((body, header, fits) in request()) {
-        match decode(&body, header.as_deref(), MAX_ELEMENTS) {
+        match decode(&body, header.as_deref(), LIMITS) {
             Ok((_, tensors)) => {
                 prop_assert!(fits, "a tensor whose data does not fit its shape was accepted");
                 let t = &tensors[0].1;
@@ -189,9 +200,9 @@ fn claimed_shapes_are_not_allocated() {
     // allocation the claim would need.
     let body = br#"{"inputs":[{"name":"x","shape":[4611686018427387904,1],"datatype":"FP32","data":[1,2]}]}"#;
     assert!(matches!(
-        decode(body, None, MAX_ELEMENTS),
+        decode(body, None, LIMITS),
         Err(InputError::TooLarge(_))
     ));
     let body = br#"{"inputs":[{"name":"x","shape":[65536,65536],"datatype":"FP32","parameters":{"binary_data_size":4}}]}abcd"#;
-    assert!(decode(body, Some("94"), MAX_ELEMENTS).is_err());
+    assert!(decode(body, Some("94"), LIMITS).is_err());
 }

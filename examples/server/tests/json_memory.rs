@@ -1,11 +1,11 @@
 //! Maximal JSON bodies against the real `kiln-server` binary at its default limits (32 MiB
-//! bodies, 16 Mi elements per input): four dense `0,0,0,…` bodies at once, with a declared
-//! shape that matches their data, with one smaller than their data, and as a parameter kiln
-//! does not read, and as KServe v1 instances (rows bare and named, named scalars) and columns, while
-//! another connection polls
-//! `/v2/health/live`. The server's peak memory stays within 3× the bodies
-//! in flight, and every liveness probe answers within 100 ms (a decode on a tokio worker held
-//! them for seconds). On a shared machine the limit is raised by the machine's own worst
+//! bodies, 16 Mi elements per input, 1 Mi per string input): four dense `0,0,0,…` bodies at
+//! once, with a declared shape that matches their data, with one smaller than their data, and
+//! as a parameter kiln does not read, as KServe v1 instances (rows bare and named, named
+//! scalars) and columns, and as millions of empty strings (`BYTES`), while another connection
+//! polls `/v2/health/live`. The server's peak memory stays within 3× the bodies in flight,
+//! and every liveness probe answers within 100 ms (a decode on a tokio worker held them for
+//! seconds). On a shared machine the limit is raised by the machine's own worst
 //! stall over the same time, as a thread of this test that only sleeps sees it.
 //!
 //! The four bodies are sent whole but for their last byte, then finished together, so the
@@ -66,6 +66,37 @@ fn repeated(head: &str, item: &str, tail: &str) -> String {
     let n = (MAX_BODY - head.len() - tail.len() + 1) / (item.len() + 1);
     let body = format!("{head}{}{tail}", vec![item; n].join(","));
     assert!(body.len() <= MAX_BODY && body.len() > MAX_BODY - 64);
+    body
+}
+
+/// strings.onnx's `text` ([rows, 3], BYTES) with as many empty strings as fit (`"","",…`,
+/// three bytes a value, a multiple of 3 of them): just under [`MAX_BODY`].
+fn strings_body() -> String {
+    let head = |rows: usize| {
+        format!(r#"{{"inputs":[{{"name":"text","shape":[{rows},3],"datatype":"BYTES","data":["#)
+    };
+    let tail = "]}]}";
+    let rows = (MAX_BODY - head(usize::MAX).len() - tail.len() + 1) / 9;
+    let body = format!("{}{}{tail}", head(rows), vec![r#""""#; rows * 3].join(","));
+    assert!(body.len() <= MAX_BODY && body.len() > MAX_BODY - 64);
+    body
+}
+
+/// Inputs `s0`, `s1`, … of one million empty strings each (`"","",…`), as many as fit
+/// just under [`MAX_BODY`]: each within the limit on strings, not all of them together.
+fn many_string_inputs() -> String {
+    let n = 1 << 20;
+    let input = |k: usize| {
+        format!(
+            r#"{{"name":"s{k}","shape":[{n}],"datatype":"BYTES","data":[{}]}}"#,
+            vec![r#""""#; n].join(",")
+        )
+    };
+    let one = input(0).len() + 1;
+    let count = (MAX_BODY - r#"{"inputs":[]}"#.len() + 1) / one;
+    let inputs: Vec<String> = (0..count).map(input).collect();
+    let body = format!(r#"{{"inputs":[{}]}}"#, inputs.join(","));
+    assert!(body.len() <= MAX_BODY && body.len() > MAX_BODY - one);
     body
 }
 
@@ -132,6 +163,7 @@ impl Figures {
 fn run_case(path: &'static str, body: &str, code: u16, expect: &str) -> Figures {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
+    publish(root.path(), "strings", "1", "strings.onnx");
     let port = free_port();
     let server = Server {
         child: start_ready(root.path(), port, &["--drain-delay-s", "0"]),
@@ -226,6 +258,24 @@ fn maximal_json_bodies_stay_within_three_times_their_size_and_liveness_answers()
         ),
         // One instance naming millions of inputs the model does not have.
         (v1, "v1 unknown names", many_names(), 400, "unknown input"),
+        // Millions of empty strings: each would be a 24-byte `String` in kiln and a 32-byte
+        // `std::string` in ONNX Runtime however short, 19 times its 3 bytes in the body.
+        // Refused from the declared shape, before any is made.
+        (
+            "/v2/models/strings/infer",
+            "BYTES short strings",
+            strings_body(),
+            413,
+            "max_string_elements",
+        ),
+        // Ten inputs of a million empty strings each: the limit is the request's.
+        (
+            "/v2/models/strings/infer",
+            "BYTES many inputs",
+            many_string_inputs(),
+            413,
+            "max_string_elements",
+        ),
     ];
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mut failures = Vec::new();

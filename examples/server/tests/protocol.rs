@@ -40,9 +40,18 @@ fn scanned(
 }
 
 fn server(config: ServerConfig) -> Server {
+    server_of(
+        &[("mlp", "3", "mlp.onnx"), ("int64", "1", "int64.onnx")],
+        config,
+    )
+}
+
+/// A server of `models` (name, version, testdata file).
+fn server_of(models: &[(&str, &str, &str)], config: ServerConfig) -> Server {
     let root = tempfile::tempdir().expect("root");
-    publish(root.path(), "mlp", "3", "mlp.onnx");
-    publish(root.path(), "int64", "1", "int64.onnx");
+    for (name, version, file) in models {
+        publish(root.path(), name, version, file);
+    }
     let (repo, report, telemetry) = scanned(root.path());
     assert!(report.failed.is_empty(), "{report:?}");
     let meter = telemetry.meter();
@@ -463,6 +472,56 @@ fn every_error_maps_to_its_status_with_a_message() {
             .contains("deadline exceeded"),
         "{out}"
     );
+}
+
+#[test]
+fn string_inputs_have_their_own_element_limit_in_both_protocols() {
+    // strings.onnx: `text` [batch, 3] BYTES and `n` [batch, 1] INT64. At most 3 strings a
+    // request here: one row is served, two rows are 413 from the declared shape, in v2 and
+    // in KServe v1. Numbers are not held to it: int64.onnx takes 6 of them.
+    let config = ServerConfig {
+        max_input_elements: 8,
+        max_string_elements: 3,
+        ..ServerConfig::default()
+    };
+    let s = server_of(
+        &[
+            ("strings", "1", "strings.onnx"),
+            ("int64", "1", "int64.onnx"),
+        ],
+        config,
+    );
+    let v2 = |rows: usize| {
+        json!({"inputs": [
+            {"name": "text", "shape": [rows, 3], "datatype": "BYTES", "data": vec!["cat"; rows * 3]},
+            {"name": "n", "shape": [rows, 1], "datatype": "INT64", "data": vec![1; rows]},
+        ]})
+        .to_string()
+    };
+    let v1 = |rows: usize| {
+        json!({"instances": vec![json!({"text": ["cat", "dog", "x"], "n": [2]}); rows]}).to_string()
+    };
+    let post = |uri: &str, body: String| call(&s, Method::POST, uri, Some(body), &[]);
+    let (status, _, out) = post("/v2/models/strings/infer", v2(1));
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["outputs"][1]["data"], json!([1, 1, 1]), "{out}");
+    let (status, _, out) = post("/v1/models/strings:predict", v1(1));
+    assert_eq!(status, StatusCode::OK, "{out}");
+    for (uri, body) in [
+        ("/v2/models/strings/infer", v2(2)),
+        ("/v1/models/strings:predict", v1(2)),
+    ] {
+        let (status, _, out) = post(uri, body);
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{uri}: {out}");
+        assert_eq!(
+            out["error"],
+            "input `text`: shape [2, 3] is over the request's limit on strings (max_string_elements): 3 left",
+            "{uri}"
+        );
+    }
+    let ids = json!({"inputs": [{"name": "ids", "shape": [1, 6], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]}]});
+    let (status, _, out) = post("/v2/models/int64/infer", ids.to_string());
+    assert_eq!(status, StatusCode::OK, "{out}");
 }
 
 #[test]

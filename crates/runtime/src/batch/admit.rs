@@ -105,7 +105,8 @@ impl Shared {
                 inputs.push(by_name.swap_remove(pos));
             }
         }
-        let bytes: usize = inputs.iter().map(|(_, t)| t.byte_len()).sum();
+        // What the queue holds: strings count their `String`s, not their text alone.
+        let bytes: usize = inputs.iter().map(|(_, t)| t.memory_len()).sum();
         let limit = self.settings.config.max_queue_bytes;
         if bytes > limit {
             return Err(Error::RequestTooLarge {

@@ -26,7 +26,9 @@ pub struct BatchConfig {
     pub max_queue_delay_us: u64,
     /// Most requests waiting. Default 1024. Beyond it, requests fail at once with `Overloaded`.
     pub max_queue_requests: usize,
-    /// Most input bytes waiting. Default 256 MiB. Beyond it, `Overloaded`.
+    /// Most input bytes waiting, as they are held in memory ([`crate::Tensor::memory_len`]: a
+    /// string counts its `String` and heap block, not its text alone). Default 256 MiB.
+    /// Beyond it, `Overloaded`; a request over it alone, `RequestTooLarge`.
     pub max_queue_bytes: usize,
     /// Default request timeout (queue + run), in ms; 0 means none. Default 0. A request may
     /// shorten it, never extend it.

@@ -256,9 +256,12 @@ impl Metrics {
                     "{request}",
                     |d| d.requests.load(Ordering::Relaxed),
                 ),
-                depth_gauge("kiln_queue_depth_bytes", "Input bytes waiting", "By", |d| {
-                    d.bytes.load(Ordering::Relaxed)
-                }),
+                depth_gauge(
+                    "kiln_queue_depth_bytes",
+                    "Input bytes waiting, as held in memory",
+                    "By",
+                    |d| d.bytes.load(Ordering::Relaxed),
+                ),
                 serving_gauge(
                     "kiln_model_version_info",
                     "1 for the version serving (no series when none serves)",

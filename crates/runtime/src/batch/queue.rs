@@ -125,7 +125,7 @@ impl Queue {
         self.requests
     }
 
-    /// Input bytes waiting.
+    /// Input bytes waiting, as they are held in memory (`Tensor::memory_len`).
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }

@@ -31,7 +31,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::http::body_pool::{BodyPool, PooledBody};
 use crate::http::compression::{Coding, Inflate};
 use crate::http::error::ApiError;
-use crate::http::protocol::{self, InferRequest};
+use crate::http::protocol::{self, InferRequest, Limits};
 
 /// Bodies under this many bytes decode on the calling task: one of 64 KiB holds a worker for
 /// 0.15 ms (`0.123456789,…`) to 0.4 ms (`0,0,…`, the densest), a hop to the blocking pool
@@ -50,15 +50,15 @@ pub(crate) struct Decoder {
     budget_kib: u32,
     /// One permit per body being decoded off the workers: the CPUs less one, at least one.
     slots: Arc<Semaphore>,
-    /// Largest element count of one input tensor (larger → 413).
-    max_elements: usize,
+    /// Largest element counts of one input tensor (larger → 413).
+    limits: Limits,
 }
 
 impl Decoder {
     /// A decoder letting `budget_bytes` of bodies decode at once (at least one body of any
     /// size: a body over the whole budget waits for all of it), on [`decode_threads`] of the
-    /// CPUs this process may use, each input at most `max_elements` elements.
-    pub(crate) fn new(budget_bytes: usize, max_elements: usize) -> Self {
+    /// CPUs this process may use, each input within `limits`.
+    pub(crate) fn new(budget_bytes: usize, limits: Limits) -> Self {
         let budget_kib = u32::try_from(budget_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
         Self {
@@ -66,7 +66,7 @@ impl Decoder {
             permits: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
             slots: Arc::new(Semaphore::new(decode_threads(cpus))),
-            max_elements,
+            limits,
         }
     }
 
@@ -92,16 +92,16 @@ impl Decoder {
         header_len: Option<&str>,
     ) -> impl Fn(&[u8]) -> Result<(InferRequest<'static>, NamedTensors), ApiError> + Clone + Send + 'static
     {
-        let max_elements = self.max_elements;
+        let limits = self.limits;
         let header_len = header_len.map(str::to_owned);
         move |body: &[u8]| {
-            protocol::decode(body, header_len.as_deref(), max_elements).map_err(ApiError::from)
+            protocol::decode(body, header_len.as_deref(), limits).map_err(ApiError::from)
         }
     }
 
-    /// Largest element count of one input tensor.
-    pub(crate) fn max_elements(&self) -> usize {
-        self.max_elements
+    /// Largest element counts of one input tensor.
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// `read` of `body` (a protocol's whole reading of a request: the v2 JSON, KServe's v1
@@ -308,7 +308,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_and_big_bodies_decode_alike_and_refusals_keep_their_status() {
-        let decoder = Decoder::new(1 << 20, 1 << 20);
+        let decoder = Decoder::new(1 << 20, Limits::within(1 << 20));
         for values in [4, 100_000] {
             let (request, tensors) = decoder.decode(body(values), None).await.expect("decoded");
             assert_eq!(request.inputs.len(), 1);
@@ -320,7 +320,7 @@ mod tests {
         );
         let e = decoder.decode(bad, None).await.expect_err("refused");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        let decoder = Decoder::new(1 << 20, 10);
+        let decoder = Decoder::new(1 << 20, Limits::within(10));
         let e = decoder
             .decode(body(100_000), None)
             .await
@@ -336,7 +336,7 @@ mod tests {
     #[tokio::test]
     async fn bodies_are_collected_whole_and_refused_past_the_limit() {
         // (Bodies in many chunks: tests/json_memory.rs, 32 MiB each.)
-        let decoder = Decoder::new(1 << 20, 1 << 20);
+        let decoder = Decoder::new(1 << 20, Limits::within(1 << 20));
         let body = Body::from("{\"inputs\": []}");
         let whole = decoder.collect(body, 64).await.expect("whole");
         assert_eq!(&*whole, b"{\"inputs\": []}");
@@ -350,7 +350,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn compressed_bodies_decode_inline_or_off_the_workers_within_the_limit() {
-        let decoder = Decoder::new(1 << 20, 1 << 20);
+        let decoder = Decoder::new(1 << 20, Limits::within(1 << 20));
         for values in [4, 100_000] {
             let packed = Coding::Gzip.compress(&body(values));
             assert!(packed.len() < INLINE_MAX_BYTES);
@@ -380,7 +380,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_share_shrinks_to_what_an_inflated_body_holds_and_never_grows() {
-        let decoder = Decoder::new(4 << 20, 1 << 20);
+        let decoder = Decoder::new(4 << 20, Limits::within(1 << 20));
         let mut share = decoder.reserve(2 << 20).await.expect("share");
         assert_eq!(decoder.permits.available_permits(), 2048);
         shrink(&mut share, 100 << 10);
@@ -398,7 +398,7 @@ mod tests {
     async fn a_gzip_body_holds_the_share_its_trailer_names_and_falls_back_when_it_understates() {
         // A 4 MiB budget, 2 MiB bodies, 3.5 MiB of it held by other requests: a whole body
         // limit's share would wait for them; the ~200 KB this body's gzip trailer names fits.
-        let decoder = Decoder::new(4 << 20, 1 << 20);
+        let decoder = Decoder::new(4 << 20, Limits::within(1 << 20));
         let held = decoder.reserve((7 << 20) / 2).await.expect("held");
         let plain = body(100_000);
         let packed = Coding::Gzip.compress(&plain);
@@ -440,7 +440,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_body_over_the_whole_budget_still_decodes() {
-        let decoder = Decoder::new(100 << 10, 1 << 20);
+        let decoder = Decoder::new(100 << 10, Limits::within(1 << 20));
         let (_, tensors) = decoder.decode(body(200_000), None).await.expect("decoded");
         assert_eq!(tensors[0].1.len(), 200_000);
     }

@@ -192,7 +192,7 @@ const DATATYPES: [(&str, ElementType); 14] = [
     ("UINT16", ElementType::U16),
     ("UINT8", ElementType::U8),
     ("BOOL", ElementType::Bool),
-    ("BYTES", ElementType::String),
+    (BYTES, ElementType::String),
 ];
 
 /// Decodes a whole inference request body: the JSON request and every input as a tensor.
@@ -210,14 +210,14 @@ const DATATYPES: [(&str, ElementType); 14] = [
 pub fn decode(
     body: &[u8],
     header_len: Option<&str>,
-    max_elements: usize,
+    limits: Limits,
 ) -> Result<(InferRequest<'static>, NamedTensors), InputError> {
-    match decode_with(body, header_len, max_elements, true) {
+    match decode_with(body, header_len, limits, true) {
         Ok(decoded) => Ok(decoded),
         // A refusal is decided by the plain parse, so it reads exactly as it always did: with
         // the data cut out, a check that comes first (a shape over the limit, binary data)
         // could answer for a body whose `data` text serde refuses. Refusals cost two parses.
-        Err(_) => decode_with(body, header_len, max_elements, false),
+        Err(_) => decode_with(body, header_len, limits, false),
     }
 }
 
@@ -225,7 +225,7 @@ pub fn decode(
 fn decode_with(
     body: &[u8],
     header_len: Option<&str>,
-    max_elements: usize,
+    mut limits: Limits,
     cut_data: bool,
 ) -> Result<(InferRequest<'static>, NamedTensors), InputError> {
     let (json, mut binary) = match header_len {
@@ -278,7 +278,7 @@ fn decode_with(
             return Err(InputError::Invalid("both data and binary data".into()));
         }
         let raw = cut_data.or_else(|| input.data.map(RawValue::get));
-        inputs.push((input.name.clone(), tensor(input, raw, bytes, max_elements)?));
+        inputs.push((input.name.clone(), tensor(input, raw, bytes, &mut limits)?));
     }
     if cut_arrays.next().is_some() {
         // An array cut from an input serde did not see: not the structure the cut walked.
@@ -297,7 +297,7 @@ fn decode_with(
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
 /// Converts one request tensor, refusing (with a message naming the input) a bad shape, a
-/// shape over `max_elements`, a datatype kiln does not serve, a value count that does not
+/// shape over `limits`, a datatype kiln does not serve, a value count that does not
 /// match the shape, and values out of the datatype's range.
 ///
 /// # Errors
@@ -305,21 +305,22 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 pub fn to_tensor(
     input: &InputTensor<'_>,
     binary: Option<&[u8]>,
-    max_elements: usize,
+    mut limits: Limits,
 ) -> Result<Tensor, InputError> {
-    tensor(input, input.data.map(RawValue::get), binary, max_elements)
+    tensor(input, input.data.map(RawValue::get), binary, &mut limits)
 }
 
-/// [`to_tensor`] with the values' JSON text `raw` (its `data`, or what `json_cut` cut out).
+/// [`to_tensor`] with the values' JSON text `raw` (its `data`, or what `json_cut` cut out),
+/// its shape checked through the request's `limits`.
 fn tensor(
     input: &InputTensor<'_>,
     raw: Option<&str>,
     binary: Option<&[u8]>,
-    max_elements: usize,
+    limits: &mut Limits,
 ) -> Result<Tensor, InputError> {
     let name = &input.name;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
-    let (shape, elements) = checked_shape(name, &input.shape, max_elements)?;
+    let (shape, elements) = limits.checked_shape(name, &input.shape, &input.datatype)?;
     if let Some(bytes) = binary {
         return from_le_bytes(&input.datatype, shape, bytes).map_err(bad);
     }
@@ -336,34 +337,73 @@ fn tensor(
     Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
 }
 
-/// A request tensor's declared shape, checked before any of its data is looked at: no
-/// negative dim, and at most `max_elements` elements (so a huge declared shape costs nothing).
-/// Returns the dims and the element count.
+/// The v2 datatype of string tensors.
+pub(crate) const BYTES: &str = "BYTES";
+
+/// How many elements a request's inputs may declare, checked from each input's shape before
+/// any of its data is looked at (so a huge declared shape costs nothing); larger → 413.
 ///
-/// # Errors
-/// [`InputError::Invalid`] for a negative dim, [`InputError::TooLarge`] over the limit.
-pub fn checked_shape(
-    name: &str,
-    dims: &[i64],
-    max_elements: usize,
-) -> Result<(Vec<usize>, usize), InputError> {
-    let shape = dims
-        .iter()
-        .map(|&d| {
-            usize::try_from(d)
-                .map_err(|_| InputError::Invalid(format!("input `{name}`: dim {d} is negative")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let elements = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .filter(|&n| n <= max_elements)
-        .ok_or_else(|| {
-            InputError::TooLarge(format!(
-                "input `{name}`: shape {shape:?} is over the limit of {max_elements} elements"
-            ))
-        })?;
-    Ok((shape, elements))
+/// A request's reader takes its own copy and checks every input's shape through it, in
+/// turn: each string input's count is taken from what `strings` has left, so the limit on
+/// strings holds for the request's inputs together, however many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest element count of one input.
+    pub elements: usize,
+    /// Most strings (`BYTES` elements) in a request, all its inputs together, each at most
+    /// `elements` too. A string costs kiln a 24-byte `String` (and a heap block when not
+    /// empty) and ONNX Runtime a 32-byte `std::string`, however short: in a JSON body an
+    /// empty one is 3 bytes (`"",`).
+    pub strings: usize,
+}
+
+impl Limits {
+    /// A declared shape of an input of v2 `datatype`: no negative dim, at most `elements`
+    /// elements and, for `BYTES`, at most the strings left, which it then takes. Returns the
+    /// dims and the element count.
+    ///
+    /// # Errors
+    /// [`InputError::Invalid`] for a negative dim, [`InputError::TooLarge`] over a limit.
+    pub fn checked_shape(
+        &mut self,
+        name: &str,
+        dims: &[i64],
+        datatype: &str,
+    ) -> Result<(Vec<usize>, usize), InputError> {
+        let shape = dims
+            .iter()
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| {
+                    InputError::Invalid(format!("input `{name}`: dim {d} is negative"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        let over = |what: String| {
+            InputError::TooLarge(format!("input `{name}`: shape {shape:?} is over {what}"))
+        };
+        let elements = count
+            .filter(|&n| n <= self.elements)
+            .ok_or_else(|| over(format!("the limit of {} elements", self.elements)))?;
+        if datatype == BYTES {
+            self.strings = self.strings.checked_sub(elements).ok_or_else(|| {
+                over(format!(
+                    "the request's limit on strings (max_string_elements): {} left",
+                    self.strings
+                ))
+            })?;
+        }
+        Ok((shape, elements))
+    }
+
+    /// At most `n` elements an input, strings or not.
+    #[cfg(test)]
+    pub(crate) fn within(n: usize) -> Self {
+        Self {
+            elements: n,
+            strings: n,
+        }
+    }
 }
 
 /// JSON texts of values, handed in turn to the function it is given: one input's `data`, or
@@ -397,7 +437,7 @@ pub(crate) fn typed_data(
         "UINT64" => TensorData::U64(values(t, s, n, r)?),
         "FP16" => TensorData::F16(values(t, s, n, r)?),
         "BF16" => TensorData::Bf16(values(t, s, n, r)?),
-        "BYTES" => TensorData::String(values(t, s, n, r)?),
+        BYTES => TensorData::String(values(t, s, n, r)?),
         other => {
             return Err(format!(
                 "datatype {other:?} is not served; use one of {}",
@@ -518,13 +558,13 @@ mod tests {
         let flat = to_tensor(
             &input(vec![2, 2], "FP32", serde_json::json!([1, 2, 3, 4])),
             None,
-            100,
+            Limits::within(100),
         )
         .expect("flat");
         let nested = to_tensor(
             &input(vec![2, 2], "FP32", serde_json::json!([[1, 2], [3, 4]])),
             None,
-            100,
+            Limits::within(100),
         )
         .expect("nested");
         assert_eq!(flat, nested);
@@ -534,18 +574,18 @@ mod tests {
     #[test]
     fn data_is_read_whatever_the_field_order_and_refused_past_the_shape() {
         let body = br#"{"inputs":[{"data":[[1,2],[3,4]],"parameters":{"pad":[0,0]},"datatype":"INT64","shape":[2,2],"name":"x"}]}"#;
-        let (request, tensors) = decode(body, None, 100).expect("decoded");
+        let (request, tensors) = decode(body, None, Limits::within(100)).expect("decoded");
         assert!(request.inputs[0].data.is_none());
         assert_eq!(tensors[0].1.as_slice::<i64>().expect("i64"), &[1, 2, 3, 4]);
         let body =
             br#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2,3,"x"]}]}"#;
         assert!(matches!(
-            decode(body, None, 100),
+            decode(body, None, Limits::within(100)),
             Err(InputError::Invalid(m)) if m == "input `x`: has more than 2 values but shape [1, 2] needs 2"
         ));
         let body = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#;
         assert!(matches!(
-            decode(body, None, 100),
+            decode(body, None, Limits::within(100)),
             Err(InputError::Invalid(m)) if m.contains("has 0 values but shape [1] needs 1")
         ));
     }
@@ -555,13 +595,13 @@ mod tests {
         let t = to_tensor(
             &input(vec![2], "FP32", Value::Null),
             Some(&[0, 0, 192, 63, 0, 0, 0, 192]),
-            9,
+            Limits::within(9),
         )
         .expect("binary");
         assert_eq!(t.as_slice::<f32>().expect("f32"), &[1.5, -2.0]);
         assert_eq!(t.to_le_bytes(), vec![0, 0, 192, 63, 0, 0, 0, 192]);
         assert!(matches!(
-            to_tensor(&input(vec![3], "FP32", Value::Null), Some(&[0; 8]), 9),
+            to_tensor(&input(vec![3], "FP32", Value::Null), Some(&[0; 8]), Limits::within(9)),
             Err(InputError::Invalid(m)) if m.contains("8 bytes of binary data")
         ));
     }
@@ -575,51 +615,51 @@ mod tests {
         assert!(msg(to_tensor(
             &input(vec![3], "FP32", serde_json::json!([1, 2])),
             None,
-            9
+            Limits::within(9)
         ))
         .contains("has 2 values but shape [3] needs 3"));
         assert!(msg(to_tensor(
             &input(vec![-1], "FP32", serde_json::json!([])),
             None,
-            9
+            Limits::within(9)
         ))
         .contains("negative"));
         assert!(msg(to_tensor(
             &input(vec![1], "INT8", serde_json::json!([300])),
             None,
-            9
+            Limits::within(9)
         ))
         .contains("300 is not a int8"));
         assert!(msg(to_tensor(
             &input(vec![1], "STRING", serde_json::json!(["a"])),
             None,
-            9
+            Limits::within(9)
         ))
         .contains("not served"));
         // BYTES: JSON strings, never numbers, never a NUL; binary is length-prefixed.
         let t = to_tensor(
             &input(vec![2], "BYTES", serde_json::json!([["cat"], [""]])),
             None,
-            9,
+            Limits::within(9),
         )
         .expect("strings");
         assert_eq!(t.as_slice::<String>().expect("strings"), &["cat", ""]);
         assert!(msg(to_tensor(
             &input(vec![1], "BYTES", serde_json::json!([1])),
             None,
-            9
+            Limits::within(9)
         ))
         .contains("1 is not a string"));
         assert!(msg(to_tensor(
             &input(vec![1], "BYTES", serde_json::json!(["a\u{0}b"])),
             None,
-            9
+            Limits::within(9)
         ))
         .contains("is not a string without NUL"));
         let binary = to_tensor(
             &input(vec![2], "BYTES", Value::Null),
             Some(&[3, 0, 0, 0, b'c', b'a', b't', 0, 0, 0, 0]),
-            9,
+            Limits::within(9),
         )
         .expect("binary");
         assert_eq!(binary, t);
@@ -638,16 +678,68 @@ mod tests {
             let m = msg(to_tensor(
                 &input(vec![2], "BYTES", Value::Null),
                 Some(bytes),
-                9,
+                Limits::within(9),
             ));
             assert!(m.contains(says), "{m}");
         }
+        // A string input has its own limit, checked from the shape as the other is.
+        let strings = Limits {
+            elements: 9,
+            strings: 2,
+        };
+        let two = serde_json::json!(["a", "b"]);
+        assert!(to_tensor(&input(vec![2], "BYTES", two), None, strings).is_ok());
+        assert!(to_tensor(
+            &input(vec![3], "INT8", serde_json::json!([1, 2, 3])),
+            None,
+            strings
+        )
+        .is_ok());
+        for binary in [None, Some(&[0u8; 12][..])] {
+            let three = serde_json::json!(["a", "b", "c"]);
+            let data = if binary.is_some() { Value::Null } else { three };
+            assert!(matches!(
+                to_tensor(&input(vec![3, 1], "BYTES", data), binary, strings),
+                Err(InputError::TooLarge(m)) if m == "input `x`: shape [3, 1] is over the request's limit on strings (max_string_elements): 2 left"
+            ));
+        }
+        // A string input is held to the element limit too, where that is the lower.
+        let few = Limits {
+            elements: 2,
+            strings: 9,
+        };
+        let three = serde_json::json!(["a", "b", "c"]);
+        assert!(matches!(
+            to_tensor(&input(vec![3], "BYTES", three), None, few),
+            Err(InputError::TooLarge(m)) if m.ends_with("over the limit of 2 elements")
+        ));
+        // The strings are the request's, all inputs together: two inputs of two strings each
+        // are refused under a limit of three, at the second, however many inputs there are.
+        let two_inputs = |n: usize| {
+            let data = vec![""; n];
+            serde_json::json!({"inputs": [
+                {"name": "a", "shape": [n], "datatype": "BYTES", "data": data},
+                {"name": "n", "shape": [4], "datatype": "INT8", "data": [1, 2, 3, 4]},
+                {"name": "b", "shape": [n], "datatype": "BYTES", "data": data},
+            ]})
+            .to_string()
+        };
+        let limits = Limits {
+            elements: 4,
+            strings: 3,
+        };
+        let body = two_inputs(2);
+        assert!(matches!(
+            decode(body.as_bytes(), None, limits),
+            Err(InputError::TooLarge(m)) if m.starts_with("input `b`") && m.ends_with(": 1 left")
+        ));
+        assert!(decode(two_inputs(1).as_bytes(), None, limits).is_ok());
         // A huge declared shape is refused before the (tiny) data is looked at.
         assert!(matches!(
             to_tensor(
                 &input(vec![1 << 40, 1 << 40], "FP32", serde_json::json!([1])),
                 None,
-                1000
+                Limits::within(1000)
             ),
             Err(InputError::TooLarge(_))
         ));
@@ -657,8 +749,13 @@ mod tests {
     fn both_ways(body: &str, header_len: Option<&str>) -> (String, String) {
         let show = |r: Result<(InferRequest<'static>, NamedTensors), InputError>| format!("{r:?}");
         (
-            show(decode(body.as_bytes(), header_len, 1 << 20)),
-            show(decode_with(body.as_bytes(), header_len, 1 << 20, false)),
+            show(decode(body.as_bytes(), header_len, Limits::within(1 << 20))),
+            show(decode_with(
+                body.as_bytes(),
+                header_len,
+                Limits::within(1 << 20),
+                false,
+            )),
         )
     }
 
@@ -767,8 +864,11 @@ mod tests {
             let len = body.len().to_string();
             body.extend(1f32.to_le_bytes());
             assert_eq!(
-                format!("{:?}", decode(&body, Some(&len), 9)),
-                format!("{:?}", decode_with(&body, Some(&len), 9, false)),
+                format!("{:?}", decode(&body, Some(&len), Limits::within(9))),
+                format!(
+                    "{:?}",
+                    decode_with(&body, Some(&len), Limits::within(9), false)
+                ),
                 "{data}"
             );
         }
@@ -776,8 +876,8 @@ mod tests {
         let mut body = br#"{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1.5]}, {"name": "b", "shape": [1], "datatype": "FP32", "parameters": {"binary_data_size": 4}}]}"#.to_vec();
         let len = body.len().to_string();
         body.extend(2.5f32.to_le_bytes());
-        let with = decode_with(&body, Some(&len), 9, true).expect("decoded");
-        let without = decode_with(&body, Some(&len), 9, false).expect("decoded");
+        let with = decode_with(&body, Some(&len), Limits::within(9), true).expect("decoded");
+        let without = decode_with(&body, Some(&len), Limits::within(9), false).expect("decoded");
         assert_eq!(format!("{with:?}"), format!("{without:?}"));
     }
 }

@@ -36,8 +36,13 @@ pub struct ServerConfig {
     pub admin: bool,
     /// Largest request body, bytes (larger → 413).
     pub max_body_bytes: usize,
-    /// Largest element count of one input tensor (larger → 413).
+    /// Largest element count of one input tensor, strings too (larger → 413).
     pub max_input_elements: usize,
+    /// Most strings (`BYTES` elements) in one request, its inputs together (more → 413): a
+    /// string costs kiln and ONNX Runtime 56 bytes or more however short, 19 times an empty
+    /// one's 3 bytes of JSON, so a body of short strings is bounded by their count, not its
+    /// size.
+    pub max_string_elements: usize,
     /// With `admin`: the bearer token the repository endpoints require. Without one they
     /// answer loopback peers only (the agent in the same pod), 403 to anyone else.
     pub admin_token: Option<String>,
@@ -55,6 +60,7 @@ impl Default for ServerConfig {
             admin: false,
             max_body_bytes: 32 << 20,
             max_input_elements: 16 << 20,
+            max_string_elements: 1 << 20,
             admin_token: None,
             body_read_timeout: Duration::from_secs(30),
             ready_when: crate::Readiness::All,
@@ -89,7 +95,10 @@ impl AppState {
         Self {
             decoder: crate::http::decode::Decoder::new(
                 2 * config.max_body_bytes,
-                config.max_input_elements,
+                crate::http::protocol::Limits {
+                    elements: config.max_input_elements,
+                    strings: config.max_string_elements,
+                },
             ),
             repo,
             draining: AtomicBool::new(false),

@@ -15,11 +15,12 @@
 //! [`ModelInferMessage::decode`], on a decode thread for a big message, first walks the
 //! message's structure without decoding a value (`check`): it refuses an input whose typed
 //! contents, all their fields together (prost allocates every one, kiln reads the
-//! datatype's), hold more values than its shape's element count, a shape of more than
-//! [`MAX_DIMS`] dims, and more than [`MAX_TENSORS`] inputs, requested outputs or raw
-//! contents, or [`MAX_PARAMETERS`] parameters in all. Then prost decodes it, into at most
-//! the shapes' values: 8 bytes each at most, 24 and the string's own for `bytes_contents`
-//! (`max_input_elements` bounds a shape).
+//! datatype's), hold more values than its shape's element count, strings (`bytes_contents`)
+//! in an input that is not `BYTES`, a shape over the request's [`Limits`] (of elements, and
+//! of strings for the request's `BYTES` inputs together), a shape of more than [`MAX_DIMS`]
+//! dims, and more than [`MAX_TENSORS`] inputs, requested outputs or raw contents, or
+//! [`MAX_PARAMETERS`] parameters in all. Then prost decodes it, into at most the shapes'
+//! values: 8 bytes each at most, 24 and the string's own for `bytes_contents`.
 
 use std::fmt;
 
@@ -30,7 +31,7 @@ use prost::{DecodeError, Message};
 
 use crate::http::grpc::pb;
 use crate::http::json_fields::MAX_DIMS;
-use crate::http::protocol::{checked_shape, InputError};
+use crate::http::protocol::{InputError, Limits, BYTES};
 
 /// The most inputs, requested outputs, or raw contents entries a request may name.
 pub(crate) const MAX_TENSORS: usize = 4096;
@@ -70,14 +71,14 @@ impl ModelInferMessage {
     /// # Errors
     /// [`InputError::Invalid`] for a malformed message, more typed values than an input's
     /// shape holds, too many dims, tensors or parameters; [`InputError::TooLarge`] for a
-    /// shape over `max_elements`; with the model, version and id the walk read.
-    pub(crate) fn decode(self, max_elements: usize) -> Result<pb::ModelInferRequest, Refused> {
+    /// shape over `limits`; with the model, version and id the walk read.
+    pub(crate) fn decode(self, limits: Limits) -> Result<pb::ModelInferRequest, Refused> {
         let bytes = match <[Bytes; 1]>::try_from(self.parts) {
             Ok([one]) => one,
             Err(parts) => parts.concat().into(),
         };
         let mut header = Header::default();
-        let checked = check(&bytes, max_elements, &mut header);
+        let checked = check(&bytes, limits, &mut header);
         let refused = |error| Refused {
             model: String::from_utf8_lossy(header.model).into_owned(),
             version: String::from_utf8_lossy(header.version).into_owned(),
@@ -274,12 +275,9 @@ struct Header<'a> {
 
 /// Walks a `ModelInferRequest`'s bytes: the checks in the module doc, on the counts that
 /// decoding it would allocate, before anything is decoded.
-fn check<'a>(
-    message: &'a [u8],
-    max_elements: usize,
-    header: &mut Header<'a>,
-) -> Result<(), InputError> {
+fn check<'a>(message: &'a [u8], limits: Limits, header: &mut Header<'a>) -> Result<(), InputError> {
     let mut counts = Counts::default();
+    let mut limits = limits;
     let mut fields = Fields::new(message);
     while let Some((tag, value)) = fields.next()? {
         match (tag, value) {
@@ -290,7 +288,7 @@ fn check<'a>(
             (5, Value::Bytes(input)) => {
                 counts.inputs += 1;
                 counts.over()?;
-                check_input(input, max_elements, &mut counts)?;
+                check_input(input, &mut limits, &mut counts)?;
             }
             (6, Value::Bytes(output)) => {
                 counts.outputs += 1;
@@ -309,18 +307,22 @@ fn check<'a>(
     Ok(())
 }
 
-/// One `InferInputTensor`: its shape (as the decoder will check it) and its typed contents'
-/// values, in all its typed fields together, against the shape's element count.
-fn check_input(input: &[u8], max_elements: usize, counts: &mut Counts) -> Result<(), InputError> {
+/// One `InferInputTensor`: its shape, checked through the request's `limits` as the decoder
+/// will check it, and its typed contents' values, in all its typed fields together, against
+/// the shape's element count; strings only in a `BYTES` input.
+fn check_input(input: &[u8], limits: &mut Limits, counts: &mut Counts) -> Result<(), InputError> {
     let mut name: &[u8] = &[];
+    let mut datatype: &[u8] = &[];
     let mut dims: Vec<i64> = Vec::new();
     // Typed values, every `InferTensorContents` field and occurrence together: only the
     // datatype's field is read, but prost allocates them all.
     let mut values = 0usize;
+    let mut strings = 0usize;
     let mut fields = Fields::new(input);
     while let Some((tag, value)) = fields.next()? {
         match (tag, value) {
             (1, Value::Bytes(n)) => name = n,
+            (2, Value::Bytes(d)) => datatype = d,
             (3, Value::Varint(d)) => {
                 dims.push(d as i64);
                 over_dims(name, dims.len())?;
@@ -336,12 +338,24 @@ fn check_input(input: &[u8], max_elements: usize, counts: &mut Counts) -> Result
                 counts.parameters += 1;
                 counts.over()?;
             }
-            (5, Value::Bytes(contents)) => values += count_contents(contents)?,
+            (5, Value::Bytes(contents)) => {
+                let (all, of_strings) = count_contents(contents)?;
+                values += all;
+                strings += of_strings;
+            }
             _ => {}
         }
     }
     let name = String::from_utf8_lossy(name);
-    let (shape, elements) = checked_shape(&name, &dims, max_elements)?;
+    let datatype = String::from_utf8_lossy(datatype);
+    if strings > 0 && datatype != BYTES {
+        // prost would make a `Vec` of each, for nothing: no other datatype reads them.
+        return Err(InputError::Invalid(format!(
+            "input `{name}`: bytes_contents is for BYTES inputs, not {}",
+            datatype.chars().take(64).collect::<String>()
+        )));
+    }
+    let (shape, elements) = limits.checked_shape(&name, &dims, &datatype)?;
     if values > elements {
         return Err(InputError::Invalid(format!(
             "input `{name}`: has {values} values but shape {shape:?} needs {elements}"
@@ -360,22 +374,28 @@ fn over_dims(name: &[u8], dims: usize) -> Result<(), InputError> {
     Ok(())
 }
 
-/// An `InferTensorContents`' values, every field's, packed or not.
-fn count_contents(contents: &[u8]) -> Result<usize, InputError> {
+/// An `InferTensorContents`' values, every field's, packed or not, and how many of them are
+/// strings (`bytes_contents`).
+fn count_contents(contents: &[u8]) -> Result<(usize, usize), InputError> {
     let mut values = 0;
+    let mut strings = 0;
     let mut fields = Fields::new(contents);
     while let Some((tag, value)) = fields.next()? {
         values += match (tag, value) {
             // bool, int, int64, uint, uint64: a packed run holds one value per byte that
             // ends a varint (its top bit clear).
             (1..=5, Value::Bytes(packed)) => packed.iter().filter(|&&b| b < 0x80).count(),
-            (1..=5, Value::Varint(_)) | (6 | 7, Value::Fixed) | (8, Value::Bytes(_)) => 1,
+            (1..=5, Value::Varint(_)) | (6 | 7, Value::Fixed) => 1,
+            (8, Value::Bytes(_)) => {
+                strings += 1;
+                1
+            }
             (6, Value::Bytes(packed)) => packed.len() / 4,
             (7, Value::Bytes(packed)) => packed.len() / 8,
             _ => 0,
         };
     }
-    Ok(values)
+    Ok((values, strings))
 }
 
 #[cfg(test)]
@@ -440,7 +460,10 @@ mod tests {
         let kept = ModelInferMessage::decode_from(&bytes);
         assert_eq!(kept.len(), bytes.len());
         assert_eq!(kept.encode_to_vec(), bytes, "kept as received");
-        assert_eq!(kept.decode(1 << 20).expect("decoded"), request);
+        assert_eq!(
+            kept.decode(Limits::within(1 << 20)).expect("decoded"),
+            request
+        );
     }
 
     #[test]
@@ -450,7 +473,7 @@ mod tests {
             int64_contents: vec![0; 1000],
             ..Default::default()
         };
-        let m = refusal(message(vec![input("x", &[1], packed)]).decode(1 << 20));
+        let m = refusal(message(vec![input("x", &[1], packed)]).decode(Limits::within(1 << 20)));
         assert_eq!(m, "input `x`: has 1000 values but shape [1] needs 1");
 
         let mut one_by_one = input("x", &[2], InferTensorContents::default()).encode_to_vec();
@@ -466,17 +489,18 @@ mod tests {
         encode_key(5, WireType::LengthDelimited, &mut request);
         encode_varint(one_by_one.len() as u64, &mut request);
         request.extend_from_slice(&one_by_one);
-        let m = refusal(ModelInferMessage::decode_from(&request).decode(1 << 20));
+        let m = refusal(ModelInferMessage::decode_from(&request).decode(Limits::within(1 << 20)));
         assert_eq!(m, "input `x`: has 3 values but shape [2] needs 2");
 
         // Every typed field counts, the datatype's or not, all together; fixed-width ones by
         // their size.
         let two_fields = InferTensorContents {
             int64_contents: vec![1; 3],
-            bytes_contents: vec![Vec::new(); 3],
+            fp32_contents: vec![0.5; 3],
             ..Default::default()
         };
-        let m = refusal(message(vec![input("x", &[4], two_fields)]).decode(1 << 20));
+        let m =
+            refusal(message(vec![input("x", &[4], two_fields)]).decode(Limits::within(1 << 20)));
         assert_eq!(m, "input `x`: has 6 values but shape [4] needs 4");
         for contents in [
             InferTensorContents {
@@ -500,7 +524,15 @@ mod tests {
                 ..Default::default()
             },
         ] {
-            let m = refusal(message(vec![input("x", &[4], contents)]).decode(1 << 20));
+            let mut input = input("x", &[4], contents);
+            if input
+                .contents
+                .as_ref()
+                .is_some_and(|c| !c.bytes_contents.is_empty())
+            {
+                input.datatype = "BYTES".into();
+            }
+            let m = refusal(message(vec![input]).decode(Limits::within(1 << 20)));
             assert_eq!(m, "input `x`: has 5 values but shape [4] needs 4");
         }
     }
@@ -516,7 +548,7 @@ mod tests {
         }
         .encode_to_vec();
         let refused = ModelInferMessage::decode_from(&request)
-            .decode(16)
+            .decode(Limits::within(16))
             .expect_err("refused");
         assert_eq!(
             (
@@ -529,7 +561,7 @@ mod tests {
         // Malformed after the header: prost's refusal, the header still read.
         request.push(0x2a);
         let refused = ModelInferMessage::decode_from(&request)
-            .decode(16)
+            .decode(Limits::within(16))
             .expect_err("refused");
         assert_eq!(refused.model, "m");
     }
@@ -537,13 +569,18 @@ mod tests {
     #[test]
     fn shapes_are_checked_as_the_decoder_checks_them() {
         let m = refusal(
-            message(vec![input("x", &[1 << 20, 1 << 20], Default::default())]).decode(1 << 20),
+            message(vec![input("x", &[1 << 20, 1 << 20], Default::default())])
+                .decode(Limits::within(1 << 20)),
         );
         assert!(m.contains("over the limit of 1048576 elements"), "{m}");
-        let m = refusal(message(vec![input("x", &[-1], Default::default())]).decode(16));
+        let m = refusal(
+            message(vec![input("x", &[-1], Default::default())]).decode(Limits::within(16)),
+        );
         assert!(m.contains("dim -1 is negative"), "{m}");
-        let m =
-            refusal(message(vec![input("x", &[1; MAX_DIMS + 1], Default::default())]).decode(16));
+        let m = refusal(
+            message(vec![input("x", &[1; MAX_DIMS + 1], Default::default())])
+                .decode(Limits::within(16)),
+        );
         assert_eq!(m, format!("input `x`: a shape has at most {MAX_DIMS} dims"));
         // At the limits: fine.
         let ok = message(vec![input(
@@ -554,7 +591,43 @@ mod tests {
                 ..Default::default()
             },
         )]);
-        assert!(ok.decode(16).is_ok());
+        assert!(ok.decode(Limits::within(16)).is_ok());
+        // A string input against its own limit, before prost makes a `Vec` per entry; a
+        // number input of the same shape against the other.
+        let limits = Limits {
+            elements: 16,
+            strings: 2,
+        };
+        let strings = |n: usize| InferTensorContents {
+            bytes_contents: vec![Vec::new(); n],
+            ..Default::default()
+        };
+        let mut three = input("x", &[3], strings(3));
+        three.datatype = "BYTES".into();
+        let m = refusal(message(vec![three.clone()]).decode(limits));
+        assert_eq!(
+            m,
+            "input `x`: shape [3] is over the request's limit on strings (max_string_elements): 2 left"
+        );
+        let mut two = input("x", &[2], strings(2));
+        two.datatype = "BYTES".into();
+        assert!(message(vec![two.clone()]).decode(limits).is_ok());
+        // The request's strings together: a second input of two is over what is left.
+        let mut other = two.clone();
+        other.name = "y".into();
+        let m = refusal(message(vec![two.clone(), other]).decode(limits));
+        assert!(m.starts_with("input `y`") && m.ends_with(": 0 left"), "{m}");
+        // Strings in an input of another datatype, which prost would make and nothing read.
+        let mut floats = input("x", &[2], strings(2));
+        floats.datatype = "FP32".into();
+        let m = refusal(message(vec![floats]).decode(limits));
+        assert_eq!(m, "input `x`: bytes_contents is for BYTES inputs, not FP32");
+        three.datatype = "INT8".into();
+        three.contents = Some(InferTensorContents {
+            int_contents: vec![1, 2, 3],
+            ..Default::default()
+        });
+        assert!(message(vec![three]).decode(limits).is_ok());
     }
 
     #[test]
@@ -576,10 +649,10 @@ mod tests {
         ] {
             let at_limit = empty(tag, MAX_TENSORS);
             let bytes = empty(tag, MAX_TENSORS + 1);
-            let m = refusal(ModelInferMessage::decode_from(&bytes).decode(16));
+            let m = refusal(ModelInferMessage::decode_from(&bytes).decode(Limits::within(16)));
             assert!(m.contains(what) && m.contains("at most 4096"), "{m}");
             // At the limit the walk lets it through (prost or inference may still refuse it).
-            let walked = check(&at_limit, 16, &mut Header::default());
+            let walked = check(&at_limit, Limits::within(16), &mut Header::default());
             assert!(walked.is_ok(), "{tag}");
         }
     }
@@ -596,7 +669,7 @@ mod tests {
                 "varint",
             ),
         ] {
-            let m = refusal(ModelInferMessage::decode_from(bytes).decode(16));
+            let m = refusal(ModelInferMessage::decode_from(bytes).decode(Limits::within(16)));
             assert!(
                 m.starts_with("the ModelInferRequest message is malformed"),
                 "{m}"
@@ -607,7 +680,7 @@ mod tests {
         let mut bytes = vec![0x7b, 0x08, 0x01, 0x7c];
         bytes.extend(message(vec![]).encode_to_vec());
         let r = ModelInferMessage::decode_from(&bytes)
-            .decode(16)
+            .decode(Limits::within(16))
             .expect("decoded");
         assert_eq!(r.model_name, "m");
     }
@@ -624,7 +697,7 @@ mod tests {
         };
         let mut kept = ModelInferMessage::decode_from(&a.encode_to_vec());
         kept.merge(Bytes::from(b.encode_to_vec())).expect("merged");
-        let r = kept.decode(16).expect("decoded");
+        let r = kept.decode(Limits::within(16)).expect("decoded");
         assert_eq!((r.model_name.as_str(), r.id.as_str()), ("m", "i"));
 
         // As a field of another message: field by field.
@@ -633,7 +706,10 @@ mod tests {
         encode_varint(inner.len() as u64, &mut outer);
         outer.extend_from_slice(&inner);
         let kept = ModelInferMessage::decode_length_delimited(&outer[..]).expect("decoded");
-        assert_eq!(kept.decode(16).expect("decoded").model_name, "m");
+        assert_eq!(
+            kept.decode(Limits::within(16)).expect("decoded").model_name,
+            "m"
+        );
 
         // Field by field, as prost would: an unknown group dropped, a known field as a group
         // refused.

@@ -84,14 +84,14 @@ pub(super) async fn infer_message(
     share: Option<Share>,
     timeout: Option<Duration>,
 ) -> Result<pb::ModelInferResponse, Failure> {
-    let max_elements = state.config.max_input_elements;
+    let limits = state.decoder.limits();
     let big = message.len() >= crate::http::decode::INLINE_MAX_BYTES;
     // Raw contents and typed contents' vectors are moved, not copied.
     let unpack = move || {
-        let unpacked = message.decode(max_elements).map(|r| {
+        let unpacked = message.decode(limits).map(|r| {
             let timeout_us = u64_parameter(&r.parameters, "timeout");
             let priority = u64_parameter(&r.parameters, "priority");
-            let inputs = tensor::inputs(r.inputs, r.raw_input_contents, max_elements);
+            let inputs = tensor::inputs(r.inputs, r.raw_input_contents, limits);
             (
                 r.model_name,
                 r.model_version,

@@ -10,18 +10,18 @@ use bytes::Bytes;
 use crate::http::grpc::pb::model_infer_request::InferInputTensor;
 use crate::http::grpc::pb::model_infer_response::InferOutputTensor;
 use crate::http::grpc::pb::InferTensorContents;
-use crate::http::protocol::{self, checked_shape, InputError};
+use crate::http::protocol::{self, InputError, Limits, BYTES};
 
 /// The request's inputs as kiln tensors. With `raw` (the request's `raw_input_contents`),
 /// there is one buffer per input, in order, and no input carries typed contents.
 ///
 /// # Errors
 /// [`InputError::Invalid`] for a bad shape, datatype, count or value, or a raw/typed mix;
-/// [`InputError::TooLarge`] over `max_elements`.
+/// [`InputError::TooLarge`] over `limits`.
 pub(super) fn inputs(
     inputs: Vec<InferInputTensor>,
     raw: Vec<Bytes>,
-    max_elements: usize,
+    mut limits: Limits,
 ) -> Result<NamedTensors, InputError> {
     if !raw.is_empty() && raw.len() != inputs.len() {
         return Err(InputError::Invalid(format!(
@@ -35,7 +35,7 @@ pub(super) fn inputs(
         .into_iter()
         .map(|input| {
             let bytes = raw.next();
-            to_tensor(input, bytes.as_deref(), max_elements)
+            to_tensor(input, bytes.as_deref(), &mut limits)
         })
         .collect()
 }
@@ -44,7 +44,7 @@ pub(super) fn inputs(
 fn to_tensor(
     input: InferInputTensor,
     raw: Option<&[u8]>,
-    max_elements: usize,
+    limits: &mut Limits,
 ) -> Result<(String, Tensor), InputError> {
     let InferInputTensor {
         name,
@@ -54,7 +54,7 @@ fn to_tensor(
         ..
     } = input;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
-    let (shape, elements) = checked_shape(&name, &dims, max_elements)?;
+    let (shape, elements) = limits.checked_shape(&name, &dims, &datatype)?;
     if let Some(bytes) = raw {
         if contents.as_ref().is_some_and(has_values) {
             return Err(bad(
@@ -119,7 +119,7 @@ fn to_tensor(
             count(contents.uint64_contents.len())?;
             TensorData::U64(contents.uint64_contents)
         }
-        "BYTES" => {
+        BYTES => {
             count(contents.bytes_contents.len())?;
             let strings = contents
                 .bytes_contents
@@ -219,7 +219,7 @@ mod tests {
                 },
             )],
             Vec::new(),
-            9,
+            Limits::within(9),
         )
         .expect("typed");
         let mut raw_input = input(vec![2], "FP32", InferTensorContents::default());
@@ -227,7 +227,7 @@ mod tests {
         let raw = inputs(
             vec![raw_input],
             vec![Bytes::from_static(&[0, 0, 192, 63, 0, 0, 0, 192])],
-            9,
+            Limits::within(9),
         )
         .expect("raw");
         assert_eq!(typed, raw);
@@ -248,14 +248,29 @@ mod tests {
                 },
             )],
             Vec::new(),
-            9,
+            Limits::within(9),
         )
         .expect("typed");
         let wire: &[u8] = &[3, 0, 0, 0, b'c', b'a', b't', 0, 0, 0, 0];
         let mut raw_input = input(vec![2], "BYTES", InferTensorContents::default());
         raw_input.contents = None;
-        let raw = inputs(vec![raw_input], vec![Bytes::copy_from_slice(wire)], 9).expect("raw");
+        let raw = inputs(
+            vec![raw_input.clone()],
+            vec![Bytes::copy_from_slice(wire)],
+            Limits::within(9),
+        )
+        .expect("raw");
         assert_eq!(typed, raw);
+        // Strings have their own limit, raw or typed.
+        let one = Limits {
+            elements: 9,
+            strings: 1,
+        };
+        let e = inputs(vec![raw_input], vec![Bytes::copy_from_slice(wire)], one);
+        assert!(
+            matches!(&e, Err(InputError::TooLarge(m)) if m.contains("limit on strings")),
+            "{e:?}"
+        );
         let (out, bytes) = output("y".into(), &raw[0].1);
         assert_eq!(out.datatype, "BYTES");
         assert_eq!(&bytes[..], wire);
@@ -270,25 +285,25 @@ mod tests {
         assert!(message(inputs(
             vec![input(vec![3], "INT32", ints(vec![1]))],
             vec![],
-            9
+            Limits::within(9)
         ))
         .contains("has 1 values but shape [3] needs 3"));
         assert!(message(inputs(
             vec![input(vec![1], "INT8", ints(vec![300]))],
             vec![],
-            9
+            Limits::within(9)
         ))
         .contains("300 is not a int8"));
         assert!(message(inputs(
             vec![input(vec![-1], "INT32", ints(vec![]))],
             vec![],
-            9
+            Limits::within(9)
         ))
         .contains("negative"));
         assert!(message(inputs(
             vec![input(vec![1], "STRING", ints(vec![]))],
             vec![],
-            9
+            Limits::within(9)
         ))
         .contains("not served"));
         let bytes = |v: Vec<&[u8]>| InferTensorContents {
@@ -298,20 +313,20 @@ mod tests {
         assert!(message(inputs(
             vec![input(vec![2], "BYTES", bytes(vec![b"ok", b"\xff"]))],
             vec![],
-            9
+            Limits::within(9)
         ))
         .contains("bytes_contents[1] is not UTF-8"));
         assert!(message(inputs(
             vec![input(vec![1], "BYTES", bytes(vec![b"a\0b"]))],
             vec![],
-            9
+            Limits::within(9)
         ))
         .contains("NUL"));
         assert!(matches!(
             inputs(
                 vec![input(vec![1 << 40, 1 << 40], "INT32", ints(vec![]))],
                 vec![],
-                9
+                Limits::within(9)
             ),
             Err(InputError::TooLarge(_))
         ));
@@ -319,13 +334,13 @@ mod tests {
         assert!(message(inputs(
             vec![input(vec![1], "INT32", ints(vec![1]))],
             vec![Bytes::from_static(&[0; 4])],
-            9
+            Limits::within(9)
         ))
         .contains("both typed contents and raw"));
         assert!(message(inputs(
             vec![input(vec![1], "INT32", ints(vec![]))],
             vec![Bytes::new(), Bytes::new()],
-            9
+            Limits::within(9)
         ))
         .contains("2 entries for 1 inputs"));
     }

@@ -110,12 +110,12 @@ async fn predict(
     );
     let body = read_body(s, body).await?;
     let coding = compression::request_coding(headers)?;
-    let max_elements = s.decoder.max_elements();
+    let limits = s.decoder.limits();
     let signature = Arc::clone(&meta);
     let (inputs, form) = s
         .decoder
         .parse_encoded(body, coding, s.config.max_body_bytes, move |b: &[u8]| {
-            request::decode(b, &signature, max_elements).map_err(ApiError::from)
+            request::decode(b, &signature, limits).map_err(ApiError::from)
         })
         .await?;
     let call = infer::Call {

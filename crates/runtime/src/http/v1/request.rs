@@ -31,7 +31,7 @@ use serde_json::value::RawValue;
 use super::shape::{is_binary, shape_of};
 use crate::http::json_data::Binary;
 use crate::http::json_fields::MAX_DIMS;
-use crate::http::protocol::{self, InputError};
+use crate::http::protocol::{self, InputError, Limits};
 use crate::{ElementType, ModelMetadata, NamedTensors, Tensor, TensorData, TensorInfo};
 
 /// A v1 predict request: the rows, or the whole tensors, as one text. Other fields
@@ -56,7 +56,7 @@ pub(crate) enum Form {
 }
 
 /// The input tensors of a v1 predict `body` for the model `meta` describes, each at most
-/// `max_elements` elements, and the form they came in.
+/// within `limits`, and the form they came in.
 ///
 /// - `{"instances": [...]}`: rows, stacked into one tensor per input (see the module doc).
 /// - `{"inputs": {"x": …, "mask": …}}`: TensorFlow Serving's columnar form, each input's whole
@@ -73,11 +73,11 @@ pub(crate) enum Form {
 /// [`InputError::Invalid`] (400) for a body that is neither form (or both), no instances, an
 /// instance or a column object that does not name the inputs, a ragged instance or instances
 /// of different shapes, values that are not the input's type; [`InputError::TooLarge`] (413)
-/// for an input over `max_elements`.
+/// for an input over `limits`.
 pub(crate) fn decode(
     body: &[u8],
     meta: &ModelMetadata,
-    max_elements: usize,
+    limits: Limits,
 ) -> Result<(NamedTensors, Form), InputError> {
     let bad = |m: String| InputError::Invalid(m);
     if body.trim_ascii_start().first() != Some(&b'{') {
@@ -90,11 +90,9 @@ pub(crate) fn decode(
             "the body has both `instances` (rows) and `inputs` (columns): send one".into(),
         )),
         (Some(instances), None) => {
-            rows(instances.get(), meta, max_elements).map(|(t, n)| (t, Form::Rows(n)))
+            rows(instances.get(), meta, limits).map(|(t, n)| (t, Form::Rows(n)))
         }
-        (None, Some(inputs)) => {
-            columns(inputs.get(), meta, max_elements).map(|t| (t, Form::Columns))
-        }
+        (None, Some(inputs)) => columns(inputs.get(), meta, limits).map(|t| (t, Form::Columns)),
         (None, None) => Err(bad(
             "the body must be {\"instances\": [...]} (rows) or {\"inputs\": ...} (columns)".into(),
         )),
@@ -106,12 +104,12 @@ pub(crate) fn decode(
 fn columns(
     inputs: &str,
     meta: &ModelMetadata,
-    max_elements: usize,
+    mut limits: Limits,
 ) -> Result<NamedTensors, InputError> {
-    let whole = |info: &TensorInfo, text: &str| {
+    let mut whole = |info: &TensorInfo, text: &str| {
         let shape = shape_of(text, MAX_DIMS)
             .map_err(|m| InputError::Invalid(format!("input `{}`: `inputs` {m}", info.name)))?;
-        let tensor = stacked(info, shape, max_elements, &mut |each| each(text))?;
+        let tensor = stacked(info, shape, &mut limits, &mut |each| each(text))?;
         Ok((info.name.clone(), tensor))
     };
     if !inputs.starts_with('{') || is_binary(inputs) {
@@ -146,7 +144,7 @@ fn columns(
 fn rows(
     instances: &str,
     meta: &ModelMetadata,
-    max_elements: usize,
+    mut limits: Limits,
 ) -> Result<(NamedTensors, usize), InputError> {
     let bad = |m: String| InputError::Invalid(m);
     let Some(inner) = instances.strip_prefix('[') else {
@@ -168,7 +166,7 @@ fn rows(
                 named.unwrap_or_else(|| bad(format!("input `{}`: `instances` {m}", only.name)))
             })?;
             let rows = shape[0];
-            let tensor = stacked(only, shape, max_elements, &mut |each| each(instances))?;
+            let tensor = stacked(only, shape, &mut limits, &mut |each| each(instances))?;
             return Ok((vec![(only.name.clone(), tensor)], rows));
         }
     }
@@ -208,7 +206,7 @@ fn rows(
                     InputError::Invalid(m) | InputError::TooLarge(m) => m,
                 })
             };
-            let tensor = stacked(info, shape, max_elements, &mut texts)?;
+            let tensor = stacked(info, shape, &mut limits, &mut texts)?;
             Ok((info.name.clone(), tensor))
         })
         .collect::<Result<_, InputError>>()?;
@@ -323,13 +321,13 @@ fn same_shape(
     Ok(())
 }
 
-/// The tensor of `shape` (the instances stacked) whose values are `texts` in turn. The shape
-/// was read from the texts themselves, so they hold exactly its values: their vector is
-/// reserved whole, once.
+/// The tensor of `shape` (the instances stacked) whose values are `texts` in turn, its shape
+/// checked through the request's `limits`. The shape was read from the texts themselves, so
+/// they hold exactly its values: their vector is reserved whole, once.
 fn stacked(
     info: &TensorInfo,
     shape: Vec<usize>,
-    max_elements: usize,
+    limits: &mut Limits,
     texts: &mut protocol::Texts<'_>,
 ) -> Result<Tensor, InputError> {
     let name = &info.name;
@@ -338,20 +336,14 @@ fn stacked(
         .iter()
         .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
         .collect();
-    let (shape, elements) = protocol::checked_shape(name, &dims, max_elements)?;
+    let datatype = protocol::datatype(info.element_type);
+    let (shape, elements) = limits.checked_shape(name, &dims, datatype)?;
     let data = if info.element_type == ElementType::String {
         // Strings may come as binary values too (TensorFlow Serving's `{"b64": …}`).
         let binary = protocol::values::<Binary>(texts, &shape, elements, elements).map_err(bad)?;
         TensorData::String(binary.into_iter().map(|b| b.0).collect())
     } else {
-        protocol::typed_data(
-            protocol::datatype(info.element_type),
-            texts,
-            &shape,
-            elements,
-            elements,
-        )
-        .map_err(bad)?
+        protocol::typed_data(datatype, texts, &shape, elements, elements).map_err(bad)?
     };
     Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
 }
@@ -417,8 +409,12 @@ mod tests {
             vec![info("x", ElementType::F32, &[None, Some(2)])],
             vec![info("y", ElementType::F32, &[None])],
         );
-        let (t, form) =
-            decode(br#"{"instances": [[1, 2.5], [3, 4]]}"#, &one, 100).expect("decoded");
+        let (t, form) = decode(
+            br#"{"instances": [[1, 2.5], [3, 4]]}"#,
+            &one,
+            Limits::within(100),
+        )
+        .expect("decoded");
         assert_eq!(form, Form::Rows(2));
         assert_eq!(t[0].0, "x");
         assert_eq!(t[0].1.shape(), [2, 2]);
@@ -427,7 +423,7 @@ mod tests {
         let (t, _) = decode(
             br#"{"instances": [{"x": [0, 1]}], "signature_name": "s"}"#,
             &one,
-            100,
+            Limits::within(100),
         )
         .expect("named");
         assert_eq!(t[0].1.shape(), [1, 2]);
@@ -441,7 +437,7 @@ mod tests {
         let (t, _) = decode(
             br#"{"instances": [{"text": "a", "ids": [1, 2, 3]}, {"ids": [4, 5, 6], "text": "b"}]}"#,
             &two,
-            100,
+            Limits::within(100),
         )
         .expect("two inputs");
         assert_eq!(t[0].1.shape(), [2, 3]);
@@ -463,7 +459,9 @@ mod tests {
             ],
             vec![],
         );
-        let m = |body: &str, meta: &ModelMetadata| refusal(decode(body.as_bytes(), meta, 8));
+        let m = |body: &str, meta: &ModelMetadata| {
+            refusal(decode(body.as_bytes(), meta, Limits::within(8)))
+        };
         assert!(m("[1]", &one).contains("malformed"));
         assert!(m(r#"{"instances": []}"#, &one).contains("empty"));
         assert!(m(r#"{"instances": 3}"#, &one).contains("must be an array"));
@@ -483,12 +481,17 @@ mod tests {
         assert!(m(r#"{"instances": [{"b64": "AAAA"}]}"#, &two).contains("binary value"));
         assert!(m(r#"{"instances": [[1]], "inputs": [[1]]}"#, &one).contains("both"));
         // Escaped names are names.
-        assert!(decode(br#"{"instances": [{"\u0061": 1, "b": 2}]}"#, &two, 8).is_ok());
+        assert!(decode(
+            br#"{"instances": [{"\u0061": 1, "b": 2}]}"#,
+            &two,
+            Limits::within(8)
+        )
+        .is_ok());
         // Stacked, an instance gains a dim: one of MAX_DIMS dims is one too many.
         let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
         let named = |n: usize| format!(r#"{{"instances": [{{"x": {}}}]}}"#, deep(n));
         assert!(m(&named(MAX_DIMS), &one).contains("deep"));
-        assert!(decode(named(MAX_DIMS - 1).as_bytes(), &one, 8).is_ok());
+        assert!(decode(named(MAX_DIMS - 1).as_bytes(), &one, Limits::within(8)).is_ok());
         let bare = |n: usize| format!(r#"{{"instances": {}}}"#, deep(n));
         assert!(m(&bare(MAX_DIMS + 1), &one).contains("deep"));
         assert!(m(r#"{"instances": [{"a": 1}]}"#, &two).contains("`b` is missing"));
@@ -537,7 +540,7 @@ mod tests {
         let (t, form) = decode(
             br#"{"inputs": {"state": [0.5, 1], "x": [[1, 2]]}}"#,
             &two,
-            100,
+            Limits::within(100),
         )
         .expect("two");
         assert_eq!(form, Form::Columns);
@@ -546,13 +549,20 @@ mod tests {
         assert_eq!(t[1].1.data(), TensorSlice::F32(&[0.5, 1.0][..]));
         // One input: its value, bare; a list is its whole tensor, a scalar a scalar.
         let one = meta(vec![info("x", ElementType::F32, &[None, Some(2)])], vec![]);
-        let (t, _) = decode(br#"{"inputs": [[1, 2.5], [3, 4]]}"#, &one, 100).expect("list");
+        let (t, _) = decode(
+            br#"{"inputs": [[1, 2.5], [3, 4]]}"#,
+            &one,
+            Limits::within(100),
+        )
+        .expect("list");
         assert_eq!(t[0].1.shape(), [2, 2]);
         let scalar = meta(vec![info("s", ElementType::I64, &[])], vec![]);
-        let (t, _) = decode(br#"{"inputs": 7}"#, &scalar, 100).expect("scalar");
+        let (t, _) = decode(br#"{"inputs": 7}"#, &scalar, Limits::within(100)).expect("scalar");
         assert_eq!(t[0].1.shape(), [0usize; 0]);
         assert_eq!(t[0].1.data(), TensorSlice::I64(&[7][..]));
-        let m = |body: &str, meta: &ModelMetadata| refusal(decode(body.as_bytes(), meta, 8));
+        let m = |body: &str, meta: &ModelMetadata| {
+            refusal(decode(body.as_bytes(), meta, Limits::within(8)))
+        };
         let s = m(r#"{"inputs": [[1, 2]]}"#, &two);
         assert!(
             s.contains(r#"2 inputs: name each in `inputs`, {"x": …, "state": …}"#),
@@ -574,7 +584,7 @@ mod tests {
     fn binary_values_are_strings_of_their_bytes() {
         let text = meta(vec![info("t", ElementType::String, &[None])], vec![]);
         let strings = |body: &str, meta: &ModelMetadata| {
-            let (t, _) = decode(body.as_bytes(), meta, 100).expect("decoded");
+            let (t, _) = decode(body.as_bytes(), meta, Limits::within(100)).expect("decoded");
             match t[t.len() - 1].1.data() {
                 TensorSlice::String(v) => v.to_vec(),
                 other => panic!("{other:?}"),
@@ -600,7 +610,7 @@ mod tests {
         );
         let body = r#"{"instances": [{"ids": 1, "t": [{"b64": "Y2F0"}, "x"]}]}"#;
         assert_eq!(strings(body, &named), ["cat", "x"]);
-        let m = |body: &str| refusal(decode(body.as_bytes(), &text, 8));
+        let m = |body: &str| refusal(decode(body.as_bytes(), &text, Limits::within(8)));
         // Not UTF-8, a NUL, not base64: refused, saying what a binary value must hold.
         for (b64, says) in [
             ("/w==", "does not hold UTF-8 text"),
@@ -625,6 +635,25 @@ mod tests {
         // An object with more than `b64` is no binary value.
         assert!(m(r#"{"instances": [{"b64": "Y2F0", "x": 1}]}"#).contains("naming the inputs"));
         assert!(m(r#"{"instances": ["a", {"b64": "Y2F0", "x": 1}]}"#).contains("object"));
+        // A string input has its own limit, in rows and in columns; numbers keep theirs.
+        let limits = Limits {
+            elements: 8,
+            strings: 2,
+        };
+        for body in [
+            r#"{"instances": [{"ids": 1, "t": ["a", "b", "c"]}]}"#,
+            r#"{"inputs": {"ids": [1], "t": [["a", "b", "c"]]}}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode(body.as_bytes(), &named, limits),
+                    Err(InputError::TooLarge(m)) if m.contains("limit on strings (max_string_elements)")
+                ),
+                "{body}"
+            );
+        }
+        let body = r#"{"instances": [{"ids": 1, "t": ["a", "b"]}]}"#;
+        assert!(decode(body.as_bytes(), &named, limits).is_ok());
     }
 
     proptest::proptest! {
@@ -644,7 +673,7 @@ mod tests {
             let instances = if wrap { serde_json::Value::from(vec![instances]) } else { instances };
             let body = serde_json::json!({ "instances": instances }).to_string();
             for m in [&one, &two] {
-                if let Ok((tensors, form)) = decode(body.as_bytes(), m, 1 << 12) {
+                if let Ok((tensors, form)) = decode(body.as_bytes(), m, Limits::within(1 << 12)) {
                     proptest::prop_assert_eq!(tensors.len(), m.inputs.len());
                     for (_, t) in &tensors {
                         proptest::prop_assert_eq!(Form::Rows(t.shape()[0]), form);
@@ -653,7 +682,7 @@ mod tests {
                 }
                 // The same value as columns: whole tensors, or refused.
                 let body = serde_json::json!({ "inputs": body_value(&body) }).to_string();
-                if let Ok((tensors, form)) = decode(body.as_bytes(), m, 1 << 12) {
+                if let Ok((tensors, form)) = decode(body.as_bytes(), m, Limits::within(1 << 12)) {
                     proptest::prop_assert_eq!(form, Form::Columns);
                     proptest::prop_assert_eq!(tensors.len(), m.inputs.len());
                     for (_, t) in &tensors {
