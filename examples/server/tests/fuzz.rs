@@ -23,6 +23,12 @@ fn check(body: &[u8], header: Option<&str>) {
     match decode(body, header, LIMITS) {
         Ok((request, tensors)) => {
             assert_eq!(request.inputs.len(), tensors.len());
+            let strings: usize = tensors
+                .iter()
+                .filter(|(_, t)| t.element_type() == kiln::ElementType::String)
+                .map(|(_, t)| t.len())
+                .sum();
+            assert!(strings <= MAX_STRINGS, "{strings} strings in one request");
             for (_, t) in &tensors {
                 assert_eq!(t.shape().iter().product::<usize>(), t.len());
                 let limit = if t.element_type() == kiln::ElementType::String {

@@ -358,24 +358,42 @@ async fn maximal_typed_contents_decode_off_the_workers_and_within_their_shapes()
             ..Default::default()
         },
     );
+    // Millions of empty strings, two bytes each on the wire and a `Vec` each from prost:
+    // over the request's limit on strings (default 1 Mi), refused before prost sees them.
+    let n = (MAX_MESSAGE - 4096) / 2;
+    let strings = typed_request(
+        "BYTES",
+        vec![i64::try_from(n).expect("n")],
+        pb::InferTensorContents {
+            bytes_contents: vec![Vec::new(); n],
+            ..Default::default()
+        },
+    );
     const CONCURRENT: usize = 4;
     let mut sent = 0.0f64;
-    for (message, expect) in [
+    for (message, status, expect) in [
         (
             overfull,
+            "3", // INVALID_ARGUMENT
             format!("has {zeros} values but shape [1, 16] needs 16"),
         ),
         (
             matching,
+            "3",
             format!("request has {rows} rows, over max_batch_size 64"),
+        ),
+        (
+            strings,
+            "8", // RESOURCE_EXHAUSTED
+            "(max_string_elements): 1048576 left".to_owned(),
         ),
     ] {
         assert!(message.len() < MAX_MESSAGE);
         sent = sent.max(CONCURRENT as f64 * message.len() as f64 / f64::from(1 << 20));
         let liveness = Liveness::watch(server.port);
         for answer in infer_at_once(grpc, &message, CONCURRENT).await {
-            assert_eq!(answer.grpc_status.as_deref(), Some("3"), "INVALID_ARGUMENT");
             let said = answer.grpc_message.replace("%20", " ");
+            assert_eq!(answer.grpc_status.as_deref(), Some(status), "{said}");
             assert!(said.contains(&expect), "{said}");
         }
         let (probes, stall) = liveness.stop();

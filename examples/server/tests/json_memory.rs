@@ -1,5 +1,5 @@
 //! Maximal JSON bodies against the real `kiln-server` binary at its default limits (32 MiB
-//! bodies, 16 Mi elements per input, 1 Mi per string input): four dense `0,0,0,…` bodies at
+//! bodies, 16 Mi elements per input, 1 Mi strings per request): four dense `0,0,0,…` bodies at
 //! once, with a declared shape that matches their data, with one smaller than their data, and
 //! as a parameter kiln does not read, as KServe v1 instances (rows bare and named, named
 //! scalars) and columns, and as millions of empty strings (`BYTES`), while another connection

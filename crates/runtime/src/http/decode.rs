@@ -50,7 +50,7 @@ pub(crate) struct Decoder {
     budget_kib: u32,
     /// One permit per body being decoded off the workers: the CPUs less one, at least one.
     slots: Arc<Semaphore>,
-    /// Largest element counts of one input tensor (larger → 413).
+    /// What a request's inputs may declare: elements an input, strings a request (over → 413).
     limits: Limits,
 }
 
@@ -99,7 +99,7 @@ impl Decoder {
         }
     }
 
-    /// Largest element counts of one input tensor.
+    /// What a request's inputs may declare, for a request's reader to take a copy of.
     pub(crate) fn limits(&self) -> Limits {
         self.limits
     }

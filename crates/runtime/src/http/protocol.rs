@@ -249,6 +249,12 @@ fn decode_with(
     let cut = cut_data.then(|| json_cut::cut(json)).flatten();
     let request: InferRequest = serde_json::from_slice(cut.as_ref().map_or(json, |c| &c.json))
         .map_err(|e| InputError::Invalid(format!("malformed request body: {e}")))?;
+    // Every input's declared shape first, the request's strings together: an input over
+    // what the ones before it left is refused before any input's data is read.
+    let mut all = limits;
+    for input in &request.inputs {
+        all.checked_shape(&input.name, &input.shape, &input.datatype)?;
+    }
     let mut inputs = Vec::with_capacity(request.inputs.len());
     // The cut arrays, in input order: one pass over them alongside the inputs.
     let mut cut_arrays = cut.iter().flat_map(|c| &c.data).peekable();
@@ -296,8 +302,9 @@ fn decode_with(
 /// Header of the binary-data extension: the JSON part's length; binary data follows it.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-/// Converts one request tensor, refusing (with a message naming the input) a bad shape, a
-/// shape over `limits`, a datatype kiln does not serve, a value count that does not
+/// Converts one request tensor, its shape checked through the request's `limits` (taking its
+/// strings from them), refusing (with a message naming the input) a bad shape, a shape over
+/// them, a datatype kiln does not serve, a value count that does not
 /// match the shape, and values out of the datatype's range.
 ///
 /// # Errors
@@ -305,9 +312,9 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 pub fn to_tensor(
     input: &InputTensor<'_>,
     binary: Option<&[u8]>,
-    mut limits: Limits,
+    limits: &mut Limits,
 ) -> Result<Tensor, InputError> {
-    tensor(input, input.data.map(RawValue::get), binary, &mut limits)
+    tensor(input, input.data.map(RawValue::get), binary, limits)
 }
 
 /// [`to_tensor`] with the values' JSON text `raw` (its `data`, or what `json_cut` cut out),
@@ -539,6 +546,15 @@ pub fn output(name: String, tensor: Tensor, binary: bool) -> (OutputTensor, Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`super::to_tensor`] as the one input of a request under `limits`.
+    fn to_tensor(
+        input: &InputTensor<'_>,
+        binary: Option<&[u8]>,
+        mut limits: Limits,
+    ) -> Result<Tensor, InputError> {
+        super::to_tensor(input, binary, &mut limits)
+    }
 
     /// An input with `data` as its JSON text (none for `null`); leaked, as a test may.
     fn input(shape: Vec<i64>, datatype: &str, data: Value) -> InputTensor<'static> {

@@ -275,9 +275,12 @@ struct Header<'a> {
 
 /// Walks a `ModelInferRequest`'s bytes: the checks in the module doc, on the counts that
 /// decoding it would allocate, before anything is decoded.
-fn check<'a>(message: &'a [u8], limits: Limits, header: &mut Header<'a>) -> Result<(), InputError> {
+fn check<'a>(
+    message: &'a [u8],
+    mut limits: Limits,
+    header: &mut Header<'a>,
+) -> Result<(), InputError> {
     let mut counts = Counts::default();
-    let mut limits = limits;
     let mut fields = Fields::new(message);
     while let Some((tag, value)) = fields.next()? {
         match (tag, value) {
@@ -351,7 +354,7 @@ fn check_input(input: &[u8], limits: &mut Limits, counts: &mut Counts) -> Result
     if strings > 0 && datatype != BYTES {
         // prost would make a `Vec` of each, for nothing: no other datatype reads them.
         return Err(InputError::Invalid(format!(
-            "input `{name}`: bytes_contents is for BYTES inputs, not {}",
+            "input `{name}`: bytes_contents is for BYTES inputs, not {:?}",
             datatype.chars().take(64).collect::<String>()
         )));
     }
@@ -621,7 +624,10 @@ mod tests {
         let mut floats = input("x", &[2], strings(2));
         floats.datatype = "FP32".into();
         let m = refusal(message(vec![floats]).decode(limits));
-        assert_eq!(m, "input `x`: bytes_contents is for BYTES inputs, not FP32");
+        assert_eq!(
+            m,
+            "input `x`: bytes_contents is for BYTES inputs, not \"FP32\""
+        );
         three.datatype = "INT8".into();
         three.contents = Some(InferTensorContents {
             int_contents: vec![1, 2, 3],

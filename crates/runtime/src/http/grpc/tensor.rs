@@ -266,9 +266,29 @@ mod tests {
             elements: 9,
             strings: 1,
         };
-        let e = inputs(vec![raw_input], vec![Bytes::copy_from_slice(wire)], one);
+        let e = inputs(
+            vec![raw_input.clone()],
+            vec![Bytes::copy_from_slice(wire)],
+            one,
+        );
         assert!(
             matches!(&e, Err(InputError::TooLarge(m)) if m.contains("limit on strings")),
+            "{e:?}"
+        );
+        // The request's, all inputs together: two inputs of two strings under a limit of 3.
+        let three = Limits {
+            elements: 9,
+            strings: 3,
+        };
+        let mut second = raw_input.clone();
+        second.name = "y".into();
+        let e = inputs(
+            vec![raw_input, second],
+            vec![Bytes::copy_from_slice(wire), Bytes::copy_from_slice(wire)],
+            three,
+        );
+        assert!(
+            matches!(&e, Err(InputError::TooLarge(m)) if m.starts_with("input `y`") && m.ends_with(": 1 left")),
             "{e:?}"
         );
         let (out, bytes) = output("y".into(), &raw[0].1);

@@ -106,15 +106,22 @@ fn columns(
     meta: &ModelMetadata,
     mut limits: Limits,
 ) -> Result<NamedTensors, InputError> {
-    let mut whole = |info: &TensorInfo, text: &str| {
-        let shape = shape_of(text, MAX_DIMS)
-            .map_err(|m| InputError::Invalid(format!("input `{}`: `inputs` {m}", info.name)))?;
-        let tensor = stacked(info, shape, &mut limits, &mut |each| each(text))?;
+    let shaped = |info: &TensorInfo, text: &str| {
+        shape_of(text, MAX_DIMS)
+            .map_err(|m| InputError::Invalid(format!("input `{}`: `inputs` {m}", info.name)))
+    };
+    let whole = |limits: &mut Limits, info: &TensorInfo, text: &str, shape: Vec<usize>| {
+        let tensor = stacked(info, shape, limits, &mut |each| each(text))?;
         Ok((info.name.clone(), tensor))
     };
     if !inputs.starts_with('{') || is_binary(inputs) {
         return match &meta.inputs[..] {
-            [only] => Ok(vec![whole(only, inputs)?]),
+            [only] => Ok(vec![whole(
+                &mut limits,
+                only,
+                inputs,
+                shaped(only, inputs)?,
+            )?]),
             many => Err(InputError::Invalid(format!(
                 "the model has {} inputs: name each in `inputs`, {{\"{}\": …}}",
                 many.len(),
@@ -128,16 +135,52 @@ fn columns(
     let names: Vec<&str> = meta.inputs.iter().map(|t| t.name.as_str()).collect();
     let values =
         named(inputs, &names).map_err(|m| InputError::Invalid(format!("`inputs`: {m}")))?;
-    meta.inputs
+    let columns = meta
+        .inputs
         .iter()
         .zip(values)
         .map(|(info, value)| {
             let value = value.ok_or_else(|| {
                 InputError::Invalid(format!("`inputs`: input `{}` is missing", info.name))
             })?;
-            whole(info, value.get())
+            Ok((info, value.get(), shaped(info, value.get())?))
         })
+        .collect::<Result<Vec<_>, InputError>>()?;
+    all_within(
+        limits,
+        columns.iter().map(|(info, _, shape)| (*info, &shape[..])),
+    )?;
+    columns
+        .into_iter()
+        .map(|(info, text, shape)| whole(&mut limits, info, text, shape))
         .collect()
+}
+
+/// Every input's shape within one copy of the request's `limits`, before any input's values
+/// are read: an input over what the ones before it left is refused first.
+fn all_within<'a>(
+    limits: Limits,
+    shapes: impl Iterator<Item = (&'a TensorInfo, &'a [usize])>,
+) -> Result<(), InputError> {
+    let mut all = limits;
+    for (info, shape) in shapes {
+        within(&mut all, info, shape)?;
+    }
+    Ok(())
+}
+
+/// `shape` of the input `info` checked through the request's `limits` (taking its strings
+/// from them); its dims and element count.
+fn within(
+    limits: &mut Limits,
+    info: &TensorInfo,
+    shape: &[usize],
+) -> Result<(Vec<usize>, usize), InputError> {
+    let dims: Vec<i64> = shape
+        .iter()
+        .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
+        .collect();
+    limits.checked_shape(&info.name, &dims, protocol::datatype(info.element_type))
 }
 
 /// The tensors of `instances`, rows stacked (see the module doc), and how many rows.
@@ -183,16 +226,25 @@ fn rows(
         }
         Ok(())
     })?;
+    let shapes: Vec<Vec<usize>> = rows_shapes
+        .into_iter()
+        .map(|row| {
+            std::iter::once(rows)
+                .chain(row.unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    all_within(
+        limits,
+        meta.inputs.iter().zip(shapes.iter().map(Vec::as_slice)),
+    )?;
     // Walk j + 2: input j's values, read into its tensor.
     let tensors = meta
         .inputs
         .iter()
-        .zip(rows_shapes)
+        .zip(shapes)
         .enumerate()
-        .map(|(j, (info, row))| {
-            let shape: Vec<usize> = std::iter::once(rows)
-                .chain(row.unwrap_or_default())
-                .collect();
+        .map(|(j, (info, shape))| {
             let mut texts = |each: &mut dyn FnMut(&str) -> Result<(), String>| {
                 each_instance(instances, |_, text| {
                     let values = named(text, &names).map_err(bad)?;
@@ -332,17 +384,13 @@ fn stacked(
 ) -> Result<Tensor, InputError> {
     let name = &info.name;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
-    let dims: Vec<i64> = shape
-        .iter()
-        .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
-        .collect();
-    let datatype = protocol::datatype(info.element_type);
-    let (shape, elements) = limits.checked_shape(name, &dims, datatype)?;
+    let (shape, elements) = within(limits, info, &shape)?;
     let data = if info.element_type == ElementType::String {
         // Strings may come as binary values too (TensorFlow Serving's `{"b64": …}`).
         let binary = protocol::values::<Binary>(texts, &shape, elements, elements).map_err(bad)?;
         TensorData::String(binary.into_iter().map(|b| b.0).collect())
     } else {
+        let datatype = protocol::datatype(info.element_type);
         protocol::typed_data(datatype, texts, &shape, elements, elements).map_err(bad)?
     };
     Tensor::from_data(shape, data).map_err(|e| bad(e.to_string()))
@@ -654,6 +702,33 @@ mod tests {
         }
         let body = r#"{"instances": [{"ids": 1, "t": ["a", "b"]}]}"#;
         assert!(decode(body.as_bytes(), &named, limits).is_ok());
+        // The request's strings together: the second input is over what the first left,
+        // refused before either input's values are read (`all_within`).
+        let two = meta(
+            vec![
+                info("a", ElementType::String, &[None, None]),
+                info("b", ElementType::String, &[None, None]),
+            ],
+            vec![],
+        );
+        let limits = Limits {
+            elements: 8,
+            strings: 3,
+        };
+        for body in [
+            r#"{"instances": [{"a": ["x", "y"], "b": ["z", "w"]}]}"#,
+            r#"{"inputs": {"a": [["x", "y"]], "b": [["z", "w"]]}}"#,
+        ] {
+            assert!(
+                matches!(
+                    decode(body.as_bytes(), &two, limits),
+                    Err(InputError::TooLarge(m)) if m.starts_with("input `b`") && m.ends_with(": 1 left")
+                ),
+                "{body}"
+            );
+        }
+        let body = r#"{"inputs": {"a": [["x", "y"]], "b": [["z"]]}}"#;
+        assert!(decode(body.as_bytes(), &two, limits).is_ok());
     }
 
     proptest::proptest! {
