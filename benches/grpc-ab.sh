@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# kiln-server binaries against each other on gRPC, turn about:
+#   ROUNDS=3 MODEL=tabular_mlp BATCH=128 benches/grpc-ab.sh OLD_BINARY NEW_BINARY ...
+#
+# Why: `make bench-peers` runs each contender once, and on these shared 2-core VMs one
+# 10-second h2load run can land 20-30% off another of the same binary. Alternating the
+# binaries round after round, on the same model, settings and load, tells a regression from
+# the machine's noise. The server runs as bench-peers runs it (2 single-threaded instances,
+# max_batch_size $BATCH); h2load sends one-row ModelInfer calls with the tensor in
+# raw_input_contents (as tritonclient.grpc does), 8 connections x 8 streams, 10 s a run.
+# MODEL is a file of testdata/bench (tabular_mlp, mobilenet, convnet). Needs h2load
+# (nghttp2-client) and the project venv (make testdata).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PY=$ROOT/.cache/venv/bin/python
+export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.cache/ort/cpu/libonnxruntime.so}
+rounds=${ROUNDS:-3}
+model=${MODEL:-tabular_mlp}
+[[ $# -gt 0 ]] || { echo "usage: benches/grpc-ab.sh BINARY..." >&2; exit 2; }
+command -v h2load >/dev/null || { echo "h2load is missing (nghttp2-client)" >&2; exit 1; }
+
+# shellcheck source=benches/server-lib.sh
+source "$ROOT/benches/server-lib.sh"
+
+mkdir -p "$work/model"
+cp "$ROOT/testdata/bench/$model.onnx" "$work/model/model.onnx"
+printf 'session: {intra_op_threads: 1}\nbatch: {instances: 2, max_batch_size: %s, max_queue_requests: 4096}\n' \
+  "${BATCH:-128}" >"$work/settings.yaml"
+"$PY" - "$work/message.bin" "$work/model/model.onnx" <<'PY'
+import struct, sys
+import numpy as np, onnx
+from tritonclient.grpc import service_pb2
+m = onnx.load(sys.argv[2]); i = m.graph.input[0]
+dims = [d.dim_value for d in i.type.tensor_type.shape.dim][1:]
+req = service_pb2.ModelInferRequest(model_name="model")
+req.inputs.add(name=i.name, datatype="FP32", shape=[1] + dims)
+req.raw_input_contents.append(np.random.default_rng(0).random([1] + dims, dtype=np.float32).tobytes())
+body = req.SerializeToString()
+open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)
+PY
+echo "| round | binary | calls/s | answered 2xx |"
+echo "|---|---|---|---|"
+for r in $(seq "$rounds"); do
+  for bin in "$@"; do
+    port=$(free_port); grpc=$(free_port)
+    start_server "http://127.0.0.1:$port/v2/health/ready" "$work/server.log" \
+      "$bin" --model-dir "$work/model" --no-verify --config "$work/settings.yaml" \
+      --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$grpc"
+    out=$(h2load -D 10 -c 8 -m 8 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' \
+      -d "$work/message.bin" "http://127.0.0.1:$grpc/inference.GRPCInferenceService/ModelInfer")
+    rate=$(grep -oE '[0-9.]+ req/s' <<<"$out" | head -1 | cut -d' ' -f1)
+    ok=$(grep -oE '[0-9]+ 2xx' <<<"$out" | cut -d' ' -f1)
+    echo "| $r | $bin | $rate | $ok |"
+    stop_server
+  done
+done
