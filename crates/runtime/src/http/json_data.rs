@@ -48,9 +48,13 @@ pub(crate) trait Leaf: Sized {
     /// What a wrong value is "not a" in messages (`300 is not a int8`).
     const WANTED: &'static str;
     /// From an integer (JSON integers below zero).
-    fn from_i64(v: i64) -> Option<Self>;
+    fn from_i64(_: i64) -> Option<Self> {
+        None
+    }
     /// From an integer (JSON integers from zero).
-    fn from_u64(v: u64) -> Option<Self>;
+    fn from_u64(_: u64) -> Option<Self> {
+        None
+    }
     /// From a JSON number with a fraction or an exponent.
     fn from_f64(_: f64) -> Option<Self> {
         None
@@ -150,12 +154,6 @@ impl Leaf for u64 {
 impl Leaf for bool {
     const WANTED: &'static str = "bool";
     const NUMERIC: bool = false;
-    fn from_i64(_: i64) -> Option<Self> {
-        None
-    }
-    fn from_u64(_: u64) -> Option<Self> {
-        None
-    }
     fn from_bool(v: bool) -> Option<Self> {
         Some(v)
     }
@@ -166,12 +164,6 @@ impl Leaf for bool {
 impl Leaf for String {
     const WANTED: &'static str = "string without NUL";
     const NUMERIC: bool = false;
-    fn from_i64(_: i64) -> Option<Self> {
-        None
-    }
-    fn from_u64(_: u64) -> Option<Self> {
-        None
-    }
     fn from_str(v: &str) -> Option<Self> {
         (!v.contains('\0')).then(|| v.to_owned())
     }
@@ -186,12 +178,6 @@ impl Leaf for Binary {
     const WANTED: &'static str = "string without NUL (or {\"b64\": ...} of one)";
     const NUMERIC: bool = false;
     const BINARY: bool = true;
-    fn from_i64(_: i64) -> Option<Self> {
-        None
-    }
-    fn from_u64(_: u64) -> Option<Self> {
-        None
-    }
     fn from_str(v: &str) -> Option<Self> {
         <String as Leaf>::from_str(v).map(Self)
     }

@@ -75,6 +75,13 @@ pub enum Classes {
     Invalid,
 }
 
+impl Classes {
+    /// The parameter given, as a whole number if it is one (`None`: it is something else).
+    pub(crate) fn of(count: Option<u64>) -> Self {
+        count.map_or(Self::Invalid, Self::Count)
+    }
+}
+
 impl<'de> Deserialize<'de> for Parameters {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(ParametersVisitor)
@@ -103,8 +110,7 @@ impl<'de> Visitor<'de> for ParametersVisitor {
                 Key::Timeout => p.timeout = map.next_value::<Scalar>()?.u64(),
                 Key::Priority => p.priority = map.next_value::<Scalar>()?.u64(),
                 Key::Classification => {
-                    let count = map.next_value::<Scalar>()?.u64();
-                    p.classification = Some(count.map_or(Classes::Invalid, Classes::Count));
+                    p.classification = Some(Classes::of(map.next_value::<Scalar>()?.u64()));
                 }
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;

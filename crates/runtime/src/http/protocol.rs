@@ -365,9 +365,8 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// A declared shape of an input of v2 `datatype`: no negative dim, at most `elements`
-    /// elements and, for `BYTES`, at most the strings left, which it then takes. Returns the
-    /// dims and the element count.
+    /// A declared shape of an input of v2 `datatype`: no negative dim, and within the limits
+    /// ([`Limits::take`]). Returns the dims and the element count.
     ///
     /// # Errors
     /// [`InputError::Invalid`] for a negative dim, [`InputError::TooLarge`] over a limit.
@@ -385,6 +384,22 @@ impl Limits {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let elements = self.take(name, &shape, datatype)?;
+        Ok((shape, elements))
+    }
+
+    /// The element count of `shape` (an input of v2 `datatype`, dims already whole numbers)
+    /// within the limits: at most `elements` and, for `BYTES`, at most the strings left,
+    /// which it then takes.
+    ///
+    /// # Errors
+    /// [`InputError::TooLarge`] over a limit.
+    pub fn take(
+        &mut self,
+        name: &str,
+        shape: &[usize],
+        datatype: &str,
+    ) -> Result<usize, InputError> {
         let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         let over = |what: String| {
             InputError::TooLarge(format!("input `{name}`: shape {shape:?} is over {what}"))
@@ -400,7 +415,7 @@ impl Limits {
                 ))
             })?;
         }
-        Ok((shape, elements))
+        Ok(elements)
     }
 
     /// At most `n` elements an input, strings or not.

@@ -334,7 +334,7 @@ fn classes_parameter(
     parameters: &std::collections::HashMap<String, pb::InferParameter>,
 ) -> Option<Classes> {
     let given = parameters.get("classification")?;
-    Some(whole_number(given).map_or(Classes::Invalid, Classes::Count))
+    Some(Classes::of(whole_number(given)))
 }
 
 /// A parameter's value as a whole number: an `int64_param` of at least 0, or a

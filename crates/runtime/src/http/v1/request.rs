@@ -169,18 +169,10 @@ fn all_within<'a>(
     Ok(())
 }
 
-/// `shape` of the input `info` checked through the request's `limits` (taking its strings
-/// from them); its dims and element count.
-fn within(
-    limits: &mut Limits,
-    info: &TensorInfo,
-    shape: &[usize],
-) -> Result<(Vec<usize>, usize), InputError> {
-    let dims: Vec<i64> = shape
-        .iter()
-        .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
-        .collect();
-    limits.checked_shape(&info.name, &dims, protocol::datatype(info.element_type))
+/// The element count of the input `info`'s `shape`, checked through the request's `limits`
+/// (taking its strings from them).
+fn within(limits: &mut Limits, info: &TensorInfo, shape: &[usize]) -> Result<usize, InputError> {
+    limits.take(&info.name, shape, protocol::datatype(info.element_type))
 }
 
 /// The tensors of `instances`, rows stacked (see the module doc), and how many rows.
@@ -384,7 +376,7 @@ fn stacked(
 ) -> Result<Tensor, InputError> {
     let name = &info.name;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
-    let (shape, elements) = within(limits, info, &shape)?;
+    let elements = within(limits, info, &shape)?;
     let data = if info.element_type == ElementType::String {
         // Strings may come as binary values too (TensorFlow Serving's `{"b64": …}`).
         let binary = protocol::values::<Binary>(texts, &shape, elements, elements).map_err(bad)?;
