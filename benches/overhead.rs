@@ -43,6 +43,7 @@ fn batcher(meter: &Meter) -> Result<ModelHandle> {
             outputs: vec![info("y")],
             batch_dim: true,
             image_size: None,
+            labels: Default::default(),
         },
         max_input_elements: 1 << 20,
         config: BatchConfig {

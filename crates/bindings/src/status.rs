@@ -97,7 +97,9 @@ impl From<runtime::Error> for Failure {
             | E::ChecksumRequired { .. }
             | E::Signature { .. }
             | E::InvalidManifest { .. } => S::ChecksumMismatch,
-            E::InvalidModel { .. } | E::UnsupportedModel { .. } => S::InvalidModel,
+            E::InvalidModel { .. } | E::UnsupportedModel { .. } | E::InvalidLabels { .. } => {
+                S::InvalidModel
+            }
             E::ProviderUnavailable { .. } => S::ProviderUnavailable,
             E::UnknownInput { .. } | E::MissingInput { .. } | E::DuplicateInput { .. } => {
                 S::UnknownInput

@@ -153,6 +153,16 @@ pub enum Error {
         reason: String,
     },
 
+    /// A label file beside the model (`labels/<output>.txt`, [`crate::labels`]) cannot be
+    /// served: it names no output, is not UTF-8, or is not a file.
+    #[error("label file {path}: {reason}")]
+    InvalidLabels {
+        /// The label file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// A manifest file exists but cannot be used.
     #[error("invalid manifest {path}: {reason}")]
     InvalidManifest {

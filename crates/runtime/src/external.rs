@@ -73,46 +73,9 @@ pub(crate) fn load(
     for location in names {
         check_location(&location).map_err(|reason| bad(&location, reason))?;
         let file = dir.join(&location);
-        let expected = match (checksum, pins.get(&location)) {
-            (_, Some(d)) => Some(*d),
-            (Checksum::Skip, None) => None,
-            (Checksum::Manifest | Checksum::Signature(_), None) => {
-                let entry = manifest.and_then(|m| m.file(&location)).ok_or_else(|| {
-                    Error::ChecksumRequired {
-                        path: file.clone(),
-                        reason: format!(
-                            "the model's external data file {location:?} is not in the manifest \
-                             or signature"
-                        ),
-                    }
-                })?;
-                Some(entry.sha256)
-            }
-            (Checksum::Sha256(_), None) => {
-                return Err(Error::ChecksumRequired {
-                    path: file,
-                    reason: format!(
-                        "the model names external data {location:?}; pin its sha256 with \
-                         ModelOptions::with_external_data_checksum or load through a manifest"
-                    ),
-                })
-            }
-        };
+        let expected = pinned_digest(&file, &location, "external data", checksum, pins, manifest)?;
         let real = resolve_inside(&file, &real_dir).map_err(|reason| bad(&location, reason))?;
-        let (bytes, digest) = read_shared(&real)?;
-        match expected {
-            Some(want) if want != digest => {
-                return Err(Error::ChecksumMismatch {
-                    path: file,
-                    expected: want,
-                    actual: digest,
-                })
-            }
-            Some(_) => {}
-            None => {
-                tracing::warn!(path = %file.display(), sha256 = %digest, "external data checksum skipped (Checksum::Skip)")
-            }
-        }
+        let bytes = read_verified(&file, &real, expected, u64::MAX)?;
         files.push(ExternalFile { location, bytes });
     }
     Ok(Scanned {
@@ -121,9 +84,72 @@ pub(crate) fn load(
     })
 }
 
+/// The digest the file `location` beside the model (at `file`) must have: the caller's pin,
+/// else its entry in the manifest or signature; `None` only under [`Checksum::Skip`]. `what`
+/// names the kind of file in the error.
+///
+/// # Errors
+/// [`Error::ChecksumRequired`] when nothing pins it.
+pub(crate) fn pinned_digest(
+    file: &Path,
+    location: &str,
+    what: &str,
+    checksum: &Checksum,
+    pins: &BTreeMap<String, Digest>,
+    manifest: Option<&Manifest>,
+) -> Result<Option<Digest>> {
+    match (checksum, pins.get(location)) {
+        (_, Some(d)) => Ok(Some(*d)),
+        (Checksum::Skip, None) => Ok(None),
+        (Checksum::Manifest | Checksum::Signature(_), None) => manifest
+            .and_then(|m| m.file(location))
+            .map(|entry| Some(entry.sha256))
+            .ok_or_else(|| Error::ChecksumRequired {
+                path: file.to_owned(),
+                reason: format!(
+                    "the model's {what} file {location:?} is not in the manifest or signature"
+                ),
+            }),
+        (Checksum::Sha256(_), None) => Err(Error::ChecksumRequired {
+            path: file.to_owned(),
+            reason: format!(
+                "the model has {what} {location:?}; pin its sha256 with \
+                 ModelOptions::with_external_data_checksum or load through a manifest"
+            ),
+        }),
+    }
+}
+
+/// The bytes of `file` (read at `real`, its links resolved), once, checked against
+/// `expected` (a warning when there is none: [`Checksum::Skip`]); a file over `max_len`
+/// bytes is refused before it is read.
+///
+/// # Errors
+/// [`Error::Io`] for a file that cannot be read or is too large, [`Error::ChecksumMismatch`].
+pub(crate) fn read_verified(
+    file: &Path,
+    real: &Path,
+    expected: Option<Digest>,
+    max_len: u64,
+) -> Result<Arc<[u8]>> {
+    let (bytes, digest) = read_shared(real, max_len)?;
+    match expected {
+        Some(want) if want != digest => Err(Error::ChecksumMismatch {
+            path: file.to_owned(),
+            expected: want,
+            actual: digest,
+        }),
+        Some(_) => Ok(bytes),
+        None => {
+            tracing::warn!(path = %file.display(), sha256 = %digest, "checksum skipped (Checksum::Skip)");
+            Ok(bytes)
+        }
+    }
+}
+
 /// A location must stay inside the model's directory: relative, without `..` (links are
 /// checked where the file is resolved, `resolve_inside`).
-fn check_location(location: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_location(location: &str) -> std::result::Result<(), String> {
     if location.is_empty() || location.contains('\0') {
         return Err("empty or NUL location".into());
     }
@@ -137,7 +163,7 @@ fn check_location(location: &str) -> std::result::Result<(), String> {
 }
 
 /// The real directory of the model file at `path`, links resolved.
-fn real_parent(path: &Path) -> Result<std::path::PathBuf> {
+pub(crate) fn real_parent(path: &Path) -> Result<std::path::PathBuf> {
     let real = std::fs::canonicalize(path).map_err(|source| Error::Io {
         path: path.to_owned(),
         source,
@@ -149,7 +175,10 @@ fn real_parent(path: &Path) -> Result<std::path::PathBuf> {
 /// the model's directory (the ONNX external-data symlink CVEs) is refused before it is read;
 /// a link to another name inside it (a staged `--model-dir`, KServe's `/mnt/models`) is not.
 /// A missing file is left to the read, which names it.
-fn resolve_inside(file: &Path, real_dir: &Path) -> std::result::Result<std::path::PathBuf, String> {
+pub(crate) fn resolve_inside(
+    file: &Path,
+    real_dir: &Path,
+) -> std::result::Result<std::path::PathBuf, String> {
     match std::fs::canonicalize(file) {
         Ok(real) if real.starts_with(real_dir) => Ok(real),
         Ok(real) => Err(format!(
@@ -161,14 +190,19 @@ fn resolve_inside(file: &Path, real_dir: &Path) -> std::result::Result<std::path
     }
 }
 
-/// Reads a whole file into one shared buffer and hashes it.
-fn read_shared(path: &Path) -> Result<(Arc<[u8]>, Digest)> {
+/// Reads a whole file of at most `max_len` bytes into one shared buffer and hashes it.
+fn read_shared(path: &Path, max_len: u64) -> Result<(Arc<[u8]>, Digest)> {
     let io = |source| Error::Io {
         path: path.to_owned(),
         source,
     };
     let mut file = std::fs::File::open(path).map_err(io)?;
     let size = file.metadata().map_err(io)?.len();
+    if size > max_len {
+        return Err(io(std::io::Error::other(format!(
+            "{size} bytes, over the limit of {max_len}"
+        ))));
+    }
     let len = usize::try_from(size).map_err(|_| {
         io(std::io::Error::other(
             "file too large for this address space",

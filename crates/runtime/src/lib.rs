@@ -47,6 +47,7 @@ pub mod error;
 mod external;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod labels;
 pub mod layout;
 pub mod manifest;
 pub mod memory;

@@ -34,6 +34,11 @@ pub struct ModelMetadata {
     /// (Ultralytics' `imgsz`), if any: what the invented warm-up feeds an image input whose
     /// height and width are dynamic.
     pub image_size: Option<(usize, usize)>,
+    /// Class labels per output name, from the version's label files
+    /// (`labels/<output>.txt`, [`crate::labels`]): what classification answers name. Not
+    /// serialized (thousands of strings for an ImageNet model).
+    #[serde(skip)]
+    pub labels: crate::labels::Labels,
 }
 
 impl ModelMetadata {
@@ -80,6 +85,7 @@ impl ModelMetadata {
             outputs,
             batch_dim,
             image_size,
+            labels: crate::labels::Labels::new(),
         })
     }
 
@@ -227,6 +233,7 @@ mod tests {
             }],
             batch_dim: true,
             image_size: None,
+            labels: Default::default(),
         }
     }
 

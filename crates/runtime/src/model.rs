@@ -158,16 +158,26 @@ impl Model {
             &options.external_data,
             manifest.as_ref(),
         )?;
+        let labels = crate::labels::load(
+            path,
+            &options.checksum,
+            &options.external_data,
+            manifest.as_ref(),
+        )?;
         // A signed directory: every signed file the loader did not read is checked too.
         if let (Checksum::Signature(_), Some(signed)) = (&options.checksum, &manifest) {
             crate::signing::dir::check_unread(
                 path,
                 signed,
-                external.iter().map(|f| f.location.as_str()),
+                external
+                    .iter()
+                    .map(|f| f.location.as_str())
+                    .chain(labels.iter().map(|(l, _)| l.as_str())),
             )?;
         }
+        let mut labels = Some(labels);
 
-        let mut models = Vec::with_capacity(count);
+        let mut models: Vec<Self> = Vec::with_capacity(count);
         for _ in 0..count {
             let (session, requested_cuda, fallback_reason) =
                 open_session(runtime, &name, path, &bytes, &external, options)?;
@@ -175,7 +185,16 @@ impl Model {
             if let Some(e) = unreadable.take() {
                 return Err(e);
             }
-            let metadata = ModelMetadata::from_session(&name, &session)?;
+            let mut metadata = ModelMetadata::from_session(&name, &session)?;
+            metadata.labels = match (labels.take(), models.first()) {
+                (Some(found), _) => {
+                    let outputs: Vec<&str> =
+                        metadata.outputs.iter().map(|o| o.name.as_str()).collect();
+                    crate::labels::check_outputs(path, found, &outputs)?
+                }
+                (None, Some(first)) => first.metadata.labels.clone(),
+                (None, None) => crate::labels::Labels::new(),
+            };
             let provider = report(
                 runtime,
                 &session,

@@ -6,9 +6,10 @@
 //! explicit `--no-verify` (logged as a warning). The directory is staged as a one-version
 //! repository in a scratch directory — links to the files, and a manifest holding the given
 //! digest (or, with `--no-verify`, the digests of the files as they are) — so the model goes
-//! through the same verified load, readiness and metrics as a published one. With `--verify`
-//! only the model file is pinned: a model with external data needs a manifest, a signature or
-//! `--no-verify`, and says so when it fails to load. With `--signature` (an OpenSSF
+//! through the same verified load, readiness and metrics as a published one. Label files
+//! (`labels/<output>.txt`, `kiln::labels`) are staged with it. With `--verify` only the model
+//! file is pinned: a model with external data or label files needs a signature or
+//! `--no-verify`, and says so, naming the file, when it fails to load. With `--signature` (an OpenSSF
 //! model-signing bundle and `--trust-public-key` or `--trust-ca-certificates`) the bundle is
 //! verified, the directory must hold exactly the signed files, and every file is pinned to its
 //! signed digest (checked again as the model loads).
@@ -51,6 +52,21 @@ impl std::str::FromStr for Verify {
 /// Version name of the staged model.
 const VERSION: &str = "1";
 
+/// The files (and links to files) directly in `dir`, hidden ones left out.
+fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)
+        .with_context(|| format!("read --model-dir {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.'))
+        })
+        .collect())
+}
+
 /// Stages `dir` (exactly one `.onnx` file directly inside, plus any other regular files: its
 /// external data) as model `name` under `scratch`; returns the repository root to serve.
 ///
@@ -63,28 +79,28 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
     let dir = &dir
         .canonicalize()
         .with_context(|| format!("--model-dir {}", dir.display()))?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("read --model-dir {}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()))
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| !n.starts_with('.'))
-        })
-        .collect();
+    // The directory's files, and its label files (`labels/<output>.txt`, kiln::labels).
+    let mut files = files_in(dir)?;
+    let labels = dir.join(kiln::labels::LABELS_DIR);
+    if labels.is_dir() {
+        files.extend(files_in(&labels)?);
+    }
     files.sort();
+    // Each file's path in the version, as the manifest and the signature name it.
+    let relative = |file: &Path| -> Result<String> {
+        file.strip_prefix(dir)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(str::to_owned)
+            .with_context(|| format!("a file name that is not UTF-8: {}", file.display()))
+    };
     let signed = match verify {
         Verify::Signature { bundle, trust } => {
             let bundle = dir.join(bundle);
             let signed = kiln::signing::verify_file(&bundle, trust)
                 .with_context(|| format!("--signature {}", bundle.display()))?;
             files.retain(|f| *f != bundle);
-            let names: Vec<String> = files
-                .iter()
-                .filter_map(|f| f.file_name().and_then(|n| n.to_str()).map(str::to_owned))
-                .collect();
+            let names: Vec<String> = files.iter().filter_map(|f| relative(f).ok()).collect();
             signed
                 .check_file_set(names.iter().map(String::as_str))
                 .with_context(|| format!("--model-dir {}", dir.display()))?;
@@ -95,7 +111,7 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
     };
     let models: Vec<&PathBuf> = files
         .iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx"))
+        .filter(|p| p.parent() == Some(dir.as_path()) && p.extension().is_some_and(|e| e == "onnx"))
         .collect();
     let [model] = models.as_slice() else {
         bail!(
@@ -109,19 +125,15 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
         .with_context(|| format!("create the scratch repository {}", version.display()))?;
     let mut entries = Vec::new();
     for file in &files {
-        let file_name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .context("a file name that is not UTF-8")?
-            .to_owned();
+        let file_name = relative(file)?;
         let size = std::fs::metadata(file)
             .with_context(|| format!("stat {}", file.display()))?
             .len();
         let sha256 = match (verify, file == *model) {
-            (Verify::Sha256(d), true) => *d,
+            (Verify::Sha256(d), true) => Some(*d),
             // Only the model is pinned: other files stay out of the manifest, so a model
-            // that needs them fails its load naming the unpinned file.
-            (Verify::Sha256(_), false) => continue,
+            // that needs them, or has label files, fails its load naming the unpinned file.
+            (Verify::Sha256(_), false) => None,
             (Verify::Signature { .. }, is_model) => {
                 let Some(signed) = signed.as_ref().and_then(|s| s.files.get(&file_name)) else {
                     // A path the signer ignored (`.git`, ...): not served.
@@ -138,9 +150,9 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
                         );
                     }
                 }
-                *signed
+                Some(*signed)
             }
-            (Verify::Off, _) => kiln::checksum::read_and_hash(file)?.1,
+            (Verify::Off, _) => Some(kiln::checksum::read_and_hash(file)?.1),
         };
         // The model is staged as model.onnx (the only .onnx there); its external data keep
         // their names, the locations the model names them by.
@@ -150,10 +162,16 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
             file_name
         };
         let link = version.join(&path);
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+        }
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(file, &link)
             .with_context(|| format!("link {}", link.display()))?;
-        entries.push(ManifestFile { path, sha256, size });
+        if let Some(sha256) = sha256 {
+            entries.push(ManifestFile { path, sha256, size });
+        }
     }
     if matches!(verify, Verify::Off) {
         tracing::warn!(model = name, dir = %dir.display(), "--no-verify: serving the model directory without checking any digest");

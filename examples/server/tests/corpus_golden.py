@@ -29,8 +29,26 @@ def check_close(model, name, got, want, tol):
         assert (got == want).all(), f"{model}/{name}: integers differ"
 
 
-def check_classes(model, name, got, want, tol, batched, k):
-    """Triton's classification extension: `got` (BYTES, "value:index") must be the top `k`
+def load_labels(corpus, entry, output):
+    """The labels of `output` the corpus publishes for the model (its package's own class
+    names, one per line in testdata/corpus/labels/), or None."""
+    pin = entry.get("labels")
+    if not pin or pin["output"] != output:
+        return None
+    with open(os.path.join(corpus, "labels", entry["name"] + ".txt"), encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def label_file(output):
+    """Where kiln reads an output's labels, relative to the model (kiln::labels::label_file)."""
+    for c, code in (("%", "%25"), ("/", "%2F"), ("\\", "%5C"), ("\0", "%00")):
+        output = output.replace(c, code)
+    return f"labels/{output}.txt"
+
+
+def check_classes(model, name, got, want, tol, batched, k, labels=None):
+    """Triton's classification extension: `got` (BYTES, "value:index", and ":label" after it
+    for a class `labels` names, as Triton answers with a label file) must be the top `k`
     classes of the golden output `want`, highest first: per row of dim 0 for a batched model
     (each row's other elements flattened), of the whole output otherwise, `k` cut to the
     classes there are. Each value is within the model's tolerance (and the six decimals
@@ -45,8 +63,10 @@ def check_classes(model, name, got, want, tol, batched, k):
         ranked = np.sort(row)[::-1][:kk]
         for j, s in enumerate(got.reshape(rows.shape[0], kk)[r]):
             text = s.decode() if isinstance(s, bytes) else s
-            value, index = text.split(":")
+            value, index, *label = text.split(":", 2)
             value, index = float(value), int(index)
+            named = labels[index] if labels and index < len(labels) and labels[index] else None
+            assert label == ([named] if named else []), f"{model}/{name}: {text} (labels {named!r})"
             slack = tol[0] + tol[1] * abs(ranked[j]) + 1e-6
             assert abs(value - ranked[j]) <= slack, f"{model}/{name}: class {j} is {text}"
             assert abs(row[index] - value) <= slack, f"{model}/{name}: {text} vs {row[index]}"

@@ -403,3 +403,78 @@ fn a_signed_directory_serves_with_its_external_data_and_tampering_never_does() {
     std::fs::write(dir.path().join("extra.onnx.data"), b"x").expect("extra");
     refused("extra.onnx.data");
 }
+
+#[test]
+fn label_files_are_staged_and_checked_as_the_model_is() {
+    let dir = plain(&["mlp.onnx"]);
+    std::fs::create_dir(dir.path().join("labels")).expect("mkdir");
+    let labels = dir.path().join("labels/y.txt");
+    std::fs::write(&labels, "north\neast\nsouth\nwest\n").expect("labels");
+    let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}],
+                                  "outputs": [{"name": "y", "parameters": {"classification": 4}}]})
+    .to_string();
+    let named = |port: u16| {
+        let (code, out) = http(port, "POST", "/v2/models/mlp/infer", &body).expect("infer");
+        assert_eq!(code, 200, "{out}");
+        let out: serde_json::Value = serde_json::from_str(&out).expect("json");
+        out["outputs"][0]["data"]
+            .as_array()
+            .expect("classes")
+            .iter()
+            .map(|c| {
+                let parts: Vec<&str> = c.as_str().expect("class").split(':').collect();
+                let index: usize = parts[1].parse().expect("index");
+                assert_eq!(
+                    parts.get(2),
+                    ["north", "east", "south", "west"].get(index),
+                    "{c}"
+                );
+            })
+            .count()
+    };
+    // Unchecked, as asked: served with the labels.
+    let port = free_port();
+    let server = start(dir.path(), "mlp", &["--no-verify"], port);
+    assert!(
+        ready_within(port, Duration::from_secs(60)),
+        "{}",
+        server.log()
+    );
+    assert_eq!(named(port), 4);
+    drop(server);
+
+    // --verify pins the model only: the labels are not, and the load says so.
+    let digest = sha256(&dir.path().join("mlp.onnx"));
+    let port = free_port();
+    let server = start(
+        dir.path(),
+        "mlp",
+        &["--verify", &format!("sha256:{digest}")],
+        port,
+    );
+    assert!(!ready_within(port, Duration::from_secs(3)));
+    assert!(server.log().contains("labels/y.txt"), "{}", server.log());
+    drop(server);
+
+    // Signed by the real `model_signing` with the model: served with them; a changed label
+    // never is.
+    let keys = tempfile::tempdir().expect("keys");
+    let key = sign_dir(dir.path(), keys.path());
+    let key_arg = key.to_string_lossy();
+    let args = ["--signature", "model.sig", "--trust-public-key", &key_arg];
+    let port = free_port();
+    let server = start(dir.path(), "mlp", &args, port);
+    assert!(
+        ready_within(port, Duration::from_secs(60)),
+        "{}",
+        server.log()
+    );
+    assert_eq!(named(port), 4);
+    drop(server);
+    std::fs::write(&labels, "north\neast\nsouth\nwesT\n").expect("tamper");
+    let text = refused_to_start(dir.path(), &args);
+    assert!(
+        text.contains("labels/y.txt") && text.contains("is not what was signed"),
+        "{text}"
+    );
+}

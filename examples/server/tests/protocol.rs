@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
-use common::{corrupt, publish, repo_root, runtime, swap};
+use common::{corrupt, publish, publish_files, repo_root, runtime, swap, swap_files};
 use kiln::http::{router, AppState, ServerConfig, TIMEOUT_HEADER};
 use kiln::{Repository, RepositoryConfig};
 use serde_json::{json, Value};
@@ -414,6 +414,120 @@ fn inference_matches_the_golden_outputs_and_echoes_the_id() {
     assert_eq!(out["outputs"].as_array().map(Vec::len), Some(1));
     assert_eq!(out["outputs"][0]["datatype"], "INT64");
     assert_eq!(out["outputs"][0]["data"], json!([2, 4, 6, 8, 10, 12]));
+}
+
+/// The classes `out`'s first output was answered with, split into (index, label).
+fn classes_of(out: &Value) -> Vec<(usize, Option<String>)> {
+    out["outputs"][0]["data"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .map(|c| {
+            let mut parts = c.as_str().expect("string").splitn(3, ':');
+            let _value = parts.next();
+            let index = parts.next().expect("index").parse().expect("index");
+            (index, parts.next().map(str::to_owned))
+        })
+        .collect()
+}
+
+#[test]
+fn classes_are_named_by_the_label_file_of_the_version_that_answered() {
+    let labels = |text: &str| {
+        let f = tempfile::NamedTempFile::new().expect("labels");
+        std::fs::write(f.path(), text).expect("write");
+        f
+    };
+    let (one, two) = (labels("low\nmid\nhigh\ntop\n"), labels("a\r\nb\r\n\r\n"));
+    let root = tempfile::tempdir().expect("root");
+    let path = |f: &tempfile::NamedTempFile| f.path().to_str().expect("path").to_owned();
+    publish_files(
+        root.path(),
+        "mlp",
+        "1",
+        "mlp.onnx",
+        &[("labels/y.txt", &path(&one))],
+    );
+    let (repo, report, telemetry) = scanned(root.path());
+    assert!(report.failed.is_empty(), "{report:?}");
+    let meter = telemetry.meter();
+    let state = Arc::new(AppState::new(
+        Arc::clone(&repo),
+        ServerConfig::default(),
+        Some(telemetry),
+        &meter,
+    ));
+    let s = Server {
+        root,
+        app: router(Arc::clone(&state)),
+        state,
+    };
+    let body = json!({"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32", "data": vec![0.5; 32]}],
+                      "outputs": [{"name": "y", "parameters": {"classification": 4}}]})
+    .to_string();
+    let classify = || {
+        let (status, _, out) = call(
+            &s,
+            Method::POST,
+            "/v2/models/mlp/infer",
+            Some(body.clone()),
+            &[],
+        );
+        assert_eq!(status, StatusCode::OK, "{out}");
+        (out["model_version"].clone(), classes_of(&out))
+    };
+    let named = ["low", "mid", "high", "top"];
+    let (version, classes) = classify();
+    assert_eq!(version, "1");
+    assert_eq!(classes.len(), 8, "{classes:?}");
+    for (index, label) in &classes {
+        assert_eq!(label.as_deref(), Some(named[*index]), "{classes:?}");
+    }
+    let (_, _, config) = call(&s, Method::GET, "/v2/models/mlp/config", None, &[]);
+    assert_eq!(
+        config["output"][0]["label_filename"], "labels/y.txt",
+        "{config}"
+    );
+
+    // A new version with other labels (a `\r\n` file, and a class with none): the answers
+    // name the new version's.
+    swap_files(
+        s.root.path(),
+        "mlp",
+        "2",
+        "mlp.onnx",
+        &[("labels/y.txt", &path(&two))],
+    );
+    let report = repo.scan().expect("scan");
+    assert!(report.failed.is_empty(), "{report:?}");
+    let (version, classes) = classify();
+    assert_eq!(version, "2");
+    for (index, label) in &classes {
+        let want = ["a", "b"].get(*index).map(|l| (*l).to_owned());
+        assert_eq!(label, &want, "{classes:?}");
+    }
+    // A version whose label file changed after its manifest was written never serves: the
+    // model stays on version 2 and its labels.
+    swap_files(
+        s.root.path(),
+        "mlp",
+        "3",
+        "mlp.onnx",
+        &[("labels/y.txt", &path(&one))],
+    );
+    std::fs::write(s.root.path().join("mlp/3/labels/y.txt"), "evil\n").expect("tamper");
+    let report = repo.scan().expect("scan");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+    assert!(report.failed[0].2.contains("labels/y.txt"), "{report:?}");
+    assert_eq!(classify().0, "2");
+    // A model without labels has none, and its /config names no file.
+    swap(s.root.path(), "mlp", "4", "mlp.onnx");
+    assert!(repo.scan().expect("scan").failed.is_empty());
+    let (version, classes) = classify();
+    assert_eq!(version, "4");
+    assert!(classes.iter().all(|(_, l)| l.is_none()), "{classes:?}");
+    let (_, _, config) = call(&s, Method::GET, "/v2/models/mlp/config", None, &[]);
+    assert_eq!(config["output"][0]["label_filename"], "", "{config}");
 }
 
 #[test]

@@ -16,7 +16,8 @@ import sys
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from corpus_golden import DTYPES, check_classes, check_close, load_golden
+from corpus_golden import (DTYPES, check_classes, check_close, label_file, load_golden,
+                           load_labels)
 
 
 def main():
@@ -51,6 +52,10 @@ def main():
         for i in cfg["input"]:
             rank = inputs[i["name"]].ndim - (1 if batched else 0)
             assert len(i["dims"]) == rank, (model, i)
+        # An output's label file, where the corpus publishes one (its package's class names).
+        for o in cfg["output"]:
+            want_file = label_file(o["name"]) if load_labels(corpus, entry, o["name"]) else ""
+            assert o["label_filename"] == want_file, (model, o)
 
         # JSON and binary data, plain and compressed both ways (the client's
         # request_compression_algorithm / response_compression_algorithm, as Triton serves).
@@ -87,7 +92,8 @@ def main():
             wanted += [httpclient.InferRequestedOutput(n, binary_data=binary)
                        for n in list(outputs)[1:]]
             result = client.infer(model, req, outputs=wanted)
-            check_classes(model, first, result.as_numpy(first), outputs[first], tol, batched, 3)
+            check_classes(model, first, result.as_numpy(first), outputs[first], tol, batched, 3,
+                          load_labels(corpus, entry, first))
             for name in list(outputs)[1:]:
                 check_close(model, name, result.as_numpy(name), outputs[name], tol)
 

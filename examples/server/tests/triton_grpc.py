@@ -24,7 +24,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from corpus_golden import DTYPES, check_classes, check_close, load_golden
+from corpus_golden import (DTYPES, check_classes, check_close, label_file, load_golden,
+                           load_labels)
 
 TYPED_FIELD = {"FP32": "fp32_contents", "INT64": "int64_contents", "INT32": "int_contents"}
 
@@ -93,6 +94,10 @@ def main():
             rank = inputs[i["name"]].ndim - (1 if batched else 0)
             assert len(i.get("dims", [])) == rank, (model, i)
         assert bool(cfg.get("dynamic_batching")) == batched, cfg
+        # An output's label file, where the corpus publishes one (its package's class names).
+        for o in cfg["output"]:
+            want_file = label_file(o["name"]) if load_labels(corpus, entry, o["name"]) else ""
+            assert o.get("label_filename", "") == want_file, (model, o)
         if batched:
             # The client's JSON of the ModelConfig message (uint64 as a string).
             assert cfg["dynamic_batching"]["default_priority_level"] == "1", cfg
@@ -137,7 +142,8 @@ def main():
         wanted = [grpcclient.InferRequestedOutput(first, class_count=3)]
         wanted += [grpcclient.InferRequestedOutput(n) for n in list(outputs)[1:]]
         result = client.infer(model, req, outputs=wanted)
-        check_classes(model, first, result.as_numpy(first), outputs[first], tol, batched, 3)
+        check_classes(model, first, result.as_numpy(first), outputs[first], tol, batched, 3,
+                          load_labels(corpus, entry, first))
         for name in list(outputs)[1:]:
             check_close(model, name, result.as_numpy(name), outputs[name], tol)
 

@@ -77,8 +77,25 @@ pub struct ModelStatus {
 }
 
 struct Serving {
-    version: String,
+    version: Arc<str>,
     batcher: Arc<Batcher>,
+}
+
+/// What served a request ([`ModelHandle::infer_served`]): its version, even when another was
+/// swapped in while it ran.
+pub(crate) struct Served {
+    /// The version's label.
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) version: Arc<str>,
+    batcher: Arc<Batcher>,
+}
+
+impl Served {
+    /// The serving version's signature (and labels).
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
+    pub(crate) fn metadata(&self) -> &ModelMetadata {
+        self.batcher.metadata()
+    }
 }
 
 struct Inner {
@@ -210,7 +227,7 @@ impl ModelHandle {
                 let old = {
                     let mut cur = inner.current.write().unwrap_or_else(|p| p.into_inner());
                     cur.replace(Serving {
-                        version: version.to_owned(),
+                        version: version.into(),
                         batcher: Arc::new(batcher),
                     })
                 };
@@ -308,7 +325,7 @@ impl ModelHandle {
 
     /// The serving version's label.
     pub fn current_version(&self) -> Option<String> {
-        self.inner.serving(|s| s.version.clone())
+        self.inner.serving(|s| s.version.to_string())
     }
 
     /// The serving version's signature.
@@ -349,17 +366,36 @@ impl ModelHandle {
     fn submit_on(
         &self,
         request: InferRequest,
-    ) -> Result<(oneshot::Receiver<Result<NamedTensors>>, Arc<Batcher>)> {
+    ) -> Result<(oneshot::Receiver<Result<NamedTensors>>, Served)> {
         // The read lock is held across admission, so a swap cannot slip between choosing the
         // version and queueing on it: whatever the old version admitted, it drains.
         let cur = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
         match cur.as_ref() {
-            Some(s) => Ok((s.batcher.submit(request)?, Arc::clone(&s.batcher))),
+            Some(s) => Ok((
+                s.batcher.submit(request)?,
+                Served {
+                    version: Arc::clone(&s.version),
+                    batcher: Arc::clone(&s.batcher),
+                },
+            )),
             None => Err(Error::Unavailable {
                 model: self.inner.name.clone(),
                 state: self.status().state.to_string(),
             }),
         }
+    }
+
+    /// [`ModelHandle::infer`], also returning what served the request.
+    ///
+    /// # Errors
+    /// As [`ModelHandle::infer`].
+    pub(crate) async fn infer_served(
+        &self,
+        request: InferRequest,
+    ) -> Result<(NamedTensors, Served)> {
+        let (rx, served) = self.submit_on(request)?;
+        let outputs = served.batcher.answer(rx).await?;
+        Ok((outputs, served))
     }
 
     /// Runs a request on the serving version. Dropping the future cancels it.
@@ -369,8 +405,7 @@ impl ModelHandle {
     /// [`Error::Overloaded`], [`Error::DeadlineExceeded`], the model's own failure, or
     /// [`Error::Unavailable`] when no version serves.
     pub async fn infer(&self, request: InferRequest) -> Result<NamedTensors> {
-        let (rx, batcher) = self.submit_on(request)?;
-        batcher.answer(rx).await
+        self.infer_served(request).await.map(|(outputs, _)| outputs)
     }
 
     /// Blocking [`ModelHandle::infer`] for non-async threads (not inside an async runtime).
@@ -378,8 +413,8 @@ impl ModelHandle {
     /// # Errors
     /// As [`ModelHandle::infer`].
     pub fn infer_blocking(&self, request: InferRequest) -> Result<NamedTensors> {
-        let (rx, batcher) = self.submit_on(request)?;
-        batcher.answer_blocking(rx)
+        let (rx, served) = self.submit_on(request)?;
+        served.batcher.answer_blocking(rx)
     }
 
     /// [`ModelHandle::infer_blocking`] over inputs borrowed from the caller (`ndarray` views,

@@ -9,7 +9,10 @@
 //! `std::to_string`: six decimals for floats, plain integers). Where Triton leaves it open,
 //! kiln decides: equal values rank by index (Triton's sort is unstable), NaN ranks last, and
 //! FP16 and BF16 outputs are classified too (Triton refuses them). `BOOL` and `BYTES` outputs
-//! have no order and are refused. kiln has no label files, so no `:<label>` follows.
+//! have no order and are refused. With the version's labels for the output
+//! ([`crate::labels`]: `labels/<output>.txt`), each class is `"<value>:<index>:<label>"`, as
+//! Triton answers with a `label_filename`; a class without a label (an empty line, or past the
+//! file's end) keeps the two-part form, as in Triton.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -73,7 +76,12 @@ floats!(f32, f64, half::f16, half::bf16);
 /// # Errors
 /// A message for an output whose type has no order (`BOOL`, `BYTES`), or an answer of more
 /// than [`MAX_CLASSES`] strings. (A `k` of 0 is no classification: the caller's to skip.)
-pub(crate) fn top_k(tensor: &Tensor, k: u64, batched: bool) -> Result<Tensor, String> {
+pub(crate) fn top_k(
+    tensor: &Tensor,
+    k: u64,
+    batched: bool,
+    labels: Option<&[String]>,
+) -> Result<Tensor, String> {
     let shape = tensor.shape();
     // Triton's rule: a batch of 0 rows is classified as the whole (empty) output.
     let batched = batched && shape.first().is_some_and(|&rows| rows > 0);
@@ -89,18 +97,18 @@ pub(crate) fn top_k(tensor: &Tensor, k: u64, batched: bool) -> Result<Tensor, St
         ));
     }
     let classes = match tensor.data() {
-        TensorSlice::F32(v) => ranked(v, per, k),
-        TensorSlice::F64(v) => ranked(v, per, k),
-        TensorSlice::F16(v) => ranked(v, per, k),
-        TensorSlice::Bf16(v) => ranked(v, per, k),
-        TensorSlice::I64(v) => ranked(v, per, k),
-        TensorSlice::I32(v) => ranked(v, per, k),
-        TensorSlice::I16(v) => ranked(v, per, k),
-        TensorSlice::I8(v) => ranked(v, per, k),
-        TensorSlice::U64(v) => ranked(v, per, k),
-        TensorSlice::U32(v) => ranked(v, per, k),
-        TensorSlice::U16(v) => ranked(v, per, k),
-        TensorSlice::U8(v) => ranked(v, per, k),
+        TensorSlice::F32(v) => ranked(v, per, k, labels),
+        TensorSlice::F64(v) => ranked(v, per, k, labels),
+        TensorSlice::F16(v) => ranked(v, per, k, labels),
+        TensorSlice::Bf16(v) => ranked(v, per, k, labels),
+        TensorSlice::I64(v) => ranked(v, per, k, labels),
+        TensorSlice::I32(v) => ranked(v, per, k, labels),
+        TensorSlice::I16(v) => ranked(v, per, k, labels),
+        TensorSlice::I8(v) => ranked(v, per, k, labels),
+        TensorSlice::U64(v) => ranked(v, per, k, labels),
+        TensorSlice::U32(v) => ranked(v, per, k, labels),
+        TensorSlice::U16(v) => ranked(v, per, k, labels),
+        TensorSlice::U8(v) => ranked(v, per, k, labels),
         TensorSlice::Bool(_) | TensorSlice::String(_) => {
             return Err(format!(
                 "no classes can be ranked in an output of type {}",
@@ -115,7 +123,7 @@ pub(crate) fn top_k(tensor: &Tensor, k: u64, batched: bool) -> Result<Tensor, St
 /// The top `k` classes of each `per` values of `values`, as Triton's strings, row after row.
 /// Each row is read once into a heap of its best `k` so far: memory is the answer's, not the
 /// row's.
-fn ranked<T: Ranked>(values: &[T], per: usize, k: usize) -> Vec<String> {
+fn ranked<T: Ranked>(values: &[T], per: usize, k: usize, labels: Option<&[String]>) -> Vec<String> {
     let mut out = Vec::new();
     if values.is_empty() || per == 0 || k == 0 {
         return out;
@@ -135,7 +143,15 @@ fn ranked<T: Ranked>(values: &[T], per: usize, k: usize) -> Vec<String> {
             std::mem::take(&mut best)
                 .into_sorted_vec()
                 .into_iter()
-                .map(|c| format!("{}:{}", c.value.text(), c.index)),
+                .map(|c| {
+                    match labels
+                        .and_then(|l| l.get(c.index))
+                        .filter(|l| !l.is_empty())
+                    {
+                        Some(label) => format!("{}:{}:{label}", c.value.text(), c.index),
+                        None => format!("{}:{}", c.value.text(), c.index),
+                    }
+                }),
         );
     }
     out
@@ -184,18 +200,43 @@ mod tests {
         // Triton's own example: [1.1, 3.3, 0.5, 2.4], top 2.
         let t =
             Tensor::from_data(vec![4], TensorData::F32(vec![1.1, 3.3, 0.5, 2.4])).expect("tensor");
-        let (shape, v) = classes(&top_k(&t, 2, false).expect("top 2"));
+        let (shape, v) = classes(&top_k(&t, 2, false, None).expect("top 2"));
         assert_eq!(shape, [2]);
         assert_eq!(v, ["3.300000:1", "2.400000:3"]);
         // Batched: per row, over the rest flattened; k cut to the classes there are.
         let t = Tensor::from_data(vec![2, 1, 3], TensorData::I64(vec![5, 9, 7, 0, -2, 4]))
             .expect("tensor");
-        let (shape, v) = classes(&top_k(&t, 5, true).expect("rows"));
+        let (shape, v) = classes(&top_k(&t, 5, true, None).expect("rows"));
         assert_eq!(shape, [2, 3]);
         assert_eq!(v, ["9:1", "7:2", "5:0", "4:2", "0:0", "-2:1"]);
         // Not batched: the whole output is one row.
-        let (shape, v) = classes(&top_k(&t, 1, false).expect("whole"));
+        let (shape, v) = classes(&top_k(&t, 1, false, None).expect("whole"));
         assert_eq!((shape, v), (vec![1], vec!["9:1".to_owned()]));
+    }
+
+    #[test]
+    fn labels_name_the_classes_they_have() {
+        let labels: Vec<String> = ["cat", "", "dog"].map(String::from).to_vec();
+        // Per row, each class by its index in the row; an empty label or one past the file's
+        // end leaves the class unnamed, as in Triton.
+        let t = Tensor::from_data(
+            vec![2, 4],
+            TensorData::F32(vec![0.1, 0.7, 0.2, 0.9, 0.5, 0.1, 0.3, 0.0]),
+        )
+        .expect("tensor");
+        let (shape, v) = classes(&top_k(&t, 3, true, Some(&labels)).expect("rows"));
+        assert_eq!(shape, [2, 3]);
+        assert_eq!(
+            v,
+            [
+                "0.900000:3",
+                "0.700000:1",
+                "0.200000:2:dog",
+                "0.500000:0:cat",
+                "0.300000:2:dog",
+                "0.100000:1"
+            ]
+        );
     }
 
     #[test]
@@ -205,7 +246,7 @@ mod tests {
             TensorData::F64(vec![0.5, f64::NAN, 0.5, f64::INFINITY, -1.0, -f64::NAN]),
         )
         .expect("tensor");
-        let (_, v) = classes(&top_k(&t, 6, false).expect("all"));
+        let (_, v) = classes(&top_k(&t, 6, false, None).expect("all"));
         assert_eq!(
             v,
             [
@@ -222,7 +263,7 @@ mod tests {
             .map(|i| ((i * 7919) % 1000) as f32 / 10.0)
             .collect();
         let t = Tensor::from_data(vec![1000], TensorData::F32(many)).expect("many");
-        let (_, v) = classes(&top_k(&t, 3, false).expect("top 3"));
+        let (_, v) = classes(&top_k(&t, 3, false, None).expect("top 3"));
         assert_eq!(v, ["99.900002:321", "99.800003:642", "99.699997:963"]);
         let t = Tensor::from_data(
             vec![3],
@@ -234,7 +275,7 @@ mod tests {
         )
         .expect("tensor");
         assert_eq!(
-            classes(&top_k(&t, 2, false).expect("fp16")).1,
+            classes(&top_k(&t, 2, false, None).expect("fp16")).1,
             ["2.000000:1", "1.000000:2"]
         );
     }
@@ -242,28 +283,36 @@ mod tests {
     #[test]
     fn what_cannot_be_ranked_or_would_be_too_many_is_refused() {
         let b = Tensor::from_data(vec![2], TensorData::Bool(vec![true, false])).expect("bool");
-        assert!(top_k(&b, 1, false).expect_err("bool").contains("BOOL"));
+        assert!(top_k(&b, 1, false, None)
+            .expect_err("bool")
+            .contains("BOOL"));
         let f = Tensor::from_data(vec![2], TensorData::F32(vec![1.0, 2.0])).expect("f32");
-        assert_eq!(classes(&top_k(&f, 0, false).expect("zero")).0, [0]);
-        assert_eq!(classes(&top_k(&f, u64::MAX, false).expect("all")).0, [2]);
+        assert_eq!(classes(&top_k(&f, 0, false, None).expect("zero")).0, [0]);
+        assert_eq!(
+            classes(&top_k(&f, u64::MAX, false, None).expect("all")).0,
+            [2]
+        );
         let big = Tensor::from_data(
             vec![MAX_CLASSES + 1],
             TensorData::U8(vec![0; MAX_CLASSES + 1]),
         )
         .expect("big");
-        assert!(top_k(&big, u64::MAX, false)
+        assert!(top_k(&big, u64::MAX, false, None)
             .expect_err("too many")
             .contains("at most"));
         assert_eq!(
-            classes(&top_k(&big, 3, false).expect("three")).1,
+            classes(&top_k(&big, 3, false, None).expect("three")).1,
             ["0:0", "0:1", "0:2"]
         );
         assert_eq!(MAX_CLASSES, 1_048_576);
         crate::http::assert_readme_states("an answer of more than 1,048,576 classes");
         // Empty rows: no classes; no rows: the whole (empty) output, as Triton.
         let e = Tensor::from_data(vec![2, 0], TensorData::F32(vec![])).expect("empty");
-        assert_eq!(classes(&top_k(&e, 3, true).expect("empty")).0, [2, 0]);
+        assert_eq!(classes(&top_k(&e, 3, true, None).expect("empty")).0, [2, 0]);
         let none = Tensor::from_data(vec![0, 5], TensorData::F32(vec![])).expect("no rows");
-        assert_eq!(classes(&top_k(&none, 3, true).expect("no rows")).0, [0]);
+        assert_eq!(
+            classes(&top_k(&none, 3, true, None).expect("no rows")).0,
+            [0]
+        );
     }
 }

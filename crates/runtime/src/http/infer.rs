@@ -3,6 +3,7 @@
 //! the version, the deadline, running, choosing the outputs asked for (and classifying them,
 //! `classify`) and logging a failure are here, once, so the two cannot drift apart.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{NamedTensors, Tensor};
@@ -62,8 +63,9 @@ pub(crate) fn level(priority: Option<u64>, levels: usize) -> usize {
 
 /// What answered a call.
 pub(crate) struct Answer {
-    /// The version that served the call.
-    pub(crate) version: Option<String>,
+    /// The version that served the call (the one that ran it, even if another was swapped
+    /// in meanwhile).
+    pub(crate) version: String,
     /// The outputs asked for, in the model's order.
     pub(crate) outputs: NamedTensors,
 }
@@ -85,8 +87,7 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         let levels = handle.priority_levels().unwrap_or(1);
         request = request.with_priority(level(call.priority, levels));
     }
-    let version = handle.current_version();
-    let outputs = handle.infer(request).await?;
+    let (outputs, served) = handle.infer_served(request).await?;
     if let Some(unknown) = call
         .outputs
         .iter()
@@ -107,8 +108,9 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         let tensor = match wanted.and_then(|w| w.classes) {
             None | Some(Classes::Count(0)) => tensor,
             Some(Classes::Count(k)) => {
-                let batched = handle.metadata().is_some_and(|m| m.batch_dim);
-                classes(s, &name, tensor, k, batched).await?
+                let meta = served.metadata();
+                let labels = meta.labels.get(&name).cloned();
+                classes(s, &name, tensor, k, meta.batch_dim, labels).await?
             }
             Some(Classes::Invalid) => {
                 return Err(ApiError::bad_request(format!(
@@ -119,13 +121,14 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         answered.push((name, tensor));
     }
     Ok(Answer {
-        version,
+        version: served.version.to_string(),
         outputs: answered,
     })
 }
 
-/// The top `k` classes of output `name`'s `tensor` ([`classify::top_k`]), ranked on a decode
-/// thread when the output is big: ranking reads every element.
+/// The top `k` classes of output `name`'s `tensor` ([`classify::top_k`]), named by `labels`
+/// where the version has them, ranked on a decode thread when the output is big: ranking
+/// reads every element.
 ///
 /// # Errors
 /// 400 with what cannot be classified.
@@ -135,6 +138,7 @@ async fn classes(
     tensor: Tensor,
     k: u64,
     batched: bool,
+    labels: Option<Arc<[String]>>,
 ) -> Result<Tensor, ApiError> {
     let refused = {
         let name = name.to_owned();
@@ -142,10 +146,12 @@ async fn classes(
     };
     // The decoder's rule for bodies: under the inline size here, bigger on a decode thread.
     if tensor.byte_len() < crate::http::decode::INLINE_MAX_BYTES {
-        return classify::top_k(&tensor, k, batched).map_err(refused);
+        return classify::top_k(&tensor, k, batched, labels.as_deref()).map_err(refused);
     }
     s.decoder
-        .off_workers(move || classify::top_k(&tensor, k, batched).map_err(refused))
+        .off_workers(move || {
+            classify::top_k(&tensor, k, batched, labels.as_deref()).map_err(refused)
+        })
         .await?
 }
 

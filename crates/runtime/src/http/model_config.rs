@@ -1,8 +1,8 @@
 //! A model's configuration in Triton's schema (`ModelConfig`), which Triton's tools and the
 //! clients' `get_model_config` read: over gRPC as the message, over REST
 //! (`GET /v2/models/{m}[/versions/{v}]/config`) as its JSON form. Built once, as the message,
-//! from what kiln really serves: the signature ONNX Runtime reports and the batching settings
-//! in force; nothing is stored beside the model.
+//! from what kiln really serves: the signature ONNX Runtime reports, the batching settings
+//! in force and the version's label files; nothing is stored beside the model.
 
 use std::sync::Arc;
 
@@ -83,6 +83,12 @@ pub(crate) fn config(
                 name: t.name.clone(),
                 data_type: data_type(t.element_type).into(),
                 dims: dims(t),
+                // Where the serving version's labels for it came from, relative to the model.
+                label_filename: meta
+                    .labels
+                    .contains_key(&t.name)
+                    .then(|| crate::labels::label_file(&t.name))
+                    .unwrap_or_default(),
             })
             .collect(),
         instance_group: vec![pb::ModelInstanceGroup {
@@ -125,7 +131,11 @@ pub(crate) fn to_json(c: &pb::ModelConfig) -> Value {
         "backend": c.backend,
         "max_batch_size": c.max_batch_size,
         "input": c.input.iter().map(|t| tensor(&t.name, t.data_type, &t.dims)).collect::<Vec<_>>(),
-        "output": c.output.iter().map(|t| tensor(&t.name, t.data_type, &t.dims)).collect::<Vec<_>>(),
+        "output": c.output.iter().map(|t| {
+            let mut out = tensor(&t.name, t.data_type, &t.dims);
+            out["label_filename"] = json!(t.label_filename);
+            out
+        }).collect::<Vec<_>>(),
         "instance_group": c.instance_group.iter().map(|g| json!({
             "name": g.name,
             "count": g.count,

@@ -390,7 +390,7 @@ async fn run(
         .collect();
     let response = InferResponse {
         model_name: model.to_owned(),
-        model_version: answer.version,
+        model_version: Some(answer.version),
         id: request.id,
         outputs,
     };

@@ -123,6 +123,7 @@ pub fn metadata(batch_dim: bool) -> ModelMetadata {
         }],
         batch_dim,
         image_size: None,
+        labels: Default::default(),
     }
 }
 

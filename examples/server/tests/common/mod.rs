@@ -29,9 +29,10 @@ pub(crate) fn runtime() -> Runtime {
     Runtime::new(&config).expect("ONNX Runtime (run `make ort`)")
 }
 
-/// Every model of the real-model corpus (`testdata/corpus/corpus.json`), with its external
-/// data files.
-pub(crate) fn corpus() -> Vec<(String, Vec<String>)> {
+/// Every model of the real-model corpus (`testdata/corpus/corpus.json`), with the files
+/// published beside it: its external data files, and its labels (`testdata/corpus/labels/`)
+/// as the label file of the output they name.
+pub(crate) fn corpus() -> Vec<(String, Vec<(String, String)>)> {
     let corpus: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("testdata/corpus/corpus.json")).expect("corpus"),
     )
@@ -41,11 +42,22 @@ pub(crate) fn corpus() -> Vec<(String, Vec<String>)> {
         .expect("models")
         .iter()
         .map(|m| {
-            let data = m["external_data"]
+            let name = m["name"].as_str().expect("name").to_owned();
+            let mut files: Vec<(String, String)> = m["external_data"]
                 .as_object()
-                .map(|d| d.keys().map(|f| format!("corpus/models/{f}")).collect())
+                .map(|d| {
+                    d.keys()
+                        .map(|f| (f.clone(), format!("corpus/models/{f}")))
+                        .collect()
+                })
                 .unwrap_or_default();
-            (m["name"].as_str().expect("name").to_owned(), data)
+            if let Some(output) = m["labels"]["output"].as_str() {
+                files.push((
+                    kiln::labels::label_file(output),
+                    format!("corpus/labels/{name}.txt"),
+                ));
+            }
+            (name, files)
         })
         .collect()
 }
@@ -54,9 +66,12 @@ pub(crate) fn corpus() -> Vec<(String, Vec<String>)> {
 pub(crate) fn publish_corpus(root: &Path) -> Vec<String> {
     let models = corpus();
     assert!(models.len() >= 16, "the corpus has every model");
-    for (m, data) in &models {
-        let data: Vec<&str> = data.iter().map(String::as_str).collect();
-        publish_with_data(root, m, "1", &format!("corpus/models/{m}.onnx"), &data);
+    for (m, files) in &models {
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(d, s)| (d.as_str(), s.as_str()))
+            .collect();
+        publish_files(root, m, "1", &format!("corpus/models/{m}.onnx"), &files);
     }
     models.into_iter().map(|(m, _)| m).collect()
 }
@@ -154,19 +169,36 @@ pub(crate) fn publish_with_data(
     file: &str,
     data: &[&str],
 ) {
+    let files: Vec<(&str, &str)> = data
+        .iter()
+        .map(|d| {
+            let name = Path::new(d).file_name().expect("file name");
+            (name.to_str().expect("UTF-8 name"), *d)
+        })
+        .collect();
+    publish_files(root, model, version, file, &files);
+}
+
+/// As [`publish`], with more files: each `(path, src)` copies `testdata/<src>` (or `src`,
+/// if absolute) to `path` in the version directory, listed in the manifest.
+pub(crate) fn publish_files(
+    root: &Path,
+    model: &str,
+    version: &str,
+    file: &str,
+    extra: &[(&str, &str)],
+) {
     let dir = root.join(model).join(version);
     std::fs::create_dir_all(&dir).expect("mkdir");
     let mut files = Vec::new();
-    let sources = std::iter::once(("model.onnx".to_owned(), file)).chain(data.iter().map(|d| {
-        let name = Path::new(d).file_name().expect("file name");
-        (name.to_string_lossy().into_owned(), *d)
-    }));
-    for (name, src) in sources {
+    for (name, src) in std::iter::once(("model.onnx", file)).chain(extra.iter().copied()) {
         let bytes =
             std::fs::read(repo_root().join("testdata").join(src)).expect("run `make testdata`");
-        std::fs::write(dir.join(&name), &bytes).expect("copy");
+        let dest = dir.join(name);
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+        std::fs::write(dest, &bytes).expect("copy");
         files.push(ManifestFile {
-            path: name,
+            path: name.to_owned(),
             sha256: kiln::Digest::of(&bytes),
             size: bytes.len() as u64,
         });
@@ -189,8 +221,19 @@ pub(crate) fn publish_with_data(
 /// Publishes `testdata/<file>` as a new `version` of `model` and moves `current` to it
 /// atomically (a symlink renamed over the old one), as the agent does on an update.
 pub(crate) fn swap(root: &Path, model: &str, version: &str, file: &str) {
+    swap_files(root, model, version, file, &[]);
+}
+
+/// [`swap`] with more files, as [`publish_files`] publishes them.
+pub(crate) fn swap_files(
+    root: &Path,
+    model: &str,
+    version: &str,
+    file: &str,
+    extra: &[(&str, &str)],
+) {
     let scratch = tempfile::tempdir_in(root).expect("scratch");
-    publish(scratch.path(), model, version, file);
+    publish_files(scratch.path(), model, version, file, extra);
     std::fs::rename(
         scratch.path().join(model).join(version),
         root.join(model).join(version),

@@ -161,7 +161,7 @@ pub(super) async fn infer_message(
         .unzip();
     Ok(pb::ModelInferResponse {
         model_name: model,
-        model_version: answer.version.unwrap_or_default(),
+        model_version: answer.version,
         id: id.unwrap_or_default(),
         parameters: Default::default(),
         outputs,

@@ -179,6 +179,7 @@ pub(crate) mod testing {
             outputs,
             batch_dim,
             image_size: None,
+            labels: Default::default(),
         }
     }
 }
