@@ -160,3 +160,16 @@ fn a_label_file_linked_out_of_the_model_directory_is_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn the_readme_names_the_file_and_limit_kiln_uses() {
+    let readme = std::fs::read_to_string(common::repo_root().join("README.md")).expect("README");
+    let from = readme
+        .find("Class labels, Triton's")
+        .expect("the labels paragraph");
+    let text = &readme[from..from + readme[from..].find("\n\n").expect("paragraph end")];
+    let file = kiln::labels::label_file("save_infer_model/scale_0.tmp_1");
+    assert!(text.contains(&format!("reads `{file}`")), "{text}");
+    let mib = kiln::labels::MAX_LABEL_FILE_BYTES >> 20;
+    assert!(text.contains(&format!("over {mib} MiB")), "{text}");
+}

@@ -172,20 +172,22 @@ fn no_verify_serves_unchecked_and_external_data_needs_it() {
     drop(server);
 
     // Only the model is pinned by --verify: the weights are not, and the load says so.
-    let digest = sha256(&dir.path().join("nudenet-320n-external.onnx"));
-    let port = free_port();
-    let server = start(
+    never_ready_under_verify(
         dir.path(),
         "detector",
-        &["--verify", &format!("sha256:{digest}")],
-        port,
+        "nudenet-320n-external.onnx",
+        "nudenet-320n-external.onnx.data",
     );
+}
+
+/// Serves `dir` as `name` under `--verify` of its `model` file's digest: the server must
+/// never be ready, and its log must name `unpinned`.
+fn never_ready_under_verify(dir: &std::path::Path, name: &str, model: &str, unpinned: &str) {
+    let digest = sha256(&dir.join(model));
+    let port = free_port();
+    let server = start(dir, name, &["--verify", &format!("sha256:{digest}")], port);
     assert!(!ready_within(port, Duration::from_secs(3)));
-    assert!(
-        server.log().contains("nudenet-320n-external.onnx.data"),
-        "{}",
-        server.log()
-    );
+    assert!(server.log().contains(unpinned), "{}", server.log());
 }
 
 #[test]
@@ -444,17 +446,7 @@ fn label_files_are_staged_and_checked_as_the_model_is() {
     drop(server);
 
     // --verify pins the model only: the labels are not, and the load says so.
-    let digest = sha256(&dir.path().join("mlp.onnx"));
-    let port = free_port();
-    let server = start(
-        dir.path(),
-        "mlp",
-        &["--verify", &format!("sha256:{digest}")],
-        port,
-    );
-    assert!(!ready_within(port, Duration::from_secs(3)));
-    assert!(server.log().contains("labels/y.txt"), "{}", server.log());
-    drop(server);
+    never_ready_under_verify(dir.path(), "mlp", "mlp.onnx", "labels/y.txt");
 
     // Signed by the real `model_signing` with the model: served with them; a changed label
     // never is.

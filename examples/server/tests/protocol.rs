@@ -52,6 +52,11 @@ fn server_of(models: &[(&str, &str, &str)], config: ServerConfig) -> Server {
     for (name, version, file) in models {
         publish(root.path(), name, version, file);
     }
+    server_at(root, config)
+}
+
+/// A server of what is published under `root`, scanned once.
+fn server_at(root: tempfile::TempDir, config: ServerConfig) -> Server {
     let (repo, report, telemetry) = scanned(root.path());
     assert!(report.failed.is_empty(), "{report:?}");
     let meter = telemetry.meter();
@@ -448,20 +453,8 @@ fn classes_are_named_by_the_label_file_of_the_version_that_answered() {
         "mlp.onnx",
         &[("labels/y.txt", &path(&one))],
     );
-    let (repo, report, telemetry) = scanned(root.path());
-    assert!(report.failed.is_empty(), "{report:?}");
-    let meter = telemetry.meter();
-    let state = Arc::new(AppState::new(
-        Arc::clone(&repo),
-        ServerConfig::default(),
-        Some(telemetry),
-        &meter,
-    ));
-    let s = Server {
-        root,
-        app: router(Arc::clone(&state)),
-        state,
-    };
+    let s = server_at(root, ServerConfig::default());
+    let repo = Arc::clone(&s.state.repo);
     let body = json!({"inputs": [{"name": "x", "shape": [2, 16], "datatype": "FP32", "data": vec![0.5; 32]}],
                       "outputs": [{"name": "y", "parameters": {"classification": 4}}]})
     .to_string();

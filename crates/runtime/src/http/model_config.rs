@@ -84,11 +84,11 @@ pub(crate) fn config(
                 data_type: data_type(t.element_type).into(),
                 dims: dims(t),
                 // Where the serving version's labels for it came from, relative to the model.
-                label_filename: meta
-                    .labels
-                    .contains_key(&t.name)
-                    .then(|| crate::labels::label_file(&t.name))
-                    .unwrap_or_default(),
+                label_filename: if meta.labels.contains_key(&t.name) {
+                    crate::labels::label_file(&t.name)
+                } else {
+                    String::new()
+                },
             })
             .collect(),
         instance_group: vec![pb::ModelInstanceGroup {
