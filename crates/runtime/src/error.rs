@@ -416,6 +416,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A request asked for a version of a model other than the one serving
+    /// ([`crate::ModelHandle::infer_at`]; HTTP 404).
+    #[error("model `{model}` has no version `{version}` serving (serving: {})", .serving.as_deref().unwrap_or("none"))]
+    VersionNotServing {
+        /// The model.
+        model: String,
+        /// The version asked for.
+        version: String,
+        /// The version serving, if any.
+        serving: Option<String>,
+    },
+
     /// A request asked for a priority level the model does not have.
     #[error("model {model}: priority {priority} out of range (levels 0..{levels})")]
     InvalidPriority {
@@ -545,7 +557,7 @@ impl Error {
             Self::Overloaded { .. } => ErrorKind::Overloaded,
             Self::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             Self::Unavailable { .. } => ErrorKind::Unavailable,
-            Self::ModelNotFound { .. } => ErrorKind::NotFound,
+            Self::ModelNotFound { .. } | Self::VersionNotServing { .. } => ErrorKind::NotFound,
             _ => ErrorKind::Other,
         }
     }

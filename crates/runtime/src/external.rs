@@ -73,7 +73,14 @@ pub(crate) fn load(
     for location in names {
         check_location(&location).map_err(|reason| bad(&location, reason))?;
         let file = dir.join(&location);
-        let expected = pinned_digest(&file, &location, "external data", checksum, pins, manifest)?;
+        let expected = pinned_digest(
+            &file,
+            &location,
+            "external data file",
+            checksum,
+            pins,
+            manifest,
+        )?;
         let real = resolve_inside(&file, &real_dir).map_err(|reason| bad(&location, reason))?;
         let bytes = read_verified(&file, &real, expected, u64::MAX)?;
         files.push(ExternalFile { location, bytes });
@@ -107,14 +114,15 @@ pub(crate) fn pinned_digest(
             .ok_or_else(|| Error::ChecksumRequired {
                 path: file.to_owned(),
                 reason: format!(
-                    "the model's {what} file {location:?} is not in the manifest or signature"
+                    "the model's {what} {location:?} is not in the manifest or signature"
                 ),
             }),
         (Checksum::Sha256(_), None) => Err(Error::ChecksumRequired {
             path: file.to_owned(),
             reason: format!(
-                "the model has {what} {location:?}; pin its sha256 with \
-                 ModelOptions::with_external_data_checksum or load through a manifest"
+                "the model's {what} {location:?} is not pinned: pin its sha256 with \
+                 ModelOptions::with_external_data_checksum, or load through a manifest that \
+                 lists it"
             ),
         }),
     }

@@ -3,19 +3,21 @@
 //! `label_filename` of an output in `config.pbtxt`.
 //!
 //! kiln needs no configuration for them: an output's labels are the file
-//! `labels/<output>.txt` beside the model ([`label_file`]), one label per line, line `i` naming class `i`
-//! (Triton's format, so a Triton user's label file is copied in as it is). A label file is a
-//! file of the version like any other: loaded only when its sha256 matches its pin (the
-//! version's manifest, the caller's [`crate::ModelOptions::with_external_data_checksum`], or
-//! the signature), read once, and swapped in and out with the version it came with. A file
-//! there that nothing pins, or that names no output, fails the load: a label file that is
+//! `labels/<output>.txt` beside the model ([`label_file`]), one label per line, line `i`
+//! naming class `i` (Triton's format, so a Triton user's label file is copied in as it is). A
+//! label file is a file of the version like any other: loaded only when its sha256 matches its
+//! pin (the version's manifest, the caller's [`crate::ModelOptions::with_external_data_checksum`],
+//! or the signature), read once, and swapped in and out with the version it came with. A
+//! `.txt` file there that nothing pins, or that names no output, fails the load: a label file
 //! silently ignored (a typo in an output's name) would answer without labels, or with
-//! unverified ones.
+//! unverified ones. Other files in `labels/` (and hidden ones) are not label files and are
+//! left alone.
 //!
 //! Where Triton leaves it to the file's bytes, kiln decides: the file must be UTF-8 (labels
-//! are answered as JSON text), a `\r` ending a line is not part of its label (a file saved on
-//! Windows), and a file is at most [`MAX_LABEL_FILE_BYTES`]. As in Triton, an empty line, or
-//! a class past the file's last line, has no label.
+//! are answered as JSON text; a leading byte-order mark is dropped), a `\r` ending a line is
+//! not part of its label (a file saved on Windows), and a file holds at most
+//! [`MAX_LABEL_FILE_BYTES`], [`MAX_LABELS`] labels and labels of at most [`MAX_LABEL_BYTES`].
+//! As in Triton, an empty line, or a class past the file's last line, has no label.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,8 +34,48 @@ pub const LABELS_DIR: &str = "labels";
 /// The largest label file read (ImageNet-21k's 21,843 labels are about 500 KiB).
 pub const MAX_LABEL_FILE_BYTES: u64 = 16 << 20;
 
-/// Class labels per output name (empty labels are `""`).
-pub type Labels = BTreeMap<String, Arc<[String]>>;
+/// The most labels one file holds (as many as one classification answers at most).
+pub const MAX_LABELS: usize = 1 << 20;
+
+/// The longest label, in bytes: each class answered repeats its label.
+pub const MAX_LABEL_BYTES: usize = 1024;
+
+/// One output's class labels, kept as the file's text and where each label lies in it (a
+/// label is not a `String` of its own: a file of a million short lines stays its size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassLabels {
+    text: String,
+    spans: Vec<(u32, u32)>,
+    longest: usize,
+}
+
+impl ClassLabels {
+    /// Class `index`'s label; `None` past the last, or for an empty line (Triton's rule: no
+    /// label).
+    pub fn get(&self, index: usize) -> Option<&str> {
+        let &(start, end) = self.spans.get(index)?;
+        let label = &self.text[start as usize..end as usize];
+        (!label.is_empty()).then_some(label)
+    }
+
+    /// How many lines the file has.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether the file has no lines.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The longest label's length in bytes.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+}
+
+/// Class labels per output name.
+pub type Labels = BTreeMap<String, Arc<ClassLabels>>;
 
 /// The location, relative to the model's directory, of `output`'s label file:
 /// `labels/<output>.txt`, with `%`, `/`, `\` and NUL in the name percent-encoded (`%25`,
@@ -56,118 +98,175 @@ pub fn label_file(output: &str) -> String {
     file
 }
 
-/// Reads and verifies every label file of the model at `path`: those in its `labels/`
-/// directory and those its pins or manifest list there. Returns each file's location and its
-/// labels; [`check_outputs`] then matches them to the model's outputs.
+/// The label files of the model at `path`, not yet read: the `.txt` files directly in its
+/// `labels/` directory, and those its pins or manifest list there (each location relative to
+/// the model's directory). Cheap; [`load`] reads them once the outputs are known.
 ///
 /// # Errors
-/// [`Error::InvalidLabels`] for a file that is not a label file or not UTF-8;
-/// [`Error::ChecksumRequired`] for one nothing pins (unless [`Checksum::Skip`]);
-/// [`Error::ChecksumMismatch`]; [`Error::Io`] for one that cannot be read or is over
-/// [`MAX_LABEL_FILE_BYTES`].
-pub(crate) fn load(
+/// [`Error::Io`] for a `labels/` directory that cannot be listed; [`Error::InvalidLabels`]
+/// for a label file's name that is not UTF-8.
+pub(crate) fn find(
     path: &Path,
-    checksum: &Checksum,
     pins: &BTreeMap<String, Digest>,
     manifest: Option<&Manifest>,
-) -> Result<Vec<(String, Arc<[String]>)>> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let prefix = format!("{LABELS_DIR}/");
-    let mut locations = std::collections::BTreeSet::new();
-    locations.extend(pins.keys().filter(|l| l.starts_with(&prefix)).cloned());
+) -> Result<Vec<String>> {
+    let is_label_file = |location: &str| {
+        location
+            .strip_prefix(LABELS_DIR)
+            .and_then(|l| l.strip_prefix('/'))
+            .is_some_and(|name| {
+                name.ends_with(".txt") && !name.starts_with('.') && !name.contains(['/', '\\'])
+            })
+    };
+    let mut found = std::collections::BTreeSet::new();
+    found.extend(pins.keys().filter(|l| is_label_file(l)).cloned());
     if let Some(m) = manifest {
-        locations.extend(
+        found.extend(
             m.files
                 .iter()
-                .filter(|f| f.path.starts_with(&prefix))
+                .filter(|f| is_label_file(&f.path))
                 .map(|f| f.path.clone()),
         );
     }
-    let labels_dir = dir.join(LABELS_DIR);
-    match std::fs::read_dir(&labels_dir) {
-        Ok(entries) => {
-            for entry in entries {
-                let entry = entry.map_err(|source| Error::Io {
-                    path: labels_dir.clone(),
-                    source,
-                })?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else {
-                    return Err(invalid(
-                        &entry.path(),
-                        "a label file's name must be UTF-8 (labels/<output>.txt)".into(),
-                    ));
-                };
-                locations.insert(format!("{prefix}{name}"));
-            }
+    let labels_dir = model_dir(path).join(LABELS_DIR);
+    let entries = match std::fs::read_dir(&labels_dir) {
+        Ok(entries) => entries,
+        // No `labels/` directory (or a file of that name): no label files there.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(found.into_iter().collect())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(source) => {
             return Err(Error::Io {
                 path: labels_dir,
                 source,
             })
         }
-    }
-    if locations.is_empty() {
-        return Ok(Vec::new());
-    }
-    let real_dir = real_parent(path)?;
-    let mut found = Vec::with_capacity(locations.len());
-    for location in locations {
-        let file = dir.join(&location);
-        let name = &location[prefix.len()..];
-        if !name.ends_with(".txt") || name.contains(['/', '\\']) {
-            return Err(invalid(
-                &file,
-                format!("{LABELS_DIR}/ holds only label files, named <output>.txt"),
-            ));
+    };
+    for entry in entries {
+        let entry = entry.map_err(|source| Error::Io {
+            path: labels_dir.clone(),
+            source,
+        })?;
+        let name = entry.file_name();
+        let location = match name.to_str() {
+            Some(name) => format!("{LABELS_DIR}/{name}"),
+            None if name.as_encoded_bytes().ends_with(b".txt") => {
+                return Err(invalid(
+                    &entry.path(),
+                    "a label file's name must be UTF-8 (labels/<output>.txt)".into(),
+                ))
+            }
+            None => continue,
+        };
+        if is_label_file(&location) {
+            found.insert(location);
         }
-        let expected = pinned_digest(&file, &location, "label", checksum, pins, manifest)?;
-        let real = resolve_inside(&file, &real_dir).map_err(|reason| invalid(&file, reason))?;
-        if std::fs::metadata(&real).is_ok_and(|m| !m.is_file()) {
-            return Err(invalid(&file, "not a regular file".into()));
-        }
-        let bytes = read_verified(&file, &real, expected, MAX_LABEL_FILE_BYTES)?;
-        found.push((location, parse(&file, &bytes)?));
     }
-    Ok(found)
+    Ok(found.into_iter().collect())
 }
 
-/// `found`'s labels by output name, after checking that each file names one of `outputs`.
+/// Reads and verifies the label files `found` ([`find`]) of the model at `path`, whose outputs
+/// are `outputs`: each must name one (checked before any is read), and is read once, checked
+/// against its pin, and parsed.
 ///
 /// # Errors
-/// [`Error::InvalidLabels`] for a label file of no output (the outputs listed).
-pub(crate) fn check_outputs(
+/// [`Error::InvalidLabels`] for a file that names no output, is too large, is not UTF-8, has
+/// too many or too long labels, or is not a file; [`Error::ChecksumRequired`] for one nothing
+/// pins (unless [`Checksum::Skip`]); [`Error::ChecksumMismatch`]; [`Error::Io`] for one that
+/// cannot be read.
+pub(crate) fn load(
     path: &Path,
-    found: Vec<(String, Arc<[String]>)>,
+    found: &[String],
     outputs: &[&str],
+    checksum: &Checksum,
+    pins: &BTreeMap<String, Digest>,
+    manifest: Option<&Manifest>,
 ) -> Result<Labels> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let mut labels = Labels::new();
-    for (location, list) in found {
-        let Some(output) = outputs.iter().find(|o| label_file(o) == location) else {
+    let dir = model_dir(path);
+    let mut named = Vec::with_capacity(found.len());
+    for location in found {
+        let Some(output) = outputs.iter().find(|o| label_file(o) == *location) else {
             return Err(invalid(
-                &dir.join(&location),
+                &dir.join(location),
                 format!("names no output of the model; its outputs are {outputs:?}"),
             ));
         };
-        labels.insert((*output).to_owned(), list);
+        named.push((*output, location));
+    }
+    let mut labels = Labels::new();
+    if named.is_empty() {
+        return Ok(labels);
+    }
+    let real_dir = real_parent(path)?;
+    for (output, location) in named {
+        let file = dir.join(location);
+        let expected = pinned_digest(&file, location, "label file", checksum, pins, manifest)?;
+        let real = resolve_inside(&file, &real_dir).map_err(|reason| invalid(&file, reason))?;
+        match std::fs::metadata(&real) {
+            Ok(m) if !m.is_file() => return Err(invalid(&file, "not a regular file".into())),
+            Ok(m) if m.len() > MAX_LABEL_FILE_BYTES => {
+                return Err(invalid(
+                    &file,
+                    format!(
+                        "{} bytes, over the limit of {MAX_LABEL_FILE_BYTES}",
+                        m.len()
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        let bytes = read_verified(&file, &real, expected, MAX_LABEL_FILE_BYTES)?;
+        labels.insert((*output).to_owned(), Arc::new(parse(&file, &bytes)?));
     }
     Ok(labels)
 }
 
+/// The directory the model file at `path` is in.
+fn model_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// The labels in a label file's bytes: one per line.
-fn parse(file: &Path, bytes: &[u8]) -> Result<Arc<[String]>> {
+pub(crate) fn parse(file: &Path, bytes: &[u8]) -> Result<ClassLabels> {
     let text = std::str::from_utf8(bytes)
         .map_err(|e| invalid(file, format!("not UTF-8 text (byte {})", e.valid_up_to())))?;
-    Ok(text
-        .lines()
-        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_owned())
-        .collect())
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut spans = Vec::new();
+    let mut longest = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let label = line.strip_suffix('\n').unwrap_or(line);
+        let label = label.strip_suffix('\r').unwrap_or(label);
+        if spans.len() == MAX_LABELS {
+            return Err(invalid(file, format!("more than {MAX_LABELS} labels")));
+        }
+        if label.len() > MAX_LABEL_BYTES {
+            return Err(invalid(
+                file,
+                format!(
+                    "label {} is {} bytes, over the limit of {MAX_LABEL_BYTES}",
+                    spans.len(),
+                    label.len()
+                ),
+            ));
+        }
+        longest = longest.max(label.len());
+        // Within a file of at most MAX_LABEL_FILE_BYTES: offsets fit in u32.
+        spans.push((at as u32, (at + label.len()) as u32));
+        at += line.len();
+    }
+    Ok(ClassLabels {
+        text: text.to_owned(),
+        spans,
+        longest,
+    })
 }
 
 fn invalid(path: &Path, reason: String) -> Error {
@@ -196,11 +295,30 @@ mod tests {
     #[test]
     fn lines_are_labels_as_triton_reads_them() {
         let f = Path::new("labels/p.txt");
-        let l = parse(f, b"cat\r\ndog\n\nfish").expect("parses");
-        assert_eq!(&*l, ["cat", "dog", "", "fish"]);
-        assert_eq!(&*parse(f, b"a\n").expect("parses"), ["a"]);
+        fn all(l: &ClassLabels) -> Vec<Option<&str>> {
+            (0..=l.len()).map(|i| l.get(i)).collect()
+        }
+        let l = parse(f, "\u{feff}cat\r\ndog\n\nfish".as_bytes()).expect("parses");
+        assert_eq!(
+            all(&l),
+            [Some("cat"), Some("dog"), None, Some("fish"), None]
+        );
+        assert_eq!((l.len(), l.longest()), (4, 4));
+        assert_eq!(all(&parse(f, b"a\n").expect("parses")), [Some("a"), None]);
         assert!(parse(f, b"").expect("parses").is_empty());
         let e = parse(f, b"ok\n\xff").expect_err("not UTF-8").to_string();
         assert!(e.contains("UTF-8") && e.contains("byte 3"), "{e}");
+        let long = format!("ok\n{}\n", "x".repeat(MAX_LABEL_BYTES + 1));
+        let e = parse(f, long.as_bytes()).expect_err("too long").to_string();
+        assert!(e.contains("label 1 is 1025 bytes"), "{e}");
+        let many = "\n".repeat(MAX_LABELS + 1);
+        let e = parse(f, many.as_bytes()).expect_err("too many").to_string();
+        assert!(e.contains("more than 1048576 labels"), "{e}");
+        assert_eq!(
+            parse(f, "\n".repeat(MAX_LABELS).as_bytes())
+                .expect("at the limit")
+                .len(),
+            MAX_LABELS
+        );
     }
 }

@@ -72,7 +72,8 @@ pub use opentelemetry as otel;
 pub use tokio;
 
 pub use batch::{
-    BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus, RequestOf, ViewRequest,
+    Answered, BatchConfig, InferRequest, ModelHandle, ModelState, ModelStatus, RequestOf,
+    ViewRequest,
 };
 pub use borrowed::TensorView;
 

@@ -158,24 +158,8 @@ impl Model {
             &options.external_data,
             manifest.as_ref(),
         )?;
-        let labels = crate::labels::load(
-            path,
-            &options.checksum,
-            &options.external_data,
-            manifest.as_ref(),
-        )?;
-        // A signed directory: every signed file the loader did not read is checked too.
-        if let (Checksum::Signature(_), Some(signed)) = (&options.checksum, &manifest) {
-            crate::signing::dir::check_unread(
-                path,
-                signed,
-                external
-                    .iter()
-                    .map(|f| f.location.as_str())
-                    .chain(labels.iter().map(|(l, _)| l.as_str())),
-            )?;
-        }
-        let mut labels = Some(labels);
+        // Label files are read once the outputs they must name are known (the first session).
+        let label_files = crate::labels::find(path, &options.external_data, manifest.as_ref())?;
 
         let mut models: Vec<Self> = Vec::with_capacity(count);
         for _ in 0..count {
@@ -186,14 +170,33 @@ impl Model {
                 return Err(e);
             }
             let mut metadata = ModelMetadata::from_session(&name, &session)?;
-            metadata.labels = match (labels.take(), models.first()) {
-                (Some(found), _) => {
+            metadata.labels = match models.first() {
+                Some(first) => first.metadata.labels.clone(),
+                None => {
                     let outputs: Vec<&str> =
                         metadata.outputs.iter().map(|o| o.name.as_str()).collect();
-                    crate::labels::check_outputs(path, found, &outputs)?
+                    let labels = crate::labels::load(
+                        path,
+                        &label_files,
+                        &outputs,
+                        &options.checksum,
+                        &options.external_data,
+                        manifest.as_ref(),
+                    )?;
+                    // A signed directory: every signed file the loader did not read is
+                    // checked too.
+                    if let (Checksum::Signature(_), Some(signed)) = (&options.checksum, &manifest) {
+                        crate::signing::dir::check_unread(
+                            path,
+                            signed,
+                            external
+                                .iter()
+                                .map(|f| f.location.as_str())
+                                .chain(label_files.iter().map(String::as_str)),
+                        )?;
+                    }
+                    labels
                 }
-                (None, Some(first)) => first.metadata.labels.clone(),
-                (None, None) => crate::labels::Labels::new(),
             };
             let provider = report(
                 runtime,

@@ -605,3 +605,54 @@ fn idle_instances_split_the_queue_and_run_in_parallel() {
     }
     assert_eq!(b.stats().expect("serving").succeeded, 10);
 }
+
+#[test]
+fn an_answer_names_the_version_that_ran_it_and_an_asked_for_version_is_checked_when_queued() {
+    let seen: Seen = Arc::default();
+    let gate = Gate::closed();
+    // Version 1 holds its request at the gate while version 2 is swapped in.
+    let handle = start(no_warmup(BatchConfig::default()), &seen, Some(gate.clone()));
+    rt().block_on(async {
+        let held = tokio::spawn({
+            let h = handle.clone();
+            async move {
+                h.infer_at(InferRequest::new(request(1, 1, 2)), Some("1"))
+                    .await
+            }
+        });
+        gate.wait_inside(1);
+        let swapping = std::thread::spawn({
+            let (h, seen) = (handle.clone(), Arc::clone(&seen));
+            move || h.load_with("2", fake_loader(&seen, 1, false))
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while handle.current_version().as_deref() != Some("2") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the swap never happened"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Asked for version 1 after the swap: refused, not run by version 2.
+        let refused = handle
+            .infer_at(InferRequest::new(request(2, 1, 2)), Some("1"))
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::VersionNotServing { version, serving, .. })
+                if version == "1" && serving.as_deref() == Some("2")),
+            "{refused:?}"
+        );
+        // The held request is answered by the version that ran it, though 2 now serves.
+        gate.open();
+        let answered = held.await.expect("task").expect("answered");
+        assert_eq!(&*answered.version, "1");
+        assert_own_rows(&answered.outputs, 1, 1, 2);
+        swapping.join().expect("swap thread").expect("v2 loads");
+        let now = handle
+            .infer_at(InferRequest::new(request(3, 1, 2)), None)
+            .await
+            .expect("v2 answers");
+        assert_eq!(&*now.version, "2");
+        assert!(now.metadata.batch_dim);
+    });
+}

@@ -1,7 +1,7 @@
 //! Label files (`labels/<output>.txt` beside the model): loaded with the model on real ONNX
 //! Runtime only when pinned like every other file of the version (manifest, option or
 //! signature), and refused — not ignored — when unpinned, changed, not UTF-8, too large, or
-//! named after no output.
+//! named after no output; other files in `labels/`, or a file named `labels`, are left alone.
 
 mod common;
 
@@ -52,8 +52,16 @@ fn manifest(dir: &Path, listed: &[&str]) {
     std::fs::write(dir.join(kiln::layout::MANIFEST_FILE), m.to_json()).expect("manifest");
 }
 
+/// Output `output`'s labels, `""` for a class without one.
+fn labels_of(model: &Model, output: &str) -> Vec<String> {
+    let l = &model.metadata().labels[output];
+    (0..l.len())
+        .map(|i| l.get(i).unwrap_or_default().to_owned())
+        .collect()
+}
+
 fn labels(model: &Model) -> Vec<String> {
-    model.metadata().labels["y"].to_vec()
+    labels_of(model, "y")
 }
 
 #[test]
@@ -132,18 +140,74 @@ fn label_files_that_cannot_be_served_are_refused_by_name() {
     // A typo in the output's name: the outputs are listed.
     let e = refused(&[("labels/Y.txt", b"a\n")]);
     assert!(e.contains("labels/Y.txt") && e.contains("[\"y\"]"), "{e}");
-    // Not a label file.
-    let e = refused(&[("labels/y.csv", b"a\n")]);
-    assert!(e.contains("<output>.txt"), "{e}");
-    let e = refused(&[("labels/sub/y.txt", b"a\n")]);
-    assert!(e.contains("<output>.txt"), "{e}");
+    // A stray text file (a README, a typo) is no output's.
+    let e = refused(&[("labels/README.txt", b"a\n")]);
+    assert!(
+        e.contains("labels/README.txt") && e.contains("names no output"),
+        "{e}"
+    );
     // Not text.
     let e = refused(&[(LABELS, b"cat\n\xff\xfe\n")]);
     assert!(e.contains("UTF-8"), "{e}");
     // Over the size limit: refused before it is read.
     let big = vec![b'a'; (kiln::labels::MAX_LABEL_FILE_BYTES + 1) as usize];
     let e = refused(&[(LABELS, &big)]);
-    assert!(e.contains("over the limit"), "{e}");
+    assert!(
+        e.contains("label file") && e.contains("over the limit"),
+        "{e}"
+    );
+    // A label longer than a label may be.
+    let long = format!("ok\n{}\n", "x".repeat(kiln::labels::MAX_LABEL_BYTES + 1));
+    let e = refused(&[(LABELS, long.as_bytes())]);
+    assert!(e.contains("label 1 is"), "{e}");
+}
+
+#[test]
+fn other_files_in_labels_and_a_file_named_labels_are_left_alone() {
+    let skip = ModelOptions::new().with_checksum(Checksum::Skip);
+    for files in [
+        &[
+            ("labels/y.csv", &b"a,b\n"[..]),
+            ("labels/.y.txt.swp", b"x"),
+            ("labels/sub/y.txt", b"x\n"),
+        ][..],
+        &[("labels", b"not a directory\n")],
+    ] {
+        let (_dir, path) = dir_with(files);
+        let model = Model::load(&runtime(), &path, &skip).expect("loads");
+        assert!(model.metadata().labels.is_empty(), "{files:?}");
+    }
+    // Beside a label file, the others are still left alone.
+    let (dir, path) = dir_with(&[(LABELS, b"a\n"), ("labels/notes.md", b"# notes\n")]);
+    manifest(dir.path(), &[LABELS, "labels/notes.md"]);
+    let model = Model::load(&runtime(), &path, &ModelOptions::new()).expect("loads");
+    assert_eq!(labels(&model), ["a"]);
+}
+
+#[test]
+fn every_instance_shares_the_labels_and_any_output_name_has_a_file() {
+    let (dir, path) = dir_with(&[(LABELS, b"a\nb\n")]);
+    manifest(dir.path(), &[LABELS]);
+    let models = Model::load_many(&runtime(), &path, &ModelOptions::new(), 3).expect("loads");
+    for m in &models {
+        assert_eq!(labels(m), ["a", "b"]);
+    }
+    // The real PP-OCR direction classifier: its output's name has a `/`.
+    let dir = tempfile::tempdir().expect("tmp");
+    let model = dir.path().join("model.onnx");
+    std::fs::copy(
+        common::repo_root().join("testdata/corpus/models/ppocr-cls.onnx"),
+        &model,
+    )
+    .expect("run `make testdata`");
+    let output = "save_infer_model/scale_0.tmp_1";
+    let file = kiln::labels::label_file(output);
+    assert_eq!(file, "labels/save_infer_model%2Fscale_0.tmp_1.txt");
+    std::fs::create_dir(dir.path().join("labels")).expect("mkdir");
+    std::fs::write(dir.path().join(&file), "0\n180\n").expect("labels");
+    manifest(dir.path(), &[&file]);
+    let m = Model::load(&runtime(), &model, &ModelOptions::new()).expect("loads");
+    assert_eq!(labels_of(&m, output), ["0", "180"]);
 }
 
 #[test]
@@ -172,4 +236,8 @@ fn the_readme_names_the_file_and_limit_kiln_uses() {
     assert!(text.contains(&format!("reads `{file}`")), "{text}");
     let mib = kiln::labels::MAX_LABEL_FILE_BYTES >> 20;
     assert!(text.contains(&format!("over {mib} MiB")), "{text}");
+    assert_eq!(kiln::labels::MAX_LABELS, 1_048_576);
+    assert!(text.contains("more than 1,048,576 labels"), "{text}");
+    assert_eq!(kiln::labels::MAX_LABEL_BYTES, 1024);
+    assert!(text.contains("one over 1 KiB"), "{text}");
 }

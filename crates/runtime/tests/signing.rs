@@ -340,3 +340,24 @@ fn a_signed_model_with_external_weights_loads_them_only_as_signed() {
         other => panic!("flipped weights: {:?}", other.err()),
     }
 }
+
+#[test]
+fn a_signed_label_file_is_served_as_signed_and_only_so() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let keys = tmp.path().join("keys");
+    fixture(&keys, &["key"]);
+    let dir = model_dir(tmp.path());
+    std::fs::create_dir(dir.join("labels")).expect("mkdir");
+    std::fs::write(dir.join("labels/y.txt"), "north\neast\nsouth\nwest\n").expect("labels");
+    let bundle = tmp.path().join("model.sig");
+    sign_with_key(&dir, &keys.join("key.pem"), &bundle);
+    let trust = || Trust::public_key_file(&keys.join("key.pub")).expect("trust");
+    let model = load(&dir, &bundle, trust()).expect("signed labels load");
+    assert_eq!(model.metadata().labels["y"].get(3), Some("west"));
+    // Read once, by the label loader, and checked against the signed digest there.
+    flip_byte(&dir.join("labels/y.txt"), 0);
+    match load(&dir, &bundle, trust()) {
+        Err(Error::ChecksumMismatch { path, .. }) => assert!(path.ends_with("labels/y.txt")),
+        other => panic!("a changed label file: {:?}", other.err()),
+    }
+}

@@ -35,8 +35,12 @@ def load_labels(corpus, entry, output):
     pin = entry.get("labels")
     if not pin or pin["output"] != output:
         return None
-    with open(os.path.join(corpus, "labels", entry["name"] + ".txt"), encoding="utf-8") as f:
-        return f.read().splitlines()
+    # As kiln reads a label file: lines split at "\n" only, a "\r" ending one dropped.
+    with open(os.path.join(corpus, "labels", entry["name"] + ".txt"), encoding="utf-8-sig") as f:
+        lines = f.read().split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def label_file(output):

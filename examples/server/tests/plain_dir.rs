@@ -434,16 +434,19 @@ fn label_files_are_staged_and_checked_as_the_model_is() {
             })
             .count()
     };
+    // Serves the directory with `args` and counts the classes answered with their labels.
+    let served_named = |args: &[&str]| {
+        let port = free_port();
+        let server = start(dir.path(), "mlp", args, port);
+        assert!(
+            ready_within(port, Duration::from_secs(60)),
+            "{}",
+            server.log()
+        );
+        named(port)
+    };
     // Unchecked, as asked: served with the labels.
-    let port = free_port();
-    let server = start(dir.path(), "mlp", &["--no-verify"], port);
-    assert!(
-        ready_within(port, Duration::from_secs(60)),
-        "{}",
-        server.log()
-    );
-    assert_eq!(named(port), 4);
-    drop(server);
+    assert_eq!(served_named(&["--no-verify"]), 4);
 
     // --verify pins the model only: the labels are not, and the load says so.
     never_ready_under_verify(dir.path(), "mlp", "mlp.onnx", "labels/y.txt");
@@ -454,15 +457,7 @@ fn label_files_are_staged_and_checked_as_the_model_is() {
     let key = sign_dir(dir.path(), keys.path());
     let key_arg = key.to_string_lossy();
     let args = ["--signature", "model.sig", "--trust-public-key", &key_arg];
-    let port = free_port();
-    let server = start(dir.path(), "mlp", &args, port);
-    assert!(
-        ready_within(port, Duration::from_secs(60)),
-        "{}",
-        server.log()
-    );
-    assert_eq!(named(port), 4);
-    drop(server);
+    assert_eq!(served_named(&args), 4);
     std::fs::write(&labels, "north\neast\nsouth\nwesT\n").expect("tamper");
     let text = refused_to_start(dir.path(), &args);
     assert!(

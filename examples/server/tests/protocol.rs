@@ -495,6 +495,7 @@ fn classes_are_named_by_the_label_file_of_the_version_that_answered() {
     assert!(report.failed.is_empty(), "{report:?}");
     let (version, classes) = classify();
     assert_eq!(version, "2");
+    assert_eq!(classes.len(), 8, "{classes:?}");
     for (index, label) in &classes {
         let want = ["a", "b"].get(*index).map(|l| (*l).to_owned());
         assert_eq!(label, &want, "{classes:?}");

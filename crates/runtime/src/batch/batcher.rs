@@ -102,7 +102,7 @@ impl Batcher {
                 sleeping: 0,
                 stats: BatcherStats::default(),
             }),
-            metadata: spec.metadata,
+            metadata: Arc::new(spec.metadata),
             settings,
             work: Condvar::new(),
             timer: Condvar::new(),
@@ -197,7 +197,7 @@ impl Batcher {
     }
 
     /// The model's signature.
-    pub(crate) fn metadata(&self) -> &ModelMetadata {
+    pub(crate) fn metadata(&self) -> &Arc<ModelMetadata> {
         &self.shared.metadata
     }
 
@@ -224,25 +224,26 @@ impl Batcher {
         self.shared.submit(request)
     }
 
-    /// Waits for an answer in a task (see [`super::wait`]).
-    pub(crate) async fn answer(&self, rx: Answer) -> Result<NamedTensors> {
-        let spin = self.shared.answer_spin();
-        wait_async(rx, spin, self.shared.spin_slot())
-            .await
-            .unwrap_or_else(|| Err(self.lost()))
+    /// Waits for an answer without blocking the executor (see [`super::wait`]). The future
+    /// holds what waiting needs, not the version: dropping the version's last reference (which
+    /// joins its threads) never falls to the task awaiting it.
+    pub(crate) fn answer(
+        &self,
+        rx: Answer,
+    ) -> impl std::future::Future<Output = Result<NamedTensors>> + Send + 'static {
+        let shared = Arc::clone(&self.shared);
+        async move {
+            let spin = shared.answer_spin();
+            wait_async(rx, spin, shared.spin_slot())
+                .await
+                .unwrap_or_else(|| Err(lost(&shared)))
+        }
     }
 
     /// Waits for an answer on this thread (see [`super::wait`]).
     pub(crate) fn answer_blocking(&self, rx: Answer) -> Result<NamedTensors> {
         let spin = self.shared.answer_spin();
-        wait_blocking(rx, spin, self.shared.spin_slot()).unwrap_or_else(|| Err(self.lost()))
-    }
-
-    fn lost(&self) -> Error {
-        Error::WorkerLost {
-            model: self.shared.model.clone(),
-            reason: "reply channel closed".into(),
-        }
+        wait_blocking(rx, spin, self.shared.spin_slot()).unwrap_or_else(|| Err(lost(&self.shared)))
     }
 
     /// What the version has done so far.
@@ -300,5 +301,13 @@ impl Batcher {
 impl Drop for Batcher {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+/// The error of a request whose reply channel closed unanswered.
+fn lost(shared: &Shared) -> Error {
+    Error::WorkerLost {
+        model: shared.model.clone(),
+        reason: "reply channel closed".into(),
     }
 }

@@ -81,21 +81,23 @@ struct Serving {
     batcher: Arc<Batcher>,
 }
 
-/// What served a request ([`ModelHandle::infer_served`]): its version, even when another was
-/// swapped in while it ran.
-pub(crate) struct Served {
-    /// The version's label.
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) version: Arc<str>,
-    batcher: Arc<Batcher>,
+/// An answer and what ran it ([`ModelHandle::infer_at`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Answered {
+    /// The outputs.
+    pub outputs: NamedTensors,
+    /// The version that ran the request, even when another was swapped in meanwhile.
+    pub version: Arc<str>,
+    /// That version's signature (and class labels).
+    pub metadata: Arc<ModelMetadata>,
 }
 
-impl Served {
-    /// The serving version's signature (and labels).
-    #[cfg_attr(not(feature = "http"), allow(dead_code))]
-    pub(crate) fn metadata(&self) -> &ModelMetadata {
-        self.batcher.metadata()
-    }
+/// A request queued on a version ([`ModelHandle::submit_on`]).
+struct Admitted {
+    rx: oneshot::Receiver<Result<NamedTensors>>,
+    batcher: Arc<Batcher>,
+    version: Arc<str>,
 }
 
 struct Inner {
@@ -330,7 +332,7 @@ impl ModelHandle {
 
     /// The serving version's signature.
     pub fn metadata(&self) -> Option<ModelMetadata> {
-        self.inner.serving(|s| s.batcher.metadata().clone())
+        self.inner.serving(|s| (**s.batcher.metadata()).clone())
     }
 
     /// The serving version's counters.
@@ -359,25 +361,31 @@ impl ModelHandle {
     /// # Errors
     /// Everything [`ModelHandle::infer`] can refuse at admission.
     pub fn submit(&self, request: InferRequest) -> Result<oneshot::Receiver<Result<NamedTensors>>> {
-        self.submit_on(request).map(|(rx, _)| rx)
+        self.submit_on(request, None).map(|a| a.rx)
     }
 
-    /// [`ModelHandle::submit`], also returning the version that admitted the request.
-    fn submit_on(
-        &self,
-        request: InferRequest,
-    ) -> Result<(oneshot::Receiver<Result<NamedTensors>>, Served)> {
+    /// [`ModelHandle::submit`], also returning the version that admitted the request (which
+    /// must be `version`, if given).
+    fn submit_on(&self, request: InferRequest, version: Option<&str>) -> Result<Admitted> {
         // The read lock is held across admission, so a swap cannot slip between choosing the
         // version and queueing on it: whatever the old version admitted, it drains.
         let cur = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
         match cur.as_ref() {
-            Some(s) => Ok((
-                s.batcher.submit(request)?,
-                Served {
-                    version: Arc::clone(&s.version),
-                    batcher: Arc::clone(&s.batcher),
-                },
-            )),
+            Some(s) if version.is_some_and(|v| v != &*s.version) => Err(Error::VersionNotServing {
+                model: self.inner.name.clone(),
+                version: version.unwrap_or_default().to_owned(),
+                serving: Some(s.version.to_string()),
+            }),
+            Some(s) => Ok(Admitted {
+                rx: s.batcher.submit(request)?,
+                batcher: Arc::clone(&s.batcher),
+                version: Arc::clone(&s.version),
+            }),
+            None if version.is_some() => Err(Error::VersionNotServing {
+                model: self.inner.name.clone(),
+                version: version.unwrap_or_default().to_owned(),
+                serving: None,
+            }),
             None => Err(Error::Unavailable {
                 model: self.inner.name.clone(),
                 state: self.status().state.to_string(),
@@ -385,17 +393,29 @@ impl ModelHandle {
         }
     }
 
-    /// [`ModelHandle::infer`], also returning what served the request.
+    /// Runs a request on the serving version — or only on `version`, if given, checked as the
+    /// request is queued — and returns the answer with the version that ran it and its
+    /// signature. Dropping the future cancels it.
     ///
     /// # Errors
-    /// As [`ModelHandle::infer`].
-    pub(crate) async fn infer_served(
-        &self,
-        request: InferRequest,
-    ) -> Result<(NamedTensors, Served)> {
-        let (rx, served) = self.submit_on(request)?;
-        let outputs = served.batcher.answer(rx).await?;
-        Ok((outputs, served))
+    /// As [`ModelHandle::infer`]; [`Error::VersionNotServing`] when `version` is not the one
+    /// serving.
+    pub async fn infer_at(&self, request: InferRequest, version: Option<&str>) -> Result<Answered> {
+        let Admitted {
+            rx,
+            batcher,
+            version,
+        } = self.submit_on(request, version)?;
+        let metadata = Arc::clone(batcher.metadata());
+        // Only the receiver is awaited: the version itself is not held past admission, so
+        // its last reference (and the join of its threads) never falls to an async task.
+        let answer = batcher.answer(rx);
+        drop(batcher);
+        Ok(Answered {
+            outputs: answer.await?,
+            version,
+            metadata,
+        })
     }
 
     /// Runs a request on the serving version. Dropping the future cancels it.
@@ -405,7 +425,7 @@ impl ModelHandle {
     /// [`Error::Overloaded`], [`Error::DeadlineExceeded`], the model's own failure, or
     /// [`Error::Unavailable`] when no version serves.
     pub async fn infer(&self, request: InferRequest) -> Result<NamedTensors> {
-        self.infer_served(request).await.map(|(outputs, _)| outputs)
+        self.infer_at(request, None).await.map(|a| a.outputs)
     }
 
     /// Blocking [`ModelHandle::infer`] for non-async threads (not inside an async runtime).
@@ -413,8 +433,8 @@ impl ModelHandle {
     /// # Errors
     /// As [`ModelHandle::infer`].
     pub fn infer_blocking(&self, request: InferRequest) -> Result<NamedTensors> {
-        let (rx, served) = self.submit_on(request)?;
-        served.batcher.answer_blocking(rx)
+        let admitted = self.submit_on(request, None)?;
+        admitted.batcher.answer_blocking(admitted.rx)
     }
 
     /// [`ModelHandle::infer_blocking`] over inputs borrowed from the caller (`ndarray` views,

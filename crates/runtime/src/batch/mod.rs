@@ -39,7 +39,7 @@ mod worker;
 pub use backend::Backend;
 pub use batcher::BatcherSpec;
 pub use config::BatchConfig;
-pub use handle::{Loaded, ModelHandle, ModelState, ModelStatus};
+pub use handle::{Answered, Loaded, ModelHandle, ModelState, ModelStatus};
 pub use metrics::Outcome;
 pub use request::{InferRequest, RequestOf, ViewRequest};
 pub use shared::BatcherStats;

@@ -64,7 +64,7 @@ pub(crate) type OnBroken = Box<dyn Fn(&str) + Send + Sync>;
 
 pub(crate) struct Shared {
     pub(crate) model: String,
-    pub(crate) metadata: ModelMetadata,
+    pub(crate) metadata: std::sync::Arc<ModelMetadata>,
     pub(crate) max_input_elements: usize,
     pub(crate) settings: Settings,
     pub(crate) state: Mutex<State>,

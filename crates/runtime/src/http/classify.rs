@@ -17,12 +17,17 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use crate::labels::ClassLabels;
 use crate::tensor::TensorSlice;
 use crate::{Tensor, TensorData};
 
 /// The most class strings one output is answered with: each costs some 60 bytes held (against
 /// 4 for an FP32 value), so `classification` on a big output must not multiply its memory.
 pub(crate) const MAX_CLASSES: usize = 1 << 20;
+
+/// The most bytes of labels one output is answered with (a label is repeated in every class
+/// that names it).
+pub(crate) const MAX_LABEL_BYTES: usize = 64 << 20;
 
 /// An element type classes can be ranked by.
 trait Ranked: Copy {
@@ -75,12 +80,13 @@ floats!(f32, f64, half::f16, half::bf16);
 ///
 /// # Errors
 /// A message for an output whose type has no order (`BOOL`, `BYTES`), or an answer of more
-/// than [`MAX_CLASSES`] strings. (A `k` of 0 is no classification: the caller's to skip.)
+/// than [`MAX_CLASSES`] strings or [`MAX_LABEL_BYTES`] of labels. (A `k` of 0 is no
+/// classification: the caller's to skip.)
 pub(crate) fn top_k(
     tensor: &Tensor,
     k: u64,
     batched: bool,
-    labels: Option<&[String]>,
+    labels: Option<&ClassLabels>,
 ) -> Result<Tensor, String> {
     let shape = tensor.shape();
     // Triton's rule: a batch of 0 rows is classified as the whole (empty) output.
@@ -94,6 +100,13 @@ pub(crate) fn top_k(
         return Err(format!(
             "`classification` asks for {k} classes of each of {rows} rows; at most \
              {MAX_CLASSES} are answered"
+        ));
+    }
+    let longest = labels.map_or(0, ClassLabels::longest);
+    if rows.saturating_mul(k).saturating_mul(longest) > MAX_LABEL_BYTES {
+        return Err(format!(
+            "`classification` asks for {k} classes of each of {rows} rows, whose labels (up to \
+             {longest} bytes each) could hold more than the {MAX_LABEL_BYTES} bytes answered"
         ));
     }
     let classes = match tensor.data() {
@@ -123,7 +136,12 @@ pub(crate) fn top_k(
 /// The top `k` classes of each `per` values of `values`, as Triton's strings, row after row.
 /// Each row is read once into a heap of its best `k` so far: memory is the answer's, not the
 /// row's.
-fn ranked<T: Ranked>(values: &[T], per: usize, k: usize, labels: Option<&[String]>) -> Vec<String> {
+fn ranked<T: Ranked>(
+    values: &[T],
+    per: usize,
+    k: usize,
+    labels: Option<&ClassLabels>,
+) -> Vec<String> {
     let mut out = Vec::new();
     if values.is_empty() || per == 0 || k == 0 {
         return out;
@@ -216,7 +234,8 @@ mod tests {
 
     #[test]
     fn labels_name_the_classes_they_have() {
-        let labels: Vec<String> = ["cat", "", "dog"].map(String::from).to_vec();
+        let file = std::path::Path::new("labels/y.txt");
+        let labels = crate::labels::parse(file, b"cat\n\ndog\n").expect("labels");
         // Per row, each class by its index in the row; an empty label or one past the file's
         // end leaves the class unnamed, as in Triton.
         let t = Tensor::from_data(
@@ -237,6 +256,14 @@ mod tests {
                 "0.100000:1"
             ]
         );
+        // Labels repeat in every class they name: an answer is bounded by their bytes too.
+        let long = format!("{}\n", "x".repeat(crate::labels::MAX_LABEL_BYTES));
+        let long = crate::labels::parse(file, long.as_bytes()).expect("labels");
+        let rows = MAX_LABEL_BYTES / crate::labels::MAX_LABEL_BYTES + 1;
+        let t = Tensor::from_data(vec![rows, 1], TensorData::F32(vec![0.0; rows])).expect("tensor");
+        let e = top_k(&t, 1, true, Some(&long)).expect_err("too many label bytes");
+        assert!(e.contains("could hold more than"), "{e}");
+        assert!(top_k(&t, 1, true, None).is_ok());
     }
 
     #[test]

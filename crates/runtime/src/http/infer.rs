@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::labels::ClassLabels;
 use crate::{NamedTensors, Tensor};
 
 use crate::http::classify;
@@ -87,7 +88,13 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         let levels = handle.priority_levels().unwrap_or(1);
         request = request.with_priority(level(call.priority, levels));
     }
-    let (outputs, served) = handle.infer_served(request).await?;
+    // The version asked for is checked again as the request is queued: a swap since `find`
+    // is answered 404, not by the new version.
+    let crate::Answered {
+        outputs,
+        version,
+        metadata,
+    } = handle.infer_at(request, call.version).await?;
     if let Some(unknown) = call
         .outputs
         .iter()
@@ -108,9 +115,8 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         let tensor = match wanted.and_then(|w| w.classes) {
             None | Some(Classes::Count(0)) => tensor,
             Some(Classes::Count(k)) => {
-                let meta = served.metadata();
-                let labels = meta.labels.get(&name).cloned();
-                classes(s, &name, tensor, k, meta.batch_dim, labels).await?
+                let labels = metadata.labels.get(&name).cloned();
+                classes(s, &name, tensor, k, metadata.batch_dim, labels).await?
             }
             Some(Classes::Invalid) => {
                 return Err(ApiError::bad_request(format!(
@@ -121,7 +127,7 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         answered.push((name, tensor));
     }
     Ok(Answer {
-        version: served.version.to_string(),
+        version: version.to_string(),
         outputs: answered,
     })
 }
@@ -138,7 +144,7 @@ async fn classes(
     tensor: Tensor,
     k: u64,
     batched: bool,
-    labels: Option<Arc<[String]>>,
+    labels: Option<Arc<ClassLabels>>,
 ) -> Result<Tensor, ApiError> {
     let refused = {
         let name = name.to_owned();
