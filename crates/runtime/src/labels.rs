@@ -10,8 +10,9 @@
 //! or the signature), read once, and swapped in and out with the version it came with. A
 //! `.txt` file there that nothing pins, or that names no output, fails the load: a label file
 //! silently ignored (a typo in an output's name) would answer without labels, or with
-//! unverified ones. Other files in `labels/` (and hidden ones) are not label files and are
-//! left alone.
+//! unverified ones. Other files in `labels/` are not label files and are left alone, and so
+//! are hidden ones (`._y.txt`, what macOS leaves beside a copy): an output whose name starts
+//! with `.` has no label file.
 //!
 //! Where Triton leaves it to the file's bytes, kiln decides: the file must be UTF-8 (labels
 //! are answered as JSON text; a leading byte-order mark is dropped), a `\r` ending a line is
@@ -193,7 +194,10 @@ pub(crate) fn load(
         let Some(output) = outputs.iter().find(|o| label_file(o) == *location) else {
             return Err(invalid(
                 &dir.join(location),
-                format!("names no output of the model; its outputs are {outputs:?}"),
+                format!(
+                    "names no output of the model (its outputs are {outputs:?}); a label file is \
+                     labels/<output>.txt: rename it, or move it out of labels/"
+                ),
             ));
         };
         named.push((*output, location));

@@ -158,8 +158,20 @@ impl Model {
             &options.external_data,
             manifest.as_ref(),
         )?;
-        // Label files are read once the outputs they must name are known (the first session).
+        // Label files are read once the outputs they must name are known (the first session),
+        // each checked against its pin there or the load fails.
         let label_files = crate::labels::find(path, &options.external_data, manifest.as_ref())?;
+        // A signed directory: every signed file the loader does not read is checked too.
+        if let (Checksum::Signature(_), Some(signed)) = (&options.checksum, &manifest) {
+            crate::signing::dir::check_unread(
+                path,
+                signed,
+                external
+                    .iter()
+                    .map(|f| f.location.as_str())
+                    .chain(label_files.iter().map(String::as_str)),
+            )?;
+        }
 
         let mut models: Vec<Self> = Vec::with_capacity(count);
         for _ in 0..count {
@@ -175,27 +187,14 @@ impl Model {
                 None => {
                     let outputs: Vec<&str> =
                         metadata.outputs.iter().map(|o| o.name.as_str()).collect();
-                    let labels = crate::labels::load(
+                    crate::labels::load(
                         path,
                         &label_files,
                         &outputs,
                         &options.checksum,
                         &options.external_data,
                         manifest.as_ref(),
-                    )?;
-                    // A signed directory: every signed file the loader did not read is
-                    // checked too.
-                    if let (Checksum::Signature(_), Some(signed)) = (&options.checksum, &manifest) {
-                        crate::signing::dir::check_unread(
-                            path,
-                            signed,
-                            external
-                                .iter()
-                                .map(|f| f.location.as_str())
-                                .chain(label_files.iter().map(String::as_str)),
-                        )?;
-                    }
-                    labels
+                    )?
                 }
             };
             let provider = report(

@@ -168,7 +168,7 @@ fn other_files_in_labels_and_a_file_named_labels_are_left_alone() {
     for files in [
         &[
             ("labels/y.csv", &b"a,b\n"[..]),
-            ("labels/.y.txt.swp", b"x"),
+            ("labels/._y.txt", b"\x00\x05\x16\x07"),
             ("labels/sub/y.txt", b"x\n"),
         ][..],
         &[("labels", b"not a directory\n")],

@@ -69,6 +69,8 @@ pub(crate) struct Answer {
     pub(crate) version: String,
     /// The outputs asked for, in the model's order.
     pub(crate) outputs: NamedTensors,
+    /// The signature of the version that served the call.
+    pub(crate) metadata: Arc<crate::ModelMetadata>,
 }
 
 /// Runs `call` on its model. Inference is served while the server drains (readiness is false
@@ -129,6 +131,7 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
     Ok(Answer {
         version: version.to_string(),
         outputs: answered,
+        metadata,
     })
 }
 

@@ -103,7 +103,8 @@ async fn predict(
     body: Body,
 ) -> Result<Response, ApiError> {
     let handle = find(s, model, None)?;
-    let meta = Arc::new(
+    // Decoded by the serving version's signature; the version that runs it checks it again.
+    let signature = Arc::new(
         handle
             .metadata()
             .ok_or_else(|| not_serving(model, &handle))?,
@@ -111,7 +112,6 @@ async fn predict(
     let body = read_body(s, body).await?;
     let coding = compression::request_coding(headers)?;
     let limits = s.decoder.limits();
-    let signature = Arc::clone(&meta);
     let (inputs, form) = s
         .decoder
         .parse_encoded(body, coding, s.config.max_body_bytes, move |b: &[u8]| {
@@ -134,13 +134,16 @@ async fn predict(
     let too_big = |m| failed(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m));
     let predictions = match form {
         request::Form::Rows(rows) => {
-            let per_row = answer::per_row(&meta, &answer.outputs, rows).map_err(|(ours, m)| {
-                failed(if ours {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
-                } else {
-                    ApiError::bad_request(m)
-                })
-            })?;
+            // Split by the signature of the version that ran it (a swap may have come since
+            // the request was decoded).
+            let per_row =
+                answer::per_row(&answer.metadata, &answer.outputs, rows).map_err(|(ours, m)| {
+                    failed(if ours {
+                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m)
+                    } else {
+                        ApiError::bad_request(m)
+                    })
+                })?;
             answer::Predictions::new(answer.outputs, per_row, rows).map_err(too_big)?
         }
         request::Form::Columns => answer::Predictions::columns(answer.outputs).map_err(too_big)?,
