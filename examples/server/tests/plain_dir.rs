@@ -13,7 +13,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, http, ort_env, repo_root};
+use common::{assert_classes_named, free_port, http, ort_env, repo_root};
 
 struct Server(std::process::Child, tempfile::NamedTempFile);
 
@@ -412,29 +412,7 @@ fn label_files_are_staged_and_checked_as_the_model_is() {
     std::fs::create_dir(dir.path().join("labels")).expect("mkdir");
     let labels = dir.path().join("labels/y.txt");
     std::fs::write(&labels, "north\neast\nsouth\nwest\n").expect("labels");
-    let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}],
-                                  "outputs": [{"name": "y", "parameters": {"classification": 4}}]})
-    .to_string();
-    let named = |port: u16| {
-        let (code, out) = http(port, "POST", "/v2/models/mlp/infer", &body).expect("infer");
-        assert_eq!(code, 200, "{out}");
-        let out: serde_json::Value = serde_json::from_str(&out).expect("json");
-        out["outputs"][0]["data"]
-            .as_array()
-            .expect("classes")
-            .iter()
-            .map(|c| {
-                let parts: Vec<&str> = c.as_str().expect("class").split(':').collect();
-                let index: usize = parts[1].parse().expect("index");
-                assert_eq!(
-                    parts.get(2),
-                    ["north", "east", "south", "west"].get(index),
-                    "{c}"
-                );
-            })
-            .count()
-    };
-    // Serves the directory with `args` and counts the classes answered with their labels.
+    // Serves the directory with `args`; its classes must be named.
     let served_named = |args: &[&str]| {
         let port = free_port();
         let server = start(dir.path(), "mlp", args, port);
@@ -443,10 +421,10 @@ fn label_files_are_staged_and_checked_as_the_model_is() {
             "{}",
             server.log()
         );
-        named(port)
+        assert_classes_named(port, "mlp", &["north", "east", "south", "west"]);
     };
     // Unchecked, as asked: served with the labels.
-    assert_eq!(served_named(&["--no-verify"]), 4);
+    served_named(&["--no-verify"]);
 
     // --verify pins the model only: the labels are not, and the load says so.
     never_ready_under_verify(dir.path(), "mlp", "mlp.onnx", "labels/y.txt");
@@ -457,7 +435,7 @@ fn label_files_are_staged_and_checked_as_the_model_is() {
     let key = sign_dir(dir.path(), keys.path());
     let key_arg = key.to_string_lossy();
     let args = ["--signature", "model.sig", "--trust-public-key", &key_arg];
-    assert_eq!(served_named(&args), 4);
+    served_named(&args);
     std::fs::write(&labels, "north\neast\nsouth\nwesT\n").expect("tamper");
     let text = refused_to_start(dir.path(), &args);
     assert!(

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{http, repo_root, runtime};
+use common::{assert_classes_named, http, repo_root, runtime};
 use kiln::http::{router, AppState, ServerConfig};
 use kiln::{Repository, RepositoryConfig};
 use kiln_agent::{Agent, AgentConfig};
@@ -42,9 +42,9 @@ fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-#[test]
-fn a_pod_publishes_serves_and_hot_swaps_under_load_without_failing_a_request() {
-    // The object store, with version 1 of the model.
+/// A real S3 server (`moto_server`) on a free port with a bucket `models`: the server, its
+/// endpoint, and a client of the bucket.
+fn s3() -> (Moto, String, object_store::aws::AmazonS3) {
     let s3_port = free_port();
     let moto = Command::new("moto_server")
         .args(["-H", "127.0.0.1", "-p", &s3_port.to_string()])
@@ -56,7 +56,10 @@ fn a_pod_publishes_serves_and_hot_swaps_under_load_without_failing_a_request() {
     wait_until("moto_server", Duration::from_secs(30), || {
         TcpStream::connect(("127.0.0.1", s3_port)).is_ok()
     });
-    let _ = http(s3_port, "PUT", "/models", "");
+    // Listening is not yet serving: the bucket is made once moto answers.
+    wait_until("the bucket", Duration::from_secs(30), || {
+        http(s3_port, "PUT", "/models", "").is_some_and(|(code, _)| code == 200)
+    });
     let endpoint = format!("http://127.0.0.1:{s3_port}");
     let store = object_store::aws::AmazonS3Builder::new()
         .with_endpoint(&endpoint)
@@ -67,6 +70,84 @@ fn a_pod_publishes_serves_and_hot_swaps_under_load_without_failing_a_request() {
         .with_secret_access_key("test")
         .build()
         .expect("s3 client");
+    (moto, endpoint, store)
+}
+
+#[test]
+fn a_classifiers_labels_travel_from_the_object_store_to_the_answers_verified() {
+    // A model and its label file in S3, both pinned in the agent's configuration.
+    let (_moto, endpoint, store) = s3();
+    let model = std::fs::read(repo_root().join("testdata/mlp.onnx")).expect("run `make testdata`");
+    let labels = b"north\neast\nsouth\nwest\n";
+    let io = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let put = |key: &str, bytes: &[u8]| {
+        io.block_on(store.put(&key.into(), PutPayload::from(bytes.to_vec())))
+            .expect("upload");
+    };
+    put("clf/1/model.onnx", &model);
+    put("clf/1/labels/y.txt", labels);
+    put("clf/2/model.onnx", &model);
+    put("clf/2/labels/y.txt", b"north\neast\nsouth\nwesT\n");
+    let shared = tempfile::tempdir().expect("emptyDir");
+    let agent_for = |root: &std::path::Path, version: u32| {
+        Agent::new(
+            AgentConfig::from_yaml(&format!(
+                "root: {}\nreserve_bytes: 0\nmodels:\n  - name: clf\n    source: s3://models/clf/{version}/\n    files:\n      - {{path: model.onnx, sha256: {m}}}\n      - {{path: labels/y.txt, sha256: {l}}}\n    store: {{aws_endpoint: \"{endpoint}\", aws_allow_http: \"true\", aws_region: us-east-1, aws_access_key_id: test, aws_secret_access_key: test}}\n",
+                root.display(),
+                m = kiln::Digest::of(&model),
+                l = kiln::Digest::of(labels),
+            ))
+            .expect("yaml")
+            .check()
+            .expect("agent config"),
+        )
+    };
+    io.block_on(agent_for(shared.path(), 1).sync_once())[0]
+        .1
+        .as_ref()
+        .expect("published with its labels");
+    let repo = Arc::new(Repository::new(
+        runtime(),
+        RepositoryConfig::new(shared.path()),
+        opentelemetry::global::meter("pod-test"),
+    ));
+    let report = repo.scan().expect("scan");
+    assert!(report.failed.is_empty(), "{report:?}");
+    let state = Arc::new(AppState::new(
+        Arc::clone(&repo),
+        ServerConfig::default(),
+        None,
+        &opentelemetry::global::meter("pod-test"),
+    ));
+    let port = free_port();
+    let listener = io
+        .block_on(tokio::net::TcpListener::bind(("127.0.0.1", port)))
+        .expect("bind");
+    io.spawn(async move { axum::serve(listener, router(state)).await });
+    assert_classes_named(port, "clf", &["north", "east", "south", "west"]);
+    // A label file in the store that is not what was pinned is never published.
+    let other = tempfile::tempdir().expect("another emptyDir");
+    let refused = io.block_on(agent_for(other.path(), 2).sync_once());
+    let e = refused[0]
+        .1
+        .as_ref()
+        .expect_err("a changed label file")
+        .to_string();
+    assert!(e.contains("labels/y.txt"), "{e}");
+    assert!(
+        !other.path().join("clf/current").exists(),
+        "nothing published"
+    );
+}
+
+#[test]
+fn a_pod_publishes_serves_and_hot_swaps_under_load_without_failing_a_request() {
+    // The object store, with version 1 of the model.
+    let (moto, endpoint, store) = s3();
     let v1 = std::fs::read(repo_root().join("testdata/mlp.onnx")).expect("run `make testdata`");
     // Version 2: the same graph plus an unknown protobuf field (#100 = 1), which ONNX Runtime
     // ignores: other bytes, another ETag, the same answers.

@@ -481,3 +481,23 @@ pub(crate) fn documented_metrics(marker: &str) -> Vec<String> {
     names.dedup();
     names
 }
+
+/// Asks `model` (served over REST on `port`, the MLP's signature: `x` [1, 16] in, `y` out)
+/// for all 4 classes of `y`, and checks that each class is named by `labels` (Triton's
+/// `"<value>:<index>:<label>"`).
+pub(crate) fn assert_classes_named(port: u16, model: &str, labels: &[&str; 4]) {
+    let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}],
+                                  "outputs": [{"name": "y", "parameters": {"classification": 4}}]})
+    .to_string();
+    let (code, out) =
+        http(port, "POST", &format!("/v2/models/{model}/infer"), &body).expect("infer");
+    assert_eq!(code, 200, "{out}");
+    let out: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let classes = out["outputs"][0]["data"].as_array().expect("classes");
+    assert_eq!(classes.len(), 4, "{out}");
+    for c in classes {
+        let parts: Vec<&str> = c.as_str().expect("class").split(':').collect();
+        let index: usize = parts[1].parse().expect("index");
+        assert_eq!(parts.get(2), labels.get(index), "{c}");
+    }
+}
