@@ -4,7 +4,8 @@ clients against a running kiln-server serving testdata/dtypes.onnx (y16 = 2 * h 
 the other inputs returned unchanged by Identity): HTTP with JSON and binary data, gRPC with
 raw contents and (for the integer types) typed contents. Then BYTES against
 testdata/strings.onnx (`echo` = text, `ids` = LabelEncoder of text, `label` = LabelEncoder of
-the int64 `n`), every way a Triton client sends strings.
+the int64 `n`), every way a Triton client sends strings, and a request of more strings than
+the server's limit refused as each client parses it.
 
 Usage: triton_dtypes.py HTTP_HOST:PORT GRPC_HOST:PORT MODEL STRINGS_MODEL
 """
@@ -15,6 +16,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
 import grpc
 
 
@@ -147,6 +149,32 @@ def strings(http, g, stub, model):
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
         assert "text" in e.details() and "UTF-8" in e.details(), e.details()
+
+    # More strings than a request may hold (kiln-server's default --max-string-elements,
+    # 1,048,576): refused from the declared shape before any string is made, as each client
+    # parses it: HTTP 413 (binary and JSON), gRPC RESOURCE_EXHAUSTED (raw contents).
+    rows = (1 << 20) // 3 + 1
+    many = np.full((rows, 3), b"", dtype=np.object_)
+    few = np.zeros((rows, 1), dtype=np.int64)
+    for binary in (True, False):
+        req = [httpclient.InferInput("text", [rows, 3], "BYTES"), httpclient.InferInput("n", [rows, 1], "INT64")]
+        req[0].set_data_from_numpy(many, binary_data=binary)
+        req[1].set_data_from_numpy(few, binary_data=binary)
+        try:
+            http.infer(model, req)
+            raise AssertionError("more strings than max_string_elements were served")
+        except InferenceServerException as e:
+            assert e.status() == "413", (binary, e.status(), e.message())
+            assert "max_string_elements" in e.message(), e.message()
+    req = [grpcclient.InferInput("text", [rows, 3], "BYTES"), grpcclient.InferInput("n", [rows, 1], "INT64")]
+    req[0].set_data_from_numpy(many)
+    req[1].set_data_from_numpy(few)
+    try:
+        g.infer(model, req)
+        raise AssertionError("more strings than max_string_elements were served over gRPC")
+    except InferenceServerException as e:
+        assert e.status() == "StatusCode.RESOURCE_EXHAUSTED", (e.status(), e.message())
+        assert "max_string_elements" in e.message(), e.message()
     print("triton_dtypes: BYTES refusals ok")
 
 
