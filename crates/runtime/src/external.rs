@@ -157,7 +157,7 @@ pub(crate) fn read_verified(
 
 /// A location must stay inside the model's directory: relative, without `..` (links are
 /// checked where the file is resolved, `resolve_inside`).
-pub(crate) fn check_location(location: &str) -> std::result::Result<(), String> {
+fn check_location(location: &str) -> std::result::Result<(), String> {
     if location.is_empty() || location.contains('\0') {
         return Err("empty or NUL location".into());
     }

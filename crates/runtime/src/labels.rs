@@ -27,6 +27,7 @@ use std::sync::Arc;
 use crate::checksum::{Checksum, Digest};
 use crate::error::{Error, Result};
 use crate::external::{pinned_digest, read_verified, real_parent, resolve_inside};
+use crate::layout::model_dir;
 use crate::manifest::Manifest;
 
 /// The directory, beside the model, that holds label files.
@@ -228,13 +229,6 @@ pub(crate) fn load(
         labels.insert((*output).to_owned(), Arc::new(parse(&file, &bytes)?));
     }
     Ok(labels)
-}
-
-/// The directory the model file at `path` is in.
-fn model_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
 }
 
 /// The labels in a label file's bytes: one per line.

@@ -60,6 +60,14 @@ pub fn version_dir(root: &Path, model: &str, version: &str) -> Result<PathBuf> {
     Ok(root.join(model).join(version))
 }
 
+/// The directory the model file at `path` is in (`.` for a bare file name): where its
+/// manifest, external data, label files and signed files are found.
+pub fn model_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Checks that `path` is a relative path that stays inside its base directory (only normal
 /// components: no root, no `..`, no `.`), as every path in a manifest must be.
 pub fn is_contained_relative(path: &str) -> bool {

@@ -366,10 +366,7 @@ fn expected_digest(path: &Path, checksum: &Checksum) -> Result<(Option<Pinned>, 
                 path: path.to_owned(),
                 reason,
             };
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
+            let dir = crate::layout::model_dir(path);
             let file = path
                 .file_name()
                 .map(|f| f.to_string_lossy().into_owned())

@@ -9,8 +9,8 @@
 //! through the same verified load, readiness and metrics as a published one. Label files
 //! (`labels/<output>.txt`, `kiln::labels`) are staged with it. With `--verify` only the model
 //! file is pinned: a model with external data or label files needs a signature or
-//! `--no-verify`, and says so, naming the file, when it fails to load. With `--signature` (an OpenSSF
-//! model-signing bundle and `--trust-public-key` or `--trust-ca-certificates`) the bundle is
+//! `--no-verify`, and says so, naming the file, when it fails to load. With `--signature` (an
+//! OpenSSF model-signing bundle and `--trust-public-key` or `--trust-ca-certificates`) the bundle is
 //! verified, the directory must hold exactly the signed files, and every file is pinned to its
 //! signed digest (checked again as the model loads).
 

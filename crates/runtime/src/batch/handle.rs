@@ -370,21 +370,19 @@ impl ModelHandle {
         // The read lock is held across admission, so a swap cannot slip between choosing the
         // version and queueing on it: whatever the old version admitted, it drains.
         let cur = self.inner.current.read().unwrap_or_else(|p| p.into_inner());
-        match cur.as_ref() {
-            Some(s) if version.is_some_and(|v| v != &*s.version) => Err(Error::VersionNotServing {
+        let serving = cur.as_ref();
+        if let Some(v) = version.filter(|&v| serving.map(|s| &*s.version) != Some(v)) {
+            return Err(Error::VersionNotServing {
                 model: self.inner.name.clone(),
-                version: version.unwrap_or_default().to_owned(),
-                serving: Some(s.version.to_string()),
-            }),
+                version: v.to_owned(),
+                serving: serving.map(|s| s.version.to_string()),
+            });
+        }
+        match serving {
             Some(s) => Ok(Admitted {
                 rx: s.batcher.submit(request)?,
                 batcher: Arc::clone(&s.batcher),
                 version: Arc::clone(&s.version),
-            }),
-            None if version.is_some() => Err(Error::VersionNotServing {
-                model: self.inner.name.clone(),
-                version: version.unwrap_or_default().to_owned(),
-                serving: None,
             }),
             None => Err(Error::Unavailable {
                 model: self.inner.name.clone(),

@@ -27,7 +27,7 @@ pub(crate) const MAX_CLASSES: usize = 1 << 20;
 
 /// The most bytes of labels one output is answered with (a label is repeated in every class
 /// that names it).
-pub(crate) const MAX_LABEL_BYTES: usize = 64 << 20;
+pub(crate) const MAX_ANSWER_LABEL_BYTES: usize = 64 << 20;
 
 /// An element type classes can be ranked by.
 trait Ranked: Copy {
@@ -80,7 +80,7 @@ floats!(f32, f64, half::f16, half::bf16);
 ///
 /// # Errors
 /// A message for an output whose type has no order (`BOOL`, `BYTES`), or an answer of more
-/// than [`MAX_CLASSES`] strings or [`MAX_LABEL_BYTES`] of labels. (A `k` of 0 is no
+/// than [`MAX_CLASSES`] strings or [`MAX_ANSWER_LABEL_BYTES`] of labels. (A `k` of 0 is no
 /// classification: the caller's to skip.)
 pub(crate) fn top_k(
     tensor: &Tensor,
@@ -103,10 +103,10 @@ pub(crate) fn top_k(
         ));
     }
     let longest = labels.map_or(0, ClassLabels::longest);
-    if rows.saturating_mul(k).saturating_mul(longest) > MAX_LABEL_BYTES {
+    if rows.saturating_mul(k).saturating_mul(longest) > MAX_ANSWER_LABEL_BYTES {
         return Err(format!(
             "`classification` asks for {k} classes of each of {rows} rows, whose labels (up to \
-             {longest} bytes each) could hold more than the {MAX_LABEL_BYTES} bytes answered"
+             {longest} bytes each) could hold more than the {MAX_ANSWER_LABEL_BYTES} bytes answered"
         ));
     }
     let classes = match tensor.data() {
@@ -259,7 +259,7 @@ mod tests {
         // Labels repeat in every class they name: an answer is bounded by their bytes too.
         let long = format!("{}\n", "x".repeat(crate::labels::MAX_LABEL_BYTES));
         let long = crate::labels::parse(file, long.as_bytes()).expect("labels");
-        let rows = MAX_LABEL_BYTES / crate::labels::MAX_LABEL_BYTES + 1;
+        let rows = MAX_ANSWER_LABEL_BYTES / crate::labels::MAX_LABEL_BYTES + 1;
         let t = Tensor::from_data(vec![rows, 1], TensorData::F32(vec![0.0; rows])).expect("tensor");
         let e = top_k(&t, 1, true, Some(&long)).expect_err("too many label bytes");
         assert!(e.contains("could hold more than"), "{e}");

@@ -81,7 +81,8 @@ pub(crate) struct Answer {
 /// Unknown model or version (404), a version not serving (503), the runtime's errors mapped
 /// as [`ApiError::from`] does, an unknown output asked for (400).
 pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
-    let handle = find(s, call.model, call.version)?;
+    // The version asked for is checked as the request is queued (`infer_at`), not here too.
+    let handle = find(s, call.model, None)?;
     let mut request = crate::InferRequest::new(call.inputs);
     if let Some(timeout) = call.timeout {
         request = request.with_timeout(timeout);
@@ -90,8 +91,8 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         let levels = handle.priority_levels().unwrap_or(1);
         request = request.with_priority(level(call.priority, levels));
     }
-    // The version asked for is checked again as the request is queued: a swap since `find`
-    // is answered 404, not by the new version.
+    // A version asked for that is not the one serving (a swap may come at any moment) is
+    // answered 404, never by another version.
     let crate::Answered {
         outputs,
         version,

@@ -24,10 +24,7 @@ const MAX_DEPTH: usize = 16;
 /// [`Error::Signature`] for a refused bundle or a file set that is not the signed one;
 /// [`Error::Io`] for a directory that cannot be listed.
 pub(crate) fn signed_manifest(model_path: &Path, check: &SignatureCheck) -> Result<Manifest> {
-    let dir = model_path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::layout::model_dir(model_path);
     let refused = |source: SignatureError| Error::Signature {
         path: model_path.to_owned(),
         source,
@@ -136,10 +133,7 @@ pub(crate) fn check_unread<'a>(
     manifest: &Manifest,
     read: impl Iterator<Item = &'a str>,
 ) -> Result<()> {
-    let dir = model_path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::layout::model_dir(model_path);
     let model = model_path.file_name().map(|f| f.to_string_lossy());
     let read: std::collections::HashSet<&str> = read.collect();
     for file in &manifest.files {
