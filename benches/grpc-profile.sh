@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Where kiln-server's CPU goes serving gRPC ModelInfer on the MobileNet-style model under
-# h2load (what bounds `make bench-peers`' image gRPC figure):
-#   benches/grpc-profile.sh [kiln-server binary]   (default: target/release/kiln-server)
+# Where kiln-server's CPU goes serving gRPC ModelInfer under h2load (what bounds
+# `make bench-peers`' gRPC figures):
+#   MODEL=mobilenet BATCH=32 benches/grpc-profile.sh [kiln-server binary]
+#   (default binary: target/release/kiln-server)
 #
-# The server runs as bench-peers runs it (2 single-threaded instances, max_batch_size
-# $BATCH, default 32); h2load sends one-row ModelInfer calls with the tensor in
+# MODEL is a file of testdata/bench (mobilenet, the default; tabular_mlp; convnet). The
+# server runs as bench-peers runs it (2 single-threaded instances, max_batch_size $BATCH,
+# default 32); h2load sends one-row ModelInfer calls with the tensor in
 # raw_input_contents (as tritonclient.grpc does), 8 connections x 8 streams. Prints h2load's
 # rate, the server's CPU per call, its CPU by thread (kiln-model-N: ONNX Runtime and the
 # batch's copies; tokio-rt-worker: HTTP/2, gRPC, decoding), and `perf`'s samples by
@@ -24,20 +26,21 @@ done
 source "$ROOT/benches/server-lib.sh"
 
 mkdir -p "$work/model"
-cp "$ROOT/testdata/bench/mobilenet.onnx" "$work/model/model.onnx"
+cp "$ROOT/testdata/bench/${MODEL:-mobilenet}.onnx" "$work/model/model.onnx"
 printf 'session: {intra_op_threads: 1}\nbatch: {instances: 2, max_batch_size: %s, max_queue_requests: 4096}\n' \
   "${BATCH:-32}" >"$work/settings.yaml"
-"$PY" - "$work/message.bin" <<'EOF'
+"$PY" - "$work/message.bin" "$work/model/model.onnx" <<'EOF'
 import struct, sys
-import numpy as np
+import numpy as np, onnx
 from tritonclient.grpc import service_pb2
+m = onnx.load(sys.argv[2]); i = m.graph.input[0]
+dims = [d.dim_value for d in i.type.tensor_type.shape.dim][1:]
 req = service_pb2.ModelInferRequest(model_name="model")
-req.inputs.add(name="x", datatype="FP32", shape=[1, 3, 64, 64])
-req.raw_input_contents.append(np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32).tobytes())
+req.inputs.add(name=i.name, datatype="FP32", shape=[1] + dims)
+req.raw_input_contents.append(np.random.default_rng(0).random([1] + dims, dtype=np.float32).tobytes())
 body = req.SerializeToString()
 open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)
 EOF
-
 port=$(free_port)
 grpc=$(free_port)
 start_server "http://127.0.0.1:$port/v2/health/ready" "$work/server.log" \

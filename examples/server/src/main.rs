@@ -20,6 +20,17 @@ use kiln::http::{router, serve, AppState, ServeOptions, ServerConfig};
 use kiln::{Repository, RepositoryConfig, Runtime, RuntimeConfig};
 use kiln_server::ModelSettings;
 
+/// mimalloc, set as `kiln_server::allocator` says (why: its module docs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Sets mimalloc's defaults before its own constructor (priority 101) reads them: the linker
+/// runs `.init_array.NNNNN` sections in ascending order.
+#[cfg(target_os = "linux")]
+#[used]
+#[link_section = ".init_array.00100"]
+static ALLOCATOR_DEFAULTS: extern "C" fn() = kiln_server::allocator::set_defaults;
+
 /// Serves every model published under a repository root over the Open Inference Protocol v2
 /// (KServe / Triton), REST and gRPC, with dynamic batching and hot swaps.
 #[derive(Debug, Parser)]
@@ -160,6 +171,9 @@ fn main() -> Result<()> {
             .with_current_span(false)
             .with_env_filter(filter)
             .init(),
+    }
+    if let Err(why) = kiln_server::allocator::applied() {
+        tracing::warn!("{why}: freed memory may stay resident longer");
     }
     run(args)
 }
