@@ -6,7 +6,7 @@
 //! crate adds only what a standalone server needs beside it.
 //!
 //! # Layout
-//! - [`allocator`]: mimalloc, set to hand freed memory back at once.
+//! - [`allocator`]: mimalloc, set to hand freed memory back within a second.
 //! - [`config`]: the model settings file (session and per-model batching).
 //! - [`plain`]: one plain model directory (KServe's `/mnt/models`) staged as a repository.
 //! - `main.rs`: flags, signals and the shutdown budget.

@@ -175,6 +175,7 @@ fn main() -> Result<()> {
     if let Err(why) = kiln_server::allocator::applied() {
         tracing::warn!("{why}: freed memory may stay resident longer");
     }
+    kiln_server::allocator::spawn_purger().context("start the allocator's purge thread")?;
     run(args)
 }
 

@@ -15,7 +15,7 @@
 //!
 //! Once all four are answered, the server's resident memory goes back to within
 //! [`SETTLED_SLACK_MIB`] of what it was before them, within [`SETTLE`]: a server that kept its
-//! worst burst resident (mimalloc's defaults kept 350 MiB of these 128 MiB bodies for good,
+//! worst burst resident (mimalloc's defaults kept 350 MiB after these 128 MiB bodies for good,
 //! `kiln_server::allocator`) would hold it against the pod's memory limit forever.
 
 mod common;
