@@ -8,7 +8,10 @@
 # the machine's noise. The server runs as bench-peers runs it (2 single-threaded instances,
 # max_batch_size $BATCH); h2load sends one-row ModelInfer calls with the tensor in
 # raw_input_contents (as tritonclient.grpc does), 8 connections x 8 streams, 10 s a run.
-# MODEL is a file of testdata/bench (tabular_mlp, mobilenet, convnet). Needs h2load
+# MODEL is a file of testdata/bench (tabular_mlp, mobilenet, convnet). Each run also reports
+# the server's CPU (user + system) and minor page faults per call, from /proc/<pid>/stat over
+# the run. A BINARY argument may start with environment settings for it, in one word:
+# 'MIMALLOC_PURGE_DELAY=0 target/release/kiln-server' (no spaces in paths). Needs h2load
 # (nghttp2-client) and the project venv (make testdata).
 set -euo pipefail
 
@@ -39,19 +42,26 @@ req.raw_input_contents.append(np.random.default_rng(0).random([1] + dims, dtype=
 body = req.SerializeToString()
 open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)
 PY
-echo "| round | binary | calls/s | answered 2xx |"
-echo "|---|---|---|---|"
+hz=$(getconf CLK_TCK)
+# Server CPU ticks and minor faults so far: "ticks faults".
+usage() { awk '{print $14+$15, $10}' /proc/"$pid"/stat; }
+echo "| round | binary | calls/s | answered 2xx | server CPU µs / call | page faults / call |"
+echo "|---|---|---|---|---|---|"
 for r in $(seq "$rounds"); do
   for bin in "$@"; do
     port=$(free_port); grpc=$(free_port)
     start_server "http://127.0.0.1:$port/v2/health/ready" "$work/server.log" \
-      "$bin" --model-dir "$work/model" --no-verify --config "$work/settings.yaml" \
+      env $bin --model-dir "$work/model" --no-verify --config "$work/settings.yaml" \
       --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$grpc"
+    read -r t0 f0 < <(usage)
     out=$(h2load -D 10 -c 8 -m 8 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' \
       -d "$work/message.bin" "http://127.0.0.1:$grpc/inference.GRPCInferenceService/ModelInfer")
     rate=$(grep -oE '[0-9.]+ req/s' <<<"$out" | head -1 | cut -d' ' -f1)
     ok=$(grep -oE '[0-9]+ 2xx' <<<"$out" | cut -d' ' -f1)
-    echo "| $r | $bin | $rate | $ok |"
+    read -r t1 f1 < <(usage)
+    cpu=$(( (t1 - t0) * 1000000 / hz / ok ))
+    faults=$(awk -v f=$(( f1 - f0 )) -v n="$ok" 'BEGIN {printf "%.2f", f / n}')
+    echo "| $r | $bin | $rate | $ok | $cpu | $faults |"
     stop_server
   done
 done
