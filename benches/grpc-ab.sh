@@ -58,6 +58,7 @@ for r in $(seq "$rounds"); do
       -d "$work/message.bin" "http://127.0.0.1:$grpc/inference.GRPCInferenceService/ModelInfer")
     rate=$(grep -oE '[0-9.]+ req/s' <<<"$out" | head -1 | cut -d' ' -f1)
     ok=$(grep -oE '[0-9]+ 2xx' <<<"$out" | cut -d' ' -f1)
+    [[ ${ok:-0} -gt 0 ]] || { echo "no call answered 2xx: $out" >&2; cat "$work/server.log" >&2; exit 1; }
     read -r t1 f1 < <(usage)
     cpu=$(( (t1 - t0) * 1000000 / hz / ok ))
     faults=$(awk -v f=$(( f1 - f0 )) -v n="$ok" 'BEGIN {printf "%.2f", f / n}')

@@ -27,9 +27,10 @@
 //! fewer calls per second than glibc's malloc; at 100 ms, under one a call.
 //!
 //! **How.** mimalloc reads its options once, in a constructor of its own that runs before
-//! `main` (at priority 101): options set from `main` come too late for `arena_eager_commit`.
-//! So `main.rs` runs [`set_defaults`] as a constructor just before it (`.init_array.00100`),
-//! and it sets the two options' *defaults*: an operator's `MIMALLOC_PURGE_DELAY` or
+//! `main` (unnumbered when built with GCC, priority 101 with clang): set from `main`,
+//! `arena_eager_commit` comes too late (the first arena is already reserved). So `main.rs`
+//! runs [`set_defaults`] as a constructor before it (`.init_array.00100`: the linker runs
+//! numbered sections in ascending order, then unnumbered ones), and it sets the two options' *defaults*: an operator's `MIMALLOC_PURGE_DELAY` or
 //! `MIMALLOC_ARENA_EAGER_COMMIT` still wins, as any `MIMALLOC_*` variable does.
 //!
 //! Rust's allocations only: ONNX Runtime allocates with glibc's malloc, which `kiln::memory`
@@ -58,10 +59,18 @@ pub const PURGE_PERIOD: std::time::Duration = std::time::Duration::from_millis(5
 pub fn spawn_purger() -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("kiln-allocator".into())
-        .spawn(|| loop {
-            std::thread::sleep(PURGE_PERIOD);
-            // SAFETY: mi_collect is mimalloc's own housekeeping, safe from any thread.
-            unsafe { libmimalloc_sys::mi_collect(false) };
+        .spawn(|| {
+            // mi_collect does nothing on a thread whose heap mimalloc never set up (it does so
+            // on a thread's first allocation, and this thread need not make one).
+            // SAFETY: mi_thread_init sets up this thread's heap; safe on any thread, any time.
+            unsafe { libmimalloc_sys::mi_thread_init() };
+            loop {
+                std::thread::sleep(PURGE_PERIOD);
+                // SAFETY: mi_collect collects this thread's own heap, then purges the
+                // process-wide arenas of what has been free longer than the purge delay;
+                // safe from any thread.
+                unsafe { libmimalloc_sys::mi_collect(false) };
+            }
         })
 }
 
@@ -75,8 +84,8 @@ const DEFAULTS: [(c_int, std::ffi::c_long, &str); 2] = [
 ];
 
 /// Sets the defaults of mimalloc's `purge_delay` (to [`PURGE_DELAY_MS`]) and
-/// `arena_eager_commit` (to 0), when the linked mimalloc is version 3. Runs before `main` (and before mimalloc reads its options).
-/// Allocates nothing: the global allocator is not set up yet.
+/// `arena_eager_commit` (to 0), when the linked mimalloc is version 3. On Linux, `main.rs`
+/// runs it as a constructor, before mimalloc reads its options; it allocates nothing.
 pub extern "C" fn set_defaults() {
     // SAFETY: mi_version only returns a constant; mi_option_set_default stores a value in
     // mimalloc's option table, used unless the option's environment variable is set. Both

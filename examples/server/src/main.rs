@@ -24,8 +24,9 @@ use kiln_server::ModelSettings;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Sets mimalloc's defaults before its own constructor (priority 101) reads them: the linker
-/// runs `.init_array.NNNNN` sections in ascending order.
+/// Sets mimalloc's defaults before its own constructor reads them (unnumbered with GCC, 101
+/// with clang): the linker runs `.init_array.NNNNN` sections in ascending order, then the
+/// unnumbered ones. Elsewhere `main` sets them first thing, late for `arena_eager_commit`.
 #[cfg(target_os = "linux")]
 #[used]
 #[link_section = ".init_array.00100"]
@@ -161,6 +162,8 @@ fn seconds(raw: &str) -> Result<Duration, String> {
 }
 
 fn main() -> Result<()> {
+    #[cfg(not(target_os = "linux"))]
+    kiln_server::allocator::set_defaults();
     let args = Args::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());

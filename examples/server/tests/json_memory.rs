@@ -157,6 +157,8 @@ struct Figures {
     /// Resident memory before the bodies (`VmRSS`), and once settled after them.
     idle_mib: f64,
     settled_mib: f64,
+    /// How long after the last answer resident memory took to get there.
+    settled_in: Duration,
     /// Liveness probe times, sorted.
     probes: Vec<Duration>,
     /// The longest a 1 ms sleep of this test overslept meanwhile: the machine's own stalls.
@@ -178,7 +180,12 @@ fn run_case(path: &'static str, body: &str, code: u16, expect: &str) -> Figures 
     publish(root.path(), "strings", "1", "strings.onnx");
     let port = free_port();
     let server = Server {
-        child: start_ready(root.path(), port, &["--drain-delay-s", "0"]),
+        // No repository scans meanwhile: memory must come back with nothing else running.
+        child: start_ready(
+            root.path(),
+            port,
+            &["--drain-delay-s", "0", "--poll-ms", "600000"],
+        ),
         port,
     };
     let small = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5; 16]}]}).to_string();
@@ -206,10 +213,10 @@ fn run_case(path: &'static str, body: &str, code: u16, expect: &str) -> Figures 
     let (probes, machine_stall) = liveness.stop();
     let peak_mib = proc_status_mib(pid, "VmHWM:");
     let since = std::time::Instant::now();
-    let settled_mib = loop {
+    let (settled_mib, settled_in) = loop {
         let now = proc_status_mib(pid, "VmRSS:");
         if now <= idle_mib + SETTLED_SLACK_MIB || since.elapsed() > SETTLE {
-            break now;
+            break (now, since.elapsed());
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -218,6 +225,7 @@ fn run_case(path: &'static str, body: &str, code: u16, expect: &str) -> Figures 
         peak_mib,
         idle_mib,
         settled_mib,
+        settled_in,
         probes,
         machine_stall,
     }
@@ -311,13 +319,14 @@ fn maximal_json_bodies_stay_within_three_times_their_size_liveness_answers_and_m
         let limit = PROBE_LIMIT + f.machine_stall;
         println!(
             "{case}: {CONCURRENT} bodies of {:.1} MiB at once: peak RSS {:.0} MiB (baseline {:.0}, +{:.0}; bound {bound:.0}), \
-             resident {:.0} MiB before and {:.0} after; {} liveness probes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (this machine's own worst stall meanwhile {:.1} ms)",
+             resident {:.0} MiB before and {:.0} after ({:.1} s after the last answer); {} liveness probes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (this machine's own worst stall meanwhile {:.1} ms)",
             body.len() as f64 / f64::from(1 << 20),
             f.peak_mib,
             f.baseline_mib,
             f.peak_mib - f.baseline_mib,
             f.idle_mib,
             f.settled_mib,
+            f.settled_in.as_secs_f64(),
             f.probes.len(),
             ms(f.probe(0.5)),
             ms(p99),
