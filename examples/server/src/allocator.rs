@@ -30,8 +30,9 @@
 //! `main` (unnumbered when built with GCC, priority 101 with clang): set from `main`,
 //! `arena_eager_commit` comes too late (the first arena is already reserved). So `main.rs`
 //! runs [`set_defaults`] as a constructor before it (`.init_array.00100`: the linker runs
-//! numbered sections in ascending order, then unnumbered ones), and it sets the two options' *defaults*: an operator's `MIMALLOC_PURGE_DELAY` or
-//! `MIMALLOC_ARENA_EAGER_COMMIT` still wins, as any `MIMALLOC_*` variable does.
+//! numbered sections in ascending order, then unnumbered ones), and it sets the two options'
+//! *defaults*: an operator's `MIMALLOC_PURGE_DELAY` or `MIMALLOC_ARENA_EAGER_COMMIT` still
+//! wins, as any `MIMALLOC_*` variable does.
 //!
 //! Rust's allocations only: ONNX Runtime allocates with glibc's malloc, which `kiln::memory`
 //! tunes.
