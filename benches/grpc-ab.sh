@@ -16,7 +16,6 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PY=$ROOT/.cache/venv/bin/python
 export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ROOT/.cache/ort/cpu/libonnxruntime.so}
 rounds=${ROUNDS:-3}
 model=${MODEL:-tabular_mlp}
@@ -30,18 +29,7 @@ mkdir -p "$work/model"
 cp "$ROOT/testdata/bench/$model.onnx" "$work/model/model.onnx"
 printf 'session: {intra_op_threads: 1}\nbatch: {instances: 2, max_batch_size: %s, max_queue_requests: 4096}\n' \
   "${BATCH:-128}" >"$work/settings.yaml"
-"$PY" - "$work/message.bin" "$work/model/model.onnx" <<'PY'
-import struct, sys
-import numpy as np, onnx
-from tritonclient.grpc import service_pb2
-m = onnx.load(sys.argv[2]); i = m.graph.input[0]
-dims = [d.dim_value for d in i.type.tensor_type.shape.dim][1:]
-req = service_pb2.ModelInferRequest(model_name="model")
-req.inputs.add(name=i.name, datatype="FP32", shape=[1] + dims)
-req.raw_input_contents.append(np.random.default_rng(0).random([1] + dims, dtype=np.float32).tobytes())
-body = req.SerializeToString()
-open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)
-PY
+grpc_message "$work/message.bin" "$work/model/model.onnx"
 hz=$(getconf CLK_TCK)
 # Server CPU ticks and minor faults so far: "ticks faults".
 usage() { awk '{print $14+$15, $10}' /proc/"$pid"/stat; }

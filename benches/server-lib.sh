@@ -1,4 +1,5 @@
-# Sourced by the benches that start kiln-server themselves (server-ab.sh, strings-memory.sh):
+# Sourced by the benches that start kiln-server themselves (server-ab.sh, strings-memory.sh,
+# grpc-ab.sh, grpc-profile.sh):
 # a scratch directory and the server started in the background, both gone on exit
 # (`$work`, `$pid`), a free port, and a server waited for and stopped.
 
@@ -35,4 +36,22 @@ stop_server() {
   kill "$pid"
   wait "$pid" 2>/dev/null || true
   pid=
+}
+
+# grpc_message <out> <model.onnx>: one gRPC-framed ModelInferRequest (model "model") of one
+# row of random FP32 for the model's first input, in raw_input_contents (as tritonclient.grpc
+# sends it). Needs the project venv's python (tritonclient, onnx).
+grpc_message() {
+  "$ROOT/.cache/venv/bin/python" - "$1" "$2" <<'PY'
+import struct, sys
+import numpy as np, onnx
+from tritonclient.grpc import service_pb2
+m = onnx.load(sys.argv[2]); i = m.graph.input[0]
+dims = [d.dim_value for d in i.type.tensor_type.shape.dim][1:]
+req = service_pb2.ModelInferRequest(model_name="model")
+req.inputs.add(name=i.name, datatype="FP32", shape=[1] + dims)
+req.raw_input_contents.append(np.random.default_rng(0).random([1] + dims, dtype=np.float32).tobytes())
+body = req.SerializeToString()
+open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)
+PY
 }

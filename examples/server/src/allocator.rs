@@ -78,6 +78,17 @@ pub fn spawn_purger() -> std::io::Result<std::thread::JoinHandle<()>> {
 /// The mimalloc major version whose option numbers these are.
 const MAJOR: c_int = 3;
 
+/// The linked mimalloc's version, if it is [`MAJOR`]'s (its option numbers are known here).
+fn known_version() -> Result<c_int, c_int> {
+    // SAFETY: mi_version only returns a constant.
+    let version = unsafe { libmimalloc_sys::mi_version() };
+    if version / 10_000 == MAJOR {
+        Ok(version)
+    } else {
+        Err(version)
+    }
+}
+
 /// The defaults this module sets, as `(option, value, the option's environment variable)`.
 const DEFAULTS: [(c_int, std::ffi::c_long, &str); 2] = [
     (PURGE_DELAY, PURGE_DELAY_MS, "MIMALLOC_PURGE_DELAY"),
@@ -88,16 +99,14 @@ const DEFAULTS: [(c_int, std::ffi::c_long, &str); 2] = [
 /// `arena_eager_commit` (to 0), when the linked mimalloc is version 3. On Linux, `main.rs`
 /// runs it as a constructor, before mimalloc reads its options; it allocates nothing.
 pub extern "C" fn set_defaults() {
-    // SAFETY: mi_version only returns a constant; mi_option_set_default stores a value in
-    // mimalloc's option table, used unless the option's environment variable is set. Both
-    // numbers are options of this major version (checked first), and the values are valid.
-    unsafe {
-        if libmimalloc_sys::mi_version() / 10_000 != MAJOR {
-            return;
-        }
-        for (option, value, _) in DEFAULTS {
-            libmimalloc_sys::mi_option_set_default(option, value);
-        }
+    if known_version().is_err() {
+        return;
+    }
+    for (option, value, _) in DEFAULTS {
+        // SAFETY: mi_option_set_default stores a value in mimalloc's option table, used
+        // unless the option's environment variable is set. Both numbers are options of this
+        // major version (checked first), and the values are valid.
+        unsafe { libmimalloc_sys::mi_option_set_default(option, value) };
     }
 }
 
@@ -105,15 +114,13 @@ pub extern "C" fn set_defaults() {
 /// version 3 (its option numbers are unknown here, so its defaults were kept) or an operator's
 /// `MIMALLOC_*` variable changed one of them. For `main` to log.
 pub fn applied() -> Result<(), String> {
-    // SAFETY: as in `set_defaults`; mi_option_get reads the option table.
-    let version = unsafe { libmimalloc_sys::mi_version() };
-    if version / 10_000 != MAJOR {
+    if let Err(version) = known_version() {
         return Err(format!(
             "mimalloc {version} is not version {MAJOR}: its own defaults are kept"
         ));
     }
     for (option, value, variable) in DEFAULTS {
-        // SAFETY: as above.
+        // SAFETY: mi_option_get reads mimalloc's option table.
         let now = unsafe { libmimalloc_sys::mi_option_get(option) };
         if now != value {
             return Err(format!(
