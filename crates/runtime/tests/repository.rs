@@ -324,3 +324,43 @@ fn readiness_counts_every_model_found_before_any_has_loaded() {
     );
     assert!(repo.ready(&kiln::Readiness::All));
 }
+
+/// A directory the watcher cannot serve is listed with why, not skipped in silence: a Triton
+/// model repository (`<model>/1/model.onnx`, no `current`, no manifest) pointed at as the
+/// root used to give a server that never became ready and said nothing. Once the same model
+/// is published the kiln way it serves and leaves the list; a directory removed leaves it.
+#[test]
+fn a_directory_without_current_is_listed_with_why_until_published() {
+    let root = tempfile::tempdir().expect("root");
+    let triton = root.path().join("triton/1");
+    std::fs::create_dir_all(&triton).expect("mkdir");
+    std::fs::copy(common::testdata("mlp.onnx"), triton.join("model.onnx")).expect("copy");
+    std::fs::create_dir_all(root.path().join("stray")).expect("mkdir");
+    publish(root.path(), "mlp", "1", "mlp.onnx", false);
+    let repo = repo(root.path());
+    let r = repo.scan().expect("scan");
+    assert_eq!(r.loaded, vec![pair("mlp", "1")], "{r:?}");
+    let listed = repo.unpublished();
+    let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["stray", "triton"]);
+    let why = repo.unpublished_reason("triton").expect("listed");
+    for part in [
+        "triton/1/model.onnx",
+        "Triton model repository",
+        "--model-dir",
+    ] {
+        assert!(why.contains(part), "{part}: {why}");
+    }
+    assert!(
+        repo.get("triton").is_none() && repo.all_ready(),
+        "not a model to readiness"
+    );
+    let err = repo.load("triton").expect_err("nothing to load");
+    assert!(err.to_string().contains("Triton model repository"), "{err}");
+
+    publish(root.path(), "triton", "2", "mlp.onnx", false);
+    std::fs::remove_dir(root.path().join("stray")).expect("rm");
+    let r = repo.scan().expect("scan");
+    assert_eq!(r.loaded, vec![pair("triton", "2")], "{r:?}");
+    assert!(repo.unpublished().is_empty(), "{:?}", repo.unpublished());
+}

@@ -443,3 +443,72 @@ fn label_files_are_staged_and_checked_as_the_model_is() {
         "{text}"
     );
 }
+
+/// A Triton model repository given as `--root` (`<model>/1/model.onnx` and a `config.pbtxt`,
+/// no `current`, no manifest) is explained, not skipped in silence: before, the server logged
+/// nothing, `/v2/models/<model>` said "unknown model" and the index did not list it. Now one
+/// warning names the directory and what to do, the index lists it `UNAVAILABLE` with that
+/// reason (Triton's own schema), and the 404 says why. The published model beside it serves.
+#[test]
+fn a_triton_layout_under_the_root_is_explained_not_ignored() {
+    let root = tempfile::tempdir().expect("root");
+    common::publish(root.path(), "mlp", "1", "mlp.onnx");
+    let triton = root.path().join("densenet/1");
+    std::fs::create_dir_all(&triton).expect("mkdir");
+    std::fs::copy(
+        repo_root().join("testdata/mlp.onnx"),
+        triton.join("model.onnx"),
+    )
+    .expect("copy");
+    std::fs::write(
+        root.path().join("densenet/config.pbtxt"),
+        "platform: \"onnxruntime_onnx\"\n",
+    )
+    .expect("config");
+    let log_path = root.path().join(".server.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let port = free_port();
+    let mut child = common::start_logging(
+        root.path(),
+        port,
+        &["--drain-delay-s", "0", "--poll-ms", "50"],
+        "warn",
+        log,
+    );
+    std::thread::sleep(Duration::from_millis(400));
+    let (code, body) = http(port, "GET", "/v2/models/densenet", "").expect("metadata");
+    let (index_code, index) = http(port, "POST", "/v2/repository/index", "").expect("index");
+    let (mlp, _) = http(port, "GET", "/v2/models/mlp/ready", "").expect("ready");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(mlp, 200);
+    assert_eq!(code, 404, "{body}");
+    for part in [
+        "densenet/1/model.onnx",
+        "Triton model repository",
+        "--model-dir",
+    ] {
+        assert!(body.contains(part), "{part}: {body}");
+    }
+    assert_eq!(index_code, 200);
+    let index: serde_json::Value = serde_json::from_str(&index).expect("index JSON");
+    let entry = index
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|m| m["name"] == "densenet")
+        .unwrap_or_else(|| panic!("densenet not in the index: {index}"));
+    assert_eq!(entry["state"], "UNAVAILABLE", "{entry}");
+    assert!(
+        entry["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("config.pbtxt is not read")),
+        "{entry}"
+    );
+    let text = std::fs::read_to_string(&log_path).expect("log");
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("densenet"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning over several scans:\n{text}");
+}

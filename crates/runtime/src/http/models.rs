@@ -18,12 +18,16 @@ pub(crate) fn find(
     model: &str,
     version: Option<&str>,
 ) -> Result<ModelHandle, ApiError> {
-    let handle = s.repo.get(model).ok_or_else(|| {
-        ApiError::not_found(format!(
-            "unknown model `{model}`; served: {:?}",
-            s.repo.names()
-        ))
-    })?;
+    let handle = s
+        .repo
+        .get(model)
+        .ok_or_else(|| match s.repo.unpublished_reason(model) {
+            Some(reason) => ApiError::not_found(format!("model `{model}` is not served: {reason}")),
+            None => ApiError::not_found(format!(
+                "unknown model `{model}`; served: {:?}",
+                s.repo.names()
+            )),
+        })?;
     if let Some(v) = version {
         let serving = handle.current_version();
         if serving.as_deref() != Some(v) {

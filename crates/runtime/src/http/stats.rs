@@ -116,7 +116,9 @@ fn triton_state(state: &ModelState, last_error: Option<String>) -> (&'static str
 }
 
 /// Every model found in the repository with its serving version and state (only the ready
-/// ones with `ready_only`).
+/// ones with `ready_only`); without `ready_only`, also every directory under the root that
+/// serves nothing (state `UNAVAILABLE`, the reason why), as Triton lists a model it found
+/// and could not load.
 pub(crate) fn index(
     s: &AppState,
     ready_only: bool,
@@ -137,6 +139,16 @@ pub(crate) fn index(
             }
         })
         .collect();
+    if !ready_only {
+        models.extend(s.repo.unpublished().into_iter().map(|(name, reason)| {
+            pb::repository_index_response::ModelIndex {
+                name,
+                version: String::new(),
+                state: "UNAVAILABLE".to_owned(),
+                reason,
+            }
+        }));
+    }
     models.sort_by(|a, b| a.name.cmp(&b.name));
     models
 }

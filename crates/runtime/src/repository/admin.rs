@@ -27,9 +27,9 @@ impl Repository {
             return Err(self.not_found(
                 name,
                 if model_dir.is_dir() {
-                    "its `current` link is missing or points at no version directory"
+                    super::unpublished::diagnose(&model_dir, name).reason
                 } else {
-                    "no such model directory"
+                    "no such model directory".to_owned()
                 },
             ));
         };

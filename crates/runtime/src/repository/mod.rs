@@ -27,14 +27,16 @@
 //!
 //! Files: `config` (settings and reports), `published` (what is on disk: `current` and its
 //! manifest digest), `failures` (the retry backoff, pure), `admin` (load and unload),
-//! `readiness` (when the whole repository is ready: [`Readiness`]); the index and the scan
-//! are here.
+//! `readiness` (when the whole repository is ready: [`Readiness`]), `unpublished` (why a
+//! directory under the root is not served: [`Repository::unpublished`]); the index and the
+//! scan are here.
 
 mod admin;
 mod config;
 mod failures;
 mod published;
 mod readiness;
+mod unpublished;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -98,6 +100,9 @@ pub struct Repository {
     meter: Meter,
     /// The index readers use (requests, readiness); written only under `scan`.
     models: RwLock<BTreeMap<String, Entry>>,
+    /// Directories under the root that serve nothing and why (never served, no usable
+    /// `current`); written only under `scan`.
+    unpublished: RwLock<BTreeMap<String, String>>,
     /// The scan lock: a std Mutex, not a tokio one, because nothing awaits while it is held.
     /// It is held across loads (seconds), so async callers use `spawn_blocking`.
     scan: Mutex<ScanState>,
@@ -122,6 +127,7 @@ impl Repository {
             config,
             meter,
             models: RwLock::default(),
+            unpublished: RwLock::default(),
             scan: Mutex::default(),
         }
     }
@@ -151,6 +157,29 @@ impl Repository {
     /// Every model found, unloaded ones included.
     pub fn handles(&self) -> Vec<ModelHandle> {
         self.index().values().map(|e| e.handle.clone()).collect()
+    }
+
+    /// The directories under the root that serve nothing, each with why: no `current` link
+    /// (a Triton or KServe layout, a publish that stopped half-way) or one that names no
+    /// version directory. A model that was served and lost its `current` is not listed while
+    /// it serves on for [`RepositoryConfig::current_grace`]. As of the last scan, by name.
+    pub fn unpublished(&self) -> Vec<(String, String)> {
+        self.unpublished
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect()
+    }
+
+    /// Why the directory `name` under the root serves nothing, if it is one of
+    /// [`Repository::unpublished`].
+    pub fn unpublished_reason(&self, name: &str) -> Option<String> {
+        self.unpublished
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Whether `name` was unloaded by [`Repository::unload`] and not loaded since.
@@ -219,10 +248,15 @@ impl Repository {
                 (name, current)
             })
             .collect();
+        let mut unpublished = BTreeMap::new();
         for (name, current) in published {
             let Some(current) = current else {
                 if self.keep_without_current(&mut st, &name, now) {
                     found.insert(name);
+                } else {
+                    let why = unpublished::diagnose(&root.join(&name), &name);
+                    self.note_unpublished(&name, &why);
+                    unpublished.insert(name, why.reason);
                 }
                 continue;
             };
@@ -253,7 +287,21 @@ impl Repository {
                 report.removed.push(name);
             }
         }
+        *self.unpublished.write().unwrap_or_else(|p| p.into_inner()) = unpublished;
         Ok(report)
+    }
+
+    /// Logs why `name` serves nothing when that is news: a warning, or a debug line for a
+    /// publish between its two steps (which the next scan normally finds finished).
+    fn note_unpublished(&self, name: &str, why: &unpublished::Unpublished) {
+        if self.unpublished_reason(name).as_deref() == Some(why.reason.as_str()) {
+            return;
+        }
+        if why.publishing {
+            tracing::debug!(model = name, reason = %why.reason, "model directory not served yet");
+        } else {
+            tracing::warn!(model = name, reason = %why.reason, "model directory not served");
+        }
     }
 
     /// A served model whose `current` is missing or dangling: whether it stays (within the
