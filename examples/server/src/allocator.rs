@@ -21,6 +21,14 @@
 //!   else runs: resident memory goes back to idle within a second of a burst
 //!   (`tests/json_memory.rs` checks it).
 //!
+//! - blocks over [`ARENA_MAX_OBJECT_KIB`] (4 MiB: a big request body, a big batch's tensors)
+//!   come straight from the system and go back to it when freed (`arena_max_object_size`),
+//!   as glibc's malloc serves blocks past its mmap threshold: kept for reuse instead, each
+//!   raised the peak of a burst of maximal gRPC messages by their size (16 concurrent 32 MiB
+//!   `ModelInfer` calls: +217 to +239 MiB over idle, against glibc's +173 to +202; with this
+//!   setting +173 to +175, `tests/grpc_wire.rs`). Blocks that large are filled or read
+//!   whole by the request that made them, so a fresh mapping costs little beside that.
+//!
 //! Why not hand it back at once (`purge_delay` 0): a request's buffers are freed and
 //! allocated again many times a second, and each handed-back page faults in again, zeroed.
 //! On the MobileNet-style model (48 KiB of input a call) that was 13 page faults a call and
@@ -43,6 +51,10 @@ use std::ffi::c_int;
 /// names only some of them). Set only when the linked mimalloc is that major version.
 const PURGE_DELAY: c_int = 15;
 const ARENA_EAGER_COMMIT: c_int = 4;
+const ARENA_MAX_OBJECT_SIZE: c_int = 45;
+
+/// The largest block mimalloc keeps in its arenas, KiB; larger ones are the system's.
+pub const ARENA_MAX_OBJECT_KIB: std::ffi::c_long = 4 * 1024;
 
 /// How long freed memory stays committed for reuse before it is handed back.
 pub const PURGE_DELAY_MS: std::ffi::c_long = 100;
@@ -90,13 +102,19 @@ fn known_version() -> Result<c_int, c_int> {
 }
 
 /// The defaults this module sets, as `(option, value, the option's environment variable)`.
-const DEFAULTS: [(c_int, std::ffi::c_long, &str); 2] = [
+const DEFAULTS: [(c_int, std::ffi::c_long, &str); 3] = [
     (PURGE_DELAY, PURGE_DELAY_MS, "MIMALLOC_PURGE_DELAY"),
     (ARENA_EAGER_COMMIT, 0, "MIMALLOC_ARENA_EAGER_COMMIT"),
+    (
+        ARENA_MAX_OBJECT_SIZE,
+        ARENA_MAX_OBJECT_KIB,
+        "MIMALLOC_ARENA_MAX_OBJECT_SIZE",
+    ),
 ];
 
-/// Sets the defaults of mimalloc's `purge_delay` (to [`PURGE_DELAY_MS`]) and
-/// `arena_eager_commit` (to 0), when the linked mimalloc is version 3. On Linux, `main.rs`
+/// Sets the defaults of mimalloc's `purge_delay` (to [`PURGE_DELAY_MS`]),
+/// `arena_eager_commit` (to 0) and `arena_max_object_size` (to [`ARENA_MAX_OBJECT_KIB`]),
+/// when the linked mimalloc is version 3. On Linux, `main.rs`
 /// runs it as a constructor, before mimalloc reads its options; it allocates nothing.
 pub extern "C" fn set_defaults() {
     if known_version().is_err() {
@@ -133,7 +151,7 @@ pub fn applied() -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ARENA_EAGER_COMMIT, PURGE_DELAY};
+    use super::{ARENA_EAGER_COMMIT, ARENA_MAX_OBJECT_SIZE, PURGE_DELAY};
 
     #[test]
     fn the_option_numbers_name_the_options_meant() {
@@ -141,16 +159,17 @@ mod tests {
         // (mimalloc 3's options.c) must be at the numbers this module sets. A renumbering
         // would put other values there.
         // SAFETY: mi_option_get reads mimalloc's option table.
-        let (delay, eager) = unsafe {
+        let (delay, eager, max_object) = unsafe {
             (
                 libmimalloc_sys::mi_option_get(PURGE_DELAY),
                 libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT),
+                libmimalloc_sys::mi_option_get(ARENA_MAX_OBJECT_SIZE),
             )
         };
         assert_eq!(
-            (delay, eager),
-            (1000, 2),
-            "purge_delay 1000 ms, arena_eager_commit 2"
+            (delay, eager, max_object),
+            (1000, 2, 2 * 1024 * 1024),
+            "purge_delay 1000 ms, arena_eager_commit 2, arena_max_object_size 2 GiB in KiB"
         );
         assert!(super::applied().is_err(), "the defaults were not set here");
     }
