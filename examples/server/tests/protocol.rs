@@ -580,6 +580,64 @@ fn every_error_maps_to_its_status_with_a_message() {
             .contains("deadline exceeded"),
         "{out}"
     );
+    // What no route serves gets the v2 error body too (it was an empty 404 or 405, which
+    // Triton's client reports as "an empty response"): an unknown path, a route asked with
+    // the wrong method, and Triton's extensions kiln does not implement (501).
+    let cases = [
+        (
+            Method::GET,
+            "/v2/no/such/path",
+            StatusCode::NOT_FOUND,
+            "no route for GET /v2/no/such/path",
+        ),
+        (
+            Method::GET,
+            "/v2/models/mlp/infer",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "/v2/models/mlp/infer does not take GET",
+        ),
+        (
+            Method::DELETE,
+            "/v2/models/mlp",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "does not take DELETE",
+        ),
+        (
+            Method::POST,
+            "/v2/systemsharedmemory/region/r/register",
+            StatusCode::NOT_IMPLEMENTED,
+            "system shared memory",
+        ),
+        (
+            Method::GET,
+            "/v2/cudasharedmemory/status",
+            StatusCode::NOT_IMPLEMENTED,
+            "CUDA shared memory",
+        ),
+        (
+            Method::POST,
+            "/v2/logging",
+            StatusCode::NOT_IMPLEMENTED,
+            "logging extension",
+        ),
+        (
+            Method::GET,
+            "/v2/models/mlp/trace/setting",
+            StatusCode::NOT_IMPLEMENTED,
+            "trace extension",
+        ),
+    ];
+    for (method, uri, want, needle) in cases {
+        let (status, headers, out) = call(&s, method, uri, None, &[]);
+        assert_eq!(status, want, "{uri}: {out}");
+        assert_eq!(
+            headers.get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            Some(&b"application/json"[..]),
+            "{uri}"
+        );
+        let message = out["error"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{uri}: {out}");
+    }
 }
 
 #[test]

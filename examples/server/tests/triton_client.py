@@ -3,8 +3,8 @@
 a running kiln-server that serves the real-model corpus: health, server and model metadata,
 model config, inference with JSON and with binary tensors (plain, and gzip and deflate both
 ways) compared to Python onnxruntime's golden outputs, output selection with binary_data,
-Triton's classification extension (class_count), the request's timeout parameter, and the
-errors the client parses.
+Triton's classification extension (class_count), the request's timeout parameter, the
+errors the client parses, and what it is told of Triton's extensions kiln does not serve.
 
 Usage: triton_client.py HOST:PORT CORPUS_DIR MODEL [MODEL ...]
 Exits non-zero with a message on the first check that fails.
@@ -144,6 +144,23 @@ def main():
     result = client.infer(model, req, timeout=60_000_000)
     first = next(iter(outputs))
     check_close(model, first, result.as_numpy(first), outputs[first], entries[model]["tolerance"])
+    # Triton's extensions kiln does not serve (not in GET /v2's list) answer 501 with a
+    # message the client shows, not an empty body ("client received an empty response").
+    for call, words in [
+        (lambda: client.get_system_shared_memory_status(), "system shared memory"),
+        (lambda: client.register_system_shared_memory("r", "/kiln", 64), "system shared memory"),
+        (lambda: client.get_cuda_shared_memory_status(), "CUDA shared memory"),
+        (lambda: client.get_log_settings(), "logging"),
+        (lambda: client.update_log_settings({"log_verbose_level": 1}), "logging"),
+        (lambda: client.get_trace_settings(), "trace"),
+        (lambda: client.get_trace_settings(model_name=model), "trace"),
+    ]:
+        try:
+            call()
+            raise AssertionError(f"{words}: an extension kiln does not serve answered")
+        except InferenceServerException as e:
+            assert e.status() == "501", (words, e.status(), e.message())
+            assert words in (e.message() or ""), (words, e.message())
     print("triton_client: all checks passed")
 
 

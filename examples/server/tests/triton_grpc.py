@@ -175,8 +175,15 @@ def main():
     expect_error("NOT_FOUND", lambda: client.infer("no-such-model", req))
     # The repository calls follow the REST admin rule: off without --admin.
     expect_error("PERMISSION_DENIED", lambda: client.unload_model(models[0]))
-    # What kiln does not serve answers UNIMPLEMENTED, as a client expects.
-    expect_error("UNIMPLEMENTED", lambda: client.get_system_shared_memory_status())
+    # What kiln does not serve answers UNIMPLEMENTED, as a client expects, saying what instead.
+    for call, words in [
+        (lambda: client.get_system_shared_memory_status(), "system shared memory"),
+        (lambda: client.register_cuda_shared_memory("r", b"", 0, 64), "CUDA shared memory"),
+        (lambda: client.get_log_settings(), "logging"),
+        (lambda: client.get_trace_settings(), "trace"),
+    ]:
+        message = expect_error("UNIMPLEMENTED", call)
+        assert words in message, (words, message)
     # A message over --max-body-mib is refused before it is decoded.
     name, value = next(iter(load_golden(corpus, models[0])[0].items()))
     huge = grpcclient.InferInput(name, [33 << 18], "FP32")

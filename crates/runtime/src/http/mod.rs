@@ -54,6 +54,8 @@
 //! - `infer` (private): the one inference path both protocols take.
 //! - `model_config` (private): a model's configuration in Triton's schema.
 //! - `stats` (private): Triton's statistics and repository index.
+//! - `unserved` (private): what a client asking for something not served is told (Triton's
+//!   shared-memory, logging and trace extensions; unknown paths and methods), both protocols.
 //! - `v1` (private): KServe's v1 protocol (`/v1/models/{m}:predict`, `GET /`), what a KServe
 //!   transformer calls its predictor with by default, its bodies as tensors and back.
 
@@ -75,6 +77,7 @@ pub mod protocol;
 pub mod routes;
 pub mod serve;
 mod stats;
+mod unserved;
 mod v1;
 
 /// The axum these routers are built with: mount them on a `kiln::http::axum::Router` (or

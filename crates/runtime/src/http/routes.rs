@@ -181,6 +181,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/metrics", get(metrics))
         .merge(crate::http::v1::routes())
+        .fallback(crate::http::unserved::no_route)
+        .layer(axum::middleware::from_fn(
+            crate::http::unserved::explain_wrong_method,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             record,

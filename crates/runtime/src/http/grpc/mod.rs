@@ -66,6 +66,9 @@ pub fn router(state: Arc<AppState>) -> axum::Router {
     tonic::service::Routes::new(inference)
         .add_service(health)
         .into_axum_router()
+        .layer(axum::middleware::from_fn(
+            crate::http::unserved::explain_unimplemented,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             budget::reserve,
