@@ -211,6 +211,19 @@ fn run(args: Args) -> Result<()> {
         "off" | "" => None,
         addr => Some(addr.to_owned()),
     };
+    // Both ports first: a port in use must fail the start before anything loads (returning
+    // from `main` while a model thread is inside ONNX Runtime aborts the process).
+    let bind = |addr: &str, flag: &str| -> Result<std::net::TcpListener> {
+        let listener =
+            std::net::TcpListener::bind(addr).with_context(|| format!("bind {addr}{flag}"))?;
+        listener.set_nonblocking(true)?;
+        Ok(listener)
+    };
+    let rest = bind(&args.listen, "")?;
+    let grpc = grpc_listen
+        .as_deref()
+        .map(|addr| bind(addr, " (--grpc-listen)"))
+        .transpose()?;
     let budget = args.shutdown_timeout_s;
     let delay = args.drain_delay_s.min(budget);
     let telemetry = Arc::new(kiln::prometheus::PrometheusTelemetry::new()?);
@@ -249,6 +262,10 @@ fn run(args: Args) -> Result<()> {
     }
     config.options = config.options.clone().with_device(args.device);
     let repo = Arc::new(Repository::new(runtime, config, meter.clone()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // From here on every return goes past `watcher.join()` below.
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = repo
         .watch(Arc::clone(&stop))
@@ -274,21 +291,9 @@ fn run(args: Args) -> Result<()> {
         shutdown_grace: budget.saturating_sub(delay),
         ..ServeOptions::default()
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let term_at = rt.block_on(async {
-        let rest = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .with_context(|| format!("bind {}", args.listen))?;
-        let grpc = match grpc_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(&addr)
-                    .await
-                    .with_context(|| format!("bind {addr} (--grpc-listen)"))?,
-            ),
-            None => None,
-        };
+    let served = rt.block_on(async {
+        let rest = tokio::net::TcpListener::from_std(rest)?;
+        let grpc = grpc.map(tokio::net::TcpListener::from_std).transpose()?;
         tracing::info!(
             rest = %rest.local_addr()?,
             grpc = %grpc.as_ref().and_then(|l| l.local_addr().ok()).map_or("off".into(), |a| a.to_string()),
@@ -331,9 +336,11 @@ fn run(args: Args) -> Result<()> {
         };
         let (at, (), ()) = tokio::join!(signal, rest, grpc);
         anyhow::Ok(at)
-    })?;
+    });
+    // On an error too: no model thread may be inside ONNX Runtime when `main` returns.
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.join();
+    let term_at = served?;
     // The models drain within what is left of the budget (their queues are normally empty by
     // now: every connection has finished or been cut).
     let left = budget.saturating_sub(term_at.elapsed());

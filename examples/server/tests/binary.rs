@@ -199,3 +199,53 @@ fn sigterm(child: &std::process::Child) {
         .expect("kill");
     assert!(killed.success());
 }
+
+/// A port already taken fails the start cleanly: exit status 1 with the reason, before any
+/// model is loaded. It used to bind after the watcher had started loading the repository, so
+/// `main` returned while a model thread was inside ONNX Runtime: the process aborted (status
+/// 134, "Fatal error in cpuinfo") with a spurious load failure in the log.
+#[test]
+fn a_port_in_use_fails_the_start_with_status_1_before_loading_anything() {
+    let root = tempfile::tempdir().expect("root");
+    for (i, model) in ["magika", "a", "b", "c"].iter().enumerate() {
+        let file = if i == 0 {
+            "real/magika.onnx"
+        } else {
+            "mlp.onnx"
+        };
+        publish(root.path(), model, "1", file);
+    }
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    for args in [
+        vec!["--listen".to_owned(), format!("127.0.0.1:{port}")],
+        vec![
+            "--listen".to_owned(),
+            format!("127.0.0.1:{}", free_port()),
+            "--grpc-listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln-server"))
+            .arg("--root")
+            .arg(root.path())
+            .args(&args)
+            .envs(common::ort_env())
+            .env("RUST_LOG", "info")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .expect("run kiln-server");
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {log}");
+        assert!(log.contains(&format!("bind 127.0.0.1:{port}")), "{log}");
+        assert!(log.contains("Address already in use"), "{log}");
+        assert!(
+            !log.contains("ONNX Runtime") && !log.contains("Fatal"),
+            "nothing is loaded first: {log}"
+        );
+    }
+}
