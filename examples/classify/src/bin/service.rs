@@ -60,6 +60,11 @@ fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let magika = Magika::from_file(&args.labels)?;
+    // The port first: a start that fails must fail before a model thread is inside ONNX
+    // Runtime (returning from `main` then aborts the process).
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("bind {}", args.listen))?;
+    listener.set_nonblocking(true)?;
     let telemetry = Arc::new(kiln::prometheus::PrometheusTelemetry::new()?);
     let meter = telemetry.meter();
     let runtime = Runtime::new(&RuntimeConfig::default()).context("load ONNX Runtime")?;
@@ -68,6 +73,9 @@ fn main() -> Result<()> {
         RepositoryConfig::new(&args.root),
         meter.clone(),
     ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = repo
         .watch(Arc::clone(&stop))
@@ -87,30 +95,26 @@ fn main() -> Result<()> {
         model: args.model,
         timeout: Duration::from_millis(args.timeout_ms),
     });
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            let listener = tokio::net::TcpListener::bind(args.listen)
-                .await
-                .with_context(|| format!("bind {}", args.listen))?;
-            println!("listening on http://{}", listener.local_addr()?);
-            // kiln's accept loop, not `axum::serve`: a header-read timeout and a connection
-            // cap, so clients trickling their headers cannot hold connections forever.
-            kiln::http::serve(
-                listener,
-                app(classify),
-                ServeOptions::default(),
-                async move {
-                    kiln::http::terminated().await;
-                    state.draining.store(true, Ordering::Relaxed);
-                },
-            )
-            .await;
-            anyhow::Ok(())
-        })?;
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        println!("listening on http://{}", listener.local_addr()?);
+        // kiln's accept loop, not `axum::serve`: a header-read timeout and a connection
+        // cap, so clients trickling their headers cannot hold connections forever.
+        kiln::http::serve(
+            listener,
+            app(classify),
+            ServeOptions::default(),
+            async move {
+                kiln::http::terminated().await;
+                state.draining.store(true, Ordering::Relaxed);
+            },
+        )
+        .await;
+        anyhow::Ok(())
+    });
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.join();
+    served?;
     for handle in repo.handles() {
         handle.shutdown();
     }
