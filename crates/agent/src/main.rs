@@ -1,4 +1,5 @@
-//! `kiln-agent fetch|run --config agent.yaml`
+//! `kiln-agent fetch|run --config agent.yaml` (`--help` for every flag and its environment
+//! variable).
 //!
 //! - `fetch`: init-container mode. Publish every model, exit 0; on failure exit 1 and write
 //!   the reason (redacted) to the termination log, where `kubectl describe pod` shows it.
@@ -6,20 +7,58 @@
 //!   `/startupz`, `/status`, and look for new versions every `interval_s`; SIGTERM or SIGINT
 //!   stops it cleanly (exit 0).
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
 use kiln_agent::{Agent, AgentConfig};
 
+/// Fetches model artifacts from object storage into the shared repository, verifies every
+/// file's sha256, publishes each version atomically and gates the pod's readiness.
+#[derive(Debug, Parser)]
+#[command(name = "kiln-agent", version)]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// Init-container mode: publish every model once, then exit 0; on a failure exit 1 with
+    /// the reason (redacted) in the termination log.
+    Fetch(Options),
+    /// Native-sidecar mode: publish, serve /livez, /readyz, /startupz, /status and /metrics,
+    /// and look for new versions every `interval_s` until SIGTERM or SIGINT.
+    Run(Options),
+}
+
+#[derive(Debug, clap::Args)]
+struct Options {
+    /// The agent's configuration (YAML; README, "The agent")
+    #[arg(long, env = "KILN_AGENT_CONFIG")]
+    config: PathBuf,
+    /// Log lines as text or as JSON objects (one per line)
+    #[arg(long, env = "KILN_AGENT_LOG_FORMAT", value_enum, ignore_case = true, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() {
-    // Human-readable logs by default; `KILN_AGENT_LOG_FORMAT=json` for log pipelines.
+    let cli = Cli::parse();
+    let (Mode::Fetch(options) | Mode::Run(options)) = &cli.mode;
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if std::env::var("KILN_AGENT_LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
+    match options.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
     }
-    if let Err(e) = real_main() {
+    if let Err(e) = real_main(&cli.mode) {
         eprintln!(
             "kiln-agent: {}",
             kiln_agent::redact::text(&format!("{e:#}"))
@@ -28,19 +67,9 @@ fn main() {
     }
 }
 
-fn real_main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: kiln-agent fetch|run --config FILE";
-    let mode = args.first().map(String::as_str).context(usage)?;
-    if matches!(mode, "--version" | "-V") {
-        println!("kiln-agent {}", env!("CARGO_PKG_VERSION"));
-        return Ok(());
-    }
-    let path = match (args.get(1).map(String::as_str), args.get(2)) {
-        (Some("--config"), Some(p)) => p.clone(),
-        _ => anyhow::bail!("{usage}"),
-    };
-    let config = AgentConfig::from_file(path.as_ref())?
+fn real_main(mode: &Mode) -> Result<()> {
+    let (Mode::Fetch(options) | Mode::Run(options)) = mode;
+    let config = AgentConfig::from_file(&options.config)?
         .with_env(|k| std::env::var(k).ok())?
         .check()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -48,9 +77,8 @@ fn real_main() -> Result<()> {
         .enable_all()
         .build()?;
     let result = match mode {
-        "fetch" => rt.block_on(fetch(config)),
-        "run" => rt.block_on(run(config)),
-        other => anyhow::bail!("unknown mode {other:?}; {usage}"),
+        Mode::Fetch(_) => rt.block_on(fetch(config)),
+        Mode::Run(_) => rt.block_on(run(config)),
     };
     // A hash or write still running on the blocking pool is not waited for: what it leaves
     // is staging, removed or resumed at the next start.
