@@ -33,7 +33,7 @@ pub(crate) fn diagnose(model_dir: &Path, name: &str) -> Unpublished {
     match std::fs::symlink_metadata(&link) {
         Ok(m) if m.file_type().is_symlink() => {
             let target = std::fs::read_link(&link)
-                .map(|t| t.display().to_string())
+                .map(|t| printable(&t.display().to_string()))
                 .unwrap_or_default();
             return not_publishing(format!(
                 "`{name}/{CURRENT_LINK}` points at `{target}`, which is not a version \
@@ -60,6 +60,7 @@ pub(crate) fn diagnose(model_dir: &Path, name: &str) -> Unpublished {
         let Ok(file_name) = entry.file_name().into_string() else {
             continue;
         };
+        let file_name = printable(&file_name);
         let path = entry.path();
         if path.is_dir() {
             if layout::check_name("version", &file_name).is_err() {
@@ -121,6 +122,19 @@ pub(crate) fn diagnose(model_dir: &Path, name: &str) -> Unpublished {
     ))
 }
 
+/// `name` with control characters escaped: it goes into log lines and HTTP answers.
+fn printable(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn is_onnx(file_name: &str) -> bool {
     Path::new(file_name)
         .extension()
@@ -134,6 +148,7 @@ fn first_onnx(dir: &Path) -> Option<String> {
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|f| is_onnx(f))
+        .map(|f| printable(&f))
         .collect();
     found.sort_by_key(|f| (f != "model.onnx", f.clone()));
     found.into_iter().next()
@@ -160,6 +175,7 @@ mod tests {
         std::fs::create_dir_all(r.join("dangling")).expect("mkdir");
         std::os::unix::fs::symlink("9", r.join("dangling").join(CURRENT_LINK)).expect("link");
         touch(&r.join("plainlink").join(CURRENT_LINK));
+        touch(&r.join("odd/1/a\nWARN forged.onnx"));
 
         let triton = diagnose(&r.join("triton"), "triton");
         assert!(!triton.publishing);
@@ -187,5 +203,12 @@ mod tests {
         );
         let plain = diagnose(&r.join("plainlink"), "plainlink");
         assert!(plain.reason.contains("is not a symlink"));
+        let odd = diagnose(&r.join("odd"), "odd");
+        assert!(
+            odd.reason.contains("a\\nWARN forged.onnx"),
+            "{}",
+            odd.reason
+        );
+        assert!(!odd.reason.contains('\n'));
     }
 }
