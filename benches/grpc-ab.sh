@@ -6,7 +6,7 @@
 # 10-second h2load run can land 20-30% off another of the same binary. Alternating the
 # binaries round after round, on the same model, settings and load, tells a regression from
 # the machine's noise. The server runs as bench-peers runs it (2 single-threaded instances,
-# max_batch_size $BATCH); h2load sends one-row ModelInfer calls with the tensor in
+# max_batch_size $BATCH); h2load sends ModelInfer calls of $ROWS rows (default 1) with the tensor in
 # raw_input_contents (as tritonclient.grpc does), 8 connections x 8 streams, 10 s a run.
 # MODEL is a file of testdata/bench (tabular_mlp, mobilenet, convnet). Each run also reports
 # the server's CPU (user + system) and minor page faults per call, from /proc/<pid>/stat over
@@ -29,7 +29,7 @@ mkdir -p "$work/model"
 cp "$ROOT/testdata/bench/$model.onnx" "$work/model/model.onnx"
 printf 'session: {intra_op_threads: 1}\nbatch: {instances: 2, max_batch_size: %s, max_queue_requests: 4096}\n' \
   "${BATCH:-128}" >"$work/settings.yaml"
-grpc_message "$work/message.bin" "$work/model/model.onnx"
+grpc_message "$work/message.bin" "$work/model/model.onnx" "${ROWS:-1}"
 hz=$(getconf CLK_TCK)
 # Server CPU ticks and minor faults so far: "ticks faults".
 usage() { awk '{print $14+$15, $10}' /proc/"$pid"/stat; }

@@ -38,19 +38,19 @@ stop_server() {
   pid=
 }
 
-# grpc_message <out> <model.onnx>: one gRPC-framed ModelInferRequest (model "model") of one
-# row of random FP32 for the model's first input, in raw_input_contents (as tritonclient.grpc
-# sends it). Needs the project venv's python (tritonclient, onnx).
+# grpc_message <out> <model.onnx> [rows]: one gRPC-framed ModelInferRequest (model "model") of
+# `rows` rows (default 1) of random FP32 for the model's first input, in raw_input_contents (as
+# tritonclient.grpc sends it). Needs the project venv's python (tritonclient, onnx).
 grpc_message() {
-  "$ROOT/.cache/venv/bin/python" - "$1" "$2" <<'PY'
+  "$ROOT/.cache/venv/bin/python" - "$1" "$2" "${3:-1}" <<'PY'
 import struct, sys
 import numpy as np, onnx
 from tritonclient.grpc import service_pb2
-m = onnx.load(sys.argv[2]); i = m.graph.input[0]
+m = onnx.load(sys.argv[2]); i = m.graph.input[0]; rows = int(sys.argv[3])
 dims = [d.dim_value for d in i.type.tensor_type.shape.dim][1:]
 req = service_pb2.ModelInferRequest(model_name="model")
-req.inputs.add(name=i.name, datatype="FP32", shape=[1] + dims)
-req.raw_input_contents.append(np.random.default_rng(0).random([1] + dims, dtype=np.float32).tobytes())
+req.inputs.add(name=i.name, datatype="FP32", shape=[rows] + dims)
+req.raw_input_contents.append(np.random.default_rng(0).random([rows] + dims, dtype=np.float32).tobytes())
 body = req.SerializeToString()
 open(sys.argv[1], "wb").write(b"\x00" + struct.pack(">I", len(body)) + body)
 PY

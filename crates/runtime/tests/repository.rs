@@ -336,13 +336,25 @@ fn a_directory_without_current_is_listed_with_why_until_published() {
     std::fs::create_dir_all(&triton).expect("mkdir");
     std::fs::copy(common::testdata("mlp.onnx"), triton.join("model.onnx")).expect("copy");
     std::fs::create_dir_all(root.path().join("stray")).expect("mkdir");
+    std::fs::create_dir_all(root.path().join("lost+found")).expect("mkdir");
+    // KServe's `/mnt/models` given as the root: a model file in the root itself.
+    std::fs::copy(
+        common::testdata("mlp.onnx"),
+        root.path().join("kserve.onnx"),
+    )
+    .expect("copy");
     publish(root.path(), "mlp", "1", "mlp.onnx", false);
     let repo = repo(root.path());
     let r = repo.scan().expect("scan");
     assert_eq!(r.loaded, vec![pair("mlp", "1")], "{r:?}");
     let listed = repo.unpublished();
     let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["stray", "triton"]);
+    assert_eq!(names, ["kserve", "stray", "triton"], "not lost+found");
+    let why = repo.unpublished_reason("kserve").expect("listed");
+    assert!(
+        why.contains("`kserve.onnx` sits in the repository root"),
+        "{why}"
+    );
     let why = repo.unpublished_reason("triton").expect("listed");
     for part in [
         "triton/1/model.onnx",
@@ -358,9 +370,16 @@ fn a_directory_without_current_is_listed_with_why_until_published() {
     let err = repo.load("triton").expect_err("nothing to load");
     assert!(err.to_string().contains("Triton model repository"), "{err}");
 
+    // Published now and loaded by an admin before any scan: listed once, as served.
     publish(root.path(), "triton", "2", "mlp.onnx", false);
+    assert_eq!(
+        repo.load("triton").expect("load"),
+        LoadOutcome::Loaded("2".into())
+    );
+    assert_eq!(repo.unpublished_reason("triton"), None);
     std::fs::remove_dir(root.path().join("stray")).expect("rm");
+    std::fs::remove_file(root.path().join("kserve.onnx")).expect("rm");
     let r = repo.scan().expect("scan");
-    assert_eq!(r.loaded, vec![pair("triton", "2")], "{r:?}");
+    assert!(r.loaded.is_empty(), "{r:?}");
     assert!(repo.unpublished().is_empty(), "{:?}", repo.unpublished());
 }

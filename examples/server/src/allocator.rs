@@ -53,7 +53,10 @@ const PURGE_DELAY: c_int = 15;
 const ARENA_EAGER_COMMIT: c_int = 4;
 const ARENA_MAX_OBJECT_SIZE: c_int = 45;
 
-/// The largest block mimalloc keeps in its arenas, KiB; larger ones are the system's.
+/// The largest block mimalloc keeps in its arenas, KiB; larger ones are the system's. Not
+/// below 4 MiB: that is mimalloc 3's large-page size (`MI_LARGE_PAGE_SIZE`), and a smaller
+/// value would send every large page (the pages that hold 64-512 KiB blocks) to the system
+/// as well, mapping and unmapping them all the time.
 pub const ARENA_MAX_OBJECT_KIB: std::ffi::c_long = 4 * 1024;
 
 /// How long freed memory stays committed for reuse before it is handed back.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
-use kiln::http::{router, serve, AppState, ServeOptions, ServerConfig};
+use kiln::http::{serve, standalone_router, AppState, ServeOptions, ServerConfig};
 use kiln::{Repository, RepositoryConfig, Runtime, RuntimeConfig};
 use kiln_server::ModelSettings;
 
@@ -254,6 +254,7 @@ fn run(args: Args) -> Result<()> {
         }
         (None, None) => bail!("--root or --model-dir is required"),
     };
+    let staged = args.model_dir.is_some();
     let runtime = Runtime::new(&RuntimeConfig::default())?;
     let mut config = RepositoryConfig::new(&root);
     config.poll_interval = Duration::from_millis(args.poll_ms);
@@ -306,7 +307,7 @@ fn run(args: Args) -> Result<()> {
         };
         let rest = serve(
             rest,
-            router(Arc::clone(&state)),
+            standalone_router(Arc::clone(&state)),
             options.clone(),
             closed(closing.subscribe()),
         );
@@ -340,7 +341,13 @@ fn run(args: Args) -> Result<()> {
     // On an error too: no model thread may be inside ONNX Runtime when `main` returns.
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.join();
-    let term_at = served?;
+    let term_at = match served {
+        Ok(at) => at,
+        Err(e) => {
+            remove_staged(staged, &root);
+            return Err(e);
+        }
+    };
     // The models drain within what is left of the budget (their queues are normally empty by
     // now: every connection has finished or been cut).
     let left = budget.saturating_sub(term_at.elapsed());
@@ -357,10 +364,15 @@ fn run(args: Args) -> Result<()> {
             "models still draining when the shutdown budget ran out; exiting"
         );
     }
-    if args.model_dir.is_some() {
-        // The staged links and manifest (the model directory itself is untouched).
-        let _ = std::fs::remove_dir_all(&root);
-    }
+    remove_staged(staged, &root);
     tracing::info!(took_s = term_at.elapsed().as_secs_f64(), "stopped");
     Ok(())
+}
+
+/// With `--model-dir` (`staged`): removes the staged links and manifest under `root` (the
+/// model directory itself is untouched).
+fn remove_staged(staged: bool, root: &std::path::Path) {
+    if staged {
+        let _ = std::fs::remove_dir_all(root);
+    }
 }

@@ -315,6 +315,51 @@ async fn many_maximal_messages_at_once_stay_within_the_decode_budget() {
     assert!(grown < limit, "peak grew {grown:.0} MiB (limit {limit:.0})");
 }
 
+/// Big messages multiplexed on one connection, as one gRPC channel sends them, are all
+/// answered. Each waits for its decode-budget share before it is read, and the bytes of the
+/// ones waiting sat in the connection's flow-control window (1 MiB, hyper's default, as large
+/// as one stream's): a client that shares the connection's window among its streams (nghttp2
+/// here) filled it with the waiting calls' bytes, the calls holding the shares could not receive the rest of their messages, and
+/// nothing on the connection moved again: 32 calls of 8 MiB, 16 at a time on one connection
+/// (`h2load`, Debian's nghttp2-client), none answered in a minute.
+#[test]
+fn big_messages_multiplexed_on_one_connection_are_all_answered() {
+    let rows = 131_072; // 8 MiB of input a call: 16 at once are twice the decode budget
+    let (root, server, grpc) = serve_mlp(&format!(
+        "models:\n  mlp: {{max_batch_size: {rows}, instances: 1}}\n"
+    ));
+    let message = root.path().join("message.bin");
+    std::fs::write(&message, framed(&mlp_request(rows))).expect("message");
+    let started = Instant::now();
+    let out = std::process::Command::new("timeout")
+        .args(["60", "h2load", "-n", "32", "-c", "1", "-m", "16", "-t", "1"])
+        .args([
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-d",
+        ])
+        .arg(&message)
+        .arg(format!("http://127.0.0.1:{grpc}{INFER}"))
+        .output()
+        .expect("h2load (nghttp2-client; `make tools` installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "32 calls of 8 MiB, 16 at a time on one connection: {:.1} s\n{text}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        text.contains("status codes: 32 2xx"),
+        "not every call answered (exit {:?}):\n{text}",
+        out.status.code()
+    );
+    assert!(text.contains("32 succeeded"), "{text}");
+    // HTTP 200 is not gRPC's OK: every call was inferred.
+    let stats = mlp_stats(server.port);
+    assert_eq!(stats["inference_stats"]["success"]["count"], 32, "{stats}");
+}
+
 /// A `ModelInfer` of mlp's input `x` with typed `contents`.
 fn typed_request(datatype: &str, shape: Vec<i64>, contents: pb::InferTensorContents) -> Bytes {
     pb::ModelInferRequest {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use common::{corrupt, publish, publish_files, repo_root, runtime, swap, swap_files};
-use kiln::http::{router, AppState, ServerConfig, TIMEOUT_HEADER};
+use kiln::http::{standalone_router, AppState, ServerConfig, TIMEOUT_HEADER};
 use kiln::{Repository, RepositoryConfig};
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
@@ -63,7 +63,7 @@ fn server_at(root: tempfile::TempDir, config: ServerConfig) -> Server {
     let state = Arc::new(AppState::new(repo, config, Some(telemetry), &meter));
     Server {
         root,
-        app: router(Arc::clone(&state)),
+        app: standalone_router(Arc::clone(&state)),
         state,
     }
 }
@@ -925,7 +925,7 @@ fn server_readiness_follows_the_policy_with_one_broken_model() {
         let state = Arc::new(AppState::new(Arc::clone(&repo), config, None, &meter));
         let s = Server {
             root: tempfile::tempdir().expect("unused"),
-            app: router(Arc::clone(&state)),
+            app: standalone_router(Arc::clone(&state)),
             state,
         };
         let (status, _, _) = call(&s, Method::GET, "/v2/health/ready", None, &[]);

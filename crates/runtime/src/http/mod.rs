@@ -24,8 +24,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`router`] is REST (`/v2/...`, `/metrics`); [`grpc::router`] is `GRPCInferenceService`
-//! and `grpc.health.v1` (HTTP/2; on its own listener, as Triton's 8001). Both take the same
+//! [`router`] is REST (`/v2/...`, `/metrics`), to merge into an app of one's own;
+//! [`standalone_router`] is the same with a fallback for unknown paths, to serve alone;
+//! [`grpc::router`] is `GRPCInferenceService` and `grpc.health.v1` (HTTP/2; on its own
+//! listener, as Triton's 8001). Both take the same
 //! inference path, limits and error rule. [`serve()`] is the accept loop `kiln-server` uses
 //! (header-read timeout, connection cap, graceful drain): prefer it to `axum::serve`, which
 //! has neither, so clients trickling their headers can hold connections forever. Set
@@ -87,7 +89,7 @@ pub use error::ApiError;
 /// The tonic and prost the gRPC service is built with: `grpc::status` takes and returns tonic
 /// types and the `grpc::pb` messages are prost messages.
 pub use prost;
-pub use routes::{router, AppState, ServerConfig, TIMEOUT_HEADER};
+pub use routes::{router, standalone_router, AppState, ServerConfig, TIMEOUT_HEADER};
 pub use serve::{serve, terminated, ServeOptions};
 pub use tonic;
 

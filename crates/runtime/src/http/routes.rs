@@ -131,10 +131,24 @@ impl HttpMetrics {
     }
 }
 
-/// The router for `state`.
+/// The router for `state`, to merge into a service's own app (no fallback of its own: an app's
+/// unknown paths stay the app's). [`standalone_router`] is the one to serve alone.
 pub fn router(state: Arc<AppState>) -> Router {
+    build(state, false)
+}
+
+/// [`router`] with a fallback of its own, for a server that serves nothing else (as
+/// `kiln-server` does): an unknown path answers 404, and Triton's shared memory, logging and
+/// trace endpoints 501, each with the v2 error body (`{"error": ...}`) and counted in the
+/// HTTP metrics under the route `unmatched`. (axum refuses to merge two routers that both
+/// have a fallback, so [`router`] has none.)
+pub fn standalone_router(state: Arc<AppState>) -> Router {
+    build(state, true)
+}
+
+fn build(state: Arc<AppState>, fallback: bool) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
         .route("/v2", get(server_metadata))
@@ -180,8 +194,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(crate::http::admin::unload),
         )
         .route("/metrics", get(metrics))
-        .merge(crate::http::v1::routes())
-        .fallback(crate::http::unserved::no_route)
+        .merge(crate::http::v1::routes());
+    let routes = if fallback {
+        routes.fallback(crate::http::unserved::no_route)
+    } else {
+        routes
+    };
+    routes
         .layer(axum::middleware::from_fn(
             crate::http::unserved::explain_wrong_method,
         ))

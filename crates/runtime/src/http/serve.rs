@@ -6,6 +6,20 @@
 //! `max_connections` are served at once (the rest wait in the kernel's backlog), the peer
 //! address is handed to the handlers (admin endpoints check it), and shutdown drains open
 //! connections gracefully (HTTP/2 ones with a GOAWAY).
+//!
+//! HTTP/2 flow control is sized so that no call can starve another on its connection. A big
+//! gRPC message waits for its decode-budget share before it is read (`grpc::budget`), and
+//! the bytes a waiting call has received count against the connection's window until they are
+//! read. With hyper's defaults (a 1 MiB window per stream and 1 MiB per connection) the
+//! calls waiting filled the connection's window, the calls holding the shares could not
+//! receive the rest of their messages, and the connection stalled for good, with a client
+//! that shares the connection's window among its streams (nghttp2's `h2load`: 16 calls of
+//! 8 MiB at a time on one connection, none answered in a minute; `tritonclient.grpc`, on
+//! the same load, did not stall). So each stream
+//! gets [`STREAM_WINDOW_BYTES`] and the connection one more stream's worth than all its
+//! streams together: whatever the waiting calls hold, a call being read always has a
+//! stream's window free. The cost is what a connection's unread calls may buffer: at most
+//! 16.5 MiB with the default 32 streams a connection (it was 256 streams and 1 MiB).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +36,22 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
+/// Each HTTP/2 stream's flow-control window, the most a request's bytes may run ahead of
+/// what the server has read of them. Half of hyper's default: with gRPC's own 64 KiB a
+/// 32 MiB message took a window update per 32 KiB, and under load sixteen of them at once
+/// did not arrive within `--body-timeout-s`.
+pub const STREAM_WINDOW_BYTES: u32 = 512 * 1024;
+
+/// The connection's window for `streams` concurrent streams: one stream's more than all of
+/// them together (see the module doc), within HTTP/2's largest window.
+fn connection_window(streams: u32) -> u32 {
+    let max = (1u32 << 31) - 1;
+    streams
+        .saturating_add(1)
+        .saturating_mul(STREAM_WINDOW_BYTES)
+        .min(max)
+}
+
 /// Connection-level limits.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -32,7 +62,10 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// How long shutdown waits for open connections to finish. Default 30 s.
     pub shutdown_grace: Duration,
-    /// Most requests in flight at once on one HTTP/2 (gRPC) connection. Default 256.
+    /// Most requests in flight at once on one HTTP/2 (gRPC) connection. Default 32 (a
+    /// client with more calls in flight queues them, or opens more connections). The
+    /// connection's flow-control window follows it (module doc): each stream more is 512 KiB
+    /// more a connection's waiting calls may buffer.
     pub max_streams_per_connection: u32,
 }
 
@@ -42,7 +75,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
-            max_streams_per_connection: 256,
+            max_streams_per_connection: 32,
         }
     }
 }
@@ -95,6 +128,8 @@ pub async fn serve(
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(options.max_streams_per_connection)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(connection_window(options.max_streams_per_connection))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
         let watcher = graceful.watcher();
@@ -165,5 +200,17 @@ pub async fn terminated() {
             tracing::error!(error = %e, "no SIGTERM handler; Ctrl-C only");
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{connection_window, STREAM_WINDOW_BYTES};
+
+    #[test]
+    fn the_connection_window_holds_every_stream_and_one_more() {
+        assert_eq!(connection_window(32), 33 * STREAM_WINDOW_BYTES);
+        assert_eq!(connection_window(0), STREAM_WINDOW_BYTES);
+        assert_eq!(connection_window(u32::MAX), (1 << 31) - 1);
     }
 }

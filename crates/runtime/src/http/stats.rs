@@ -140,7 +140,12 @@ pub(crate) fn index(
         })
         .collect();
     if !ready_only {
-        models.extend(s.repo.unpublished().into_iter().map(|(name, reason)| {
+        let served: std::collections::HashSet<String> =
+            models.iter().map(|m| m.name.clone()).collect();
+        let unpublished = s.repo.unpublished().into_iter();
+        // A name being published now has a handle while the last scan's list still names it.
+        let unpublished = unpublished.filter(|(name, _)| !served.contains(name));
+        models.extend(unpublished.map(|(name, reason)| {
             pb::repository_index_response::ModelIndex {
                 name,
                 version: String::new(),

@@ -27,9 +27,13 @@ impl Extension {
     /// The extension a REST path belongs to.
     fn of_path(path: &str) -> Option<Self> {
         let path = path.trim_end_matches('/');
-        if path.starts_with("/v2/systemsharedmemory") {
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        if under("/v2/systemsharedmemory") {
             Some(Self::SystemSharedMemory)
-        } else if path.starts_with("/v2/cudasharedmemory") {
+        } else if under("/v2/cudasharedmemory") {
             Some(Self::CudaSharedMemory)
         } else if path == "/v2/logging" {
             Some(Self::Logging)
@@ -89,7 +93,7 @@ pub(crate) async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
         None => ApiError::not_found(format!(
             "no route for {method} {}: the v2 protocol is served under /v2 (`GET /v2` lists \
              its extensions), KServe's v1 under /v1, metrics at /metrics",
-            uri.path()
+            shortened(uri.path())
         ))
         .into_response(),
     }
@@ -98,7 +102,8 @@ pub(crate) async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
 /// REST middleware: axum's own 405 (a route asked with a method it does not take) has no
 /// body; it gets the v2 error body naming the method and path (and keeps any `Allow`).
 pub(crate) async fn explain_wrong_method(request: Request, next: Next) -> Response {
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    // Both are cheap to keep (the path is shared bytes); the text is made for a 405 only.
+    let (method, uri) = (request.method().clone(), request.uri().clone());
     let response = next.run(request).await;
     if response.status() != StatusCode::METHOD_NOT_ALLOWED
         || response
@@ -114,7 +119,7 @@ pub(crate) async fn explain_wrong_method(request: Request, next: Next) -> Respon
         .cloned();
     let mut answer = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{path} does not take {method}: inference and the repository endpoints take POST, the rest GET"),
+        format!("{} does not take {method}", shortened(uri.path())),
     )
     .into_response();
     if let Some(allow) = allow {
@@ -125,21 +130,32 @@ pub(crate) async fn explain_wrong_method(request: Request, next: Next) -> Respon
     answer
 }
 
+/// At most 200 bytes of a client's path, for a message (whole, it could make an answer's
+/// headers too long for the client).
+fn shortened(path: &str) -> &str {
+    let mut end = path.len().min(200);
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}
+
 /// gRPC middleware: an UNIMPLEMENTED answer without a message (a method no service has)
 /// gets one, naming the method and, for Triton's extensions, what to do instead.
 pub(crate) async fn explain_unimplemented(request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
+    let uri = request.uri().clone();
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     let unimplemented = headers.get("grpc-status").is_some_and(|v| v == "12");
     let silent = headers.get("grpc-message").is_none_or(|v| v.is_empty());
     if unimplemented && silent {
-        let method = path.rsplit('/').next().unwrap_or_default();
+        let method = uri.path().rsplit('/').next().unwrap_or_default();
         let message = match Extension::of_method(method) {
             Some(e) => e.explain().to_owned(),
             None => format!(
-                "{path} is not served: kiln serves inference.GRPCInferenceService (KServe v2) \
-                 and grpc.health.v1.Health"
+                "{} is not served: kiln serves inference.GRPCInferenceService (KServe v2) \
+                 and grpc.health.v1.Health",
+                shortened(uri.path())
             ),
         };
         if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
@@ -186,6 +202,8 @@ mod tests {
             assert_eq!(Extension::of_path(path), Some(e), "{path}");
         }
         assert_eq!(Extension::of_path("/v2/models/m/infer"), None);
+        assert_eq!(Extension::of_path("/v2/systemsharedmemoryx"), None);
+        assert_eq!(shortened(&"é".repeat(150)).len(), 200);
         assert_eq!(
             Extension::of_method("CudaSharedMemoryRegister"),
             Some(Extension::CudaSharedMemory)

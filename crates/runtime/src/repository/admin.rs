@@ -34,6 +34,7 @@ impl Repository {
             ));
         };
         st.missing_since.remove(name);
+        self.unlisted_mut().remove(name);
         st.failures.clear(name);
         st.observe(name, &current);
         if let Some(e) = self.index_mut().get_mut(name) {

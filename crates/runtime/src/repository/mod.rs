@@ -63,6 +63,17 @@ struct Entry {
     unloaded: Option<Option<Published>>,
 }
 
+/// Something under the root that serves nothing, as the scans saw it.
+#[derive(Debug, Clone)]
+struct Unlisted {
+    /// Why (see `unpublished::diagnose`).
+    reason: String,
+    /// When the scans first gave this reason.
+    since: Instant,
+    /// Whether a warning was logged for it.
+    warned: bool,
+}
+
 /// The watcher's bookkeeping, only touched under the scan lock.
 #[derive(Default)]
 struct ScanState {
@@ -100,9 +111,9 @@ pub struct Repository {
     meter: Meter,
     /// The index readers use (requests, readiness); written only under `scan`.
     models: RwLock<BTreeMap<String, Entry>>,
-    /// Directories under the root that serve nothing and why (never served, no usable
-    /// `current`); written only under `scan`.
-    unpublished: RwLock<BTreeMap<String, String>>,
+    /// Directories under the root (and model files in it) that serve nothing, and why;
+    /// written only under the scan lock.
+    unpublished: RwLock<BTreeMap<String, Unlisted>>,
     /// The scan lock: a std Mutex, not a tokio one, because nothing awaits while it is held.
     /// It is held across loads (seconds), so async callers use `spawn_blocking`.
     scan: Mutex<ScanState>,
@@ -159,27 +170,31 @@ impl Repository {
         self.index().values().map(|e| e.handle.clone()).collect()
     }
 
-    /// The directories under the root that serve nothing, each with why: no `current` link
+    /// What under the root serves nothing, each with why: a directory with no `current` link
     /// (a Triton or KServe layout, a publish that stopped half-way) or one that names no
-    /// version directory. A model that was served and lost its `current` is not listed while
-    /// it serves on for [`RepositoryConfig::current_grace`]. As of the last scan, by name.
+    /// version directory, and an `.onnx` file in the root itself (listed by its stem). A model
+    /// that was served and lost its `current` is not listed while it serves on for
+    /// [`RepositoryConfig::current_grace`]; `lost+found` is never listed. As of the last scan
+    /// (or admin load), by name.
     pub fn unpublished(&self) -> Vec<(String, String)> {
-        self.unpublished
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        self.unlisted()
             .iter()
-            .map(|(n, r)| (n.clone(), r.clone()))
+            .map(|(n, u)| (n.clone(), u.reason.clone()))
             .collect()
     }
 
     /// Why the directory `name` under the root serves nothing, if it is one of
     /// [`Repository::unpublished`].
     pub fn unpublished_reason(&self, name: &str) -> Option<String> {
-        self.unpublished
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned()
+        self.unlisted().get(name).map(|u| u.reason.clone())
+    }
+
+    fn unlisted(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Unlisted>> {
+        self.unpublished.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unlisted_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Unlisted>> {
+        self.unpublished.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `name` was unloaded by [`Repository::unload`] and not loaded since.
@@ -229,13 +244,23 @@ impl Repository {
             path: root.clone(),
             source,
         })?;
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| layout::check_name("model", n).is_ok())
-            .collect();
+        let mut names = Vec::new();
+        let mut model_files = Vec::new();
+        for e in entries.filter_map(|e| e.ok()) {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            if layout::check_name("model", &name).is_err() {
+                continue;
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                names.push(name);
+            } else if unpublished::is_onnx(&name) {
+                model_files.push(name);
+            }
+        }
         names.sort();
+        model_files.sort();
         // Models load one by one below: every model found is registered first (its handle
         // `Loading`), so readiness under `all` counts the ones not reached yet.
         let published: Vec<(String, Option<Published>)> = names
@@ -253,10 +278,12 @@ impl Repository {
             let Some(current) = current else {
                 if self.keep_without_current(&mut st, &name, now) {
                     found.insert(name);
-                } else {
+                } else if name != "lost+found" && published::current(&root.join(&name)).is_none() {
+                    // (Looked at again: a publisher may have linked it while earlier models
+                    // loaded; the next scan serves it then.)
                     let why = unpublished::diagnose(&root.join(&name), &name);
-                    self.note_unpublished(&name, &why);
-                    unpublished.insert(name, why.reason);
+                    let seen = self.note_unpublished(&name, &why, now);
+                    unpublished.insert(name, seen);
                 }
                 continue;
             };
@@ -287,20 +314,51 @@ impl Repository {
                 report.removed.push(name);
             }
         }
-        *self.unpublished.write().unwrap_or_else(|p| p.into_inner()) = unpublished;
+        for file in model_files {
+            let stem = file
+                .rsplit_once('.')
+                .map_or(file.as_str(), |(stem, _)| stem);
+            if stem.is_empty() || unpublished.contains_key(stem) || self.get(stem).is_some() {
+                continue;
+            }
+            let stem = stem.to_owned();
+            let why = unpublished::diagnose_root_file(&file);
+            let seen = self.note_unpublished(&stem, &why, now);
+            unpublished.insert(stem, seen);
+        }
+        *self.unlisted_mut() = unpublished;
         Ok(report)
     }
 
-    /// Logs why `name` serves nothing when that is news: a warning, or a debug line for a
-    /// publish between its two steps (which the next scan normally finds finished).
-    fn note_unpublished(&self, name: &str, why: &unpublished::Unpublished) {
-        if self.unpublished_reason(name).as_deref() == Some(why.reason.as_str()) {
-            return;
-        }
-        if why.publishing {
-            tracing::debug!(model = name, reason = %why.reason, "model directory not served yet");
-        } else {
+    /// Logs why `name` serves nothing: a warning the first time a reason is seen, or, for a
+    /// publish between its two steps (which the next scan normally finds finished), a debug
+    /// line then and a warning once it has stayed so for [`RepositoryConfig::current_grace`]
+    /// (a publisher that stopped before linking). Returns the record to keep.
+    fn note_unpublished(
+        &self,
+        name: &str,
+        why: &unpublished::Unpublished,
+        now: Instant,
+    ) -> Unlisted {
+        let before = self.unlisted().get(name).cloned();
+        let (since, mut warned) = match before {
+            Some(u) if u.reason == why.reason => (u.since, u.warned),
+            _ => {
+                if why.publishing {
+                    tracing::debug!(model = name, reason = %why.reason, "model directory not served yet");
+                }
+                (now, false)
+            }
+        };
+        let due = !why.publishing || now.duration_since(since) >= self.config.current_grace;
+        if !warned && due {
             tracing::warn!(model = name, reason = %why.reason, "model directory not served");
+            warned = true;
+        }
+        Unlisted {
+            reason: why.reason.clone(),
+            since,
+            warned,
         }
     }
 

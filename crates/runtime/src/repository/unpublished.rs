@@ -52,18 +52,19 @@ pub(crate) fn diagnose(model_dir: &Path, name: &str) -> Unpublished {
     let mut onnx_in_version = None;
     let mut onnx_here = None;
     let mut triton_config = false;
-    for entry in std::fs::read_dir(model_dir)
+    // By name: the same directory gets the same diagnosis on every replica and every scan.
+    let mut entries: Vec<(String, std::path::PathBuf)> = std::fs::read_dir(model_dir)
         .into_iter()
         .flatten()
         .filter_map(|e| e.ok())
-    {
-        let Ok(file_name) = entry.file_name().into_string() else {
-            continue;
-        };
-        let file_name = printable(&file_name);
-        let path = entry.path();
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect();
+    entries.sort();
+    for (raw, path) in entries {
+        // Checked as it is, written with control characters escaped.
+        let file_name = printable(&raw);
         if path.is_dir() {
-            if layout::check_name("version", &file_name).is_err() {
+            if layout::check_name("version", &raw).is_err() {
                 continue;
             }
             if path.join(MANIFEST_FILE).is_file() {
@@ -71,9 +72,9 @@ pub(crate) fn diagnose(model_dir: &Path, name: &str) -> Unpublished {
             } else if onnx_in_version.is_none() {
                 onnx_in_version = first_onnx(&path).map(|f| format!("{file_name}/{f}"));
             }
-        } else if file_name == "config.pbtxt" {
+        } else if raw == "config.pbtxt" {
             triton_config = true;
-        } else if onnx_here.is_none() && is_onnx(&file_name) {
+        } else if onnx_here.is_none() && is_onnx(&raw) {
             onnx_here = Some(file_name);
         }
     }
@@ -111,6 +112,13 @@ pub(crate) fn diagnose(model_dir: &Path, name: &str) -> Unpublished {
             serve_plain(&format!("<root>/{name}/{version}"))
         ));
     }
+    if let Some(file) = onnx_here.as_ref().filter(|_| is_version_number(name)) {
+        return not_publishing(format!(
+            "`{name}/{file}`: the root looks like one Triton model directory \
+             (`<model>/<version>/model.onnx`), not a repository of them; {needs}; {}",
+            serve_plain(&format!("<root>/{name}"))
+        ));
+    }
     if let Some(file) = onnx_here {
         return not_publishing(format!(
             "`{name}/{file}` sits in the model directory itself (KServe's layout); {needs}; {}",
@@ -120,6 +128,26 @@ pub(crate) fn diagnose(model_dir: &Path, name: &str) -> Unpublished {
     not_publishing(format!(
         "no `{name}/{CURRENT_LINK}` and no model file found; {needs}"
     ))
+}
+
+/// Why an `.onnx` file directly in the root (`file_name`) is not served: the root holds model
+/// directories; this is KServe's `/mnt/models` given as `--root`.
+pub(crate) fn diagnose_root_file(file_name: &str) -> Unpublished {
+    Unpublished {
+        reason: format!(
+            "`{}` sits in the repository root itself; the root holds one directory per model, \
+             each with `current` -> `<version>` and a {MANIFEST_FILE} (what kiln-agent \
+             publishes); to serve this one plain model directory, run `kiln-server \
+             --model-dir <root> --verify sha256:<digest of the .onnx file>` (or `--no-verify`)",
+            printable(file_name)
+        ),
+        publishing: false,
+    }
+}
+
+/// Whether a directory name is a Triton version number (digits only).
+fn is_version_number(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// `name` with control characters escaped: it goes into log lines and HTTP answers.
@@ -135,7 +163,8 @@ fn printable(name: &str) -> String {
     out
 }
 
-fn is_onnx(file_name: &str) -> bool {
+/// Whether `file_name` names an ONNX model file.
+pub(crate) fn is_onnx(file_name: &str) -> bool {
     Path::new(file_name)
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
@@ -176,6 +205,7 @@ mod tests {
         std::os::unix::fs::symlink("9", r.join("dangling").join(CURRENT_LINK)).expect("link");
         touch(&r.join("plainlink").join(CURRENT_LINK));
         touch(&r.join("odd/1/a\nWARN forged.onnx"));
+        touch(&r.join("1/model.onnx"));
 
         let triton = diagnose(&r.join("triton"), "triton");
         assert!(!triton.publishing);
@@ -210,5 +240,17 @@ mod tests {
             odd.reason
         );
         assert!(!odd.reason.contains('\n'));
+        let version = diagnose(&r.join("1"), "1");
+        assert!(
+            version.reason.contains("one Triton model directory"),
+            "{}",
+            version.reason
+        );
+        let file = diagnose_root_file("model.onnx");
+        assert!(
+            file.reason.contains("--model-dir <root> "),
+            "{}",
+            file.reason
+        );
     }
 }
