@@ -254,7 +254,8 @@ fn run(args: Args) -> Result<()> {
         }
         (None, None) => bail!("--root or --model-dir is required"),
     };
-    let staged = args.model_dir.is_some();
+    // Removed on every return from here (the model directory itself is untouched).
+    let _staged = Staged(args.model_dir.is_some().then(|| root.clone()));
     let runtime = Runtime::new(&RuntimeConfig::default())?;
     let mut config = RepositoryConfig::new(&root);
     config.poll_interval = Duration::from_millis(args.poll_ms);
@@ -341,13 +342,7 @@ fn run(args: Args) -> Result<()> {
     // On an error too: no model thread may be inside ONNX Runtime when `main` returns.
     stop.store(true, Ordering::Relaxed);
     let _ = watcher.join();
-    let term_at = match served {
-        Ok(at) => at,
-        Err(e) => {
-            remove_staged(staged, &root);
-            return Err(e);
-        }
-    };
+    let term_at = served?;
     // The models drain within what is left of the budget (their queues are normally empty by
     // now: every connection has finished or been cut).
     let left = budget.saturating_sub(term_at.elapsed());
@@ -364,15 +359,17 @@ fn run(args: Args) -> Result<()> {
             "models still draining when the shutdown budget ran out; exiting"
         );
     }
-    remove_staged(staged, &root);
     tracing::info!(took_s = term_at.elapsed().as_secs_f64(), "stopped");
     Ok(())
 }
 
-/// With `--model-dir` (`staged`): removes the staged links and manifest under `root` (the
-/// model directory itself is untouched).
-fn remove_staged(staged: bool, root: &std::path::Path) {
-    if staged {
-        let _ = std::fs::remove_dir_all(root);
+/// With `--model-dir`: the directory of staged links and manifest, removed when dropped.
+struct Staged(Option<std::path::PathBuf>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }

@@ -131,8 +131,10 @@ impl HttpMetrics {
     }
 }
 
-/// The router for `state`, to merge into a service's own app (no fallback of its own: an app's
-/// unknown paths stay the app's). [`standalone_router`] is the one to serve alone.
+/// The router for `state`, to merge into a service's own app. It sets no fallback of its own
+/// (axum cannot merge two), so an app's unknown paths get the app's answer, though they pass
+/// through this router's layers (HTTP metrics, as route `unmatched`). [`standalone_router`] is
+/// the one to serve alone.
 pub fn router(state: Arc<AppState>) -> Router {
     build(state, false)
 }

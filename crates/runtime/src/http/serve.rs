@@ -18,8 +18,10 @@
 //! the same load, did not stall). So each stream
 //! gets [`STREAM_WINDOW_BYTES`] and the connection one more stream's worth than all its
 //! streams together: whatever the waiting calls hold, a call being read always has a
-//! stream's window free. The cost is what a connection's unread calls may buffer: at most
-//! 16.5 MiB with the default 32 streams a connection (it was 256 streams and 1 MiB).
+//! stream's window of connection window left (h2 grants it back in steps of half a window).
+//! The cost is what a connection's unread calls may buffer, outside the decode budget: at
+//! most 16.5 MiB a connection with the default 32 streams (1 MiB before), so up to
+//! 16.5 MiB × `max_connections` in all.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -37,7 +39,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
 /// Each HTTP/2 stream's flow-control window, the most a request's bytes may run ahead of
-/// what the server has read of them. Half of hyper's default: with gRPC's own 64 KiB a
+/// what the server has read of them. Half of hyper's default: with HTTP/2's own 64 KiB a
 /// 32 MiB message took a window update per 32 KiB, and under load sixteen of them at once
 /// did not arrive within `--body-timeout-s`.
 pub const STREAM_WINDOW_BYTES: u32 = 512 * 1024;

@@ -29,7 +29,8 @@ impl Repository {
                 if model_dir.is_dir() {
                     super::unpublished::diagnose(&model_dir, name).reason
                 } else {
-                    "no such model directory".to_owned()
+                    self.unpublished_reason(name)
+                        .unwrap_or_else(|| "no such model directory".to_owned())
                 },
             ));
         };

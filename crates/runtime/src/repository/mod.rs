@@ -183,8 +183,8 @@ impl Repository {
             .collect()
     }
 
-    /// Why the directory `name` under the root serves nothing, if it is one of
-    /// [`Repository::unpublished`].
+    /// Why `name` under the root (a directory, or a model file's stem) serves nothing, if it
+    /// is one of [`Repository::unpublished`].
     pub fn unpublished_reason(&self, name: &str) -> Option<String> {
         self.unlisted().get(name).map(|u| u.reason.clone())
     }

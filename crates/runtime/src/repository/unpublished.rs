@@ -4,9 +4,11 @@
 //! The watcher serves `<model>/current -> <version>` with a `kiln-manifest.json` and nothing
 //! else. A directory without a usable `current` used to be skipped in silence, so a Triton
 //! model repository (`<model>/1/model.onnx`) or a KServe model directory pointed at with
-//! `--root` gave a server that never became ready and said nothing. Each such directory now
-//! gets a diagnosis: logged once, listed in the repository index (state `UNAVAILABLE`, as
-//! Triton lists a model it could not load) and named in the 404 for the model.
+//! `--root` gave a server that never became ready and said nothing. Each such directory (and
+//! each `.onnx` file in the root itself) now gets a diagnosis: a warning in the log (for a
+//! publish between its two steps, only once it has stayed so for the grace period), an entry
+//! in the repository index (state `UNAVAILABLE`, as Triton lists a model it could not load)
+//! and the reason in the 404 for the model.
 
 use std::path::Path;
 
@@ -18,7 +20,7 @@ pub(crate) struct Unpublished {
     /// A sentence for people: what was found and what kiln needs instead.
     pub(crate) reason: String,
     /// Whether a version with a manifest is there, `current` not yet: what a publisher
-    /// looks like between its two steps, so it is not worth a warning on its own.
+    /// looks like between its two steps, worth a warning only if it stays so.
     pub(crate) publishing: bool,
 }
 
