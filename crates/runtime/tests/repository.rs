@@ -355,6 +355,13 @@ fn a_directory_without_current_is_listed_with_why_until_published() {
         why.contains("`kserve.onnx` sits in the repository root"),
         "{why}"
     );
+    let err = repo
+        .load("kserve")
+        .expect_err("a file is not a model directory");
+    assert!(
+        err.to_string().contains("sits in the repository root"),
+        "{err}"
+    );
     let why = repo.unpublished_reason("triton").expect("listed");
     for part in [
         "triton/1/model.onnx",
