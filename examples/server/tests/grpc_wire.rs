@@ -174,6 +174,11 @@ fn sample(port: u16, name: &str, labels: &[&str]) -> Option<f64> {
 /// port: the server (killed when dropped), its REST port and its gRPC port. The root goes
 /// with the server's lifetime.
 fn serve_mlp(settings: &str) -> (tempfile::TempDir, Server, u16) {
+    serve_mlp_with(settings, &[])
+}
+
+/// [`serve_mlp`] with the extra flags `args`.
+fn serve_mlp_with(settings: &str, args: &[&str]) -> (tempfile::TempDir, Server, u16) {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
     let path = root.path().join("settings.yaml");
@@ -181,11 +186,9 @@ fn serve_mlp(settings: &str) -> (tempfile::TempDir, Server, u16) {
     let path = path.to_string_lossy().into_owned();
     let (port, grpc) = (free_port(), free_port());
     let grpc_listen = format!("127.0.0.1:{grpc}");
-    let child = start_ready(
-        root.path(),
-        port,
-        &["--grpc-listen", &grpc_listen, "--config", &path],
-    );
+    let mut all = vec!["--grpc-listen", &grpc_listen, "--config", &path];
+    all.extend_from_slice(args);
+    let child = start_ready(root.path(), port, &all);
     (root, Server { child, port }, grpc)
 }
 
@@ -605,14 +608,31 @@ async fn open_stream_with(
     tokio::sync::mpsc::Sender<Bytes>,
     hyper::Response<hyper::body::Incoming>,
 ) {
+    open_stream_windowed(port, headers, None).await
+}
+
+/// [`open_stream_with`], the client's receive window for the stream's answers `window`
+/// bytes if given (opened again only as the answers are read), hyper's default if not.
+async fn open_stream_windowed(
+    port: u16,
+    headers: &[(&str, &str)],
+    window: Option<u32>,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    hyper::Response<hyper::body::Incoming>,
+) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
+    let mut builder =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    if let Some(window) = window {
+        builder.initial_stream_window_size(window);
+    }
+    let (mut sender, conn) = builder
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("h2 handshake");
     tokio::spawn(conn);
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut request = hyper::Request::post(format!(
@@ -883,6 +903,74 @@ async fn a_stream_message_that_stops_arriving_is_cut_at_the_body_timeout() {
         started.elapsed()
     );
     drop(tx);
+}
+
+/// A stream whose client stops reading its answers holds no share of the decode budget past
+/// `--body-timeout-s`: the message it left half sent is cut at that timeout while its answers
+/// wait, and other clients' big calls go on being served. (The stream stopped reading its
+/// messages while an answer waited for the client, and the half-sent message's share was
+/// held for as long as the client kept the connection: two such streams starved every big
+/// call of the server.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_stops_reading_holds_no_share_past_the_body_timeout() {
+    // A 2 MiB decode budget (twice --max-body-mib); requests wait 300 ms for company, so that
+    // each stream reads its big message's header (and takes its share) before its answers
+    // are due.
+    let (_root, server, grpc) = serve_mlp_with(
+        "models:\n  mlp: {max_batch_size: 65536, max_queue_delay_us: 300000}\n",
+        &["--max-body-mib", "1", "--body-timeout-s", "1"],
+    );
+    // Each: 30 small requests, then the first 4 KiB of a 940 KiB one, and nothing more; a
+    // 256-byte window for the answers, never read.
+    let big = framed(&mlp_request(15_000));
+    let mut hostile = Vec::new();
+    for s in 0..2 {
+        let (tx, response) = open_stream_windowed(grpc, &[], Some(256)).await;
+        let smalls: Vec<u8> = (0..30)
+            .flat_map(|k| framed(&mlp_with_id(&format!("{s}-{k}"))).to_vec())
+            .collect();
+        tx.send(smalls.into()).await.expect("send");
+        tx.send(big.slice(..4096)).await.expect("send");
+        hostile.push((tx, response));
+    }
+    // Past the 300 ms wait: the answers are due and wait for the clients.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // A 320 KiB call needs more than the 2 MiB budget has left beside two 940 KiB shares.
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(
+        Duration::from_secs(15),
+        call(grpc, INFER, &mlp_request(5_000), None),
+    )
+    .await
+    .expect("a big call is answered while the streams' clients read nothing");
+    assert_eq!(
+        answer.grpc_status.as_deref(),
+        Some("0"),
+        "{}",
+        answer.grpc_message
+    );
+    eprintln!("answered after {:?}", started.elapsed());
+    assert!(
+        successes(server.port) >= 61,
+        "the streams' requests were served"
+    );
+
+    // A client that sends 200 requests and reads none of the answers has at most 64 of them
+    // served (the stream's in-flight bound, answers waiting counted) beside the few its
+    // window took: the rest wait unread, not as answers piling up in the server.
+    let before = successes(server.port);
+    let (tx, response) = open_stream_windowed(grpc, &[], Some(256)).await;
+    let many: Vec<u8> = (0..200)
+        .flat_map(|k| framed(&mlp_with_id(&format!("many-{k}"))).to_vec())
+        .collect();
+    tx.send(many.into()).await.expect("send");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let served = successes(server.port) - before;
+    assert!(
+        (64..=70).contains(&served),
+        "{served} of 200 requests served for a client that reads no answer"
+    );
+    drop((tx, response, hostile));
 }
 
 /// A stream sent compressed (`grpc-encoding`, as `tritonclient.grpc`'s `start_stream` sends

@@ -50,6 +50,14 @@ impl Shares {
             .push_back(share);
     }
 
+    /// Drops every share not yet taken: the stream reads no more.
+    pub(super) fn clear(&self) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+
     /// The share of the oldest message not yet taken (`None` if it is small, or if none is
     /// left).
     pub(super) fn take(&self) -> Option<Share> {

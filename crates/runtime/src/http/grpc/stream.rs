@@ -10,9 +10,12 @@
 //! with its `error_message` and its id, model and version, and the stream goes on.
 //!
 //! One task per stream owns everything the stream started:
-//! - At most [`IN_FLIGHT`] of a stream's requests are in the server at once; the next message
-//!   is read only when there is room, and answers are handed over one at a time (a bounded
-//!   channel): a client sending faster than it reads stalls its own stream.
+//! - At most [`IN_FLIGHT`] of a stream's requests are in the server at once, running or
+//!   answered and waiting for the client to take the answer; the next message is read only
+//!   when there is room, and answers are handed over one at a time (a bounded channel): a
+//!   client sending faster than it reads stalls its own stream. Waiting for the client to
+//!   take an answer never stops the stream reading meanwhile, so the message it reads is still
+//!   timed (below) and no share is held for a client that stopped reading.
 //! - A client that goes away (or cancels) takes its requests with it: the ones still running
 //!   are aborted, as a dropped unary call's are, so they do not fill the model's queue.
 //! - A message the stream cannot read (over `--max-body-mib`, malformed) ends the stream with
@@ -76,43 +79,62 @@ pub(super) fn serve(
 enum End {
     /// The client has sent all its requests.
     Closed,
-    /// The client went away: nothing more is answered.
-    Gone,
     /// The stream ends with this status once the requests in flight are answered.
     Status(Status),
 }
 
 /// The stream's task: reads requests while there is room, runs each as a task of the stream's
 /// own set, and hands their answers over in request order.
+///
+/// No wait stops another: an answer waiting for the client to take it (HTTP/2 flow control
+/// holds the stream's writes while the client reads nothing) does not stop the reading, so a
+/// message half sent is still cut at `--body-timeout-s` and its share goes; the answers
+/// waiting count against [`IN_FLIGHT`], so a client that reads nothing stops its stream's
+/// reading before the next message's share is taken. (Handing an answer over was awaited
+/// alone: a client that stopped reading held the share of the message it had half sent for
+/// as long as it kept the connection.)
 async fn run(
     state: Arc<AppState>,
-    mut inbound: tonic::Streaming<ModelInferMessage>,
+    inbound: tonic::Streaming<ModelInferMessage>,
     shares: Shares,
     deadline: Option<Instant>,
     tx: mpsc::Sender<Result<pb::ModelStreamInferResponse, Status>>,
 ) {
+    // Dropped once the stream reads no more: with it the message being read, its share and
+    // those of the messages read but not yet taken (`shares`).
+    let mut inbound = Some(inbound);
     // Dropped (the client gone, or the task ending), the set aborts what is still running.
     let mut running = JoinSet::new();
     // Which request each task answers, by its sequence number.
     let mut seq_of = HashMap::new();
+    // Answers not yet handed over, by sequence number.
     let mut done = BTreeMap::new();
     let (mut read, mut sent) = (0u64, 0u64);
     let mut end = None;
     let mut drain_check = tokio::time::interval(DRAIN_CHECK);
     loop {
-        // Hand over the answers that are next in order.
-        while let Some(answer) = done.remove(&sent) {
-            if tx.send(Ok(answer)).await.is_err() {
-                return;
+        if end.is_some() {
+            if inbound.take().is_some() {
+                shares.clear();
             }
-            sent += 1;
+            if running.is_empty() && done.is_empty() {
+                break;
+            }
         }
-        if end.is_some() && running.is_empty() {
-            break;
-        }
-        let room = end.is_none() && running.len() < IN_FLIGHT;
+        let room = end.is_none() && running.len() + done.len() < IN_FLIGHT;
+        let next_done = done.contains_key(&sent);
         tokio::select! {
-            next = inbound.message(), if room => match next {
+            permit = tx.reserve(), if next_done => match permit {
+                Ok(permit) => {
+                    if let Some(answer) = done.remove(&sent) {
+                        permit.send(Ok(answer));
+                    }
+                    sent += 1;
+                }
+                // The client went away: nothing more is answered.
+                Err(_) => return,
+            },
+            next = next_message(&mut inbound), if room => match next {
                 Ok(Some(message)) => {
                     // Taken as the message arrived (`metered`), in message order.
                     let share = shares.take();
@@ -149,7 +171,7 @@ async fn run(
                     done.insert(seq, answer_of(answer));
                 }
             },
-            () = tx.closed() => end = Some(End::Gone),
+            () = tx.closed() => return,
             _ = drain_check.tick(), if end.is_none() => {
                 if state.draining.load(Ordering::Relaxed) {
                     end = Some(End::Status(Status::unavailable(
@@ -158,12 +180,19 @@ async fn run(
                 }
             }
         }
-        if matches!(end, Some(End::Gone)) {
-            return;
-        }
     }
     if let Some(End::Status(status)) = end {
         let _ = tx.send(Err(status)).await;
+    }
+}
+
+/// The stream's next request, or none once it reads no more (`inbound` dropped).
+async fn next_message(
+    inbound: &mut Option<tonic::Streaming<ModelInferMessage>>,
+) -> Result<Option<ModelInferMessage>, Status> {
+    match inbound {
+        Some(inbound) => inbound.message().await,
+        None => Ok(None),
     }
 }
 
