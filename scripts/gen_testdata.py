@@ -156,6 +156,31 @@ def strings_model(_rng):
     return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="kiln-gen")
 
 
+def slow_model(_rng):
+    """Compute that takes a while in next to no memory: a Loop of 2,000 steps of
+    y = tanh(y @ w) (one 512×512 weight), about a GFLOP a row."""
+    w = numpy_helper.from_array(
+        (np.random.default_rng(7).standard_normal((512, 512)) / np.sqrt(512)).astype(np.float32), "w"
+    )
+    steps = numpy_helper.from_array(np.array(2000, np.int64), "steps")
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["y_in", "w"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["y_out"]),
+        ],
+        "step",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            f32("y_in", ["batch", 512]),
+        ],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), f32("y_out", ["batch", 512])],
+    )
+    nodes = [helper.make_node("Loop", ["steps", "", "x"], ["y"], body=body)]
+    return make("slow", nodes, [f32("x", ["batch", 512])], [f32("y", ["batch", 512])], [w, steps])
+
+
 def random_input(rng, inp):
     """An input tensor for `inp` (an onnxruntime NodeArg) with dynamic dims filled in."""
     dims = []
@@ -206,6 +231,8 @@ def main():
     # A model for every further element type (exact outputs: no golden file).
     save(dtypes_model(None), out_dir, "dtypes")
     save(strings_model(None), out_dir, "strings")
+    # A model whose rows take long to compute (for shutdown under a running batch).
+    save(slow_model(None), out_dir, "slow")
 
     # Broken artifacts: a model cut in half, and bytes that are no protobuf at all.
     with open(os.path.join(out_dir, "mlp.onnx"), "rb") as f:

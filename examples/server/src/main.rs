@@ -255,7 +255,7 @@ fn run(args: Args) -> Result<()> {
         (None, None) => bail!("--root or --model-dir is required"),
     };
     // Removed on every return from here (the model directory itself is untouched).
-    let _staged = Staged(args.model_dir.is_some().then(|| root.clone()));
+    let staged = Staged(args.model_dir.is_some().then(|| root.clone()));
     let runtime = Runtime::new(&RuntimeConfig::default())?;
     let mut config = RepositoryConfig::new(&root);
     config.poll_interval = Duration::from_millis(args.poll_ms);
@@ -339,15 +339,22 @@ fn run(args: Args) -> Result<()> {
         let (at, (), ()) = tokio::join!(signal, rest, grpc);
         anyhow::Ok(at)
     });
-    // On an error too: no model thread may be inside ONNX Runtime when `main` returns.
     stop.store(true, Ordering::Relaxed);
-    let _ = watcher.join();
-    let term_at = served?;
-    // The models drain within what is left of the budget (their queues are normally empty by
-    // now: every connection has finished or been cut).
+    let term_at = match served {
+        Ok(at) => at,
+        Err(e) => {
+            // Not yet serving: no model thread may be inside ONNX Runtime when `main` returns.
+            let _ = watcher.join();
+            return Err(e);
+        }
+    };
+    // The watcher stops, then the models drain, within what is left of the budget (their
+    // queues are normally empty by now: every connection has finished or been cut; a batch
+    // may still be running).
     let left = budget.saturating_sub(term_at.elapsed());
     let (done, finished) = std::sync::mpsc::sync_channel(1);
     std::thread::spawn(move || {
+        let _ = watcher.join();
         for handle in repo.handles() {
             handle.shutdown();
         }
@@ -358,6 +365,15 @@ fn run(args: Args) -> Result<()> {
             budget_s = budget.as_secs_f64(),
             "models still draining when the shutdown budget ran out; exiting"
         );
+        tracing::info!(took_s = term_at.elapsed().as_secs_f64(), "stopped");
+        drop(staged);
+        // A model thread is inside ONNX Runtime: returning from `main` would run the
+        // library's static destructors under it (and wait for the runtime's blocking
+        // threads). `_exit` ends the process as it stands; the log lines above are written
+        // already (stdout's writer flushes at each line's end).
+        std::io::Write::flush(&mut std::io::stdout()).ok();
+        // SAFETY: `_exit` only ends the process; nothing runs after it.
+        unsafe { libc::_exit(0) }
     }
     tracing::info!(took_s = term_at.elapsed().as_secs_f64(), "stopped");
     Ok(())

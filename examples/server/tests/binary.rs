@@ -136,6 +136,68 @@ fn shutdown_is_bounded_by_its_budget_even_with_a_request_held_open() {
     drop(held);
 }
 
+/// The budget also bounds a batch still running when it runs out: the server exits 0 on time,
+/// cleanly, with a model thread still inside ONNX Runtime. (The repository watcher's stop
+/// waited for every model to drain, unbounded, before the budget's own wait began: the
+/// process outlived its budget by the rest of the batch, into the kubelet's SIGKILL.)
+#[test]
+fn shutdown_is_bounded_by_its_budget_even_with_a_batch_running() {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "slow", "1", "slow.onnx");
+    std::fs::write(
+        root.path().join("settings.yaml"),
+        "models:\n  slow: {max_batch_size: 2048}\n",
+    )
+    .expect("settings");
+    let settings = root.path().join("settings.yaml");
+    let log_path = root.path().join("server.log");
+    let port = free_port();
+    let mut child = common::start_logging(
+        root.path(),
+        port,
+        &[
+            "--config",
+            &settings.to_string_lossy(),
+            "--drain-delay-s",
+            "0",
+            "--shutdown-timeout-s",
+            "0.5",
+        ],
+        "info",
+        std::fs::File::create(&log_path).expect("log file"),
+    );
+    let request = |rows: usize| {
+        serde_json::json!({"inputs": [{"name": "x", "shape": [rows, 512], "datatype": "FP32", "data": vec![0.25; rows * 512]}]}).to_string()
+    };
+    // How long a row takes here, then a batch of about 4 s.
+    let small = request(64);
+    http(port, "POST", "/v2/models/slow/infer", &small).expect("warm");
+    let started = std::time::Instant::now();
+    let (code, _) = http(port, "POST", "/v2/models/slow/infer", &small).expect("timed");
+    assert_eq!(code, 200);
+    let per_row = started.elapsed() / 64;
+    let rows = (Duration::from_secs(4).as_nanos() / per_row.as_nanos().max(1)).clamp(64, 2048);
+    let rows = usize::try_from(rows).expect("rows");
+    let runs_for = per_row * u32::try_from(rows).expect("rows");
+    let big = request(rows);
+    let client = std::thread::spawn(move || http(port, "POST", "/v2/models/slow/infer", &big));
+    // Well inside the batch when the signal comes.
+    std::thread::sleep(runs_for / 8 + Duration::from_millis(300));
+    let sent = std::time::Instant::now();
+    sigterm(&child);
+    let status = child.wait().expect("exit");
+    let took = sent.elapsed();
+    let _ = client.join();
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(status.success(), "exit: {status:?}\n{log}");
+    assert!(
+        took < Duration::from_millis(1500),
+        "shutdown took {took:?} with a budget of 0.5 s (the batch of {rows} rows runs for about {runs_for:?})\n{log}"
+    );
+    assert!(log.contains("shutdown budget ran out"), "{log}");
+    assert!(!log.contains("Fatal"), "{log}");
+}
+
 /// `--log-format json`: every line is a JSON object, and a failed inference request leaves
 /// one line naming its model, version, request id and status (a 4xx at debug, never at warn).
 #[test]
