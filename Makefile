@@ -28,7 +28,7 @@ help:
 	@echo "make wheel       the Python package (kiln-onnx, import kiln) with libkiln inside: target/wheels/"
 	@echo "make bench       all benchmarks (hash, overhead, batching, agent, peers); results in benches/RESULTS.md"
 	@echo "make bench-peers kiln-server vs FastAPI, BentoML and Triton on the same machine"
-	@echo "make bench-server-ab BASELINE=<rev>  kiln-server's REST rate now against an older revision's (hey)"
+	@echo "make bench-server-ab BASELINE=<rev> [LOADGEN=h2load]  kiln-server's REST rate now against an older revision's (hey, or h2load --h1)"
 
 ort:
 	@scripts/fetch-ort.sh cpu
@@ -247,7 +247,7 @@ bench-peers: ort testdata bench-models peers-venv $(VENV)/.stamp
 # kiln-server today against kiln-server at BASELINE (default: the main issue 16 was filed
 # against), the same MLP, body and `hey` run, turn about.
 bench-server-ab: ort testdata bench-models
-	@scripts/ensure-tools.sh hey=hey curl=curl
+	@scripts/ensure-tools.sh hey=hey curl=curl h2load=nghttp2-client
 	benches/server-ab.sh
 
 # s3s-fs (S3 over a local directory, cheap range GETs) for the agent benchmark's second table.

@@ -15,12 +15,19 @@
 # with nothing behind it, the most any server on this stack could give with `hey` on the
 # same cores; and each run reports the CPU `hey` itself spent per request. The section between the
 # server-ab markers of benches/RESULTS.md is rewritten with the machine and the command.
+#
+# LOADGEN=h2load sends the same body with `h2load --h1` (nghttp2's generator speaking HTTP/1.1,
+# 64 keep-alive connections, one request at a time each, as hey) instead: it spends far less
+# CPU a request than hey, so on 2 shared cores the servers, not the generator, bound the
+# figure. Its section has markers of its own (server-ab-h2load).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BASELINE=${BASELINE:-b7d61a8}
 ROUNDS=${ROUNDS:-5}
 SECS=${SECS:-10}
+LOADGEN=${LOADGEN:-hey}
+[[ $LOADGEN == hey || $LOADGEN == h2load ]] || { echo "LOADGEN is hey or h2load" >&2; exit 2; }
 export KILN_ORT_DIR=${KILN_ORT_DIR:-$ROOT/.cache/ort/cpu}
 cd "$ROOT"
 
@@ -61,9 +68,9 @@ body = {"inputs": [{"name": "x", "shape": [1, 32], "datatype": "FP32", "data": d
 open(sys.argv[1], "w").write(json.dumps(body, separators=(",", ":")))
 EOF
 
-# run <label> <binary>: one hey run against a fresh server (kiln-server, or http-floor for
+# run <label> <binary>: one load run against a fresh server (kiln-server, or http-floor for
 # the label `floor`); appends "label req/s p99_ms ok other cpu_us_per_request
-# hey_cpu_us_per_request".
+# generator_cpu_us_per_request".
 run() {
   local label=$1 bin=$2 port extra=()
   port=$(free_port)
@@ -83,23 +90,43 @@ run() {
     >"$work/answer-$label.json"
   python3 -c 'import json,sys; o=json.load(open(sys.argv[1]))["outputs"][0]; assert o["shape"]==[1,8], o' \
     "$work/answer-$label.json"
-  local t0 t1
+  local t0 t1 gen
+  if [[ $LOADGEN == hey ]]; then
+    gen=(hey -z "${SECS}s" -c 64 -m POST -T application/json -D "$work/body.json" "$url/infer")
+  else
+    rm -f "$work/h2load.log"
+    gen=(h2load --h1 -D "$SECS" -c 64 -t 1 -H 'content-type: application/json'
+      -d "$work/body.json" --log-file "$work/h2load.log" "$url/infer")
+  fi
   t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
-  # hey's own user + system CPU seconds, from its rusage.
+  # The generator's own user + system CPU seconds, from its rusage.
   python3 -c 'import resource, subprocess, sys
 subprocess.run(sys.argv[2:], check=True, stdout=open(sys.argv[1], "w"))
 r = resource.getrusage(resource.RUSAGE_CHILDREN); print(r.ru_utime + r.ru_stime)' "$work/hey.txt" \
-    hey -z "${SECS}s" -c 64 -m POST -T application/json -D "$work/body.json" "$url/infer" >"$work/hey-cpu.txt"
+    "${gen[@]}" >"$work/hey-cpu.txt"
   t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
   stop_server
-  python3 - "$label" "$work/hey.txt" "$((t1 - t0))" "$(cat "$work/hey-cpu.txt")" >>"$work/rows.txt" <<'EOF'
-import re, sys
+  python3 - "$label" "$work/hey.txt" "$((t1 - t0))" "$(cat "$work/hey-cpu.txt")" "$work/h2load.log" \
+    >>"$work/rows.txt" <<'EOF'
+import os, re, sys
 t = open(sys.argv[2]).read()
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
-p99 = float(re.search(r"99%+ in ([\d.]+) secs", t).group(1)) * 1000
-codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", t)}
-ok = codes.pop(200, 0)
-other = sum(codes.values()) + len(re.findall(r"^\s+\[\d+\]\s+.*error", t, re.M))
+if "Requests/sec:" in t:  # hey
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+    p99 = float(re.search(r"99%+ in ([\d.]+) secs", t).group(1)) * 1000
+    codes = {int(c): int(n) for c, n in re.findall(r"\[(\d+)\]\s+(\d+) responses", t)}
+    ok = codes.pop(200, 0)
+    other = sum(codes.values()) + len(re.findall(r"^\s+\[\d+\]\s+.*error", t, re.M))
+else:  # h2load: its summary, and each request's status and time (µs) from its log
+    rps = float(re.search(r"([\d.]+) req/s", t).group(1))
+    log = [l.split() for l in open(sys.argv[5]) if l.strip()]
+    ok = sum(1 for l in log if l[1] == "200")
+    other = len(log) - ok
+    times = sorted(int(l[2]) for l in log)
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))] / 1000 if times else 0.0
+    # Requests the duration's end left in flight (at most one a connection) are neither:
+    # h2load abandons them. Its failed or errored requests are "other".
+    req = re.search(r"(\d+) failed, (\d+) errored", t)
+    other += int(req.group(1)) + int(req.group(2)) if req else 1
 # The server's user + system CPU over the run (clock ticks of 10 ms) per answered request.
 cpu_us = int(sys.argv[3]) * 10_000 / max(ok, 1)
 hey_us = float(sys.argv[4]) * 1e6 / max(ok, 1)
@@ -116,10 +143,14 @@ done
 
 head=$(git rev-parse --short HEAD)
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
-python3 - "$work/rows.txt" "$rev" "$head" "$(nproc)" "$cpu" "$BASELINE" "$ROUNDS" "$SECS" \
+python3 - "$work/rows.txt" "$rev" "$head" "$(nproc)" "$cpu" "$BASELINE" "$ROUNDS" "$SECS" "$LOADGEN" \
   >"$work/section.md" <<'EOF'
 import statistics, sys
-rows_file, rev, head, cores, cpu, baseline, rounds, secs = sys.argv[1:]
+rows_file, rev, head, cores, cpu, baseline, rounds, secs, loadgen = sys.argv[1:]
+h2 = loadgen == "h2load"
+gen = "`h2load --h1`" if h2 else "`hey`"
+run_cmd = (f"`h2load --h1 -D {secs} -c 64 -t 1`" if h2 else f"`hey -z {secs}s -c 64`")
+env = " LOADGEN=h2load" if h2 else ""
 rows = [l.split() for l in open(rows_file)]
 bad = [r for r in rows if int(r[4]) != 0]
 by = {}
@@ -128,18 +159,18 @@ for label, rps, p, ok, other, c, h in rows:
 med, p99, cpu_us, hey_us = ({k: statistics.median(r[i] for r in v) for k, v in by.items()}
                             for i in range(4))
 names = {rev: f"`{rev}`", "current": f"`{head}`", "floor": "HTTP floor"}
-print("## kiln-server REST today against an older revision (tabular MLP, `hey`)\n")
-print(f"Machine: {cpu}, {cores} cores. Command: `make bench-server-ab BASELINE={baseline} ROUNDS={rounds}` "
+print(f"## kiln-server REST today against an older revision (tabular MLP, {gen})\n")
+print(f"Machine: {cpu}, {cores} cores. Command: `make bench-server-ab BASELINE={baseline} ROUNDS={rounds}{env}` "
       f"(`benches/server-ab.sh`): kiln-server at `{rev}` and at `{head}` (this run's HEAD) serve the tabular MLP "
       "with `make bench-peers`' settings (2 single-threaded instances, max_batch_size 128); "
-      f"`hey -z {secs}s -c 64` sends each the same one-row v2 JSON body; the rounds alternate the "
+      f"{run_cmd} sends each the same one-row v2 JSON body (HTTP/1.1, 64 keep-alive connections); the rounds alternate the "
       "binaries, a fresh server per round; every answer was a 200. **HTTP floor**: `http-floor` "
       "(`benches/src/bin/http-floor.rs`), kiln's accept loop and HTTP stack answering today's answer "
-      "bytes with no decoding, model or hand-off behind them: the most a server on this stack gets with "
-      "`hey` on the same cores. Server CPU = the server process's user + system time over the run ÷ "
-      "answers (`/proc/<pid>/stat`); `hey` CPU = hey's own (its rusage) ÷ answers." if not bad else "SOME ANSWERS FAILED")
+      f"bytes with no decoding, model or hand-off behind them: the most a server on this stack gets with "
+      f"{gen} on the same cores. Server CPU = the server process's user + system time over the run ÷ "
+      f"answers (`/proc/<pid>/stat`); generator CPU = {gen}'s own (its rusage) ÷ answers." if not bad else "SOME ANSWERS FAILED")
 print()
-print("| round | binary | req/s | p99 ms | server CPU µs / request | `hey` CPU µs / request | answers 200 / other |")
+print(f"| round | binary | req/s | p99 ms | server CPU µs / request | {gen} CPU µs / request | answers 200 / other |")
 print("|---|---|---|---|---|---|---|")
 count = {}
 for label, rps, p, ok, other, c, h in rows:
@@ -148,7 +179,7 @@ for label, rps, p, ok, other, c, h in rows:
 print()
 print("Medians: " + "; ".join(
     f"{names[k]} {med[k]:.0f} req/s, p99 {p99[k]:.1f} ms, {cpu_us[k]:.0f} µs of server CPU and "
-    f"{hey_us[k]:.0f} µs of `hey` CPU per request" for k in (rev, "current", "floor")) + ". "
+    f"{hey_us[k]:.0f} µs of {gen} CPU per request" for k in (rev, "current", "floor")) + ". "
       f"**Today {med['current'] / med[rev]:.2f}× the requests per second of `{rev}`**, "
       f"server CPU {cpu_us['current']:.0f} vs {cpu_us[rev]:.0f} µs per request. The HTTP floor is "
       f"{med['floor'] / med[rev]:.2f}× `{rev}`'s rate: twice `{rev}`'s rate would be "
@@ -158,11 +189,13 @@ if bad:
     sys.exit(1)
 EOF
 cat "$work/section.md"
-python3 - "$ROOT/benches/RESULTS.md" "$work/section.md" <<'EOF'
+marker=server-ab
+[[ $LOADGEN == hey ]] || marker=server-ab-$LOADGEN
+python3 - "$ROOT/benches/RESULTS.md" "$work/section.md" "$marker" <<'EOF'
 import sys
-path, section = sys.argv[1], open(sys.argv[2]).read()
+path, section, marker = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3]
 text = open(path).read()
-start, end = "<!-- server-ab:start -->", "<!-- server-ab:end -->"
+start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
 block = f"{start}\n{section}{end}"
 if start in text:
     a, b = text.index(start), text.index(end) + len(end)
