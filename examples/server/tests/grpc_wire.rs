@@ -970,7 +970,25 @@ async fn a_stream_whose_client_stops_reading_holds_no_share_past_the_body_timeou
         (64..=70).contains(&served),
         "{served} of 200 requests served for a client that reads no answer"
     );
-    drop((tx, response, hostile));
+
+    // Nor do its answers' bytes: at most --max-body-mib (1 MiB) of answers wait for a client
+    // that reads none before the stream stops reading (beside those running then, the one
+    // HTTP/2 is writing and the one handed over): 20 requests answered 234 KiB each would
+    // hold 4.6 MiB. (Here 8 are served; 18 were in the same 3 s without the bound.)
+    let before = successes(server.port);
+    let (tx2, response2) = open_stream_windowed(grpc, &[], Some(256)).await;
+    let request = framed(&mlp_request(15_000));
+    for _ in 0..20 {
+        tx2.send(request.clone()).await.expect("send");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let served = successes(server.port) - before;
+    eprintln!("{served} of 20 big-answer requests served");
+    assert!(
+        (3..=12).contains(&served),
+        "{served} of 20 requests answered 234 KiB each served for a client that reads no answer"
+    );
+    drop((tx, response, tx2, response2, hostile));
 }
 
 /// A stream sent compressed (`grpc-encoding`, as `tritonclient.grpc`'s `start_stream` sends

@@ -13,9 +13,11 @@
 //! - At most [`IN_FLIGHT`] of a stream's requests are in the server at once, running or
 //!   answered and waiting for the client to take the answer; the next message is read only
 //!   when there is room, and answers are handed over one at a time (a bounded channel): a
-//!   client sending faster than it reads stalls its own stream. Waiting for the client to
-//!   take an answer never stops the stream reading meanwhile, so the message it reads is still
-//!   timed (below) and no share is held for a client that stopped reading.
+//!   client sending faster than it reads stalls its own stream; so does one whose answers
+//!   waiting reach `--max-body-mib` in bytes (a model's answers may be far bigger than its
+//!   requests). Waiting for the client to take an answer never stops the stream reading
+//!   meanwhile, so the message it reads is still timed (below) and no share is held for a
+//!   client that stopped reading.
 //! - A client that goes away (or cancels) takes its requests with it: the ones still running
 //!   are aborted, as a dropped unary call's are, so they do not fill the model's queue.
 //! - A message the stream cannot read (over `--max-body-mib`, malformed) ends the stream with
@@ -39,6 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -107,8 +110,10 @@ async fn run(
     let mut running = JoinSet::new();
     // Which request each task answers, by its sequence number.
     let mut seq_of = HashMap::new();
-    // Answers not yet handed over, by sequence number.
-    let mut done = BTreeMap::new();
+    // Answers not yet handed over, by sequence number, and their encoded bytes in all.
+    let mut done: BTreeMap<u64, pb::ModelStreamInferResponse> = BTreeMap::new();
+    let mut waiting = 0usize;
+    let answer_limit = state.config.max_body_bytes;
     let (mut read, mut sent) = (0u64, 0u64);
     let mut end = None;
     let mut drain_check = tokio::time::interval(DRAIN_CHECK);
@@ -121,12 +126,14 @@ async fn run(
                 break;
             }
         }
-        let room = end.is_none() && running.len() + done.len() < IN_FLIGHT;
+        let room =
+            end.is_none() && running.len() + done.len() < IN_FLIGHT && waiting < answer_limit;
         let next_done = done.contains_key(&sent);
         tokio::select! {
             permit = tx.reserve(), if next_done => match permit {
                 Ok(permit) => {
                     if let Some(answer) = done.remove(&sent) {
+                        waiting -= answer.encoded_len();
                         permit.send(Ok(answer));
                     }
                     sent += 1;
@@ -168,7 +175,9 @@ async fn run(
                     ),
                 };
                 if let Some(seq) = seq_of.remove(&id) {
-                    done.insert(seq, answer_of(answer));
+                    let answer = answer_of(answer);
+                    waiting += answer.encoded_len();
+                    done.insert(seq, answer);
                 }
             },
             () = tx.closed() => return,
