@@ -7,7 +7,10 @@
 //! `terminationGracePeriodSeconds` must exceed: readiness turns false at once and inference
 //! goes on being served for `--drain-delay-s` (the endpoints controller is still routing
 //! here), then both listeners close and open connections finish their requests, then every
-//! model drains, each step within what is left of the budget.
+//! model drains, each step within what is left of the budget (the last two at least a
+//! quarter second each, for idle models to stop cleanly). Work still running when the budget
+//! is spent (a batch inside ONNX Runtime, an admin load) does not hold the process: it logs a
+//! warning and exits 0 at once.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -348,10 +351,19 @@ fn run(args: Args) -> Result<()> {
             return Err(e);
         }
     };
-    // The watcher stops, then the models drain, within what is left of the budget (their
-    // queues are normally empty by now: every connection has finished or been cut; a batch
-    // may still be running).
-    let left = budget.saturating_sub(term_at.elapsed());
+    // The runtime's tasks and blocking work (a decode, an admin load), then the watcher, then
+    // the models' drain, each within what is left of the budget but at least `DRAIN_FLOOR`,
+    // for what is idle to stop cleanly when the connections took it all.
+    let deadline = term_at + budget;
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .max(DRAIN_FLOOR);
+    let stopping = Instant::now();
+    rt.shutdown_timeout(wait);
+    let runtime_stopped = stopping.elapsed() < wait;
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(DRAIN_FLOOR);
     let (done, finished) = std::sync::mpsc::sync_channel(1);
     std::thread::spawn(move || {
         let _ = watcher.join();
@@ -360,23 +372,46 @@ fn run(args: Args) -> Result<()> {
         }
         let _ = done.send(());
     });
-    if finished.recv_timeout(left).is_err() {
-        tracing::warn!(
-            budget_s = budget.as_secs_f64(),
-            "models still draining when the shutdown budget ran out; exiting"
-        );
-        tracing::info!(took_s = term_at.elapsed().as_secs_f64(), "stopped");
-        drop(staged);
-        // A model thread is inside ONNX Runtime: returning from `main` would run the
-        // library's static destructors under it (and wait for the runtime's blocking
-        // threads). `_exit` ends the process as it stands; the log lines above are written
-        // already (stdout's writer flushes at each line's end).
-        std::io::Write::flush(&mut std::io::stdout()).ok();
-        // SAFETY: `_exit` only ends the process; nothing runs after it.
-        unsafe { libc::_exit(0) }
+    let took_s = || term_at.elapsed().as_secs_f64();
+    match finished.recv_timeout(left) {
+        Ok(()) if runtime_stopped => {}
+        Ok(()) => {
+            tracing::warn!(
+                budget_s = budget.as_secs_f64(),
+                "work still running (an admin load?) when the shutdown budget ran out; exiting"
+            );
+            exit_now(staged, 0, took_s());
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            tracing::warn!(
+                budget_s = budget.as_secs_f64(),
+                "models still draining when the shutdown budget ran out; exiting"
+            );
+            exit_now(staged, 0, took_s());
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            tracing::error!("stopping the models failed (a panic, logged above); exiting");
+            exit_now(staged, 1, took_s());
+        }
     }
-    tracing::info!(took_s = term_at.elapsed().as_secs_f64(), "stopped");
+    tracing::info!(took_s = took_s(), "stopped");
     Ok(())
+}
+
+/// The least time the runtime's stop and the models' drain each get, even when the
+/// connections took the whole budget: enough for what is idle (and the watcher, which looks
+/// every 50 ms) to stop.
+const DRAIN_FLOOR: Duration = Duration::from_millis(250);
+
+/// Ends the process now, with `code`, `staged` removed: work is still running, maybe inside
+/// ONNX Runtime, and returning from `main` would run the library's static destructors under
+/// it. The log lines are written already (stdout's writer flushes at each line's end).
+fn exit_now(staged: Staged, code: i32, took_s: f64) -> ! {
+    tracing::info!(took_s, "stopped");
+    drop(staged);
+    std::io::Write::flush(&mut std::io::stdout()).ok();
+    // SAFETY: `_exit` only ends the process; nothing runs after it.
+    unsafe { libc::_exit(code) }
 }
 
 /// With `--model-dir`: the directory of staged links and manifest, removed when dropped.
