@@ -11,8 +11,10 @@
 # MODEL is a file of testdata/bench (tabular_mlp, mobilenet, convnet). Each run also reports
 # the server's CPU (user + system) and minor page faults per call, from /proc/<pid>/stat over
 # the run. A BINARY argument may start with environment settings for it, in one word:
-# 'MIMALLOC_PURGE_DELAY=0 target/release/kiln-server' (no spaces in paths). Needs h2load
-# (nghttp2-client) and the project venv (make testdata).
+# 'MIMALLOC_PURGE_DELAY=0 target/release/kiln-server' (no spaces in paths). STREAM=<n> sends
+# ModelStreamInfer calls instead, each a stream of n such requests (what `tritonclient.grpc`'s
+# start_stream and perf_analyzer --streaming send), and reports requests (messages) a second.
+# Needs h2load (nghttp2-client) and the project venv (make testdata).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,10 +32,16 @@ cp "$ROOT/testdata/bench/$model.onnx" "$work/model/model.onnx"
 printf 'session: {intra_op_threads: 1}\nbatch: {instances: 2, max_batch_size: %s, max_queue_requests: 4096}\n' \
   "${BATCH:-128}" >"$work/settings.yaml"
 grpc_message "$work/message.bin" "$work/model/model.onnx" "${ROWS:-1}"
+method=ModelInfer per_call=1
+if [[ -n ${STREAM:-} ]]; then
+  method=ModelStreamInfer per_call=$STREAM
+  for _ in $(seq "$STREAM"); do cat "$work/message.bin"; done >"$work/stream.bin"
+  mv "$work/stream.bin" "$work/message.bin"
+fi
 hz=$(getconf CLK_TCK)
 # Server CPU ticks and minor faults so far: "ticks faults".
 usage() { awk '{print $14+$15, $10}' /proc/"$pid"/stat; }
-echo "| round | binary | calls/s | answered 2xx | server CPU µs / call | page faults / call |"
+echo "| round | binary | requests/s | calls answered 2xx | server CPU µs / request | page faults / request |"
 echo "|---|---|---|---|---|---|"
 for r in $(seq "$rounds"); do
   for bin in "$@"; do
@@ -43,13 +51,14 @@ for r in $(seq "$rounds"); do
       --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$grpc"
     read -r t0 f0 < <(usage)
     out=$(h2load -D 10 -c 8 -m 8 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' \
-      -d "$work/message.bin" "http://127.0.0.1:$grpc/inference.GRPCInferenceService/ModelInfer")
+      -d "$work/message.bin" "http://127.0.0.1:$grpc/inference.GRPCInferenceService/$method")
     rate=$(grep -oE '[0-9.]+ req/s' <<<"$out" | head -1 | cut -d' ' -f1)
+    rate=$(awk -v r="$rate" -v n="$per_call" 'BEGIN {printf "%.0f", r * n}')
     ok=$(grep -oE '[0-9]+ 2xx' <<<"$out" | cut -d' ' -f1)
     [[ ${ok:-0} -gt 0 ]] || { echo "no call answered 2xx: $out" >&2; cat "$work/server.log" >&2; exit 1; }
     read -r t1 f1 < <(usage)
-    cpu=$(( (t1 - t0) * 1000000 / hz / ok ))
-    faults=$(awk -v f=$(( f1 - f0 )) -v n="$ok" 'BEGIN {printf "%.2f", f / n}')
+    cpu=$(( (t1 - t0) * 1000000 / hz / (ok * per_call) ))
+    faults=$(awk -v f=$(( f1 - f0 )) -v n="$(( ok * per_call ))" 'BEGIN {printf "%.2f", f / n}')
     echo "| $r | $bin | $rate | $ok | $cpu | $faults |"
     stop_server
   done

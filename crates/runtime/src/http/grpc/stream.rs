@@ -129,7 +129,10 @@ async fn run(
         let room =
             end.is_none() && running.len() + done.len() < IN_FLIGHT && waiting < answer_limit;
         let next_done = done.contains_key(&sent);
+        // In this order when several are ready: answers first (the client waits on them),
+        // then the drain, then tasks finished (their answers next), then reading.
         tokio::select! {
+            biased;
             permit = tx.reserve(), if next_done => match permit {
                 Ok(permit) => {
                     if let Some(answer) = done.remove(&sent) {
@@ -140,6 +143,32 @@ async fn run(
                 }
                 // The client went away: nothing more is answered.
                 Err(_) => return,
+            },
+            () = tx.closed() => return,
+            _ = drain_check.tick(), if end.is_none() => {
+                if state.draining.load(Ordering::Relaxed) {
+                    end = Some(End::Status(Status::unavailable(
+                        "the server is shutting down: open a new stream",
+                    )));
+                }
+            }
+            Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
+                let (id, answer) = match finished {
+                    Ok((id, answer)) => (id, answer),
+                    // A request whose handling panicked is still answered: its client waits
+                    // for it.
+                    Err(e) => (
+                        e.id(),
+                        Err(Failure::unnamed(Status::internal(format!(
+                            "the request failed: {e}"
+                        )))),
+                    ),
+                };
+                if let Some(seq) = seq_of.remove(&id) {
+                    let answer = answer_of(answer);
+                    waiting += answer.encoded_len();
+                    done.insert(seq, answer);
+                }
             },
             next = next_message(&mut inbound), if room => match next {
                 Ok(Some(message)) => {
@@ -162,32 +191,6 @@ async fn run(
                 Ok(None) => end = Some(End::Closed),
                 Err(status) => end = Some(End::Status(oversized(status))),
             },
-            Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
-                let (id, answer) = match finished {
-                    Ok((id, answer)) => (id, answer),
-                    // A request whose handling panicked is still answered: its client waits
-                    // for it.
-                    Err(e) => (
-                        e.id(),
-                        Err(Failure::unnamed(Status::internal(format!(
-                            "the request failed: {e}"
-                        )))),
-                    ),
-                };
-                if let Some(seq) = seq_of.remove(&id) {
-                    let answer = answer_of(answer);
-                    waiting += answer.encoded_len();
-                    done.insert(seq, answer);
-                }
-            },
-            () = tx.closed() => return,
-            _ = drain_check.tick(), if end.is_none() => {
-                if state.draining.load(Ordering::Relaxed) {
-                    end = Some(End::Status(Status::unavailable(
-                        "the server is shutting down: open a new stream",
-                    )));
-                }
-            }
         }
     }
     if let Some(End::Status(status)) = end {
