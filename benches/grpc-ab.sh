@@ -34,11 +34,39 @@ printf 'session: {intra_op_threads: 1}\nbatch: {instances: 2, max_batch_size: %s
 grpc_message "$work/message.bin" "$work/model/model.onnx" "${ROWS:-1}"
 method=ModelInfer per_call=1
 if [[ -n ${STREAM:-} ]]; then
+  [[ $STREAM =~ ^[1-9][0-9]*$ ]] || { echo "STREAM is a number of requests a stream (1 or more)" >&2; exit 2; }
   method=ModelStreamInfer per_call=$STREAM
   for _ in $(seq "$STREAM"); do cat "$work/message.bin"; done >"$work/stream.bin"
   mv "$work/stream.bin" "$work/message.bin"
 fi
 hz=$(getconf CLK_TCK)
+# check <port>: the call h2load sends, sent once by grpcio (what tritonclient.grpc runs on):
+# every request must be answered without an error (h2load sees HTTP statuses only, and a
+# failed gRPC call, or a failed request on a stream, is an HTTP 200).
+check() {
+  "$ROOT/.cache/venv/bin/python" - "127.0.0.1:$1" "$work/message.bin" "$method" "$per_call" <<'PY'
+import struct, sys
+import grpc
+from tritonclient.grpc import service_pb2
+addr, path, method, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+data, frames = open(path, "rb").read(), []
+while data:
+    size = struct.unpack(">I", data[1:5])[0]
+    frames.append(data[5:5 + size])
+    data = data[5 + size:]
+channel = grpc.insecure_channel(addr, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+full = "/inference.GRPCInferenceService/" + method
+if method == "ModelInfer":
+    call = channel.unary_unary(full, request_serializer=bytes, response_deserializer=service_pb2.ModelInferResponse.FromString)
+    answers = [call(frames[0], timeout=60)]
+    errors = []
+else:
+    call = channel.stream_stream(full, request_serializer=bytes, response_deserializer=service_pb2.ModelStreamInferResponse.FromString)
+    answers = list(call(iter(frames), timeout=60))
+    errors = [a.error_message for a in answers if a.error_message]
+assert len(answers) == n and not errors, f"{len(answers)} answers of {n}: {errors[:1]}"
+PY
+}
 # Server CPU ticks and minor faults so far: "ticks faults".
 usage() { awk '{print $14+$15, $10}' /proc/"$pid"/stat; }
 echo "| round | binary | requests/s | calls answered 2xx | server CPU µs / request | page faults / request |"
@@ -49,6 +77,7 @@ for r in $(seq "$rounds"); do
     start_server "http://127.0.0.1:$port/v2/health/ready" "$work/server.log" \
       env $bin --model-dir "$work/model" --no-verify --config "$work/settings.yaml" \
       --listen "127.0.0.1:$port" --grpc-listen "127.0.0.1:$grpc"
+    check "$grpc"
     read -r t0 f0 < <(usage)
     out=$(h2load -D 10 -c 8 -m 8 -t 1 -H 'content-type: application/grpc' -H 'te: trailers' \
       -d "$work/message.bin" "http://127.0.0.1:$grpc/inference.GRPCInferenceService/$method")

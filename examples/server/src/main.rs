@@ -155,13 +155,18 @@ enum LogFormat {
     Json,
 }
 
-/// A non-negative, finite number of seconds.
+/// The most seconds a timeout flag takes (about 11.6 days): a deadline that far off is never
+/// reached, and times computed from it never overflow.
+const MAX_SECONDS: f64 = 1e6;
+
+/// A number of seconds, 0 to [`MAX_SECONDS`].
 fn seconds(raw: &str) -> Result<Duration, String> {
     raw.trim()
         .parse::<f64>()
         .ok()
+        .filter(|s| *s <= MAX_SECONDS)
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or_else(|| format!("{raw:?} is not a number of seconds (0 or more)"))
+        .ok_or_else(|| format!("{raw:?} is not a number of seconds (0 to {MAX_SECONDS})"))
 }
 
 fn main() -> Result<()> {

@@ -955,9 +955,10 @@ async fn a_stream_whose_client_stops_reading_holds_no_share_past_the_body_timeou
         "the streams' requests were served"
     );
 
-    // A client that sends 200 requests and reads none of the answers has at most 64 of them
-    // served (the stream's in-flight bound, answers waiting counted) beside the few its
-    // window took: the rest wait unread, not as answers piling up in the server.
+    // A client that sends 200 requests and reads none of the answers has 64 of them served
+    // (the stream's in-flight bound, answers waiting counted) beside those HTTP/2 took for its
+    // window (a few; up to 18 seen on a loaded machine): the rest wait unread, not as answers
+    // piling up in the server.
     let before = successes(server.port);
     let (tx, response) = open_stream_windowed(grpc, &[], Some(256)).await;
     let many: Vec<u8> = (0..200)
@@ -966,15 +967,17 @@ async fn a_stream_whose_client_stops_reading_holds_no_share_past_the_body_timeou
     tx.send(many.into()).await.expect("send");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let served = successes(server.port) - before;
+    eprintln!("{served} of 200 requests served");
     assert!(
-        (64..=70).contains(&served),
+        (64..=96).contains(&served),
         "{served} of 200 requests served for a client that reads no answer"
     );
 
     // Nor do its answers' bytes: at most --max-body-mib (1 MiB) of answers wait for a client
     // that reads none before the stream stops reading (beside those running then, the one
     // HTTP/2 is writing and the one handed over): 20 requests answered 234 KiB each would
-    // hold 4.6 MiB. (Here 8 are served; 18 were in the same 3 s without the bound.)
+    // hold 4.6 MiB. (Here 9 are served, the message being read when the bound is reached
+    // read to its end; 18 were in the same 3 s without the bound.)
     let before = successes(server.port);
     let (tx2, response2) = open_stream_windowed(grpc, &[], Some(256)).await;
     let request = framed(&mlp_request(15_000));
@@ -985,10 +988,97 @@ async fn a_stream_whose_client_stops_reading_holds_no_share_past_the_body_timeou
     let served = successes(server.port) - before;
     eprintln!("{served} of 20 big-answer requests served");
     assert!(
-        (3..=12).contains(&served),
+        (3..=14).contains(&served),
         "{served} of 20 requests answered 234 KiB each served for a client that reads no answer"
     );
     drop((tx, response, tx2, response2, hostile));
+}
+
+/// int64's request (`ids`: [rows, 6] INT64, raw contents, ids below 100) with `id`.
+fn int64_request(rows: usize, id: &str) -> Vec<u8> {
+    let raw: Vec<u8> = (0..rows * 6)
+        .flat_map(|i| ((i % 100) as i64).to_le_bytes())
+        .collect();
+    pb::ModelInferRequest {
+        model_name: "int64".into(),
+        id: id.into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "ids".into(),
+            datatype: "INT64".into(),
+            shape: vec![i64::try_from(rows).expect("rows"), 6],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw.into()],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+/// A message begun is read to its end, or cut at `--body-timeout-s`, whatever answers land
+/// for a client that reads none meanwhile: the bound on answers waiting is looked at only
+/// between messages. (It stopped the reading mid-message: the half-sent message's share was
+/// held for as long as the client kept the connection, as before the stream read while
+/// answers waited.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_begun_is_read_to_its_end_whatever_answers_land_meanwhile() {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    publish(root.path(), "int64", "1", "int64.onnx");
+    let settings = root.path().join("settings.yaml");
+    std::fs::write(
+        &settings,
+        "models:\n  int64: {max_batch_size: 65536, max_queue_delay_us: 300000}\n  mlp: {max_batch_size: 65536}\n",
+    )
+    .expect("settings");
+    let (port, grpc) = (free_port(), free_port());
+    let grpc_listen = format!("127.0.0.1:{grpc}");
+    let _server = Server {
+        child: start_ready(
+            root.path(),
+            port,
+            &[
+                "--grpc-listen",
+                &grpc_listen,
+                "--config",
+                &settings.to_string_lossy(),
+                "--max-body-mib",
+                "1",
+                "--body-timeout-s",
+                "1",
+            ],
+        ),
+        port,
+    };
+    // Each stream: ten int64 requests, answered 187 KB each once their 300 ms wait is over
+    // (eight of them then wait for the client: 1.5 MB, past the 1 MiB bound), sent before the
+    // first 4 KiB of a 940 KiB message (whose share is taken at once); a 256-byte window for
+    // the answers, never read.
+    let big = framed(&mlp_request(15_000));
+    let mut hostile = Vec::new();
+    for s in 0..2 {
+        let (tx, response) = open_stream_windowed(grpc, &[], Some(256)).await;
+        let smalls: Vec<u8> = (0..10)
+            .flat_map(|k| framed(&int64_request(1_300, &format!("{s}-{k}"))).to_vec())
+            .collect();
+        tx.send(smalls.into()).await.expect("send");
+        tx.send(big.slice(..4096)).await.expect("send");
+        hostile.push((tx, response));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    // A 320 KiB call needs more than the 2 MiB budget has left beside two 940 KiB shares.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(15),
+        call(grpc, INFER, &mlp_request(5_000), None),
+    )
+    .await
+    .expect("a big call is answered while the streams' clients read nothing");
+    assert_eq!(
+        answer.grpc_status.as_deref(),
+        Some("0"),
+        "{}",
+        answer.grpc_message
+    );
+    drop(hostile);
 }
 
 /// A stream sent compressed (`grpc-encoding`, as `tritonclient.grpc`'s `start_stream` sends

@@ -15,7 +15,7 @@
 //!   when there is room, and answers are handed over one at a time (a bounded channel): a
 //!   client sending faster than it reads stalls its own stream; so does one whose answers
 //!   waiting reach `--max-body-mib` in bytes (a model's answers may be far bigger than its
-//!   requests). Waiting for the client to take an answer never stops the stream reading
+//!   requests), from the next message on: a message begun is read to its end. Waiting for the client to take an answer never stops the stream reading
 //!   meanwhile, so the message it reads is still timed (below) and no share is held for a
 //!   client that stopped reading.
 //! - A client that goes away (or cancels) takes its requests with it: the ones still running
@@ -114,6 +114,8 @@ async fn run(
     let mut done: BTreeMap<u64, pb::ModelStreamInferResponse> = BTreeMap::new();
     let mut waiting = 0usize;
     let answer_limit = state.config.max_body_bytes;
+    // Whether the next message is being waited for (from the last turn).
+    let mut reading = false;
     let (mut read, mut sent) = (0u64, 0u64);
     let mut end = None;
     let mut drain_check = tokio::time::interval(DRAIN_CHECK);
@@ -126,8 +128,13 @@ async fn run(
                 break;
             }
         }
-        let room =
-            end.is_none() && running.len() + done.len() < IN_FLIGHT && waiting < answer_limit;
+        // The byte bound is looked at only between messages: a message begun is read to its
+        // end (its arrival timed, its share held only that long), whatever answers land
+        // meanwhile. (The count cannot grow while a message is being read.)
+        let room = end.is_none()
+            && running.len() + done.len() < IN_FLIGHT
+            && (reading || waiting < answer_limit);
+        reading = room;
         let next_done = done.contains_key(&sent);
         // In this order when several are ready: answers first (the client waits on them),
         // then the drain, then tasks finished (their answers next), then reading.
@@ -172,6 +179,7 @@ async fn run(
             },
             next = next_message(&mut inbound), if room => match next {
                 Ok(Some(message)) => {
+                    reading = false;
                     // Taken as the message arrived (`metered`), in message order.
                     let share = shares.take();
                     let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
