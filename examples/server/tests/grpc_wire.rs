@@ -179,8 +179,19 @@ fn serve_mlp(settings: &str) -> (tempfile::TempDir, Server, u16) {
 
 /// [`serve_mlp`] with the extra flags `args`.
 fn serve_mlp_with(settings: &str, args: &[&str]) -> (tempfile::TempDir, Server, u16) {
+    serve_models(&[("mlp", "mlp.onnx")], settings, args)
+}
+
+/// [`serve_mlp_with`] serving `models` (name, test data file) instead of mlp alone.
+fn serve_models(
+    models: &[(&str, &str)],
+    settings: &str,
+    args: &[&str],
+) -> (tempfile::TempDir, Server, u16) {
     let root = tempfile::tempdir().expect("root");
-    publish(root.path(), "mlp", "1", "mlp.onnx");
+    for (name, file) in models {
+        publish(root.path(), name, "1", file);
+    }
     let path = root.path().join("settings.yaml");
     std::fs::write(&path, settings).expect("settings");
     let path = path.to_string_lossy().into_owned();
@@ -920,35 +931,17 @@ async fn a_stream_whose_client_stops_reading_holds_no_share_past_the_body_timeou
         "models:\n  mlp: {max_batch_size: 65536, max_queue_delay_us: 300000}\n",
         &["--max-body-mib", "1", "--body-timeout-s", "1"],
     );
-    // Each: 30 small requests, then the first 4 KiB of a 940 KiB one, and nothing more; a
-    // 256-byte window for the answers, never read.
-    let big = framed(&mlp_request(15_000));
-    let mut hostile = Vec::new();
-    for s in 0..2 {
-        let (tx, response) = open_stream_windowed(grpc, &[], Some(256)).await;
-        let smalls: Vec<u8> = (0..30)
+    // Each: 30 small requests, then the first 4 KiB of a 940 KiB one, and nothing more.
+    let hostile = starving_streams(grpc, |s| {
+        (0..30)
             .flat_map(|k| framed(&mlp_with_id(&format!("{s}-{k}"))).to_vec())
-            .collect();
-        tx.send(smalls.into()).await.expect("send");
-        tx.send(big.slice(..4096)).await.expect("send");
-        hostile.push((tx, response));
-    }
+            .collect()
+    })
+    .await;
     // Past the 300 ms wait: the answers are due and wait for the clients.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    // A 320 KiB call needs more than the 2 MiB budget has left beside two 940 KiB shares.
     let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(
-        Duration::from_secs(15),
-        call(grpc, INFER, &mlp_request(5_000), None),
-    )
-    .await
-    .expect("a big call is answered while the streams' clients read nothing");
-    assert_eq!(
-        answer.grpc_status.as_deref(),
-        Some("0"),
-        "{}",
-        answer.grpc_message
-    );
+    a_big_call_is_answered(grpc).await;
     eprintln!("answered after {:?}", started.elapsed());
     assert!(
         successes(server.port) >= 61,
@@ -1021,51 +1014,49 @@ fn int64_request(rows: usize, id: &str) -> Vec<u8> {
 /// answers waited.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_begun_is_read_to_its_end_whatever_answers_land_meanwhile() {
-    let root = tempfile::tempdir().expect("root");
-    publish(root.path(), "mlp", "1", "mlp.onnx");
-    publish(root.path(), "int64", "1", "int64.onnx");
-    let settings = root.path().join("settings.yaml");
-    std::fs::write(
-        &settings,
+    let (_root, _server, grpc) = serve_models(
+        &[("mlp", "mlp.onnx"), ("int64", "int64.onnx")],
         "models:\n  int64: {max_batch_size: 65536, max_queue_delay_us: 300000}\n  mlp: {max_batch_size: 65536}\n",
-    )
-    .expect("settings");
-    let (port, grpc) = (free_port(), free_port());
-    let grpc_listen = format!("127.0.0.1:{grpc}");
-    let _server = Server {
-        child: start_ready(
-            root.path(),
-            port,
-            &[
-                "--grpc-listen",
-                &grpc_listen,
-                "--config",
-                &settings.to_string_lossy(),
-                "--max-body-mib",
-                "1",
-                "--body-timeout-s",
-                "1",
-            ],
-        ),
-        port,
-    };
+        &["--max-body-mib", "1", "--body-timeout-s", "1"],
+    );
     // Each stream: ten int64 requests, answered 187 KB each once their 300 ms wait is over
     // (eight of them then wait for the client: 1.5 MB, past the 1 MiB bound), sent before the
-    // first 4 KiB of a 940 KiB message (whose share is taken at once); a 256-byte window for
-    // the answers, never read.
+    // first 4 KiB of a 940 KiB message (whose share is taken at once).
+    let hostile = starving_streams(grpc, |s| {
+        (0..10)
+            .flat_map(|k| framed(&int64_request(1_300, &format!("{s}-{k}"))).to_vec())
+            .collect()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    a_big_call_is_answered(grpc).await;
+    drop(hostile);
+}
+
+/// Two streams whose clients read nothing (a 256-byte window for the answers, never read),
+/// each sent `requests(s)` (s = 0, 1), then the first 4 KiB of a 940 KiB mlp request (its
+/// share of the decode budget taken at once), and nothing more; kept open while held.
+async fn starving_streams(
+    grpc: u16,
+    requests: impl Fn(usize) -> Vec<u8>,
+) -> Vec<(
+    tokio::sync::mpsc::Sender<Bytes>,
+    hyper::Response<hyper::body::Incoming>,
+)> {
     let big = framed(&mlp_request(15_000));
-    let mut hostile = Vec::new();
+    let mut streams = Vec::new();
     for s in 0..2 {
         let (tx, response) = open_stream_windowed(grpc, &[], Some(256)).await;
-        let smalls: Vec<u8> = (0..10)
-            .flat_map(|k| framed(&int64_request(1_300, &format!("{s}-{k}"))).to_vec())
-            .collect();
-        tx.send(smalls.into()).await.expect("send");
+        tx.send(requests(s).into()).await.expect("send");
         tx.send(big.slice(..4096)).await.expect("send");
-        hostile.push((tx, response));
+        streams.push((tx, response));
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    // A 320 KiB call needs more than the 2 MiB budget has left beside two 940 KiB shares.
+    streams
+}
+
+/// A 320 KiB mlp call is answered within 15 s: with `--max-body-mib 1` it needs more than the
+/// 2 MiB decode budget has left while [`starving_streams`]' two 940 KiB shares are held.
+async fn a_big_call_is_answered(grpc: u16) {
     let answer = tokio::time::timeout(
         Duration::from_secs(15),
         call(grpc, INFER, &mlp_request(5_000), None),
@@ -1078,7 +1069,6 @@ async fn a_message_begun_is_read_to_its_end_whatever_answers_land_meanwhile() {
         "{}",
         answer.grpc_message
     );
-    drop(hostile);
 }
 
 /// A stream sent compressed (`grpc-encoding`, as `tritonclient.grpc`'s `start_stream` sends
