@@ -147,18 +147,35 @@ fn mlp_request(rows: usize) -> Vec<u8> {
     let raw: Vec<u8> = (0..rows * 16)
         .flat_map(|i| ((i % 7) as f32 * 0.25).to_le_bytes())
         .collect();
+    raw_request(
+        "mlp",
+        "x",
+        "FP32",
+        vec![i64::try_from(rows).expect("rows"), 16],
+        raw,
+    )
+    .encode_to_vec()
+}
+
+/// A `ModelInfer` of `model` with its one input `input` (`datatype`, `shape`) in raw contents.
+fn raw_request(
+    model: &str,
+    input: &str,
+    datatype: &str,
+    shape: Vec<i64>,
+    raw: Vec<u8>,
+) -> pb::ModelInferRequest {
     pb::ModelInferRequest {
-        model_name: "mlp".into(),
+        model_name: model.into(),
         inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "x".into(),
-            datatype: "FP32".into(),
-            shape: vec![i64::try_from(rows).expect("rows"), 16],
+            name: input.into(),
+            datatype: datatype.into(),
+            shape,
             ..Default::default()
         }],
         raw_input_contents: vec![raw.into()],
         ..Default::default()
     }
-    .encode_to_vec()
 }
 
 /// The value of the first `/metrics` sample whose line starts with `name` and holds every
@@ -952,14 +969,11 @@ async fn a_stream_whose_client_stops_reading_holds_no_share_past_the_body_timeou
     // (the stream's in-flight bound, answers waiting counted) beside those HTTP/2 took for its
     // window (a few; up to 18 seen on a loaded machine): the rest wait unread, not as answers
     // piling up in the server.
-    let before = successes(server.port);
-    let (tx, response) = open_stream_windowed(grpc, &[], Some(256)).await;
     let many: Vec<u8> = (0..200)
         .flat_map(|k| framed(&mlp_with_id(&format!("many-{k}"))).to_vec())
         .collect();
-    tx.send(many.into()).await.expect("send");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let served = successes(server.port) - before;
+    let wait = Duration::from_millis(1500);
+    let (served, unread) = served_unread(server.port, grpc, vec![many.into()], wait).await;
     eprintln!("{served} of 200 requests served");
     assert!(
         (64..=96).contains(&served),
@@ -971,20 +985,39 @@ async fn a_stream_whose_client_stops_reading_holds_no_share_past_the_body_timeou
     // HTTP/2 is writing and the one handed over): 20 requests answered 234 KiB each would
     // hold 4.6 MiB. (Here 9 are served, the message being read when the bound is reached
     // read to its end; 18 were in the same 3 s without the bound.)
-    let before = successes(server.port);
-    let (tx2, response2) = open_stream_windowed(grpc, &[], Some(256)).await;
-    let request = framed(&mlp_request(15_000));
-    for _ in 0..20 {
-        tx2.send(request.clone()).await.expect("send");
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let served = successes(server.port) - before;
+    let requests = vec![framed(&mlp_request(15_000)); 20];
+    let wait = Duration::from_secs(3);
+    let (served, unread2) = served_unread(server.port, grpc, requests, wait).await;
     eprintln!("{served} of 20 big-answer requests served");
     assert!(
         (3..=14).contains(&served),
         "{served} of 20 requests answered 234 KiB each served for a client that reads no answer"
     );
-    drop((tx, response, tx2, response2, hostile));
+    drop((unread, unread2, hostile));
+}
+
+/// A stream open while held: where its messages go, and its response.
+type OpenStream = (
+    tokio::sync::mpsc::Sender<Bytes>,
+    hyper::Response<hyper::body::Incoming>,
+);
+
+/// Sends `messages` on a stream whose client reads nothing (a 256-byte window for the
+/// answers, never read), then waits `wait`: how many requests mlp's statistics count served
+/// meanwhile, and the stream.
+async fn served_unread(
+    port: u16,
+    grpc: u16,
+    messages: Vec<Bytes>,
+    wait: Duration,
+) -> (u64, OpenStream) {
+    let before = successes(port);
+    let (tx, response) = open_stream_windowed(grpc, &[], Some(256)).await;
+    for m in messages {
+        tx.send(m).await.expect("send");
+    }
+    tokio::time::sleep(wait).await;
+    (successes(port) - before, (tx, response))
 }
 
 /// int64's request (`ids`: [rows, 6] INT64, raw contents, ids below 100) with `id`.
@@ -992,17 +1025,10 @@ fn int64_request(rows: usize, id: &str) -> Vec<u8> {
     let raw: Vec<u8> = (0..rows * 6)
         .flat_map(|i| ((i % 100) as i64).to_le_bytes())
         .collect();
+    let shape = vec![i64::try_from(rows).expect("rows"), 6];
     pb::ModelInferRequest {
-        model_name: "int64".into(),
         id: id.into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "ids".into(),
-            datatype: "INT64".into(),
-            shape: vec![i64::try_from(rows).expect("rows"), 6],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![raw.into()],
-        ..Default::default()
+        ..raw_request("int64", "ids", "INT64", shape, raw)
     }
     .encode_to_vec()
 }
@@ -1036,13 +1062,7 @@ async fn a_message_begun_is_read_to_its_end_whatever_answers_land_meanwhile() {
 /// Two streams whose clients read nothing (a 256-byte window for the answers, never read),
 /// each sent `requests(s)` (s = 0, 1), then the first 4 KiB of a 940 KiB mlp request (its
 /// share of the decode budget taken at once), and nothing more; kept open while held.
-async fn starving_streams(
-    grpc: u16,
-    requests: impl Fn(usize) -> Vec<u8>,
-) -> Vec<(
-    tokio::sync::mpsc::Sender<Bytes>,
-    hyper::Response<hyper::body::Incoming>,
-)> {
+async fn starving_streams(grpc: u16, requests: impl Fn(usize) -> Vec<u8>) -> Vec<OpenStream> {
     let big = framed(&mlp_request(15_000));
     let mut streams = Vec::new();
     for s in 0..2 {
