@@ -138,6 +138,11 @@ struct Args {
     /// Longest an inference body may take to arrive once its headers have, seconds.
     #[arg(long, env = "KILN_SERVER_BODY_TIMEOUT_S", default_value = "30", value_parser = seconds)]
     body_timeout_s: Duration,
+    /// Longest a client may take nothing of its answers (an answer's bytes, or the socket's)
+    /// before its connection is closed, seconds: the time between two takes, not a whole
+    /// answer's; 0 for no limit.
+    #[arg(long, env = "KILN_SERVER_SEND_TIMEOUT_S", default_value = "60", value_parser = seconds)]
+    send_timeout_s: Duration,
     /// Most connections served at once, per listener.
     #[arg(long, env = "KILN_SERVER_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
@@ -297,6 +302,7 @@ fn run(args: Args) -> Result<()> {
     let options = ServeOptions {
         header_read_timeout: args.header_timeout_s,
         max_connections: args.max_connections,
+        send_timeout: args.send_timeout_s,
         // Open connections get what the drain delay leaves of the budget.
         shutdown_grace: budget.saturating_sub(delay),
         ..ServeOptions::default()

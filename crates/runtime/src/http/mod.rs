@@ -49,6 +49,7 @@
 //! - [`error`]: one error type and its HTTP mapping (400, 404, 413, 429 + `Retry-After`, 503,
 //!   504).
 //! - [`mod@serve`]: the accept loop (header-read timeout, connection cap, graceful drain).
+//! - `send_timeout` (private): connections whose client stops taking its answers, closed.
 //! - [`routes`]: the REST endpoints, HTTP metrics.
 //! - `models` (private): what both protocols ask about models (lookup, metadata, readiness).
 //! - `admin` (private): the repository endpoints and the one admin rule.
@@ -77,6 +78,7 @@ mod model_config;
 mod models;
 pub mod protocol;
 pub mod routes;
+mod send_timeout;
 pub mod serve;
 mod stats;
 mod unserved;

@@ -5,7 +5,8 @@
 //! is what gRPC clients speak) with a timer and a header-read timeout, at most
 //! `max_connections` are served at once (the rest wait in the kernel's backlog), the peer
 //! address is handed to the handlers (admin endpoints check it), and shutdown drains open
-//! connections gracefully (HTTP/2 ones with a GOAWAY).
+//! connections gracefully (HTTP/2 ones with a GOAWAY). A connection whose client stops
+//! taking its answers is closed after `send_timeout` (`send_timeout`'s module doc).
 //!
 //! HTTP/2 flow control is sized so that no call can starve another on its connection. A big
 //! gRPC message waits for its decode-budget share before it is read (`grpc::budget`), and
@@ -38,6 +39,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
+use super::send_timeout::{Answer, Watch, Watched};
+
 /// Each HTTP/2 stream's flow-control window, the most a request's bytes may run ahead of
 /// what the server has read of them. Half of hyper's default: with HTTP/2's own 64 KiB a
 /// 32 MiB message took a window update per 32 KiB, and under load sixteen of them at once
@@ -64,6 +67,11 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// How long shutdown waits for open connections to finish. Default 30 s.
     pub shutdown_grace: Duration,
+    /// Longest a connection's client may take nothing of what waits for it (an answer's
+    /// bytes, or the socket's) before the connection is closed: the time between two
+    /// successive takes, not a whole answer's (`send_timeout`'s module doc); zero for no
+    /// limit. Default 60 s.
+    pub send_timeout: Duration,
     /// Most requests in flight at once on one HTTP/2 (gRPC) connection. Default 32 (a
     /// client with more calls in flight queues them, or opens more connections). The
     /// connection's flow-control window follows it (module doc): each stream more is 512 KiB
@@ -77,6 +85,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(60),
             max_streams_per_connection: 32,
         }
     }
@@ -116,9 +125,16 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let watch = Arc::new(Watch::new());
+        let answers = Arc::clone(&watch);
         let service = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            app.clone().oneshot(req.map(axum::body::Body::new))
+            let call = app.clone().oneshot(req.map(axum::body::Body::new));
+            let watch = Arc::clone(&answers);
+            async move {
+                call.await
+                    .map(|answer| answer.map(|body| Answer::new(body, watch)))
+            }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
@@ -136,6 +152,7 @@ pub async fn serve(
             .keep_alive_timeout(Duration::from_secs(20));
         let watcher = graceful.watcher();
         let first_bytes = options.header_read_timeout;
+        let send_timeout = options.send_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             // The protocol detection below waits for the client's first bytes with no timer
@@ -144,11 +161,19 @@ pub async fn serve(
                 tracing::debug!(%peer, "nothing to tell HTTP/1 from HTTP/2 within the header timeout; closed");
                 return;
             }
+            let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch)));
             let conn = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .serve_connection(io, TowerToHyperService::new(service))
                 .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            tokio::select! {
+                ended = watcher.watch(conn) => if let Err(e) = ended {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                },
+                waited = watch.stalled(send_timeout) => tracing::info!(
+                    %peer,
+                    waited_s = waited.as_secs_f64(),
+                    "closed a connection whose client took nothing of its answers within the send timeout"
+                ),
             }
         });
     }
