@@ -141,6 +141,10 @@ for r in $(seq "$ROUNDS"); do
 done
 
 head=$(git rev-parse --short HEAD)
+# A binary built from uncommitted sources is not HEAD's: say so in its label.
+if [[ -n $(git status --porcelain -- crates examples Cargo.toml Cargo.lock) ]]; then
+  head="$head+uncommitted"
+fi
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 python3 - "$work/rows.txt" "$rev" "$head" "$(nproc)" "$cpu" "$BASELINE" "$ROUNDS" "$SECS" "$LOADGEN" \
   >"$work/section.md" <<'EOF'
