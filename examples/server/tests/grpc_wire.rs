@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use common::{
-    free_port, http, proc_status_mib, publish, start_ready, Liveness, Server, PROBE_LIMIT,
+    free_port, http, proc_status_mib, publish, start_ready, Frames, Liveness, Server, PROBE_LIMIT,
 };
 use http_body_util::{BodyExt as _, Full};
 use kiln::http::grpc::pb;
@@ -597,24 +597,6 @@ async fn compressed_calls_batch_together_as_plain_ones_do() {
         "eight compressed calls sent at once ran in {executions} batches: they were not in \
          the server together"
     );
-}
-
-/// The request body of a stream: each message sent on `tx` goes out as a data frame; dropping
-/// `tx` half-closes the stream.
-struct Frames(tokio::sync::mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for Frames {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|m| m.map(|b| Ok(hyper::body::Frame::data(b))))
-    }
 }
 
 /// A `ModelStreamInfer` call opened on its own connection: where to send framed messages, and

@@ -10,6 +10,9 @@
 //!   each whole, so only the full socket shows;
 //! - a gRPC client that reads its socket but opens no window for its answer: the socket
 //!   never fills, so only the answer's bytes show.
+//!
+//! And what must not be cut: a client that reads a big answer slowly but steadily, an idle
+//! keep-alive connection, an idle `ModelStreamInfer` stream.
 
 mod common;
 
@@ -18,7 +21,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
-use common::{free_port, publish, start_ready, Server};
+use common::{free_port, publish, start_ready, Frames, Server};
 use http_body_util::{BodyExt as _, Full};
 use kiln::http::grpc::pb;
 use prost::Message as _;
@@ -130,8 +133,20 @@ async fn a_grpc_client_that_stops_reading_its_socket_loses_its_connection_at_the
             .await
             .expect("h2 handshake");
     let conn = tokio::spawn(conn);
-    // The server's settings (its stream limit) are read before the client stops.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // One call answered first: the server's settings and window are read before the client
+    // stops reading.
+    let live = hyper::Request::post(format!(
+        "http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ServerLive"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+    .expect("request");
+    let live = sender.clone().send_request(live).await.expect("ServerLive");
+    live.into_body()
+        .collect()
+        .await
+        .expect("ServerLive's answer");
     reading.set(false);
     let calls: Vec<_> = (0..32)
         .map(|_| {
@@ -147,7 +162,8 @@ async fn a_grpc_client_that_stops_reading_its_socket_loses_its_connection_at_the
             })
         })
         .collect();
-    tokio::time::sleep(SEND_TIMEOUT * 3).await;
+    // Time for the calls to run (a debug build's too), fill the socket and wait it out.
+    tokio::time::sleep(SEND_TIMEOUT * 6).await;
     reading.set(true);
     let mut whole = 0;
     for call in calls {
@@ -278,17 +294,123 @@ async fn a_grpc_answer_whose_window_stays_shut_loses_its_connection_at_the_send_
         .send_request(request)
         .await
         .expect("answer's headers");
-    tokio::time::sleep(SEND_TIMEOUT * 2).await;
-    // Reading now takes the 256 bytes sent, then finds the connection closed.
-    let read = tokio::time::timeout(Duration::from_secs(10), answer.into_body().collect()).await;
-    match read {
-        Ok(Err(_)) => {}
-        Ok(Ok(body)) => panic!(
-            "the whole answer was kept for the client: {} bytes",
-            body.to_bytes().len()
-        ),
-        Err(_) => panic!("the answer still waited for the client 10 s later"),
+    // The client reads its socket, so it sees the server close the connection.
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+    assert!(
+        ended.is_ok(),
+        "the connection was still open 10 s later, the answer waiting for the client"
+    );
+    let read = tokio::time::timeout(Duration::from_secs(5), answer.into_body().collect()).await;
+    assert!(
+        matches!(read, Ok(Err(_))),
+        "the answer ends in an error once its connection is closed"
+    );
+}
+
+/// A client that reads its big answer slowly but steadily (16 KiB every 100 ms, far below
+/// what the sockets hold, so the kernel lets no new write in for seconds) is not cut: it
+/// gets the whole answer.
+#[test]
+fn a_client_that_keeps_reading_slowly_gets_its_whole_answer() {
+    let (_root, server, _) = serve(&[]);
+    let mut client = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    client
+        .write_all(&int64_json(server.port, 100_000))
+        .expect("request");
+    let mut answer = Vec::new();
+    let mut buf = vec![0u8; 16 << 10];
+    let slow = Instant::now();
+    while slow.elapsed() < SEND_TIMEOUT * 4 {
+        let n = client.read(&mut buf).expect("the answer goes on");
+        assert!(n > 0, "the connection was closed while the client read");
+        answer.extend_from_slice(&buf[..n]);
+        std::thread::sleep(Duration::from_millis(100));
     }
-    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
-    assert!(ended.is_ok(), "the connection was not closed");
+    let (head, body_start) = loop {
+        let text = String::from_utf8_lossy(&answer);
+        if let Some(at) = text.find("\r\n\r\n") {
+            break (text[..at].to_owned(), at + 4);
+        }
+        let n = client.read(&mut buf).expect("head");
+        assert!(n > 0, "closed before the head");
+        answer.extend_from_slice(&buf[..n]);
+    };
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .expect("content-length");
+    while answer.len() < body_start + length {
+        let n = client.read(&mut buf).expect("the rest");
+        assert!(n > 0, "the connection was closed before the answer's end");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(length > 20 << 20, "{length}");
+}
+
+/// An idle keep-alive connection and an idle `ModelStreamInfer` stream wait for nothing:
+/// each is used again after three send timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_streams_are_not_cut() {
+    let (_root, server, grpc) = serve(&[]);
+    let port = server.port;
+    let keep_alive = tokio::task::spawn_blocking(move || {
+        let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut live = || {
+            client
+                .write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("probe");
+            let mut buf = [0u8; 4096];
+            let n = client.read(&mut buf).expect("answer");
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200")
+        };
+        assert!(live());
+        std::thread::sleep(SEND_TIMEOUT * 3);
+        assert!(live(), "the idle keep-alive connection was cut");
+    });
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let request = hyper::Request::post(format!(
+        "http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelStreamInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(Frames(rx))
+    .expect("request");
+    let mut answers = sender
+        .send_request(request)
+        .await
+        .expect("stream")
+        .into_body();
+    let message = infer_request(grpc, 10).into_body().collect().await;
+    let message = message.expect("message").to_bytes();
+    for round in 0..2 {
+        tx.send(message.clone()).await.expect("send");
+        let frame = tokio::time::timeout(Duration::from_secs(10), answers.frame())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no answer in 10 s"))
+            .unwrap_or_else(|| panic!("round {round}: the stream ended"))
+            .unwrap_or_else(|e| panic!("round {round}: the stream was cut: {e}"));
+        assert!(frame.is_data(), "round {round}: {frame:?}");
+        tokio::time::sleep(SEND_TIMEOUT * 3).await;
+    }
+    keep_alive.await.expect("keep-alive client");
 }

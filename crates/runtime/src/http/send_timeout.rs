@@ -2,28 +2,39 @@
 //! back holds what the server made for it, and a connection slot: an HTTP/1.1 answer too big
 //! for the socket's buffers waits in hyper's write buffer and, behind it, in its body; an
 //! HTTP/2 (gRPC) answer waits for a flow-control window the client never opens, up to a
-//! connection's 32 streams of them; small answers the client does not read fill the socket.
+//! connection's 32 streams of them; answers the client does not read fill the socket.
 //! Nothing timed that: the accept loop closed a connection only when its client did.
 //!
-//! So [`serve`](super::serve()) watches each connection ([`Watch`]) and closes it once its
-//! client has taken nothing for [`ServeOptions::send_timeout`](super::ServeOptions) while
-//! something waited for it, as nginx's `send_timeout`: the time between two successive
-//! takes, not the whole answer's, so a slow client that keeps reading is never cut. What can
-//! wait for a client:
+//! So [`serve`](super::serve()) watches each connection ([`Watch`]) and closes it once it has
+//! been stalled for [`ServeOptions::send_timeout`](super::ServeOptions): something waited for
+//! the client and the client took nothing meanwhile, as nginx's `send_timeout` (the time
+//! between two takes, not a whole answer's, so a slow client that keeps reading is not cut).
+//! What waits:
 //!
-//! - the socket ([`Watched`]): a write the kernel would not take, which is a client that
-//!   stopped reading its socket, whatever the protocol and however small its answers;
-//! - an answer ([`Answer`]): a body with bytes hyper has not pulled yet, which is also an
-//!   HTTP/2 client that reads its socket but opens no window (the socket never blocks). An
-//!   answer is handed to hyper in pieces of at most [`PIECE_BYTES`], so hyper pulls it as the
-//!   client takes it and what waits is seen here, not inside hyper's or h2's buffers.
+//! - the socket ([`Watched`]): a write the kernel would not take, until one it takes: a
+//!   client that stopped reading its socket, whatever the protocol and however small its
+//!   answers (h2 keeps up to 400 KiB a stream of answers it was handed);
+//! - an answer ([`Answer`]): a body with bytes left, or with its last piece still inside
+//!   hyper, until hyper pulls the next piece: also an HTTP/2 client that reads its socket
+//!   but opens no window, so the socket never blocks. An answer goes to hyper in pieces of at
+//!   most [`PIECE_BYTES`], so that what the client has not taken stays here, where it is
+//!   seen (hyper 1.12 pulls one piece ahead of the window and holds it).
+//!
+//! What counts as the client taking: hyper pulling an answer's next piece, or the client
+//! having taken [`PROGRESS_BYTES`] more off the socket since the watch last looked (what the
+//! socket took, less what the kernel still holds unsent, on Linux: a client draining a full
+//! socket slowly takes bytes long before the kernel lets the next write in, since it waits
+//! for a third of a buffer of megabytes). A PING's answer (17 bytes) is not taking.
 //!
 //! Waiting on the server is not the client's stall: an answer whose body is pending (a
-//! stream with no answer ready yet) stops its clock until it has bytes again.
+//! stream with no answer ready yet, a model still running) waits for nothing. The close is
+//! the whole connection's (hyper cannot reset one stream while it waits for its window), but
+//! only once the connection as a whole takes nothing: a client with one stalled stream and
+//! others it reads is not cut.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,82 +43,166 @@ use axum::body::{Body, Bytes};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The most of an answer handed to hyper at once. hyper pulls the next piece only once the
-/// client has room for more (HTTP/2: a window; HTTP/1.1: its write buffer, 64 KiB, drained
-/// into the socket), so at most about a piece of each answer waits inside hyper.
+/// The most of an answer handed to hyper at once. hyper holds at most about a piece of each
+/// answer ahead of what the client has room for (HTTP/2: its window; HTTP/1.1: hyper's 64 KiB
+/// write buffer, drained into the socket); the rest waits here.
 pub(crate) const PIECE_BYTES: usize = 64 << 10;
 
-/// What waits for one connection's client, and since when.
+/// What the client must take for the connection to count as moving: more than its own
+/// chatter (PING and SETTINGS acknowledgements, window updates).
+pub(crate) const PROGRESS_BYTES: u64 = 4 << 10;
+
+/// An answer waiting for the client since its creation or hyper's last pull of it.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    id: u64,
+    since: Instant,
+}
+
+/// What waits for one connection's client, and when the client last took something.
 #[derive(Debug)]
 pub(crate) struct Watch {
     start: Instant,
     /// When a socket write first found the kernel's buffer full: nanoseconds since `start`,
     /// plus one; 0 while writes go through.
     blocked: AtomicU64,
-    /// The answers with bytes waiting for hyper to pull them, each since when (a few: at
-    /// most one a stream).
-    waiting: Mutex<Vec<(u64, Instant)>>,
+    /// The socket's descriptor, to ask the kernel what it still holds unsent; -1: unknown.
+    fd: AtomicI32,
+    /// Bytes the socket has taken, in all.
+    written: AtomicU64,
+    /// When the client last took something (hyper pulled an answer's piece, or the watch saw
+    /// [`PROGRESS_BYTES`] more taken): nanoseconds since `start`, plus one; 0: never.
+    progress: AtomicU64,
+    /// The answers waiting for the client (a few: at most one a stream).
+    waiting: Mutex<Vec<Wait>>,
     next_id: AtomicU64,
+    /// The send timeout; zero: nothing is watched.
+    timeout: Duration,
 }
 
 impl Watch {
-    pub(crate) fn new() -> Self {
+    /// A connection's watch, for a send timeout of `timeout` (zero: none, nothing watched).
+    pub(crate) fn new(timeout: Duration) -> Self {
         Self {
             start: Instant::now(),
             blocked: AtomicU64::new(0),
+            fd: AtomicI32::new(-1),
+            written: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
+            timeout,
         }
     }
 
-    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<(u64, Instant)>> {
+    fn on(&self) -> bool {
+        !self.timeout.is_zero()
+    }
+
+    /// The connection's socket is `fd` (open for as long as [`Watch::stalled`] is polled):
+    /// a client draining a full socket slowly is then seen taking bytes before the kernel
+    /// lets the next write in (it waits for a third of its buffer, megabytes on loopback).
+    pub(crate) fn socket(&self, fd: i32) {
+        self.fd.store(fd, Ordering::Relaxed);
+    }
+
+    fn stamp(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_nanos()).unwrap_or(u64::MAX - 1)
+            + 1
+    }
+
+    fn instant(&self, stamp: u64) -> Option<Instant> {
+        (stamp != 0).then(|| self.start + Duration::from_nanos(stamp - 1))
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Wait>> {
         self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Since when something has waited for the client: the oldest wait now, if any.
-    fn oldest(&self) -> Option<Instant> {
-        let blocked = match self.blocked.load(Ordering::Relaxed) {
-            0 => None,
-            n => Some(self.start + Duration::from_nanos(n - 1)),
-        };
-        let answer = self.waiting().iter().map(|(_, since)| *since).min();
-        blocked.into_iter().chain(answer).min()
+    /// The bytes the client has taken: what the socket took, less what the kernel still
+    /// holds unsent (where it says).
+    fn taken(&self) -> u64 {
+        let written = self.written.load(Ordering::Relaxed);
+        unsent(self.fd.load(Ordering::Relaxed)).map_or(written, |u| written.saturating_sub(u))
     }
 
-    /// Resolves once something has waited `timeout` for the client (how long it had), and
-    /// never while nothing waits, nor if `timeout` is zero (no timeout) or too long to
-    /// reach. Wakes at most once a `timeout` while the client keeps up.
-    pub(crate) async fn stalled(&self, timeout: Duration) -> Duration {
-        if timeout.is_zero() {
+    /// Since when the connection has been stalled, if it is: something waits for the client
+    /// (the socket, or an answer), since then, and the client has taken nothing since.
+    fn stalled_since(&self) -> Option<Instant> {
+        let blocked = self.instant(self.blocked.load(Ordering::Relaxed));
+        let answer = self.waiting().iter().map(|w| w.since).min();
+        let waits = blocked.into_iter().chain(answer).min()?;
+        let progress = self.instant(self.progress.load(Ordering::Relaxed));
+        Some(progress.map_or(waits, |p| p.max(waits)))
+    }
+
+    /// Resolves once the connection has been stalled for the send timeout (how long it was),
+    /// and never while the client keeps taking, nor if the timeout is zero (none) or too
+    /// long to reach. While something waits it looks four times a timeout (what the client
+    /// took shows only to a look); otherwise once a timeout.
+    pub(crate) async fn stalled(&self) -> Duration {
+        let timeout = self.timeout;
+        if !self.on() {
             return std::future::pending().await;
         }
+        let mut taken = self.taken();
         loop {
             let now = Instant::now();
-            // A wait that begins after this look cannot end before `now + timeout`.
-            let due = match self.oldest() {
+            let now_taken = self.taken();
+            if now_taken.saturating_sub(taken) >= PROGRESS_BYTES {
+                taken = now_taken;
+                self.progress.store(self.stamp(now), Ordering::Relaxed);
+            }
+            let next = match self.stalled_since() {
                 Some(since) if now.saturating_duration_since(since) >= timeout => {
                     return now.saturating_duration_since(since)
                 }
-                Some(since) => since.checked_add(timeout),
+                Some(since) => since
+                    .checked_add(timeout)
+                    .map(|due| due.min(now + timeout / 4)),
                 None => now.checked_add(timeout),
             };
-            match due {
-                Some(due) => tokio::time::sleep_until(due.into()).await,
+            match next {
+                Some(next) => tokio::time::sleep_until(next.into()).await,
                 None => return std::future::pending().await,
             }
         }
     }
 
-    fn socket_wrote(&self, blocked: bool) {
-        if !blocked {
+    /// A socket write took `took` bytes, or none (`None`: the kernel's buffer was full).
+    fn socket_wrote(&self, took: Option<usize>) {
+        if !self.on() {
+            return;
+        }
+        if let Some(took) = took {
             self.blocked.store(0, Ordering::Relaxed);
+            self.written.fetch_add(took as u64, Ordering::Relaxed);
         } else if self.blocked.load(Ordering::Relaxed) == 0 {
-            let since = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX - 1);
-            self.blocked.store(since + 1, Ordering::Relaxed);
+            self.blocked
+                .store(self.stamp(Instant::now()), Ordering::Relaxed);
         }
     }
+}
+
+/// The bytes the kernel still holds unsent on socket `fd` (Linux's `SIOCOUTQ`), if it says.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn unsent(fd: i32) -> Option<u64> {
+    if fd < 0 {
+        return None;
+    }
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is the connection's open socket (`Watch::socket`); TIOCOUTQ writes one
+    // int to the pointer given.
+    let ok = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, std::ptr::addr_of_mut!(queued)) };
+    (ok == 0).then(|| u64::try_from(queued).ok()).flatten()
+}
+
+/// Elsewhere the kernel is not asked: only a write it takes is progress.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn unsent(_fd: i32) -> Option<u64> {
+    None
 }
 
 /// A connection's socket, telling its [`Watch`] when the kernel would not take a write.
@@ -121,8 +216,12 @@ impl<S> Watched<S> {
         Self { io, watch }
     }
 
-    fn wrote<T>(&self, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
-        self.watch.socket_wrote(poll.is_pending());
+    fn wrote(&self, poll: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &poll {
+            Poll::Pending => self.watch.socket_wrote(None),
+            Poll::Ready(Ok(took)) => self.watch.socket_wrote(Some(*took)),
+            Poll::Ready(Err(_)) => {}
+        }
         poll
     }
 }
@@ -197,11 +296,24 @@ impl Answer {
     }
 
     fn waits(&self, waits: bool) {
+        if !self.watch.on() {
+            return;
+        }
         let mut waiting = self.watch.waiting();
-        let at = waiting.iter().position(|(id, _)| *id == self.id);
+        let at = waiting.iter().position(|w| w.id == self.id);
+        let now = Instant::now();
         match (waits, at) {
-            (true, Some(at)) => waiting[at].1 = Instant::now(),
-            (true, None) => waiting.push((self.id, Instant::now())),
+            // hyper pulled a piece: the client took what was before it.
+            (true, Some(at)) => {
+                waiting[at].since = now;
+                self.watch
+                    .progress
+                    .store(self.watch.stamp(now), Ordering::Relaxed);
+            }
+            (true, None) => waiting.push(Wait {
+                id: self.id,
+                since: now,
+            }),
             (false, Some(at)) => {
                 waiting.swap_remove(at);
             }
@@ -224,16 +336,17 @@ impl HttpBody for Answer {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        // Every frame handed over waits until the next pull: the last too, which hyper may
+        // hold until the client opens a window. hyper drops the body once it has sent it.
         if !self.rest.is_empty() {
             let piece = self.piece();
-            let more = !self.is_end_stream();
-            self.waits(more);
+            self.waits(true);
             return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         let frame = match polled {
             Poll::Ready(Some(Ok(frame))) => frame,
-            // Pending: the server's to make, not the client's to take.
+            // Pending: the server's to make, not the client's to take; or the end.
             other => {
                 self.waits(false);
                 return other;
@@ -247,8 +360,7 @@ impl HttpBody for Answer {
             Ok(data) => Frame::data(data),
             Err(frame) => frame,
         };
-        let more = !self.is_end_stream();
-        self.waits(more);
+        self.waits(true);
         Poll::Ready(Some(Ok(frame)))
     }
 
@@ -280,12 +392,14 @@ mod tests {
     use http_body_util::BodyExt as _;
 
     fn waits(watch: &Watch) -> bool {
-        watch.oldest().is_some()
+        watch.stalled_since().is_some()
     }
+
+    const TIMEOUT: Duration = Duration::from_secs(60);
 
     #[tokio::test]
     async fn an_answer_waits_while_it_has_bytes_and_comes_in_pieces() {
-        let watch = Arc::new(Watch::new());
+        let watch = Arc::new(Watch::new(TIMEOUT));
         let data = Bytes::from(vec![7u8; PIECE_BYTES * 2 + 10]);
         let mut body = Answer::new(Body::from(data.clone()), Arc::clone(&watch));
         assert!(waits(&watch), "an answer not pulled yet waits");
@@ -312,7 +426,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_pending_on_the_server_does_not_wait_for_the_client() {
         use futures::StreamExt as _;
-        let watch = Arc::new(Watch::new());
+        let watch = Arc::new(Watch::new(TIMEOUT));
         let (mut tx, rx) = futures::channel::mpsc::channel::<Bytes>(1);
         let frames = rx.map(|b| Ok::<_, axum::Error>(Frame::data(b)));
         let mut body = Answer::new(
@@ -333,19 +447,19 @@ mod tests {
 
     #[tokio::test]
     async fn stalled_resolves_only_after_a_whole_timeout_of_waiting() {
-        let watch = Arc::new(Watch::new());
         let timeout = Duration::from_millis(300);
+        let watch = Arc::new(Watch::new(timeout));
         let stalled = tokio::spawn({
             let watch = Arc::clone(&watch);
-            async move { watch.stalled(timeout).await }
+            async move { watch.stalled().await }
         });
         tokio::time::sleep(timeout * 2).await;
         assert!(!stalled.is_finished(), "nothing waited");
         let began = Instant::now();
-        watch.socket_wrote(true);
+        watch.socket_wrote(None);
         tokio::time::sleep(timeout / 2).await;
-        watch.socket_wrote(false);
-        watch.socket_wrote(true);
+        watch.socket_wrote(Some(1));
+        watch.socket_wrote(None);
         tokio::time::sleep(timeout * 3 / 4).await;
         assert!(!stalled.is_finished(), "a write went through in between");
         let waited = tokio::time::timeout(timeout * 2, stalled)
@@ -354,5 +468,42 @@ mod tests {
             .expect("task");
         assert!(waited >= timeout, "{waited:?}");
         assert!(began.elapsed() >= timeout * 3 / 2, "{:?}", began.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_client_that_keeps_taking_is_not_stalled_and_chatter_is_not_taking() {
+        let timeout = Duration::from_millis(300);
+        let watch = Arc::new(Watch::new(timeout));
+        let answer = Answer::new(Body::from("x"), Arc::clone(&watch));
+        let stalled = tokio::spawn({
+            let watch = Arc::clone(&watch);
+            async move { watch.stalled().await }
+        });
+        // Another stream's bytes, 2 KiB every 50 ms: the connection moves.
+        for _ in 0..20 {
+            watch.socket_wrote(Some(2048));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!stalled.is_finished(), "the client kept taking");
+        // A PING's answer every 50 ms is not taking.
+        let quiet = Instant::now();
+        while !stalled.is_finished() && quiet.elapsed() < timeout * 3 {
+            watch.socket_wrote(Some(17));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let waited = stalled.await.expect("task");
+        assert!(waited >= timeout, "{waited:?}");
+        assert!(quiet.elapsed() >= timeout, "{:?}", quiet.elapsed());
+        drop(answer);
+        assert!(!waits(&watch));
+    }
+
+    #[test]
+    fn with_no_timeout_nothing_is_watched() {
+        let watch = Arc::new(Watch::new(Duration::ZERO));
+        let answer = Answer::new(Body::from("x"), Arc::clone(&watch));
+        watch.socket_wrote(None);
+        assert!(!waits(&watch));
+        drop(answer);
     }
 }

@@ -125,7 +125,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let watch = Arc::new(Watch::new());
+        let watch = Arc::new(Watch::new(options.send_timeout));
         let answers = Arc::clone(&watch);
         let service = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
@@ -152,7 +152,6 @@ pub async fn serve(
             .keep_alive_timeout(Duration::from_secs(20));
         let watcher = graceful.watcher();
         let first_bytes = options.header_read_timeout;
-        let send_timeout = options.send_timeout;
         tokio::spawn(async move {
             let _slot = slot;
             // The protocol detection below waits for the client's first bytes with no timer
@@ -161,6 +160,8 @@ pub async fn serve(
                 tracing::debug!(%peer, "nothing to tell HTTP/1 from HTTP/2 within the header timeout; closed");
                 return;
             }
+            #[cfg(unix)]
+            watch.socket(std::os::fd::AsRawFd::as_raw_fd(&stream));
             let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch)));
             let conn = builder
                 .serve_connection(io, TowerToHyperService::new(service))
@@ -169,7 +170,7 @@ pub async fn serve(
                 ended = watcher.watch(conn) => if let Err(e) = ended {
                     tracing::debug!(error = %e, %peer, "connection ended with an error");
                 },
-                waited = watch.stalled(send_timeout) => tracing::info!(
+                waited = watch.stalled() => tracing::info!(
                     %peer,
                     waited_s = waited.as_secs_f64(),
                     "closed a connection whose client took nothing of its answers within the send timeout"

@@ -501,3 +501,21 @@ pub(crate) fn assert_classes_named(port: u16, model: &str, labels: &[&str; 4]) {
         assert_eq!(parts.get(2), labels.get(index), "{c}");
     }
 }
+
+/// The request body of a gRPC stream (`ModelStreamInfer`): each message sent on the channel
+/// goes out as a data frame; dropping the sender half-closes the stream.
+pub(crate) struct Frames(pub(crate) tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+impl hyper::body::Body for Frames {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|m| m.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
