@@ -18,10 +18,12 @@
 //!   hyper, until hyper pulls the next piece: also an HTTP/2 client that reads its socket
 //!   but opens no window, so the socket never blocks. An answer goes to hyper in pieces of at
 //!   most [`PIECE_BYTES`], so that what the client has not taken stays here, where it is
-//!   seen (hyper 1.12 pulls one piece ahead of the window and holds it).
+//!   seen (hyper 1.12 pulls one piece ahead of the window and holds it), and over HTTP/2
+//!   ends in a piece of one byte that hyper holds until the window lets all before it out
+//!   ([`TAIL_FROM_BYTES`]).
 //!
-//! What counts as the client taking: hyper pulling an answer's next piece, or the client
-//! having taken [`PROGRESS_BYTES`] more off the socket since the watch last looked (what the
+//! What counts as the client taking: the client having taken [`PROGRESS_BYTES`] more off
+//! the socket since the watch last looked, four times a timeout (what the
 //! socket took, less what the kernel still holds unsent, on Linux: a client draining a full
 //! socket slowly takes bytes long before the kernel lets the next write in, since it waits
 //! for a third of a buffer of megabytes). A PING's answer (17 bytes) is not taking.
@@ -48,6 +50,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// write buffer, drained into the socket); the rest waits here.
 pub(crate) const PIECE_BYTES: usize = 64 << 10;
 
+/// Over HTTP/2, a data frame longer than this goes to hyper with its last byte as a piece of
+/// its own. hyper hands a piece to h2 as soon as the window has one byte free, and h2 keeps
+/// what the window does not let out; hyper then pulls the next piece at once, and, were that
+/// the answer's end, would drop the answer with up to a piece unsent and unwatched. The
+/// last byte is pulled at once too, but hyper holds it until the window has room beyond all
+/// that came before: the answer stays watched until the client has taken the rest.
+/// Shorter answers (under a kilobyte each, 32 a connection) are not worth a frame more.
+pub(crate) const TAIL_FROM_BYTES: usize = 1 << 10;
+
 /// What the client must take for the connection to count as moving: more than its own
 /// chatter (PING and SETTINGS acknowledgements, window updates).
 pub(crate) const PROGRESS_BYTES: u64 = 4 << 10;
@@ -70,8 +81,8 @@ pub(crate) struct Watch {
     fd: AtomicI32,
     /// Bytes the socket has taken, in all.
     written: AtomicU64,
-    /// When the client last took something (hyper pulled an answer's piece, or the watch saw
-    /// [`PROGRESS_BYTES`] more taken): nanoseconds since `start`, plus one; 0: never.
+    /// When the watch last saw the client take [`PROGRESS_BYTES`] more off the socket:
+    /// nanoseconds since `start`, plus one; 0: never.
     progress: AtomicU64,
     /// The answers waiting for the client (a few: at most one a stream).
     waiting: Mutex<Vec<Wait>>,
@@ -140,8 +151,9 @@ impl Watch {
 
     /// Resolves once the connection has been stalled for the send timeout (how long it was),
     /// and never while the client keeps taking, nor if the timeout is zero (none) or too
-    /// long to reach. While something waits it looks four times a timeout (what the client
-    /// took shows only to a look); otherwise once a timeout.
+    /// long to reach. It looks four times a timeout (what the client took shows only to a
+    /// look, against the last one), so a stall is cut between one and one and a quarter
+    /// timeouts after it began.
     pub(crate) async fn stalled(&self) -> Duration {
         let timeout = self.timeout;
         if !self.on() {
@@ -161,8 +173,9 @@ impl Watch {
                 }
                 Some(since) => since
                     .checked_add(timeout)
-                    .map(|due| due.min(now + timeout / 4)),
-                None => now.checked_add(timeout),
+                    .zip(now.checked_add(timeout / 4))
+                    .map(|(due, look)| due.min(look)),
+                None => now.checked_add(timeout / 4),
             };
             match next {
                 Some(next) => tokio::time::sleep_until(next.into()).await,
@@ -275,17 +288,24 @@ pub(crate) struct Answer {
     body: Body,
     /// What is left of the data frame being handed over.
     rest: Bytes,
+    /// Whether data frames longer than [`TAIL_FROM_BYTES`] end in a piece of one byte
+    /// (HTTP/2), and whether the one being handed over does.
+    tail: bool,
+    hold_last: bool,
     watch: Arc<Watch>,
     id: u64,
 }
 
 impl Answer {
-    /// `body` as an answer waiting for its client from now on (hyper has pulled nothing).
-    pub(crate) fn new(body: Body, watch: Arc<Watch>) -> Self {
+    /// `body` as an answer waiting for its client from now on (hyper has pulled nothing),
+    /// sent over HTTP/2 if `http2`.
+    pub(crate) fn new(body: Body, watch: Arc<Watch>, http2: bool) -> Self {
         let id = watch.next_id.fetch_add(1, Ordering::Relaxed);
         let answer = Self {
             body,
             rest: Bytes::new(),
+            tail: http2,
+            hold_last: false,
             watch,
             id,
         };
@@ -301,18 +321,13 @@ impl Answer {
         }
         let mut waiting = self.watch.waiting();
         let at = waiting.iter().position(|w| w.id == self.id);
-        let now = Instant::now();
+        // A pull is not the client's taking (hyper pulls ahead of the window): only the
+        // bytes it takes off the socket are (`Watch::stalled`).
         match (waits, at) {
-            // hyper pulled a piece: the client took what was before it.
-            (true, Some(at)) => {
-                waiting[at].since = now;
-                self.watch
-                    .progress
-                    .store(self.watch.stamp(now), Ordering::Relaxed);
-            }
+            (true, Some(at)) => waiting[at].since = Instant::now(),
             (true, None) => waiting.push(Wait {
                 id: self.id,
-                since: now,
+                since: Instant::now(),
             }),
             (false, Some(at)) => {
                 waiting.swap_remove(at);
@@ -321,9 +336,16 @@ impl Answer {
         }
     }
 
-    /// The next piece of `rest`, keeping what is over [`PIECE_BYTES`] for the next pull.
+    /// The next piece of `rest`, keeping what is over [`PIECE_BYTES`] for the next pull, and
+    /// the last byte for a piece of its own if the frame holds it back.
     fn piece(&mut self) -> Bytes {
-        let at = self.rest.len().min(PIECE_BYTES);
+        let keep = usize::from(self.hold_last);
+        let at = self
+            .rest
+            .len()
+            .saturating_sub(keep)
+            .clamp(1, PIECE_BYTES)
+            .min(self.rest.len());
         self.rest.split_to(at)
     }
 }
@@ -353,7 +375,8 @@ impl HttpBody for Answer {
             }
         };
         let frame = match frame.into_data() {
-            Ok(data) if data.len() > PIECE_BYTES => {
+            Ok(data) if data.len() > PIECE_BYTES || (self.tail && data.len() > TAIL_FROM_BYTES) => {
+                self.hold_last = self.tail && data.len() > TAIL_FROM_BYTES;
                 self.rest = data;
                 Frame::data(self.piece())
             }
@@ -401,7 +424,7 @@ mod tests {
     async fn an_answer_waits_while_it_has_bytes_and_comes_in_pieces() {
         let watch = Arc::new(Watch::new(TIMEOUT));
         let data = Bytes::from(vec![7u8; PIECE_BYTES * 2 + 10]);
-        let mut body = Answer::new(Body::from(data.clone()), Arc::clone(&watch));
+        let mut body = Answer::new(Body::from(data.clone()), Arc::clone(&watch), false);
         assert!(waits(&watch), "an answer not pulled yet waits");
         assert_eq!(body.size_hint().exact(), Some(data.len() as u64));
         let mut pieces = Vec::new();
@@ -414,10 +437,10 @@ mod tests {
         }
         assert_eq!(pieces, [PIECE_BYTES, PIECE_BYTES, 10]);
         assert!(!waits(&watch), "a whole answer waits no more");
-        let empty = Answer::new(Body::empty(), Arc::clone(&watch));
+        let empty = Answer::new(Body::empty(), Arc::clone(&watch), false);
         assert!(!waits(&watch), "an empty answer never waits");
         drop(empty);
-        let dropped = Answer::new(Body::from("x"), Arc::clone(&watch));
+        let dropped = Answer::new(Body::from("x"), Arc::clone(&watch), false);
         assert!(waits(&watch));
         drop(dropped);
         assert!(!waits(&watch), "a dropped answer waits no more");
@@ -432,6 +455,7 @@ mod tests {
         let mut body = Answer::new(
             Body::new(http_body_util::StreamBody::new(frames)),
             Arc::clone(&watch),
+            true,
         );
         assert!(waits(&watch));
         assert!(futures::poll!(body.frame()).is_pending());
@@ -474,7 +498,7 @@ mod tests {
     async fn a_client_that_keeps_taking_is_not_stalled_and_chatter_is_not_taking() {
         let timeout = Duration::from_millis(300);
         let watch = Arc::new(Watch::new(timeout));
-        let answer = Answer::new(Body::from("x"), Arc::clone(&watch));
+        let answer = Answer::new(Body::from("x"), Arc::clone(&watch), false);
         let stalled = tokio::spawn({
             let watch = Arc::clone(&watch);
             async move { watch.stalled().await }
@@ -491,7 +515,10 @@ mod tests {
             watch.socket_wrote(Some(17));
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let waited = stalled.await.expect("task");
+        let waited = tokio::time::timeout(timeout * 3, stalled)
+            .await
+            .expect("chatter alone is stalled")
+            .expect("task");
         assert!(waited >= timeout, "{waited:?}");
         assert!(quiet.elapsed() >= timeout, "{:?}", quiet.elapsed());
         drop(answer);
@@ -501,9 +528,30 @@ mod tests {
     #[test]
     fn with_no_timeout_nothing_is_watched() {
         let watch = Arc::new(Watch::new(Duration::ZERO));
-        let answer = Answer::new(Body::from("x"), Arc::clone(&watch));
+        let answer = Answer::new(Body::from("x"), Arc::clone(&watch), false);
         watch.socket_wrote(None);
         assert!(!waits(&watch));
         drop(answer);
+    }
+
+    #[tokio::test]
+    async fn over_http2_a_frame_ends_in_a_piece_of_one_byte() {
+        let watch = Arc::new(Watch::new(TIMEOUT));
+        for (len, expected) in [
+            (3000, vec![2999, 1]),
+            (PIECE_BYTES * 2 + 10, vec![PIECE_BYTES, PIECE_BYTES, 9, 1]),
+            (TAIL_FROM_BYTES, vec![TAIL_FROM_BYTES]),
+        ] {
+            let data = Bytes::from(vec![1u8; len]);
+            let mut body = Answer::new(Body::from(data), Arc::clone(&watch), true);
+            let mut pieces = Vec::new();
+            while let Some(frame) = body.frame().await {
+                pieces.push(frame.expect("frame").into_data().expect("data").len());
+                if !pieces.is_empty() && pieces.iter().sum::<usize>() < len {
+                    assert!(waits(&watch), "{len}: bytes left wait");
+                }
+            }
+            assert_eq!(pieces, expected, "{len}");
+        }
     }
 }

@@ -129,11 +129,12 @@ pub async fn serve(
         let answers = Arc::clone(&watch);
         let service = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            let http2 = req.version() == hyper::Version::HTTP_2;
             let call = app.clone().oneshot(req.map(axum::body::Body::new));
             let watch = Arc::clone(&answers);
             async move {
                 call.await
-                    .map(|answer| answer.map(|body| Answer::new(body, watch)))
+                    .map(|answer| answer.map(|body| Answer::new(body, watch, http2)))
             }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
