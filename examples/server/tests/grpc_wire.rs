@@ -19,9 +19,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut as _, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use common::{
-    free_port, http, proc_status_mib, publish, start_ready, Frames, Liveness, Server, PROBE_LIMIT,
+    framed, framed_as, free_port, http, proc_status_mib, publish, start_ready, Frames, Liveness,
+    Server, PROBE_LIMIT,
 };
 use http_body_util::{BodyExt as _, Full};
 use kiln::http::grpc::pb;
@@ -63,17 +64,14 @@ async fn call_framed(
             .await
             .expect("h2 handshake");
     tokio::spawn(conn);
-    let mut framed = BytesMut::with_capacity(message.len() + 5);
-    framed.put_u8(u8::from(compressed));
-    framed.put_u32(u32::try_from(message.len()).expect("size"));
-    framed.extend_from_slice(message);
+    let framed = framed_as(message, compressed);
     let mut request = hyper::Request::post(format!("http://127.0.0.1:{port}{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let request = request.body(Full::new(framed.freeze())).expect("request");
+    let request = request.body(Full::new(framed)).expect("request");
     let response = tokio::time::timeout(Duration::from_secs(120), async {
         let response = sender.send_request(request).await.expect("response");
         let headers = response.headers().clone();
@@ -656,20 +654,6 @@ async fn open_stream_windowed(
     let request = request.body(Frames(rx)).expect("request");
     let response = sender.send_request(request).await.expect("response");
     (tx, response)
-}
-
-/// A gRPC frame of `message`.
-fn framed(message: &[u8]) -> Bytes {
-    framed_as(message, false)
-}
-
-/// A gRPC frame of `message`, its compressed flag `compressed`.
-fn framed_as(message: &[u8], compressed: bool) -> Bytes {
-    let mut b = BytesMut::with_capacity(message.len() + 5);
-    b.put_u8(u8::from(compressed));
-    b.put_u32(u32::try_from(message.len()).expect("size"));
-    b.extend_from_slice(message);
-    b.freeze()
 }
 
 /// mlp's one-row request with `id`.

@@ -20,8 +20,8 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut as _, Bytes, BytesMut};
-use common::{free_port, publish, start_ready, Frames, Server};
+use bytes::Bytes;
+use common::{framed, free_port, publish, start_ready, Frames, Server};
 use http_body_util::{BodyExt as _, Full};
 use kiln::http::grpc::pb;
 use prost::Message as _;
@@ -135,13 +135,7 @@ async fn a_grpc_client_that_stops_reading_its_socket_loses_its_connection_at_the
     let conn = tokio::spawn(conn);
     // One call answered first: the server's settings and window are read before the client
     // stops reading.
-    let live = hyper::Request::post(format!(
-        "http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ServerLive"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers")
-    .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
-    .expect("request");
+    let live = grpc_request(grpc, "ServerLive", &[]);
     let live = sender.clone().send_request(live).await.expect("ServerLive");
     live.into_body()
         .collect()
@@ -260,16 +254,17 @@ fn infer_request(grpc: u16, rows: usize) -> hyper::Request<Full<Bytes>> {
         ..Default::default()
     }
     .encode_to_vec();
-    let mut framed = BytesMut::with_capacity(message.len() + 5);
-    framed.put_u8(0);
-    framed.put_u32(u32::try_from(message.len()).expect("size"));
-    framed.extend_from_slice(&message);
+    grpc_request(grpc, "ModelInfer", &message)
+}
+
+/// A unary call of `GRPCInferenceService/{method}` with `message`, for the gRPC port `grpc`.
+fn grpc_request(grpc: u16, method: &str, message: &[u8]) -> hyper::Request<Full<Bytes>> {
     hyper::Request::post(format!(
-        "http://127.0.0.1:{grpc}/inference.GRPCInferenceService/ModelInfer"
+        "http://127.0.0.1:{grpc}/inference.GRPCInferenceService/{method}"
     ))
     .header("content-type", "application/grpc")
     .header("te", "trailers")
-    .body(Full::new(framed.freeze()))
+    .body(Full::new(framed(message)))
     .expect("request")
 }
 

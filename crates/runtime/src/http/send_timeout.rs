@@ -36,7 +36,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -77,13 +77,13 @@ pub(crate) struct Watch {
     /// When a socket write first found the kernel's buffer full: nanoseconds since `start`,
     /// plus one; 0 while writes go through.
     blocked: AtomicU64,
-    /// The socket's descriptor, to ask the kernel what it still holds unsent; -1: unknown.
-    fd: AtomicI32,
+    /// The socket's descriptor, open for as long as [`Watch::stalled`] is polled, to ask the
+    /// kernel what it still holds unsent: a client draining a full socket slowly is seen
+    /// taking bytes before the kernel lets the next write in (it waits for a third of its
+    /// buffer, megabytes on loopback). `None`: only writes the kernel takes are seen.
+    fd: Option<i32>,
     /// Bytes the socket has taken, in all.
     written: AtomicU64,
-    /// When the watch last saw the client take [`PROGRESS_BYTES`] more off the socket:
-    /// nanoseconds since `start`, plus one; 0: never.
-    progress: AtomicU64,
     /// The answers waiting for the client (a few: at most one a stream).
     waiting: Mutex<Vec<Wait>>,
     next_id: AtomicU64,
@@ -92,14 +92,14 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
-    /// A connection's watch, for a send timeout of `timeout` (zero: none, nothing watched).
-    pub(crate) fn new(timeout: Duration) -> Self {
+    /// A connection's watch, for a send timeout of `timeout` (zero: none, nothing watched),
+    /// on the socket `fd` if known.
+    pub(crate) fn new(timeout: Duration, fd: Option<i32>) -> Self {
         Self {
             start: Instant::now(),
             blocked: AtomicU64::new(0),
-            fd: AtomicI32::new(-1),
+            fd,
             written: AtomicU64::new(0),
-            progress: AtomicU64::new(0),
             waiting: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(0),
             timeout,
@@ -108,13 +108,6 @@ impl Watch {
 
     fn on(&self) -> bool {
         !self.timeout.is_zero()
-    }
-
-    /// The connection's socket is `fd` (open for as long as [`Watch::stalled`] is polled):
-    /// a client draining a full socket slowly is then seen taking bytes before the kernel
-    /// lets the next write in (it waits for a third of its buffer, megabytes on loopback).
-    pub(crate) fn socket(&self, fd: i32) {
-        self.fd.store(fd, Ordering::Relaxed);
     }
 
     fn stamp(&self, at: Instant) -> u64 {
@@ -136,16 +129,18 @@ impl Watch {
     /// holds unsent (where it says).
     fn taken(&self) -> u64 {
         let written = self.written.load(Ordering::Relaxed);
-        unsent(self.fd.load(Ordering::Relaxed)).map_or(written, |u| written.saturating_sub(u))
+        self.fd
+            .and_then(unsent)
+            .map_or(written, |u| written.saturating_sub(u))
     }
 
     /// Since when the connection has been stalled, if it is: something waits for the client
-    /// (the socket, or an answer), since then, and the client has taken nothing since.
-    fn stalled_since(&self) -> Option<Instant> {
+    /// (the socket, or an answer), since then, and the client has taken nothing since its
+    /// last `progress`.
+    fn stalled_since(&self, progress: Option<Instant>) -> Option<Instant> {
         let blocked = self.instant(self.blocked.load(Ordering::Relaxed));
         let answer = self.waiting().iter().map(|w| w.since).min();
         let waits = blocked.into_iter().chain(answer).min()?;
-        let progress = self.instant(self.progress.load(Ordering::Relaxed));
         Some(progress.map_or(waits, |p| p.max(waits)))
     }
 
@@ -159,15 +154,17 @@ impl Watch {
         if !self.on() {
             return std::future::pending().await;
         }
+        // When a look last saw the client take [`PROGRESS_BYTES`] more, and what it had.
+        let mut progress = None;
         let mut taken = self.taken();
         loop {
             let now = Instant::now();
             let now_taken = self.taken();
             if now_taken.saturating_sub(taken) >= PROGRESS_BYTES {
                 taken = now_taken;
-                self.progress.store(self.stamp(now), Ordering::Relaxed);
+                progress = Some(now);
             }
-            let next = match self.stalled_since() {
+            let next = match self.stalled_since(progress) {
                 Some(since) if now.saturating_duration_since(since) >= timeout => {
                     return now.saturating_duration_since(since)
                 }
@@ -202,11 +199,8 @@ impl Watch {
 /// The bytes the kernel still holds unsent on socket `fd` (Linux's `SIOCOUTQ`), if it says.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn unsent(fd: i32) -> Option<u64> {
-    if fd < 0 {
-        return None;
-    }
     let mut queued: libc::c_int = 0;
-    // SAFETY: `fd` is the connection's open socket (`Watch::socket`); TIOCOUTQ writes one
+    // SAFETY: `fd` is the connection's open socket (`Watch::fd`); TIOCOUTQ writes one
     // int to the pointer given.
     let ok = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, std::ptr::addr_of_mut!(queued)) };
     (ok == 0).then(|| u64::try_from(queued).ok()).flatten()
@@ -415,14 +409,14 @@ mod tests {
     use http_body_util::BodyExt as _;
 
     fn waits(watch: &Watch) -> bool {
-        watch.stalled_since().is_some()
+        watch.stalled_since(None).is_some()
     }
 
     const TIMEOUT: Duration = Duration::from_secs(60);
 
     #[tokio::test]
     async fn an_answer_waits_while_it_has_bytes_and_comes_in_pieces() {
-        let watch = Arc::new(Watch::new(TIMEOUT));
+        let watch = Arc::new(Watch::new(TIMEOUT, None));
         let data = Bytes::from(vec![7u8; PIECE_BYTES * 2 + 10]);
         let mut body = Answer::new(Body::from(data.clone()), Arc::clone(&watch), false);
         assert!(waits(&watch), "an answer not pulled yet waits");
@@ -449,7 +443,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_pending_on_the_server_does_not_wait_for_the_client() {
         use futures::StreamExt as _;
-        let watch = Arc::new(Watch::new(TIMEOUT));
+        let watch = Arc::new(Watch::new(TIMEOUT, None));
         let (mut tx, rx) = futures::channel::mpsc::channel::<Bytes>(1);
         let frames = rx.map(|b| Ok::<_, axum::Error>(Frame::data(b)));
         let mut body = Answer::new(
@@ -472,7 +466,7 @@ mod tests {
     #[tokio::test]
     async fn stalled_resolves_only_after_a_whole_timeout_of_waiting() {
         let timeout = Duration::from_millis(300);
-        let watch = Arc::new(Watch::new(timeout));
+        let watch = Arc::new(Watch::new(timeout, None));
         let stalled = tokio::spawn({
             let watch = Arc::clone(&watch);
             async move { watch.stalled().await }
@@ -497,7 +491,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_that_keeps_taking_is_not_stalled_and_chatter_is_not_taking() {
         let timeout = Duration::from_millis(300);
-        let watch = Arc::new(Watch::new(timeout));
+        let watch = Arc::new(Watch::new(timeout, None));
         let answer = Answer::new(Body::from("x"), Arc::clone(&watch), false);
         let stalled = tokio::spawn({
             let watch = Arc::clone(&watch);
@@ -527,7 +521,7 @@ mod tests {
 
     #[test]
     fn with_no_timeout_nothing_is_watched() {
-        let watch = Arc::new(Watch::new(Duration::ZERO));
+        let watch = Arc::new(Watch::new(Duration::ZERO, None));
         let answer = Answer::new(Body::from("x"), Arc::clone(&watch), false);
         watch.socket_wrote(None);
         assert!(!waits(&watch));
@@ -536,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn over_http2_a_frame_ends_in_a_piece_of_one_byte() {
-        let watch = Arc::new(Watch::new(TIMEOUT));
+        let watch = Arc::new(Watch::new(TIMEOUT, None));
         for (len, expected) in [
             (3000, vec![2999, 1]),
             (PIECE_BYTES * 2 + 10, vec![PIECE_BYTES, PIECE_BYTES, 9, 1]),

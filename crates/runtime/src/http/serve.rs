@@ -125,7 +125,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let watch = Arc::new(Watch::new(options.send_timeout));
+        #[cfg(unix)]
+        let fd = Some(std::os::fd::AsRawFd::as_raw_fd(&stream));
+        #[cfg(not(unix))]
+        let fd = None;
+        let watch = Arc::new(Watch::new(options.send_timeout, fd));
         let answers = Arc::clone(&watch);
         let service = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
@@ -161,8 +165,6 @@ pub async fn serve(
                 tracing::debug!(%peer, "nothing to tell HTTP/1 from HTTP/2 within the header timeout; closed");
                 return;
             }
-            #[cfg(unix)]
-            watch.socket(std::os::fd::AsRawFd::as_raw_fd(&stream));
             let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch)));
             let conn = builder
                 .serve_connection(io, TowerToHyperService::new(service))

@@ -519,3 +519,18 @@ impl hyper::body::Body for Frames {
             .map(|m| m.map(|b| Ok(hyper::body::Frame::data(b))))
     }
 }
+
+/// A gRPC frame of `message`.
+pub(crate) fn framed(message: &[u8]) -> bytes::Bytes {
+    framed_as(message, false)
+}
+
+/// A gRPC frame of `message`, its compressed flag `compressed`.
+pub(crate) fn framed_as(message: &[u8], compressed: bool) -> bytes::Bytes {
+    use bytes::BufMut as _;
+    let mut b = bytes::BytesMut::with_capacity(message.len() + 5);
+    b.put_u8(u8::from(compressed));
+    b.put_u32(u32::try_from(message.len()).expect("size"));
+    b.extend_from_slice(message);
+    b.freeze()
+}
