@@ -97,7 +97,9 @@ $(NODE_DIR)/.stamp: scripts/azurite/package.json scripts/azurite/package-lock.js
 azurite: $(NODE_DIR)/.stamp
 
 # Tools from Debian's packages that the tests and the demo run (installed when missing).
-DEBIAN_TOOLS := curl=curl pkg-config=pkgconf go=golang-go valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey h2load=nghttp2-client prometheus=prometheus promtool=prometheus docker-registry=docker-registry skopeo=skopeo
+# grpc-go's sources, for the Go gRPC client test (examples/server/tests/go_grpc.rs).
+GRPC_GO := /usr/share/gocode/src/google.golang.org/grpc/health/grpc_health_v1
+DEBIAN_TOOLS := curl=curl pkg-config=pkgconf go=golang-go $(GRPC_GO)=golang-google-grpc-dev valgrind=valgrind node=nodejs npm=npm readelf=binutils hey=hey h2load=nghttp2-client prometheus=prometheus promtool=prometheus docker-registry=docker-registry skopeo=skopeo
 
 tools:
 	@scripts/ensure-tools.sh $(DEBIAN_TOOLS)
