@@ -21,14 +21,19 @@ fn repo_root() -> PathBuf {
 /// `testdata/real/magika.onnx` published as `<root>/magika/1` with its manifest and `current`
 /// link, as kiln-agent leaves it.
 fn publish_magika(root: &Path) {
-    let dir = root.join("magika").join("1");
+    publish(root, "magika", "real/magika.onnx");
+}
+
+/// `testdata/<file>` published as `<root>/<model>/1`, as kiln-agent leaves it.
+fn publish(root: &Path, model: &str, file: &str) {
+    let dir = root.join(model).join("1");
     std::fs::create_dir_all(&dir).expect("mkdir");
-    let bytes = std::fs::read(repo_root().join("testdata/real/magika.onnx"))
-        .expect("testdata/real/magika.onnx (run `make testdata`)");
+    let bytes = std::fs::read(repo_root().join("testdata").join(file))
+        .unwrap_or_else(|e| panic!("testdata/{file} (run `make testdata`): {e}"));
     std::fs::write(dir.join("model.onnx"), &bytes).expect("copy");
     let manifest = Manifest {
         schema: kiln::manifest::SCHEMA,
-        model: "magika".into(),
+        model: model.into(),
         version: "1".into(),
         source: None,
         etag: None,
@@ -42,7 +47,7 @@ fn publish_magika(root: &Path) {
         }],
     };
     std::fs::write(dir.join(kiln::layout::MANIFEST_FILE), manifest.to_json()).expect("manifest");
-    std::os::unix::fs::symlink("1", root.join("magika").join("current")).expect("current");
+    std::os::unix::fs::symlink("1", root.join(model).join("current")).expect("current");
 }
 
 /// The service, killed when dropped.
@@ -63,6 +68,11 @@ fn start(root: &Path) -> Service {
 }
 
 fn start_with(root: &Path, extra: &[&str]) -> Service {
+    start_env(root, extra, &[])
+}
+
+/// [`start_with`], with `env` set for the service.
+fn start_env(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Service {
     let mut command = Command::new(env!("CARGO_BIN_EXE_kiln-classify-service"));
     command
         .arg("--root")
@@ -71,6 +81,7 @@ fn start_with(root: &Path, extra: &[&str]) -> Service {
         .arg(repo_root().join("testdata/real/magika-config.json"))
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
+        .envs(env.iter().copied())
         .stdout(Stdio::piped());
     let configured = ["ORT_DYLIB_PATH", "KILN_ORT_DIR"]
         .iter()
@@ -96,42 +107,44 @@ fn start_with(root: &Path, extra: &[&str]) -> Service {
     service
 }
 
+/// An answer: status, headers (lower-case names), body.
+type Answer = (u16, Vec<(String, String)>, Vec<u8>);
+
 /// One HTTP/1.1 request: status, headers (lower-case names), body.
-fn request(
-    addr: &str,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> (u16, Vec<(String, String)>, Vec<u8>) {
-    let mut stream = TcpStream::connect(addr).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
+fn request(addr: &str, method: &str, path: &str, body: &[u8]) -> Answer {
+    try_request(addr, method, path, body).expect("request")
+}
+
+/// [`request`], or why it got no answer (refused, reset, or none within 30 s).
+fn try_request(addr: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<Answer> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
         body.len()
-    )
-    .expect("write");
-    stream.write_all(body).expect("write body");
+    )?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read");
+    stream.read_to_end(&mut raw)?;
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .expect("end of headers");
+        .ok_or_else(|| invalid("no end of headers"))?;
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
     let status = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|c| c.parse().ok())
-        .expect("status line");
+        .ok_or_else(|| invalid("no status line"))?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    (status, headers, raw[split + 4..].to_vec())
+    Ok((status, headers, raw[split + 4..].to_vec()))
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -344,4 +357,101 @@ fn features_of(bytes: &[u8]) -> Vec<i32> {
     Magika::from_file(&repo_root().join("testdata/real/magika-config.json"))
         .expect("config")
         .features(bytes)
+}
+
+/// SIGTERM as a pod is stopped: readiness turns false at once while `/classify` and `/v2`
+/// are still served through the drain delay (the endpoints controller still routes here),
+/// and the whole shutdown ends within its budget with status 0 even with ten times that
+/// of queued work. (The service closed its listener at the signal, refusing what was still routed to
+/// it, then waited for every queued batch: 30 s for its connections, then the models'
+/// drain, unbounded.)
+#[test]
+fn sigterm_serves_through_the_drain_delay_and_stops_within_its_budget() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    publish_magika(dir.path());
+    publish(dir.path(), "slow", "slow.onnx");
+    let mut service = start_env(
+        dir.path(),
+        &[],
+        &[
+            ("KILN_CLASSIFY_DRAIN_DELAY_S", "1.5"),
+            ("KILN_CLASSIFY_SHUTDOWN_TIMEOUT_S", "3"),
+        ],
+    );
+    let addr = service.addr.clone();
+    let slow = |rows: usize| {
+        json!({"inputs": [{"name": "x", "shape": [rows, 512], "datatype": "FP32",
+            "data": vec![0.25; rows * 512]}]})
+        .to_string()
+    };
+    // A full batch (64 rows, the default max_batch_size) timed, then enough of them queued
+    // for about 30 s of work, ten times the budget.
+    let batch = slow(64);
+    let started = Instant::now();
+    let (status, _, body) = request(&addr, "POST", "/v2/models/slow/infer", batch.as_bytes());
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let per_batch = started.elapsed();
+    let queued = (Duration::from_secs(30).as_millis() / per_batch.as_millis().max(1)).clamp(4, 256);
+    let work = per_batch * u32::try_from(queued).expect("queued");
+    assert!(
+        work > Duration::from_secs(9),
+        "{queued} batches of {per_batch:?} are not well over the budget of 3 s"
+    );
+    let clients: Vec<_> = (0..queued)
+        .map(|_| {
+            let (addr, batch) = (addr.clone(), batch.clone());
+            std::thread::spawn(move || {
+                let _ = try_request(&addr, "POST", "/v2/models/slow/infer", batch.as_bytes());
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &service.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let sent = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut problems = Vec::new();
+    match try_request(&addr, "GET", "/v2/health/ready", b"") {
+        Ok((503, _, _)) => {}
+        other => problems.push(format!("readiness after SIGTERM: {other:?}, not 503")),
+    }
+    match try_request(&addr, "POST", "/classify", b"print('still served')\n") {
+        Ok((200, _, _)) => {}
+        other => problems.push(format!(
+            "/classify during the drain delay: {other:?}, not 200"
+        )),
+    }
+    let status = loop {
+        if let Some(status) = service.child.try_wait().expect("wait") {
+            break status;
+        }
+        if sent.elapsed() > Duration::from_secs(30) {
+            problems.push(format!(
+                "still running 30 s after SIGTERM with a budget of 3 s ({work:?} of batches queued)"
+            ));
+            break service
+                .child
+                .kill()
+                .and_then(|()| service.child.wait())
+                .expect("kill");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = sent.elapsed();
+    drop(clients);
+    // 1.5 s of delay, 1.5 s for the connections, a quarter second each for the runtime and
+    // the models, and room for a loaded machine.
+    if took > Duration::from_secs(6) && took < Duration::from_secs(30) {
+        problems.push(format!(
+            "stopped {took:?} after SIGTERM with a budget of 3 s"
+        ));
+    }
+    if !status.success() && took < Duration::from_secs(30) {
+        problems.push(format!("exit status {status}"));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
 }

@@ -15,10 +15,11 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
+use kiln::http::shutdown::{Shutdown, Stopped};
 use kiln::http::{serve, standalone_router, AppState, ServeOptions, ServerConfig};
 use kiln::{Repository, RepositoryConfig, Runtime, RuntimeConfig};
 use kiln_server::ModelSettings;
@@ -160,18 +161,9 @@ enum LogFormat {
     Json,
 }
 
-/// The most seconds a timeout flag takes (about 11.6 days): a deadline that far off is never
-/// reached, and times computed from it never overflow.
-const MAX_SECONDS: f64 = 1e6;
-
-/// A number of seconds, 0 to [`MAX_SECONDS`].
+/// A timeout flag's seconds (`kiln::http::shutdown::parse_seconds`).
 fn seconds(raw: &str) -> Result<Duration, String> {
-    raw.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|s| *s <= MAX_SECONDS)
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .ok_or_else(|| format!("{raw:?} is not a number of seconds (0 to {MAX_SECONDS})"))
+    kiln::http::shutdown::parse_seconds(raw)
 }
 
 fn main() -> Result<()> {
@@ -237,8 +229,7 @@ fn run(args: Args) -> Result<()> {
         .as_deref()
         .map(|addr| bind(addr, " (--grpc-listen)"))
         .transpose()?;
-    let budget = args.shutdown_timeout_s;
-    let delay = args.drain_delay_s.min(budget);
+    let shutdown = Shutdown::new(args.drain_delay_s, args.shutdown_timeout_s);
     let telemetry = Arc::new(kiln::prometheus::PrometheusTelemetry::new()?);
     let meter = telemetry.meter();
     let root = match (&args.root, &args.model_dir) {
@@ -304,7 +295,7 @@ fn run(args: Args) -> Result<()> {
         max_connections: args.max_connections,
         send_timeout: args.send_timeout_s,
         // Open connections get what the drain delay leaves of the budget.
-        shutdown_grace: budget.saturating_sub(delay),
+        shutdown_grace: shutdown.connection_grace(),
         ..ServeOptions::default()
     };
     let served = rt.block_on(async {
@@ -335,94 +326,30 @@ fn run(args: Args) -> Result<()> {
             }
         };
         let signal = async {
-            kiln::http::terminated().await;
-            let at = Instant::now();
-            // Readiness first, so the endpoints controller stops routing here; requests
-            // already routed are served through the delay.
-            state.draining.store(true, Ordering::Relaxed);
-            tracing::info!(
-                delay_s = delay.as_secs_f64(),
-                budget_s = budget.as_secs_f64(),
-                "shutting down: not ready, still serving"
-            );
-            tokio::time::sleep(delay).await;
-            tracing::info!("closing the listeners");
+            shutdown.signalled(&state).await;
             let _ = closing.send(true);
-            at
         };
-        let (at, (), ()) = tokio::join!(signal, rest, grpc);
-        anyhow::Ok(at)
+        let ((), (), ()) = tokio::join!(signal, rest, grpc);
+        anyhow::Ok(())
     });
     stop.store(true, Ordering::Relaxed);
-    let term_at = match served {
-        Ok(at) => at,
-        Err(e) => {
-            // Not yet serving: no model thread may be inside ONNX Runtime when `main` returns.
-            let _ = watcher.join();
-            return Err(e);
-        }
-    };
-    // The runtime's tasks and blocking work (a decode, an admin load), then the watcher, then
-    // the models' drain, each within what is left of the budget but at least `DRAIN_FLOOR`,
-    // for what is idle to stop cleanly when the connections took it all.
-    let deadline = term_at + budget;
-    let wait = deadline
-        .saturating_duration_since(Instant::now())
-        .max(DRAIN_FLOOR);
-    let stopping = Instant::now();
-    rt.shutdown_timeout(wait);
-    let runtime_stopped = stopping.elapsed() < wait;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(DRAIN_FLOOR);
-    let (done, finished) = std::sync::mpsc::sync_channel(1);
-    std::thread::spawn(move || {
+    if let Err(e) = served {
+        // Not yet serving: no model thread may be inside ONNX Runtime when `main` returns.
         let _ = watcher.join();
-        for handle in repo.handles() {
-            handle.shutdown();
-        }
-        let _ = done.send(());
-    });
-    let took_s = || term_at.elapsed().as_secs_f64();
-    match finished.recv_timeout(left) {
-        Ok(()) if runtime_stopped => {}
-        Ok(()) => {
-            tracing::warn!(
-                budget_s = budget.as_secs_f64(),
-                "work still running (an admin load?) when the shutdown budget ran out; exiting"
-            );
-            exit_now(staged, 0, took_s());
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            tracing::warn!(
-                budget_s = budget.as_secs_f64(),
-                "models still draining when the shutdown budget ran out; exiting"
-            );
-            exit_now(staged, 0, took_s());
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-            tracing::error!("stopping the models failed (a panic, logged above); exiting");
-            exit_now(staged, 1, took_s());
-        }
+        return Err(e);
     }
-    tracing::info!(took_s = took_s(), "stopped");
-    Ok(())
+    match shutdown.finish(rt, watcher, repo) {
+        Stopped::Clean => Ok(()),
+        Stopped::BudgetSpent => exit_now(staged, 0),
+        Stopped::Failed => exit_now(staged, 1),
+    }
 }
 
-/// The least time the runtime's stop and the models' drain each get, even when the
-/// connections took the whole budget: enough for what is idle (and the watcher, which looks
-/// every 50 ms) to stop.
-const DRAIN_FLOOR: Duration = Duration::from_millis(250);
-
-/// Ends the process now, with `code`, `staged` removed: work is still running, maybe inside
-/// ONNX Runtime, and returning from `main` would run the library's static destructors under
-/// it. The log lines are written already (stdout's writer flushes at each line's end).
-fn exit_now(staged: Staged, code: i32, took_s: f64) -> ! {
-    tracing::info!(took_s, "stopped");
+/// Ends the process now (`kiln::http::shutdown::exit_now`: work may still be running inside
+/// ONNX Runtime), `staged` removed first.
+fn exit_now(staged: Staged, code: i32) -> ! {
     drop(staged);
-    std::io::Write::flush(&mut std::io::stdout()).ok();
-    // SAFETY: `_exit` only ends the process; nothing runs after it.
-    unsafe { libc::_exit(code) }
+    kiln::http::shutdown::exit_now(code)
 }
 
 /// With `--model-dir`: the directory of staged links and manifest, removed when dropped.

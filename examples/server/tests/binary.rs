@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, http, publish, start_ready};
+use common::{free_port, http, publish, sigterm, start_ready};
 
 #[test]
 fn ready_after_warm_up_serves_and_drains_on_sigterm() {
@@ -259,15 +259,6 @@ fn json_logs_carry_one_line_per_failed_request() {
             .contains("x"),
         "{f}"
     );
-}
-
-/// Sends SIGTERM, as the kubelet does.
-fn sigterm(child: &std::process::Child) {
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
 }
 
 /// A port already taken fails the start cleanly: exit status 1 with the reason, before any

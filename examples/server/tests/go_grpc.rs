@@ -4,7 +4,8 @@
 //! - the kubelet's probe (`pkg/probe/grpc`: blocking dial, one `grpc.health.v1.Health/Check`,
 //!   success only for SERVING) for the server, a model and an unknown name, before and after
 //!   SIGTERM: the pod must leave its endpoints (NOT_SERVING) while inference goes on;
-//! - `ModelInfer` with raw contents from 64 goroutines on one connection, then 1 MiB requests
+//! - `ModelInfer` with raw contents from 64 goroutines on one connection (every other call
+//!   gzip-compressed by grpc-go), then 1 MiB requests
 //!   (past grpc-go's 64 KiB initial window, so its flow control and BDP pings are exercised),
 //!   every answer equal to the REST answer for the same input;
 //! - calls kiln refuses, with the status codes grpc-go reports.
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, http, publish, repo_root, start_ready};
+use common::{free_port, http, publish, repo_root, sigterm, start_ready};
 
 /// Where Debian's golang-google-grpc-dev puts grpc-go's sources.
 const GOPATH: &str = "/usr/share/gocode";
@@ -119,7 +120,8 @@ fn grpc_go_probes_and_infers_and_sees_the_drain() {
     let (ok, out) = probe("nope");
     assert!(!ok && out.contains("code NotFound"), "{out}");
 
-    // 64 goroutines on one connection, 25 one-row calls each, then five 1 MiB calls.
+    // 64 goroutines on one connection, 25 one-row calls each (every other one gzip), then
+    // five 1 MiB calls.
     let (ok, out) = go_grpc(
         &bin,
         &["infer", &grpc, "mlp", "x", "16", "1", "64", "25", "16384"],
@@ -157,11 +159,7 @@ fn grpc_go_probes_and_infers_and_sees_the_drain() {
 
     // SIGTERM: the probe fails (NOT_SERVING) at once, so the pod leaves its endpoints, while
     // calls still routed here during the drain delay are answered.
-    let killed = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(killed.success());
+    sigterm(&server.child);
     std::thread::sleep(Duration::from_millis(300));
     let (ok, out) = probe("");
     assert!(!ok, "{out}");
@@ -174,6 +172,16 @@ fn grpc_go_probes_and_infers_and_sees_the_drain() {
         &["infer", &grpc, "mlp", "x", "16", "1", "8", "5", "0"],
     );
     assert!(ok, "inference during the drain delay: {out}");
-    let status = server.child.wait().expect("exit");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 30 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(status.success(), "graceful exit: {status:?}");
 }

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::{
-    framed, framed_as, free_port, http, proc_status_mib, publish, start_ready, Frames, Liveness,
-    Server, PROBE_LIMIT,
+    framed, framed_as, free_port, http, proc_status_mib, publish, sigterm, start_ready, Frames,
+    Liveness, Server, PROBE_LIMIT,
 };
 use http_body_util::{BodyExt as _, Full};
 use kiln::http::grpc::pb;
@@ -788,12 +788,7 @@ async fn a_stream_answers_in_order_ends_after_its_answers_and_goes_with_its_clie
     let (tx, response) = open_stream(grpc).await;
     tx.send(framed(&mlp_with_id("last"))).await.expect("send");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = server.child.id().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    sigterm(&server.child);
     let (answers, status) = tokio::time::timeout(Duration::from_secs(20), read_stream(response))
         .await
         .expect("the stream ends while the server drains");
@@ -804,6 +799,114 @@ async fn a_stream_answers_in_order_ends_after_its_answers_and_goes_with_its_clie
     );
     assert_eq!(status.as_deref(), Some("14"), "UNAVAILABLE");
     drop(tx);
+}
+
+/// SIGTERM with a drain delay: a stream open then goes on being served through the delay, as
+/// unary calls are (the pod is still in its endpoints, and a gRPC client's connection stays
+/// on it: a stream ended at the signal is reopened on the same connection, to the same pod,
+/// and failed again), and so is a stream opened during the delay; when the listeners close,
+/// each ends UNAVAILABLE. (Streams were ended at the signal.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_served_through_the_drain_delay_then_end_unavailable() {
+    let (_root, server, grpc) = serve_mlp_with(
+        "models:\n  mlp: {max_batch_size: 8}\n",
+        &["--drain-delay-s", "4"],
+    );
+    let (tx, response) = open_stream(grpc).await;
+    let mut old = StreamReader::new(response);
+    tx.send(framed(&mlp_with_id("before"))).await.expect("send");
+    assert_eq!(old.next_id().await, Ok("before".to_owned()));
+    sigterm(&server.child);
+    let signalled = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for k in 0..3 {
+        let id = format!("during-{k}");
+        tx.send(framed(&mlp_with_id(&id)))
+            .await
+            .expect("a stream open at SIGTERM takes requests during the delay");
+        assert_eq!(
+            old.next_id().await,
+            Ok(id),
+            "a stream open at SIGTERM, during the delay"
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let (tx2, response) = open_stream(grpc).await;
+    let mut new = StreamReader::new(response);
+    tx2.send(framed(&mlp_with_id("new"))).await.expect("send");
+    assert_eq!(
+        new.next_id().await,
+        Ok("new".to_owned()),
+        "a stream opened during the delay"
+    );
+    // The listeners close at the delay's end: both streams end, UNAVAILABLE.
+    for reader in [&mut old, &mut new] {
+        assert_eq!(
+            reader.next_id().await,
+            Err(Some("14".to_owned())),
+            "UNAVAILABLE"
+        );
+    }
+    assert!(
+        signalled.elapsed() > Duration::from_millis(3800),
+        "the streams ended {:?} after SIGTERM, inside the drain delay of 4 s",
+        signalled.elapsed()
+    );
+    drop((tx, tx2));
+}
+
+/// A stream's answers read one at a time.
+struct StreamReader {
+    body: hyper::body::Incoming,
+    buf: BytesMut,
+}
+
+impl StreamReader {
+    fn new(response: hyper::Response<hyper::body::Incoming>) -> Self {
+        Self {
+            body: response.into_body(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next answer's request id (its error message if it is an error), or the stream's
+    /// `grpc-status` once it ended; within 10 s.
+    async fn next_id(&mut self) -> Result<String, Option<String>> {
+        let next = async {
+            loop {
+                if self.buf.len() >= 5 {
+                    let len =
+                        u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                            as usize;
+                    if self.buf.len() >= 5 + len {
+                        let message = self.buf.split_to(5 + len);
+                        let answer = pb::ModelStreamInferResponse::decode(&message[5..])
+                            .expect("stream answer");
+                        return Ok(match answer.infer_response {
+                            Some(r) => r.id,
+                            None => answer.error_message,
+                        });
+                    }
+                }
+                let Some(frame) = self.body.frame().await else {
+                    return Err(None);
+                };
+                let frame = frame.expect("frame");
+                if let Some(trailers) = frame.trailers_ref() {
+                    return Err(trailers
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned));
+                }
+                if let Ok(data) = frame.into_data() {
+                    self.buf.extend_from_slice(&data);
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("an answer or the stream's end within 10 s")
+    }
 }
 
 /// Maximal messages sent on many streams at once stay within the decode budget too: a stream's

@@ -276,12 +276,7 @@ fn the_shipped_kserve_runtime_and_inference_service_start_the_server() {
     assert_eq!(http(port, "GET", scrape, "").map(|r| r.0), Some(200));
     // A pod's stop: SIGTERM, then the server cleans up and exits 0 within its budget.
     let mut server = server;
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    common::sigterm(&server.0);
     let deadline = Instant::now() + Duration::from_secs(40);
     let status = loop {
         if let Some(status) = server.0.try_wait().expect("wait") {

@@ -30,8 +30,10 @@
 //! listener, as Triton's 8001). Both take the same
 //! inference path, limits and error rule. [`serve()`] is the accept loop `kiln-server` uses
 //! (header-read timeout, connection cap, graceful drain): prefer it to `axum::serve`, which
-//! has neither, so clients trickling their headers can hold connections forever. Set
-//! [`AppState::draining`] on shutdown: readiness turns false while inference goes on.
+//! has neither, so clients trickling their headers can hold connections forever.
+//! [`shutdown::Shutdown`] stops a service as a pod is stopped: readiness false
+//! ([`AppState::draining`]) while inference goes on through a drain delay, then the
+//! listeners close ([`AppState::closing`]), all within one budget.
 //!
 //! # Layout
 //! - [`protocol`]: the v2 JSON request/response types and their conversion to kiln tensors.
@@ -50,6 +52,8 @@
 //!   504).
 //! - [`mod@serve`]: the accept loop (header-read timeout, connection cap, graceful drain).
 //! - `send_timeout` (private): connections whose client stops taking its answers, closed.
+//! - [`shutdown`]: stopping as a pod is stopped (drain delay, then listeners, then models),
+//!   within one budget.
 //! - [`routes`]: the REST endpoints, HTTP metrics.
 //! - `models` (private): what both protocols ask about models (lookup, metadata, readiness).
 //! - `admin` (private): the repository endpoints and the one admin rule.
@@ -80,6 +84,7 @@ pub mod protocol;
 pub mod routes;
 mod send_timeout;
 pub mod serve;
+pub mod shutdown;
 mod stats;
 mod unserved;
 mod v1;

@@ -72,8 +72,13 @@ impl Default for ServerConfig {
 pub struct AppState {
     /// The served models.
     pub repo: Arc<Repository>,
-    /// Set on SIGTERM: readiness fails first, then new inference is refused with 503.
+    /// Set on SIGTERM: readiness (REST and `grpc.health.v1`) turns false; inference goes on
+    /// being served.
     pub draining: AtomicBool,
+    /// Set when the listeners close, after the drain delay: open `ModelStreamInfer` streams
+    /// answer what they have read and end `UNAVAILABLE`, so their clients reconnect
+    /// elsewhere. [`Shutdown`](crate::http::shutdown::Shutdown) sets both.
+    pub closing: AtomicBool,
     /// Settings.
     pub config: ServerConfig,
     /// Prometheus text for `/metrics`, if exported.
@@ -102,6 +107,7 @@ impl AppState {
             ),
             repo,
             draining: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             config,
             telemetry,
             http: HttpMetrics::new(meter),

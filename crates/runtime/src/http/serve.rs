@@ -216,9 +216,11 @@ async fn protocol_known(stream: &tokio::net::TcpStream, timeout: Duration) -> bo
     };
     tokio::time::timeout(timeout, known).await.unwrap_or(false)
 }
-/// Resolves on SIGTERM (what the kubelet sends) or SIGINT: the `shutdown` future a service
-/// passes to [`serve()`], after setting [`AppState::draining`](crate::http::AppState) and
-/// waiting out its drain delay.
+/// Resolves on SIGTERM (what the kubelet sends) or SIGINT. A service stopping as a pod is
+/// stopped passes [`Shutdown::signalled`](crate::http::shutdown::Shutdown::signalled) to
+/// [`serve()`] instead, which awaits this, sets [`AppState::draining`](crate::http::AppState),
+/// serves through the drain delay and sets `AppState::closing` (without it, open gRPC streams
+/// last until `shutdown_grace` runs out).
 pub async fn terminated() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut term) => {

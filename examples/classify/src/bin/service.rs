@@ -11,8 +11,11 @@
 //! ```
 //!
 //! It prints `listening on http://ADDR` once bound (`--listen 127.0.0.1:0` picks a port).
-//! SIGTERM or SIGINT: readiness turns false, the listener closes, requests in flight finish,
-//! the models drain.
+//! SIGTERM or SIGINT stops it as a pod is stopped (`kiln::http::shutdown`), within
+//! `--shutdown-timeout-s`: readiness turns false while every route goes on being served for
+//! `--drain-delay-s`, then the listener closes, requests in flight finish and the models
+//! drain in what is left; work still running when the budget is spent does not hold the
+//! process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use kiln::http::shutdown::{exit_now, Shutdown, Stopped};
 use kiln::http::{AppState, ServeOptions, ServerConfig};
 use kiln::{Repository, RepositoryConfig, Runtime, RuntimeConfig};
 use kiln_classify::magika::Magika;
@@ -49,6 +53,19 @@ struct Args {
     /// Deadline of one `/classify` request (queue wait and run), milliseconds.
     #[arg(long, env = "KILN_CLASSIFY_TIMEOUT_MS", default_value_t = 5000)]
     timeout_ms: u64,
+    /// After SIGTERM, how long requests go on being served with readiness false, seconds
+    /// (the endpoints controller still routes to the pod for a while).
+    #[arg(long, env = "KILN_CLASSIFY_DRAIN_DELAY_S", default_value = "5", value_parser = seconds)]
+    drain_delay_s: Duration,
+    /// The whole shutdown's budget from SIGTERM to exit (drain delay, open connections,
+    /// models' drain), seconds. The pod's terminationGracePeriodSeconds must be larger.
+    #[arg(long, env = "KILN_CLASSIFY_SHUTDOWN_TIMEOUT_S", default_value = "30", value_parser = seconds)]
+    shutdown_timeout_s: Duration,
+}
+
+/// A timeout flag's seconds (`kiln::http::shutdown::parse_seconds`).
+fn seconds(raw: &str) -> Result<Duration, String> {
+    kiln::http::shutdown::parse_seconds(raw)
 }
 
 fn main() -> Result<()> {
@@ -95,28 +112,28 @@ fn main() -> Result<()> {
         model: args.model,
         timeout: Duration::from_millis(args.timeout_ms),
     });
+    let shutdown = Shutdown::new(args.drain_delay_s, args.shutdown_timeout_s);
+    let options = ServeOptions {
+        shutdown_grace: shutdown.connection_grace(),
+        ..ServeOptions::default()
+    };
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         println!("listening on http://{}", listener.local_addr()?);
         // kiln's accept loop, not `axum::serve`: a header-read timeout and a connection
         // cap, so clients trickling their headers cannot hold connections forever.
-        kiln::http::serve(
-            listener,
-            app(classify),
-            ServeOptions::default(),
-            async move {
-                kiln::http::terminated().await;
-                state.draining.store(true, Ordering::Relaxed);
-            },
-        )
-        .await;
+        kiln::http::serve(listener, app(classify), options, shutdown.signalled(&state)).await;
         anyhow::Ok(())
     });
     stop.store(true, Ordering::Relaxed);
-    let _ = watcher.join();
-    served?;
-    for handle in repo.handles() {
-        handle.shutdown();
+    if let Err(e) = served {
+        // Not yet serving: no model thread may be inside ONNX Runtime when `main` returns.
+        let _ = watcher.join();
+        return Err(e);
     }
-    Ok(())
+    match shutdown.finish(rt, watcher, repo) {
+        Stopped::Clean => Ok(()),
+        Stopped::BudgetSpent => exit_now(0),
+        Stopped::Failed => exit_now(1),
+    }
 }

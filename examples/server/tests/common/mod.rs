@@ -534,3 +534,12 @@ pub(crate) fn framed_as(message: &[u8], compressed: bool) -> bytes::Bytes {
     b.extend_from_slice(message);
     b.freeze()
 }
+
+/// Sends SIGTERM to `child`, as the kubelet does.
+pub(crate) fn sigterm(child: &std::process::Child) {
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill -TERM {}", child.id());
+}

@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding/gzip"
 	grpchealth "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -41,6 +42,10 @@ func main() {
 	var err error
 	switch os.Args[1] {
 	case "probe":
+		if len(os.Args) != 4 {
+			err = errors.New("probe ADDR SERVICE")
+			break
+		}
 		err = probe(os.Args[2], os.Args[3], time.Second)
 	case "infer":
 		err = infer(os.Args[2:])
@@ -111,7 +116,9 @@ type Answer struct {
 
 // infer runs GOROUTINES goroutines on one connection, each making CALLS calls of ROWS rows
 // whose every element is the goroutine's value (0, 0.25, 0.5, 0.75, 1 by goroutine mod 5),
-// then one call of BIG_ROWS rows of each value. Every answer must hold equal rows, and equal
+// then one call of BIG_ROWS rows of each value. Every other small call is sent
+// gzip-compressed (grpc-go's gzip compressor; the big ones are not, so their bytes meet
+// the flow-control windows). Every answer must hold equal rows, and equal
 // the other answers for its value. Prints one JSON object: the answer's first row by value.
 func infer(args []string) error {
 	if len(args) != 8 {
@@ -159,13 +166,19 @@ func infer(args []string) error {
 		go func(g int) {
 			defer wg.Done()
 			for c := 0; c < calls; c++ {
-				a, err := call(conn, model, input, value(g), rows, cols)
+				var opts []grpc.CallOption
+				if c%2 == 1 {
+					opts = append(opts, grpc.UseCompressor(gzip.Name))
+				}
+				a, err := call(conn, model, input, value(g), rows, cols, opts...)
 				check(value(g), a, err)
 			}
 		}(g)
 	}
 	wg.Wait()
+	made := goroutines * calls
 	for g := 0; g < 5 && bigRows > 0; g++ {
+		made++
 		a, err := call(conn, model, input, value(g), bigRows, cols)
 		if err == nil && a.Shape[0] != int64(bigRows) {
 			err = fmt.Errorf("%d rows sent, %v answered", bigRows, a.Shape)
@@ -179,7 +192,7 @@ func infer(args []string) error {
 	for v, a := range answers {
 		byValue[strconv.FormatFloat(float64(v), 'f', -1, 32)] = a
 	}
-	out, _ := json.Marshal(map[string]interface{}{"calls": goroutines*calls + 5, "answers": byValue})
+	out, _ := json.Marshal(map[string]interface{}{"calls": made, "answers": byValue})
 	fmt.Println(string(out))
 	return nil
 }
@@ -212,11 +225,11 @@ func fail(args []string) error {
 	return nil
 }
 
-func call(conn *grpc.ClientConn, model, input string, v float32, rows, cols int) (Answer, error) {
-	return callShape(conn, model, input, v, []int64{int64(rows), int64(cols)})
+func call(conn *grpc.ClientConn, model, input string, v float32, rows, cols int, opts ...grpc.CallOption) (Answer, error) {
+	return callShape(conn, model, input, v, []int64{int64(rows), int64(cols)}, opts...)
 }
 
-func callShape(conn *grpc.ClientConn, model, input string, v float32, shape []int64) (Answer, error) {
+func callShape(conn *grpc.ClientConn, model, input string, v float32, shape []int64, opts ...grpc.CallOption) (Answer, error) {
 	elements := int64(1)
 	for _, d := range shape {
 		elements *= d
@@ -241,7 +254,7 @@ func callShape(conn *grpc.ClientConn, model, input string, v float32, shape []in
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var resp []byte
-	if err := conn.Invoke(ctx, method, &req, &resp); err != nil {
+	if err := conn.Invoke(ctx, method, &req, &resp, opts...); err != nil {
 		return Answer{}, err
 	}
 	return decodeAnswer(resp)
@@ -321,10 +334,15 @@ func fields(msg []byte, f func(num int, b []byte) error) error {
 				return errors.New("bad varint")
 			}
 			msg = msg[n:]
-		case 1:
-			msg = msg[8:]
-		case 5:
-			msg = msg[4:]
+		case 1, 5:
+			size := 8
+			if wire == 5 {
+				size = 4
+			}
+			if len(msg) < size {
+				return errors.New("truncated fixed-size field")
+			}
+			msg = msg[size:]
 		case 2:
 			l, n := binary.Uvarint(msg)
 			if n <= 0 || uint64(len(msg)-n) < l {

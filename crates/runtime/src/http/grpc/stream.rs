@@ -22,9 +22,12 @@
 //!   are aborted, as a dropped unary call's are, so they do not fill the model's queue.
 //! - A message the stream cannot read (over `--max-body-mib`, malformed) ends the stream with
 //!   its status, after the answers of the requests already in flight.
-//! - Once the server drains (SIGTERM), a stream reads no more requests: it answers those in
-//!   flight, then ends with UNAVAILABLE, so the client opens a new stream elsewhere instead
-//!   of holding the pod to its shutdown budget.
+//! - Through the drain delay after SIGTERM a stream is served as unary calls are (the pod is
+//!   still in its endpoints, and the client's connection stays on it: a stream ended then is
+//!   reopened on the same connection, to the same pod). Once the listeners close
+//!   ([`AppState::closing`]), it reads no more requests: it answers those in flight, then
+//!   ends with UNAVAILABLE, so the client opens a new stream elsewhere instead of holding the
+//!   pod to its shutdown budget.
 //! - The stream's `grpc-timeout`, if the client set one, is a deadline for every request on
 //!   it (with each request's own `timeout` parameter, whichever is earlier).
 //! - A message of 64 KiB or more takes its share of the decode budget before any of it is
@@ -56,15 +59,15 @@ use crate::http::routes::AppState;
 /// The most requests of one stream in the server at once.
 pub(super) const IN_FLIGHT: usize = 64;
 
-/// How often a stream waiting for its next request looks whether the server is draining.
+/// How often a stream waiting for its next request looks whether the listeners closed.
 const DRAIN_CHECK: Duration = Duration::from_millis(250);
 
 /// The answers of a stream, in the order of its requests.
 pub(super) type Responses =
     Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
 
-/// Serves the requests of `inbound` until the client closes it or goes away, or the server
-/// drains, each within `deadline` if one is set; their answers.
+/// Serves the requests of `inbound` until the client closes it or goes away, or the
+/// listeners close, each within `deadline` if one is set; their answers.
 pub(super) fn serve(
     state: Arc<AppState>,
     inbound: tonic::Streaming<ModelInferMessage>,
@@ -153,7 +156,7 @@ async fn run(
             },
             () = tx.closed() => return,
             _ = drain_check.tick(), if end.is_none() => {
-                if state.draining.load(Ordering::Relaxed) {
+                if state.closing.load(Ordering::Relaxed) {
                     end = Some(End::Status(Status::unavailable(
                         "the server is shutting down: open a new stream",
                     )));
