@@ -629,6 +629,20 @@ async fn open_stream_windowed(
     tokio::sync::mpsc::Sender<Bytes>,
     hyper::Response<hyper::body::Incoming>,
 ) {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let path = "/inference.GRPCInferenceService/ModelStreamInfer";
+    (tx, open_call(port, path, headers, window, rx).await)
+}
+
+/// A call of `path` (`/service/method`) opened on its own connection, its request the
+/// framed messages `rx` yields until it closes; the answer (its headers arrived).
+async fn open_call(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    window: Option<u32>,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+) -> hyper::Response<hyper::body::Incoming> {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -642,18 +656,14 @@ async fn open_stream_windowed(
         .await
         .expect("h2 handshake");
     tokio::spawn(conn);
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut request = hyper::Request::post(format!(
-        "http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelStreamInfer"
-    ))
-    .header("content-type", "application/grpc")
-    .header("te", "trailers");
+    let mut request = hyper::Request::post(format!("http://127.0.0.1:{port}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
     let request = request.body(Frames(rx)).expect("request");
-    let response = sender.send_request(request).await.expect("response");
-    (tx, response)
+    sender.send_request(request).await.expect("response")
 }
 
 /// mlp's one-row request with `id`.
@@ -805,7 +815,9 @@ async fn a_stream_answers_in_order_ends_after_its_answers_and_goes_with_its_clie
 /// unary calls are (the pod is still in its endpoints, and a gRPC client's connection stays
 /// on it: a stream ended at the signal is reopened on the same connection, to the same pod,
 /// and failed again), and so is a stream opened during the delay; when the listeners close,
-/// each ends UNAVAILABLE. (Streams were ended at the signal.)
+/// each ends UNAVAILABLE. (Streams were ended at the signal.) A health `Watch` sees
+/// NOT_SERVING at the signal and ends UNAVAILABLE with them (it went on for as long as the
+/// connection's grace).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_served_through_the_drain_delay_then_end_unavailable() {
     let (_root, server, grpc) = serve_mlp_with(
@@ -816,6 +828,14 @@ async fn streams_are_served_through_the_drain_delay_then_end_unavailable() {
     let mut old = StreamReader::new(response);
     tx.send(framed(&mlp_with_id("before"))).await.expect("send");
     assert_eq!(old.next_id().await, Ok("before".to_owned()));
+    // A health Watch of the server (grpc-go's client-side health checking): SERVING.
+    let (watch_tx, rx) = tokio::sync::mpsc::channel(1);
+    watch_tx.send(framed(&[])).await.expect("queue");
+    drop(watch_tx);
+    let response = open_call(grpc, "/grpc.health.v1.Health/Watch", &[], None, rx).await;
+    let mut watch = StreamReader::new(response);
+    // HealthCheckResponse { status: SERVING (1) }, then NOT_SERVING (2).
+    assert_eq!(watch.next_message().await, Ok(Bytes::from_static(&[8, 1])));
     sigterm(&server.child);
     let signalled = std::time::Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -835,12 +855,17 @@ async fn streams_are_served_through_the_drain_delay_then_end_unavailable() {
     let mut new = StreamReader::new(response);
     tx2.send(framed(&mlp_with_id("new"))).await.expect("send");
     assert_eq!(
+        watch.next_message().await,
+        Ok(Bytes::from_static(&[8, 2])),
+        "the Watch sees NOT_SERVING during the delay"
+    );
+    assert_eq!(
         new.next_id().await,
         Ok("new".to_owned()),
         "a stream opened during the delay"
     );
-    // The listeners close at the delay's end: both streams end, UNAVAILABLE.
-    for reader in [&mut old, &mut new] {
+    // The listeners close at the delay's end: the streams and the Watch end, UNAVAILABLE.
+    for reader in [&mut old, &mut new, &mut watch] {
         assert_eq!(
             reader.next_id().await,
             Err(Some("14".to_owned())),
@@ -872,6 +897,17 @@ impl StreamReader {
     /// The next answer's request id (its error message if it is an error), or the stream's
     /// `grpc-status` once it ended; within 10 s.
     async fn next_id(&mut self) -> Result<String, Option<String>> {
+        self.next_message().await.map(|message| {
+            let answer = pb::ModelStreamInferResponse::decode(&message[..]).expect("stream answer");
+            match answer.infer_response {
+                Some(r) => r.id,
+                None => answer.error_message,
+            }
+        })
+    }
+
+    /// The next message (unframed), or the stream's `grpc-status` once it ended; within 10 s.
+    async fn next_message(&mut self) -> Result<Bytes, Option<String>> {
         let next = async {
             loop {
                 if self.buf.len() >= 5 {
@@ -879,13 +915,8 @@ impl StreamReader {
                         u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
                             as usize;
                     if self.buf.len() >= 5 + len {
-                        let message = self.buf.split_to(5 + len);
-                        let answer = pb::ModelStreamInferResponse::decode(&message[5..])
-                            .expect("stream answer");
-                        return Ok(match answer.infer_response {
-                            Some(r) => r.id,
-                            None => answer.error_message,
-                        });
+                        let mut message = self.buf.split_to(5 + len);
+                        return Ok(message.split_off(5).freeze());
                     }
                 }
                 let Some(frame) = self.body.frame().await else {
@@ -905,7 +936,7 @@ impl StreamReader {
         };
         tokio::time::timeout(Duration::from_secs(10), next)
             .await
-            .expect("an answer or the stream's end within 10 s")
+            .expect("a message or the stream's end within 10 s")
     }
 }
 

@@ -1,9 +1,11 @@
 //! `grpc.health.v1`, what Kubernetes' gRPC probes and gRPC load balancers call. The service
 //! `""` (and `inference.GRPCInferenceService`) is the server's readiness, the same rule as
 //! `/v2/health/ready` (`--ready-when`, false while draining); a model's name is that model's
-//! readiness. Computed at each call, never cached, so a probe cannot see a stale answer.
+//! readiness. Computed at each call, never cached, so a probe cannot see a stale answer. A
+//! `Watch` ends UNAVAILABLE when the listeners close.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,26 +66,37 @@ impl tonic_health::pb::health_server::Health for Health {
 
     type WatchStream = Pin<Box<dyn Stream<Item = Result<HealthCheckResponse, Status>> + Send>>;
 
-    /// The current status at once, then each change, until the client goes away.
+    /// The current status at once, then each change, until the client goes away or the
+    /// listeners close ([`AppState::closing`]): then, its last status sent, the watch ends
+    /// UNAVAILABLE, as open inference streams do, so that the connection can close and the
+    /// client watches again elsewhere (it went on for as long as the connection's grace).
     async fn watch(
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let service = request.into_inner().service;
         let state = Arc::clone(&self.state);
-        let stream = futures::stream::unfold(None, move |last: Option<ServingStatus>| {
-            let state = Arc::clone(&state);
-            let service = service.clone();
-            async move {
-                loop {
-                    let now = status(&state, &service).unwrap_or(ServingStatus::ServiceUnknown);
-                    if last != Some(now) {
-                        return Some((Ok(answer(now)), Some(now)));
+        // The last status sent; `None` inside once the watch has ended.
+        let stream =
+            futures::stream::unfold(Some(None), move |last: Option<Option<ServingStatus>>| {
+                let state = Arc::clone(&state);
+                let service = service.clone();
+                async move {
+                    let last = last?;
+                    loop {
+                        let now = status(&state, &service).unwrap_or(ServingStatus::ServiceUnknown);
+                        if last != Some(now) {
+                            return Some((Ok(answer(now)), Some(Some(now))));
+                        }
+                        if state.closing.load(Ordering::Relaxed) {
+                            let end =
+                                Status::unavailable("the server is shutting down: watch again");
+                            return Some((Err(end), None));
+                        }
+                        tokio::time::sleep(WATCH_EVERY).await;
                     }
-                    tokio::time::sleep(WATCH_EVERY).await;
                 }
-            }
-        });
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 }
