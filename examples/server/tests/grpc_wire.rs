@@ -811,6 +811,60 @@ async fn a_stream_answers_in_order_ends_after_its_answers_and_goes_with_its_clie
     drop(tx);
 }
 
+/// A unary message whose header alone declares more than the limit is refused at once,
+/// RESOURCE_EXHAUSTED: it used to wait first for a decode-budget share (the whole budget,
+/// clamped), behind every share held, here a 20 MiB message arriving slowly, and to hold
+/// every big call after it meanwhile, for a message never read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_declared_over_the_limit_is_refused_at_once() {
+    let (_root, _server, grpc) = serve_mlp("models:\n  mlp: {max_batch_size: 8}\n");
+    // A 20 MiB message, its first megabyte sent: it holds its share until its body times out.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut head = vec![0u8];
+    head.extend_from_slice(&(20u32 << 20).to_be_bytes());
+    head.extend(std::iter::repeat_n(0u8, 1 << 20));
+    tx.send(Bytes::from(head)).await.expect("queue");
+    let slow = tokio::spawn(async move { open_call(grpc, INFER, &[], None, rx).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", grpc))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    // Only the header, declaring 4 GiB.
+    let request = hyper::Request::post(format!("http://127.0.0.1:{grpc}{INFER}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff])))
+        .expect("request");
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        let response = sender.send_request(request).await.expect("response");
+        let headers = response.headers().clone();
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        trailers
+            .get("grpc-status")
+            .or_else(|| headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    })
+    .await
+    .expect("answered within 10 s, not after the slow message's body timeout");
+    assert_eq!(answer.as_deref(), Some("8"), "RESOURCE_EXHAUSTED");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    slow.abort();
+    drop(tx);
+}
+
 /// SIGTERM with a drain delay: a stream open then goes on being served through the delay, as
 /// unary calls are (the pod is still in its endpoints, and a gRPC client's connection stays
 /// on it: a stream ended at the signal is reopened on the same connection, to the same pod,

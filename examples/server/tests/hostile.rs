@@ -107,6 +107,21 @@ fn slow_clients_are_cut_off_and_others_are_served_meanwhile() {
     let answer = raw(port, head, b"{\"inputs\":", Duration::from_secs(10)).expect("answered");
     assert_eq!(status(&answer), 408, "{answer}");
     assert!(answer.contains("did not arrive within"), "{answer}");
+    // The same on the repository index, whose body was read with no time limit at all (and
+    // refused over the limit in plain text, not JSON).
+    let head = "POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n";
+    let answer = raw(port, head, b"{\"ready\":", Duration::from_secs(10))
+        .expect("the index's trickled body answered");
+    assert_eq!(status(&answer), 408, "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+    let over = vec![b' '; (1 << 20) + 1];
+    let head = format!(
+        "POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        over.len()
+    );
+    let answer = raw(port, &head, &over, Duration::from_secs(10)).expect("answered");
+    assert_eq!(status(&answer), 413, "{answer}");
+    assert!(answer.contains("{\"error\":"), "{answer}");
     good_request(port);
 }
 

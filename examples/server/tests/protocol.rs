@@ -560,6 +560,12 @@ fn every_error_maps_to_its_status_with_a_message() {
             .unwrap_or_else(|| out.as_str().unwrap_or_default());
         assert!(message.contains(needle), "{uri}: {message}");
     }
+    // None of them ran the model: an unknown output or a bad classification is refused
+    // before it runs, as Triton does (it used to run, counted a success, then refuse).
+    let (_, _, stats) = call(&s, Method::GET, "/v2/models/mlp/stats", None, &[]);
+    let stats = &stats["model_stats"][0];
+    assert_eq!(stats["execution_count"], 0, "{stats}");
+    assert_eq!(stats["inference_stats"]["success"]["count"], 0, "{stats}");
     let (status, _, out) = post(
         "/v2/models/mlp/infer",
         infer_body(json!(vec![1; 16]), json!([1, 16])),

@@ -335,6 +335,11 @@ impl ModelHandle {
         self.inner.serving(|s| (**s.batcher.metadata()).clone())
     }
 
+    /// `f` of the serving version's signature, without copying it.
+    pub(crate) fn with_metadata<R>(&self, f: impl FnOnce(&ModelMetadata) -> R) -> Option<R> {
+        self.inner.serving(|s| f(s.batcher.metadata()))
+    }
+
     /// The serving version's counters.
     pub fn stats(&self) -> Option<BatcherStats> {
         self.inner.serving(|s| s.batcher.stats())

@@ -83,6 +83,31 @@ pub(crate) struct Answer {
 pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError> {
     // The version asked for is checked as the request is queued (`infer_at`), not here too.
     let handle = find(s, call.model, None)?;
+    // What is asked of the outputs is checked before the model runs, against the serving
+    // version (and again after, against the version that ran, in case of a swap).
+    if !call.outputs.is_empty() {
+        let unknown = handle.with_metadata(|m| {
+            call.outputs
+                .iter()
+                .find(|w| !m.outputs.iter().any(|o| o.name == w.name))
+                .map(|w| {
+                    (
+                        w.name.clone(),
+                        m.outputs.iter().map(|o| o.name.clone()).collect::<Vec<_>>(),
+                    )
+                })
+        });
+        if let Some(Some((name, names))) = unknown {
+            return Err(unknown_output(&name, &names));
+        }
+        if let Some(w) = call
+            .outputs
+            .iter()
+            .find(|w| matches!(w.classes, Some(Classes::Invalid)))
+        {
+            return Err(invalid_classes(&w.name));
+        }
+    }
     let mut request = crate::InferRequest::new(call.inputs);
     if let Some(timeout) = call.timeout {
         request = request.with_timeout(timeout);
@@ -103,11 +128,8 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         .iter()
         .find(|w| !outputs.iter().any(|(n, _)| *n == w.name))
     {
-        return Err(ApiError::bad_request(format!(
-            "unknown output `{}`; the outputs are {:?}",
-            unknown.name,
-            outputs.iter().map(|(n, _)| n).collect::<Vec<_>>()
-        )));
+        let names: Vec<String> = outputs.iter().map(|(n, _)| n.clone()).collect();
+        return Err(unknown_output(&unknown.name, &names));
     }
     let mut answered = Vec::with_capacity(outputs.len());
     for (name, tensor) in outputs {
@@ -121,11 +143,7 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
                 let labels = metadata.labels.get(&name).cloned();
                 classes(s, &name, tensor, k, metadata.batch_dim, labels).await?
             }
-            Some(Classes::Invalid) => {
-                return Err(ApiError::bad_request(format!(
-                    "output `{name}`: `classification` must be a whole number of classes"
-                )))
-            }
+            Some(Classes::Invalid) => return Err(invalid_classes(&name)),
         };
         answered.push((name, tensor));
     }
@@ -134,6 +152,20 @@ pub(crate) async fn run(s: &AppState, call: Call<'_>) -> Result<Answer, ApiError
         outputs: answered,
         metadata,
     })
+}
+
+/// An output asked for that the model does not have (400).
+fn unknown_output(name: &str, names: &[String]) -> ApiError {
+    ApiError::bad_request(format!(
+        "unknown output `{name}`; the outputs are {names:?}"
+    ))
+}
+
+/// An output's `classification` that is not a whole number of classes (400).
+fn invalid_classes(name: &str) -> ApiError {
+    ApiError::bad_request(format!(
+        "output `{name}`: `classification` must be a whole number of classes"
+    ))
 }
 
 /// The top `k` classes of output `name`'s `tensor` ([`classify::top_k`]), named by `labels`

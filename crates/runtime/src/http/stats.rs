@@ -7,7 +7,6 @@
 use std::sync::Arc;
 
 use crate::ModelState;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
 use serde_json::{json, Value};
@@ -205,11 +204,13 @@ pub(crate) async fn all_stats(
 }
 
 /// `POST /v2/repository/index`: every model found, its version and state (Triton's schema;
-/// body `{"ready": true}` for the ready ones only).
+/// body `{"ready": true}` for the ready ones only). The body is read as inference bodies
+/// are: within `--body-timeout-s` (408) and the body limit (413), errors in JSON.
 pub(crate) async fn repository_index(
     State(s): State<Arc<AppState>>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let body = crate::http::routes::read_body(&s, body).await?;
     #[derive(serde::Deserialize, Default)]
     struct Query {
         #[serde(default)]

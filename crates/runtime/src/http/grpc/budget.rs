@@ -88,6 +88,14 @@ pub(super) async fn reserve(
         }
         _ => {
             let len = message_len(&head);
+            let limit = state.config.max_body_bytes;
+            if len > limit {
+                // Refused for its header alone: waiting first for a share (the whole budget,
+                // clamped) would hold every big call behind it for a message never read.
+                return refused(tonic::Status::resource_exhausted(format!(
+                    "message of {len} bytes is over the {limit}-byte limit"
+                )));
+            }
             let share = if len >= crate::http::decode::INLINE_MAX_BYTES {
                 match Share::take(&state, len).await {
                     Ok(share) => Some(share),
