@@ -22,6 +22,7 @@
 //! v2, `v1::request::decode` for KServe's v1).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::NamedTensors;
 use axum::body::{Body, HttpBody as _};
@@ -78,11 +79,12 @@ impl Decoder {
     pub(crate) async fn decode_encoded<B: AsRef<[u8]> + Send + 'static>(
         &self,
         body: B,
+        share: Option<OwnedSemaphorePermit>,
         coding: Option<Coding>,
         header_len: Option<&str>,
         limit: usize,
     ) -> Result<(InferRequest<'static>, NamedTensors), ApiError> {
-        self.parse_encoded(body, coding, limit, self.v2(header_len))
+        self.parse_encoded(body, share, coding, limit, self.v2(header_len))
             .await
     }
 
@@ -106,11 +108,16 @@ impl Decoder {
 
     /// `read` of `body` (a protocol's whole reading of a request: the v2 JSON, KServe's v1
     /// instances), on a blocking thread once its share of the budget is free when the body is
-    /// big, inline when it is small.
+    /// big (under `share`, the one it was read under, if it has one), inline when it is small.
     ///
     /// # Errors
     /// `read`'s; 500 if it panicked.
-    pub(crate) async fn parse<B, T, R>(&self, body: B, read: R) -> Result<T, ApiError>
+    pub(crate) async fn parse<B, T, R>(
+        &self,
+        body: B,
+        share: Option<OwnedSemaphorePermit>,
+        read: R,
+    ) -> Result<T, ApiError>
     where
         B: AsRef<[u8]> + Send + 'static,
         T: Send + 'static,
@@ -120,7 +127,13 @@ impl Decoder {
         if len < INLINE_MAX_BYTES {
             return read(body.as_ref());
         }
-        let bytes = self.reserve(len).await?;
+        let bytes = match share {
+            Some(mut share) => {
+                shrink(&mut share, len);
+                share
+            }
+            None => self.reserve(len).await?,
+        };
         self.off_workers(move || {
             let decoded = read(body.as_ref());
             // The body and its share of the budget go as soon as the tensors are built.
@@ -138,11 +151,17 @@ impl Decoder {
     /// understated it — of `limit`, the most it may inflate to (its compressed size says
     /// nothing of that); once inflated, it is read holding only its inflated size's share.
     ///
+    /// A body read under a `share` ([`Decoder::receive`]: its own size and a whole limit more,
+    /// for what it inflates to) is inflated and read under that share alone: waiting for a
+    /// second share while holding the first could hold the budget in pieces nobody can add
+    /// to.
+    ///
     /// # Errors
     /// As [`Decoder::parse`]; 413 past `limit` inflated, 400 for a body not in `coding`.
     pub(crate) async fn parse_encoded<B, T, R>(
         &self,
         body: B,
+        share: Option<OwnedSemaphorePermit>,
         coding: Option<Coding>,
         limit: usize,
         read: R,
@@ -153,10 +172,24 @@ impl Decoder {
         R: Fn(&[u8]) -> Result<T, ApiError> + Clone + Send + 'static,
     {
         let Some(coding) = coding else {
-            return self.parse(body, read).await;
+            return self.parse(body, share, read).await;
         };
         if let Some(plain) = coding.inflate_small(body.as_ref(), limit)? {
             return read(&plain);
+        }
+        if let Some(mut bytes) = share {
+            return self
+                .off_workers(move || {
+                    let plain = coding.inflate(body.as_ref(), limit);
+                    drop(body);
+                    if let Ok(plain) = &plain {
+                        shrink(&mut bytes, plain.len());
+                    }
+                    let decoded = plain.map_err(ApiError::from).and_then(|plain| read(&plain));
+                    drop(bytes);
+                    decoded
+                })
+                .await?;
         }
         // First the share of the size gzip's trailer names, when under the limit, so
         // compressed bodies do not each hold a whole limit's share; inflating stops there, and
@@ -235,28 +268,88 @@ impl Decoder {
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 
-    /// The whole of `body`, at most `limit` bytes, in one buffer with room for the size the
-    /// body declares (at most `limit`), kept for another body once this one is dropped.
+    /// The whole of `body` as an inference request's body is read: refused at once (413) if
+    /// its `Content-Length` is over `limit`; a body that declares [`INLINE_MAX_BYTES`] or more
+    /// first waits for its share of the budget (its declared size; a whole limit more if
+    /// `compressed`, for what it inflates to), and one that declares no size takes a whole
+    /// limit's share once it has sent that much, so the bodies held in memory, read or being
+    /// read, stay within the budget (read first, they were held in full by every client at
+    /// once while waiting for their share). The reading, not the wait for a share, is bounded
+    /// by `timeout` (408).
     ///
     /// # Errors
-    /// The body failed, or was over `limit`: then the error's source is
-    /// [`http_body_util::LengthLimitError`], as with `axum::body::to_bytes`.
-    pub(crate) async fn collect(
+    /// 413 over `limit`, 408 past `timeout`, 400 if the body failed.
+    pub(crate) async fn receive(
         &self,
         body: Body,
         limit: usize,
-    ) -> Result<PooledBody, axum::Error> {
+        timeout: Duration,
+        compressed: bool,
+    ) -> Result<Received, ApiError> {
         use http_body_util::BodyExt as _;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body over the {limit}-byte limit"),
+            )
+        };
+        let declared = body
+            .size_hint()
+            .exact()
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let extra = if compressed { limit } else { 0 };
+        let mut deadline = tokio::time::Instant::now() + timeout;
+        let mut share = None;
+        if let Some(n) = declared.filter(|&n| n >= INLINE_MAX_BYTES) {
+            share = Some(self.reserve(n.saturating_add(extra)).await?);
+            deadline = tokio::time::Instant::now() + timeout;
+        }
         let mut body = http_body_util::Limited::new(body, limit);
-        let declared = usize::try_from(body.size_hint().lower()).unwrap_or(limit);
-        let mut buf = self.bodies.take(declared.min(limit));
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.map_err(axum::Error::new)?.into_data() {
+        let mut buf = self.bodies.take(declared.unwrap_or(0).min(limit));
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!(
+                            "the request body did not arrive within {} s",
+                            timeout.as_secs_f64()
+                        ),
+                    ))
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(if e.is::<http_body_util::LengthLimitError>() {
+                        too_large()
+                    } else {
+                        ApiError::bad_request(format!("reading the request body: {e}"))
+                    })
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
                 buf.extend_from_slice(&data);
             }
+            if share.is_none() && declared.is_none() && buf.len() >= INLINE_MAX_BYTES {
+                let waited = tokio::time::Instant::now();
+                share = Some(self.reserve(limit.saturating_add(extra)).await?);
+                deadline += waited.elapsed();
+            }
         }
-        Ok(buf)
+        Ok(Received { body: buf, share })
     }
+}
+
+/// A request body read whole ([`Decoder::receive`]), and the share of the decode budget it
+/// was read under, if it is big, for it to be decoded under.
+pub(crate) struct Received {
+    /// The body.
+    pub(crate) body: PooledBody,
+    /// Its share, if it is big.
+    pub(crate) share: Option<OwnedSemaphorePermit>,
 }
 
 /// Gives back what `share` (a [`Decoder::reserve`] permit) holds beyond `len` bytes' share:
@@ -294,7 +387,7 @@ mod tests {
             body: B,
             header_len: Option<&str>,
         ) -> Result<(InferRequest<'static>, NamedTensors), ApiError> {
-            self.decode_encoded(body, None, header_len, usize::MAX)
+            self.decode_encoded(body, None, None, header_len, usize::MAX)
                 .await
         }
     }
@@ -334,18 +427,127 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bodies_are_collected_whole_and_refused_past_the_limit() {
+    async fn bodies_are_received_whole_and_refused_past_the_limit() {
         // (Bodies in many chunks: tests/json_memory.rs, 32 MiB each.)
         let decoder = Decoder::new(1 << 20, Limits::within(1 << 20));
         let body = Body::from("{\"inputs\": []}");
-        let whole = decoder.collect(body, 64).await.expect("whole");
-        assert_eq!(&*whole, b"{\"inputs\": []}");
-        let e = decoder
-            .collect(Body::from(vec![b' '; 65]), 64)
+        let second = Duration::from_secs(1);
+        let whole = decoder
+            .receive(body, 64, second, false)
             .await
-            .expect_err("over");
-        let source = std::error::Error::source(&e).expect("source");
-        assert!(source.is::<http_body_util::LengthLimitError>(), "{e}");
+            .expect("whole");
+        assert_eq!(&*whole.body, b"{\"inputs\": []}");
+        assert!(whole.share.is_none(), "a small body takes no share");
+        let e = decoder
+            .receive(Body::from(vec![b' '; 65]), 64, second, false)
+            .await
+            .err()
+            .expect("over");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{e:?}");
+        // Declared over the limit: refused before any of it is read.
+        let big = http_body_util::Full::new(Bytes::from(vec![b' '; 100]));
+        let e = decoder
+            .receive(Body::new(big), 64, second, false)
+            .await
+            .err()
+            .expect("declared over");
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{e:?}");
+    }
+
+    /// A chunked body (no declared size) of `chunks` pieces of `size` bytes, one every `gap`.
+    fn trickled(chunks: usize, size: usize, gap: Duration) -> Body {
+        let stream = futures::stream::unfold(0, move |i| async move {
+            if i == chunks {
+                return None;
+            }
+            tokio::time::sleep(gap).await;
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(vec![b' '; size])),
+                i + 1,
+            ))
+        });
+        Body::from_stream(stream)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn big_bodies_are_read_under_their_share_and_its_wait_is_not_the_clients() {
+        let decoder = Arc::new(Decoder::new(1 << 20, Limits::within(1 << 20)));
+        // The whole budget held elsewhere.
+        let held = decoder.reserve(1 << 20).await.expect("budget");
+        // A declared 128 KiB body waits for its share before any of it is read, and the wait
+        // does not count against its 200 ms to arrive.
+        let big = http_body_util::Full::new(Bytes::from(vec![b' '; 128 << 10]));
+        let waiting = {
+            let decoder = Arc::clone(&decoder);
+            tokio::spawn(async move {
+                decoder
+                    .receive(Body::new(big), 1 << 20, Duration::from_millis(200), false)
+                    .await
+            })
+        };
+        // A chunked one takes a whole limit's share once it has sent INLINE_MAX_BYTES.
+        let chunked = {
+            let decoder = Arc::clone(&decoder);
+            tokio::spawn(async move {
+                let body = trickled(4, 32 << 10, Duration::from_millis(10));
+                decoder
+                    .receive(body, 512 << 10, Duration::from_millis(200), false)
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !waiting.is_finished() && !chunked.is_finished(),
+            "read without a share"
+        );
+        drop(held);
+        let big = waiting
+            .await
+            .expect("task")
+            .expect("received after the wait");
+        assert_eq!(big.body.len(), 128 << 10);
+        assert_eq!(
+            big.share.as_ref().map(OwnedSemaphorePermit::num_permits),
+            Some(128)
+        );
+        drop(big);
+        let chunked = chunked
+            .await
+            .expect("task")
+            .expect("received after the wait");
+        assert_eq!(chunked.body.len(), 128 << 10);
+        assert_eq!(
+            chunked
+                .share
+                .as_ref()
+                .map(OwnedSemaphorePermit::num_permits),
+            Some(512)
+        );
+        // A compressed body's share has room for a whole limit more.
+        let big = http_body_util::Full::new(Bytes::from(vec![b' '; 128 << 10]));
+        let compressed = decoder
+            .receive(Body::new(big), 256 << 10, Duration::from_secs(1), true)
+            .await
+            .expect("received");
+        assert_eq!(
+            compressed
+                .share
+                .as_ref()
+                .map(OwnedSemaphorePermit::num_permits),
+            Some(384)
+        );
+        // A body that stops arriving is refused at the timeout.
+        let e = decoder
+            .receive(
+                trickled(2, 1, Duration::from_secs(5)),
+                64,
+                Duration::from_millis(100),
+                false,
+            )
+            .await
+            .err()
+            .expect("timed out");
+        assert_eq!(e.status, StatusCode::REQUEST_TIMEOUT, "{e:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,19 +557,19 @@ mod tests {
             let packed = Coding::Gzip.compress(&body(values));
             assert!(packed.len() < INLINE_MAX_BYTES);
             let (_, tensors) = decoder
-                .decode_encoded(packed, Some(Coding::Gzip), None, 1 << 20)
+                .decode_encoded(packed, None, Some(Coding::Gzip), None, 1 << 20)
                 .await
                 .expect("decoded");
             assert_eq!(tensors[0].1.len(), values);
         }
         let packed = Coding::Deflate.compress(&body(100_000));
         let e = decoder
-            .decode_encoded(packed, Some(Coding::Deflate), None, 100_000)
+            .decode_encoded(packed, None, Some(Coding::Deflate), None, 100_000)
             .await
             .expect_err("past the limit");
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         let e = decoder
-            .decode_encoded(body(4), Some(Coding::Gzip), None, 1 << 20)
+            .decode_encoded(body(4), None, Some(Coding::Gzip), None, 1 << 20)
             .await
             .expect_err("not gzip");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
@@ -405,7 +607,7 @@ mod tests {
         assert!(packed.len() < INLINE_MAX_BYTES && plain.len() > INLINE_MAX_BYTES);
         let (_, tensors) = tokio::time::timeout(
             Duration::from_secs(10),
-            decoder.decode_encoded(packed, Some(Coding::Gzip), None, 2 << 20),
+            decoder.decode_encoded(packed, None, Some(Coding::Gzip), None, 2 << 20),
         )
         .await
         .expect("waited for a whole body limit's share")
@@ -418,7 +620,7 @@ mod tests {
         let mut members = Coding::Gzip.compress(&plain[..half]);
         members.extend(Coding::Gzip.compress(&plain[half..]));
         let (_, tensors) = decoder
-            .decode_encoded(members, Some(Coding::Gzip), None, 2 << 20)
+            .decode_encoded(members, None, Some(Coding::Gzip), None, 2 << 20)
             .await
             .expect("decoded");
         assert_eq!(tensors[0].1.len(), 100_000);
@@ -427,7 +629,7 @@ mod tests {
         let n = over.len();
         over[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
         let e = decoder
-            .decode_encoded(over, Some(Coding::Gzip), None, 2 << 20)
+            .decode_encoded(over, None, Some(Coding::Gzip), None, 2 << 20)
             .await
             .expect_err("a trailer that does not match is corrupt");
         assert_eq!(e.status, StatusCode::BAD_REQUEST);

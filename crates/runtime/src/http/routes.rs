@@ -19,11 +19,12 @@ use opentelemetry::metrics::{Counter, Histogram, Meter};
 use opentelemetry::KeyValue;
 use serde_json::json;
 
-use crate::http::body_pool::PooledBody;
 use crate::http::compression;
 use crate::http::error::ApiError;
 use crate::http::infer;
-use crate::http::models::{describe, model_is_ready, server_is_ready, Description, EXTENSIONS};
+use crate::http::models::{
+    describe, find, model_is_ready, server_is_ready, Description, EXTENSIONS,
+};
 use crate::http::protocol::{self, InferResponse, HEADER_LENGTH};
 
 /// Request header with the request's deadline in milliseconds (queue wait and run).
@@ -324,7 +325,6 @@ async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(&s, body).await?;
     run(&s, &model, None, &headers, body).await
 }
 
@@ -334,36 +334,26 @@ async fn infer_v(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(&s, body).await?;
     run(&s, &model, Some(&version), &headers, body).await
 }
 
-/// The whole body, at most `max_body_bytes` (413 beyond, without reading the rest), within
-/// `body_read_timeout` (408).
-pub(crate) async fn read_body(s: &AppState, body: Body) -> Result<PooledBody, ApiError> {
-    let limit = s.config.max_body_bytes;
-    match tokio::time::timeout(s.config.body_read_timeout, s.decoder.collect(body, limit)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|c| c.is::<http_body_util::LengthLimitError>());
-            Err(if too_large {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("request body over the {limit}-byte limit"),
-                )
-            } else {
-                ApiError::bad_request(format!("reading the request body: {e}"))
-            })
-        }
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the request body did not arrive within {} s",
-                s.config.body_read_timeout.as_secs_f64()
-            ),
-        )),
-    }
+/// The whole body as an inference body is read ([`Decoder::receive`](crate::http::decode)):
+/// at most `max_body_bytes` (413 beyond, without reading the rest), within
+/// `body_read_timeout` (408), under its share of the decode budget if it is big (its own
+/// size, and a whole limit more when `compressed`).
+pub(crate) async fn read_body(
+    s: &AppState,
+    body: Body,
+    compressed: bool,
+) -> Result<crate::http::decode::Received, ApiError> {
+    s.decoder
+        .receive(
+            body,
+            s.config.max_body_bytes,
+            s.config.body_read_timeout,
+            compressed,
+        )
+        .await
 }
 
 async fn run(
@@ -371,15 +361,25 @@ async fn run(
     model: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: PooledBody,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    // What can be refused before the body is read is: an unknown model, a coding kiln does
+    // not read.
+    find(s, model, None)?;
+    let coding = compression::request_coding(headers)?;
     let header_len = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("not text"));
-    let coding = compression::request_coding(headers)?;
+    let received = read_body(s, body, coding.is_some()).await?;
     let (request, inputs) = s
         .decoder
-        .decode_encoded(body, coding, header_len, s.config.max_body_bytes)
+        .decode_encoded(
+            received.body,
+            received.share,
+            coding,
+            header_len,
+            s.config.max_body_bytes,
+        )
         .await?;
     let timeout = transport_timeout(headers)?;
     let call = infer::Call {

@@ -210,7 +210,7 @@ pub(crate) async fn repository_index(
     State(s): State<Arc<AppState>>,
     body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = crate::http::routes::read_body(&s, body).await?;
+    let body = crate::http::routes::read_body(&s, body, false).await?.body;
     #[derive(serde::Deserialize, Default)]
     struct Query {
         #[serde(default)]

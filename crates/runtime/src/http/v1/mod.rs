@@ -109,14 +109,18 @@ async fn predict(
             .metadata()
             .ok_or_else(|| not_serving(model, &handle))?,
     );
-    let body = read_body(s, body).await?;
     let coding = compression::request_coding(headers)?;
+    let received = read_body(s, body, coding.is_some()).await?;
     let limits = s.decoder.limits();
     let (inputs, form) = s
         .decoder
-        .parse_encoded(body, coding, s.config.max_body_bytes, move |b: &[u8]| {
-            request::decode(b, &signature, limits).map_err(ApiError::from)
-        })
+        .parse_encoded(
+            received.body,
+            received.share,
+            coding,
+            s.config.max_body_bytes,
+            move |b: &[u8]| request::decode(b, &signature, limits).map_err(ApiError::from),
+        )
         .await?;
     let call = infer::Call {
         model,
