@@ -260,6 +260,28 @@ async fn an_expiring_deadline_is_answered_by_the_server_and_every_call_is_counte
     // A malformed timeout: refused before the model is asked.
     let answer = call(grpc, INFER, &mlp_request(1), Some("soon")).await;
     assert_eq!(answer.grpc_status.as_deref(), Some("3"), "INVALID_ARGUMENT");
+    // A call the client cancels while it waits in the queue: counted, `Cancelled` (a unary
+    // call dropped before its answer was not counted at all).
+    let waiting = tokio::spawn(async move { call(grpc, INFER, &mlp_request(1), None).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    waiting.abort();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // An invented path refused before any service sees it (a compressed message declared
+    // over the limit): one `unknown` series, not one labelled with the path.
+    let answer = call_framed(
+        grpc,
+        "/evil.Path/Invented",
+        &[],
+        true,
+        &[("grpc-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(
+        answer.grpc_status.as_deref(),
+        Some("3"),
+        "{}",
+        answer.grpc_message
+    );
 
     let infer = [
         "service=\"inference.GRPCInferenceService\"",
@@ -273,6 +295,7 @@ async fn an_expiring_deadline_is_answered_by_the_server_and_every_call_is_counte
     assert_eq!(count("DeadlineExceeded"), Some(1.0));
     assert_eq!(count("OK"), Some(1.0));
     assert_eq!(count("InvalidArgument"), Some(1.0));
+    assert_eq!(count("Cancelled"), Some(1.0), "the cancelled call");
     assert_eq!(
         sample(
             port,
@@ -284,12 +307,12 @@ async fn an_expiring_deadline_is_answered_by_the_server_and_every_call_is_counte
     );
     let (_, text) = http(port, "GET", "/metrics", "").expect("metrics");
     assert!(
-        !text.contains("Nope") && !text.contains("x.Y"),
+        !text.contains("Nope") && !text.contains("x.Y") && !text.contains("evil"),
         "no series per invented method"
     );
     assert_eq!(
         sample(port, "kiln_grpc_request_duration_seconds_count", &infer),
-        Some(3.0)
+        Some(4.0)
     );
     // Every request metric README names for the server is exported under that name.
     let (_, text) = http(port, "GET", "/metrics", "").expect("metrics");
@@ -938,13 +961,21 @@ async fn streams_are_served_through_the_drain_delay_then_end_unavailable() {
 struct StreamReader {
     body: hyper::body::Incoming,
     buf: BytesMut,
+    /// The answer headers' `grpc-status`: a trailers-only answer's.
+    status: Option<String>,
 }
 
 impl StreamReader {
     fn new(response: hyper::Response<hyper::body::Incoming>) -> Self {
+        let status = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Self {
             body: response.into_body(),
             buf: BytesMut::new(),
+            status,
         }
     }
 
@@ -974,7 +1005,7 @@ impl StreamReader {
                     }
                 }
                 let Some(frame) = self.body.frame().await else {
-                    return Err(None);
+                    return Err(self.status.clone());
                 };
                 let frame = frame.expect("frame");
                 if let Some(trailers) = frame.trailers_ref() {
@@ -1045,6 +1076,69 @@ async fn maximal_messages_on_many_streams_stay_within_the_decode_budget() {
     let limit = 4.0 * 2.0 * MAX_MESSAGE as f64 / f64::from(1 << 20);
     eprintln!("grpc streams memory: {STREAMS} streams of one maximal message: RSS {before:.0} MiB, peak {peak:.0} MiB (+{grown:.0}, limit +{limit:.0})");
     assert!(grown < limit, "peak grew {grown:.0} MiB (limit {limit:.0})");
+}
+
+/// A unary message is timed from its share of the decode budget, not from its headers: one
+/// that waited three seconds behind four stalled maximal messages (two at a time in the
+/// budget, each cut at the 2 s body timeout) still arrives and is answered (it was failed at
+/// once). One that stops arriving is DEADLINE_EXCEEDED, as REST's is 408 (it was UNKNOWN).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unary_messages_are_timed_from_their_share_and_a_late_one_is_deadline_exceeded() {
+    let (_root, _server, grpc) = serve_mlp_with(
+        "models:\n  mlp: {max_batch_size: 32768}\n",
+        &["--body-timeout-s", "2"],
+    );
+    // Four maximal messages, each its header and 64 KiB, then nothing: they take the budget
+    // two at a time, each until its body times out.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut head = vec![0u8];
+        head.extend_from_slice(&u32::try_from(MAX_MESSAGE - 16).expect("len").to_be_bytes());
+        head.extend(std::iter::repeat_n(0u8, 64 << 10));
+        tx.send(Bytes::from(head)).await.expect("queue");
+        let call = tokio::spawn(async move { open_call(grpc, INFER, &[], None, rx).await });
+        stalled.push((tx, call));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A real 2 MiB request behind them: it waits about 4 s for its share, then arrives.
+    let started = std::time::Instant::now();
+    let answer = call(grpc, INFER, &mlp_request(32 << 10), None).await;
+    let waited = started.elapsed();
+    assert_eq!(
+        answer.grpc_status.as_deref(),
+        Some("0"),
+        "{} after {waited:?}",
+        answer.grpc_message
+    );
+    // (Timed from their headers, the two stalled messages queued behind the first two were
+    // cut the moment they got their share, so this one ran after under 2 s.)
+    assert!(
+        waited > Duration::from_secs(2),
+        "answered after {waited:?}: the stalled messages were not each given 2 s from their share"
+    );
+    // The stalled ones ended DEADLINE_EXCEEDED.
+    for (tx, call) in stalled {
+        let mut reader = StreamReader::new(call.await.expect("call"));
+        assert_eq!(
+            reader.next_id().await,
+            Err(Some("4".to_owned())),
+            "DEADLINE_EXCEEDED"
+        );
+        drop(tx);
+    }
+    // A small message that stops arriving: DEADLINE_EXCEEDED too.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(framed(&mlp_request(1)).slice(..20))
+        .await
+        .expect("queue");
+    let mut reader = StreamReader::new(open_call(grpc, INFER, &[], None, rx).await);
+    assert_eq!(
+        reader.next_id().await,
+        Err(Some("4".to_owned())),
+        "DEADLINE_EXCEEDED"
+    );
+    drop(tx);
 }
 
 /// A stream message that stops arriving partway is cut at `--body-timeout-s`, as a unary

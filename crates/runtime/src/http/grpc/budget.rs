@@ -104,6 +104,9 @@ pub(super) async fn reserve(
             } else {
                 None
             };
+            // The time to arrive counts from the share, not from the wait for it (a REST
+            // body's, a stream message's too).
+            body.restart();
             body.head = (!head.is_empty()).then(|| head.into());
             (Body::new(body), share)
         }
@@ -155,10 +158,19 @@ impl Share {
     }
 }
 
-/// The request's message did not arrive within `--body-timeout-s` (what [`Timed`] fails with).
+/// The request's message did not arrive within `--body-timeout-s`: [`Timed`] fails with it
+/// as a `DEADLINE_EXCEEDED` status, which tonic answers as it is (any other error of a body is
+/// `UNKNOWN` to it).
 #[derive(Debug, thiserror::Error)]
 #[error("the request message did not arrive within {0} s")]
 pub(super) struct Late(pub(super) f64);
+
+impl Late {
+    /// The status the call is answered with.
+    pub(super) fn status(&self) -> tonic::Status {
+        tonic::Status::deadline_exceeded(self.to_string())
+    }
+}
 
 /// The declared length of the first message, from the start of the body (0 if the body
 /// ended before its frame header: tonic then answers the malformed call itself).
@@ -206,6 +218,12 @@ impl Timed {
             ended: false,
         }
     }
+
+    /// Gives the body its whole time again from now: once it holds its share of the budget.
+    pub(super) fn restart(&mut self) {
+        let limit = self.limit;
+        self.deadline.as_mut().reset(Instant::now() + limit);
+    }
 }
 
 impl HttpBody for Timed {
@@ -231,7 +249,8 @@ impl HttpBody for Timed {
             Poll::Pending => match self.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
                     self.ended = true;
-                    Poll::Ready(Some(Err(axum::Error::new(Late(self.limit.as_secs_f64())))))
+                    let late = Late(self.limit.as_secs_f64());
+                    Poll::Ready(Some(Err(axum::Error::new(late.status()))))
                 }
                 Poll::Pending => Poll::Pending,
             },

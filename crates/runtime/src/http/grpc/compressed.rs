@@ -62,16 +62,18 @@ pub(super) async fn inflate(
             "the request holds more than the {len} bytes its message's frame header declares"
         ))
     };
-    // It is read into one buffer of its declared size.
+    // It is read into one buffer of its declared size, in the whole time to arrive from
+    // its share.
     let mut share = reserve(state, len).await?;
+    body.restart();
     if first.len() > len {
         return Err(too_long());
     }
     let mut message = Vec::with_capacity(len);
     message.extend_from_slice(first);
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| match e.into_inner().downcast::<Late>() {
-            Ok(late) => tonic::Status::deadline_exceeded(late.to_string()),
+        let frame = frame.map_err(|e| match e.into_inner().downcast::<tonic::Status>() {
+            Ok(late) => *late,
             Err(e) => tonic::Status::cancelled(format!("reading the request: {e}")),
         })?;
         if let Ok(data) = frame.into_data() {
@@ -195,12 +197,7 @@ pub(super) async fn stream_message(
         Ok(Ok(read)) => read,
         Ok(Err(status)) => return (body, None, Err(status)),
         Err(_) => {
-            let late = Late(timeout.as_secs_f64());
-            return (
-                body,
-                None,
-                Err(tonic::Status::deadline_exceeded(late.to_string())),
-            );
+            return (body, None, Err(Late(timeout.as_secs_f64()).status()));
         }
     };
     let plain = inflate_message(&state, message, coding, &mut share).await;

@@ -6,9 +6,11 @@
 //! unary answer carries in its trailers, after the body; so the answer's body is watched to
 //! its end ([`Watched`]) and the call is counted when that body is dropped: with the trailers'
 //! code, the headers' (a trailers-only answer, such as a refusal before the handler), or
-//! `Cancelled` if the client went away first. Codes are named as gRPC's own libraries name
-//! them (`OK`, `InvalidArgument`, `DeadlineExceeded`, ...). A method kiln does not serve is
-//! counted as `unknown`, so a client inventing method names cannot add series.
+//! `Cancelled` if the client went away first (a unary call cancelled before its answer
+//! too). Codes are named as gRPC's own libraries name them (`OK`, `InvalidArgument`,
+//! `DeadlineExceeded`, ...). A method kiln does not serve is counted as `unknown`, whatever
+//! its answer, so a client inventing paths cannot add series (labels come from
+//! [`SERVED`], never from the request).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -55,24 +57,58 @@ pub(super) async fn record(
     request: Request,
     next: Next,
 ) -> Response {
-    let (service, method) = split_path(request.uri().path());
-    let (service, method) = (service.to_owned(), method.to_owned());
-    let started = Instant::now();
+    let (service, method) = served(request.uri().path());
+    // Counted when dropped: here, as `Cancelled`, if the client goes away (hyper drops this
+    // future) before the answer's headers.
+    let mut call = Call {
+        state,
+        service,
+        method,
+        started: Instant::now(),
+        code: None,
+        ended: false,
+    };
     let response = next.run(request).await;
     let (parts, body) = response.into_parts();
-    let code = grpc_code(&parts.headers);
+    call.code = grpc_code(&parts.headers);
     let watched = Watched {
         inner: body,
-        call: Some(Call {
-            state,
-            service,
-            method,
-            started,
-            code,
-            ended: false,
-        }),
+        call: Some(call),
     };
     Response::from_parts(parts, Body::new(watched))
+}
+
+/// The methods kiln serves, by service: every call's labels come from here.
+const SERVED: &[(&str, &[&str])] = &[
+    (
+        "inference.GRPCInferenceService",
+        &[
+            "ServerLive",
+            "ServerReady",
+            "ModelReady",
+            "ServerMetadata",
+            "ModelMetadata",
+            "ModelInfer",
+            "ModelStreamInfer",
+            "ModelConfig",
+            "ModelStatistics",
+            "RepositoryIndex",
+            "RepositoryModelLoad",
+            "RepositoryModelUnload",
+        ],
+    ),
+    ("grpc.health.v1.Health", &["Check", "Watch"]),
+];
+
+/// The labels of a call of `path`: its service and method if kiln serves them, else
+/// `("unknown", "unknown")`.
+fn served(path: &str) -> (&'static str, &'static str) {
+    let (service, method) = split_path(path);
+    SERVED
+        .iter()
+        .find(|(s, _)| *s == service)
+        .and_then(|(s, methods)| methods.iter().find(|m| **m == method).map(|m| (*s, *m)))
+        .unwrap_or(("unknown", "unknown"))
 }
 
 /// `(service, method)` of a gRPC path `/package.Service/Method`.
@@ -117,8 +153,8 @@ fn code_name(code: Code) -> &'static str {
 /// One call being answered.
 struct Call {
     state: Arc<AppState>,
-    service: String,
-    method: String,
+    service: &'static str,
+    method: &'static str,
     started: Instant,
     code: Option<Code>,
     ended: bool,
@@ -132,18 +168,9 @@ impl Drop for Call {
             None if self.ended => Code::Unknown,
             None => Code::Cancelled,
         };
-        // A method no service has: one series for all of them.
-        let (service, method) = if code == Code::Unimplemented {
-            ("unknown".to_owned(), "unknown".to_owned())
-        } else {
-            (
-                std::mem::take(&mut self.service),
-                std::mem::take(&mut self.method),
-            )
-        };
         let labels = [
-            KeyValue::new("service", service),
-            KeyValue::new("method", method),
+            KeyValue::new("service", self.service),
+            KeyValue::new("method", self.method),
         ];
         let metrics = &self.state.grpc;
         metrics
@@ -211,10 +238,38 @@ mod tests {
             ("inference.GRPCInferenceService", "ModelInfer")
         );
         assert_eq!(split_path("/nonsense"), ("unknown", "unknown"));
+        assert_eq!(
+            served("/inference.GRPCInferenceService/ModelInfer"),
+            ("inference.GRPCInferenceService", "ModelInfer")
+        );
+        for invented in [
+            "/inference.GRPCInferenceService/Nope",
+            "/evil/x",
+            "/grpc.health.v1.Health/ModelInfer",
+            "/nonsense",
+        ] {
+            assert_eq!(served(invented), ("unknown", "unknown"), "{invented}");
+        }
         let mut h = HeaderMap::new();
         assert_eq!(grpc_code(&h), None);
         h.insert("grpc-status", "4".parse().expect("value"));
         assert_eq!(grpc_code(&h), Some(Code::DeadlineExceeded));
         assert_eq!(code_name(Code::DeadlineExceeded), "DeadlineExceeded");
+    }
+
+    /// Every method of the vendored proto is served, and labelled.
+    #[test]
+    fn every_method_of_the_proto_is_labelled() {
+        let proto = include_str!("../../../proto/inference.proto");
+        let rpcs: Vec<&str> = proto
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("rpc "))
+            .filter_map(|l| l.split('(').next())
+            .collect();
+        assert_eq!(rpcs.len(), 12, "{rpcs:?}");
+        for rpc in rpcs {
+            let path = format!("/inference.GRPCInferenceService/{rpc}");
+            assert_eq!(served(&path).1, rpc);
+        }
     }
 }
