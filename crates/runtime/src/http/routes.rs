@@ -211,7 +211,7 @@ fn build(state: Arc<AppState>, fallback: bool) -> Router {
     };
     routes
         .layer(axum::middleware::from_fn(
-            crate::http::unserved::explain_wrong_method,
+            crate::http::unserved::explain_refusals,
         ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),

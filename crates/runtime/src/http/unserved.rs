@@ -100,16 +100,36 @@ pub(crate) async fn no_route(method: Method, uri: axum::http::Uri) -> Response {
 }
 
 /// REST middleware: axum's own 405 (a route asked with a method it does not take) has no
-/// body; it gets the v2 error body naming the method and path (and keeps any `Allow`).
-pub(crate) async fn explain_wrong_method(request: Request, next: Next) -> Response {
+/// body; it gets the v2 error body naming the method and path (and keeps any `Allow`). Any
+/// other 4xx not in JSON (axum's own rejections, in plain text: a path that is not UTF-8,
+/// `GET /v2/models/%FF/ready`) gets the v2 error body with its text: `tritonclient.http`
+/// parses every error body as JSON, and raised `JSONDecodeError` instead of its own
+/// exception.
+pub(crate) async fn explain_refusals(request: Request, next: Next) -> Response {
     // Both are cheap to keep (the path is shared bytes); the text is made for a 405 only.
     let (method, uri) = (request.method().clone(), request.uri().clone());
     let response = next.run(request).await;
-    if response.status() != StatusCode::METHOD_NOT_ALLOWED
-        || response
-            .headers()
-            .contains_key(axum::http::header::CONTENT_TYPE)
+    let content_type = response.headers().get(axum::http::header::CONTENT_TYPE);
+    let json = content_type
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if response.status().is_client_error()
+        && response.status() != StatusCode::METHOD_NOT_ALLOWED
+        && !json
     {
+        let status = response.status();
+        let text = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let message = if text.trim().is_empty() {
+            status.canonical_reason().unwrap_or("refused").to_owned()
+        } else {
+            text.trim().to_owned()
+        };
+        return ApiError::new(status, message).into_response();
+    }
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED || content_type.is_some() {
         return response;
     }
     let allow = response
