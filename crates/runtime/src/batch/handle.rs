@@ -336,6 +336,7 @@ impl ModelHandle {
     }
 
     /// `f` of the serving version's signature, without copying it.
+    #[cfg(feature = "http")]
     pub(crate) fn with_metadata<R>(&self, f: impl FnOnce(&ModelMetadata) -> R) -> Option<R> {
         self.inner.serving(|s| f(s.batcher.metadata()))
     }

@@ -84,6 +84,12 @@ impl PooledBody {
     pub(crate) fn extend_from_slice(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
+
+    /// Room for `total` bytes in all, so that appending up to that never copies what is
+    /// there.
+    pub(crate) fn reserve_total(&mut self, total: usize) {
+        self.buf.reserve(total.saturating_sub(self.buf.len()));
+    }
 }
 
 impl Deref for PooledBody {

@@ -10,10 +10,12 @@
 //! A compressed body says nothing reliable about its inflated size (a 32 KiB gzip member can
 //! inflate to 32 MiB), so inflating stops at the body limit (413 / `RESOURCE_EXHAUSTED`
 //! past it), and a body that inflates past the inline size is inflated and decoded on the
-//! decode threads holding a share of the budget: a REST body in gzip the size its trailer
-//! names (inflating stops there; a trailer that understated it costs a second inflate under
-//! a whole share), any other a whole body limit's share (`decode.rs`). A gRPC message takes
-//! its whole share before it is read, while its size is unknown (`grpc/compressed.rs`).
+//! decode threads holding a share of the budget: a REST body of [`INLINE_MAX_BYTES`] or more
+//! compressed the one it was read under (its own size and a whole body limit more,
+//! `Decoder::receive`); a smaller one the size its gzip trailer names (inflating stops there;
+//! a trailer that understated it costs a second inflate under a whole share), any other a
+//! whole body limit's share (`decode.rs`). A gRPC message takes its whole share before it is
+//! read, while its size is unknown (`grpc/compressed.rs`).
 
 use std::io::Read as _;
 

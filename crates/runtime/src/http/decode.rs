@@ -1,7 +1,7 @@
 //! Inference bodies read into one buffer, then decoded off the tokio workers within a memory
 //! budget.
 //!
-//! [`Decoder::collect`] copies a body into a buffer sized from its `Content-Length` (kept from
+//! [`Decoder::receive`] copies a body into a buffer sized from its `Content-Length` (kept from
 //! an earlier body when one is, `body_pool`) as it arrives, in small pieces between other
 //! tasks: `axum::body::to_bytes` keeps a list of chunks and copies them into one at the end,
 //! twice the body in memory and a 32 MiB copy in one go on a worker (probes then waited up to
@@ -337,6 +337,9 @@ impl Decoder {
                 let waited = tokio::time::Instant::now();
                 share = Some(self.reserve(limit.saturating_add(extra)).await?);
                 deadline += waited.elapsed();
+                // Room for the whole limit at once: growing by doubling would copy up to
+                // 32 MiB on this worker and hold two buffers beyond the share meanwhile.
+                buf.reserve_total(limit);
             }
         }
         Ok(Received { body: buf, share })

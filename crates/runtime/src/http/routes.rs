@@ -363,10 +363,11 @@ async fn run(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // What can be refused before the body is read is: an unknown model, a coding kiln does
-    // not read.
-    find(s, model, None)?;
+    // What can be refused before the body is read is: an unknown model or version, a coding
+    // kiln does not read, a malformed deadline.
+    find(s, model, version)?;
     let coding = compression::request_coding(headers)?;
+    let timeout = transport_timeout(headers)?;
     let header_len = headers
         .get(HEADER_LENGTH)
         .map(|v| v.to_str().unwrap_or("not text"));
@@ -381,7 +382,6 @@ async fn run(
             s.config.max_body_bytes,
         )
         .await?;
-    let timeout = transport_timeout(headers)?;
     let call = infer::Call {
         model,
         version,

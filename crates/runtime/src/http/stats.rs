@@ -205,12 +205,18 @@ pub(crate) async fn all_stats(
 
 /// `POST /v2/repository/index`: every model found, its version and state (Triton's schema;
 /// body `{"ready": true}` for the ready ones only). The body is read as inference bodies
-/// are: within `--body-timeout-s` (408) and the body limit (413), errors in JSON.
+/// are, within `--body-timeout-s` (408), but at most 64 KiB (413), errors in JSON.
 pub(crate) async fn repository_index(
     State(s): State<Arc<AppState>>,
     body: axum::body::Body,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let body = crate::http::routes::read_body(&s, body, false).await?.body;
+    // `{"ready": true}` at most: a small body, decoded inline, never a budget share.
+    let limit = crate::http::decode::INLINE_MAX_BYTES - 1;
+    let body = s
+        .decoder
+        .receive(body, limit, s.config.body_read_timeout, false)
+        .await?
+        .body;
     #[derive(serde::Deserialize, Default)]
     struct Query {
         #[serde(default)]

@@ -98,15 +98,17 @@ pub(super) async fn reserve(
             }
             let share = if len >= crate::http::decode::INLINE_MAX_BYTES {
                 match Share::take(&state, len).await {
-                    Ok(share) => Some(share),
+                    Ok(share) => {
+                        // The time to arrive counts from the share, not from the wait for
+                        // it (a REST body's, a stream message's too).
+                        body.restart();
+                        Some(share)
+                    }
                     Err(status) => return refused(status),
                 }
             } else {
                 None
             };
-            // The time to arrive counts from the share, not from the wait for it (a REST
-            // body's, a stream message's too).
-            body.restart();
             body.head = (!head.is_empty()).then(|| head.into());
             (Body::new(body), share)
         }

@@ -65,7 +65,9 @@ pub(super) async fn inflate(
     // It is read into one buffer of its declared size, in the whole time to arrive from
     // its share.
     let mut share = reserve(state, len).await?;
-    body.restart();
+    if share.is_some() {
+        body.restart();
+    }
     if first.len() > len {
         return Err(too_long());
     }
