@@ -934,6 +934,7 @@ fn server_readiness_follows_the_policy_with_one_broken_model() {
     ] {
         let config = ServerConfig {
             ready_when: policy.parse().expect("policy"),
+            max_body_bytes: 1 << 10,
             ..ServerConfig::default()
         };
         let state = Arc::new(AppState::new(Arc::clone(&repo), config, None, &meter));
@@ -958,6 +959,22 @@ fn server_readiness_follows_the_policy_with_one_broken_model() {
             );
             assert_eq!(status, exact, "{model} under {policy}");
         }
+        // Inference on the broken model is refused before its body is read: 503, whatever the
+        // body (this one is over the limit; it was read first, and refused 413).
+        let (status, _, out) = call(
+            &s,
+            Method::POST,
+            "/v2/models/broken/infer",
+            Some(" ".repeat(2 << 10)),
+            &[],
+        );
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{out}");
+        assert!(
+            out["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("is not serving")),
+            "{out}"
+        );
     }
 }
 

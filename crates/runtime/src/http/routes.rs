@@ -363,9 +363,13 @@ async fn run(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    // What can be refused before the body is read is: an unknown model or version, a coding
-    // kiln does not read, a malformed deadline.
-    find(s, model, version)?;
+    // What can be refused before the body is read is: an unknown model or version, a model
+    // with no version serving (503, as v1 does), a coding kiln does not read, a malformed
+    // deadline.
+    let handle = find(s, model, version)?;
+    if handle.current_version().is_none() {
+        return Err(crate::http::models::not_serving(model, &handle));
+    }
     let coding = compression::request_coding(headers)?;
     let timeout = transport_timeout(headers)?;
     let header_len = headers
