@@ -721,30 +721,15 @@ fn noisy_mlp_request(rows: usize) -> Vec<u8> {
 async fn read_stream(
     response: hyper::Response<hyper::body::Incoming>,
 ) -> (Vec<pb::ModelStreamInferResponse>, Option<String>) {
-    let mut body = response.into_body();
-    let (mut buf, mut answers, mut status) = (BytesMut::new(), Vec::new(), None);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.expect("frame");
-        if let Some(trailers) = frame.trailers_ref() {
-            status = trailers
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
-        }
-        if let Ok(data) = frame.into_data() {
-            buf.extend_from_slice(&data);
-        }
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-            if buf.len() < 5 + len {
-                break;
-            }
-            let message = buf.split_to(5 + len);
-            answers
-                .push(pb::ModelStreamInferResponse::decode(&message[5..]).expect("stream answer"));
+    let mut reader = StreamReader::new(response);
+    let mut answers = Vec::new();
+    loop {
+        match reader.message().await {
+            Ok(message) => answers
+                .push(pb::ModelStreamInferResponse::decode(&message[..]).expect("stream answer")),
+            Err(status) => return (answers, status),
         }
     }
-    (answers, status)
 }
 
 /// The request ids a stream's answers carry, in order.
@@ -978,35 +963,36 @@ impl StreamReader {
 
     /// The next message (unframed), or the stream's `grpc-status` once it ended; within 10 s.
     async fn next_message(&mut self) -> Result<Bytes, Option<String>> {
-        let next = async {
-            loop {
-                if self.buf.len() >= 5 {
-                    let len =
-                        u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
-                            as usize;
-                    if self.buf.len() >= 5 + len {
-                        let mut message = self.buf.split_to(5 + len);
-                        return Ok(message.split_off(5).freeze());
-                    }
-                }
-                let Some(frame) = self.body.frame().await else {
-                    return Err(self.status.clone());
-                };
-                let frame = frame.expect("frame");
-                if let Some(trailers) = frame.trailers_ref() {
-                    return Err(trailers
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned));
-                }
-                if let Ok(data) = frame.into_data() {
-                    self.buf.extend_from_slice(&data);
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), next)
+        tokio::time::timeout(Duration::from_secs(10), self.message())
             .await
             .expect("a message or the stream's end within 10 s")
+    }
+
+    /// [`StreamReader::next_message`], however long it takes.
+    async fn message(&mut self) -> Result<Bytes, Option<String>> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]])
+                    as usize;
+                if self.buf.len() >= 5 + len {
+                    let mut message = self.buf.split_to(5 + len);
+                    return Ok(message.split_off(5).freeze());
+                }
+            }
+            let Some(frame) = self.body.frame().await else {
+                return Err(self.status.clone());
+            };
+            let frame = frame.expect("frame");
+            if let Some(trailers) = frame.trailers_ref() {
+                return Err(trailers
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned));
+            }
+            if let Ok(data) = frame.into_data() {
+                self.buf.extend_from_slice(&data);
+            }
+        }
     }
 }
 
