@@ -144,6 +144,12 @@ struct Args {
     /// answer's; 0 for no limit.
     #[arg(long, env = "KILN_SERVER_SEND_TIMEOUT_S", default_value = "60", value_parser = seconds)]
     send_timeout_s: Duration,
+    /// How long a connection may have nothing in flight before it is closed gracefully (an
+    /// HTTP/2 GOAWAY: gRPC clients reconnect for their next call), seconds; 0 for no limit.
+    /// While every slot is taken and a client waits for one, connections idle for a second
+    /// give it theirs whatever this says.
+    #[arg(long, env = "KILN_SERVER_IDLE_TIMEOUT_S", default_value = "300", value_parser = seconds)]
+    idle_timeout_s: Duration,
     /// Most connections served at once, per listener.
     #[arg(long, env = "KILN_SERVER_MAX_CONNECTIONS", default_value_t = 4096)]
     max_connections: usize,
@@ -294,6 +300,7 @@ fn run(args: Args) -> Result<()> {
         header_read_timeout: args.header_timeout_s,
         max_connections: args.max_connections,
         send_timeout: args.send_timeout_s,
+        idle_timeout: args.idle_timeout_s,
         // Open connections get what the drain delay leaves of the budget.
         shutdown_grace: shutdown.connection_grace(),
         ..ServeOptions::default()

@@ -73,6 +73,7 @@ mod compression;
 mod decode;
 pub mod error;
 pub mod grpc;
+mod idle;
 mod infer;
 mod json_cut;
 mod json_data;

@@ -288,6 +288,8 @@ pub(crate) struct Answer {
     hold_last: bool,
     watch: Arc<Watch>,
     id: u64,
+    /// The request, in flight on its connection until its answer is done with (`idle`).
+    _busy: Option<super::idle::Busy>,
 }
 
 impl Answer {
@@ -302,11 +304,18 @@ impl Answer {
             hold_last: false,
             watch,
             id,
+            _busy: None,
         };
         if !answer.body.is_end_stream() {
             answer.waits(true);
         }
         answer
+    }
+
+    /// The answer, its request counted in flight on its connection until it is dropped.
+    pub(crate) fn holding(mut self, busy: super::idle::Busy) -> Self {
+        self._busy = Some(busy);
+        self
     }
 
     fn waits(&self, waits: bool) {

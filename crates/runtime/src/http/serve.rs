@@ -3,10 +3,13 @@
 //! connection and its task forever, and enough of them exhaust the process. Here every
 //! connection goes through hyper's builder (HTTP/1.1, or HTTP/2 with prior knowledge, which
 //! is what gRPC clients speak) with a timer and a header-read timeout, at most
-//! `max_connections` are served at once (the rest wait in the kernel's backlog), the peer
-//! address is handed to the handlers (admin endpoints check it), and shutdown drains open
-//! connections gracefully (HTTP/2 ones with a GOAWAY). A connection whose client stops
-//! taking its answers is closed after `send_timeout` (`send_timeout`'s module doc).
+//! `max_connections` are served at once (one more client accepted waits for a slot, the rest
+//! in the kernel's backlog), the peer address is handed to the handlers (admin endpoints
+//! check it), and shutdown drains open connections gracefully (HTTP/2 ones with a GOAWAY).
+//! A connection whose client stops taking its answers is closed after `send_timeout`
+//! (`send_timeout`'s module doc); one with nothing in flight after `idle_timeout`, or sooner
+//! when a client waits for its slot (`idle`'s module doc). A client that keeps a connection
+//! open past a graceful close with nothing in flight loses it a header-read timeout later.
 //!
 //! HTTP/2 flow control is sized so that no call can starve another on its connection. A big
 //! gRPC message waits for its decode-budget share before it is read (`grpc::budget`), and
@@ -33,12 +36,12 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt as _;
 
+use super::idle::{Connections, GIVE_WAY_WAIT, PRESSED_IDLE};
 use super::send_timeout::{Answer, Watch, Watched};
 
 /// Each HTTP/2 stream's flow-control window, the most a request's bytes may run ahead of
@@ -72,6 +75,12 @@ pub struct ServeOptions {
     /// successive takes, not a whole answer's (`send_timeout`'s module doc); zero for no
     /// limit. Default 60 s.
     pub send_timeout: Duration,
+    /// How long a connection may have nothing in flight before it is closed gracefully
+    /// (HTTP/2: a GOAWAY; the client opens a new connection for its next call); zero for no
+    /// limit. An HTTP/1.1 connection waits at most `header_read_timeout` for its next request
+    /// anyway. Whatever this says, while every slot is taken and a client waits for one,
+    /// connections with nothing in flight for a second give theirs way. Default 300 s.
+    pub idle_timeout: Duration,
     /// Most requests in flight at once on one HTTP/2 (gRPC) connection. Default 32 (a
     /// client with more calls in flight queues them, or opens more connections). The
     /// connection's flow-control window follows it (module doc): each stream more is 512 KiB
@@ -86,6 +95,7 @@ impl Default for ServeOptions {
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
             send_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(300),
             max_streams_per_connection: 32,
         }
     }
@@ -100,17 +110,13 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Each connection's task holds a receiver: they are all gone once every task has ended.
+    let (stop, stopping) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let connections = Arc::new(Connections::default());
+    let idle_timeout = (!options.idle_timeout.is_zero()).then_some(options.idle_timeout);
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            s = Arc::clone(&slots).acquire_owned() => match s {
-                Ok(s) => s,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -123,6 +129,29 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Every slot taken: this client waits (the next ones in the kernel's backlog), and
+        // connections with nothing in flight give theirs way, one at a time (`idle`).
+        let slot = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                let slot = loop {
+                    let wait = if connections.give_way() {
+                        GIVE_WAY_WAIT
+                    } else {
+                        PRESSED_IDLE / 4
+                    };
+                    tokio::select! {
+                        s = Arc::clone(&slots).acquire_owned() => break s.ok(),
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut shutdown => break None,
+                    }
+                };
+                match slot {
+                    Some(slot) => slot,
+                    None => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
         #[cfg(unix)]
@@ -131,14 +160,17 @@ pub async fn serve(
         let fd = None;
         let watch = Arc::new(Watch::new(options.send_timeout, fd));
         let answers = Arc::clone(&watch);
+        let (activity, registered) = connections.open();
+        let requests = Arc::clone(&activity);
         let service = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let busy = requests.enter();
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             let http2 = req.version() == hyper::Version::HTTP_2;
             let call = app.clone().oneshot(req.map(axum::body::Body::new));
             let watch = Arc::clone(&answers);
             async move {
                 call.await
-                    .map(|answer| answer.map(|body| Answer::new(body, watch, http2)))
+                    .map(|answer| answer.map(|body| Answer::new(body, watch, http2).holding(busy)))
             }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -155,35 +187,76 @@ pub async fn serve(
             .initial_connection_window_size(connection_window(options.max_streams_per_connection))
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        let watcher = graceful.watcher();
+        let mut stopping = stopping.clone();
         let first_bytes = options.header_read_timeout;
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, registered);
             // The protocol detection below waits for the client's first bytes with no timer
-            // of its own: a client that connects and sends nothing must not hold the slot.
-            if !protocol_known(&stream, first_bytes).await {
-                tracing::debug!(%peer, "nothing to tell HTTP/1 from HTTP/2 within the header timeout; closed");
+            // of its own: a client that connects and sends nothing must not hold the slot,
+            // nor keep it from a client waiting for one.
+            let known = tokio::select! {
+                known = protocol_known(&stream, first_bytes) => known,
+                _ = activity.idle(idle_timeout) => false,
+            };
+            if !known {
+                tracing::debug!(%peer, "nothing to tell HTTP/1 from HTTP/2 in time; closed");
                 return;
             }
             let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch)));
             let conn = builder
                 .serve_connection(io, TowerToHyperService::new(service))
                 .into_owned();
-            tokio::select! {
-                ended = watcher.watch(conn) => if let Err(e) = ended {
-                    tracing::debug!(error = %e, %peer, "connection ended with an error");
-                },
-                waited = watch.stalled() => tracing::info!(
-                    %peer,
-                    waited_s = waited.as_secs_f64(),
-                    "closed a connection whose client took nothing of its answers within the send timeout"
-                ),
+            tokio::pin!(conn);
+            // Closed gracefully (shutdown, or idle) and since when: a client that leaves an
+            // idle connection open after its GOAWAY loses it `first_bytes` later.
+            let mut closing: Option<tokio::time::Instant> = None;
+            loop {
+                let lingering = async {
+                    match closing {
+                        Some(since) => tokio::time::sleep_until(since + first_bytes).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    ended = conn.as_mut() => {
+                        if let Err(e) = ended {
+                            tracing::debug!(error = %e, %peer, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    waited = watch.stalled() => {
+                        tracing::info!(
+                            %peer,
+                            waited_s = waited.as_secs_f64(),
+                            "closed a connection whose client took nothing of its answers within the send timeout"
+                        );
+                        break;
+                    }
+                    _ = stopping.wait_for(|stop| *stop), if closing.is_none() => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now());
+                    }
+                    why = activity.idle(idle_timeout), if closing.is_none() => {
+                        tracing::debug!(%peer, ?why, "closing a connection with nothing in flight");
+                        conn.as_mut().graceful_shutdown();
+                        closing = Some(tokio::time::Instant::now());
+                    }
+                    () = lingering => {
+                        if activity.idle_for().is_some() {
+                            tracing::debug!(%peer, "closed a connection left open with nothing in flight after its close began");
+                            break;
+                        }
+                        closing = Some(tokio::time::Instant::now());
+                    }
+                }
             }
         });
     }
     drop(listener);
+    drop(stopping);
+    let _ = stop.send(true);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = stop.closed() => {}
         () = tokio::time::sleep(options.shutdown_grace) => {
             tracing::warn!(grace_s = options.shutdown_grace.as_secs(), "connections still open after the shutdown grace period");
         }

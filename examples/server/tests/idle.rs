@@ -1,0 +1,313 @@
+//! Connections with nothing in flight, against the real `kiln-server` binary. An HTTP/2
+//! (gRPC) client may keep a connection open with no call at all, answering the server's
+//! PINGs: before, such a connection held its `--max-connections` slot for as long as the
+//! client liked, so clients that opened connections and left them idle (gRPC channels between
+//! bursts, or a client opening them to hold the slots) kept every further client in the
+//! kernel's backlog for good.
+//!
+//! - When every slot is taken and a client waits for one, connections with nothing in flight
+//!   for a second are closed gracefully (a GOAWAY), and the waiting client is served; a
+//!   connection with a call in flight (an open stream) keeps its slot.
+//! - A connection with nothing in flight for `--idle-timeout-s` is closed gracefully, one with
+//!   an open stream is not.
+//! - An HTTP/1.1 keep-alive connection waits at most `--header-timeout-s` for its next request.
+//! - `tritonclient.grpc` (grpcio) carries on across the idle close: its next call opens a new
+//!   connection.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{framed, free_port, publish, start_ready, venv_python, Frames, Server};
+use http_body_util::{BodyExt as _, Full};
+use kiln::http::grpc::pb;
+use prost::Message as _;
+
+/// `kiln-server` serving mlp, gRPC on its own port, with `args`: the server (killed when
+/// dropped), and its gRPC port. The root goes with the server's lifetime.
+fn serve(args: &[&str]) -> (tempfile::TempDir, Server, u16) {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    let (port, grpc) = (free_port(), free_port());
+    let grpc_listen = format!("127.0.0.1:{grpc}");
+    let mut all = vec!["--drain-delay-s", "0", "--grpc-listen", &grpc_listen];
+    all.extend_from_slice(args);
+    let child = start_ready(root.path(), port, &all);
+    (root, Server { child, port }, grpc)
+}
+
+/// A client's HTTP/2 connection: its sender, and its task, which ends when the server closes
+/// the connection.
+type Connection<B = Frames> = (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+);
+
+/// An HTTP/2 connection to `port` as a gRPC client opens it (hyper answers the server's
+/// PINGs).
+async fn connect(port: u16) -> Connection<Full<Bytes>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    (sender, tokio::spawn(conn))
+}
+
+/// A `ServerLive` call on `sender`'s connection; whether it was answered live.
+async fn live(sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>) -> bool {
+    let request =
+        hyper::Request::post("http://127.0.0.1/inference.GRPCInferenceService/ServerLive")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(framed(&[])))
+            .expect("request");
+    let Ok(answer) = sender.send_request(request).await else {
+        return false;
+    };
+    let Ok(body) = answer.into_body().collect().await else {
+        return false;
+    };
+    let body = body.to_bytes();
+    body.len() >= 5 && pb::ServerLiveResponse::decode(&body[5..]).is_ok_and(|r| r.live)
+}
+
+/// A `ModelStreamInfer` stream opened on a connection of its own to `port`: where to send
+/// framed messages, the answer's body, and the connection (its sender, kept so that hyper
+/// keeps the connection open, and its task).
+async fn open_stream(
+    port: u16,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    hyper::body::Incoming,
+    Connection,
+) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let request =
+        hyper::Request::post("http://127.0.0.1/inference.GRPCInferenceService/ModelStreamInfer")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Frames(rx))
+            .expect("request");
+    let answer = sender.send_request(request).await.expect("stream opened");
+    (tx, answer.into_body(), (sender, conn))
+}
+
+/// mlp's one-row `ModelInfer` request (`x`: [1, 16] FP32) with `id`, framed.
+fn mlp_request(id: &str) -> Bytes {
+    let request = pb::ModelInferRequest {
+        model_name: "mlp".into(),
+        id: id.into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 16],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![Bytes::from(vec![0u8; 16 * 4])],
+        ..Default::default()
+    };
+    framed(&request.encode_to_vec())
+}
+
+/// Sends `id`'s request on a stream and reads its answer: whether it came, with `id`.
+async fn stream_answers(
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+    body: &mut hyper::body::Incoming,
+    id: &str,
+) -> bool {
+    if tx.send(mlp_request(id)).await.is_err() {
+        return false;
+    }
+    let mut got = bytes::BytesMut::new();
+    let read = async {
+        loop {
+            if got.len() >= 5 {
+                let len = u32::from_be_bytes(got[1..5].try_into().expect("4 bytes")) as usize;
+                if got.len() >= 5 + len {
+                    let answer = pb::ModelStreamInferResponse::decode(&got[5..5 + len]);
+                    return answer.is_ok_and(|a| {
+                        a.error_message.is_empty() && a.infer_response.is_some_and(|r| r.id == id)
+                    });
+                }
+            }
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        got.extend_from_slice(&data);
+                    }
+                }
+                _ => return false,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .unwrap_or(false)
+}
+
+/// Whether the connection's task ended (the server closed it) within `within`, cleanly.
+async fn closed_within(
+    conn: &mut tokio::task::JoinHandle<Result<(), hyper::Error>>,
+    within: Duration,
+) -> bool {
+    matches!(tokio::time::timeout(within, conn).await, Ok(Ok(Ok(()))))
+}
+
+/// Four idle gRPC connections take every slot of `--max-connections 4`; a fifth client is
+/// served within a couple of seconds, the idle ones are closed with a GOAWAY, and a
+/// connection holding an open stream keeps its slot and its stream. Before, the fifth client
+/// waited in the backlog for as long as the idle ones stayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_give_way_to_a_waiting_client_when_every_slot_is_taken() {
+    let (_root, _server, grpc) = serve(&["--max-connections", "4"]);
+    let (tx, mut stream, (_keep, mut busy)) = open_stream(grpc).await;
+    assert!(stream_answers(&tx, &mut stream, "first").await);
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        let (mut sender, conn) = connect(grpc).await;
+        assert!(live(&mut sender).await);
+        idle.push((sender, conn));
+    }
+    let began = Instant::now();
+    let served = tokio::time::timeout(Duration::from_secs(15), async {
+        let (mut sender, _conn) = connect(grpc).await;
+        live(&mut sender).await
+    })
+    .await;
+    let waited = began.elapsed();
+    assert!(
+        matches!(served, Ok(true)),
+        "a fifth client was not served in 15 s (idle connections held every slot)"
+    );
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    // As many give way as clients wait (the idle ones reach their second together, so
+    // that may be all three).
+    let mut closed = 0;
+    for (_, conn) in &mut idle {
+        closed += usize::from(closed_within(conn, Duration::from_millis(500)).await);
+    }
+    assert!(closed >= 1, "no idle connection was closed");
+    assert!(
+        !busy.is_finished(),
+        "the connection with a stream was closed"
+    );
+    assert!(
+        stream_answers(&tx, &mut stream, "second").await,
+        "the open stream was not served after the pressure"
+    );
+    drop(tx);
+    drop(stream);
+    let _ = tokio::time::timeout(Duration::from_secs(5), &mut busy).await;
+}
+
+/// With `--idle-timeout-s 1`, a connection with nothing in flight is closed gracefully about a
+/// second after its last call, and one whose stream stays open (idle between its messages)
+/// is not. Before, nothing closed an idle HTTP/2 connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_nothing_in_flight_is_closed_at_the_idle_timeout() {
+    let (_root, _server, grpc) = serve(&["--idle-timeout-s", "1"]);
+    let (tx, mut stream, (_keep, busy)) = open_stream(grpc).await;
+    let (mut sender, mut conn) = connect(grpc).await;
+    assert!(live(&mut sender).await);
+    let began = Instant::now();
+    assert!(
+        closed_within(&mut conn, Duration::from_secs(10)).await,
+        "the idle connection was not closed in 10 s"
+    );
+    let waited = began.elapsed();
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    if busy.is_finished() {
+        panic!("the connection with a stream was closed: {:?}", busy.await);
+    }
+    assert!(stream_answers(&tx, &mut stream, "after").await);
+}
+
+/// An HTTP/1.1 keep-alive connection with no request after its first is closed once
+/// `--header-timeout-s` has passed (hyper's header-read timer runs while it waits for the
+/// next request's head), whatever `--idle-timeout-s` says.
+#[test]
+fn a_keep_alive_connection_waits_for_its_next_request_at_most_the_header_timeout() {
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    let port = free_port();
+    let _server = Server {
+        child: start_ready(
+            root.path(),
+            port,
+            &["--header-timeout-s", "1", "--idle-timeout-s", "0"],
+        ),
+        port,
+    };
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    conn.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    let began = Instant::now();
+    let mut answer = Vec::new();
+    // Read the answer, then on until the server closes the connection.
+    let read = conn.read_to_end(&mut answer);
+    let waited = began.elapsed();
+    assert!(read.is_ok(), "not closed in 10 s: {read:?}");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(waited < Duration::from_secs(4), "{waited:?}");
+}
+
+/// `tritonclient.grpc` (grpcio): a call after its channel's connection was closed at the idle
+/// timeout succeeds, on a new connection, with no error surfacing to the caller.
+#[test]
+fn tritonclient_grpc_carries_on_after_an_idle_close() {
+    let (_root, server, grpc) = serve(&["--idle-timeout-s", "1"]);
+    let python = venv_python("venv", "testdata");
+    let script = r#"
+import sys, time
+import numpy as np
+import tritonclient.grpc as grpcclient
+client = grpcclient.InferenceServerClient(url=sys.argv[1])
+def infer():
+    x = grpcclient.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), dtype=np.float32))
+    result = client.infer("mlp", [x], client_timeout=10)
+    return result.as_numpy(result.get_response().outputs[0].name)
+first = infer()
+for _ in range(3):
+    time.sleep(2.5)
+    again = infer()
+    assert (again == first).all(), (first, again)
+print("ok")
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &format!("127.0.0.1:{grpc}")])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(server);
+}
