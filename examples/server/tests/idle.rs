@@ -195,13 +195,16 @@ async fn idle_connections_give_way_to_a_waiting_client_when_every_slot_is_taken(
         "a fifth client was not served in 15 s (idle connections held every slot)"
     );
     assert!(waited < Duration::from_secs(5), "{waited:?}");
-    // As many give way as clients wait (the idle ones reach their second together, so
-    // that may be all three).
+    // One gives way for the one client waiting (a second is told only if the first has not
+    // closed within a second: a loaded machine).
     let mut closed = 0;
     for (_, conn) in &mut idle {
         closed += usize::from(closed_within(conn, Duration::from_millis(500)).await);
     }
-    assert!(closed >= 1, "no idle connection was closed");
+    assert!(
+        (1..=2).contains(&closed),
+        "{closed} idle connections closed for one waiting client"
+    );
     assert!(
         !busy.is_finished(),
         "the connection with a stream was closed"
@@ -277,10 +280,33 @@ fn a_keep_alive_connection_waits_for_its_next_request_at_most_the_header_timeout
 }
 
 /// `tritonclient.grpc` (grpcio): a call after its channel's connection was closed at the idle
-/// timeout succeeds, on a new connection, with no error surfacing to the caller.
+/// timeout succeeds, on a new connection, with no error surfacing to the caller; the server's
+/// log shows each close.
 #[test]
 fn tritonclient_grpc_carries_on_after_an_idle_close() {
-    let (_root, server, grpc) = serve(&["--idle-timeout-s", "1"]);
+    let root = tempfile::tempdir().expect("root");
+    publish(root.path(), "mlp", "1", "mlp.onnx");
+    let (port, grpc) = (free_port(), free_port());
+    let grpc_listen = format!("127.0.0.1:{grpc}");
+    let log_path = root.path().join("server.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let server = Server {
+        child: common::start_logging(
+            root.path(),
+            port,
+            &[
+                "--drain-delay-s",
+                "0",
+                "--grpc-listen",
+                &grpc_listen,
+                "--idle-timeout-s",
+                "1",
+            ],
+            "kiln::http::serve=debug",
+            log,
+        ),
+        port,
+    };
     let python = venv_python("venv", "testdata");
     let script = r#"
 import sys, time
@@ -310,4 +336,10 @@ print("ok")
         String::from_utf8_lossy(&out.stderr)
     );
     drop(server);
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    let closes = log
+        .lines()
+        .filter(|l| l.contains("closing a connection with nothing in flight"))
+        .count();
+    assert!(closes >= 3, "{closes} idle closes in the log:\n{log}");
 }

@@ -362,6 +362,41 @@ fn a_client_that_keeps_reading_slowly_gets_its_whole_answer() {
     assert!(length > 20 << 20, "{length}");
 }
 
+/// The same slow but steady reader goes on being served through shutdown: SIGTERM, the
+/// listeners closing and the connection's graceful close change nothing about what it has
+/// taken (a watch started afresh at the close saw the socket blocked for longer than the
+/// timeout and cut the connection at once).
+#[test]
+fn a_client_reading_slowly_through_shutdown_is_not_cut() {
+    let (_root, server, _) = serve(&[]);
+    let mut client = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    client
+        .write_all(&int64_json(server.port, 100_000))
+        .expect("request");
+    let mut buf = vec![0u8; 16 << 10];
+    let mut slow: Option<Instant> = None;
+    let mut signalled = false;
+    // Two timeouts of slow reading (the socket blocked for longer than a timeout), SIGTERM,
+    // then four more.
+    while slow.is_none_or(|s| s.elapsed() < SEND_TIMEOUT * 6) {
+        let n = client.read(&mut buf).expect("the answer goes on");
+        let since = *slow.get_or_insert_with(Instant::now);
+        assert!(
+            n > 0,
+            "the connection was closed while the client read, {:?} after SIGTERM",
+            since.elapsed().checked_sub(SEND_TIMEOUT * 2)
+        );
+        if !signalled && since.elapsed() >= SEND_TIMEOUT * 2 {
+            common::sigterm(&server.child);
+            signalled = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// An idle keep-alive connection and an idle `ModelStreamInfer` stream wait for nothing:
 /// each is used again after three send timeouts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

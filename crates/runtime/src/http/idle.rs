@@ -31,8 +31,9 @@ use tokio::time::Instant;
 pub(crate) const PRESSED_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a waiting client gives a connection told to give way before telling the next:
-/// an idle HTTP/2 connection closes once its client has answered the GOAWAY's PING.
-pub(crate) const GIVE_WAY_WAIT: Duration = Duration::from_millis(250);
+/// an idle HTTP/2 connection closes once its client has answered the GOAWAY's PING, a round
+/// trip (one that never answers is closed by hyper's keep-alive timer, in under a minute).
+pub(crate) const GIVE_WAY_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a connection was found idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +45,8 @@ pub(crate) enum Idle {
 }
 
 /// A listener's open connections, for a client waiting for a slot to find the one idle the
-/// longest: one told at a time, so no more close than clients wait, and no connection is
-/// woken that is not told.
+/// longest: one told at a time (the next only if the slot has not come a [`GIVE_WAY_WAIT`]
+/// later), and no connection is woken that is not told.
 #[derive(Debug, Default)]
 pub(crate) struct Connections {
     next: AtomicU64,
@@ -89,7 +90,7 @@ impl Connections {
     }
 
     /// Tells the connection with nothing in flight the longest, for [`PRESSED_IDLE`] at
-    /// least and not told yet, to close; whether there was one.
+    /// least and neither told yet nor closing already, to close; whether there was one.
     pub(crate) fn give_way(&self) -> bool {
         let open = self.lock();
         let longest = open
@@ -114,7 +115,7 @@ pub(crate) struct Activity {
     busy: AtomicUsize,
     /// When the last request in flight ended, nanoseconds since `start`.
     idle_since: AtomicU64,
-    /// Whether a waiting client told it to give way.
+    /// Whether a waiting client told it to give way, or it is closing already.
     told: AtomicBool,
     give_way: Notify,
 }
@@ -125,8 +126,11 @@ pub(crate) struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        // The time first: whoever sees the count fall to zero sees this end with it.
-        self.0.idle_since.store(self.0.nanos(), Ordering::Relaxed);
+        // The time first: whoever sees the count fall to zero sees this end with it (the
+        // latest, when two end at once).
+        self.0
+            .idle_since
+            .fetch_max(self.0.nanos(), Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::Release);
     }
 }
@@ -134,6 +138,16 @@ impl Drop for Busy {
 impl Activity {
     fn nanos(&self) -> u64 {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The client sent something that is not a request (its first bytes): idle from now.
+    pub(crate) fn touch(&self) {
+        self.idle_since.fetch_max(self.nanos(), Ordering::Relaxed);
+    }
+
+    /// The connection is closing (shutdown, or idle): no waiting client need tell it.
+    pub(crate) fn closing(&self) {
+        self.told.store(true, Ordering::Relaxed);
     }
 
     /// A request arrived; in flight until the guard is dropped.
@@ -169,9 +183,18 @@ impl Activity {
                 tokio::time::sleep(wait).await;
             }
         };
-        tokio::select! {
-            () = timed_out => Idle::TimedOut,
-            () = self.give_way.notified() => Idle::GaveWay,
+        tokio::pin!(timed_out);
+        loop {
+            tokio::select! {
+                () = &mut timed_out => return Idle::TimedOut,
+                () = self.give_way.notified() => {
+                    // Told when idle long enough; a request may have come since.
+                    if self.idle_for().is_some_and(|idle| idle >= PRESSED_IDLE) {
+                        return Idle::GaveWay;
+                    }
+                    self.told.store(false, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -234,6 +257,33 @@ mod tests {
         assert_eq!(fresh_idle.await.ok(), Some(Idle::GaveWay));
         assert!(!connections.give_way());
         assert!(!working_idle.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_told_as_a_request_arrives_keeps_its_slot_and_may_be_told_again() {
+        let connections = Arc::new(Connections::default());
+        let (activity, _registered) = connections.open();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(connections.give_way());
+        let busy = activity.enter();
+        let idle = activity.idle(None);
+        tokio::pin!(idle);
+        assert!(tokio::time::timeout(Duration::from_secs(5), &mut idle)
+            .await
+            .is_err());
+        drop(busy);
+        assert!(
+            !connections.give_way(),
+            "told within a second of its request"
+        );
+        tokio::time::advance(PRESSED_IDLE).await;
+        assert!(connections.give_way());
+        assert_eq!(idle.await, Idle::GaveWay);
+        // Closing for a reason of its own: never told.
+        let (closing, _b) = connections.open();
+        closing.closing();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!connections.give_way());
     }
 
     #[tokio::test(start_paused = true)]

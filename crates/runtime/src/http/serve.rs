@@ -8,8 +8,7 @@
 //! check it), and shutdown drains open connections gracefully (HTTP/2 ones with a GOAWAY).
 //! A connection whose client stops taking its answers is closed after `send_timeout`
 //! (`send_timeout`'s module doc); one with nothing in flight after `idle_timeout`, or sooner
-//! when a client waits for its slot (`idle`'s module doc). A client that keeps a connection
-//! open past a graceful close with nothing in flight loses it a header-read timeout later.
+//! when a client waits for its slot (`idle`'s module doc).
 //!
 //! HTTP/2 flow control is sized so that no call can starve another on its connection. A big
 //! gRPC message waits for its decode-budget share before it is read (`grpc::budget`), and
@@ -36,7 +35,6 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt as _;
@@ -131,26 +129,23 @@ pub async fn serve(
         };
         // Every slot taken: this client waits (the next ones in the kernel's backlog), and
         // connections with nothing in flight give theirs way, one at a time (`idle`).
-        let slot = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                let slot = loop {
-                    let wait = if connections.give_way() {
-                        GIVE_WAY_WAIT
-                    } else {
-                        PRESSED_IDLE / 4
-                    };
-                    tokio::select! {
-                        s = Arc::clone(&slots).acquire_owned() => break s.ok(),
-                        () = tokio::time::sleep(wait) => {}
-                        () = &mut shutdown => break None,
-                    }
-                };
-                match slot {
-                    Some(slot) => slot,
-                    None => break,
-                }
+        let slot = loop {
+            if let Ok(slot) = Arc::clone(&slots).try_acquire_owned() {
+                break Some(slot);
             }
+            let wait = if connections.give_way() {
+                GIVE_WAY_WAIT
+            } else {
+                PRESSED_IDLE / 4
+            };
+            tokio::select! {
+                s = Arc::clone(&slots).acquire_owned() => break s.ok(),
+                () = tokio::time::sleep(wait) => {}
+                () = &mut shutdown => break None,
+            }
+        };
+        let Some(slot) = slot else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
@@ -162,17 +157,21 @@ pub async fn serve(
         let answers = Arc::clone(&watch);
         let (activity, registered) = connections.open();
         let requests = Arc::clone(&activity);
-        let service = tower::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            let busy = requests.enter();
-            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-            let http2 = req.version() == hyper::Version::HTTP_2;
-            let call = app.clone().oneshot(req.map(axum::body::Body::new));
-            let watch = Arc::clone(&answers);
-            async move {
-                call.await
-                    .map(|answer| answer.map(|body| Answer::new(body, watch, http2).holding(busy)))
-            }
-        });
+        // hyper calls this as a request arrives (on HTTP/2 before the stream's task runs):
+        // the request is in flight from then on (`idle`).
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                let busy = requests.enter();
+                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                let http2 = req.version() == hyper::Version::HTTP_2;
+                let call = app.clone().oneshot(req.map(axum::body::Body::new));
+                let watch = Arc::clone(&answers);
+                async move {
+                    call.await.map(|answer| {
+                        answer.map(|body| Answer::new(body, watch, http2).holding(busy))
+                    })
+                }
+            });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -190,41 +189,43 @@ pub async fn serve(
         let mut stopping = stopping.clone();
         let first_bytes = options.header_read_timeout;
         tokio::spawn(async move {
-            let _slot = (slot, registered);
+            // Off the list first, then the slot free.
+            let _slot = (registered, slot);
             // The protocol detection below waits for the client's first bytes with no timer
             // of its own: a client that connects and sends nothing must not hold the slot,
-            // nor keep it from a client waiting for one.
+            // nor keep it from a client waiting for one, nor shutdown.
             let known = tokio::select! {
                 known = protocol_known(&stream, first_bytes) => known,
                 _ = activity.idle(idle_timeout) => false,
+                _ = stopping.wait_for(|stop| *stop) => false,
             };
             if !known {
                 tracing::debug!(%peer, "nothing to tell HTTP/1 from HTTP/2 in time; closed");
                 return;
             }
+            // The client just sent its first bytes: idle from now.
+            activity.touch();
             let io = TokioIo::new(Watched::new(stream, Arc::clone(&watch)));
-            let conn = builder
-                .serve_connection(io, TowerToHyperService::new(service))
-                .into_owned();
+            let conn = builder.serve_connection(io, service).into_owned();
             tokio::pin!(conn);
-            // Closed gracefully (shutdown, or idle) and since when: a client that leaves an
-            // idle connection open after its GOAWAY loses it `first_bytes` later.
-            let mut closing: Option<tokio::time::Instant> = None;
+            // One watch for the connection's life: it remembers when the client last took.
+            let stalled = watch.stalled();
+            tokio::pin!(stalled);
+            // A connection closed gracefully ends once hyper is done with it: HTTP/1.1 at
+            // once when idle, HTTP/2 once the client has answered the GOAWAY's PING and its
+            // streams are sent (one whose client answers no PING is closed by hyper's
+            // keep-alive timer).
+            let mut closing = false;
             loop {
-                let lingering = async {
-                    match closing {
-                        Some(since) => tokio::time::sleep_until(since + first_bytes).await,
-                        None => std::future::pending().await,
-                    }
-                };
                 tokio::select! {
+                    biased;
                     ended = conn.as_mut() => {
                         if let Err(e) = ended {
                             tracing::debug!(error = %e, %peer, "connection ended with an error");
                         }
                         break;
                     }
-                    waited = watch.stalled() => {
+                    waited = &mut stalled => {
                         tracing::info!(
                             %peer,
                             waited_s = waited.as_secs_f64(),
@@ -232,21 +233,16 @@ pub async fn serve(
                         );
                         break;
                     }
-                    _ = stopping.wait_for(|stop| *stop), if closing.is_none() => {
+                    _ = stopping.wait_for(|stop| *stop), if !closing => {
+                        activity.closing();
                         conn.as_mut().graceful_shutdown();
-                        closing = Some(tokio::time::Instant::now());
+                        closing = true;
                     }
-                    why = activity.idle(idle_timeout), if closing.is_none() => {
+                    why = activity.idle(idle_timeout), if !closing => {
                         tracing::debug!(%peer, ?why, "closing a connection with nothing in flight");
+                        activity.closing();
                         conn.as_mut().graceful_shutdown();
-                        closing = Some(tokio::time::Instant::now());
-                    }
-                    () = lingering => {
-                        if activity.idle_for().is_some() {
-                            tracing::debug!(%peer, "closed a connection left open with nothing in flight after its close began");
-                            break;
-                        }
-                        closing = Some(tokio::time::Instant::now());
+                        closing = true;
                     }
                 }
             }

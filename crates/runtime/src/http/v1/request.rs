@@ -66,8 +66,8 @@ pub(crate) enum Form {
 ///
 /// Memory: a model with one input takes the whole `instances` array as its tensor's nested
 /// values, read once as v2 reads `data`; so are columns. Objects are walked once to check
-/// their names and shapes, keeping where each value starts (4 bytes a value, two thirds of
-/// the body at most), then each input's values are read from there straight into its tensor,
+/// their names and shapes, keeping where each value starts (4 bytes a value, four fifths of
+/// the body at most, reserved once), then each input's values are read from there straight into its tensor,
 /// sized from the first walk.
 ///
 /// # Errors
@@ -210,8 +210,8 @@ fn rows(
     // Walk 1: every instance an object naming exactly the inputs, each input one shape; and
     // where each value starts, instance by instance, so that each input's values are read
     // from there, never walking every instance once per input (a model with a hundred
-    // inputs, one a column, took a hundred walks). 4 bytes a value: a value takes 6 of the
-    // body at least (`"a":0,`).
+    // inputs, one a column, took a hundred walks). 4 bytes a value, reserved once: a value
+    // takes 5 bytes of the body at least (`"":0,`).
     let too_large = || {
         InputError::TooLarge(format!(
             "`instances` of {} bytes: at most 4 GiB",
@@ -219,7 +219,7 @@ fn rows(
         ))
     };
     u32::try_from(instances.len()).map_err(|_| too_large())?;
-    let mut starts: Vec<u32> = Vec::new();
+    let mut starts: Vec<u32> = Vec::with_capacity(instances.len() / 5 + names.len());
     let mut rows_shapes: Vec<Option<Vec<usize>>> = vec![None; names.len()];
     let rows = each_instance(instances, |i, text| {
         let values = named(text, &names).map_err(|m| bad(format!("instance {i}: {m}")))?;
@@ -233,7 +233,6 @@ fn rows(
         }
         Ok(())
     })?;
-    starts.shrink_to_fit();
     let shapes: Vec<Vec<usize>> = rows_shapes
         .into_iter()
         .map(|row| {
