@@ -46,8 +46,13 @@ type Connection<B = Frames> = (
 );
 
 /// An HTTP/2 connection to `port` as a gRPC client opens it (hyper answers the server's
-/// PINGs).
-async fn connect(port: u16) -> Connection<Full<Bytes>> {
+/// PINGs), its requests' bodies `B`.
+async fn connect<B>(port: u16) -> Connection<B>
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
@@ -87,15 +92,7 @@ async fn open_stream(
     hyper::body::Incoming,
     Connection,
 ) {
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("connect");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = connect::<Frames>(port).await;
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let request =
         hyper::Request::post("http://127.0.0.1/inference.GRPCInferenceService/ModelStreamInfer")
@@ -179,13 +176,13 @@ async fn idle_connections_give_way_to_a_waiting_client_when_every_slot_is_taken(
     assert!(stream_answers(&tx, &mut stream, "first").await);
     let mut idle = Vec::new();
     for _ in 0..3 {
-        let (mut sender, conn) = connect(grpc).await;
+        let (mut sender, conn) = connect::<Full<Bytes>>(grpc).await;
         assert!(live(&mut sender).await);
         idle.push((sender, conn));
     }
     let began = Instant::now();
     let served = tokio::time::timeout(Duration::from_secs(15), async {
-        let (mut sender, _conn) = connect(grpc).await;
+        let (mut sender, _conn) = connect::<Full<Bytes>>(grpc).await;
         live(&mut sender).await
     })
     .await;
@@ -225,7 +222,7 @@ async fn idle_connections_give_way_to_a_waiting_client_when_every_slot_is_taken(
 async fn a_connection_with_nothing_in_flight_is_closed_at_the_idle_timeout() {
     let (_root, _server, grpc) = serve(&["--idle-timeout-s", "1"]);
     let (tx, mut stream, (_keep, busy)) = open_stream(grpc).await;
-    let (mut sender, mut conn) = connect(grpc).await;
+    let (mut sender, mut conn) = connect::<Full<Bytes>>(grpc).await;
     assert!(live(&mut sender).await);
     let began = Instant::now();
     assert!(

@@ -312,19 +312,25 @@ async fn window_shut(grpc: u16, rows: usize) {
     );
 }
 
+/// A client that asked `port` for about 26 MB of JSON (1.2 MB of request), reads timed at 30 s.
+fn asking_for_26_mb(port: u16) -> TcpStream {
+    let mut client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    client
+        .write_all(&int64_json(port, 100_000))
+        .expect("request");
+    client
+}
+
 /// A client that reads its big answer slowly but steadily (16 KiB every 100 ms, far below
 /// what the sockets hold, so the kernel lets no new write in for seconds) is not cut: it
 /// gets the whole answer.
 #[test]
 fn a_client_that_keeps_reading_slowly_gets_its_whole_answer() {
     let (_root, server, _) = serve(&[]);
-    let mut client = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    client
-        .write_all(&int64_json(server.port, 100_000))
-        .expect("request");
+    let mut client = asking_for_26_mb(server.port);
     let mut answer = Vec::new();
     let mut buf = vec![0u8; 16 << 10];
     // From the answer's first bytes: four timeouts of slow reading.
@@ -369,13 +375,7 @@ fn a_client_that_keeps_reading_slowly_gets_its_whole_answer() {
 #[test]
 fn a_client_reading_slowly_through_shutdown_is_not_cut() {
     let (_root, server, _) = serve(&[]);
-    let mut client = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    client
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    client
-        .write_all(&int64_json(server.port, 100_000))
-        .expect("request");
+    let mut client = asking_for_26_mb(server.port);
     let mut buf = vec![0u8; 16 << 10];
     let mut slow: Option<Instant> = None;
     let mut signalled = false;
