@@ -340,3 +340,23 @@ print("ok")
         .count();
     assert!(closes >= 3, "{closes} idle closes in the log:\n{log}");
 }
+
+/// A client that never completes a graceful close (it answers no PING, so h2 never sends its
+/// last GOAWAY) loses the connection `--send-timeout-s` after the close began. Before, it
+/// kept the connection, and its slot, until hyper's keep-alive timer ran out (50 s).
+#[test]
+fn a_client_that_never_finishes_a_graceful_close_loses_its_connection() {
+    let (_root, _server, grpc) = serve(&["--idle-timeout-s", "1", "--send-timeout-s", "1"]);
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", grpc)).expect("connect");
+    // The preface and empty SETTINGS, then nothing: no SETTINGS ack, no PING answered.
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .expect("preface");
+    conn.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let began = Instant::now();
+    let mut frames = Vec::new();
+    let read = conn.read_to_end(&mut frames);
+    let waited = began.elapsed();
+    assert!(read.is_ok(), "not closed in 20 s: {read:?}");
+    assert!(waited < Duration::from_secs(6), "{waited:?}");
+}

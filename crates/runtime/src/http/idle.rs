@@ -15,8 +15,15 @@
 //!   `MaxConnectionIdle` and nginx's `keepalive_timeout`;
 //! - or for [`PRESSED_IDLE`] while every slot is taken and an accepted client waits for one
 //!   ([`Connections::give_way`]: the one idle the longest, one at a time), as nginx hands its
-//!   idle keep-alive connections' slots to new clients when it runs out. A connection with a call in flight, a stream open included, keeps its slot:
-//!   its work is bounded by the other timeouts.
+//!   idle keep-alive connections' slots to new clients when it runs out (also when the
+//!   process runs out of file descriptors).
+//!
+//! A connection with a call in flight keeps its slot. That includes a gRPC stream
+//! (`ModelStreamInfer`, health `Watch`) open with no message in flight: it waits for its
+//! client with no timer of its own, so clients holding every slot with idle streams are not
+//! relieved here (they end when the listeners close). A connection whose graceful close its
+//! client never completes (it answers no GOAWAY PING, or takes none of what h2 still holds)
+//! is dropped [`CLOSE_BOUND`] after the close began, once nothing is in flight.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -32,8 +39,13 @@ pub(crate) const PRESSED_IDLE: Duration = Duration::from_secs(1);
 
 /// How long a waiting client gives a connection told to give way before telling the next:
 /// an idle HTTP/2 connection closes once its client has answered the GOAWAY's PING, a round
-/// trip (one that never answers is closed by hyper's keep-alive timer, in under a minute).
+/// trip.
 pub(crate) const GIVE_WAY_WAIT: Duration = Duration::from_secs(1);
+
+/// The most a connection with nothing in flight may take to finish its graceful close, when
+/// the send timeout is off (otherwise the send timeout: a client that took nothing of what
+/// h2 still held for that long would have been cut anyway).
+pub(crate) const CLOSE_BOUND: Duration = Duration::from_secs(60);
 
 /// Why a connection was found idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

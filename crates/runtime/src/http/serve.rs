@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt as _;
 
-use super::idle::{Connections, GIVE_WAY_WAIT, PRESSED_IDLE};
+use super::idle::{Connections, CLOSE_BOUND, GIVE_WAY_WAIT, PRESSED_IDLE};
 use super::send_timeout::{Answer, Watch, Watched};
 
 /// Each HTTP/2 stream's flow-control window, the most a request's bytes may run ahead of
@@ -110,7 +110,9 @@ pub async fn serve(
 ) {
     // Each connection's task holds a receiver: they are all gone once every task has ended.
     let (stop, stopping) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(
+        options.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let connections = Arc::new(Connections::default());
     let idle_timeout = (!options.idle_timeout.is_zero()).then_some(options.idle_timeout);
     tokio::pin!(shutdown);
@@ -119,8 +121,10 @@ pub async fn serve(
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
+                    // Out of file descriptors and the like: an idle connection gives its
+                    // descriptor way, and the loop backs off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
+                    connections.give_way();
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -188,6 +192,11 @@ pub async fn serve(
             .keep_alive_timeout(Duration::from_secs(20));
         let mut stopping = stopping.clone();
         let first_bytes = options.header_read_timeout;
+        let close_bound = if options.send_timeout.is_zero() {
+            CLOSE_BOUND
+        } else {
+            options.send_timeout
+        };
         tokio::spawn(async move {
             // Off the list first, then the slot free.
             let _slot = (registered, slot);
@@ -195,6 +204,7 @@ pub async fn serve(
             // of its own: a client that connects and sends nothing must not hold the slot,
             // nor keep it from a client waiting for one, nor shutdown.
             let known = tokio::select! {
+                biased;
                 known = protocol_known(&stream, first_bytes) => known,
                 _ = activity.idle(idle_timeout) => false,
                 _ = stopping.wait_for(|stop| *stop) => false,
@@ -213,10 +223,17 @@ pub async fn serve(
             tokio::pin!(stalled);
             // A connection closed gracefully ends once hyper is done with it: HTTP/1.1 at
             // once when idle, HTTP/2 once the client has answered the GOAWAY's PING and its
-            // streams are sent (one whose client answers no PING is closed by hyper's
-            // keep-alive timer).
+            // streams are sent. One whose client does neither is dropped `close_bound` after
+            // the close began, once nothing is in flight (`idle`'s module doc).
             let mut closing = false;
+            let mut close_due = None;
             loop {
+                let unfinished = async {
+                    match close_due {
+                        Some(due) => tokio::time::sleep_until(due).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     biased;
                     ended = conn.as_mut() => {
@@ -237,12 +254,21 @@ pub async fn serve(
                         activity.closing();
                         conn.as_mut().graceful_shutdown();
                         closing = true;
+                        close_due = Some(tokio::time::Instant::now() + close_bound);
                     }
                     why = activity.idle(idle_timeout), if !closing => {
                         tracing::debug!(%peer, ?why, "closing a connection with nothing in flight");
                         activity.closing();
                         conn.as_mut().graceful_shutdown();
                         closing = true;
+                        close_due = Some(tokio::time::Instant::now() + close_bound);
+                    }
+                    () = unfinished => {
+                        if activity.idle_for().is_some_and(|idle| idle >= close_bound) {
+                            tracing::info!(%peer, "dropped a connection whose client did not finish its graceful close");
+                            break;
+                        }
+                        close_due = Some(tokio::time::Instant::now() + close_bound);
                     }
                 }
             }
