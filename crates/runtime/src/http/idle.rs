@@ -23,7 +23,8 @@
 //! client with no timer of its own, so clients holding every slot with idle streams are not
 //! relieved here (they end when the listeners close). A connection whose graceful close its
 //! client never completes (it answers no GOAWAY PING, or takes none of what h2 still holds)
-//! is dropped [`CLOSE_BOUND`] after the close began, once nothing is in flight.
+//! is dropped a send timeout (without one, [`CLOSE_BOUND`]) after the close began, once
+//! nothing is in flight.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
