@@ -157,6 +157,22 @@ async fn stream_answers(
         .unwrap_or(false)
 }
 
+/// Sends `bytes` on a new connection to `port` and reads until the server closes it, `within`
+/// at most: how the read ended, what was read, and how long it took.
+fn until_closed(
+    port: u16,
+    bytes: &[u8],
+    within: Duration,
+) -> (std::io::Result<usize>, Vec<u8>, Duration) {
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    conn.set_read_timeout(Some(within)).expect("timeout");
+    conn.write_all(bytes).expect("request");
+    let began = Instant::now();
+    let mut read = Vec::new();
+    let ended = conn.read_to_end(&mut read);
+    (ended, read, began.elapsed())
+}
+
 /// Whether the connection's task ended (the server closed it) within `within`, cleanly.
 async fn closed_within(
     conn: &mut tokio::task::JoinHandle<Result<(), hyper::Error>>,
@@ -246,27 +262,13 @@ async fn a_connection_with_nothing_in_flight_is_closed_at_the_idle_timeout() {
 /// next request's head), whatever `--idle-timeout-s` says.
 #[test]
 fn a_keep_alive_connection_waits_for_its_next_request_at_most_the_header_timeout() {
-    let root = tempfile::tempdir().expect("root");
-    publish(root.path(), "mlp", "1", "mlp.onnx");
-    let port = free_port();
-    let _server = Server {
-        child: start_ready(
-            root.path(),
-            port,
-            &["--header-timeout-s", "1", "--idle-timeout-s", "0"],
-        ),
-        port,
-    };
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    conn.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
-        .expect("request");
-    let began = Instant::now();
-    let mut answer = Vec::new();
+    let (_root, server, _) = serve(&["--header-timeout-s", "1", "--idle-timeout-s", "0"]);
     // Read the answer, then on until the server closes the connection.
-    let read = conn.read_to_end(&mut answer);
-    let waited = began.elapsed();
+    let (read, answer, waited) = until_closed(
+        server.port,
+        b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(10),
+    );
     assert!(read.is_ok(), "not closed in 10 s: {read:?}");
     assert!(
         String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
@@ -347,16 +349,12 @@ print("ok")
 #[test]
 fn a_client_that_never_finishes_a_graceful_close_loses_its_connection() {
     let (_root, _server, grpc) = serve(&["--idle-timeout-s", "1", "--send-timeout-s", "1"]);
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", grpc)).expect("connect");
     // The preface and empty SETTINGS, then nothing: no SETTINGS ack, no PING answered.
-    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .expect("preface");
-    conn.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let began = Instant::now();
-    let mut frames = Vec::new();
-    let read = conn.read_to_end(&mut frames);
-    let waited = began.elapsed();
+    let (read, _, waited) = until_closed(
+        grpc,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        Duration::from_secs(20),
+    );
     assert!(read.is_ok(), "not closed in 20 s: {read:?}");
     assert!(waited < Duration::from_secs(6), "{waited:?}");
 }
