@@ -146,8 +146,9 @@ struct Args {
     send_timeout_s: Duration,
     /// How long a connection may have nothing in flight before it is closed gracefully (an
     /// HTTP/2 GOAWAY: gRPC clients reconnect for their next call), seconds; 0 for no limit.
-    /// While every slot is taken and a client waits for one, connections idle for a second
-    /// give it theirs whatever this says.
+    /// An open gRPC stream counts as in flight. While every slot is taken and a client waits
+    /// for one, connections idle for a second, or with only streams waiting on their
+    /// clients (which then end UNAVAILABLE), give it theirs whatever this says.
     #[arg(long, env = "KILN_SERVER_IDLE_TIMEOUT_S", default_value = "300", value_parser = seconds)]
     idle_timeout_s: Duration,
     /// Most connections served at once, per listener.

@@ -6,8 +6,11 @@
 //! kernel's backlog for good.
 //!
 //! - When every slot is taken and a client waits for one, connections with nothing in flight
-//!   for a second are closed gracefully (a GOAWAY), and the waiting client is served; a
-//!   connection with a call in flight (an open stream) keeps its slot.
+//!   for a second are closed gracefully (a GOAWAY), and the waiting client is served; so are
+//!   connections whose streams (`ModelStreamInfer`, health `Watch`) wait only on their
+//!   clients: the streams end UNAVAILABLE and their clients open new ones (`tritonclient`'s
+//!   stream too). A connection with a call in flight (a stream reading a message) keeps its
+//!   slot.
 //! - A connection with nothing in flight for `--idle-timeout-s` is closed gracefully, one with
 //!   an open stream is not.
 //! - An HTTP/1.1 keep-alive connection waits at most `--header-timeout-s` for its next request.
@@ -181,54 +184,228 @@ async fn closed_within(
     matches!(tokio::time::timeout(within, conn).await, Ok(Ok(Ok(()))))
 }
 
-/// Four idle gRPC connections take every slot of `--max-connections 4`; a fifth client is
-/// served within a couple of seconds, the idle ones are closed with a GOAWAY, and a
-/// connection holding an open stream keeps its slot and its stream. Before, the fifth client
-/// waited in the backlog for as long as the idle ones stayed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_give_way_to_a_waiting_client_when_every_slot_is_taken() {
-    let (_root, _server, grpc) = serve(&["--max-connections", "4"]);
-    let (tx, mut stream, (_keep, mut busy)) = open_stream(grpc).await;
-    assert!(stream_answers(&tx, &mut stream, "first").await);
-    let mut idle = Vec::new();
-    for _ in 0..3 {
-        let (mut sender, conn) = connect::<Full<Bytes>>(grpc).await;
-        assert!(live(&mut sender).await);
-        idle.push((sender, conn));
-    }
+/// A `grpc.health.v1` `Watch` of the server's readiness opened on a connection of its own to
+/// `port`: the answer's body (its first status read), and the connection.
+async fn open_watch(port: u16) -> (hyper::body::Incoming, Connection<Full<Bytes>>) {
+    let (mut sender, conn) = connect::<Full<Bytes>>(port).await;
+    let request = hyper::Request::post("http://127.0.0.1/grpc.health.v1.Health/Watch")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(framed(&[])))
+        .expect("request");
+    let answer = sender.send_request(request).await.expect("watch opened");
+    let mut body = answer.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame()).await;
+    assert!(
+        matches!(first, Ok(Some(Ok(ref f))) if f.is_data()),
+        "no first status: {first:?}"
+    );
+    (body, (sender, conn))
+}
+
+/// Reads a call's answer on until its trailers, `within` at most: their `grpc-status`, or
+/// `None` if the call did not end so.
+async fn ended_with(body: &mut hyper::body::Incoming, within: Duration) -> Option<String> {
+    let read = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(trailers) = frame.into_trailers() {
+                return trailers
+                    .get("grpc-status")
+                    .and_then(|s| s.to_str().ok())
+                    .map(str::to_owned);
+            }
+        }
+        None
+    };
+    tokio::time::timeout(within, read).await.ok().flatten()
+}
+
+/// A fifth client waits while four connections hold every slot of `--max-connections 4`:
+/// whether it was served within 15 s, and how long it waited.
+async fn fifth_client(grpc: u16) -> (bool, Duration) {
     let began = Instant::now();
     let served = tokio::time::timeout(Duration::from_secs(15), async {
         let (mut sender, _conn) = connect::<Full<Bytes>>(grpc).await;
         live(&mut sender).await
     })
     .await;
-    let waited = began.elapsed();
+    (matches!(served, Ok(true)), began.elapsed())
+}
+
+/// Idle gRPC connections and a health `Watch` take every slot of `--max-connections 4`, with
+/// a stream whose next message is half arrived; a fifth client is served within a couple of
+/// seconds: the connection quiet the longest (the watch's, which waits on nothing from its
+/// client) is closed with a GOAWAY, its watch ended UNAVAILABLE, and the connection whose
+/// stream is reading a message keeps its slot and answers it. Before, the fifth client waited
+/// in the backlog for as long as the idle connections stayed (until the idle gRPC connections
+/// gave way, the watch held its slot for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_give_way_to_a_waiting_client_when_every_slot_is_taken() {
+    let (_root, _server, grpc) = serve(&["--max-connections", "4"]);
+    let (mut watch, (_watching, mut watched)) = open_watch(grpc).await;
+    let (tx, mut stream, (_keep, mut busy)) = open_stream(grpc).await;
+    assert!(stream_answers(&tx, &mut stream, "first").await);
+    // The next message's frame header and part of it: the stream is reading a message.
+    let next = mlp_request("second");
+    tx.send(next.slice(..20)).await.expect("half a message");
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        let (mut sender, conn) = connect::<Full<Bytes>>(grpc).await;
+        assert!(live(&mut sender).await);
+        idle.push((sender, conn));
+    }
+    let (served, waited) = fifth_client(grpc).await;
     assert!(
-        matches!(served, Ok(true)),
+        served,
         "a fifth client was not served in 15 s (idle connections held every slot)"
     );
     assert!(waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(
+        ended_with(&mut watch, Duration::from_secs(5))
+            .await
+            .as_deref(),
+        Some("14"),
+        "the watch did not end UNAVAILABLE"
+    );
+    assert!(
+        closed_within(&mut watched, Duration::from_secs(5)).await,
+        "the watch's connection did not close"
+    );
     // One gives way for the one client waiting (a second is told only if the first has not
     // closed within a second: a loaded machine).
     let mut closed = 0;
     for (_, conn) in &mut idle {
         closed += usize::from(closed_within(conn, Duration::from_millis(500)).await);
     }
-    assert!(
-        (1..=2).contains(&closed),
-        "{closed} idle connections closed for one waiting client"
-    );
+    assert!(closed <= 1, "{closed} more idle connections closed");
     assert!(
         !busy.is_finished(),
-        "the connection with a stream was closed"
+        "the connection with a message arriving was closed"
     );
+    tx.send(next.slice(20..)).await.expect("the rest");
+    let answered = async {
+        let mut got = bytes::BytesMut::new();
+        while let Some(Ok(frame)) = stream.frame().await {
+            got.extend_from_slice(&frame.into_data().unwrap_or_default());
+            if got.len() >= 5 {
+                let len = u32::from_be_bytes(got[1..5].try_into().expect("4 bytes")) as usize;
+                if got.len() >= 5 + len {
+                    return pb::ModelStreamInferResponse::decode(&got[5..5 + len])
+                        .is_ok_and(|a| a.infer_response.is_some_and(|r| r.id == "second"));
+                }
+            }
+        }
+        false
+    };
     assert!(
-        stream_answers(&tx, &mut stream, "second").await,
-        "the open stream was not served after the pressure"
+        tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .unwrap_or(false),
+        "the message half arrived through the pressure was not answered"
     );
+    assert!(stream_answers(&tx, &mut stream, "third").await);
     drop(tx);
     drop(stream);
     let _ = tokio::time::timeout(Duration::from_secs(5), &mut busy).await;
+}
+
+/// Four `ModelStreamInfer` streams, each idle after one answer, take every slot of
+/// `--max-connections 4`: a fifth client is served within a couple of seconds, the stream
+/// quiet the longest ends UNAVAILABLE (so its client opens a new one) and its connection
+/// closes, and the others go on answering. Before, an open stream kept its slot however long
+/// it waited for its client, so the fifth client was never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_streams_give_way_to_a_waiting_client_when_every_slot_is_taken() {
+    let (_root, _server, grpc) = serve(&["--max-connections", "4"]);
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let (tx, mut body, conn) = open_stream(grpc).await;
+        assert!(stream_answers(&tx, &mut body, &format!("{i}")).await);
+        streams.push((tx, body, conn));
+    }
+    let (served, waited) = fifth_client(grpc).await;
+    assert!(
+        served,
+        "a fifth client was not served in 15 s (idle streams held every slot)"
+    );
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
+    let (_, first, (_, conn)) = &mut streams[0];
+    assert_eq!(
+        ended_with(first, Duration::from_secs(5)).await.as_deref(),
+        Some("14"),
+        "the stream quiet the longest did not end UNAVAILABLE"
+    );
+    assert!(
+        closed_within(conn, Duration::from_secs(5)).await,
+        "its connection did not close"
+    );
+    // A loaded machine may have told a second; the rest go on.
+    let mut answering = 0;
+    for (i, (tx, body, _)) in streams.iter_mut().enumerate().skip(1) {
+        answering += usize::from(stream_answers(tx, body, &format!("again {i}")).await);
+    }
+    assert!(answering >= 2, "only {answering} streams still answer");
+}
+
+/// `tritonclient.grpc` (grpcio) with `--max-connections 1`: a client's idle stream holds the
+/// one slot; a second client's call is served all the same, the first client's stream
+/// callback is told UNAVAILABLE, and a stream it starts again is served (the second client's
+/// idle connection giving way in turn). Before, the second client's call timed out.
+#[test]
+fn tritonclient_grpc_streams_give_way_and_start_again() {
+    let (_root, _server, grpc) = serve(&["--max-connections", "1"]);
+    let python = venv_python("venv", "testdata");
+    let script = r#"
+import faulthandler, queue, sys, time
+faulthandler.dump_traceback_later(60, exit=True)
+import numpy as np
+import tritonclient.grpc as grpcclient
+url = sys.argv[1]
+results = queue.Queue()
+def callback(result, error):
+    results.put((result, error))
+def inputs():
+    x = grpcclient.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), dtype=np.float32))
+    return [x]
+# Each client a connection of its own (grpcio shares one between channels to one target).
+own = [("grpc.use_local_subchannel_pool", 1)]
+a = grpcclient.InferenceServerClient(url=url, channel_args=own)
+a.start_stream(callback=callback)
+a.async_stream_infer("mlp", inputs(), request_id="1")
+result, error = results.get(timeout=10)
+assert error is None, error
+print("first answered", file=sys.stderr, flush=True)
+time.sleep(1.5)
+b = grpcclient.InferenceServerClient(url=url, channel_args=own)
+began = time.time()
+b.infer("mlp", inputs(), client_timeout=10)
+waited = time.time() - began
+print("b served", waited, file=sys.stderr, flush=True)
+result, error = results.get(timeout=10)
+assert result is None and "UNAVAILABLE" in str(error), (result, error)
+print("stream told", error, file=sys.stderr, flush=True)
+a.stop_stream()
+print("stream stopped", file=sys.stderr, flush=True)
+time.sleep(1.5)
+a.start_stream(callback=callback)
+a.async_stream_infer("mlp", inputs(), request_id="2")
+result, error = results.get(timeout=10)
+assert error is None, error
+assert result.get_response().id == "2"
+a.stop_stream()
+print("ok", waited)
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script, &format!("127.0.0.1:{grpc}")])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// With `--idle-timeout-s 1`, a connection with nothing in flight is closed gracefully about a

@@ -18,20 +18,24 @@
 //!   idle keep-alive connections' slots to new clients when it runs out (also when the
 //!   process runs out of file descriptors).
 //!
-//! A connection with a call in flight keeps its slot. That includes a gRPC stream
-//! (`ModelStreamInfer`, health `Watch`) open with no message in flight: it waits for its
-//! client with no timer of its own, so clients holding every slot with idle streams are not
-//! relieved here (they end when the listeners close). A connection whose graceful close its
-//! client never completes (it answers no GOAWAY PING, or takes none of what h2 still holds)
-//! is dropped a send timeout (without one, [`CLOSE_BOUND`]) after the close began, once
-//! nothing is in flight.
+//! A gRPC stream (`ModelStreamInfer`, health `Watch`) is a request in flight for as long as it
+//! is open, so an open stream keeps its connection from the idle timeout, as in grpc-go. But a
+//! stream waiting only on its client ([`Activity::park`]: nothing of its own running or
+//! unanswered, no message half arrived) does not keep its slot from a waiting client: clients
+//! holding every slot with idle streams kept every other client out for good. A connection
+//! closed to give way ends such streams ([`Activity::streams_ended`]): each answers what it
+//! has in flight, then ends UNAVAILABLE, and its client opens a new one (as at shutdown).
+//!
+//! A connection whose graceful close its client never completes (it answers no GOAWAY PING,
+//! or takes none of what h2 still holds) is dropped a send timeout (without one,
+//! [`CLOSE_BOUND`]) after the close began, once nothing is in flight.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// How long a connection must have had nothing in flight to give its slot to a waiting client:
@@ -88,10 +92,12 @@ impl Connections {
     pub(crate) fn open(self: &Arc<Self>) -> (Arc<Activity>, Registered) {
         let activity = Arc::new(Activity {
             start: Instant::now(),
-            busy: AtomicUsize::new(0),
+            counts: AtomicU64::new(0),
             idle_since: AtomicU64::new(0),
+            quiet_since: AtomicU64::new(0),
             told: AtomicBool::new(false),
             give_way: Notify::new(),
+            streams_end: watch::channel(false).0,
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, Arc::clone(&activity));
@@ -102,14 +108,15 @@ impl Connections {
         (activity, registered)
     }
 
-    /// Tells the connection with nothing in flight the longest, for [`PRESSED_IDLE`] at
-    /// least and neither told yet nor closing already, to close; whether there was one.
+    /// Tells the connection quiet the longest ([`Activity::quiet_for`]), for
+    /// [`PRESSED_IDLE`] at least and neither told yet nor closing already, to close; whether
+    /// there was one.
     pub(crate) fn give_way(&self) -> bool {
         let open = self.lock();
         let longest = open
             .values()
             .filter(|a| !a.told.load(Ordering::Relaxed))
-            .filter_map(|a| a.idle_for().map(|idle| (idle, a)))
+            .filter_map(|a| a.quiet_for().map(|idle| (idle, a)))
             .filter(|(idle, _)| *idle >= PRESSED_IDLE)
             .max_by_key(|(idle, _)| *idle);
         let Some((_, activity)) = longest else {
@@ -121,16 +128,25 @@ impl Connections {
     }
 }
 
+/// One in [`Activity::counts`]' high half: a stream parked.
+const PARKED: u64 = 1 << 32;
+
 /// What one connection has in flight, and since when it has had nothing.
 #[derive(Debug)]
 pub(crate) struct Activity {
     start: Instant,
-    busy: AtomicUsize,
+    /// Requests in flight (the low half), and the streams among them parked (the high
+    /// half): one word, so that both are read at once.
+    counts: AtomicU64,
     /// When the last request in flight ended, nanoseconds since `start`.
     idle_since: AtomicU64,
+    /// When the last request ended or stream parked, nanoseconds since `start`.
+    quiet_since: AtomicU64,
     /// Whether a waiting client told it to give way, or it is closing already.
     told: AtomicBool,
     give_way: Notify,
+    /// Set once the connection closes to give way: its parked streams end.
+    streams_end: watch::Sender<bool>,
 }
 
 /// A request in flight on its connection, until dropped.
@@ -141,10 +157,20 @@ impl Drop for Busy {
     fn drop(&mut self) {
         // The time first: whoever sees the count fall to zero sees this end with it (the
         // latest, when two end at once).
-        self.0
-            .idle_since
-            .fetch_max(self.0.nanos(), Ordering::Relaxed);
-        self.0.busy.fetch_sub(1, Ordering::Release);
+        let now = self.0.nanos();
+        self.0.idle_since.fetch_max(now, Ordering::Relaxed);
+        self.0.quiet_since.fetch_max(now, Ordering::Relaxed);
+        self.0.counts.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A stream waiting only on its client ([`Activity::park`]), until dropped.
+#[derive(Debug)]
+pub(crate) struct Parked(Arc<Activity>);
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.counts.fetch_sub(PARKED, Ordering::Release);
     }
 }
 
@@ -153,9 +179,21 @@ impl Activity {
         u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// Requests in flight, and the streams among them parked.
+    fn counts(&self) -> (u64, u64) {
+        let counts = self.counts.load(Ordering::Acquire);
+        (counts & (PARKED - 1), counts >> 32)
+    }
+
+    fn since(&self, nanos: &AtomicU64) -> Duration {
+        Duration::from_nanos(self.nanos().saturating_sub(nanos.load(Ordering::Relaxed)))
+    }
+
     /// The client sent something that is not a request (its first bytes): idle from now.
     pub(crate) fn touch(&self) {
-        self.idle_since.fetch_max(self.nanos(), Ordering::Relaxed);
+        let now = self.nanos();
+        self.idle_since.fetch_max(now, Ordering::Relaxed);
+        self.quiet_since.fetch_max(now, Ordering::Relaxed);
     }
 
     /// The connection is closing (shutdown, or idle): no waiting client need tell it.
@@ -165,17 +203,47 @@ impl Activity {
 
     /// A request arrived; in flight until the guard is dropped.
     pub(crate) fn enter(self: &Arc<Self>) -> Busy {
-        self.busy.fetch_add(1, Ordering::Relaxed);
+        self.counts.fetch_add(1, Ordering::Relaxed);
         Busy(Arc::clone(self))
+    }
+
+    /// A stream of this connection (a request in flight, [`Activity::enter`]) waits only on
+    /// its client until the guard is dropped: nothing of its own is running or unanswered,
+    /// and no message of its is half arrived (a body reading one holds a [`Busy`] of its
+    /// own meanwhile). The connection is then quiet if all it has in flight is parked
+    /// streams; it may give way, and its parked streams end ([`Activity::streams_ended`]).
+    pub(crate) fn park(self: &Arc<Self>) -> Parked {
+        // The time first, as a request's end.
+        self.quiet_since.fetch_max(self.nanos(), Ordering::Relaxed);
+        self.counts.fetch_add(PARKED, Ordering::Release);
+        Parked(Arc::clone(self))
     }
 
     /// How long the connection has had nothing in flight; `None` while something is.
     pub(crate) fn idle_for(&self) -> Option<Duration> {
-        if self.busy.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let since = self.idle_since.load(Ordering::Relaxed);
-        Some(Duration::from_nanos(self.nanos().saturating_sub(since)))
+        let (busy, _) = self.counts();
+        (busy == 0).then(|| self.since(&self.idle_since))
+    }
+
+    /// How long the connection has had nothing in flight but parked streams; `None` while
+    /// something else is.
+    pub(crate) fn quiet_for(&self) -> Option<Duration> {
+        let (busy, parked) = self.counts();
+        // A stream's request may end just before its parking does: at most as many.
+        (busy <= parked).then(|| self.since(&self.quiet_since))
+    }
+
+    /// The connection closes to give way: its parked streams end.
+    pub(crate) fn end_streams(&self) {
+        self.streams_end.send_replace(true);
+    }
+
+    /// Resolves once the connection closes to give way ([`Activity::end_streams`]): a stream
+    /// answers what it has in flight, then ends, so that the close can finish.
+    pub(crate) async fn streams_ended(&self) {
+        let mut end = self.streams_end.subscribe();
+        // The sender lives as long as `self`: an error cannot come while this is awaited.
+        let _ = end.wait_for(|end| *end).await;
     }
 
     /// Resolves once the connection has had nothing in flight for `timeout` (never, if
@@ -201,8 +269,8 @@ impl Activity {
             tokio::select! {
                 () = &mut timed_out => return Idle::TimedOut,
                 () = self.give_way.notified() => {
-                    // Told when idle long enough; a request may have come since.
-                    if self.idle_for().is_some_and(|idle| idle >= PRESSED_IDLE) {
+                    // Told when quiet long enough; a request may have come since.
+                    if self.quiet_for().is_some_and(|idle| idle >= PRESSED_IDLE) {
                         return Idle::GaveWay;
                     }
                     self.told.store(false, Ordering::Relaxed);
@@ -307,5 +375,48 @@ mod tests {
         drop(registered);
         assert!(!connections.give_way());
         assert!(connections.lock().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_parked_stream_keeps_its_connection_from_the_timeout_but_not_from_a_waiting_client() {
+        let connections = Arc::new(Connections::default());
+        let (activity, _registered) = connections.open();
+        let stream = activity.enter();
+        let idle = activity.idle(Some(Duration::from_secs(10)));
+        tokio::pin!(idle);
+        // A stream with work of its own: never quiet.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!connections.give_way());
+        let parked = activity.park();
+        // A message half arrived holds the connection as a request does.
+        let reading = activity.enter();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(!connections.give_way());
+        drop(reading);
+        assert!(
+            !connections.give_way(),
+            "told within a second of its message"
+        );
+        // Parked, and nothing else in flight: quiet, but not idle.
+        assert!(tokio::time::timeout(Duration::from_secs(60), &mut idle)
+            .await
+            .is_err());
+        assert_eq!(activity.idle_for(), None);
+        let ended = {
+            let activity = Arc::clone(&activity);
+            tokio::spawn(async move { activity.streams_ended().await })
+        };
+        assert!(connections.give_way());
+        assert_eq!(idle.await, Idle::GaveWay);
+        tokio::task::yield_now().await;
+        assert!(!ended.is_finished(), "streams ended before the close");
+        activity.end_streams();
+        assert!(ended.await.is_ok());
+        // Its request ended before its parking: idle, and still quiet.
+        drop(stream);
+        assert!(activity.idle_for().is_some());
+        assert!(activity.quiet_for().is_some());
+        drop(parked);
+        assert!(activity.quiet_for().is_some());
     }
 }

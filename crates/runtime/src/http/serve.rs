@@ -76,8 +76,10 @@ pub struct ServeOptions {
     /// How long a connection may have nothing in flight before it is closed gracefully
     /// (HTTP/2: a GOAWAY; the client opens a new connection for its next call); zero for no
     /// limit. An HTTP/1.1 connection waits at most `header_read_timeout` for its next request
-    /// anyway. Whatever this says, while every slot is taken and a client waits for one,
-    /// connections with nothing in flight for a second give theirs way. Default 300 s.
+    /// anyway. An open gRPC stream is in flight for as long as it is open. Whatever this
+    /// says, while every slot is taken and a client waits for one, connections with nothing
+    /// in flight but streams waiting on their clients, for a second, give theirs way
+    /// (`idle`'s module doc). Default 300 s.
     pub idle_timeout: Duration,
     /// Most requests in flight at once on one HTTP/2 (gRPC) connection. Default 32 (a
     /// client with more calls in flight queues them, or opens more connections). The
@@ -167,6 +169,8 @@ pub async fn serve(
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let busy = requests.enter();
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                // For a stream to park while it waits on its client (`idle`).
+                req.extensions_mut().insert(Arc::clone(&requests));
                 let http2 = req.version() == hyper::Version::HTTP_2;
                 let call = app.clone().oneshot(req.map(axum::body::Body::new));
                 let watch = Arc::clone(&answers);
@@ -259,6 +263,7 @@ pub async fn serve(
                     why = activity.idle(idle_timeout), if !closing => {
                         tracing::debug!(%peer, ?why, "closing a connection with nothing in flight");
                         activity.closing();
+                        activity.end_streams();
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                         close_due = Some(tokio::time::Instant::now() + close_bound);

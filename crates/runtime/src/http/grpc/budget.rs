@@ -56,11 +56,16 @@ pub(super) async fn reserve(
         if coding.is_some() {
             parts.headers.remove(super::compressed::ENCODING);
         }
+        let connection = parts
+            .extensions
+            .get::<Arc<crate::http::idle::Activity>>()
+            .cloned();
         let body = Body::new(super::metered::Metered::new(
             body,
             Arc::clone(&state),
             shares,
             coding,
+            connection,
         ));
         return accepting(next.run(Request::from_parts(parts, body)).await);
     }

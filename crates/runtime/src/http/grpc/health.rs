@@ -2,7 +2,8 @@
 //! `""` (and `inference.GRPCInferenceService`) is the server's readiness, the same rule as
 //! `/v2/health/ready` (`--ready-when`, false while draining); a model's name is that model's
 //! readiness. Computed at each call, never cached, so a probe cannot see a stale answer. A
-//! `Watch` ends UNAVAILABLE when the listeners close.
+//! `Watch` ends UNAVAILABLE when the listeners close, or when its connection closes to give
+//! way to a waiting client (`idle`).
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -51,6 +52,15 @@ fn answer(status: ServingStatus) -> HealthCheckResponse {
     }
 }
 
+/// A watch's state between the statuses it sends.
+struct Watching {
+    /// The last status sent.
+    last: Option<ServingStatus>,
+    /// Held for the watch's life: it waits on nothing from its client.
+    _parked: Option<crate::http::idle::Parked>,
+    connection: Option<Arc<crate::http::idle::Activity>>,
+}
+
 #[tonic::async_trait]
 impl tonic_health::pb::health_server::Health for Health {
     async fn check(
@@ -70,33 +80,57 @@ impl tonic_health::pb::health_server::Health for Health {
     /// listeners close ([`AppState::closing`]): then, its last status sent, the watch ends
     /// UNAVAILABLE, as open inference streams do, so that the connection can close and the
     /// client watches again elsewhere (it went on for as long as the connection's grace).
+    /// A watch waits on nothing from its client: it is parked (`idle`) all along, and ends
+    /// UNAVAILABLE too if its connection closes to give way to a waiting client.
     async fn watch(
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let connection = request
+            .extensions()
+            .get::<Arc<crate::http::idle::Activity>>()
+            .cloned();
         let service = request.into_inner().service;
         let state = Arc::clone(&self.state);
-        // The last status sent; `None` inside once the watch has ended.
-        let stream =
-            futures::stream::unfold(Some(None), move |last: Option<Option<ServingStatus>>| {
-                let state = Arc::clone(&state);
-                let service = service.clone();
-                async move {
-                    let last = last?;
-                    loop {
-                        let now = status(&state, &service).unwrap_or(ServingStatus::ServiceUnknown);
-                        if last != Some(now) {
-                            return Some((Ok(answer(now)), Some(Some(now))));
+        let watching = Watching {
+            last: None,
+            _parked: connection.as_ref().map(crate::http::idle::Activity::park),
+            connection,
+        };
+        // `None` once the watch has ended.
+        let stream = futures::stream::unfold(Some(watching), move |watching| {
+            let state = Arc::clone(&state);
+            let service = service.clone();
+            async move {
+                let mut watching = watching?;
+                loop {
+                    let now = status(&state, &service).unwrap_or(ServingStatus::ServiceUnknown);
+                    if watching.last != Some(now) {
+                        watching.last = Some(now);
+                        return Some((Ok(answer(now)), Some(watching)));
+                    }
+                    if state.closing.load(Ordering::Relaxed) {
+                        let end = Status::unavailable("the server is shutting down: watch again");
+                        return Some((Err(end), None));
+                    }
+                    let gave_way = async {
+                        match &watching.connection {
+                            Some(connection) => connection.streams_ended().await,
+                            None => std::future::pending().await,
                         }
-                        if state.closing.load(Ordering::Relaxed) {
-                            let end =
-                                Status::unavailable("the server is shutting down: watch again");
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep(WATCH_EVERY) => {}
+                        () = gave_way => {
+                            let end = Status::unavailable(
+                                "the server closed this idle connection to make room: watch again",
+                            );
                             return Some((Err(end), None));
                         }
-                        tokio::time::sleep(WATCH_EVERY).await;
                     }
                 }
-            });
+            }
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

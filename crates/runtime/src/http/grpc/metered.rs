@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -35,37 +36,47 @@ use super::budget::{Share, FRAME_HEADER};
 use super::compressed::{self, Inflated};
 use crate::http::compression::Coding;
 use crate::http::decode::INLINE_MAX_BYTES;
+use crate::http::idle::{Activity, Busy};
 use crate::http::routes::AppState;
 
-/// The shares a stream's messages took as they arrived, oldest first: `None` for a small
-/// message.
+/// What a stream's body tells the stream: the shares its messages took as they arrived,
+/// oldest first (`None` for a small message), and whether a message is being read.
 #[derive(Clone, Default)]
-pub(super) struct Shares(Arc<Mutex<VecDeque<Option<Share>>>>);
+pub(super) struct Shares(Arc<Taken>);
+
+#[derive(Default)]
+struct Taken {
+    shares: Mutex<VecDeque<Option<Share>>>,
+    reading: AtomicBool,
+}
 
 impl Shares {
-    fn push(&self, share: Option<Share>) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Option<Share>>> {
         self.0
+            .shares
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push_back(share);
+    }
+
+    fn push(&self, share: Option<Share>) {
+        self.lock().push_back(share);
     }
 
     /// Drops every share not yet taken: the stream reads no more.
     pub(super) fn clear(&self) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clear();
+        self.lock().clear();
     }
 
     /// The share of the oldest message not yet taken (`None` if it is small, or if none is
     /// left).
     pub(super) fn take(&self) -> Option<Share> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop_front()
-            .flatten()
+        self.lock().pop_front().flatten()
+    }
+
+    /// Whether part of a message has arrived and the rest not yet (or a big message waits for
+    /// its share): ending the stream now would lose it.
+    pub(super) fn reading(&self) -> bool {
+        self.0.reading.load(Ordering::Acquire)
     }
 }
 
@@ -197,6 +208,10 @@ pub(super) struct Metered {
     inflating: Option<Inflating>,
     /// An inflated message, to pass after its frame header.
     inflated: Option<Bytes>,
+    /// The connection, when served by `kiln::http::serve`: a message being read holds it
+    /// busy (`idle`), though its stream is parked.
+    connection: Option<Arc<Activity>>,
+    busy: Option<Busy>,
 }
 
 impl Metered {
@@ -207,6 +222,7 @@ impl Metered {
         state: Arc<AppState>,
         shares: Shares,
         coding: Option<Coding>,
+        connection: Option<Arc<Activity>>,
     ) -> Self {
         let limit = state.config.body_read_timeout;
         Self {
@@ -221,18 +237,25 @@ impl Metered {
             coding,
             inflating: None,
             inflated: None,
+            connection,
+            busy: None,
         }
     }
-}
 
-impl HttpBody for Metered {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    /// Whether a message is being read: part of it (or of its header) arrived, or it waits
+    /// for its share, or is being inflated, or is not yet all passed on.
+    fn reading(&self) -> bool {
+        self.walker.mid_message()
+            || self.held.is_some()
+            || self.taking.is_some()
+            || self.inflating.is_some()
+            || self.inflated.is_some()
+    }
 
-    fn poll_frame(
+    fn poll_message(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, <Self as HttpBody>::Error>>> {
         loop {
             if let Some(plain) = self.inflated.take() {
                 return Poll::Ready(Some(Ok(Frame::data(plain))));
@@ -331,6 +354,27 @@ impl HttpBody for Metered {
                 },
             };
         }
+    }
+}
+
+impl HttpBody for Metered {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = self.as_mut().poll_message(cx);
+        let reading = self.reading();
+        self.shares.0.reading.store(reading, Ordering::Release);
+        if reading != self.busy.is_some() {
+            self.busy = match (&self.connection, reading) {
+                (Some(connection), true) => Some(connection.enter()),
+                _ => None,
+            };
+        }
+        polled
     }
 }
 

@@ -258,11 +258,16 @@ impl GrpcInferenceService for Inference {
             .get::<metered::Shares>()
             .cloned()
             .unwrap_or_default();
+        let connection = request
+            .extensions()
+            .get::<Arc<crate::http::idle::Activity>>()
+            .cloned();
         Ok(Response::new(stream::serve(
             Arc::clone(&self.state),
             request.into_inner(),
             shares,
             deadline,
+            connection,
         )))
     }
 

@@ -28,6 +28,11 @@
 //!   ([`AppState::closing`]), it reads no more requests: it answers those in flight, then
 //!   ends with UNAVAILABLE, so the client opens a new stream elsewhere instead of holding the
 //!   pod to its shutdown budget.
+//! - A stream waiting only on its client (nothing running or unanswered, no message half
+//!   arrived) is parked (`idle`): when every connection slot is taken and a client waits, its
+//!   connection may be closed to give way. It then reads no more requests once nothing is in
+//!   flight (a request read meanwhile is answered first) and ends with UNAVAILABLE, as at
+//!   shutdown, so the client opens a new stream.
 //! - The stream's `grpc-timeout`, if the client set one, is a deadline for every request on
 //!   it (with each request's own `timeout` parameter, whichever is earlier).
 //! - A message of 64 KiB or more takes its share of the decode budget before any of it is
@@ -54,6 +59,7 @@ use super::message::ModelInferMessage;
 use super::metered::Shares;
 use super::pb;
 use super::service::{self, Failure};
+use crate::http::idle::Activity;
 use crate::http::routes::AppState;
 
 /// The most requests of one stream in the server at once.
@@ -67,15 +73,17 @@ pub(super) type Responses =
     Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
 
 /// Serves the requests of `inbound` until the client closes it or goes away, or the
-/// listeners close, each within `deadline` if one is set; their answers.
+/// listeners close, or `connection` (when served by `kiln::http::serve`) closes to give way,
+/// each within `deadline` if one is set; their answers.
 pub(super) fn serve(
     state: Arc<AppState>,
     inbound: tonic::Streaming<ModelInferMessage>,
     shares: Shares,
     deadline: Option<Instant>,
+    connection: Option<Arc<Activity>>,
 ) -> Responses {
     let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(run(state, inbound, shares, deadline, tx));
+    tokio::spawn(run(state, inbound, shares, deadline, connection, tx));
     Box::pin(futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|answer| (answer, rx))
     }))
@@ -104,6 +112,7 @@ async fn run(
     inbound: tonic::Streaming<ModelInferMessage>,
     shares: Shares,
     deadline: Option<Instant>,
+    connection: Option<Arc<Activity>>,
     tx: mpsc::Sender<Result<pb::ModelStreamInferResponse, Status>>,
 ) {
     // Dropped once the stream reads no more: with it the message being read, its share and
@@ -122,7 +131,28 @@ async fn run(
     let (mut read, mut sent) = (0u64, 0u64);
     let mut end = None;
     let mut drain_check = tokio::time::interval(DRAIN_CHECK);
+    // Held while the stream waits only on its client; and once the connection closes to give
+    // way, the stream ends at its first such moment.
+    let mut parked = None;
+    let mut leaving = false;
+    let streams_ended = async {
+        match &connection {
+            Some(connection) => connection.streams_ended().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(streams_ended);
     loop {
+        let quiet = end.is_none() && running.is_empty() && done.is_empty();
+        if leaving && quiet && !shares.reading() {
+            end = Some(End::Status(Status::unavailable(
+                "the server closed this idle connection to make room: open a new stream",
+            )));
+        }
+        let quiet = quiet && end.is_none();
+        if quiet != parked.is_some() {
+            parked = connection.as_ref().filter(|_| quiet).map(Activity::park);
+        }
         if end.is_some() {
             if inbound.take().is_some() {
                 shares.clear();
@@ -155,6 +185,7 @@ async fn run(
                 Err(_) => return,
             },
             () = tx.closed() => return,
+            () = &mut streams_ended, if !leaving && end.is_none() => leaving = true,
             _ = drain_check.tick(), if end.is_none() => {
                 if state.closing.load(Ordering::Relaxed) {
                     end = Some(End::Status(Status::unavailable(
