@@ -233,21 +233,24 @@ async fn fifth_client(grpc: u16) -> (bool, Duration) {
 }
 
 /// Idle gRPC connections and a health `Watch` take every slot of `--max-connections 4`, with
-/// a stream whose next message is half arrived; a fifth client is served within a couple of
-/// seconds: the connection quiet the longest (the watch's, which waits on nothing from its
-/// client) is closed with a GOAWAY, its watch ended UNAVAILABLE, and the connection whose
-/// stream is reading a message keeps its slot and answers it. Before, the fifth client waited
+/// a stream whose next message is half arrived (for longer than the others are idle); a
+/// fifth client is served within a couple of seconds: the connection quiet the longest (the
+/// watch's, which waits on nothing from its client) is closed with a GOAWAY, its watch ended
+/// UNAVAILABLE, and the connection whose stream is reading a message keeps its slot and its
+/// stream, and answers the message and the next. Before, the fifth client waited
 /// in the backlog for as long as the idle connections stayed (until the idle gRPC connections
 /// gave way, the watch held its slot for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_give_way_to_a_waiting_client_when_every_slot_is_taken() {
     let (_root, _server, grpc) = serve(&["--max-connections", "4"]);
-    let (mut watch, (_watching, mut watched)) = open_watch(grpc).await;
     let (tx, mut stream, (_keep, mut busy)) = open_stream(grpc).await;
     assert!(stream_answers(&tx, &mut stream, "first").await);
-    // The next message's frame header and part of it: the stream is reading a message.
+    // The next message's frame header and part of it: the stream is reading a message, and
+    // its connection, had it been quiet since its first answer, would be quiet the longest.
     let next = mlp_request("second");
     tx.send(next.slice(..20)).await.expect("half a message");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut watch, (_watching, mut watched)) = open_watch(grpc).await;
     let mut idle = Vec::new();
     for _ in 0..2 {
         let (mut sender, conn) = connect::<Full<Bytes>>(grpc).await;
@@ -303,7 +306,10 @@ async fn idle_connections_give_way_to_a_waiting_client_when_every_slot_is_taken(
             .unwrap_or(false),
         "the message half arrived through the pressure was not answered"
     );
-    assert!(stream_answers(&tx, &mut stream, "third").await);
+    assert!(
+        stream_answers(&tx, &mut stream, "third").await,
+        "the stream reading a message was ended"
+    );
     drop(tx);
     drop(stream);
     let _ = tokio::time::timeout(Duration::from_secs(5), &mut busy).await;

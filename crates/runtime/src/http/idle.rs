@@ -23,8 +23,8 @@
 //! stream waiting only on its client ([`Activity::park`]: nothing of its own running or
 //! unanswered, no message half arrived) does not keep its slot from a waiting client: clients
 //! holding every slot with idle streams kept every other client out for good. A connection
-//! closed to give way ends such streams ([`Activity::streams_ended`]): each answers what it
-//! has in flight, then ends UNAVAILABLE, and its client opens a new one (as at shutdown).
+//! closed to give way (or at shutdown) ends its streams ([`Activity::streams_ended`]): each
+//! answers what it has in flight, then ends UNAVAILABLE, and its client opens a new one.
 //!
 //! A connection whose graceful close its client never completes (it answers no GOAWAY PING,
 //! or takes none of what h2 still holds) is dropped a send timeout (without one,
@@ -145,7 +145,8 @@ pub(crate) struct Activity {
     /// Whether a waiting client told it to give way, or it is closing already.
     told: AtomicBool,
     give_way: Notify,
-    /// Set once the connection closes to give way: its parked streams end.
+    /// Set once the connection closes (to give way, or at shutdown): its streams end at their
+    /// first quiet moment.
     streams_end: watch::Sender<bool>,
 }
 
@@ -233,13 +234,14 @@ impl Activity {
         (busy <= parked).then(|| self.since(&self.quiet_since))
     }
 
-    /// The connection closes to give way: its parked streams end.
+    /// The connection closes (to give way, or at shutdown): its streams end at their first
+    /// quiet moment.
     pub(crate) fn end_streams(&self) {
         self.streams_end.send_replace(true);
     }
 
-    /// Resolves once the connection closes to give way ([`Activity::end_streams`]): a stream
-    /// answers what it has in flight, then ends, so that the close can finish.
+    /// Resolves once the connection closes ([`Activity::end_streams`]): a stream answers what
+    /// it has in flight, then ends, so that the close can finish.
     pub(crate) async fn streams_ended(&self) {
         let mut end = self.streams_end.subscribe();
         // The sender lives as long as `self`: an error cannot come while this is awaited.

@@ -256,6 +256,7 @@ pub async fn serve(
                     }
                     _ = stopping.wait_for(|stop| *stop), if !closing => {
                         activity.closing();
+                        activity.end_streams();
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                         close_due = Some(tokio::time::Instant::now() + close_bound);

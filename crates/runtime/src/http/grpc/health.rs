@@ -2,8 +2,8 @@
 //! `""` (and `inference.GRPCInferenceService`) is the server's readiness, the same rule as
 //! `/v2/health/ready` (`--ready-when`, false while draining); a model's name is that model's
 //! readiness. Computed at each call, never cached, so a probe cannot see a stale answer. A
-//! `Watch` ends UNAVAILABLE when the listeners close, or when its connection closes to give
-//! way to a waiting client (`idle`).
+//! `Watch` ends UNAVAILABLE when the listeners close, or when its connection closes (to give
+//! way to a waiting client, `idle`, or at shutdown).
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -81,7 +81,8 @@ impl tonic_health::pb::health_server::Health for Health {
     /// UNAVAILABLE, as open inference streams do, so that the connection can close and the
     /// client watches again elsewhere (it went on for as long as the connection's grace).
     /// A watch waits on nothing from its client: it is parked (`idle`) all along, and ends
-    /// UNAVAILABLE too if its connection closes to give way to a waiting client.
+    /// UNAVAILABLE too once its connection closes (to give way to a waiting client, or at
+    /// shutdown).
     async fn watch(
         &self,
         request: Request<HealthCheckRequest>,
@@ -123,7 +124,7 @@ impl tonic_health::pb::health_server::Health for Health {
                         () = tokio::time::sleep(WATCH_EVERY) => {}
                         () = gave_way => {
                             let end = Status::unavailable(
-                                "the server closed this idle connection to make room: watch again",
+                                "the server is closing this connection: watch again",
                             );
                             return Some((Err(end), None));
                         }

@@ -366,6 +366,13 @@ impl HttpBody for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let polled = self.as_mut().poll_message(cx);
+        if let (Some(connection), Poll::Ready(Some(Ok(frame)))) = (&self.connection, &polled) {
+            if frame.is_data() {
+                // The client sent: not quiet since a second (`idle`), though a whole message
+                // arrived in one go (never half arrived).
+                connection.touch();
+            }
+        }
         let reading = self.reading();
         self.shares.0.reading.store(reading, Ordering::Release);
         if reading != self.busy.is_some() {

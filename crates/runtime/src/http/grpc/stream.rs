@@ -30,9 +30,9 @@
 //!   pod to its shutdown budget.
 //! - A stream waiting only on its client (nothing running or unanswered, no message half
 //!   arrived) is parked (`idle`): when every connection slot is taken and a client waits, its
-//!   connection may be closed to give way. It then reads no more requests once nothing is in
-//!   flight (a request read meanwhile is answered first) and ends with UNAVAILABLE, as at
-//!   shutdown, so the client opens a new stream.
+//!   connection may be closed to give way (or, at shutdown, closed). The stream then ends with
+//!   UNAVAILABLE at its first such moment, as at shutdown, so the client opens a new stream: a
+//!   request that arrived meanwhile, or is arriving, is answered first.
 //! - The stream's `grpc-timeout`, if the client set one, is a deadline for every request on
 //!   it (with each request's own `timeout` parameter, whichever is earlier).
 //! - A message of 64 KiB or more takes its share of the decode budget before any of it is
@@ -48,7 +48,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::Stream;
+use futures::{FutureExt as _, Stream};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -145,9 +145,31 @@ async fn run(
     loop {
         let quiet = end.is_none() && running.is_empty() && done.is_empty();
         if leaving && quiet && !shares.reading() {
-            end = Some(End::Status(Status::unavailable(
-                "the server closed this idle connection to make room: open a new stream",
-            )));
+            // A message already here is read and answered first, one begun waited for.
+            match next_message(&mut inbound).now_or_never() {
+                Some(Ok(Some(message))) => {
+                    reading = false;
+                    start(
+                        &state,
+                        &mut running,
+                        &mut seq_of,
+                        &shares,
+                        deadline,
+                        read,
+                        message,
+                    );
+                    read += 1;
+                    continue;
+                }
+                Some(Ok(None)) => end = Some(End::Closed),
+                Some(Err(status)) => end = Some(End::Status(oversized(status))),
+                None if shares.reading() => {}
+                None => {
+                    end = Some(End::Status(Status::unavailable(
+                        "the server is closing this connection: open a new stream",
+                    )));
+                }
+            }
         }
         let quiet = quiet && end.is_none();
         if quiet != parked.is_some() {
@@ -214,20 +236,7 @@ async fn run(
             next = next_message(&mut inbound), if room => match next {
                 Ok(Some(message)) => {
                     reading = false;
-                    // Taken as the message arrived (`metered`), in message order.
-                    let share = shares.take();
-                    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-                    let state = Arc::clone(&state);
-                    let task = running.spawn(async move {
-                        // Held until answered, as a unary call's: the message, then its
-                        // tensors and the batch stacked from them, are in memory all that
-                        // time.
-                        let held = share.clone();
-                        let answer = service::infer_message(&state, message, share, timeout).await;
-                        drop(held);
-                        answer
-                    });
-                    seq_of.insert(task.id(), read);
+                    start(&state, &mut running, &mut seq_of, &shares, deadline, read, message);
                     read += 1;
                 }
                 Ok(None) => end = Some(End::Closed),
@@ -238,6 +247,32 @@ async fn run(
     if let Some(End::Status(status)) = end {
         let _ = tx.send(Err(status)).await;
     }
+}
+
+/// Runs `message`, the stream's request number `seq`, as a task of `running`, with its share
+/// of the decode budget, within `deadline`.
+fn start(
+    state: &Arc<AppState>,
+    running: &mut JoinSet<Result<pb::ModelInferResponse, Failure>>,
+    seq_of: &mut HashMap<tokio::task::Id, u64>,
+    shares: &Shares,
+    deadline: Option<Instant>,
+    seq: u64,
+    message: ModelInferMessage,
+) {
+    // Taken as the message arrived (`metered`), in message order.
+    let share = shares.take();
+    let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let state = Arc::clone(state);
+    let task = running.spawn(async move {
+        // Held until answered, as a unary call's: the message, then its tensors and the batch
+        // stacked from them, are in memory all that time.
+        let held = share.clone();
+        let answer = service::infer_message(&state, message, share, timeout).await;
+        drop(held);
+        answer
+    });
+    seq_of.insert(task.id(), seq);
 }
 
 /// The stream's next request, or none once it reads no more (`inbound` dropped).
