@@ -190,7 +190,8 @@ impl Activity {
         Duration::from_nanos(self.nanos().saturating_sub(nanos.load(Ordering::Relaxed)))
     }
 
-    /// The client sent something that is not a request (its first bytes): idle from now.
+    /// The client sent something that is not a request in itself (its first bytes, or a
+    /// stream's message): idle, and quiet, from now at the soonest.
     pub(crate) fn touch(&self) {
         let now = self.nanos();
         self.idle_since.fetch_max(now, Ordering::Relaxed);

@@ -321,7 +321,8 @@ async fn protocol_known(stream: &tokio::net::TcpStream, timeout: Duration) -> bo
 /// stopped passes [`Shutdown::signalled`](crate::http::shutdown::Shutdown::signalled) to
 /// [`serve()`] instead, which awaits this, sets [`AppState::draining`](crate::http::AppState),
 /// serves through the drain delay and sets `AppState::closing` (without it, open gRPC streams
-/// last until `shutdown_grace` runs out).
+/// with requests in flight read on until `shutdown_grace` runs out; quiet ones end when the
+/// listeners close).
 pub async fn terminated() {
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut term) => {

@@ -124,7 +124,11 @@ impl tonic_health::pb::health_server::Health for Health {
                         () = tokio::time::sleep(WATCH_EVERY) => {}
                         () = gave_way => {
                             let end = Status::unavailable(
-                                "the server is closing this connection: watch again",
+                                if state.closing.load(Ordering::Relaxed) {
+                                    "the server is shutting down: watch again"
+                                } else {
+                                    "the server is closing this connection: watch again"
+                                },
                             );
                             return Some((Err(end), None));
                         }

@@ -25,14 +25,17 @@
 //! - Through the drain delay after SIGTERM a stream is served as unary calls are (the pod is
 //!   still in its endpoints, and the client's connection stays on it: a stream ended then is
 //!   reopened on the same connection, to the same pod). Once the listeners close
-//!   ([`AppState::closing`]), it reads no more requests: it answers those in flight, then
-//!   ends with UNAVAILABLE, so the client opens a new stream elsewhere instead of holding the
-//!   pod to its shutdown budget.
+//!   ([`AppState::closing`]), it reads no more requests (but for one the server had already
+//!   received when the stream was quiet, below): it answers those in flight, then ends with
+//!   UNAVAILABLE, so the client opens a new stream elsewhere instead of holding the pod to
+//!   its shutdown budget.
 //! - A stream waiting only on its client (nothing running or unanswered, no message half
 //!   arrived) is parked (`idle`): when every connection slot is taken and a client waits, its
-//!   connection may be closed to give way (or, at shutdown, closed). The stream then ends with
-//!   UNAVAILABLE at its first such moment, as at shutdown, so the client opens a new stream: a
-//!   request that arrived meanwhile, or is arriving, is answered first.
+//!   connection may be closed to give way (or, at shutdown, closed). The stream then reads
+//!   on only to finish a message begun, and ends with UNAVAILABLE at its first such moment,
+//!   as at shutdown, so the client opens a new stream: a request the server received
+//!   meanwhile is answered first (one still on its way meets the usual race of a stream
+//!   ended, and the client sees the stream fail).
 //! - The stream's `grpc-timeout`, if the client set one, is a deadline for every request on
 //!   it (with each request's own `timeout` parameter, whichever is earlier).
 //! - A message of 64 KiB or more takes its share of the decode budget before any of it is
@@ -166,7 +169,11 @@ async fn run(
                 None if shares.reading() => {}
                 None => {
                     end = Some(End::Status(Status::unavailable(
-                        "the server is closing this connection: open a new stream",
+                        if state.closing.load(Ordering::Relaxed) {
+                            "the server is shutting down: open a new stream"
+                        } else {
+                            "the server is closing this connection: open a new stream"
+                        },
                     )));
                 }
             }
@@ -186,7 +193,10 @@ async fn run(
         // The byte bound is looked at only between messages: a message begun is read to its
         // end (its arrival timed, its share held only that long), whatever answers land
         // meanwhile. (The count cannot grow while a message is being read.)
+        // Leaving, the stream reads on only to finish a message begun (what else arrives is
+        // picked up at its next quiet moment, above).
         let room = end.is_none()
+            && (!leaving || shares.reading())
             && running.len() + done.len() < IN_FLIGHT
             && (reading || waiting < answer_limit);
         reading = room;
