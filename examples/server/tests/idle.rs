@@ -176,6 +176,21 @@ fn until_closed(
     (ended, read, began.elapsed())
 }
 
+/// Runs the Python `script` (the test venv's, with `tritonclient`) with the gRPC address of
+/// `grpc` as its argument: it must succeed and print `ok`.
+fn runs_ok(script: &str, grpc: u16) {
+    let out = std::process::Command::new(venv_python("venv", "testdata"))
+        .args(["-c", script, &format!("127.0.0.1:{grpc}")])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Whether the connection's task ended (the server closed it) within `within`, cleanly.
 async fn closed_within(
     conn: &mut tokio::task::JoinHandle<Result<(), hyper::Error>>,
@@ -360,7 +375,6 @@ async fn idle_streams_give_way_to_a_waiting_client_when_every_slot_is_taken() {
 #[test]
 fn tritonclient_grpc_streams_give_way_and_start_again() {
     let (_root, _server, grpc) = serve(&["--max-connections", "1"]);
-    let python = venv_python("venv", "testdata");
     let script = r#"
 import faulthandler, queue, sys, time
 faulthandler.dump_traceback_later(60, exit=True)
@@ -402,16 +416,7 @@ assert result.get_response().id == "2"
 a.stop_stream()
 print("ok", waited)
 "#;
-    let out = std::process::Command::new(python)
-        .args(["-c", script, &format!("127.0.0.1:{grpc}")])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    runs_ok(script, grpc);
 }
 
 /// With `--idle-timeout-s 1`, a connection with nothing in flight is closed gracefully about a
@@ -489,7 +494,6 @@ fn tritonclient_grpc_carries_on_after_an_idle_close() {
         ),
         port,
     };
-    let python = venv_python("venv", "testdata");
     let script = r#"
 import sys, time
 import numpy as np
@@ -507,16 +511,7 @@ for _ in range(3):
     assert (again == first).all(), (first, again)
 print("ok")
 "#;
-    let out = std::process::Command::new(python)
-        .args(["-c", script, &format!("127.0.0.1:{grpc}")])
-        .output()
-        .expect("python");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    runs_ok(script, grpc);
     drop(server);
     let log = std::fs::read_to_string(&log_path).expect("log");
     let closes = log
