@@ -23,7 +23,7 @@
 //! stream waiting only on its client ([`Activity::park`]: nothing of its own running or
 //! unanswered, no message half arrived) does not keep its slot from a waiting client: clients
 //! holding every slot with idle streams kept every other client out for good. A connection
-//! closed to give way (or at shutdown) ends its streams ([`Activity::streams_ended`]): each
+//! closed to give way (or at shutdown) ends its streams ([`streams_ended`]): each
 //! answers what it has in flight, then ends UNAVAILABLE, and its client opens a new one.
 //!
 //! A connection whose graceful close its client never completes (it answers no GOAWAY PING,
@@ -93,7 +93,6 @@ impl Connections {
         let activity = Arc::new(Activity {
             start: Instant::now(),
             counts: AtomicU64::new(0),
-            idle_since: AtomicU64::new(0),
             quiet_since: AtomicU64::new(0),
             told: AtomicBool::new(false),
             give_way: Notify::new(),
@@ -138,15 +137,15 @@ pub(crate) struct Activity {
     /// Requests in flight (the low half), and the streams among them parked (the high
     /// half): one word, so that both are read at once.
     counts: AtomicU64,
-    /// When the last request in flight ended, nanoseconds since `start`.
-    idle_since: AtomicU64,
-    /// When the last request ended or stream parked, nanoseconds since `start`.
+    /// When the last request ended, a stream parked or the client sent, nanoseconds since
+    /// `start`: with nothing in flight, when the last request ended (a stream parks before
+    /// its request ends).
     quiet_since: AtomicU64,
     /// Whether a waiting client told it to give way, or it is closing already.
     told: AtomicBool,
     give_way: Notify,
-    /// Set once the connection closes (to give way, or at shutdown): its streams end at their
-    /// first quiet moment.
+    /// Set once the connection closes (to give way, or at shutdown, [`Activity::closing`]):
+    /// its streams end at their first quiet moment.
     streams_end: watch::Sender<bool>,
 }
 
@@ -158,9 +157,7 @@ impl Drop for Busy {
     fn drop(&mut self) {
         // The time first: whoever sees the count fall to zero sees this end with it (the
         // latest, when two end at once).
-        let now = self.0.nanos();
-        self.0.idle_since.fetch_max(now, Ordering::Relaxed);
-        self.0.quiet_since.fetch_max(now, Ordering::Relaxed);
+        self.0.touch();
         self.0.counts.fetch_sub(1, Ordering::Release);
     }
 }
@@ -168,6 +165,13 @@ impl Drop for Busy {
 /// A stream waiting only on its client ([`Activity::park`]), until dropped.
 #[derive(Debug)]
 pub(crate) struct Parked(Arc<Activity>);
+
+impl Parked {
+    /// The connection its stream is on.
+    pub(crate) fn connection(&self) -> &Activity {
+        &self.0
+    }
+}
 
 impl Drop for Parked {
     fn drop(&mut self) {
@@ -186,21 +190,28 @@ impl Activity {
         (counts & (PARKED - 1), counts >> 32)
     }
 
-    fn since(&self, nanos: &AtomicU64) -> Duration {
-        Duration::from_nanos(self.nanos().saturating_sub(nanos.load(Ordering::Relaxed)))
+    fn quiet_since(&self) -> Duration {
+        let since = self.quiet_since.load(Ordering::Relaxed);
+        Duration::from_nanos(self.nanos().saturating_sub(since))
     }
 
-    /// The client sent something that is not a request in itself (its first bytes, or a
-    /// stream's message): idle, and quiet, from now at the soonest.
+    /// A request ended, or the client sent something that is not a request in itself (its
+    /// first bytes, or a stream's message): idle, and quiet, from now at the soonest.
     pub(crate) fn touch(&self) {
-        let now = self.nanos();
-        self.idle_since.fetch_max(now, Ordering::Relaxed);
-        self.quiet_since.fetch_max(now, Ordering::Relaxed);
+        self.quiet_since.fetch_max(self.nanos(), Ordering::Relaxed);
     }
 
-    /// The connection is closing (shutdown, or idle): no waiting client need tell it.
+    /// The connection is closing (shutdown, or idle): no waiting client need tell it, and its
+    /// streams end at their first quiet moment ([`streams_ended`]).
     pub(crate) fn closing(&self) {
         self.told.store(true, Ordering::Relaxed);
+        self.streams_end.send_replace(true);
+    }
+
+    /// The connection a request came on (in its extensions), when served by
+    /// [`serve`](super::serve::serve).
+    pub(crate) fn of(extensions: &hyper::http::Extensions) -> Option<Arc<Self>> {
+        extensions.get::<Arc<Self>>().cloned()
     }
 
     /// A request arrived; in flight until the guard is dropped.
@@ -213,10 +224,10 @@ impl Activity {
     /// its client until the guard is dropped: nothing of its own is running or unanswered,
     /// and no message of its is half arrived (a body reading one holds a [`Busy`] of its
     /// own meanwhile). The connection is then quiet if all it has in flight is parked
-    /// streams; it may give way, and its parked streams end ([`Activity::streams_ended`]).
+    /// streams; it may give way, and its parked streams end ([`streams_ended`]).
     pub(crate) fn park(self: &Arc<Self>) -> Parked {
         // The time first, as a request's end.
-        self.quiet_since.fetch_max(self.nanos(), Ordering::Relaxed);
+        self.touch();
         self.counts.fetch_add(PARKED, Ordering::Release);
         Parked(Arc::clone(self))
     }
@@ -224,7 +235,7 @@ impl Activity {
     /// How long the connection has had nothing in flight; `None` while something is.
     pub(crate) fn idle_for(&self) -> Option<Duration> {
         let (busy, _) = self.counts();
-        (busy == 0).then(|| self.since(&self.idle_since))
+        (busy == 0).then(|| self.quiet_since())
     }
 
     /// How long the connection has had nothing in flight but parked streams; `None` while
@@ -232,21 +243,7 @@ impl Activity {
     pub(crate) fn quiet_for(&self) -> Option<Duration> {
         let (busy, parked) = self.counts();
         // A stream's request may end just before its parking does: at most as many.
-        (busy <= parked).then(|| self.since(&self.quiet_since))
-    }
-
-    /// The connection closes (to give way, or at shutdown): its streams end at their first
-    /// quiet moment.
-    pub(crate) fn end_streams(&self) {
-        self.streams_end.send_replace(true);
-    }
-
-    /// Resolves once the connection closes ([`Activity::end_streams`]): a stream answers what
-    /// it has in flight, then ends, so that the close can finish.
-    pub(crate) async fn streams_ended(&self) {
-        let mut end = self.streams_end.subscribe();
-        // The sender lives as long as `self`: an error cannot come while this is awaited.
-        let _ = end.wait_for(|end| *end).await;
+        (busy <= parked).then(|| self.quiet_since())
     }
 
     /// Resolves once the connection has had nothing in flight for `timeout` (never, if
@@ -281,6 +278,17 @@ impl Activity {
             }
         }
     }
+}
+
+/// Resolves once `connection` closes ([`Activity::closing`]; never without one): a stream
+/// answers what it has in flight, then ends, so that the close can finish.
+pub(crate) async fn streams_ended(connection: Option<&Activity>) {
+    let Some(connection) = connection else {
+        return std::future::pending().await;
+    };
+    let mut end = connection.streams_end.subscribe();
+    // The sender lives as long as `connection`: an error cannot come while this is awaited.
+    let _ = end.wait_for(|end| *end).await;
 }
 
 #[cfg(test)]
@@ -407,13 +415,13 @@ mod tests {
         assert_eq!(activity.idle_for(), None);
         let ended = {
             let activity = Arc::clone(&activity);
-            tokio::spawn(async move { activity.streams_ended().await })
+            tokio::spawn(async move { streams_ended(Some(&activity)).await })
         };
         assert!(connections.give_way());
         assert_eq!(idle.await, Idle::GaveWay);
         tokio::task::yield_now().await;
         assert!(!ended.is_finished(), "streams ended before the close");
-        activity.end_streams();
+        activity.closing();
         assert!(ended.await.is_ok());
         // Its request ended before its parking: idle, and still quiet.
         drop(stream);

@@ -39,7 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt as _;
 
-use super::idle::{Connections, CLOSE_BOUND, GIVE_WAY_WAIT, PRESSED_IDLE};
+use super::idle::{Activity, Connections, Idle, CLOSE_BOUND, GIVE_WAY_WAIT, PRESSED_IDLE};
 use super::send_timeout::{Answer, Watch, Watched};
 
 /// Each HTTP/2 stream's flow-control window, the most a request's bytes may run ahead of
@@ -169,9 +169,11 @@ pub async fn serve(
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let busy = requests.enter();
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                // For a stream to park while it waits on its client (`idle`).
-                req.extensions_mut().insert(Arc::clone(&requests));
                 let http2 = req.version() == hyper::Version::HTTP_2;
+                if http2 {
+                    // For a gRPC stream to park while it waits on its client (`idle`).
+                    req.extensions_mut().insert(Arc::clone(&requests));
+                }
                 let call = app.clone().oneshot(req.map(axum::body::Body::new));
                 let watch = Arc::clone(&answers);
                 async move {
@@ -254,17 +256,11 @@ pub async fn serve(
                         );
                         break;
                     }
-                    _ = stopping.wait_for(|stop| *stop), if !closing => {
+                    idle = close(&mut stopping, &activity, idle_timeout), if !closing => {
+                        if let Some(why) = idle {
+                            tracing::debug!(%peer, ?why, "closing a connection with nothing in flight");
+                        }
                         activity.closing();
-                        activity.end_streams();
-                        conn.as_mut().graceful_shutdown();
-                        closing = true;
-                        close_due = Some(tokio::time::Instant::now() + close_bound);
-                    }
-                    why = activity.idle(idle_timeout), if !closing => {
-                        tracing::debug!(%peer, ?why, "closing a connection with nothing in flight");
-                        activity.closing();
-                        activity.end_streams();
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                         close_due = Some(tokio::time::Instant::now() + close_bound);
@@ -288,6 +284,19 @@ pub async fn serve(
         () = tokio::time::sleep(options.shutdown_grace) => {
             tracing::warn!(grace_s = options.shutdown_grace.as_secs(), "connections still open after the shutdown grace period");
         }
+    }
+}
+
+/// Resolves once a connection is to close gracefully: at shutdown (`None`), or idle.
+async fn close(
+    stopping: &mut watch::Receiver<bool>,
+    activity: &Activity,
+    idle_timeout: Option<Duration>,
+) -> Option<Idle> {
+    tokio::select! {
+        biased;
+        _ = stopping.wait_for(|stop| *stop) => None,
+        why = activity.idle(idle_timeout) => Some(why),
     }
 }
 

@@ -56,10 +56,7 @@ pub(super) async fn reserve(
         if coding.is_some() {
             parts.headers.remove(super::compressed::ENCODING);
         }
-        let connection = parts
-            .extensions
-            .get::<Arc<crate::http::idle::Activity>>()
-            .cloned();
+        let connection = crate::http::idle::Activity::of(&parts.extensions);
         let body = Body::new(super::metered::Metered::new(
             body,
             Arc::clone(&state),

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
+use crate::http::idle::{self, Activity, Parked};
 use crate::http::models::{model_is_ready, server_is_ready};
 use crate::http::routes::AppState;
 
@@ -57,8 +58,7 @@ struct Watching {
     /// The last status sent.
     last: Option<ServingStatus>,
     /// Held for the watch's life: it waits on nothing from its client.
-    _parked: Option<crate::http::idle::Parked>,
-    connection: Option<Arc<crate::http::idle::Activity>>,
+    parked: Option<Parked>,
 }
 
 #[tonic::async_trait]
@@ -87,16 +87,12 @@ impl tonic_health::pb::health_server::Health for Health {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let connection = request
-            .extensions()
-            .get::<Arc<crate::http::idle::Activity>>()
-            .cloned();
+        let connection = Activity::of(request.extensions());
         let service = request.into_inner().service;
         let state = Arc::clone(&self.state);
         let watching = Watching {
             last: None,
-            _parked: connection.as_ref().map(crate::http::idle::Activity::park),
-            connection,
+            parked: connection.as_ref().map(Activity::park),
         };
         // `None` once the watch has ended.
         let stream = futures::stream::unfold(Some(watching), move |watching| {
@@ -114,12 +110,8 @@ impl tonic_health::pb::health_server::Health for Health {
                         let end = Status::unavailable("the server is shutting down: watch again");
                         return Some((Err(end), None));
                     }
-                    let gave_way = async {
-                        match &watching.connection {
-                            Some(connection) => connection.streams_ended().await,
-                            None => std::future::pending().await,
-                        }
-                    };
+                    let gave_way =
+                        idle::streams_ended(watching.parked.as_ref().map(Parked::connection));
                     tokio::select! {
                         () = tokio::time::sleep(WATCH_EVERY) => {}
                         () = gave_way => {

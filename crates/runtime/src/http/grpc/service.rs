@@ -258,10 +258,7 @@ impl GrpcInferenceService for Inference {
             .get::<metered::Shares>()
             .cloned()
             .unwrap_or_default();
-        let connection = request
-            .extensions()
-            .get::<Arc<crate::http::idle::Activity>>()
-            .cloned();
+        let connection = crate::http::idle::Activity::of(request.extensions());
         Ok(Response::new(stream::serve(
             Arc::clone(&self.state),
             request.into_inner(),

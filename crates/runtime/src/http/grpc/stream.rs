@@ -62,7 +62,7 @@ use super::message::ModelInferMessage;
 use super::metered::Shares;
 use super::pb;
 use super::service::{self, Failure};
-use crate::http::idle::Activity;
+use crate::http::idle::{self, Activity};
 use crate::http::routes::AppState;
 
 /// The most requests of one stream in the server at once.
@@ -138,12 +138,7 @@ async fn run(
     // way, the stream ends at its first such moment.
     let mut parked = None;
     let mut leaving = false;
-    let streams_ended = async {
-        match &connection {
-            Some(connection) => connection.streams_ended().await,
-            None => std::future::pending().await,
-        }
-    };
+    let streams_ended = idle::streams_ended(connection.as_deref());
     tokio::pin!(streams_ended);
     loop {
         let quiet = end.is_none() && running.is_empty() && done.is_empty();
