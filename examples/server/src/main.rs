@@ -239,6 +239,9 @@ fn run(args: Args) -> Result<()> {
     let shutdown = Shutdown::new(args.drain_delay_s, args.shutdown_timeout_s);
     let telemetry = Arc::new(kiln::prometheus::PrometheusTelemetry::new()?);
     let meter = telemetry.meter();
+    // With `--model-dir`: the staged repository, removed on every return from here (the model
+    // directory itself is untouched).
+    let mut staged = None;
     let root = match (&args.root, &args.model_dir) {
         (Some(root), _) => root.clone(),
         (None, Some(dir)) => {
@@ -260,13 +263,13 @@ fn run(args: Args) -> Result<()> {
                     "--model-dir needs --verify sha256:<digest> of its .onnx file, --signature with a trust root, or --no-verify to serve it unchecked"
                 ),
             };
-            let scratch = std::env::temp_dir().join(format!("kiln-server-{}", std::process::id()));
-            kiln_server::plain::stage(dir, &args.model_name, &verify, &scratch)?
+            staged
+                .insert(kiln_server::plain::stage(dir, &args.model_name, &verify)?)
+                .root()
+                .to_owned()
         }
         (None, None) => bail!("--root or --model-dir is required"),
     };
-    // Removed on every return from here (the model directory itself is untouched).
-    let staged = Staged(args.model_dir.is_some().then(|| root.clone()));
     let runtime = Runtime::new(&RuntimeConfig::default())?;
     let mut config = RepositoryConfig::new(&root);
     config.poll_interval = Duration::from_millis(args.poll_ms);
@@ -355,18 +358,7 @@ fn run(args: Args) -> Result<()> {
 
 /// Ends the process now (`kiln::http::shutdown::exit_now`: work may still be running inside
 /// ONNX Runtime), `staged` removed first.
-fn exit_now(staged: Staged, code: i32) -> ! {
+fn exit_now(staged: Option<kiln_server::plain::Staged>, code: i32) -> ! {
     drop(staged);
     kiln::http::shutdown::exit_now(code)
-}
-
-/// With `--model-dir`: the directory of staged links and manifest, removed when dropped.
-struct Staged(Option<std::path::PathBuf>);
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.0 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }

@@ -67,13 +67,44 @@ fn files_in(dir: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
+/// A staged repository: a directory of its own, made fresh under `$TMPDIR` and removed when
+/// dropped (the model directory itself is untouched).
+///
+/// Its name is random, never the process id: a server killed outright leaves its directory
+/// behind, and a later one with the same id (pid 1 in every container, beside a `/tmp` in an
+/// emptyDir that outlives a container restart) would serve from the leftover.
+#[derive(Debug)]
+pub struct Staged(tempfile::TempDir);
+
+impl Staged {
+    /// The repository root to serve.
+    pub fn root(&self) -> &Path {
+        self.0.path()
+    }
+}
+
 /// Stages `dir` (exactly one `.onnx` file directly inside, plus any other regular files: its
-/// external data) as model `name` under `scratch`; returns the repository root to serve.
+/// external data) as model `name` in a fresh scratch repository.
 ///
 /// # Errors
-/// `dir` unreadable, holding no or several `.onnx` files, a bad model name, or the scratch
-/// directory not writable.
-pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<PathBuf> {
+/// `dir` unreadable, holding no or several `.onnx` files, a bad model name, or `$TMPDIR` not
+/// writable.
+pub fn stage(dir: &Path, name: &str, verify: &Verify) -> Result<Staged> {
+    let scratch = tempfile::Builder::new()
+        .prefix("kiln-server-")
+        .tempdir()
+        .with_context(|| {
+            format!(
+                "create the scratch repository in {} ($TMPDIR)",
+                std::env::temp_dir().display()
+            )
+        })?;
+    stage_in(dir, name, verify, scratch.path())?;
+    Ok(Staged(scratch))
+}
+
+/// `stage`'s work, in `scratch` (new and empty).
+fn stage_in(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<()> {
     kiln::layout::check_name("model", name).context("--model-name")?;
     // Absolute, so the staged links resolve from the scratch directory.
     let dir = &dir
@@ -166,7 +197,6 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("create {}", parent.display()))?;
         }
-        let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(file, &link)
             .with_context(|| format!("link {}", link.display()))?;
         if let Some(sha256) = sha256 {
@@ -193,9 +223,8 @@ pub fn stage(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<
     )
     .context("write the staged manifest")?;
     let current = scratch.join(name).join(kiln::layout::CURRENT_LINK);
-    let _ = std::fs::remove_file(&current);
     std::os::unix::fs::symlink(VERSION, &current).context("link current")?;
-    Ok(scratch.to_owned())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -217,12 +246,11 @@ mod tests {
     #[test]
     fn a_directory_needs_exactly_one_model() {
         let dir = tempfile::tempdir().expect("dir");
-        let scratch = tempfile::tempdir().expect("scratch");
-        let err = stage(dir.path(), "m", &Verify::Off, scratch.path()).expect_err("empty");
+        let err = stage(dir.path(), "m", &Verify::Off).expect_err("empty");
         assert!(err.to_string().contains("exactly one .onnx"), "{err}");
         std::fs::write(dir.path().join("a.onnx"), b"x").expect("a");
         std::fs::write(dir.path().join("b.onnx"), b"y").expect("b");
-        let err = stage(dir.path(), "m", &Verify::Off, scratch.path()).expect_err("two");
+        let err = stage(dir.path(), "m", &Verify::Off).expect_err("two");
         assert!(err.to_string().contains("found 2"), "{err}");
     }
 }

@@ -32,8 +32,16 @@ impl Server {
 
 /// Starts `kiln-server` with `args` (and `TMPDIR` when given), its log (stdout) kept.
 fn spawn(args: &[String], tmpdir: Option<&std::path::Path>) -> Server {
+    spawn_via(
+        Command::new(env!("CARGO_BIN_EXE_kiln-server")),
+        args,
+        tmpdir,
+    )
+}
+
+/// As `spawn`, through `cmd` (the server itself, or a shell that execs it).
+fn spawn_via(mut cmd: Command, args: &[String], tmpdir: Option<&std::path::Path>) -> Server {
     let log = tempfile::NamedTempFile::new().expect("log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln-server"));
     cmd.args(args)
         .envs(ort_env())
         .env("RUST_LOG", "info")
@@ -46,6 +54,11 @@ fn spawn(args: &[String], tmpdir: Option<&std::path::Path>) -> Server {
 }
 
 fn start(dir: &std::path::Path, name: &str, verify: &[&str], port: u16) -> Server {
+    spawn(&server_args(dir, name, verify, port), None)
+}
+
+/// `--model-dir dir --model-name name`, `verify`, the REST port, and no gRPC.
+fn server_args(dir: &std::path::Path, name: &str, verify: &[&str], port: u16) -> Vec<String> {
     let mut args = vec![
         "--model-dir".to_owned(),
         dir.display().to_string(),
@@ -55,7 +68,7 @@ fn start(dir: &std::path::Path, name: &str, verify: &[&str], port: u16) -> Serve
     args.extend(verify.iter().map(|v| (*v).to_owned()));
     args.extend(["--listen".to_owned(), format!("127.0.0.1:{port}")]);
     args.extend(["--grpc-listen".to_owned(), "off".to_owned()]);
-    spawn(&args, None)
+    args
 }
 
 fn ready_within(port: u16, limit: Duration) -> bool {
@@ -124,6 +137,62 @@ fn the_right_digest_serves_a_wrong_one_never_does() {
         server.log().contains("checksum mismatch"),
         "{}",
         server.log()
+    );
+}
+
+/// A server killed outright (SIGKILL, the OOM killer) leaves its staged repository behind. A
+/// later server must not serve from it, even with the same process id: every container of a
+/// pod runs as pid 1, and KServe's runtime keeps `/tmp` in an emptyDir that outlives a
+/// container restart. (A scratch directory named by the pid did: the leftover's model, its
+/// files gone, never loaded, so the new server never became ready.)
+#[test]
+fn a_killed_servers_leftover_scratch_directory_is_never_served() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let gone = plain(&["mlp.onnx"]);
+    let port = free_port();
+    let killed = spawn(
+        &server_args(gone.path(), "gone", &["--no-verify"], port),
+        Some(tmp.path()),
+    );
+    assert!(
+        ready_within(port, Duration::from_secs(60)),
+        "{}",
+        killed.log()
+    );
+    drop(killed); // SIGKILL: nothing cleaned up
+    drop(gone); // the leftover's links now lead nowhere
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("tmp")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("kiln-server-")) // (ONNX Runtime writes a `.ses` there)
+        .collect();
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+
+    // The next server, with the process id the leftover was staged under: a shell moves the
+    // leftover to its own id's name, then becomes the server.
+    let dir = plain(&["mlp.onnx"]);
+    let port = free_port();
+    let mut via = Command::new("sh");
+    via.args([
+        "-c",
+        r#"mv "$TMPDIR"/kiln-server-* "$TMPDIR/kiln-server-$$" && exec "$0" "$@""#,
+        env!("CARGO_BIN_EXE_kiln-server"),
+    ]);
+    let server = spawn_via(
+        via,
+        &server_args(dir.path(), "mlp", &["--no-verify"], port),
+        Some(tmp.path()),
+    );
+    assert!(
+        ready_within(port, Duration::from_secs(60)),
+        "not ready beside a leftover: {}",
+        server.log()
+    );
+    let (code, out) = http(port, "POST", "/v2/repository/index", "{}").expect("index");
+    assert_eq!(code, 200, "{out}");
+    assert!(
+        !out.contains("gone"),
+        "the leftover's model is listed: {out}"
     );
 }
 
