@@ -1,5 +1,5 @@
 //! The dynamic batcher against a fake backend: every scheduling guarantee, checked where the
-//! outcome is deterministic (gates instead of sleeps; no timing assertions).
+//! outcome is deterministic (gates instead of sleeps; timings asserted only as lower bounds).
 
 mod common;
 
@@ -655,4 +655,80 @@ fn an_answer_names_the_version_that_ran_it_and_an_asked_for_version_is_checked_w
         assert_eq!(&*now.version, "2");
         assert!(now.metadata.batch_dim);
     });
+}
+
+/// What Triton's statistics divide by their counts (`kiln-server`'s `/stats`): each succeeded
+/// request timed from the queue to its outputs, as its wait plus its batch's run; a failed one
+/// timed too; batches timed per size; when the model last answered. Lower bounds only: the
+/// fake takes 10 ms a run.
+#[test]
+fn requests_and_batches_are_timed_for_tritons_statistics() {
+    let seen: Seen = Arc::default();
+    let gate = Gate::closed();
+    let backend = Fake {
+        gate: Some(gate.clone()),
+        delay: Duration::from_millis(10),
+        ..Fake::new(&seen)
+    };
+    let b = Arc::new(serve(
+        spec(no_warmup(BatchConfig::default()), true),
+        vec![Box::new(backend)],
+    ));
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64
+    };
+    let before = now_ms();
+    rt().block_on(async {
+        let infer = |id: i64| {
+            let b = Arc::clone(&b);
+            tokio::spawn(async move { b.infer(InferRequest::new(request(id, 1, 2))).await })
+        };
+        let first = infer(1);
+        gate.wait_inside(1);
+        // Three more wait out the first run in the queue; the poisoned one then fails alone.
+        let rest: Vec<_> = [2, 3, -1].into_iter().map(infer).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while b.stats().expect("serving").queued < 3 {
+            assert!(std::time::Instant::now() < deadline, "never queued");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        gate.open();
+        assert!(first.await.expect("task").is_ok());
+        let outcomes: Vec<bool> = futures_join(rest)
+            .await
+            .into_iter()
+            .map(|r| r.expect("task").is_ok())
+            .collect();
+        assert_eq!(outcomes, [true, true, false]);
+    });
+    let after = now_ms();
+    let st = b.stats().expect("serving");
+    let ms = 1_000_000;
+    assert_eq!((st.succeeded, st.failed), (3, 1), "{st:?}");
+    assert_eq!(st.queue_ns + st.compute_ns, st.success_ns, "{st:?}");
+    assert!(
+        st.compute_ns >= 3 * 10 * ms,
+        "each success counts its batch's run: {st:?}"
+    );
+    assert!(
+        st.queue_ns >= 2 * 10 * ms,
+        "two waited out the first run: {st:?}"
+    );
+    assert!(st.fail_ns >= 10 * ms, "the failed request is timed: {st:?}");
+    assert_eq!(st.batch_ns.len(), st.batch_sizes.len(), "{st:?}");
+    for (&n, &ns) in st.batch_sizes.iter().zip(&st.batch_ns) {
+        assert_eq!(n == 0, ns == 0, "a size run is timed: {st:?}");
+    }
+    assert!(
+        st.batch_ns.iter().sum::<u64>() >= st.batches * 10 * ms,
+        "{st:?}"
+    );
+    assert!(
+        (before..=after).contains(&st.last_inference_ms),
+        "{before} {} {after}",
+        st.last_inference_ms
+    );
 }

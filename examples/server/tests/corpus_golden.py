@@ -1,8 +1,10 @@
 """What both Triton client suites (triton_client.py over HTTP, triton_grpc.py over gRPC) read
 from the real-model corpus: the golden inputs and outputs Python onnxruntime recorded, the v2
-datatype of a numpy dtype, and the comparison with each model's tolerance."""
+datatype of a numpy dtype, and the comparison with each model's tolerance; and what both check
+of a model's statistics as Triton's tools read them."""
 import json
 import os
+import time
 
 import numpy as np
 
@@ -74,3 +76,28 @@ def check_classes(model, name, got, want, tol, batched, k, labels=None):
             slack = tol[0] + tol[1] * abs(ranked[j]) + 1e-6
             assert abs(value - ranked[j]) <= slack, f"{model}/{name}: class {j} is {text}"
             assert abs(row[index] - value) <= slack, f"{model}/{name}: {text} vs {row[index]}"
+
+
+def check_timed_stats(model, stat, since_ms):
+    """A model's statistics (one `model_stats` entry, as the client's JSON: counts are strings
+    over gRPC, and a zero field may be left out) after it answered requests since `since_ms`
+    (milliseconds since the epoch): requests are timed as Triton times them, so the averages
+    Triton's tools divide out (success, queue and compute per request, compute per batch size)
+    are real, and `last_inference` is when the model last answered."""
+    def duration(d):
+        return int(d.get("count", 0)), int(d.get("ns", 0))
+
+    now_ms = time.time() * 1000
+    i = stat["inference_stats"]
+    ok, ok_ns = duration(i["success"])
+    queued, queue_ns = duration(i["queue"])
+    computed, compute_ns = duration(i["compute_infer"])
+    assert ok > 0 and ok_ns > 0, (model, "success not timed", stat)
+    assert queued == ok and computed == ok, (model, "counted per request", stat)
+    assert 0 < compute_ns and queue_ns + compute_ns <= ok_ns, (model, "phases within", stat)
+    last = int(stat.get("last_inference", 0))
+    assert since_ms <= last <= now_ms + 1, (model, "last_inference", since_ms, last, now_ms)
+    executions = int(stat["execution_count"])
+    per_size = [duration(b["compute_infer"]) for b in stat["batch_stats"]]
+    assert sum(n for n, _ in per_size) == executions, (model, "executions", stat)
+    assert all(ns > 0 for _, ns in per_size), (model, "batch sizes not timed", stat)

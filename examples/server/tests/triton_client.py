@@ -3,8 +3,9 @@
 a running kiln-server that serves the real-model corpus: health, server and model metadata,
 model config, inference with JSON and with binary tensors (plain, and gzip and deflate both
 ways) compared to Python onnxruntime's golden outputs, output selection with binary_data,
-Triton's classification extension (class_count), the request's timeout parameter, the
-errors the client parses, and what it is told of Triton's extensions kiln does not serve.
+Triton's classification extension (class_count), statistics timed as Triton times them, the
+request's timeout parameter, the errors the client parses, and what it is told of Triton's
+extensions kiln does not serve.
 
 Usage: triton_client.py HOST:PORT CORPUS_DIR MODEL [MODEL ...]
 Exits non-zero with a message on the first check that fails.
@@ -12,15 +13,17 @@ Exits non-zero with a message on the first check that fails.
 import json
 import os
 import sys
+import time
 
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from corpus_golden import (DTYPES, check_classes, check_close, label_file, load_golden,
-                           load_labels)
+from corpus_golden import (DTYPES, check_classes, check_close, check_timed_stats, label_file,
+                           load_golden, load_labels)
 
 
 def main():
+    since_ms = int(time.time() * 1000)
     url, corpus, models = sys.argv[1], sys.argv[2], sys.argv[3:]
     with open(os.path.join(corpus, "corpus.json")) as f:
         entries = {m["name"]: m for m in json.load(f)["models"]}
@@ -114,8 +117,11 @@ def main():
         except InferenceServerException as e:
             assert e.status() == "400", (model, e.status(), e.message())
             assert name in e.message(), e.message()
+        stats = client.get_inference_statistics(model)["model_stats"]
+        assert len(stats) == 1 and stats[0]["name"] == model, stats
+        check_timed_stats(model, stats[0], since_ms)
         print(f"triton_client: {model} ok (metadata, config, JSON, binary, compressed, outputs, "
-              "classes, errors)")
+              "classes, errors, stats)")
 
     try:
         client.get_model_metadata("no-such-model")

@@ -17,6 +17,7 @@ import json
 import os
 import queue
 import sys
+import time
 
 import grpc
 import numpy as np
@@ -24,8 +25,8 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from corpus_golden import (DTYPES, check_classes, check_close, label_file, load_golden,
-                           load_labels)
+from corpus_golden import (DTYPES, check_classes, check_close, check_timed_stats, label_file,
+                           load_golden, load_labels)
 
 TYPED_FIELD = {"FP32": "fp32_contents", "INT64": "int64_contents", "INT32": "int_contents"}
 
@@ -51,6 +52,7 @@ def health(channel, service):
 
 
 def main():
+    since_ms = int(time.time() * 1000)
     url, corpus, models = sys.argv[1], sys.argv[2], sys.argv[3:]
     with open(os.path.join(corpus, "corpus.json")) as f:
         entries = {m["name"]: m for m in json.load(f)["models"]}
@@ -164,6 +166,7 @@ def main():
         assert len(stats) == 1 and stats[0]["name"] == model, stats
         assert int(stats[0]["inference_count"]) >= 3, stats
         assert int(stats[0]["inference_stats"]["success"]["count"]) >= 3, stats
+        check_timed_stats(model, stats[0], since_ms)
         print(f"triton_grpc: {model} ok (metadata, config, raw, compressed, typed, outputs, classes, "
               "errors, stats)")
 

@@ -38,6 +38,29 @@ pub struct BatcherStats {
     pub padded_elements: u64,
     /// Real elements of padded inputs.
     pub real_elements: u64,
+    /// Nanoseconds the succeeded requests took, each from entering the queue to its outputs
+    /// being ready, summed (Triton's `success.ns`).
+    pub success_ns: u64,
+    /// Nanoseconds the succeeded requests waited in the queue before their batch started,
+    /// summed (Triton's `queue.ns`).
+    pub queue_ns: u64,
+    /// Nanoseconds the requests answered with an error after reaching the model, or failed by
+    /// their deadline, took from entering the queue, summed.
+    pub fail_ns: u64,
+    /// Nanoseconds the batch of each succeeded request ran (stacking, the model, splitting),
+    /// summed over the succeeded requests: a batch of eight counts eight times, as Triton's
+    /// per-request `compute_infer.ns`.
+    pub compute_ns: u64,
+    /// Nanoseconds the batches of each size ran, summed over batches (index = rows, as
+    /// `batch_sizes`).
+    pub batch_ns: Vec<u64>,
+    /// When the last batch finished, in milliseconds since the Unix epoch (0 before the first).
+    pub last_inference_ms: u64,
+}
+
+/// A duration in whole nanoseconds (`u64::MAX` past 584 years).
+pub(crate) fn nanos(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Everything behind the lock.
@@ -102,13 +125,18 @@ impl Shared {
         if dropped.is_empty() {
             return;
         }
-        let expired = dropped
+        let now = std::time::Instant::now();
+        let (expired, waited) = dropped
             .iter()
-            .filter(|d| matches!(d, Dropped::Expired(_)))
-            .count() as u64;
+            .filter_map(|d| match d {
+                Dropped::Expired(p) => Some(nanos(now.saturating_duration_since(p.enqueued))),
+                Dropped::Cancelled(_) => None,
+            })
+            .fold((0u64, 0u64), |(n, ns), w| (n + 1, ns.saturating_add(w)));
         {
             let mut st = lock(&self.state);
             st.stats.expired += expired;
+            st.stats.fail_ns = st.stats.fail_ns.saturating_add(waited);
             st.stats.cancelled += dropped.len() as u64 - expired;
             self.mirror_depth(&st);
         }

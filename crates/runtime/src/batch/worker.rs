@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::backend::Backend;
 use super::metrics::Outcome;
 use super::queue::{Pending, Take};
-use super::shared::{lock, Shared};
+use super::shared::{lock, nanos, Shared};
 use super::stack::{self, Scratch};
 use super::wait::spin_until;
 use crate::error::{Error, Result};
@@ -112,6 +112,15 @@ fn next_batch(shared: &Shared) -> Option<Vec<Pending>> {
     }
 }
 
+/// A batch's requests, counted and timed (nanoseconds summed) before the lock is taken.
+#[derive(Default)]
+struct Timed {
+    ok: u64,
+    success_ns: u64,
+    queue_ns: u64,
+    fail_ns: u64,
+}
+
 /// Runs a batch under the panic boundary, then counts and answers it; the instance is idle
 /// again whatever happened.
 fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, scratch: &mut Scratch) {
@@ -130,27 +139,52 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, scra
                 .collect()
         }
     };
-    let compute = started.elapsed();
-    let ns = u64::try_from(compute.as_nanos()).unwrap_or(u64::MAX);
+    let done = Instant::now();
+    let compute = done.saturating_duration_since(started);
+    let ns = nanos(compute);
     let old = shared.compute_ewma_ns.load(Ordering::Relaxed);
     let ewma = if old == 0 { ns } else { old - old / 8 + ns / 8 };
     shared.compute_ewma_ns.store(ewma, Ordering::Relaxed);
 
-    // Count first, answer second: a caller that sees its answer also sees it counted.
-    let ok = results.iter().filter(|r| r.is_ok()).count() as u64;
+    // Count first, answer second: a caller that sees its answer also sees it counted (and
+    // timed, to its outputs being ready).
+    let mut timed = Timed::default();
+    for (p, result) in batch.iter().zip(&results) {
+        let took = nanos(done.saturating_duration_since(p.enqueued));
+        if result.is_ok() {
+            timed.ok += 1;
+            timed.success_ns = timed.success_ns.saturating_add(took);
+            let waited = nanos(started.saturating_duration_since(p.enqueued));
+            timed.queue_ns = timed.queue_ns.saturating_add(waited);
+        } else {
+            timed.fail_ns = timed.fail_ns.saturating_add(took);
+        }
+    }
+    let ok = timed.ok;
     let failed = results.len() as u64 - ok;
+    let finished_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     {
         let mut st = lock(&shared.state);
         st.idle += 1;
-        st.stats.succeeded += ok;
-        st.stats.failed += failed;
-        st.stats.batches += 1;
-        st.stats.rows += total_rows as u64;
+        let stats = &mut st.stats;
+        stats.succeeded += ok;
+        stats.failed += failed;
+        stats.batches += 1;
+        stats.rows += total_rows as u64;
+        stats.success_ns = stats.success_ns.saturating_add(timed.success_ns);
+        stats.queue_ns = stats.queue_ns.saturating_add(timed.queue_ns);
+        stats.fail_ns = stats.fail_ns.saturating_add(timed.fail_ns);
+        stats.compute_ns = stats.compute_ns.saturating_add(ns.saturating_mul(ok));
+        stats.last_inference_ms = stats.last_inference_ms.max(finished_ms);
         if total_rows < MAX_TRACKED_SIZE {
-            if st.stats.batch_sizes.len() <= total_rows {
-                st.stats.batch_sizes.resize(total_rows + 1, 0);
+            if stats.batch_sizes.len() <= total_rows {
+                stats.batch_sizes.resize(total_rows + 1, 0);
+                stats.batch_ns.resize(total_rows + 1, 0);
             }
-            st.stats.batch_sizes[total_rows] += 1;
+            stats.batch_sizes[total_rows] += 1;
+            stats.batch_ns[total_rows] = stats.batch_ns[total_rows].saturating_add(ns);
         }
         let secs = compute.as_secs_f64().max(1e-9);
         let rate = (ok + failed) as f64 / secs * shared.settings.config.instances as f64;

@@ -1,8 +1,10 @@
 //! Triton's statistics and repository-index extensions, for both protocols: what
 //! `get_inference_statistics` and `get_model_repository_index` return, built from the runtime's
-//! counters and model states. kiln counts requests, batches and rows per batch size exactly;
-//! it does not time phases per request (the `ns` fields are 0): latency is in `/metrics`
-//! (`kiln_request_duration_seconds`, `kiln_queue_duration_seconds`, `kiln_compute_duration_seconds`).
+//! counters and model states. kiln counts requests, batches and rows per batch size exactly, and
+//! times them as Triton does, with one difference: a batch's stacking, run and splitting are
+//! timed as one, in `compute_infer` (`compute_input` and `compute_output` count, with `ns` 0).
+//! Requests are timed from entering the batcher's queue to their outputs being ready (decoding
+//! and encoding are in `/metrics`' `kiln_request_duration_seconds`).
 
 use std::sync::Arc;
 
@@ -34,30 +36,33 @@ pub(crate) fn statistics(
         .iter()
         .filter_map(|h| {
             let st = h.stats()?;
-            let count = |count: u64| Some(pb::StatisticDuration { count, ns: 0 });
+            let timed = |count: u64, ns: u64| Some(pb::StatisticDuration { count, ns });
+            let count = |count: u64| timed(count, 0);
             Some(pb::ModelStatistics {
                 name: h.name().to_owned(),
                 version: h.current_version().unwrap_or_default(),
-                last_inference: 0,
+                last_inference: st.last_inference_ms,
                 inference_count: st.rows,
                 execution_count: st.batches,
+                // Per request, as Triton's: each succeeded request counts its batch's time.
                 inference_stats: Some(pb::InferStatistics {
-                    success: count(st.succeeded),
-                    fail: count(st.failed + st.expired + st.overloaded),
-                    queue: count(st.succeeded),
-                    compute_input: count(st.batches),
-                    compute_infer: count(st.batches),
-                    compute_output: count(st.batches),
+                    success: timed(st.succeeded, st.success_ns),
+                    fail: timed(st.failed + st.expired + st.overloaded, st.fail_ns),
+                    queue: timed(st.succeeded, st.queue_ns),
+                    compute_input: count(st.succeeded),
+                    compute_infer: timed(st.succeeded, st.compute_ns),
+                    compute_output: count(st.succeeded),
                 }),
                 batch_stats: st
                     .batch_sizes
                     .iter()
+                    .zip(&st.batch_ns)
                     .enumerate()
-                    .filter(|&(_, &n)| n > 0)
-                    .map(|(rows, &n)| pb::InferBatchStatistics {
+                    .filter(|&(_, (&n, _))| n > 0)
+                    .map(|(rows, (&n, &ns))| pb::InferBatchStatistics {
                         batch_size: rows as u64,
                         compute_input: count(n),
-                        compute_infer: count(n),
+                        compute_infer: timed(n, ns),
                         compute_output: count(n),
                     })
                     .collect(),
