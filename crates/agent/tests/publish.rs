@@ -891,9 +891,8 @@ fn listing_needs_verify_false_and_s3_keys_that_would_escape_are_refused() {
     let moto = Moto::start().expect("moto_server is required for this test");
     let endpoint = format!("http://127.0.0.1:{}", moto.port);
     let store = moto.store("lists", "test");
+    moto.create_bucket("lists");
     rt().block_on(async {
-        let client = TcpStream::connect(("127.0.0.1", moto.port)).expect("connect");
-        http_request(client, "PUT", "/lists");
         for key in [
             "good/1/model.onnx",
             "bad/1/model.onnx",

@@ -198,8 +198,11 @@ fn shutdown_is_bounded_by_its_budget_even_with_a_batch_running() {
     let _ = client.join();
     let log = std::fs::read_to_string(&log_path).expect("log");
     assert!(status.success(), "exit: {status:?}\n{log}");
+    // Well short of the batch's end (it has 7/8 of its run left when the signal comes), with
+    // room for a busy machine: a debug server beside other tests' ONNX Runtime threads.
+    let bound = Duration::from_millis(1500).max(runs_for / 2);
     assert!(
-        took < Duration::from_millis(1500),
+        took < bound,
         "shutdown took {took:?} with a budget of 0.5 s (the batch of {rows} rows runs for about {runs_for:?})\n{log}"
     );
     assert!(log.contains("shutdown budget ran out"), "{log}");

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use common::{
-    framed, framed_as, free_port, http, proc_status_mib, publish, sigterm, start_ready, Frames,
+    framed, framed_as, free_ports, http, proc_status_mib, publish, sigterm, start_ready, Frames,
     Liveness, Server, PROBE_LIMIT,
 };
 use http_body_util::{BodyExt as _, Full};
@@ -210,7 +210,7 @@ fn serve_models(
     let path = root.path().join("settings.yaml");
     std::fs::write(&path, settings).expect("settings");
     let path = path.to_string_lossy().into_owned();
-    let (port, grpc) = (free_port(), free_port());
+    let [port, grpc] = free_ports();
     let grpc_listen = format!("127.0.0.1:{grpc}");
     let mut all = vec!["--grpc-listen", &grpc_listen, "--config", &path];
     all.extend_from_slice(args);
@@ -1119,7 +1119,7 @@ async fn unary_messages_are_timed_from_their_share_and_a_late_one_is_deadline_ex
 async fn a_stream_message_that_stops_arriving_is_cut_at_the_body_timeout() {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
-    let (port, grpc) = (free_port(), free_port());
+    let [port, grpc] = free_ports();
     let grpc_listen = format!("127.0.0.1:{grpc}");
     let _server = Server {
         child: start_ready(

@@ -23,7 +23,7 @@ use std::io::{Read as _, Write as _};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{framed, free_port, publish, start_ready, venv_python, Frames, Server};
+use common::{framed, free_ports, publish, start_ready, venv_python, Frames, Server};
 use http_body_util::{BodyExt as _, Full};
 use kiln::http::grpc::pb;
 use prost::Message as _;
@@ -33,7 +33,7 @@ use prost::Message as _;
 fn serve(args: &[&str]) -> (tempfile::TempDir, Server, u16) {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
-    let (port, grpc) = (free_port(), free_port());
+    let [port, grpc] = free_ports();
     let grpc_listen = format!("127.0.0.1:{grpc}");
     let mut all = vec!["--drain-delay-s", "0", "--grpc-listen", &grpc_listen];
     all.extend_from_slice(args);
@@ -473,7 +473,7 @@ fn a_keep_alive_connection_waits_for_its_next_request_at_most_the_header_timeout
 fn tritonclient_grpc_carries_on_after_an_idle_close() {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
-    let (port, grpc) = (free_port(), free_port());
+    let [port, grpc] = free_ports();
     let grpc_listen = format!("127.0.0.1:{grpc}");
     let log_path = root.path().join("server.log");
     let log = std::fs::File::create(&log_path).expect("log");

@@ -40,10 +40,16 @@ def serve():
         [Passthrough(args.model_name)])
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n):
+    """`n` different free loopback ports (each held until all are chosen)."""
+    held = [socket.socket() for _ in range(n)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
 
 
 def get(url):
@@ -61,13 +67,13 @@ def check(protocol, predictor, corpus, model):
 
     with open(os.path.join(corpus, "corpus.json")) as f:
         tol = {m["name"]: m for m in json.load(f)["models"]}[model]["tolerance"]
-    port = free_port()
+    port, grpc_port = free_ports(2)
     # The transformer's log goes to a file: a pipe nobody reads would fill and stall it.
     log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", "--model_name", model, "--predictor_host", predictor,
          "--predictor_protocol", protocol, "--enable_predictor_health_check",
-         "--http_port", str(port), "--grpc_port", str(free_port())],
+         "--http_port", str(port), "--grpc_port", str(grpc_port)],
         stdout=log, stderr=subprocess.STDOUT)
 
     def log_text():

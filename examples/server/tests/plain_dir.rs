@@ -13,7 +13,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{assert_classes_named, free_port, http, ort_env, repo_root};
+use common::{assert_classes_named, free_port, free_ports, http, ort_env, repo_root};
 
 struct Server(std::process::Child, tempfile::NamedTempFile);
 
@@ -27,6 +27,20 @@ impl Drop for Server {
 impl Server {
     fn log(&self) -> String {
         std::fs::read_to_string(self.1.path()).unwrap_or_default()
+    }
+
+    /// Whether the log says `text` within `limit`. A refused load is waited for in the log, not
+    /// as "not ready within a few seconds": a debug server on a busy machine may not have
+    /// tried the load by then, and "not ready" would pass without it.
+    fn logged_within(&self, text: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while !self.log().contains(text) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
     }
 }
 
@@ -126,17 +140,17 @@ fn the_right_digest_serves_a_wrong_one_never_does() {
         port,
     );
     assert!(
-        !ready_within(port, Duration::from_secs(3)),
+        server.logged_within("checksum mismatch", Duration::from_secs(60)),
+        "{}",
+        server.log()
+    );
+    assert!(
+        !ready_within(port, Duration::from_secs(1)),
         "a wrong digest served"
     );
     assert_eq!(
         http(port, "GET", "/v2/models/mlp/ready", "").map(|r| r.0),
         Some(503)
-    );
-    assert!(
-        server.log().contains("checksum mismatch"),
-        "{}",
-        server.log()
     );
 }
 
@@ -255,8 +269,12 @@ fn never_ready_under_verify(dir: &std::path::Path, name: &str, model: &str, unpi
     let digest = sha256(&dir.join(model));
     let port = free_port();
     let server = start(dir, name, &["--verify", &format!("sha256:{digest}")], port);
-    assert!(!ready_within(port, Duration::from_secs(3)));
-    assert!(server.log().contains(unpinned), "{}", server.log());
+    assert!(
+        server.logged_within(unpinned, Duration::from_secs(60)),
+        "{}",
+        server.log()
+    );
+    assert!(!ready_within(port, Duration::from_secs(1)));
 }
 
 #[test]
@@ -280,7 +298,7 @@ fn the_shipped_kserve_runtime_and_inference_service_start_the_server() {
     // /mnt/models as the storage initializer leaves it for this InferenceService.
     let mnt = plain(&["real/magika.onnx"]);
     let tmp = tempfile::tempdir().expect("TMPDIR");
-    let (port, grpc) = (free_port(), free_port());
+    let [port, grpc] = free_ports();
     let args: Vec<String> = container["args"]
         .as_sequence()
         .expect("runtime args")
@@ -439,13 +457,13 @@ fn a_signed_directory_serves_with_its_external_data_and_tampering_never_does() {
     let port = free_port();
     let server = signed(port);
     assert!(
-        !ready_within(port, Duration::from_secs(3)),
-        "a tampered graph served"
-    );
-    assert!(
-        server.log().contains("checksum mismatch"),
+        server.logged_within("checksum mismatch", Duration::from_secs(60)),
         "{}",
         server.log()
+    );
+    assert!(
+        !ready_within(port, Duration::from_secs(1)),
+        "a tampered graph served"
     );
     drop(server);
     std::fs::write(&graph, &original).expect("restore");

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{free_port, http, publish, run_checks, start_ready, venv_python};
+use common::{free_ports, http, publish, run_checks, start_ready, venv_python};
 
 /// A magika request of `rows` rows with `parameters`.
 fn body(rows: usize, parameters: &str) -> String {
@@ -31,7 +31,7 @@ fn a_high_priority_request_overtakes_a_low_priority_one_queued_before_it() {
         "session: {intra_op_threads: 1}\nbatch: {instances: 1, max_batch_size: 256, priority_levels: 2}\n",
     )
     .expect("settings");
-    let (port, grpc) = (free_port(), free_port());
+    let [port, grpc] = free_ports();
     let grpc_listen = format!("127.0.0.1:{grpc}");
     let mut child = start_ready(
         root.path(),

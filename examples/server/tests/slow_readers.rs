@@ -21,7 +21,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{framed, free_port, publish, start_ready, Frames, Server};
+use common::{framed, free_ports, publish, start_ready, Frames, Server};
 use http_body_util::{BodyExt as _, Full};
 use kiln::http::grpc::pb;
 use prost::Message as _;
@@ -38,7 +38,7 @@ fn serve(args: &[&str]) -> (tempfile::TempDir, Server, u16) {
     let settings = root.path().join("settings.yaml");
     std::fs::write(&settings, "models:\n  int64: {max_batch_size: 200000}\n").expect("settings");
     let settings = settings.to_string_lossy().into_owned();
-    let (port, grpc) = (free_port(), free_port());
+    let [port, grpc] = free_ports();
     let grpc_listen = format!("127.0.0.1:{grpc}");
     let send_timeout = SEND_TIMEOUT.as_secs().to_string();
     let mut all = vec![

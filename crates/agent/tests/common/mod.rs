@@ -121,11 +121,21 @@ impl Moto {
             .expect("s3 client")
     }
 
-    /// Creates `bucket` (moto creates buckets on a plain PUT).
+    /// Creates `bucket` (moto creates buckets on a plain PUT). Listening is not yet serving:
+    /// moto's first answer can take seconds (two starting at once on two cores), so the PUT
+    /// is tried again until it is answered 200, for up to 60 s.
     pub(crate) fn create_bucket(&self, bucket: &str) {
-        let client = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        let answer = http_request(client, "PUT", &format!("/{bucket}"));
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = TcpStream::connect(("127.0.0.1", self.port))
+                .map(|client| http_request(client, "PUT", &format!("/{bucket}")))
+                .unwrap_or_else(|e| e.to_string());
+            if answer.starts_with("HTTP/1.1 200") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "bucket {bucket}: {answer}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     pub(crate) fn start() -> Option<Self> {

@@ -95,7 +95,7 @@ impl CorpusServer {
         let names = publish_corpus(root.path());
         publish(root.path(), "dtypes", "1", "dtypes.onnx");
         publish(root.path(), "strings", "1", "strings.onnx");
-        let (port, grpc) = (free_port(), free_port());
+        let [port, grpc] = free_ports();
         let grpc = format!("127.0.0.1:{grpc}");
         let child = start_ready(
             root.path(),
@@ -247,10 +247,16 @@ pub(crate) fn swap_files(
 
 /// A free loopback port.
 pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
+    let [port] = free_ports();
+    port
+}
+
+/// `N` free loopback ports, all different: each is held until all are chosen (two ports
+/// picked one after the other, each freed at once, can be the same one).
+pub(crate) fn free_ports<const N: usize>() -> [u16; N] {
+    let held: [std::net::TcpListener; N] =
+        std::array::from_fn(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"));
+    held.map(|l| l.local_addr().expect("port").port())
 }
 
 /// A started `kiln-server` process, killed when dropped (a failed assertion leaves none
@@ -306,7 +312,12 @@ pub(crate) fn start_logging(
         if let Ok(Some(status)) = child.try_wait() {
             panic!("kiln-server exited before it was ready: {status}");
         }
-        assert!(std::time::Instant::now() < deadline, "never ready");
+        if std::time::Instant::now() > deadline {
+            // Not left running: it would hold its ports for the rest of the binary.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("never ready");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     child
