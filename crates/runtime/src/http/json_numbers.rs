@@ -8,7 +8,8 @@
 //! this scanner takes about 28 ns (release build, this project's 2-core VM): eight digits at
 //! a time (SWAR), and for FP32 a shortcut to the same `f32` (see [`Decimal::to_f32`]). It
 //! accepts only what it is sure of — nested arrays of numbers in JSON's grammar, each becoming
-//! a `T` exactly as serde's reading gives it — and answers `None` for anything else (a
+//! a `T` exactly as serde's reading gives it, and, into floats only, `NaN`, `Infinity` and
+//! `-Infinity` as Triton reads them (serde refuses those) — and answers `None` for anything else (a
 //! string, `null`, an object, malformed text, a value that is not a `T`, too many values,
 //! deep nesting, a number out of range), so the caller reads the text again through serde,
 //! which gives the same values and the same refusals as it always did. Only refused or
@@ -71,6 +72,14 @@ fn scan<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Option<()> {
                 i += 1;
                 depth -= 1;
             }
+            c if c == b'N' || c == b'I' || (c == b'-' && b.get(i + 1) == Some(&b'I')) => {
+                let (v, end) = non_finite(b, i)?;
+                if out.len() == limit {
+                    return None;
+                }
+                out.push(T::from_f64(v)?);
+                i = end;
+            }
             b'-' | b'0'..=b'9' => {
                 let (n, end) = number(raw, i)?;
                 if out.len() == limit {
@@ -100,6 +109,23 @@ fn scan<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Option<()> {
             }
         }
     }
+}
+
+/// The non-finite value spelled at `b[i]` as Triton (rapidjson's `kParseNanAndInfFlag`) and
+/// Python's `json.dumps` spell it — `NaN`, `Infinity`, `-Infinity` — and the index after it.
+/// Not JSON, but what a Python client sends for a missing value or an overflow, and what
+/// Triton and TensorFlow Serving read and write; only floating-point elements take it
+/// (`Leaf::from_f64`).
+#[inline]
+fn non_finite(b: &[u8], i: usize) -> Option<(f64, usize)> {
+    [
+        (&b"NaN"[..], f64::NAN),
+        (b"Infinity", f64::INFINITY),
+        (b"-Infinity", f64::NEG_INFINITY),
+    ]
+    .into_iter()
+    .find(|(word, _)| b[i..].starts_with(word))
+    .map(|(word, v)| (v, i + word.len()))
 }
 
 /// The index of the first byte from `i` that is not JSON whitespace.
@@ -359,5 +385,32 @@ mod tests {
         for bad in ["-", "01", "-01", "1.", ".5", "1e", "1e+", "-a", "1.e5"] {
             assert_eq!(n(bad).filter(|&(_, end)| end == bad.len()), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn non_finite_values_are_read_as_triton_and_python_write_them_into_floats_only() {
+        let got = read::<f32>("[NaN, Infinity,[-Infinity, 1.5]]", 9).expect("floats");
+        assert!(got[0].is_nan());
+        assert_eq!(got[1..], [f32::INFINITY, f32::NEG_INFINITY, 1.5]);
+        let half = read::<half::f16>("[-Infinity]", 9).expect("half");
+        assert_eq!(half, [half::f16::NEG_INFINITY]);
+        assert!(read::<f64>("[NaN]", 9).expect("f64")[0].is_nan());
+        // Not a float: serde decides (and refuses).
+        assert_eq!(read::<i64>("[NaN]", 9), None);
+        assert_eq!(read::<bool>("[Infinity]", 9), None);
+        // Only those three words, whole.
+        for bad in [
+            "[nan]",
+            "[Inf]",
+            "[NaNa]",
+            "[-NaN]",
+            "[Infinityy]",
+            "[+Infinity]",
+            "[-I]",
+        ] {
+            assert_eq!(read::<f32>(bad, 9), None, "{bad}");
+        }
+        // Counted against the limit as any value.
+        assert_eq!(read::<f32>("[NaN, NaN]", 1), None);
     }
 }
