@@ -214,13 +214,27 @@ fn hostile_bodies_get_clear_4xx_and_memory_stays_bounded() {
         assert!(out.contains("error"), "{out}");
     }
 
-    // NaN and infinities: not JSON numbers (refused); as strings, not numbers (refused).
-    for data in ["[NaN]", "[Infinity]", "[\"NaN\"]", "[1e999]"] {
+    // NaN and infinities as Triton reads them (`NaN`, `Infinity`, `-Infinity`: not JSON, but
+    // what Python's json writes) are read, and answered as strict JSON; as strings, or a
+    // number out of range, refused.
+    for (value, want) in [
+        ("NaN", 200),
+        ("Infinity", 200),
+        ("-Infinity", 200),
+        ("nan", 400),
+        ("\"NaN\"", 400),
+        ("1e999", 400),
+    ] {
+        let data = vec![value; 16].join(",");
         let body = format!(
-            "{{\"inputs\":[{{\"name\":\"x\",\"shape\":[1,1],\"datatype\":\"FP32\",\"data\":{data}}}]}}"
+            "{{\"inputs\":[{{\"name\":\"x\",\"shape\":[1,16],\"datatype\":\"FP32\",\"data\":[{data}]}}]}}"
         );
         let (code, out) = infer(&body);
-        assert_eq!(code, 400, "{data}: {out}");
+        assert_eq!(code, want, "{value}: {out}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&out).is_ok(),
+            "{value}: {out}"
+        );
     }
     // NaN through the binary extension is a valid float: a well-formed answer (JSON has no
     // NaN, so it comes back as null), never a crash.

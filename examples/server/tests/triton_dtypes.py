@@ -2,8 +2,8 @@
 """Every further v2 datatype (FP16, BF16, INT16, UINT16, UINT32, UINT64) through Triton's own
 clients against a running kiln-server serving testdata/dtypes.onnx (y16 = 2 * h in float16,
 the other inputs returned unchanged by Identity): HTTP with JSON and binary data, gRPC with
-raw contents and (for the integer types) typed contents; NaN and infinities in JSON both
-ways. Then BYTES against
+raw contents and (for the integer types) typed contents; NaN and infinities in JSON data.
+Then BYTES against
 testdata/strings.onnx (`echo` = text, `ids` = LabelEncoder of text, `label` = LabelEncoder of
 the int64 `n`), every way a Triton client sends strings, and a request of more strings than
 the server's limit refused as each client parses it.
@@ -65,16 +65,19 @@ def main():
         check(http.infer(model, req, outputs=outs), ins, f"http {'binary' if binary else 'json'}")
 
     # Not finite: NaN, Infinity and -Infinity as the client's JSON writes them (Python's json,
-    # which Triton reads), and answered the same way, each infinity keeping its sign.
+    # which Triton reads), read exactly (the answer in binary: JSON answers write them as null,
+    # which every JSON parser reads).
     odd = dict(ins, h=("FP16", np.array([[np.nan, np.inf, -np.inf, 1.5]] * 3, dtype=np.float16)))
     req = []
     for name, (dt, value) in odd.items():
         t = httpclient.InferInput(name, list(value.shape), dt)
         t.set_data_from_numpy(value, binary_data=dt == "BF16")
         req.append(t)
-    y16 = http.infer(model, req, outputs=[httpclient.InferRequestedOutput("y16", binary_data=False)]).as_numpy("y16")
+    y16 = http.infer(model, req, outputs=[httpclient.InferRequestedOutput("y16", binary_data=True)]).as_numpy("y16")
     want = odd["h"][1] * 2
     assert np.isnan(y16[:, 0]).all() and (y16[:, 1:] == want[:, 1:]).all(), y16
+    as_json = http.infer(model, req, outputs=[httpclient.InferRequestedOutput("y16", binary_data=False)])
+    assert np.isnan(as_json.as_numpy("y16")[:, :3]).all(), as_json.get_response()
     print("triton_dtypes: http json NaN and infinities ok")
 
     g = grpcclient.InferenceServerClient(url=grpc_url)

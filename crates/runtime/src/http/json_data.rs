@@ -10,8 +10,8 @@
 //! scanner of our own, about twice as fast); serde's visitor reads whatever it leaves, so the
 //! values and the refusals are serde's either way. [`Values`] writes a tensor's data as one
 //! flat array with no copy. One reading is the fast path's own: a float's `NaN`, `Infinity`
-//! and `-Infinity` (not JSON, but what Triton reads and writes and Python's `json` sends for
-//! them), which serde refuses; [`Float`] writes them back the same way.
+//! and `-Infinity` (not JSON, but what Triton reads and Python's `json` sends for them), which
+//! serde refuses; they are written as `null` (strict JSON, see [`Values`]).
 
 use std::fmt;
 
@@ -392,47 +392,19 @@ impl<'de, T: Leaf> Visitor<'de> for Flatten<'_, T> {
     }
 }
 
-/// A floating-point element as JSON: a number, or, not finite, `NaN`, `Infinity` or
-/// `-Infinity`, as Triton (rapidjson's `kWriteNanAndInfFlag`) and TensorFlow Serving write
-/// them and Python's `json` reads them. serde_json alone writes `null`, which a client reads
-/// back as neither (numpy makes it NaN, so an infinity lost its value and its sign).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Float(pub(crate) f64);
-
-impl Serialize for Float {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let x = self.0;
-        if x.is_finite() {
-            return s.serialize_f64(x);
-        }
-        let word = if x.is_nan() {
-            "NaN"
-        } else if x > 0.0 {
-            "Infinity"
-        } else {
-            "-Infinity"
-        };
-        // serde_json writes a struct of this name as its one field's text, unquoted: the
-        // protocol of its `RawValue` (which itself only takes valid JSON, so cannot be used).
-        // The tests pin what serde_json writes.
-        use serde::ser::SerializeStruct as _;
-        const RAW: &str = "$serde_json::private::RawValue";
-        let mut raw = s.serialize_struct(RAW, 1)?;
-        raw.serialize_field(RAW, word)?;
-        raw.end()
-    }
-}
-
 /// A tensor's data as one flat JSON array, written from the typed values (FP32 widened to
-/// f64, as `serde_json::Value` writes it; not finite, as [`Float`] writes it).
+/// f64, as `serde_json::Value` writes it; NaN and infinities as `null`: Triton writes `NaN`,
+/// `Infinity` and `-Infinity`, which are not JSON, and KServe's client (`orjson`) and every
+/// strict parser refuse the whole answer for them. The binary data extension and gRPC carry
+/// them exactly).
 #[derive(Debug)]
 pub struct Values(pub TensorData);
 
 impl Serialize for Values {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match &self.0 {
-            TensorData::F32(v) => s.collect_seq(v.iter().map(|&x| Float(f64::from(x)))),
-            TensorData::F64(v) => s.collect_seq(v.iter().map(|&x| Float(x))),
+            TensorData::F32(v) => s.collect_seq(v.iter().map(|&x| f64::from(x))),
+            TensorData::F64(v) => s.collect_seq(v),
             TensorData::I64(v) => s.collect_seq(v),
             TensorData::I32(v) => s.collect_seq(v),
             TensorData::I8(v) => s.collect_seq(v),
@@ -442,8 +414,8 @@ impl Serialize for Values {
             TensorData::U16(v) => s.collect_seq(v),
             TensorData::U32(v) => s.collect_seq(v),
             TensorData::U64(v) => s.collect_seq(v),
-            TensorData::F16(v) => s.collect_seq(v.iter().map(|&x| Float(x.to_f64()))),
-            TensorData::Bf16(v) => s.collect_seq(v.iter().map(|&x| Float(x.to_f64()))),
+            TensorData::F16(v) => s.collect_seq(v.iter().map(|&x| x.to_f64())),
+            TensorData::Bf16(v) => s.collect_seq(v.iter().map(|&x| x.to_f64())),
             TensorData::String(v) => s.collect_seq(v),
         }
     }
@@ -522,16 +494,16 @@ mod tests {
         let old = |v: serde_json::Value| v.to_string();
         let f = vec![0.1f32, -2.5, 1e-7];
         assert_eq!(json(TensorData::F32(f.clone())), old(serde_json::json!(f)));
-        // Not finite: as Triton and TensorFlow Serving write them (serde_json: `null`).
+        // Not finite: `null`, strict JSON (though read as `NaN`, `Infinity`, `-Infinity`).
         let odd = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
         assert_eq!(
             json(TensorData::F64([&[0.1][..], &odd].concat())),
-            "[0.1,NaN,Infinity,-Infinity]"
+            "[0.1,null,null,null]"
         );
         let odd32 = odd.map(|x| x as f32).to_vec();
-        assert_eq!(json(TensorData::F32(odd32)), "[NaN,Infinity,-Infinity]");
+        assert_eq!(json(TensorData::F32(odd32)), "[null,null,null]");
         let half = odd.map(half::f16::from_f64).to_vec();
-        assert_eq!(json(TensorData::F16(half)), "[NaN,Infinity,-Infinity]");
+        assert_eq!(json(TensorData::F16(half)), "[null,null,null]");
         assert_eq!(json(TensorData::I64(vec![-1, 2])), "[-1,2]");
         assert_eq!(json(TensorData::U8(vec![0, 255])), "[0,255]");
         assert_eq!(json(TensorData::Bool(vec![true, false])), "[true,false]");

@@ -9,15 +9,13 @@
 //!   object by output name, as TensorFlow Serving writes them.
 //! - Columns are answered as TensorFlow Serving answers them: `{"outputs": …}` with the one
 //!   output's whole tensor, or an object of every output's by name.
-//! - Values are written as v2 writes them (FP32 widened to `f64`; NaN and infinities as
-//!   `NaN`, `Infinity`, `-Infinity`, as TensorFlow Serving writes them), straight from
+//! - Values are written as v2 writes them (FP32 widened to `f64`; NaN as `null`), straight from
 //!   the tensors, nested as their shapes say. A `BYTES` output whose name ends in `_bytes` is
 //!   written as binary values, `{"b64": "..."}`, as TensorFlow Serving writes them.
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use crate::http::json_data::Float;
 use crate::tensor::{with_slice, TensorSlice};
 use crate::{ModelMetadata, NamedTensors, Tensor};
 
@@ -285,7 +283,7 @@ macro_rules! as_is {
         }
     )*};
 }
-as_is!(i64, i32, i8, u8, bool, i16, u16, u32, u64);
+as_is!(f64, i64, i32, i8, u8, bool, i16, u16, u32, u64);
 
 impl JsonValue for String {
     fn write<S: Serializer>(&self, s: S, binary: bool) -> Result<S::Ok, S::Error> {
@@ -306,12 +304,12 @@ macro_rules! widened {
     ($($t:ty),*) => {$(
         impl JsonValue for $t {
             fn write<S: Serializer>(&self, s: S, _: bool) -> Result<S::Ok, S::Error> {
-                Float(f64::from(*self)).serialize(s)
+                s.serialize_f64(f64::from(*self))
             }
         }
     )*};
 }
-widened!(f64, f32, half::f16, half::bf16);
+widened!(f32, half::f16, half::bf16);
 
 #[cfg(test)]
 mod tests {
@@ -366,7 +364,7 @@ mod tests {
         assert_eq!(per_row(&fixed, &boxes, 1), Ok(vec![false]));
         assert_eq!(
             text(boxes.clone(), vec![false], 1),
-            r#"{"predictions":[[[1.0,2.0],[3.0,4.0],[5.0,NaN]]]}"#
+            r#"{"predictions":[[[1.0,2.0],[3.0,4.0],[5.0,null]]]}"#
         );
         let (server_side, m) = per_row(&fixed, &boxes, 2).expect_err("two");
         assert!(
