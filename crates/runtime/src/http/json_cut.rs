@@ -9,9 +9,10 @@
 //! with each such array replaced by `[]`, and each input's values are read from the original
 //! text once serde has given its shape and datatype.
 //!
-//! Sure or nothing: a key with an escape, an array holding a `"` (strings, objects) or bytes
-//! that are not ASCII, nesting past [`MAX_DEPTH`], or anything else that is not the structure
-//! this walk expects gives `None`, and serde parses the body as it always did. The copy differs
+//! Sure or nothing: an input's `data` array holding a `"` (strings, objects) or bytes that
+//! are not ASCII, or nesting past [`MAX_DEPTH`], is left in place for serde (the other inputs'
+//! arrays are still cut); a key with an escape, or anything else that is not the structure
+//! this walk expects, gives `None`, and serde parses the body as it always did. The copy differs
 //! from the body only inside arrays found bracket-balanced and free of strings, and each of
 //! those is read (and so checked) before a request is accepted; a request refused this way is
 //! decoded again without the cut (`protocol::decode`), so refusals read exactly as before.
@@ -158,8 +159,13 @@ impl Walk<'_> {
             w.object(2, |w, key| {
                 if key == b"data" && w.peek()? == b'[' {
                     let start = w.i;
-                    w.i = array_end(w.b, start)?;
-                    data.push((index, start..w.i));
+                    let Some(end) = array_end(w.b, start) else {
+                        // Strings (a `BYTES` input), or text not sure to be numbers: left in
+                        // place for serde, walked over; the other inputs' arrays are still cut.
+                        return w.value(3);
+                    };
+                    w.i = end;
+                    data.push((index, start..end));
                     Some(())
                 } else {
                     w.value(3)
@@ -270,6 +276,18 @@ mod tests {
         assert!(json_cut.contains(r#""data": [9]"#), "{json_cut}");
         let v: serde_json::Value = serde_json::from_str(&json_cut).expect("still JSON");
         assert_eq!(v["inputs"][0]["data"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn an_array_of_strings_is_left_to_serde_and_the_others_still_cut() {
+        let json = r#"{"inputs": [{"name": "t", "data": ["a", "]b\"["]},
+            {"name": "x", "data": [1, NaN]}, {"name": "u", "data": [1, "é"]}]}"#;
+        let (json_cut, data) = cut_str(json).expect("cut");
+        assert_eq!(data, [(1, "[1, NaN]".to_owned())]);
+        let v: serde_json::Value = serde_json::from_str(&json_cut).expect("still JSON");
+        assert_eq!(v["inputs"][0]["data"], serde_json::json!(["a", "]b\"["]));
+        assert_eq!(v["inputs"][1]["data"], serde_json::json!([]));
+        assert_eq!(v["inputs"][2]["data"], serde_json::json!([1, "é"]));
     }
 
     #[test]

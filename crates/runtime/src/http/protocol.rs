@@ -870,10 +870,19 @@ mod tests {
             r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}, 5]}"#,
             r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]"#,
             r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2], "parameters": {"binary_data_size": 8}}]}"#,
+            // Strings beside numbers: the strings left to serde, the numbers cut.
+            r#"{"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a]"]}, {"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}"#,
+            r#"{"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a"]}, {"name": "x", "shape": [2], "datatype": "FP32", "data": [1,,2]}]}"#,
+            r#"{"inputs": [{"name": "t", "shape": [2], "datatype": "BYTES", "data": ["a", 1]}, {"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}"#,
         ] {
             let (with, without) = both_ways(body, None);
             assert_eq!(with, without, "{body}");
         }
+        // NaN beside strings: read (the fast path's reading), the strings as serde reads them.
+        let body = br#"{"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a"]}, {"name": "x", "shape": [2], "datatype": "FP32", "data": [NaN, -Infinity]}]}"#;
+        let (_, tensors) = decode(body, None, Limits::within(9)).expect("decoded");
+        let x = tensors[1].1.as_slice::<f32>().expect("f32");
+        assert!(x[0].is_nan() && x[1] == f32::NEG_INFINITY, "{x:?}");
         // Checks that come before the data is read answer as they did when serde refused the
         // whole body first (413 was 400), and a data array beside binary data is still
         // checked (was accepted).
