@@ -708,6 +708,7 @@ fn requests_and_batches_are_timed_for_tritons_statistics() {
     let st = b.stats().expect("serving");
     let ms = 1_000_000;
     assert_eq!((st.succeeded, st.failed), (3, 1), "{st:?}");
+    assert_eq!((st.succeeded_rows, st.rows), (3, 4), "{st:?}");
     assert_eq!(st.queue_ns + st.compute_ns, st.success_ns, "{st:?}");
     assert!(
         st.compute_ns >= 3 * 10 * ms,

@@ -29,6 +29,8 @@ pub struct BatcherStats {
     pub batches: u64,
     /// Rows run, summed over batches.
     pub rows: u64,
+    /// Rows of the succeeded requests (Triton's `inference_count`).
+    pub succeeded_rows: u64,
     /// How many batches had each size in rows (index = rows; sizes of 4096 rows and more are
     /// not kept).
     pub batch_sizes: Vec<u64>,

@@ -116,6 +116,7 @@ fn next_batch(shared: &Shared) -> Option<Vec<Pending>> {
 #[derive(Default)]
 struct Timed {
     ok: u64,
+    ok_rows: u64,
     success_ns: u64,
     queue_ns: u64,
     fail_ns: u64,
@@ -153,6 +154,7 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, scra
         let took = nanos(done.saturating_duration_since(p.enqueued));
         if result.is_ok() {
             timed.ok += 1;
+            timed.ok_rows += p.rows as u64;
             timed.success_ns = timed.success_ns.saturating_add(took);
             let waited = nanos(started.saturating_duration_since(p.enqueued));
             timed.queue_ns = timed.queue_ns.saturating_add(waited);
@@ -173,6 +175,7 @@ fn execute(shared: &Shared, backend: &mut dyn Backend, batch: Vec<Pending>, scra
         stats.failed += failed;
         stats.batches += 1;
         stats.rows += total_rows as u64;
+        stats.succeeded_rows += timed.ok_rows;
         stats.success_ns = stats.success_ns.saturating_add(timed.success_ns);
         stats.queue_ns = stats.queue_ns.saturating_add(timed.queue_ns);
         stats.fail_ns = stats.fail_ns.saturating_add(timed.fail_ns);

@@ -42,7 +42,7 @@ pub(crate) fn statistics(
                 name: h.name().to_owned(),
                 version: h.current_version().unwrap_or_default(),
                 last_inference: st.last_inference_ms,
-                inference_count: st.rows,
+                inference_count: st.succeeded_rows,
                 execution_count: st.batches,
                 // Per request, as Triton's: each succeeded request counts its batch's time.
                 inference_stats: Some(pb::InferStatistics {
