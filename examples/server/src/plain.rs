@@ -157,6 +157,12 @@ fn stage_in(dir: &Path, name: &str, verify: &Verify, scratch: &Path) -> Result<(
     let mut entries = Vec::new();
     for file in &files {
         let file_name = relative(file)?;
+        if file_name == kiln::layout::MANIFEST_FILE {
+            // A kiln manifest beside the model (a published version copied as a plain
+            // directory): the staged manifest takes its place. Linked, the staged one would be
+            // written through the link, over the model directory's file.
+            continue;
+        }
         let size = std::fs::metadata(file)
             .with_context(|| format!("stat {}", file.display()))?
             .len();

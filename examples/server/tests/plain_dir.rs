@@ -210,6 +210,28 @@ fn a_killed_servers_leftover_scratch_directory_is_never_served() {
     );
 }
 
+/// A kiln version copied as a plain directory (as KServe's storage initializer would copy a
+/// published one) holds a `kiln-manifest.json`: served, and the directory left as it was (the
+/// staged manifest was written through a link to it, over the model directory's file).
+#[test]
+fn a_manifest_in_the_model_directory_is_left_untouched() {
+    let dir = plain(&["mlp.onnx"]);
+    let theirs = dir.path().join(kiln::layout::MANIFEST_FILE);
+    std::fs::write(&theirs, "{\"kept\": true}").expect("manifest");
+    let port = free_port();
+    let server = start(dir.path(), "mlp", &["--no-verify"], port);
+    assert!(
+        ready_within(port, Duration::from_secs(60)),
+        "{}",
+        server.log()
+    );
+    drop(server);
+    assert_eq!(
+        std::fs::read_to_string(&theirs).expect("read"),
+        "{\"kept\": true}"
+    );
+}
+
 #[test]
 fn without_a_verification_choice_the_server_does_not_start() {
     let dir = plain(&["mlp.onnx"]);
