@@ -235,36 +235,14 @@ fn sigterm_is_answered_within_a_second_mid_hash_and_mid_download() {
     // Served slowly (64 chunks of 1 MiB, 50 ms apart: about 3 s), so the download is still
     // under way when the signal comes whatever the build (from a file:// source a release
     // build had published it by then).
-    let bytes = bytes::Bytes::from(std::fs::read(&file).expect("blob"));
-    let handler = move |method: axum::http::Method| {
-        let bytes = bytes.clone();
-        async move {
-            use axum::http::header;
-            use futures::StreamExt;
-            let headers = [
-                (header::ETAG, "\"e1\"".to_owned()),
-                (header::CONTENT_LENGTH, bytes.len().to_string()),
-            ];
-            if method == axum::http::Method::HEAD {
-                return (headers, axum::body::Body::empty());
-            }
-            let chunks = futures::stream::iter(0..64).then(move |i: usize| {
-                let chunk = bytes.slice(i << 20..(i + 1) << 20);
-                async move {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    Ok::<_, std::io::Error>(chunk)
-                }
-            });
-            (headers, axum::body::Body::from_stream(chunks))
-        }
-    };
     let server_rt = rt();
-    let addr = common::serve(
+    let bytes = bytes::Bytes::from(std::fs::read(&file).expect("blob"));
+    let (addr, _) = slow_source(
         &server_rt,
-        axum::Router::new().route(
-            "/model.onnx",
-            axum::routing::get(handler.clone()).head(handler),
-        ),
+        &["/model.onnx"],
+        bytes,
+        64,
+        Duration::from_millis(50),
     );
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -335,39 +313,15 @@ fn two_slow_models_sync_in_about_the_time_of_one() {
     // Each GET's body takes about 1.2 s (12 chunks, 100 ms apart): two models synced one
     // after the other never have two bodies streaming at once. (Counted, not timed: a ratio
     // of wall-clock times flaked beside the other tests' hashing and fsyncs on two cores.)
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static STREAMING: AtomicUsize = AtomicUsize::new(0);
-    static MOST: AtomicUsize = AtomicUsize::new(0);
     let server_rt = rt();
-    let handler = |method: axum::http::Method| async move {
-        use axum::http::header;
-        use futures::StreamExt;
-        let headers = [
-            (header::ETAG, "\"e1\"".to_owned()),
-            (
-                header::LAST_MODIFIED,
-                "Sun, 22 Nov 2026 12:00:00 GMT".to_owned(),
-            ),
-            (header::CONTENT_LENGTH, (12 * 1000).to_string()),
-        ];
-        if method == axum::http::Method::HEAD {
-            return (headers, axum::body::Body::empty());
-        }
-        let now = STREAMING.fetch_add(1, Ordering::SeqCst) + 1;
-        MOST.fetch_max(now, Ordering::SeqCst);
-        let chunks = futures::stream::iter(0..12).then(|i: u8| async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if i == 11 {
-                STREAMING.fetch_sub(1, Ordering::SeqCst);
-            }
-            Ok::<_, std::io::Error>(bytes::Bytes::from(vec![i; 1000]))
-        });
-        (headers, axum::body::Body::from_stream(chunks))
-    };
-    let app = axum::Router::new()
-        .route("/a/model.bin", axum::routing::get(handler).head(handler))
-        .route("/b/model.bin", axum::routing::get(handler).head(handler));
-    let addr = common::serve(&server_rt, app);
+    let body = bytes::Bytes::from(vec![7u8; 12 * 1000]);
+    let (addr, streams) = slow_source(
+        &server_rt,
+        &["/a/model.bin", "/b/model.bin"],
+        body,
+        12,
+        Duration::from_millis(100),
+    );
     let sync = |names: &[&str]| {
         let root = tempfile::tempdir().expect("root");
         let mut yaml = format!(
@@ -384,11 +338,11 @@ fn two_slow_models_sync_in_about_the_time_of_one() {
         t.elapsed()
     };
     let one = sync(&["a"]);
-    assert_eq!(MOST.swap(0, Ordering::SeqCst), 1);
+    assert_eq!(streams.most.swap(0, Ordering::SeqCst), 1);
     let two = sync(&["a", "b"]);
     eprintln!("one model {one:?}, two models {two:?}");
     assert_eq!(
-        MOST.load(Ordering::SeqCst),
+        streams.most.load(Ordering::SeqCst),
         2,
         "two models took {two:?}, one {one:?}: they did not sync concurrently"
     );
@@ -443,4 +397,67 @@ fn run_serves_the_endpoints_until_its_shutdown_future_resolves() {
         sent.elapsed()
     );
     assert!(get("/livez").is_none(), "the endpoints are gone");
+}
+
+/// How many bodies a [`slow_source`] is streaming now, and the most at once.
+#[derive(Default)]
+struct Streams {
+    now: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+}
+
+/// A slow HTTP source on `rt`: each of `paths` answers HEAD with `body`'s size and an ETag,
+/// and GET with `body` in `chunks` pieces, `gap` apart.
+fn slow_source(
+    rt: &tokio::runtime::Runtime,
+    paths: &[&str],
+    body: bytes::Bytes,
+    chunks: usize,
+    gap: Duration,
+) -> (std::net::SocketAddr, Arc<Streams>) {
+    let streams = Arc::new(Streams::default());
+    let handler = {
+        let streams = Arc::clone(&streams);
+        move |method: axum::http::Method| {
+            let (body, streams) = (body.clone(), Arc::clone(&streams));
+            async move {
+                use axum::http::header;
+                use futures::StreamExt;
+                let headers = [
+                    (header::ETAG, "\"e1\"".to_owned()),
+                    (
+                        header::LAST_MODIFIED,
+                        "Sun, 22 Nov 2026 12:00:00 GMT".to_owned(),
+                    ),
+                    (header::CONTENT_LENGTH, body.len().to_string()),
+                ];
+                if method == axum::http::Method::HEAD {
+                    return (headers, axum::body::Body::empty());
+                }
+                let now = streams.now.fetch_add(1, Ordering::SeqCst) + 1;
+                streams.most.fetch_max(now, Ordering::SeqCst);
+                let size = body.len().div_ceil(chunks);
+                let pieces = futures::stream::iter(0..chunks).then(move |i| {
+                    let piece =
+                        body.slice((i * size).min(body.len())..((i + 1) * size).min(body.len()));
+                    let streams = Arc::clone(&streams);
+                    async move {
+                        tokio::time::sleep(gap).await;
+                        if i + 1 == chunks {
+                            streams.now.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        Ok::<_, std::io::Error>(piece)
+                    }
+                });
+                (headers, axum::body::Body::from_stream(pieces))
+            }
+        }
+    };
+    let app = paths.iter().fold(axum::Router::new(), |app, path| {
+        app.route(
+            path,
+            axum::routing::get(handler.clone()).head(handler.clone()),
+        )
+    });
+    (common::serve(rt, app), streams)
 }

@@ -72,23 +72,23 @@ fn scan<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Option<()> {
                 i += 1;
                 depth -= 1;
             }
-            c if c == b'N' || c == b'I' || (c == b'-' && b.get(i + 1) == Some(&b'I')) => {
-                let (v, end) = non_finite(b, i)?;
+            c => {
+                let (value, end) =
+                    if c == b'N' || c == b'I' || (c == b'-' && b.get(i + 1) == Some(&b'I')) {
+                        let (v, end) = non_finite(b, i)?;
+                        (T::from_f64(v), end)
+                    } else if c == b'-' || c.is_ascii_digit() {
+                        let (n, end) = number(raw, i)?;
+                        (T::from_number(n), end)
+                    } else {
+                        return None;
+                    };
                 if out.len() == limit {
                     return None;
                 }
-                out.push(T::from_f64(v)?);
+                out.push(value?);
                 i = end;
             }
-            b'-' | b'0'..=b'9' => {
-                let (n, end) = number(raw, i)?;
-                if out.len() == limit {
-                    return None;
-                }
-                out.push(T::from_number(n)?);
-                i = end;
-            }
-            _ => return None,
         }
         // After a value: `,` and the next one, or `]` closing an array, or the end.
         loop {
@@ -114,8 +114,7 @@ fn scan<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Option<()> {
 /// The non-finite value spelled at `b[i]` as Triton (rapidjson's `kParseNanAndInfFlag`) and
 /// Python's `json.dumps` spell it — `NaN`, `Infinity`, `-Infinity` — and the index after it.
 /// Not JSON, but what a Python client sends for a missing value or an overflow, and what
-/// Triton and TensorFlow Serving read and write; only floating-point elements take it
-/// (`Leaf::from_f64`).
+/// Triton reads; only floating-point elements take it (`Leaf::from_f64`).
 #[inline]
 fn non_finite(b: &[u8], i: usize) -> Option<(f64, usize)> {
     [
