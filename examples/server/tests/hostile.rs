@@ -236,6 +236,34 @@ fn hostile_bodies_get_clear_4xx_and_memory_stays_bounded() {
             "{value}: {out}"
         );
     }
+    // The same in KServe's v1 (TensorFlow Serving reads them too), rows and columns; a word
+    // outside the values is refused, never read as anything.
+    let predict = |body: &str| http(port, "POST", "/v1/models/mlp:predict", body).expect("answer");
+    for (value, want) in [("NaN", 200), ("-Infinity", 200), ("nan", 400)] {
+        let row = vec![value; 16].join(",");
+        for body in [
+            format!("{{\"instances\":[[{row}],[{row}]]}}"),
+            format!("{{\"inputs\":[[{row}]]}}"),
+        ] {
+            let (code, out) = predict(&body);
+            assert_eq!(code, want, "{body}: {out}");
+            let answer: serde_json::Value = serde_json::from_str(&out).expect(&out);
+            if want == 200 {
+                assert!(
+                    answer
+                        .get("predictions")
+                        .or(answer.get("outputs"))
+                        .is_some(),
+                    "{out}"
+                );
+            }
+        }
+    }
+    let row = vec!["1"; 16].join(",");
+    let (code, out) = predict(&format!(
+        "{{\"instances\":[[{row}]],\"signature_name\":NaN}}"
+    ));
+    assert_eq!(code, 400, "{out}");
     // NaN through the binary extension is a valid float: a well-formed answer (JSON has no
     // NaN, so it comes back as null), never a crash.
     let mut bytes = Vec::new();

@@ -271,7 +271,15 @@ fn read_with_serde<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Result
     };
     match flatten.deserialize(&mut de).and_then(|()| de.end()) {
         Ok(()) => Ok(()),
-        Err(e) => Err(refusal.unwrap_or(Refusal::Malformed(e))),
+        // A non-finite word (which serde cannot read) where a float does not belong: named.
+        Err(e) => Err(
+            refusal.unwrap_or_else(|| match json_numbers::first_non_finite(raw) {
+                Some(word) if T::from_f64(f64::NAN).is_none() => {
+                    Refusal::NotA(word.to_owned(), T::WANTED)
+                }
+                _ => Refusal::Malformed(e),
+            }),
+        ),
     }
 }
 

@@ -15,6 +15,8 @@
 //! which gives the same values and the same refusals as it always did. Only refused or
 //! unusual bodies pay for two reads.
 
+use std::ops::Range;
+
 use super::json_data::Leaf;
 
 /// How deep the scanner nests before leaving the text to serde (whose limit is 128).
@@ -125,6 +127,172 @@ fn non_finite(b: &[u8], i: usize) -> Option<(f64, usize)> {
     .into_iter()
     .find(|(word, _)| b[i..].starts_with(word))
     .map(|(word, v)| (v, i + word.len()))
+}
+
+/// A body with each non-finite word outside its strings masked: see [`masked_non_finite`].
+pub(crate) struct Masked {
+    /// The copy serde walks.
+    pub(crate) json: Vec<u8>,
+    /// Where each masked word is (the same in the copy and the body).
+    words: Vec<Range<usize>>,
+}
+
+/// `json` with each non-finite word that stands outside a string ([`non_finite`]'s `NaN` and
+/// `Infinity`, and so the `Infinity` of `-Infinity`) replaced by a JSON number of its length
+/// (`0e0`, `0.000000`), so that serde can walk the structure of a body holding them; `None`
+/// when there is none, the body being JSON as it is. The copy differs from `json` in those
+/// bytes only: a value found in it is at the same place in `json`, and is read from there
+/// ([`Walked`]; by [`read_into`], which takes the words into floats only).
+pub(crate) fn masked_non_finite(json: &[u8]) -> Option<Masked> {
+    let mut masked: Option<Masked> = None;
+    for (at, end) in non_finite_words(json) {
+        let number: &[u8] = if end - at == 3 { b"0e0" } else { b"0.000000" };
+        let masked = masked.get_or_insert_with(|| Masked {
+            json: json.to_vec(),
+            words: Vec::new(),
+        });
+        masked.json[at..end].copy_from_slice(number);
+        masked.words.push(at..end);
+    }
+    masked
+}
+
+/// `json` parsed by serde as a `T`, and how it was walked: as it is or, when serde refuses it
+/// and it holds non-finite words, as its masked copy, kept in `slot`. A body serde reads as it
+/// is pays nothing more.
+///
+/// # Errors
+/// Serde's refusal of `json` as sent (its message) when neither parses.
+pub(crate) fn parse<'j, T: serde::Deserialize<'j>>(
+    json: &'j [u8],
+    slot: &'j mut Option<Masked>,
+) -> Result<(T, Walked<'j>), String> {
+    let refused = match serde_json::from_slice(json) {
+        Ok(t) => return Ok((t, Walked::Body)),
+        Err(e) => e.to_string(),
+    };
+    let Some(masked) = masked_non_finite(json) else {
+        return Err(refused);
+    };
+    let masked: &'j Masked = slot.insert(masked);
+    match serde_json::from_slice(&masked.json) {
+        Ok(t) => match std::str::from_utf8(json) {
+            Ok(body) => Ok((t, Walked::Copy { masked, body })),
+            Err(_) => Err(refused),
+        },
+        Err(_) => Err(refused),
+    }
+}
+
+/// The first non-finite word outside a string in `json` (`-Infinity` whole), as written.
+pub(crate) fn first_non_finite(json: &str) -> Option<&str> {
+    let (at, end) = non_finite_words(json.as_bytes()).next()?;
+    json.get(signed(json.as_bytes(), at..end))
+}
+
+/// The non-finite word at `word` in `json` with its sign, if it has one.
+fn signed(json: &[u8], word: Range<usize>) -> Range<usize> {
+    match word.start.checked_sub(1) {
+        Some(sign) if json[sign] == b'-' => sign..word.end,
+        _ => word,
+    }
+}
+
+/// Where each `NaN` and `Infinity` outside a string in `json` is (the `Infinity` of
+/// `-Infinity` without its sign), in order: the scan stops at an unterminated string.
+fn non_finite_words(json: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while let Some(found) = json
+            .get(i..)
+            .and_then(|rest| memchr::memchr3(b'"', b'N', b'I', rest))
+        {
+            let at = i + found;
+            if json[at] == b'"' {
+                // Past the string: its closing quote, skipping escapes.
+                i = at + 1;
+                loop {
+                    let next = json
+                        .get(i..)
+                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest));
+                    let Some(next) = next else {
+                        i = json.len() + 1;
+                        return None;
+                    };
+                    i += next + 1;
+                    if json[i - 1] == b'"' {
+                        break;
+                    }
+                    i += 1;
+                }
+            } else if let Some((_, end)) = non_finite(json, at) {
+                i = end;
+                return Some((at, end));
+            } else {
+                i = at + 1;
+            }
+        }
+        None
+    })
+}
+
+/// Where serde walked a body: the body itself, or a [`Masked`] copy of it, whose values are
+/// read from the same place in the body (the words serde could not walk are there).
+#[derive(Clone, Copy)]
+pub(crate) enum Walked<'b> {
+    /// The body walked is the body.
+    Body,
+    /// The body walked is `masked`, a copy of `body`.
+    Copy { masked: &'b Masked, body: &'b str },
+}
+
+impl<'b> Walked<'b> {
+    /// Where `walked`, a text of the body serde walked, is in it.
+    fn span(masked: &Masked, walked: &str) -> Range<usize> {
+        let at = (walked.as_ptr() as usize).wrapping_sub(masked.json.as_ptr() as usize);
+        at..at.wrapping_add(walked.len())
+    }
+
+    /// The text to read for `walked`, a value's text in the body serde walked.
+    ///
+    /// # Errors
+    /// `walked` is not a slice of the copy walked (a bug; never a panic).
+    pub(crate) fn read<'t>(self, walked: &'t str) -> Result<&'t str, String>
+    where
+        'b: 't,
+    {
+        match self {
+            Walked::Body => Ok(walked),
+            Walked::Copy { masked, body } => body
+                .get(Self::span(masked, walked))
+                .ok_or_else(|| "a value out of the body".to_owned()),
+        }
+    }
+
+    /// The first masked word that is in none of `read`, the texts of the body walked whose
+    /// values are [`read`](Self::read) from the body, as a refusal: anywhere else (a shape, a
+    /// parameter) a word would be taken as the number masking it.
+    pub(crate) fn stray<'t>(self, read: impl IntoIterator<Item = &'t str>) -> Option<String> {
+        let Walked::Copy { masked, body } = self else {
+            return None;
+        };
+        let spans: Vec<Range<usize>> = read
+            .into_iter()
+            .map(|text| Self::span(masked, text))
+            .collect();
+        let word = masked.words.iter().find(|word| {
+            !spans
+                .iter()
+                .any(|span| span.start <= word.start && word.end <= span.end)
+        })?;
+        let word = signed(body.as_bytes(), word.clone());
+        Some(format!(
+            "`{}` at byte {}, outside any input's values: only a floating-point value may be \
+             `NaN`, `Infinity` or `-Infinity`",
+            body.get(word.clone()).unwrap_or_default(),
+            word.start
+        ))
+    }
 }
 
 /// The index of the first byte from `i` that is not JSON whitespace.
@@ -411,5 +579,33 @@ mod tests {
         }
         // Counted against the limit as any value.
         assert_eq!(read::<f32>("[NaN, NaN]", 1), None);
+    }
+
+    #[test]
+    fn non_finite_words_outside_strings_are_masked_with_numbers_of_their_length() {
+        let mask = |s: &str| {
+            masked_non_finite(s.as_bytes()).map(|m| String::from_utf8(m.json).expect("UTF-8"))
+        };
+        assert_eq!(
+            mask(r#"{"instances": [[NaN, -Infinity], [Infinity, 1]]}"#).as_deref(),
+            Some(r#"{"instances": [[0e0, -0.000000], [0.000000, 1]]}"#)
+        );
+        // In strings (escaped quotes too), words stay: nothing to mask.
+        assert_eq!(mask(r#"{"NaN": "a \" Infinity \\", "INPUT": [1]}"#), None);
+        assert_eq!(
+            mask(r#"{"x\"": "\\", "y": NaN}"#).as_deref(),
+            Some(r#"{"x\"": "\\", "y": 0e0}"#)
+        );
+        // Not the words: left for serde to refuse.
+        assert_eq!(mask("[nan, Inf, NULL, N]"), None);
+        // An unterminated string ends the scan, an escape at the very end too.
+        assert_eq!(mask(r#"[NaN, "NaN"#).as_deref(), Some(r#"[0e0, "NaN"#));
+        assert_eq!(mask(r#"[NaN, "\"#).as_deref(), Some(r#"[0e0, "\"#));
+        // Every mask is JSON serde reads.
+        for body in ["[NaN]", "[-Infinity, Infinity]", "{\"a\":NaN}"] {
+            let masked = mask(body).expect("masked");
+            assert_eq!(masked.len(), body.len());
+            serde_json::from_str::<serde_json::Value>(&masked).expect(&masked);
+        }
     }
 }

@@ -25,6 +25,7 @@ pub use crate::http::json_data::Values;
 use crate::http::json_data::{self, Leaf, Refusal};
 use crate::http::json_fields;
 pub use crate::http::json_fields::{Classes, Parameters, MAX_DIMS};
+use crate::http::json_numbers::{self, Walked};
 
 /// `POST /v2/models/{m}/infer` body; its inputs' `data` borrowed from the body as sent.
 #[derive(Debug, Deserialize)]
@@ -245,10 +246,27 @@ fn decode_with(
         }
         None => (body, &[][..]),
     };
-    // The inputs' data arrays out of serde's way (`json_cut`), read from `json` below.
+    // The inputs' data arrays out of serde's way (`json_cut`), read from `json` below. Without
+    // the cut, a body holding `NaN` or an infinity (which serde refuses) is walked as a masked
+    // copy, and each `data` read from `json` itself (`json_numbers::parse`).
+    let malformed = |e: String| InputError::Invalid(format!("malformed request body: {e}"));
     let cut = cut_data.then(|| json_cut::cut(json)).flatten();
-    let request: InferRequest = serde_json::from_slice(cut.as_ref().map_or(json, |c| &c.json))
-        .map_err(|e| InputError::Invalid(format!("malformed request body: {e}")))?;
+    let mut masked = None;
+    let (request, walked): (InferRequest, Walked) = match &cut {
+        Some(cut) => (
+            serde_json::from_slice(&cut.json).map_err(|e| malformed(e.to_string()))?,
+            Walked::Body,
+        ),
+        None => json_numbers::parse(json, &mut masked).map_err(malformed)?,
+    };
+    if let Some(stray) = walked.stray(
+        request
+            .inputs
+            .iter()
+            .filter_map(|i| i.data.map(RawValue::get)),
+    ) {
+        return Err(malformed(stray));
+    }
     // Every input's declared shape first, the request's strings together: an input over
     // what the ones before it left is refused before any input's data is read.
     let mut all = limits;
@@ -283,7 +301,14 @@ fn decode_with(
             // Binary data and a `data` array: the array would go unread (and unchecked).
             return Err(InputError::Invalid("both data and binary data".into()));
         }
-        let raw = cut_data.or_else(|| input.data.map(RawValue::get));
+        let raw = match cut_data {
+            Some(raw) => Some(raw),
+            None => input
+                .data
+                .map(|data| walked.read(data.get()))
+                .transpose()
+                .map_err(malformed)?,
+        };
         inputs.push((input.name.clone(), tensor(input, raw, bytes, &mut limits)?));
     }
     if cut_arrays.next().is_some() {
@@ -883,6 +908,45 @@ mod tests {
         let (_, tensors) = decode(body, None, Limits::within(9)).expect("decoded");
         let x = tensors[1].1.as_slice::<f32>().expect("f32");
         assert!(x[0].is_nan() && x[1] == f32::NEG_INFINITY, "{x:?}");
+        // A body the cut is not sure of (a key with an escape) takes the words too: serde walks
+        // a masked copy, and the data is read from the body.
+        let body = br#"{"inputs": [{"n\u0061me": "x", "shape": [3], "datatype": "FP64", "data": [Infinity, NaN, 1]}]}"#;
+        assert!(json_cut::cut(body).is_none());
+        let (_, tensors) = decode(body, None, Limits::within(9)).expect("decoded");
+        let x = tensors[0].1.as_slice::<f64>().expect("f64");
+        assert!(
+            x[0] == f64::INFINITY && x[1].is_nan() && x[2] == 1.0,
+            "{x:?}"
+        );
+        // Refused, a word reads as what it is where it does not belong (was "malformed request
+        // body" from serde's parse of the whole body), the same both ways; and is never
+        // taken as the number masking it outside `data`.
+        for (body, refusal) in [
+            (
+                r#"{"inputs": [{"name": "x", "shape": [2], "datatype": "INT64", "data": [1, NaN]}]}"#,
+                "input `x`: NaN is not a int64",
+            ),
+            (
+                r#"{"inputs": [{"name": "t", "shape": [2], "datatype": "BYTES", "data": ["a", -Infinity]}]}"#,
+                "input `t`: -Infinity is not a string",
+            ),
+            (
+                r#"{"inputs": [{"name": "b", "shape": [1], "datatype": "BOOL", "data": [Infinity]}, {"name": "t", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}"#,
+                "input `b`: Infinity is not a bool",
+            ),
+            (
+                r#"{"inputs": [{"name": "x", "shape": [NaN], "datatype": "FP32", "data": []}]}"#,
+                "malformed request body: expected value at line 1 column 37",
+            ),
+            (
+                r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [NaN]}], "parameters": {"priority": -Infinity}}"#,
+                "malformed request body: `-Infinity` at byte 104, outside any input's values",
+            ),
+        ] {
+            let (with, without) = both_ways(body, None);
+            assert_eq!(with, without, "{body}");
+            assert!(with.contains(refusal), "{body}: {with}");
+        }
         // Checks that come before the data is read answer as they did when serde refused the
         // whole body first (413 was 400), and a data array beside binary data is still
         // checked (was accepted).

@@ -16,8 +16,11 @@
 //!   not rows (a recurrent model's state, a scalar) can be sent too; it is answered in kind
 //!   (`answer`).
 //! - Values are read by the same readers as v2 `data` (`json_data`, so the same refusals and
-//!   the same numbers). A `BYTES` value may also be a binary value, `{"b64": "..."}`
-//!   (TensorFlow Serving's), whose bytes must be UTF-8 text, as kiln's strings are.
+//!   the same numbers), floats' `NaN`, `Infinity` and `-Infinity` too, as TensorFlow Serving
+//!   reads them: serde, which refuses those words, walks the structure of a copy with each
+//!   masked by a number of its length, and the values are read from the body itself. A
+//!   `BYTES` value may also be a binary value, `{"b64": "..."}` (TensorFlow Serving's), whose
+//!   bytes must be UTF-8 text, as kiln's strings are.
 //!
 //! `inputs` as a list is the columnar form of a one-input model, whose tensor is the list,
 //! so it is the same tensor KServe's own predictors (which read a list `inputs` as
@@ -31,6 +34,7 @@ use serde_json::value::RawValue;
 use super::shape::{is_binary, shape_of};
 use crate::http::json_data::Binary;
 use crate::http::json_fields::MAX_DIMS;
+use crate::http::json_numbers::{self, Walked};
 use crate::http::protocol::{self, InputError, Limits};
 use crate::{ElementType, ModelMetadata, NamedTensors, Tensor, TensorData, TensorInfo};
 
@@ -84,16 +88,26 @@ pub(crate) fn decode(
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(bad("malformed request body: not a JSON object".into()));
     }
-    let request: Predict =
-        serde_json::from_slice(body).map_err(|e| bad(format!("malformed request body: {e}")))?;
+    // Serde walks the structure; a body holding `NaN` or an infinity, which serde refuses,
+    // is walked masked and its values read from the body itself.
+    let malformed = |e: String| bad(format!("malformed request body: {e}"));
+    let mut masked = None;
+    let (request, values): (Predict, Walked) =
+        json_numbers::parse(body, &mut masked).map_err(malformed)?;
+    let read = [request.instances, request.inputs];
+    if let Some(stray) = values.stray(read.into_iter().flatten().map(RawValue::get)) {
+        return Err(malformed(stray));
+    }
     match (request.instances, request.inputs) {
         (Some(_), Some(_)) => Err(bad(
             "the body has both `instances` (rows) and `inputs` (columns): send one".into(),
         )),
         (Some(instances), None) => {
-            rows(instances.get(), meta, limits).map(|(t, n)| (t, Form::Rows(n)))
+            rows(instances.get(), meta, limits, values).map(|(t, n)| (t, Form::Rows(n)))
         }
-        (None, Some(inputs)) => columns(inputs.get(), meta, limits).map(|t| (t, Form::Columns)),
+        (None, Some(inputs)) => {
+            columns(inputs.get(), meta, limits, values).map(|t| (t, Form::Columns))
+        }
         (None, None) => Err(bad(
             "the body must be {\"instances\": [...]} (rows) or {\"inputs\": ...} (columns)".into(),
         )),
@@ -106,13 +120,14 @@ fn columns(
     inputs: &str,
     meta: &ModelMetadata,
     mut limits: Limits,
+    values: Walked<'_>,
 ) -> Result<NamedTensors, InputError> {
     let shaped = |info: &TensorInfo, text: &str| {
         shape_of(text, MAX_DIMS)
             .map_err(|m| InputError::Invalid(format!("input `{}`: `inputs` {m}", info.name)))
     };
     let whole = |limits: &mut Limits, info: &TensorInfo, text: &str, shape: Vec<usize>| {
-        let tensor = stacked(info, shape, limits, &mut |each| each(text))?;
+        let tensor = stacked(info, shape, limits, values, &mut |each| each(text))?;
         Ok((info.name.clone(), tensor))
     };
     if !inputs.starts_with('{') || is_binary(inputs) {
@@ -181,6 +196,7 @@ fn rows(
     instances: &str,
     meta: &ModelMetadata,
     mut limits: Limits,
+    values: Walked<'_>,
 ) -> Result<(NamedTensors, usize), InputError> {
     let bad = |m: String| InputError::Invalid(m);
     let Some(inner) = instances.strip_prefix('[') else {
@@ -202,7 +218,9 @@ fn rows(
                 named.unwrap_or_else(|| bad(format!("input `{}`: `instances` {m}", only.name)))
             })?;
             let rows = shape[0];
-            let tensor = stacked(only, shape, &mut limits, &mut |each| each(instances))?;
+            let tensor = stacked(only, shape, &mut limits, values, &mut |each| {
+                each(instances)
+            })?;
             return Ok((vec![(only.name.clone(), tensor)], rows));
         }
     }
@@ -258,7 +276,7 @@ fn rows(
                 }
                 Ok(())
             };
-            let tensor = stacked(info, shape, &mut limits, &mut texts)?;
+            let tensor = stacked(info, shape, &mut limits, values, &mut texts)?;
             Ok((info.name.clone(), tensor))
         })
         .collect::<Result<_, InputError>>()?;
@@ -382,18 +400,23 @@ fn same_shape(
     Ok(())
 }
 
-/// The tensor of `shape` (the instances stacked) whose values are `texts` in turn, its shape
-/// checked through the request's `limits`. The shape was read from the texts themselves, so
-/// they hold exactly its values: their vector is reserved whole, once.
+/// The tensor of `shape` (the instances stacked) whose values are `walked` in turn, read
+/// where `values` says, its shape checked through the request's `limits`. The shape was read
+/// from the texts themselves, so they hold exactly its values: their vector is reserved whole,
+/// once.
 fn stacked(
     info: &TensorInfo,
     shape: Vec<usize>,
     limits: &mut Limits,
-    texts: &mut protocol::Texts<'_>,
+    values: Walked<'_>,
+    walked: &mut protocol::Texts<'_>,
 ) -> Result<Tensor, InputError> {
     let name = &info.name;
     let bad = |m: String| InputError::Invalid(format!("input `{name}`: {m}"));
     let elements = within(limits, info, &shape)?;
+    let texts = &mut |each: &mut dyn FnMut(&str) -> Result<(), String>| {
+        walked(&mut |text| each(values.read(text)?))
+    };
     let data = if info.element_type == ElementType::String {
         // Strings may come as binary values too (TensorFlow Serving's `{"b64": …}`).
         let binary = protocol::values::<Binary>(texts, &shape, elements, elements).map_err(bad)?;
@@ -503,6 +526,70 @@ mod tests {
         assert_eq!(
             t[1].1.data(),
             TensorSlice::String(&["a".to_owned(), "b".to_owned()][..])
+        );
+    }
+
+    /// Python's `json` writes a missing value or an overflow as `NaN` or an infinity, and
+    /// TensorFlow Serving, whose protocol v1 is, reads them: so does kiln, into floats, in
+    /// every form (serde walks a masked copy; the values are read from the body).
+    #[test]
+    fn non_finite_values_are_read_into_floats_in_every_form() {
+        let one = meta(vec![info("x", ElementType::F32, &[None, Some(2)])], vec![]);
+        let floats = |t: &NamedTensors, i: usize| match t[i].1.data() {
+            TensorSlice::F32(v) => v.iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+            other => panic!("not floats: {other:?}"),
+        };
+        for body in [
+            r#"{"instances": [[NaN, 1], [Infinity, -Infinity]]}"#,
+            r#"{"instances": [{"x": [NaN, 1]}, {"x": [Infinity, -Infinity]}]}"#,
+            r#"{"inputs": [[NaN, 1], [Infinity, -Infinity]], "signature_name": "NaN"}"#,
+            r#"{"inputs": {"x": [[NaN, 1], [Infinity, -Infinity]]}}"#,
+        ] {
+            let (t, _) = decode(body.as_bytes(), &one, Limits::within(100)).expect(body);
+            assert_eq!(t[0].1.shape(), [2, 2], "{body}");
+            assert_eq!(floats(&t, 0), ["NaN", "1", "inf", "-inf"], "{body}");
+        }
+        // Beside strings and other inputs, each read from its own place in the body.
+        let mixed = meta(
+            vec![
+                info("text", ElementType::String, &[None]),
+                info("ids", ElementType::I64, &[None]),
+                info("x", ElementType::F64, &[None, None]),
+            ],
+            vec![],
+        );
+        let (t, _) = decode(
+            br#"{"instances": [{"text": "NaN \" Infinity", "ids": 7, "x": [-Infinity, 2e0]},
+                {"x": [0.5, NaN], "ids": -1, "text": "b"}]}"#,
+            &mixed,
+            Limits::within(100),
+        )
+        .expect("mixed");
+        assert_eq!(
+            t[0].1.data(),
+            TensorSlice::String(&["NaN \" Infinity".to_owned(), "b".to_owned()][..])
+        );
+        assert_eq!(t[1].1.data(), TensorSlice::I64(&[7, -1][..]));
+        match t[2].1.data() {
+            TensorSlice::F64(v) => {
+                assert_eq!(v[..3], [f64::NEG_INFINITY, 2.0, 0.5]);
+                assert!(v[3].is_nan());
+            }
+            other => panic!("not f64: {other:?}"),
+        }
+        // Not into integers, and not a word it is not.
+        let ints = meta(vec![info("ids", ElementType::I64, &[None])], vec![]);
+        let m = |body: &str, meta: &ModelMetadata| {
+            refusal(decode(body.as_bytes(), meta, Limits::within(8)))
+        };
+        assert!(m(r#"{"instances": [1, NaN]}"#, &ints).contains("`ids`"));
+        assert!(m(r#"{"instances": [[nan, 1]]}"#, &one).contains("malformed"));
+        assert!(m(r#"{"instances": [[NaN1, 1]]}"#, &one).contains("`x`"));
+        // Outside the values, a word is refused as serde refuses it (never read as its mask).
+        let s = m(r#"{"instances": [[NaN, 1]], "signature_name": NaN}"#, &one);
+        assert!(
+            s.contains("malformed request body: `NaN` at byte 44, outside any input's values"),
+            "{s}"
         );
     }
 
