@@ -2,8 +2,9 @@
 //! against the real `kiln-server` binary serving the real-model corpus, over REST and over
 //! gRPC: every call a Triton user makes (health, metadata, model config, JSON, binary, raw and
 //! typed inference against Python onnxruntime's outputs, output selection, statistics, the
-//! repository index, parsed errors, grpc.health.v1) must work unchanged; beside the corpus,
-//! every further datatype (testdata/dtypes.onnx, strings.onnx).
+//! repository index, parsed errors, grpc.health.v1) must work unchanged, through the asyncio
+//! clients (`tritonclient.http.aio`, `tritonclient.grpc.aio`) too; beside the corpus, every
+//! further datatype (testdata/dtypes.onnx, strings.onnx).
 
 mod common;
 
@@ -27,6 +28,17 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
     let results = [
         ("HTTP", corpus_suite("triton_client.py", &server.rest)),
         ("gRPC", corpus_suite("triton_grpc.py", &server.grpc)),
+        (
+            "asyncio (http.aio, grpc.aio)",
+            run_checks(
+                &python,
+                "triton_aio.py",
+                &[&server.rest as &dyn AsRef<std::ffi::OsStr>, &server.grpc, &corpus]
+                    .into_iter()
+                    .chain(server.names.iter().map(|n| n as &dyn AsRef<std::ffi::OsStr>))
+                    .collect::<Vec<_>>(),
+            ),
+        ),
         (
             "datatypes",
             run_checks(
