@@ -271,15 +271,17 @@ fn read_with_serde<T: Leaf>(raw: &str, limit: usize, out: &mut Vec<T>) -> Result
     };
     match flatten.deserialize(&mut de).and_then(|()| de.end()) {
         Ok(()) => Ok(()),
-        // A non-finite word (which serde cannot read) where a float does not belong: named.
-        Err(e) => Err(
-            refusal.unwrap_or_else(|| match json_numbers::first_non_finite(raw) {
+        // Refused at a non-finite word (which serde cannot read) where a float does not
+        // belong: named.
+        Err(e) => Err(refusal.unwrap_or_else(|| {
+            let word = json_numbers::word_at(raw.as_bytes(), &e).and_then(|w| raw.get(w));
+            match word {
                 Some(word) if T::from_f64(f64::NAN).is_none() => {
                     Refusal::NotA(word.to_owned(), T::WANTED)
                 }
                 _ => Refusal::Malformed(e),
-            }),
-        ),
+            }
+        })),
     }
 }
 

@@ -129,65 +129,72 @@ fn non_finite(b: &[u8], i: usize) -> Option<(f64, usize)> {
     .map(|(word, v)| (v, i + word.len()))
 }
 
-/// A body with each non-finite word outside its strings masked: see [`masked_non_finite`].
-pub(crate) struct Masked {
-    /// The copy serde walks.
-    pub(crate) json: Vec<u8>,
-    /// Where each masked word is (the same in the copy and the body).
-    words: Vec<Range<usize>>,
-}
-
 /// `json` with each non-finite word that stands outside a string ([`non_finite`]'s `NaN` and
 /// `Infinity`, and so the `Infinity` of `-Infinity`) replaced by a JSON number of its length
 /// (`0e0`, `0.000000`), so that serde can walk the structure of a body holding them; `None`
 /// when there is none, the body being JSON as it is. The copy differs from `json` in those
 /// bytes only: a value found in it is at the same place in `json`, and is read from there
 /// ([`Walked`]; by [`read_into`], which takes the words into floats only).
-pub(crate) fn masked_non_finite(json: &[u8]) -> Option<Masked> {
-    let mut masked: Option<Masked> = None;
+pub(crate) fn masked_non_finite(json: &[u8]) -> Option<Vec<u8>> {
+    let mut masked: Option<Vec<u8>> = None;
     for (at, end) in non_finite_words(json) {
         let number: &[u8] = if end - at == 3 { b"0e0" } else { b"0.000000" };
-        let masked = masked.get_or_insert_with(|| Masked {
-            json: json.to_vec(),
-            words: Vec::new(),
-        });
-        masked.json[at..end].copy_from_slice(number);
-        masked.words.push(at..end);
+        masked.get_or_insert_with(|| json.to_vec())[at..end].copy_from_slice(number);
     }
     masked
 }
 
 /// `json` parsed by serde as a `T`, and how it was walked: as it is or, when serde refuses it
-/// and it holds non-finite words, as its masked copy, kept in `slot`. A body serde reads as it
-/// is pays nothing more.
+/// at a non-finite word, as its masked copy, kept in `slot`. A body serde reads as it is pays
+/// nothing more; one refused elsewhere, nothing but finding the error's place.
 ///
 /// # Errors
-/// Serde's refusal of `json` as sent (its message) when neither parses.
+/// Serde's refusal (its message): of the masked copy, unless that is at a masked word; of
+/// `json` as sent, which is at a word, otherwise.
 pub(crate) fn parse<'j, T: serde::Deserialize<'j>>(
     json: &'j [u8],
-    slot: &'j mut Option<Masked>,
+    slot: &'j mut Option<Vec<u8>>,
 ) -> Result<(T, Walked<'j>), String> {
     let refused = match serde_json::from_slice(json) {
         Ok(t) => return Ok((t, Walked::Body)),
-        Err(e) => e.to_string(),
+        Err(e) => e,
     };
+    if word_at(json, &refused).is_none() {
+        return Err(refused.to_string());
+    }
     let Some(masked) = masked_non_finite(json) else {
-        return Err(refused);
+        return Err(refused.to_string());
     };
-    let masked: &'j Masked = slot.insert(masked);
-    match serde_json::from_slice(&masked.json) {
-        Ok(t) => match std::str::from_utf8(json) {
-            Ok(body) => Ok((t, Walked::Copy { masked, body })),
-            Err(_) => Err(refused),
-        },
-        Err(_) => Err(refused),
+    let masked: &'j [u8] = slot.insert(masked);
+    match serde_json::from_slice(masked) {
+        Ok(t) => Ok((
+            t,
+            Walked::Copy {
+                start: masked.as_ptr() as usize,
+                body: json,
+            },
+        )),
+        // Where the copy is refused at a mask, the mask's number (`0.0`) is no word sent.
+        Err(e) if word_at(json, &e).is_some() => Err(refused.to_string()),
+        Err(e) => Err(e.to_string()),
     }
 }
 
-/// The first non-finite word outside a string in `json` (`-Infinity` whole), as written.
-pub(crate) fn first_non_finite(json: &str) -> Option<&str> {
-    let (at, end) = non_finite_words(json.as_bytes()).next()?;
-    json.get(signed(json.as_bytes(), at..end))
+/// The non-finite word (with its sign) outside a string in `json` at the place serde's error
+/// `e` names, if there is one.
+pub(crate) fn word_at(json: &[u8], e: &serde_json::Error) -> Option<Range<usize>> {
+    // serde_json counts lines from 1 and columns in bytes from 1 (0 at a line's start).
+    let line_start = match e.line() {
+        0 | 1 => 0,
+        line => memchr::memchr_iter(b'\n', json).nth(line - 2)? + 1,
+    };
+    let at = line_start + e.column().saturating_sub(1);
+    // Only as far as serde read (and a word past it: 9 bytes at most).
+    let read = json.get(..at.saturating_add(10)).unwrap_or(json);
+    non_finite_words(read)
+        .take_while(|&(start, _)| start <= at + 1)
+        .map(|(start, end)| signed(json, start..end))
+        .find(|word| word.start <= at && at <= word.end)
 }
 
 /// The non-finite word at `word` in `json` with its sign, if it has one.
@@ -236,60 +243,66 @@ fn non_finite_words(json: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     })
 }
 
-/// Where serde walked a body: the body itself, or a [`Masked`] copy of it, whose values are
-/// read from the same place in the body (the words serde could not walk are there).
+/// Where serde walked a body: the body itself, or a masked copy of it ([`parse`]), whose
+/// values are read from the same place in the body (the words serde could not walk are there).
 #[derive(Clone, Copy)]
 pub(crate) enum Walked<'b> {
     /// The body walked is the body.
     Body,
-    /// The body walked is `masked`, a copy of `body`.
-    Copy { masked: &'b Masked, body: &'b str },
+    /// The body walked, starting at the address `start`, is a masked copy of `body`.
+    Copy { start: usize, body: &'b [u8] },
 }
 
-impl<'b> Walked<'b> {
-    /// Where `walked`, a text of the body serde walked, is in it.
-    fn span(masked: &Masked, walked: &str) -> Range<usize> {
-        let at = (walked.as_ptr() as usize).wrapping_sub(masked.json.as_ptr() as usize);
+impl Walked<'_> {
+    /// Where `walked`, a text of the body walked from `start`, is in it.
+    fn span(start: usize, walked: &str) -> Range<usize> {
+        let at = (walked.as_ptr() as usize).wrapping_sub(start);
         at..at.wrapping_add(walked.len())
     }
 
     /// The text to read for `walked`, a value's text in the body serde walked.
     ///
     /// # Errors
-    /// `walked` is not a slice of the copy walked (a bug; never a panic).
+    /// `walked` is not a slice of the copy walked (a bug; never a panic), or its place in the
+    /// body is not UTF-8 (it is in the copy, which differs only in ASCII: never).
     pub(crate) fn read<'t>(self, walked: &'t str) -> Result<&'t str, String>
     where
-        'b: 't,
+        Self: 't,
     {
         match self {
             Walked::Body => Ok(walked),
-            Walked::Copy { masked, body } => body
-                .get(Self::span(masked, walked))
+            Walked::Copy { start, body } => body
+                .get(Self::span(start, walked))
+                .and_then(|text| std::str::from_utf8(text).ok())
                 .ok_or_else(|| "a value out of the body".to_owned()),
         }
     }
 
-    /// The first masked word that is in none of `read`, the texts of the body walked whose
-    /// values are [`read`](Self::read) from the body, as a refusal: anywhere else (a shape, a
-    /// parameter) a word would be taken as the number masking it.
+    /// The first masked word that is in none of `read` (the texts of the body walked whose
+    /// values are [`read`](Self::read) from the body, each apart), as a refusal: anywhere else
+    /// (a shape, a parameter, data beside binary data) a word would be taken as the number
+    /// masking it, or go unchecked. One pass over the words and the sorted texts.
     pub(crate) fn stray<'t>(self, read: impl IntoIterator<Item = &'t str>) -> Option<String> {
-        let Walked::Copy { masked, body } = self else {
+        let Walked::Copy { start, body } = self else {
             return None;
         };
-        let spans: Vec<Range<usize>> = read
+        let mut spans: Vec<Range<usize>> = read
             .into_iter()
-            .map(|text| Self::span(masked, text))
+            .map(|text| Self::span(start, text))
             .collect();
-        let word = masked.words.iter().find(|word| {
-            !spans
-                .iter()
-                .any(|span| span.start <= word.start && word.end <= span.end)
+        spans.sort_unstable_by_key(|span| span.start);
+        let mut spans = spans.into_iter().peekable();
+        let (at, end) = non_finite_words(body).find(|&(at, end)| {
+            // The texts are apart and the words in order: a text that ends before this word
+            // holds no later one either.
+            while spans.next_if(|span| span.end < end).is_some() {}
+            spans.peek().is_none_or(|span| span.start > at)
         })?;
-        let word = signed(body.as_bytes(), word.clone());
+        let word = signed(body, at..end);
         Some(format!(
             "`{}` at byte {}, outside any input's values: only a floating-point value may be \
              `NaN`, `Infinity` or `-Infinity`",
-            body.get(word.clone()).unwrap_or_default(),
+            String::from_utf8_lossy(&body[word.clone()]),
             word.start
         ))
     }
@@ -583,9 +596,8 @@ mod tests {
 
     #[test]
     fn non_finite_words_outside_strings_are_masked_with_numbers_of_their_length() {
-        let mask = |s: &str| {
-            masked_non_finite(s.as_bytes()).map(|m| String::from_utf8(m.json).expect("UTF-8"))
-        };
+        let mask =
+            |s: &str| masked_non_finite(s.as_bytes()).map(|m| String::from_utf8(m).expect("UTF-8"));
         assert_eq!(
             mask(r#"{"instances": [[NaN, -Infinity], [Infinity, 1]]}"#).as_deref(),
             Some(r#"{"instances": [[0e0, -0.000000], [0.000000, 1]]}"#)
