@@ -33,10 +33,19 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
             run_checks(
                 &python,
                 "triton_aio.py",
-                &[&server.rest as &dyn AsRef<std::ffi::OsStr>, &server.grpc, &corpus]
-                    .into_iter()
-                    .chain(server.names.iter().map(|n| n as &dyn AsRef<std::ffi::OsStr>))
-                    .collect::<Vec<_>>(),
+                &[
+                    &server.rest as &dyn AsRef<std::ffi::OsStr>,
+                    &server.grpc,
+                    &corpus,
+                ]
+                .into_iter()
+                .chain(
+                    server
+                        .names
+                        .iter()
+                        .map(|n| n as &dyn AsRef<std::ffi::OsStr>),
+                )
+                .collect::<Vec<_>>(),
             ),
         ),
         (
