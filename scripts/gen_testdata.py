@@ -11,6 +11,7 @@ Usage: gen_testdata.py OUT_DIR [REAL_MODEL ...]
 """
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -20,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 OPSET = [helper.make_opsetid("", 18)]
 IR_VERSION = 9
-DTYPES = {"float32": "float32", "int64": "int64", "int32": "int32"}
+DTYPES = {"float32": "float32", "int64": "int64", "int32": "int32", "object": "string"}
 
 
 def save(model, out_dir, name):
@@ -156,6 +157,32 @@ def strings_model(_rng):
     return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="kiln-gen")
 
 
+def zipmap_model(rng):
+    """A classifier as skl2onnx exports one by default: a LinearClassifier over `x` [batch, 4]
+    whose classes are strings, its probabilities through a ZipMap, so `probability` is a
+    sequence of maps (one per row, class -> probability) beside the `label` tensor. The
+    classes are given unsorted (`cat`, `ant`, `bee`): kiln serves the maps as [rows, classes]
+    in ascending class order, which the golden file records."""
+    classes = ["cat", "ant", "bee"]
+    nodes = [
+        helper.make_node("LinearClassifier", ["x"], ["label", "scores"], domain="ai.onnx.ml",
+                         classlabels_strings=classes,
+                         coefficients=rng.standard_normal(12).astype(np.float32).tolist(),
+                         intercepts=[0.1, -0.2, 0.3], post_transform="SOFTMAX"),
+        helper.make_node("ZipMap", ["scores"], ["probability"], domain="ai.onnx.ml",
+                         classlabels_strings=classes),
+    ]
+    maps = helper.make_sequence_type_proto(helper.make_map_type_proto(
+        TensorProto.STRING, helper.make_tensor_type_proto(TensorProto.FLOAT, [])))
+    graph = helper.make_graph(
+        nodes, "zipmap", [f32("x", ["batch", 4])],
+        [helper.make_tensor_value_info("label", TensorProto.STRING, ["batch"]),
+         helper.make_value_info("probability", maps)],
+    )
+    opsets = OPSET + [helper.make_opsetid("ai.onnx.ml", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="kiln-gen")
+
+
 def slow_model(_rng):
     """Compute that takes a while in next to no memory: a Loop of 2,000 steps of
     y = tanh(y @ w) (one 512×512 weight), about a GFLOP a row."""
@@ -199,6 +226,9 @@ def random_input(rng, inp):
 
 
 def as_json(arr):
+    if isinstance(arr, list):
+        # A sequence of maps (ZipMap): kiln serves it as [rows, classes], ascending classes.
+        arr = np.array([[row[k] for k in sorted(row)] for row in arr], dtype=np.float32)
     kind = DTYPES[arr.dtype.name]
     data = arr.reshape(-1).tolist()
     return {"dtype": kind, "shape": list(arr.shape), "data": data}
@@ -223,7 +253,8 @@ def write_golden(model_path, golden_path, seed):
 def main():
     out_dir = sys.argv[1]
     os.makedirs(os.path.join(out_dir, "golden"), exist_ok=True)
-    builders = {"mlp": mlp, "fixed_batch": fixed_batch, "multi_io": multi_io, "sequence": sequence, "int64": int64_model}
+    builders = {"mlp": mlp, "fixed_batch": fixed_batch, "multi_io": multi_io, "sequence": sequence, "int64": int64_model,
+                "zipmap": zipmap_model}
     for seed, (name, build) in enumerate(builders.items()):
         path = save(build(np.random.default_rng(seed)), out_dir, name)
         write_golden(path, os.path.join(out_dir, "golden", name + ".json"), 100 + seed)
@@ -242,7 +273,12 @@ def main():
     with open(os.path.join(out_dir, "garbage.onnx"), "wb") as f:
         f.write(np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8).tobytes())
 
-    for i, real in enumerate(sys.argv[2:]):
+    # A scikit-learn classifier as the onnxruntime wheel ships it (LogisticRegression on iris,
+    # its probabilities a ZipMap), from the pinned onnxruntime in this venv.
+    iris = os.path.join(out_dir, "real", "logreg_iris.onnx")
+    os.makedirs(os.path.dirname(iris), exist_ok=True)
+    shutil.copyfile(os.path.join(os.path.dirname(ort.__file__), "datasets", "logreg_iris.onnx"), iris)
+    for i, real in enumerate(sys.argv[2:] + [iris]):
         stem = os.path.splitext(os.path.basename(real))[0]
         write_golden(real, os.path.join(out_dir, "golden", stem + ".json"), 200 + i)
 

@@ -56,6 +56,16 @@ impl ModelMetadata {
                         };
                         let (ty, shape) = match o.dtype() {
                             ort::value::ValueType::Tensor { ty, shape, .. } => (*ty, shape),
+                            // A classifier's ZipMap output, served as `[rows, classes]`.
+                            other if what == "output" => {
+                                let map = crate::zipmap::MapSequence::of(other)
+                                    .ok_or_else(unsupported)?;
+                                return Ok(TensorInfo {
+                                    name: o.name().to_owned(),
+                                    element_type: map.element_type(),
+                                    dims: vec![None, None],
+                                });
+                            }
                             _ => return Err(unsupported()),
                         };
                         let element_type = ElementType::from_ort(ty).ok_or_else(unsupported)?;

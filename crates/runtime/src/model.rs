@@ -60,6 +60,9 @@ pub struct Model {
     digest: Digest,
     verified: bool,
     max_input_elements: usize,
+    /// Per output (in `metadata.outputs`' order), the sequence of maps it is, served as a
+    /// tensor (`zipmap`), or `None` for a tensor.
+    map_outputs: Vec<Option<crate::zipmap::MapSequence>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -204,7 +207,19 @@ impl Model {
                 requested_cuda,
                 fallback_reason,
             );
+            let map_outputs = metadata
+                .outputs
+                .iter()
+                .map(|info| {
+                    session
+                        .outputs()
+                        .iter()
+                        .find(|o| o.name() == info.name)
+                        .and_then(|o| crate::zipmap::MapSequence::of(o.dtype()))
+                })
+                .collect();
             models.push(Self {
+                map_outputs,
                 session,
                 _external: external.iter().map(|f| Arc::clone(&f.bytes)).collect(),
                 metadata,
@@ -328,7 +343,7 @@ impl Model {
                 .collect()
         };
         let mut out = Vec::with_capacity(self.metadata.outputs.len());
-        for info in &self.metadata.outputs {
+        for (info, map) in self.metadata.outputs.iter().zip(&self.map_outputs) {
             let value = outputs
                 .iter_mut()
                 .find(|(name, _)| *name == info.name)
@@ -339,6 +354,13 @@ impl Model {
                         info.name
                     )))
                 })?;
+            if let Some(map) = map {
+                let tensor = map
+                    .to_tensor(value)
+                    .map_err(|m| inference(ort::Error::new(m)))?;
+                out.push((info.name.clone(), tensor));
+                continue;
+            }
             let tensor = with_element_type!(info.element_type, T => {
                 let (shape, data) = value.try_extract_tensor::<T>().map_err(inference)?;
                 Tensor::new(dims(shape), data.to_vec())?

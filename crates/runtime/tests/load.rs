@@ -44,6 +44,31 @@ fn every_test_model_matches_python_onnxruntime() {
     }
 }
 
+/// A classifier as skl2onnx exports one, its probabilities a ZipMap (a sequence of maps): the
+/// onnxruntime wheel's own scikit-learn LogisticRegression (iris, a fixed [3, 2] input, int64
+/// classes) and a generated one with string classes given unsorted. Each serves its
+/// probabilities as `[rows, classes]` FP32 in ascending class order, equal to Python
+/// onnxruntime's maps read in that order; kiln refused both models before.
+#[test]
+fn classifiers_zipmap_probabilities_are_served_as_tensors_of_rows_and_classes() {
+    for (file, stem, batch_dim) in [
+        ("real/logreg_iris.onnx", "logreg_iris", false),
+        ("zipmap.onnx", "zipmap", true),
+    ] {
+        let mut model = load(file, ModelOptions::new());
+        let meta = model.metadata();
+        let probabilities = meta.outputs.last().expect("outputs");
+        assert_eq!(probabilities.element_type, ElementType::F32, "{stem}");
+        assert_eq!(probabilities.dims, vec![None, None], "{stem}");
+        assert_eq!(meta.batch_dim, batch_dim, "{stem}");
+        let g = golden(stem);
+        let out = model
+            .run(&g.inputs)
+            .unwrap_or_else(|e| panic!("{stem}: {e}"));
+        assert_close(&out, &g.outputs, 1e-6, 1e-5);
+    }
+}
+
 #[test]
 fn real_model_matches_python_onnxruntime() {
     let mut model = load("real/magika.onnx", ModelOptions::new());

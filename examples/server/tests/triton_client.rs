@@ -53,7 +53,13 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
             run_checks(
                 &python,
                 "triton_dtypes.py",
-                &[&server.rest, &server.grpc, &"dtypes", &"strings"],
+                &[
+                    &server.rest,
+                    &server.grpc,
+                    &"dtypes",
+                    &"strings",
+                    &repo_root().join("testdata"),
+                ],
             ),
         ),
     ];

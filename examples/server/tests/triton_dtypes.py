@@ -6,14 +6,18 @@ raw contents and (for the integer types) typed contents; NaN and infinities in J
 Then BYTES against
 testdata/strings.onnx (`echo` = text, `ids` = LabelEncoder of text, `label` = LabelEncoder of
 the int64 `n`), every way a Triton client sends strings, and a request of more strings than
-the server's limit refused as each client parses it.
+the server's limit refused as each client parses it. Then scikit-learn classifiers as
+skl2onnx exports them, their probabilities a ZipMap (a sequence of maps): served as
+[rows, classes] FP32 in ascending class order, equal to Python onnxruntime's maps.
 
-Usage: triton_dtypes.py HTTP_HOST:PORT GRPC_HOST:PORT MODEL STRINGS_MODEL
+Usage: triton_dtypes.py HTTP_HOST:PORT GRPC_HOST:PORT MODEL STRINGS_MODEL TESTDATA_DIR
 """
+import os
 import sys
 
 import ml_dtypes
 import numpy as np
+import onnxruntime as ort
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2, service_pb2_grpc
@@ -104,7 +108,37 @@ def main():
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
         assert "has 0 values" in e.details() or "raw_input_contents" in e.details(), e.details()
     strings(http, g, stub, sys.argv[4])
+    classifiers(http, g, sys.argv[5])
     print("triton_dtypes: all checks passed")
+
+
+def classifiers(http, g, testdata):
+    """The onnxruntime wheel's scikit-learn LogisticRegression on iris (fixed [3, 2] input,
+    int64 classes) and testdata/zipmap.onnx (string classes, given unsorted, a batch dim):
+    labels and probabilities through both clients, against onnxruntime's own run."""
+    rng = np.random.default_rng(5)
+    for model, path, rows in [("logreg_iris", "real/logreg_iris.onnx", 3), ("zipmap", "zipmap.onnx", 5)]:
+        session = ort.InferenceSession(os.path.join(testdata, path), providers=["CPUExecutionProvider"])
+        (inp,), (label, probs) = session.get_inputs(), session.get_outputs()
+        x = rng.standard_normal((rows, inp.shape[1])).astype(np.float32)
+        want_label, maps = session.run(None, {inp.name: x})
+        want = np.array([[row[k] for k in sorted(row)] for row in maps], dtype=np.float32)
+        md = http.get_model_metadata(model)
+        assert md["outputs"][1] == {"name": probs.name, "datatype": "FP32", "shape": [-1, -1]}, md
+        for client, module, how in [(http, httpclient, "HTTP binary"), (http, httpclient, "HTTP JSON"),
+                                    (g, grpcclient, "gRPC")]:
+            t = module.InferInput(inp.name, list(x.shape), "FP32")
+            if module is httpclient:
+                t.set_data_from_numpy(x, binary_data=how == "HTTP binary")
+            else:
+                t.set_data_from_numpy(x)
+            result = client.infer(model, [t])
+            got = result.as_numpy(probs.name)
+            assert got.shape == want.shape and np.allclose(got, want, atol=1e-6), (model, how, got, want)
+            labels = result.as_numpy(label.name)
+            labels = [v.decode() if isinstance(v, bytes) else v for v in labels.reshape(-1)]
+            assert labels == list(want_label.reshape(-1)), (model, how, labels, want_label)
+        print(f"triton_dtypes: {model} (ZipMap) ok: {rows} rows x {want.shape[1]} classes")
 
 
 def strings(http, g, stub, model):

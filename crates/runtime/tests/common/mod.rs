@@ -72,6 +72,7 @@ fn tensor_from_json(v: &serde_json::Value) -> Tensor {
         "float32" => TensorData::F32(serde_json::from_value(data.clone()).expect("f32 data")),
         "int64" => TensorData::I64(serde_json::from_value(data.clone()).expect("i64 data")),
         "int32" => TensorData::I32(serde_json::from_value(data.clone()).expect("i32 data")),
+        "string" => TensorData::String(serde_json::from_value(data.clone()).expect("strings")),
         "float16" => {
             let values: Vec<f32> = serde_json::from_value(data.clone()).expect("f16 data");
             TensorData::F16(values.into_iter().map(half::f16::from_f32).collect())

@@ -95,6 +95,8 @@ impl CorpusServer {
         let names = publish_corpus(root.path());
         publish(root.path(), "dtypes", "1", "dtypes.onnx");
         publish(root.path(), "strings", "1", "strings.onnx");
+        publish(root.path(), "zipmap", "1", "zipmap.onnx");
+        publish(root.path(), "logreg_iris", "1", "real/logreg_iris.onnx");
         let [port, grpc] = free_ports();
         let grpc = format!("127.0.0.1:{grpc}");
         let child = start_ready(
