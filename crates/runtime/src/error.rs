@@ -189,8 +189,8 @@ pub enum Error {
         source: ort::Error,
     },
 
-    /// The model uses an input or output kind kiln does not serve (maps, sequences, string or
-    /// unsupported element types).
+    /// The model uses an input or output kind kiln does not serve (maps, sequences other than
+    /// a classifier's ZipMap output, unsupported element types).
     #[error("model {model}: {what} `{name}` has type {ty}, which kiln does not support")]
     UnsupportedModel {
         /// Model name.

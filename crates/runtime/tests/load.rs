@@ -69,6 +69,61 @@ fn classifiers_zipmap_probabilities_are_served_as_tensors_of_rows_and_classes() 
     }
 }
 
+/// Rows of the ZipMap classifier sent as concurrent requests stack into one batch and split
+/// back: each answer is its own row of Python onnxruntime's batched answer, labels and
+/// probabilities alike.
+#[test]
+fn zipmap_rows_batch_and_split_back_to_their_requests() {
+    let handle = kiln::ModelHandle::new("zipmap", kiln::otel::global::meter("kiln-zipmap"));
+    handle
+        .load_model(
+            &runtime(),
+            testdata("zipmap.onnx"),
+            "1",
+            &ModelOptions::new().with_checksum(Checksum::Skip),
+            &kiln::BatchConfig {
+                max_queue_delay_us: 200_000,
+                ..kiln::BatchConfig::default()
+            },
+        )
+        .expect("loads");
+    let g = golden("zipmap");
+    let row = |tensors: &kiln::NamedTensors, i: usize| -> kiln::NamedTensors {
+        tensors
+            .iter()
+            .map(|(n, t)| {
+                let inner = t.len() / t.shape()[0];
+                let mut shape = t.shape().to_vec();
+                shape[0] = 1;
+                let data = match t.data() {
+                    kiln::TensorSlice::F32(v) => {
+                        kiln::TensorData::F32(v[i * inner..(i + 1) * inner].to_vec())
+                    }
+                    kiln::TensorSlice::String(v) => {
+                        kiln::TensorData::String(v[i * inner..(i + 1) * inner].to_vec())
+                    }
+                    other => panic!("row of {other:?}"),
+                };
+                (n.clone(), Tensor::from_data(shape, data).expect("row"))
+            })
+            .collect()
+    };
+    let rows = g.inputs[0].1.shape()[0];
+    let answers: Vec<_> = (0..rows)
+        .map(|i| {
+            let (h, inputs) = (handle.clone(), row(&g.inputs, i));
+            std::thread::spawn(move || h.infer_blocking(kiln::InferRequest::new(inputs)))
+        })
+        .collect();
+    for (i, answer) in answers.into_iter().enumerate() {
+        let got = answer.join().expect("caller").expect("row served");
+        assert_close(&got, &row(&g.outputs, i), 1e-6, 1e-5);
+    }
+    let stats = handle.stats().expect("stats");
+    assert!(stats.batches < rows as u64, "never stacked: {stats:?}");
+    handle.shutdown();
+}
+
 #[test]
 fn real_model_matches_python_onnxruntime() {
     let mut model = load("real/magika.onnx", ModelOptions::new());
