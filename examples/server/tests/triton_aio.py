@@ -51,6 +51,18 @@ def rows(corpus, entries, models):
                     {k: v[i:i + 1] for k, v in outputs.items()}) for i in range(n)]
 
 
+async def gathered(client, module, model, cases, tol, answer_id, **options):
+    """GATHERED single-row calls of `model` at once, each checked against its own row."""
+    async def one(k):
+        sent, want = cases[k % len(cases)]
+        result = await client.infer(model, request(module, sent), request_id=f"g{k}", **options)
+        assert answer_id(result) == f"g{k}", result.get_response()
+        for name, value in want.items():
+            check_close(model, name, result.as_numpy(name), value, tol)
+
+    await asyncio.gather(*(one(k) for k in range(GATHERED)))
+
+
 async def expect_error(call, status=None):
     try:
         await call
@@ -94,16 +106,8 @@ async def http_suite(url, corpus, entries, models, since_ms):
             print(f"triton_aio: HTTP {model} ok (metadata, config, binary, JSON, compressed, stats)")
 
         model, cases = rows(corpus, entries, models)
-        tol = entries[model]["tolerance"]
-
-        async def one(k):
-            sent, want = cases[k % len(cases)]
-            result = await client.infer(model, request(httpclient, sent), request_id=f"g{k}")
-            assert result.get_response()["id"] == f"g{k}", result.get_response()
-            for name, value in want.items():
-                check_close(model, name, result.as_numpy(name), value, tol)
-
-        await asyncio.gather(*(one(k) for k in range(GATHERED)))
+        await gathered(client, httpclient, model, cases, entries[model]["tolerance"],
+                       lambda result: result.get_response()["id"])
         print(f"triton_aio: HTTP {GATHERED} gathered calls of {model} answered each its own row")
 
         message = await expect_error(client.get_model_metadata("no-such-model"), "404")
@@ -145,16 +149,8 @@ async def grpc_suite(url, corpus, entries, models, since_ms):
 
         model, cases = rows(corpus, entries, models)
         tol = entries[model]["tolerance"]
-
-        async def one(k):
-            sent, want = cases[k % len(cases)]
-            result = await client.infer(model, request(grpcclient, sent), request_id=f"g{k}",
-                                        client_timeout=120)
-            assert result.get_response().id == f"g{k}", result.get_response()
-            for name, value in want.items():
-                check_close(model, name, result.as_numpy(name), value, tol)
-
-        await asyncio.gather(*(one(k) for k in range(GATHERED)))
+        await gathered(client, grpcclient, model, cases, tol,
+                       lambda result: result.get_response().id, client_timeout=120)
         print(f"triton_aio: gRPC {GATHERED} gathered calls of {model} answered each its own row")
 
         # Streaming: the async iterator's requests answered in order, each its own row; a bad
