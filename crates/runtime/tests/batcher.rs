@@ -670,10 +670,10 @@ fn requests_and_batches_are_timed_for_tritons_statistics() {
         delay: Duration::from_millis(10),
         ..Fake::new(&seen)
     };
-    let b = Arc::new(serve(
+    let b = serve(
         spec(no_warmup(BatchConfig::default()), true),
         vec![Box::new(backend)],
-    ));
+    );
     let now_ms = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -681,29 +681,21 @@ fn requests_and_batches_are_timed_for_tritons_statistics() {
             .as_millis() as u64
     };
     let before = now_ms();
-    rt().block_on(async {
-        let infer = |id: i64| {
-            let b = Arc::clone(&b);
-            tokio::spawn(async move { b.infer(InferRequest::new(request(id, 1, 2))).await })
-        };
-        let first = infer(1);
-        gate.wait_inside(1);
-        // Three more wait out the first run in the queue; the poisoned one then fails alone.
-        let rest: Vec<_> = [2, 3, -1].into_iter().map(infer).collect();
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while b.stats().expect("serving").queued < 3 {
-            assert!(std::time::Instant::now() < deadline, "never queued");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        gate.open();
-        assert!(first.await.expect("task").is_ok());
-        let outcomes: Vec<bool> = futures_join(rest)
-            .await
-            .into_iter()
-            .map(|r| r.expect("task").is_ok())
-            .collect();
-        assert_eq!(outcomes, [true, true, false]);
-    });
+    let infer = |id: i64| {
+        b.submit(InferRequest::new(request(id, 1, 2)))
+            .expect("admitted")
+    };
+    let first = infer(1);
+    gate.wait_inside(1);
+    // Three more wait out the first run in the queue; the poisoned one then fails alone.
+    let rest: Vec<_> = [2, 3, -1].into_iter().map(infer).collect();
+    gate.open();
+    assert!(first.blocking_recv().expect("reply").is_ok());
+    let outcomes: Vec<bool> = rest
+        .into_iter()
+        .map(|rx| rx.blocking_recv().expect("reply").is_ok())
+        .collect();
+    assert_eq!(outcomes, [true, true, false]);
     let after = now_ms();
     let st = b.stats().expect("serving");
     let ms = 1_000_000;

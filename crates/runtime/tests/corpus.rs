@@ -10,10 +10,10 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::{assert_close, repo_root, runtime};
+use common::{assert_close, repo_root, row, runtime};
 use kiln::{
     BatchConfig, Checksum, Digest, ErrorKind, InferRequest, ModelHandle, ModelOptions,
-    NamedTensors, Tensor, TensorData, TensorSlice,
+    NamedTensors, Tensor, TensorSlice,
 };
 
 /// One corpus entry.
@@ -90,27 +90,6 @@ fn serve(e: &Entry) -> ModelHandle {
         .unwrap_or_else(|err| panic!("{}: {err}", e.name));
     assert!(handle.is_ready(), "{}: {:?}", e.name, handle.status());
     handle
-}
-
-/// Row `i` of every tensor (dim 0).
-fn row(tensors: &NamedTensors, i: usize) -> NamedTensors {
-    tensors
-        .iter()
-        .map(|(n, t)| {
-            let rows = t.shape()[0];
-            let inner = t.len() / rows;
-            let mut shape = t.shape().to_vec();
-            shape[0] = 1;
-            let data = match t.data() {
-                TensorSlice::F32(v) => TensorData::F32(v[i * inner..(i + 1) * inner].to_vec()),
-                TensorSlice::I64(v) => TensorData::I64(v[i * inner..(i + 1) * inner].to_vec()),
-                TensorSlice::I32(v) => TensorData::I32(v[i * inner..(i + 1) * inner].to_vec()),
-                TensorSlice::F16(v) => TensorData::F16(v[i * inner..(i + 1) * inner].to_vec()),
-                other => panic!("row of {other:?} not handled"),
-            };
-            (n.clone(), Tensor::from_data(shape, data).expect("row"))
-        })
-        .collect()
 }
 
 fn golden(e: &Entry) -> common::Golden {

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{assert_close, golden, load, runtime, sha256_of, testdata};
+use common::{assert_close, golden, load, row, runtime, sha256_of, testdata};
 use kiln::{
     Checksum, Device, ElementType, Error, Fallback, Manifest, ManifestFile, Model, ModelOptions,
     OptimizationLevel, Provider, ReportSource, SessionConfig, Tensor,
@@ -88,26 +88,6 @@ fn zipmap_rows_batch_and_split_back_to_their_requests() {
         )
         .expect("loads");
     let g = golden("zipmap");
-    let row = |tensors: &kiln::NamedTensors, i: usize| -> kiln::NamedTensors {
-        tensors
-            .iter()
-            .map(|(n, t)| {
-                let inner = t.len() / t.shape()[0];
-                let mut shape = t.shape().to_vec();
-                shape[0] = 1;
-                let data = match t.data() {
-                    kiln::TensorSlice::F32(v) => {
-                        kiln::TensorData::F32(v[i * inner..(i + 1) * inner].to_vec())
-                    }
-                    kiln::TensorSlice::String(v) => {
-                        kiln::TensorData::String(v[i * inner..(i + 1) * inner].to_vec())
-                    }
-                    other => panic!("row of {other:?}"),
-                };
-                (n.clone(), Tensor::from_data(shape, data).expect("row"))
-            })
-            .collect()
-    };
     let rows = g.inputs[0].1.shape()[0];
     let answers: Vec<_> = (0..rows)
         .map(|i| {

@@ -22,6 +22,29 @@ def load_golden(corpus, name):
             {k: arr(v) for k, v in doc["outputs"].items()})
 
 
+def request(module, inputs, binary=True):
+    """`inputs` (name -> array) as InferInputs of the client `module` (`tritonclient.http` or
+    `tritonclient.grpc`); over HTTP, as binary data or JSON."""
+    sent = []
+    for name, value in inputs.items():
+        t = module.InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
+        if module.__name__ == "tritonclient.http":
+            t.set_data_from_numpy(value, binary_data=binary)
+        else:
+            t.set_data_from_numpy(value)
+        sent.append(t)
+    return sent
+
+
+def wrong_rank(module, name, value):
+    """An InferInput of the client `module` for input `name` with one dim more than `value`
+    has: a request the server must refuse naming the input."""
+    shape = [1] * (value.ndim + 1)
+    t = module.InferInput(name, shape, DTYPES[str(value.dtype)])
+    t.set_data_from_numpy(value.reshape(-1)[:1].reshape(shape))
+    return t
+
+
 def check_close(model, name, got, want, tol):
     assert got.shape == want.shape, f"{model}/{name}: shape {got.shape} != {want.shape}"
     if want.dtype.kind == "f":

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, http, publish, repo_root, sigterm, start_ready};
+use common::{free_ports, http, publish, repo_root, sigterm, start_ready};
 
 /// Where Debian's golang-google-grpc-dev puts grpc-go's sources.
 const GOPATH: &str = "/usr/share/gocode";
@@ -94,8 +94,8 @@ fn grpc_go_probes_and_infers_and_sees_the_drain() {
     // Batches of up to 16,384 rows, so one request can carry 1 MiB.
     let settings = root.path().join("settings.yaml");
     std::fs::write(&settings, "models:\n  mlp: {max_batch_size: 16384}\n").expect("settings");
-    let port = free_port();
-    let grpc = format!("127.0.0.1:{}", free_port());
+    let [port, grpc] = free_ports();
+    let grpc = format!("127.0.0.1:{grpc}");
     let child = start_ready(
         root.path(),
         port,

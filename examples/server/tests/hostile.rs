@@ -10,12 +10,16 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{free_port, http, ort_env, proc_status_mib, publish, start_ready, Server};
+use common::{free_port, free_ports, http, ort_env, proc_status_mib, publish, start_ready, Server};
 
 fn start(extra: &[&str]) -> (tempfile::TempDir, Server) {
+    start_on(free_port(), extra)
+}
+
+/// [`start`] on `port`.
+fn start_on(port: u16, extra: &[&str]) -> (tempfile::TempDir, Server) {
     let root = tempfile::tempdir().expect("root");
     publish(root.path(), "mlp", "1", "mlp.onnx");
-    let port = free_port();
     let mut args = vec!["--drain-delay-s", "0", "--max-body-mib", "1"];
     args.extend(extra);
     let child = start_ready(root.path(), port, &args);
@@ -130,9 +134,12 @@ fn slow_clients_are_cut_off_and_others_are_served_meanwhile() {
 /// connection used to be held for ever, waiting to tell HTTP/1 from HTTP/2).
 #[test]
 fn silent_and_trickling_connections_are_closed_on_both_ports() {
-    let grpc = free_port();
+    let [port, grpc] = free_ports();
     let grpc_listen = format!("127.0.0.1:{grpc}");
-    let (_root, server) = start(&["--header-timeout-s", "1", "--grpc-listen", &grpc_listen]);
+    let (_root, server) = start_on(
+        port,
+        &["--header-timeout-s", "1", "--grpc-listen", &grpc_listen],
+    );
     let mut held = Vec::new();
     for port in [server.port, grpc] {
         for opening in [&b""[..], b"PRI * HTT"] {

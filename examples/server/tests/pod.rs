@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{assert_classes_named, http, repo_root, runtime};
+use common::{assert_classes_named, free_port, http, repo_root, runtime};
 use kiln::http::{router, AppState, ServerConfig};
 use kiln::{Repository, RepositoryConfig};
 use kiln_agent::{Agent, AgentConfig};
@@ -25,13 +25,6 @@ impl Drop for Moto {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {

@@ -24,22 +24,9 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 from tritonclient.utils import InferenceServerException
 
-from corpus_golden import DTYPES, check_close, check_timed_stats, load_golden
+from corpus_golden import check_close, check_timed_stats, load_golden, request, wrong_rank
 
 GATHERED = 64
-
-
-def request(module, inputs, binary=True):
-    """`inputs` (name -> array) as the client module's InferInputs."""
-    sent = []
-    for name, value in inputs.items():
-        t = module.InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
-        if module is httpclient:
-            t.set_data_from_numpy(value, binary_data=binary)
-        else:
-            t.set_data_from_numpy(value)
-        sent.append(t)
-    return sent
 
 
 def rows(corpus, entries, models):
@@ -113,8 +100,7 @@ async def http_suite(url, corpus, entries, models, since_ms):
         message = await expect_error(client.get_model_metadata("no-such-model"), "404")
         assert "no-such-model" in message, message
         name, value = next(iter(cases[0][0].items()))
-        bad = httpclient.InferInput(name, [1] * (value.ndim + 1), DTYPES[str(value.dtype)])
-        bad.set_data_from_numpy(value.reshape(-1)[:1].reshape([1] * (value.ndim + 1)))
+        bad = wrong_rank(httpclient, name, value)
         message = await expect_error(client.infer(model, [bad]), "400")
         assert name in message, message
 
@@ -156,8 +142,7 @@ async def grpc_suite(url, corpus, entries, models, since_ms):
         # Streaming: the async iterator's requests answered in order, each its own row; a bad
         # request answered with its error, in its place, and the stream goes on.
         name, value = next(iter(cases[0][0].items()))
-        bad = grpcclient.InferInput(name, [1] * (value.ndim + 1), DTYPES[str(value.dtype)])
-        bad.set_data_from_numpy(value.reshape(-1)[:1].reshape([1] * (value.ndim + 1)))
+        bad = wrong_rank(grpcclient, name, value)
         plan = [(f"s{k}", cases[k % len(cases)]) for k in range(16)]
         plan.insert(5, ("bad", None))
 

@@ -15,8 +15,11 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
     let python = venv_python("venv", "testdata");
     let server = CorpusServer::start();
     let corpus = repo_root().join("testdata/corpus");
-    let corpus_suite = |script: &str, url: &String| {
-        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![url, &corpus];
+    // A corpus suite's arguments: its URLs, the corpus, every corpus model's name.
+    let corpus_suite = |script: &str, urls: &[&String]| {
+        let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = Vec::new();
+        args.extend(urls.iter().map(|u| u as &dyn AsRef<std::ffi::OsStr>));
+        args.push(&corpus);
         args.extend(
             server
                 .names
@@ -26,27 +29,11 @@ fn the_triton_http_and_grpc_clients_work_against_kiln_server() {
         run_checks(&python, script, &args)
     };
     let results = [
-        ("HTTP", corpus_suite("triton_client.py", &server.rest)),
-        ("gRPC", corpus_suite("triton_grpc.py", &server.grpc)),
+        ("HTTP", corpus_suite("triton_client.py", &[&server.rest])),
+        ("gRPC", corpus_suite("triton_grpc.py", &[&server.grpc])),
         (
             "asyncio (http.aio, grpc.aio)",
-            run_checks(
-                &python,
-                "triton_aio.py",
-                &[
-                    &server.rest as &dyn AsRef<std::ffi::OsStr>,
-                    &server.grpc,
-                    &corpus,
-                ]
-                .into_iter()
-                .chain(
-                    server
-                        .names
-                        .iter()
-                        .map(|n| n as &dyn AsRef<std::ffi::OsStr>),
-                )
-                .collect::<Vec<_>>(),
-            ),
+            corpus_suite("triton_aio.py", &[&server.rest, &server.grpc]),
         ),
         (
             "datatypes",

@@ -24,6 +24,8 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 import grpc
 
+from corpus_golden import request
+
 
 def inputs():
     rows = 3
@@ -127,12 +129,8 @@ def classifiers(http, g, testdata):
         assert md["outputs"][1] == {"name": probs.name, "datatype": "FP32", "shape": [-1, -1]}, md
         for client, module, how in [(http, httpclient, "HTTP binary"), (http, httpclient, "HTTP JSON"),
                                     (g, grpcclient, "gRPC")]:
-            t = module.InferInput(inp.name, list(x.shape), "FP32")
-            if module is httpclient:
-                t.set_data_from_numpy(x, binary_data=how == "HTTP binary")
-            else:
-                t.set_data_from_numpy(x)
-            result = client.infer(model, [t])
+            sent = request(module, {inp.name: x}, binary=how == "HTTP binary")
+            result = client.infer(model, sent)
             got = result.as_numpy(probs.name)
             assert got.shape == want.shape and np.allclose(got, want, atol=1e-6), (model, how, got, want)
             labels = result.as_numpy(label.name)

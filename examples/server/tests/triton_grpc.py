@@ -26,7 +26,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from corpus_golden import (DTYPES, check_classes, check_close, check_timed_stats, label_file,
-                           load_golden, load_labels)
+                           load_golden, load_labels, request, wrong_rank)
 
 TYPED_FIELD = {"FP32": "fp32_contents", "INT64": "int64_contents", "INT32": "int_contents"}
 
@@ -105,7 +105,7 @@ def main():
             assert cfg["dynamic_batching"]["default_priority_level"] == "1", cfg
 
         # The client's own way: raw_input_contents in, raw_output_contents out.
-        req = req_for(inputs)
+        req = request(grpcclient, inputs)
         wanted = [grpcclient.InferRequestedOutput(n) for n in outputs]
         result = client.infer(model, req, outputs=wanted, request_id=f"{model}-raw")
         assert result.get_response().id == f"{model}-raw", result.get_response()
@@ -151,14 +151,8 @@ def main():
 
         # A wrong rank: INVALID_ARGUMENT naming the input.
         name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
-        t = grpcclient.InferInput(name, [1] * (value.ndim + 1), DTYPES[str(value.dtype)])
-        t.set_data_from_numpy(value.reshape(-1)[:1].reshape([1] * (value.ndim + 1)))
-        others = []
-        for n, v in inputs.items():
-            if n != name:
-                o = grpcclient.InferInput(n, list(v.shape), DTYPES[str(v.dtype)])
-                o.set_data_from_numpy(v)
-                others.append(o)
+        t = wrong_rank(grpcclient, name, value)
+        others = request(grpcclient, {n: v for n, v in inputs.items() if n != name})
         msg = expect_error("INVALID_ARGUMENT", lambda: client.infer(model, [t] + others))
         assert name in msg, msg
 
@@ -198,14 +192,14 @@ def main():
     assert "inflates past" in msg, msg
     # A client deadline reaches the server as grpc-timeout; a generous one is served.
     inputs, outputs = load_golden(corpus, models[0])
-    result = client.infer(models[0], req_for(inputs), client_timeout=60)
+    result = client.infer(models[0], request(grpcclient, inputs), client_timeout=60)
     first = next(iter(outputs))
     check_close(models[0], first, result.as_numpy(first), outputs[first], entries[models[0]]["tolerance"])
     # The request's own timeout (Triton's schedule-policy parameter, in microseconds) is its
     # deadline too: 1 µs has passed before the request is queued; a minute is served.
-    msg = expect_error("DEADLINE_EXCEEDED", lambda: client.infer(models[0], req_for(inputs), timeout=1))
+    msg = expect_error("DEADLINE_EXCEEDED", lambda: client.infer(models[0], request(grpcclient, inputs), timeout=1))
     assert "deadline" in msg, msg
-    result = client.infer(models[0], req_for(inputs), timeout=60_000_000)
+    result = client.infer(models[0], request(grpcclient, inputs), timeout=60_000_000)
     check_close(models[0], first, result.as_numpy(first), outputs[first], entries[models[0]]["tolerance"])
     stream_suite(client, corpus, entries, models)
     print("triton_grpc: all checks passed")
@@ -223,15 +217,14 @@ def stream_suite(client, corpus, entries, models):
     for model in models:
         inputs, outputs = load_golden(corpus, model)
         rid = f"{model}-stream"
-        client.async_stream_infer(model, req_for(inputs), request_id=rid,
+        client.async_stream_infer(model, request(grpcclient, inputs), request_id=rid,
                                   outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
         sent.append((rid, model, outputs))
         if len(sent) == 2:
             # A wrong rank, between good requests: an error on the stream, which goes on.
             inputs, _ = load_golden(corpus, models[0])
             name, value = next((n, v) for n, v in inputs.items() if v.ndim > 0)
-            bad = grpcclient.InferInput(name, [1] * (value.ndim + 1), DTYPES[str(value.dtype)])
-            bad.set_data_from_numpy(value.reshape(-1)[:1].reshape([1] * (value.ndim + 1)))
+            bad = wrong_rank(grpcclient, name, value)
             client.async_stream_infer(models[0], [bad], request_id="bad")
             sent.append(("bad", None, None))
     for rid, model, outputs in sent:
@@ -250,7 +243,7 @@ def stream_suite(client, corpus, entries, models):
     before = client.get_inference_statistics(models[0], as_json=True)["model_stats"][0]
     burst = 32
     for k in range(burst):
-        client.async_stream_infer(models[0], req_for(inputs), request_id=f"burst-{k}")
+        client.async_stream_infer(models[0], request(grpcclient, inputs), request_id=f"burst-{k}")
     got = []
     for _ in range(burst):
         result, error = answers.get(timeout=120)
@@ -269,7 +262,7 @@ def stream_suite(client, corpus, entries, models):
                             compression_algorithm=coding)
         for model in models:
             inputs, outputs = load_golden(corpus, model)
-            client.async_stream_infer(model, req_for(inputs), request_id=f"{model}-{coding}",
+            client.async_stream_infer(model, request(grpcclient, inputs), request_id=f"{model}-{coding}",
                                       outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
         for model in models:
             result, error = packed.get(timeout=120)
@@ -281,15 +274,6 @@ def stream_suite(client, corpus, entries, models):
         client.stop_stream()
     print(f"triton_grpc: stream ok ({len(models)} models, an error, {burst} requests in {runs} "
           "batches, gzip and deflate streams)")
-
-
-def req_for(inputs):
-    req = []
-    for name, value in inputs.items():
-        t = grpcclient.InferInput(name, list(value.shape), DTYPES[str(value.dtype)])
-        t.set_data_from_numpy(value)
-        req.append(t)
-    return req
 
 
 if __name__ == "__main__":

@@ -121,21 +121,15 @@ impl Moto {
             .expect("s3 client")
     }
 
-    /// Creates `bucket` (moto creates buckets on a plain PUT). Listening is not yet serving:
-    /// moto's first answer can take seconds (two starting at once on two cores), so the PUT
-    /// is tried again until it is answered 200, for up to 60 s.
+    /// Creates `bucket` (moto creates buckets on a plain PUT; [`Moto::start`] waited until it
+    /// answers).
     pub(crate) fn create_bucket(&self, bucket: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let answer = TcpStream::connect(("127.0.0.1", self.port))
-                .map(|client| http_request(client, "PUT", &format!("/{bucket}")))
-                .unwrap_or_else(|e| e.to_string());
-            if answer.starts_with("HTTP/1.1 200") {
-                return;
-            }
-            assert!(Instant::now() < deadline, "bucket {bucket}: {answer}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let client = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        let answer = http_request(client, "PUT", &format!("/{bucket}"));
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "bucket {bucket}: {answer}"
+        );
     }
 
     pub(crate) fn start() -> Option<Self> {
@@ -161,7 +155,22 @@ impl Moto {
             .spawn()
             .ok()?;
         let moto = Self { child, port };
-        listening(port, Duration::from_secs(30)).then_some(moto)
+        if !listening(port, Duration::from_secs(30)) {
+            return None;
+        }
+        // Listening is not yet serving: moto's first answer can take seconds (two starting at
+        // once on two cores). Any HTTP answer says it serves.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let answer = TcpStream::connect(("127.0.0.1", port))
+                .map(|client| http_request(client, "GET", "/"))
+                .unwrap_or_default();
+            if answer.starts_with("HTTP/1.1 ") {
+                return Some(moto);
+            }
+            assert!(Instant::now() < deadline, "moto listens but never answers");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

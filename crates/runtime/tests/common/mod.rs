@@ -90,6 +90,30 @@ fn named(v: &serde_json::Value) -> NamedTensors {
         .collect()
 }
 
+/// Row `i` of every tensor (dim 0).
+pub fn row(tensors: &NamedTensors, i: usize) -> NamedTensors {
+    tensors
+        .iter()
+        .map(|(n, t)| {
+            let rows = t.shape()[0];
+            let inner = t.len() / rows;
+            let mut shape = t.shape().to_vec();
+            shape[0] = 1;
+            let data = match t.data() {
+                TensorSlice::F32(v) => TensorData::F32(v[i * inner..(i + 1) * inner].to_vec()),
+                TensorSlice::I64(v) => TensorData::I64(v[i * inner..(i + 1) * inner].to_vec()),
+                TensorSlice::I32(v) => TensorData::I32(v[i * inner..(i + 1) * inner].to_vec()),
+                TensorSlice::F16(v) => TensorData::F16(v[i * inner..(i + 1) * inner].to_vec()),
+                TensorSlice::String(v) => {
+                    TensorData::String(v[i * inner..(i + 1) * inner].to_vec())
+                }
+                other => panic!("row of {other:?} not handled"),
+            };
+            (n.clone(), Tensor::from_data(shape, data).expect("row"))
+        })
+        .collect()
+}
+
 /// Reads `testdata/golden/<stem>.json`.
 pub fn golden(stem: &str) -> Golden {
     golden_at(&testdata(&format!("golden/{stem}.json")))
