@@ -43,43 +43,51 @@ pub struct ModelMetadata {
 
 impl ModelMetadata {
     pub(crate) fn from_session(name: &str, session: &ort::session::Session) -> Result<Self> {
-        let read =
-            |what: &'static str, outlets: &[ort::value::Outlet]| -> Result<Vec<TensorInfo>> {
-                outlets
-                    .iter()
-                    .map(|o| {
-                        let unsupported = || Error::UnsupportedModel {
-                            model: name.to_owned(),
-                            what,
-                            name: o.name().to_owned(),
-                            ty: o.dtype().to_string(),
-                        };
-                        let (ty, shape) = match o.dtype() {
-                            ort::value::ValueType::Tensor { ty, shape, .. } => (*ty, shape),
-                            // A classifier's ZipMap output, served as `[rows, classes]`.
-                            other if what == "output" => {
-                                let map = crate::zipmap::MapSequence::of(other)
-                                    .ok_or_else(unsupported)?;
-                                return Ok(TensorInfo {
-                                    name: o.name().to_owned(),
-                                    element_type: map.element_type(),
-                                    dims: vec![None, None],
-                                });
-                            }
-                            _ => return Err(unsupported()),
-                        };
-                        let element_type = ElementType::from_ort(ty).ok_or_else(unsupported)?;
-                        let dims = shape.iter().map(|&d| (d >= 0).then_some(d)).collect();
-                        Ok(TensorInfo {
-                            name: o.name().to_owned(),
-                            element_type,
-                            dims,
-                        })
+        let read = |what: &'static str,
+                    outlets: &[ort::value::Outlet],
+                    zipmap_rows: Option<i64>|
+         -> Result<Vec<TensorInfo>> {
+            outlets
+                .iter()
+                .map(|o| {
+                    let unsupported = || Error::UnsupportedModel {
+                        model: name.to_owned(),
+                        what,
+                        name: o.name().to_owned(),
+                        ty: o.dtype().to_string(),
+                    };
+                    let (ty, shape) = match o.dtype() {
+                        ort::value::ValueType::Tensor { ty, shape, .. } => (*ty, shape),
+                        // A classifier's ZipMap output, served as `[rows, classes]`.
+                        other if what == "output" => {
+                            let map =
+                                crate::zipmap::MapSequence::of(other).ok_or_else(unsupported)?;
+                            return Ok(TensorInfo {
+                                name: o.name().to_owned(),
+                                element_type: map.element_type(),
+                                dims: vec![zipmap_rows, None],
+                            });
+                        }
+                        _ => return Err(unsupported()),
+                    };
+                    let element_type = ElementType::from_ort(ty).ok_or_else(unsupported)?;
+                    let dims = shape.iter().map(|&d| (d >= 0).then_some(d)).collect();
+                    Ok(TensorInfo {
+                        name: o.name().to_owned(),
+                        element_type,
+                        dims,
                     })
-                    .collect()
-            };
-        let inputs = read("input", session.inputs())?;
-        let outputs = read("output", session.outputs())?;
+                })
+                .collect()
+        };
+        let inputs = read("input", session.inputs(), None)?;
+        // A ZipMap output has one map per row of the inputs (skl2onnx zips each input row's
+        // probabilities): where every input declares the same fixed dim 0, so does it, so a
+        // fixed-batch classifier's rows are answered apart (KServe v1's instances).
+        let mut dim0 = inputs.iter().map(|t| t.dims.first().copied().flatten());
+        let first = dim0.next().flatten();
+        let zipmap_rows = first.filter(|_| dim0.all(|d| d == first));
+        let outputs = read("output", session.outputs(), zipmap_rows)?;
         let batch_dim = inputs
             .iter()
             .chain(&outputs)

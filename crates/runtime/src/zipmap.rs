@@ -5,7 +5,8 @@
 //! to probability (`seq(map(int64, tensor(float)))`, or `string` keys for text classes). No v2
 //! datatype carries that, Triton refuses to load such a model, and kiln refused it too: the
 //! most common tabular model there is would not serve as exported. kiln serves that output as
-//! `[rows, classes]` FP32, each row's probabilities in its classes' ascending order (integers
+//! `[rows, classes]` FP32 (declared `[-1, -1]`, or `[n, -1]` where every input declares the
+//! same fixed dim 0 `n`), each row's probabilities in its classes' ascending order (integers
 //! by value, strings by bytes). scikit-learn's `classes_` are sorted, so for its exports that
 //! is the tensor `zipmap=False` gives. A row whose classes are not the first row's is an
 //! inference error, never a column that means another class. The rows are read one at a time,

@@ -51,15 +51,16 @@ fn every_test_model_matches_python_onnxruntime() {
 /// onnxruntime's maps read in that order; kiln refused both models before.
 #[test]
 fn classifiers_zipmap_probabilities_are_served_as_tensors_of_rows_and_classes() {
-    for (file, stem, batch_dim) in [
-        ("real/logreg_iris.onnx", "logreg_iris", false),
-        ("zipmap.onnx", "zipmap", true),
+    // (A fixed-batch model's rows are its inputs' fixed dim 0: one map per input row.)
+    for (file, stem, batch_dim, rows) in [
+        ("real/logreg_iris.onnx", "logreg_iris", false, Some(3)),
+        ("zipmap.onnx", "zipmap", true, None),
     ] {
         let mut model = load(file, ModelOptions::new());
         let meta = model.metadata();
         let probabilities = meta.outputs.last().expect("outputs");
         assert_eq!(probabilities.element_type, ElementType::F32, "{stem}");
-        assert_eq!(probabilities.dims, vec![None, None], "{stem}");
+        assert_eq!(probabilities.dims, vec![rows, None], "{stem}");
         assert_eq!(meta.batch_dim, batch_dim, "{stem}");
         let g = golden(stem);
         let out = model

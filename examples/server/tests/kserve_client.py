@@ -239,6 +239,28 @@ async def v1_columns_suite(v1, base, corpus, entries, models):
               f"{len(outputs)} output(s))")
 
 
+async def v1_classifiers_suite(v1, base, testdata):
+    """scikit-learn classifiers over v1 rows (their ZipMap probabilities served as [rows,
+    classes]): the onnxruntime wheel's LogisticRegression on iris, whose input is a fixed
+    [3, 2] (so exactly three instances), and testdata/zipmap.onnx (string classes, a batch
+    dim), each prediction compared with Python onnxruntime's golden label and probabilities."""
+    for model in ("logreg_iris", "zipmap"):
+        with open(os.path.join(testdata, "golden", f"{model}.json")) as f:
+            golden = json.load(f)
+        ((name, x),) = golden["inputs"].items()
+        rows, width = x["shape"]
+        instances = [x["data"][i * width:(i + 1) * width] for i in range(rows)]
+        (label_name, label), (probs_name, probs) = golden["outputs"].items()
+        classes = probs["shape"][1]
+        got = (await v1.infer(base, {"instances": instances}, model_name=model))["predictions"]
+        assert len(got) == rows, (model, got)
+        for i, p in enumerate(got):
+            assert p[label_name] == label["data"][i], (model, i, p, label)
+            want = probs["data"][i * classes:(i + 1) * classes]
+            assert np.allclose(p[probs_name], want, atol=1e-6), (model, i, p, want)
+        print(f"kserve_client: v1 {model} (ZipMap) ok: {rows} instances x {classes} classes")
+
+
 async def v1_strings_suite(v1, base, model):
     """BYTES over v1: objects naming both inputs, strings in and out, as JSON strings and as
     TensorFlow Serving's binary values ({"b64": ...}), as rows and as columns."""
@@ -295,6 +317,7 @@ async def strings_suite(rest, base, g, model):
 async def main():
     http_url, grpc_url, corpus, strings, models = (sys.argv[1], sys.argv[2], sys.argv[3],
                                                    sys.argv[4], sys.argv[5:])
+    testdata = os.path.dirname(os.path.normpath(corpus))
     with open(os.path.join(corpus, "corpus.json")) as f:
         entries = {m["name"]: m for m in json.load(f)["models"]}
     base = f"http://{http_url}"
@@ -307,6 +330,7 @@ async def main():
         await grpc_suite(g, corpus, entries, models)
         await strings_suite(rest, base, g, strings)
         await v1_strings_suite(v1, base, strings)
+        await v1_classifiers_suite(v1, base, testdata)
     finally:
         await rest.close()
         await v1.close()

@@ -126,7 +126,8 @@ def classifiers(http, g, testdata):
         want_label, maps = session.run(None, {inp.name: x})
         want = np.array([[row[k] for k in sorted(row)] for row in maps], dtype=np.float32)
         md = http.get_model_metadata(model)
-        assert md["outputs"][1] == {"name": probs.name, "datatype": "FP32", "shape": [-1, -1]}, md
+        assert md["outputs"][1] == {"name": probs.name, "datatype": "FP32",
+                                  "shape": [rows if model == "logreg_iris" else -1, -1]}, md
         for client, module, how in [(http, httpclient, "HTTP binary"), (http, httpclient, "HTTP JSON"),
                                     (g, grpcclient, "gRPC")]:
             sent = request(module, {inp.name: x}, binary=how == "HTTP binary")
