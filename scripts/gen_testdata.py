@@ -183,6 +183,18 @@ def zipmap_model(rng):
     return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="kiln-gen")
 
 
+def sparse_model(_rng):
+    """A model with a sparse tensor input: `a` sparse_tensor(float) [2, 3] times `b` f32 [3, 2]
+    (onnxruntime's contrib SparseToDenseMatMul). ONNX Runtime runs it with a sparse value
+    bound to `a`; no v2 datatype carries one, so kiln must refuse it at load rather than
+    report it Ready and fail every request."""
+    a = helper.make_value_info("a", helper.make_sparse_tensor_type_proto(TensorProto.FLOAT, [2, 3]))
+    nodes = [helper.make_node("SparseToDenseMatMul", ["a", "b"], ["y"], domain="com.microsoft")]
+    graph = helper.make_graph(nodes, "sparse", [a, f32("b", [3, 2])], [f32("y", [2, 2])])
+    opsets = OPSET + [helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=IR_VERSION, producer_name="kiln-gen")
+
+
 def slow_model(_rng):
     """Compute that takes a while in next to no memory: a Loop of 2,000 steps of
     y = tanh(y @ w) (one 512×512 weight), about a GFLOP a row."""
@@ -264,6 +276,8 @@ def main():
     save(strings_model(None), out_dir, "strings")
     # A model whose rows take long to compute (for shutdown under a running batch).
     save(slow_model(None), out_dir, "slow")
+    # A model ONNX Runtime runs but kiln cannot feed (a sparse tensor input).
+    save(sparse_model(None), out_dir, "sparse")
 
     # Broken artifacts: a model cut in half, and bytes that are no protobuf at all.
     with open(os.path.join(out_dir, "mlp.onnx"), "rb") as f:

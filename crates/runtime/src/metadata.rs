@@ -49,13 +49,22 @@ impl ModelMetadata {
          -> Result<Vec<TensorInfo>> {
             outlets
                 .iter()
-                .map(|o| {
+                .enumerate()
+                .map(|(index, o)| {
                     let unsupported = || Error::UnsupportedModel {
                         model: name.to_owned(),
                         what,
                         name: o.name().to_owned(),
                         ty: o.dtype().to_string(),
                     };
+                    if is_sparse(session, what == "output", index) {
+                        return Err(Error::UnsupportedModel {
+                            model: name.to_owned(),
+                            what,
+                            name: o.name().to_owned(),
+                            ty: format!("sparse {}", o.dtype()),
+                        });
+                    }
                     let (ty, shape) = match o.dtype() {
                         ort::value::ValueType::Tensor { ty, shape, .. } => (*ty, shape),
                         // A classifier's ZipMap output, served as `[rows, classes]`.
@@ -201,6 +210,43 @@ impl ModelMetadata {
 }
 
 /// Reads an `imgsz` value: `[h, w]`, `(h, w)` or one number for both; sides of 1 to 8192.
+/// Whether the session's `index`th output (or input) is a sparse tensor. ort describes one as
+/// a dense tensor (its `ValueType` has no sparse kind), but a dense value fed to a sparse
+/// input fails at every run, and no v2 datatype carries a sparse value: such a model is
+/// refused at load, not reported Ready to fail each request. ONNX Runtime's own type info
+/// says; a call it fails (it cannot, for an index the session listed) counts as dense.
+fn is_sparse(session: &ort::session::Session, output: bool, index: usize) -> bool {
+    use ort::sys::{ONNXType, OrtTypeInfo};
+    use ort::AsPointer;
+    let api = ort::api();
+    let get = if output {
+        api.SessionGetOutputTypeInfo
+    } else {
+        api.SessionGetInputTypeInfo
+    };
+    // Every status ONNX Runtime returns is released; the type info it hands out is released
+    // once read.
+    let ok = |status: ort::sys::OrtStatusPtr| {
+        if status.0.is_null() {
+            return true;
+        }
+        // SAFETY: a non-null status is ours to release, once.
+        unsafe { (api.ReleaseStatus)(status.0) };
+        false
+    };
+    let mut info: *mut OrtTypeInfo = std::ptr::null_mut();
+    // SAFETY: the session is alive for the call and `index` is below its input (output)
+    // count, which is how many outlets ort listed.
+    if !ok(unsafe { get(session.ptr(), index, &mut info) }) || info.is_null() {
+        return false;
+    }
+    let mut ty = ONNXType::ONNX_TYPE_UNKNOWN;
+    // SAFETY: `info` is the live type info ONNX Runtime just handed out; released here once.
+    let read = ok(unsafe { (api.GetOnnxTypeFromTypeInfo)(info, &mut ty) });
+    unsafe { (api.ReleaseTypeInfo)(info) };
+    read && ty == ONNXType::ONNX_TYPE_SPARSETENSOR
+}
+
 fn parse_image_size(v: &str) -> Option<(usize, usize)> {
     let sides: Vec<usize> = v
         .trim()

@@ -259,6 +259,26 @@ fn malformed_models_are_typed_errors() {
     assert!(matches!(err, Error::Io { .. }), "{err}");
 }
 
+/// A sparse tensor input (ONNX Runtime runs such a model with a sparse value bound to it): no
+/// v2 datatype carries one, and a dense tensor fed to it fails at every run. kiln loaded it,
+/// reported it Ready and failed each request ("expected to be of type: 4 but received a
+/// tensor"); it must be refused at load, naming the input.
+#[test]
+fn a_sparse_tensor_input_is_refused_at_load_by_name() {
+    let path = testdata("sparse.onnx");
+    let err = Model::load(
+        &runtime(),
+        &path,
+        &ModelOptions::new().with_checksum(Checksum::Skip),
+    )
+    .expect_err("a sparse input cannot be fed");
+    assert!(
+        matches!(&err, Error::UnsupportedModel { what: "input", name, ty, .. }
+            if name == "a" && ty.contains("sparse")),
+        "{err}"
+    );
+}
+
 #[test]
 fn metadata_reports_names_types_dynamic_dims_and_batch_dim() {
     let m = load("sequence.onnx", ModelOptions::new());
