@@ -310,7 +310,7 @@ fn maximal_json_bodies_stay_within_three_times_their_size_liveness_answers_and_m
         (
             v2,
             "NaN, key escaped",
-            nan_body(|rows| (input_head(rows).replace("data", r"data"), "]}]}")),
+            nan_body(|rows| (input_head(rows).replace("data", r"d\u0061ta"), "]}]}")),
             400,
             "max_batch_size",
         ),
