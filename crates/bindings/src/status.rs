@@ -105,9 +105,7 @@ impl From<runtime::Error> for Failure {
                 S::UnknownInput
             }
             E::DtypeMismatch { .. } | E::TensorType { .. } => S::DtypeMismatch,
-            E::ShapeMismatch { .. } | E::BatchMismatch { .. } | E::EmptyDim { .. } => {
-                S::ShapeMismatch
-            }
+            E::ShapeMismatch { .. } | E::BatchMismatch { .. } => S::ShapeMismatch,
             E::InputTooLarge { .. } | E::BatchTooLarge { .. } | E::RequestTooLarge { .. } => {
                 S::TooLarge
             }

@@ -484,17 +484,6 @@ pub enum Error {
         len: usize,
     },
 
-    /// An input has a dimension of size zero: nothing to run, and most models fail on it.
-    #[error("model {model}: input `{name}` has shape {shape:?}; every dim must be at least 1")]
-    EmptyDim {
-        /// Model name.
-        model: String,
-        /// Input name.
-        name: String,
-        /// The request's dims.
-        shape: Vec<usize>,
-    },
-
     /// The worker running the request stopped without answering (a bug; reported, not hidden).
     #[error("model {model}: the inference worker stopped without answering: {reason}")]
     WorkerLost {
@@ -545,7 +534,6 @@ impl Error {
             | Self::DuplicateInput { .. }
             | Self::DtypeMismatch { .. }
             | Self::ShapeMismatch { .. }
-            | Self::EmptyDim { .. }
             | Self::BatchMismatch { .. }
             | Self::BatchTooLarge { .. }
             | Self::TensorShape { .. }

@@ -173,13 +173,6 @@ impl ModelMetadata {
                     actual: shape.to_vec(),
                 });
             }
-            if shape.contains(&0) {
-                return Err(Error::EmptyDim {
-                    model: model(),
-                    name: info.name.clone(),
-                    shape: shape.to_vec(),
-                });
-            }
             if tensor.len() > max_elements {
                 return Err(Error::InputTooLarge {
                     model: model(),

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-DTYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32"}
+DTYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "object": "BYTES"}
 
 
 def load_golden(corpus, name):

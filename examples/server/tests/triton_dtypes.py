@@ -8,7 +8,8 @@ testdata/strings.onnx (`echo` = text, `ids` = LabelEncoder of text, `label` = La
 the int64 `n`), every way a Triton client sends strings, and a request of more strings than
 the server's limit refused as each client parses it. Then scikit-learn classifiers as
 skl2onnx exports them, their probabilities a ZipMap (a sequence of maps): served as
-[rows, classes] FP32 in ascending class order, equal to Python onnxruntime's maps.
+[rows, classes] FP32 in ascending class order, equal to Python onnxruntime's maps. Then
+zero-size dims (no rows; a zero-length sequence), as onnxruntime answers them.
 
 Usage: triton_dtypes.py HTTP_HOST:PORT GRPC_HOST:PORT MODEL STRINGS_MODEL TESTDATA_DIR
 """
@@ -111,7 +112,37 @@ def main():
         assert "has 0 values" in e.details() or "raw_input_contents" in e.details(), e.details()
     strings(http, g, stub, sys.argv[4])
     classifiers(http, g, sys.argv[5])
+    empty_tensors(http, g, sys.argv[5])
     print("triton_dtypes: all checks passed")
+
+
+def empty_tensors(http, g, testdata):
+    """Zero-size dims, served as ONNX Runtime and Triton serve them (a detector's zero boxes
+    sent on to a classifier, an empty sequence): no rows (magika, strings), and a zero-length
+    sequence under rows (testdata/sequence.onnx, whose pooled output is still one row each),
+    through both clients, against onnxruntime's own run. kiln refused every one (400, "every
+    dim must be at least 1")."""
+    cases = [
+        ("magika", "real/magika.onnx", {"bytes": np.zeros((0, 2048), np.int32)}),
+        ("strings", "strings.onnx", {"text": np.zeros((0, 3), np.object_),
+                                     "n": np.zeros((0, 1), np.int64)}),
+        ("sequence", "sequence.onnx", {"tokens": np.zeros((0, 5, 8), np.float32)}),
+        ("sequence", "sequence.onnx", {"tokens": np.zeros((2, 0, 8), np.float32)}),
+    ]
+    for model, path, feeds in cases:
+        session = ort.InferenceSession(os.path.join(testdata, path), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        want = dict(zip(names, session.run(None, feeds)))
+        shapes = {k: v.shape for k, v in feeds.items()}
+        for client, module, how in [(http, httpclient, "HTTP binary"), (http, httpclient, "HTTP JSON"),
+                                    (g, grpcclient, "gRPC")]:
+            result = client.infer(model, request(module, feeds, binary=how == "HTTP binary"))
+            for name, w in want.items():
+                got = result.as_numpy(name)
+                assert got is not None and got.shape == w.shape, (model, shapes, how, name, got, w.shape)
+                if w.dtype != np.object_:
+                    assert np.allclose(got, w, equal_nan=True), (model, shapes, how, name, got, w)
+        print(f"triton_dtypes: empty {model} {shapes} ok: {({k: v.shape for k, v in want.items()})}")
 
 
 def classifiers(http, g, testdata):

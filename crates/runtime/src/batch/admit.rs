@@ -1,6 +1,6 @@
 //! Admission: a request is validated against the signature, checked against the queue's
 //! limits and queued, or refused at once with a typed error. Nothing is queued that the model
-//! cannot run: wrong names, types or ranks, zero-size dims, too many rows or bytes, a priority
+//! cannot run: wrong names, types or ranks, too many rows or bytes, a priority
 //! out of range. A full queue is `Overloaded` with a retry hint from the recent drain rate.
 
 use std::time::{Duration, Instant};

@@ -76,8 +76,8 @@ pub(crate) fn publish_corpus(root: &Path) -> Vec<String> {
     models.into_iter().map(|(m, _)| m).collect()
 }
 
-/// kiln-server serving every corpus model beside `dtypes` and `strings` (testdata), REST and
-/// gRPC on free ports, killed when dropped.
+/// kiln-server serving every corpus model beside `dtypes`, `strings`, `zipmap`, `logreg_iris`
+/// and `sequence` (testdata), REST and gRPC on free ports, killed when dropped.
 pub(crate) struct CorpusServer {
     child: std::process::Child,
     /// REST `127.0.0.1:PORT`.
@@ -97,6 +97,7 @@ impl CorpusServer {
         publish(root.path(), "strings", "1", "strings.onnx");
         publish(root.path(), "zipmap", "1", "zipmap.onnx");
         publish(root.path(), "logreg_iris", "1", "real/logreg_iris.onnx");
+        publish(root.path(), "sequence", "1", "sequence.onnx");
         let [port, grpc] = free_ports();
         let grpc = format!("127.0.0.1:{grpc}");
         let child = start_ready(
