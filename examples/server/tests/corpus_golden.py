@@ -8,7 +8,8 @@ import time
 
 import numpy as np
 
-DTYPES = {"float32": "FP32", "float16": "FP16", "int64": "INT64", "int32": "INT32", "object": "BYTES"}
+DTYPES = {"float32": "FP32", "float16": "FP16", "float64": "FP64", "int64": "INT64", "int32": "INT32",
+          "int8": "INT8", "uint8": "UINT8", "bool": "BOOL", "object": "BYTES"}
 
 
 def load_golden(corpus, name):
