@@ -287,14 +287,15 @@ pub enum Error {
         rows: usize,
     },
 
-    /// An input holds more elements than the configured cap.
+    /// An input holds more elements than the configured cap (a zero dim counted as one: it
+    /// leaves no elements, but the other dims still size what the model builds from them).
     #[error("model {model}: input `{name}` has {elements} elements, over the limit of {limit} (max_input_elements)")]
     InputTooLarge {
         /// Model name.
         model: String,
         /// Input name.
         name: String,
-        /// Elements in the request's tensor.
+        /// Elements in the request's tensor, a zero dim counted as one.
         elements: usize,
         /// The configured cap.
         limit: usize,

@@ -173,11 +173,18 @@ impl ModelMetadata {
                     actual: shape.to_vec(),
                 });
             }
-            if tensor.len() > max_elements {
+            // A zero dim leaves no elements, but every other dim still sizes what is built
+            // from it (a batch padded to its length, a model's mask): counted as one, no dim
+            // of an empty tensor escapes the limit.
+            let elements = shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d.max(1)))
+                .unwrap_or(usize::MAX);
+            if elements > max_elements {
                 return Err(Error::InputTooLarge {
                     model: model(),
                     name: info.name.clone(),
-                    elements: tensor.len(),
+                    elements,
                     limit: max_elements,
                 });
             }

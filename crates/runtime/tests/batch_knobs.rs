@@ -236,6 +236,19 @@ fn zero_size_dims_are_served_their_own_empty_rows_beside_other_requests() {
         let out = answer(&rx, Duration::from_secs(10)).0.expect("served");
         assert_own_rows(&out, id, rows, width);
     }
+    // The request of no rows ran in a batch of its own (no rows to see), as it would alone,
+    // not as an empty slice of the others' answer.
+    assert!(
+        seen.lock().expect("seen").iter().any(Vec::is_empty),
+        "the request of no rows was stacked beside others: {:?}",
+        seen.lock().expect("seen")
+    );
+    // An empty tensor's other dims are still bounded: counted as one, a zero dim does not let
+    // a dim of 2^40 through to be padded to.
+    let huge = h
+        .submit(InferRequest::new(request(5, 0, 1 << 40)))
+        .expect_err("a dim of 2^40 beside a zero");
+    assert_eq!(huge.kind(), ErrorKind::TooLarge, "{huge}");
     assert_own_rows(
         &answer(&good, Duration::from_secs(10)).0.expect("good"),
         2,

@@ -53,8 +53,8 @@ def main():
     models = dict(a.split("=", 1) for a in sys.argv[3:])
     http = httpclient.InferenceServerClient(url=http_url)
     g = grpcclient.InferenceServerClient(url=grpc_url)
-    # Every model settles (ready, or unavailable with a reason) within two minutes.
-    deadline = time.monotonic() + 120
+    # Every model settles (ready, or unavailable with a reason) within five minutes.
+    deadline = time.monotonic() + 300
     while True:
         index = states(http)
         settled = {n for n, m in index.items() if m.get("state") in ("READY", "UNAVAILABLE")}

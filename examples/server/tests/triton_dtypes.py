@@ -112,11 +112,11 @@ def main():
         assert "has 0 values" in e.details() or "raw_input_contents" in e.details(), e.details()
     strings(http, g, stub, sys.argv[4])
     classifiers(http, g, sys.argv[5])
-    empty_tensors(http, g, sys.argv[5])
+    empty_tensors(http, g, sys.argv[5], http_url)
     print("triton_dtypes: all checks passed")
 
 
-def empty_tensors(http, g, testdata):
+def empty_tensors(http, g, testdata, http_url):
     """Zero-size dims, served as ONNX Runtime and Triton serve them (a detector's zero boxes
     sent on to a classifier, an empty sequence): no rows (magika, strings), and a zero-length
     sequence under rows (testdata/sequence.onnx, whose pooled output is still one row each),
@@ -143,6 +143,24 @@ def empty_tensors(http, g, testdata):
                 if w.dtype != np.object_:
                     assert np.allclose(got, w, equal_nan=True), (model, shapes, how, name, got, w)
         print(f"triton_dtypes: empty {model} {shapes} ok: {({k: v.shape for k, v in want.items()})}")
+    # A request of no rows is answered as it is alone even while others with rows are batched
+    # (zipmap.onnx: its ZipMap has no classes to read without a row, so [0, 0]; an empty slice
+    # of a batch with rows would be [0, 3]).
+    many = httpclient.InferenceServerClient(url=http_url, concurrency=16)
+    rows = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    alone = http.infer("zipmap", request(httpclient, {"x": rows[:0]})).as_numpy("probability").shape
+    sent = [many.async_infer("zipmap", request(httpclient, {"x": rows[: 2 * (i % 2)]})) for i in range(64)]
+    got = [r.get_result().as_numpy("probability").shape for r in sent]
+    assert all(g == (alone if i % 2 == 0 else (2, 3)) for i, g in enumerate(got)), (alone, got)
+    many.close()
+    # An empty tensor's other dims are bounded as if its zero were one: a dim of 2^40 beside a
+    # zero is refused by the limit, not handed on to size a model's buffers.
+    try:
+        http.infer("sequence", request(httpclient, {"tokens": np.zeros((0, 1 << 40, 8), np.float32)}))
+        raise AssertionError("a dim of 2^40 beside a zero was served")
+    except InferenceServerException as e:
+        assert "over the limit" in str(e), e
+    print(f"triton_dtypes: empty rows batched apart ({alone} alone and among rows); huge dims beside a zero refused")
 
 
 def classifiers(http, g, testdata):

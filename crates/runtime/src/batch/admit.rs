@@ -1,7 +1,7 @@
 //! Admission: a request is validated against the signature, checked against the queue's
-//! limits and queued, or refused at once with a typed error. Nothing is queued that the model
-//! cannot run: wrong names, types or ranks, too many rows or bytes, a priority
-//! out of range. A full queue is `Overloaded` with a retry hint from the recent drain rate.
+//! limits and queued, or refused at once with a typed error. Nothing is queued that does not
+//! fit the model's signature or the limits: wrong names, types or ranks, too many rows or
+//! bytes (a zero dim counted as one), a priority out of range. A full queue is `Overloaded` with a retry hint from the recent drain rate.
 
 use std::time::{Duration, Instant};
 
@@ -135,20 +135,22 @@ impl Shared {
         Ok((pending, rx))
     }
 
-    /// The shape bucket: every non-batch dim, except the padded one (any length batches).
+    /// The shape bucket: every non-batch dim, except the padded one (any length batches),
+    /// and whether the request has no rows. A request of no rows batches only with others of
+    /// none, so it runs as it would alone: stacked beside rows, it would get an empty slice of
+    /// their answer where a model that cannot run no rows fails it alone.
     fn bucket(&self, inputs: &NamedTensors) -> Vec<usize> {
         let padded = self.settings.padding.as_ref().map(|p| (p.input, p.dim));
-        inputs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (_, t))| {
+        let no_rows = inputs.first().and_then(|(_, t)| t.shape().first()) == Some(&0);
+        std::iter::once(usize::from(no_rows))
+            .chain(inputs.iter().enumerate().flat_map(|(i, (_, t))| {
                 t.shape()
                     .iter()
                     .enumerate()
                     .skip(1)
                     .map(move |(d, &v)| if padded == Some((i, d)) { 0 } else { v })
                     .chain([usize::MAX])
-            })
+            }))
             .collect()
     }
 

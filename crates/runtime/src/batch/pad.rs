@@ -1,7 +1,8 @@
 //! Padding one variable-length dim up to a batch's longest request, and trimming outputs back
-//! to each request's own length. Every shape is checked, never assumed: a zero-length dim, an
-//! output shorter than the request, or an output of another rank than declared (real models
-//! declare output shapes that lie) is an error, never a panic on an instance thread.
+//! to each request's own length. Every shape is checked, never assumed: a zero-length dim is
+//! padded and trimmed like any other; an output shorter than the request, or of another rank
+//! than declared (real models declare output shapes that lie), is an error, never a panic on
+//! an instance thread.
 
 use crate::error::{Error, Result};
 use crate::tensor::{with_element_type, Item, Tensor};

@@ -259,10 +259,12 @@ impl Queue {
             return Take::Batch(self.remove_marked(level, &[(0, true)], now, dropped));
         }
 
-        // Gather matching, live requests in FIFO order while they fit.
+        // Gather matching, live requests in FIFO order while they fit. A request of no rows
+        // counts as one here (its bucket holds only such requests), so a batch of them is
+        // bounded by the same cap as any other.
         let mut chosen = vec![0usize];
-        let mut cumulative = vec![head.rows];
-        let mut rows = head.rows;
+        let mut cumulative = vec![head.rows.max(1)];
+        let mut rows = head.rows.max(1);
         let mut left_over = false;
         let mut other_shape = false;
         let mut gone = Vec::new();
@@ -276,11 +278,11 @@ impl Queue {
                 other_shape = true;
                 continue;
             }
-            if rows + p.rows > cap {
+            if rows + p.rows.max(1) > cap {
                 left_over = true;
                 break;
             }
-            rows += p.rows;
+            rows += p.rows.max(1);
             chosen.push(i);
             cumulative.push(rows);
             if rows == cap {

@@ -272,10 +272,8 @@ fn run_stacked(
     let requests: Vec<&NamedTensors> = batch.iter().map(|p| &p.inputs).collect();
     let rows: Vec<usize> = batch.iter().map(|p| p.rows).collect();
     let (inputs, plan) = stack::join(&requests, rows, shared.settings.padding.as_ref(), scratch)?;
-    if let Some((real, total)) = plan.padded {
-        shared
-            .metrics
-            .padding(1.0 - real as f64 / total.max(1) as f64);
+    if let Some((real, total)) = plan.padded.filter(|&(_, total)| total > 0) {
+        shared.metrics.padding(1.0 - real as f64 / total as f64);
         let mut st = lock(&shared.state);
         st.stats.padded_elements += (total - real) as u64;
         st.stats.real_elements += real as u64;

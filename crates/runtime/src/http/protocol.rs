@@ -422,13 +422,19 @@ impl Limits {
         shape: &[usize],
         datatype: &str,
     ) -> Result<usize, InputError> {
-        let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        // A zero dim counted as one: an empty tensor's other dims are bounded too (they size
+        // what the model builds from them).
+        let bound = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1)));
         let over = |what: String| {
             InputError::TooLarge(format!("input `{name}`: shape {shape:?} is over {what}"))
         };
-        let elements = count
+        bound
             .filter(|&n| n <= self.elements)
             .ok_or_else(|| over(format!("the limit of {} elements", self.elements)))?;
+        // At most `bound`, so no overflow.
+        let elements: usize = shape.iter().product();
         if datatype == BYTES {
             self.strings = self.strings.checked_sub(elements).ok_or_else(|| {
                 over(format!(
