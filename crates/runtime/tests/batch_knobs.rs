@@ -236,13 +236,6 @@ fn zero_size_dims_are_served_their_own_empty_rows_beside_other_requests() {
         let out = answer(&rx, Duration::from_secs(10)).0.expect("served");
         assert_own_rows(&out, id, rows, width);
     }
-    // The request of no rows ran in a batch of its own (no rows to see), as it would alone,
-    // not as an empty slice of the others' answer.
-    assert!(
-        seen.lock().expect("seen").iter().any(Vec::is_empty),
-        "the request of no rows was stacked beside others: {:?}",
-        seen.lock().expect("seen")
-    );
     // An empty tensor's other dims are still bounded: counted as one, a zero dim does not let
     // a dim of 2^40 through to be padded to.
     let huge = h
@@ -316,6 +309,33 @@ fn a_trim_that_does_not_fit_fails_its_batch_not_the_instance() {
     let out = r.expect("a lone request is served");
     assert_eq!(out[0].1.shape(), &[1, 2]);
     assert!(h.is_ready());
+}
+
+/// A request of no rows runs in a batch of requests of none, as it would alone: stacked beside
+/// rows it got an empty slice of their answer, where a model that cannot run no rows (or one
+/// whose output shape depends on them, a ZipMap's classes) answers it otherwise alone. Queued
+/// in order while the instance is held: rows, no rows, rows.
+#[test]
+fn a_request_of_no_rows_runs_in_a_batch_of_its_own() {
+    let seen: Seen = Arc::default();
+    let gate = Gate::closed();
+    let h = serve(BatchConfig::default(), &seen, Some(gate.clone()));
+    let blocker = timed(&h, request(100, 1, 2));
+    gate.wait_inside(1);
+    let queued: Vec<_> = [request(2, 1, 2), request(3, 0, 2), request(4, 1, 2)]
+        .into_iter()
+        .map(|r| h.submit(InferRequest::new(r)).expect("admitted"))
+        .collect();
+    gate.open();
+    answer(&blocker, Duration::from_secs(10))
+        .0
+        .expect("blocker");
+    for (rx, (id, rows)) in queued.into_iter().zip([(2, 1), (3, 0), (4, 1)]) {
+        let out = rx.blocking_recv().expect("replied").expect("served");
+        assert_own_rows(&out, id, rows, 2);
+    }
+    let batches = seen.lock().expect("seen").clone();
+    assert_eq!(batches, vec![vec![100], vec![2, 4], vec![]], "batches run");
 }
 
 proptest! {

@@ -50,6 +50,12 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
+    /// What the request takes of a batch's rows: its rows, and one for a request of none (its
+    /// bucket holds only such requests), so a batch of them is capped like any other.
+    fn weight(&self) -> usize {
+        self.rows.max(1)
+    }
+
     fn expired(&self, now: Instant) -> bool {
         self.deadline.is_some_and(|d| d <= now)
     }
@@ -101,6 +107,7 @@ pub(crate) struct Queue {
     levels: Vec<VecDeque<Pending>>,
     requests: usize,
     bytes: usize,
+    /// Rows waiting, as a batch counts them ([`Pending::weight`]).
     rows: usize,
     /// Batches served from the top level while a lower level waited.
     since_low: usize,
@@ -137,7 +144,7 @@ impl Queue {
     /// Adds a request at the back of its level.
     pub(crate) fn push(&mut self, p: Pending) {
         self.requests += 1;
-        self.rows += p.rows;
+        self.rows += p.weight();
         self.bytes += p.bytes;
         let level = p.priority.min(self.levels.len() - 1);
         self.levels[level].push_back(p);
@@ -145,7 +152,7 @@ impl Queue {
 
     fn account_removed(&mut self, p: &Pending) {
         self.requests -= 1;
-        self.rows -= p.rows;
+        self.rows -= p.weight();
         self.bytes -= p.bytes;
     }
 
@@ -259,12 +266,10 @@ impl Queue {
             return Take::Batch(self.remove_marked(level, &[(0, true)], now, dropped));
         }
 
-        // Gather matching, live requests in FIFO order while they fit. A request of no rows
-        // counts as one here (its bucket holds only such requests), so a batch of them is
-        // bounded by the same cap as any other.
+        // Gather matching, live requests in FIFO order while they fit.
         let mut chosen = vec![0usize];
-        let mut cumulative = vec![head.rows.max(1)];
-        let mut rows = head.rows.max(1);
+        let mut cumulative = vec![head.weight()];
+        let mut rows = head.weight();
         let mut left_over = false;
         let mut other_shape = false;
         let mut gone = Vec::new();
@@ -278,11 +283,11 @@ impl Queue {
                 other_shape = true;
                 continue;
             }
-            if rows + p.rows.max(1) > cap {
+            if rows + p.weight() > cap {
                 left_over = true;
                 break;
             }
-            rows += p.rows.max(1);
+            rows += p.weight();
             chosen.push(i);
             cumulative.push(rows);
             if rows == cap {

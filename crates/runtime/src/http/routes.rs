@@ -410,10 +410,6 @@ async fn run(
     };
     let mut tail = Vec::new();
     let mut json_bytes = 0;
-    // Whether any output is binary data, empty ones too: the header then says where the
-    // JSON ends, as Triton answers (an answer whose binary outputs are all empty is still
-    // one to be read by that header).
-    let mut any_binary = false;
     let outputs = answer
         .outputs
         .into_iter()
@@ -423,7 +419,6 @@ async fn run(
                 json_bytes += json_size(&t);
             }
             let (out, bytes) = protocol::output(n, t, binary);
-            any_binary |= bytes.is_some();
             tail.extend(bytes.unwrap_or_default());
             out
         })
@@ -442,14 +437,14 @@ async fn run(
         Ok((body, json_len))
     })
     .await?;
-    let content_type = if any_binary {
-        "application/octet-stream"
-    } else {
+    let content_type = if tail_len == 0 {
         "application/json"
+    } else {
+        "application/octet-stream"
     };
     let json_len = written.json_len;
     let mut response = written.response(content_type);
-    if any_binary {
+    if tail_len > 0 {
         response.headers_mut().insert(
             axum::http::HeaderName::from_static(HEADER_LENGTH),
             axum::http::HeaderValue::from(json_len),
