@@ -28,8 +28,7 @@ pub(crate) struct ExternalFile {
     pub bytes: Arc<[u8]>,
 }
 
-/// Nesting past which a model is refused rather than scanned (subgraphs in subgraphs).
-const MAX_DEPTH: usize = 64;
+use crate::wire::{Wire, MAX_DEPTH};
 
 /// What [`load`] found.
 pub(crate) struct Scanned {
@@ -284,7 +283,7 @@ fn walk(
     if depth > MAX_DEPTH {
         return Err(format!("the model nests deeper than {MAX_DEPTH} levels"));
     }
-    let mut r = Wire { buf, pos: 0 };
+    let mut r = Wire::new(buf);
     let (mut key, mut value) = (None, None);
     while let Some((field, payload)) = r.field()? {
         let Some(bytes) = payload else { continue };
@@ -303,106 +302,6 @@ fn walk(
         found.push(location.to_owned());
     }
     Ok(())
-}
-
-/// A field number and, for a length-delimited field, its bytes.
-type Field<'a> = (u64, Option<&'a [u8]>);
-
-/// A reader of the protobuf wire format: just enough to step over fields.
-struct Wire<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Wire<'a> {
-    fn varint(&mut self) -> std::result::Result<u64, String> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = *self.buf.get(self.pos).ok_or("truncated varint")?;
-            self.pos += 1;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("varint longer than 10 bytes".into())
-    }
-
-    fn skip(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.buf.len())
-            .ok_or("a field runs past the end of its message")?;
-        let bytes = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(bytes)
-    }
-
-    /// Skips the fields of a group up to the end tag of `field`.
-    fn skip_group(&mut self, field: u64, depth: usize) -> std::result::Result<(), String> {
-        if depth > MAX_DEPTH {
-            return Err("groups nest too deep".into());
-        }
-        loop {
-            if self.pos >= self.buf.len() {
-                return Err("a group has no end".into());
-            }
-            let tag = self.varint()?;
-            match tag & 7 {
-                0 => {
-                    self.varint()?;
-                }
-                1 => {
-                    self.skip(8)?;
-                }
-                2 => {
-                    let n = usize::try_from(self.varint()?).map_err(|_| "length too large")?;
-                    self.skip(n)?;
-                }
-                3 => self.skip_group(tag >> 3, depth + 1)?,
-                4 if tag >> 3 == field => return Ok(()),
-                5 => {
-                    self.skip(4)?;
-                }
-                w => return Err(format!("unexpected protobuf wire type {w}")),
-            }
-        }
-    }
-
-    /// The next field: its number and, for a length-delimited one, its bytes.
-    fn field(&mut self) -> std::result::Result<Option<Field<'a>>, String> {
-        if self.pos >= self.buf.len() {
-            return Ok(None);
-        }
-        let tag = self.varint()?;
-        let payload = match tag & 7 {
-            0 => {
-                self.varint()?;
-                None
-            }
-            1 => {
-                self.skip(8)?;
-                None
-            }
-            2 => {
-                let n = usize::try_from(self.varint()?).map_err(|_| "length too large")?;
-                Some(self.skip(n)?)
-            }
-            5 => {
-                self.skip(4)?;
-                None
-            }
-            // A group (deprecated, but protobuf parsers accept one in an unknown field):
-            // skipped to its end tag.
-            3 => {
-                self.skip_group(tag >> 3, 0)?;
-                None
-            }
-            w => return Err(format!("unexpected protobuf wire type {w}")),
-        };
-        Ok(Some((tag >> 3, payload)))
-    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,8 @@ pub struct ClassLabels {
     text: String,
     spans: Vec<(u32, u32)>,
     longest: usize,
+    /// Read from the output's label file (not the model's own classes).
+    from_file: bool,
 }
 
 impl ClassLabels {
@@ -73,6 +75,12 @@ impl ClassLabels {
     /// The longest label's length in bytes.
     pub fn longest(&self) -> usize {
         self.longest
+    }
+
+    /// Whether they were read from the output's label file ([`label_file`]); if not, they
+    /// are the model's own classes (a classifier's ZipMap).
+    pub fn from_file(&self) -> bool {
+        self.from_file
     }
 }
 
@@ -231,6 +239,24 @@ pub(crate) fn load(
     Ok(labels)
 }
 
+/// Labels given as a list (a classifier's own classes, [`crate::zipmap::classes`]), held as a
+/// label file would be: `None` where they could not be one (a class holding a line break,
+/// over [`MAX_LABEL_BYTES`], or more than [`MAX_LABELS`] of them).
+pub(crate) fn from_classes(classes: &[String]) -> Option<ClassLabels> {
+    if classes.iter().any(|c| c.contains(['\n', '\r'])) {
+        return None;
+    }
+    let text = classes.join("\n");
+    if text.len() as u64 > MAX_LABEL_FILE_BYTES {
+        return None;
+    }
+    let labels = parse(Path::new("classes"), text.as_bytes()).ok()?;
+    Some(ClassLabels {
+        from_file: false,
+        ..labels
+    })
+}
+
 /// The labels in a label file's bytes: one per line.
 pub(crate) fn parse(file: &Path, bytes: &[u8]) -> Result<ClassLabels> {
     let text = std::str::from_utf8(bytes)
@@ -264,6 +290,7 @@ pub(crate) fn parse(file: &Path, bytes: &[u8]) -> Result<ClassLabels> {
         text: text.to_owned(),
         spans,
         longest,
+        from_file: true,
     })
 }
 

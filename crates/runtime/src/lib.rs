@@ -60,6 +60,7 @@ pub mod repository;
 pub mod runtime;
 pub mod signing;
 pub mod tensor;
+mod wire;
 mod zipmap;
 
 // The crates whose types appear in kiln's public signatures, so callers name the same

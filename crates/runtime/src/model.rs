@@ -190,14 +190,23 @@ impl Model {
                 None => {
                     let outputs: Vec<&str> =
                         metadata.outputs.iter().map(|o| o.name.as_str()).collect();
-                    crate::labels::load(
+                    let mut labels = crate::labels::load(
                         path,
                         &label_files,
                         &outputs,
                         &options.checksum,
                         &options.external_data,
                         manifest.as_ref(),
-                    )?
+                    )?;
+                    // A classifier's ZipMap names its own classes; a label file still wins.
+                    for (output, classes) in crate::zipmap::classes(&bytes) {
+                        if outputs.contains(&output.as_str()) && !labels.contains_key(&output) {
+                            if let Some(l) = crate::labels::from_classes(&classes) {
+                                labels.insert(output, std::sync::Arc::new(l));
+                            }
+                        }
+                    }
+                    labels
                 }
             };
             let provider = report(

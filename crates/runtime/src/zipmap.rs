@@ -11,8 +11,16 @@
 //! is the tensor `zipmap=False` gives. A row whose classes are not the first row's is an
 //! inference error, never a column that means another class. The rows are read one at a time,
 //! each map dropped once copied (ONNX Runtime hands out a copy of a row's map per read).
+//!
+//! The classes themselves are the ZipMap's attribute: [`classes`] reads them from the model's
+//! bytes, so that Triton's classification extension answers each class with its name
+//! (`"0.57:2:virginica"`) with no label file to write.
+
+use std::collections::BTreeMap;
 
 use ort::value::{DynMapValueType, DynValue, SequenceValueType, TensorElementType, ValueType};
+
+use crate::wire::{Value, Wire};
 
 use crate::tensor::{ElementType, Tensor, TensorData};
 
@@ -100,4 +108,190 @@ where
     }
     let width = classes.map_or(0, |c| c.len());
     Tensor::from_data(vec![rows, width], TensorData::F32(values)).map_err(|e| e.to_string())
+}
+
+/// The classes of each ZipMap in the model's main graph, by the output it writes, in the order
+/// its columns are served (ascending; a class given twice once, as the map keeps it), as text.
+/// A model whose bytes the scan cannot read, or classes that are not UTF-8, give none.
+pub(crate) fn classes(model: &[u8]) -> BTreeMap<String, Vec<String>> {
+    let mut found = BTreeMap::new();
+    // A model the scan cannot read loads all the same (ONNX Runtime is the judge); it just
+    // has no classes to name.
+    let _ = scan(model, &mut found);
+    found
+}
+
+/// `ModelProto.graph` (7) → `GraphProto.node` (1), each node read by [`zipmap_node`].
+fn scan(model: &[u8], found: &mut BTreeMap<String, Vec<String>>) -> Result<(), String> {
+    let mut m = Wire::new(model);
+    while let Some((field, value)) = m.value()? {
+        let (7, Value::Bytes(graph)) = (field, value) else {
+            continue;
+        };
+        let mut g = Wire::new(graph);
+        while let Some((field, value)) = g.value()? {
+            if let (1, Value::Bytes(node)) = (field, value) {
+                if let Some((output, classes)) = zipmap_node(node)? {
+                    found.insert(output, classes);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `NodeProto` that is an `ai.onnx.ml` ZipMap: its output (2), and its classes, from the
+/// attribute (5) `classlabels_int64s` or `classlabels_strings`.
+fn zipmap_node(node: &[u8]) -> Result<Option<(String, Vec<String>)>, String> {
+    let (mut output, mut op, mut domain) = (None, None, &b""[..]);
+    let (mut ints, mut strings) = (Vec::new(), Vec::new());
+    let mut r = Wire::new(node);
+    while let Some((field, value)) = r.value()? {
+        match (field, value) {
+            (2, Value::Bytes(b)) if output.is_none() => output = Some(b),
+            (4, Value::Bytes(b)) => op = Some(b),
+            (7, Value::Bytes(b)) => domain = b,
+            (5, Value::Bytes(attribute)) => class_attribute(attribute, &mut ints, &mut strings)?,
+            _ => {}
+        }
+    }
+    if op != Some(b"ZipMap") || domain != b"ai.onnx.ml" {
+        return Ok(None);
+    }
+    let Some(output) = output.and_then(|o| std::str::from_utf8(o).ok()) else {
+        return Ok(None);
+    };
+    let classes = if strings.is_empty() {
+        ints.sort_unstable();
+        ints.dedup();
+        ints.iter().map(i64::to_string).collect()
+    } else {
+        strings.sort_unstable();
+        strings.dedup();
+        let text: Option<Vec<String>> = strings
+            .iter()
+            .map(|s| std::str::from_utf8(s).ok().map(str::to_owned))
+            .collect();
+        let Some(text) = text else {
+            return Ok(None);
+        };
+        text
+    };
+    Ok(Some((output.to_owned(), classes)))
+}
+
+/// An `AttributeProto`: if it is named (1) `classlabels_int64s`, its `ints` (8, packed or
+/// not) go to `ints`; if `classlabels_strings`, its `strings` (9) to `strings`.
+fn class_attribute<'a>(
+    attribute: &'a [u8],
+    ints: &mut Vec<i64>,
+    strings: &mut Vec<&'a [u8]>,
+) -> Result<(), String> {
+    let (mut name, mut int_values, mut string_values) = (&b""[..], Vec::new(), Vec::new());
+    let mut r = Wire::new(attribute);
+    while let Some((field, value)) = r.value()? {
+        match (field, value) {
+            (1, Value::Bytes(b)) => name = b,
+            // int64 values are varints of their two's complement.
+            (8, Value::Varint(v)) => int_values.push(v as i64),
+            (8, Value::Bytes(packed)) => {
+                let mut p = Wire::new(packed);
+                while !p.at_end() {
+                    int_values.push(p.varint()? as i64);
+                }
+            }
+            (9, Value::Bytes(b)) => string_values.push(b),
+            _ => {}
+        }
+    }
+    match name {
+        b"classlabels_int64s" => ints.extend(int_values),
+        b"classlabels_strings" => strings.extend(string_values),
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    fn bytes(field: u64, b: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint(field << 3 | 2, &mut out);
+        varint(b.len() as u64, &mut out);
+        out.extend_from_slice(b);
+        out
+    }
+
+    fn node(op: &str, domain: &str, output: &str, attribute: &[u8]) -> Vec<u8> {
+        [
+            bytes(1, b"in"),
+            bytes(2, output.as_bytes()),
+            bytes(4, op.as_bytes()),
+            bytes(7, domain.as_bytes()),
+            bytes(5, attribute),
+        ]
+        .concat()
+    }
+
+    fn model(nodes: &[Vec<u8>]) -> Vec<u8> {
+        let graph: Vec<u8> = nodes.iter().flat_map(|n| bytes(1, n)).collect();
+        bytes(7, &graph)
+    }
+
+    #[test]
+    fn classes_come_sorted_from_packed_unpacked_and_string_attributes() {
+        // Unpacked int64s, negative ones too (ten-byte varints), given unsorted and twice.
+        let mut unpacked = bytes(1, b"classlabels_int64s");
+        for v in [7i64, -3, 7, 0] {
+            varint(8 << 3, &mut unpacked);
+            varint(v as u64, &mut unpacked);
+        }
+        // Packed int64s.
+        let mut packed_values = Vec::new();
+        for v in [2u64, 1] {
+            varint(v, &mut packed_values);
+        }
+        let packed = [bytes(1, b"classlabels_int64s"), bytes(8, &packed_values)].concat();
+        let strings = [
+            bytes(1, b"classlabels_strings"),
+            bytes(9, b"cat"),
+            bytes(9, b"ant"),
+        ]
+        .concat();
+        let m = model(&[
+            node("ZipMap", "ai.onnx.ml", "a", &unpacked),
+            node("ZipMap", "ai.onnx.ml", "b", &packed),
+            node("ZipMap", "ai.onnx.ml", "c", &strings),
+            // Not a ZipMap, or not ONNX-ML's: no classes.
+            node("LabelEncoder", "ai.onnx.ml", "d", &strings),
+            node("ZipMap", "", "e", &strings),
+        ]);
+        let found = classes(&m);
+        let want: BTreeMap<String, Vec<String>> = [
+            ("a", vec!["-3", "0", "7"]),
+            ("b", vec!["1", "2"]),
+            ("c", vec!["ant", "cat"]),
+        ]
+        .into_iter()
+        .map(|(o, c)| (o.to_owned(), c.into_iter().map(str::to_owned).collect()))
+        .collect();
+        assert_eq!(found, want);
+        // Bytes the scan cannot read (cut short) name no classes, and do not panic.
+        assert!(classes(&m[..m.len() / 2]).is_empty());
+        assert!(classes(b"\xff\xff\xff").is_empty());
+    }
 }

@@ -52,15 +52,30 @@ fn every_test_model_matches_python_onnxruntime() {
 #[test]
 fn classifiers_zipmap_probabilities_are_served_as_tensors_of_rows_and_classes() {
     // (A fixed-batch model's rows are its inputs' fixed dim 0: one map per input row.)
-    for (file, stem, batch_dim, rows) in [
-        ("real/logreg_iris.onnx", "logreg_iris", false, Some(3)),
-        ("zipmap.onnx", "zipmap", true, None),
+    // Each column's class, from the ZipMap's own attribute, is its label (what Triton's
+    // classification extension names): ascending, as the columns are.
+    for (file, stem, batch_dim, rows, classes) in [
+        (
+            "real/logreg_iris.onnx",
+            "logreg_iris",
+            false,
+            Some(3),
+            ["0", "1", "2"],
+        ),
+        ("zipmap.onnx", "zipmap", true, None, ["ant", "bee", "cat"]),
     ] {
         let mut model = load(file, ModelOptions::new());
         let meta = model.metadata();
         let probabilities = meta.outputs.last().expect("outputs");
         assert_eq!(probabilities.element_type, ElementType::F32, "{stem}");
         assert_eq!(probabilities.dims, vec![rows, None], "{stem}");
+        let labels = meta
+            .labels
+            .get(&probabilities.name)
+            .unwrap_or_else(|| panic!("{stem}: no labels for the ZipMap's classes"));
+        let named: Vec<_> = (0..labels.len()).filter_map(|i| labels.get(i)).collect();
+        assert_eq!(named, classes, "{stem}");
+        assert!(!labels.from_file(), "{stem}");
         assert_eq!(meta.batch_dim, batch_dim, "{stem}");
         let g = golden(stem);
         let out = model

@@ -8,7 +8,8 @@ testdata/strings.onnx (`echo` = text, `ids` = LabelEncoder of text, `label` = La
 the int64 `n`), every way a Triton client sends strings, and a request of more strings than
 the server's limit refused as each client parses it. Then scikit-learn classifiers as
 skl2onnx exports them, their probabilities a ZipMap (a sequence of maps): served as
-[rows, classes] FP32 in ascending class order, equal to Python onnxruntime's maps. Then
+[rows, classes] FP32 in ascending class order, equal to Python onnxruntime's maps, each
+class named in classification answers. Then
 zero-size dims (no rows; a zero-length sequence), as onnxruntime answers them.
 
 Usage: triton_dtypes.py HTTP_HOST:PORT GRPC_HOST:PORT MODEL STRINGS_MODEL TESTDATA_DIR
@@ -166,7 +167,8 @@ def empty_tensors(http, g, testdata, http_url):
 def classifiers(http, g, testdata):
     """The onnxruntime wheel's scikit-learn LogisticRegression on iris (fixed [3, 2] input,
     int64 classes) and testdata/zipmap.onnx (string classes, given unsorted, a batch dim):
-    labels and probabilities through both clients, against onnxruntime's own run."""
+    labels and probabilities through both clients, against onnxruntime's own run; the top two
+    classes by Triton's classification extension, each named by the ZipMap's own class."""
     rng = np.random.default_rng(5)
     for model, path, rows in [("logreg_iris", "real/logreg_iris.onnx", 3), ("zipmap", "zipmap.onnx", 5)]:
         session = ort.InferenceSession(os.path.join(testdata, path), providers=["CPUExecutionProvider"])
@@ -186,6 +188,21 @@ def classifiers(http, g, testdata):
             labels = result.as_numpy(label.name)
             labels = [v.decode() if isinstance(v, bytes) else v for v in labels.reshape(-1)]
             assert labels == list(want_label.reshape(-1)), (model, how, labels, want_label)
+            # Triton's classification extension: the top two classes of each row, each named
+            # by the ZipMap's own class ("value:index:class"), with no label file. (A model
+            # that does not batch, logreg_iris, is classified over its whole output, as in
+            # Triton: not rows.)
+            if model != "zipmap":
+                continue
+            asked = [module.InferRequestedOutput(probs.name, class_count=2)]
+            top = client.infer(model, request(module, {inp.name: x}, binary=how == "HTTP binary"),
+                               outputs=asked).as_numpy(probs.name)
+            classes = sorted(maps[0])
+            for row, got_row in zip(maps, top.reshape(rows, 2)):
+                best = sorted(row, key=lambda k: -row[k])[:2]
+                want_top = [f"{row[k]:.6f}:{classes.index(k)}:{k}" for k in best]
+                got_top = [v.decode() if isinstance(v, bytes) else v for v in got_row]
+                assert got_top == want_top, (model, how, got_top, want_top)
         print(f"triton_dtypes: {model} (ZipMap) ok: {rows} rows x {want.shape[1]} classes")
 
 

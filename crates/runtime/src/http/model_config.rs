@@ -84,7 +84,7 @@ pub(crate) fn config(
                 data_type: data_type(t.element_type).into(),
                 dims: dims(t),
                 // Where the serving version's labels for it came from, relative to the model.
-                label_filename: if meta.labels.contains_key(&t.name) {
+                label_filename: if meta.labels.get(&t.name).is_some_and(|l| l.from_file()) {
                     crate::labels::label_file(&t.name)
                 } else {
                     String::new()
