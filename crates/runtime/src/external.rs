@@ -307,23 +307,7 @@ fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn len_field(field: u64, bytes: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut put = |mut v: u64| loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                break;
-            }
-            out.push(b | 0x80);
-        };
-        put((field << 3) | 2);
-        put(bytes.len() as u64);
-        out.extend_from_slice(bytes);
-        out
-    }
+    use crate::wire::encode::len_field;
 
     fn tensor_at(location: &str) -> Vec<u8> {
         let entry = [len_field(1, b"location"), len_field(2, location.as_bytes())].concat();

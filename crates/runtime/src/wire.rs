@@ -131,3 +131,29 @@ impl<'a> Wire<'a> {
         Ok(Some((tag >> 3, payload)))
     }
 }
+
+/// Writing the wire format, for tests that build models' bytes by hand.
+#[cfg(test)]
+pub(crate) mod encode {
+    /// `v` as a varint, appended to `out`.
+    pub(crate) fn varint(mut v: u64, out: &mut Vec<u8>) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+
+    /// A length-delimited field `field` holding `bytes`.
+    pub(crate) fn len_field(field: u64, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint((field << 3) | 2, &mut out);
+        varint(bytes.len() as u64, &mut out);
+        out.extend_from_slice(bytes);
+        out
+    }
+}

@@ -215,26 +215,7 @@ fn class_attribute<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    fn bytes(field: u64, b: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        varint(field << 3 | 2, &mut out);
-        varint(b.len() as u64, &mut out);
-        out.extend_from_slice(b);
-        out
-    }
+    use crate::wire::encode::{len_field as bytes, varint};
 
     fn node(op: &str, domain: &str, output: &str, attribute: &[u8]) -> Vec<u8> {
         [
