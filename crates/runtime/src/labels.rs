@@ -1,6 +1,7 @@
 //! Class labels: what Triton's classification extension appends to each class it answers
 //! (`"<value>:<index>:<label>"`), read from a label file per output, as Triton reads the
-//! `label_filename` of an output in `config.pbtxt`.
+//! `label_filename` of an output in `config.pbtxt`. (A scikit-learn classifier's ZipMap
+//! output without a label file is labelled by its own classes, held as a file would be.)
 //!
 //! kiln needs no configuration for them: an output's labels are the file
 //! `labels/<output>.txt` beside the model ([`label_file`]), one label per line, line `i`

@@ -35,8 +35,9 @@ pub struct ModelMetadata {
     /// height and width are dynamic.
     pub image_size: Option<(usize, usize)>,
     /// Class labels per output name, from the version's label files
-    /// (`labels/<output>.txt`, [`crate::labels`]): what classification answers name. Not
-    /// serialized (thousands of strings for an ImageNet model).
+    /// (`labels/<output>.txt`, [`crate::labels`]), or a classifier's ZipMap's own classes
+    /// where it has no file: what classification answers name. Not serialized (thousands of
+    /// strings for an ImageNet model).
     #[serde(skip)]
     pub labels: crate::labels::Labels,
 }
@@ -91,11 +92,12 @@ impl ModelMetadata {
         };
         let inputs = read("input", session.inputs(), None)?;
         // A ZipMap output has one map per row of the inputs (skl2onnx zips each input row's
-        // probabilities): where every input declares the same fixed dim 0, so does it, so a
-        // fixed-batch classifier's rows are answered apart (KServe v1's instances).
-        let mut dim0 = inputs.iter().map(|t| t.dims.first().copied().flatten());
-        let first = dim0.next().flatten();
-        let zipmap_rows = first.filter(|_| dim0.all(|d| d == first));
+        // probabilities): where every input is rows of features (rank 2 or more) with the
+        // same fixed dim 0, so is it, so a fixed-batch classifier's rows are answered apart
+        // (KServe v1's instances). A 1-D input is one row, not rows.
+        let rows = |t: &TensorInfo| t.dims.get(1).and(t.dims.first().copied().flatten());
+        let first = inputs.first().and_then(rows);
+        let zipmap_rows = first.filter(|_| inputs.iter().all(|t| rows(t) == first));
         let outputs = read("output", session.outputs(), zipmap_rows)?;
         let batch_dim = inputs
             .iter()

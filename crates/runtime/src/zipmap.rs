@@ -5,8 +5,8 @@
 //! to probability (`seq(map(int64, tensor(float)))`, or `string` keys for text classes). No v2
 //! datatype carries that, Triton refuses to load such a model, and kiln refused it too: the
 //! most common tabular model there is would not serve as exported. kiln serves that output as
-//! `[rows, classes]` FP32 (declared `[-1, -1]`, or `[n, -1]` where every input declares the
-//! same fixed dim 0 `n`), each row's probabilities in its classes' ascending order (integers
+//! `[rows, classes]` FP32 (declared `[-1, -1]`, or `[n, -1]` where every input is rows of
+//! features with the same fixed dim 0 `n`), each row's probabilities in its classes' ascending order (integers
 //! by value, strings by bytes). scikit-learn's `classes_` are sorted, so for its exports that
 //! is the tensor `zipmap=False` gives. A row whose classes are not the first row's is an
 //! inference error, never a column that means another class. The rows are read one at a time,
@@ -112,12 +112,15 @@ where
 
 /// The classes of each ZipMap in the model's main graph, by the output it writes, in the order
 /// its columns are served (ascending; a class given twice once, as the map keeps it), as text.
-/// A model whose bytes the scan cannot read, or classes that are not UTF-8, give none.
+/// A model whose bytes the scan cannot read, or a ZipMap whose classes are not UTF-8, given
+/// twice, or more than [`crate::labels::MAX_LABELS`], give none.
 pub(crate) fn classes(model: &[u8]) -> BTreeMap<String, Vec<String>> {
     let mut found = BTreeMap::new();
     // A model the scan cannot read loads all the same (ONNX Runtime is the judge); it just
     // has no classes to name.
-    let _ = scan(model, &mut found);
+    if scan(model, &mut found).is_err() {
+        found.clear();
+    }
     found
 }
 
@@ -140,18 +143,17 @@ fn scan(model: &[u8], found: &mut BTreeMap<String, Vec<String>>) -> Result<(), S
     Ok(())
 }
 
-/// A `NodeProto` that is an `ai.onnx.ml` ZipMap: its output (2), and its classes, from the
-/// attribute (5) `classlabels_int64s` or `classlabels_strings`.
+/// A `NodeProto` that is an `ai.onnx.ml` ZipMap: its first output (2) and its classes, from
+/// its attribute (5) `classlabels_int64s` or `classlabels_strings`. Any other node is passed
+/// over without reading its attributes (a tree ensemble's lists run to millions of values).
 fn zipmap_node(node: &[u8]) -> Result<Option<(String, Vec<String>)>, String> {
     let (mut output, mut op, mut domain) = (None, None, &b""[..]);
-    let (mut ints, mut strings) = (Vec::new(), Vec::new());
     let mut r = Wire::new(node);
     while let Some((field, value)) = r.value()? {
         match (field, value) {
             (2, Value::Bytes(b)) if output.is_none() => output = Some(b),
             (4, Value::Bytes(b)) => op = Some(b),
             (7, Value::Bytes(b)) => domain = b,
-            (5, Value::Bytes(attribute)) => class_attribute(attribute, &mut ints, &mut strings)?,
             _ => {}
         }
     }
@@ -161,55 +163,73 @@ fn zipmap_node(node: &[u8]) -> Result<Option<(String, Vec<String>)>, String> {
     let Some(output) = output.and_then(|o| std::str::from_utf8(o).ok()) else {
         return Ok(None);
     };
-    let classes = if strings.is_empty() {
-        ints.sort_unstable();
-        ints.dedup();
-        ints.iter().map(i64::to_string).collect()
-    } else {
-        strings.sort_unstable();
-        strings.dedup();
-        let text: Option<Vec<String>> = strings
+    let mut given = None;
+    let mut r = Wire::new(node);
+    while let Some((field, value)) = r.value()? {
+        let (5, Value::Bytes(attribute)) = (field, value) else {
+            continue;
+        };
+        if let Some(classes) = class_attribute(attribute)? {
+            // ONNX Runtime reads one attribute of a name: two leave the columns' classes
+            // unsure.
+            if given.replace(classes).is_some() {
+                return Ok(None);
+            }
+        }
+    }
+    Ok(given.flatten().map(|classes| (output.to_owned(), classes)))
+}
+
+/// An `AttributeProto` (name 1): for `classlabels_int64s`, its `ints` (8, packed or not), for
+/// `classlabels_strings` its `strings` (9), sorted, each once, as text: `Some(None)` where
+/// they cannot be labels (not UTF-8, more than [`crate::labels::MAX_LABELS`]); `None` for
+/// any other attribute, whose values are not read.
+fn class_attribute(attribute: &[u8]) -> Result<Option<Option<Vec<String>>>, String> {
+    let mut name = &b""[..];
+    let mut r = Wire::new(attribute);
+    while let Some((field, value)) = r.value()? {
+        if let (1, Value::Bytes(b)) = (field, value) {
+            name = b;
+        }
+    }
+    let strings = match name {
+        b"classlabels_strings" => true,
+        b"classlabels_int64s" => false,
+        _ => return Ok(None),
+    };
+    let too_many = |n: usize| n > crate::labels::MAX_LABELS;
+    let (mut ints, mut texts) = (Vec::new(), Vec::new());
+    let mut r = Wire::new(attribute);
+    while let Some((field, value)) = r.value()? {
+        match (field, value, strings) {
+            // int64 values are varints of their two's complement.
+            (8, Value::Varint(v), false) => ints.push(v as i64),
+            (8, Value::Bytes(packed), false) => {
+                let mut p = Wire::new(packed);
+                while !p.at_end() && !too_many(ints.len()) {
+                    ints.push(p.varint()? as i64);
+                }
+            }
+            (9, Value::Bytes(b), true) => texts.push(b),
+            _ => {}
+        }
+        if too_many(ints.len() + texts.len()) {
+            return Ok(Some(None));
+        }
+    }
+    if strings {
+        texts.sort_unstable();
+        texts.dedup();
+        let text: Option<Vec<String>> = texts
             .iter()
             .map(|s| std::str::from_utf8(s).ok().map(str::to_owned))
             .collect();
-        let Some(text) = text else {
-            return Ok(None);
-        };
-        text
-    };
-    Ok(Some((output.to_owned(), classes)))
-}
-
-/// An `AttributeProto`: if it is named (1) `classlabels_int64s`, its `ints` (8, packed or
-/// not) go to `ints`; if `classlabels_strings`, its `strings` (9) to `strings`.
-fn class_attribute<'a>(
-    attribute: &'a [u8],
-    ints: &mut Vec<i64>,
-    strings: &mut Vec<&'a [u8]>,
-) -> Result<(), String> {
-    let (mut name, mut int_values, mut string_values) = (&b""[..], Vec::new(), Vec::new());
-    let mut r = Wire::new(attribute);
-    while let Some((field, value)) = r.value()? {
-        match (field, value) {
-            (1, Value::Bytes(b)) => name = b,
-            // int64 values are varints of their two's complement.
-            (8, Value::Varint(v)) => int_values.push(v as i64),
-            (8, Value::Bytes(packed)) => {
-                let mut p = Wire::new(packed);
-                while !p.at_end() {
-                    int_values.push(p.varint()? as i64);
-                }
-            }
-            (9, Value::Bytes(b)) => string_values.push(b),
-            _ => {}
-        }
+        Ok(Some(text))
+    } else {
+        ints.sort_unstable();
+        ints.dedup();
+        Ok(Some(Some(ints.iter().map(i64::to_string).collect())))
     }
-    match name {
-        b"classlabels_int64s" => ints.extend(int_values),
-        b"classlabels_strings" => strings.extend(string_values),
-        _ => {}
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -217,15 +237,19 @@ mod tests {
     use super::*;
     use crate::wire::encode::{len_field as bytes, varint};
 
-    fn node(op: &str, domain: &str, output: &str, attribute: &[u8]) -> Vec<u8> {
-        [
+    fn node(op: &str, domain: &str, output: &str, attributes: &[&[u8]]) -> Vec<u8> {
+        let mut n = [
             bytes(1, b"in"),
             bytes(2, output.as_bytes()),
             bytes(4, op.as_bytes()),
-            bytes(7, domain.as_bytes()),
-            bytes(5, attribute),
         ]
-        .concat()
+        .concat();
+        for a in attributes {
+            n.extend(bytes(5, a));
+        }
+        // The domain after the attributes: it is read before them all the same.
+        n.extend(bytes(7, domain.as_bytes()));
+        n
     }
 
     fn model(nodes: &[Vec<u8>]) -> Vec<u8> {
@@ -254,12 +278,14 @@ mod tests {
         ]
         .concat();
         let m = model(&[
-            node("ZipMap", "ai.onnx.ml", "a", &unpacked),
-            node("ZipMap", "ai.onnx.ml", "b", &packed),
-            node("ZipMap", "ai.onnx.ml", "c", &strings),
+            node("ZipMap", "ai.onnx.ml", "a", &[&unpacked]),
+            node("ZipMap", "ai.onnx.ml", "b", &[&packed]),
+            node("ZipMap", "ai.onnx.ml", "c", &[&strings]),
             // Not a ZipMap, or not ONNX-ML's: no classes.
-            node("LabelEncoder", "ai.onnx.ml", "d", &strings),
-            node("ZipMap", "", "e", &strings),
+            node("LabelEncoder", "ai.onnx.ml", "d", &[&strings]),
+            node("ZipMap", "", "e", &[&strings]),
+            // Classes given twice: which ONNX Runtime keeps is not for kiln to guess.
+            node("ZipMap", "ai.onnx.ml", "f", &[&packed, &strings]),
         ]);
         let found = classes(&m);
         let want: BTreeMap<String, Vec<String>> = [

@@ -176,6 +176,9 @@ def classifiers(http, g, testdata):
         x = rng.standard_normal((rows, inp.shape[1])).astype(np.float32)
         want_label, maps = session.run(None, {inp.name: x})
         want = np.array([[row[k] for k in sorted(row)] for row in maps], dtype=np.float32)
+        # The ZipMap's own classes name its classes; no label file is claimed.
+        cfg = http.get_model_config(model)
+        assert not cfg["output"][1].get("label_filename"), cfg
         md = http.get_model_metadata(model)
         assert md["outputs"][1] == {"name": probs.name, "datatype": "FP32",
                                   "shape": [rows if model == "logreg_iris" else -1, -1]}, md

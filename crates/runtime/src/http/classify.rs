@@ -12,7 +12,8 @@
 //! have no order and are refused. With the version's labels for the output
 //! ([`crate::labels`]: `labels/<output>.txt`), each class is `"<value>:<index>:<label>"`, as
 //! Triton answers with a `label_filename`; a class without a label (an empty line, or past the
-//! file's end) keeps the two-part form, as in Triton.
+//! file's end) keeps the two-part form, as in Triton. A classifier's ZipMap output without a
+//! label file is labelled by its own classes the same way.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
