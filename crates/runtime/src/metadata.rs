@@ -52,19 +52,15 @@ impl ModelMetadata {
                 .iter()
                 .enumerate()
                 .map(|(index, o)| {
+                    let sparse = is_sparse(session, what == "output", index);
                     let unsupported = || Error::UnsupportedModel {
                         model: name.to_owned(),
                         what,
                         name: o.name().to_owned(),
-                        ty: o.dtype().to_string(),
+                        ty: format!("{}{}", if sparse { "sparse " } else { "" }, o.dtype()),
                     };
-                    if is_sparse(session, what == "output", index) {
-                        return Err(Error::UnsupportedModel {
-                            model: name.to_owned(),
-                            what,
-                            name: o.name().to_owned(),
-                            ty: format!("sparse {}", o.dtype()),
-                        });
+                    if sparse {
+                        return Err(unsupported());
                     }
                     let (ty, shape) = match o.dtype() {
                         ort::value::ValueType::Tensor { ty, shape, .. } => (*ty, shape),

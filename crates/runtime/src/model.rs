@@ -185,6 +185,17 @@ impl Model {
                 return Err(e);
             }
             let mut metadata = ModelMetadata::from_session(&name, &session)?;
+            let map_outputs: Vec<_> = metadata
+                .outputs
+                .iter()
+                .map(|info| {
+                    session
+                        .outputs()
+                        .iter()
+                        .find(|o| o.name() == info.name)
+                        .and_then(|o| crate::zipmap::MapSequence::of(o.dtype()))
+                })
+                .collect();
             metadata.labels = match models.first() {
                 Some(first) => first.metadata.labels.clone(),
                 None => {
@@ -199,10 +210,20 @@ impl Model {
                         manifest.as_ref(),
                     )?;
                     // A classifier's ZipMap names its own classes; a label file still wins.
-                    for (output, classes) in crate::zipmap::classes(&bytes) {
-                        if outputs.contains(&output.as_str()) && !labels.contains_key(&output) {
-                            if let Some(l) = crate::labels::from_classes(&classes) {
-                                labels.insert(output, std::sync::Arc::new(l));
+                    // Only a model with such an output has its bytes scanned for them.
+                    let zipmapped = |output: &str| {
+                        metadata
+                            .outputs
+                            .iter()
+                            .zip(&map_outputs)
+                            .any(|(o, m)| m.is_some() && o.name == output)
+                    };
+                    if map_outputs.iter().any(Option::is_some) {
+                        for (output, classes) in crate::zipmap::classes(&bytes) {
+                            if zipmapped(&output) && !labels.contains_key(&output) {
+                                if let Some(l) = crate::labels::from_classes(&classes) {
+                                    labels.insert(output, std::sync::Arc::new(l));
+                                }
                             }
                         }
                     }
@@ -216,17 +237,6 @@ impl Model {
                 requested_cuda,
                 fallback_reason,
             );
-            let map_outputs = metadata
-                .outputs
-                .iter()
-                .map(|info| {
-                    session
-                        .outputs()
-                        .iter()
-                        .find(|o| o.name() == info.name)
-                        .and_then(|o| crate::zipmap::MapSequence::of(o.dtype()))
-                })
-                .collect();
             models.push(Self {
                 map_outputs,
                 session,
